@@ -1,0 +1,96 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// commandFactories are the subcommands. Each lives in its own file and adds
+// itself with register in an init function, so roles can be written apart.
+var commandFactories []func(*globals) *cobra.Command
+
+func register(f func(*globals) *cobra.Command) { commandFactories = append(commandFactories, f) }
+
+// globals are the flags every subcommand shares.
+type globals struct {
+	LogLevel  string
+	LogFormat string
+	Config    string
+}
+
+// Logger builds the structured logger the flags ask for.
+func (g *globals) Logger() *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(g.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if g.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func newRootCmd() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "keymeter",
+		Short: "API key verification, metering and abuse detection",
+		Long: `keymeter verifies API keys at the edge, meters every request per key into
+ClickHouse, and runs CEL detection rules that throttle or revoke abused keys.
+
+Every flag can also be set in the environment as KEYMETER_<FLAG> (dashes become
+underscores, e.g. KEYMETER_DATA_DIR) or in a YAML config file (--config).
+Precedence: flag, then environment, then config file, then default.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyEnvAndConfig(cmd, g.Config)
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&g.LogFormat, "log-format", "text", "log format: text or json")
+	pf.StringVar(&g.Config, "config", "", "YAML config file: keys are flag names (e.g. data-dir: /var/lib/keymeter)")
+	for _, f := range commandFactories {
+		root.AddCommand(f(g))
+	}
+	return root
+}
+
+// envName is the environment variable for a flag.
+func envName(flag string) string {
+	return "KEYMETER_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// applyEnvAndConfig fills every flag not set on the command line from the
+// environment, then from the config file.
+func applyEnvAndConfig(cmd *cobra.Command, configPath string) error {
+	if configPath == "" {
+		configPath = os.Getenv(envName("config"))
+	}
+	fileValues, err := loadConfigFile(configPath)
+	if err != nil {
+		return err
+	}
+	var firstErr error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Changed || firstErr != nil {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if err := f.Value.Set(v); err != nil {
+				firstErr = configError{source: "environment " + envName(f.Name), flag: f.Name, err: err}
+			}
+			return
+		}
+		if v, ok := fileValues[f.Name]; ok {
+			if err := setFromConfig(f, v); err != nil {
+				firstErr = configError{source: "config file " + configPath, flag: f.Name, err: err}
+			}
+		}
+	})
+	return firstErr
+}

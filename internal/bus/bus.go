@@ -1,0 +1,192 @@
+// Package bus declares what keymeter's producers and consumers need from a
+// message bus. Adapters live in subpackages (natsbus, kafkabus) and are held
+// to the same behaviour by the conformance suite in bustest.
+//
+// Three logs travel on the bus:
+//   - keymeter.events: usage event batches, partitioned by key (see Partition);
+//   - keymeter.keys: the key-state log, latest value per key id wins;
+//   - keymeter.decisions: detection decisions.
+//
+// and one dead-letter log, keymeter.deadletter, for messages that could not
+// be processed, each with the reason attached.
+package bus
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"time"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrBackpressure: the publisher's bound on unacknowledged batches was
+	// reached and the context ended before room was made.
+	ErrBackpressure = errors.New("bus: publisher backpressure")
+	// ErrClosed: the publisher or consumer was closed.
+	ErrClosed = errors.New("bus: closed")
+)
+
+// Header names carried by every event batch message. Batches travel as
+// CloudEvents in binary mode: the attributes are headers, the body is the
+// protobuf-encoded keymeter.v1.EventBatch.
+const (
+	HeaderBatchID     = "ce-id"          // also Nats-Msg-Id on NATS
+	HeaderSource      = "ce-source"      // producer id
+	HeaderType        = "ce-type"        // TypeEventBatch
+	HeaderSpecVersion = "ce-specversion" // "1.0"
+	HeaderTime        = "ce-time"        // RFC 3339
+	HeaderContentType = "content-type"   // ContentTypeProtobuf
+	HeaderReason      = "keymeter-deadletter-reason"
+	HeaderOrigin      = "keymeter-deadletter-origin" // "<log>/<partition>/<position>"
+
+	TypeEventBatch      = "dev.keymeter.usage.batch.v1"
+	ContentTypeProtobuf = "application/protobuf"
+)
+
+// Message is one event batch to publish.
+type Message struct {
+	// Key chooses the partition (see Partition): the key id, or the client
+	// network for anonymous traffic.
+	Key string
+	// BatchID identifies the batch for deduplication: the same id published
+	// twice is stored once (NATS) or delivered with the same id (Kafka).
+	BatchID string
+	// Source is the producer's id (verifier id).
+	Source string
+	// Data is the protobuf-encoded batch.
+	Data []byte
+}
+
+// PubAck is the future of one published batch.
+type PubAck interface {
+	// Done is closed once the bus has stored the batch or failed to.
+	Done() <-chan struct{}
+	// Err is nil after Done if the batch was stored.
+	Err() error
+}
+
+// Publisher publishes event batches. Implementations bound the number of
+// unacknowledged batches: Publish blocks when the bound is reached and
+// returns an error wrapping ErrBackpressure once ctx ends.
+type Publisher interface {
+	Publish(ctx context.Context, m Message) (PubAck, error)
+	// Flush waits until every batch published so far is acknowledged.
+	Flush(ctx context.Context) error
+}
+
+// Delivery is one event batch as delivered to a consumer.
+type Delivery struct {
+	Partition int
+	// Position is the batch's place in its partition: the Kafka offset or
+	// the JetStream stream sequence. Positions grow within a partition.
+	Position uint64
+	BatchID  string
+	Source   string
+	Data     []byte
+	// Redelivered is true when the backend knows it delivered this before.
+	Redelivered bool
+}
+
+// Consumer reads event batches. Within a partition, batches are delivered
+// in position order; a batch that is not acknowledged is delivered again
+// (to this consumer after AckWait, or to another after this one dies).
+type Consumer interface {
+	// Fetch returns up to max deliveries, waiting at most wait for the first.
+	// It returns an empty slice and no error when nothing arrived in time.
+	Fetch(ctx context.Context, max int, wait time.Duration) ([]Delivery, error)
+	// Ack acknowledges d and every earlier delivery of its partition.
+	Ack(ctx context.Context, d Delivery) error
+	// Close stops fetching; unacknowledged deliveries will be redelivered.
+	Close() error
+}
+
+// RangeReader re-reads a recorded range of a partition, for exactly-once
+// replay after a crash: the consumer recorded [from, to] before inserting it
+// and replays exactly that range with the same deduplication token.
+type RangeReader interface {
+	ReadRange(ctx context.Context, partition int, from, to uint64, fn func(Delivery) error) error
+}
+
+// ConsumerConfig selects what a consumer reads.
+type ConsumerConfig struct {
+	// Group is the durable consumer / consumer group name. Consumers with
+	// the same group share the partitions.
+	Group string
+	// Partitions limits the consumer to these partitions (NATS); empty
+	// means all. Kafka assigns partitions through the group.
+	Partitions []int
+	// AckWait is how long an unacknowledged delivery waits before it is
+	// redelivered (NATS). Default 30s.
+	AckWait time.Duration
+}
+
+// DeadLetter is one message that could not be processed.
+type DeadLetter struct {
+	Origin string // "<log>/<partition>/<position>" of the original, if known
+	Reason string
+	Data   []byte
+	Time   time.Time
+}
+
+// DeadLetters publishes and reads the dead-letter log.
+type DeadLetters interface {
+	DeadLetter(ctx context.Context, dl DeadLetter) error
+	// ReadDeadLetters reads dead letters from the start of the log (for
+	// operators and tests), up to max, waiting at most wait.
+	ReadDeadLetters(ctx context.Context, max int, wait time.Duration) ([]DeadLetter, error)
+}
+
+// KeyUpdate is one change in the key-state log, or the marker that the
+// initial snapshot is complete.
+type KeyUpdate struct {
+	ID       string
+	Value    []byte // protobuf-encoded keymeter.v1.KeyState; nil when Deleted
+	Deleted  bool
+	Revision uint64
+	// EndOfSnapshot marks the end of the initial snapshot; ID is empty.
+	EndOfSnapshot bool
+}
+
+// KeyLog is the key-state log: the latest value per key id.
+type KeyLog interface {
+	PutKey(ctx context.Context, id string, value []byte) error
+	DeleteKey(ctx context.Context, id string) error
+	// WatchKeys delivers the latest value of every key, then an update with
+	// EndOfSnapshot set, then every later change, until ctx ends (the
+	// channel is then closed).
+	WatchKeys(ctx context.Context) (<-chan KeyUpdate, error)
+}
+
+// Decisions publishes and subscribes to detection decisions.
+type Decisions interface {
+	PublishDecision(ctx context.Context, key string, data []byte) error
+	// SubscribeDecisions calls fn for every decision published after the
+	// call, until ctx ends.
+	SubscribeDecisions(ctx context.Context, fn func(data []byte)) error
+}
+
+// Bus is a whole backend: what `keymeter dev` and the roles wire together.
+type Bus interface {
+	Publisher() Publisher
+	NewConsumer(ctx context.Context, cfg ConsumerConfig) (Consumer, error)
+	RangeReader
+	DeadLetters
+	KeyLog
+	Decisions
+	// Partitions is the number of event partitions.
+	Partitions() int
+	// Close drains pending publishes (bounded by ctx) and disconnects.
+	Close(ctx context.Context) error
+}
+
+// Partition maps a partition key to one of n partitions (FNV-1a), the same
+// way on every backend so that tools agree on where a key's events are.
+func Partition(key string, n int) int {
+	if n <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
+}
