@@ -1,0 +1,173 @@
+package event
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// jsonEvent is the JSON form of a usage event (schemas/usage-event.schema.json).
+type jsonEvent struct {
+	ID         string `json:"id"`
+	Time       string `json:"time"`
+	Project    string `json:"project,omitempty"`
+	KeyID      string `json:"key_id,omitempty"`
+	Outcome    string `json:"outcome"`
+	ClientIP   string `json:"client_ip,omitempty"`
+	Country    string `json:"country,omitempty"`
+	ASN        uint32 `json:"asn,omitempty"`
+	Method     string `json:"method,omitempty"`
+	Host       string `json:"host,omitempty"`
+	Route      string `json:"route,omitempty"`
+	Status     uint16 `json:"status,omitempty"`
+	LatencyUS  uint32 `json:"latency_us,omitempty"`
+	BytesIn    uint64 `json:"bytes_in,omitempty"`
+	BytesOut   uint64 `json:"bytes_out,omitempty"`
+	UserAgent  string `json:"user_agent,omitempty"`
+	VerifierID string `json:"verifier_id,omitempty"`
+	CostUnits  uint32 `json:"cost_units,omitempty"`
+}
+
+// MarshalJSON encodes e in its JSON form.
+func (e Event) MarshalJSON() ([]byte, error) {
+	j := jsonEvent{
+		ID: e.ID, Project: e.Project, KeyID: e.KeyID, Outcome: e.Outcome.String(),
+		ClientIP: e.ClientIP, Country: e.Country, ASN: e.ASN, Method: e.Method, Host: e.Host,
+		Route: e.Route, Status: e.Status, LatencyUS: e.LatencyUS, BytesIn: e.BytesIn,
+		BytesOut: e.BytesOut, UserAgent: e.UserAgent, VerifierID: e.VerifierID, CostUnits: e.CostUnits,
+	}
+	if !e.Time.IsZero() {
+		j.Time = e.Time.UTC().Format(time.RFC3339Nano)
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON decodes and validates the JSON form of an event.
+func (e *Event) UnmarshalJSON(b []byte) error {
+	ev, err := DecodeJSON(b)
+	if err != nil {
+		return err
+	}
+	*e = ev
+	return nil
+}
+
+// DecodeJSON decodes and validates one event in its JSON form. Unknown
+// fields, wrong types and bad values are refused with the field name.
+func DecodeJSON(data []byte) (Event, error) {
+	var j jsonEvent
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return Event{}, jsonError(err)
+	}
+	if dec.More() {
+		return Event{}, &FieldError{Field: "(document)", Reason: "trailing data after the event object"}
+	}
+	e := Event{
+		ID: j.ID, Project: j.Project, KeyID: j.KeyID, ClientIP: j.ClientIP, Country: j.Country,
+		ASN: j.ASN, Method: j.Method, Host: j.Host, Route: j.Route, Status: j.Status,
+		LatencyUS: j.LatencyUS, BytesIn: j.BytesIn, BytesOut: j.BytesOut, UserAgent: j.UserAgent,
+		VerifierID: j.VerifierID, CostUnits: j.CostUnits,
+	}
+	if j.Time == "" {
+		return Event{}, &FieldError{Field: "time", Reason: "required (RFC 3339, e.g. 2026-11-25T12:00:00Z)"}
+	}
+	t, err := time.Parse(time.RFC3339Nano, j.Time)
+	if err != nil {
+		return Event{}, &FieldError{Field: "time", Reason: fmt.Sprintf("%q is not an RFC 3339 time (e.g. 2026-11-25T12:00:00Z)", j.Time)}
+	}
+	e.Time = t.UTC()
+	if j.Outcome == "" {
+		return Event{}, &FieldError{Field: "outcome", Reason: "required"}
+	}
+	if e.Outcome, err = ParseOutcome(j.Outcome); err != nil {
+		return Event{}, &FieldError{Field: "outcome", Reason: err.Error()}
+	}
+	if e.ClientIP != "" {
+		if _, err := netip.ParseAddr(e.ClientIP); err != nil {
+			return Event{}, &FieldError{Field: "client_ip", Reason: fmt.Sprintf("%q is not an IPv4 or IPv6 address", e.ClientIP)}
+		}
+	}
+	if e.Status > 999 {
+		return Event{}, &FieldError{Field: "status", Reason: fmt.Sprintf("HTTP status %d out of range 0-999", e.Status)}
+	}
+	if err := e.Validate(); err != nil {
+		return Event{}, err
+	}
+	return e, nil
+}
+
+func jsonError(err error) error {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		return &FieldError{Field: te.Field, Reason: fmt.Sprintf("wrong type: got JSON %s, want %s", te.Value, jsonKind(te.Type.Kind().String()))}
+	case errors.As(err, &se):
+		return &FieldError{Field: "(document)", Reason: fmt.Sprintf("invalid JSON at byte %d: %v", se.Offset, err)}
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.TrimPrefix(err.Error(), "json: unknown field ")
+		return &FieldError{Field: strings.Trim(name, `"`), Reason: "unknown field"}
+	case errors.Is(err, io.EOF):
+		return &FieldError{Field: "(document)", Reason: "empty input"}
+	}
+	return &FieldError{Field: "(document)", Reason: err.Error()}
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "string":
+		return "string"
+	case "uint16", "uint32", "uint64":
+		return "non-negative integer"
+	}
+	return k
+}
+
+// NDJSONReader reads events from newline-delimited JSON, one per line;
+// blank lines are skipped. Errors carry the line number.
+type NDJSONReader struct {
+	sc   *bufio.Scanner
+	line int
+}
+
+// NewNDJSONReader reads events from r.
+func NewNDJSONReader(r io.Reader) *NDJSONReader {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	return &NDJSONReader{sc: sc}
+}
+
+// Next returns the next event, or io.EOF at the end.
+func (r *NDJSONReader) Next() (Event, error) {
+	for r.sc.Scan() {
+		r.line++
+		b := bytes.TrimSpace(r.sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		e, err := DecodeJSON(b)
+		if err != nil {
+			var fe *FieldError
+			if errors.As(err, &fe) {
+				fe.Line = r.line
+			}
+			return Event{}, err
+		}
+		return e, nil
+	}
+	if err := r.sc.Err(); err != nil {
+		return Event{}, fmt.Errorf("line %d: %w", r.line+1, err)
+	}
+	return Event{}, io.EOF
+}
+
+// Line is the number of the line last read.
+func (r *NDJSONReader) Line() int { return r.line }
