@@ -14,7 +14,6 @@ package bus
 import (
 	"context"
 	"errors"
-	"hash/fnv"
 	"time"
 )
 
@@ -86,6 +85,13 @@ type Delivery struct {
 	Data     []byte
 	// Redelivered is true when the backend knows it delivered this before.
 	Redelivered bool
+	// Invalid, when set, says why the message is not a well-formed event
+	// batch (missing CloudEvents headers, wrong type). The consumer must
+	// dead-letter it with this reason and acknowledge it like any other, so
+	// one bad message never stops a partition.
+	Invalid string
+	// Ref is the adapter's handle for Ack; callers pass it back untouched.
+	Ref any
 }
 
 // Consumer reads event batches. Within a partition, batches are delivered
@@ -186,7 +192,12 @@ func Partition(key string, n int) int {
 	if n <= 1 {
 		return 0
 	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	return int(h.Sum32() % uint32(n))
+	// FNV-1a, inlined: hash/fnv would allocate on every call.
+	const offset32, prime32 = 2166136261, 16777619
+	h := uint32(offset32)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= prime32
+	}
+	return int(h % uint32(n))
 }
