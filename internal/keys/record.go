@@ -1,0 +1,205 @@
+package keys
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+// Status is a key's lifecycle status.
+type Status uint8
+
+const (
+	StatusUnspecified Status = Status(keymeterv1.KeyStatus_KEY_STATUS_UNSPECIFIED)
+	StatusActive      Status = Status(keymeterv1.KeyStatus_KEY_STATUS_ACTIVE)
+	StatusSuspended   Status = Status(keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED)
+	StatusRevoked     Status = Status(keymeterv1.KeyStatus_KEY_STATUS_REVOKED)
+	StatusDeleted     Status = Status(keymeterv1.KeyStatus_KEY_STATUS_DELETED)
+)
+
+// QuotaState is the aggregator's verdict on a key's quota period.
+type QuotaState uint8
+
+const (
+	QuotaUnspecified QuotaState = QuotaState(keymeterv1.QuotaState_QUOTA_STATE_UNSPECIFIED)
+	QuotaOK          QuotaState = QuotaState(keymeterv1.QuotaState_QUOTA_STATE_OK)
+	QuotaWarning     QuotaState = QuotaState(keymeterv1.QuotaState_QUOTA_STATE_WARNING)
+	QuotaExceeded    QuotaState = QuotaState(keymeterv1.QuotaState_QUOTA_STATE_EXCEEDED)
+)
+
+// Record is the verifier's compact, immutable view of one key: what the hot
+// path needs and nothing else, so that a million of them fit in memory. The
+// full state (name, owner, metadata, ...) stays in keymeterv1.KeyState.
+// A Record is never modified once published; an update replaces it.
+type Record struct {
+	ID      string
+	Project string // interned by the table: many keys share a project
+
+	Status     Status
+	Env        Env
+	QuotaState QuotaState
+	// Burst is the rate-limit bucket size (≥ 1 when RateInterval > 0).
+	Burst uint32
+
+	ExpiresAt  int64 // unix ns; 0: never
+	GraceUntil int64 // unix ns; a rotated-out key verifies until then; 0: not rotated
+	// RateInterval is the time one request costs in the key's bucket
+	// (1s / rate); 0: no rate limit.
+	RateInterval int64
+	// ThrottleInterval is the detector's throttle, active until
+	// ThrottleUntil; 0: none.
+	ThrottleInterval int64
+	ThrottleUntil    int64
+
+	MonthlyQuota uint64 // 0: unlimited
+	QuotaUsed    uint64 // as last published by the aggregator
+	Version      uint64
+
+	// Limits holds the rarely set constraints; nil for most keys.
+	Limits *Limits
+}
+
+// Limits are a key's optional access constraints.
+type Limits struct {
+	Scopes []string
+	CIDRs  []netip.Prefix
+}
+
+// Scopes returns the key's scopes (nil when none).
+func (r *Record) Scopes() []string {
+	if r.Limits == nil {
+		return nil
+	}
+	return r.Limits.Scopes
+}
+
+// HasScope reports whether the key grants scope: an exact match, "*", or a
+// "<prefix>:*" entry covering "<prefix>:<anything>". A key without scopes
+// grants none; routes without a scope need none.
+func (r *Record) HasScope(scope string) bool {
+	if scope == "" {
+		return true
+	}
+	if r.Limits == nil {
+		return false
+	}
+	for _, s := range r.Limits.Scopes {
+		if s == scope || s == "*" {
+			return true
+		}
+		if n := len(s); n >= 2 && s[n-1] == '*' && s[n-2] == ':' && strings.HasPrefix(scope, s[:n-1]) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsIP reports whether ip is inside one of the key's allowed CIDRs (any
+// IP when the key has none).
+func (r *Record) AllowsIP(ip netip.Addr) bool {
+	if r.Limits == nil || len(r.Limits.CIDRs) == 0 {
+		return true
+	}
+	ip = ip.Unmap()
+	for _, p := range r.Limits.CIDRs {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// RatePerSecond is the key's rate limit in requests per second (0: none).
+func (r *Record) RatePerSecond() float64 {
+	if r.RateInterval <= 0 {
+		return 0
+	}
+	return float64(time.Second) / float64(r.RateInterval)
+}
+
+// interval converts a rate in requests per second to the time one request
+// costs; 0 for no limit.
+func interval(perS float64) int64 {
+	if perS <= 0 {
+		return 0
+	}
+	iv := int64(float64(time.Second) / perS)
+	if iv < 1 {
+		iv = 1
+	}
+	return iv
+}
+
+// recordFromState builds the compact record of a key state. intern returns
+// the canonical copy of a project name.
+func recordFromState(st *keymeterv1.KeyState, intern func(string) string) (*Record, error) {
+	if st.GetId() == "" {
+		return nil, fmt.Errorf("keys: key state without id")
+	}
+	if len(st.GetHash()) != len(Hash{}) {
+		return nil, fmt.Errorf("keys: key %s: hash is %d bytes, want %d", st.GetId(), len(st.GetHash()), len(Hash{}))
+	}
+	r := &Record{
+		ID:               strings.Clone(st.GetId()),
+		Project:          intern(st.GetProject()),
+		Status:           Status(st.GetStatus()),
+		QuotaState:       QuotaState(st.GetQuotaState()),
+		ExpiresAt:        st.GetExpiresUnixNano(),
+		GraceUntil:       st.GetGraceUntilUnixNano(),
+		RateInterval:     interval(st.GetRateLimitPerS()),
+		ThrottleUntil:    st.GetThrottleUntilUnixNano(),
+		MonthlyQuota:     st.GetMonthlyQuota(),
+		QuotaUsed:        st.GetQuotaUsed(),
+		Version:          st.GetVersion(),
+		ThrottleInterval: interval(st.GetThrottlePerS()),
+	}
+	if r.ThrottleUntil == 0 && r.ThrottleInterval > 0 {
+		r.ThrottleUntil = 1<<63 - 1
+	}
+	if r.ThrottleInterval == 0 {
+		r.ThrottleUntil = 0
+	}
+	r.Env, _ = ParseEnv(st.GetEnv())
+	if r.RateInterval > 0 {
+		r.Burst = st.GetRateLimitBurst()
+		if r.Burst == 0 {
+			// Default burst: one second's worth, at least 1.
+			r.Burst = uint32(max(1, st.GetRateLimitPerS()))
+		}
+	}
+	if len(st.GetScopes()) > 0 || len(st.GetAllowedCidrs()) > 0 {
+		l := &Limits{}
+		for _, s := range st.GetScopes() {
+			l.Scopes = append(l.Scopes, strings.Clone(s))
+		}
+		for _, c := range st.GetAllowedCidrs() {
+			p, err := ParseCIDR(c)
+			if err != nil {
+				return nil, fmt.Errorf("keys: key %s: allowed_cidrs: %w", st.GetId(), err)
+			}
+			l.CIDRs = append(l.CIDRs, p)
+		}
+		r.Limits = l
+	}
+	return r, nil
+}
+
+// ParseCIDR parses a CIDR ("10.0.0.0/8") or a single address ("10.1.2.3").
+func ParseCIDR(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR (want e.g. 10.0.0.0/8 or 2001:db8::/32): %w", s, err)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR: %w", s, err)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}

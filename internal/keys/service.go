@@ -1,0 +1,393 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+// Errors Service callers branch on.
+var (
+	ErrInvalid  = errors.New("keys: invalid request")
+	ErrConflict = errors.New("keys: key is not in a state that allows this")
+)
+
+// ServiceConfig configures a Service.
+type ServiceConfig struct {
+	KeyLog bus.KeyLog
+	// Table must be watching KeyLog (Table.Run) with KeepState on. The
+	// service reads current states from it and waits for its own writes to
+	// show up there before returning.
+	Table  *Table
+	Logger *slog.Logger
+	// Now is the clock (tests); time.Now by default.
+	Now func() time.Time
+	// WriteTimeout bounds the wait for a write to come back through the
+	// watch (default 10s).
+	WriteTimeout time.Duration
+}
+
+// Validate checks the configuration.
+func (c *ServiceConfig) Validate() error {
+	if c.KeyLog == nil {
+		return fmt.Errorf("keys: service: KeyLog is required")
+	}
+	if c.Table == nil || !c.Table.keepState {
+		return fmt.Errorf("keys: service: a Table with KeepState is required")
+	}
+	return nil
+}
+
+// Service runs the key lifecycle: every operation writes a full KeyState to
+// the key-state log, from where every verifier picks it up.
+type Service struct {
+	kl      bus.KeyLog
+	table   *Table
+	log     *slog.Logger
+	now     func() time.Time
+	timeout time.Duration
+}
+
+// NewService returns a Service.
+func NewService(cfg ServiceConfig) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Service{kl: cfg.KeyLog, table: cfg.Table, log: cfg.Logger, now: cfg.Now, timeout: cfg.WriteTimeout}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.timeout <= 0 {
+		s.timeout = 10 * time.Second
+	}
+	return s, nil
+}
+
+// Limits a key may be given at creation or changed later.
+type KeyLimits struct {
+	Scopes       []string
+	AllowedCIDRs []string
+	RatePerS     float64
+	Burst        uint32
+	MonthlyQuota uint64
+	ExpiresAt    time.Time // zero: never
+}
+
+// CreateParams describe a new key.
+type CreateParams struct {
+	Project  string
+	Name     string
+	Owner    string
+	Env      string // live (default) | test
+	Metadata map[string]string
+	KeyLimits
+}
+
+// Created is the result of Create and Rotate. Secret is shown once: it is
+// stored nowhere.
+type Created struct {
+	Secret Secret
+	State  *keymeterv1.KeyState
+}
+
+// Create issues a new key.
+func (s *Service) Create(ctx context.Context, p CreateParams) (Created, error) {
+	if p.Project == "" {
+		return Created{}, fmt.Errorf("%w: project is required", ErrInvalid)
+	}
+	if p.Env == "" {
+		p.Env = "live"
+	}
+	env, err := ParseEnv(p.Env)
+	if err != nil {
+		return Created{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := checkLimits(&p.KeyLimits); err != nil {
+		return Created{}, err
+	}
+	st := &keymeterv1.KeyState{
+		Project:  p.Project,
+		Name:     p.Name,
+		Owner:    p.Owner,
+		Env:      env.String(),
+		Status:   keymeterv1.KeyStatus_KEY_STATUS_ACTIVE,
+		Metadata: maps.Clone(p.Metadata),
+	}
+	applyLimits(st, &p.KeyLimits)
+	return s.issue(ctx, st, env)
+}
+
+func (s *Service) issue(ctx context.Context, st *keymeterv1.KeyState, env Env) (Created, error) {
+	sec, err := Generate(env)
+	if err != nil {
+		return Created{}, err
+	}
+	id, err := NewID()
+	if err != nil {
+		return Created{}, err
+	}
+	h := sec.Hash()
+	now := s.now().UnixNano()
+	st.Id = id
+	st.Hash = h[:]
+	st.DisplayPrefix = sec.Display()
+	st.CreatedUnixNano = now
+	st.UpdatedUnixNano = now
+	st.Version = 1
+	if err := s.write(ctx, st); err != nil {
+		return Created{}, err
+	}
+	s.log.Info("key created", "key_id", id, "project", st.Project, "display", st.DisplayPrefix)
+	return Created{Secret: sec, State: st}, nil
+}
+
+// Rotate issues a new key that replaces id. The old key keeps verifying
+// for grace (0: it stops at once), then is refused as expired.
+func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (Created, error) {
+	old, err := s.current(id)
+	if err != nil {
+		return Created{}, err
+	}
+	if old.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+		return Created{}, fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
+	}
+	env, err := ParseEnv(old.GetEnv())
+	if err != nil {
+		env = EnvLive
+	}
+	nw := proto.CloneOf(old)
+	nw.Replaces = id
+	nw.GraceUntilUnixNano = 0
+	nw.RevokedUnixNano, nw.RevokeReason = 0, ""
+	nw.Status = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE
+	nw.QuotaUsed, nw.QuotaState, nw.QuotaPeriodStartUnixNano = 0, 0, 0
+	created, err := s.issue(ctx, nw, env)
+	if err != nil {
+		return Created{}, err
+	}
+	until := s.now().Add(grace).UnixNano()
+	if grace <= 0 {
+		until = s.now().UnixNano()
+	}
+	if err := s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		st.GraceUntilUnixNano = until
+		return nil
+	}); err != nil {
+		return Created{}, fmt.Errorf("keys: new key %s issued but old key %s not retired: %w", created.State.GetId(), id, err)
+	}
+	s.log.Info("key rotated", "key_id", id, "new_key_id", created.State.GetId(), "grace", grace)
+	return created, nil
+}
+
+// Revoke refuses the key from now on, for reason.
+func (s *Service) Revoke(ctx context.Context, id, reason string) error {
+	err := s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		st.Status = keymeterv1.KeyStatus_KEY_STATUS_REVOKED
+		st.RevokedUnixNano = s.now().UnixNano()
+		st.RevokeReason = reason
+		return nil
+	})
+	if err == nil {
+		s.log.Info("key revoked", "key_id", id, "reason", reason)
+	}
+	return err
+}
+
+// Suspend refuses the key until Resume.
+func (s *Service) Suspend(ctx context.Context, id string) error {
+	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+			return fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
+		}
+		st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+		return nil
+	})
+}
+
+// Resume reactivates a suspended key. A revoked key stays revoked.
+func (s *Service) Resume(ctx context.Context, id string) error {
+	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+			return fmt.Errorf("%w: key %s is revoked; issue a new key", ErrConflict, id)
+		}
+		st.Status = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE
+		return nil
+	})
+}
+
+// UpdateParams changes some of a key's attributes; nil fields stay.
+type UpdateParams struct {
+	Name         *string
+	Scopes       *[]string
+	AllowedCIDRs *[]string
+	RatePerS     *float64
+	Burst        *uint32
+	MonthlyQuota *uint64
+	ExpiresAt    *time.Time // zero time: never
+	Metadata     map[string]string
+	// Throttle sets a detector-style throttle until ThrottleUntil.
+	ThrottlePerS  *float64
+	ThrottleUntil *time.Time
+}
+
+// Update changes a key's limits, scopes, CIDRs or expiry.
+func (s *Service) Update(ctx context.Context, id string, p UpdateParams) error {
+	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		if p.Name != nil {
+			st.Name = *p.Name
+		}
+		l := KeyLimits{Scopes: st.Scopes, AllowedCIDRs: st.AllowedCidrs, RatePerS: st.RateLimitPerS,
+			Burst: st.RateLimitBurst, MonthlyQuota: st.MonthlyQuota}
+		if st.ExpiresUnixNano != 0 {
+			l.ExpiresAt = time.Unix(0, st.ExpiresUnixNano)
+		}
+		if p.Scopes != nil {
+			l.Scopes = *p.Scopes
+		}
+		if p.AllowedCIDRs != nil {
+			l.AllowedCIDRs = *p.AllowedCIDRs
+		}
+		if p.RatePerS != nil {
+			l.RatePerS = *p.RatePerS
+		}
+		if p.Burst != nil {
+			l.Burst = *p.Burst
+		}
+		if p.MonthlyQuota != nil {
+			l.MonthlyQuota = *p.MonthlyQuota
+		}
+		if p.ExpiresAt != nil {
+			l.ExpiresAt = *p.ExpiresAt
+		}
+		if err := checkLimits(&l); err != nil {
+			return err
+		}
+		applyLimits(st, &l)
+		if p.Metadata != nil {
+			st.Metadata = maps.Clone(p.Metadata)
+		}
+		if p.ThrottlePerS != nil {
+			st.ThrottlePerS = *p.ThrottlePerS
+			st.ThrottleUntilUnixNano = 0
+			if p.ThrottleUntil != nil && !p.ThrottleUntil.IsZero() {
+				st.ThrottleUntilUnixNano = p.ThrottleUntil.UnixNano()
+			}
+		}
+		return nil
+	})
+}
+
+// Delete removes the key from the key-state log: verifiers then answer
+// unknown. Prefer Revoke, which keeps the record and its reason.
+func (s *Service) Delete(ctx context.Context, id string) error {
+	if _, err := s.current(id); err != nil {
+		return err
+	}
+	if err := s.kl.DeleteKey(ctx, id); err != nil {
+		return fmt.Errorf("keys: delete %s: %w", id, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.table.WaitVersion(wctx, id, 0); err != nil {
+		return fmt.Errorf("keys: delete %s written but not yet visible: %w", id, err)
+	}
+	s.log.Info("key deleted", "key_id", id)
+	return nil
+}
+
+// Get returns the key's full state.
+func (s *Service) Get(id string) (*keymeterv1.KeyState, error) { return s.current(id) }
+
+// List returns the keys of project (all projects when empty), by id.
+func (s *Service) List(project string) []*keymeterv1.KeyState {
+	return s.table.States(func(st *keymeterv1.KeyState) bool {
+		return project == "" || st.GetProject() == project
+	})
+}
+
+func (s *Service) current(id string) (*keymeterv1.KeyState, error) {
+	st, ok := s.table.State(id)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return st, nil
+}
+
+// modify is a read-modify-write of one key's state.
+//
+// The key log has no compare-and-set, so two admins changing the same key
+// at the same instant may lose one change; versions make the loss visible
+// (the table ignores older versions).
+func (s *Service) modify(ctx context.Context, id string, fn func(*keymeterv1.KeyState) error) error {
+	st, err := s.current(id)
+	if err != nil {
+		return err
+	}
+	if err := fn(st); err != nil {
+		return err
+	}
+	st.Version++
+	st.UpdatedUnixNano = s.now().UnixNano()
+	return s.write(ctx, st)
+}
+
+func (s *Service) write(ctx context.Context, st *keymeterv1.KeyState) error {
+	b, err := proto.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("keys: encoding key %s: %w", st.GetId(), err)
+	}
+	if err := s.kl.PutKey(ctx, st.GetId(), b); err != nil {
+		return fmt.Errorf("keys: writing key %s: %w", st.GetId(), err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.table.WaitVersion(wctx, st.GetId(), st.GetVersion()); err != nil {
+		return fmt.Errorf("keys: key %s written but not yet visible: %w", st.GetId(), err)
+	}
+	return nil
+}
+
+func checkLimits(l *KeyLimits) error {
+	if l.RatePerS < 0 {
+		return fmt.Errorf("%w: rate limit %v is negative (0 means unlimited)", ErrInvalid, l.RatePerS)
+	}
+	for i, c := range l.AllowedCIDRs {
+		if _, err := ParseCIDR(c); err != nil {
+			return fmt.Errorf("%w: allowed_cidrs[%d]: %w", ErrInvalid, i, err)
+		}
+	}
+	for i, sc := range l.Scopes {
+		if sc == "" {
+			return fmt.Errorf("%w: scopes[%d] is empty", ErrInvalid, i)
+		}
+	}
+	return nil
+}
+
+func applyLimits(st *keymeterv1.KeyState, l *KeyLimits) {
+	st.Scopes = append([]string(nil), l.Scopes...)
+	st.AllowedCidrs = st.AllowedCidrs[:0:0]
+	for _, c := range l.AllowedCIDRs {
+		p, _ := ParseCIDR(c)
+		st.AllowedCidrs = append(st.AllowedCidrs, p.String())
+	}
+	st.RateLimitPerS = l.RatePerS
+	st.RateLimitBurst = l.Burst
+	st.MonthlyQuota = l.MonthlyQuota
+	st.ExpiresUnixNano = 0
+	if !l.ExpiresAt.IsZero() {
+		st.ExpiresUnixNano = l.ExpiresAt.UnixNano()
+	}
+}
+

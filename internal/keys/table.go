@@ -1,0 +1,453 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+// The table is sharded copy-on-write. Readers do two atomic loads and one
+// map lookup and never lock:
+//
+//	shards[hash bits] → map[first 16 bytes of hash]slot index → chunk → Slot
+//
+// A Slot is a key's stable home: its Record is replaced atomically when the
+// key changes (revocations, throttles and quota updates touch no map), and
+// it carries the lock-free token-bucket and quota counters that must survive
+// those updates. Only inserting or deleting a key copies a map, and only its
+// shard (~1/1024 of the table).
+//
+// The map is keyed by the first 128 bits of the SHA-256: finding a secret
+// whose truncated hash matches a stored key still takes ~2^128 work, and an
+// accidental collision among 10^6 keys has probability ~2^-89. It saves
+// 16 bytes per key.
+const (
+	shardBits = 10
+	nShards   = 1 << shardBits
+	chunkBits = 12
+	chunkSize = 1 << chunkBits
+	maxChunks = 1 << 12 // 16.7M keys
+
+	maxBatch = 4096
+)
+
+type hkey [16]byte
+
+type shard map[hkey]uint32
+
+func shardOf(k hkey) int { return int(k[0])<<2 | int(k[1])>>6 }
+
+// Slot is one key's mutable state, shared by every request for the key.
+type Slot struct {
+	rec atomic.Pointer[Record]
+	// RateTAT and ThrottleTAT are GCRA theoretical arrival times (unix ns)
+	// of the key's rate-limit and throttle buckets.
+	RateTAT     atomic.Int64
+	ThrottleTAT atomic.Int64
+	// Used counts requests this verifier allowed since the aggregator last
+	// published the key's quota usage.
+	Used atomic.Uint64
+}
+
+// Record is the key's current record, nil once deleted.
+func (s *Slot) Record() *Record { return s.rec.Load() }
+
+type idEntry struct {
+	idx uint32
+	key hkey
+}
+
+// TableConfig configures a Table.
+type TableConfig struct {
+	// KeepState keeps every key's full state for State/States (admin
+	// processes). Verifiers leave it off to save memory.
+	KeepState bool
+	Logger    *slog.Logger
+}
+
+// Table is the in-memory key table, fed from the key-state log.
+type Table struct {
+	shards [nShards]atomic.Pointer[shard]
+	chunks [maxChunks]atomic.Pointer[[chunkSize]Slot]
+	size   atomic.Int64
+	ready  chan struct{}
+	loaded atomic.Bool
+
+	log       *slog.Logger
+	keepState bool
+
+	// Writer state, guarded by mu. One goroutine (Run) writes in practice.
+	mu       sync.Mutex
+	byID     map[string]idEntry
+	next     uint32
+	projects map[string]string
+	private  *[nShards]shard // during the first snapshot: unpublished maps
+	seen     map[string]struct{}
+	changed  chan struct{}
+
+	smu    sync.RWMutex
+	states map[string]*keymeterv1.KeyState
+
+	applied atomic.Uint64 // updates applied, for metrics
+	invalid atomic.Uint64 // updates that could not be decoded
+}
+
+// NewTable returns an empty table; Run fills it.
+func NewTable(cfg TableConfig) *Table {
+	t := &Table{
+		ready:     make(chan struct{}),
+		log:       cfg.Logger,
+		keepState: cfg.KeepState,
+		byID:      make(map[string]idEntry),
+		projects:  make(map[string]string),
+		changed:   make(chan struct{}),
+		private:   new([nShards]shard),
+	}
+	if t.log == nil {
+		t.log = slog.New(slog.DiscardHandler)
+	}
+	empty := shard{}
+	for i := range t.shards {
+		t.shards[i].Store(&empty)
+	}
+	if cfg.KeepState {
+		t.states = make(map[string]*keymeterv1.KeyState)
+	}
+	return t
+}
+
+// Lookup returns the slot of the key with hash h, or nil. It never locks and
+// never allocates.
+func (t *Table) Lookup(h *Hash) *Slot {
+	k := (*hkey)(h[:16])
+	idx, ok := (*t.shards[shardOf(*k)].Load())[*k]
+	if !ok {
+		return nil
+	}
+	return &t.chunks[idx>>chunkBits].Load()[idx&(chunkSize-1)]
+}
+
+// Len is the number of keys in the table.
+func (t *Table) Len() int { return int(t.size.Load()) }
+
+// Ready is closed once the initial snapshot is loaded.
+func (t *Table) Ready() <-chan struct{} { return t.ready }
+
+// Loaded reports whether the initial snapshot is loaded.
+func (t *Table) Loaded() bool { return t.loaded.Load() }
+
+// Applied is the number of key updates applied; Invalid the number skipped.
+func (t *Table) Applied() uint64 { return t.applied.Load() }
+func (t *Table) Invalid() uint64 { return t.invalid.Load() }
+
+// ByID returns the record of key id, or nil.
+func (t *Table) ByID(id string) *Record {
+	t.mu.Lock()
+	e, ok := t.byID[id]
+	t.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return t.slot(e.idx).Record()
+}
+
+// SlotByID returns the slot of key id, or nil.
+func (t *Table) SlotByID(id string) *Slot {
+	t.mu.Lock()
+	e, ok := t.byID[id]
+	t.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return t.slot(e.idx)
+}
+
+func (t *Table) slot(idx uint32) *Slot {
+	return &t.chunks[idx>>chunkBits].Load()[idx&(chunkSize-1)]
+}
+
+// State returns a copy of the full state of key id (KeepState only).
+func (t *Table) State(id string) (*keymeterv1.KeyState, bool) {
+	t.smu.RLock()
+	st, ok := t.states[id]
+	t.smu.RUnlock()
+	if !ok {
+		return nil, false
+	}
+	return proto.CloneOf(st), true
+}
+
+// States returns copies of the full states of the keys for which keep
+// returns true (all when keep is nil), sorted by id (KeepState only).
+func (t *Table) States(keep func(*keymeterv1.KeyState) bool) []*keymeterv1.KeyState {
+	t.smu.RLock()
+	out := make([]*keymeterv1.KeyState, 0, len(t.states))
+	for _, st := range t.states {
+		if keep == nil || keep(st) {
+			out = append(out, proto.CloneOf(st))
+		}
+	}
+	t.smu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].GetId() < out[j].GetId() })
+	return out
+}
+
+// WaitVersion waits until key id has at least version v (or, with v == 0,
+// is absent), so that writers can read their own writes.
+func (t *Table) WaitVersion(ctx context.Context, id string, v uint64) error {
+	for {
+		t.mu.Lock()
+		ch := t.changed
+		e, ok := t.byID[id]
+		t.mu.Unlock()
+		if v == 0 && !ok {
+			return nil
+		}
+		if ok && v > 0 {
+			if r := t.slot(e.idx).Record(); r != nil && r.Version >= v {
+				return nil
+			}
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Run watches the key-state log and applies every update until ctx ends.
+// If the watch breaks, it watches again: the new snapshot replaces the
+// table's content (keys missing from it are removed).
+func (t *Table) Run(ctx context.Context, kl bus.KeyLog) error {
+	backoff := 100 * time.Millisecond
+	for {
+		ch, err := kl.WatchKeys(ctx)
+		if err == nil {
+			backoff = 100 * time.Millisecond
+			t.consume(ctx, ch)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		t.log.Warn("key-state watch ended; watching again", "err", err, "backoff", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff = min(backoff*2, 5*time.Second)
+		t.mu.Lock()
+		t.seen = make(map[string]struct{}) // resync: remember which keys the new snapshot has
+		t.mu.Unlock()
+	}
+}
+
+func (t *Table) consume(ctx context.Context, ch <-chan bus.KeyUpdate) {
+	batch := make([]bus.KeyUpdate, 0, maxBatch)
+	for {
+		var u bus.KeyUpdate
+		var ok bool
+		select {
+		case u, ok = <-ch:
+		case <-ctx.Done():
+			return
+		}
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], u)
+	drain:
+		for len(batch) < maxBatch && !u.EndOfSnapshot {
+			select {
+			case u, ok = <-ch:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, u)
+			default:
+				break drain
+			}
+		}
+		t.Apply(batch)
+		if !ok {
+			return
+		}
+	}
+}
+
+// Apply applies a batch of key-log updates. Readers see each inserted key
+// once its shard is republished at the end of the batch; updates of
+// existing keys are visible at once.
+func (t *Table) Apply(batch []bus.KeyUpdate) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var dirty map[int]shard
+	writable := func(i int) shard {
+		if t.private != nil {
+			if t.private[i] == nil {
+				t.private[i] = make(shard)
+			}
+			return t.private[i]
+		}
+		if s, ok := dirty[i]; ok {
+			return s
+		}
+		if dirty == nil {
+			dirty = make(map[int]shard)
+		}
+		s := maps.Clone(*t.shards[i].Load())
+		if s == nil {
+			s = shard{}
+		}
+		dirty[i] = s
+		return s
+	}
+	endOfSnapshot := false
+	for i := range batch {
+		u := &batch[i]
+		switch {
+		case u.EndOfSnapshot:
+			endOfSnapshot = true
+		case u.Deleted:
+			t.remove(u.ID, writable)
+		default:
+			t.put(u, writable)
+		}
+		if t.seen != nil && u.ID != "" {
+			t.seen[u.ID] = struct{}{}
+		}
+		t.applied.Add(1)
+	}
+	if endOfSnapshot && t.seen != nil {
+		// After a resync, drop keys the new snapshot no longer has.
+		for id := range t.byID {
+			if _, ok := t.seen[id]; !ok {
+				t.remove(id, writable)
+			}
+		}
+		t.seen = nil
+	}
+	for i, s := range dirty {
+		t.shards[i].Store(&s)
+	}
+	if endOfSnapshot && t.private != nil {
+		empty := shard{}
+		for i, s := range t.private {
+			if s == nil {
+				s = empty
+			}
+			t.shards[i].Store(&s)
+		}
+		t.private = nil
+	}
+	close(t.changed)
+	t.changed = make(chan struct{})
+	if endOfSnapshot && !t.loaded.Load() {
+		t.loaded.Store(true)
+		close(t.ready)
+		t.log.Info("key table loaded", "keys", t.size.Load())
+	}
+}
+
+func (t *Table) intern(s string) string {
+	if c, ok := t.projects[s]; ok {
+		return c
+	}
+	t.projects[s] = s
+	return s
+}
+
+func (t *Table) put(u *bus.KeyUpdate, writable func(int) shard) {
+	st := &keymeterv1.KeyState{}
+	if err := proto.Unmarshal(u.Value, st); err != nil {
+		t.invalid.Add(1)
+		t.log.Error("skipping undecodable key state", "key_id", u.ID, "revision", u.Revision, "err", err)
+		return
+	}
+	if st.GetId() == "" {
+		st.Id = u.ID
+	}
+	rec, err := recordFromState(st, t.intern)
+	if err != nil {
+		t.invalid.Add(1)
+		t.log.Error("skipping invalid key state", "key_id", u.ID, "revision", u.Revision, "err", err)
+		return
+	}
+	k := hkey(st.GetHash()[:16])
+	if e, ok := t.byID[rec.ID]; ok {
+		if e.key == k {
+			s := t.slot(e.idx)
+			old := s.rec.Load()
+			if old != nil && rec.Version != 0 && rec.Version < old.Version {
+				t.log.Warn("ignoring stale key state", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
+				return
+			}
+			if old == nil || old.QuotaUsed != rec.QuotaUsed || old.QuotaState != rec.QuotaState {
+				s.Used.Store(0)
+			}
+			s.rec.Store(rec)
+			t.storeState(st)
+			return
+		}
+		t.remove(rec.ID, writable) // the hash changed: a different secret
+	}
+	idx := t.next
+	if idx>>chunkBits >= maxChunks {
+		t.invalid.Add(1)
+		t.log.Error("key table full; key not loaded", "key_id", rec.ID, "capacity", maxChunks*chunkSize)
+		return
+	}
+	t.next++
+	c := t.chunks[idx>>chunkBits].Load()
+	if c == nil {
+		c = new([chunkSize]Slot)
+		t.chunks[idx>>chunkBits].Store(c)
+	}
+	s := &c[idx&(chunkSize-1)]
+	s.rec.Store(rec)
+	writable(shardOf(k))[k] = idx
+	t.byID[rec.ID] = idEntry{idx: idx, key: k}
+	t.size.Add(1)
+	t.storeState(st)
+}
+
+// remove deletes key id. Its slot is not reused: a reader that found the
+// slot index just before the delete must not see another key's record.
+func (t *Table) remove(id string, writable func(int) shard) {
+	e, ok := t.byID[id]
+	if !ok {
+		return
+	}
+	delete(t.byID, id)
+	delete(writable(shardOf(e.key)), e.key)
+	t.slot(e.idx).rec.Store(nil)
+	t.size.Add(-1)
+	if t.keepState {
+		t.smu.Lock()
+		delete(t.states, id)
+		t.smu.Unlock()
+	}
+}
+
+func (t *Table) storeState(st *keymeterv1.KeyState) {
+	if !t.keepState {
+		return
+	}
+	t.smu.Lock()
+	t.states[st.GetId()] = st
+	t.smu.Unlock()
+}
+
+// ErrNotFound: no key with that id.
+var ErrNotFound = errors.New("keys: no such key")
