@@ -1,0 +1,257 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keymeter/keymeter/internal/bus"
+)
+
+// consumer reads event batches through one durable pull consumer per
+// partition (filter subject <prefix>.events.<p>, AckAll), so that a
+// delivery's stream sequence orders it within its partition and acking it
+// acknowledges everything before it in that partition.
+type consumer struct {
+	b      *Bus
+	ch     chan bus.Delivery
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed chan struct{}
+	once   sync.Once
+}
+
+// NewConsumer binds (creating if needed) the durable consumers of group.
+func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Consumer, error) {
+	if cfg.Group == "" {
+		return nil, errors.New("natsbus: consumer group is required")
+	}
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	parts := cfg.Partitions
+	if len(parts) == 0 {
+		for p := range b.cfg.Partitions {
+			parts = append(parts, p)
+		}
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	c := &consumer{b: b, ch: make(chan bus.Delivery, b.cfg.ConsumerPrefetch*len(parts)), cancel: cancel, closed: make(chan struct{})}
+	for _, p := range parts {
+		if p < 0 || p >= b.cfg.Partitions {
+			cancel()
+			return nil, fmt.Errorf("natsbus: partition %d out of range 0-%d", p, b.cfg.Partitions-1)
+		}
+		cons, err := b.js.CreateOrUpdateConsumer(ctx, b.streams.events, jetstream.ConsumerConfig{
+			Durable:       cfg.Group + "-p" + strconv.Itoa(p),
+			FilterSubject: b.partitionSubject(p),
+			AckPolicy:     jetstream.AckAllPolicy,
+			AckWait:       cfg.AckWait,
+			MaxAckPending: 100_000,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+		})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("natsbus: consumer %s partition %d: %w", cfg.Group, p, err)
+		}
+		c.wg.Add(1)
+		go c.pump(runCtx, p, cons)
+	}
+	return c, nil
+}
+
+// pump moves one partition's messages into the shared channel, restarting
+// the pull iterator after connection trouble.
+func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer) {
+	defer c.wg.Done()
+	log := c.b.log.With("partition", p)
+	broken := false
+	for ctx.Err() == nil {
+		it, err := cons.Messages(jetstream.PullMaxMessages(c.b.cfg.ConsumerPrefetch))
+		if err != nil {
+			if !broken {
+				log.Warn("nats consumer: cannot pull, retrying", "err", err)
+				broken = true
+			}
+			sleepCtx(ctx, 500*time.Millisecond)
+			continue
+		}
+		stop := context.AfterFunc(ctx, it.Stop)
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					if !broken {
+						log.Warn("nats consumer: pull interrupted, retrying", "err", err)
+						broken = true
+					}
+				}
+				break
+			}
+			if broken {
+				log.Info("nats consumer: pulling again")
+				broken = false
+			}
+			d, derr := toDelivery(p, msg)
+			if derr != nil {
+				continue // no metadata: not a JetStream message; cannot ack it either
+			}
+			select {
+			case c.ch <- d:
+			case <-ctx.Done():
+			}
+		}
+		stop()
+		it.Stop()
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func toDelivery(p int, msg jetstream.Msg) (bus.Delivery, error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return bus.Delivery{}, err
+	}
+	h := msg.Headers()
+	d := bus.Delivery{
+		Partition:   p,
+		Position:    md.Sequence.Stream,
+		BatchID:     h.Get(bus.HeaderBatchID),
+		Source:      h.Get(bus.HeaderSource),
+		Data:        msg.Data(),
+		Redelivered: md.NumDelivered > 1,
+		Ref:         msg,
+	}
+	d.Invalid = envelopeProblem(h)
+	return d, nil
+}
+
+// envelopeProblem says what is wrong with a message's CloudEvents headers.
+func envelopeProblem(h nats.Header) string {
+	switch {
+	case h.Get(bus.HeaderBatchID) == "":
+		return "missing header " + bus.HeaderBatchID + " (batch id)"
+	case h.Get(bus.HeaderType) != bus.TypeEventBatch:
+		return fmt.Sprintf("header %s is %q, want %q", bus.HeaderType, h.Get(bus.HeaderType), bus.TypeEventBatch)
+	case h.Get(bus.HeaderContentType) != "" && h.Get(bus.HeaderContentType) != bus.ContentTypeProtobuf:
+		return fmt.Sprintf("content-type %q, want %q", h.Get(bus.HeaderContentType), bus.ContentTypeProtobuf)
+	}
+	return ""
+}
+
+func (c *consumer) Fetch(ctx context.Context, max int, wait time.Duration) ([]bus.Delivery, error) {
+	select {
+	case <-c.closed:
+		return nil, bus.ErrClosed
+	default:
+	}
+	var out []bus.Delivery
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case d := <-c.ch:
+		out = append(out, d)
+	case <-t.C:
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.closed:
+		return nil, bus.ErrClosed
+	}
+	for len(out) < max {
+		select {
+		case d := <-c.ch:
+			out = append(out, d)
+		default:
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+func (c *consumer) Ack(ctx context.Context, d bus.Delivery) error {
+	msg, ok := d.Ref.(jetstream.Msg)
+	if !ok {
+		return errors.New("natsbus: ack of a delivery this consumer did not make")
+	}
+	// DoubleAck waits for the server's confirmation, so an ack that returns
+	// nil is durable: the batch will not be redelivered.
+	if err := msg.DoubleAck(ctx); err != nil {
+		return fmt.Errorf("natsbus: ack partition %d position %d: %w", d.Partition, d.Position, err)
+	}
+	return nil
+}
+
+func (c *consumer) Close() error {
+	c.once.Do(func() {
+		close(c.closed)
+		c.cancel()
+		c.wg.Wait()
+	})
+	return nil
+}
+
+// ReadRange re-reads [from, to] of a partition with an ordered consumer.
+func (b *Bus) ReadRange(ctx context.Context, partition int, from, to uint64, fn func(bus.Delivery) error) error {
+	if from > to {
+		return fmt.Errorf("natsbus: read range: from %d > to %d", from, to)
+	}
+	oc, err := b.js.OrderedConsumer(ctx, b.streams.events, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{b.partitionSubject(partition)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	})
+	if err != nil {
+		return fmt.Errorf("natsbus: read range p%d [%d,%d]: %w", partition, from, to, err)
+	}
+	for {
+		batch, err := oc.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return fmt.Errorf("natsbus: read range p%d [%d,%d]: %w", partition, from, to, err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			d, err := toDelivery(partition, msg)
+			if err != nil {
+				return err
+			}
+			if d.Position > to {
+				return nil
+			}
+			d.Ref = nil
+			if err := fn(d); err != nil {
+				return err
+			}
+			if d.Position == to {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("natsbus: read range p%d [%d,%d]: %w", partition, from, to, err)
+		}
+		if n == 0 {
+			// Nothing more in the stream: the rest of the range is gone
+			// (expired by max-age) or was never there.
+			return fmt.Errorf("natsbus: read range p%d [%d,%d]: stream ends before position %d", partition, from, to, to)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,140 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keymeter/keymeter/internal/bus"
+)
+
+// ---- key-state log: a JetStream KV bucket ----
+
+// PutKey stores the latest state of a key.
+func (b *Bus) PutKey(ctx context.Context, id string, value []byte) error {
+	if _, err := b.kv.Put(ctx, id, value); err != nil {
+		return fmt.Errorf("natsbus: put key %s: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteKey removes a key from the log (watchers see a deletion).
+func (b *Bus) DeleteKey(ctx context.Context, id string) error {
+	if err := b.kv.Delete(ctx, id); err != nil {
+		return fmt.Errorf("natsbus: delete key %s: %w", id, err)
+	}
+	return nil
+}
+
+// WatchKeys delivers every key's latest state, an EndOfSnapshot marker,
+// then live changes until ctx ends.
+func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
+	w, err := b.kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: watch keys: %w", err)
+	}
+	out := make(chan bus.KeyUpdate, 1024)
+	go func() {
+		defer close(out)
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				var u bus.KeyUpdate
+				if e == nil {
+					u.EndOfSnapshot = true
+				} else {
+					u = bus.KeyUpdate{ID: e.Key(), Revision: e.Revision()}
+					if e.Operation() == jetstream.KeyValueDelete || e.Operation() == jetstream.KeyValuePurge {
+						u.Deleted = true
+					} else {
+						u.Value = e.Value()
+					}
+				}
+				select {
+				case out <- u:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// ---- decisions ----
+
+// PublishDecision stores a decision on the decisions stream.
+func (b *Bus) PublishDecision(ctx context.Context, key string, data []byte) error {
+	msg := nats.NewMsg(b.subj.decisions)
+	msg.Data = data
+	msg.Header.Set("keymeter-key", key)
+	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("natsbus: publish decision: %w", err)
+	}
+	return nil
+}
+
+// SubscribeDecisions calls fn for every decision published from now on.
+func (b *Bus) SubscribeDecisions(ctx context.Context, fn func([]byte)) error {
+	oc, err := b.js.OrderedConsumer(ctx, b.streams.decisions, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("natsbus: subscribe decisions: %w", err)
+	}
+	cc, err := oc.Consume(func(m jetstream.Msg) { fn(m.Data()) })
+	if err != nil {
+		return fmt.Errorf("natsbus: subscribe decisions: %w", err)
+	}
+	context.AfterFunc(ctx, cc.Stop)
+	return nil
+}
+
+// ---- dead letters ----
+
+// DeadLetter stores a message that could not be processed, with the reason.
+func (b *Bus) DeadLetter(ctx context.Context, dl bus.DeadLetter) error {
+	if dl.Reason == "" {
+		return errors.New("natsbus: dead letter without a reason")
+	}
+	msg := nats.NewMsg(b.subj.deadletter)
+	msg.Data = dl.Data
+	msg.Header.Set(bus.HeaderReason, dl.Reason)
+	msg.Header.Set(bus.HeaderOrigin, dl.Origin)
+	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("natsbus: dead letter: %w", err)
+	}
+	return nil
+}
+
+// ReadDeadLetters reads dead letters from the start of the log.
+func (b *Bus) ReadDeadLetters(ctx context.Context, max int, wait time.Duration) ([]bus.DeadLetter, error) {
+	oc, err := b.js.OrderedConsumer(ctx, b.streams.deadletter, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: read dead letters: %w", err)
+	}
+	batch, err := oc.Fetch(max, jetstream.FetchMaxWait(wait))
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: read dead letters: %w", err)
+	}
+	var out []bus.DeadLetter
+	for m := range batch.Messages() {
+		md, _ := m.Metadata()
+		dl := bus.DeadLetter{Reason: m.Headers().Get(bus.HeaderReason), Origin: m.Headers().Get(bus.HeaderOrigin), Data: m.Data()}
+		if md != nil {
+			dl.Time = md.Timestamp
+		}
+		out = append(out, dl)
+	}
+	return out, nil
+}

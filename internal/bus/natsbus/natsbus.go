@@ -1,0 +1,368 @@
+// Package natsbus is the bus on NATS JetStream: event batches on one stream
+// with a subject per partition, the key-state log in a KV bucket, decisions
+// and dead letters on streams of their own.
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keymeter/keymeter/internal/bus"
+)
+
+// Config configures the NATS bus. Zero values take the defaults shown.
+type Config struct {
+	URL              string        // nats://127.0.0.1:4222; ignored with WithEmbedded
+	Prefix           string        // "keymeter": subjects keymeter.events.<p>, keymeter.decisions, keymeter.deadletter
+	Partitions       int           // 8
+	MaxAge           time.Duration // 72h: events stream retention
+	DuplicateWindow  time.Duration // 10m: a batch id re-published within it is dropped by the server
+	Replicas         int           // 1 (3 in a production cluster)
+	MaxPending       int           // 1024 unacknowledged batches before Publish blocks
+	PublishTimeout   time.Duration // 10s: a batch not acknowledged by then fails
+	ConsumerPrefetch int           // 64 batches pulled ahead per partition
+}
+
+// Validate fills defaults and checks ranges.
+func (c *Config) Validate() error {
+	if c.Prefix == "" {
+		c.Prefix = "keymeter"
+	}
+	if strings.ContainsAny(c.Prefix, " .*>") {
+		return fmt.Errorf("natsbus: prefix %q must be one subject token (no spaces, dots or wildcards)", c.Prefix)
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 8
+	}
+	if c.Partitions < 1 || c.Partitions > 1024 {
+		return fmt.Errorf("natsbus: partitions %d out of range 1-1024", c.Partitions)
+	}
+	if c.MaxAge == 0 {
+		c.MaxAge = 72 * time.Hour
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = 10 * time.Minute
+	}
+	if c.DuplicateWindow > c.MaxAge {
+		return fmt.Errorf("natsbus: duplicate-window %s longer than max-age %s", c.DuplicateWindow, c.MaxAge)
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return fmt.Errorf("natsbus: replicas %d out of range 1-5", c.Replicas)
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 1024
+	}
+	if c.MaxPending < 1 {
+		return fmt.Errorf("natsbus: max-pending %d must be at least 1", c.MaxPending)
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = 10 * time.Second
+	}
+	if c.ConsumerPrefetch == 0 {
+		c.ConsumerPrefetch = 64
+	}
+	return nil
+}
+
+// Option configures New.
+type Option func(*options) error
+
+type options struct {
+	log      *slog.Logger
+	embedded *Embedded
+	conn     *nats.Conn
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error { o.log = l; return nil }
+}
+
+// WithEmbedded connects to an embedded server (in-process when it does not
+// listen on TCP).
+func WithEmbedded(e *Embedded) Option {
+	return func(o *options) error {
+		if e == nil {
+			return errors.New("natsbus: WithEmbedded(nil)")
+		}
+		o.embedded = e
+		return nil
+	}
+}
+
+// Bus is the JetStream adapter of bus.Bus.
+type Bus struct {
+	cfg  Config
+	log  *slog.Logger
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	kv   jetstream.KeyValue
+	pub  *publisher
+	subj struct{ events, decisions, deadletter string }
+	streams struct{ events, decisions, deadletter string }
+}
+
+var (
+	_ bus.Bus       = (*Bus)(nil)
+	_ bus.Publisher = (*publisher)(nil)
+	_ bus.Consumer  = (*consumer)(nil)
+)
+
+// New connects and creates (idempotently) the streams and the KV bucket.
+func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	o := options{log: slog.Default()}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	b := &Bus{cfg: cfg, log: o.log.With("bus", "nats")}
+	up := strings.ToUpper(cfg.Prefix)
+	b.subj.events = cfg.Prefix + ".events"
+	b.subj.decisions = cfg.Prefix + ".decisions"
+	b.subj.deadletter = cfg.Prefix + ".deadletter"
+	b.streams.events = up + "_EVENTS"
+	b.streams.decisions = up + "_DECISIONS"
+	b.streams.deadletter = up + "_DEADLETTER"
+
+	url := cfg.URL
+	nopts := []nats.Option{
+		nats.Name("keymeter"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(false),
+		// Logged once per state change, never per message.
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			b.log.Warn("nats disconnected, reconnecting", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { b.log.Warn("nats async error", "err", err) }),
+	}
+	if o.embedded != nil {
+		url = o.embedded.URL()
+		nopts = append(nopts, o.embedded.ConnectOption())
+	}
+	if url == "" {
+		url = nats.DefaultURL
+	}
+	nc, err := nats.Connect(url, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: connect %s: %w", redact(url), err)
+	}
+	b.nc = nc
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(cfg.MaxPending*2),
+		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout))
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("natsbus: jetstream: %w", err)
+	}
+	b.js = js
+	if err := b.provision(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	b.pub = newPublisher(b)
+	return b, nil
+}
+
+func redact(url string) string {
+	if i := strings.Index(url, "@"); i >= 0 {
+		if j := strings.Index(url, "://"); j >= 0 && j < i {
+			return url[:j+3] + "***" + url[i:]
+		}
+	}
+	return url
+}
+
+// provision creates or updates the streams and the bucket; safe to run from
+// every process at every start.
+func (b *Bus) provision(ctx context.Context) error {
+	streams := []jetstream.StreamConfig{
+		{
+			Name: b.streams.events, Subjects: []string{b.subj.events + ".*"},
+			Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy,
+			MaxAge: b.cfg.MaxAge, Duplicates: b.cfg.DuplicateWindow, Replicas: b.cfg.Replicas,
+			Description: "keymeter usage event batches, one subject per partition",
+		},
+		{
+			Name: b.streams.decisions, Subjects: []string{b.subj.decisions},
+			Storage: jetstream.FileStorage, MaxAge: 30 * 24 * time.Hour, Replicas: b.cfg.Replicas,
+			Description: "keymeter detection decisions",
+		},
+		{
+			Name: b.streams.deadletter, Subjects: []string{b.subj.deadletter},
+			Storage: jetstream.FileStorage, MaxAge: 30 * 24 * time.Hour, Replicas: b.cfg.Replicas,
+			Description: "keymeter messages that could not be processed, with the reason",
+		},
+	}
+	for _, sc := range streams {
+		if _, err := b.js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("natsbus: create stream %s: %w", sc.Name, err)
+		}
+	}
+	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.cfg.Prefix + "_keys", History: 1, Storage: jetstream.FileStorage,
+		Replicas: b.cfg.Replicas, Description: "keymeter key-state log: latest state per key id",
+	})
+	if err != nil {
+		return fmt.Errorf("natsbus: create key-value bucket %s_keys: %w", b.cfg.Prefix, err)
+	}
+	b.kv = kv
+	return nil
+}
+
+// Partitions is the number of event partitions.
+func (b *Bus) Partitions() int { return b.cfg.Partitions }
+
+// Publisher returns the event batch publisher.
+func (b *Bus) Publisher() bus.Publisher { return b.pub }
+
+// Conn exposes the connection (for metrics of connection state).
+func (b *Bus) Conn() *nats.Conn { return b.nc }
+
+func (b *Bus) partitionSubject(p int) string { return b.subj.events + "." + strconv.Itoa(p) }
+
+// Close flushes pending publishes (bounded by ctx) and disconnects.
+func (b *Bus) Close(ctx context.Context) error {
+	err := b.pub.Flush(ctx)
+	b.pub.close()
+	if derr := b.nc.Drain(); derr != nil && err == nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		err = derr
+	}
+	// Drain is asynchronous; wait for it within ctx.
+	for b.nc.IsDraining() {
+		select {
+		case <-ctx.Done():
+			b.nc.Close()
+			return errors.Join(err, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	b.nc.Close()
+	return err
+}
+
+// ---- publisher ----
+
+type pubAck struct {
+	done chan struct{}
+	err  error
+	fut  jetstream.PubAckFuture
+}
+
+func (a *pubAck) Done() <-chan struct{} { return a.done }
+func (a *pubAck) Err() error {
+	select {
+	case <-a.done:
+		return a.err
+	default:
+		return errors.New("natsbus: publish not yet acknowledged")
+	}
+}
+
+type publisher struct {
+	b      *Bus
+	sem    chan struct{}
+	queue  chan *pubAck
+	closed atomic.Bool
+	once   sync.Once
+	wg     sync.WaitGroup
+}
+
+func newPublisher(b *Bus) *publisher {
+	p := &publisher{b: b, sem: make(chan struct{}, b.cfg.MaxPending), queue: make(chan *pubAck, b.cfg.MaxPending)}
+	p.wg.Add(1)
+	go p.reap()
+	return p
+}
+
+// reap resolves futures in publish order and frees their slots.
+func (p *publisher) reap() {
+	defer p.wg.Done()
+	for a := range p.queue {
+		select {
+		case <-a.fut.Ok():
+		case err := <-a.fut.Err():
+			a.err = fmt.Errorf("natsbus: publish batch %s: %w", a.fut.Msg().Header.Get(bus.HeaderBatchID), err)
+		}
+		close(a.done)
+		<-p.sem
+	}
+}
+
+func (p *publisher) Publish(ctx context.Context, m bus.Message) (bus.PubAck, error) {
+	if p.closed.Load() {
+		return nil, bus.ErrClosed
+	}
+	if m.BatchID == "" {
+		return nil, errors.New("natsbus: message without batch id")
+	}
+	select {
+	case p.sem <- struct{}{}:
+	default:
+		select {
+		case p.sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %d batches unacknowledged: %w", bus.ErrBackpressure, cap(p.sem), ctx.Err())
+		}
+	}
+	msg := nats.NewMsg(p.b.partitionSubject(bus.Partition(m.Key, p.b.cfg.Partitions)))
+	msg.Data = m.Data
+	setEnvelope(msg.Header, m)
+	fut, err := p.b.js.PublishMsgAsync(msg, jetstream.WithMsgID(m.BatchID))
+	if err != nil {
+		<-p.sem
+		return nil, fmt.Errorf("natsbus: publish batch %s: %w", m.BatchID, err)
+	}
+	a := &pubAck{done: make(chan struct{}), fut: fut}
+	p.queue <- a // never blocks: the semaphore bounds the queue
+	return a, nil
+}
+
+func setEnvelope(h nats.Header, m bus.Message) {
+	h[bus.HeaderBatchID] = []string{m.BatchID}
+	h[bus.HeaderSource] = []string{m.Source}
+	h[bus.HeaderType] = []string{bus.TypeEventBatch}
+	h[bus.HeaderSpecVersion] = []string{"1.0"}
+	h[bus.HeaderTime] = []string{time.Now().UTC().Format(time.RFC3339Nano)}
+	h[bus.HeaderContentType] = []string{bus.ContentTypeProtobuf}
+}
+
+func (p *publisher) Flush(ctx context.Context) error {
+	for {
+		if len(p.sem) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("natsbus: flush: %d batches unacknowledged: %w", len(p.sem), ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+func (p *publisher) close() {
+	p.once.Do(func() {
+		p.closed.Store(true)
+		close(p.queue)
+		p.wg.Wait()
+	})
+}

@@ -1,0 +1,90 @@
+package natsbus
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/bus/bustest"
+)
+
+var prefixSeq atomic.Int64
+
+func TestConformance(t *testing.T) {
+	dir := t.TempDir()
+	cfg := EmbeddedConfig{DataDir: dir, Listen: true, Port: -1}
+	srv, err := StartEmbedded(cfg)
+	if err != nil {
+		t.Fatalf("embedded nats-server did not start: %v", err)
+	}
+	// Restarts keep the port so clients reconnect to the same URL.
+	url := srv.ClientURL()
+	var port int
+	fmt.Sscanf(url[len("nats://127.0.0.1:"):], "%d", &port)
+	cfg.Port = port
+	t.Cleanup(func() { srv.Shutdown() })
+
+	stop := func(t *testing.T) { srv.Shutdown() }
+	start := func(t *testing.T) {
+		var err error
+		for range 50 { // the port may linger briefly
+			if srv, err = StartEmbedded(cfg); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("embedded nats-server did not restart: %v", err)
+	}
+	bustest.Run(t, bustest.Harness{
+		Name: "nats",
+		New: func(t *testing.T, o bustest.Options) bus.Bus {
+			b, err := New(context.Background(), Config{
+				URL: url, Prefix: fmt.Sprintf("t%d", prefixSeq.Add(1)),
+				Partitions: o.Partitions, MaxPending: o.MaxPending, PublishTimeout: 3 * time.Second,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		},
+		PublishRaw: func(ctx context.Context, b bus.Bus, key string, data []byte) error {
+			nb := b.(*Bus)
+			msg := nats.NewMsg(nb.partitionSubject(bus.Partition(key, nb.Partitions())))
+			msg.Data = data
+			_, err := nb.js.PublishMsg(ctx, msg)
+			return err
+		},
+		Stop:            stop,
+		Start:           start,
+		Restart:         func(t *testing.T) { stop(t); start(t) },
+		DropsDuplicates: true,
+		AckWait:         time.Second,
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	cases := []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Partitions: -1}, "partitions -1 out of range"},
+		{Config{Prefix: "a.b"}, "prefix \"a.b\""},
+		{Config{Replicas: 9}, "replicas 9 out of range"},
+		{Config{MaxAge: time.Minute, DuplicateWindow: time.Hour}, "duplicate-window"},
+	}
+	for _, c := range cases {
+		err := c.cfg.Validate()
+		if err == nil || !contains(err.Error(), c.want) {
+			t.Errorf("%+v: got %v, want %q", c.cfg, err, c.want)
+		}
+	}
+}
+
+func contains(s, sub string) bool {
+	return len(sub) == 0 || (len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub)))
+}
