@@ -3,6 +3,7 @@ package keys
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"hash/crc32"
 	"io"
@@ -133,17 +134,16 @@ func Parse(s string) (Secret, error) {
 	default:
 		return Secret{}, ErrMalformed
 	}
-	for i := headLen; i < SecretLen; i++ {
-		if b62val[s[i]] < 0 {
-			return Secret{}, ErrMalformed
-		}
+	if !allBase62(s) {
+		return Secret{}, ErrMalformed
 	}
-	// Compare encodings rather than decoded values: 62^6 > 2^32, so only
-	// the canonical encoding of the CRC is accepted.
-	sum := crc32.ChecksumIEEE(unsafe.Slice(unsafe.StringData(s), bodyLen))
-	var enc [checksumLen]byte
-	encodeChecksum(&enc, sum)
-	if string(enc[:]) != s[bodyLen:] {
+	// 62^6 > 2^32 and the field has a fixed width, so comparing decoded
+	// values accepts only the canonical encoding of the CRC.
+	var got uint64
+	for i := bodyLen; i < SecretLen; i++ {
+		got = got*62 + uint64(b62val[s[i]])
+	}
+	if got != uint64(bodyCRC(s)) {
 		return Secret{}, ErrChecksum
 	}
 	return Secret{s: s, env: env}, nil
@@ -158,6 +158,34 @@ var b62val = func() (t [256]int8) {
 	}
 	return t
 }()
+
+// allBase62 checks s[headLen:SecretLen] eight bytes at a time (SWAR): for
+// bytes below 0x80, adding 0x80-lo sets a byte's high bit iff it is ≥ lo,
+// and adding 0x7f-hi iff it is > hi, without carries between bytes.
+func allBase62(s string) bool {
+	b := unsafe.Slice(unsafe.StringData(s), SecretLen)
+	return base62Word(binary.LittleEndian.Uint64(b[headLen:]))&
+		base62Word(binary.LittleEndian.Uint64(b[headLen+8:]))&
+		base62Word(binary.LittleEndian.Uint64(b[headLen+16:]))&
+		base62Word(binary.LittleEndian.Uint64(b[headLen+24:]))&
+		base62Word(binary.LittleEndian.Uint64(b[SecretLen-8:])) == hi8
+}
+
+const (
+	lo8 = 0x0101010101010101
+	hi8 = 0x8080808080808080
+)
+
+func inRange(x uint64, lo, hi uint64) uint64 {
+	return (x + lo8*(0x80-lo)) &^ (x + lo8*(0x7f-hi)) & hi8
+}
+
+func base62Word(x uint64) uint64 {
+	if x&hi8 != 0 {
+		return 0
+	}
+	return inRange(x, '0', '9') | inRange(x, 'A', 'Z') | inRange(x, 'a', 'z')
+}
 
 func encodeChecksum(dst *[checksumLen]byte, v uint32) {
 	for i := checksumLen - 1; i >= 0; i-- {
@@ -217,4 +245,33 @@ func NewID() (string, error) {
 
 func crc32IEEE(s string) uint32 {
 	return crc32.ChecksumIEEE(unsafe.Slice(unsafe.StringData(s), len(s)))
+}
+
+// crcTables are the slicing-by-8 tables of CRC-32 (IEEE). hash/crc32 does
+// the last 8 bytes of a 40-byte input one at a time; this does 5 words.
+var crcTables = func() (t [8][256]uint32) {
+	t[0] = *crc32.IEEETable
+	for i := range 256 {
+		c := t[0][i]
+		for k := 1; k < 8; k++ {
+			c = t[0][c&0xff] ^ c>>8
+			t[k][i] = c
+		}
+	}
+	return t
+}()
+
+// bodyCRC is the CRC-32 (IEEE) of s[:bodyLen], len(s) ≥ bodyLen.
+func bodyCRC(s string) uint32 {
+	b := unsafe.Slice(unsafe.StringData(s), bodyLen)
+	t := &crcTables
+	crc := ^uint32(0)
+	for i := 0; i < bodyLen; i += 8 {
+		w := binary.LittleEndian.Uint64(b[i:])
+		x := uint32(w) ^ crc
+		y := uint32(w >> 32)
+		crc = t[0][y>>24] ^ t[1][y>>16&0xff] ^ t[2][y>>8&0xff] ^ t[3][y&0xff] ^
+			t[4][x>>24] ^ t[5][x>>16&0xff] ^ t[6][x>>8&0xff] ^ t[7][x&0xff]
+	}
+	return ^crc
 }

@@ -118,6 +118,11 @@ func FuzzParse(f *testing.F) {
 		}
 		// Anything accepted must be exactly a well-formed key whose
 		// checksum we would have generated.
+		for i := headLen; i < len(s); i++ {
+			if strings.IndexByte(base62, s[i]) < 0 {
+				t.Fatalf("accepted non-base62 %q", s)
+			}
+		}
 		if len(s) != SecretLen || k.Reveal() != s || (k.Env() != EnvLive && k.Env() != EnvTest) {
 			t.Fatalf("accepted %q", s)
 		}
@@ -135,5 +140,15 @@ func BenchmarkParse(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_, _ = Parse(s)
+	}
+}
+
+func TestBodyCRC(t *testing.T) {
+	for range 1000 {
+		k, _ := Generate(EnvTest)
+		s := k.Reveal()
+		if bodyCRC(s) != crc32IEEE(s[:bodyLen]) {
+			t.Fatal("bodyCRC differs from hash/crc32")
+		}
 	}
 }

@@ -390,4 +390,3 @@ func applyLimits(st *keymeterv1.KeyState, l *KeyLimits) {
 		st.ExpiresUnixNano = l.ExpiresAt.UnixNano()
 	}
 }
-

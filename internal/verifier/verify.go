@@ -1,0 +1,303 @@
+package verifier
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/keys"
+)
+
+// Route configures the requests under a path prefix. The longest matching
+// prefix wins; requests matching none use the zero Route (a key required,
+// no scope).
+type Route struct {
+	Prefix string
+	// Scope the key must grant (see keys.Record.HasScope); "" for none.
+	Scope string
+	// Anonymous lets requests without a key through, each client address
+	// limited to AnonRatePerS (burst AnonBurst). A request that carries a
+	// key is still verified as such.
+	Anonymous    bool
+	AnonRatePerS float64
+	AnonBurst    uint32
+	// CostUnits is what one request costs in usage events (default 1).
+	CostUnits uint32
+
+	anon *ipBuckets
+}
+
+// ParseRoute parses "PREFIX[,scope=S][,anonymous=RATE[/BURST]][,cost=N]",
+// the --route flag's syntax, e.g. "/public,anonymous=5/10" or
+// "/v1/admin,scope=admin".
+func ParseRoute(s string) (Route, error) {
+	parts := strings.Split(s, ",")
+	r := Route{Prefix: parts[0]}
+	if !strings.HasPrefix(r.Prefix, "/") {
+		return r, fmt.Errorf("route %q: the prefix must start with /", s)
+	}
+	for _, p := range parts[1:] {
+		k, v, _ := strings.Cut(p, "=")
+		switch k {
+		case "scope":
+			r.Scope = v
+		case "anonymous":
+			r.Anonymous = true
+			rate, burst, _ := strings.Cut(v, "/")
+			if _, err := fmt.Sscan(rate, &r.AnonRatePerS); err != nil || r.AnonRatePerS <= 0 {
+				return r, fmt.Errorf("route %q: anonymous=%q: want RATE[/BURST], e.g. anonymous=5/10", s, v)
+			}
+			if burst != "" {
+				if _, err := fmt.Sscan(burst, &r.AnonBurst); err != nil {
+					return r, fmt.Errorf("route %q: anonymous burst %q is not a number", s, burst)
+				}
+			}
+		case "cost":
+			if _, err := fmt.Sscan(v, &r.CostUnits); err != nil {
+				return r, fmt.Errorf("route %q: cost=%q is not a number", s, v)
+			}
+		default:
+			return r, fmt.Errorf("route %q: unknown option %q (accepted: scope=, anonymous=, cost=)", s, k)
+		}
+	}
+	return r, nil
+}
+
+// Config configures a Verifier.
+type Config struct {
+	Table  *keys.Table
+	Routes []Route
+	// Blocks holds the addresses detection blocked; a fresh list if nil.
+	Blocks *BlockList
+	// Now is the clock (tests); time.Now by default.
+	Now func() time.Time
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if c.Table == nil {
+		return errors.New("verifier: Table is required")
+	}
+	seen := map[string]bool{}
+	for _, r := range c.Routes {
+		if !strings.HasPrefix(r.Prefix, "/") {
+			return fmt.Errorf("verifier: route %q: the prefix must start with /", r.Prefix)
+		}
+		if seen[r.Prefix] {
+			return fmt.Errorf("verifier: route %q configured twice", r.Prefix)
+		}
+		seen[r.Prefix] = true
+		if r.Anonymous && r.AnonRatePerS <= 0 {
+			return fmt.Errorf("verifier: route %q: anonymous access needs a per-IP rate > 0", r.Prefix)
+		}
+	}
+	return nil
+}
+
+// Verifier makes the decision for each request.
+type Verifier struct {
+	table  *keys.Table
+	routes []Route // longest prefix first
+	dflt   Route
+	blocks *BlockList
+	now    func() time.Time
+}
+
+// New returns a Verifier.
+func New(cfg Config) (*Verifier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	v := &Verifier{table: cfg.Table, blocks: cfg.Blocks, now: cfg.Now, dflt: Route{CostUnits: 1}}
+	if v.blocks == nil {
+		v.blocks = &BlockList{}
+	}
+	for _, r := range cfg.Routes {
+		if r.Anonymous {
+			r.anon = newIPBuckets(r.AnonRatePerS, r.AnonBurst)
+		}
+		if r.CostUnits == 0 {
+			r.CostUnits = 1
+		}
+		v.routes = append(v.routes, r)
+	}
+	sort.SliceStable(v.routes, func(i, j int) bool { return len(v.routes[i].Prefix) > len(v.routes[j].Prefix) })
+	return v, nil
+}
+
+// Blocks is the verifier's block list.
+func (v *Verifier) Blocks() *BlockList { return v.blocks }
+
+// Table is the verifier's key table.
+func (v *Verifier) Table() *keys.Table { return v.table }
+
+// Request is what Verify needs to know about a request.
+type Request struct {
+	// Key is the credential as presented, "" when none (see ExtractKey).
+	Key      string
+	ClientIP netip.Addr
+	Method   string
+	Path     string
+	// Now is the request's arrival (unix ns); 0 means the verifier's clock.
+	Now int64
+}
+
+// Decision is the verdict on one request.
+type Decision struct {
+	Outcome event.Outcome
+	// Record is the key's record when the key was found, else nil.
+	Record *keys.Record
+	// Route is the matched route.
+	Route *Route
+	// Rate-limit state, for the RateLimit headers, when a bucket applied.
+	Limited    bool
+	Limit      uint32
+	Remaining  uint32
+	WindowNs   int64 // time a full bucket takes to refill
+	ResetNs    int64 // until the bucket is full again
+	RetryAfter int64 // ns until a refused request could pass
+	Now        int64
+}
+
+// Allowed reports whether the request may pass.
+func (d *Decision) Allowed() bool { return d.Outcome == event.OutcomeValid }
+
+// KeyID is the key's id, "" when the key was not found.
+func (d *Decision) KeyID() string {
+	if d.Record == nil {
+		return ""
+	}
+	return d.Record.ID
+}
+
+// Project is the key's project, "" when the key was not found.
+func (d *Decision) Project() string {
+	if d.Record == nil {
+		return ""
+	}
+	return d.Record.Project
+}
+
+func (v *Verifier) route(path string) *Route {
+	for i := range v.routes {
+		if strings.HasPrefix(path, v.routes[i].Prefix) {
+			return &v.routes[i]
+		}
+	}
+	return &v.dflt
+}
+
+// Verify decides on one request. It does not allocate or lock.
+func (v *Verifier) Verify(req *Request) Decision {
+	now := req.Now
+	if now == 0 {
+		if v.now != nil {
+			now = v.now().UnixNano()
+		} else {
+			now = time.Now().UnixNano()
+		}
+	}
+	d := Decision{Now: now, Route: v.route(req.Path)}
+	if v.blocks.Blocked(req.ClientIP, now) {
+		d.Outcome = event.OutcomeBlockedIP
+		return d
+	}
+	if req.Key == "" {
+		r := d.Route
+		if !r.Anonymous {
+			d.Outcome = event.OutcomeMissing
+			return d
+		}
+		d.Limited, d.Limit, d.WindowNs = true, r.anon.burst, r.anon.interval*int64(r.anon.burst)
+		ok, rem, reset, retry := gcra(r.anon.cell(req.ClientIP), now, r.anon.interval, r.anon.burst)
+		d.Remaining, d.ResetNs, d.RetryAfter = rem, reset, retry
+		if !ok {
+			d.Outcome = event.OutcomeRateLimited
+			return d
+		}
+		d.Outcome = event.OutcomeValid
+		return d
+	}
+	sec, err := keys.Parse(req.Key)
+	if err != nil {
+		d.Outcome = event.OutcomeMalformed
+		return d
+	}
+	h := sec.Hash()
+	slot := v.table.Lookup(&h)
+	if slot == nil {
+		d.Outcome = event.OutcomeUnknown
+		return d
+	}
+	rec := slot.Record()
+	if rec == nil {
+		d.Outcome = event.OutcomeUnknown
+		return d
+	}
+	d.Record = rec
+	d.Outcome = check(rec, slot, &d, req, now)
+	return d
+}
+
+func check(rec *keys.Record, slot *keys.Slot, d *Decision, req *Request, now int64) event.Outcome {
+	switch rec.Status {
+	case keys.StatusActive:
+	case keys.StatusSuspended:
+		return event.OutcomeSuspended
+	case keys.StatusRevoked, keys.StatusDeleted:
+		return event.OutcomeRevoked
+	default:
+		return event.OutcomeUnknown
+	}
+	if rec.ExpiresAt != 0 && now >= rec.ExpiresAt {
+		return event.OutcomeExpired
+	}
+	if rec.GraceUntil != 0 && now >= rec.GraceUntil {
+		// Rotated out and the grace period is over.
+		return event.OutcomeExpired
+	}
+	if rec.Limits != nil {
+		if !rec.AllowsIP(req.ClientIP) {
+			return event.OutcomeIPDenied
+		}
+		if !rec.HasScope(d.Route.Scope) {
+			return event.OutcomeScopeDenied
+		}
+	} else if d.Route.Scope != "" {
+		return event.OutcomeScopeDenied
+	}
+	if rec.ThrottleInterval > 0 && now < rec.ThrottleUntil {
+		ok, rem, reset, retry := gcra(&slot.ThrottleTAT, now, rec.ThrottleInterval, 1)
+		if !ok {
+			d.Limited, d.Limit, d.Remaining, d.WindowNs, d.ResetNs, d.RetryAfter = true, 1, rem, rec.ThrottleInterval, reset, retry
+			return event.OutcomeThrottled
+		}
+	}
+	if rec.RateInterval > 0 {
+		ok, rem, reset, retry := gcra(&slot.RateTAT, now, rec.RateInterval, rec.Burst)
+		d.Limited, d.Limit, d.Remaining, d.WindowNs, d.ResetNs, d.RetryAfter = true, rec.Burst, rem, rec.RateInterval*int64(rec.Burst), reset, retry
+		if !ok {
+			return event.OutcomeRateLimited
+		}
+	}
+	if rec.MonthlyQuota > 0 {
+		if rec.QuotaState == keys.QuotaExceeded || rec.QuotaUsed+slot.Used.Load() >= rec.MonthlyQuota {
+			d.RetryAfter = untilNextMonth(now)
+			return event.OutcomeQuotaExceeded
+		}
+		slot.Used.Add(1)
+	}
+	return event.OutcomeValid
+}
+
+// untilNextMonth is how long until the next calendar month (UTC), when a
+// monthly quota resets.
+func untilNextMonth(now int64) int64 {
+	t := time.Unix(0, now).UTC()
+	next := time.Date(t.Year(), t.Month()+1, 1, 0, 0, 0, 0, time.UTC)
+	return next.UnixNano() - now
+}
