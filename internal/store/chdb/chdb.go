@@ -1,0 +1,286 @@
+package chdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/store"
+)
+
+// Config configures the embedded store.
+type Config struct {
+	// DataDir holds the ClickHouse data. Empty: in memory (tests, benchmarks).
+	DataDir string
+	// Database is the ClickHouse database (default "keymeter").
+	Database string
+}
+
+// Validate checks the config.
+func (c Config) Validate() error {
+	if c.Database != "" {
+		if err := store.ValidateDatabase(c.Database); err != nil {
+			return err
+		}
+	}
+	if strings.ContainsAny(c.DataDir, "'\\\x00") {
+		return fmt.Errorf("chdb: data dir %q: quotes and backslashes are not supported", c.DataDir)
+	}
+	return nil
+}
+
+// ErrLocked: another process uses the data directory.
+var ErrLocked = errors.New("chdb: data directory is in use by another process")
+
+// One chDB session per process, shared by every store opened on it.
+var shared struct {
+	mu   sync.Mutex
+	s    *session
+	dir  string
+	refs int
+	lock *os.File
+	tmp  string
+}
+
+// Open opens (or joins) the process's chDB session on cfg.DataDir and
+// returns a store on cfg.Database. It does not migrate.
+func Open(cfg Config) (*store.DB, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c, err := acquire(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := store.NewDB(c, cfg.Database)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func acquire(dir string) (*conn, error) {
+	if dir != "" {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return nil, err
+		}
+		dir = abs
+	}
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.s != nil {
+		if shared.dir != dir {
+			return nil, fmt.Errorf("chdb: data directory %q is open in this process; chDB allows one per process (asked for %q)", shared.dir, dir)
+		}
+		shared.refs++
+		return &conn{s: shared.s, tmp: shared.tmp}, nil
+	}
+	if err := Load(); err != nil {
+		return nil, err
+	}
+	var args []string
+	tmp := os.TempDir()
+	var lock *os.File
+	if dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("chdb: data dir: %w", err)
+		}
+		f, err := os.OpenFile(filepath.Join(dir, "keymeter.lock"), os.O_CREATE|os.O_RDWR, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("chdb: data dir: %w", err)
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%w: %s (stop the other keymeter, or use another --data-dir)", ErrLocked, dir)
+		}
+		lock = f
+		tmp = filepath.Join(dir, "tmp-insert")
+		if err := os.MkdirAll(tmp, 0o750); err != nil {
+			return nil, fmt.Errorf("chdb: data dir: %w", err)
+		}
+		args = append(args, "--path="+dir)
+	}
+	s, err := connect(args)
+	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
+		return nil, err
+	}
+	shared.s, shared.dir, shared.refs, shared.lock, shared.tmp = s, dir, 1, lock, tmp
+	return &conn{s: s, tmp: tmp}, nil
+}
+
+func release() {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	shared.refs--
+	if shared.refs > 0 {
+		return
+	}
+	shared.s.close()
+	if shared.lock != nil {
+		shared.lock.Close()
+	}
+	shared.s, shared.dir, shared.lock = nil, "", nil
+}
+
+// conn is one store's handle on the shared session.
+type conn struct {
+	s      *session
+	tmp    string
+	closed sync.Once
+}
+
+var _ store.Conn = (*conn)(nil)
+
+func (c *conn) Backend() string { return "chdb" }
+
+func (c *conn) Close() error {
+	c.closed.Do(release)
+	return nil
+}
+
+func paramArgs(p store.Params) (names, values []string) {
+	for _, x := range p {
+		names = append(names, x.Name)
+		if x.IsArr {
+			values = append(values, store.ArrayLiteral(x.Array))
+		} else {
+			values = append(values, escapeTSV(x.Value))
+		}
+	}
+	return names, values
+}
+
+// escapeTSV: chDB reads parameter values in TSV-escaped form.
+func escapeTSV(s string) string {
+	if !strings.ContainsAny(s, "\\\t\n\r\x00") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\':
+			b.WriteString(`\\`)
+		case '\t':
+			b.WriteString(`\t`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\r':
+			b.WriteString(`\r`)
+		case 0:
+			b.WriteString(`\0`)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// Exec runs a statement. chDB calls cannot be interrupted: the context is
+// checked before the call.
+func (c *conn) Exec(ctx context.Context, q string, p store.Params) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	n, v := paramArgs(p)
+	_, err := c.s.query(q, "TabSeparated", n, v)
+	return err
+}
+
+// Query runs a SELECT and returns its rows.
+func (c *conn) Query(ctx context.Context, q string, p store.Params) (store.Rows, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	n, v := paramArgs(p)
+	out, err := c.s.query(q, "TabSeparated", n, v)
+	if err != nil {
+		return nil, err
+	}
+	return &tsvRows{data: out}, nil
+}
+
+const eventColumns = "time, project, key_id, event_id, outcome, client_ip, country, asn, method, host, route, status, latency_us, bytes_in, bytes_out, user_agent, verifier_id, cost_units"
+
+// InsertEvents writes the events as RowBinary to a temporary file and
+// inserts it in one statement with the deduplication token.
+func (c *conn) InsertEvents(ctx context.Context, database, token string, events []event.Event) error {
+	buf := getBuf()
+	defer putBuf(buf)
+	b := (*buf)[:0]
+	for i := range events {
+		b = appendEvent(b, &events[i])
+	}
+	*buf = b
+	return c.insertFile(ctx, database, "requests", eventColumns, token, b)
+}
+
+const rollupColumns = "minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units, ips"
+
+// InsertRollup inserts pre-aggregated buckets the same way.
+func (c *conn) InsertRollup(ctx context.Context, database, token string, rows []store.RollupRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	b := (*buf)[:0]
+	for i := range rows {
+		b = appendRollup(b, &rows[i])
+	}
+	*buf = b
+	return c.insertFile(ctx, database, "rollup_input", rollupColumns, token, b)
+}
+
+func (c *conn) insertFile(ctx context.Context, database, table, columns, token string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := store.ValidateDatabase(database); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(c.tmp, "insert-*.rowbinary")
+	if err != nil {
+		return fmt.Errorf("chdb: insert file: %w", err)
+	}
+	name := f.Name()
+	defer os.Remove(name)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("chdb: insert file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("chdb: insert file: %w", err)
+	}
+	if strings.ContainsAny(name, "'\\") {
+		return fmt.Errorf("chdb: temporary directory %q has a quote or backslash in its path", c.tmp)
+	}
+	// The file name is ours; the token was checked by the store to be
+	// printable ASCII without spaces, and is quoted here with its quotes and
+	// backslashes escaped. SETTINGS takes no query parameters.
+	q := "INSERT INTO `" + database + "`." + table + " (" + columns + ") FROM INFILE '" + name +
+		"' SETTINGS insert_deduplication_token = " + quote(token) +
+		", deduplicate_blocks_in_dependent_materialized_views = 1 FORMAT RowBinary"
+	_, err = c.s.query(q, "TabSeparated", nil, nil)
+	return err
+}
+
+func quote(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(s) + "'"
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
+
+func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
+func putBuf(b *[]byte) { bufPool.Put(b) }
