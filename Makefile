@@ -1,0 +1,57 @@
+# keymeter — make help lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/keymeter
+export KEYMETER_CACHE ?= $(HOME)/.cache/keymeter
+# The embedded ClickHouse engine (libchdb.so) is fetched here by `make deps`.
+export CHDB_LIB_PATH ?= $(KEYMETER_CACHE)/chdb/libchdb.so
+export KEYMETER_KAFKA_BROKERS ?= 127.0.0.1:19092
+TEST_FLAGS ?= -race -timeout 30m
+
+.DEFAULT_GOAL := help
+
+.PHONY: help build run test test-short bench generate lint deps chdb kafka-up kafka-down clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build bin/keymeter
+	$(GO) build -o $(BIN) ./cmd/keymeter
+
+run: build chdb ## the whole pipeline on embedded defaults, with demo traffic (keymeter dev)
+	./$(BIN) dev --data-dir data $(RUN_FLAGS)
+
+deps: chdb ## fetch what tests need: the chDB library and the Kafka broker
+	deploy/kafka/kafka.sh fetch
+
+chdb: ## fetch libchdb.so (npm package @chdb/lib-linux-x64-gnu) into the cache when missing
+	@scripts/chdb-lib.sh >/dev/null
+
+kafka-up: ## start the local Kafka broker (KRaft, 127.0.0.1:19092)
+	deploy/kafka/kafka.sh start
+
+kafka-down: ## stop the local Kafka broker
+	deploy/kafka/kafka.sh stop
+
+test: deps kafka-up ## all tests under -race, against real NATS, Kafka, chDB and clickhouse-server
+	$(GO) vet ./...
+	$(GO) test $(TEST_FLAGS) ./...
+
+test-short: ## unit tests only (no servers)
+	$(GO) test -short ./...
+
+bench: build chdb ## codec and hot-path benchmarks, then the bus system benchmark
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+	./$(BIN) bench bus --bus nats --events 2000000 --batch 1000
+
+generate: ## regenerate Go code from schemas/ (protoc from Debian, protoc-gen-go from the Go proxy)
+	GOBIN=$(CURDIR)/.bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	protoc --plugin=protoc-gen-go=.bin/protoc-gen-go -I schemas --go_out=. \
+		--go_opt=module=github.com/keymeter/keymeter schemas/keymeter/v1/keymeter.proto
+
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l cmd internal)" || { gofmt -l cmd internal; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+clean: ## remove build output (not the cache, not data/)
+	rm -rf bin .bin
