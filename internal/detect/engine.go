@@ -1,0 +1,569 @@
+package detect
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+// Sink receives every decision the engine makes, in enforce and dry-run
+// mode alike (Decision.Mode says which). It is called from the goroutine
+// that calls Process and must not block for long: buffer and publish
+// elsewhere. The decision is the sink's to keep.
+type Sink interface {
+	Decide(d *keymeterv1.Decision)
+}
+
+// SinkFunc adapts a function to Sink.
+type SinkFunc func(*keymeterv1.Decision)
+
+func (f SinkFunc) Decide(d *keymeterv1.Decision) { f(d) }
+
+// BaselineSource warm-starts a group's baseline, the usual number of
+// matching events per window, typically from the store's rollups. It is
+// called once when a group is created, on the hot path: answer from memory.
+type BaselineSource interface {
+	Baseline(ruleID, group string) (perWindow float64, ok bool)
+}
+
+// BaselineFunc adapts a function to BaselineSource.
+type BaselineFunc func(ruleID, group string) (float64, bool)
+
+func (f BaselineFunc) Baseline(ruleID, group string) (float64, bool) { return f(ruleID, group) }
+
+// Allowlist names keys and client networks that rules never act on: their
+// decisions are recorded in dry-run mode only.
+type Allowlist struct {
+	Keys  []string
+	CIDRs []string
+}
+
+// Config configures an Engine.
+type Config struct {
+	Sink      Sink           // required
+	Baselines BaselineSource // optional: without it, baselines start at the rule's default
+	Allowlist Allowlist
+	// MaxRevocationsPerHour is the circuit breaker: a rule that would
+	// revoke or suspend more keys than this within an hour of event time
+	// is switched to dry-run and an alert is raised. Zero means 10;
+	// negative disables the breaker.
+	MaxRevocationsPerHour int
+	Metrics               *Metrics // optional
+	Logger                *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if c.Sink == nil {
+		return errors.New("detect: Config.Sink is required")
+	}
+	for _, s := range c.Allowlist.CIDRs {
+		if _, err := parsePrefix(s); err != nil {
+			return fmt.Errorf("detect: allowlist: %w", err)
+		}
+	}
+	return nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR or IP %q (accepted: 203.0.113.0/24, 2001:db8::/32, 198.51.100.7)", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// Engine evaluates a rule set over events in event time. Process is not
+// safe for concurrent use: run one engine per partition of the event
+// stream. Swap, Stats and ResetBreaker may be called from any goroutine.
+type Engine struct {
+	cfg        Config
+	log        *slog.Logger
+	set        *RuleSet
+	states     []*ruleState
+	pending    atomic.Pointer[RuleSet]
+	resets     atomic.Pointer[[]string]
+	mu         sync.Mutex // serialises resets
+	act        activation
+	view       aggView
+	keyBuf     []byte
+	hv         []uint64
+	sv         []int64
+	seed       maphash.Seed
+	watermark  int64
+	processed  uint64
+	allowKeys  map[string]bool
+	allowNets  []netip.Prefix
+	rng        uint64
+	stats      atomic.Pointer[Stats]
+	maxRevokes int
+}
+
+// ruleState is one rule's mutable state: its groups and counters.
+type ruleState struct {
+	r        *compiledRule
+	index    map[uint64]int32
+	groups   []group
+	sweep    int
+	tripped  bool
+	revokes  []int64 // event times of enforced revocations in the last hour
+	evalErrs uint64
+	c        RuleStats
+	pub      published
+}
+
+// RuleStats are one rule's counters since it was loaded (or since its
+// window state was last carried over).
+type RuleStats struct {
+	ID          string
+	Version     uint32
+	Mode        string // configured mode
+	Effective   string // mode in force: dry_run once the breaker tripped
+	Evaluations uint64
+	Matches     uint64
+	Groups      int
+	Evictions   uint64 // groups dropped because the cap was reached
+	Expired     uint64 // idle groups dropped
+	Late        uint64
+	EvalErrors  uint64
+	Firings     map[string]uint64 // by mode: enforce, dry_run
+	Actions     map[string]uint64 // "<mode>/<action>" → decisions
+	Tripped     bool
+}
+
+// Stats is a snapshot of the engine's counters.
+type Stats struct {
+	Events    uint64
+	Watermark time.Time
+	Rules     []RuleStats
+}
+
+// New builds an engine running set (which may be nil: no rules yet).
+func New(cfg Config, set *RuleSet) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, log: cfg.Logger, seed: maphash.MakeSeed(), rng: 0x9e3779b97f4a7c15,
+		allowKeys: map[string]bool{}, keyBuf: make([]byte, 0, 128)}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	e.maxRevokes = cfg.MaxRevocationsPerHour
+	if e.maxRevokes == 0 {
+		e.maxRevokes = 10
+	}
+	for _, k := range cfg.Allowlist.Keys {
+		e.allowKeys[k] = true
+	}
+	for _, s := range cfg.Allowlist.CIDRs {
+		p, _ := parsePrefix(s)
+		e.allowNets = append(e.allowNets, p)
+	}
+	if set == nil {
+		set = &RuleSet{}
+	}
+	e.apply(set)
+	e.publishStats()
+	return e, nil
+}
+
+// Swap replaces the rule set atomically: the engine switches between two
+// events, on the goroutine that calls Process. Rules whose id, version and
+// aggregate are unchanged keep their windows, suppressions and breaker.
+func (e *Engine) Swap(set *RuleSet) { e.pending.Store(set) }
+
+// RuleSet returns the rule set in force (as of the last Process call).
+func (e *Engine) RuleSet() *RuleSet { return e.set }
+
+// ResetBreaker re-arms a tripped rule: it acts again in its configured mode.
+func (e *Engine) ResetBreaker(ruleID string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var ids []string
+	if p := e.resets.Load(); p != nil {
+		ids = append(ids, *p...)
+	}
+	ids = append(ids, ruleID)
+	e.resets.Store(&ids)
+}
+
+func (e *Engine) apply(set *RuleSet) {
+	old := map[string]*ruleState{}
+	for _, s := range e.states {
+		old[s.r.ID] = s
+	}
+	states := make([]*ruleState, 0, len(set.rules))
+	maxD, maxS := 0, 0
+	for _, r := range set.rules {
+		maxD, maxS = max(maxD, len(r.distinct)), max(maxS, len(r.sums))
+		if prev, ok := old[r.ID]; ok && prev.r.fingerprint == r.fingerprint {
+			prev.r = r
+			states = append(states, prev)
+			continue
+		}
+		s := &ruleState{r: r, index: map[uint64]int32{}}
+		if prev, ok := old[r.ID]; ok && prev.r.Version == r.Version {
+			s.tripped, s.revokes = prev.tripped, prev.revokes
+		}
+		s.c.Firings = map[string]uint64{}
+		s.c.Actions = map[string]uint64{}
+		states = append(states, s)
+	}
+	e.set, e.states = set, states
+	e.hv, e.sv = make([]uint64, maxD), make([]int64, maxS)
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.setRules(set)
+	}
+}
+
+// ProcessBatch processes events in order.
+func (e *Engine) ProcessBatch(evs []event.Event) {
+	for i := range evs {
+		e.Process(&evs[i])
+	}
+}
+
+// Process runs every rule over one event. Events should arrive roughly in
+// event-time order; an event older than a group's window is not counted.
+func (e *Engine) Process(ev *event.Event) {
+	if e.pending.Load() != nil {
+		if set := e.pending.Swap(nil); set != nil {
+			e.apply(set)
+		}
+	}
+	if e.resets.Load() != nil {
+		e.applyResets()
+	}
+	t := ev.Time.UnixNano()
+	if t > e.watermark {
+		e.watermark = t
+	}
+	e.act.ev = ev
+	e.act.agg = nil
+	for _, s := range e.states {
+		r := s.r
+		if r.mode == keymeterv1.Mode_MODE_DISABLED {
+			continue
+		}
+		s.c.Evaluations++
+		if !r.match.evalBool(&e.act, &s.evalErrs) {
+			continue
+		}
+		s.c.Matches++
+		e.observe(s, ev, t)
+	}
+	e.processed++
+	if e.processed&0xffff == 0 {
+		e.publishStats()
+	}
+}
+
+func (e *Engine) observe(s *ruleState, ev *event.Event, t int64) {
+	r := s.r
+	buf := e.keyBuf[:0]
+	for i, g := range r.groupBy {
+		if i > 0 {
+			buf = append(buf, '|')
+		}
+		buf = g.evalKey(&e.act, buf, &s.evalErrs)
+	}
+	e.keyBuf = buf
+	h := maphash.Bytes(e.seed, buf)
+	gi, ok := s.index[h]
+	if !ok {
+		gi = e.newGroup(s, h, buf, t)
+	}
+	g := &s.groups[gi]
+	if g.ext != nil {
+		for d, f := range r.distinct {
+			if f.Kind == kStr {
+				e.hv[d] = maphash.String(e.seed, f.Str(ev))
+			} else {
+				e.hv[d] = uint64(f.Int(ev))*0x9e3779b97f4a7c15 + 1
+			}
+		}
+		for d, f := range r.sums {
+			e.sv[d] = f.Int(ev)
+		}
+	}
+	if !g.add(r, t, e.hv, e.sv, ev.ID) {
+		s.c.Late++
+		return
+	}
+	e.sweepOne(s)
+
+	// Suppressed and every action already fired: nothing can fire.
+	if t < g.suppressUntil && g.firedMask == (1<<len(r.actions))-1 {
+		return
+	}
+	if t >= g.suppressUntil {
+		g.firedMask = 0
+	}
+	e.view = aggView{r: r, g: g, now: t}
+	e.act.agg = &e.view
+	for i := range r.actions {
+		a := &r.actions[i]
+		if g.firedMask&(1<<i) != 0 {
+			continue
+		}
+		if !a.when.evalBool(&e.act, &s.evalErrs) {
+			continue
+		}
+		if g.firedMask == 0 {
+			g.suppressUntil = t + r.suppress
+		}
+		g.firedMask |= 1 << i
+		e.fire(s, a, ev, t)
+	}
+	e.act.agg = nil
+}
+
+func (e *Engine) newGroup(s *ruleState, h uint64, key []byte, t int64) int32 {
+	r := s.r
+	if len(s.groups) >= r.maxGroups {
+		e.evict(s)
+	}
+	g := group{key: string(key), hash: h, head: t / r.bucketW, last: t, periodStart: t}
+	if len(r.distinct) > 0 || len(r.sums) > 0 {
+		g.ext = &groupExt{sums: make([]int64, nBuckets*len(r.sums)), distinct: make([][]distinctEntry, len(r.distinct))}
+	}
+	if r.baseline != nil {
+		g.baseline = r.baseline.Default
+		if e.cfg.Baselines != nil {
+			if b, ok := e.cfg.Baselines.Baseline(r.ID, g.key); ok {
+				g.baseline = b
+			}
+		}
+	}
+	gi := int32(len(s.groups))
+	s.groups = append(s.groups, g)
+	s.index[h] = gi
+	return gi
+}
+
+// evict drops the stalest of a few random groups (approximate LRU, as
+// Redis does it): no per-event bookkeeping is needed.
+func (e *Engine) evict(s *ruleState) {
+	n := len(s.groups)
+	victim := -1
+	for k := 0; k < 5; k++ {
+		e.rng ^= e.rng << 13
+		e.rng ^= e.rng >> 7
+		e.rng ^= e.rng << 17
+		i := int(e.rng % uint64(n))
+		if victim < 0 || s.groups[i].last < s.groups[victim].last {
+			victim = i
+		}
+	}
+	s.remove(victim)
+	s.c.Evictions++
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.Evictions.WithLabelValues(s.r.ID).Inc()
+	}
+}
+
+// sweepOne looks at one group per event and drops it when idle for longer
+// than the rule's retention, so memory follows the active groups.
+func (e *Engine) sweepOne(s *ruleState) {
+	n := len(s.groups)
+	if n == 0 {
+		return
+	}
+	if s.sweep >= n {
+		s.sweep = 0
+	}
+	g := &s.groups[s.sweep]
+	if g.last < e.watermark-s.r.retention && g.suppressUntil < e.watermark {
+		s.remove(s.sweep)
+		s.c.Expired++
+		return
+	}
+	s.sweep++
+}
+
+func (s *ruleState) remove(i int) {
+	last := len(s.groups) - 1
+	delete(s.index, s.groups[i].hash)
+	if i != last {
+		s.groups[i] = s.groups[last]
+		s.index[s.groups[i].hash] = int32(i)
+	}
+	s.groups[last] = group{}
+	s.groups = s.groups[:last]
+}
+
+func (e *Engine) allowlisted(ev *event.Event) bool {
+	if ev.KeyID != "" && e.allowKeys[ev.KeyID] {
+		return true
+	}
+	if len(e.allowNets) > 0 {
+		if a, err := netip.ParseAddr(ev.ClientIP); err == nil {
+			a = a.Unmap()
+			for _, p := range e.allowNets {
+				if p.Contains(a) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64) {
+	r := s.r
+	mode := r.mode
+	reason := a.spec.Reason
+	if reason == "" {
+		reason = r.Name + ": " + a.spec.When
+	}
+	if s.tripped {
+		mode = keymeterv1.Mode_MODE_DRY_RUN
+		reason += " (circuit breaker tripped)"
+	}
+	if mode == keymeterv1.Mode_MODE_ENFORCE && e.allowlisted(ev) {
+		mode = keymeterv1.Mode_MODE_DRY_RUN
+		reason += " (allowlisted)"
+	}
+	kind := a.kind
+	if (kind == keymeterv1.Action_ACTION_THROTTLE || kind == keymeterv1.Action_ACTION_SUSPEND || kind == keymeterv1.Action_ACTION_REVOKE) && ev.KeyID == "" {
+		// Nothing to act on: the traffic is anonymous.
+		kind = keymeterv1.Action_ACTION_ALERT
+		reason += " (no key to " + a.spec.Type + ")"
+	}
+	if mode == keymeterv1.Mode_MODE_ENFORCE && (kind == keymeterv1.Action_ACTION_REVOKE || kind == keymeterv1.Action_ACTION_SUSPEND) && e.maxRevokes > 0 {
+		hourAgo := t - int64(time.Hour)
+		j := 0
+		for _, x := range s.revokes {
+			if x > hourAgo {
+				s.revokes[j] = x
+				j++
+			}
+		}
+		s.revokes = s.revokes[:j]
+		if len(s.revokes) >= e.maxRevokes {
+			s.tripped = true
+			mode = keymeterv1.Mode_MODE_DRY_RUN
+			reason += " (circuit breaker tripped)"
+			e.emit(s, &keymeterv1.Decision{
+				Id:           decisionID(r, e.view.g.hash, t, "breaker"),
+				TimeUnixNano: t, RuleId: r.ID, RuleVersion: r.Version, Severity: "critical",
+				Mode: keymeterv1.Mode_MODE_ENFORCE, Action: keymeterv1.Action_ACTION_ALERT,
+				Group: e.view.g.key, Project: ev.Project, KeyId: ev.KeyID, ClientIp: ev.ClientIP,
+				Figures: map[string]float64{"revocations_last_hour": float64(len(s.revokes)), "limit": float64(e.maxRevokes)},
+				Reason: fmt.Sprintf("circuit breaker: rule %s would exceed %d revocations in an hour; switched to dry_run", r.ID, e.maxRevokes),
+			})
+			e.log.Warn("detect: circuit breaker tripped; rule switched to dry_run", "rule", r.ID, "version", r.Version, "limit", e.maxRevokes)
+		} else {
+			s.revokes = append(s.revokes, t)
+		}
+	}
+	d := &keymeterv1.Decision{
+		Id:             decisionID(r, e.view.g.hash, t, a.spec.Type),
+		TimeUnixNano:   t,
+		RuleId:         r.ID,
+		RuleVersion:    r.Version,
+		Severity:       r.Severity,
+		Mode:           mode,
+		Action:         kind,
+		Group:          e.view.g.key,
+		Project:        ev.Project,
+		KeyId:          ev.KeyID,
+		ClientIp:       ev.ClientIP,
+		ThrottlePerS:   a.spec.Rate,
+		DurationMs:     time.Duration(a.spec.Duration).Milliseconds(),
+		Figures:        e.view.figures(),
+		SampleEventIds: e.view.sampleIDs(),
+		Reason:         reason,
+	}
+	e.emit(s, d)
+}
+
+func (e *Engine) emit(s *ruleState, d *keymeterv1.Decision) {
+	m := ModeName(d.Mode)
+	s.c.Firings[m]++
+	s.c.Actions[m+"/"+ActionName(d.Action)]++
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.Firings.WithLabelValues(d.RuleId, m, ActionName(d.Action)).Inc()
+	}
+	e.cfg.Sink.Decide(d)
+}
+
+// decisionID is deterministic so that a replay produces the same ids and
+// the store can deduplicate.
+func decisionID(r *compiledRule, h uint64, t int64, what string) string {
+	return r.ID + "/" + strconv.FormatUint(uint64(r.Version), 10) + "/" + strconv.FormatUint(h, 36) + "/" +
+		strconv.FormatInt(t, 36) + "/" + what
+}
+
+func (e *Engine) applyResets() {
+	e.mu.Lock()
+	p := e.resets.Swap(nil)
+	e.mu.Unlock()
+	if p == nil {
+		return
+	}
+	for _, id := range *p {
+		for _, s := range e.states {
+			if s.r.ID == id {
+				s.tripped, s.revokes = false, nil
+			}
+		}
+	}
+}
+
+// Flush publishes the counters (Stats, metrics) now rather than at the next
+// periodic publication.
+func (e *Engine) Flush() { e.publishStats() }
+
+// Stats returns the counters as of the last publication (every 65536
+// events, and on Flush).
+func (e *Engine) Stats() Stats {
+	if p := e.stats.Load(); p != nil {
+		return *p
+	}
+	return Stats{}
+}
+
+func (e *Engine) publishStats() {
+	st := &Stats{Events: e.processed, Watermark: time.Unix(0, e.watermark).UTC()}
+	for _, s := range e.states {
+		c := s.c
+		c.ID, c.Version, c.Mode = s.r.ID, s.r.Version, s.r.Mode
+		c.Effective = s.r.Mode
+		if s.tripped && c.Effective == "enforce" {
+			c.Effective = "dry_run"
+		}
+		c.Groups = len(s.groups)
+		c.Tripped = s.tripped
+		c.EvalErrors = s.evalErrs
+		c.Firings = cloneMap(s.c.Firings)
+		c.Actions = cloneMap(s.c.Actions)
+		st.Rules = append(st.Rules, c)
+	}
+	if m := e.cfg.Metrics; m != nil {
+		for _, s := range e.states {
+			m.add(s)
+		}
+	}
+	e.stats.Store(st)
+}
+
+func cloneMap(m map[string]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

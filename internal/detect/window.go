@@ -1,0 +1,216 @@
+package detect
+
+import "math"
+
+const nSamples = 3
+
+// group is one group's sliding-window state. Groups live by value in a
+// per-rule slab indexed by a map from the group key's hash, so a million
+// groups cost one allocation each only when they have distinct or sum
+// features.
+type group struct {
+	key           string
+	hash          uint64
+	head          int64 // bucket number of the newest bucket
+	last          int64 // newest event time, ns
+	counts        [nBuckets]uint32
+	samples       [nSamples]string
+	sampleN       uint32
+	firedMask     uint32 // actions fired during the current suppression
+	suppressUntil int64
+	baseline      float64
+	periodStart   int64
+	periodCount   uint32
+	ext           *groupExt
+}
+
+type groupExt struct {
+	sums     []int64           // nBuckets per sum field
+	distinct [][]distinctEntry // per distinct field
+}
+
+type distinctEntry struct {
+	h    uint64
+	last int64
+}
+
+// add records one event at time t (ns) in the window.
+// It reports false for an event older than the window.
+func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64, id string) bool {
+	b := t / r.bucketW
+	if b > g.head {
+		n := b - g.head
+		if n >= nBuckets {
+			g.counts = [nBuckets]uint32{}
+			if g.ext != nil {
+				clear(g.ext.sums)
+			}
+		} else {
+			for k := g.head + 1; k <= b; k++ {
+				i := k % nBuckets
+				g.counts[i] = 0
+				if g.ext != nil {
+					for s := range r.sums {
+						g.ext.sums[s*nBuckets+int(i)] = 0
+					}
+				}
+			}
+		}
+		g.head = b
+	} else if b <= g.head-nBuckets {
+		return false
+	}
+	i := int(b % nBuckets)
+	if g.counts[i] < math.MaxUint32 {
+		g.counts[i]++
+	}
+	if t > g.last {
+		g.last = t
+	}
+	if g.ext != nil {
+		for s := range r.sums {
+			g.ext.sums[s*nBuckets+i] += sv[s]
+		}
+		for d := range r.distinct {
+			g.ext.distinct[d] = addDistinct(g.ext.distinct[d], hv[d], t, t-r.window, r.distinctCap)
+		}
+	}
+	g.samples[g.sampleN%nSamples] = id
+	g.sampleN++
+	if r.baseline != nil {
+		g.learn(r, t)
+	}
+	return true
+}
+
+// learn folds completed windows into the baseline (an exponentially
+// weighted average of events per window) and counts t into the current one.
+func (g *group) learn(r *compiledRule, t int64) {
+	if t >= g.periodStart+r.window {
+		k := (t - g.periodStart) / r.window
+		g.baseline = (1-r.alpha)*g.baseline + r.alpha*float64(g.periodCount)
+		if k > 1 {
+			g.baseline *= math.Pow(1-r.alpha, float64(min(k-1, 1000)))
+		}
+		g.periodStart += k * r.window
+		g.periodCount = 0
+	}
+	g.periodCount++
+}
+
+func addDistinct(set []distinctEntry, h uint64, t, expired int64, capacity int) []distinctEntry {
+	for i := range set {
+		if set[i].h == h {
+			if t > set[i].last {
+				set[i].last = t
+			}
+			return set
+		}
+	}
+	if len(set) >= capacity {
+		// Drop values that left the window; if none did, replace the
+		// stalest: the count saturates at the cap.
+		j := 0
+		for _, e := range set {
+			if e.last > expired {
+				set[j] = e
+				j++
+			}
+		}
+		set = set[:j]
+		if len(set) >= capacity {
+			old := 0
+			for i := range set {
+				if set[i].last < set[old].last {
+					old = i
+				}
+			}
+			set[old] = distinctEntry{h: h, last: t}
+			return set
+		}
+	}
+	return append(set, distinctEntry{h: h, last: t})
+}
+
+func (g *group) count() int64 {
+	var n int64
+	for _, c := range g.counts {
+		n += int64(c)
+	}
+	return n
+}
+
+// aggView is what an action's when expression sees: one group's window as
+// of the event being processed. Features are computed when asked for.
+type aggView struct {
+	r   *compiledRule
+	g   *group
+	now int64
+}
+
+func (v *aggView) count() int64 { return v.g.count() }
+
+func (v *aggView) baseline() float64 { return v.g.baseline }
+
+func (v *aggView) windowSeconds() int64 { return v.r.window / 1e9 }
+
+func (v *aggView) rate() float64 { return float64(v.g.count()) / (float64(v.r.window) / 1e9) }
+
+func (v *aggView) groupKey() string { return v.g.key }
+
+func (v *aggView) distinct(i int) int64 {
+	if v.g.ext == nil {
+		return 0
+	}
+	expired := v.now - v.r.window
+	var n int64
+	for _, e := range v.g.ext.distinct[i] {
+		if e.last > expired {
+			n++
+		}
+	}
+	return n
+}
+
+func (v *aggView) sum(i int) int64 {
+	if v.g.ext == nil {
+		return 0
+	}
+	var n int64
+	for _, x := range v.g.ext.sums[i*nBuckets : (i+1)*nBuckets] {
+		n += x
+	}
+	return n
+}
+
+// figures are the window's numbers, as evidence in a decision.
+func (v *aggView) figures() map[string]float64 {
+	m := map[string]float64{
+		"count":          float64(v.count()),
+		"window_seconds": float64(v.windowSeconds()),
+	}
+	for i, f := range v.r.distinct {
+		m["distinct_"+f.Name] = float64(v.distinct(i))
+	}
+	for i, f := range v.r.sums {
+		m["sum_"+f.Name] = float64(v.sum(i))
+	}
+	if v.r.baseline != nil {
+		m["baseline"] = v.baseline()
+	}
+	return m
+}
+
+func (v *aggView) sampleIDs() []string {
+	g := v.g
+	n := min(g.sampleN, nSamples)
+	out := make([]string, 0, n)
+	for k := uint32(0); k < n; k++ {
+		// oldest first
+		i := (g.sampleN - n + k) % nSamples
+		if g.samples[i] != "" {
+			out = append(out, g.samples[i])
+		}
+	}
+	return out
+}
