@@ -1,0 +1,295 @@
+package kafkabus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/keymeter/keymeter/internal/bus"
+)
+
+// headerTombstone marks a key deletion. The value is null too (what
+// compaction needs), but kafka-go reads null and empty values alike.
+const headerTombstone = "keymeter-tombstone"
+
+func (b *Bus) write(ctx context.Context, what string, msg kafka.Message) error {
+	err := b.sync.WriteMessages(ctx, msg)
+	b.links.observe(what, err)
+	if err != nil {
+		return fmt.Errorf("kafkabus: %s: %w", what, err)
+	}
+	return nil
+}
+
+// DeadLetter appends dl to the dead-letter topic, with its reason and origin
+// as headers.
+func (b *Bus) DeadLetter(ctx context.Context, dl bus.DeadLetter) error {
+	t := dl.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	return b.write(ctx, "dead-letter", kafka.Message{
+		Topic: b.cfg.DeadLetterTopic,
+		Key:   []byte(dl.Origin),
+		Value: dl.Data,
+		Time:  t,
+		Headers: []kafka.Header{
+			{Key: bus.HeaderReason, Value: []byte(dl.Reason)},
+			{Key: bus.HeaderOrigin, Value: []byte(dl.Origin)},
+		},
+	})
+}
+
+// ReadDeadLetters reads up to max dead letters from the start of the log.
+// It returns as soon as it has read everything there is, waiting at most
+// wait for the first one when the log is empty.
+func (b *Bus) ReadDeadLetters(ctx context.Context, max int, wait time.Duration) ([]bus.DeadLetter, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	topic := b.cfg.DeadLetterTopic
+	first, _, err := b.offsets(ctx, topic, []int{0})
+	if err != nil {
+		return nil, err
+	}
+	r, err := b.partitionReader(topic, 0, first[0])
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	rctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var out []bus.DeadLetter
+	for len(out) < max {
+		m, err := r.ReadMessage(rctx)
+		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				break
+			}
+			return out, fmt.Errorf("kafkabus: read dead letters: %w", err)
+		}
+		out = append(out, bus.DeadLetter{
+			Origin: headerValue(m.Headers, bus.HeaderOrigin),
+			Reason: headerValue(m.Headers, bus.HeaderReason),
+			Data:   m.Value,
+			Time:   m.Time,
+		})
+		if m.Offset+1 >= m.HighWaterMark {
+			break
+		}
+	}
+	return out, nil
+}
+
+// PutKey sets the state of key id, waiting until the broker stored it.
+func (b *Bus) PutKey(ctx context.Context, id string, value []byte) error {
+	if id == "" {
+		return errors.New("kafkabus: put key: empty id")
+	}
+	if value == nil {
+		value = []byte{} // nil would be written as a tombstone
+	}
+	return b.write(ctx, "put key", kafka.Message{Topic: b.cfg.KeysTopic, Key: []byte(id), Value: value})
+}
+
+// DeleteKey writes a tombstone for id; compaction removes the key later.
+func (b *Bus) DeleteKey(ctx context.Context, id string) error {
+	if id == "" {
+		return errors.New("kafkabus: delete key: empty id")
+	}
+	return b.write(ctx, "delete key", kafka.Message{
+		Topic:   b.cfg.KeysTopic,
+		Key:     []byte(id),
+		Headers: []kafka.Header{{Key: headerTombstone, Value: []byte("1")}},
+	})
+}
+
+// WatchKeys reads every partition of the compacted key topic from its start
+// up to the high-water mark taken at the call, sends the latest value of
+// each key that exists, then EndOfSnapshot, then every later change.
+// Revision is the record's offset + 1 (per partition).
+func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
+	topic := b.cfg.KeysTopic
+	parts := seq(b.cfg.KeyPartitions)
+	first, next, err := b.offsets(ctx, topic, parts)
+	if err != nil {
+		return nil, err
+	}
+	readers := make([]*kafka.Reader, 0, len(parts))
+	for _, p := range parts {
+		r, err := b.partitionReader(topic, p, first[p])
+		if err != nil {
+			for _, r := range readers {
+				_ = r.Close()
+			}
+			return nil, err
+		}
+		readers = append(readers, r)
+	}
+	in := make(chan kafka.Message, 256)
+	var wg sync.WaitGroup
+	for _, r := range readers {
+		wg.Go(func() {
+			defer r.Close()
+			for {
+				m, err := r.ReadMessage(ctx)
+				if err != nil {
+					if ctx.Err() != nil || errors.Is(err, io.EOF) {
+						return
+					}
+					b.links.observe("watch keys", err)
+					sleep(ctx, 100*time.Millisecond)
+					continue
+				}
+				select {
+				case in <- m:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
+	go func() { wg.Wait(); close(in) }()
+
+	out := make(chan bus.KeyUpdate, 256)
+	go func() {
+		defer close(out)
+		send := func(u bus.KeyUpdate) bool {
+			select {
+			case out <- u:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		// Snapshot: the latest value per key, up to each partition's mark.
+		latest := map[string]bus.KeyUpdate{}
+		remaining := 0
+		for _, p := range parts {
+			if next[p] > first[p] {
+				remaining++
+			}
+		}
+		var early []bus.KeyUpdate // live changes that arrived during the snapshot
+		for remaining > 0 {
+			m, ok := <-in
+			if !ok {
+				return
+			}
+			u := keyUpdate(m)
+			mark := next[m.Partition]
+			if m.Offset >= mark {
+				early = append(early, u)
+				continue
+			}
+			if u.Deleted {
+				delete(latest, u.ID)
+			} else {
+				latest[u.ID] = u
+			}
+			if m.Offset+1 >= mark {
+				remaining--
+			}
+		}
+		ids := make([]string, 0, len(latest))
+		for id := range latest {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			if !send(latest[id]) {
+				return
+			}
+		}
+		if !send(bus.KeyUpdate{EndOfSnapshot: true}) {
+			return
+		}
+		for _, u := range early {
+			if !send(u) {
+				return
+			}
+		}
+		for m := range in {
+			if !send(keyUpdate(m)) {
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+func keyUpdate(m kafka.Message) bus.KeyUpdate {
+	u := bus.KeyUpdate{ID: string(m.Key), Revision: uint64(m.Offset) + 1}
+	if headerValue(m.Headers, headerTombstone) != "" {
+		u.Deleted = true
+		return u
+	}
+	// A null value from another producer (without our header) reads as
+	// empty: kafka-go does not tell null from empty.
+	u.Value = m.Value
+	if u.Value == nil {
+		u.Value = []byte{}
+	}
+	return u
+}
+
+// PublishDecision appends a decision, partitioned by key.
+func (b *Bus) PublishDecision(ctx context.Context, key string, data []byte) error {
+	if data == nil {
+		data = []byte{}
+	}
+	return b.write(ctx, "publish decision", kafka.Message{Topic: b.cfg.DecisionsTopic, Key: []byte(key), Value: data})
+}
+
+// SubscribeDecisions calls fn, one call at a time, for every decision
+// published after it returns, until ctx ends.
+func (b *Bus) SubscribeDecisions(ctx context.Context, fn func(data []byte)) error {
+	topic := b.cfg.DecisionsTopic
+	parts := seq(b.cfg.DecisionPartitions)
+	// Start from the marks taken now, not the reader's lazily resolved
+	// "latest", so a decision published right after the call is seen.
+	_, next, err := b.offsets(ctx, topic, parts)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	for _, p := range parts {
+		r, err := b.partitionReader(topic, p, next[p])
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer r.Close()
+			for {
+				m, err := r.ReadMessage(ctx)
+				if err != nil {
+					if ctx.Err() != nil || errors.Is(err, io.EOF) {
+						return
+					}
+					b.links.observe("subscribe decisions", err)
+					sleep(ctx, 100*time.Millisecond)
+					continue
+				}
+				mu.Lock()
+				fn(m.Value)
+				mu.Unlock()
+			}
+		}()
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
