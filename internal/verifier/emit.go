@@ -1,0 +1,410 @@
+package verifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event"
+)
+
+// EmitterConfig configures an Emitter.
+type EmitterConfig struct {
+	Publisher bus.Publisher
+	// Partitions is the bus's number of event partitions: events are
+	// batched per partition so that a batch lands where its keys belong.
+	Partitions int
+	// Producer is the verifier id, the prefix of every event and batch id.
+	Producer string
+	// DataDir holds the spool (DataDir/spool).
+	DataDir string
+	// MaxSpoolBytes bounds the spool (default 1 GiB).
+	MaxSpoolBytes int64
+	// QueueSize bounds the events waiting to be batched (default 65536).
+	QueueSize int
+	// MaxBatch is the most events in one batch (default 1000).
+	MaxBatch int
+	// FlushInterval is the longest an event waits for its batch (default 50ms).
+	FlushInterval time.Duration
+	// MaxInflight bounds unacknowledged batches; beyond it batches are
+	// spooled rather than waited for (default 256).
+	MaxInflight int
+	// PublishTimeout bounds one Publish call (default 1s).
+	PublishTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Validate fills defaults and checks the configuration.
+func (c *EmitterConfig) Validate() error {
+	if c.Publisher == nil {
+		return errors.New("verifier: emitter: Publisher is required")
+	}
+	if c.DataDir == "" {
+		return errors.New("verifier: emitter: DataDir is required (the spool lives there)")
+	}
+	if c.Producer == "" {
+		return errors.New("verifier: emitter: Producer (verifier id) is required")
+	}
+	if c.Partitions <= 0 {
+		c.Partitions = 1
+	}
+	if c.MaxSpoolBytes == 0 {
+		c.MaxSpoolBytes = 1 << 30
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = 1 << 16
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 1000
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = 50 * time.Millisecond
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = 256
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// EmitterStats are cumulative counts since start.
+type EmitterStats struct {
+	Emitted   uint64 // events accepted by Emit
+	Published uint64 // events acknowledged by the bus (directly or replayed)
+	Spooled   uint64 // events written to the spool
+	Replayed  uint64 // events published from the spool
+	Dropped   uint64 // events lost: queue full or spool full
+	// Now: events and bytes in the spool, and whether the bus is taking
+	// batches.
+	SpoolEvents int
+	SpoolBytes  int64
+	BusUp       bool
+}
+
+// Emitter batches usage events and publishes them on the bus. Emit never
+// blocks: while the bus is unreachable, batches go to a bounded disk spool
+// and are replayed in order once it is back; only when the queue or the
+// spool is full are events dropped, and those are counted and logged.
+//
+// Event ids are <producer>-<boot epoch>-<sequence>, batch ids
+// <producer>-<boot epoch>-b<sequence>: the boot epoch (start time in ms,
+// base 36) keeps them unique across restarts.
+type Emitter struct {
+	cfg   EmitterConfig
+	log   *slog.Logger
+	in    chan event.Event
+	spool *spool
+	epoch string
+
+	closing    atomic.Bool
+	stop       chan struct{} // closed by Close: collector drains and exits
+	done       chan struct{} // closed when the collector has exited
+	wake       chan struct{} // pokes the replayer
+	inflight   chan inflight
+	ackDone    chan struct{}
+	replayDone chan struct{}
+	replayStop chan struct{}
+
+	offline atomic.Bool
+
+	emitted, published, spooled, replayed, dropped atomic.Uint64
+	lastDropLog                                    atomic.Int64
+}
+
+type inflight struct {
+	ack bus.PubAck
+	msg bus.Message
+	n   int
+}
+
+// NewEmitter opens the spool (replaying what a previous run left there)
+// and starts the batcher.
+func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	sp, err := openSpool(filepath.Join(cfg.DataDir, "spool"), cfg.MaxSpoolBytes)
+	if err != nil {
+		return nil, err
+	}
+	e := &Emitter{
+		cfg: cfg, log: cfg.Logger, spool: sp,
+		in:         make(chan event.Event, cfg.QueueSize),
+		epoch:      strconv.FormatInt(time.Now().UnixMilli(), 36),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+		inflight:   make(chan inflight, cfg.MaxInflight),
+		ackDone:    make(chan struct{}),
+		replayDone: make(chan struct{}),
+		replayStop: make(chan struct{}),
+	}
+	if b, n, _ := sp.stats(); b > 0 {
+		e.log.Info("replaying event spool from a previous run", "batches", b, "events", n)
+		e.offline.Store(true)
+	}
+	go e.collect()
+	go e.reapAcks()
+	go e.replay()
+	return e, nil
+}
+
+// Emit hands an event to the batcher without blocking. It reports false if
+// the event was dropped (queue full or emitter closed).
+func (e *Emitter) Emit(ev *event.Event) bool {
+	if e.closing.Load() {
+		e.drop(1, "emitter closed")
+		return false
+	}
+	select {
+	case e.in <- *ev:
+		e.emitted.Add(1)
+		return true
+	default:
+		e.drop(1, "event queue full")
+		return false
+	}
+}
+
+func (e *Emitter) drop(n int, why string) {
+	total := e.dropped.Add(uint64(n))
+	now := time.Now().UnixNano()
+	last := e.lastDropLog.Load()
+	if now-last > int64(10*time.Second) && e.lastDropLog.CompareAndSwap(last, now) {
+		e.log.Error("usage events dropped", "reason", why, "events", n, "dropped_total", total)
+	}
+}
+
+// Stats returns the emitter's counters.
+func (e *Emitter) Stats() EmitterStats {
+	_, ev, by := e.spool.stats()
+	return EmitterStats{
+		Emitted: e.emitted.Load(), Published: e.published.Load(), Spooled: e.spooled.Load(),
+		Replayed: e.replayed.Load(), Dropped: e.dropped.Load(),
+		SpoolEvents: ev, SpoolBytes: by, BusUp: !e.offline.Load(),
+	}
+}
+
+// collect batches events per partition and hands full or aged batches on.
+func (e *Emitter) collect() {
+	defer close(e.done)
+	parts := make([][]event.Event, e.cfg.Partitions)
+	var seq, batchSeq uint64
+	idBuf := make([]byte, 0, 64)
+	prefix := e.cfg.Producer + "-" + e.epoch + "-"
+	tick := time.NewTicker(e.cfg.FlushInterval)
+	defer tick.Stop()
+	var encBuf []byte
+	flush := func(p int) {
+		evs := parts[p]
+		if len(evs) == 0 {
+			return
+		}
+		batchSeq++
+		b := event.Batch{
+			ID:       prefix + "b" + strconv.FormatUint(batchSeq, 10),
+			Producer: e.cfg.Producer,
+			Created:  time.Now(),
+			Events:   evs,
+		}
+		encBuf = event.AppendBatch(encBuf[:0], &b)
+		data := make([]byte, len(encBuf))
+		copy(data, encBuf)
+		e.send(bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}, len(evs))
+		parts[p] = evs[:0]
+	}
+	add := func(ev event.Event) {
+		seq++
+		idBuf = append(idBuf[:0], prefix...)
+		idBuf = strconv.AppendUint(idBuf, seq, 10)
+		ev.ID = string(idBuf)
+		if ev.VerifierID == "" {
+			ev.VerifierID = e.cfg.Producer
+		}
+		p := bus.Partition(ev.PartitionKey(), e.cfg.Partitions)
+		if parts[p] == nil {
+			parts[p] = make([]event.Event, 0, e.cfg.MaxBatch)
+		}
+		parts[p] = append(parts[p], ev)
+		if len(parts[p]) >= e.cfg.MaxBatch {
+			flush(p)
+		}
+	}
+	for {
+		select {
+		case ev := <-e.in:
+			add(ev)
+		case <-tick.C:
+			for p := range parts {
+				flush(p)
+			}
+		case <-e.stop:
+			for {
+				select {
+				case ev := <-e.in:
+					add(ev)
+					continue
+				default:
+				}
+				break
+			}
+			for p := range parts {
+				flush(p)
+			}
+			return
+		}
+	}
+}
+
+// send publishes a batch, or spools it while the bus is down, the spool
+// holds older batches (order), or too many batches await acknowledgement.
+func (e *Emitter) send(m bus.Message, n int) {
+	if !e.offline.Load() && e.spool.empty() && len(e.inflight) < cap(e.inflight) {
+		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.PublishTimeout)
+		ack, err := e.cfg.Publisher.Publish(ctx, m)
+		cancel()
+		if err == nil {
+			e.inflight <- inflight{ack: ack, msg: m, n: n}
+			return
+		}
+		e.goOffline(err)
+	}
+	e.toSpool(m, n)
+}
+
+func (e *Emitter) goOffline(err error) {
+	if !e.offline.Swap(true) {
+		e.log.Warn("event bus unreachable; spooling usage events to disk", "err", err, "spool", e.spool.dir)
+	}
+	e.poke()
+}
+
+func (e *Emitter) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Emitter) toSpool(m bus.Message, n int) {
+	if err := e.spool.put(m, n); err != nil {
+		e.drop(n, err.Error())
+		return
+	}
+	e.spooled.Add(uint64(n))
+	e.poke()
+}
+
+// reapAcks waits for acknowledgements in publish order; a batch the bus
+// failed to store goes to the spool.
+func (e *Emitter) reapAcks() {
+	defer close(e.ackDone)
+	for f := range e.inflight {
+		<-f.ack.Done()
+		if err := f.ack.Err(); err != nil {
+			e.goOffline(err)
+			e.toSpool(f.msg, f.n)
+			continue
+		}
+		e.published.Add(uint64(f.n))
+	}
+}
+
+// replay publishes spooled batches, oldest first, one at a time, until the
+// spool is empty; then the emitter publishes directly again.
+func (e *Emitter) replay() {
+	defer close(e.replayDone)
+	backoff := 100 * time.Millisecond
+	for {
+		seq, m, n, ok, err := e.spool.oldest()
+		if err != nil {
+			e.log.Error("unreadable spool file skipped", "err", err)
+			_ = e.spool.remove(seq)
+			continue
+		}
+		if !ok {
+			if e.offline.Swap(false) {
+				e.log.Info("event bus reachable again; spool replayed")
+			}
+			select {
+			case <-e.wake:
+				continue
+			case <-e.replayStop:
+				return
+			}
+		}
+		if err := e.publishWait(m); err != nil {
+			e.offline.Store(true)
+			select {
+			case <-time.After(backoff):
+			case <-e.replayStop:
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if err := e.spool.remove(seq); err != nil {
+			e.log.Error("spool", "err", err)
+		}
+		e.replayed.Add(uint64(n))
+		e.published.Add(uint64(n))
+	}
+}
+
+func (e *Emitter) publishWait(m bus.Message) error {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.PublishTimeout)
+	ack, err := e.cfg.Publisher.Publish(ctx, m)
+	cancel()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ack.Done():
+		return ack.Err()
+	case <-e.replayStop:
+		return errors.New("verifier: emitter closing")
+	}
+}
+
+// Close stops intake, batches what is queued, waits for outstanding
+// acknowledgements (spooling failures), tries to drain the spool until ctx
+// ends, and leaves anything left on disk for the next run.
+func (e *Emitter) Close(ctx context.Context) error {
+	if e.closing.Swap(true) {
+		return nil
+	}
+	close(e.stop)
+	<-e.done
+	close(e.inflight)
+	select {
+	case <-e.ackDone:
+	case <-ctx.Done():
+	}
+	// Give the replayer until ctx ends to empty the spool.
+	for !e.spool.empty() && ctx.Err() == nil {
+		e.poke()
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+	close(e.replayStop)
+	<-e.replayDone
+	if b, n, _ := e.spool.stats(); b > 0 {
+		e.log.Warn("usage events left in the spool for the next run", "batches", b, "events", n, "spool", e.spool.dir)
+		return fmt.Errorf("verifier: %d events left in the spool at %s", n, e.spool.dir)
+	}
+	return nil
+}

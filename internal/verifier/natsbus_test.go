@@ -1,0 +1,127 @@
+package verifier
+
+import (
+	"context"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/event"
+)
+
+// testNATS is a real embedded nats-server listening on loopback, so that it
+// can be stopped and restarted on the same port and store while clients
+// reconnect.
+type testNATS struct {
+	t    testing.TB
+	dir  string
+	port int
+	emb  *natsbus.Embedded
+	url  string
+}
+
+func startNATS(t testing.TB) *testNATS {
+	t.Helper()
+	n := &testNATS{t: t, dir: t.TempDir(), port: -1}
+	n.start()
+	u, err := url.Parse(n.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.port, _ = strconv.Atoi(u.Port())
+	t.Cleanup(func() {
+		if n.emb != nil {
+			n.emb.Shutdown()
+		}
+	})
+	return n
+}
+
+func (n *testNATS) start() {
+	n.t.Helper()
+	emb, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: n.dir, Listen: true, Port: n.port})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.emb, n.url = emb, emb.ClientURL()
+}
+
+func (n *testNATS) stop() {
+	n.emb.Shutdown()
+	n.emb = nil
+}
+
+func (n *testNATS) connect(ctx context.Context) *natsbus.Bus {
+	n.t.Helper()
+	b, err := natsbus.New(ctx, natsbus.Config{URL: n.url, PublishTimeout: time.Second, Partitions: 4})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = b.Close(ctx)
+	})
+	return b
+}
+
+// collectEvents reads event batches until want distinct event ids arrived
+// (or the deadline), and returns how often each id was seen.
+func collectEvents(t testing.TB, ctx context.Context, b bus.Bus, want int, deadline time.Duration) map[string]int {
+	t.Helper()
+	cons, err := b.NewConsumer(ctx, bus.ConsumerConfig{Group: "test-" + strconv.FormatInt(time.Now().UnixNano(), 36)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	seen := map[string]int{}
+	var batch event.Batch
+	end := time.Now().Add(deadline)
+	for len(seen) < want && time.Now().Before(end) {
+		ds, err := cons.Fetch(ctx, 100, 200*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			if err := event.DecodeBatch(d.Data, &batch); err != nil {
+				t.Fatalf("batch %s: %v", d.BatchID, err)
+			}
+			for i := range batch.Events {
+				seen[strings.Clone(batch.Events[i].ID)]++
+			}
+			if err := cons.Ack(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Give stragglers (duplicates) a moment to show up.
+	ds, _ := cons.Fetch(ctx, 1000, 500*time.Millisecond)
+	for _, d := range ds {
+		if err := event.DecodeBatch(d.Data, &batch); err == nil {
+			for i := range batch.Events {
+				seen[strings.Clone(batch.Events[i].ID)]++
+			}
+		}
+	}
+	return seen
+}
+
+func checkExactlyOnce(t *testing.T, seen map[string]int, want int) {
+	t.Helper()
+	dups := 0
+	for id, n := range seen {
+		if n != 1 {
+			dups++
+			if dups < 5 {
+				t.Errorf("event %s arrived %d times", id, n)
+			}
+		}
+	}
+	if len(seen) != want || dups > 0 {
+		t.Fatalf("%d distinct events arrived (want %d), %d duplicated", len(seen), want, dups)
+	}
+}

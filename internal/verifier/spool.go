@@ -1,0 +1,184 @@
+package verifier
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/keymeter/keymeter/internal/bus"
+)
+
+// ErrSpoolFull: the spool has reached its size bound.
+var ErrSpoolFull = errors.New("verifier: event spool full")
+
+// spool keeps event batches on disk while the bus is unreachable, one file
+// per batch named by a sequence number so that replay follows spool order.
+// Files are written to a temporary name and renamed, so a crash leaves
+// either a whole batch or none. They are not fsynced: the spool bridges bus
+// outages, not power loss.
+type spool struct {
+	dir      string
+	maxBytes int64
+
+	mu    sync.Mutex
+	files []spoolFile // oldest first
+	bytes int64
+	next  uint64
+}
+
+type spoolFile struct {
+	seq    uint64
+	size   int64
+	events int
+}
+
+const spoolExt = ".batch"
+
+func openSpool(dir string, maxBytes int64) (*spool, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("verifier: spool: %w", err)
+	}
+	s := &spool{dir: dir, maxBytes: maxBytes, next: 1}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: spool: %w", err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasSuffix(name, ".tmp") {
+			_ = os.Remove(filepath.Join(dir, name))
+			continue
+		}
+		if !strings.HasSuffix(name, spoolExt) {
+			continue
+		}
+		seq, err := strconv.ParseUint(strings.TrimSuffix(name, spoolExt), 10, 64)
+		if err != nil {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil, fmt.Errorf("verifier: spool: %w", err)
+		}
+		f := spoolFile{seq: seq, size: info.Size()}
+		if m, n, err := s.read(seq); err == nil {
+			_ = m
+			f.events = n
+		} else {
+			return nil, err
+		}
+		s.files = append(s.files, f)
+		s.bytes += f.size
+		s.next = max(s.next, seq+1)
+	}
+	sort.Slice(s.files, func(i, j int) bool { return s.files[i].seq < s.files[j].seq })
+	return s, nil
+}
+
+func (s *spool) path(seq uint64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%020d%s", seq, spoolExt))
+}
+
+// put appends a batch of n events.
+func (s *spool) put(m bus.Message, n int) error {
+	var b []byte
+	b = binary.AppendUvarint(b, uint64(n))
+	for _, f := range []string{m.Key, m.BatchID, m.Source} {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	b = append(b, m.Data...)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bytes+int64(len(b)) > s.maxBytes {
+		return ErrSpoolFull
+	}
+	seq := s.next
+	s.next++
+	p := s.path(seq)
+	if err := os.WriteFile(p+".tmp", b, 0o640); err != nil {
+		_ = os.Remove(p + ".tmp")
+		return fmt.Errorf("verifier: spool write: %w", err)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
+		return fmt.Errorf("verifier: spool write: %w", err)
+	}
+	s.files = append(s.files, spoolFile{seq: seq, size: int64(len(b)), events: n})
+	s.bytes += int64(len(b))
+	return nil
+}
+
+// oldest returns the oldest batch, ok false when the spool is empty.
+func (s *spool) oldest() (seq uint64, m bus.Message, n int, ok bool, err error) {
+	s.mu.Lock()
+	if len(s.files) == 0 {
+		s.mu.Unlock()
+		return 0, bus.Message{}, 0, false, nil
+	}
+	seq = s.files[0].seq
+	s.mu.Unlock()
+	m, n, err = s.read(seq)
+	return seq, m, n, true, err
+}
+
+func (s *spool) read(seq uint64) (bus.Message, int, error) {
+	b, err := os.ReadFile(s.path(seq))
+	if err != nil {
+		return bus.Message{}, 0, fmt.Errorf("verifier: spool read: %w", err)
+	}
+	bad := fmt.Errorf("verifier: spool file %s is corrupt", s.path(seq))
+	n, k := binary.Uvarint(b)
+	if k <= 0 {
+		return bus.Message{}, 0, bad
+	}
+	b = b[k:]
+	var fields [3]string
+	for i := range fields {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < l {
+			return bus.Message{}, 0, bad
+		}
+		fields[i] = string(b[k : k+int(l)])
+		b = b[k+int(l):]
+	}
+	return bus.Message{Key: fields[0], BatchID: fields[1], Source: fields[2], Data: b}, int(n), nil
+}
+
+// remove deletes the batch seq (the oldest, once published).
+func (s *spool) remove(seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, f := range s.files {
+		if f.seq == seq {
+			s.files = append(s.files[:i], s.files[i+1:]...)
+			s.bytes -= f.size
+			break
+		}
+	}
+	if err := os.Remove(s.path(seq)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("verifier: spool remove: %w", err)
+	}
+	return nil
+}
+
+// stats returns the number of batches, events and bytes spooled.
+func (s *spool) stats() (batches, events int, bytes int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range s.files {
+		events += f.events
+	}
+	return len(s.files), events, s.bytes
+}
+
+func (s *spool) empty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.files) == 0
+}
