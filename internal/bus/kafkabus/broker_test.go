@@ -22,9 +22,6 @@ var (
 	brokerOnce sync.Once
 	brokerAddr []string
 	brokerErr  error
-	// brokerLock: tests hold it shared; a test that restarts the broker
-	// holds it alone.
-	brokerLock sync.RWMutex
 	topicSeq   atomic.Int64
 )
 
@@ -105,18 +102,6 @@ func kafkaScript(sub string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "bash", p, sub).CombinedOutput()
 	return string(out), err
-}
-
-// restartBroker kills the broker (SIGKILL, no clean shutdown) and starts it
-// again on the same storage.
-func restartBroker(ctx context.Context) error {
-	if out, err := kafkaScript("kill"); err != nil {
-		return fmt.Errorf("kafka.sh kill: %v\n%s", err, out)
-	}
-	if out, err := kafkaScript("start"); err != nil {
-		return fmt.Errorf("kafka.sh start: %v\n%s", err, out)
-	}
-	return nil
 }
 
 // prefix returns a topic prefix no other test (or earlier run) uses.

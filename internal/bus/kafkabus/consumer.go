@@ -31,7 +31,10 @@ type Consumer struct {
 	closeOnce sync.Once
 }
 
-// NewConsumer joins the consumer group cfg.Group. A new group starts at the
+// NewConsumer joins the consumer group <EventsTopic>.<cfg.Group>: Kafka's
+// group ids are cluster-wide, and scoping them by topic keeps two buses on
+// one cluster (tests, staging beside production) out of each other's
+// groups, as NATS consumers are scoped by their stream. A new group starts at the
 // oldest retained batch, so nothing published before the first consumer
 // started is missed. cfg.Partitions and cfg.AckWait do not apply to Kafka:
 // the group assigns partitions, and unacknowledged batches are redelivered
@@ -49,7 +52,7 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	hb := min(b.cfg.SessionTimeout/5, 3*time.Second)
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:           b.cfg.Brokers,
-		GroupID:           cfg.Group,
+		GroupID:           b.cfg.EventsTopic + "." + cfg.Group,
 		Topic:             b.cfg.EventsTopic,
 		Dialer:            b.dialer,
 		QueueCapacity:     256,

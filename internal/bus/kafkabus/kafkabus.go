@@ -111,7 +111,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 	}
 	b.sync = &kafka.Writer{
 		Addr:            b.addr,
-		Balancer:        keyBalancer{},
+		Balancer:        KeyBalancer{},
 		MaxAttempts:     cfg.WriteAttempts,
 		WriteBackoffMin: 50 * time.Millisecond,
 		WriteBackoffMax: time.Second,
@@ -315,12 +315,13 @@ func seq(n int) []int {
 	return s
 }
 
-// keyBalancer puts a message on partition bus.Partition(key, n), the mapping
-// every keymeter backend and tool shares (kafka-go's Hash balancer uses
-// another hash).
-type keyBalancer struct{}
+// KeyBalancer is a kafka-go balancer that puts a message on partition
+// bus.Partition(key, n), the mapping every keymeter backend and tool shares
+// (kafka-go's Hash balancer uses another hash). Foreign producers writing to
+// the events topic with kafka-go should use it too.
+type KeyBalancer struct{}
 
-func (keyBalancer) Balance(msg kafka.Message, partitions ...int) int {
+func (KeyBalancer) Balance(msg kafka.Message, partitions ...int) int {
 	return partitions[bus.Partition(string(msg.Key), len(partitions))]
 }
 

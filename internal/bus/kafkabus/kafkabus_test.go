@@ -14,6 +14,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/bus/bustest"
 	"github.com/keymeter/keymeter/internal/bus/kafkabus"
 )
 
@@ -102,6 +103,62 @@ func consume(t testing.TB, c bus.Consumer, n int, ack bool) []bus.Delivery {
 	return got
 }
 
+// TestConformance runs the shared bus suite against the real broker. Its
+// restart case kills the broker (SIGKILL) and starts it on the same storage
+// through deploy/kafka/kafka.sh. It is not parallel: the other tests of
+// this package wait until it is done, so no one else sees the restart.
+func TestConformance(t *testing.T) {
+	addrs := brokers(t)
+	stop := func(t *testing.T) {
+		if out, err := kafkaScript("kill"); err != nil {
+			t.Fatalf("kafka.sh kill: %v\n%s", err, out)
+		}
+	}
+	start := func(t *testing.T) {
+		if out, err := kafkaScript("start"); err != nil {
+			t.Fatalf("kafka.sh start: %v\n%s", err, out)
+		}
+	}
+	bustest.Run(t, bustest.Harness{
+		Name: "kafka",
+		New: func(t *testing.T, o bustest.Options) bus.Bus {
+			cfg := kafkabus.Config{
+				Brokers:     addrs,
+				TopicPrefix: prefix(t),
+				Partitions:  o.Partitions,
+				MaxPending:  o.MaxPending,
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			b, err := kafkabus.New(ctx, cfg, kafkabus.WithLogger(testLogger()))
+			if err != nil {
+				t.Fatalf("kafkabus.New: %v", err)
+			}
+			full := b.Config()
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				deleteTopics(ctx, full)
+			})
+			return b
+		},
+		PublishRaw: func(ctx context.Context, b bus.Bus, key string, data []byte) error {
+			cfg := b.(*kafkabus.Bus).Config()
+			w := &kafka.Writer{
+				Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.EventsTopic,
+				Balancer:     kafkabus.KeyBalancer{},
+				BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll,
+				Transport: &kafka.Transport{},
+			}
+			defer w.Close()
+			return w.WriteMessages(ctx, kafka.Message{Key: []byte(key), Value: data})
+		},
+		Stop:    stop,
+		Start:   start,
+		Restart: func(t *testing.T) { stop(t); start(t) },
+	})
+}
+
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
 	ok := kafkabus.Config{Brokers: []string{"127.0.0.1:19092"}}
@@ -132,54 +189,6 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("Validate = %v, want an error naming %q", err, tt.want)
 			}
 		})
-	}
-}
-
-func TestPerPartitionOrder(t *testing.T) {
-	t.Parallel()
-	b, cfg := newBus(t, nil)
-	const keys, per = 10, 30
-	var msgs []bus.Message
-	for i := range per {
-		for k := range keys {
-			msgs = append(msgs, bus.Message{
-				Key: fmt.Sprintf("key_%d", k), BatchID: fmt.Sprintf("b-%d-%d", k, i),
-				Source: "v1", Data: []byte(fmt.Sprintf("%d", i)),
-			})
-		}
-	}
-	publish(t, b.Publisher(), msgs...)
-	c, err := b.NewConsumer(ctxT(t, 10*time.Second), bus.ConsumerConfig{Group: cfg.TopicPrefix + "g"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	got := consume(t, c, len(msgs), true)
-	lastPos := map[int]uint64{}
-	next := map[string]int{} // per key: the sequence expected next
-	for _, d := range got {
-		if d.Invalid != "" {
-			t.Fatalf("delivery %d/%d invalid: %s", d.Partition, d.Position, d.Invalid)
-		}
-		if p, ok := lastPos[d.Partition]; ok && d.Position <= p {
-			t.Fatalf("partition %d: position %d after %d", d.Partition, d.Position, p)
-		}
-		lastPos[d.Partition] = d.Position
-		var k, i int
-		if _, err := fmt.Sscanf(d.BatchID, "b-%d-%d", &k, &i); err != nil {
-			t.Fatalf("batch id %q: %v", d.BatchID, err)
-		}
-		key := fmt.Sprintf("key_%d", k)
-		if want := bus.Partition(key, cfg.Partitions); d.Partition != want {
-			t.Fatalf("%s on partition %d, bus.Partition says %d", key, d.Partition, want)
-		}
-		if i != next[key] {
-			t.Fatalf("%s: got batch %d, want %d", key, i, next[key])
-		}
-		next[key]++
-		if d.Source != "v1" {
-			t.Fatalf("source %q", d.Source)
-		}
 	}
 }
 
@@ -218,22 +227,6 @@ func TestRedeliveryAfterConsumerCloses(t *testing.T) {
 	}
 	if again[0].Position != got[8].Position {
 		t.Fatalf("redelivered position %d, want %d", again[0].Position, got[8].Position)
-	}
-}
-
-func TestDuplicateBatchIDDetectable(t *testing.T) {
-	t.Parallel()
-	b, cfg := newBus(t, nil)
-	m := bus.Message{Key: "key_dup", BatchID: "batch-dup", Source: "v1", Data: []byte("x")}
-	publish(t, b.Publisher(), m, m)
-	c, err := b.NewConsumer(ctxT(t, 10*time.Second), bus.ConsumerConfig{Group: cfg.TopicPrefix + "g"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	got := consume(t, c, 2, true)
-	if got[0].BatchID != "batch-dup" || got[1].BatchID != got[0].BatchID || got[0].Position == got[1].Position {
-		t.Fatalf("deliveries %+v: want the same batch id at two positions", got)
 	}
 }
 
@@ -323,7 +316,6 @@ func TestInvalidMessageDeadLettered(t *testing.T) {
 	defer c.Close()
 	got := consume(t, c, 2, false)
 	bad, good := got[0], got[1]
-	t.Logf("deliveries: %+v", got)
 	if bad.Invalid == "" || !strings.Contains(bad.Invalid, bus.HeaderBatchID) {
 		t.Fatalf("first delivery Invalid=%q, want a reason naming %s", bad.Invalid, bus.HeaderBatchID)
 	}
@@ -426,31 +418,5 @@ func TestReadRange(t *testing.T) {
 	}
 	if err := b.ReadRange(ctx, part, 8, 10, func(bus.Delivery) error { return nil }); err == nil {
 		t.Fatal("range past the end: no error")
-	}
-}
-
-func TestDecisions(t *testing.T) {
-	t.Parallel()
-	b, _ := newBus(t, nil)
-	ctx := ctxT(t, 30*time.Second)
-	if err := b.PublishDecision(ctx, "key_a", []byte("before")); err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan string, 10)
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if err := b.SubscribeDecisions(sctx, func(d []byte) { got <- string(d) }); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.PublishDecision(ctx, "key_a", []byte("after")); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case d := <-got:
-		if d != "after" {
-			t.Fatalf("decision %q, want only those after subscribing", d)
-		}
-	case <-ctx.Done():
-		t.Fatal("no decision delivered")
 	}
 }

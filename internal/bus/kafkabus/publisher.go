@@ -37,7 +37,7 @@ func newPublisher(b *Bus, codec kafka.Compression) *Publisher {
 	p.w = &kafka.Writer{
 		Addr:            b.addr,
 		Topic:           b.cfg.EventsTopic,
-		Balancer:        keyBalancer{},
+		Balancer:        KeyBalancer{},
 		MaxAttempts:     b.cfg.WriteAttempts,
 		WriteBackoffMin: 50 * time.Millisecond,
 		WriteBackoffMax: time.Second,
