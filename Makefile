@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/keymeter
 export KEYMETER_CACHE ?= $(HOME)/.cache/keymeter
 # The embedded ClickHouse engine (libchdb.so) is fetched here by `make deps`.
-export CHDB_LIB_PATH ?= $(KEYMETER_CACHE)/chdb/libchdb.so
+export CHDB_LIB_PATH ?= $(KEYMETER_CACHE)/chdb/lib/package/libchdb.so
 export KEYMETER_KAFKA_BROKERS ?= 127.0.0.1:19092
 TEST_FLAGS ?= -race -timeout 30m
 

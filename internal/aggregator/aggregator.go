@@ -1,0 +1,472 @@
+// Package aggregator moves usage events from the bus into the store exactly
+// once, and keeps per-key quota state.
+//
+// Exactly once, the way ClickHouse's Kafka Connect sink does it: a
+// contiguous range [first, last] of one partition is recorded as an intent
+// in the store, inserted as one block whose insert_deduplication_token is
+// derived from the range, and only then acknowledged on the bus. After a
+// crash the pending intents are replayed first, range for range with the
+// same token, so ClickHouse drops the block it already has; deliveries at
+// or below a replayed range are skipped.
+package aggregator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/store"
+)
+
+// Store is what the aggregator needs of the store.
+type Store interface {
+	store.EventWriter
+	store.IntentStore
+}
+
+// Bus is what the aggregator needs of the bus.
+type Bus interface {
+	NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Consumer, error)
+	bus.RangeReader
+	bus.DeadLetters
+}
+
+// Config configures an Aggregator.
+type Config struct {
+	// Group is the consumer group; aggregators of one group share the
+	// partitions and each other's intents. Default "aggregator".
+	Group string
+	// Partitions this instance reads (NATS); empty: all.
+	Partitions []int
+	// MaxBlockEvents flushes once this many events are buffered (default 200000).
+	MaxBlockEvents int
+	// FlushInterval bounds how long an event waits before it is inserted (default 1s).
+	FlushInterval time.Duration
+	// AckWait is how long the bus waits for an ack before redelivering (default 30s).
+	AckWait time.Duration
+	// RetryBackoff is the first wait after a failed insert (default 200ms, doubling to 10s).
+	RetryBackoff time.Duration
+	// ShutdownGrace is how long a flush under way, or the final flush, may
+	// go on after the run context ends (default 30s).
+	ShutdownGrace time.Duration
+}
+
+// Validate fills defaults and checks ranges.
+func (c *Config) Validate() error {
+	if c.Group == "" {
+		c.Group = "aggregator"
+	}
+	if strings.ContainsAny(c.Group, " .*>/") {
+		return fmt.Errorf("aggregator: group %q: letters, digits, '-' and '_' only", c.Group)
+	}
+	if c.MaxBlockEvents == 0 {
+		c.MaxBlockEvents = 200_000
+	}
+	if c.MaxBlockEvents < 1 {
+		return fmt.Errorf("aggregator: max-block-events %d must be positive", c.MaxBlockEvents)
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = time.Second
+	}
+	if c.FlushInterval < 10*time.Millisecond || c.FlushInterval > 10*time.Minute {
+		return fmt.Errorf("aggregator: flush-interval %s out of range 10ms-10m", c.FlushInterval)
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.RetryBackoff == 0 {
+		c.RetryBackoff = 200 * time.Millisecond
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+	return nil
+}
+
+// Observer is told about every stored block, e.g. to update quotas. It
+// runs after the insert and before the ack.
+type Observer interface {
+	Stored(ctx context.Context, events []event.Event)
+}
+
+// Aggregator consumes event batches into the store.
+type Aggregator struct {
+	cfg      Config
+	bus      Bus
+	store    Store
+	log      *slog.Logger
+	observer Observer
+	m        *metrics
+
+	// floor[p] is the highest position of partition p already in a block
+	// (inserted or pending); deliveries at or below it are skipped.
+	floor map[int]uint64
+	stats Stats
+	mu    sync.Mutex
+}
+
+// Stats are cumulative counts since start.
+type Stats struct {
+	Events       uint64 // events inserted (including replays the store dropped)
+	Blocks       uint64
+	DeadLettered uint64
+	Replayed     uint64 // intents replayed at start
+	Skipped      uint64 // redelivered batches skipped
+}
+
+// Option configures New.
+type Option func(*Aggregator)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(a *Aggregator) { a.log = l } }
+
+// WithObserver sets the observer of stored blocks.
+func WithObserver(o Observer) Option { return func(a *Aggregator) { a.observer = o } }
+
+// WithRegisterer registers the metrics (default: not registered).
+func WithRegisterer(r prometheus.Registerer) Option {
+	return func(a *Aggregator) { a.m.register(r) }
+}
+
+// New returns an Aggregator; Run starts it.
+func New(cfg Config, b Bus, s Store, opts ...Option) (*Aggregator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if b == nil || s == nil {
+		return nil, errors.New("aggregator: bus and store are required")
+	}
+	a := &Aggregator{cfg: cfg, bus: b, store: s, log: slog.Default(), m: newMetrics(), floor: map[int]uint64{}}
+	for _, o := range opts {
+		o(a)
+	}
+	a.log = a.log.With("role", "aggregator", "group", cfg.Group)
+	return a, nil
+}
+
+// Stats returns the counts so far.
+func (a *Aggregator) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stats
+}
+
+// block is the buffered range of one partition.
+type block struct {
+	partition   int
+	first, last uint64
+	events      []event.Event
+	lastD       bus.Delivery
+	hold        [][]byte // delivery bytes the events point into
+}
+
+func partitionName(p int) string { return "events/" + strconv.Itoa(p) }
+
+func (a *Aggregator) token(p int, first, last uint64) string {
+	return fmt.Sprintf("%s/p%d/%d-%d", a.cfg.Group, p, first, last)
+}
+
+// Run replays pending intents, then consumes until ctx ends. On the way
+// out it flushes what is buffered and acks it (graceful shutdown).
+func (a *Aggregator) Run(ctx context.Context) error {
+	if err := a.replay(ctx); err != nil {
+		return err
+	}
+	cons, err := a.bus.NewConsumer(ctx, bus.ConsumerConfig{Group: a.cfg.Group, Partitions: a.cfg.Partitions, AckWait: a.cfg.AckWait})
+	if err != nil {
+		return fmt.Errorf("aggregator: %w", err)
+	}
+	defer cons.Close()
+	a.log.Info("aggregator consuming", "flush_interval", a.cfg.FlushInterval, "max_block_events", a.cfg.MaxBlockEvents)
+
+	// Flushes run on a context that outlives ctx by ShutdownGrace, so a
+	// shutdown in the middle of a flush still acks what it inserted.
+	fctx, fcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer fcancel()
+	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(a.cfg.ShutdownGrace, fcancel) })
+	defer stopGrace()
+
+	blocks := map[int]*block{}
+	buffered := 0
+	deadline := time.Now().Add(a.cfg.FlushInterval)
+	var eb event.Batch
+	for {
+		if ctx.Err() != nil {
+			// Shutdown: whatever is buffered is inserted and acked, with a
+			// bounded grace so a dead store cannot hold the process.
+			if err := a.flush(fctx, cons, blocks); err != nil {
+				a.log.Warn("aggregator: final flush failed; the bus will redeliver", "err", err)
+			}
+			return nil
+		}
+		wait := time.Until(deadline)
+		if wait < time.Millisecond {
+			wait = time.Millisecond
+		}
+		ds, err := cons.Fetch(ctx, 1024, wait)
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("aggregator: fetch failed", "err", err)
+			sleep(ctx, a.cfg.RetryBackoff)
+		}
+		for _, d := range ds {
+			if d.Position <= a.floor[d.Partition] {
+				a.count(func(s *Stats) { s.Skipped++ })
+				// Already in a block. With a block of this partition still
+				// buffered, that block's ack covers it (AckAll); without one,
+				// everything up to the floor is stored, so ack it now.
+				if blocks[d.Partition] == nil {
+					_ = cons.Ack(ctx, d)
+				}
+				continue
+			}
+			b := blocks[d.Partition]
+			if b == nil {
+				b = &block{partition: d.Partition, first: d.Position}
+				blocks[d.Partition] = b
+			}
+			b.last, b.lastD = d.Position, d
+			a.floor[d.Partition] = d.Position
+			n := a.decodeInto(ctx, d, &eb, b)
+			buffered += n
+		}
+		if buffered >= a.cfg.MaxBlockEvents || time.Now().After(deadline) {
+			if err := a.flush(fctx, cons, blocks); err != nil {
+				if ctx.Err() != nil {
+					a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
+					return nil
+				}
+				return err
+			}
+			buffered = 0
+			deadline = time.Now().Add(a.cfg.FlushInterval)
+		}
+	}
+}
+
+// decodeInto appends d's valid events to b and dead-letters the rest; the
+// same function serves live consumption and replay, so a replayed range
+// forms exactly the block it formed the first time. live=false suppresses
+// dead-lettering (it was done the first time).
+func (a *Aggregator) decodeInto(ctx context.Context, d bus.Delivery, eb *event.Batch, b *block) int {
+	return a.decode(ctx, d, eb, b, true)
+}
+
+func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch, b *block, live bool) int {
+	origin := fmt.Sprintf("events/%d/%d", d.Partition, d.Position)
+	if d.Invalid != "" {
+		if live {
+			a.deadLetter(ctx, origin, d.Invalid, d.Data)
+		}
+		return 0
+	}
+	if err := event.DecodeBatch(d.Data, eb); err != nil {
+		if live {
+			a.deadLetter(ctx, origin, err.Error(), d.Data)
+		}
+		return 0
+	}
+	b.hold = append(b.hold, d.Data)
+	n := 0
+	for i := range eb.Events {
+		e := &eb.Events[i]
+		if err := e.Validate(); err != nil {
+			if live {
+				j, _ := e.MarshalJSON()
+				a.deadLetter(ctx, fmt.Sprintf("%s/event/%d", origin, i), "batch "+d.BatchID+": "+err.Error(), j)
+			}
+			continue
+		}
+		b.events = append(b.events, *e)
+		n++
+	}
+	return n
+}
+
+func (a *Aggregator) deadLetter(ctx context.Context, origin, reason string, data []byte) {
+	a.count(func(s *Stats) { s.DeadLettered++ })
+	a.m.deadLettered.Inc()
+	for attempt := 0; ; attempt++ {
+		err := a.bus.DeadLetter(ctx, bus.DeadLetter{Origin: origin, Reason: reason, Data: data, Time: time.Now()})
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil || attempt >= 5 {
+			a.log.Error("aggregator: dead letter could not be stored", "origin", origin, "reason", reason, "err", err)
+			return
+		}
+		sleep(ctx, a.cfg.RetryBackoff)
+	}
+}
+
+// flush inserts every partition's block exactly once, then acks it.
+func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[int]*block) error {
+	for p, b := range blocks {
+		if err := a.commit(ctx, b, func(ctx context.Context) error {
+			return cons.Ack(ctx, b.lastD)
+		}); err != nil {
+			return err
+		}
+		delete(blocks, p)
+	}
+	return nil
+}
+
+// commit runs intent → insert → ack → clear for one block, retrying the
+// store with backoff until ctx ends (the bus keeps the data meanwhile).
+func (a *Aggregator) commit(ctx context.Context, b *block, ack func(context.Context) error) error {
+	tok := a.token(b.partition, b.first, b.last)
+	in := store.Intent{Consumer: a.cfg.Group, Partition: partitionName(b.partition), First: b.first, Last: b.last, Token: tok, State: store.IntentPending, Updated: time.Now()}
+	if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntent(ctx, in) }); err != nil {
+		return err
+	}
+	if len(b.events) > 0 {
+		start := time.Now()
+		if err := a.retry(ctx, "insert", func() error { return a.store.InsertEvents(ctx, tok, b.events) }); err != nil {
+			return err
+		}
+		a.m.insertSeconds.Observe(time.Since(start).Seconds())
+		a.m.rows.Add(float64(len(b.events)))
+		if a.observer != nil {
+			a.observer.Stored(ctx, b.events)
+		}
+	}
+	if ack != nil {
+		if err := a.retry(ctx, "ack", func() error { return ack(ctx) }); err != nil {
+			return err
+		}
+	}
+	if err := a.retry(ctx, "clear intent", func() error { return a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, tok) }); err != nil {
+		return err
+	}
+	a.count(func(s *Stats) { s.Events += uint64(len(b.events)); s.Blocks++ })
+	return nil
+}
+
+func (a *Aggregator) retry(ctx context.Context, what string, fn func() error) error {
+	backoff := a.cfg.RetryBackoff
+	failing := false
+	for {
+		err := fn()
+		if err == nil {
+			if failing {
+				a.log.Info("aggregator: "+what+" works again", "step", what)
+			}
+			return nil
+		}
+		if !failing {
+			// Logged once per state change, not per attempt.
+			a.log.Warn("aggregator: "+what+" failed, retrying with backoff; the bus keeps the data", "err", err)
+			failing = true
+		}
+		a.m.retries.WithLabelValues(what).Inc()
+		if ctx.Err() != nil {
+			return fmt.Errorf("aggregator: %s: %w (last error: %v)", what, ctx.Err(), err)
+		}
+		sleep(ctx, backoff)
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+// replay re-inserts the ranges of pending intents with their tokens.
+func (a *Aggregator) replay(ctx context.Context) error {
+	var intents []store.Intent
+	if err := a.retry(ctx, "read intents", func() error {
+		var err error
+		intents, err = a.store.Intents(ctx, a.cfg.Group)
+		return err
+	}); err != nil {
+		return err
+	}
+	for _, in := range intents {
+		if in.State != store.IntentPending {
+			continue
+		}
+		p, err := strconv.Atoi(strings.TrimPrefix(in.Partition, "events/"))
+		if err != nil {
+			return fmt.Errorf("aggregator: intent with partition %q: %w", in.Partition, err)
+		}
+		if len(a.cfg.Partitions) > 0 && !contains(a.cfg.Partitions, p) {
+			continue
+		}
+		b := &block{partition: p, first: in.First, last: in.Last}
+		var eb event.Batch
+		err = a.bus.ReadRange(ctx, p, in.First, in.Last, func(d bus.Delivery) error {
+			a.decode(ctx, d, &eb, b, false)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("aggregator: replay %s [%d,%d]: %w", in.Partition, in.First, in.Last, err)
+		}
+		if tok := a.token(p, in.First, in.Last); tok != in.Token {
+			return fmt.Errorf("aggregator: intent token %q does not match its range (%q): refusing to replay", in.Token, tok)
+		}
+		a.log.Info("aggregator: replaying intent", "partition", p, "first", in.First, "last", in.Last, "events", len(b.events))
+		if err := a.commit(ctx, b, nil); err != nil {
+			return err
+		}
+		if in.Last > a.floor[p] {
+			a.floor[p] = in.Last
+		}
+		a.count(func(s *Stats) { s.Replayed++ })
+	}
+	return nil
+}
+
+func contains(xs []int, x int) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Aggregator) count(fn func(*Stats)) {
+	a.mu.Lock()
+	fn(&a.stats)
+	a.mu.Unlock()
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+type metrics struct {
+	rows          prometheus.Counter
+	insertSeconds prometheus.Histogram
+	deadLettered  prometheus.Counter
+	retries       *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		rows: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_rows_total", Help: "Events inserted into the store."}),
+		insertSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keymeter_aggregator_insert_seconds", Help: "Latency of one block insert.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_dead_lettered_total", Help: "Messages or events sent to the dead-letter log."}),
+		retries:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymeter_aggregator_retries_total", Help: "Retried store or bus operations."}, []string{"step"}),
+	}
+}
+
+func (m *metrics) register(r prometheus.Registerer) {
+	if r == nil {
+		return
+	}
+	for _, c := range []prometheus.Collector{m.rows, m.insertSeconds, m.deadLettered, m.retries} {
+		_ = r.Register(c)
+	}
+}

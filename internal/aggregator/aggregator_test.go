@@ -1,0 +1,216 @@
+package aggregator_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/aggregator"
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/store"
+	"github.com/keymeter/keymeter/internal/store/chdb"
+)
+
+var (
+	dataDir string
+	srv     *natsbus.Embedded
+	seq     atomic.Int64
+)
+
+func TestMain(m *testing.M) {
+	d, err := os.MkdirTemp("", "keymeter-aggregator-test-")
+	if err != nil {
+		panic(err)
+	}
+	dataDir = d
+	srv, err = natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: d + "/nats"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "embedded NATS did not start:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	srv.Shutdown()
+	os.RemoveAll(d)
+	os.Exit(code)
+}
+
+func newBus(t *testing.T) *natsbus.Bus {
+	t.Helper()
+	b, err := natsbus.New(context.Background(), natsbus.Config{Prefix: fmt.Sprintf("agg%d", seq.Add(1)), Partitions: 4}, natsbus.WithEmbedded(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	return b
+}
+
+func newStore(t *testing.T) *store.DB {
+	t.Helper()
+	db, err := chdb.Open(chdb.Config{DataDir: dataDir + "/chdb", Database: fmt.Sprintf("agg_%d", seq.Add(1))})
+	if err != nil {
+		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)
+	}
+	if _, err := db.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// produce publishes n events in batches of per over keys keys; returns the
+// per-key counts.
+func produce(t *testing.T, b bus.Bus, n, per, keys int) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	counts := map[string]int{}
+	now := time.Now().UTC().Truncate(time.Second)
+	for i := 0; i < n; i += per {
+		key := fmt.Sprintf("key_%d", (i/per)%keys)
+		eb := event.Batch{ID: fmt.Sprintf("b-%d", i), Producer: "test", Created: time.Now()}
+		for j := i; j < min(i+per, n); j++ {
+			eb.Events = append(eb.Events, event.Event{ID: fmt.Sprintf("ev-%d", j), Time: now.Add(time.Duration(j) * time.Millisecond),
+				Project: "proj_a", KeyID: key, Outcome: event.OutcomeValid, ClientIP: "198.51.100.1", Country: "FR", Status: 200, Route: "/r", CostUnits: 1})
+			counts[key]++
+		}
+		if _, err := b.Publisher().Publish(ctx, bus.Message{Key: key, BatchID: eb.ID, Source: "test", Data: event.AppendBatch(nil, &eb)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Publisher().Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return counts
+}
+
+func waitCount(t *testing.T, db *store.DB, want uint64, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var got uint64
+	for time.Now().Before(deadline) {
+		var err error
+		got, err = db.Count(context.Background(), "requests")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got >= want {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got != want {
+		t.Fatalf("store holds %d events, want %d", got, want)
+	}
+}
+
+func TestExactlyOnceWithBadInput(t *testing.T) {
+	b, db := newBus(t), newStore(t)
+	counts := produce(t, b, 20_000, 500, 7)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// A broken batch and a batch with one invalid event among valid ones.
+	if _, err := b.Publisher().Publish(ctx, bus.Message{Key: "key_1", BatchID: "bad-1", Source: "test", Data: []byte("\xff\xffjunk")}); err != nil {
+		t.Fatal(err)
+	}
+	mixed := event.Batch{ID: "mixed", Events: []event.Event{
+		{ID: "mixed-ok", Time: time.Now(), KeyID: "key_1", Project: "proj_a", Outcome: event.OutcomeValid},
+		{ID: "", Time: time.Now(), KeyID: "key_1", Outcome: event.OutcomeValid}, // no id
+	}}
+	if _, err := b.Publisher().Publish(ctx, bus.Message{Key: "key_1", BatchID: "mixed", Source: "test", Data: event.AppendBatch(nil, &mixed)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publisher().Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	agg, err := aggregator.New(aggregator.Config{FlushInterval: 100 * time.Millisecond}, b, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- agg.Run(actx) }()
+	waitCount(t, db, 20_001, 30*time.Second)
+	acancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st := agg.Stats()
+	if st.DeadLettered != 2 {
+		t.Fatalf("dead-lettered %d, want 2 (the broken batch and the event without id)", st.DeadLettered)
+	}
+	dls, err := b.ReadDeadLetters(ctx, 10, time.Second)
+	if err != nil || len(dls) != 2 {
+		t.Fatalf("dead-letter log: %d entries, err %v", len(dls), err)
+	}
+	u, err := db.QuotaUsage(ctx, "key_3", time.Now().Add(-24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(u.Allowed) != counts["key_3"] {
+		t.Fatalf("key_3: store counts %d, produced %d", u.Allowed, counts["key_3"])
+	}
+}
+
+// crashingStore stores a block, then makes the aggregator die before it can
+// ack: the worst moment for exactly-once.
+type crashingStore struct {
+	*store.DB
+	crashAfter int32
+	inserts    atomic.Int32
+	crash      context.CancelFunc
+	once       sync.Once
+}
+
+var errCrash = errors.New("crash")
+
+func (c *crashingStore) InsertEvents(ctx context.Context, token string, ev []event.Event) error {
+	if err := c.DB.InsertEvents(ctx, token, ev); err != nil {
+		return err
+	}
+	if c.inserts.Add(1) >= c.crashAfter {
+		c.once.Do(c.crash)
+		return errCrash // dead from now on, for this instance
+	}
+	return nil
+}
+
+func TestCrashBetweenInsertAndAckStoresOnce(t *testing.T) {
+	b, db := newBus(t), newStore(t)
+	const n = 30_000
+	produce(t, b, n, 250, 11)
+	for _, crashAt := range []int32{1, 3} {
+		ctx, cancel := context.WithCancel(context.Background())
+		cs := &crashingStore{DB: db, crashAfter: crashAt, crash: cancel}
+		agg, err := aggregator.New(aggregator.Config{FlushInterval: 50 * time.Millisecond, MaxBlockEvents: 2000, AckWait: time.Second, ShutdownGrace: 100 * time.Millisecond}, b, cs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = agg.Run(ctx) // returns after the crash
+		cancel()
+	}
+	// A clean instance replays the pending intents and finishes the rest.
+	agg, err := aggregator.New(aggregator.Config{FlushInterval: 50 * time.Millisecond, AckWait: time.Second}, b, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agg.Run(ctx) }()
+	waitCount(t, db, n, 60*time.Second)
+	time.Sleep(1500 * time.Millisecond) // redeliveries after AckWait must not add rows
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, db, n, time.Second)
+	if agg.Stats().Replayed == 0 {
+		t.Fatal("no intent was replayed: the crash did not happen where intended")
+	}
+}
