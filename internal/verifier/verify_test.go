@@ -204,3 +204,7 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+func newState(rate float64, burst uint32) *keymeterv1.KeyState {
+	return &keymeterv1.KeyState{RateLimitPerS: rate, RateLimitBurst: burst}
+}

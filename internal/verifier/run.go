@@ -1,0 +1,172 @@
+package verifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/keys"
+)
+
+// RunConfig configures the verifier role.
+type RunConfig struct {
+	// Listen serves the reverse proxy when Upstream is set, otherwise the
+	// forward-auth endpoint on every path (Envoy ext_authz style).
+	Listen   string
+	Upstream string
+	// AuthListen, if set, serves the forward-auth endpoint as well.
+	AuthListen string
+	// AdminListen serves /metrics, /healthz and /readyz.
+	AdminListen string
+	DataDir     string
+	VerifierID  string
+	Routes      []Route
+	HTTP        HTTPConfig
+	Emitter     EmitterConfig // Publisher, Partitions, Producer, DataDir are filled in
+	Bus         bus.Bus
+	Logger      *slog.Logger
+	// OnListen, if set, is called with the bound addresses (tests).
+	OnListen func(main, auth, admin net.Addr)
+}
+
+// Validate checks the configuration.
+func (c *RunConfig) Validate() error {
+	if c.Bus == nil {
+		return errors.New("verifier: a bus is required")
+	}
+	if c.Listen == "" && c.AuthListen == "" {
+		return errors.New("verifier: nothing to serve: set --listen (and --upstream for proxy mode) or --auth-listen")
+	}
+	if c.Upstream != "" {
+		u, err := url.Parse(c.Upstream)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("verifier: --upstream %q: want an http:// or https:// URL", c.Upstream)
+		}
+	}
+	if c.DataDir == "" {
+		return errors.New("verifier: --data-dir is required (the event spool lives there)")
+	}
+	if c.VerifierID == "" {
+		h, _ := os.Hostname()
+		c.VerifierID = "verifier-" + h
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Run serves until ctx ends, then shuts down in order: stop taking
+// requests, flush the event batches (spooling what the bus does not take),
+// stop watching keys. The caller closes the bus.
+func Run(ctx context.Context, cfg RunConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Logger.With("role", "verifier", "verifier_id", cfg.VerifierID)
+	tbl := keys.NewTable(keys.TableConfig{Logger: log})
+	blocks := &BlockList{}
+	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks})
+	if err != nil {
+		return err
+	}
+	ecfg := cfg.Emitter
+	ecfg.Publisher, ecfg.Partitions, ecfg.Producer, ecfg.DataDir = cfg.Bus.Publisher(), cfg.Bus.Partitions(), cfg.VerifierID, cfg.DataDir
+	if ecfg.Logger == nil {
+		ecfg.Logger = log
+	}
+	em, err := NewEmitter(ecfg)
+	if err != nil {
+		return err
+	}
+	m := NewMetrics(tbl, em)
+	hcfg := cfg.HTTP
+	hcfg.VerifierID, hcfg.Logger = cfg.VerifierID, log
+	srv := NewServer(v, em, m, hcfg)
+
+	bg, bgctx := errgroup.WithContext(context.Background())
+	watchCtx, stopWatch := context.WithCancel(bgctx)
+	defer stopWatch()
+	bg.Go(func() error { return tbl.Run(watchCtx, cfg.Bus) })
+	bg.Go(func() error {
+		if err := blocks.Run(watchCtx, cfg.Bus, log); err != nil && watchCtx.Err() == nil {
+			log.Warn("not following detection decisions: blocked addresses will not apply", "err", err)
+		}
+		return nil
+	})
+
+	var servers []*http.Server
+	var addrs [3]net.Addr
+	serve := func(i int, addr string, h http.Handler) error {
+		if addr == "" {
+			return nil
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("verifier: listen %s: %w", addr, err)
+		}
+		addrs[i] = ln.Addr()
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		servers = append(servers, hs)
+		go func() {
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server stopped", "addr", addr, "err", err)
+			}
+		}()
+		log.Info("listening", "addr", ln.Addr().String())
+		return nil
+	}
+	var mainH http.Handler
+	if cfg.Upstream != "" {
+		u, _ := url.Parse(cfg.Upstream)
+		mainH = srv.Proxy(u)
+	} else {
+		mainH = srv.ForwardAuth("")
+	}
+	admin := http.NewServeMux()
+	srv.Health(admin, promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	var startErr error
+	for i, s := range []struct {
+		addr string
+		h    http.Handler
+	}{{cfg.Listen, mainH}, {cfg.AuthListen, srv.ForwardAuth("")}, {cfg.AdminListen, admin}} {
+		if err := serve(i, s.addr, s.h); err != nil {
+			startErr = err
+			break
+		}
+	}
+	if startErr == nil && cfg.OnListen != nil {
+		cfg.OnListen(addrs[0], addrs[1], addrs[2])
+	}
+	if startErr == nil {
+		select {
+		case <-ctx.Done():
+		case <-bgctx.Done():
+		}
+	}
+
+	log.Info("verifier stopping: closing listeners")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for _, hs := range servers {
+		_ = hs.Shutdown(sctx)
+	}
+	log.Info("verifier stopping: flushing usage events")
+	emErr := em.Close(sctx)
+	stopWatch()
+	_ = bg.Wait()
+	st := em.Stats()
+	log.Info("verifier stopped", "events_emitted", st.Emitted, "events_published", st.Published,
+		"events_spooled", st.Spooled, "events_dropped", st.Dropped, "spool_events", st.SpoolEvents)
+	return errors.Join(startErr, emErr)
+}
