@@ -1,0 +1,124 @@
+package aggregator_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keymeter/keymeter/internal/aggregator"
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/keys"
+)
+
+func TestQuotaTransitionsPublishedAndSigned(t *testing.T) {
+	b, db := newBus(t), newStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	go func() { _ = table.Run(ctx, b) }()
+	st := &keymeterv1.KeyState{Id: "key_q", Project: "proj_q", Status: keymeterv1.KeyStatus_KEY_STATUS_ACTIVE, MonthlyQuota: 100, Version: 1, Hash: make([]byte, 32)}
+	raw, _ := proto.Marshal(st)
+	if err := b.PutKey(ctx, "key_q", raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := table.WaitVersion(ctx, "key_q", 1); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	var hooks []aggregator.WebhookPayload
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if r.Header.Get("X-Keymeter-Signature") != aggregator.Sign("s3cret", body) {
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		var p aggregator.WebhookPayload
+		_ = json.Unmarshal(body, &p)
+		mu.Lock()
+		hooks = append(hooks, p)
+		mu.Unlock()
+	}))
+	defer hook.Close()
+
+	q, err := aggregator.NewQuotas(aggregator.QuotaConfig{WebhookURL: hook.URL, WebhookSecret: "s3cret"}, table, b, db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	block := func(from, n int) []event.Event {
+		var ev []event.Event
+		for i := from; i < from+n; i++ {
+			ev = append(ev, event.Event{ID: fmt.Sprintf("q-%d", i), Time: now, Project: "proj_q", KeyID: "key_q", Outcome: event.OutcomeValid, Status: 200})
+		}
+		return ev
+	}
+	stateAfter := func(ev []event.Event, token string) keymeterv1.QuotaState {
+		t.Helper()
+		if err := db.InsertEvents(ctx, token, ev); err != nil {
+			t.Fatal(err)
+		}
+		q.Stored(ctx, ev)
+		time.Sleep(100 * time.Millisecond)
+		s, _ := table.State("key_q")
+		return s.GetQuotaState()
+	}
+	if s := stateAfter(block(0, 50), "t1"); s != keymeterv1.QuotaState_QUOTA_STATE_OK {
+		t.Fatalf("50/100: state %v", s)
+	}
+	if s := stateAfter(block(50, 35), "t2"); s != keymeterv1.QuotaState_QUOTA_STATE_WARNING {
+		t.Fatalf("85/100: state %v", s)
+	}
+	if s := stateAfter(block(85, 20), "t3"); s != keymeterv1.QuotaState_QUOTA_STATE_EXCEEDED {
+		t.Fatalf("105/100: state %v", s)
+	}
+	s, _ := table.State("key_q")
+	if s.GetQuotaUsed() != 105 {
+		t.Fatalf("published usage %d, want 105", s.GetQuotaUsed())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		n := len(hooks)
+		mu.Unlock()
+		if n >= 3 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var got []string
+	for _, h := range hooks {
+		got = append(got, h.To)
+	}
+	if len(got) != 3 || !contains(got, "ok") || !contains(got, "warning") || !contains(got, "exceeded") {
+		t.Fatalf("webhooks: %v", got)
+	}
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func TestQuotaConfigValidate(t *testing.T) {
+	for _, c := range []aggregator.QuotaConfig{{Period: "year"}, {WarnRatio: 1.5}, {WebhookURL: "http://x"}} {
+		if err := c.Validate(); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+}
