@@ -462,7 +462,7 @@ func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64)
 				Mode: keymeterv1.Mode_MODE_ENFORCE, Action: keymeterv1.Action_ACTION_ALERT,
 				Group: e.view.g.key, Project: ev.Project, KeyId: ev.KeyID, ClientIp: ev.ClientIP,
 				Figures: map[string]float64{"revocations_last_hour": float64(len(s.revokes)), "limit": float64(e.maxRevokes)},
-				Reason: fmt.Sprintf("circuit breaker: rule %s would exceed %d revocations in an hour; switched to dry_run", r.ID, e.maxRevokes),
+				Reason:  fmt.Sprintf("circuit breaker: rule %s would exceed %d revocations in an hour; switched to dry_run", r.ID, e.maxRevokes),
 			})
 			e.log.Warn("detect: circuit breaker tripped; rule switched to dry_run", "rule", r.ID, "version", r.Version, "limit", e.maxRevokes)
 		} else {

@@ -143,12 +143,18 @@ func checkDurations(file string, n yast.Node, errs *[]error) {
 // ParseFile decodes the rules of one file: one rule per YAML document, or a
 // list of rules in a document. Unknown fields, type errors and bad values
 // are refused with file:line.
-func ParseFile(file string, data []byte) ([]*Rule, error) {
+func ParseFile(file string, data []byte) (rules []*Rule, err error) {
+	// The YAML library can panic on some malformed input (found by
+	// FuzzParseFile); refuse the file instead of crashing the detector.
+	defer func() {
+		if p := recover(); p != nil {
+			rules, err = nil, &LoadError{File: file, Msg: fmt.Sprintf("malformed YAML (decoder failed: %v)", p)}
+		}
+	}()
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return nil, yamlError(file, err)
 	}
-	var rules []*Rule
 	var errs []error
 	for _, doc := range f.Docs {
 		body := doc.Body
