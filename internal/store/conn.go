@@ -43,6 +43,40 @@ type Param struct {
 	IsArr bool
 }
 
+// Text is the parameter's value as the server parses it: ClickHouse reads
+// parameter values in TSV-escaped form (deserializeTextEscaped), so a String
+// is escaped; an array is its quoted literal.
+func (p Param) Text() string {
+	if p.IsArr {
+		return ArrayLiteral(p.Array)
+	}
+	return escapeTSV(p.Value)
+}
+
+func escapeTSV(s string) string {
+	if !strings.ContainsAny(s, "\\\t\n\r\x00") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\':
+			b.WriteString(`\\`)
+		case '\t':
+			b.WriteString(`\t`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\r':
+			b.WriteString(`\r`)
+		case 0:
+			b.WriteString(`\0`)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
 // Params are a statement's parameters.
 type Params []Param
 

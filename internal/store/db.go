@@ -113,15 +113,21 @@ func (d *DB) InsertEvents(ctx context.Context, token string, events []event.Even
 	if len(events) == 0 {
 		return nil
 	}
+	// Fold the batch per minute while ClickHouse takes the raw rows.
+	var rollup chan []RollupRow
+	if d.rollups != RollupViews {
+		rollup = make(chan []RollupRow, 1)
+		go func() { rollup <- PreAggregate(events) }()
+	}
 	if err := d.conn.InsertEvents(ctx, d.database, token, events); err != nil {
 		return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
 	}
-	if d.rollups == RollupViews {
+	if rollup == nil {
 		return nil
 	}
 	// A second deduplicated insert: if the process dies between the two,
 	// the replay of the intent re-inserts both and each drops its duplicate.
-	if err := d.conn.InsertRollup(ctx, d.database, token+"/1m", PreAggregate(events)); err != nil {
+	if err := d.conn.InsertRollup(ctx, d.database, token+"/1m", <-rollup); err != nil {
 		return fmt.Errorf("store: insert rollup (token %s): %w", token, err)
 	}
 	return nil

@@ -152,38 +152,9 @@ func (c *conn) Close() error {
 func paramArgs(p store.Params) (names, values []string) {
 	for _, x := range p {
 		names = append(names, x.Name)
-		if x.IsArr {
-			values = append(values, store.ArrayLiteral(x.Array))
-		} else {
-			values = append(values, escapeTSV(x.Value))
-		}
+		values = append(values, x.Text())
 	}
 	return names, values
-}
-
-// escapeTSV: chDB reads parameter values in TSV-escaped form.
-func escapeTSV(s string) string {
-	if !strings.ContainsAny(s, "\\\t\n\r\x00") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '\\':
-			b.WriteString(`\\`)
-		case '\t':
-			b.WriteString(`\t`)
-		case '\n':
-			b.WriteString(`\n`)
-		case '\r':
-			b.WriteString(`\r`)
-		case 0:
-			b.WriteString(`\0`)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
 }
 
 // Exec runs a statement. chDB calls cannot be interrupted: the context is

@@ -1,0 +1,34 @@
+package chdb_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/keymeter/keymeter/internal/store"
+)
+
+// BenchmarkInsert measures InsertEvents (raw rows + rollups) in batches of
+// 100k events, for both ways of feeding the rollups.
+func BenchmarkInsert(b *testing.B) {
+	for _, mode := range []store.RollupMode{store.RollupPreaggregated, store.RollupViews} {
+		b.Run(string(mode), func(b *testing.B) {
+			db := open(b, fmt.Sprintf("bench_%s_%d", mode, b.N))
+			defer db.Close()
+			ctx := context.Background()
+			if _, err := db.Migrate(ctx); err != nil {
+				b.Fatal(err)
+			}
+			var total int
+			for b.Loop() {
+				r, err := store.Bench(ctx, db, store.BenchConfig{Events: 200_000, Batch: 100_000, Rollups: mode}, io.Discard)
+				if err != nil {
+					b.Fatal(err)
+				}
+				total += r.Events
+			}
+			b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
