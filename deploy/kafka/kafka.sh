@@ -102,6 +102,10 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# After a kill, the controller refuses the restarted broker's registration
+# until the old incarnation's session expires (default 9s): keep it short.
+broker.heartbeat.interval.ms=500
+broker.session.timeout.ms=5000
 # Tests create and delete many small topics: keep segments small and
 # let the cleaner look often so compaction is visible within a test run.
 log.segment.bytes=67108864

@@ -19,9 +19,10 @@ import (
 )
 
 func testLogger() *slog.Logger {
-	lvl := slog.LevelWarn
-	if os.Getenv("KEYMETER_TEST_DEBUG") != "" {
-		lvl = slog.LevelDebug
+	// KEYMETER_TEST_LOG=debug|info shows more of the adapter's logging.
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(os.Getenv("KEYMETER_TEST_LOG"))); err != nil {
+		lvl = slog.LevelWarn
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 }
