@@ -93,15 +93,75 @@ func scriptPath() (string, error) {
 	}
 }
 
-func kafkaScript(sub string) (string, error) {
+// kafkaScript runs kafka.sh sub with the environment plus env.
+func kafkaScript(sub string, env ...string) (string, error) {
 	p, err := scriptPath()
 	if err != nil {
 		return "", err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "bash", p, sub).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "bash", p, sub)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// privateBroker is a broker of this test process alone, on its own ports
+// and storage, for tests that kill it: killing the shared broker would
+// fail other packages' tests running at the same time under go test ./...
+type privateBroker struct {
+	addr string
+	env  []string
+}
+
+func startPrivateBroker(t *testing.T) *privateBroker {
+	t.Helper()
+	brokers(t) // the shared broker's set-up also fetched the jars, if needed
+	if out, err := kafkaScript("fetch"); err != nil {
+		t.Fatalf("kafka.sh fetch: %v\n%s", err, out)
+	}
+	port, cport := freePort(t), freePort(t)
+	pb := &privateBroker{
+		addr: fmt.Sprintf("127.0.0.1:%d", port),
+		env: []string{
+			"KAFKA_DATA_DIR=" + t.TempDir(),
+			fmt.Sprintf("KAFKA_PORT=%d", port),
+			fmt.Sprintf("KAFKA_CONTROLLER_PORT=%d", cport),
+		},
+	}
+	// Registered after TempDir, so it runs before the directory goes.
+	t.Cleanup(func() {
+		if out, err := kafkaScript("kill", pb.env...); err != nil {
+			t.Errorf("kafka.sh kill (private broker): %v\n%s", err, out)
+		}
+	})
+	pb.start(t)
+	return pb
+}
+
+func (pb *privateBroker) start(t *testing.T) {
+	t.Helper()
+	if out, err := kafkaScript("start", pb.env...); err != nil {
+		t.Fatalf("kafka.sh start (private broker %s): %v\n%s", pb.addr, err, out)
+	}
+}
+
+func (pb *privateBroker) kill(t *testing.T) {
+	t.Helper()
+	if out, err := kafkaScript("kill", pb.env...); err != nil {
+		t.Fatalf("kafka.sh kill (private broker %s): %v\n%s", pb.addr, err, out)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // prefix returns a topic prefix no other test (or earlier run) uses.
