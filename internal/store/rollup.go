@@ -1,68 +1,109 @@
 package store
 
-import (
-	"cmp"
-	"slices"
+import "github.com/keymeter/keymeter/internal/event"
 
-	"github.com/keymeter/keymeter/internal/event"
-)
+// interner numbers the distinct values of one low-cardinality field of a
+// batch. A short linear scan beats hashing for the few routes, countries
+// and projects a batch has; it falls back to a map past 16 values.
+type interner struct {
+	vals []string
+	m    map[string]uint32
+}
+
+func (t *interner) id(s string) uint32 {
+	if t.m == nil {
+		for i, v := range t.vals {
+			if v == s {
+				return uint32(i)
+			}
+		}
+		t.vals = append(t.vals, s)
+		if len(t.vals) > 16 {
+			t.m = make(map[string]uint32, 64)
+			for i, v := range t.vals {
+				t.m[v] = uint32(i)
+			}
+		}
+		return uint32(len(t.vals) - 1)
+	}
+	if i, ok := t.m[s]; ok {
+		return i
+	}
+	t.vals = append(t.vals, s)
+	t.m[s] = uint32(len(t.vals) - 1)
+	return uint32(len(t.vals) - 1)
+}
 
 type bucketKey struct {
 	minute  int64
-	project string
-	keyID   string
+	key     uint32
+	route   uint32
+	country uint32
+	project uint16
 	outcome event.Outcome
-	route   string
-	country string
 }
 
-type bucket struct {
-	row RollupRow
-	ips map[string]struct{}
+type ipKey struct {
+	bucket int32
+	ip     string
 }
 
-// PreAggregate folds a batch into per-minute buckets. The rows are sorted so
-// that a replay of the same batch produces the same insert.
+// PreAggregate folds a batch into per-minute buckets with each bucket's
+// distinct client IPs (hashing dominates: fields are numbered per batch so
+// that the bucket map hashes integers, and each IP is hashed once). Rows and
+// IPs are in no particular order: a replay is deduplicated by its token, not
+// by its content, and a rollup insert is one block.
 func PreAggregate(events []event.Event) []RollupRow {
-	m := make(map[bucketKey]*bucket, 64)
-	var last *bucket
-	var lastKey bucketKey
+	keys := make(map[string]uint32, 256)
+	var keyNames []string
+	var routes, countries, projects interner
+	idx := make(map[bucketKey]int32, 1024)
+	ips := make(map[ipKey]struct{}, len(events)/4)
+	var rows []RollupRow
+	var nips []int32
+	lastKeyName, lastKeyID := "\x00", uint32(0)
 	for i := range events {
 		e := &events[i]
-		k := bucketKey{e.Time.Unix() / 60 * 60, e.Project, e.KeyID, e.Outcome, e.Route, e.Country}
-		b := last
-		if b == nil || k != lastKey {
-			b = m[k]
-			if b == nil {
-				b = &bucket{
-					row: RollupRow{Minute: uint32(k.minute), Project: e.Project, KeyID: e.KeyID,
-						Outcome: e.Outcome.String(), Route: e.Route, Country: e.Country},
-					ips: make(map[string]struct{}, 4),
-				}
-				m[k] = b
+		kid := lastKeyID
+		if e.KeyID != lastKeyName {
+			var ok bool
+			if kid, ok = keys[e.KeyID]; !ok {
+				kid = uint32(len(keyNames))
+				keys[e.KeyID] = kid
+				keyNames = append(keyNames, e.KeyID)
 			}
-			last, lastKey = b, k
+			lastKeyName, lastKeyID = e.KeyID, kid
 		}
-		b.row.Requests++
-		b.row.BytesIn += e.BytesIn
-		b.row.BytesOut += e.BytesOut
-		b.row.CostUnits += uint64(e.CostUnits)
-		b.ips[e.ClientIP] = struct{}{}
-	}
-	rows := make([]RollupRow, 0, len(m))
-	for _, b := range m {
-		ips := make([]string, 0, len(b.ips))
-		for ip := range b.ips {
-			ips = append(ips, ip)
+		k := bucketKey{e.Time.Unix() / 60 * 60, kid, routes.id(e.Route), countries.id(e.Country), uint16(projects.id(e.Project)), e.Outcome}
+		b, ok := idx[k]
+		if !ok {
+			b = int32(len(rows))
+			idx[k] = b
+			rows = append(rows, RollupRow{Minute: uint32(k.minute), Project: e.Project, KeyID: e.KeyID,
+				Outcome: e.Outcome.String(), Route: e.Route, Country: e.Country})
+			nips = append(nips, 0)
 		}
-		slices.Sort(ips)
-		b.row.IPs = ips
-		rows = append(rows, b.row)
+		r := &rows[b]
+		r.Requests++
+		r.BytesIn += e.BytesIn
+		r.BytesOut += e.BytesOut
+		r.CostUnits += uint64(e.CostUnits)
+		ik := ipKey{b, e.ClientIP}
+		n := len(ips)
+		ips[ik] = struct{}{}
+		if len(ips) > n {
+			nips[b]++
+		}
 	}
-	slices.SortFunc(rows, func(a, b RollupRow) int {
-		return cmp.Or(cmp.Compare(a.Minute, b.Minute), cmp.Compare(a.Project, b.Project),
-			cmp.Compare(a.KeyID, b.KeyID), cmp.Compare(a.Outcome, b.Outcome),
-			cmp.Compare(a.Route, b.Route), cmp.Compare(a.Country, b.Country))
-	})
+	// One backing array for every bucket's IP list.
+	all := make([]string, len(ips))
+	off := int32(0)
+	for b := range rows {
+		rows[b].IPs = all[off : off : off+nips[b]]
+		off += nips[b]
+	}
+	for k := range ips {
+		rows[k.bucket].IPs = append(rows[k.bucket].IPs, k.ip)
+	}
 	return rows
 }

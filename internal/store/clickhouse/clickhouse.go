@@ -244,7 +244,7 @@ func (r *cancelRows) Close() error {
 
 func insertSettings(token string) ch.Settings {
 	return ch.Settings{
-		"insert_deduplication_token":                          token,
+		"insert_deduplication_token":                         token,
 		"deduplicate_blocks_in_dependent_materialized_views": 1,
 		"async_insert": 0,
 	}
