@@ -359,10 +359,10 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 		if d.Allowed() {
 			h := w.Header()
 			setLimitHeaders(h, &d)
-			if d.Record != nil {
-				h[HeaderKeyID] = []string{d.Record.ID}
-				h[HeaderProject] = []string{d.Record.Project}
-			}
+			// Always present, empty for anonymous requests, so that a proxy
+			// copying them replaces whatever the client sent.
+			h[HeaderKeyID] = []string{d.KeyID()}
+			h[HeaderProject] = []string{d.Project()}
 			h[HeaderOutcome] = []string{d.Outcome.String()}
 			w.WriteHeader(http.StatusOK)
 		} else {
