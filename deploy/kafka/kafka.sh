@@ -54,7 +54,7 @@ cmd_fetch() {
 	rm -rf "$tmp"
 	mkdir -p "$tmp"
 	say "fetching broker jars into $libs"
-	if ! mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+	if ! mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
 		-DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
 		rm -rf "$tmp"
 		die "mvn dependency:copy-dependencies failed (is Maven Central reachable?)"
@@ -159,7 +159,7 @@ cmd_start() {
 		cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
 		say "formatting storage in $logdir (cluster $cid)"
 		if ! "$java" -Xmx256m -cp "$cp" -Dlog4j2.configurationFile="$log4j" \
-			kafka.tools.StorageTool format --standalone -t "$cid" -c "$props" >>"$logfile" 2>&1; then
+			kafka.tools.StorageTool format --standalone -t "$cid" -c "$props" >>"$logfile" 2>&1 9>&-; then
 			tail_log
 			die "formatting storage failed"
 		fi
@@ -168,10 +168,11 @@ cmd_start() {
 	local t0=$SECONDS offset=0
 	[[ -f "$logfile" ]] && offset="$(stat -c %s "$logfile")"
 	# setsid + closed stdio: the broker outlives this script and does not
-	# hold the caller's pipes open (go test's exec would wait on them).
+	# hold the caller's pipes open (go test's exec would wait on them), nor
+	# our lock (fd 9).
 	setsid "$java" $heap -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
 		-Dlog4j2.configurationFile="$log4j" -Dkafka.logs.dir="$data" \
-		-cp "$cp" kafka.Kafka "$props" </dev/null >>"$logfile" 2>&1 &
+		-cp "$cp" kafka.Kafka "$props" </dev/null >>"$logfile" 2>&1 9>&- &
 	echo $! >"$pidfile"
 	local started=$!
 	while :; do
@@ -243,11 +244,33 @@ cmd_status() {
 	return 3
 }
 
+# One start/stop/kill at a time per data dir: two test packages starting
+# the broker together must not launch two JVMs on one storage.
+lock() {
+	mkdir -p "$data"
+	exec 9>"$data/.kafka.sh.lock"
+	flock 9
+}
+
 case "${1:-}" in
-fetch) cmd_fetch ;;
-start) cmd_start ;;
-stop) cmd_stop ;;
-kill) cmd_kill ;;
+fetch)
+	mkdir -p "$cache"
+	exec 8>"$cache/.fetch.lock"
+	flock 8
+	cmd_fetch
+	;;
+start)
+	lock
+	cmd_start
+	;;
+stop)
+	lock
+	cmd_stop
+	;;
+kill)
+	lock
+	cmd_kill
+	;;
 status) cmd_status ;;
 *)
 	echo "usage: $0 fetch|start|stop|kill|status" >&2

@@ -168,7 +168,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad topic", func(c *kafkabus.Config) { c.EventsTopic = "a b" }, "EventsTopic"},
 		{"same topics", func(c *kafkabus.Config) { c.KeysTopic = "x"; c.DecisionsTopic = "x" }, "also KeysTopic"},
 		{"partitions", func(c *kafkabus.Config) { c.Partitions = -1 }, "Partitions"},
-		{"compression", func(c *kafkabus.Config) { c.Compression = "brotli" }, "want one of none, gzip"},
+		{"compression", func(c *kafkabus.Config) { c.Compression = "brotli" }, "want one of lz4, none, gzip"},
 		{"batch timeout", func(c *kafkabus.Config) { c.BatchTimeout = time.Minute }, "BatchTimeout"},
 		{"max pending", func(c *kafkabus.Config) { c.MaxPending = -3 }, "MaxPending"},
 	}
