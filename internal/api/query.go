@@ -1,0 +1,248 @@
+package api
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/store"
+)
+
+// UsagePointJSON is one bucket of a usage series.
+type UsagePointJSON struct {
+	Start     time.Time `json:"start"`
+	Outcome   string    `json:"outcome,omitempty"`
+	Route     string    `json:"route,omitempty"`
+	Country   string    `json:"country,omitempty"`
+	Requests  uint64    `json:"requests"`
+	Allowed   uint64    `json:"allowed"`
+	BytesIn   uint64    `json:"bytes_in"`
+	BytesOut  uint64    `json:"bytes_out"`
+	CostUnits uint64    `json:"cost_units"`
+	UniqueIPs uint64    `json:"unique_ips"`
+	Countries uint64    `json:"countries"`
+}
+
+// UsageResponse is the answer of GET /v1/usage.
+type UsageResponse struct {
+	Granularity string           `json:"granularity"`
+	From        time.Time        `json:"from"`
+	To          time.Time        `json:"to"`
+	Points      []UsagePointJSON `json:"points"`
+}
+
+func (s *Server) usage(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Usage == nil {
+		return unavailable("the usage store")
+	}
+	v := r.URL.Query()
+	// Default window: the last 30 days, by day.
+	if v.Get("to") == "" {
+		v.Set("to", time.Now().UTC().Add(time.Minute).Truncate(time.Minute).Format(time.RFC3339))
+	}
+	if v.Get("from") == "" {
+		to, err := time.Parse(time.RFC3339, v.Get("to"))
+		if err != nil {
+			return badRequest("to", "to %q: want an RFC 3339 time such as 2026-11-25T00:00:00Z", v.Get("to"))
+		}
+		v.Set("from", to.AddDate(0, 0, -30).Format(time.RFC3339))
+	}
+	if v.Get("granularity") == "" {
+		v.Set("granularity", "day")
+	}
+	q, err := store.ParseUsageQuery(v)
+	if err != nil {
+		return err
+	}
+	pts, err := s.cfg.Usage.Usage(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	out := UsageResponse{Granularity: string(q.Granularity), From: q.From, To: q.To, Points: make([]UsagePointJSON, 0, len(pts))}
+	for _, p := range pts {
+		out.Points = append(out.Points, UsagePointJSON(p))
+	}
+	writeJSON(w, 200, out)
+	return nil
+}
+
+// LogsResponse is a page of events, newest first.
+type LogsResponse struct {
+	Events []event.Event `json:"events"`
+	Next   string        `json:"next,omitempty"`
+}
+
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Logs == nil {
+		return unavailable("the log store")
+	}
+	q, err := store.ParseLogQuery(r.URL.Query())
+	if err != nil {
+		return err
+	}
+	page, err := s.cfg.Logs.Logs(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	if page.Events == nil {
+		page.Events = []event.Event{}
+	}
+	writeJSON(w, 200, LogsResponse{Events: page.Events, Next: page.Next})
+	return nil
+}
+
+// DecisionJSON is one detection decision with its evidence.
+type DecisionJSON struct {
+	ID          string    `json:"id"`
+	Time        time.Time `json:"time"`
+	RuleID      string    `json:"rule_id"`
+	RuleVersion uint32    `json:"rule_version"`
+	Mode        string    `json:"mode"`
+	Action      string    `json:"action"`
+	Project     string    `json:"project,omitempty"`
+	KeyID       string    `json:"key_id,omitempty"`
+	ClientIP    string    `json:"client_ip,omitempty"`
+	Group       string    `json:"group,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	Evidence    any       `json:"evidence,omitempty"`
+}
+
+func (s *Server) decisions(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Decision == nil {
+		return unavailable("the decision store")
+	}
+	v := r.URL.Query()
+	var q store.DecisionQuery
+	for f := range v {
+		switch f {
+		case "project", "key", "rule", "from", "to", "limit":
+		default:
+			return badRequest(f, "unknown query parameter %q (accepted: project, key, rule, from, to, limit)", f)
+		}
+	}
+	q.Project, q.KeyID, q.RuleID = v.Get("project"), v.Get("key"), v.Get("rule")
+	var err error
+	if q.From, err = parseTimeParam("from", v.Get("from")); err != nil {
+		return err
+	}
+	if q.To, err = parseTimeParam("to", v.Get("to")); err != nil {
+		return err
+	}
+	q.Limit = 100
+	if l := v.Get("limit"); l != "" {
+		if q.Limit, err = strconv.Atoi(l); err != nil || q.Limit < 1 || q.Limit > 10000 {
+			return badRequest("limit", "limit %q: want an integer 1-10000", l)
+		}
+	}
+	ds, err := s.cfg.Decision.Decisions(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Decisions []DecisionJSON `json:"decisions"`
+	}{Decisions: make([]DecisionJSON, 0, len(ds))}
+	for _, d := range ds {
+		dj := DecisionJSON{ID: d.ID, Time: d.Time, RuleID: d.RuleID, RuleVersion: d.RuleVersion, Mode: d.Mode, Action: d.Action,
+			Project: d.Project, KeyID: d.KeyID, ClientIP: d.ClientIP, Group: d.GroupKey, Reason: d.Reason}
+		if d.Evidence != "" {
+			dj.Evidence = rawJSON(d.Evidence)
+		}
+		out.Decisions = append(out.Decisions, dj)
+	}
+	writeJSON(w, 200, out)
+	return nil
+}
+
+type rawJSON string
+
+func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
+
+func parseTimeParam(field, v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, badRequest(field, "%s %q: want an RFC 3339 time such as 2026-11-25T00:00:00Z", field, v)
+	}
+	return t, nil
+}
+
+// Billing produces the line items of a period.
+type Billing interface {
+	// Export writes the period's line items in format (csv or json).
+	Export(ctx context.Context, period string, format string, w io.Writer) error
+}
+
+func (s *Server) billing(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Billing == nil {
+		return unavailable("billing")
+	}
+	format := r.URL.Query().Get("format")
+	if format == "" {
+		format = "json"
+	}
+	if format != "json" && format != "csv" {
+		return badRequest("format", "format %q: accepted values are csv, json", format)
+	}
+	period := r.PathValue("period")
+	if _, err := time.Parse("2006-01", period); err != nil {
+		return badRequest("period", "period %q: want a month such as 2026-11", period)
+	}
+	if format == "csv" {
+		w.Header().Set("Content-Type", "text/csv")
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+	}
+	return s.cfg.Billing.Export(r.Context(), period, format, w)
+}
+
+// RuleLister lists the loaded detection rules and their counters.
+type RuleLister interface {
+	RuleStatuses() any
+}
+
+func (s *Server) rules(w http.ResponseWriter, _ *http.Request) error {
+	if s.cfg.Rules == nil {
+		return unavailable("the detector")
+	}
+	writeJSON(w, 200, map[string]any{"rules": s.cfg.Rules.RuleStatuses()})
+	return nil
+}
+
+// EventSink takes usage events posted by third parties.
+type EventSink interface {
+	Accept(ctx context.Context, events []event.Event) error
+}
+
+// EventsRequest is the body of POST /v1/events: a JSON array of events, or
+// one event, in the JSON form of schemas/usage-event.schema.json.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Events == nil {
+		return unavailable("event intake")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<20))
+	if err != nil {
+		return badRequest("", "body: %v", err)
+	}
+	evs, err := decodeEvents(body)
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Events.Accept(r.Context(), evs); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, map[string]int{"accepted": len(evs)})
+	return nil
+}
+
+func (s *Server) leaks(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Leaks == nil {
+		writeError(w, &Error{Status: 503, Code: "unavailable", Message: "leak reports are not configured on this server"})
+		return
+	}
+	s.cfg.Leaks.ServeHTTP(w, r)
+}
