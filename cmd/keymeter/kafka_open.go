@@ -2,11 +2,20 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
+
+	"github.com/keymeter/keymeter/internal/bus/kafkabus"
 )
 
-// openKafka is replaced once the kafkabus adapter lands.
 func openKafka(ctx context.Context, f *busFlags, log *slog.Logger) (*openedBus, error) {
-	return nil, errors.New("--bus kafka: the Kafka adapter is not wired into this build yet")
+	b, err := kafkabus.New(ctx, kafkabus.Config{
+		Brokers:     splitList(f.KafkaBrokers),
+		TopicPrefix: f.Prefix + ".",
+		Partitions:  f.Partitions,
+		MaxPending:  f.MaxPending,
+	}, kafkabus.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	return &openedBus{Bus: b}, nil
 }
