@@ -184,6 +184,7 @@ func (c *compiler) compileRule(r *Rule, opts CompileOptions) (*compiledRule, err
 	if cr.distinctCap == 0 {
 		cr.distinctCap = DefaultDistinctCap
 	}
+	cr.distinctCap = max(cr.distinctCap, 2) // two values are held inline anyway
 	for _, f := range r.Aggregate.Distinct {
 		cr.distinct = append(cr.distinct, eventFieldByName[f])
 	}

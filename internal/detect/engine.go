@@ -93,6 +93,7 @@ type Engine struct {
 	log        *slog.Logger
 	set        *RuleSet
 	states     []*ruleState
+	tables     []*table
 	pending    atomic.Pointer[RuleSet]
 	resets     atomic.Pointer[[]string]
 	mu         sync.Mutex // serialises resets
@@ -114,9 +115,9 @@ type Engine struct {
 // ruleState is one rule's mutable state: its groups and counters.
 type ruleState struct {
 	r        *compiledRule
-	index    map[uint64]int32
-	groups   []group
-	sweep    int
+	tab      *table // nil when the rule is disabled
+	slot     int    // the rule's column in its table's rows
+	used     int    // groups in use
 	tripped  bool
 	revokes  []int64 // event times of enforced revocations in the last hour
 	evalErrs uint64
@@ -199,209 +200,11 @@ func (e *Engine) ResetBreaker(ruleID string) {
 	e.resets.Store(&ids)
 }
 
-func (e *Engine) apply(set *RuleSet) {
-	old := map[string]*ruleState{}
-	for _, s := range e.states {
-		old[s.r.ID] = s
-	}
-	states := make([]*ruleState, 0, len(set.rules))
-	maxD, maxS := 0, 0
-	for _, r := range set.rules {
-		maxD, maxS = max(maxD, len(r.distinct)), max(maxS, len(r.sums))
-		if prev, ok := old[r.ID]; ok && prev.r.fingerprint == r.fingerprint {
-			prev.r = r
-			states = append(states, prev)
-			continue
-		}
-		s := &ruleState{r: r, index: map[uint64]int32{}}
-		if prev, ok := old[r.ID]; ok && prev.r.Version == r.Version {
-			s.tripped, s.revokes = prev.tripped, prev.revokes
-		}
-		s.c.Firings = map[string]uint64{}
-		s.c.Actions = map[string]uint64{}
-		states = append(states, s)
-	}
-	e.set, e.states = set, states
-	e.hv, e.sv = make([]uint64, maxD), make([]int64, maxS)
-	if e.cfg.Metrics != nil {
-		e.cfg.Metrics.setRules(set)
-	}
-}
-
 // ProcessBatch processes events in order.
 func (e *Engine) ProcessBatch(evs []event.Event) {
 	for i := range evs {
 		e.Process(&evs[i])
 	}
-}
-
-// Process runs every rule over one event. Events should arrive roughly in
-// event-time order; an event older than a group's window is not counted.
-func (e *Engine) Process(ev *event.Event) {
-	if e.pending.Load() != nil {
-		if set := e.pending.Swap(nil); set != nil {
-			e.apply(set)
-		}
-	}
-	if e.resets.Load() != nil {
-		e.applyResets()
-	}
-	t := ev.Time.UnixNano()
-	if t > e.watermark {
-		e.watermark = t
-	}
-	e.act.ev = ev
-	e.act.agg = nil
-	for _, s := range e.states {
-		r := s.r
-		if r.mode == keymeterv1.Mode_MODE_DISABLED {
-			continue
-		}
-		s.c.Evaluations++
-		if !r.match.evalBool(&e.act, &s.evalErrs) {
-			continue
-		}
-		s.c.Matches++
-		e.observe(s, ev, t)
-	}
-	e.processed++
-	if e.processed&0xffff == 0 {
-		e.publishStats()
-	}
-}
-
-func (e *Engine) observe(s *ruleState, ev *event.Event, t int64) {
-	r := s.r
-	buf := e.keyBuf[:0]
-	for i, g := range r.groupBy {
-		if i > 0 {
-			buf = append(buf, '|')
-		}
-		buf = g.evalKey(&e.act, buf, &s.evalErrs)
-	}
-	e.keyBuf = buf
-	h := maphash.Bytes(e.seed, buf)
-	gi, ok := s.index[h]
-	if !ok {
-		gi = e.newGroup(s, h, buf, t)
-	}
-	g := &s.groups[gi]
-	if g.ext != nil {
-		for d, f := range r.distinct {
-			if f.Kind == kStr {
-				e.hv[d] = maphash.String(e.seed, f.Str(ev))
-			} else {
-				e.hv[d] = uint64(f.Int(ev))*0x9e3779b97f4a7c15 + 1
-			}
-		}
-		for d, f := range r.sums {
-			e.sv[d] = f.Int(ev)
-		}
-	}
-	if !g.add(r, t, e.hv, e.sv, ev.ID) {
-		s.c.Late++
-		return
-	}
-	e.sweepOne(s)
-
-	// Suppressed and every action already fired: nothing can fire.
-	if t < g.suppressUntil && g.firedMask == (1<<len(r.actions))-1 {
-		return
-	}
-	if t >= g.suppressUntil {
-		g.firedMask = 0
-	}
-	e.view = aggView{r: r, g: g, now: t}
-	e.act.agg = &e.view
-	for i := range r.actions {
-		a := &r.actions[i]
-		if g.firedMask&(1<<i) != 0 {
-			continue
-		}
-		if !a.when.evalBool(&e.act, &s.evalErrs) {
-			continue
-		}
-		if g.firedMask == 0 {
-			g.suppressUntil = t + r.suppress
-		}
-		g.firedMask |= 1 << i
-		e.fire(s, a, ev, t)
-	}
-	e.act.agg = nil
-}
-
-func (e *Engine) newGroup(s *ruleState, h uint64, key []byte, t int64) int32 {
-	r := s.r
-	if len(s.groups) >= r.maxGroups {
-		e.evict(s)
-	}
-	g := group{key: string(key), hash: h, head: t / r.bucketW, last: t, periodStart: t}
-	if len(r.distinct) > 0 || len(r.sums) > 0 {
-		g.ext = &groupExt{sums: make([]int64, nBuckets*len(r.sums)), distinct: make([][]distinctEntry, len(r.distinct))}
-	}
-	if r.baseline != nil {
-		g.baseline = r.baseline.Default
-		if e.cfg.Baselines != nil {
-			if b, ok := e.cfg.Baselines.Baseline(r.ID, g.key); ok {
-				g.baseline = b
-			}
-		}
-	}
-	gi := int32(len(s.groups))
-	s.groups = append(s.groups, g)
-	s.index[h] = gi
-	return gi
-}
-
-// evict drops the stalest of a few random groups (approximate LRU, as
-// Redis does it): no per-event bookkeeping is needed.
-func (e *Engine) evict(s *ruleState) {
-	n := len(s.groups)
-	victim := -1
-	for k := 0; k < 5; k++ {
-		e.rng ^= e.rng << 13
-		e.rng ^= e.rng >> 7
-		e.rng ^= e.rng << 17
-		i := int(e.rng % uint64(n))
-		if victim < 0 || s.groups[i].last < s.groups[victim].last {
-			victim = i
-		}
-	}
-	s.remove(victim)
-	s.c.Evictions++
-	if e.cfg.Metrics != nil {
-		e.cfg.Metrics.Evictions.WithLabelValues(s.r.ID).Inc()
-	}
-}
-
-// sweepOne looks at one group per event and drops it when idle for longer
-// than the rule's retention, so memory follows the active groups.
-func (e *Engine) sweepOne(s *ruleState) {
-	n := len(s.groups)
-	if n == 0 {
-		return
-	}
-	if s.sweep >= n {
-		s.sweep = 0
-	}
-	g := &s.groups[s.sweep]
-	if g.last < e.watermark-s.r.retention && g.suppressUntil < e.watermark {
-		s.remove(s.sweep)
-		s.c.Expired++
-		return
-	}
-	s.sweep++
-}
-
-func (s *ruleState) remove(i int) {
-	last := len(s.groups) - 1
-	delete(s.index, s.groups[i].hash)
-	if i != last {
-		s.groups[i] = s.groups[last]
-		s.index[s.groups[i].hash] = int32(i)
-	}
-	s.groups[last] = group{}
-	s.groups = s.groups[:last]
 }
 
 func (e *Engine) allowlisted(ev *event.Event) bool {
@@ -457,10 +260,10 @@ func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64)
 			mode = keymeterv1.Mode_MODE_DRY_RUN
 			reason += " (circuit breaker tripped)"
 			e.emit(s, &keymeterv1.Decision{
-				Id:           decisionID(r, e.view.g.hash, t, "breaker"),
+				Id:           decisionID(r, e.view.hash(), t, "breaker"),
 				TimeUnixNano: t, RuleId: r.ID, RuleVersion: r.Version, Severity: "critical",
 				Mode: keymeterv1.Mode_MODE_ENFORCE, Action: keymeterv1.Action_ACTION_ALERT,
-				Group: e.view.g.key, Project: ev.Project, KeyId: ev.KeyID, ClientIp: ev.ClientIP,
+				Group: e.view.groupKey(), Project: ev.Project, KeyId: ev.KeyID, ClientIp: ev.ClientIP,
 				Figures: map[string]float64{"revocations_last_hour": float64(len(s.revokes)), "limit": float64(e.maxRevokes)},
 				Reason:  fmt.Sprintf("circuit breaker: rule %s would exceed %d revocations in an hour; switched to dry_run", r.ID, e.maxRevokes),
 			})
@@ -470,14 +273,14 @@ func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64)
 		}
 	}
 	d := &keymeterv1.Decision{
-		Id:             decisionID(r, e.view.g.hash, t, a.spec.Type),
+		Id:             decisionID(r, e.view.hash(), t, a.spec.Type),
 		TimeUnixNano:   t,
 		RuleId:         r.ID,
 		RuleVersion:    r.Version,
 		Severity:       r.Severity,
 		Mode:           mode,
 		Action:         kind,
-		Group:          e.view.g.key,
+		Group:          e.view.groupKey(),
 		Project:        ev.Project,
 		KeyId:          ev.KeyID,
 		ClientIp:       ev.ClientIP,
@@ -545,7 +348,7 @@ func (e *Engine) publishStats() {
 		if s.tripped && c.Effective == "enforce" {
 			c.Effective = "dry_run"
 		}
-		c.Groups = len(s.groups)
+		c.Groups = s.used
 		c.Tripped = s.tripped
 		c.EvalErrors = s.evalErrs
 		c.Firings = cloneMap(s.c.Firings)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"cel.dev/cel-go/common/types"
 
@@ -348,11 +349,11 @@ func TestNativeMatchesCEL(t *testing.T) {
 				Host: pick("a.com", "b.org"), Route: pick("/v1/x", "/v2/y"), Status: uint16(pick2(rng, 200, 404, 503)),
 				LatencyUS: uint32(rng.IntN(5000)), BytesOut: uint64(rng.IntN(3000)), UserAgent: pick("curl/8", "go"),
 				CostUnits: uint32(rng.IntN(5))}
-			g := &group{key: pick("", "g"), baseline: float64(rng.IntN(4)) / 2, ext: &groupExt{sums: make([]int64, nBuckets), distinct: make([][]distinctEntry, 1)}}
+			g := &group{used: true, baseline: float64(rng.IntN(4)) / 2, ext: &groupExt{sums: make([]int64, nBuckets), distinct: make([][]distinctEntry, 1)}}
 			for k := rng.IntN(20); k > 0; k-- {
 				g.add(r, e.Time.UnixNano()-int64(rng.IntN(30))*1e9, []uint64{uint64(rng.IntN(4))}, []int64{int64(rng.IntN(1000))}, "s")
 			}
-			v := &aggView{r: r, g: g, now: e.Time.UnixNano()}
+			v := &aggView{r: r, g: g, now: e.Time.UnixNano(), key: pick("", "g")}
 			a := &activation{ev: &e}
 			if x.agg {
 				a.agg = v
@@ -387,5 +388,11 @@ func TestInterpretedFallback(t *testing.T) {
 	}
 	if len(sink.ds) != 1 {
 		t.Fatalf("decisions: %v", sink.lines())
+	}
+}
+
+func TestGroupSize(t *testing.T) {
+	if n := unsafe.Sizeof(group{}); n != 256 {
+		t.Errorf("group is %d bytes; keep it at 256 (4 cache lines)", n)
 	}
 }

@@ -54,11 +54,11 @@ func (m *Metrics) add(s *ruleState) {
 	m.Matches.WithLabelValues(id).Add(float64(s.c.Matches - p.matches))
 	m.Expired.WithLabelValues(id).Add(float64(s.c.Expired - p.expired))
 	m.EvalErrors.WithLabelValues(id).Add(float64(s.evalErrs - p.errs))
-	m.Groups.WithLabelValues(id).Add(float64(len(s.groups) - p.groups))
+	m.Groups.WithLabelValues(id).Add(float64(s.used - p.groups))
 	if s.tripped {
 		m.Tripped.WithLabelValues(id).Set(1)
 	} else {
 		m.Tripped.WithLabelValues(id).Set(0)
 	}
-	*p = published{evals: s.c.Evaluations, matches: s.c.Matches, expired: s.c.Expired, errs: s.evalErrs, groups: len(s.groups)}
+	*p = published{evals: s.c.Evaluations, matches: s.c.Matches, expired: s.c.Expired, errs: s.evalErrs, groups: s.used}
 }

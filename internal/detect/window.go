@@ -9,24 +9,39 @@ const nSamples = 3
 // groups cost one allocation each only when they have distinct or sum
 // features.
 type group struct {
-	key           string
-	hash          uint64
-	head          int64 // bucket number of the newest bucket
-	last          int64 // newest event time, ns
-	counts        [nBuckets]uint32
-	samples       [nSamples]string
+	// First cache line: what every event reads or writes.
+	used          bool
+	dn            [2]uint8 // values of distinct fields 0 and 1 held inline, or spilled
 	sampleN       uint32
 	firedMask     uint32 // actions fired during the current suppression
-	suppressUntil int64
-	baseline      float64
-	periodStart   int64
 	periodCount   uint32
-	ext           *groupExt
+	head          int64 // bucket number of the newest bucket
+	last          int64 // newest event time, ns
+	suppressUntil int64
+	periodStart   int64
+	baseline      float64
+	ext           *groupExt // sums, and distinct sets that outgrew dist
+
+	dist    [4]distinctEntry
+	counts  [nBuckets]uint32
+	samples [nSamples]string
+	_       [16]byte // 256 bytes: a group never straddles more cache lines than it must
 }
+
+// spilled marks a distinct field whose values moved to ext.
+const spilled = 0xff
 
 type groupExt struct {
 	sums     []int64           // nBuckets per sum field
 	distinct [][]distinctEntry // per distinct field
+	}
+
+func newGroupExt(r *compiledRule) *groupExt {
+	x := &groupExt{distinct: make([][]distinctEntry, len(r.distinct))}
+	if len(r.sums) > 0 {
+		x.sums = make([]int64, nBuckets*len(r.sums))
+	}
+	return x
 }
 
 type distinctEntry struct {
@@ -67,13 +82,11 @@ func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64, id string
 	if t > g.last {
 		g.last = t
 	}
-	if g.ext != nil {
-		for s := range r.sums {
-			g.ext.sums[s*nBuckets+i] += sv[s]
-		}
-		for d := range r.distinct {
-			g.ext.distinct[d] = addDistinct(g.ext.distinct[d], hv[d], t, t-r.window, r.distinctCap)
-		}
+	for s := range r.sums {
+		g.ext.sums[s*nBuckets+i] += sv[s]
+	}
+	for d := range r.distinct {
+		g.addDistinct(r, d, hv[d], t)
 	}
 	g.samples[g.sampleN%nSamples] = id
 	g.sampleN++
@@ -96,6 +109,48 @@ func (g *group) learn(r *compiledRule, t int64) {
 		g.periodCount = 0
 	}
 	g.periodCount++
+}
+
+// addDistinct keeps the first two values of fields 0 and 1 inside the
+// group: most keys are seen from one address and one country, and the
+// group's cache line is already loaded.
+func (g *group) addDistinct(r *compiledRule, d int, h uint64, t int64) {
+	if d >= 2 || g.dn[d] == spilled {
+		g.ext.distinct[d] = addDistinct(g.ext.distinct[d], h, t, t-r.window, r.distinctCap)
+		return
+	}
+	in := g.dist[d*2 : d*2+2]
+	n := int(g.dn[d])
+	for i := 0; i < n; i++ {
+		if in[i].h == h {
+			if t > in[i].last {
+				in[i].last = t
+			}
+			return
+		}
+	}
+	if n == 2 {
+		expired := t - r.window
+		n = 0
+		for _, e := range in {
+			if e.last > expired {
+				in[n] = e
+				n++
+			}
+		}
+	}
+	if n < 2 {
+		in[n] = distinctEntry{h: h, last: t}
+		g.dn[d] = uint8(n + 1)
+		return
+	}
+	if g.ext == nil {
+		g.ext = newGroupExt(r)
+	}
+	set := make([]distinctEntry, 2, 8)
+	copy(set, in)
+	g.ext.distinct[d] = addDistinct(set, h, t, t-r.window, r.distinctCap)
+	g.dn[d] = spilled
 }
 
 func addDistinct(set []distinctEntry, h uint64, t, expired int64, capacity int) []distinctEntry {
@@ -146,6 +201,9 @@ type aggView struct {
 	r   *compiledRule
 	g   *group
 	now int64
+	tb  *table // the group's key and hash are in tb.rows[ri]
+	ri  int32
+	key string // when tb is nil (tests)
 }
 
 func (v *aggView) count() int64 { return v.g.count() }
@@ -156,15 +214,31 @@ func (v *aggView) windowSeconds() int64 { return v.r.window / 1e9 }
 
 func (v *aggView) rate() float64 { return float64(v.g.count()) / (float64(v.r.window) / 1e9) }
 
-func (v *aggView) groupKey() string { return v.g.key }
+func (v *aggView) groupKey() string {
+	if v.tb == nil {
+		return v.key
+	}
+	return v.tb.rows[v.ri].key
+}
 
-func (v *aggView) distinct(i int) int64 {
-	if v.g.ext == nil {
+func (v *aggView) hash() uint64 {
+	if v.tb == nil {
 		return 0
 	}
+	return v.tb.rows[v.ri].hash
+}
+
+func (v *aggView) distinct(i int) int64 {
 	expired := v.now - v.r.window
+	set := v.g.dist[:0]
+	switch {
+	case i < 2 && v.g.dn[i] != spilled:
+		set = v.g.dist[i*2 : i*2+int(v.g.dn[i])]
+	case v.g.ext != nil:
+		set = v.g.ext.distinct[i]
+	}
 	var n int64
-	for _, e := range v.g.ext.distinct[i] {
+	for _, e := range set {
 		if e.last > expired {
 			n++
 		}

@@ -1,0 +1,315 @@
+package detect
+
+import (
+	"hash/maphash"
+	"strings"
+
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+// table holds the window state of the rules that group events the same
+// way (the same group_by): one index lookup per event serves all of them,
+// and a group key's states for those rules sit side by side in memory.
+// Looking groups up is what costs most at a million events a second.
+type table struct {
+	sig       string
+	groupBy   []*expr
+	members   []*ruleState
+	index     map[uint64]int32
+	rows      []rowHead
+	groups    []group // len(rows) × len(members), row-major
+	maxRows   int
+	retention int64
+	sweep     int
+}
+
+type rowHead struct {
+	key  string
+	hash uint64
+}
+
+func tableSig(r *compiledRule) string { return strings.Join(r.Aggregate.GroupBy, "\x00") }
+
+func (e *Engine) apply(set *RuleSet) {
+	old := map[string]*ruleState{}
+	for _, s := range e.states {
+		old[s.r.ID] = s
+	}
+	oldTables := e.tables
+	states := make([]*ruleState, 0, len(set.rules))
+	var tables []*table
+	bySig := map[string]*table{}
+	carry := map[*ruleState]*ruleState{} // old state → new state whose windows it keeps
+	maxD, maxS := 0, 0
+	for _, r := range set.rules {
+		maxD, maxS = max(maxD, len(r.distinct)), max(maxS, len(r.sums))
+		s := &ruleState{r: r}
+		s.c.Firings = map[string]uint64{}
+		s.c.Actions = map[string]uint64{}
+		if prev, ok := old[r.ID]; ok {
+			// The groups gauge still shows the old count: publish the delta.
+			s.pub.groups = prev.pub.groups
+		}
+		if prev, ok := old[r.ID]; ok && prev.r.Version == r.Version {
+			s.tripped, s.revokes = prev.tripped, prev.revokes
+			s.c, s.evalErrs, s.pub = prev.c, prev.evalErrs, prev.pub
+			if prev.r.fingerprint == r.fingerprint {
+				carry[prev] = s
+			}
+		}
+		states = append(states, s)
+		if r.mode == keymeterv1.Mode_MODE_DISABLED {
+			continue
+		}
+		sig := tableSig(r)
+		tb := bySig[sig]
+		if tb == nil {
+			tb = &table{sig: sig, groupBy: r.groupBy, index: map[uint64]int32{}, maxRows: r.maxGroups}
+			bySig[sig] = tb
+			tables = append(tables, tb)
+		}
+		s.tab, s.slot = tb, len(tb.members)
+		tb.members = append(tb.members, s)
+		tb.maxRows = min(tb.maxRows, r.maxGroups)
+		tb.retention = max(tb.retention, r.retention)
+	}
+	// Move the windows of unchanged rules into the new tables.
+	for _, ot := range oldTables {
+		for ri, row := range ot.rows {
+			for slot, os := range ot.members {
+				ns := carry[os]
+				if ns == nil || ns.tab == nil {
+					continue
+				}
+				g := ot.groups[ri*len(ot.members)+slot]
+				if !g.used {
+					continue
+				}
+				nt := ns.tab
+				nri, ok := nt.index[row.hash]
+				if !ok {
+					nri = nt.addRow(row)
+				}
+				nt.groups[int(nri)*len(nt.members)+ns.slot] = g
+				ns.used++
+			}
+		}
+	}
+	e.set, e.states, e.tables = set, states, tables
+	e.hv, e.sv = make([]uint64, maxD), make([]int64, maxS)
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.setRules(set)
+	}
+}
+
+func (tb *table) addRow(row rowHead) int32 {
+	ri := int32(len(tb.rows))
+	tb.rows = append(tb.rows, row)
+	for range tb.members {
+		tb.groups = append(tb.groups, group{})
+	}
+	tb.index[row.hash] = ri
+	return ri
+}
+
+// Process runs every rule over one event. Events should arrive roughly in
+// event-time order; an event older than a group's window is not counted.
+func (e *Engine) Process(ev *event.Event) {
+	if e.pending.Load() != nil {
+		if set := e.pending.Swap(nil); set != nil {
+			e.apply(set)
+		}
+	}
+	if e.resets.Load() != nil {
+		e.applyResets()
+	}
+	t := ev.Time.UnixNano()
+	if t > e.watermark {
+		e.watermark = t
+	}
+	e.act.ev = ev
+	e.act.agg = nil
+	for _, tb := range e.tables {
+		ri := int32(-1)
+		for _, s := range tb.members {
+			s.c.Evaluations++
+			if !s.r.match.evalBool(&e.act, &s.evalErrs) {
+				continue
+			}
+			s.c.Matches++
+			if ri < 0 {
+				ri = e.lookupRow(tb, s, t)
+			}
+			e.observe(s, tb, ri, ev, t)
+		}
+		if ri >= 0 {
+			e.sweepOne(tb)
+		}
+	}
+	e.processed++
+	if e.processed&0xffff == 0 {
+		e.publishStats()
+	}
+}
+
+func (e *Engine) lookupRow(tb *table, s *ruleState, t int64) int32 {
+	buf := e.keyBuf[:0]
+	for i, g := range tb.groupBy {
+		if i > 0 {
+			buf = append(buf, '|')
+		}
+		buf = g.evalKey(&e.act, buf, &s.evalErrs)
+	}
+	e.keyBuf = buf
+	h := maphash.Bytes(e.seed, buf)
+	if ri, ok := tb.index[h]; ok {
+		return ri
+	}
+	if len(tb.rows) >= tb.maxRows {
+		e.evict(tb)
+	}
+	return tb.addRow(rowHead{key: string(buf), hash: h})
+}
+
+func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t int64) {
+	r := s.r
+	g := &tb.groups[int(ri)*len(tb.members)+s.slot]
+	if !g.used {
+		e.initGroup(s, g, tb.rows[ri].key, t)
+	}
+	if len(r.distinct)+len(r.sums) > 0 {
+		for d, f := range r.distinct {
+			if f.Kind == kStr {
+				e.hv[d] = maphash.String(e.seed, f.Str(ev))
+			} else {
+				e.hv[d] = uint64(f.Int(ev))*0x9e3779b97f4a7c15 + 1
+			}
+		}
+		for d, f := range r.sums {
+			e.sv[d] = f.Int(ev)
+		}
+	}
+	if !g.add(r, t, e.hv, e.sv, ev.ID) {
+		s.c.Late++
+		return
+	}
+	// Suppressed and every action already fired: nothing can fire.
+	if t < g.suppressUntil && g.firedMask == (1<<len(r.actions))-1 {
+		return
+	}
+	if t >= g.suppressUntil {
+		g.firedMask = 0
+	}
+	e.view = aggView{r: r, g: g, now: t, tb: tb, ri: ri}
+	e.act.agg = &e.view
+	for i := range r.actions {
+		a := &r.actions[i]
+		if g.firedMask&(1<<i) != 0 {
+			continue
+		}
+		if !a.when.evalBool(&e.act, &s.evalErrs) {
+			continue
+		}
+		if g.firedMask == 0 {
+			g.suppressUntil = t + r.suppress
+		}
+		g.firedMask |= 1 << i
+		e.fire(s, a, ev, t)
+	}
+	e.act.agg = nil
+}
+
+func (e *Engine) initGroup(s *ruleState, g *group, key string, t int64) {
+	r := s.r
+	*g = group{used: true, head: t / r.bucketW, last: t, periodStart: t}
+	if len(r.distinct) > 2 || len(r.sums) > 0 {
+		g.ext = newGroupExt(r)
+	}
+	if r.baseline != nil {
+		g.baseline = r.baseline.Default
+		if e.cfg.Baselines != nil {
+			if b, ok := e.cfg.Baselines.Baseline(r.ID, key); ok {
+				g.baseline = b
+			}
+		}
+	}
+	s.used++
+}
+
+// rowIdle reports the newest event time of a row and whether any of its
+// groups is still suppressing.
+func (tb *table) rowState(ri int) (last int64, suppressUntil int64) {
+	n := len(tb.members)
+	for _, g := range tb.groups[ri*n : ri*n+n] {
+		if g.used {
+			last = max(last, g.last)
+			suppressUntil = max(suppressUntil, g.suppressUntil)
+		}
+	}
+	return
+}
+
+// evict drops the stalest of a few random rows (approximate LRU, as Redis
+// does it): no per-event bookkeeping is needed.
+func (e *Engine) evict(tb *table) {
+	n := len(tb.rows)
+	victim, vlast := -1, int64(0)
+	for k := 0; k < 5; k++ {
+		e.rng ^= e.rng << 13
+		e.rng ^= e.rng >> 7
+		e.rng ^= e.rng << 17
+		i := int(e.rng % uint64(n))
+		if last, _ := tb.rowState(i); victim < 0 || last < vlast {
+			victim, vlast = i, last
+		}
+	}
+	e.removeRow(tb, victim, true)
+}
+
+// sweepOne looks at one row per event and drops it when idle for longer
+// than the rules' retention, so memory follows the active groups.
+func (e *Engine) sweepOne(tb *table) {
+	n := len(tb.rows)
+	if n == 0 {
+		return
+	}
+	if tb.sweep >= n {
+		tb.sweep = 0
+	}
+	last, sup := tb.rowState(tb.sweep)
+	if last < e.watermark-tb.retention && sup < e.watermark {
+		e.removeRow(tb, tb.sweep, false)
+		return
+	}
+	tb.sweep++
+}
+
+func (e *Engine) removeRow(tb *table, i int, evicted bool) {
+	n := len(tb.members)
+	for slot, s := range tb.members {
+		if !tb.groups[i*n+slot].used {
+			continue
+		}
+		s.used--
+		if evicted {
+			s.c.Evictions++
+			if e.cfg.Metrics != nil {
+				e.cfg.Metrics.Evictions.WithLabelValues(s.r.ID).Inc()
+			}
+		} else {
+			s.c.Expired++
+		}
+	}
+	last := len(tb.rows) - 1
+	delete(tb.index, tb.rows[i].hash)
+	if i != last {
+		tb.rows[i] = tb.rows[last]
+		copy(tb.groups[i*n:i*n+n], tb.groups[last*n:last*n+n])
+		tb.index[tb.rows[i].hash] = int32(i)
+	}
+	tb.rows[last] = rowHead{}
+	clear(tb.groups[last*n : last*n+n])
+	tb.rows = tb.rows[:last]
+	tb.groups = tb.groups[:last*n]
+}
