@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -17,9 +16,9 @@ import (
 )
 
 // The table is sharded copy-on-write. Readers do two atomic loads and one
-// map lookup and never lock:
+// probe of an open-addressing index (index.go), and never lock:
 //
-//	shards[hash bits] → map[first 16 bytes of hash]slot index → chunk → Slot
+//	shards[hash bits] → hashIndex (first 16 bytes of hash) → slot index → chunk → Slot
 //
 // A Slot is a key's stable home: its Record is replaced atomically when the
 // key changes (revocations, throttles and quota updates touch no map), and
@@ -27,7 +26,7 @@ import (
 // those updates. Only inserting or deleting a key copies a map, and only its
 // shard (~1/1024 of the table).
 //
-// The map is keyed by the first 128 bits of the SHA-256: finding a secret
+// Keys are compared on the first 128 bits of the SHA-256: finding a secret
 // whose truncated hash matches a stored key still takes ~2^128 work, and an
 // accidental collision among 10^6 keys has probability ~2^-89. It saves
 // 16 bytes per key.
@@ -43,13 +42,12 @@ const (
 
 type hkey [16]byte
 
-type shard map[hkey]uint32
-
 func shardOf(k hkey) int { return int(k[0])<<2 | int(k[1])>>6 }
 
 // Slot is one key's mutable state, shared by every request for the key.
 type Slot struct {
 	rec atomic.Pointer[Record]
+	key hkey // set before the slot is published, never changed
 	// RateTAT and ThrottleTAT are GCRA theoretical arrival times (unix ns)
 	// of the key's rate-limit and throttle buckets.
 	RateTAT     atomic.Int64
@@ -62,11 +60,6 @@ type Slot struct {
 // Record is the key's current record, nil once deleted.
 func (s *Slot) Record() *Record { return s.rec.Load() }
 
-type idEntry struct {
-	idx uint32
-	key hkey
-}
-
 // TableConfig configures a Table.
 type TableConfig struct {
 	// KeepState keeps every key's full state for State/States (admin
@@ -77,7 +70,7 @@ type TableConfig struct {
 
 // Table is the in-memory key table, fed from the key-state log.
 type Table struct {
-	shards [nShards]atomic.Pointer[shard]
+	shards [nShards]atomic.Pointer[hashIndex]
 	chunks [maxChunks]atomic.Pointer[[chunkSize]Slot]
 	size   atomic.Int64
 	ready  chan struct{}
@@ -88,10 +81,10 @@ type Table struct {
 
 	// Writer state, guarded by mu. One goroutine (Run) writes in practice.
 	mu       sync.Mutex
-	byID     map[string]idEntry
+	byID     idIndex
 	next     uint32
 	projects map[string]string
-	private  *[nShards]shard // during the first snapshot: unpublished maps
+	private  *[nShards]*hashIndex // during the first snapshot: unpublished indexes
 	seen     map[string]struct{}
 	changed  chan struct{}
 
@@ -108,17 +101,16 @@ func NewTable(cfg TableConfig) *Table {
 		ready:     make(chan struct{}),
 		log:       cfg.Logger,
 		keepState: cfg.KeepState,
-		byID:      make(map[string]idEntry),
 		projects:  make(map[string]string),
 		changed:   make(chan struct{}),
-		private:   new([nShards]shard),
+		private:   new([nShards]*hashIndex),
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
 	}
-	empty := shard{}
+	empty := &hashIndex{}
 	for i := range t.shards {
-		t.shards[i].Store(&empty)
+		t.shards[i].Store(empty)
 	}
 	if cfg.KeepState {
 		t.states = make(map[string]*keymeterv1.KeyState)
@@ -130,11 +122,38 @@ func NewTable(cfg TableConfig) *Table {
 // never allocates.
 func (t *Table) Lookup(h *Hash) *Slot {
 	k := (*hkey)(h[:16])
-	idx, ok := (*t.shards[shardOf(*k)].Load())[*k]
-	if !ok {
+	x := t.shards[shardOf(*k)].Load()
+	if len(x.cells) == 0 {
 		return nil
 	}
-	return &t.chunks[idx>>chunkBits].Load()[idx&(chunkSize-1)]
+	mask := uint32(len(x.cells) - 1)
+	fp := fingerprint(k)
+	for i := homeOf(k, mask); ; i = (i + 1) & mask {
+		c := x.cells[i]
+		if c == 0 {
+			return nil
+		}
+		if c>>cellIdxBits == fp {
+			idx := c&cellIdxMask - 1
+			if s := &t.chunks[idx>>chunkBits].Load()[idx&(chunkSize-1)]; s.key == *k {
+				return s
+			}
+		}
+	}
+}
+
+func (t *Table) keyOf(idx uint32) *hkey { return &t.slot(idx).key }
+
+func (t *Table) idOf(idx uint32) string {
+	if r := t.slot(idx).Record(); r != nil {
+		return r.ID
+	}
+	return ""
+}
+
+func (t *Table) findID(id string) (uint32, bool) {
+	i := t.byID.find(id, t.idOf)
+	return uint32(i), i >= 0
 }
 
 // Len is the number of keys in the table.
@@ -153,23 +172,23 @@ func (t *Table) Invalid() uint64 { return t.invalid.Load() }
 // ByID returns the record of key id, or nil.
 func (t *Table) ByID(id string) *Record {
 	t.mu.Lock()
-	e, ok := t.byID[id]
+	idx, ok := t.findID(id)
 	t.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	return t.slot(e.idx).Record()
+	return t.slot(idx).Record()
 }
 
 // SlotByID returns the slot of key id, or nil.
 func (t *Table) SlotByID(id string) *Slot {
 	t.mu.Lock()
-	e, ok := t.byID[id]
+	idx, ok := t.findID(id)
 	t.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	return t.slot(e.idx)
+	return t.slot(idx)
 }
 
 func (t *Table) slot(idx uint32) *Slot {
@@ -208,13 +227,13 @@ func (t *Table) WaitVersion(ctx context.Context, id string, v uint64) error {
 	for {
 		t.mu.Lock()
 		ch := t.changed
-		e, ok := t.byID[id]
+		idx, ok := t.findID(id)
 		t.mu.Unlock()
 		if v == 0 && !ok {
 			return nil
 		}
 		if ok && v > 0 {
-			if r := t.slot(e.idx).Record(); r != nil && r.Version >= v {
+			if r := t.slot(idx).Record(); r != nil && r.Version >= v {
 				return nil
 			}
 		}
@@ -292,26 +311,23 @@ func (t *Table) consume(ctx context.Context, ch <-chan bus.KeyUpdate) {
 func (t *Table) Apply(batch []bus.KeyUpdate) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var dirty map[int]shard
-	writable := func(i int) shard {
+	var dirty map[int]*hashIndex
+	writable := func(i int) *hashIndex {
 		if t.private != nil {
 			if t.private[i] == nil {
-				t.private[i] = make(shard)
+				t.private[i] = &hashIndex{}
 			}
 			return t.private[i]
 		}
-		if s, ok := dirty[i]; ok {
-			return s
+		if x, ok := dirty[i]; ok {
+			return x
 		}
 		if dirty == nil {
-			dirty = make(map[int]shard)
+			dirty = make(map[int]*hashIndex)
 		}
-		s := maps.Clone(*t.shards[i].Load())
-		if s == nil {
-			s = shard{}
-		}
-		dirty[i] = s
-		return s
+		x := t.shards[i].Load().clone()
+		dirty[i] = x
+		return x
 	}
 	endOfSnapshot := false
 	for i := range batch {
@@ -331,23 +347,27 @@ func (t *Table) Apply(batch []bus.KeyUpdate) {
 	}
 	if endOfSnapshot && t.seen != nil {
 		// After a resync, drop keys the new snapshot no longer has.
-		for id := range t.byID {
-			if _, ok := t.seen[id]; !ok {
-				t.remove(id, writable)
+		var gone []string
+		t.byID.each(func(idx uint32) {
+			if id := t.idOf(idx); id != "" {
+				if _, ok := t.seen[id]; !ok {
+					gone = append(gone, id)
+				}
 			}
+		})
+		for _, id := range gone {
+			t.remove(id, writable)
 		}
 		t.seen = nil
 	}
-	for i, s := range dirty {
-		t.shards[i].Store(&s)
+	for i, x := range dirty {
+		t.shards[i].Store(x)
 	}
 	if endOfSnapshot && t.private != nil {
-		empty := shard{}
-		for i, s := range t.private {
-			if s == nil {
-				s = empty
+		for i, x := range t.private {
+			if x != nil {
+				t.shards[i].Store(x)
 			}
-			t.shards[i].Store(&s)
 		}
 		t.private = nil
 	}
@@ -368,7 +388,7 @@ func (t *Table) intern(s string) string {
 	return s
 }
 
-func (t *Table) put(u *bus.KeyUpdate, writable func(int) shard) {
+func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 	st := &keymeterv1.KeyState{}
 	if err := proto.Unmarshal(u.Value, st); err != nil {
 		t.invalid.Add(1)
@@ -385,9 +405,9 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) shard) {
 		return
 	}
 	k := hkey(st.GetHash()[:16])
-	if e, ok := t.byID[rec.ID]; ok {
-		if e.key == k {
-			s := t.slot(e.idx)
+	if idx, ok := t.findID(rec.ID); ok {
+		if t.slot(idx).key == k {
+			s := t.slot(idx)
 			old := s.rec.Load()
 			if old != nil && rec.Version != 0 && rec.Version < old.Version {
 				t.log.Warn("ignoring stale key state", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
@@ -403,7 +423,7 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) shard) {
 		t.remove(rec.ID, writable) // the hash changed: a different secret
 	}
 	idx := t.next
-	if idx>>chunkBits >= maxChunks {
+	if idx >= maxKeys {
 		t.invalid.Add(1)
 		t.log.Error("key table full; key not loaded", "key_id", rec.ID, "capacity", maxChunks*chunkSize)
 		return
@@ -415,23 +435,25 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) shard) {
 		t.chunks[idx>>chunkBits].Store(c)
 	}
 	s := &c[idx&(chunkSize-1)]
+	s.key = k
 	s.rec.Store(rec)
-	writable(shardOf(k))[k] = idx
-	t.byID[rec.ID] = idEntry{idx: idx, key: k}
+	writable(shardOf(k)).insert(&k, idx, t.keyOf)
+	t.byID.insert(rec.ID, idx, t.idOf)
 	t.size.Add(1)
 	t.storeState(st)
 }
 
 // remove deletes key id. Its slot is not reused: a reader that found the
 // slot index just before the delete must not see another key's record.
-func (t *Table) remove(id string, writable func(int) shard) {
-	e, ok := t.byID[id]
+func (t *Table) remove(id string, writable func(int) *hashIndex) {
+	idx, ok := t.findID(id)
 	if !ok {
 		return
 	}
-	delete(t.byID, id)
-	delete(writable(shardOf(e.key)), e.key)
-	t.slot(e.idx).rec.Store(nil)
+	s := t.slot(idx)
+	t.byID.remove(id, t.idOf) // before the record goes: the index reads ids from records
+	writable(shardOf(s.key)).remove(&s.key, t.keyOf)
+	s.rec.Store(nil)
 	t.size.Add(-1)
 	if t.keepState {
 		t.smu.Lock()
