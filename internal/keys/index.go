@@ -39,7 +39,7 @@ func (x *hashIndex) find(k *hkey, keyOf func(uint32) *hkey) int64 {
 		if c == 0 {
 			return -1
 		}
-		if c>>cellIdxBits == fp && *keyOf(c&cellIdxMask-1) == *k {
+		if c>>cellIdxBits == fp && *keyOf(c&cellIdxMask - 1) == *k {
 			return int64(c&cellIdxMask - 1)
 		}
 	}
@@ -87,7 +87,7 @@ func (x *hashIndex) remove(k *hkey, keyOf func(uint32) *hkey) {
 		if c == 0 {
 			return
 		}
-		if *keyOf(c&cellIdxMask-1) == *k {
+		if *keyOf(c&cellIdxMask - 1) == *k {
 			break
 		}
 		i = (i + 1) & mask
