@@ -206,8 +206,9 @@ func runBenchStore(ctx context.Context, sf *storeFlags, mode store.RollupMode, e
 	sum.add("batch", batch)
 	sum.add("events_per_s", fmt.Sprintf("%.0f", r.EventsPerSec))
 	sum.add("rss_mb", fmt.Sprintf("%.0f", r.RSSMB))
+	// CPU per event is steadier than events/s on a shared machine.
+	sum.add("cpu_ns_per_event", fmt.Sprintf("%.0f", float64(r.CPU.Nanoseconds())/float64(r.Events)))
 	sum.add("elapsed_s", fmt.Sprintf("%.2f", r.Elapsed.Seconds()))
 	sum.print()
 	return nil
 }
-

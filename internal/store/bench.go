@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -26,7 +27,8 @@ type BenchResult struct {
 	Events       int
 	Elapsed      time.Duration
 	EventsPerSec float64
-	RSSMB        float64 // peak resident set of the process (VmHWM)
+	RSSMB        float64       // peak resident set of the process (VmHWM)
+	CPU          time.Duration // user+system CPU of the process (Go and the engine) during the run
 	Stored       uint64
 	RollupSum    uint64
 }
@@ -68,7 +70,9 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 			batches <- b
 		}
 	}()
+	fmt.Fprintf(progress, "bench store: before inserting: rss_mb=%.0f\n", rssMB("VmRSS"))
 	run := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	cpu0 := cpuTime()
 	t0 := time.Now()
 	last := t0
 	done := 0
@@ -90,6 +94,7 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 	}
 	r.Events = done
 	r.Elapsed = time.Since(t0)
+	r.CPU = cpuTime() - cpu0
 	r.EventsPerSec = float64(done) / r.Elapsed.Seconds()
 	r.RSSMB = rssMB("VmHWM")
 	var err error
@@ -116,12 +121,14 @@ func BenchEvents(b []event.Event, off, keys int, start time.Time) {
 		buf = append(buf, "ev-"...)
 		buf = strconv.AppendInt(buf, int64(n), 10)
 		ends = append(ends, len(buf))
+		// A key is used from a few servers: 4 addresses per key.
+		k := n % keys
 		buf = append(buf, "10."...)
-		buf = strconv.AppendInt(buf, int64(n%7), 10)
+		buf = strconv.AppendInt(buf, int64(k%7), 10)
 		buf = append(buf, '.')
-		buf = strconv.AppendInt(buf, int64(n/7%250), 10)
+		buf = strconv.AppendInt(buf, int64(k/7%250), 10)
 		buf = append(buf, '.')
-		buf = strconv.AppendInt(buf, int64(n%13), 10)
+		buf = strconv.AppendInt(buf, int64(n/keys%4), 10)
 		ends = append(ends, len(buf))
 	}
 	all := unsafe.String(unsafe.SliceData(buf), len(buf))
@@ -171,4 +178,13 @@ func rssMB(field string) float64 {
 		}
 	}
 	return 0
+}
+
+// cpuTime is the process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

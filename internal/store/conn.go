@@ -150,5 +150,5 @@ type RollupRow struct {
 	BytesIn   uint64
 	BytesOut  uint64
 	CostUnits uint64
-	IPs       []string // distinct client IPs in the bucket
+	IPHashes  []uint64 // xxHash64 of each distinct client IP in the bucket
 }

@@ -74,7 +74,7 @@ func (d *DB) UseRollupViews(ctx context.Context) error {
 SELECT toStartOfMinute(time) AS minute, project, key_id, outcome, route, country,
        count() AS requests, sum(bytes_in) AS bytes_in, sum(bytes_out) AS bytes_out,
        sum(toUInt64(cost_units)) AS cost_units,
-       uniqState(client_ip) AS uniq_ips, uniqState(toString(country)) AS uniq_countries
+       uniqState(xxHash64(client_ip)) AS uniq_ips, uniqState(toString(country)) AS uniq_countries
 FROM {db}.requests
 GROUP BY minute, project, key_id, outcome, route, country`), nil)
 	if err == nil {

@@ -1,6 +1,10 @@
 package store
 
-import "github.com/keymeter/keymeter/internal/event"
+import (
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/keymeter/keymeter/internal/event"
+)
 
 // interner numbers the distinct values of one low-cardinality field of a
 // batch. A short linear scan beats hashing for the few routes, countries
@@ -45,11 +49,12 @@ type bucketKey struct {
 
 type ipKey struct {
 	bucket int32
-	ip     string
+	hash   uint64
 }
 
 // PreAggregate folds a batch into per-minute buckets with each bucket's
-// distinct client IPs (hashing dominates: fields are numbered per batch so
+// distinct client IPs as xxHash64, the hash ClickHouse's xxHash64 computes
+// (hashing dominates: fields are numbered per batch so
 // that the bucket map hashes integers, and each IP is hashed once). Rows and
 // IPs are in no particular order: a replay is deduplicated by its token, not
 // by its content, and a rollup insert is one block.
@@ -88,7 +93,7 @@ func PreAggregate(events []event.Event) []RollupRow {
 		r.BytesIn += e.BytesIn
 		r.BytesOut += e.BytesOut
 		r.CostUnits += uint64(e.CostUnits)
-		ik := ipKey{b, e.ClientIP}
+		ik := ipKey{b, xxhash.Sum64String(e.ClientIP)}
 		n := len(ips)
 		ips[ik] = struct{}{}
 		if len(ips) > n {
@@ -96,14 +101,14 @@ func PreAggregate(events []event.Event) []RollupRow {
 		}
 	}
 	// One backing array for every bucket's IP list.
-	all := make([]string, len(ips))
+	all := make([]uint64, len(ips))
 	off := int32(0)
 	for b := range rows {
-		rows[b].IPs = all[off : off : off+nips[b]]
+		rows[b].IPHashes = all[off : off : off+nips[b]]
 		off += nips[b]
 	}
 	for k := range ips {
-		rows[k.bucket].IPs = append(rows[k.bucket].IPs, k.ip)
+		rows[k.bucket].IPHashes = append(rows[k.bucket].IPHashes, k.hash)
 	}
 	return rows
 }

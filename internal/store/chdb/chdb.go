@@ -196,7 +196,7 @@ func (c *conn) InsertEvents(ctx context.Context, database, token string, events 
 	return c.insertFile(ctx, database, "requests", eventColumns, token, b)
 }
 
-const rollupColumns = "minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units, ips"
+const rollupColumns = "minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units, ip_hashes"
 
 // InsertRollup inserts pre-aggregated buckets the same way.
 func (c *conn) InsertRollup(ctx context.Context, database, token string, rows []store.RollupRow) error {

@@ -47,9 +47,9 @@ func appendRollup(b []byte, r *store.RollupRow) []byte {
 	b = binary.LittleEndian.AppendUint64(b, r.BytesIn)
 	b = binary.LittleEndian.AppendUint64(b, r.BytesOut)
 	b = binary.LittleEndian.AppendUint64(b, r.CostUnits)
-	b = binary.AppendUvarint(b, uint64(len(r.IPs)))
-	for _, ip := range r.IPs {
-		b = appendString(b, ip)
+	b = binary.AppendUvarint(b, uint64(len(r.IPHashes)))
+	for _, h := range r.IPHashes {
+		b = binary.LittleEndian.AppendUint64(b, h)
 	}
 	return b
 }

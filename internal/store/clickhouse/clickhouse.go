@@ -274,7 +274,7 @@ func (c *Conn) InsertEvents(ctx context.Context, database, token string, events 
 	})
 }
 
-const rollupColumns = "minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units, ips"
+const rollupColumns = "minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units, ip_hashes"
 
 // InsertRollup implements store.Conn.
 func (c *Conn) InsertRollup(ctx context.Context, database, token string, rows []store.RollupRow) error {
@@ -293,7 +293,7 @@ func (c *Conn) InsertRollup(ctx context.Context, database, token string, rows []
 		for i := range rows {
 			r := &rows[i]
 			if err := b.Append(time.Unix(int64(r.Minute), 0).UTC(), r.Project, r.KeyID, r.Outcome, r.Route, r.Country,
-				r.Requests, r.BytesIn, r.BytesOut, r.CostUnits, r.IPs); err != nil {
+				r.Requests, r.BytesIn, r.BytesOut, r.CostUnits, r.IPHashes); err != nil {
 				return err
 			}
 		}
