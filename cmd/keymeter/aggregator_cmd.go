@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/keymeter/keymeter/internal/aggregator"
+	"github.com/keymeter/keymeter/internal/keys"
+)
+
+func init() { register(newAggregatorCmd) }
+
+func newAggregatorCmd(g *globals) *cobra.Command {
+	var (
+		bf          busFlags
+		sf          storeFlags
+		cfg         aggregator.Config
+		qcfg        aggregator.QuotaConfig
+		duration    time.Duration
+		adminListen string
+		migrate     bool
+	)
+	c := &cobra.Command{
+		Use:   "aggregator",
+		Short: "Consume usage events from the bus into the store exactly once; track quotas",
+		Long: `The aggregator reads event batches from the bus and inserts them into
+ClickHouse exactly once: each contiguous range of a partition is recorded as an
+intent, inserted as one block with a deterministic deduplication token, then
+acknowledged; after a crash the recorded ranges are replayed with the same
+tokens. It also tracks each key's usage in its quota period and publishes
+ok → warning → exceeded to the key-state log, where verifiers enforce it.
+
+Several aggregators with the same --group share the partitions.`,
+		Example: `  keymeter aggregator --data-dir data
+  keymeter aggregator --bus kafka --kafka-brokers k1:9092 --store clickhouse --clickhouse-dsn clickhouse://ch:9000/keymeter`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := withDuration(cmd.Context(), duration)
+			defer cancel()
+			log := g.Logger()
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			if err := qcfg.Validate(); err != nil {
+				return err
+			}
+			if sf.DataDir == "" {
+				sf.DataDir = "data"
+			}
+			st, err := sf.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer st.Close() // closed after the bus: see the order below
+			if migrate {
+				if _, err := st.Migrate(ctx); err != nil {
+					return fmt.Errorf("migrate: %w", err)
+				}
+			}
+			b, err := bf.open(ctx, sf.DataDir, log)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer ccancel()
+				_ = b.Close(cctx)
+			}()
+			table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
+			quotas, err := aggregator.NewQuotas(qcfg, table, b, st, log)
+			if err != nil {
+				return err
+			}
+			reg := newRegistry()
+			agg, err := aggregator.New(cfg, b, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
+			if err != nil {
+				return err
+			}
+			eg, ectx := errgroup.WithContext(ctx)
+			eg.Go(func() error { return table.Run(ectx, b) })
+			if adminListen != "" {
+				ln, err := listen(adminListen, "--admin-listen")
+				if err != nil {
+					return err
+				}
+				eg.Go(func() error { return serve(ectx, ln, metricsHandler(reg, table.Loaded), log) })
+			}
+			eg.Go(func() error {
+				// Quotas need the key table before the first block.
+				select {
+				case <-table.Ready():
+				case <-ectx.Done():
+					return nil
+				}
+				err := agg.Run(ectx)
+				cancel() // the aggregator is done: stop the rest
+				return err
+			})
+			err = eg.Wait()
+			s := agg.Stats()
+			log.Info("aggregator stopped", "events", s.Events, "blocks", s.Blocks, "dead_lettered", s.DeadLettered, "replayed_intents", s.Replayed)
+			if err != nil && ctx.Err() != nil {
+				return nil
+			}
+			return err
+		},
+	}
+	f := c.Flags()
+	bf.add(f)
+	f.StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
+	sf.add(f)
+	f.StringVar(&cfg.Group, "group", "aggregator", "consumer group; aggregators of one group share partitions")
+	f.IntVar(&cfg.MaxBlockEvents, "max-block-events", 200_000, "insert once this many events are buffered")
+	f.DurationVar(&cfg.FlushInterval, "flush-interval", time.Second, "longest an event waits before it is inserted")
+	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "redelivery delay of unacknowledged batches (NATS)")
+	f.StringVar(&qcfg.Period, "quota-period", "month", "quota period: month or day (UTC)")
+	f.Float64Var(&qcfg.WarnRatio, "quota-warn", 0.8, "share of the quota at which a key turns to warning")
+	f.StringVar(&qcfg.WebhookURL, "quota-webhook-url", "", "POST quota transitions here (signed, retried)")
+	f.StringVar(&qcfg.WebhookSecret, "quota-webhook-secret", "", "HMAC-SHA256 secret for X-Keymeter-Signature")
+	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
+	f.StringVar(&adminListen, "admin-listen", "127.0.0.1:9465", "address of /metrics, /healthz, /readyz (empty to disable)")
+	f.BoolVar(&migrate, "migrate", true, "apply pending store migrations at start")
+	return c
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/keys"
+)
+
+func init() { register(newAPICmd) }
+
+func parseTokens(specs []string) ([]api.Token, error) {
+	var out []api.Token
+	for _, s := range specs {
+		t, err := api.ParseToken(s)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-token: %w", err)
+		}
+		out = append(out, t)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--admin-token is required: role:sha256hex, e.g. admin:$(printf %%s \"$TOKEN\" | sha256sum | cut -d' ' -f1)")
+	}
+	return out, nil
+}
+
+func newAPICmd(g *globals) *cobra.Command {
+	var (
+		bf       busFlags
+		sf       storeFlags
+		listenAt string
+		tokens   []string
+		duration time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "api",
+		Short: "Serve the REST API: keys, usage, logs, billing, rules, decisions, leak reports",
+		Long: `The API manages keys (every change is an event on the key-state log that
+verifiers apply within milliseconds) and answers usage, log, billing and
+decision queries from the store. Its description is served at /openapi.yaml.
+
+Admin tokens are configured as role:sha256hex (role admin or read); only the
+hash of a token is ever stored.`,
+		Example: `  keymeter api --admin-token admin:$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := withDuration(cmd.Context(), duration)
+			defer cancel()
+			log := g.Logger()
+			toks, err := parseTokens(tokens)
+			if err != nil {
+				return err
+			}
+			st, err := sf.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			b, err := bf.open(ctx, sf.DataDir, log)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer ccancel()
+				_ = b.Close(cctx)
+			}()
+			table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
+			svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table, Logger: log})
+			if err != nil {
+				return err
+			}
+			srv, err := api.New(api.Config{Tokens: toks, Keys: svc, KeyTable: table, Usage: st, Logs: st, Decision: st,
+				Billing: newBilling(st), Logger: log, Ready: table.Loaded})
+			if err != nil {
+				return err
+			}
+			ln, err := listen(listenAt, "--listen")
+			if err != nil {
+				return err
+			}
+			log.Info("api listening", "addr", ln.Addr().String())
+			eg, ectx := errgroup.WithContext(ctx)
+			eg.Go(func() error { return table.Run(ectx, b) })
+			eg.Go(func() error { return serve(ectx, ln, srv, log) })
+			if err := eg.Wait(); err != nil && ctx.Err() == nil {
+				return err
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	bf.add(f)
+	f.StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
+	sf.add(f)
+	f.StringVar(&listenAt, "listen", "127.0.0.1:8081", "address of the API")
+	f.StringSliceVar(&tokens, "admin-token", nil, "admin token hashes, role:sha256hex (role admin or read); repeatable")
+	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
+	return c
+}
