@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -32,11 +33,24 @@ var (
 	cResultRowsRead func(res unsafe.Pointer) uint64
 )
 
-// LibPath is where the library is looked up: $CHDB_LIB_PATH, else libchdb.so
-// in the dynamic loader's path.
+// LibPath is where the library is looked up: $CHDB_LIB_PATH, else where
+// scripts/chdb-lib.sh puts it ($KEYMETER_CACHE or ~/.cache/keymeter, then
+// chdb/lib/package/libchdb.so), else libchdb.so in the loader's path.
 func LibPath() string {
 	if p := os.Getenv("CHDB_LIB_PATH"); p != "" {
 		return p
+	}
+	cache := os.Getenv("KEYMETER_CACHE")
+	if cache == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			cache = filepath.Join(home, ".cache", "keymeter")
+		}
+	}
+	if cache != "" {
+		p := filepath.Join(cache, "chdb", "lib", "package", "libchdb.so")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
 	}
 	return "libchdb.so"
 }
