@@ -84,3 +84,37 @@ func BenchmarkEngineMillionGroups(b *testing.B) {
 		runtime.KeepAlive(e)
 	}
 }
+
+// BenchmarkParallel is BenchmarkEngine with the rules split over two
+// engines on two goroutines.
+func BenchmarkParallel(b *testing.B) {
+	set, err := LoadPaths(CompileOptions{}, "../../rules")
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := NewParallel(Config{Sink: &countSink{}, MaxRevocationsPerHour: -1}, set, 2)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	s := NewSynth(100_000, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Microsecond, 1)
+	batch := make([]event.Event, 4096)
+	for i := 0; i < 200; i++ {
+		s.Fill(batch)
+		p.ProcessBatch(batch)
+	}
+	b.ReportAllocs()
+	var n int
+	var busy time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		s.Fill(batch)
+		b.StartTimer()
+		t := time.Now()
+		p.ProcessBatch(batch)
+		busy += time.Since(t)
+		n += len(batch)
+	}
+	b.ReportMetric(float64(n)/busy.Seconds(), "events/s")
+	b.ReportMetric(float64(busy.Nanoseconds())/float64(n), "ns/event")
+}

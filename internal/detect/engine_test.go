@@ -396,3 +396,41 @@ func TestGroupSize(t *testing.T) {
 		t.Errorf("group is %d bytes; keep it at 256 (4 cache lines)", n)
 	}
 }
+
+// TestParallelMatchesSerial checks that splitting the rules over engines
+// changes nothing in the decisions.
+func TestParallelMatchesSerial(t *testing.T) {
+	set, err := LoadPaths(CompileOptions{}, "../../rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(process func([]event.Event)) {
+		s := NewSynth(2000, t0, 10*time.Millisecond, 7)
+		batch := make([]event.Event, 1000)
+		for i := 0; i < 50; i++ {
+			s.Fill(batch)
+			process(batch)
+		}
+	}
+	serial := &capture{}
+	e, _ := New(Config{Sink: serial}, set)
+	run(e.ProcessBatch)
+	par := &capture{}
+	p, _ := NewParallel(Config{Sink: par}, set, 2)
+	defer p.Close()
+	run(p.ProcessBatch)
+	a, b := serial.lines(), par.lines()
+	sortStrings(a)
+	sortStrings(b)
+	if len(a) == 0 || strings.Join(a, "\n") != strings.Join(b, "\n") {
+		t.Fatalf("serial %d decisions, parallel %d", len(a), len(b))
+	}
+}
+
+func sortStrings(s []string) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}

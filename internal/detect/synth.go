@@ -22,6 +22,8 @@ type Synth struct {
 	step      time.Duration
 	seq       uint64
 	ids       []string
+	arena     []byte
+	offs      []int32
 }
 
 // NewSynth generates traffic over nKeys keys, starting at start, one event
@@ -46,8 +48,27 @@ func NewSynth(nKeys int, start time.Time, step time.Duration, seed uint64) *Synt
 	return s
 }
 
-// Fill overwrites evs with the next len(evs) events.
+// Fill overwrites evs with the next len(evs) events. Like events decoded
+// from one bus batch, their key ids and addresses share one buffer.
 func (s *Synth) Fill(evs []event.Event) {
+	s.fill(evs)
+	s.arena, s.offs = s.arena[:0], s.offs[:0]
+	for i := range evs {
+		s.arena = append(s.arena, evs[i].KeyID...)
+		s.arena = append(s.arena, evs[i].ClientIP...)
+		s.offs = append(s.offs, int32(len(evs[i].KeyID)), int32(len(evs[i].ClientIP)))
+	}
+	buf := string(s.arena)
+	at := 0
+	for i := range evs {
+		kl, il := int(s.offs[2*i]), int(s.offs[2*i+1])
+		evs[i].KeyID = buf[at : at+kl]
+		evs[i].ClientIP = buf[at+kl : at+kl+il]
+		at += kl + il
+	}
+}
+
+func (s *Synth) fill(evs []event.Event) {
 	for i := range evs {
 		e := &evs[i]
 		s.now = s.now.Add(s.step)

@@ -16,7 +16,7 @@ type table struct {
 	sig       string
 	groupBy   []*expr
 	members   []*ruleState
-	index     map[uint64]int32
+	index     *index
 	rows      []rowHead
 	groups    []group // len(rows) × len(members), row-major
 	maxRows   int
@@ -65,7 +65,7 @@ func (e *Engine) apply(set *RuleSet) {
 		sig := tableSig(r)
 		tb := bySig[sig]
 		if tb == nil {
-			tb = &table{sig: sig, groupBy: r.groupBy, index: map[uint64]int32{}, maxRows: r.maxGroups}
+			tb = &table{sig: sig, groupBy: r.groupBy, index: newIndex(), maxRows: r.maxGroups}
 			bySig[sig] = tb
 			tables = append(tables, tb)
 		}
@@ -87,7 +87,7 @@ func (e *Engine) apply(set *RuleSet) {
 					continue
 				}
 				nt := ns.tab
-				nri, ok := nt.index[row.hash]
+				nri, ok := nt.index.get(row.hash)
 				if !ok {
 					nri = nt.addRow(row)
 				}
@@ -109,7 +109,7 @@ func (tb *table) addRow(row rowHead) int32 {
 	for range tb.members {
 		tb.groups = append(tb.groups, group{})
 	}
-	tb.index[row.hash] = ri
+	tb.index.set(row.hash, ri)
 	return ri
 }
 
@@ -163,7 +163,7 @@ func (e *Engine) lookupRow(tb *table, s *ruleState, t int64) int32 {
 	}
 	e.keyBuf = buf
 	h := maphash.Bytes(e.seed, buf)
-	if ri, ok := tb.index[h]; ok {
+	if ri, ok := tb.index.get(h); ok {
 		return ri
 	}
 	if len(tb.rows) >= tb.maxRows {
@@ -302,11 +302,11 @@ func (e *Engine) removeRow(tb *table, i int, evicted bool) {
 		}
 	}
 	last := len(tb.rows) - 1
-	delete(tb.index, tb.rows[i].hash)
+	tb.index.del(tb.rows[i].hash)
 	if i != last {
 		tb.rows[i] = tb.rows[last]
 		copy(tb.groups[i*n:i*n+n], tb.groups[last*n:last*n+n])
-		tb.index[tb.rows[i].hash] = int32(i)
+		tb.index.set(tb.rows[i].hash, int32(i))
 	}
 	tb.rows[last] = rowHead{}
 	clear(tb.groups[last*n : last*n+n])

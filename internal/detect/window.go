@@ -34,7 +34,7 @@ const spilled = 0xff
 type groupExt struct {
 	sums     []int64           // nBuckets per sum field
 	distinct [][]distinctEntry // per distinct field
-	}
+}
 
 func newGroupExt(r *compiledRule) *groupExt {
 	x := &groupExt{distinct: make([][]distinctEntry, len(r.distinct))}

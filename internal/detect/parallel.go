@@ -1,0 +1,165 @@
+package detect
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+// Parallel runs a rule set on several cores: the rules are split among n
+// engines, each on its own goroutine, and every engine sees every event.
+// Unlike partitioning the events, this keeps every rule's semantics
+// whatever it groups by. A rule stays on its engine across reloads, so it
+// keeps its windows.
+type Parallel struct {
+	engines []*Engine
+	work    []chan []event.Event
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	assign  map[string]int // rule id → engine
+	closed  bool
+}
+
+type lockedSink struct {
+	mu   sync.Mutex
+	sink Sink
+}
+
+func (l *lockedSink) Decide(d *keymeterv1.Decision) {
+	l.mu.Lock()
+	l.sink.Decide(d)
+	l.mu.Unlock()
+}
+
+// NewParallel starts n engines (n ≥ 1). cfg.Sink is called under a lock,
+// from the engines' goroutines.
+func NewParallel(cfg Config, set *RuleSet, n int) (*Parallel, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n = max(n, 1)
+	cfg.Sink = &lockedSink{sink: cfg.Sink}
+	p := &Parallel{assign: map[string]int{}}
+	if set == nil {
+		set = &RuleSet{}
+	}
+	parts := p.split(set, n)
+	for i := 0; i < n; i++ {
+		e, err := New(cfg, parts[i])
+		if err != nil {
+			return nil, err
+		}
+		p.engines = append(p.engines, e)
+		ch := make(chan []event.Event)
+		p.work = append(p.work, ch)
+		go func() {
+			for evs := range ch {
+				e.ProcessBatch(evs)
+				p.wg.Done()
+			}
+		}()
+	}
+	return p, nil
+}
+
+// split assigns each rule to an engine: rules already placed stay; new
+// ones go, in group_by order (so rules sharing a group table spread over
+// the engines), to the engine with the fewest rules.
+func (p *Parallel) split(set *RuleSet, n int) []*RuleSet {
+	parts := make([]*RuleSet, n)
+	load := make([]int, n)
+	for i := range parts {
+		parts[i] = &RuleSet{}
+	}
+	var fresh []*compiledRule
+	for _, r := range set.rules {
+		if w, ok := p.assign[r.ID]; ok && w < n {
+			parts[w].rules = append(parts[w].rules, r)
+			load[w]++
+			continue
+		}
+		fresh = append(fresh, r)
+	}
+	sort.SliceStable(fresh, func(i, j int) bool { return tableSig(fresh[i]) < tableSig(fresh[j]) })
+	for _, r := range fresh {
+		w := 0
+		for i := range load {
+			if load[i] < load[w] {
+				w = i
+			}
+		}
+		parts[w].rules = append(parts[w].rules, r)
+		load[w]++
+		p.assign[r.ID] = w
+	}
+	return parts
+}
+
+// ProcessBatch hands the batch to every engine and returns when all have
+// processed it; evs may then be reused.
+func (p *Parallel) ProcessBatch(evs []event.Event) {
+	p.wg.Add(len(p.work))
+	for _, ch := range p.work {
+		ch <- evs
+	}
+	p.wg.Wait()
+}
+
+// Swap replaces the rule set on every engine.
+func (p *Parallel) Swap(set *RuleSet) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, part := range p.split(set, len(p.engines)) {
+		p.engines[i].Swap(part)
+	}
+}
+
+// ResetBreaker re-arms a tripped rule.
+func (p *Parallel) ResetBreaker(ruleID string) {
+	for _, e := range p.engines {
+		e.ResetBreaker(ruleID)
+	}
+}
+
+// Flush publishes every engine's counters. Call between batches.
+func (p *Parallel) Flush() {
+	for _, e := range p.engines {
+		e.Flush()
+	}
+}
+
+// Stats merges the engines' counters.
+func (p *Parallel) Stats() Stats {
+	var st Stats
+	for i, e := range p.engines {
+		s := e.Stats()
+		if i == 0 {
+			st.Events = s.Events
+		}
+		if s.Watermark.After(st.Watermark) {
+			st.Watermark = s.Watermark
+		}
+		st.Rules = append(st.Rules, s.Rules...)
+	}
+	if st.Watermark.IsZero() {
+		st.Watermark = time.Time{}
+	}
+	sort.SliceStable(st.Rules, func(i, j int) bool { return st.Rules[i].ID < st.Rules[j].ID })
+	return st
+}
+
+// Close stops the engines' goroutines. No batch may be in flight.
+func (p *Parallel) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
+	for _, ch := range p.work {
+		close(ch)
+	}
+}
