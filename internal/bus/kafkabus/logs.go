@@ -170,22 +170,41 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 		}
 		// Snapshot: the latest value per key, up to each partition's mark.
 		latest := map[string]bus.KeyUpdate{}
-		remaining := 0
+		pending := map[int]int64{} // partition → next offset to see, until its mark
 		for _, p := range parts {
 			if next[p] > first[p] {
-				remaining++
+				pending[p] = first[p]
 			}
 		}
+		// Compaction can remove the records just below a mark (an old
+		// tombstone at the end of a partition): then no record ever reaches
+		// it, and a probe tells that nothing is left below it.
+		probe := time.NewTicker(500 * time.Millisecond)
+		defer probe.Stop()
 		var early []bus.KeyUpdate // live changes that arrived during the snapshot
-		for remaining > 0 {
-			m, ok := <-in
-			if !ok {
+		for len(pending) > 0 {
+			var m kafka.Message
+			select {
+			case <-ctx.Done():
 				return
+			case <-probe.C:
+				for p, at := range pending {
+					if b.nothingBelow(ctx, topic, p, at, next[p]) {
+						delete(pending, p)
+					}
+				}
+				continue
+			case msg, ok := <-in:
+				if !ok {
+					return
+				}
+				m = msg
 			}
 			u := keyUpdate(m)
 			mark := next[m.Partition]
 			if m.Offset >= mark {
 				early = append(early, u)
+				delete(pending, m.Partition)
 				continue
 			}
 			if u.Deleted {
@@ -194,7 +213,9 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 				latest[u.ID] = u
 			}
 			if m.Offset+1 >= mark {
-				remaining--
+				delete(pending, m.Partition)
+			} else if _, ok := pending[m.Partition]; ok {
+				pending[m.Partition] = m.Offset + 1
 			}
 		}
 		ids := make([]string, 0, len(latest))
@@ -222,6 +243,28 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 		}
 	}()
 	return out, nil
+}
+
+// nothingBelow reports whether partition p of topic holds no record in
+// [from, mark): a fetch at from returns the first record at or after it.
+func (b *Bus) nothingBelow(ctx context.Context, topic string, p int, from, mark int64) bool {
+	res, err := b.client.Fetch(ctx, &kafka.FetchRequest{
+		Topic: topic, Partition: p, Offset: from,
+		MinBytes: 1, MaxBytes: 1 << 20, MaxWait: 50 * time.Millisecond,
+	})
+	if err != nil || res.Error != nil {
+		return false
+	}
+	for {
+		r, err := res.Records.ReadRecord()
+		if err != nil {
+			// No record at or after from: everything below mark is gone.
+			return errors.Is(err, io.EOF) && res.HighWatermark >= mark
+		}
+		if r.Offset >= from {
+			return r.Offset >= mark
+		}
+	}
 }
 
 func keyUpdate(m kafka.Message) bus.KeyUpdate {
