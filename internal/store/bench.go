@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +21,12 @@ type BenchConfig struct {
 	Batch   int        // events per InsertEvents call (one bus range)
 	Keys    int        // distinct keys
 	Rollups RollupMode // preaggregated or views
+	// Span is the time the events cover, ending now (default 1h). A 30-day
+	// span makes a dataset for the query figures.
+	Span time.Duration
+	// Queries: after inserting, this many per-key 30-day usage queries and
+	// as many filtered log pages, for their latency percentiles.
+	Queries int
 }
 
 // BenchResult is what the benchmark measured.
@@ -29,6 +36,10 @@ type BenchResult struct {
 	EventsPerSec float64
 	RSSMB        float64       // peak resident set of the process (VmHWM)
 	CPU          time.Duration // user+system CPU of the process (Go and the engine) during the run
+	UsageP50     time.Duration // per-key 30-day usage, day granularity
+	UsageP99     time.Duration
+	LogsP50      time.Duration // one page of 100 of a key's events, filtered by status class
+	LogsP99      time.Duration
 	Stored       uint64
 	RollupSum    uint64
 }
@@ -54,7 +65,10 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 	for range 3 {
 		free <- make([]event.Event, cfg.Batch)
 	}
-	start := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
+	if cfg.Span <= 0 {
+		cfg.Span = time.Hour
+	}
+	start := time.Now().UTC().Add(-cfg.Span).Truncate(time.Minute)
 	go func() {
 		defer close(batches)
 		for off := 0; off < cfg.Events; off += cfg.Batch {
@@ -66,7 +80,7 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 				return
 			}
 			b = b[:n]
-			BenchEvents(b, off, cfg.Keys, start)
+			BenchEvents(b, off, cfg.Keys, start, cfg.Span, cfg.Events)
 			batches <- b
 		}
 	}()
@@ -101,16 +115,59 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 	if r.Stored, err = d.Count(ctx, "requests"); err != nil {
 		return r, err
 	}
-	pts, err := d.Usage(ctx, UsageQuery{Project: "bench", From: start.Add(-time.Hour), To: start.Add(48 * time.Hour), Granularity: Day})
+	pts, err := d.Usage(ctx, UsageQuery{Project: "bench", From: start.Add(-time.Hour), To: time.Now().Add(time.Hour), Granularity: Month})
+	if err != nil {
+		return r, err
+	}
 	for _, p := range pts {
 		r.RollupSum += p.Requests
+	}
+	if cfg.Queries > 0 {
+		err = benchQueries(ctx, d, cfg, &r, progress)
 	}
 	return r, err
 }
 
-// BenchEvents fills b with events number off.. spread over one hour. The
-// strings of a batch share one buffer, so generation costs little.
-func BenchEvents(b []event.Event, off, keys int, start time.Time) {
+func benchQueries(ctx context.Context, d *DB, cfg BenchConfig, r *BenchResult, progress io.Writer) error {
+	keys := benchKeyNames(cfg.Keys)
+	now := time.Now().UTC()
+	usage := make([]time.Duration, 0, cfg.Queries)
+	logs := make([]time.Duration, 0, cfg.Queries)
+	for i := range cfg.Queries {
+		key := keys[(i*7919)%len(keys)]
+		t0 := time.Now()
+		pts, err := d.Usage(ctx, UsageQuery{Project: "bench", KeyID: key, From: now.Add(-30 * 24 * time.Hour), To: now, Granularity: Day})
+		if err != nil {
+			return err
+		}
+		if len(pts) == 0 {
+			return fmt.Errorf("bench store: no usage for %s", key)
+		}
+		usage = append(usage, time.Since(t0))
+		t0 = time.Now()
+		page, err := d.Logs(ctx, LogQuery{Project: "bench", KeyID: key, StatusMin: 400, StatusMax: 499, Limit: 100})
+		if err != nil {
+			return err
+		}
+		if len(page.Events) == 0 {
+			return fmt.Errorf("bench store: no logs for %s", key)
+		}
+		logs = append(logs, time.Since(t0))
+	}
+	slices.Sort(usage)
+	slices.Sort(logs)
+	pct := func(d []time.Duration, p float64) time.Duration { return d[int(float64(len(d)-1)*p)] }
+	r.UsageP50, r.UsageP99 = pct(usage, 0.5), pct(usage, 0.99)
+	r.LogsP50, r.LogsP99 = pct(logs, 0.5), pct(logs, 0.99)
+	fmt.Fprintf(progress, "bench store: %d queries each: usage p50=%v p99=%v, logs p50=%v p99=%v\n", cfg.Queries, r.UsageP50, r.UsageP99, r.LogsP50, r.LogsP99)
+	return nil
+}
+
+// BenchEvents fills b with events number off.. of total, spread evenly over
+// span from start. The strings of a batch share one buffer, so generation
+// costs little.
+func BenchEvents(b []event.Event, off, keys int, start time.Time, span time.Duration, total int) {
+	step := span / time.Duration(max(total, 1))
 	routes := [...]string{"/v1/items", "/v1/orders", "/v1/users", "/v1/search"}
 	countries := [...]string{"DE", "US", "FR", "JP", "BR", "IN"}
 	keyNames := benchKeyNames(keys)
@@ -140,11 +197,11 @@ func BenchEvents(b []event.Event, off, keys int, start time.Time) {
 		pos = ends[2*i+1]
 		o := event.OutcomeValid
 		status := uint16(200)
-		if n%50 == 0 {
+		if n/keys%50 == 0 { // 2% of each key's requests
 			o, status = event.OutcomeRateLimited, 429
 		}
 		b[i] = event.Event{
-			ID: id, Time: start.Add(time.Duration(n%3_600_000) * time.Millisecond), Project: "bench",
+			ID: id, Time: start.Add(step * time.Duration(n)).Truncate(time.Millisecond), Project: "bench",
 			KeyID: keyNames[n%keys], Outcome: o, ClientIP: ip, Country: countries[n%len(countries)],
 			ASN: 64500, Method: "GET", Host: "api.example.com", Route: routes[n%len(routes)], Status: status,
 			LatencyUS: uint32(n % 5000), BytesIn: uint64(200 + n%100), BytesOut: uint64(2000 + n%1000),
@@ -187,4 +244,61 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchDataset fills the store with rows events over span (ending now) for
+// the query figures, generated inside the engine (INSERT … SELECT FROM
+// numbers) rather than through InsertEvents, which a 100M-row dataset would
+// take minutes to go through. Rollups are built day by day from the raw
+// rows with the same pre-aggregation the store does.
+func BenchDataset(ctx context.Context, d *DB, rows, keys int, span time.Duration, progress io.Writer) error {
+	end := time.Now().UTC()
+	start := end.Add(-span)
+	stepUS := max(span.Microseconds()/int64(rows), 1)
+	const chunk = 10_000_000
+	for off := 0; off < rows; off += chunk {
+		n := min(chunk, rows-off)
+		p := Params{}.U64("off", uint64(off)).U64("n", uint64(n)).U64("keys", uint64(keys)).
+			I64("start", start.UnixMicro()).I64("step", stepUS)
+		err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.requests (`+benchColumns+`)
+SELECT fromUnixTimestamp64Micro(toInt64({start:Int64} + toInt64(number) * {step:Int64}), 'UTC') AS time,
+ 'bench', concat('key_', toString(number % {keys:UInt64})), concat('ev-', toString(number)),
+ if(intDiv(number, {keys:UInt64}) % 50 = 0, 'rate_limited', 'valid'),
+ concat('10.', toString((number % {keys:UInt64}) % 7), '.', toString(intDiv(number % {keys:UInt64}, 7) % 250), '.', toString(intDiv(number, {keys:UInt64}) % 4)),
+ ['DE','US','FR','JP','BR','IN'][number % 6 + 1], 64500, 'GET', 'api.example.com',
+ ['/v1/items','/v1/orders','/v1/users','/v1/search'][number % 4 + 1],
+ if(intDiv(number, {keys:UInt64}) % 50 = 0, 429, 200), number % 5000, 200 + number % 100, 2000 + number % 1000,
+ 'loadgen/1', 'v1', 1
+FROM numbers({off:UInt64}, {n:UInt64})`), p)
+		if err != nil {
+			return fmt.Errorf("bench dataset: %w", err)
+		}
+		fmt.Fprintf(progress, "bench store: dataset %d/%d raw rows, rss_mb=%.0f\n", off+n, rows, rssMB("VmRSS"))
+	}
+	for day := start.Truncate(24 * time.Hour); day.Before(end); day = day.Add(24 * time.Hour) {
+		p := Params{}.I64("from", day.Unix()).I64("to", day.Add(24*time.Hour).Unix())
+		err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.rollup_input (`+rollupInputColumns+`)
+SELECT toStartOfMinute(time) AS minute, project, key_id, outcome, route, country, count(), sum(bytes_in), sum(bytes_out),
+ sum(cost_units), groupUniqArray(xxHash64(client_ip))
+FROM {db}.requests WHERE time >= toDateTime({from:Int64}, 'UTC') AND time < toDateTime({to:Int64}, 'UTC')
+GROUP BY minute, project, key_id, outcome, route, country`), p)
+		if err != nil {
+			return fmt.Errorf("bench dataset rollups: %w", err)
+		}
+	}
+	fmt.Fprintf(progress, "bench store: dataset rollups built, rss_mb=%.0f\n", rssMB("VmRSS"))
+	return nil
+}
+
+const (
+	benchColumns       = "time, project, key_id, event_id, outcome, client_ip, country, asn, method, host, route, status, latency_us, bytes_in, bytes_out, user_agent, verifier_id, cost_units"
+	rollupInputColumns = "minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units, ip_hashes"
+)
+
+// BenchQueries runs the query half of the benchmark on whatever the store holds.
+func BenchQueries(ctx context.Context, d *DB, keys, queries int, progress io.Writer) (BenchResult, error) {
+	r := BenchResult{}
+	err := benchQueries(ctx, d, BenchConfig{Keys: keys, Queries: queries}, &r, progress)
+	r.RSSMB = rssMB("VmHWM")
+	return r, err
 }
