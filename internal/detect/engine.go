@@ -128,21 +128,24 @@ type ruleState struct {
 // RuleStats are one rule's counters since it was loaded (or since its
 // window state was last carried over).
 type RuleStats struct {
-	ID          string
-	Version     uint32
-	Mode        string // configured mode
-	Effective   string // mode in force: dry_run once the breaker tripped
-	Evaluations uint64
-	Matches     uint64
-	Groups      int
-	Evictions   uint64 // groups dropped because the cap was reached
-	Expired     uint64 // idle groups dropped
-	Late        uint64
-	EvalErrors  uint64
-	Firings     map[string]uint64 // by mode: enforce, dry_run
-	Actions     map[string]uint64 // "<mode>/<action>" → decisions
-	Tripped     bool
+	ID          string            `json:"id"`
+	Version     uint32            `json:"version"`
+	Mode        string            `json:"mode"`           // configured mode
+	Effective   string            `json:"effective_mode"` // mode in force: dry_run once the breaker tripped
+	Evaluations uint64            `json:"evaluations"`
+	Matches     uint64            `json:"matches"`
+	Groups      int               `json:"groups"`
+	Evictions   uint64            `json:"evictions"` // groups dropped because the cap was reached
+	Expired     uint64            `json:"expired"`   // idle groups dropped
+	Late        uint64            `json:"late"`
+	EvalErrors  uint64            `json:"eval_errors"`
+	Firings     map[string]uint64 `json:"firings"` // by mode: enforce, dry_run
+	Actions     map[string]uint64 `json:"actions"` // "<mode>/<action>" → decisions
+	Tripped     bool              `json:"breaker_tripped"`
 }
+
+// RuleStatuses is the rules' counters for GET /v1/rules (api.RuleLister).
+func (e *Engine) RuleStatuses() any { return e.Stats().Rules }
 
 // Stats is a snapshot of the engine's counters.
 type Stats struct {

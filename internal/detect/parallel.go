@@ -163,3 +163,6 @@ func (p *Parallel) Close() {
 		close(ch)
 	}
 }
+
+// RuleStatuses is the rules' counters for GET /v1/rules (api.RuleLister).
+func (p *Parallel) RuleStatuses() any { return p.Stats().Rules }

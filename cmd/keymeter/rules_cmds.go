@@ -1,0 +1,618 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+func init() {
+	register(newRulesCmd)
+	registerBench(benchDetectCmd)
+}
+
+// errFailed makes the command exit non-zero after it printed why.
+var errFailed = errors.New("the rule files do not load (see above)")
+
+func newRulesCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "rules",
+		Short: "Detection rules: lint, test and backtest rule files",
+	}
+	c.AddCommand(newRulesLintCmd(g), newRulesTestCmd(g), newRulesBacktestCmd(g))
+	return c
+}
+
+func newRulesLintCmd(g *globals) *cobra.Command {
+	var costLimit uint64
+	c := &cobra.Command{
+		Use:   "lint PATH...",
+		Short: "Check rule files: JSON Schema, field types, CEL compilation and static cost",
+		Long: `Checks every rule file (*.yaml, *.yml) under the given files and directories
+against the JSON Schema of the rule file, decodes it strictly (unknown fields
+and type errors are refused with file:line), compiles every CEL expression
+with its static cost, and reports which expressions run on the native fast
+path and which through the CEL interpreter. Exits non-zero on any problem.`,
+		Example: "  keymeter rules lint rules/\n  keymeter rules lint rules/geography-shift.yaml",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			files, err := detect.RuleFiles(args...)
+			if err != nil {
+				return err
+			}
+			if len(files) == 0 {
+				return fmt.Errorf("no rule files (*.yaml, *.yml) under %s", strings.Join(args, ", "))
+			}
+			out := cmd.OutOrStdout()
+			problems := 0
+			report := func(err error) {
+				for _, e := range flatten(err) {
+					fmt.Fprintln(out, e)
+					problems++
+				}
+			}
+			for _, f := range files {
+				report(detect.ValidateSchemaFile(f))
+			}
+			rules, err := detect.ParsePaths(args...)
+			if err != nil {
+				report(err)
+			}
+			var set *detect.RuleSet
+			if rules != nil {
+				set, err = detect.Compile(rules, detect.CompileOptions{CostLimit: costLimit})
+				report(err)
+			}
+			if set != nil && problems == 0 {
+				native, cost := set.Native(), set.MaxCost()
+				for _, r := range set.Rules() {
+					path := "native"
+					if in := native[r.ID]; len(in) > 0 {
+						path = "interpreted: " + strings.Join(in, ", ")
+					}
+					fmt.Fprintf(out, "ok  %-28s v%-3d %-8s %s:%d  cost<=%d  %s  tests=%d\n",
+						r.ID, r.Version, r.Mode, r.File, r.Line, cost[r.ID], path, len(r.Tests))
+				}
+			}
+			if problems > 0 {
+				return fmt.Errorf("rules lint: %d problem(s) in %d file(s)", problems, len(files))
+			}
+			return nil
+		},
+	}
+	c.Flags().Uint64Var(&costLimit, "cost-limit", detect.DefaultCostLimit, "static CEL cost ceiling per expression")
+	return c
+}
+
+// flatten splits an errors.Join tree into its leaves.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func newRulesTestCmd(g *globals) *cobra.Command {
+	var (
+		verbose bool
+		run     string
+	)
+	c := &cobra.Command{
+		Use:   "test PATH...",
+		Short: "Run the rules' inline tests; exits non-zero on a failure and shows expected vs actual",
+		Long: `Runs every inline test of the rules under the given paths: the test's events
+are generated, replayed in event time through a fresh engine holding only that
+rule, and the decisions (action, group, mode, number of times) are compared
+with the test's expect list. A failure prints the difference: "-" lines were
+expected and did not happen, "+" lines happened and were not expected.`,
+		Example: "  keymeter rules test rules/\n  keymeter rules test --run geography rules/",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rules, err := detect.ParsePaths(args...)
+			if err != nil {
+				for _, e := range flatten(err) {
+					fmt.Fprintln(cmd.OutOrStdout(), e)
+				}
+				return errors.New("rules test: the rule files do not load")
+			}
+			if run != "" {
+				var keep []*detect.Rule
+				for _, r := range rules {
+					if strings.Contains(r.ID, run) {
+						keep = append(keep, r)
+					}
+				}
+				rules = keep
+			}
+			results := detect.RunTests(rules, detect.CompileOptions{})
+			if !writeTestReport(cmd.OutOrStdout(), results, verbose) {
+				return errors.New("rules test: failures (see above)")
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "also list the firings of passing tests")
+	c.Flags().StringVar(&run, "run", "", "only rules whose id contains this")
+	return c
+}
+
+// writeTestReport prints one line per test and the diff of failures; it
+// reports whether all passed. The format is stable (golden-tested).
+func writeTestReport(w io.Writer, results []detect.TestResult, verbose bool) bool {
+	failed := 0
+	for _, r := range results {
+		if r.Passed() {
+			fmt.Fprintf(w, "PASS  %s: %s (%d events)\n", r.Rule, r.Test, r.Events)
+			if verbose {
+				for _, l := range r.Actual {
+					fmt.Fprintf(w, "        %s\n", l)
+				}
+			}
+			continue
+		}
+		failed++
+		fmt.Fprintf(w, "FAIL  %s: %s (%s:%d)\n", r.Rule, r.Test, r.File, r.Line)
+		fmt.Fprint(w, r.Diff())
+	}
+	rules := map[string]bool{}
+	for _, r := range results {
+		rules[r.Rule] = true
+	}
+	if failed > 0 {
+		fmt.Fprintf(w, "FAIL  %d of %d tests in %d rules failed\n", failed, len(results), len(rules))
+		return false
+	}
+	fmt.Fprintf(w, "ok    %d tests in %d rules\n", len(results), len(rules))
+	return true
+}
+
+func newRulesBacktestCmd(g *globals) *cobra.Command {
+	var (
+		rulesPaths    []string
+		eventsPath    string
+		from, to      string
+		decisionsPath string
+		allowKeys     []string
+		allowCIDRs    []string
+		maxRevokes    int
+		asJSON        bool
+	)
+	c := &cobra.Command{
+		Use:   "backtest --rules DIR --events FILE.ndjson",
+		Short: "Replay events through the rules in event time and report what would have fired",
+		Long: `Replays an NDJSON file of usage events (the JSON event schema, one per line,
+in time order) through the same engine the detector runs, in event time, and
+reports per rule: matched events, groups, decisions by mode and action. Nothing
+is acted on. --decisions writes every decision as NDJSON (protobuf JSON of
+keymeter.v1.Decision). Progress goes to stderr.`,
+		Example: `  keymeter rules backtest --rules rules/ --events events.ndjson
+  keymeter rules backtest --rules rules/ --events events.ndjson --from 2026-03-01T00:00:00Z --to 2026-03-02T00:00:00Z --decisions out.ndjson`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if eventsPath == "" {
+				return errors.New("--events is required (an NDJSON file of events, or - for stdin)")
+			}
+			var fromT, toT time.Time
+			var err error
+			if from != "" {
+				if fromT, err = time.Parse(time.RFC3339Nano, from); err != nil {
+					return fmt.Errorf("--from %q: want RFC 3339, e.g. 2026-03-01T00:00:00Z", from)
+				}
+			}
+			if to != "" {
+				if toT, err = time.Parse(time.RFC3339Nano, to); err != nil {
+					return fmt.Errorf("--to %q: want RFC 3339, e.g. 2026-03-02T00:00:00Z", to)
+				}
+			}
+			set, err := detect.LoadPaths(detect.CompileOptions{}, rulesPaths...)
+			if err != nil {
+				for _, e := range flatten(err) {
+					fmt.Fprintln(os.Stderr, e)
+				}
+				return errFailed
+			}
+			bt := &backtest{
+				out: cmd.OutOrStdout(), rules: set, eventsPath: eventsPath, from: fromT, to: toT,
+				cfg: detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes, Logger: g.Logger()},
+			}
+			if decisionsPath != "" {
+				f, err := os.Create(decisionsPath)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				bw := bufio.NewWriter(f)
+				defer bw.Flush()
+				bt.decisions = bw
+			}
+			return bt.run(asJSON)
+		},
+	}
+	f := c.Flags()
+	f.StringSliceVar(&rulesPaths, "rules", []string{"rules"}, "rule files or directories")
+	f.StringVar(&eventsPath, "events", "", "NDJSON file of events in time order (- for stdin)")
+	f.StringVar(&from, "from", "", "skip events before this time (RFC 3339)")
+	f.StringVar(&to, "to", "", "stop at events from this time on (RFC 3339)")
+	f.StringVar(&decisionsPath, "decisions", "", "write every decision to this NDJSON file")
+	f.StringSliceVar(&allowKeys, "allow-key", nil, "allowlisted key id (repeatable)")
+	f.StringSliceVar(&allowCIDRs, "allow-cidr", nil, "allowlisted client network (repeatable)")
+	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule (negative: off)")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return c
+}
+
+type backtest struct {
+	out        io.Writer
+	rules      *detect.RuleSet
+	eventsPath string
+	from, to   time.Time
+	cfg        detect.Config
+	decisions  io.Writer
+
+	fired map[string]map[string]bool // rule → groups with a decision
+	first map[string]time.Time
+	last  map[string]time.Time
+	err   error
+}
+
+// BacktestRule is one rule's line of the backtest report.
+type BacktestRule struct {
+	ID          string            `json:"id"`
+	Version     uint32            `json:"version"`
+	Mode        string            `json:"mode"`
+	Matched     uint64            `json:"matched"`
+	Groups      int               `json:"groups_active"`
+	GroupsFired int               `json:"groups_fired"`
+	Firings     map[string]uint64 `json:"firings"`
+	Actions     map[string]uint64 `json:"actions"`
+	First       *time.Time        `json:"first_decision,omitempty"`
+	Last        *time.Time        `json:"last_decision,omitempty"`
+	Evictions   uint64            `json:"evictions"`
+	Tripped     bool              `json:"breaker_tripped"`
+}
+
+func (b *backtest) Decide(d *keymeterv1.Decision) {
+	if b.fired[d.RuleId] == nil {
+		b.fired[d.RuleId] = map[string]bool{}
+	}
+	b.fired[d.RuleId][d.Group] = true
+	t := time.Unix(0, d.TimeUnixNano).UTC()
+	if _, ok := b.first[d.RuleId]; !ok {
+		b.first[d.RuleId] = t
+	}
+	b.last[d.RuleId] = t
+	if b.decisions != nil && b.err == nil {
+		js, err := protojson.Marshal(d)
+		if err == nil {
+			_, err = fmt.Fprintf(b.decisions, "%s\n", js)
+		}
+		b.err = err
+	}
+}
+
+func (b *backtest) run(asJSON bool) error {
+	b.fired, b.first, b.last = map[string]map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
+	b.cfg.Sink = b
+	eng, err := detect.New(b.cfg, b.rules)
+	if err != nil {
+		return err
+	}
+	var in io.Reader = os.Stdin
+	var size int64
+	name := "stdin"
+	if b.eventsPath != "-" {
+		f, err := os.Open(b.eventsPath)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if st, err := f.Stat(); err == nil {
+			size = st.Size()
+		}
+		in, name = f, b.eventsPath
+	}
+	cr := &countingReader{r: in}
+	rd := event.NewNDJSONReader(cr)
+	prog := newProgressBar("backtest", size)
+	var n, skipped, disorder int64
+	var watermark time.Time
+	start := time.Now()
+	for {
+		ev, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%s:%d: %w", name, rd.Line(), err)
+		}
+		if (!b.from.IsZero() && ev.Time.Before(b.from)) || (!b.to.IsZero() && !ev.Time.Before(b.to)) {
+			skipped++
+			continue
+		}
+		if ev.Time.Before(watermark) {
+			disorder++
+		} else {
+			watermark = ev.Time
+		}
+		eng.Process(&ev)
+		n++
+		if n&1023 == 0 {
+			prog.update(cr.n, n, watermark)
+		}
+	}
+	eng.Flush()
+	prog.done(cr.n, n, watermark)
+	if b.err != nil {
+		return fmt.Errorf("writing decisions: %w", b.err)
+	}
+	fmt.Fprintf(os.Stderr, "backtest: %d events replayed in %s (%d outside --from/--to, %d out of time order)\n",
+		n, time.Since(start).Round(time.Millisecond), skipped, disorder)
+
+	var report []BacktestRule
+	for _, st := range eng.Stats().Rules {
+		r := BacktestRule{ID: st.ID, Version: st.Version, Mode: st.Effective, Matched: st.Matches, Groups: st.Groups,
+			GroupsFired: len(b.fired[st.ID]), Firings: st.Firings, Actions: st.Actions, Evictions: st.Evictions, Tripped: st.Tripped}
+		if t, ok := b.first[st.ID]; ok {
+			l := b.last[st.ID]
+			r.First, r.Last = &t, &l
+		}
+		report = append(report, r)
+	}
+	if asJSON {
+		enc := json.NewEncoder(b.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"events": n, "rules": report})
+	}
+	tw := tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RULE\tVERSION\tMODE\tMATCHED\tGROUPS\tFIRED GROUPS\tDECISIONS\tACTIONS WOULD HAVE BEEN TAKEN")
+	for _, r := range report {
+		var acts []string
+		for k, v := range r.Actions {
+			acts = append(acts, fmt.Sprintf("%s=%d", k, v))
+		}
+		sort.Strings(acts)
+		total := uint64(0)
+		for _, v := range r.Firings {
+			total += v
+		}
+		mode := r.Mode
+		if r.Tripped {
+			mode += " (breaker tripped)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", r.ID, r.Version, mode, r.Matched, r.Groups, r.GroupsFired, total, strings.Join(acts, " "))
+	}
+	return tw.Flush()
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// progressBar draws a bar on a terminal and plain lines elsewhere, on
+// stderr, at most every 200 ms (terminal) or 2 s.
+type progressBar struct {
+	name  string
+	total int64
+	tty   bool
+	start time.Time
+	last  time.Time
+}
+
+func newProgressBar(name string, total int64) *progressBar {
+	tty := false
+	if st, err := os.Stderr.Stat(); err == nil {
+		tty = st.Mode()&os.ModeCharDevice != 0
+	}
+	return &progressBar{name: name, total: total, tty: tty, start: time.Now(), last: time.Now()}
+}
+
+func (p *progressBar) update(bytes, events int64, at time.Time) {
+	every := 2 * time.Second
+	if p.tty {
+		every = 200 * time.Millisecond
+	}
+	if time.Since(p.last) < every {
+		return
+	}
+	p.last = time.Now()
+	p.draw(bytes, events, at, false)
+}
+
+func (p *progressBar) done(bytes, events int64, at time.Time) { p.draw(bytes, events, at, true) }
+
+func (p *progressBar) draw(bytes, events int64, at time.Time, final bool) {
+	rate := float64(events) / max(time.Since(p.start).Seconds(), 1e-9)
+	stamp := ""
+	if !at.IsZero() {
+		stamp = " at " + at.UTC().Format(time.RFC3339)
+	}
+	if !p.tty {
+		if !final {
+			fmt.Fprintf(os.Stderr, "%s: %d events (%.0f/s)%s\n", p.name, events, rate, stamp)
+		}
+		return
+	}
+	bar := ""
+	if p.total > 0 {
+		const width = 30
+		frac := min(float64(bytes)/float64(p.total), 1)
+		fill := int(frac * width)
+		bar = fmt.Sprintf("[%s%s] %3.0f%% ", strings.Repeat("=", fill), strings.Repeat(" ", width-fill), frac*100)
+	}
+	fmt.Fprintf(os.Stderr, "\r%s: %s%d events (%.0f/s)%s\033[K", p.name, bar, events, rate, stamp)
+	if final {
+		fmt.Fprintln(os.Stderr)
+	}
+}
+
+// benchDetectCmd is `keymeter bench detect`.
+func benchDetectCmd(g *globals) *cobra.Command {
+	var (
+		rulesPaths []string
+		events     int
+		keys       int
+		workers    int
+		batch      int
+	)
+	c := &cobra.Command{
+		Use:   "detect",
+		Short: "Push N synthetic events through a rule set: events/s, groups and memory",
+		Long: `Generates a realistic event mix (mostly valid traffic over --keys keys, some
+anonymous, malformed, unknown and revoked requests, a few roaming keys) and
+pushes it through the rule set with the rules split over --workers engines,
+each on its own core, every engine seeing every event.
+
+events_per_s counts the time the engines take (generation overlaps on
+another goroutine and is left out, as decoding is in production: it is the
+bus benchmark's); wall_events_per_s is the whole run. rss_mb is the resident
+memory at the end, with every group still in memory.`,
+		Example: "  keymeter bench detect --rules rules/ --events 2000000\n  keymeter bench detect --events 2000000 --keys 100000 --workers 1",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if events <= 0 || keys <= 0 || batch <= 0 {
+				return fmt.Errorf("--events, --keys and --batch must be positive")
+			}
+			set, err := detect.LoadPaths(detect.CompileOptions{}, rulesPaths...)
+			if err != nil {
+				for _, e := range flatten(err) {
+					fmt.Fprintln(os.Stderr, e)
+				}
+				return errFailed
+			}
+			return runBenchDetect(set, events, keys, max(workers, 1), batch)
+		},
+	}
+	f := c.Flags()
+	f.StringSliceVar(&rulesPaths, "rules", []string{"rules"}, "rule files or directories")
+	f.IntVar(&events, "events", 2_000_000, "events to push through")
+	f.IntVar(&keys, "keys", 1_000_000, "distinct keys in the traffic (≈ active groups per key-grouped rule)")
+	f.IntVar(&workers, "workers", runtime.NumCPU(), "engines (cores) the rules are split over")
+	f.IntVar(&batch, "batch", 4096, "events per batch")
+	return c
+}
+
+type decisionCounter struct{ n int64 }
+
+func (d *decisionCounter) Decide(*keymeterv1.Decision) { d.n++ }
+
+func runBenchDetect(set *detect.RuleSet, total, keys, workers, per int) error {
+	sink := &decisionCounter{}
+	fmt.Fprintf(os.Stderr, "bench detect: %d rules, %d events over %d keys, %d worker(s)\n", set.Len(), total, keys, workers)
+	synth := detect.NewSynth(keys, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Microsecond, 1)
+	var process func([]event.Event)
+	var stats func() detect.Stats
+	var flush func()
+	if workers == 1 {
+		e, err := detect.New(detect.Config{Sink: sink, MaxRevocationsPerHour: -1}, set)
+		if err != nil {
+			return err
+		}
+		process, stats, flush = e.ProcessBatch, e.Stats, e.Flush
+	} else {
+		p, err := detect.NewParallel(detect.Config{Sink: sink, MaxRevocationsPerHour: -1}, set, workers)
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		process, stats, flush = p.ProcessBatch, p.Stats, p.Flush
+	}
+	// Two buffers: the next batch is generated while the engines work.
+	bufs := [2][]event.Event{make([]event.Event, per), make([]event.Event, per)}
+	ready := make(chan []event.Event, 1)
+	free := make(chan []event.Event, 2)
+	free <- bufs[0]
+	free <- bufs[1]
+	go func() {
+		for left := total; left > 0; {
+			b := <-free
+			n := min(per, left)
+			synth.Fill(b[:n])
+			ready <- b[:n]
+			left -= n
+		}
+		close(ready)
+	}()
+	var busy time.Duration
+	done := 0
+	cpu0 := cpuSeconds()
+	start := time.Now()
+	lastTick := start
+	for b := range ready {
+		t := time.Now()
+		process(b)
+		busy += time.Since(t)
+		done += len(b)
+		free <- b[:cap(b)]
+		if time.Since(lastTick) >= time.Second {
+			lastTick = time.Now()
+			fmt.Fprintf(os.Stderr, "bench detect: %d/%d events, %.0f events/s\n", done, total, float64(done)/busy.Seconds())
+		}
+	}
+	wall := time.Since(start)
+	cpu := cpuSeconds() - cpu0
+	flush()
+	st := stats()
+	groups, maxGroups := 0, 0
+	for _, r := range st.Rules {
+		groups += r.Groups
+		maxGroups = max(maxGroups, r.Groups)
+	}
+	runtime.GC()
+	var s summary
+	s.add("bench", "detect")
+	s.add("events", total)
+	s.add("events_per_s", fmt.Sprintf("%.0f", float64(total)/busy.Seconds()))
+	s.add("wall_events_per_s", fmt.Sprintf("%.0f", float64(total)/wall.Seconds()))
+	// CPU time includes generating the events; on a shared machine it is
+	// the figure that does not depend on what else runs.
+	s.add("events_per_cpu_s", fmt.Sprintf("%.0f", float64(total)/cpu))
+	s.add("rules", set.Len())
+	s.add("workers", workers)
+	s.add("keys", keys)
+	s.add("groups", groups)
+	s.add("max_groups_per_rule", maxGroups)
+	s.add("decisions", sink.n)
+	s.add("rss_mb", fmt.Sprintf("%.0f", rssMB()))
+	s.print()
+	return nil
+}
+
+// cpuSeconds is the process's user and system CPU time so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(ru.Utime) + tv(ru.Stime)
+}
