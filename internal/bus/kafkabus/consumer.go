@@ -25,10 +25,15 @@ type Consumer struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu        sync.Mutex
-	delivered map[int]int64 // highest offset handed out per partition
-	committed map[int]int64 // highest offset committed per partition
-	closeOnce sync.Once
+	mu            sync.Mutex
+	delivered     map[int]int64 // highest offset handed out per partition
+	committed     map[int]int64 // highest offset committed per partition
+	acked         map[int]int64 // acknowledged, not yet committed
+	kick          chan struct{} // wakes the committer
+	stopCommit    chan struct{}
+	committerDone chan struct{}
+	closeOnce     sync.Once
+	closeErr      error
 }
 
 // NewConsumer joins the consumer group <EventsTopic>.<cfg.Group>: Kafka's
@@ -60,7 +65,7 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 		MaxBytes:          b.cfg.MaxMessageBytes,
 		MaxWait:           100 * time.Millisecond,
 		HeartbeatInterval: hb,
-		CommitInterval:    0, // synchronous commits: Ack returns once committed
+		CommitInterval:    0, // each CommitMessages call is one commit; see committer
 		SessionTimeout:    b.cfg.SessionTimeout,
 		RebalanceTimeout:  b.cfg.SessionTimeout,
 		JoinGroupBackoff:  250 * time.Millisecond,
@@ -72,16 +77,21 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	})
 	pctx, cancel := context.WithCancel(context.Background())
 	c := &Consumer{
-		b:         b,
-		r:         r,
-		group:     cfg.Group,
-		msgs:      make(chan kafka.Message, 256),
-		cancel:    cancel,
-		done:      make(chan struct{}),
-		delivered: map[int]int64{},
-		committed: map[int]int64{},
+		b:             b,
+		r:             r,
+		group:         cfg.Group,
+		msgs:          make(chan kafka.Message, 256),
+		cancel:        cancel,
+		done:          make(chan struct{}),
+		delivered:     map[int]int64{},
+		committed:     map[int]int64{},
+		acked:         map[int]int64{},
+		kick:          make(chan struct{}, 1),
+		stopCommit:    make(chan struct{}),
+		committerDone: make(chan struct{}),
 	}
 	go c.pump(pctx)
+	go c.committer()
 	return c, nil
 }
 
@@ -197,44 +207,103 @@ func toDelivery(m kafka.Message) bus.Delivery {
 	return d
 }
 
-// Ack commits d's offset for the group: d and every earlier batch of its
-// partition are done. Acking below what is already committed is a no-op.
+// Ack records that d and every earlier batch of its partition are done.
+// It does not wait for the broker: a committer goroutine commits at once,
+// folding the acks that arrive meanwhile (all partitions) into its next
+// commit, so a consumer acking per fetch is not slowed by one round trip
+// per partition. Close commits what is left and reports if that failed.
+// An ack lost to a crash means redelivery, never loss.
 func (c *Consumer) Ack(ctx context.Context, d bus.Delivery) error {
+	select {
+	case <-c.done:
+		return fmt.Errorf("kafkabus: ack %d/%d (group %s): %w", d.Partition, d.Position, c.group, bus.ErrClosed)
+	default:
+	}
 	off := int64(d.Position)
 	c.mu.Lock()
 	if last, ok := c.committed[d.Partition]; ok && off <= last {
 		c.mu.Unlock()
 		return nil
 	}
+	if last, ok := c.acked[d.Partition]; !ok || off > last {
+		c.acked[d.Partition] = off
+	}
 	c.mu.Unlock()
 	select {
-	case <-c.done:
-		return fmt.Errorf("kafkabus: ack %d/%d (group %s): %w", d.Partition, d.Position, c.group, bus.ErrClosed)
-	default:
+	case c.kick <- struct{}{}:
+	default: // a commit is due already and will include this one
 	}
-	err := c.r.CommitMessages(ctx, kafka.Message{Topic: c.b.cfg.EventsTopic, Partition: d.Partition, Offset: off})
-	c.b.links.observe("commit", err)
-	if err != nil {
-		return fmt.Errorf("kafkabus: ack %d/%d (group %s): %w", d.Partition, d.Position, c.group, err)
-	}
-	c.mu.Lock()
-	if last, ok := c.committed[d.Partition]; !ok || off > last {
-		c.committed[d.Partition] = off
-	}
-	c.mu.Unlock()
 	return nil
 }
 
-// Close leaves the group; its unacknowledged batches go to the members left
-// (or the next to join) from the last committed offset.
+func (c *Consumer) committer() {
+	defer close(c.committerDone)
+	for {
+		select {
+		case <-c.kick:
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if err := c.commit(ctx); err != nil {
+				// Kept for the next commit; kafka-go logs the detail.
+				c.b.log.Debug("commit failed", "group", c.group, "err", err)
+			}
+			cancel()
+		case <-c.stopCommit:
+			return
+		}
+	}
+}
+
+// commit sends every pending ack in one offset commit.
+func (c *Consumer) commit(ctx context.Context) error {
+	c.mu.Lock()
+	if len(c.acked) == 0 {
+		c.mu.Unlock()
+		return nil
+	}
+	msgs := make([]kafka.Message, 0, len(c.acked))
+	for p, off := range c.acked {
+		msgs = append(msgs, kafka.Message{Topic: c.b.cfg.EventsTopic, Partition: p, Offset: off})
+	}
+	clear(c.acked)
+	c.mu.Unlock()
+
+	err := c.r.CommitMessages(ctx, msgs...)
+	c.b.links.observe("commit", err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range msgs {
+		if err != nil {
+			// Retry with the next commit unless a later ack superseded it.
+			if last, ok := c.acked[m.Partition]; !ok || m.Offset > last {
+				c.acked[m.Partition] = m.Offset
+			}
+			continue
+		}
+		if last, ok := c.committed[m.Partition]; !ok || m.Offset > last {
+			c.committed[m.Partition] = m.Offset
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("kafkabus: commit (group %s): %w", c.group, err)
+	}
+	return nil
+}
+
+// Close commits the pending acks, then leaves the group; unacknowledged
+// batches go to the members left (or the next to join) from the last
+// committed offset.
 func (c *Consumer) Close() error {
-	var err error
 	c.closeOnce.Do(func() {
 		c.cancel()
-		err = c.r.Close()
 		<-c.done
+		close(c.stopCommit)
+		<-c.committerDone
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cerr := c.commit(ctx)
+		c.closeErr = errors.Join(cerr, c.r.Close())
 	})
-	return err
+	return c.closeErr
 }
 
 // ReadRange re-reads offsets from..to (inclusive) of one event partition,
