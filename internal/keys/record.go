@@ -133,60 +133,6 @@ func interval(perS float64) int64 {
 	return iv
 }
 
-// recordFromState builds the compact record of a key state. intern returns
-// the canonical copy of a project name.
-func recordFromState(st *keymeterv1.KeyState, intern func(string) string) (*Record, error) {
-	if st.GetId() == "" {
-		return nil, fmt.Errorf("keys: key state without id")
-	}
-	if len(st.GetHash()) != len(Hash{}) {
-		return nil, fmt.Errorf("keys: key %s: hash is %d bytes, want %d", st.GetId(), len(st.GetHash()), len(Hash{}))
-	}
-	r := &Record{
-		ID:               strings.Clone(st.GetId()),
-		Project:          intern(st.GetProject()),
-		Status:           Status(st.GetStatus()),
-		QuotaState:       QuotaState(st.GetQuotaState()),
-		ExpiresAt:        st.GetExpiresUnixNano(),
-		GraceUntil:       st.GetGraceUntilUnixNano(),
-		RateInterval:     interval(st.GetRateLimitPerS()),
-		ThrottleUntil:    st.GetThrottleUntilUnixNano(),
-		MonthlyQuota:     st.GetMonthlyQuota(),
-		QuotaUsed:        st.GetQuotaUsed(),
-		Version:          st.GetVersion(),
-		ThrottleInterval: interval(st.GetThrottlePerS()),
-	}
-	if r.ThrottleUntil == 0 && r.ThrottleInterval > 0 {
-		r.ThrottleUntil = 1<<63 - 1
-	}
-	if r.ThrottleInterval == 0 {
-		r.ThrottleUntil = 0
-	}
-	r.Env, _ = ParseEnv(st.GetEnv())
-	if r.RateInterval > 0 {
-		r.Burst = st.GetRateLimitBurst()
-		if r.Burst == 0 {
-			// Default burst: one second's worth, at least 1.
-			r.Burst = uint32(max(1, st.GetRateLimitPerS()))
-		}
-	}
-	if len(st.GetScopes()) > 0 || len(st.GetAllowedCidrs()) > 0 {
-		l := &Limits{}
-		for _, s := range st.GetScopes() {
-			l.Scopes = append(l.Scopes, strings.Clone(s))
-		}
-		for _, c := range st.GetAllowedCidrs() {
-			p, err := ParseCIDR(c)
-			if err != nil {
-				return nil, fmt.Errorf("keys: key %s: allowed_cidrs: %w", st.GetId(), err)
-			}
-			l.CIDRs = append(l.CIDRs, p)
-		}
-		r.Limits = l
-	}
-	return r, nil
-}
-
 // ParseCIDR parses a CIDR ("10.0.0.0/8") or a single address ("10.1.2.3").
 func ParseCIDR(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {

@@ -380,31 +380,35 @@ func (t *Table) Apply(batch []bus.KeyUpdate) {
 	}
 }
 
-func (t *Table) intern(s string) string {
-	if c, ok := t.projects[s]; ok {
+func (t *Table) internBytes(b []byte) string {
+	if c, ok := t.projects[string(b)]; ok {
 		return c
 	}
+	s := string(b)
 	t.projects[s] = s
 	return s
 }
 
 func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
-	st := &keymeterv1.KeyState{}
-	if err := proto.Unmarshal(u.Value, st); err != nil {
-		t.invalid.Add(1)
-		t.log.Error("skipping undecodable key state", "key_id", u.ID, "revision", u.Revision, "err", err)
-		return
-	}
-	if st.GetId() == "" {
-		st.Id = u.ID
-	}
-	rec, err := recordFromState(st, t.intern)
+	rec, k, err := decodeRecord(u.Value, t.internBytes)
 	if err != nil {
 		t.invalid.Add(1)
 		t.log.Error("skipping invalid key state", "key_id", u.ID, "revision", u.Revision, "err", err)
 		return
 	}
-	k := hkey(st.GetHash()[:16])
+	if rec.ID == "" {
+		rec.ID = u.ID
+	}
+	var st *keymeterv1.KeyState
+	if t.keepState {
+		st = &keymeterv1.KeyState{}
+		if err := proto.Unmarshal(u.Value, st); err != nil {
+			t.invalid.Add(1)
+			t.log.Error("skipping undecodable key state", "key_id", u.ID, "revision", u.Revision, "err", err)
+			return
+		}
+		st.Id = rec.ID
+	}
 	if idx, ok := t.findID(rec.ID); ok {
 		if t.slot(idx).key == k {
 			s := t.slot(idx)
@@ -463,7 +467,7 @@ func (t *Table) remove(id string, writable func(int) *hashIndex) {
 }
 
 func (t *Table) storeState(st *keymeterv1.KeyState) {
-	if !t.keepState {
+	if !t.keepState || st == nil {
 		return
 	}
 	t.smu.Lock()

@@ -1,0 +1,45 @@
+package verifier
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+// BenchmarkMiddleware is the per-request cost of the front around a no-op
+// handler: extraction, Verify, headers, metrics and event emission to a real
+// embedded NATS (the batcher's background work included in the CPU time).
+func BenchmarkMiddleware(b *testing.B) {
+	ctx := context.Background()
+	n := startNATS(b)
+	bb := n.connect(ctx)
+	v, tbl := newTestVerifier(b)
+	secret := testKey(b, tbl, &keymeterv1.KeyState{RateLimitPerS: 1e9, RateLimitBurst: 1 << 20})
+	em, err := NewEmitter(EmitterConfig{Publisher: bb.Publisher(), Partitions: bb.Partitions(), Producer: "bench", DataDir: b.TempDir(), QueueSize: 1 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer em.Close(ctx)
+	h := NewServer(v, em, NewMetrics(tbl, em), HTTPConfig{}).Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok"))
+	}))
+	req := httptest.NewRequest("GET", "/v1/items", nil)
+	req.Header.Set("Authorization", "Bearer "+secret)
+	req.RemoteAddr = "203.0.113.7:5555"
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		w.Body.Reset()
+		h.ServeHTTP(w, req)
+	}
+	b.StopTimer()
+	time.Sleep(100 * time.Millisecond)
+	st := em.Stats()
+	if st.Dropped > 0 {
+		b.Logf("dropped %d of %d", st.Dropped, st.Emitted)
+	}
+}
