@@ -8,10 +8,8 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"sort"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -148,7 +146,7 @@ expected and did not happen, "+" lines happened and were not expected.`,
 				rules = keep
 			}
 			results := detect.RunTests(rules, detect.CompileOptions{})
-			if !writeTestReport(cmd.OutOrStdout(), results, verbose) {
+			if !detect.WriteTestReport(cmd.OutOrStdout(), results, verbose) {
 				return errors.New("rules test: failures (see above)")
 			}
 			return nil
@@ -157,36 +155,6 @@ expected and did not happen, "+" lines happened and were not expected.`,
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "also list the firings of passing tests")
 	c.Flags().StringVar(&run, "run", "", "only rules whose id contains this")
 	return c
-}
-
-// writeTestReport prints one line per test and the diff of failures; it
-// reports whether all passed. The format is stable (golden-tested).
-func writeTestReport(w io.Writer, results []detect.TestResult, verbose bool) bool {
-	failed := 0
-	for _, r := range results {
-		if r.Passed() {
-			fmt.Fprintf(w, "PASS  %s: %s (%d events)\n", r.Rule, r.Test, r.Events)
-			if verbose {
-				for _, l := range r.Actual {
-					fmt.Fprintf(w, "        %s\n", l)
-				}
-			}
-			continue
-		}
-		failed++
-		fmt.Fprintf(w, "FAIL  %s: %s (%s:%d)\n", r.Rule, r.Test, r.File, r.Line)
-		fmt.Fprint(w, r.Diff())
-	}
-	rules := map[string]bool{}
-	for _, r := range results {
-		rules[r.Rule] = true
-	}
-	if failed > 0 {
-		fmt.Fprintf(w, "FAIL  %d of %d tests in %d rules failed\n", failed, len(results), len(rules))
-		return false
-	}
-	fmt.Fprintf(w, "ok    %d tests in %d rules\n", len(results), len(rules))
-	return true
 }
 
 func newRulesBacktestCmd(g *globals) *cobra.Command {
@@ -234,10 +202,8 @@ keymeter.v1.Decision). Progress goes to stderr.`,
 				}
 				return errFailed
 			}
-			bt := &backtest{
-				out: cmd.OutOrStdout(), rules: set, eventsPath: eventsPath, from: fromT, to: toT,
-				cfg: detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes, Logger: g.Logger()},
-			}
+			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes, Logger: g.Logger()}
+			var werr error
 			if decisionsPath != "" {
 				f, err := os.Create(decisionsPath)
 				if err != nil {
@@ -246,9 +212,51 @@ keymeter.v1.Decision). Progress goes to stderr.`,
 				defer f.Close()
 				bw := bufio.NewWriter(f)
 				defer bw.Flush()
-				bt.decisions = bw
+				cfg.Sink = detect.SinkFunc(func(d *keymeterv1.Decision) {
+					if werr != nil {
+						return
+					}
+					js, err := protojson.Marshal(d)
+					if err == nil {
+						_, err = fmt.Fprintf(bw, "%s\n", js)
+					}
+					werr = err
+				})
 			}
-			return bt.run(asJSON)
+			var in io.Reader = os.Stdin
+			var size int64
+			name := "stdin"
+			if eventsPath != "-" {
+				f, err := os.Open(eventsPath)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if st, err := f.Stat(); err == nil {
+					size = st.Size()
+				}
+				in, name = f, eventsPath
+			}
+			cr := &countingReader{r: in}
+			rd := event.NewNDJSONReader(cr)
+			prog := newProgressBar("backtest", size)
+			start := time.Now()
+			rep, err := detect.Backtest(set, rd, detect.BacktestOptions{From: fromT, To: toT, Config: cfg,
+				Progress: func(n int64, at time.Time) { prog.update(cr.n, n, at) }})
+			if err != nil {
+				return fmt.Errorf("%s:%d: %w", name, rd.Line(), err)
+			}
+			prog.done(cr.n, rep.Events, time.Time{})
+			if werr != nil {
+				return fmt.Errorf("writing decisions: %w", werr)
+			}
+			fmt.Fprintf(os.Stderr, "backtest: %d events in %s\n", rep.Events, time.Since(start).Round(time.Millisecond))
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			return rep.WriteText(cmd.OutOrStdout())
 		},
 	}
 	f := c.Flags()
@@ -262,149 +270,6 @@ keymeter.v1.Decision). Progress goes to stderr.`,
 	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule (negative: off)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return c
-}
-
-type backtest struct {
-	out        io.Writer
-	rules      *detect.RuleSet
-	eventsPath string
-	from, to   time.Time
-	cfg        detect.Config
-	decisions  io.Writer
-
-	fired map[string]map[string]bool // rule → groups with a decision
-	first map[string]time.Time
-	last  map[string]time.Time
-	err   error
-}
-
-// BacktestRule is one rule's line of the backtest report.
-type BacktestRule struct {
-	ID          string            `json:"id"`
-	Version     uint32            `json:"version"`
-	Mode        string            `json:"mode"`
-	Matched     uint64            `json:"matched"`
-	Groups      int               `json:"groups_active"`
-	GroupsFired int               `json:"groups_fired"`
-	Firings     map[string]uint64 `json:"firings"`
-	Actions     map[string]uint64 `json:"actions"`
-	First       *time.Time        `json:"first_decision,omitempty"`
-	Last        *time.Time        `json:"last_decision,omitempty"`
-	Evictions   uint64            `json:"evictions"`
-	Tripped     bool              `json:"breaker_tripped"`
-}
-
-func (b *backtest) Decide(d *keymeterv1.Decision) {
-	if b.fired[d.RuleId] == nil {
-		b.fired[d.RuleId] = map[string]bool{}
-	}
-	b.fired[d.RuleId][d.Group] = true
-	t := time.Unix(0, d.TimeUnixNano).UTC()
-	if _, ok := b.first[d.RuleId]; !ok {
-		b.first[d.RuleId] = t
-	}
-	b.last[d.RuleId] = t
-	if b.decisions != nil && b.err == nil {
-		js, err := protojson.Marshal(d)
-		if err == nil {
-			_, err = fmt.Fprintf(b.decisions, "%s\n", js)
-		}
-		b.err = err
-	}
-}
-
-func (b *backtest) run(asJSON bool) error {
-	b.fired, b.first, b.last = map[string]map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
-	b.cfg.Sink = b
-	eng, err := detect.New(b.cfg, b.rules)
-	if err != nil {
-		return err
-	}
-	var in io.Reader = os.Stdin
-	var size int64
-	name := "stdin"
-	if b.eventsPath != "-" {
-		f, err := os.Open(b.eventsPath)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if st, err := f.Stat(); err == nil {
-			size = st.Size()
-		}
-		in, name = f, b.eventsPath
-	}
-	cr := &countingReader{r: in}
-	rd := event.NewNDJSONReader(cr)
-	prog := newProgressBar("backtest", size)
-	var n, skipped, disorder int64
-	var watermark time.Time
-	start := time.Now()
-	for {
-		ev, err := rd.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("%s:%d: %w", name, rd.Line(), err)
-		}
-		if (!b.from.IsZero() && ev.Time.Before(b.from)) || (!b.to.IsZero() && !ev.Time.Before(b.to)) {
-			skipped++
-			continue
-		}
-		if ev.Time.Before(watermark) {
-			disorder++
-		} else {
-			watermark = ev.Time
-		}
-		eng.Process(&ev)
-		n++
-		if n&1023 == 0 {
-			prog.update(cr.n, n, watermark)
-		}
-	}
-	eng.Flush()
-	prog.done(cr.n, n, watermark)
-	if b.err != nil {
-		return fmt.Errorf("writing decisions: %w", b.err)
-	}
-	fmt.Fprintf(os.Stderr, "backtest: %d events replayed in %s (%d outside --from/--to, %d out of time order)\n",
-		n, time.Since(start).Round(time.Millisecond), skipped, disorder)
-
-	var report []BacktestRule
-	for _, st := range eng.Stats().Rules {
-		r := BacktestRule{ID: st.ID, Version: st.Version, Mode: st.Effective, Matched: st.Matches, Groups: st.Groups,
-			GroupsFired: len(b.fired[st.ID]), Firings: st.Firings, Actions: st.Actions, Evictions: st.Evictions, Tripped: st.Tripped}
-		if t, ok := b.first[st.ID]; ok {
-			l := b.last[st.ID]
-			r.First, r.Last = &t, &l
-		}
-		report = append(report, r)
-	}
-	if asJSON {
-		enc := json.NewEncoder(b.out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"events": n, "rules": report})
-	}
-	tw := tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULE\tVERSION\tMODE\tMATCHED\tGROUPS\tFIRED GROUPS\tDECISIONS\tACTIONS WOULD HAVE BEEN TAKEN")
-	for _, r := range report {
-		var acts []string
-		for k, v := range r.Actions {
-			acts = append(acts, fmt.Sprintf("%s=%d", k, v))
-		}
-		sort.Strings(acts)
-		total := uint64(0)
-		for _, v := range r.Firings {
-			total += v
-		}
-		mode := r.Mode
-		if r.Tripped {
-			mode += " (breaker tripped)"
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", r.ID, r.Version, mode, r.Matched, r.Groups, r.GroupsFired, total, strings.Join(acts, " "))
-	}
-	return tw.Flush()
 }
 
 type countingReader struct {

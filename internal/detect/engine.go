@@ -3,6 +3,7 @@ package detect
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"hash/maphash"
 	"log/slog"
 	"net/netip"
@@ -263,7 +264,7 @@ func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64)
 			mode = keymeterv1.Mode_MODE_DRY_RUN
 			reason += " (circuit breaker tripped)"
 			e.emit(s, &keymeterv1.Decision{
-				Id:           decisionID(r, e.view.hash(), t, "breaker"),
+				Id:           decisionID(r, e.view.groupKey(), t, "breaker"),
 				TimeUnixNano: t, RuleId: r.ID, RuleVersion: r.Version, Severity: "critical",
 				Mode: keymeterv1.Mode_MODE_ENFORCE, Action: keymeterv1.Action_ACTION_ALERT,
 				Group: e.view.groupKey(), Project: ev.Project, KeyId: ev.KeyID, ClientIp: ev.ClientIP,
@@ -276,7 +277,7 @@ func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64)
 		}
 	}
 	d := &keymeterv1.Decision{
-		Id:             decisionID(r, e.view.hash(), t, a.spec.Type),
+		Id:             decisionID(r, e.view.groupKey(), t, a.spec.Type),
 		TimeUnixNano:   t,
 		RuleId:         r.ID,
 		RuleVersion:    r.Version,
@@ -306,10 +307,12 @@ func (e *Engine) emit(s *ruleState, d *keymeterv1.Decision) {
 	e.cfg.Sink.Decide(d)
 }
 
-// decisionID is deterministic so that a replay produces the same ids and
-// the store can deduplicate.
-func decisionID(r *compiledRule, h uint64, t int64, what string) string {
-	return r.ID + "/" + strconv.FormatUint(uint64(r.Version), 10) + "/" + strconv.FormatUint(h, 36) + "/" +
+// decisionID is deterministic (unlike the engine's seeded index hash) so
+// that a replay produces the same ids and the store can deduplicate.
+func decisionID(r *compiledRule, group string, t int64, what string) string {
+	h := fnv.New64a()
+	h.Write([]byte(group))
+	return r.ID + "/" + strconv.FormatUint(uint64(r.Version), 10) + "/" + strconv.FormatUint(h.Sum64(), 36) + "/" +
 		strconv.FormatInt(t, 36) + "/" + what
 }
 

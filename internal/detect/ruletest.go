@@ -69,8 +69,8 @@ func firingLine(action, group, mode string, times int) string {
 func RunTests(rules []*Rule, opts CompileOptions) []TestResult {
 	var out []TestResult
 	for _, r := range rules {
-		for _, tc := range r.Tests {
-			res := TestResult{Rule: r.ID, File: r.File, Line: r.pos.of(""), Test: tc.Name}
+		for i, tc := range r.Tests {
+			res := TestResult{Rule: r.ID, File: r.File, Line: r.pos.of(fmt.Sprintf("tests[%d]", i)), Test: tc.Name}
 			res.Expected, res.Actual, res.Events, res.Err = runTest(r, tc, opts)
 			out = append(out, res)
 		}
