@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -240,12 +241,35 @@ func (b *Bus) ensureTopics(ctx context.Context) error {
 			}
 		}
 		if ready == len(specs) {
+			b.checkCompaction(ctx)
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("kafkabus: topics not ready (%s): %w", problem, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// checkCompaction warns when an existing key-state topic is not compacted:
+// it would then lose keys to retention instead of keeping the latest value.
+func (b *Bus) checkCompaction(ctx context.Context) {
+	res, err := b.client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{
+		Resources: []kafka.DescribeConfigRequestResource{{
+			ResourceType: kafka.ResourceTypeTopic,
+			ResourceName: b.cfg.KeysTopic,
+			ConfigNames:  []string{"cleanup.policy"},
+		}},
+	})
+	if err != nil || len(res.Resources) == 0 || res.Resources[0].Error != nil {
+		b.log.Debug("cannot read the key topic's cleanup.policy", "topic", b.cfg.KeysTopic, "err", err)
+		return
+	}
+	for _, e := range res.Resources[0].ConfigEntries {
+		if e.ConfigName == "cleanup.policy" && !strings.Contains(e.ConfigValue, "compact") {
+			b.log.Warn("key-state topic is not compacted: old keys will be lost to retention; "+
+				"set cleanup.policy=compact on it", "topic", b.cfg.KeysTopic, "cleanup.policy", e.ConfigValue)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -415,3 +416,63 @@ func TestReadRange(t *testing.T) {
 		t.Fatal("range past the end: no error")
 	}
 }
+
+func TestTopicsIdempotentAndChecked(t *testing.T) {
+	t.Parallel()
+	b, cfg := newBus(t, nil)
+	ctx := ctxT(t, 60*time.Second)
+	if err := b.PutKey(ctx, "key_1", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	// Same config again: the topics exist, nothing is lost.
+	again, err := kafkabus.New(ctx, cfg, kafkabus.WithLogger(testLogger()))
+	if err != nil {
+		t.Fatalf("second New on existing topics: %v", err)
+	}
+	defer again.Close(ctx)
+	ch, err := again.WatchKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := <-ch; u.ID != "key_1" || string(u.Value) != "v" {
+		t.Fatalf("first update %+v, want key_1=v", u)
+	}
+	// Another partition count would move keys: refused, naming both.
+	other := cfg
+	other.Partitions = cfg.Partitions + 1
+	if _, err := kafkabus.New(ctx, other); err == nil || !strings.Contains(err.Error(), "exists with 4 partitions, config asks for 5") {
+		t.Fatalf("New with other partitions: %v", err)
+	}
+
+	// A key topic made elsewhere without compaction is reported.
+	pre := kafkabus.Config{Brokers: cfg.Brokers, TopicPrefix: prefix(t)}
+	c := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: &kafka.Transport{}}
+	if _, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: pre.TopicPrefix + "keys", NumPartitions: 1, ReplicationFactor: 1,
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	nb, err := kafkabus.New(ctx, pre, kafkabus.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := nb.Config()
+	t.Cleanup(func() { deleteTopics(context.Background(), full) })
+	_ = nb.Close(ctx)
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), "not compacted") {
+		t.Fatalf("no warning about the uncompacted key topic; logs:\n%s", logs.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
