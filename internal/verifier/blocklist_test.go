@@ -1,0 +1,82 @@
+package verifier
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/keys"
+)
+
+// TestBlockIPDecision: an enforced block_ip decision published on the bus
+// makes a running verifier refuse that address; dry-run decisions do not.
+func TestBlockIPDecision(t *testing.T) {
+	ctx := context.Background()
+	n := startNATS(t)
+	b := n.connect(ctx)
+	svc := newService(t, ctx, b, nil)
+	up, _ := newUpstream(t)
+	rv := startVerifier(t, b, RunConfig{Upstream: up.URL})
+	k, err := svc.Create(ctx, keys.CreateParams{Project: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOutcome(t, rv, k.Secret.Reveal(), "valid")
+	publish := func(mode keymeterv1.Mode) {
+		d := &keymeterv1.Decision{Id: "dec_1", TimeUnixNano: time.Now().UnixNano(), RuleId: "stuffing", Mode: mode,
+			Action: keymeterv1.Action_ACTION_BLOCK_IP, ClientIp: "127.0.0.1", DurationMs: 60_000}
+		data, _ := proto.Marshal(d)
+		if err := b.PublishDecision(ctx, "127.0.0.1", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(keymeterv1.Mode_MODE_DRY_RUN)
+	time.Sleep(200 * time.Millisecond)
+	if resp, _ := do(t, "GET", rv.main+"/x", map[string]string{"X-API-Key": k.Secret.Reveal()}); resp.StatusCode != 200 {
+		t.Fatalf("dry-run decision applied: %d", resp.StatusCode)
+	}
+	publish(keymeterv1.Mode_MODE_ENFORCE)
+	waitOutcome(t, rv, k.Secret.Reveal(), "blocked_ip")
+	if resp, body := do(t, "GET", rv.main+"/x", map[string]string{"X-API-Key": k.Secret.Reveal()}); resp.StatusCode != 403 {
+		t.Fatalf("blocked address: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestRotationGraceEndToEnd: after Rotate both keys verify on a running
+// verifier; once the grace period ends, the old one is refused as expired.
+func TestRotationGraceEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	n := startNATS(t)
+	b := n.connect(ctx)
+	svc := newService(t, ctx, b, nil)
+	up, _ := newUpstream(t)
+	rv := startVerifier(t, b, RunConfig{Upstream: up.URL})
+	old, err := svc.Create(ctx, keys.CreateParams{Project: "acme", KeyLimits: keys.KeyLimits{Scopes: []string{"read"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOutcome(t, rv, old.Secret.Reveal(), "valid")
+	const grace = 500 * time.Millisecond
+	nw, err := svc.Rotate(ctx, old.State.GetId(), grace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotated := time.Now()
+	waitOutcome(t, rv, nw.Secret.Reveal(), "valid")
+	if time.Since(rotated) < grace/2 {
+		for _, s := range []string{old.Secret.Reveal(), nw.Secret.Reveal()} {
+			if resp, _ := do(t, "GET", rv.main+"/x", map[string]string{"X-API-Key": s}); resp.StatusCode != 200 {
+				t.Fatalf("during grace: %d", resp.StatusCode)
+			}
+		}
+	}
+	time.Sleep(time.Until(rotated.Add(grace)))
+	waitOutcome(t, rv, old.Secret.Reveal(), "expired")
+	waitOutcome(t, rv, nw.Secret.Reveal(), "valid")
+	if nw.State.GetReplaces() != old.State.GetId() || len(nw.State.GetScopes()) != 1 {
+		t.Fatalf("new key state: %v", nw.State)
+	}
+}
