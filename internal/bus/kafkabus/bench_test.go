@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/kafkabus"
 	"github.com/keymeter/keymeter/internal/event"
@@ -136,4 +138,57 @@ func BenchmarkEndToEnd(b *testing.B) {
 	if lost > 0 {
 		b.Errorf("%d batches lost", lost)
 	}
+}
+
+// BenchmarkKeySnapshot measures how long a verifier waits for the key table
+// at start: keys (KEYMETER_BENCH_KEYS, default 100000) of 200 bytes each,
+// written straight to the compacted topic, then one WatchKeys snapshot per
+// iteration.
+func BenchmarkKeySnapshot(b *testing.B) {
+	n := 100_000
+	if v, _ := strconv.Atoi(os.Getenv("KEYMETER_BENCH_KEYS")); v > 0 {
+		n = v
+	}
+	bb, cfg := newBus(b, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	w := &kafka.Writer{
+		Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.KeysTopic, Balancer: kafkabus.KeyBalancer{},
+		BatchSize: 5000, BatchBytes: 4 << 20, BatchTimeout: 5 * time.Millisecond,
+		RequiredAcks: kafka.RequireAll, Compression: kafka.Lz4, Transport: &kafka.Transport{},
+	}
+	value := make([]byte, 200)
+	msgs := make([]kafka.Message, 0, 5000)
+	for i := range n {
+		msgs = append(msgs, kafka.Message{Key: []byte(fmt.Sprintf("key_%09d", i)), Value: value})
+		if len(msgs) == cap(msgs) || i == n-1 {
+			if err := w.WriteMessages(ctx, msgs...); err != nil {
+				b.Fatal(err)
+			}
+			msgs = msgs[:0]
+		}
+	}
+	_ = w.Close()
+	b.ResetTimer()
+	for b.Loop() {
+		wctx, wcancel := context.WithCancel(ctx)
+		ch, err := bb.WatchKeys(wctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got := 0
+		for u := range ch {
+			if u.EndOfSnapshot {
+				break
+			}
+			got++
+		}
+		wcancel()
+		for range ch {
+		}
+		if got != n {
+			b.Fatalf("snapshot of %d keys, want %d", got, n)
+		}
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "keys/s")
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sync"
 	"time"
 
@@ -169,13 +168,20 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 			}
 		}
 		// Snapshot: the latest value per key, up to each partition's mark.
-		latest := map[string]bus.KeyUpdate{}
+		// entries keeps first-seen (log) order, so no sort is needed, and
+		// index is sized up front from the offsets: growing a map of a
+		// million keys cost more than reading them.
 		pending := map[int]int64{} // partition → next offset to see, until its mark
+		var records int64
 		for _, p := range parts {
 			if next[p] > first[p] {
 				pending[p] = first[p]
+				records += next[p] - first[p]
 			}
 		}
+		size := int(min(records, 1<<22))
+		index := make(map[string]int, size)
+		entries := make([]bus.KeyUpdate, 0, size)
 		// Compaction can remove the records just below a mark (an old
 		// tombstone at the end of a partition): then no record ever reaches
 		// it, and a probe tells that nothing is left below it.
@@ -207,10 +213,11 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 				delete(pending, m.Partition)
 				continue
 			}
-			if u.Deleted {
-				delete(latest, u.ID)
-			} else {
-				latest[u.ID] = u
+			if i, ok := index[u.ID]; ok {
+				entries[i] = u // a deletion stays as a marker, skipped below
+			} else if !u.Deleted {
+				index[u.ID] = len(entries)
+				entries = append(entries, u)
 			}
 			if m.Offset+1 >= mark {
 				delete(pending, m.Partition)
@@ -218,16 +225,17 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 				pending[m.Partition] = m.Offset + 1
 			}
 		}
-		ids := make([]string, 0, len(latest))
-		for id := range latest {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		for _, id := range ids {
-			if !send(latest[id]) {
+		index = nil
+		for i := range entries {
+			if entries[i].Deleted {
+				continue
+			}
+			if !send(entries[i]) {
 				return
 			}
+			entries[i] = bus.KeyUpdate{} // let the consumer own the only reference
 		}
+		entries = nil
 		if !send(bus.KeyUpdate{EndOfSnapshot: true}) {
 			return
 		}
