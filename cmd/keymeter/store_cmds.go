@@ -28,9 +28,13 @@ type storeFlags struct {
 	DataDir  string
 	DSN      string
 	Database string
+	fs       *pflag.FlagSet
 }
 
+// add defines the store flags; --data-dir is shared with whatever else on
+// the command defines it first (bus, spool).
 func (f *storeFlags) add(fs *pflag.FlagSet) {
+	f.fs = fs
 	fs.StringVar(&f.Backend, "store", "chdb", "store backend: chdb (embedded ClickHouse; needs libchdb, see scripts/chdb-lib.sh) or clickhouse (server)")
 	if fs.Lookup("data-dir") == nil {
 		fs.StringVar(&f.DataDir, "data-dir", "./data", "where state lives; the embedded store uses <data-dir>/clickhouse")
@@ -54,9 +58,14 @@ func (f *storeFlags) open(ctx context.Context) (*store.DB, error) {
 	if f.Backend == "clickhouse" {
 		return clickhouse.Open(ctx, clickhouse.Config{DSN: f.DSN, Database: f.Database})
 	}
-	dir := ""
-	if f.DataDir != "" {
-		dir = filepath.Join(f.DataDir, "clickhouse")
+	dir := f.DataDir
+	if f.fs != nil && dir == "" {
+		if fl := f.fs.Lookup("data-dir"); fl != nil {
+			dir = fl.Value.String()
+		}
+	}
+	if dir != "" {
+		dir = filepath.Join(dir, "clickhouse")
 	}
 	return chdb.Open(chdb.Config{DataDir: dir, Database: f.Database})
 }

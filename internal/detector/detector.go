@@ -1,0 +1,265 @@
+// Package detector runs the detection engine on the live event stream:
+// it consumes event batches from the bus, feeds them to internal/detect in
+// event time, and carries out the decisions: every decision is published on
+// keymeter.decisions and written to the store with its evidence; enforced
+// revocations, suspensions and throttles become key-state changes, so
+// verifiers refuse the key within bus latency; block_ip decisions reach the
+// verifiers through keymeter.decisions.
+package detector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/store"
+)
+
+// KeyActions carries out decisions on keys (keys.Service).
+type KeyActions interface {
+	Revoke(ctx context.Context, id, reason string) error
+	Suspend(ctx context.Context, id string) error
+	Update(ctx context.Context, id string, p keys.UpdateParams) error
+}
+
+// Bus is what the detector needs of the bus.
+type Bus interface {
+	NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Consumer, error)
+	bus.Decisions
+}
+
+// Config wires a Detector.
+type Config struct {
+	Group  string // consumer group (default "detector")
+	Engine *detect.Engine
+	Bus    Bus
+	Store  store.DecisionStore // optional
+	Keys   KeyActions          // optional: without it enforce decisions are only recorded
+	Logger *slog.Logger
+	// OnDecision, if set, sees every decision after it was carried out.
+	OnDecision func(d *keymeterv1.Decision, err error)
+}
+
+// Detector is the running role.
+type Detector struct {
+	cfg       Config
+	log       *slog.Logger
+	decisions chan *keymeterv1.Decision
+	counts    Counts
+}
+
+// Counts are cumulative since start.
+type Counts struct {
+	Events    atomic.Uint64
+	Decisions atomic.Uint64
+	Revoked   atomic.Uint64
+	Failed    atomic.Uint64
+}
+
+// New returns a Detector whose engine must have been built with Sink().
+func New(cfg Config) (*Detector, error) {
+	if cfg.Bus == nil {
+		return nil, errors.New("detector: a bus is required")
+	}
+	if cfg.Group == "" {
+		cfg.Group = "detector"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Detector{cfg: cfg, log: cfg.Logger.With("role", "detector"), decisions: make(chan *keymeterv1.Decision, 4096)}, nil
+}
+
+// Sink is the engine's sink: decisions are queued for Run's actor.
+func (d *Detector) Sink() detect.Sink {
+	return detect.SinkFunc(func(dec *keymeterv1.Decision) {
+		select {
+		case d.decisions <- dec:
+		default:
+			// The actor is far behind; block rather than lose a decision.
+			d.decisions <- dec
+		}
+	})
+}
+
+// SetEngine sets the engine (built after New because it needs Sink()).
+func (d *Detector) SetEngine(e *detect.Engine) { d.cfg.Engine = e }
+
+// Counts returns the counters.
+func (d *Detector) Counts() *Counts { return &d.counts }
+
+// Run consumes until ctx ends.
+func (d *Detector) Run(ctx context.Context) error {
+	if d.cfg.Engine == nil {
+		return errors.New("detector: no engine (SetEngine)")
+	}
+	cons, err := d.cfg.Bus.NewConsumer(ctx, bus.ConsumerConfig{Group: d.cfg.Group})
+	if err != nil {
+		return fmt.Errorf("detector: %w", err)
+	}
+	defer cons.Close()
+	var wg sync.WaitGroup
+	actCtx, stopAct := context.WithCancel(context.WithoutCancel(ctx))
+	wg.Add(1)
+	go func() { defer wg.Done(); d.act(actCtx) }()
+	defer func() {
+		// Let the actor finish what is queued, then stop it.
+		for len(d.decisions) > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		stopAct()
+		wg.Wait()
+	}()
+
+	var eb event.Batch
+	var evs []event.Event
+	for ctx.Err() == nil {
+		ds, err := cons.Fetch(ctx, 256, 500*time.Millisecond)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			d.log.Warn("detector: fetch failed", "err", err)
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		if len(ds) == 0 {
+			d.cfg.Engine.Flush()
+			continue
+		}
+		evs = evs[:0]
+		last := map[int]bus.Delivery{}
+		for _, dl := range ds {
+			last[dl.Partition] = dl
+			if dl.Invalid != "" || event.DecodeBatch(dl.Data, &eb) != nil {
+				continue // the aggregator dead-letters these
+			}
+			for i := range eb.Events {
+				if eb.Events[i].Validate() == nil {
+					evs = append(evs, eb.Events[i])
+				}
+			}
+		}
+		d.cfg.Engine.ProcessBatch(evs)
+		d.counts.Events.Add(uint64(len(evs)))
+		for _, dl := range last {
+			if err := cons.Ack(ctx, dl); err != nil && ctx.Err() == nil {
+				d.log.Warn("detector: ack failed; batches will be seen again", "err", err)
+			}
+		}
+	}
+	d.cfg.Engine.Flush()
+	return nil
+}
+
+// act carries out decisions one by one and writes them to the store in
+// small batches.
+func (d *Detector) act(ctx context.Context) {
+	var pending []store.Decision
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	flush := func() {
+		if len(pending) == 0 || d.cfg.Store == nil {
+			pending = pending[:0]
+			return
+		}
+		if err := d.cfg.Store.WriteDecisions(ctx, pending); err != nil {
+			d.log.Warn("detector: cannot store decisions; keeping them for the next try", "n", len(pending), "err", err)
+			if len(pending) > 100_000 {
+				pending = pending[len(pending)-100_000:]
+			}
+			return
+		}
+		pending = pending[:0]
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			flush()
+			return
+		case <-tick.C:
+			flush()
+		case dec := <-d.decisions:
+			err := d.carryOut(ctx, dec)
+			d.counts.Decisions.Add(1)
+			if err != nil {
+				d.counts.Failed.Add(1)
+				d.log.Warn("detector: decision not carried out", "rule", dec.GetRuleId(), "action", detect.ActionName(dec.GetAction()), "key_id", dec.GetKeyId(), "err", err)
+			}
+			pending = append(pending, toStore(dec))
+			if len(pending) >= 500 {
+				flush()
+			}
+			if d.cfg.OnDecision != nil {
+				d.cfg.OnDecision(dec, err)
+			}
+		}
+	}
+}
+
+func (d *Detector) carryOut(ctx context.Context, dec *keymeterv1.Decision) error {
+	raw, err := proto.Marshal(dec)
+	if err != nil {
+		return err
+	}
+	pubKey := dec.GetKeyId()
+	if pubKey == "" {
+		pubKey = dec.GetGroup()
+	}
+	if err := d.cfg.Bus.PublishDecision(ctx, pubKey, raw); err != nil {
+		return fmt.Errorf("publish decision: %w", err)
+	}
+	if dec.GetMode() != keymeterv1.Mode_MODE_ENFORCE || d.cfg.Keys == nil {
+		return nil
+	}
+	id := dec.GetKeyId()
+	switch dec.GetAction() {
+	case keymeterv1.Action_ACTION_REVOKE, keymeterv1.Action_ACTION_SUSPEND, keymeterv1.Action_ACTION_THROTTLE:
+		if id == "" {
+			return fmt.Errorf("rule %s: %s needs a key, the group %q has none", dec.GetRuleId(), detect.ActionName(dec.GetAction()), dec.GetGroup())
+		}
+	default:
+		return nil
+	}
+	reason := fmt.Sprintf("rule %s v%d: %s", dec.GetRuleId(), dec.GetRuleVersion(), dec.GetReason())
+	switch dec.GetAction() {
+	case keymeterv1.Action_ACTION_REVOKE:
+		err = d.cfg.Keys.Revoke(ctx, id, reason)
+		if err == nil {
+			d.counts.Revoked.Add(1)
+			d.log.Warn("key revoked by detection", "key_id", id, "rule", dec.GetRuleId())
+		}
+	case keymeterv1.Action_ACTION_SUSPEND:
+		err = d.cfg.Keys.Suspend(ctx, id)
+	case keymeterv1.Action_ACTION_THROTTLE:
+		rate := dec.GetThrottlePerS()
+		until := time.Now().Add(time.Duration(dec.GetDurationMs()) * time.Millisecond)
+		err = d.cfg.Keys.Update(ctx, id, keys.UpdateParams{ThrottlePerS: &rate, ThrottleUntil: &until})
+	}
+	if errors.Is(err, keys.ErrConflict) || errors.Is(err, keys.ErrNotFound) {
+		return nil // already revoked, or not a key this deployment knows
+	}
+	return err
+}
+
+func toStore(dec *keymeterv1.Decision) store.Decision {
+	ev, _ := json.Marshal(map[string]any{"figures": dec.GetFigures(), "sample_event_ids": dec.GetSampleEventIds(),
+		"throttle_per_s": dec.GetThrottlePerS(), "duration_ms": dec.GetDurationMs(), "severity": dec.GetSeverity()})
+	return store.Decision{
+		ID: dec.GetId(), Time: time.Unix(0, dec.GetTimeUnixNano()).UTC(), RuleID: dec.GetRuleId(), RuleVersion: dec.GetRuleVersion(),
+		Mode: detect.ModeName(dec.GetMode()), Action: detect.ActionName(dec.GetAction()), Project: dec.GetProject(),
+		KeyID: dec.GetKeyId(), ClientIP: dec.GetClientIp(), GroupKey: dec.GetGroup(), Reason: dec.GetReason(), Evidence: string(ev),
+	}
+}
