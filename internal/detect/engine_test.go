@@ -434,3 +434,38 @@ func sortStrings(s []string) {
 		}
 	}
 }
+
+// TestManyGroupsAcrossChunks grows a table over several chunks, evicts at
+// the cap and expires everything, checking the windows stay consistent.
+func TestManyGroupsAcrossChunks(t *testing.T) {
+	src := strings.Replace(fmt.Sprintf(revokeRule, "enforce", "1m"), "  window: 1m\n", "  window: 1m\n  max_groups: 3000\n", 1)
+	sink := &capture{}
+	e, _ := New(Config{Sink: sink}, mustSet(t, src))
+	for i := 0; i < 15000; i++ {
+		k := fmt.Sprintf("k%d", i%5000)
+		x := ev(i, time.Duration(i)*time.Millisecond, k, "192.0.2.1", event.OutcomeValid)
+		e.Process(&x)
+	}
+	e.Flush()
+	st := e.Stats().Rules[0]
+	if st.Groups != 3000 || st.Evictions == 0 {
+		t.Fatalf("groups %d evictions %d", st.Groups, st.Evictions)
+	}
+	tb := e.tables[0]
+	for ri, row := range tb.rows {
+		if got, ok := tb.index.get(row.hash); !ok || int(got) != ri {
+			t.Fatalf("row %d: index says %d %v", ri, got, ok)
+		}
+		if !tb.row(ri)[0].used {
+			t.Fatalf("row %d unused", ri)
+		}
+	}
+	for i := 0; i < 4000; i++ {
+		x := ev(i, time.Hour+time.Duration(i)*time.Millisecond, "fresh", "192.0.2.1", event.OutcomeValid)
+		e.Process(&x)
+	}
+	e.Flush()
+	if st := e.Stats().Rules[0]; st.Groups != 1 || len(tb.chunks) != 1 {
+		t.Errorf("after expiry: groups %d chunks %d", st.Groups, len(tb.chunks))
+	}
+}

@@ -18,10 +18,25 @@ type table struct {
 	members   []*ruleState
 	index     *index
 	rows      []rowHead
-	groups    []group // len(rows) × len(members), row-major
+	// chunks hold the groups, row-major, chunkRows rows per chunk: growing
+	// never copies (or briefly doubles) gigabytes of window state.
+	chunks    [][]group
 	maxRows   int
 	retention int64
 	sweep     int
+}
+
+const (
+	chunkShift = 10
+	chunkRows  = 1 << chunkShift
+)
+
+// row returns the groups of row ri, one per member rule.
+func (tb *table) row(ri int) []group {
+	n := len(tb.members)
+	c := tb.chunks[ri>>chunkShift]
+	o := (ri & (chunkRows - 1)) * n
+	return c[o : o+n : o+n]
 }
 
 type rowHead struct {
@@ -82,7 +97,7 @@ func (e *Engine) apply(set *RuleSet) {
 				if ns == nil || ns.tab == nil {
 					continue
 				}
-				g := ot.groups[ri*len(ot.members)+slot]
+				g := ot.row(ri)[slot]
 				if !g.used {
 					continue
 				}
@@ -91,7 +106,7 @@ func (e *Engine) apply(set *RuleSet) {
 				if !ok {
 					nri = nt.addRow(row)
 				}
-				nt.groups[int(nri)*len(nt.members)+ns.slot] = g
+				nt.row(int(nri))[ns.slot] = g
 				ns.used++
 			}
 		}
@@ -106,8 +121,8 @@ func (e *Engine) apply(set *RuleSet) {
 func (tb *table) addRow(row rowHead) int32 {
 	ri := int32(len(tb.rows))
 	tb.rows = append(tb.rows, row)
-	for range tb.members {
-		tb.groups = append(tb.groups, group{})
+	if int(ri)>>chunkShift == len(tb.chunks) {
+		tb.chunks = append(tb.chunks, make([]group, chunkRows*len(tb.members)))
 	}
 	tb.index.set(row.hash, ri)
 	return ri
@@ -174,7 +189,7 @@ func (e *Engine) lookupRow(tb *table, s *ruleState, t int64) int32 {
 
 func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t int64) {
 	r := s.r
-	g := &tb.groups[int(ri)*len(tb.members)+s.slot]
+	g := &tb.row(int(ri))[s.slot]
 	if !g.used {
 		e.initGroup(s, g, tb.rows[ri].key, t)
 	}
@@ -240,8 +255,7 @@ func (e *Engine) initGroup(s *ruleState, g *group, key string, t int64) {
 // rowIdle reports the newest event time of a row and whether any of its
 // groups is still suppressing.
 func (tb *table) rowState(ri int) (last int64, suppressUntil int64) {
-	n := len(tb.members)
-	for _, g := range tb.groups[ri*n : ri*n+n] {
+	for _, g := range tb.row(ri) {
 		if g.used {
 			last = max(last, g.last)
 			suppressUntil = max(suppressUntil, g.suppressUntil)
@@ -286,9 +300,8 @@ func (e *Engine) sweepOne(tb *table) {
 }
 
 func (e *Engine) removeRow(tb *table, i int, evicted bool) {
-	n := len(tb.members)
 	for slot, s := range tb.members {
-		if !tb.groups[i*n+slot].used {
+		if !tb.row(i)[slot].used {
 			continue
 		}
 		s.used--
@@ -305,11 +318,14 @@ func (e *Engine) removeRow(tb *table, i int, evicted bool) {
 	tb.index.del(tb.rows[i].hash)
 	if i != last {
 		tb.rows[i] = tb.rows[last]
-		copy(tb.groups[i*n:i*n+n], tb.groups[last*n:last*n+n])
+		copy(tb.row(i), tb.row(last))
 		tb.index.set(tb.rows[i].hash, int32(i))
 	}
 	tb.rows[last] = rowHead{}
-	clear(tb.groups[last*n : last*n+n])
+	clear(tb.row(last))
 	tb.rows = tb.rows[:last]
-	tb.groups = tb.groups[:last*n]
+	if last&(chunkRows-1) == 0 && len(tb.chunks) > 1 {
+		tb.chunks[len(tb.chunks)-1] = nil // the last chunk emptied: give it back
+		tb.chunks = tb.chunks[:len(tb.chunks)-1]
+	}
 }
