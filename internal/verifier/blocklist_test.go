@@ -13,10 +13,11 @@ import (
 
 // TestBlockIPDecision: an enforced block_ip decision published on the bus
 // makes a running verifier refuse that address; dry-run decisions do not.
-func TestBlockIPDecision(t *testing.T) {
+func TestBlockIPDecision(t *testing.T) { backends(t, false, testBlockIPDecision) }
+
+func testBlockIPDecision(t *testing.T, be testBackend) {
 	ctx := context.Background()
-	n := startNATS(t)
-	b := n.connect(ctx)
+	b := be.connect(ctx)
 	svc := newService(t, ctx, b, nil)
 	up, _ := newUpstream(t)
 	rv := startVerifier(t, b, RunConfig{Upstream: up.URL})

@@ -55,7 +55,9 @@ func (n *testNATS) stop() {
 	n.emb = nil
 }
 
-func (n *testNATS) connect(ctx context.Context) *natsbus.Bus {
+func (n *testNATS) connect(ctx context.Context) bus.Bus { return n.connectNATS(ctx) }
+
+func (n *testNATS) connectNATS(ctx context.Context) *natsbus.Bus {
 	n.t.Helper()
 	b, err := natsbus.New(ctx, natsbus.Config{URL: n.url, PublishTimeout: time.Second, Partitions: 4})
 	if err != nil {
@@ -79,7 +81,9 @@ func collectEvents(t testing.TB, ctx context.Context, b bus.Bus, want int, deadl
 	}
 	defer cons.Close()
 	seen := map[string]int{}
+	batches := map[string]bool{}
 	var batch event.Batch
+	dupBatches := 0
 	end := time.Now().Add(deadline)
 	for len(seen) < want && time.Now().Before(end) {
 		ds, err := cons.Fetch(ctx, 100, 200*time.Millisecond)
@@ -90,8 +94,15 @@ func collectEvents(t testing.TB, ctx context.Context, b bus.Bus, want int, deadl
 			if err := event.DecodeBatch(d.Data, &batch); err != nil {
 				t.Fatalf("batch %s: %v", d.BatchID, err)
 			}
-			for i := range batch.Events {
-				seen[strings.Clone(batch.Events[i].ID)]++
+			// The batch id is the deduplication key: NATS drops a re-published
+			// batch itself; on Kafka the consumer (the aggregator) skips it.
+			if batches[batch.ID] {
+				dupBatches++
+			} else {
+				batches[strings.Clone(batch.ID)] = true
+				for i := range batch.Events {
+					seen[strings.Clone(batch.Events[i].ID)]++
+				}
 			}
 			if err := cons.Ack(ctx, d); err != nil {
 				t.Fatal(err)
@@ -102,11 +113,16 @@ func collectEvents(t testing.TB, ctx context.Context, b bus.Bus, want int, deadl
 	ds, _ := cons.Fetch(ctx, 1000, 500*time.Millisecond)
 	for _, d := range ds {
 		if err := event.DecodeBatch(d.Data, &batch); err == nil {
+			if batches[batch.ID] {
+				dupBatches++
+				continue
+			}
 			for i := range batch.Events {
 				seen[strings.Clone(batch.Events[i].ID)]++
 			}
 		}
 	}
+	t.Logf("%d batches, %d re-delivered batch ids skipped", len(batches), dupBatches)
 	return seen
 }
 

@@ -14,9 +14,10 @@ import (
 // TestBusOutageRequests: 10,000 requests pass through the middleware while
 // the bus is stopped for the middle of the run and then restarted; every
 // one of their events arrives downstream exactly once by event id.
-func TestBusOutageRequests(t *testing.T) {
+func TestBusOutageRequests(t *testing.T) { backends(t, true, testBusOutageRequests) }
+
+func testBusOutageRequests(t *testing.T, n testBackend) {
 	ctx := context.Background()
-	n := startNATS(t)
 	b := n.connect(ctx)
 	svc := newService(t, ctx, b, nil)
 	k, err := svc.Create(ctx, keys.CreateParams{Project: "acme"})
