@@ -154,9 +154,13 @@ cmd_start() {
 	write_config
 	local cp="$libs/*"
 	if [[ ! -f "$logdir/meta.properties" ]]; then
-		# Kafka's cluster ids are base64url of 16 random bytes, unpadded.
-		local cid
-		cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+		# Kafka's cluster ids are base64url of 16 random bytes, unpadded;
+		# like Kafka's own Uuid.randomUuid, never one starting with '-',
+		# which the format tool's argument parser would take for an option.
+		local cid=-
+		while [[ "$cid" == -* ]]; do
+			cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+		done
 		say "formatting storage in $logdir (cluster $cid)"
 		if ! "$java" -Xmx256m -cp "$cp" -Dlog4j2.configurationFile="$log4j" \
 			kafka.tools.StorageTool format --standalone -t "$cid" -c "$props" >>"$logfile" 2>&1 9>&-; then
