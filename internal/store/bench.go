@@ -60,9 +60,10 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 			return r, err
 		}
 	}
-	batches := make(chan []event.Event, 2)
-	free := make(chan []event.Event, 3)
-	for range 3 {
+	// Two batches: one being inserted while the next is generated.
+	batches := make(chan []event.Event, 1)
+	free := make(chan []event.Event, 2)
+	for range 2 {
 		free <- make([]event.Event, cfg.Batch)
 	}
 	if cfg.Span <= 0 {

@@ -1,6 +1,7 @@
 package chdb
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -186,14 +187,16 @@ const eventColumns = "time, project, key_id, event_id, outcome, client_ip, count
 // InsertEvents writes the events as RowBinary to a temporary file and
 // inserts it in one statement with the deduplication token.
 func (c *conn) InsertEvents(ctx context.Context, database, token string, events []event.Event) error {
-	buf := getBuf()
-	defer putBuf(buf)
-	b := (*buf)[:0]
-	for i := range events {
-		b = appendEvent(b, &events[i])
-	}
-	*buf = b
-	return c.insertFile(ctx, database, "requests", eventColumns, token, b)
+	return c.insertFile(ctx, database, "requests", eventColumns, token, func(w *bufio.Writer) error {
+		var row []byte
+		for i := range events {
+			row = appendEvent(row[:0], &events[i])
+			if _, err := w.Write(row); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 const rollupColumns = "minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units, ip_hashes"
@@ -203,17 +206,21 @@ func (c *conn) InsertRollup(ctx context.Context, database, token string, rows []
 	if len(rows) == 0 {
 		return nil
 	}
-	buf := getBuf()
-	defer putBuf(buf)
-	b := (*buf)[:0]
-	for i := range rows {
-		b = appendRollup(b, &rows[i])
-	}
-	*buf = b
-	return c.insertFile(ctx, database, "rollup_input", rollupColumns, token, b)
+	return c.insertFile(ctx, database, "rollup_input", rollupColumns, token, func(w *bufio.Writer) error {
+		var row []byte
+		for i := range rows {
+			row = appendRollup(row[:0], &rows[i])
+			if _, err := w.Write(row); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
-func (c *conn) insertFile(ctx context.Context, database, table, columns, token string, data []byte) error {
+// insertFile streams rows into a temporary file (not memory: a 500k-event
+// batch is 60 MB of RowBinary) and inserts it.
+func (c *conn) insertFile(ctx context.Context, database, table, columns, token string, write func(*bufio.Writer) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -226,11 +233,15 @@ func (c *conn) insertFile(ctx context.Context, database, table, columns, token s
 	}
 	name := f.Name()
 	defer os.Remove(name)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("chdb: insert file: %w", err)
+	w := bufio.NewWriterSize(f, 1<<20)
+	err = write(w)
+	if err == nil {
+		err = w.Flush()
 	}
-	if err := f.Close(); err != nil {
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("chdb: insert file: %w", err)
 	}
 	if strings.ContainsAny(name, "'\\") {
@@ -240,7 +251,7 @@ func (c *conn) insertFile(ctx context.Context, database, table, columns, token s
 	// printable ASCII without spaces, and is quoted here with its quotes and
 	// backslashes escaped. SETTINGS takes no query parameters.
 	q := "INSERT INTO `" + database + "`." + table + " (" + columns + ") FROM INFILE '" + name +
-		"' SETTINGS insert_deduplication_token = " + quote(token) +
+		"' SETTINGS async_insert = 0, insert_deduplication_token = " + quote(token) +
 		", deduplicate_blocks_in_dependent_materialized_views = 1 FORMAT RowBinary"
 	_, err = c.s.query(q, "TabSeparated", nil, nil)
 	return err
@@ -250,8 +261,3 @@ func quote(s string) string {
 	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
 	return "'" + r.Replace(s) + "'"
 }
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
-
-func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
-func putBuf(b *[]byte) { bufPool.Put(b) }
