@@ -13,11 +13,11 @@ import (
 // and a group key's states for those rules sit side by side in memory.
 // Looking groups up is what costs most at a million events a second.
 type table struct {
-	sig       string
-	groupBy   []*expr
-	members   []*ruleState
-	index     *index
-	rows      []rowHead
+	sig     string
+	groupBy []*expr
+	members []*ruleState
+	index   *index
+	rows    []rowHead
 	// chunks hold the groups, row-major, chunkRows rows per chunk: growing
 	// never copies (or briefly doubles) gigabytes of window state.
 	chunks    [][]group
