@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -267,7 +268,7 @@ func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64)
 				Id:           decisionID(r, e.view.groupKey(), t, "breaker"),
 				TimeUnixNano: t, RuleId: r.ID, RuleVersion: r.Version, Severity: "critical",
 				Mode: keymeterv1.Mode_MODE_ENFORCE, Action: keymeterv1.Action_ACTION_ALERT,
-				Group: e.view.groupKey(), Project: ev.Project, KeyId: ev.KeyID, ClientIp: ev.ClientIP,
+				Group: e.view.groupKey(), Project: strings.Clone(ev.Project), KeyId: strings.Clone(ev.KeyID), ClientIp: strings.Clone(ev.ClientIP),
 				Figures: map[string]float64{"revocations_last_hour": float64(len(s.revokes)), "limit": float64(e.maxRevokes)},
 				Reason:  fmt.Sprintf("circuit breaker: rule %s would exceed %d revocations in an hour; switched to dry_run", r.ID, e.maxRevokes),
 			})
@@ -285,13 +286,13 @@ func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64)
 		Mode:           mode,
 		Action:         kind,
 		Group:          e.view.groupKey(),
-		Project:        ev.Project,
-		KeyId:          ev.KeyID,
-		ClientIp:       ev.ClientIP,
+		Project:        strings.Clone(ev.Project), // the event's memory may be reused
+		KeyId:          strings.Clone(ev.KeyID),
+		ClientIp:       strings.Clone(ev.ClientIP),
 		ThrottlePerS:   a.spec.Rate,
 		DurationMs:     time.Duration(a.spec.Duration).Milliseconds(),
 		Figures:        e.view.figures(),
-		SampleEventIds: e.view.sampleIDs(),
+		SampleEventIds: e.view.sampleIDs(ev.ID),
 		Reason:         reason,
 	}
 	e.emit(s, d)

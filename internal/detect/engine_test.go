@@ -119,7 +119,8 @@ func TestDecisionEvidence(t *testing.T) {
 	if d.Figures["count"] != 5 || d.Figures["distinct_ip"] != 2 || d.Figures["window_seconds"] != 60 {
 		t.Errorf("figures: %v", d.Figures)
 	}
-	if strings.Join(d.SampleEventIds, ",") != "e2,e3,e4" {
+	// The first event of each sub-window (3.75 s here), then the trigger.
+	if strings.Join(d.SampleEventIds, ",") != "e0,e4" {
 		t.Errorf("samples: %v", d.SampleEventIds)
 	}
 	if d.TimeUnixNano != t0.Add(4*time.Second).UnixNano() || d.Id == "" || d.Id == sink.ds[0].Id {

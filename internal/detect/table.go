@@ -162,6 +162,7 @@ func (e *Engine) Process(ev *event.Event) {
 			e.sweepOne(tb)
 		}
 	}
+	e.act.ev = nil // do not keep the caller's batch alive
 	e.processed++
 	if e.processed&0xffff == 0 {
 		e.publishStats()

@@ -1,6 +1,9 @@
 package detect
 
-import "math"
+import (
+	"math"
+	"strings"
+)
 
 const nSamples = 3
 
@@ -53,7 +56,9 @@ type distinctEntry struct {
 // It reports false for an event older than the window.
 func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64, id string) bool {
 	b := t / r.bucketW
+	sample := g.sampleN == 0
 	if b > g.head {
+		sample = true
 		n := b - g.head
 		if n >= nBuckets {
 			g.counts = [nBuckets]uint32{}
@@ -88,8 +93,12 @@ func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64, id string
 	for d := range r.distinct {
 		g.addDistinct(r, d, hv[d], t)
 	}
-	g.samples[g.sampleN%nSamples] = id
-	g.sampleN++
+	if sample {
+		// The first event of each sub-window is kept as evidence, cloned:
+		// events from a bus batch share the batch's reused buffer.
+		g.samples[g.sampleN%nSamples] = strings.Clone(id)
+		g.sampleN++
+	}
 	if r.baseline != nil {
 		g.learn(r, t)
 	}
@@ -275,16 +284,21 @@ func (v *aggView) figures() map[string]float64 {
 	return m
 }
 
-func (v *aggView) sampleIDs() []string {
+// sampleIDs is the evidence of a decision: the first events of the last
+// few sub-windows, oldest first, and the event that triggered it.
+func (v *aggView) sampleIDs(trigger string) []string {
 	g := v.g
 	n := min(g.sampleN, nSamples)
-	out := make([]string, 0, n)
+	out := make([]string, 0, n+1)
 	for k := uint32(0); k < n; k++ {
 		// oldest first
 		i := (g.sampleN - n + k) % nSamples
 		if g.samples[i] != "" {
 			out = append(out, g.samples[i])
 		}
+	}
+	if len(out) == 0 || out[len(out)-1] != trigger {
+		out = append(out, strings.Clone(trigger))
 	}
 	return out
 }
