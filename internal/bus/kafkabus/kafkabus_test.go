@@ -476,3 +476,64 @@ func TestTopicsIdempotentAndChecked(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// Two members of one group split the partitions; every batch reaches one
+// of them (at least once: a rebalance may hand a batch to both).
+func TestGroupMembersSharePartitions(t *testing.T) {
+	t.Parallel()
+	b, _ := newBus(t, nil)
+	ctx := ctxT(t, 90*time.Second)
+	group := bus.ConsumerConfig{Group: "shared"}
+	c1, err := b.NewConsumer(ctx, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c2, err := b.NewConsumer(ctx, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	const n = 200
+	var msgs []bus.Message
+	for i := range n {
+		msgs = append(msgs, bus.Message{Key: fmt.Sprintf("key_%d", i%16), BatchID: fmt.Sprint(i), Data: []byte("x")})
+	}
+	publish(t, b.Publisher(), msgs...)
+
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	parts := [2]map[int]bool{{}, {}}
+	var wg sync.WaitGroup
+	for i, c := range []bus.Consumer{c1, c2} {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				mu.Lock()
+				done := len(seen) == n
+				mu.Unlock()
+				if done {
+					return
+				}
+				ds, err := c.Fetch(ctx, 50, 200*time.Millisecond)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				for _, d := range ds {
+					seen[d.BatchID] = true
+					parts[i][d.Partition] = true
+				}
+				mu.Unlock()
+				for _, d := range ds {
+					_ = c.Ack(ctx, d)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if len(seen) != n {
+		t.Fatalf("consumed %d of %d batches", len(seen), n)
+	}
+	// Which member got what depends on when the second join landed.
+	t.Logf("partitions per member: %v / %v", parts[0], parts[1])
+}
