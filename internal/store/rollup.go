@@ -47,9 +47,52 @@ type bucketKey struct {
 	outcome event.Outcome
 }
 
-type ipKey struct {
-	bucket int32
-	hash   uint64
+// ipSet is a bucket's distinct IP hashes: inline while few (most buckets
+// see a handful of addresses), a map past that. A batch-wide map of (bucket,
+// IP) was slower: cache misses on half a million entries.
+type ipSet struct {
+	n      int
+	inline [4]uint64
+	more   map[uint64]struct{}
+}
+
+func (s *ipSet) add(h uint64) {
+	if s.more != nil {
+		s.more[h] = struct{}{}
+		return
+	}
+	for i := 0; i < s.n; i++ {
+		if s.inline[i] == h {
+			return
+		}
+	}
+	if s.n < len(s.inline) {
+		s.inline[s.n] = h
+		s.n++
+		return
+	}
+	s.more = make(map[uint64]struct{}, 16)
+	for _, x := range s.inline {
+		s.more[x] = struct{}{}
+	}
+	s.more[h] = struct{}{}
+}
+
+func (s *ipSet) len() int {
+	if s.more != nil {
+		return len(s.more)
+	}
+	return s.n
+}
+
+func (s *ipSet) appendTo(dst []uint64) []uint64 {
+	if s.more == nil {
+		return append(dst, s.inline[:s.n]...)
+	}
+	for h := range s.more {
+		dst = append(dst, h)
+	}
+	return dst
 }
 
 // PreAggregate folds a batch into per-minute buckets with each bucket's
@@ -62,10 +105,12 @@ func PreAggregate(events []event.Event) []RollupRow {
 	keys := make(map[string]uint32, 256)
 	var keyNames []string
 	var routes, countries, projects interner
-	idx := make(map[bucketKey]int32, 1024)
-	ips := make(map[ipKey]struct{}, len(events)/4)
-	var rows []RollupRow
-	var nips []int32
+	// Sized for a typical batch (tens of events per bucket): growing the
+	// map and slices cost a third of the time.
+	guess := len(events)/8 + 16
+	idx := make(map[bucketKey]int32, guess)
+	rows := make([]RollupRow, 0, guess)
+	sets := make([]ipSet, 0, guess)
 	lastKeyName, lastKeyID := "\x00", uint32(0)
 	for i := range events {
 		e := &events[i]
@@ -86,29 +131,25 @@ func PreAggregate(events []event.Event) []RollupRow {
 			idx[k] = b
 			rows = append(rows, RollupRow{Minute: uint32(k.minute), Project: e.Project, KeyID: e.KeyID,
 				Outcome: e.Outcome.String(), Route: e.Route, Country: e.Country})
-			nips = append(nips, 0)
+			sets = append(sets, ipSet{})
 		}
 		r := &rows[b]
 		r.Requests++
 		r.BytesIn += e.BytesIn
 		r.BytesOut += e.BytesOut
 		r.CostUnits += uint64(e.CostUnits)
-		ik := ipKey{b, xxhash.Sum64String(e.ClientIP)}
-		n := len(ips)
-		ips[ik] = struct{}{}
-		if len(ips) > n {
-			nips[b]++
-		}
+		sets[b].add(xxhash.Sum64String(e.ClientIP))
 	}
-	// One backing array for every bucket's IP list.
-	all := make([]uint64, len(ips))
-	off := int32(0)
+	// One backing array for every bucket's IP hashes.
+	total := 0
+	for i := range sets {
+		total += sets[i].len()
+	}
+	all := make([]uint64, 0, total)
 	for b := range rows {
-		rows[b].IPHashes = all[off : off : off+nips[b]]
-		off += nips[b]
-	}
-	for k := range ips {
-		rows[k.bucket].IPHashes = append(rows[k.bucket].IPHashes, k.hash)
+		start := len(all)
+		all = sets[b].appendTo(all)
+		rows[b].IPHashes = all[start:len(all):len(all)]
 	}
 	return rows
 }
