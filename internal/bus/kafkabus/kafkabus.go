@@ -102,6 +102,12 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 		links: &linkState{log: log},
 	}
 	b.client = &kafka.Client{Addr: b.addr, Transport: transport, Timeout: 10 * time.Second}
+	// Dial first: kafka-go's transport reports a refused connection as
+	// "broker not available" and, having failed once, waits a metadata TTL
+	// before it looks again.
+	if err := retry(ctx, b.links, "connect", b.dialAny); err != nil {
+		return nil, fmt.Errorf("kafkabus: no broker reachable at %v: %w", cfg.Brokers, err)
+	}
 	if err := b.ensureTopics(ctx); err != nil {
 		transport.CloseIdleConnections()
 		return nil, err
@@ -154,6 +160,19 @@ func (b *Bus) Close(ctx context.Context) error {
 		b.closeErr = errors.Join(errs...)
 	})
 	return b.closeErr
+}
+
+// dialAny succeeds once one bootstrap broker accepts a connection.
+func (b *Bus) dialAny() error {
+	var errs []error
+	for _, addr := range b.cfg.Brokers {
+		c, err := (&net.Dialer{Timeout: 5 * time.Second}).Dial("tcp", addr)
+		if err == nil {
+			return c.Close()
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // topicSpec is one topic this bus needs.
@@ -389,7 +408,7 @@ func (l *linkState) observe(what string, err error) {
 	// A Kafka error code means the broker answered: the link is up, the
 	// request met a transient state (a leader moving, a topic being made).
 	var kerr kafka.Error
-	if err != nil && errors.As(err, &kerr) {
+	if err != nil && errors.As(err, &kerr) && kerr != kafka.BrokerNotAvailable {
 		l.log.Debug("kafka error", "op", what, "err", err)
 		err = nil
 	}
@@ -439,7 +458,8 @@ func retriable(err error) bool {
 	}
 	var kerr kafka.Error
 	if errors.As(err, &kerr) {
-		return kerr.Temporary()
+		// The transport's word for "could not connect".
+		return kerr.Temporary() || kerr == kafka.BrokerNotAvailable
 	}
 	return true
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -536,4 +537,24 @@ func TestGroupMembersSharePartitions(t *testing.T) {
 	}
 	// Which member got what depends on when the second join landed.
 	t.Logf("partitions per member: %v / %v", parts[0], parts[1])
+}
+
+func TestNewFailsWithReasonWhenNoBroker(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = kafkabus.New(ctx, kafkabus.Config{Brokers: []string{addr}}, kafkabus.WithLogger(testLogger()))
+	if err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("New on a closed port: %v, want the connection error", err)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Fatalf("New took %v with a 2s context", el)
+	}
 }
