@@ -134,10 +134,13 @@ logger.controller.level = warn
 EOF
 }
 
+# run_offset: where this run's part of the appended log starts.
+run_offset=0
+
 tail_log() {
 	[[ -f "$logfile" ]] || return 0
-	say "last lines of $logfile:"
-	tail -n 40 "$logfile" >&2
+	say "last lines of $logfile (this start):"
+	tail -c +"$((run_offset + 1))" "$logfile" | grep -v '^	' | tail -n 40 >&2
 }
 
 cmd_start() {
@@ -153,6 +156,7 @@ cmd_start() {
 	fi
 	write_config
 	local cp="$libs/*"
+	[[ -f "$logfile" ]] && run_offset="$(stat -c %s "$logfile")"
 	if [[ ! -f "$logdir/meta.properties" ]]; then
 		# Kafka's cluster ids are base64url of 16 random bytes, unpadded;
 		# like Kafka's own Uuid.randomUuid, never one starting with '-',
@@ -171,6 +175,7 @@ cmd_start() {
 	say "starting broker on $host:$port (controller $host:$cport), log $logfile"
 	local t0=$SECONDS offset=0
 	[[ -f "$logfile" ]] && offset="$(stat -c %s "$logfile")"
+	((run_offset <= offset)) || run_offset=$offset
 	# setsid + closed stdio: the broker outlives this script and does not
 	# hold the caller's pipes open (go test's exec would wait on them), nor
 	# our lock (fd 9).
