@@ -3,6 +3,7 @@ package detect
 import (
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -16,8 +17,7 @@ import (
 // keeps its windows.
 type Parallel struct {
 	engines []*Engine
-	work    []chan []event.Event
-	wg      sync.WaitGroup
+	work    []chan *job
 	mu      sync.Mutex
 	assign  map[string]int // rule id → engine
 	closed  bool
@@ -53,12 +53,16 @@ func NewParallel(cfg Config, set *RuleSet, n int) (*Parallel, error) {
 			return nil, err
 		}
 		p.engines = append(p.engines, e)
-		ch := make(chan []event.Event)
+		// Buffered: an engine may run a few batches ahead of a slower one
+		// instead of waiting for it after every batch.
+		ch := make(chan *job, 16)
 		p.work = append(p.work, ch)
 		go func() {
-			for evs := range ch {
-				e.ProcessBatch(evs)
-				p.wg.Done()
+			for j := range ch {
+				e.ProcessBatch(j.evs)
+				if j.left.Add(-1) == 0 && j.done != nil {
+					j.done()
+				}
 			}
 		}()
 	}
@@ -98,14 +102,31 @@ func (p *Parallel) split(set *RuleSet, n int) []*RuleSet {
 	return parts
 }
 
+type job struct {
+	evs  []event.Event
+	left atomic.Int32
+	done func()
+}
+
+// Submit hands the batch to every engine and returns at once (unless the
+// engines are 16 batches behind); done is called, on an engine's
+// goroutine, once all have processed it and evs may be reused. Batches
+// are processed in the order submitted.
+func (p *Parallel) Submit(evs []event.Event, done func()) {
+	j := &job{evs: evs, done: done}
+	j.left.Store(int32(len(p.work)))
+	for _, ch := range p.work {
+		ch <- j
+	}
+}
+
 // ProcessBatch hands the batch to every engine and returns when all have
 // processed it; evs may then be reused.
 func (p *Parallel) ProcessBatch(evs []event.Event) {
-	p.wg.Add(len(p.work))
-	for _, ch := range p.work {
-		ch <- evs
-	}
-	p.wg.Wait()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	p.Submit(evs, wg.Done)
+	wg.Wait()
 }
 
 // Swap replaces the rule set on every engine.
