@@ -48,14 +48,7 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 			cancel()
 			return nil, fmt.Errorf("natsbus: partition %d out of range 0-%d", p, b.cfg.Partitions-1)
 		}
-		cons, err := b.js.CreateOrUpdateConsumer(ctx, b.streams.events, jetstream.ConsumerConfig{
-			Durable:       cfg.Group + "-p" + strconv.Itoa(p),
-			FilterSubject: b.partitionSubject(p),
-			AckPolicy:     jetstream.AckAllPolicy,
-			AckWait:       cfg.AckWait,
-			MaxAckPending: 100_000,
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-		})
+		cons, err := b.bindPartition(ctx, cfg, p)
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("natsbus: consumer %s partition %d: %w", cfg.Group, p, err)
@@ -64,6 +57,48 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 		go c.pump(runCtx, p, cons)
 	}
 	return c, nil
+}
+
+// bindPartition (re)creates the durable consumer of one partition so that
+// it starts right after its ack floor with nothing pending.
+//
+// With AckAll, acking position n acknowledges everything before it in the
+// partition. A consumer that died leaves delivered-but-unacked messages
+// pending; a new one would receive newer messages at once and the pending
+// ones only after AckWait, and acking a newer one would acknowledge the
+// older ones it never processed. Recreating the consumer at the ack floor
+// restores strict order: every first delivery comes in position order, and
+// later redeliveries (after AckWait) are of positions already seen. So one
+// process owns a partition of a group at a time.
+func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) (jetstream.Consumer, error) {
+	name := cfg.Group + "-p" + strconv.Itoa(p)
+	cc := jetstream.ConsumerConfig{
+		Durable:       name,
+		FilterSubject: b.partitionSubject(p),
+		AckPolicy:     jetstream.AckAllPolicy,
+		AckWait:       cfg.AckWait,
+		MaxAckPending: 100_000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	if old, err := b.js.Consumer(ctx, b.streams.events, name); err == nil {
+		info, err := old.Info(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if info.NumAckPending == 0 && info.NumRedelivered == 0 {
+			return b.js.CreateOrUpdateConsumer(ctx, b.streams.events, cc)
+		}
+		if err := b.js.DeleteConsumer(ctx, b.streams.events, name); err != nil {
+			return nil, err
+		}
+		if floor := info.AckFloor.Stream; floor > 0 {
+			cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+			cc.OptStartSeq = floor + 1
+		}
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, err
+	}
+	return b.js.CreateOrUpdateConsumer(ctx, b.streams.events, cc)
 }
 
 // pump moves one partition's messages into the shared channel, restarting
