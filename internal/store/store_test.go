@@ -84,3 +84,22 @@ func BenchmarkPreAggregate(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(ev))/b.Elapsed().Seconds(), "events/s")
 }
+
+// FuzzParseLogQuery: any input is either a valid query or an ErrInvalidQuery.
+func FuzzParseLogQuery(f *testing.F) {
+	f.Add("ip", "10.0.0.0/8", "status", "4xx")
+	f.Add("cursor", "AAAA", "from", "24h")
+	f.Add("country", "DE", "limit", "-1")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 string) {
+		q, err := ParseLogQuery(url.Values{k1: {v1}, k2: {v2}})
+		if err != nil {
+			if !errors.Is(err, ErrInvalidQuery) {
+				t.Fatalf("error not ErrInvalidQuery: %v", err)
+			}
+			return
+		}
+		if err := q.Validate(); err != nil {
+			t.Fatalf("parsed query does not validate: %v", err)
+		}
+	})
+}

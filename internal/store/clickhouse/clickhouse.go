@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -57,11 +59,24 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Open connects and returns a store. It does not migrate.
+// ErrServerTooOld: the server lacks what the schema needs.
+var ErrServerTooOld = errors.New("clickhouse: server too old")
+
+// Open connects, checks the server version and returns a store. It does
+// not migrate.
 func Open(ctx context.Context, cfg Config) (*store.DB, error) {
 	c, err := Dial(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	v, err := c.ServerVersion(ctx)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if !AtLeast(v, MinServerVersion) {
+		c.Close()
+		return nil, fmt.Errorf("%w: %s is %s; keymeter needs %s or newer (query parameters, DateTime64, TTL, insert_deduplication_token)", ErrServerTooOld, cfg.DSN, v, MinServerVersion)
 	}
 	db := cfg.Database
 	if db == "" {
@@ -121,6 +136,24 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		return nil, fmt.Errorf("clickhouse: ping %v: %w", opt.Addr, err)
 	}
 	return c, nil
+}
+
+// AtLeast compares "major.minor[.patch]" versions by major and minor.
+func AtLeast(v, min string) bool {
+	a, b := strings.Split(v, "."), strings.Split(min, ".")
+	for i := 0; i < 2; i++ {
+		var x, y int
+		if i < len(a) {
+			x, _ = strconv.Atoi(a[i])
+		}
+		if i < len(b) {
+			y, _ = strconv.Atoi(b[i])
+		}
+		if x != y {
+			return x > y
+		}
+	}
+	return true
 }
 
 // Backend implements store.Conn.
