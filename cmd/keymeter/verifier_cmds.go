@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"sync"
 	"time"
 
@@ -344,13 +345,14 @@ service returns once its own watch has seen the write, so those are near 0).`,
 
 func newBenchProxyCmd(g *globals) *cobra.Command {
 	var (
-		bf       busFlags
-		conns    int
-		duration time.Duration
-		rounds   int
-		nkeys    int
-		dataDir  string
-		keep     bool
+		bf          busFlags
+		conns       int
+		duration    time.Duration
+		rounds      int
+		nkeys       int
+		dataDir     string
+		keep        bool
+		profilePath string
 	)
 	c := &cobra.Command{
 		Use:   "proxy",
@@ -372,6 +374,13 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 				return err
 			}
 			defer cleanup()
+			var cpuProfile *os.File
+			if profilePath != "" {
+				if cpuProfile, err = os.Create(profilePath); err != nil {
+					return err
+				}
+				defer cpuProfile.Close()
+			}
 			bf.Prefix = fmt.Sprintf("benchproxy%d", time.Now().UnixNano()%1_000_000_000)
 			b, err := bf.open(ctx, dataDir, log)
 			if err != nil {
@@ -396,7 +405,9 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 			}
 			defer upstream.Close()
 			uu, _ := url.Parse("http://" + upstream.Addr)
-			bare, err := serveLoopback(httputil.NewSingleHostReverseProxy(uu))
+			bareProxy := httputil.NewSingleHostReverseProxy(uu)
+			bareProxy.Transport = verifier.UpstreamTransport() // the same pool size as the verifier's
+			bare, err := serveLoopback(bareProxy)
 			if err != nil {
 				return err
 			}
@@ -443,7 +454,13 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 				res := drive(ctx, "http://"+bare.Addr+"/v1/items", nil, conns, duration)
 				fmt.Fprintf(os.Stderr, "bench proxy: round %d bare     %8.0f requests/s p99 %.2f ms\n", r+1, res.perSecond(), percentileMS(res.lats, 0.99))
 				bareRes.add(res)
+				if cpuProfile != nil && r == 0 {
+					_ = pprof.StartCPUProfile(cpuProfile)
+				}
 				res = drive(ctx, "http://"+va[0]+"/v1/items", secrets, conns, duration)
+				if cpuProfile != nil && r == 0 {
+					pprof.StopCPUProfile()
+				}
 				fmt.Fprintf(os.Stderr, "bench proxy: round %d keymeter %8.0f requests/s p99 %.2f ms\n", r+1, res.perSecond(), percentileMS(res.lats, 0.99))
 				kmRes.add(res)
 			}
@@ -472,6 +489,7 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 	c.Flags().DurationVar(&duration, "duration", 5*time.Second, "length of each measurement")
 	c.Flags().IntVar(&rounds, "rounds", 2, "alternating bare/keymeter rounds")
 	c.Flags().IntVar(&nkeys, "keys", 10_000, "keys in the table (requests use them round-robin)")
+	c.Flags().StringVar(&profilePath, "cpuprofile", "", "write a CPU profile of the first keymeter round to this file")
 	c.Flags().StringVar(&dataDir, "data-dir", "", "where the embedded server and the spool live (default: a temporary directory)")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
 	return c

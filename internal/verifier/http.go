@@ -275,8 +275,8 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 			s.emit(r, &d, path, ip, start, st, r.ContentLength, int64(len(outcomeBodies[d.Outcome])))
 			return
 		}
-		r.Header.Del(HeaderKeyID)
-		r.Header.Del(HeaderProject)
+		delete(r.Header, HeaderKeyID) // canonical already: no CanonicalMIMEHeaderKey
+		delete(r.Header, HeaderProject)
 		if d.Record != nil {
 			r.Header[HeaderKeyID] = []string{d.Record.ID}
 			r.Header[HeaderProject] = []string{d.Record.Project}
@@ -303,9 +303,20 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 	})
 }
 
+// UpstreamTransport is the transport to the upstream: http.DefaultTransport
+// keeps only 2 idle connections per host, so under concurrency most
+// requests would dial a new connection.
+func UpstreamTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 4096
+	t.MaxIdleConnsPerHost = 1024
+	return t
+}
+
 // Proxy returns the reverse proxy to upstream behind the middleware.
 func (s *Server) Proxy(upstream *url.URL) http.Handler {
 	rp := &httputil.ReverseProxy{
+		Transport: UpstreamTransport(),
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(upstream)
 			pr.SetXForwarded()
