@@ -20,13 +20,13 @@ func init() { register(newDetectorCmd) }
 
 // detectorFlags configure the detection role.
 type detectorFlags struct {
-	Rules       []string
-	AllowKeys   []string
-	AllowCIDRs  []string
-	MaxRevokes  int
-	Reload      time.Duration
-	Lookback    time.Duration
-	Group       string
+	Rules      []string
+	AllowKeys  []string
+	AllowCIDRs []string
+	MaxRevokes int
+	Reload     time.Duration
+	Lookback   time.Duration
+	Group      string
 }
 
 func (f *detectorFlags) add(c *cobra.Command) {

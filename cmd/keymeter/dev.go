@@ -173,7 +173,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	vcfg := verifier.RunConfig{
 		Listen: o.proxyListen, Upstream: "http://" + upLn.Addr().String(), AdminListen: o.adminListen,
 		DataDir: filepath.Join(dataDir, "verifier"), VerifierID: "dev-verifier", Bus: b, Logger: log,
-		HTTP: verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
+		HTTP:     verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
 		OnListen: func(_, _, _ net.Addr) { close(proxyReady) },
 	}
 	if err := os.MkdirAll(vcfg.DataDir, 0o750); err != nil {

@@ -41,7 +41,7 @@ func TestExportReconcilesIsStableAndReportsLateEvents(t *testing.T) {
 		}
 	}
 	must(db.InsertEvents(ctx, "a", mk("a", 500, sept.Add(time.Hour), event.OutcomeValid)))
-	must(db.InsertEvents(ctx, "b", mk("b", 70, sept.Add(48*time.Hour), event.OutcomeRateLimited)))          // refused: not billed
+	must(db.InsertEvents(ctx, "b", mk("b", 70, sept.Add(48*time.Hour), event.OutcomeRateLimited)))         // refused: not billed
 	must(db.InsertEvents(ctx, "c", mk("c", 30, sept.AddDate(0, 1, 0).Add(time.Hour), event.OutcomeValid))) // October
 
 	x := &billing.Exporter{Store: db, Now: func() time.Time { return time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC) }}

@@ -105,13 +105,13 @@ func WithEmbedded(e *Embedded) Option {
 
 // Bus is the JetStream adapter of bus.Bus.
 type Bus struct {
-	cfg  Config
-	log  *slog.Logger
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	kv   jetstream.KeyValue
-	pub  *publisher
-	subj struct{ events, decisions, deadletter string }
+	cfg     Config
+	log     *slog.Logger
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	kv      jetstream.KeyValue
+	pub     *publisher
+	subj    struct{ events, decisions, deadletter string }
 	streams struct{ events, decisions, deadletter string }
 }
 
