@@ -21,6 +21,7 @@ type table struct {
 	// chunks hold the groups, row-major, chunkRows rows per chunk: growing
 	// never copies (or briefly doubles) gigabytes of window state.
 	chunks    [][]group
+	sampleCh  [][]sampleRing // evidence, chunked like the groups
 	maxRows   int
 	retention int64
 	sweep     int
@@ -30,6 +31,17 @@ const (
 	chunkShift = 10
 	chunkRows  = 1 << chunkShift
 )
+
+// sampleRing holds the first event id of a group's last sub-windows.
+type sampleRing = [nSamples]string
+
+// samples returns the evidence rings of row ri, one per member rule.
+func (tb *table) samples(ri int) []sampleRing {
+	n := len(tb.members)
+	c := tb.sampleCh[ri>>chunkShift]
+	o := (ri & (chunkRows - 1)) * n
+	return c[o : o+n : o+n]
+}
 
 // row returns the groups of row ri, one per member rule.
 func (tb *table) row(ri int) []group {
@@ -107,6 +119,7 @@ func (e *Engine) apply(set *RuleSet) {
 					nri = nt.addRow(row)
 				}
 				nt.row(int(nri))[ns.slot] = g
+				nt.samples(int(nri))[ns.slot] = ot.samples(ri)[slot]
 				ns.used++
 			}
 		}
@@ -123,6 +136,7 @@ func (tb *table) addRow(row rowHead) int32 {
 	tb.rows = append(tb.rows, row)
 	if int(ri)>>chunkShift == len(tb.chunks) {
 		tb.chunks = append(tb.chunks, make([]group, chunkRows*len(tb.members)))
+		tb.sampleCh = append(tb.sampleCh, make([]sampleRing, chunkRows*len(tb.members)))
 	}
 	tb.index.set(row.hash, ri)
 	return ri
@@ -206,9 +220,16 @@ func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t i
 			e.sv[d] = f.Int(ev)
 		}
 	}
-	if !g.add(r, t, e.hv, e.sv, ev.ID) {
+	ok, first := g.add(r, t, e.hv, e.sv)
+	if !ok {
 		s.c.Late++
 		return
+	}
+	if first {
+		// Kept as evidence, cloned: events from a bus batch share the
+		// batch's reused buffer.
+		tb.samples(int(ri))[s.slot][g.sampleN%nSamples] = strings.Clone(ev.ID)
+		g.sampleN++
 	}
 	// Suppressed and every action already fired: nothing can fire.
 	if t < g.suppressUntil && g.firedMask == (1<<len(r.actions))-1 {
@@ -217,7 +238,7 @@ func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t i
 	if t >= g.suppressUntil {
 		g.firedMask = 0
 	}
-	e.view = aggView{r: r, g: g, now: t, tb: tb, ri: ri}
+	e.view = aggView{r: r, g: g, now: t, tb: tb, ri: ri, slot: s.slot}
 	e.act.agg = &e.view
 	for i := range r.actions {
 		a := &r.actions[i]
@@ -320,13 +341,16 @@ func (e *Engine) removeRow(tb *table, i int, evicted bool) {
 	if i != last {
 		tb.rows[i] = tb.rows[last]
 		copy(tb.row(i), tb.row(last))
+		copy(tb.samples(i), tb.samples(last))
 		tb.index.set(tb.rows[i].hash, int32(i))
 	}
 	tb.rows[last] = rowHead{}
 	clear(tb.row(last))
+	clear(tb.samples(last))
 	tb.rows = tb.rows[:last]
 	if last&(chunkRows-1) == 0 && len(tb.chunks) > 1 {
-		tb.chunks[len(tb.chunks)-1] = nil // the last chunk emptied: give it back
-		tb.chunks = tb.chunks[:len(tb.chunks)-1]
+		// The last chunk emptied: give it back.
+		tb.chunks[len(tb.chunks)-1], tb.sampleCh[len(tb.sampleCh)-1] = nil, nil
+		tb.chunks, tb.sampleCh = tb.chunks[:len(tb.chunks)-1], tb.sampleCh[:len(tb.sampleCh)-1]
 	}
 }

@@ -5,30 +5,27 @@ import (
 	"strings"
 )
 
-const nSamples = 3
+const nSamples = 2
 
-// group is one group's sliding-window state. Groups live by value in a
-// per-rule slab indexed by a map from the group key's hash, so a million
-// groups cost one allocation each only when they have distinct or sum
-// features.
+// group is one group's sliding-window state: 128 bytes, two cache lines,
+// held by value in its table's chunks. Evidence samples live beside it
+// (table.samples), touched once per sub-window rather than per event.
 type group struct {
-	// First cache line: what every event reads or writes.
 	used          bool
 	dn            [2]uint8 // values of distinct fields 0 and 1 held inline, or spilled
-	sampleN       uint32
-	firedMask     uint32 // actions fired during the current suppression
+	wide          bool     // a bucket outgrew uint16: counts live in ext.wide
+	firedMask     uint32   // actions fired during the current suppression
 	periodCount   uint32
+	sampleN       uint32
 	head          int64 // bucket number of the newest bucket
 	last          int64 // newest event time, ns
 	suppressUntil int64
 	periodStart   int64
 	baseline      float64
-	ext           *groupExt // sums, and distinct sets that outgrew dist
+	ext           *groupExt // sums, wide counts, and distinct sets that outgrew dist
 
-	dist    [4]distinctEntry
-	counts  [nBuckets]uint32
-	samples [nSamples]string
-	_       [16]byte // 256 bytes: a group never straddles more cache lines than it must
+	counts [nBuckets]uint16
+	dist   [4]distinctEntry
 }
 
 // spilled marks a distinct field whose values moved to ext.
@@ -37,6 +34,7 @@ const spilled = 0xff
 type groupExt struct {
 	sums     []int64           // nBuckets per sum field
 	distinct [][]distinctEntry // per distinct field
+	wide     [nBuckets]uint32
 }
 
 func newGroupExt(r *compiledRule) *groupExt {
@@ -47,29 +45,39 @@ func newGroupExt(r *compiledRule) *groupExt {
 	return x
 }
 
+// distinctEntry is one value of a distinct field: a 32-bit hash (sets are
+// capped at a few hundred values, so collisions are negligible) and when it
+// was last seen, in Unix seconds: distinct counts have second resolution.
 type distinctEntry struct {
-	h    uint64
-	last int64
+	h    uint32
+	last uint32
 }
 
-// add records one event at time t (ns) in the window.
-// It reports false for an event older than the window.
-func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64, id string) bool {
+func secs(t int64) uint32 { return uint32(t / 1e9) }
+
+func hash32(h uint64) uint32 { return uint32(h ^ h>>32) }
+
+// add records one event at time t (ns) in the window. It reports false for
+// an event older than the window, and whether the event is the first of
+// its sub-window (to be kept as evidence).
+func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64) (ok, first bool) {
 	b := t / r.bucketW
-	sample := g.sampleN == 0
+	first = g.sampleN == 0
 	if b > g.head {
-		sample = true
+		first = true
 		n := b - g.head
 		if n >= nBuckets {
-			g.counts = [nBuckets]uint32{}
+			g.counts = [nBuckets]uint16{}
 			if g.ext != nil {
 				clear(g.ext.sums)
+				g.ext.wide = [nBuckets]uint32{}
 			}
 		} else {
 			for k := g.head + 1; k <= b; k++ {
 				i := k % nBuckets
 				g.counts[i] = 0
 				if g.ext != nil {
+					g.ext.wide[i] = 0
 					for s := range r.sums {
 						g.ext.sums[s*nBuckets+int(i)] = 0
 					}
@@ -78,11 +86,25 @@ func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64, id string
 		}
 		g.head = b
 	} else if b <= g.head-nBuckets {
-		return false
+		return false, false
 	}
 	i := int(b % nBuckets)
-	if g.counts[i] < math.MaxUint32 {
+	switch {
+	case g.wide:
+		if g.ext.wide[i] < math.MaxUint32 {
+			g.ext.wide[i]++
+		}
+	case g.counts[i] < math.MaxUint16:
 		g.counts[i]++
+	default:
+		if g.ext == nil {
+			g.ext = newGroupExt(r)
+		}
+		for k, c := range g.counts {
+			g.ext.wide[k] = uint32(c)
+		}
+		g.ext.wide[i]++
+		g.wide = true
 	}
 	if t > g.last {
 		g.last = t
@@ -90,19 +112,17 @@ func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64, id string
 	for s := range r.sums {
 		g.ext.sums[s*nBuckets+i] += sv[s]
 	}
-	for d := range r.distinct {
-		g.addDistinct(r, d, hv[d], t)
-	}
-	if sample {
-		// The first event of each sub-window is kept as evidence, cloned:
-		// events from a bus batch share the batch's reused buffer.
-		g.samples[g.sampleN%nSamples] = strings.Clone(id)
-		g.sampleN++
+	if len(r.distinct) > 0 {
+		ts := secs(t)
+		exp := secs(t - r.window)
+		for d := range r.distinct {
+			g.addDistinct(r, d, hash32(hv[d]), ts, exp)
+		}
 	}
 	if r.baseline != nil {
 		g.learn(r, t)
 	}
-	return true
+	return true, first
 }
 
 // learn folds completed windows into the baseline (an exponentially
@@ -123,9 +143,9 @@ func (g *group) learn(r *compiledRule, t int64) {
 // addDistinct keeps the first two values of fields 0 and 1 inside the
 // group: most keys are seen from one address and one country, and the
 // group's cache line is already loaded.
-func (g *group) addDistinct(r *compiledRule, d int, h uint64, t int64) {
+func (g *group) addDistinct(r *compiledRule, d int, h, t, expired uint32) {
 	if d >= 2 || g.dn[d] == spilled {
-		g.ext.distinct[d] = addDistinct(g.ext.distinct[d], h, t, t-r.window, r.distinctCap)
+		g.ext.distinct[d] = addDistinct(g.ext.distinct[d], h, t, expired, r.distinctCap)
 		return
 	}
 	in := g.dist[d*2 : d*2+2]
@@ -139,7 +159,6 @@ func (g *group) addDistinct(r *compiledRule, d int, h uint64, t int64) {
 		}
 	}
 	if n == 2 {
-		expired := t - r.window
 		n = 0
 		for _, e := range in {
 			if e.last > expired {
@@ -158,11 +177,11 @@ func (g *group) addDistinct(r *compiledRule, d int, h uint64, t int64) {
 	}
 	set := make([]distinctEntry, 2, 8)
 	copy(set, in)
-	g.ext.distinct[d] = addDistinct(set, h, t, t-r.window, r.distinctCap)
+	g.ext.distinct[d] = addDistinct(set, h, t, expired, r.distinctCap)
 	g.dn[d] = spilled
 }
 
-func addDistinct(set []distinctEntry, h uint64, t, expired int64, capacity int) []distinctEntry {
+func addDistinct(set []distinctEntry, h, t, expired uint32, capacity int) []distinctEntry {
 	for i := range set {
 		if set[i].h == h {
 			if t > set[i].last {
@@ -198,6 +217,12 @@ func addDistinct(set []distinctEntry, h uint64, t, expired int64, capacity int) 
 
 func (g *group) count() int64 {
 	var n int64
+	if g.wide {
+		for _, c := range g.ext.wide {
+			n += int64(c)
+		}
+		return n
+	}
 	for _, c := range g.counts {
 		n += int64(c)
 	}
@@ -207,12 +232,13 @@ func (g *group) count() int64 {
 // aggView is what an action's when expression sees: one group's window as
 // of the event being processed. Features are computed when asked for.
 type aggView struct {
-	r   *compiledRule
-	g   *group
-	now int64
-	tb  *table // the group's key and hash are in tb.rows[ri]
-	ri  int32
-	key string // when tb is nil (tests)
+	r    *compiledRule
+	g    *group
+	now  int64
+	tb   *table // the group's key and hash are in tb.rows[ri]
+	ri   int32
+	slot int
+	key  string // when tb is nil (tests)
 }
 
 func (v *aggView) count() int64 { return v.g.count() }
@@ -238,7 +264,7 @@ func (v *aggView) hash() uint64 {
 }
 
 func (v *aggView) distinct(i int) int64 {
-	expired := v.now - v.r.window
+	expired := secs(v.now - v.r.window)
 	set := v.g.dist[:0]
 	switch {
 	case i < 2 && v.g.dn[i] != spilled:
@@ -285,16 +311,16 @@ func (v *aggView) figures() map[string]float64 {
 }
 
 // sampleIDs is the evidence of a decision: the first events of the last
-// few sub-windows, oldest first, and the event that triggered it.
+// sub-windows, oldest first, and the event that triggered it.
 func (v *aggView) sampleIDs(trigger string) []string {
-	g := v.g
-	n := min(g.sampleN, nSamples)
-	out := make([]string, 0, n+1)
-	for k := uint32(0); k < n; k++ {
-		// oldest first
-		i := (g.sampleN - n + k) % nSamples
-		if g.samples[i] != "" {
-			out = append(out, g.samples[i])
+	var out []string
+	if v.tb != nil {
+		g, ring := v.g, v.tb.samples(int(v.ri))[v.slot]
+		n := min(g.sampleN, nSamples)
+		for k := uint32(0); k < n; k++ {
+			if id := ring[(g.sampleN-n+k)%nSamples]; id != "" {
+				out = append(out, id)
+			}
 		}
 	}
 	if len(out) == 0 || out[len(out)-1] != trigger {
