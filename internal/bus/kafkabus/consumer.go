@@ -30,7 +30,7 @@ type Consumer struct {
 	committed     map[int]int64 // highest offset committed per partition
 	acked         map[int]int64 // acknowledged, not yet committed
 	kick          chan struct{} // wakes the committer
-	stopCommit    chan struct{}
+	stopCommit    context.CancelFunc
 	committerDone chan struct{}
 	closeOnce     sync.Once
 	closeErr      error
@@ -87,11 +87,12 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 		committed:     map[int]int64{},
 		acked:         map[int]int64{},
 		kick:          make(chan struct{}, 1),
-		stopCommit:    make(chan struct{}),
 		committerDone: make(chan struct{}),
 	}
+	cctx, stopCommit := context.WithCancel(context.Background())
+	c.stopCommit = stopCommit
 	go c.pump(pctx)
-	go c.committer()
+	go c.committer(cctx)
 	return c, nil
 }
 
@@ -236,18 +237,20 @@ func (c *Consumer) Ack(ctx context.Context, d bus.Delivery) error {
 	return nil
 }
 
-func (c *Consumer) committer() {
+func (c *Consumer) committer(ctx context.Context) {
 	defer close(c.committerDone)
 	for {
 		select {
 		case <-c.kick:
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if err := c.commit(ctx); err != nil {
+			// ctx ends at Close, which must not wait out a commit stuck on
+			// a dead broker: it makes its own final commit.
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if err := c.commit(cctx); err != nil {
 				// Kept for the next commit; kafka-go logs the detail.
 				c.b.log.Debug("commit failed", "group", c.group, "err", err)
 			}
 			cancel()
-		case <-c.stopCommit:
+		case <-ctx.Done():
 			return
 		}
 	}
@@ -296,7 +299,7 @@ func (c *Consumer) Close() error {
 	c.closeOnce.Do(func() {
 		c.cancel()
 		<-c.done
-		close(c.stopCommit)
+		c.stopCommit()
 		<-c.committerDone
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
