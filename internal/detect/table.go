@@ -2,6 +2,7 @@ package detect
 
 import (
 	"hash/maphash"
+	"strconv"
 	"strings"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -56,7 +57,11 @@ type rowHead struct {
 	hash uint64
 }
 
-func tableSig(r *compiledRule) string { return strings.Join(r.Aggregate.GroupBy, "\x00") }
+// tableSig says which rules can share a table: the same group_by and the
+// same cap on groups (a cap is per rule; sharing must not tighten it).
+func tableSig(r *compiledRule) string {
+	return strings.Join(r.Aggregate.GroupBy, "\x00") + "\x00" + strconv.Itoa(r.maxGroups)
+}
 
 func (e *Engine) apply(set *RuleSet) {
 	old := map[string]*ruleState{}
