@@ -184,18 +184,11 @@ func (c *conn) Query(ctx context.Context, q string, p store.Params) (store.Rows,
 
 const eventColumns = "time, project, key_id, event_id, outcome, client_ip, country, asn, method, host, route, status, latency_us, bytes_in, bytes_out, user_agent, verifier_id, cost_units"
 
-// InsertEvents writes the events as RowBinary to a temporary file and
+// InsertEvents writes the events in Native format to a temporary file and
 // inserts it in one statement with the deduplication token.
 func (c *conn) InsertEvents(ctx context.Context, database, token string, events []event.Event) error {
-	return c.insertFile(ctx, database, "requests", eventColumns, token, func(w *bufio.Writer) error {
-		var row []byte
-		for i := range events {
-			row = appendEvent(row[:0], &events[i])
-			if _, err := w.Write(row); err != nil {
-				return err
-			}
-		}
-		return nil
+	return c.insertFile(ctx, database, "requests", eventColumns, token, "Native", func(w *bufio.Writer) error {
+		return writeEventsNative(w, events)
 	})
 }
 
@@ -206,7 +199,7 @@ func (c *conn) InsertRollup(ctx context.Context, database, token string, rows []
 	if len(rows) == 0 {
 		return nil
 	}
-	return c.insertFile(ctx, database, "rollup_input", rollupColumns, token, func(w *bufio.Writer) error {
+	return c.insertFile(ctx, database, "rollup_input", rollupColumns, token, "RowBinary", func(w *bufio.Writer) error {
 		var row []byte
 		for i := range rows {
 			row = appendRollup(row[:0], &rows[i])
@@ -218,16 +211,15 @@ func (c *conn) InsertRollup(ctx context.Context, database, token string, rows []
 	})
 }
 
-// insertFile streams rows into a temporary file (not memory: a 500k-event
-// batch is 60 MB of RowBinary) and inserts it.
-func (c *conn) insertFile(ctx context.Context, database, table, columns, token string, write func(*bufio.Writer) error) error {
+// insertFile streams rows into a temporary file and inserts it.
+func (c *conn) insertFile(ctx context.Context, database, table, columns, token, format string, write func(*bufio.Writer) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if err := store.ValidateDatabase(database); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(c.tmp, "insert-*.rowbinary")
+	f, err := os.CreateTemp(c.tmp, "insert-*.bin")
 	if err != nil {
 		return fmt.Errorf("chdb: insert file: %w", err)
 	}
@@ -252,7 +244,7 @@ func (c *conn) insertFile(ctx context.Context, database, table, columns, token s
 	// backslashes escaped. SETTINGS takes no query parameters.
 	q := "INSERT INTO `" + database + "`." + table + " (" + columns + ") FROM INFILE '" + name +
 		"' SETTINGS async_insert = 0, insert_deduplication_token = " + quote(token) +
-		", deduplicate_blocks_in_dependent_materialized_views = 1 FORMAT RowBinary"
+		", deduplicate_blocks_in_dependent_materialized_views = 1 FORMAT " + format
 	_, err = c.s.query(q, "TabSeparated", nil, nil)
 	return err
 }

@@ -3,7 +3,8 @@
 // links it but never opens a chDB store runs without the library.
 //
 // Values always travel apart from SQL (chdb_query_with_params_n); bulk
-// inserts go through a RowBinary temporary file (INSERT … FROM INFILE),
-// because inline data after FORMAT is cut at the first blank line.
+// inserts go through a temporary file in Native or RowBinary format
+// (INSERT … FROM INFILE), because inline data after FORMAT is cut at the
+// first blank line.
 // chDB allows one data directory per process and one process per directory.
 package chdb
