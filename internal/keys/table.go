@@ -417,6 +417,19 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 				t.log.Warn("ignoring stale key state", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
 				return
 			}
+			if old != nil && old.Status == StatusRevoked && rec.Status != StatusRevoked {
+				// Revocation is final (Service.Resume refuses it). A write
+				// that un-revokes comes from a writer that read the key
+				// before the revocation (the key log has no compare-and-set):
+				// keep its other fields, never its status.
+				t.log.Warn("keeping a key revoked against a concurrent writer's stale copy", "key_id", rec.ID, "version", rec.Version)
+				rec.Status = StatusRevoked
+				if st != nil {
+					if prev, ok := t.stateOf(rec.ID); ok {
+						st.Status, st.RevokedUnixNano, st.RevokeReason = prev.Status, prev.RevokedUnixNano, prev.RevokeReason
+					}
+				}
+			}
 			if old == nil || old.QuotaUsed != rec.QuotaUsed || old.QuotaState != rec.QuotaState {
 				s.Used.Store(0)
 			}
@@ -464,6 +477,13 @@ func (t *Table) remove(id string, writable func(int) *hashIndex) {
 		delete(t.states, id)
 		t.smu.Unlock()
 	}
+}
+
+func (t *Table) stateOf(id string) (*keymeterv1.KeyState, bool) {
+	t.smu.RLock()
+	defer t.smu.RUnlock()
+	st, ok := t.states[id]
+	return st, ok
 }
 
 func (t *Table) storeState(st *keymeterv1.KeyState) {

@@ -87,6 +87,16 @@ func TestTableApply(t *testing.T) {
 	if lookup(tbl, sa).Status != StatusRevoked {
 		t.Fatal("stale update applied")
 	}
+	// A concurrent writer's stale copy (same version, status active) does
+	// not un-revoke the key, but its other fields apply.
+	a.Status, a.Version, a.QuotaUsed = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE, 3, 200
+	tbl.Apply([]bus.KeyUpdate{stateUpdate(t, a)})
+	if r := lookup(tbl, sa); r.Status != StatusRevoked || r.QuotaUsed != 200 {
+		t.Fatalf("stale un-revoke: %+v", r)
+	}
+	if st, _ := tbl.State(a.Id); st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+		t.Fatalf("state un-revoked: %v", st)
+	}
 	// New keys after the snapshot; deletes.
 	c, sc := newState(t, "p2")
 	tbl.Apply([]bus.KeyUpdate{stateUpdate(t, c), {ID: b.Id, Deleted: true}})
