@@ -417,6 +417,15 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 				t.log.Warn("ignoring stale key state", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
 				return
 			}
+			if old != nil && old.Status == StatusSuspended && rec.Status == StatusActive && rec.Version == old.Version {
+				// Two writers made the same version from the same read: one
+				// suspended the key, the other changed something else. The
+				// more restrictive status wins, whatever the arrival order.
+				rec.Status = StatusSuspended
+				if st != nil {
+					st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+				}
+			}
 			if old != nil && old.Status == StatusRevoked && rec.Status != StatusRevoked {
 				// Revocation is final (Service.Resume refuses it). A write
 				// that un-revokes comes from a writer that read the key
