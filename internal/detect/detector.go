@@ -55,9 +55,29 @@ func NewDetector(cfg DetectorConfig) (*Detector, error) {
 	return d, nil
 }
 
-// Run reloads the rules when the files change, until ctx is done. A bad
-// set is logged and counted; the running set stays.
-func (d *Detector) Run(ctx context.Context) error { return d.reloader.Run(ctx) }
+// Run reloads the rules when the files change and publishes the counters
+// (Stats, metrics) every second, until ctx is done. A bad set is logged
+// and counted; the running set stays.
+func (d *Detector) Run(ctx context.Context) error {
+	iv := d.reloader.Interval
+	if iv <= 0 {
+		iv = 2 * time.Second
+	}
+	reload := time.NewTicker(iv)
+	defer reload.Stop()
+	flush := time.NewTicker(time.Second)
+	defer flush.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-reload.C:
+			_, _ = d.reloader.Reload()
+		case <-flush.C:
+			d.Flush()
+		}
+	}
+}
 
 // Reload checks the files now.
 func (d *Detector) Reload() (bool, error) { return d.reloader.Reload() }

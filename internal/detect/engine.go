@@ -97,6 +97,8 @@ type Engine struct {
 	states     []*ruleState
 	tables     []*table
 	pending    atomic.Pointer[RuleSet]
+	current    atomic.Pointer[RuleSet]
+	published  time.Time
 	resets     atomic.Pointer[[]string]
 	mu         sync.Mutex // serialises resets
 	act        activation
@@ -191,7 +193,7 @@ func New(cfg Config, set *RuleSet) (*Engine, error) {
 func (e *Engine) Swap(set *RuleSet) { e.pending.Store(set) }
 
 // RuleSet returns the rule set in force (as of the last Process call).
-func (e *Engine) RuleSet() *RuleSet { return e.set }
+func (e *Engine) RuleSet() *RuleSet { return e.current.Load() }
 
 // ResetBreaker re-arms a tripped rule: it acts again in its configured mode.
 func (e *Engine) ResetBreaker(ruleID string) {
@@ -334,11 +336,11 @@ func (e *Engine) applyResets() {
 }
 
 // Flush publishes the counters (Stats, metrics) now rather than at the next
-// periodic publication.
+// periodic publication. Call it from the goroutine that calls Process.
 func (e *Engine) Flush() { e.publishStats() }
 
-// Stats returns the counters as of the last publication (every 65536
-// events, and on Flush).
+// Stats returns the counters as of the last publication (every second or
+// 65536 events while events flow, and on Flush). Safe from any goroutine.
 func (e *Engine) Stats() Stats {
 	if p := e.stats.Load(); p != nil {
 		return *p
@@ -347,6 +349,7 @@ func (e *Engine) Stats() Stats {
 }
 
 func (e *Engine) publishStats() {
+	e.published = time.Now()
 	st := &Stats{Events: e.processed, Watermark: time.Unix(0, e.watermark).UTC()}
 	for _, s := range e.states {
 		c := s.c

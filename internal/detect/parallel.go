@@ -59,7 +59,11 @@ func NewParallel(cfg Config, set *RuleSet, n int) (*Parallel, error) {
 		p.work = append(p.work, ch)
 		go func() {
 			for j := range ch {
-				e.ProcessBatch(j.evs)
+				if j.flush {
+					e.Flush()
+				} else {
+					e.ProcessBatch(j.evs)
+				}
 				if j.left.Add(-1) == 0 && j.done != nil {
 					j.done()
 				}
@@ -103,7 +107,8 @@ func (p *Parallel) split(set *RuleSet, n int) []*RuleSet {
 }
 
 type job struct {
-	evs  []event.Event
+	flush bool
+	evs   []event.Event
 	left atomic.Int32
 	done func()
 }
@@ -145,11 +150,17 @@ func (p *Parallel) ResetBreaker(ruleID string) {
 	}
 }
 
-// Flush publishes every engine's counters. Call between batches.
+// Flush publishes every engine's counters, after the batches submitted
+// before it, and waits for it. Safe from any goroutine.
 func (p *Parallel) Flush() {
-	for _, e := range p.engines {
-		e.Flush()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	j := &job{flush: true, done: wg.Done}
+	j.left.Store(int32(len(p.work)))
+	for _, ch := range p.work {
+		ch <- j
 	}
+	wg.Wait()
 }
 
 // Stats merges the engines' counters.

@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
@@ -130,6 +131,7 @@ func (e *Engine) apply(set *RuleSet) {
 		}
 	}
 	e.set, e.states, e.tables = set, states, tables
+	e.current.Store(set)
 	e.hv, e.sv = make([]uint64, maxD), make([]int64, maxS)
 	if e.cfg.Metrics != nil {
 		e.cfg.Metrics.setRules(set)
@@ -183,7 +185,7 @@ func (e *Engine) Process(ev *event.Event) {
 	}
 	e.act.ev = nil // do not keep the caller's batch alive
 	e.processed++
-	if e.processed&0xffff == 0 {
+	if e.processed&0x3ff == 0 && (e.processed&0xffff == 0 || time.Since(e.published) > time.Second) {
 		e.publishStats()
 	}
 }
