@@ -109,8 +109,8 @@ func (p *Parallel) split(set *RuleSet, n int) []*RuleSet {
 type job struct {
 	flush bool
 	evs   []event.Event
-	left atomic.Int32
-	done func()
+	left  atomic.Int32
+	done  func()
 }
 
 // Submit hands the batch to every engine and returns at once (unless the
