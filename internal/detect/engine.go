@@ -109,6 +109,7 @@ type Engine struct {
 	seed       maphash.Seed
 	watermark  int64
 	processed  uint64
+	badTime    uint64
 	allowKeys  map[string]bool
 	allowNets  []netip.Prefix
 	rng        uint64
@@ -154,6 +155,7 @@ func (e *Engine) RuleStatuses() any { return e.Stats().Rules }
 // Stats is a snapshot of the engine's counters.
 type Stats struct {
 	Events    uint64
+	BadTime   uint64 // events skipped for a zero or pre-1970 time
 	Watermark time.Time
 	Rules     []RuleStats
 }
@@ -350,7 +352,7 @@ func (e *Engine) Stats() Stats {
 
 func (e *Engine) publishStats() {
 	e.published = time.Now()
-	st := &Stats{Events: e.processed, Watermark: time.Unix(0, e.watermark).UTC()}
+	st := &Stats{Events: e.processed, BadTime: e.badTime, Watermark: time.Unix(0, e.watermark).UTC()}
 	for _, s := range e.states {
 		c := s.c
 		c.ID, c.Version, c.Mode = s.r.ID, s.r.Version, s.r.Mode

@@ -521,3 +521,20 @@ func TestDetector(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestEventsWithoutTimeAreSkipped(t *testing.T) {
+	sink := &capture{}
+	e, _ := New(Config{Sink: sink}, mustSet(t, fmt.Sprintf(revokeRule, "enforce", "10m")))
+	for i := 0; i < 10; i++ {
+		x := ev(i, 0, "k", "192.0.2.1", event.OutcomeValid)
+		x.Time = time.Time{}
+		if i%2 == 1 {
+			x.Time = time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC)
+		}
+		e.Process(&x)
+	}
+	e.Flush()
+	if st := e.Stats(); st.BadTime != 10 || len(sink.ds) != 0 {
+		t.Errorf("bad time %d, decisions %d", st.BadTime, len(sink.ds))
+	}
+}

@@ -161,6 +161,11 @@ func (e *Engine) Process(ev *event.Event) {
 		e.applyResets()
 	}
 	t := ev.Time.UnixNano()
+	if t <= 0 {
+		// No usable time (zero, or before 1970): windows are in event time.
+		e.badTime++
+		return
+	}
 	if t > e.watermark {
 		e.watermark = t
 	}
