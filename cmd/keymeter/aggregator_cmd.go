@@ -79,7 +79,9 @@ Several aggregators with the same --group share the partitions.`,
 			if err != nil {
 				return err
 			}
-			eg, ectx := errgroup.WithContext(ctx)
+			rest, stopRest := context.WithCancel(ctx)
+			defer stopRest()
+			eg, ectx := errgroup.WithContext(rest)
 			eg.Go(func() error { return table.Run(ectx, b) })
 			if adminListen != "" {
 				ln, err := listen(adminListen, "--admin-listen")
@@ -96,7 +98,7 @@ Several aggregators with the same --group share the partitions.`,
 					return nil
 				}
 				err := agg.Run(ectx)
-				cancel() // the aggregator is done: stop the rest
+				stopRest() // the aggregator is done: stop the rest
 				return err
 			})
 			err = eg.Wait()
@@ -116,6 +118,7 @@ Several aggregators with the same --group share the partitions.`,
 	f.IntVar(&cfg.MaxBlockEvents, "max-block-events", 200_000, "insert once this many events are buffered")
 	f.DurationVar(&cfg.FlushInterval, "flush-interval", time.Second, "longest an event waits before it is inserted")
 	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "redelivery delay of unacknowledged batches (NATS)")
+	f.DurationVar(&cfg.StopWhenIdle, "stop-when-idle", 0, "exit once nothing arrived for this long and all is stored (drain mode); 0: never")
 	f.StringVar(&qcfg.Period, "quota-period", "month", "quota period: month or day (UTC)")
 	f.Float64Var(&qcfg.WarnRatio, "quota-warn", 0.8, "share of the quota at which a key turns to warning")
 	f.StringVar(&qcfg.WebhookURL, "quota-webhook-url", "", "POST quota transitions here (signed, retried)")

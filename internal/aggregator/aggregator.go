@@ -31,6 +31,8 @@ import (
 type Store interface {
 	store.EventWriter
 	store.IntentStore
+	// Committed is the highest position per partition with an intent.
+	Committed(ctx context.Context, consumer string) (map[string]uint64, error)
 }
 
 // Bus is what the aggregator needs of the bus.
@@ -55,6 +57,9 @@ type Config struct {
 	AckWait time.Duration
 	// RetryBackoff is the first wait after a failed insert (default 200ms, doubling to 10s).
 	RetryBackoff time.Duration
+	// StopWhenIdle, if set, ends Run once nothing arrived for this long and
+	// everything consumed is stored (a drain / backfill mode).
+	StopWhenIdle time.Duration
 	// ShutdownGrace is how long a flush under way, or the final flush, may
 	// go on after the run context ends (default 30s).
 	ShutdownGrace time.Duration
@@ -198,6 +203,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	blocks := map[int]*block{}
 	buffered := 0
 	deadline := time.Now().Add(a.cfg.FlushInterval)
+	lastSeen := time.Now()
 	var eb event.Batch
 	for {
 		if ctx.Err() != nil {
@@ -216,6 +222,12 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("aggregator: fetch failed", "err", err)
 			sleep(ctx, a.cfg.RetryBackoff)
+		}
+		if len(ds) > 0 {
+			lastSeen = time.Now()
+		} else if a.cfg.StopWhenIdle > 0 && len(blocks) == 0 && time.Since(lastSeen) > a.cfg.StopWhenIdle {
+			a.log.Info("aggregator: idle, stopping", "idle", a.cfg.StopWhenIdle)
+			return nil
 		}
 		for _, d := range ds {
 			if d.Position <= a.floor[d.Partition] {
@@ -417,6 +429,22 @@ func (a *Aggregator) replay(ctx context.Context) error {
 			a.floor[p] = in.Last
 		}
 		a.count(func(s *Stats) { s.Replayed++ })
+	}
+	// Everything up to the highest recorded range is stored: skip it even if
+	// the bus delivers it again (an ack lost in a crash).
+	var committed map[string]uint64
+	if err := a.retry(ctx, "read committed positions", func() error {
+		var err error
+		committed, err = a.store.Committed(ctx, a.cfg.Group)
+		return err
+	}); err != nil {
+		return err
+	}
+	for name, last := range committed {
+		p, err := strconv.Atoi(strings.TrimPrefix(name, "events/"))
+		if err == nil && last > a.floor[p] {
+			a.floor[p] = last
+		}
 	}
 	return nil
 }

@@ -49,23 +49,35 @@ type Record struct {
 	// RateInterval is the time one request costs in the key's bucket
 	// (1s / rate); 0: no rate limit.
 	RateInterval int64
-	// ThrottleInterval is the detector's throttle, active until
-	// ThrottleUntil; 0: none.
-	ThrottleInterval int64
-	ThrottleUntil    int64
 
 	MonthlyQuota uint64 // 0: unlimited
 	QuotaUsed    uint64 // as last published by the aggregator
-	Version      uint64
+	// QuotaPeriodStart is the period QuotaUsed and QuotaState are about
+	// (unix ns); older than the current period means "not yet published".
+	QuotaPeriodStart int64
+	Version          uint64
 
-	// Limits holds the rarely set constraints; nil for most keys.
+	// Limits holds the rarely set constraints; nil for most keys, which
+	// keeps the record at 112 bytes.
 	Limits *Limits
 }
 
-// Limits are a key's optional access constraints.
+// Limits are a key's optional constraints.
 type Limits struct {
 	Scopes []string
 	CIDRs  []netip.Prefix
+	// ThrottleInterval is the detector's throttle (1s / rate), active until
+	// ThrottleUntil; 0: none.
+	ThrottleInterval int64
+	ThrottleUntil    int64
+}
+
+// Throttle returns the throttle interval and deadline (0, 0 when none).
+func (r *Record) Throttle() (interval, until int64) {
+	if r.Limits == nil {
+		return 0, 0
+	}
+	return r.Limits.ThrottleInterval, r.Limits.ThrottleUntil
 }
 
 // Scopes returns the key's scopes (nil when none).

@@ -19,6 +19,7 @@ func decodeRecord(b []byte, intern func([]byte) string) (*Record, hkey, error) {
 	var (
 		hash                []byte
 		ratePerS, throttleS float64
+		throttleUntil       int64
 		burst               uint32
 		scopes, cidrs       [][]byte
 		env                 []byte
@@ -74,10 +75,12 @@ func decodeRecord(b []byte, intern func([]byte) string) (*Record, hkey, error) {
 			r.QuotaState = QuotaState(v)
 		case 22:
 			r.QuotaUsed = v
+		case 23:
+			r.QuotaPeriodStart = int64(v)
 		case 24:
 			throttleS = math.Float64frombits(v)
 		case 25:
-			r.ThrottleUntil = int64(v)
+			throttleUntil = int64(v)
 		case 27:
 			r.Version = v
 		}
@@ -92,10 +95,11 @@ func decodeRecord(b []byte, intern func([]byte) string) (*Record, hkey, error) {
 		r.Env = EnvTest
 	}
 	r.RateInterval = interval(ratePerS)
-	r.ThrottleInterval = interval(throttleS)
 	finishLimits(r, ratePerS, burst)
-	if len(scopes) > 0 || len(cidrs) > 0 {
-		l := &Limits{}
+	if l := throttleLimits(throttleS, throttleUntil); l != nil || len(scopes) > 0 || len(cidrs) > 0 {
+		if l == nil {
+			l = &Limits{}
+		}
 		for _, s := range scopes {
 			l.Scopes = append(l.Scopes, string(s))
 		}
@@ -111,13 +115,21 @@ func decodeRecord(b []byte, intern func([]byte) string) (*Record, hkey, error) {
 	return r, hkey(hash[:16]), nil
 }
 
-// finishLimits derives the throttle deadline and the default burst.
-func finishLimits(r *Record, ratePerS float64, burst uint32) {
-	if r.ThrottleInterval == 0 {
-		r.ThrottleUntil = 0
-	} else if r.ThrottleUntil == 0 {
-		r.ThrottleUntil = math.MaxInt64
+// throttleLimits returns Limits carrying a throttle, nil when none. A
+// throttle without a deadline lasts until it is lifted.
+func throttleLimits(perS float64, until int64) *Limits {
+	iv := interval(perS)
+	if iv == 0 {
+		return nil
 	}
+	if until == 0 {
+		until = math.MaxInt64
+	}
+	return &Limits{ThrottleInterval: iv, ThrottleUntil: until}
+}
+
+// finishLimits derives the default burst.
+func finishLimits(r *Record, ratePerS float64, burst uint32) {
 	if r.RateInterval > 0 {
 		r.Burst = burst
 		if r.Burst == 0 {

@@ -29,16 +29,17 @@ func recordFromState(st *keymeterv1.KeyState, intern func(string) string) (*Reco
 		ExpiresAt:        st.GetExpiresUnixNano(),
 		GraceUntil:       st.GetGraceUntilUnixNano(),
 		RateInterval:     interval(st.GetRateLimitPerS()),
-		ThrottleUntil:    st.GetThrottleUntilUnixNano(),
 		MonthlyQuota:     st.GetMonthlyQuota(),
 		QuotaUsed:        st.GetQuotaUsed(),
+		QuotaPeriodStart: st.GetQuotaPeriodStartUnixNano(),
 		Version:          st.GetVersion(),
-		ThrottleInterval: interval(st.GetThrottlePerS()),
 	}
 	r.Env, _ = ParseEnv(st.GetEnv())
 	finishLimits(r, st.GetRateLimitPerS(), st.GetRateLimitBurst())
-	if len(st.GetScopes()) > 0 || len(st.GetAllowedCidrs()) > 0 {
-		l := &Limits{}
+	if l := throttleLimits(st.GetThrottlePerS(), st.GetThrottleUntilUnixNano()); l != nil || len(st.GetScopes()) > 0 || len(st.GetAllowedCidrs()) > 0 {
+		if l == nil {
+			l = &Limits{}
+		}
 		for _, s := range st.GetScopes() {
 			l.Scopes = append(l.Scopes, strings.Clone(s))
 		}
@@ -79,6 +80,7 @@ func TestDecodeRecordMatchesProto(t *testing.T) {
 			st.RateLimitBurst = uint32(rng.IntN(3) * 10)
 		}
 		st.MonthlyQuota, st.QuotaUsed = uint64(rng.IntN(3))*1000, uint64(rng.IntN(2000))
+		st.QuotaPeriodStartUnixNano = rng.Int64N(2) * rng.Int64()
 		st.QuotaState = keymeterv1.QuotaState(rng.IntN(4))
 		if rng.IntN(2) == 0 {
 			st.ThrottlePerS = rng.Float64() * 10

@@ -86,7 +86,7 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 			return nil, err
 		}
 		if info.NumAckPending == 0 && info.NumRedelivered == 0 {
-			return b.js.CreateOrUpdateConsumer(ctx, b.streams.events, cc)
+			return old, nil
 		}
 		if err := b.js.DeleteConsumer(ctx, b.streams.events, name); err != nil {
 			return nil, err
