@@ -25,6 +25,15 @@ fi
 
 command -v npm >/dev/null || { echo "chdb-lib.sh: npm is required to fetch $pkg (apt-get install npm)" >&2; exit 1; }
 mkdir -p "$cache"
+# One fetch at a time (parallel CI jobs); a second waits, then finds it done.
+if command -v flock >/dev/null && [[ -z "${CHDB_LIB_LOCKED:-}" ]]; then
+	export CHDB_LIB_LOCKED=1
+	exec flock "$cache/.lock" "$0" "$@"
+fi
+if [[ -f "$cache/.complete" ]] && lib="$(find_lib)" && [[ -n "$lib" ]]; then
+	dirname "$lib"
+	exit 0
+fi
 tmp="$(mktemp -d "$cache/.fetch.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
