@@ -130,12 +130,9 @@ CREATE TABLE IF NOT EXISTS keymeter.rollup_input ON CLUSTER '{cluster}' AS keyme
 ENGINE = Distributed('{cluster}', keymeter, rollup_input_local, cityHash64(key_id));
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS keymeter.rollup_input_mv ON CLUSTER '{cluster}' TO keymeter.requests_1m_local AS
-SELECT minute, project, key_id, outcome, route, country,
-       sum(requests) AS requests, sum(bytes_in) AS bytes_in, sum(bytes_out) AS bytes_out,
-       sum(cost_units) AS cost_units,
-       uniqArrayState(ip_hashes) AS uniq_ips, uniqState(country) AS uniq_countries
-FROM keymeter.rollup_input_local
-GROUP BY minute, project, key_id, outcome, route, country;
+SELECT minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units,
+       arrayReduce('uniqState', ip_hashes) AS uniq_ips, arrayReduce('uniqState', [country]) AS uniq_countries
+FROM keymeter.rollup_input_local;
 
 -- Small state tables: one shard's worth of data, replicated everywhere
 -- (no Distributed: each node reads its own full copy). They use the
