@@ -122,6 +122,7 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 	f.IntVar(&queue, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
 	f.IntVar(&maxBatch, "max-batch", 1000, "events per batch")
 	f.DurationVar(&flushEvery, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
+	f.StringVar(&cfg.QuotaPeriod, "quota-period", "month", "quota period, as the aggregator's: month or day (UTC)")
 	f.Int64Var(&memLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
 	return c
 }

@@ -32,6 +32,8 @@ type RunConfig struct {
 	DataDir     string
 	VerifierID  string
 	Routes      []Route
+	// QuotaPeriod is the aggregator's quota period: month (default) or day.
+	QuotaPeriod string
 	HTTP        HTTPConfig
 	Emitter     EmitterConfig // Publisher, Partitions, Producer, DataDir are filled in
 	Bus         bus.Bus
@@ -77,7 +79,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Logger.With("role", "verifier", "verifier_id", cfg.VerifierID)
 	tbl := keys.NewTable(keys.TableConfig{Logger: log})
 	blocks := &BlockList{}
-	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks})
+	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod})
 	if err != nil {
 		return err
 	}
@@ -128,7 +130,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 			return fmt.Errorf("verifier: listen %s: %w", addr, err)
 		}
 		addrs[i] = ln.Addr()
-		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		servers = append(servers, hs)
 		go func() {
 			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -75,12 +77,21 @@ type Config struct {
 	Blocks *BlockList
 	// Now is the clock (tests); time.Now by default.
 	Now func() time.Time
+	// QuotaPeriod is "month" (default) or "day": the aggregator's quota
+	// period, so that usage published for an earlier period is not
+	// enforced in a new one.
+	QuotaPeriod string
 }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	if c.Table == nil {
 		return errors.New("verifier: Table is required")
+	}
+	switch c.QuotaPeriod {
+	case "", "month", "day":
+	default:
+		return fmt.Errorf("verifier: quota period %q: accepted values are month, day", c.QuotaPeriod)
 	}
 	seen := map[string]bool{}
 	for _, r := range c.Routes {
@@ -105,6 +116,7 @@ type Verifier struct {
 	dflt   Route
 	blocks *BlockList
 	now    func() time.Time
+	period quotaPeriod
 }
 
 // New returns a Verifier.
@@ -113,6 +125,7 @@ func New(cfg Config) (*Verifier, error) {
 		return nil, err
 	}
 	v := &Verifier{table: cfg.Table, blocks: cfg.Blocks, now: cfg.Now, dflt: Route{CostUnits: 1}}
+	v.period.day = cfg.QuotaPeriod == "day"
 	if v.blocks == nil {
 		v.blocks = &BlockList{}
 	}
@@ -239,11 +252,11 @@ func (v *Verifier) Verify(req *Request) Decision {
 		return d
 	}
 	d.Record = rec
-	d.Outcome = check(rec, slot, &d, req, now)
+	d.Outcome = v.check(rec, slot, &d, req, now)
 	return d
 }
 
-func check(rec *keys.Record, slot *keys.Slot, d *Decision, req *Request, now int64) event.Outcome {
+func (v *Verifier) check(rec *keys.Record, slot *keys.Slot, d *Decision, req *Request, now int64) event.Outcome {
 	switch rec.Status {
 	case keys.StatusActive:
 	case keys.StatusSuspended:
@@ -260,22 +273,22 @@ func check(rec *keys.Record, slot *keys.Slot, d *Decision, req *Request, now int
 		// Rotated out and the grace period is over.
 		return event.OutcomeExpired
 	}
-	if rec.Limits != nil {
+	if l := rec.Limits; l != nil {
 		if !rec.AllowsIP(req.ClientIP) {
 			return event.OutcomeIPDenied
 		}
 		if !rec.HasScope(d.Route.Scope) {
 			return event.OutcomeScopeDenied
 		}
+		if l.ThrottleInterval > 0 && now < l.ThrottleUntil {
+			ok, rem, reset, retry := gcra(&slot.ThrottleTAT, now, l.ThrottleInterval, 1)
+			if !ok {
+				d.Limited, d.Limit, d.Remaining, d.WindowNs, d.ResetNs, d.RetryAfter = true, 1, rem, l.ThrottleInterval, reset, retry
+				return event.OutcomeThrottled
+			}
+		}
 	} else if d.Route.Scope != "" {
 		return event.OutcomeScopeDenied
-	}
-	if rec.ThrottleInterval > 0 && now < rec.ThrottleUntil {
-		ok, rem, reset, retry := gcra(&slot.ThrottleTAT, now, rec.ThrottleInterval, 1)
-		if !ok {
-			d.Limited, d.Limit, d.Remaining, d.WindowNs, d.ResetNs, d.RetryAfter = true, 1, rem, rec.ThrottleInterval, reset, retry
-			return event.OutcomeThrottled
-		}
 	}
 	if rec.RateInterval > 0 {
 		ok, rem, reset, retry := gcra(&slot.RateTAT, now, rec.RateInterval, rec.Burst)
@@ -285,8 +298,16 @@ func check(rec *keys.Record, slot *keys.Slot, d *Decision, req *Request, now int
 		}
 	}
 	if rec.MonthlyQuota > 0 {
-		if rec.QuotaState == keys.QuotaExceeded || rec.QuotaUsed+slot.Used.Load() >= rec.MonthlyQuota {
-			d.RetryAfter = untilNextMonth(now)
+		start, next := v.period.at(now)
+		used, state := rec.QuotaUsed, rec.QuotaState
+		if rec.QuotaPeriodStart < start {
+			// A new period began and the aggregator has not published the
+			// key's usage for it yet: what it published is about the last
+			// period and must not keep the key refused.
+			used, state = 0, keys.QuotaUnspecified
+		}
+		if state == keys.QuotaExceeded || used+slot.Used.Load() >= rec.MonthlyQuota {
+			d.RetryAfter = next - now
 			return event.OutcomeQuotaExceeded
 		}
 		slot.Used.Add(1)
@@ -294,10 +315,33 @@ func check(rec *keys.Record, slot *keys.Slot, d *Decision, req *Request, now int
 	return event.OutcomeValid
 }
 
-// untilNextMonth is how long until the next calendar month (UTC), when a
-// monthly quota resets.
-func untilNextMonth(now int64) int64 {
+// quotaPeriod tracks the current quota period (UTC calendar month or day,
+// as the aggregator's --quota-period), recomputed only when it ends.
+type quotaPeriod struct {
+	day   bool
+	mu    sync.Mutex
+	start atomic.Int64
+	end   atomic.Int64
+}
+
+func (p *quotaPeriod) at(now int64) (start, end int64) {
+	if s, e := p.start.Load(), p.end.Load(); now >= s && now < e {
+		return s, e
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	t := time.Unix(0, now).UTC()
-	next := time.Date(t.Year(), t.Month()+1, 1, 0, 0, 0, 0, time.UTC)
-	return next.UnixNano() - now
+	var s, e time.Time
+	if p.day {
+		s = time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+		e = s.AddDate(0, 0, 1)
+	} else {
+		s = time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+		e = s.AddDate(0, 1, 0)
+	}
+	if now >= p.start.Load() { // never move a shared period backwards for a late request
+		p.start.Store(s.UnixNano())
+		p.end.Store(e.UnixNano())
+	}
+	return s.UnixNano(), e.UnixNano()
 }

@@ -74,8 +74,12 @@ func TestVerifyOutcomes(t *testing.T) {
 	cidr := testKey(t, tbl, &keymeterv1.KeyState{AllowedCidrs: []string{"203.0.113.0/24", "2001:db8::/32"}})
 	scoped := testKey(t, tbl, &keymeterv1.KeyState{Scopes: []string{"read:*"}})
 	limited := testKey(t, tbl, &keymeterv1.KeyState{RateLimitPerS: 1, RateLimitBurst: 2})
-	quota := testKey(t, tbl, &keymeterv1.KeyState{MonthlyQuota: 10, QuotaUsed: 9})
-	quotaState := testKey(t, tbl, &keymeterv1.KeyState{MonthlyQuota: 1000, QuotaState: keymeterv1.QuotaState_QUOTA_STATE_EXCEEDED})
+	u := now.UTC()
+	month := time.Date(u.Year(), u.Month(), 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	quota := testKey(t, tbl, &keymeterv1.KeyState{MonthlyQuota: 10, QuotaUsed: 9, QuotaPeriodStartUnixNano: month})
+	quotaState := testKey(t, tbl, &keymeterv1.KeyState{MonthlyQuota: 1000, QuotaState: keymeterv1.QuotaState_QUOTA_STATE_EXCEEDED, QuotaPeriodStartUnixNano: month})
+	quotaLastPeriod := testKey(t, tbl, &keymeterv1.KeyState{MonthlyQuota: 1000, QuotaUsed: 5000, QuotaState: keymeterv1.QuotaState_QUOTA_STATE_EXCEEDED,
+		QuotaPeriodStartUnixNano: time.Date(u.Year(), u.Month()-1, 1, 0, 0, 0, 0, time.UTC).UnixNano()})
 	throttled := testKey(t, tbl, &keymeterv1.KeyState{ThrottlePerS: 1, ThrottleUntilUnixNano: ns + int64(time.Hour)})
 	throttleOver := testKey(t, tbl, &keymeterv1.KeyState{ThrottlePerS: 0.001, ThrottleUntilUnixNano: ns - 1})
 	unknown, _ := keys.Generate(keys.EnvLive)
@@ -114,6 +118,7 @@ func TestVerifyOutcomes(t *testing.T) {
 		{"quota last", quota, ip1, "/x", event.OutcomeValid, 200},
 		{"quota exceeded by local count", quota, ip1, "/x", event.OutcomeQuotaExceeded, 429},
 		{"quota exceeded by state", quotaState, ip1, "/x", event.OutcomeQuotaExceeded, 429},
+		{"quota exceeded last period only", quotaLastPeriod, ip1, "/x", event.OutcomeValid, 200},
 		{"throttle first", throttled, ip1, "/x", event.OutcomeValid, 200},
 		{"throttled", throttled, ip1, "/x", event.OutcomeThrottled, 429},
 		{"throttle ended", throttleOver, ip1, "/x", event.OutcomeValid, 200},
