@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -351,11 +352,12 @@ func TestNativeMatchesCEL(t *testing.T) {
 				Host: pick("a.com", "b.org"), Route: pick("/v1/x", "/v2/y"), Status: uint16(pick2(rng, 200, 404, 503)),
 				LatencyUS: uint32(rng.IntN(5000)), BytesOut: uint64(rng.IntN(3000)), UserAgent: pick("curl/8", "go"),
 				CostUnits: uint32(rng.IntN(5))}
-			g := &group{used: true, baseline: float64(rng.IntN(4)) / 2, ext: &groupExt{sums: make([]int64, nBuckets), distinct: make([][]distinctEntry, 1)}}
+			pool := &extPool{}
+			g := &group{used: true, baseline: float64(rng.IntN(4)) / 2, ext: pool.put(&groupExt{sums: make([]int64, nBuckets), distinct: make([][]distinctEntry, 1)})}
 			for k := rng.IntN(20); k > 0; k-- {
-				g.add(r, e.Time.UnixNano()-int64(rng.IntN(30))*1e9, []uint64{uint64(rng.IntN(4))}, []int64{int64(rng.IntN(1000))})
+				g.add(r, pool, e.Time.UnixNano()-int64(rng.IntN(30))*1e9, []uint64{uint64(rng.IntN(4))}, []int64{int64(rng.IntN(1000))})
 			}
-			v := &aggView{r: r, g: g, now: e.Time.UnixNano(), key: pick("", "g")}
+			v := &aggView{r: r, g: g, p: pool, now: e.Time.UnixNano(), key: pick("", "g")}
 			a := &activation{ev: &e}
 			if x.agg {
 				a.agg = v
@@ -536,5 +538,81 @@ func TestEventsWithoutTimeAreSkipped(t *testing.T) {
 	e.Flush()
 	if st := e.Stats(); st.BadTime != 10 || len(sink.ds) != 0 {
 		t.Errorf("bad time %d, decisions %d", st.BadTime, len(sink.ds))
+	}
+}
+
+// TestGroupsHoldNoPointers keeps the group chunks out of the garbage
+// collector's scans.
+func TestGroupsHoldNoPointers(t *testing.T) {
+	if reflect.TypeFor[group]().Size() != 128 {
+		t.Skip("size checked elsewhere")
+	}
+	var check func(reflect.Type) bool
+	check = func(ty reflect.Type) bool {
+		switch ty.Kind() {
+		case reflect.Pointer, reflect.String, reflect.Slice, reflect.Map, reflect.Interface, reflect.Func, reflect.Chan, reflect.UnsafePointer:
+			return false
+		case reflect.Array:
+			return check(ty.Elem())
+		case reflect.Struct:
+			for i := 0; i < ty.NumField(); i++ {
+				if !check(ty.Field(i).Type) {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	if !check(reflect.TypeFor[group]()) {
+		t.Error("group holds a pointer: its chunks would be scanned by the GC")
+	}
+}
+
+// TestExtensionsFollowRows checks that extensions (spilled distinct sets)
+// are released with their rows and survive row moves.
+func TestExtensionsFollowRows(t *testing.T) {
+	src := strings.Replace(fmt.Sprintf(revokeRule, "enforce", "1m"), "  window: 1m\n", "  window: 1m\n  max_groups: 50\n", 1)
+	src = strings.Replace(src, "when: count >= 3", "when: distinct.ip >= 4", 1)
+	src = strings.Replace(src, "when: count >= 5", "when: distinct.ip >= 100", 1)
+	sink := &capture{}
+	e, _ := New(Config{Sink: sink}, mustSet(t, src))
+	for i := 0; i < 2000; i++ {
+		x := ev(i, time.Duration(i)*time.Millisecond, fmt.Sprintf("k%d", i%40), fmt.Sprintf("10.0.0.%d", i%7), event.OutcomeValid)
+		e.Process(&x)
+	}
+	tb := e.tables[0]
+	check := func(wantUsed int) {
+		t.Helper()
+		live := 0
+		for _, x := range tb.exts.items {
+			if x != nil {
+				live++
+			}
+		}
+		used := 0
+		for ri := range tb.rows {
+			if h := tb.row(ri)[0].ext; h != 0 {
+				used++
+				if tb.exts.get(h) == nil {
+					t.Fatalf("row %d: dangling extension %d", ri, h)
+				}
+			}
+		}
+		if live != used || used != wantUsed {
+			t.Errorf("%d live extensions, %d referenced, want %d", live, used, wantUsed)
+		}
+	}
+	check(40)
+	if len(sink.ds) != 40 {
+		t.Errorf("%d alerts, want 40", len(sink.ds))
+	}
+	// An hour later the idle rows are swept and their extensions released.
+	for i := 0; i < 200; i++ {
+		x := ev(i, time.Hour+time.Duration(i)*time.Millisecond, "fresh", "10.0.0.1", event.OutcomeValid)
+		e.Process(&x)
+	}
+	check(0)
+	if len(tb.rows) != 1 {
+		t.Errorf("rows %d", len(tb.rows))
 	}
 }

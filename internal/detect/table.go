@@ -24,6 +24,7 @@ type table struct {
 	// never copies (or briefly doubles) gigabytes of window state.
 	chunks    [][]group
 	sampleCh  [][]sampleRing // evidence, chunked like the groups
+	exts      extPool
 	maxRows   int
 	retention int64
 	sweep     int
@@ -123,6 +124,9 @@ func (e *Engine) apply(set *RuleSet) {
 				nri, ok := nt.index.get(row.hash)
 				if !ok {
 					nri = nt.addRow(row)
+				}
+				if g.ext != 0 {
+					g.ext = nt.exts.put(ot.exts.get(g.ext))
 				}
 				nt.row(int(nri))[ns.slot] = g
 				nt.samples(int(nri))[ns.slot] = ot.samples(ri)[slot]
@@ -232,7 +236,7 @@ func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t i
 			e.sv[d] = f.Int(ev)
 		}
 	}
-	ok, first := g.add(r, t, e.hv, e.sv)
+	ok, first := g.add(r, &tb.exts, t, e.hv, e.sv)
 	if !ok {
 		s.c.Late++
 		return
@@ -250,7 +254,7 @@ func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t i
 	if t >= g.suppressUntil {
 		g.firedMask = 0
 	}
-	e.view = aggView{r: r, g: g, now: t, tb: tb, ri: ri, slot: s.slot}
+	e.view = aggView{r: r, g: g, p: &tb.exts, now: t, tb: tb, ri: ri, slot: s.slot}
 	e.act.agg = &e.view
 	for i := range r.actions {
 		a := &r.actions[i]
@@ -273,7 +277,7 @@ func (e *Engine) initGroup(s *ruleState, g *group, key string, t int64) {
 	r := s.r
 	*g = group{used: true, head: t / r.bucketW, last: t, periodStart: t}
 	if len(r.distinct) > 2 || len(r.sums) > 0 {
-		g.ext = newGroupExt(r)
+		g.ext = s.tab.exts.put(newGroupExt(r))
 	}
 	if r.baseline != nil {
 		g.baseline = r.baseline.Default
@@ -335,8 +339,12 @@ func (e *Engine) sweepOne(tb *table) {
 
 func (e *Engine) removeRow(tb *table, i int, evicted bool) {
 	for slot, s := range tb.members {
-		if !tb.row(i)[slot].used {
+		g := &tb.row(i)[slot]
+		if !g.used {
 			continue
+		}
+		if g.ext != 0 {
+			tb.exts.release(g.ext)
 		}
 		s.used--
 		if evicted {

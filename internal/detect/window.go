@@ -22,7 +22,7 @@ type group struct {
 	suppressUntil int64
 	periodStart   int64
 	baseline      float64
-	ext           *groupExt // sums, wide counts, and distinct sets that outgrew dist
+	ext           int32 // handle in the table's extPool (0: none): sums, wide counts, big distinct sets
 
 	counts [nBuckets]uint16
 	dist   [4]distinctEntry
@@ -35,6 +35,32 @@ type groupExt struct {
 	sums     []int64           // nBuckets per sum field
 	distinct [][]distinctEntry // per distinct field
 	wide     [nBuckets]uint32
+}
+
+// extPool holds the groups' extensions. Groups refer to them by handle,
+// not pointer, so the chunks of groups hold no pointers and the garbage
+// collector never scans them: at millions of groups that is most of the heap.
+type extPool struct {
+	items []*groupExt
+	free  []int32
+}
+
+func (p *extPool) get(h int32) *groupExt { return p.items[h-1] }
+
+func (p *extPool) put(x *groupExt) int32 {
+	if n := len(p.free); n > 0 {
+		h := p.free[n-1]
+		p.free = p.free[:n-1]
+		p.items[h-1] = x
+		return h
+	}
+	p.items = append(p.items, x)
+	return int32(len(p.items))
+}
+
+func (p *extPool) release(h int32) {
+	p.items[h-1] = nil
+	p.free = append(p.free, h)
 }
 
 func newGroupExt(r *compiledRule) *groupExt {
@@ -60,7 +86,11 @@ func hash32(h uint64) uint32 { return uint32(h ^ h>>32) }
 // add records one event at time t (ns) in the window. It reports false for
 // an event older than the window, and whether the event is the first of
 // its sub-window (to be kept as evidence).
-func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64) (ok, first bool) {
+func (g *group) add(r *compiledRule, p *extPool, t int64, hv []uint64, sv []int64) (ok, first bool) {
+	var x *groupExt
+	if g.ext != 0 {
+		x = p.get(g.ext)
+	}
 	b := t / r.bucketW
 	first = g.sampleN == 0
 	if b > g.head {
@@ -68,18 +98,18 @@ func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64) (ok, firs
 		n := b - g.head
 		if n >= nBuckets {
 			g.counts = [nBuckets]uint16{}
-			if g.ext != nil {
-				clear(g.ext.sums)
-				g.ext.wide = [nBuckets]uint32{}
+			if x != nil {
+				clear(x.sums)
+				x.wide = [nBuckets]uint32{}
 			}
 		} else {
 			for k := g.head + 1; k <= b; k++ {
 				i := k % nBuckets
 				g.counts[i] = 0
-				if g.ext != nil {
-					g.ext.wide[i] = 0
+				if x != nil {
+					x.wide[i] = 0
 					for s := range r.sums {
-						g.ext.sums[s*nBuckets+int(i)] = 0
+						x.sums[s*nBuckets+int(i)] = 0
 					}
 				}
 			}
@@ -91,32 +121,33 @@ func (g *group) add(r *compiledRule, t int64, hv []uint64, sv []int64) (ok, firs
 	i := int(b % nBuckets)
 	switch {
 	case g.wide:
-		if g.ext.wide[i] < math.MaxUint32 {
-			g.ext.wide[i]++
+		if x.wide[i] < math.MaxUint32 {
+			x.wide[i]++
 		}
 	case g.counts[i] < math.MaxUint16:
 		g.counts[i]++
 	default:
-		if g.ext == nil {
-			g.ext = newGroupExt(r)
+		if x == nil {
+			x = newGroupExt(r)
+			g.ext = p.put(x)
 		}
 		for k, c := range g.counts {
-			g.ext.wide[k] = uint32(c)
+			x.wide[k] = uint32(c)
 		}
-		g.ext.wide[i]++
+		x.wide[i]++
 		g.wide = true
 	}
 	if t > g.last {
 		g.last = t
 	}
 	for s := range r.sums {
-		g.ext.sums[s*nBuckets+i] += sv[s]
+		x.sums[s*nBuckets+i] += sv[s]
 	}
 	if len(r.distinct) > 0 {
 		ts := secs(t)
 		exp := secs(t - r.window)
 		for d := range r.distinct {
-			g.addDistinct(r, d, hash32(hv[d]), ts, exp)
+			g.addDistinct(r, p, d, hash32(hv[d]), ts, exp)
 		}
 	}
 	if r.baseline != nil {
@@ -143,9 +174,10 @@ func (g *group) learn(r *compiledRule, t int64) {
 // addDistinct keeps the first two values of fields 0 and 1 inside the
 // group: most keys are seen from one address and one country, and the
 // group's cache line is already loaded.
-func (g *group) addDistinct(r *compiledRule, d int, h, t, expired uint32) {
+func (g *group) addDistinct(r *compiledRule, p *extPool, d int, h, t, expired uint32) {
 	if d >= 2 || g.dn[d] == spilled {
-		g.ext.distinct[d] = addDistinct(g.ext.distinct[d], h, t, expired, r.distinctCap)
+		x := p.get(g.ext)
+		x.distinct[d] = addDistinct(x.distinct[d], h, t, expired, r.distinctCap)
 		return
 	}
 	in := g.dist[d*2 : d*2+2]
@@ -172,12 +204,13 @@ func (g *group) addDistinct(r *compiledRule, d int, h, t, expired uint32) {
 		g.dn[d] = uint8(n + 1)
 		return
 	}
-	if g.ext == nil {
-		g.ext = newGroupExt(r)
+	if g.ext == 0 {
+		g.ext = p.put(newGroupExt(r))
 	}
 	set := make([]distinctEntry, 2, 8)
 	copy(set, in)
-	g.ext.distinct[d] = addDistinct(set, h, t, expired, r.distinctCap)
+	x := p.get(g.ext)
+	x.distinct[d] = addDistinct(set, h, t, expired, r.distinctCap)
 	g.dn[d] = spilled
 }
 
@@ -215,10 +248,10 @@ func addDistinct(set []distinctEntry, h, t, expired uint32, capacity int) []dist
 	return append(set, distinctEntry{h: h, last: t})
 }
 
-func (g *group) count() int64 {
+func (g *group) count(p *extPool) int64 {
 	var n int64
 	if g.wide {
-		for _, c := range g.ext.wide {
+		for _, c := range p.get(g.ext).wide {
 			n += int64(c)
 		}
 		return n
@@ -234,6 +267,7 @@ func (g *group) count() int64 {
 type aggView struct {
 	r    *compiledRule
 	g    *group
+	p    *extPool
 	now  int64
 	tb   *table // the group's key and hash are in tb.rows[ri]
 	ri   int32
@@ -241,13 +275,13 @@ type aggView struct {
 	key  string // when tb is nil (tests)
 }
 
-func (v *aggView) count() int64 { return v.g.count() }
+func (v *aggView) count() int64 { return v.g.count(v.p) }
 
 func (v *aggView) baseline() float64 { return v.g.baseline }
 
 func (v *aggView) windowSeconds() int64 { return v.r.window / 1e9 }
 
-func (v *aggView) rate() float64 { return float64(v.g.count()) / (float64(v.r.window) / 1e9) }
+func (v *aggView) rate() float64 { return float64(v.g.count(v.p)) / (float64(v.r.window) / 1e9) }
 
 func (v *aggView) groupKey() string {
 	if v.tb == nil {
@@ -269,8 +303,8 @@ func (v *aggView) distinct(i int) int64 {
 	switch {
 	case i < 2 && v.g.dn[i] != spilled:
 		set = v.g.dist[i*2 : i*2+int(v.g.dn[i])]
-	case v.g.ext != nil:
-		set = v.g.ext.distinct[i]
+	case v.g.ext != 0:
+		set = v.p.get(v.g.ext).distinct[i]
 	}
 	var n int64
 	for _, e := range set {
@@ -282,11 +316,11 @@ func (v *aggView) distinct(i int) int64 {
 }
 
 func (v *aggView) sum(i int) int64 {
-	if v.g.ext == nil {
+	if v.g.ext == 0 {
 		return 0
 	}
 	var n int64
-	for _, x := range v.g.ext.sums[i*nBuckets : (i+1)*nBuckets] {
+	for _, x := range v.p.get(v.g.ext).sums[i*nBuckets : (i+1)*nBuckets] {
 		n += x
 	}
 	return n
