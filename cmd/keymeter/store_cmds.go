@@ -141,6 +141,7 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 		span    time.Duration
 		queries int
 		qrows   int
+		writers int
 	)
 	c := &cobra.Command{
 		Use:   "store",
@@ -179,7 +180,7 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 				if base == "" {
 					sf.Database = fmt.Sprintf("bench_%s_%d", m, time.Now().Unix())
 				}
-				cfg := store.BenchConfig{Events: events, Batch: batch, Keys: keys, Rollups: m, Span: span, Queries: queries}
+				cfg := store.BenchConfig{Events: events, Batch: batch, Keys: keys, Rollups: m, Span: span, Queries: queries, Writers: writers}
 				if err := runBenchStore(cmd.Context(), &sf, cfg); err != nil {
 					return err
 				}
@@ -192,6 +193,7 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&events, "events", 2_000_000, "events to insert")
 	c.Flags().IntVar(&batch, "batch", 500_000, "events per insert (one exactly-once bus range)")
 	c.Flags().IntVar(&keys, "keys", 1000, "distinct API keys")
+	c.Flags().IntVar(&writers, "writers", 2, "concurrent InsertEvents callers (an aggregator inserts its partitions concurrently)")
 	c.Flags().StringVar(&rollups, "rollups", "preaggregated", "how rollups are fed: preaggregated (the store's way), views (materialized view over raw rows), both")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
 	c.Flags().DurationVar(&span, "span", time.Hour, "time the events cover, ending now (720h for a 30-day query dataset)")
@@ -223,6 +225,7 @@ func runBenchStore(ctx context.Context, sf *storeFlags, cfg store.BenchConfig) e
 	sum.add("rollups", string(cfg.Rollups))
 	sum.add("events", r.Events)
 	sum.add("batch", cfg.Batch)
+	sum.add("writers", cfg.Writers)
 	sum.add("events_per_s", fmt.Sprintf("%.0f", r.EventsPerSec))
 	sum.add("rss_mb", fmt.Sprintf("%.0f", r.RSSMB))
 	// CPU per event is steadier than events/s on a shared machine.

@@ -8,9 +8,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/keymeter/keymeter/internal/event"
 )
@@ -21,6 +24,11 @@ type BenchConfig struct {
 	Batch   int        // events per InsertEvents call (one bus range)
 	Keys    int        // distinct keys
 	Rollups RollupMode // preaggregated or views
+	// Writers insert batches concurrently, as an aggregator does for its
+	// partitions (default 1). chDB runs one statement at a time, so a second
+	// writer overlaps one batch's Go work (encoding, pre-aggregation) with
+	// another's insert.
+	Writers int
 	// Span is the time the events cover, ending now (default 1h). A 30-day
 	// span makes a dataset for the query figures.
 	Span time.Duration
@@ -60,49 +68,71 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 			return r, err
 		}
 	}
-	// Two batches: one being inserted while the next is generated.
-	batches := make(chan []event.Event, 1)
-	free := make(chan []event.Event, 2)
-	for range 2 {
-		free <- make([]event.Event, cfg.Batch)
+	if cfg.Writers <= 0 {
+		cfg.Writers = 1
 	}
 	if cfg.Span <= 0 {
 		cfg.Span = time.Hour
 	}
 	start := time.Now().UTC().Add(-cfg.Span).Truncate(time.Minute)
-	go func() {
+	g, gctx := errgroup.WithContext(ctx)
+	// One batch per writer being inserted, one being generated.
+	batches := make(chan []event.Event)
+	free := make(chan []event.Event, cfg.Writers+1)
+	for range cfg.Writers + 1 {
+		free <- make([]event.Event, cfg.Batch)
+	}
+	g.Go(func() error {
 		defer close(batches)
 		for off := 0; off < cfg.Events; off += cfg.Batch {
 			n := min(cfg.Batch, cfg.Events-off)
 			var b []event.Event
 			select {
 			case b = <-free:
-			case <-ctx.Done():
-				return
+			case <-gctx.Done():
+				return gctx.Err()
 			}
 			b = b[:n]
 			BenchEvents(b, off, cfg.Keys, start, cfg.Span, cfg.Events)
-			batches <- b
+			select {
+			case batches <- b:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
 		}
-	}()
+		return nil
+	})
 	fmt.Fprintf(progress, "bench store: before inserting: rss_mb=%.0f\n", rssMB("VmRSS"))
 	run := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	cpu0 := cpuTime()
 	t0 := time.Now()
+	var mu sync.Mutex
 	last := t0
 	done := 0
-	for b := range batches {
-		token := run + "/" + strconv.Itoa(done) + "-" + strconv.Itoa(done+len(b)-1)
-		if err := d.InsertEvents(ctx, token, b); err != nil {
-			return r, err
-		}
-		done += len(b)
-		free <- b[:cap(b)]
-		if time.Since(last) > time.Second || done == cfg.Events {
-			last = time.Now()
-			el := last.Sub(t0).Seconds()
-			fmt.Fprintf(progress, "bench store: %d/%d events, %.0f events/s, rss_mb=%.0f\n", done, cfg.Events, float64(done)/el, rssMB("VmRSS"))
-		}
+	for range cfg.Writers {
+		g.Go(func() error {
+			for b := range batches {
+				// The token names the batch's range, as a bus consumer's would.
+				first := b[0].ID
+				token := run + "/" + first + "+" + strconv.Itoa(len(b))
+				if err := d.InsertEvents(gctx, token, b); err != nil {
+					return err
+				}
+				mu.Lock()
+				done += len(b)
+				if time.Since(last) > time.Second || done == cfg.Events {
+					last = time.Now()
+					el := last.Sub(t0).Seconds()
+					fmt.Fprintf(progress, "bench store: %d/%d events, %.0f events/s, rss_mb=%.0f\n", done, cfg.Events, float64(done)/el, rssMB("VmRSS"))
+				}
+				mu.Unlock()
+				free <- b[:cap(b)]
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return r, err
 	}
 	if err := ctx.Err(); err != nil {
 		return r, err
