@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -323,6 +324,12 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 			pr.Out.Host = pr.In.Host
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+				// The client went away: nothing to answer, nothing wrong
+				// upstream. 499 (nginx's "client closed request") in the event.
+				w.WriteHeader(499)
+				return
+			}
 			s.log.Warn("upstream unreachable", "err", err, "upstream", upstream.Redacted())
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusBadGateway)
