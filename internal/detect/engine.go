@@ -99,6 +99,8 @@ type Engine struct {
 	pending    atomic.Pointer[RuleSet]
 	current    atomic.Pointer[RuleSet]
 	published  time.Time
+	pubAt      uint64 // e.processed at the last publication
+	sc         scratch
 	resets     atomic.Pointer[[]string]
 	mu         sync.Mutex // serialises resets
 	act        activation
@@ -207,13 +209,6 @@ func (e *Engine) ResetBreaker(ruleID string) {
 	}
 	ids = append(ids, ruleID)
 	e.resets.Store(&ids)
-}
-
-// ProcessBatch processes events in order.
-func (e *Engine) ProcessBatch(evs []event.Event) {
-	for i := range evs {
-		e.Process(&evs[i])
-	}
 }
 
 func (e *Engine) allowlisted(ev *event.Event) bool {
@@ -351,7 +346,7 @@ func (e *Engine) Stats() Stats {
 }
 
 func (e *Engine) publishStats() {
-	e.published = time.Now()
+	e.published, e.pubAt = time.Now(), e.processed
 	st := &Stats{Events: e.processed, BadTime: e.badTime, Watermark: time.Unix(0, e.watermark).UTC()}
 	for _, s := range e.states {
 		c := s.c

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
@@ -28,6 +29,7 @@ type table struct {
 	maxRows   int
 	retention int64
 	sweep     int
+	gen       uint64 // bumped when a row is removed (rows move)
 }
 
 const (
@@ -98,7 +100,7 @@ func (e *Engine) apply(set *RuleSet) {
 		}
 		sig := tableSig(r)
 		tb := bySig[sig]
-		if tb == nil {
+		if tb == nil || len(tb.members) == 64 { // members are a 64-bit mask
 			tb = &table{sig: sig, groupBy: r.groupBy, index: newIndex(), maxRows: r.maxGroups}
 			bySig[sig] = tb
 			tables = append(tables, tb)
@@ -155,7 +157,28 @@ func (tb *table) addRow(row rowHead) int32 {
 
 // Process runs every rule over one event. Events should arrive roughly in
 // event-time order; an event older than a group's window is not counted.
-func (e *Engine) Process(ev *event.Event) {
+func (e *Engine) Process(ev *event.Event) { e.ProcessBatch(unsafe.Slice(ev, 1)) }
+
+// subBatch is how many events go through each phase together: enough
+// independent index and group lookups for the processor to overlap their
+// cache misses, few enough that the scratch arrays stay in L1.
+const subBatch = 256
+
+// scratch holds per-event values between the phases of a sub-batch.
+type scratch struct {
+	t, wm []int64
+	match []uint64 // members of the current table that matched
+	hash  []uint64
+	row   []int32
+}
+
+// ProcessBatch runs every rule over the events, in order. Tables are
+// processed one after another over a sub-batch in three phases (match and
+// hash, index lookups, window updates), so that the lookups of different
+// events, which do not depend on each other, overlap in memory. The result
+// is the same as processing the events one by one, except for the order in
+// which decisions of different tables reach the sink within a sub-batch.
+func (e *Engine) ProcessBatch(evs []event.Event) {
 	if e.pending.Load() != nil {
 		if set := e.pending.Swap(nil); set != nil {
 			e.apply(set)
@@ -164,42 +187,100 @@ func (e *Engine) Process(ev *event.Event) {
 	if e.resets.Load() != nil {
 		e.applyResets()
 	}
-	t := ev.Time.UnixNano()
-	if t <= 0 {
-		// No usable time (zero, or before 1970): windows are in event time.
-		e.badTime++
-		return
+	for len(evs) > 0 {
+		n := min(len(evs), subBatch)
+		e.processSub(evs[:n])
+		evs = evs[n:]
 	}
-	if t > e.watermark {
-		e.watermark = t
-	}
-	e.act.ev = ev
-	e.act.agg = nil
-	for _, tb := range e.tables {
-		ri := int32(-1)
-		for _, s := range tb.members {
-			s.c.Evaluations++
-			if !s.r.match.evalBool(&e.act, &s.evalErrs) {
-				continue
-			}
-			s.c.Matches++
-			if ri < 0 {
-				ri = e.lookupRow(tb, s, t)
-			}
-			e.observe(s, tb, ri, ev, t)
-		}
-		if ri >= 0 {
-			e.sweepOne(tb)
-		}
-	}
-	e.act.ev = nil // do not keep the caller's batch alive
-	e.processed++
-	if e.processed&0x3ff == 0 && (e.processed&0xffff == 0 || time.Since(e.published) > time.Second) {
+	e.act.ev, e.act.agg = nil, nil // do not keep the caller's batch alive
+	if e.processed-e.pubAt >= 0x10000 || (e.processed-e.pubAt >= 0x400 && time.Since(e.published) > time.Second) {
 		e.publishStats()
 	}
 }
 
-func (e *Engine) lookupRow(tb *table, s *ruleState, t int64) int32 {
+func (e *Engine) processSub(evs []event.Event) {
+	sc := &e.sc
+	if cap(sc.t) < len(evs) {
+		sc.t, sc.wm = make([]int64, subBatch), make([]int64, subBatch)
+		sc.match, sc.hash, sc.row = make([]uint64, subBatch), make([]uint64, subBatch), make([]int32, subBatch)
+	}
+	for i := range evs {
+		t := evs[i].Time.UnixNano()
+		if t <= 0 {
+			// No usable time (zero, or before 1970): windows are in event time.
+			e.badTime++
+		} else if t > e.watermark {
+			e.watermark = t
+		}
+		sc.t[i], sc.wm[i] = t, e.watermark
+	}
+	e.processed += uint64(len(evs))
+	for _, tb := range e.tables {
+		// Phase 1: which members match, and the group key's hash.
+		any := false
+		for i := range evs {
+			sc.match[i] = 0
+			if sc.t[i] <= 0 {
+				continue
+			}
+			e.act.ev = &evs[i]
+			var m uint64
+			var first *ruleState
+			for k, s := range tb.members {
+				s.c.Evaluations++
+				if s.r.match.evalBool(&e.act, &s.evalErrs) {
+					s.c.Matches++
+					m |= 1 << k
+					if first == nil {
+						first = s
+					}
+				}
+			}
+			if m != 0 {
+				sc.match[i] = m
+				sc.hash[i] = e.keyHash(tb, first)
+				any = true
+			}
+		}
+		if !any {
+			continue
+		}
+		// Phase 2: index lookups, independent of each other.
+		for i := range evs {
+			if sc.match[i] != 0 {
+				sc.row[i] = -1
+				if ri, ok := tb.index.get(sc.hash[i]); ok {
+					sc.row[i] = ri
+				}
+			}
+		}
+		// Phase 3: window updates and actions, in event order. A row
+		// removed meanwhile (eviction, sweep) may have moved another: then
+		// look up again.
+		gen := tb.gen
+		for i := range evs {
+			m := sc.match[i]
+			if m == 0 {
+				continue
+			}
+			ev, t := &evs[i], sc.t[i]
+			e.act.ev = ev
+			ri := sc.row[i]
+			if ri < 0 || tb.gen != gen {
+				ri = e.lookupRow(tb, t, sc.hash[i])
+			}
+			for k, s := range tb.members {
+				if m&(1<<k) != 0 {
+					e.observe(s, tb, ri, ev, t)
+				}
+			}
+			e.sweepOne(tb, sc.wm[i])
+		}
+	}
+}
+
+// keyHash evaluates the table's group_by into e.keyBuf and hashes it.
+func (e *Engine) keyHash(tb *table, s *ruleState) uint64 {
 	buf := e.keyBuf[:0]
 	for i, g := range tb.groupBy {
 		if i > 0 {
@@ -208,14 +289,21 @@ func (e *Engine) lookupRow(tb *table, s *ruleState, t int64) int32 {
 		buf = g.evalKey(&e.act, buf, &s.evalErrs)
 	}
 	e.keyBuf = buf
-	h := maphash.Bytes(e.seed, buf)
+	return maphash.Bytes(e.seed, buf)
+}
+
+// lookupRow finds or creates the row of the current event's group.
+func (e *Engine) lookupRow(tb *table, t int64, h uint64) int32 {
 	if ri, ok := tb.index.get(h); ok {
 		return ri
 	}
 	if len(tb.rows) >= tb.maxRows {
 		e.evict(tb)
 	}
-	return tb.addRow(rowHead{key: string(buf), hash: h})
+	// e.keyBuf may hold another event's key by now: rebuild it (same
+	// event, same seed: same hash).
+	h = e.keyHash(tb, tb.members[0])
+	return tb.addRow(rowHead{key: string(e.keyBuf), hash: h})
 }
 
 func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t int64) {
@@ -320,8 +408,9 @@ func (e *Engine) evict(tb *table) {
 }
 
 // sweepOne looks at one row per event and drops it when idle for longer
-// than the rules' retention, so memory follows the active groups.
-func (e *Engine) sweepOne(tb *table) {
+// than the rules' retention (as of now, the watermark at that event), so
+// memory follows the active groups.
+func (e *Engine) sweepOne(tb *table, now int64) {
 	n := len(tb.rows)
 	if n == 0 {
 		return
@@ -330,7 +419,7 @@ func (e *Engine) sweepOne(tb *table) {
 		tb.sweep = 0
 	}
 	last, sup := tb.rowState(tb.sweep)
-	if last < e.watermark-tb.retention && sup < e.watermark {
+	if last < now-tb.retention && sup < now {
 		e.removeRow(tb, tb.sweep, false)
 		return
 	}
@@ -338,6 +427,7 @@ func (e *Engine) sweepOne(tb *table) {
 }
 
 func (e *Engine) removeRow(tb *table, i int, evicted bool) {
+	tb.gen++
 	for slot, s := range tb.members {
 		g := &tb.row(i)[slot]
 		if !g.used {
