@@ -113,6 +113,7 @@ type Emitter struct {
 	wake       chan struct{} // pokes the replayer
 	inflight   chan inflight
 	ackDone    chan struct{}
+	abandon    chan struct{} // closed by Close when ctx ends: spool what is unacknowledged
 	replayDone chan struct{}
 	replayStop chan struct{}
 
@@ -147,6 +148,7 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 		wake:       make(chan struct{}, 1),
 		inflight:   make(chan inflight, cfg.MaxInflight),
 		ackDone:    make(chan struct{}),
+		abandon:    make(chan struct{}),
 		replayDone: make(chan struct{}),
 		replayStop: make(chan struct{}),
 	}
@@ -311,7 +313,15 @@ func (e *Emitter) toSpool(m bus.Message, n int) {
 func (e *Emitter) reapAcks() {
 	defer close(e.ackDone)
 	for f := range e.inflight {
-		<-f.ack.Done()
+		select {
+		case <-f.ack.Done():
+		case <-e.abandon:
+			// Closing and out of time: keep the batch on disk. If the bus
+			// stores it after all, the next run's replay is deduplicated by
+			// its batch id.
+			e.toSpool(f.msg, f.n)
+			continue
+		}
 		if err := f.ack.Err(); err != nil {
 			e.goOffline(err)
 			e.toSpool(f.msg, f.n)
@@ -391,6 +401,8 @@ func (e *Emitter) Close(ctx context.Context) error {
 	select {
 	case <-e.ackDone:
 	case <-ctx.Done():
+		close(e.abandon)
+		<-e.ackDone
 	}
 	// Give the replayer until ctx ends to empty the spool.
 	for !e.spool.empty() && ctx.Err() == nil {
