@@ -118,6 +118,7 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 	f.StringVar(&cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key (removed before forwarding); empty: headers only")
 	f.StringSliceVar(&trusted, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs whose X-Forwarded-For is believed (forward-auth callers, load balancers)")
 	f.StringVar(&cfg.HTTP.CountryHeader, "country-header", "", "CDN header with the client's country, e.g. CF-IPCountry")
+	f.StringVar(&cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
 	f.Int64Var(&maxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
 	f.IntVar(&queue, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
 	f.IntVar(&maxBatch, "max-batch", 1000, "events per batch")

@@ -44,6 +44,9 @@ type HTTPConfig struct {
 	// CountryHeader is a CDN header carrying the client's country
 	// (e.g. CF-IPCountry); "" to ignore.
 	CountryHeader string
+	// ASNHeader is a header carrying the client's autonomous system number
+	// (set by a CDN or an edge worker); "" to ignore.
+	ASNHeader string
 	// VerifierID goes into every event.
 	VerifierID string
 	Logger     *slog.Logger
@@ -256,6 +259,13 @@ func (s *Server) emit(r *http.Request, d *Decision, path, ip string, start time.
 	if s.cfg.CountryHeader != "" {
 		if c := r.Header.Get(s.cfg.CountryHeader); len(c) == 2 {
 			ev.Country = strings.ToUpper(c)
+		}
+	}
+	if s.cfg.ASNHeader != "" {
+		if a := strings.TrimPrefix(strings.TrimPrefix(r.Header.Get(s.cfg.ASNHeader), "AS"), "as"); a != "" {
+			if n, err := strconv.ParseUint(a, 10, 32); err == nil {
+				ev.ASN = uint32(n)
+			}
 		}
 	}
 	s.em.Emit(&ev)
