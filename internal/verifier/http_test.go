@@ -152,7 +152,7 @@ func testProxyEndToEnd(t *testing.T, be testBackend) {
 	svc := newService(t, ctx, b, nil)
 	up, seen := newUpstream(t)
 
-	rv := startVerifier(t, b, RunConfig{Upstream: up.URL, HTTP: HTTPConfig{QueryParam: "api_key"},
+	rv := startVerifier(t, b, RunConfig{Upstream: up.URL, HTTP: HTTPConfig{QueryParam: "api_key", CountryHeader: "CF-IPCountry", ASNHeader: "X-Client-ASN"},
 		Routes: []Route{{Prefix: "/public", Anonymous: true, AnonRatePerS: 100}, {Prefix: "/admin", Scope: "admin"}}})
 
 	k, err := svc.Create(ctx, keys.CreateParams{Project: "acme", Name: "ci", KeyLimits: keys.KeyLimits{RatePerS: 1, Burst: 3}})
@@ -227,7 +227,7 @@ func testProxyEndToEnd(t *testing.T, be testBackend) {
 	// Upstream status and bytes go into the events.
 	k2, _ := svc.Create(ctx, keys.CreateParams{Project: "acme"})
 	waitOutcome(t, rv, k2.Secret.Reveal(), "valid")
-	resp, _ = do(t, "GET", rv.main+"/teapot", map[string]string{"X-API-Key": k2.Secret.Reveal()})
+	resp, _ = do(t, "GET", rv.main+"/teapot", map[string]string{"X-API-Key": k2.Secret.Reveal(), "CF-IPCountry": "de", "X-Client-ASN": "AS3320"})
 	if resp.StatusCode != 418 {
 		t.Fatalf("teapot: %d", resp.StatusCode)
 	}
@@ -254,7 +254,8 @@ func testProxyEndToEnd(t *testing.T, be testBackend) {
 			t.Fatal("secret in an event")
 		}
 	}
-	if teapot == nil || teapot.Status != 418 || teapot.BytesOut != uint64(len("hello from upstream\n")) || teapot.KeyID != k2.State.GetId() || teapot.Project != "acme" {
+	if teapot == nil || teapot.Status != 418 || teapot.BytesOut != uint64(len("hello from upstream\n")) || teapot.KeyID != k2.State.GetId() || teapot.Project != "acme" ||
+		teapot.Country != "DE" || teapot.ASN != 3320 || teapot.ClientIP != "127.0.0.1" || teapot.Method != "GET" || teapot.LatencyUS == 0 {
 		t.Fatalf("teapot event: %+v", teapot)
 	}
 }
