@@ -114,7 +114,6 @@ type Engine struct {
 	badTime    uint64
 	allowKeys  map[string]bool
 	allowNets  []netip.Prefix
-	rng        uint64
 	stats      atomic.Pointer[Stats]
 	maxRevokes int
 }
@@ -167,7 +166,7 @@ func New(cfg Config, set *RuleSet) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger, seed: maphash.MakeSeed(), rng: 0x9e3779b97f4a7c15,
+	e := &Engine{cfg: cfg, log: cfg.Logger, seed: maphash.MakeSeed(),
 		allowKeys: map[string]bool{}, keyBuf: make([]byte, 0, 128)}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)

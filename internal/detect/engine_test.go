@@ -616,3 +616,54 @@ func TestExtensionsFollowRows(t *testing.T) {
 		t.Errorf("rows %d", len(tb.rows))
 	}
 }
+
+// TestBatchMatchesPerEvent checks the phased batch path against one event
+// at a time, with a cap small enough that rows are evicted (and moved)
+// inside sub-batches.
+func TestBatchMatchesPerEvent(t *testing.T) {
+	rules, err := ParsePaths("../../rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, capGroups := range []int{0, 300} {
+		set, err := Compile(rules, CompileOptions{MaxGroups: capGroups})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := func(batch bool) (*capture, Stats) {
+			sink := &capture{}
+			e, _ := New(Config{Sink: sink}, set)
+			s := NewSynth(1000, t0, 20*time.Millisecond, 5)
+			evs := make([]event.Event, 1000)
+			for i := 0; i < 30; i++ {
+				s.Fill(evs)
+				if batch {
+					e.ProcessBatch(evs)
+				} else {
+					for j := range evs {
+						e.Process(&evs[j])
+					}
+				}
+			}
+			e.Flush()
+			return sink, e.Stats()
+		}
+		a, sa := run(false)
+		b, sb := run(true)
+		la, lb := a.lines(), b.lines()
+		sortStrings(la)
+		sortStrings(lb)
+		if len(la) == 0 || strings.Join(la, "\n") != strings.Join(lb, "\n") {
+			t.Fatalf("cap %d: per event %d decisions, batch %d", capGroups, len(la), len(lb))
+		}
+		for i := range sa.Rules {
+			x, y := sa.Rules[i], sb.Rules[i]
+			if x.Matches != y.Matches || x.Groups != y.Groups || x.Evictions != y.Evictions || x.Expired != y.Expired {
+				t.Errorf("cap %d, %s: per event %+v\nbatch %+v", capGroups, x.ID, x, y)
+			}
+		}
+		if capGroups > 0 && sb.Rules[3].Evictions == 0 {
+			t.Errorf("cap %d: no evictions, the test does not test them", capGroups)
+		}
+	}
+}

@@ -30,6 +30,7 @@ type table struct {
 	retention int64
 	sweep     int
 	gen       uint64 // bumped when a row is removed (rows move)
+	rng       uint64 // per table, so evictions do not depend on other tables
 }
 
 const (
@@ -101,7 +102,7 @@ func (e *Engine) apply(set *RuleSet) {
 		sig := tableSig(r)
 		tb := bySig[sig]
 		if tb == nil || len(tb.members) == 64 { // members are a 64-bit mask
-			tb = &table{sig: sig, groupBy: r.groupBy, index: newIndex(), maxRows: r.maxGroups}
+			tb = &table{sig: sig, groupBy: r.groupBy, index: newIndex(), maxRows: r.maxGroups, rng: 0x9e3779b97f4a7c15}
 			bySig[sig] = tb
 			tables = append(tables, tb)
 		}
@@ -396,10 +397,10 @@ func (e *Engine) evict(tb *table) {
 	n := len(tb.rows)
 	victim, vlast := -1, int64(0)
 	for k := 0; k < 5; k++ {
-		e.rng ^= e.rng << 13
-		e.rng ^= e.rng >> 7
-		e.rng ^= e.rng << 17
-		i := int(e.rng % uint64(n))
+		tb.rng ^= tb.rng << 13
+		tb.rng ^= tb.rng >> 7
+		tb.rng ^= tb.rng << 17
+		i := int(tb.rng % uint64(n))
 		if last, _ := tb.rowState(i); victim < 0 || last < vlast {
 			victim, vlast = i, last
 		}
