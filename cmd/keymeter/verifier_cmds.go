@@ -67,12 +67,9 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 				defer cancel()
 			}
 			log := g.Logger()
-			for _, r := range routes {
-				rt, err := verifier.ParseRoute(r)
-				if err != nil {
-					return fmt.Errorf("--route: %w", err)
-				}
-				cfg.Routes = append(cfg.Routes, rt)
+			var err error
+			if cfg.Routes, err = verifier.ParseRoutes(routes); err != nil {
+				return fmt.Errorf("--route: %w", err)
 			}
 			for _, s := range trusted {
 				p, err := keys.ParseCIDR(s)

@@ -69,6 +69,42 @@ func ParseRoute(s string) (Route, error) {
 	return r, nil
 }
 
+// ParseRoutes parses --route values. A value may hold several routes
+// separated by commas (as a config file list or an environment variable
+// arrives): each element starting with "/" begins a new route, since
+// options never do.
+func ParseRoutes(values []string) ([]Route, error) {
+	var out []Route
+	for _, v := range values {
+		var cur []string
+		flush := func() error {
+			if len(cur) == 0 {
+				return nil
+			}
+			r, err := ParseRoute(strings.Join(cur, ","))
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+			cur = cur[:0]
+			return nil
+		}
+		for _, tok := range strings.Split(v, ",") {
+			tok = strings.TrimSpace(tok)
+			if strings.HasPrefix(tok, "/") {
+				if err := flush(); err != nil {
+					return nil, err
+				}
+			}
+			cur = append(cur, tok)
+		}
+		if err := flush(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
 // Config configures a Verifier.
 type Config struct {
 	Table  *keys.Table

@@ -213,3 +213,18 @@ func BenchmarkVerify(b *testing.B) {
 func newState(rate float64, burst uint32) *keymeterv1.KeyState {
 	return &keymeterv1.KeyState{RateLimitPerS: rate, RateLimitBurst: burst}
 }
+
+func TestParseRoutes(t *testing.T) {
+	rs, err := ParseRoutes([]string{"/public,anonymous=5/10,/admin,scope=admin", "/v1/search,cost=3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 3 || !rs[0].Anonymous || rs[0].AnonRatePerS != 5 || rs[0].AnonBurst != 10 || rs[1].Scope != "admin" || rs[2].CostUnits != 3 {
+		t.Fatalf("%+v", rs)
+	}
+	for _, bad := range []string{"public", "/x,anonymous=fast", "/x,colour=red", "/x,cost=many"} {
+		if _, err := ParseRoutes([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
