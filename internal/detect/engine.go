@@ -101,6 +101,7 @@ type Engine struct {
 	published  time.Time
 	pubAt      uint64 // e.processed at the last publication
 	sc         scratch
+	touch      int64 // keeps the prefetching reads of phase 2 from being optimised away
 	resets     atomic.Pointer[[]string]
 	mu         sync.Mutex // serialises resets
 	act        activation

@@ -246,7 +246,8 @@ func (e *Engine) processSub(evs []event.Event) {
 		if !any {
 			continue
 		}
-		// Phase 2: index lookups, independent of each other.
+		// Phase 2: index lookups, independent of each other; then a read of
+		// each group's first line, so that phase 3 finds them in cache.
 		for i := range evs {
 			if sc.match[i] != 0 {
 				sc.row[i] = -1
@@ -255,6 +256,15 @@ func (e *Engine) processSub(evs []event.Event) {
 				}
 			}
 		}
+		var touch int64
+		for i := range evs {
+			if sc.match[i] != 0 && sc.row[i] >= 0 {
+				for _, g := range tb.row(int(sc.row[i])) {
+					touch += g.head
+				}
+			}
+		}
+		e.touch += touch
 		// Phase 3: window updates and actions, in event order. A row
 		// removed meanwhile (eviction, sweep) may have moved another: then
 		// look up again.
