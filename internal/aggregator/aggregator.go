@@ -230,7 +230,8 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			return nil
 		}
 		for _, d := range ds {
-			if d.Position <= a.floor[d.Partition] {
+			// Presence matters: Kafka offsets start at 0.
+			if f, seen := a.floor[d.Partition]; seen && d.Position <= f {
 				a.count(func(s *Stats) { s.Skipped++ })
 				// Already in a block. With a block of this partition still
 				// buffered, that block's ack covers it (AckAll); without one,
@@ -425,7 +426,7 @@ func (a *Aggregator) replay(ctx context.Context) error {
 		if err := a.commit(ctx, b, nil); err != nil {
 			return err
 		}
-		if in.Last > a.floor[p] {
+		if f, seen := a.floor[p]; !seen || in.Last > f {
 			a.floor[p] = in.Last
 		}
 		a.count(func(s *Stats) { s.Replayed++ })
@@ -442,7 +443,7 @@ func (a *Aggregator) replay(ctx context.Context) error {
 	}
 	for name, last := range committed {
 		p, err := strconv.Atoi(strings.TrimPrefix(name, "events/"))
-		if err == nil && last > a.floor[p] {
+		if f, seen := a.floor[p]; err == nil && (!seen || last > f) {
 			a.floor[p] = last
 		}
 	}
