@@ -320,3 +320,49 @@ func rssMB() float64 {
 	}
 	return 0
 }
+
+// BenchmarkTableApply1M: one live update applied to a table of 1,000,000
+// keys: a new key (its shard's index is copied) or a revocation (a record
+// swap, encoding included). Run with -benchtime 100000x so that every
+// "insert" is a new key.
+func BenchmarkTableApply1M(b *testing.B) {
+	const n = 1_000_000
+	tbl := NewTable(TableConfig{})
+	updates := make([]bus.KeyUpdate, 0, n+1)
+	var states []*keymeterv1.KeyState
+	for i := range n {
+		st, _ := newState(b, "proj_"+strconv.Itoa(i%1000))
+		updates = append(updates, stateUpdate(b, st))
+		if i < 1000 {
+			states = append(states, st)
+		}
+	}
+	updates = append(updates, bus.KeyUpdate{EndOfSnapshot: true})
+	for i := 0; i < len(updates); i += maxBatch {
+		tbl.Apply(updates[i:min(i+maxBatch, len(updates))])
+	}
+	updates = nil
+	b.Run("insert", func(b *testing.B) {
+		fresh := make([]bus.KeyUpdate, 0, 100_000)
+		for range cap(fresh) {
+			st, _ := newState(b, "proj_new")
+			fresh = append(fresh, stateUpdate(b, st))
+		}
+		i := 0
+		for b.Loop() {
+			tbl.Apply(fresh[i%len(fresh) : i%len(fresh)+1])
+			i++
+		}
+	})
+	b.Run("revoke", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			st := states[i%len(states)]
+			st.Version++
+			st.Status = keymeterv1.KeyStatus_KEY_STATUS_REVOKED
+			u := stateUpdate(b, st)
+			tbl.Apply([]bus.KeyUpdate{u})
+			i++
+		}
+	})
+}
