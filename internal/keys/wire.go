@@ -134,7 +134,11 @@ func finishLimits(r *Record, ratePerS float64, burst uint32) {
 		r.Burst = burst
 		if r.Burst == 0 {
 			// Default burst: one second's worth, at least 1.
-			r.Burst = uint32(max(1, ratePerS))
+			r.Burst = uint32(max(1, min(ratePerS, math.MaxUint32)))
+		}
+		// Keep interval × burst (the bucket's span in ns) far from overflow.
+		if limit := uint64(1<<62) / uint64(r.RateInterval); uint64(r.Burst) > limit {
+			r.Burst = uint32(limit)
 		}
 	}
 }

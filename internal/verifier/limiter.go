@@ -45,7 +45,10 @@ func newIPBuckets(perS float64, burst uint32) *ipBuckets {
 		iv = 1
 	}
 	if burst == 0 {
-		burst = uint32(max(1, perS))
+		burst = uint32(max(1, min(perS, 1<<31)))
+	}
+	if limit := uint64(1<<62) / uint64(iv); uint64(burst) > limit {
+		burst = uint32(limit)
 	}
 	return &ipBuckets{interval: iv, burst: burst, cells: make([]atomic.Int64, ipCells)}
 }
