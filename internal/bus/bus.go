@@ -125,6 +125,11 @@ type ConsumerConfig struct {
 	// AckWait is how long an unacknowledged delivery waits before it is
 	// redelivered (NATS). Default 30s.
 	AckWait time.Duration
+	// StartAtEnd makes a new group start with batches published from now
+	// on instead of the whole retained log (tailing, e.g. logs --follow).
+	// On NATS such a group's consumers go away a minute after its last
+	// consumer does.
+	StartAtEnd bool
 }
 
 // DeadLetter is one message that could not be processed.

@@ -69,7 +69,7 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 		SessionTimeout:    b.cfg.SessionTimeout,
 		RebalanceTimeout:  b.cfg.SessionTimeout,
 		JoinGroupBackoff:  250 * time.Millisecond,
-		StartOffset:       kafka.FirstOffset,
+		StartOffset:       startOffset(cfg.StartAtEnd),
 		ReadBackoffMin:    50 * time.Millisecond,
 		ReadBackoffMax:    time.Second,
 		MaxAttempts:       1 << 30,
@@ -351,4 +351,11 @@ func (b *Bus) ReadRange(ctx context.Context, partition int, from, to uint64, fn 
 			return nil
 		}
 	}
+}
+
+func startOffset(atEnd bool) int64 {
+	if atEnd {
+		return kafka.LastOffset
+	}
+	return kafka.FirstOffset
 }

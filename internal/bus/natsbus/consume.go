@@ -80,6 +80,10 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 		MaxAckPending: 100_000,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
+	if cfg.StartAtEnd {
+		cc.DeliverPolicy = jetstream.DeliverNewPolicy
+		cc.InactiveThreshold = time.Minute
+	}
 	if old, err := b.js.Consumer(ctx, b.streams.events, name); err == nil {
 		info, err := old.Info(ctx)
 		if err != nil {

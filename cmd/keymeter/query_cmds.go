@@ -1,0 +1,332 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/store"
+)
+
+func init() {
+	register(newUsageCmd)
+	register(newLogsCmd)
+	register(newBillingCmd)
+	register(newDecisionsCmd)
+}
+
+func writeJSONOut(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newUsageCmd(g *globals) *cobra.Command {
+	cf := &clientFlags{}
+	var key, project, from, to, gran, groupBy string
+	c := &cobra.Command{
+		Use:   "usage",
+		Short: "Usage of a key or project per minute, hour, day or month (from the rollups)",
+		Example: `  keymeter usage --key key_123 --granularity day
+  keymeter usage --project proj_a --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --granularity day --group-by outcome,country`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			for k, v := range map[string]string{"key": key, "project": project, "from": from, "to": to, "granularity": gran, "group_by": groupBy} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			var u api.UsageResponse
+			raw, err := cf.do("GET", "/v1/usage", q, nil, &u)
+			if err != nil {
+				return err
+			}
+			if cf.json() {
+				printJSON(raw)
+				return nil
+			}
+			rows := [][]string{}
+			for _, p := range u.Points {
+				rows = append(rows, []string{p.Start.UTC().Format(time.RFC3339), p.Outcome, p.Route, p.Country,
+					strconv.FormatUint(p.Requests, 10), strconv.FormatUint(p.Allowed, 10), strconv.FormatUint(p.BytesOut, 10),
+					strconv.FormatUint(p.CostUnits, 10), strconv.FormatUint(p.UniqueIPs, 10)})
+			}
+			table([]string{"START", "OUTCOME", "ROUTE", "COUNTRY", "REQUESTS", "ALLOWED", "BYTES_OUT", "COST", "UNIQUE_IPS"}, rows)
+			return nil
+		},
+	}
+	cf.add(c.Flags())
+	f := c.Flags()
+	f.StringVar(&key, "key", "", "key id")
+	f.StringVar(&project, "project", "", "project")
+	f.StringVar(&from, "from", "", "start, RFC 3339 (default 30 days ago)")
+	f.StringVar(&to, "to", "", "end, RFC 3339 (default now)")
+	f.StringVar(&gran, "granularity", "day", "minute, hour, day or month")
+	f.StringVar(&groupBy, "group-by", "", "comma-separated: outcome, route, country")
+	return c
+}
+
+// logFilter holds the log filters shared by the API query and --follow.
+type logFilter struct {
+	key, project, ip, status, outcome, route, country, from, to string
+}
+
+func (lf *logFilter) values() url.Values {
+	q := url.Values{}
+	for k, v := range map[string]string{"key": lf.key, "project": lf.project, "ip": lf.ip, "status": lf.status,
+		"outcome": lf.outcome, "route": lf.route, "country": lf.country, "from": lf.from, "to": lf.to} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	return q
+}
+
+// matcher builds an event filter with the store's own validation.
+func (lf *logFilter) matcher() (func(*event.Event) bool, error) {
+	q, err := store.ParseLogQuery(lf.values())
+	if err != nil {
+		return nil, err
+	}
+	var prefix netip.Prefix
+	if q.ClientIP != "" {
+		if p, err := netip.ParsePrefix(q.ClientIP); err == nil {
+			prefix = p.Masked()
+		} else if a, err := netip.ParseAddr(q.ClientIP); err == nil {
+			prefix = netip.PrefixFrom(a, a.BitLen())
+		}
+	}
+	return func(e *event.Event) bool {
+		switch {
+		case q.KeyID != "" && e.KeyID != q.KeyID, q.Project != "" && e.Project != q.Project,
+			q.Outcome != "" && e.Outcome.String() != q.Outcome, q.Route != "" && e.Route != q.Route,
+			q.Country != "" && e.Country != q.Country,
+			q.StatusMin != 0 && (e.Status < q.StatusMin || e.Status > q.StatusMax):
+			return false
+		}
+		if prefix.IsValid() {
+			a, err := netip.ParseAddr(e.ClientIP)
+			if err != nil || !prefix.Contains(a) {
+				return false
+			}
+		}
+		return true
+	}, nil
+}
+
+func printEvents(evs []event.Event) {
+	rows := make([][]string, 0, len(evs))
+	for _, e := range evs {
+		rows = append(rows, []string{e.Time.UTC().Format("2006-01-02T15:04:05.000Z"), e.KeyID, e.Outcome.String(), strconv.Itoa(int(e.Status)),
+			e.Method, e.Route, e.ClientIP, e.Country, strconv.FormatUint(uint64(e.LatencyUS), 10)})
+	}
+	table([]string{"TIME", "KEY", "OUTCOME", "STATUS", "METHOD", "ROUTE", "IP", "COUNTRY", "LATENCY_US"}, rows)
+}
+
+func newLogsCmd(g *globals) *cobra.Command {
+	cf := &clientFlags{}
+	var (
+		lf     logFilter
+		limit  int
+		cursor string
+		follow bool
+		bf     busFlags
+		dur    time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "logs",
+		Short: "Search request logs, newest first; --follow tails them live from the bus",
+		Example: `  keymeter logs --key key_123 --status 500-599 --limit 50
+  keymeter logs --ip 203.0.113.0/24 --outcome rate_limited
+  keymeter logs --follow --key key_123 --nats-url nats://127.0.0.1:4222`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if follow {
+				return followLogs(cmd.Context(), g, &bf, &lf, cf, dur)
+			}
+			q := lf.values()
+			q.Set("limit", strconv.Itoa(limit))
+			if cursor != "" {
+				q.Set("cursor", cursor)
+			}
+			var page api.LogsResponse
+			raw, err := cf.do("GET", "/v1/logs", q, nil, &page)
+			if err != nil {
+				return err
+			}
+			if cf.json() {
+				printJSON(raw)
+				return nil
+			}
+			printEvents(page.Events)
+			if page.Next != "" {
+				fmt.Fprintf(os.Stderr, "more: --cursor %s\n", page.Next)
+			}
+			return nil
+		},
+	}
+	cf.add(c.Flags())
+	f := c.Flags()
+	f.StringVar(&lf.key, "key", "", "key id")
+	f.StringVar(&lf.project, "project", "", "project")
+	f.StringVar(&lf.ip, "ip", "", "client address or CIDR")
+	f.StringVar(&lf.status, "status", "", "HTTP status or range, e.g. 429 or 500-599")
+	f.StringVar(&lf.outcome, "outcome", "", "outcome, e.g. valid, revoked, rate_limited")
+	f.StringVar(&lf.route, "route", "", "route")
+	f.StringVar(&lf.country, "country", "", "ISO country code")
+	f.StringVar(&lf.from, "from", "", "start, RFC 3339")
+	f.StringVar(&lf.to, "to", "", "end, RFC 3339")
+	f.IntVar(&limit, "limit", 100, "events per page")
+	f.StringVar(&cursor, "cursor", "", "the cursor printed after the previous page")
+	f.BoolVar(&follow, "follow", false, "tail new events live from the bus (uses the bus flags, not the API)")
+	f.DurationVar(&dur, "duration", 0, "with --follow: stop after this long")
+	bf.add(f)
+	return c
+}
+
+func followLogs(ctx context.Context, g *globals, bf *busFlags, lf *logFilter, cf *clientFlags, d time.Duration) error {
+	match, err := lf.matcher()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := withDuration(ctx, d)
+	defer cancel()
+	if bf.Backend == "nats" && bf.NATSURL == "" {
+		bf.NATSURL = "nats://127.0.0.1:4222" // keymeter dev's embedded server
+	}
+	b, err := bf.open(ctx, "", g.Logger())
+	if err != nil {
+		return err
+	}
+	defer b.Close(context.Background())
+	cons, err := b.NewConsumer(ctx, bus.ConsumerConfig{Group: fmt.Sprintf("logs-follow-%d", time.Now().UnixNano()), StartAtEnd: true})
+	if err != nil {
+		return err
+	}
+	defer cons.Close()
+	asJSON := cf.json()
+	if !asJSON {
+		fmt.Fprintln(os.Stdout, strings.Join([]string{"TIME", "KEY", "OUTCOME", "STATUS", "METHOD", "ROUTE", "IP", "COUNTRY"}, "\t"))
+	}
+	var eb event.Batch
+	for ctx.Err() == nil {
+		ds, err := cons.Fetch(ctx, 64, time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for _, dl := range ds {
+			if dl.Invalid != "" || event.DecodeBatch(dl.Data, &eb) != nil {
+				continue
+			}
+			for i := range eb.Events {
+				e := &eb.Events[i]
+				if !match(e) {
+					continue
+				}
+				if asJSON {
+					b, _ := e.MarshalJSON()
+					fmt.Println(string(b))
+				} else {
+					fmt.Printf("%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Time.UTC().Format("15:04:05.000"), e.KeyID, e.Outcome, e.Status, e.Method, e.Route, e.ClientIP, e.Country)
+				}
+			}
+		}
+		if len(ds) > 0 {
+			_ = cons.Ack(ctx, ds[len(ds)-1])
+		}
+	}
+	return nil
+}
+
+func newBillingCmd(g *globals) *cobra.Command {
+	cf := &clientFlags{}
+	c := &cobra.Command{Use: "billing", Short: "Billing line items per project and key"}
+	var period, format, out string
+	export := &cobra.Command{
+		Use:   "export",
+		Short: "Export a month's line items (csv or json); the same period gives the same bytes",
+		Long: `Line items are allowed requests, bytes in, bytes out and cost units per project
+and key, summing exactly to the raw events of the period. A period closes 48h
+after its end: its line items are then fixed, and events that arrive later for
+it are reported as late_events, not added.`,
+		Example: `  keymeter billing export --period 2026-11 --format csv > 2026-11.csv`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "csv" && format != "json" {
+				return fmt.Errorf("--format %q: accepted values are csv, json", format)
+			}
+			raw, err := cf.do("GET", "/v1/billing/"+url.PathEscape(period), url.Values{"format": {format}}, nil, nil)
+			if err != nil {
+				return err
+			}
+			if out == "" || out == "-" {
+				_, err = os.Stdout.Write(raw)
+				return err
+			}
+			return os.WriteFile(out, raw, 0o644)
+		},
+	}
+	export.Flags().StringVar(&period, "period", time.Now().UTC().Format("2006-01"), "month, e.g. 2026-11")
+	export.Flags().StringVar(&format, "format", "csv", "csv or json")
+	export.Flags().StringVar(&out, "out", "", "file to write (default stdout)")
+	cf.add(c.PersistentFlags())
+	c.AddCommand(export)
+	return c
+}
+
+func newDecisionsCmd(g *globals) *cobra.Command {
+	cf := &clientFlags{}
+	var key, rule, project string
+	var limit int
+	c := &cobra.Command{
+		Use:   "decisions",
+		Short: "Detection decisions with their evidence, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{"limit": {strconv.Itoa(limit)}}
+			for k, v := range map[string]string{"key": key, "rule": rule, "project": project} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			var out struct {
+				Decisions []api.DecisionJSON `json:"decisions"`
+			}
+			raw, err := cf.do("GET", "/v1/decisions", q, nil, &out)
+			if err != nil {
+				return err
+			}
+			if cf.json() {
+				printJSON(raw)
+				return nil
+			}
+			rows := [][]string{}
+			for _, d := range out.Decisions {
+				rows = append(rows, []string{d.Time.UTC().Format(time.RFC3339), d.RuleID, d.Action, d.Mode, d.Group, d.KeyID, d.Reason})
+			}
+			table([]string{"TIME", "RULE", "ACTION", "MODE", "GROUP", "KEY", "REASON"}, rows)
+			return nil
+		},
+	}
+	cf.add(c.Flags())
+	c.Flags().StringVar(&key, "key", "", "key id")
+	c.Flags().StringVar(&rule, "rule", "", "rule id")
+	c.Flags().StringVar(&project, "project", "", "project")
+	c.Flags().IntVar(&limit, "limit", 50, "how many")
+	return c
+}
