@@ -118,3 +118,25 @@ func TestTableConcurrentReads(t *testing.T) {
 	<-readers
 	<-readers
 }
+
+// TestTableResync: after a broken watch, the new snapshot replaces the
+// table's content: keys it lacks (deleted while the watch was down) go.
+func TestTableResync(t *testing.T) {
+	tbl := NewTable(TableConfig{})
+	a, sa := newState(t, "p")
+	b, sb := newState(t, "p")
+	tbl.Apply([]bus.KeyUpdate{stateUpdate(t, a), stateUpdate(t, b), {EndOfSnapshot: true}})
+	// What Run does before watching again.
+	tbl.mu.Lock()
+	tbl.seen = make(map[string]struct{})
+	tbl.mu.Unlock()
+	c, sc := newState(t, "p")
+	tbl.Apply([]bus.KeyUpdate{stateUpdate(t, a), stateUpdate(t, c)})
+	if lookup(tbl, sb) == nil {
+		t.Fatal("key removed before the new snapshot ended")
+	}
+	tbl.Apply([]bus.KeyUpdate{{EndOfSnapshot: true}})
+	if lookup(tbl, sa) == nil || lookup(tbl, sc) == nil || lookup(tbl, sb) != nil || tbl.Len() != 2 {
+		t.Fatalf("after resync: len %d", tbl.Len())
+	}
+}
