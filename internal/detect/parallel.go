@@ -73,35 +73,49 @@ func NewParallel(cfg Config, set *RuleSet, n int) (*Parallel, error) {
 	return p, nil
 }
 
-// split assigns each rule to an engine: rules already placed stay; new
-// ones go, in group_by order (so rules sharing a group table spread over
-// the engines), to the engine with the fewest rules.
+// split assigns each rule to an engine. Rules already placed stay (they
+// keep their windows). New rules are placed by group table: rules that
+// group alike go to the same engine, where they share one index lookup per
+// event; tables go, heaviest first (most rules), to the least loaded
+// engine.
 func (p *Parallel) split(set *RuleSet, n int) []*RuleSet {
 	parts := make([]*RuleSet, n)
 	load := make([]int, n)
 	for i := range parts {
 		parts[i] = &RuleSet{}
 	}
-	var fresh []*compiledRule
+	bySig := map[string][]*compiledRule{}
+	var sigs []string
+	sigEngine := map[string]int{}
 	for _, r := range set.rules {
+		sig := tableSig(r)
 		if w, ok := p.assign[r.ID]; ok && w < n {
 			parts[w].rules = append(parts[w].rules, r)
 			load[w]++
+			sigEngine[sig] = w
 			continue
 		}
-		fresh = append(fresh, r)
+		if bySig[sig] == nil {
+			sigs = append(sigs, sig)
+		}
+		bySig[sig] = append(bySig[sig], r)
 	}
-	sort.SliceStable(fresh, func(i, j int) bool { return tableSig(fresh[i]) < tableSig(fresh[j]) })
-	for _, r := range fresh {
-		w := 0
-		for i := range load {
-			if load[i] < load[w] {
-				w = i
+	sort.SliceStable(sigs, func(i, j int) bool { return len(bySig[sigs[i]]) > len(bySig[sigs[j]]) })
+	for _, sig := range sigs {
+		w, ok := sigEngine[sig] // join the table already running, if any
+		if !ok {
+			w = 0
+			for i := range load {
+				if load[i] < load[w] {
+					w = i
+				}
 			}
 		}
-		parts[w].rules = append(parts[w].rules, r)
-		load[w]++
-		p.assign[r.ID] = w
+		for _, r := range bySig[sig] {
+			parts[w].rules = append(parts[w].rules, r)
+			p.assign[r.ID] = w
+		}
+		load[w] += 1 + len(bySig[sig]) // a table costs its lookup plus its rules
 	}
 	return parts
 }
