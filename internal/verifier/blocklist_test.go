@@ -81,3 +81,44 @@ func TestRotationGraceEndToEnd(t *testing.T) {
 		t.Fatalf("new key state: %v", nw.State)
 	}
 }
+
+// TestRevocationAfterBusRestart: the key-state watch survives a NATS
+// restart: a revocation made after it still reaches the running verifier.
+func TestRevocationAfterBusRestart(t *testing.T) {
+	ctx := context.Background()
+	n := startNATS(t)
+	b := n.connect(ctx)
+	svc := newService(t, ctx, b, nil)
+	up, _ := newUpstream(t)
+	rv := startVerifier(t, b, RunConfig{Upstream: up.URL})
+	k, err := svc.Create(ctx, keys.CreateParams{Project: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOutcome(t, rv, k.Secret.Reveal(), "valid")
+	n.stop()
+	time.Sleep(300 * time.Millisecond)
+	n.start()
+	restarted := time.Now()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err = svc.Revoke(ctx, k.State.GetId(), "after restart")
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		t.Logf("revoke %v after restart: %v", time.Since(restarted).Round(time.Millisecond), err)
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	waitOutcome(t, rv, k.Secret.Reveal(), "revoked")
+	t.Logf("revoke returned %v after the restart; the verifier refused the key %v later",
+		revoked.Sub(restarted).Round(time.Millisecond), time.Since(revoked).Round(time.Millisecond))
+	k2, err := svc.Create(ctx, keys.CreateParams{Project: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOutcome(t, rv, k2.Secret.Reveal(), "valid")
+}
