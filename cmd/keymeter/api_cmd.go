@@ -55,11 +55,15 @@ hash of a token is ever stored.`,
 			if err != nil {
 				return err
 			}
-			st, err := sf.open(ctx)
-			if err != nil {
-				return err
+			acfg := api.Config{Tokens: toks, Logger: log}
+			if sf.Backend != "none" {
+				st, err := sf.open(ctx)
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				acfg.Usage, acfg.Logs, acfg.Decision, acfg.Billing = st, st, st, newBilling(st)
 			}
-			defer st.Close()
 			b, err := bf.open(ctx, sf.DataDir, log)
 			if err != nil {
 				return err
@@ -74,8 +78,8 @@ hash of a token is ever stored.`,
 			if err != nil {
 				return err
 			}
-			srv, err := api.New(api.Config{Tokens: toks, Keys: svc, KeyTable: table, Usage: st, Logs: st, Decision: st,
-				Billing: newBilling(st), Logger: log, Ready: table.Loaded})
+			acfg.Keys, acfg.KeyTable, acfg.Ready = svc, table, table.Loaded
+			srv, err := api.New(acfg)
 			if err != nil {
 				return err
 			}
@@ -97,6 +101,7 @@ hash of a token is ever stored.`,
 	bf.add(f)
 	f.StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
 	sf.add(f)
+	f.Lookup("store").Usage += "; none: keys only (usage, logs, billing answer 503)"
 	f.StringVar(&listenAt, "listen", "127.0.0.1:8081", "address of the API")
 	f.StringSliceVar(&tokens, "admin-token", nil, "admin token hashes, role:sha256hex (role admin or read); repeatable")
 	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")

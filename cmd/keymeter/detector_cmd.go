@@ -55,12 +55,18 @@ func buildDetector(ctx context.Context, f *detectorFlags, b detector.Bus, st sto
 	}
 	base := detector.NewBaselines(st, f.Lookback)
 	base.SetRules(set)
-	if n, err := base.Load(ctx); err != nil {
+	if st == nil {
+		log.Info("detector: no store; baselines start at the rules' defaults")
+	} else if n, err := base.Load(ctx); err != nil {
 		log.Warn("detector: baselines not loaded; rules start from their defaults", "err", err)
 	} else {
 		log.Info("detector: baselines loaded", "keys", n)
 	}
-	det, err := detector.New(detector.Config{Group: f.Group, Bus: b, Store: st, Keys: ka, Logger: log})
+	dcfg := detector.Config{Group: f.Group, Bus: b, Keys: ka, Logger: log}
+	if st != nil {
+		dcfg.Store = st
+	}
+	det, err := detector.New(dcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -104,11 +110,15 @@ bad file is refused and the running rules stay.`,
 			ctx, cancel := withDuration(cmd.Context(), duration)
 			defer cancel()
 			log := g.Logger()
-			st, err := sf.open(ctx)
-			if err != nil {
-				return err
+			var st store.Store // none: decisions go to the bus only, baselines start at the rules' defaults
+			if sf.Backend != "none" {
+				db, err := sf.open(ctx)
+				if err != nil {
+					return err
+				}
+				defer db.Close()
+				st = db
 			}
-			defer st.Close()
 			b, err := bf.open(ctx, sf.DataDir, log)
 			if err != nil {
 				return err
@@ -147,6 +157,7 @@ bad file is refused and the running rules stay.`,
 	bf.add(c.Flags())
 	c.Flags().StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
 	sf.add(c.Flags())
+	c.Flags().Lookup("store").Usage += "; none: decisions go to the bus only"
 	df.add(c)
 	c.Flags().DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	c.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9466", "address of /metrics, /healthz, /readyz (empty to disable)")

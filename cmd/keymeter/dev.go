@@ -170,11 +170,17 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 
 	// Verifier in front of it.
 	proxyReady := make(chan struct{})
+	proxyAddr := o.proxyListen
 	vcfg := verifier.RunConfig{
 		Listen: o.proxyListen, Upstream: "http://" + upLn.Addr().String(), AdminListen: o.adminListen,
 		DataDir: filepath.Join(dataDir, "verifier"), VerifierID: "dev-verifier", Bus: b, Logger: log,
-		HTTP:     verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
-		OnListen: func(_, _, _ net.Addr) { close(proxyReady) },
+		HTTP: verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
+		OnListen: func(main, _, _ net.Addr) {
+			if main != nil {
+				proxyAddr = main.String()
+			}
+			close(proxyReady)
+		},
 	}
 	if err := os.MkdirAll(vcfg.DataDir, 0o750); err != nil {
 		return err
@@ -232,14 +238,14 @@ keymeter dev is running (data in %s)
   NATS                              %s
   admin token                       %s   (export KEYMETER_TOKEN=%s; stored in %s)
   demo keys                         %d, secrets in %s
-`, dataDir, o.proxyListen, filepath.Join(dataDir, "demo-keys.csv"), o.proxyListen, apiLn.Addr(), o.adminListen, natsURL,
+`, dataDir, proxyAddr, filepath.Join(dataDir, "demo-keys.csv"), proxyAddr, apiLn.Addr(), o.adminListen, natsURL,
 		token, token, filepath.Join(dataDir, "admin-token"), len(demo), filepath.Join(dataDir, "demo-keys.csv"))
 
 	// Traffic.
 	var sent, refused atomic.Uint64
 	if !o.noTraffic {
 		front.Go(func() error {
-			return devTraffic(fctx, o, demo, "http://"+o.proxyListen, func(_ *loadgen.Request, status int) {
+			return devTraffic(fctx, o, demo, "http://"+proxyAddr, func(_ *loadgen.Request, status int) {
 				sent.Add(1)
 				if status >= 400 {
 					refused.Add(1)

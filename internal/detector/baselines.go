@@ -46,6 +46,9 @@ func (b *Baselines) SetRules(set *detect.RuleSet) {
 
 // Load reads every key's baseline from the store.
 func (b *Baselines) Load(ctx context.Context) (int, error) {
+	if b.usage == nil {
+		return 0, nil
+	}
 	now := time.Now().UTC()
 	bs, err := b.usage.Baselines(ctx, store.BaselineQuery{From: now.Add(-b.lookback), To: now})
 	if err != nil {
