@@ -85,6 +85,9 @@ func TestRotationGraceEndToEnd(t *testing.T) {
 // TestRevocationAfterBusRestart: the key-state watch survives a NATS
 // restart: a revocation made after it still reaches the running verifier.
 func TestRevocationAfterBusRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: waits for the KV watch to recover from a server restart (10-20 s)")
+	}
 	ctx := context.Background()
 	n := startNATS(t)
 	b := n.connect(ctx)

@@ -140,5 +140,10 @@ type testBackend interface {
 // a Kafka broker that fn may stop.
 func backends(t *testing.T, private bool, fn func(t *testing.T, be testBackend)) {
 	t.Run("nats", func(t *testing.T) { fn(t, startNATS(t)) })
-	t.Run("kafka", func(t *testing.T) { fn(t, newTestKafka(t, private)) })
+	t.Run("kafka", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("-short: the Kafka runs need a broker")
+		}
+		fn(t, newTestKafka(t, private))
+	})
 }
