@@ -18,6 +18,10 @@ import (
 var (
 	ErrInvalid  = errors.New("keys: invalid request")
 	ErrConflict = errors.New("keys: key is not in a state that allows this")
+	// ErrNotVisible: the change was written to the key-state log, but this
+	// process's watch did not show it back within WriteTimeout (the bus is
+	// slow or recovering). The change stands; callers may answer "accepted".
+	ErrNotVisible = errors.New("keys: change written but not yet visible")
 )
 
 // ServiceConfig configures a Service.
@@ -300,7 +304,7 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 	wctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if err := s.table.WaitVersion(wctx, id, 0); err != nil {
-		return fmt.Errorf("keys: delete %s written but not yet visible: %w", id, err)
+		return fmt.Errorf("%w: delete of %s: %w", ErrNotVisible, id, err)
 	}
 	s.log.Info("key deleted", "key_id", id)
 	return nil
@@ -353,7 +357,7 @@ func (s *Service) write(ctx context.Context, st *keymeterv1.KeyState) error {
 	wctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if err := s.table.WaitVersion(wctx, st.GetId(), st.GetVersion()); err != nil {
-		return fmt.Errorf("keys: key %s written but not yet visible: %w", st.GetId(), err)
+		return fmt.Errorf("%w: key %s version %d: %w", ErrNotVisible, st.GetId(), st.GetVersion(), err)
 	}
 	return nil
 }
