@@ -105,7 +105,8 @@ type Created struct {
 	State  *keymeterv1.KeyState
 }
 
-// Create issues a new key.
+// Create issues a new key. With ErrNotVisible the key was created all the
+// same, and the returned Created holds its secret.
 func (s *Service) Create(ctx context.Context, p CreateParams) (Created, error) {
 	if p.Project == "" {
 		return Created{}, fmt.Errorf("%w: project is required", ErrInvalid)
@@ -150,6 +151,10 @@ func (s *Service) issue(ctx context.Context, st *keymeterv1.KeyState, env Env) (
 	st.UpdatedUnixNano = now
 	st.Version = 1
 	if err := s.write(ctx, st); err != nil {
+		if errors.Is(err, ErrNotVisible) {
+			// The key exists: its secret must still reach the caller, once.
+			return Created{Secret: sec, State: st}, err
+		}
 		return Created{}, err
 	}
 	s.log.Info("key created", "key_id", id, "project", st.Project, "display", st.DisplayPrefix)
