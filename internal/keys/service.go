@@ -181,9 +181,9 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 	nw.RevokedUnixNano, nw.RevokeReason = 0, ""
 	nw.Status = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE
 	nw.QuotaUsed, nw.QuotaState, nw.QuotaPeriodStartUnixNano = 0, 0, 0
-	created, err := s.issue(ctx, nw, env)
-	if err != nil {
-		return Created{}, err
+	created, issueErr := s.issue(ctx, nw, env)
+	if issueErr != nil && !errors.Is(issueErr, ErrNotVisible) {
+		return Created{}, issueErr
 	}
 	until := s.now().Add(grace).UnixNano()
 	if grace <= 0 {
@@ -193,10 +193,11 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 		st.GraceUntilUnixNano = until
 		return nil
 	}); err != nil {
-		return Created{}, fmt.Errorf("keys: new key %s issued but old key %s not retired: %w", created.State.GetId(), id, err)
+		// The new key exists: hand its secret over with the error.
+		return created, fmt.Errorf("keys: new key %s issued but old key %s not retired: %w", created.State.GetId(), id, err)
 	}
 	s.log.Info("key rotated", "key_id", id, "new_key_id", created.State.GetId(), "grace", grace)
-	return created, nil
+	return created, issueErr
 }
 
 // Revoke refuses the key from now on, for reason.
