@@ -204,11 +204,25 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	buffered := 0
 	deadline := time.Now().Add(a.cfg.FlushInterval)
 	lastSeen := time.Now()
+	var inflight chan error // the flush under way, if any
+	waitFlush := func() error {
+		if inflight == nil {
+			return nil
+		}
+		err := <-inflight
+		inflight = nil
+		return err
+	}
+	defer func() { _ = waitFlush() }()
 	var eb event.Batch
 	for {
 		if ctx.Err() != nil {
 			// Shutdown: whatever is buffered is inserted and acked, with a
 			// bounded grace so a dead store cannot hold the process.
+			if err := waitFlush(); err != nil {
+				a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
+				return nil
+			}
 			if err := a.flush(fctx, cons, blocks); err != nil {
 				a.log.Warn("aggregator: final flush failed; the bus will redeliver", "err", err)
 			}
@@ -225,7 +239,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		}
 		if len(ds) > 0 {
 			lastSeen = time.Now()
-		} else if a.cfg.StopWhenIdle > 0 && len(blocks) == 0 && time.Since(lastSeen) > a.cfg.StopWhenIdle {
+		} else if a.cfg.StopWhenIdle > 0 && len(blocks) == 0 && inflight == nil && time.Since(lastSeen) > a.cfg.StopWhenIdle {
 			a.log.Info("aggregator: idle, stopping", "idle", a.cfg.StopWhenIdle)
 			return nil
 		}
@@ -234,9 +248,10 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			if f, seen := a.floor[d.Partition]; seen && d.Position <= f {
 				a.count(func(s *Stats) { s.Skipped++ })
 				// Already in a block. With a block of this partition still
-				// buffered, that block's ack covers it (AckAll); without one,
-				// everything up to the floor is stored, so ack it now.
-				if blocks[d.Partition] == nil {
+				// buffered or a flush under way, that block's ack covers it
+				// (AckAll); without, everything up to the floor is stored,
+				// so ack it now.
+				if blocks[d.Partition] == nil && inflight == nil {
 					_ = cons.Ack(ctx, d)
 				}
 				continue
@@ -252,12 +267,20 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			buffered += n
 		}
 		if buffered >= a.cfg.MaxBlockEvents || time.Now().After(deadline) {
-			if err := a.flush(fctx, cons, blocks); err != nil {
+			// One flush runs while the next blocks fill: inserting and
+			// consuming overlap, and flushes stay in order.
+			if err := waitFlush(); err != nil {
 				if ctx.Err() != nil {
 					a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
 					return nil
 				}
 				return err
+			}
+			if len(blocks) > 0 {
+				ch := make(chan error, 1)
+				go func(bs map[int]*block) { ch <- a.flush(fctx, cons, bs) }(blocks)
+				inflight = ch
+				blocks = map[int]*block{}
 			}
 			buffered = 0
 			deadline = time.Now().Add(a.cfg.FlushInterval)
