@@ -33,6 +33,7 @@ func newAPICmd(g *globals) *cobra.Command {
 	var (
 		bf       busFlags
 		sf       storeFlags
+		lf       leakFlags
 		listenAt string
 		tokens   []string
 		duration time.Duration
@@ -79,6 +80,11 @@ hash of a token is ever stored.`,
 				return err
 			}
 			acfg.Keys, acfg.KeyTable, acfg.Ready = svc, table, table.Loaded
+			lh, err := lf.handler(table, svc, b)
+			if err != nil {
+				return err
+			}
+			acfg.Leaks = lh
 			srv, err := api.New(acfg)
 			if err != nil {
 				return err
@@ -102,6 +108,7 @@ hash of a token is ever stored.`,
 	f.StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
 	sf.add(f)
 	f.Lookup("store").Usage += "; none: keys only (usage, logs, billing answer 503)"
+	lf.add(f)
 	f.StringVar(&listenAt, "listen", "127.0.0.1:8081", "address of the API")
 	f.StringSliceVar(&tokens, "admin-token", nil, "admin token hashes, role:sha256hex (role admin or read); repeatable")
 	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")

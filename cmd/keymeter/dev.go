@@ -34,6 +34,7 @@ type devOptions struct {
 	bf           busFlags
 	sf           storeFlags
 	df           detectorFlags
+	lf           leakFlags
 	duration     time.Duration
 	natsPort     int
 	proxyListen  string
@@ -72,6 +73,7 @@ survives restarts.`,
 	f.StringVar(&o.sf.DataDir, "data-dir", "data", "where state lives (NATS store, ClickHouse data, spool, demo keys)")
 	o.sf.add(f)
 	o.df.add(c)
+	o.lf.add(f)
 	f.DurationVar(&o.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	f.IntVar(&o.natsPort, "nats-port", 4222, "port of the embedded NATS server on 127.0.0.1 (0: in-process only)")
 	f.StringVar(&o.proxyListen, "proxy-listen", "127.0.0.1:8080", "the verifier (reverse proxy in front of the demo API)")
@@ -207,9 +209,13 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	det.run(ectx, eg)
 
 	// API.
+	lh, err := o.lf.handler(table, svc, b)
+	if err != nil {
+		return err
+	}
 	tok, _ := api.ParseToken("admin:" + api.HashToken(token))
 	apiSrv, err := api.New(api.Config{Tokens: []api.Token{tok}, Keys: svc, KeyTable: table, Usage: st, Logs: st, Decision: st,
-		Billing: newBilling(st), Rules: det.engine, Logger: log, Ready: table.Loaded})
+		Billing: newBilling(st), Rules: det.engine, Leaks: lh, Logger: log, Ready: table.Loaded})
 	if err != nil {
 		return err
 	}

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/leaks"
 )
 
 func init() { register(newKeysCmd) }
@@ -254,6 +260,36 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 			return nil
 		},
 	}
-	c.AddCommand(create, list, show, rotate, revoke, suspend, resume, update, del)
+	var leakSource, leakURL string
+	reportLeak := &cobra.Command{
+		Use:   "report-leak SECRET|-",
+		Short: "Report a leaked secret: only its SHA-256 is sent; the key is revoked (or alerted on) by the server's leak policy",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			secret := args[0]
+			if secret == "-" {
+				b, err := io.ReadAll(os.Stdin)
+				if err != nil {
+					return err
+				}
+				secret = strings.TrimSpace(string(b))
+			}
+			sum := sha256.Sum256([]byte(secret))
+			var l leaks.Label
+			raw, err := cf.do("POST", "/v1/leaks/hash", nil, api.LeakHashRequest{TokenSHA256: hex.EncodeToString(sum[:]), Source: leakSource, URL: leakURL}, &l)
+			if err != nil {
+				return err
+			}
+			if cf.json() {
+				printJSON(raw)
+				return nil
+			}
+			fmt.Println(l.Label)
+			return nil
+		},
+	}
+	reportLeak.Flags().StringVar(&leakSource, "source", "operator", "where the secret was found")
+	reportLeak.Flags().StringVar(&leakURL, "url", "", "link to where it was found")
+	c.AddCommand(create, list, show, rotate, revoke, suspend, resume, update, del, reportLeak)
 	return c
 }

@@ -43,6 +43,8 @@ func newVerifierCmd(g *globals) *cobra.Command {
 		maxBatch   int
 		flushEvery time.Duration
 		memLimitMB int64
+		geoCountry string
+		geoASN     string
 	)
 	c := &cobra.Command{
 		Use:   "verifier",
@@ -83,6 +85,14 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 			if memLimitMB > 0 {
 				setMemoryLimit(memLimitMB << 20)
 			}
+			if geoCountry != "" || geoASN != "" {
+				geo, err := verifier.OpenGeo(geoCountry, geoASN)
+				if err != nil {
+					return err
+				}
+				defer geo.Close()
+				cfg.HTTP.Geo = geo
+			}
 			if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 				return fmt.Errorf("--data-dir: %w", err)
 			}
@@ -120,6 +130,8 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 	f.IntVar(&queue, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
 	f.IntVar(&maxBatch, "max-batch", 1000, "events per batch")
 	f.DurationVar(&flushEvery, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
+	f.StringVar(&geoCountry, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
+	f.StringVar(&geoASN, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
 	f.StringVar(&cfg.QuotaPeriod, "quota-period", "month", "quota period, as the aggregator's: month or day (UTC)")
 	f.Int64Var(&memLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
 	return c

@@ -104,8 +104,9 @@ type Config struct {
 	Decision store.DecisionStore
 	Billing  Billing
 	Rules    RuleLister
-	// Leaks handles POST /v1/leaks (detection's leak report handler).
-	Leaks http.Handler
+	// Leaks handles POST /v1/leaks (signed secret-scanner reports) and
+	// POST /v1/leaks/hash (an operator's report by SHA-256).
+	Leaks LeakHandler
 	// Events accepts JSON usage events from third parties (POST /v1/events).
 	Events EventSink
 	Logger *slog.Logger
@@ -165,6 +166,7 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/rules", read(s.rules))
 	m.Handle("POST /v1/events", admin(s.events))
 	m.Handle("POST /v1/leaks", http.HandlerFunc(s.leaks)) // authenticated by its own signature
+	m.Handle("POST /v1/leaks/hash", admin(s.leakHash))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: 404, Code: "not_found", Message: fmt.Sprintf("no route %s %s (see /openapi.yaml)", r.Method, r.URL.Path)})
 	})

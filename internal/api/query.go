@@ -2,12 +2,14 @@ package api
 
 import (
 	"context"
+	"encoding/hex"
 	"io"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/store"
 )
 
@@ -236,6 +238,40 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusAccepted, map[string]int{"accepted": len(evs)})
+	return nil
+}
+
+// LeakHandler handles leak reports (leaks.Handler).
+type LeakHandler interface {
+	http.Handler
+	HandleHash(ctx context.Context, sum [32]byte, source, url string) leaks.Label
+}
+
+// LeakHashRequest is the body of POST /v1/leaks/hash.
+type LeakHashRequest struct {
+	TokenSHA256 string `json:"token_sha256"`
+	Source      string `json:"source,omitempty"`
+	URL         string `json:"url,omitempty"`
+}
+
+func (s *Server) leakHash(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Leaks == nil {
+		return unavailable("leak reports")
+	}
+	var req LeakHashRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	b, err := hex.DecodeString(req.TokenSHA256)
+	if err != nil || len(b) != 32 {
+		return badRequest("token_sha256", "token_sha256: want the 64 hex characters of the secret's SHA-256")
+	}
+	var sum [32]byte
+	copy(sum[:], b)
+	if req.Source == "" {
+		req.Source = "operator"
+	}
+	writeJSON(w, 200, s.cfg.Leaks.HandleHash(r.Context(), sum, req.Source, req.URL))
 	return nil
 }
 

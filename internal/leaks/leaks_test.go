@@ -1,0 +1,94 @@
+package leaks_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/leaks"
+)
+
+func TestSignedReportRevokesTruePositives(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("embedded NATS: %v", err)
+	}
+	defer srv.Shutdown()
+	b, err := natsbus.New(ctx, natsbus.Config{Partitions: 1}, natsbus.WithEmbedded(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	go func() { _ = table.Run(ctx, b) }()
+	<-table.Ready()
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaked, err := svc.Create(ctx, keys.CreateParams{Project: "proj_leak"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	h, err := leaks.New(leaks.Config{Table: table, Keys: svc, Decisions: b, PublicKeys: map[string]*ecdsa.PublicKey{"k1": &priv.PublicKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal([]leaks.Report{
+		{Token: leaked.Secret.Reveal(), Type: "keymeter_api_key", URL: "https://example.com/gist", Source: "gist"},
+		{Token: "km_live_not_a_real_key", Type: "keymeter_api_key", Source: "content"},
+	})
+	post := func(sig string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("POST", "/v1/leaks", bytes.NewReader(body))
+		req.Header.Set("Github-Public-Key-Identifier", "k1")
+		req.Header.Set("Github-Public-Key-Signature", sig)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	digest := sha256.Sum256(body)
+	der, _ := ecdsa.SignASN1(rand.Reader, priv, digest[:])
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	forged, _ := ecdsa.SignASN1(rand.Reader, other, digest[:])
+	if rec := post(base64.StdEncoding.EncodeToString(forged)); rec.Code != http.StatusUnauthorized {
+		t.Fatalf("forged signature: %d %s", rec.Code, rec.Body)
+	}
+	if st, _ := table.State(leaked.State.GetId()); st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_ACTIVE {
+		t.Fatal("a forged report changed the key")
+	}
+	rec := post(base64.StdEncoding.EncodeToString(der))
+	if rec.Code != 200 {
+		t.Fatalf("signed report: %d %s", rec.Code, rec.Body)
+	}
+	var labels []leaks.Label
+	_ = json.Unmarshal(rec.Body.Bytes(), &labels)
+	if len(labels) != 2 || labels[0].Label != "true_positive" || labels[1].Label != "false_positive" {
+		t.Fatalf("labels: %+v", labels)
+	}
+	if bytes.Contains(rec.Body.Bytes(), []byte(leaked.Secret.Reveal())) {
+		t.Fatal("the answer repeats the secret")
+	}
+	st, _ := table.State(leaked.State.GetId())
+	if st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_REVOKED || st.GetRevokeReason() == "" {
+		t.Fatalf("leaked key not revoked: %v %q", st.GetStatus(), st.GetRevokeReason())
+	}
+	// By hash, as keymeter keys report-leak sends it: already revoked, still a true positive.
+	sum := sha256.Sum256([]byte(leaked.Secret.Reveal()))
+	if l := h.HandleHash(ctx, sum, "operator", ""); l.Label != "true_positive" {
+		t.Fatalf("by hash: %+v", l)
+	}
+}
