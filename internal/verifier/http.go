@@ -47,6 +47,9 @@ type HTTPConfig struct {
 	// ASNHeader is a header carrying the client's autonomous system number
 	// (set by a CDN or an edge worker); "" to ignore.
 	ASNHeader string
+	// Geo fills country and AS number from MaxMind-format databases when
+	// the headers above do not; nil for none.
+	Geo *Geo
 	// VerifierID goes into every event.
 	VerifierID string
 	Logger     *slog.Logger
@@ -54,11 +57,13 @@ type HTTPConfig struct {
 
 // Server runs the fronts around one Verifier.
 type Server struct {
-	v   *Verifier
-	em  *Emitter // nil: no emission
-	m   *Metrics
-	cfg HTTPConfig
-	log *slog.Logger
+	v  *Verifier
+	em *Emitter // nil: no emission
+	// emitHook, in tests, sees every event built.
+	emitHook func(*event.Event)
+	m        *Metrics
+	cfg      HTTPConfig
+	log      *slog.Logger
 }
 
 // NewServer returns the fronts of v. em and m may be nil.
@@ -228,7 +233,7 @@ func WriteRefusal(w http.ResponseWriter, d *Decision, status int) {
 }
 
 // decide verifies r and records the decision in the metrics.
-func (s *Server) decide(r *http.Request, path string, start time.Time) (Decision, string, string, bool) {
+func (s *Server) decide(r *http.Request, path string, start time.Time) (Decision, client, bool) {
 	key, fromQuery := ExtractKey(r.Header, r.URL.RawQuery, s.cfg.QueryParam)
 	ip, ipStr := s.clientIP(r)
 	req := Request{Key: key, ClientIP: ip, Method: r.Method, Path: path, Now: start.UnixNano()}
@@ -242,16 +247,22 @@ func (s *Server) decide(r *http.Request, path string, start time.Time) (Decision
 		s.log.Debug("decision", "outcome", d.Outcome.String(), "key_id", d.KeyID(), "project", d.Project(),
 			"client_ip", ipStr, "method", r.Method, "path", path)
 	}
-	return d, ipStr, key, fromQuery
+	return d, client{ip, ipStr}, fromQuery
 }
 
-func (s *Server) emit(r *http.Request, d *Decision, path, ip string, start time.Time, status int, bytesIn, bytesOut int64) {
-	if s.em == nil {
+// client is the request's client address, parsed and as sent.
+type client struct {
+	addr netip.Addr
+	str  string
+}
+
+func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, start time.Time, status int, bytesIn, bytesOut int64) {
+	if s.em == nil && s.emitHook == nil {
 		return
 	}
 	ev := event.Event{
 		Time: start, Project: d.Project(), KeyID: d.KeyID(), Outcome: d.Outcome,
-		ClientIP: ip, Method: r.Method, Host: r.Host, Route: path, Status: uint16(status),
+		ClientIP: ip.str, Method: r.Method, Host: r.Host, Route: path, Status: uint16(status),
 		LatencyUS: uint32(time.Since(start) / time.Microsecond),
 		BytesIn:   uint64(max(bytesIn, 0)), BytesOut: uint64(max(bytesOut, 0)),
 		UserAgent: r.UserAgent(), VerifierID: s.cfg.VerifierID, CostUnits: d.Route.CostUnits,
@@ -268,7 +279,21 @@ func (s *Server) emit(r *http.Request, d *Decision, path, ip string, start time.
 			}
 		}
 	}
-	s.em.Emit(&ev)
+	if s.cfg.Geo != nil && (ev.Country == "" || ev.ASN == 0) {
+		c, asn := s.cfg.Geo.Lookup(ip.addr)
+		if ev.Country == "" {
+			ev.Country = c
+		}
+		if ev.ASN == 0 {
+			ev.ASN = asn
+		}
+	}
+	if s.emitHook != nil {
+		s.emitHook(&ev)
+	}
+	if s.em != nil {
+		s.em.Emit(&ev)
+	}
 }
 
 // Middleware verifies every request before next. Allowed requests reach
@@ -279,7 +304,7 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		path := r.URL.Path
-		d, ip, _, fromQuery := s.decide(r, path, start)
+		d, ip, fromQuery := s.decide(r, path, start)
 		if !d.Allowed() {
 			st := StatusCode(d.Outcome)
 			WriteRefusal(w, &d, st)
@@ -382,7 +407,7 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 		if h := r.Header.Get("X-Forwarded-Host"); h != "" {
 			orig.Host = h
 		}
-		d, ip, _, _ := s.decide(&orig, path, start)
+		d, ip, _ := s.decide(&orig, path, start)
 		st := StatusCode(d.Outcome)
 		if d.Allowed() {
 			h := w.Header()
