@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -98,8 +99,9 @@ type EmitterStats struct {
 // spool is full are events dropped, and those are counted and logged.
 //
 // Event ids are <producer>-<boot epoch>-<sequence>, batch ids
-// <producer>-<boot epoch>-b<sequence>: the boot epoch (start time in ms,
-// base 36) keeps them unique across restarts.
+// <producer>-<boot epoch>-b<sequence>. The boot epoch (start time in ms and
+// 20 random bits, base 36) keeps them unique across restarts, and apart
+// even for two processes started with the same verifier id.
 type Emitter struct {
 	cfg   EmitterConfig
 	log   *slog.Logger
@@ -142,7 +144,7 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 	e := &Emitter{
 		cfg: cfg, log: cfg.Logger, spool: sp,
 		in:         make(chan event.Event, cfg.QueueSize),
-		epoch:      strconv.FormatInt(time.Now().UnixMilli(), 36),
+		epoch:      bootEpoch(),
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 		wake:       make(chan struct{}, 1),
@@ -419,4 +421,14 @@ func (e *Emitter) Close(ctx context.Context) error {
 		return fmt.Errorf("verifier: %d events left in the spool at %s", n, e.spool.dir)
 	}
 	return nil
+}
+
+// bootEpoch is this process's start time in ms (base 36) and 20 random
+// bits: batch ids are deduplication keys, so two producers must never
+// share one.
+func bootEpoch() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	r := uint32(b[0])<<12 | uint32(b[1])<<4 | uint32(b[2])>>4
+	return strconv.FormatInt(time.Now().UnixMilli(), 36) + "." + strconv.FormatUint(uint64(r), 36)
 }
