@@ -10,7 +10,7 @@ TEST_FLAGS ?= -race -timeout 30m
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build run test test-short bench generate lint deps chdb kafka-up kafka-down clean
+.PHONY: help build run test test-short bench generate lint deps chdb kafka-up kafka-down clickhouse-up clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,10 @@ kafka-up: ## start the local Kafka broker (KRaft, 127.0.0.1:19092)
 kafka-down: ## stop the local Kafka broker
 	deploy/kafka/kafka.sh stop
 
-test: deps kafka-up ## all tests under -race, against real NATS, Kafka, chDB and clickhouse-server
+clickhouse-up: ## start Debian's clickhouse-server on 127.0.0.1:19000 (wire-protocol tests)
+	scripts/clickhouse-server.sh start
+
+test: deps kafka-up clickhouse-up ## all tests under -race, against real NATS, Kafka, chDB and clickhouse-server
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
 
