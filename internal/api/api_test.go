@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +20,11 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/billing"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/store/chdb"
@@ -31,6 +36,23 @@ type env struct {
 	t      *testing.T
 	url    string
 	router routers.Router
+}
+
+var (
+	chdbOnce sync.Once
+	chdbPath string
+)
+
+// chdbDir is this test process's embedded store directory (one per process).
+func chdbDir(t *testing.T) string {
+	chdbOnce.Do(func() {
+		d, err := os.MkdirTemp("", "keymeter-api-test-chdb-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		chdbPath = d
+	})
+	return chdbPath
 }
 
 func setup(t *testing.T) *env {
@@ -55,7 +77,7 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := chdb.Open(chdb.Config{DataDir: os.TempDir() + "/keymeter-api-test-chdb", Database: fmt.Sprintf("api_%d", time.Now().UnixNano())})
+	db, err := chdb.Open(chdb.Config{DataDir: chdbDir(t), Database: fmt.Sprintf("api_%d", time.Now().UnixNano())})
 	if err != nil {
 		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)
 	}
@@ -74,7 +96,21 @@ func setup(t *testing.T) *env {
 	}
 	adm, _ := api.ParseToken("admin:" + api.HashToken(adminSecret))
 	rd, _ := api.ParseToken("read:" + api.HashToken(readSecret))
-	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db, Ready: table.Loaded})
+	set, err := detect.LoadPaths(detect.CompileOptions{}, "../../rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := detect.New(detect.Config{Sink: detect.SinkFunc(func(*keymeterv1.Decision) {})}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng.ProcessBatch(evs)
+	lh, err := leaks.New(leaks.Config{Table: table, Keys: svc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
+		Billing: &billing.Exporter{Store: db}, Rules: eng, Leaks: lh, Ready: table.Loaded})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,6 +281,19 @@ func TestUsageLogsDecisions(t *testing.T) {
 		t.Fatalf("paging saw %d events, want 30", len(seen))
 	}
 	e.call("GET", "/v1/decisions?limit=5", readSecret, nil, 200)
+	rules := e.call("GET", "/v1/rules", readSecret, nil, 200)
+	if !strings.Contains(string(rules), `"geography-shift"`) {
+		t.Fatalf("/v1/rules lacks the starter rules: %.200s", rules)
+	}
+	e.call("GET", "/v1/billing/"+time.Now().UTC().Format("2006-01")+"?format=json", readSecret, nil, 200)
+	e.call("GET", "/v1/billing/2026-13", readSecret, nil, 400)
+	var lbl struct{ Label string }
+	_ = json.Unmarshal(e.call("POST", "/v1/leaks/hash", adminSecret, map[string]any{"token_sha256": strings.Repeat("ab", 32)}, 200), &lbl)
+	if lbl.Label != "false_positive" {
+		t.Fatalf("unknown hash labelled %q", lbl.Label)
+	}
+	e.call("POST", "/v1/leaks/hash", readSecret, map[string]any{"token_sha256": strings.Repeat("ab", 32)}, 403)
+	e.call("POST", "/v1/leaks", "", []map[string]string{{"token": "x", "type": "t"}}, 401)
 	resp, err := http.Get(e.url + "/v1/nope")
 	if err != nil {
 		t.Fatal(err)
