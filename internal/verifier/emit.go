@@ -341,8 +341,9 @@ func (e *Emitter) replay() {
 	for {
 		seq, m, n, ok, err := e.spool.oldest()
 		if err != nil {
-			e.log.Error("unreadable spool file skipped", "err", err)
-			_ = e.spool.remove(seq)
+			n, _ := e.spool.remove(seq)
+			e.log.Error("unreadable spool file removed; its events are lost", "err", err, "events", n)
+			e.drop(n, "unreadable spool file")
 			continue
 		}
 		if !ok {
@@ -367,7 +368,7 @@ func (e *Emitter) replay() {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		if err := e.spool.remove(seq); err != nil {
+		if _, err := e.spool.remove(seq); err != nil {
 			e.log.Error("spool", "err", err)
 		}
 		e.replayed.Add(uint64(n))

@@ -2,9 +2,12 @@ package verifier
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/event"
 )
 
@@ -126,5 +129,40 @@ func TestEmitterSpoolFull(t *testing.T) {
 	st := em.Stats()
 	if st.Dropped == 0 || st.SpoolBytes > 20_000 || st.Dropped+uint64(st.SpoolEvents) != 5000 {
 		t.Fatalf("stats: %+v", st)
+	}
+}
+
+// TestSpoolCorruptFile: a damaged spool file neither stops the emitter
+// from starting nor blocks the batches behind it.
+func TestSpoolCorruptFile(t *testing.T) {
+	dir := t.TempDir()
+	sp, err := openSpool(filepath.Join(dir, "spool"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.put(bus.Message{Key: "k", BatchID: "b1", Source: "s", Data: []byte("one")}, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.put(bus.Message{Key: "k", BatchID: "b2", Source: "s", Data: []byte("two")}, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sp.path(1), []byte{0xff, 0xff, 0xff}, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	sp, err = openSpool(filepath.Join(dir, "spool"), 1<<20)
+	if err != nil {
+		t.Fatalf("reopen with a corrupt file: %v", err)
+	}
+	if b, n, _ := sp.stats(); b != 2 || n != 2 {
+		t.Fatalf("stats: %d batches, %d events", b, n)
+	}
+	seq, _, _, ok, err := sp.oldest()
+	if !ok || err == nil || seq != 1 {
+		t.Fatalf("oldest: seq %d ok %v err %v", seq, ok, err)
+	}
+	_, _ = sp.remove(seq)
+	_, m, n, ok, err := sp.oldest()
+	if !ok || err != nil || m.BatchID != "b2" || string(m.Data) != "two" || n != 2 {
+		t.Fatalf("second: %+v %d %v %v", m, n, ok, err)
 	}
 }

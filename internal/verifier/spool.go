@@ -67,11 +67,10 @@ func openSpool(dir string, maxBytes int64) (*spool, error) {
 			return nil, fmt.Errorf("verifier: spool: %w", err)
 		}
 		f := spoolFile{seq: seq, size: info.Size()}
-		if m, n, err := s.read(seq); err == nil {
-			_ = m
+		// An unreadable file does not stop the verifier: replay reports
+		// and removes it.
+		if _, n, err := s.read(seq); err == nil {
 			f.events = n
-		} else {
-			return nil, err
 		}
 		s.files = append(s.files, f)
 		s.bytes += f.size
@@ -150,21 +149,24 @@ func (s *spool) read(seq uint64) (bus.Message, int, error) {
 	return bus.Message{Key: fields[0], BatchID: fields[1], Source: fields[2], Data: b}, int(n), nil
 }
 
-// remove deletes the batch seq (the oldest, once published).
-func (s *spool) remove(seq uint64) error {
+// remove deletes the batch seq (the oldest, once published) and returns
+// how many events it held.
+func (s *spool) remove(seq uint64) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	events := 0
 	for i, f := range s.files {
 		if f.seq == seq {
 			s.files = append(s.files[:i], s.files[i+1:]...)
 			s.bytes -= f.size
+			events = f.events
 			break
 		}
 	}
 	if err := os.Remove(s.path(seq)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("verifier: spool remove: %w", err)
+		return events, fmt.Errorf("verifier: spool remove: %w", err)
 	}
-	return nil
+	return events, nil
 }
 
 // stats returns the number of batches, events and bytes spooled.
