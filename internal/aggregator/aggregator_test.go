@@ -72,11 +72,12 @@ func produce(t *testing.T, b bus.Bus, n, per, keys int) map[string]int {
 	defer cancel()
 	counts := map[string]int{}
 	now := time.Now().UTC().Truncate(time.Second)
+	round := seq.Add(1) // ids unique across calls: the bus drops a re-published batch id
 	for i := 0; i < n; i += per {
 		key := fmt.Sprintf("key_%d", (i/per)%keys)
-		eb := event.Batch{ID: fmt.Sprintf("b-%d", i), Producer: "test", Created: time.Now()}
+		eb := event.Batch{ID: fmt.Sprintf("b%d-%d", round, i), Producer: "test", Created: time.Now()}
 		for j := i; j < min(i+per, n); j++ {
-			eb.Events = append(eb.Events, event.Event{ID: fmt.Sprintf("ev-%d", j), Time: now.Add(time.Duration(j) * time.Millisecond),
+			eb.Events = append(eb.Events, event.Event{ID: fmt.Sprintf("ev%d-%d", round, j), Time: now.Add(time.Duration(j) * time.Millisecond),
 				Project: "proj_a", KeyID: key, Outcome: event.OutcomeValid, ClientIP: "198.51.100.1", Country: "FR", Status: 200, Route: "/r", CostUnits: 1})
 			counts[key]++
 		}
