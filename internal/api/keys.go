@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -121,11 +122,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) error {
 		p.ExpiresAt = *req.ExpiresAt
 	}
 	c, err := ks.Create(r.Context(), p)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusCreated, CreatedJSON{Secret: c.Secret.Reveal(), Key: KeyFromState(c.State)})
-	return nil
+	return writeCreated(w, c, err)
 }
 
 func (s *Server) getKey(w http.ResponseWriter, r *http.Request) error {
@@ -261,11 +258,7 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	c, err := ks.Rotate(r.Context(), r.PathValue("id"), grace)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusCreated, CreatedJSON{Secret: c.Secret.Reveal(), Key: KeyFromState(c.State)})
-	return nil
+	return writeCreated(w, c, err)
 }
 
 // RevokeRequest is the body of POST /v1/keys/{id}/revoke.
@@ -313,4 +306,19 @@ func (s *Server) resumeKey(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return s.getKey(w, r)
+}
+
+// writeCreated answers a create or rotate. When the key was written to the
+// key-state log but this server's table has not shown it yet, the secret
+// must still be shown (it exists nowhere else): 202 Accepted.
+func writeCreated(w http.ResponseWriter, c keys.Created, err error) error {
+	if err != nil && !(errors.Is(err, keys.ErrNotVisible) && c.State != nil) {
+		return err
+	}
+	status := http.StatusCreated
+	if err != nil {
+		status = http.StatusAccepted
+	}
+	writeJSON(w, status, CreatedJSON{Secret: c.Secret.Reveal(), Key: KeyFromState(c.State)})
+	return nil
 }
