@@ -405,6 +405,12 @@ func (d *DB) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 		sql += " WHERE " + strings.Join(where, " AND ")
 	}
 	sql += " ORDER BY time DESC, event_id DESC LIMIT {limit:UInt32}"
+	if q.KeyID != "" {
+		// One key's rows are few: reading them whole beats reading every
+		// part in time order and merging (100M rows, 10k keys: 35 vs 188 ms
+		// for a page, 84 vs 98 ms with a 2% status filter, measured).
+		sql += " SETTINGS optimize_read_in_order = 0"
+	}
 	p = p.U64("limit", uint64(limit+1))
 	rows, err := d.conn.Query(ctx, d.sql(sql), p)
 	if err != nil {
