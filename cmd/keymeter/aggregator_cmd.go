@@ -64,11 +64,7 @@ Several aggregators with the same --group share the partitions.`,
 			if err != nil {
 				return err
 			}
-			defer func() {
-				cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer ccancel()
-				_ = b.Close(cctx)
-			}()
+			defer b.closeSoon()
 			table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
 			quotas, err := aggregator.NewQuotas(qcfg, table, b, st, log)
 			if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -9,7 +8,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/keymeter/keymeter/internal/api"
-	"github.com/keymeter/keymeter/internal/keys"
 )
 
 func init() { register(newAPICmd) }
@@ -69,13 +67,8 @@ hash of a token is ever stored.`,
 			if err != nil {
 				return err
 			}
-			defer func() {
-				cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer ccancel()
-				_ = b.Close(cctx)
-			}()
-			table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
-			svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table, Logger: log})
+			defer b.closeSoon()
+			table, svc, err := keyService(b, log)
 			if err != nil {
 				return err
 			}

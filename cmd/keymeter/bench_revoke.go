@@ -60,7 +60,7 @@ this process; the circuit breaker is off for the run.`,
 				return err
 			}
 			df.MaxRevokes = -1
-			det, err := buildDetector(ectx, &df, b, nil, svc, nil, log, nil)
+			det, err := buildDetector(ectx, &df, b, nil, svc, nil, log)
 			if err != nil {
 				return err
 			}

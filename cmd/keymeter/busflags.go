@@ -7,11 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/keys"
 )
 
 // busFlags select and configure the bus for any role.
@@ -92,4 +94,19 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// closeSoon closes the bus with a bounded grace, for defer.
+func (o *openedBus) closeSoon() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = o.Close(ctx)
+}
+
+// keyService is a key table (full states kept) and the lifecycle service
+// writing through it; the caller runs table.Run.
+func keyService(b bus.KeyLog, log *slog.Logger) (*keys.Table, *keys.Service, error) {
+	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table, Logger: log})
+	return table, svc, err
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/detector"
-	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/store"
 )
 
@@ -48,7 +47,7 @@ type detectorParts struct {
 	base     *detector.Baselines
 }
 
-func buildDetector(ctx context.Context, f *detectorFlags, b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger, onDecision func()) (*detectorParts, error) {
+func buildDetector(ctx context.Context, f *detectorFlags, b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger) (*detectorParts, error) {
 	set, err := detect.LoadPaths(detect.CompileOptions{}, f.Rules...)
 	if err != nil {
 		return nil, fmt.Errorf("--rules: %w", err)
@@ -123,18 +122,13 @@ bad file is refused and the running rules stay.`,
 			if err != nil {
 				return err
 			}
-			defer func() {
-				cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer ccancel()
-				_ = b.Close(cctx)
-			}()
-			table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
-			svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table, Logger: log})
+			defer b.closeSoon()
+			table, svc, err := keyService(b, log)
 			if err != nil {
 				return err
 			}
 			reg := newRegistry()
-			parts, err := buildDetector(ctx, &df, b, st, svc, reg, log, nil)
+			parts, err := buildDetector(ctx, &df, b, st, svc, reg, log)
 			if err != nil {
 				return err
 			}

@@ -127,11 +127,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	} else if b, err = o.bf.open(ctx, dataDir, log); err != nil {
 		return err
 	}
-	defer func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer ccancel()
-		_ = b.Close(cctx)
-	}()
+	defer b.closeSoon()
 
 	// Two groups so shutdown runs in order: the front (traffic, verifier)
 	// stops and flushes first, then the back (aggregator, detector, API)
@@ -202,7 +198,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	eg.Go(func() error { return agg.Run(ectx) })
 
 	// Detector with the starter rules.
-	det, err := buildDetector(ectx, &o.df, b, st, svc, reg, log, nil)
+	det, err := buildDetector(ectx, &o.df, b, st, svc, reg, log)
 	if err != nil {
 		return err
 	}
