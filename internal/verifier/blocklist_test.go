@@ -86,7 +86,7 @@ func TestRotationGraceEndToEnd(t *testing.T) {
 // restart: a revocation made after it still reaches the running verifier.
 func TestRevocationAfterBusRestart(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short: waits for the KV watch to recover from a server restart (10-20 s)")
+		t.Skip("-short: restarts the NATS server")
 	}
 	ctx := context.Background()
 	n := startNATS(t)

@@ -32,7 +32,12 @@ func (b *Bus) DeleteKey(ctx context.Context, id string) error {
 
 // WatchKeys delivers every key's latest state, an EndOfSnapshot marker,
 // then live changes until ctx ends.
+//
+// After a reconnect the channel is closed (the watch ends): a server that
+// restarted may have lost the watch's consumer, and a new watch with a
+// fresh snapshot is the fast and certain way back.
 func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
+	reconnected := b.reconnects()
 	w, err := b.kv.WatchAll(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: watch keys: %w", err)
@@ -44,6 +49,9 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 		for {
 			select {
 			case <-ctx.Done():
+				return
+			case <-reconnected:
+				b.log.Info("nats: key watch ends after a reconnect; watch again for a fresh snapshot")
 				return
 			case e, ok := <-w.Updates():
 				if !ok {

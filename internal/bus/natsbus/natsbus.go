@@ -105,6 +105,12 @@ func WithEmbedded(e *Embedded) Option {
 
 // Bus is the JetStream adapter of bus.Bus.
 type Bus struct {
+	// reconnected is closed and replaced on every reconnect, so that
+	// watches can start again at once instead of waiting for their
+	// heartbeats to notice that the server restarted.
+	rmu         sync.Mutex
+	reconnected chan struct{}
+
 	cfg     Config
 	log     *slog.Logger
 	nc      *nats.Conn
@@ -132,7 +138,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 			return nil, err
 		}
 	}
-	b := &Bus{cfg: cfg, log: o.log.With("bus", "nats")}
+	b := &Bus{cfg: cfg, log: o.log.With("bus", "nats"), reconnected: make(chan struct{})}
 	up := strings.ToUpper(cfg.Prefix)
 	b.subj.events = cfg.Prefix + ".events"
 	b.subj.decisions = cfg.Prefix + ".decisions"
@@ -154,7 +160,13 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 				b.log.Warn("nats disconnected, reconnecting", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+			b.rmu.Lock()
+			close(b.reconnected)
+			b.reconnected = make(chan struct{})
+			b.rmu.Unlock()
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { b.log.Warn("nats async error", "err", err) }),
 	}
 	if o.embedded != nil {
@@ -367,4 +379,11 @@ func (p *publisher) close() {
 		close(p.queue)
 		p.wg.Wait()
 	})
+}
+
+// reconnects returns a channel closed at the next reconnect.
+func (b *Bus) reconnects() <-chan struct{} {
+	b.rmu.Lock()
+	defer b.rmu.Unlock()
+	return b.reconnected
 }
