@@ -296,7 +296,8 @@ func (c *Conn) InsertEvents(ctx context.Context, database, token string, events 
 			return err
 		}
 		defer b.Close()
-		for i := range events {
+		// In the table's sort order: the server then skips sorting the block.
+		for _, i := range store.SortOrder(events) {
 			e := &events[i]
 			if err := b.Append(e.Time, e.Project, e.KeyID, e.ID, e.Outcome.String(), e.ClientIP, e.Country, e.ASN,
 				e.Method, e.Host, e.Route, e.Status, e.LatencyUS, e.BytesIn, e.BytesOut, e.UserAgent, e.VerifierID, e.CostUnits); err != nil {

@@ -1,4 +1,4 @@
-package chdb
+package store
 
 import (
 	"math/rand/v2"
@@ -21,7 +21,7 @@ func TestSortedOrder(t *testing.T) {
 			Time:    base.Add(time.Duration(r.IntN(100000)) * time.Millisecond),
 		}
 	}
-	order := sortedOrder(ev)
+	order := SortOrder(ev)
 	seen := make([]bool, len(ev))
 	for _, i := range order {
 		if seen[i] {
