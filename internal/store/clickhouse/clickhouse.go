@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"syscall"
@@ -51,7 +52,8 @@ func (c Config) Validate() error {
 		return errors.New("clickhouse: a DSN is required (e.g. clickhouse://127.0.0.1:9000/keymeter)")
 	}
 	if _, err := ch.ParseDSN(c.DSN); err != nil {
-		return fmt.Errorf("clickhouse: DSN: %w", err)
+		// Not %w: the parser's message may quote the DSN, password and all.
+		return fmt.Errorf("clickhouse: DSN %s is not valid (want clickhouse://user:password@host:9000/database)", redactDSN(c.DSN))
 	}
 	if c.Database != "" {
 		return store.ValidateDatabase(c.Database)
@@ -76,7 +78,7 @@ func Open(ctx context.Context, cfg Config) (*store.DB, error) {
 	}
 	if !AtLeast(v, MinServerVersion) {
 		c.Close()
-		return nil, fmt.Errorf("%w: %s is %s; keymeter needs %s or newer (query parameters, DateTime64, TTL, insert_deduplication_token)", ErrServerTooOld, cfg.DSN, v, MinServerVersion)
+		return nil, fmt.Errorf("%w: %s is %s; keymeter needs %s or newer (query parameters, DateTime64, TTL, insert_deduplication_token)", ErrServerTooOld, redactDSN(cfg.DSN), v, MinServerVersion)
 	}
 	db := cfg.Database
 	if db == "" {
@@ -333,4 +335,19 @@ func (c *Conn) InsertRollup(ctx context.Context, database, token string, rows []
 		}
 		return b.Send()
 	})
+}
+
+// redactDSN hides the password of a DSN for messages.
+func redactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "(unparseable)"
+	}
+	if u.User == nil {
+		return dsn
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
 }
