@@ -142,6 +142,7 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 		queries int
 		qrows   int
 		writers int
+		noWarm  bool
 	)
 	c := &cobra.Command{
 		Use:   "store",
@@ -180,7 +181,7 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 				if base == "" {
 					sf.Database = fmt.Sprintf("bench_%s_%d", m, time.Now().Unix())
 				}
-				cfg := store.BenchConfig{Events: events, Batch: batch, Keys: keys, Rollups: m, Span: span, Queries: queries, Writers: writers}
+				cfg := store.BenchConfig{Events: events, Batch: batch, Keys: keys, Rollups: m, Span: span, Queries: queries, Writers: writers, NoWarmup: noWarm}
 				if err := runBenchStore(cmd.Context(), &sf, cfg); err != nil {
 					return err
 				}
@@ -193,6 +194,7 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&events, "events", 2_000_000, "events to insert")
 	c.Flags().IntVar(&batch, "batch", 500_000, "events per insert (one exactly-once bus range)")
 	c.Flags().IntVar(&keys, "keys", 1000, "distinct API keys")
+	c.Flags().BoolVar(&noWarm, "no-warmup", false, "skip the untimed warm-up batch (measures a cold process)")
 	c.Flags().IntVar(&writers, "writers", 2, "concurrent InsertEvents callers (an aggregator inserts its partitions concurrently)")
 	c.Flags().StringVar(&rollups, "rollups", "preaggregated", "how rollups are fed: preaggregated (the store's way), views (materialized view over raw rows), both")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")

@@ -25,7 +25,7 @@ func BenchmarkInsert(b *testing.B) {
 			}
 			var total int
 			for b.Loop() {
-				r, err := store.Bench(ctx, db, store.BenchConfig{Events: 200_000, Batch: 100_000, Rollups: mode, Span: 6 * time.Minute}, io.Discard)
+				r, err := store.Bench(ctx, db, store.BenchConfig{Events: 200_000, Batch: 100_000, Rollups: mode, Span: 6 * time.Minute, NoWarmup: true}, io.Discard)
 				if err != nil {
 					b.Fatal(err)
 				}
