@@ -120,7 +120,7 @@ func newBenchPipelineCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&events, "events", 2_000_000, "events to publish")
 	c.Flags().IntVar(&batch, "batch", 1000, "events per bus message")
 	c.Flags().IntVar(&keys, "keys", 1000, "distinct keys")
-	c.Flags().IntVar(&blockSize, "max-block-events", 500_000, "aggregator block size")
+	c.Flags().IntVar(&blockSize, "max-block-events", 100_000, "aggregator block size")
 	c.Flags().StringVar(&dataDir, "data-dir", "", "where state lives (default: a temporary directory)")
 	return c
 }

@@ -24,6 +24,7 @@ type busFlags struct {
 	Prefix       string
 	Partitions   int
 	MaxPending   int
+	Replicas     int
 }
 
 func (f *busFlags) add(fs *pflag.FlagSet) {
@@ -33,6 +34,7 @@ func (f *busFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Prefix, "bus-prefix", "keymeter", "name prefix of subjects, streams and topics")
 	fs.IntVar(&f.Partitions, "partitions", 8, "event partitions (created once; later runs must agree)")
 	fs.IntVar(&f.MaxPending, "max-pending", 1024, "unacknowledged batches before publishing blocks")
+	fs.IntVar(&f.Replicas, "bus-replicas", 1, "replicas of the streams (NATS) or replication factor of the topics (Kafka) keymeter creates; 3 in production")
 }
 
 // openedBus is a bus plus what must be stopped after it.
@@ -70,7 +72,7 @@ func (f *busFlags) open(ctx context.Context, dataDir string, log *slog.Logger) (
 			o.embedded = e
 			opts = append(opts, natsbus.WithEmbedded(e))
 		}
-		b, err := natsbus.New(ctx, natsbus.Config{URL: f.NATSURL, Prefix: f.Prefix, Partitions: f.Partitions, MaxPending: f.MaxPending}, opts...)
+		b, err := natsbus.New(ctx, natsbus.Config{URL: f.NATSURL, Prefix: f.Prefix, Partitions: f.Partitions, MaxPending: f.MaxPending, Replicas: f.Replicas}, opts...)
 		if err != nil {
 			if o.embedded != nil {
 				o.embedded.Shutdown()

@@ -9,10 +9,11 @@ import (
 
 func openKafka(ctx context.Context, f *busFlags, log *slog.Logger) (*openedBus, error) {
 	b, err := kafkabus.New(ctx, kafkabus.Config{
-		Brokers:     splitList(f.KafkaBrokers),
-		TopicPrefix: f.Prefix + ".",
-		Partitions:  f.Partitions,
-		MaxPending:  f.MaxPending,
+		Brokers:           splitList(f.KafkaBrokers),
+		TopicPrefix:       f.Prefix + ".",
+		Partitions:        f.Partitions,
+		MaxPending:        f.MaxPending,
+		ReplicationFactor: f.Replicas,
 	}, kafkabus.WithLogger(log))
 	if err != nil {
 		return nil, err

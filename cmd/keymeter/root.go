@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -20,6 +22,28 @@ type globals struct {
 	LogLevel  string
 	LogFormat string
 	Config    string
+	// CPUProfile, when set, receives a CPU profile of the command.
+	CPUProfile string
+	profile    *os.File
+}
+
+func (g *globals) startProfile() error {
+	if g.CPUProfile == "" {
+		return nil
+	}
+	f, err := os.Create(g.CPUProfile)
+	if err != nil {
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	g.profile = f
+	return pprof.StartCPUProfile(f)
+}
+
+func (g *globals) stopProfile() {
+	if g.profile != nil {
+		pprof.StopCPUProfile()
+		g.profile.Close()
+	}
 }
 
 // Logger builds the structured logger the flags ask for.
@@ -47,12 +71,18 @@ Precedence: flag, then environment, then config file, then default.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applyEnvAndConfig(cmd, g.Config)
+			if err := applyEnvAndConfig(cmd, g.Config); err != nil {
+				return err
+			}
+			return g.startProfile()
 		},
+		PersistentPostRun: func(*cobra.Command, []string) { g.stopProfile() },
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&g.LogFormat, "log-format", "text", "log format: text or json")
+	pf.StringVar(&g.CPUProfile, "cpuprofile", "", "write a CPU profile to this file (go tool pprof)")
+	_ = pf.MarkHidden("cpuprofile")
 	pf.StringVar(&g.Config, "config", "", "YAML config file: keys are flag names (e.g. data-dir: /var/lib/keymeter)")
 	for _, f := range commandFactories {
 		root.AddCommand(f(g))

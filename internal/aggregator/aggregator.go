@@ -12,9 +12,12 @@ package aggregator
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,7 +52,7 @@ type Config struct {
 	Group string
 	// Partitions this instance reads (NATS); empty: all.
 	Partitions []int
-	// MaxBlockEvents flushes once this many events are buffered (default 200000).
+	// MaxBlockEvents flushes once this many events are buffered (default 100000).
 	MaxBlockEvents int
 	// FlushInterval bounds how long an event waits before it is inserted (default 1s).
 	FlushInterval time.Duration
@@ -74,7 +77,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("aggregator: group %q: letters, digits, '-' and '_' only", c.Group)
 	}
 	if c.MaxBlockEvents == 0 {
-		c.MaxBlockEvents = 200_000
+		c.MaxBlockEvents = 100_000
 	}
 	if c.MaxBlockEvents < 1 {
 		return fmt.Errorf("aggregator: max-block-events %d must be positive", c.MaxBlockEvents)
@@ -175,10 +178,6 @@ type block struct {
 }
 
 func partitionName(p int) string { return "events/" + strconv.Itoa(p) }
-
-func (a *Aggregator) token(p int, first, last uint64) string {
-	return fmt.Sprintf("%s/p%d/%d-%d", a.cfg.Group, p, first, last)
-}
 
 // Run replays pending intents, then consumes until ctx ends. On the way
 // out it flushes what is buffered and acks it (graceful shutdown).
@@ -343,36 +342,73 @@ func (a *Aggregator) deadLetter(ctx context.Context, origin, reason string, data
 	}
 }
 
-// flush inserts every partition's block exactly once, then acks it.
+// flush inserts the blocks of every partition as one insert, exactly once,
+// then acks each partition. One insert per flush, not one per partition:
+// ClickHouse wants few, large inserts.
 func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[int]*block) error {
-	for p, b := range blocks {
-		if err := a.commit(ctx, b, func(ctx context.Context) error {
-			return cons.Ack(ctx, b.lastD)
-		}); err != nil {
-			return err
-		}
-		delete(blocks, p)
+	if len(blocks) == 0 {
+		return nil
 	}
-	return nil
+	bs := make([]*block, 0, len(blocks))
+	for _, b := range blocks {
+		bs = append(bs, b)
+	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
+	return a.commit(ctx, bs, a.groupToken(bs), func(ctx context.Context) error {
+		for _, b := range bs {
+			if err := cons.Ack(ctx, b.lastD); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
-// commit runs intent → insert → ack → clear for one block, retrying the
-// store with backoff until ctx ends (the bus keeps the data meanwhile).
-func (a *Aggregator) commit(ctx context.Context, b *block, ack func(context.Context) error) error {
-	tok := a.token(b.partition, b.first, b.last)
-	in := store.Intent{Consumer: a.cfg.Group, Partition: partitionName(b.partition), First: b.first, Last: b.last, Token: tok, State: store.IntentPending, Updated: time.Now()}
-	if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntent(ctx, in) }); err != nil {
-		return err
+// groupToken is the deduplication token of a set of partition ranges: a
+// hash of the group name and the sorted ranges, so a replay of the same
+// ranges gets the same token.
+func (a *Aggregator) groupToken(bs []*block) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s", a.cfg.Group)
+	for _, b := range bs {
+		fmt.Fprintf(h, "|p%d:%d-%d", b.partition, b.first, b.last)
 	}
-	if len(b.events) > 0 {
+	return a.cfg.Group + "/" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// commit runs intents → one insert → ack → clear for a set of partition
+// blocks, retrying the store with backoff until ctx ends (the bus keeps the
+// data meanwhile). The intents of one insert share its token; a replay
+// gathers them by token and forms the same block again.
+func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, ack func(context.Context) error) error {
+	intents := make([]store.Intent, len(bs))
+	n := 0
+	for i, b := range bs {
+		intents[i] = store.Intent{Consumer: a.cfg.Group, Partition: partitionName(b.partition), First: b.first, Last: b.last,
+			Token: tok, State: store.IntentPending, Updated: time.Now()}
+		n += len(b.events)
+	}
+	for _, in := range intents {
+		if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntent(ctx, in) }); err != nil {
+			return err
+		}
+	}
+	if n > 0 {
+		events := bs[0].events
+		if len(bs) > 1 {
+			events = make([]event.Event, 0, n)
+			for _, b := range bs {
+				events = append(events, b.events...)
+			}
+		}
 		start := time.Now()
-		if err := a.retry(ctx, "insert", func() error { return a.store.InsertEvents(ctx, tok, b.events) }); err != nil {
+		if err := a.retry(ctx, "insert", func() error { return a.store.InsertEvents(ctx, tok, events) }); err != nil {
 			return err
 		}
 		a.m.insertSeconds.Observe(time.Since(start).Seconds())
-		a.m.rows.Add(float64(len(b.events)))
+		a.m.rows.Add(float64(n))
 		if a.observer != nil {
-			a.observer.Stored(ctx, b.events)
+			a.observer.Stored(ctx, events)
 		}
 	}
 	if ack != nil {
@@ -380,10 +416,12 @@ func (a *Aggregator) commit(ctx context.Context, b *block, ack func(context.Cont
 			return err
 		}
 	}
-	if err := a.retry(ctx, "clear intent", func() error { return a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, tok) }); err != nil {
-		return err
+	for _, in := range intents {
+		if err := a.retry(ctx, "clear intent", func() error { return a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, tok) }); err != nil {
+			return err
+		}
 	}
-	a.count(func(s *Stats) { s.Events += uint64(len(b.events)); s.Blocks++ })
+	a.count(func(s *Stats) { s.Events += uint64(n); s.Blocks++ })
 	return nil
 }
 
@@ -422,35 +460,59 @@ func (a *Aggregator) replay(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	// Intents that share a token were one insert: replay them as one.
+	groups := map[string][]store.Intent{}
+	var order []string
 	for _, in := range intents {
 		if in.State != store.IntentPending {
 			continue
 		}
-		p, err := strconv.Atoi(strings.TrimPrefix(in.Partition, "events/"))
-		if err != nil {
-			return fmt.Errorf("aggregator: intent with partition %q: %w", in.Partition, err)
+		if _, ok := groups[in.Token]; !ok {
+			order = append(order, in.Token)
 		}
-		if len(a.cfg.Partitions) > 0 && !contains(a.cfg.Partitions, p) {
+		groups[in.Token] = append(groups[in.Token], in)
+	}
+	for _, tok := range order {
+		var bs []*block
+		mine := true
+		for _, in := range groups[tok] {
+			p, err := strconv.Atoi(strings.TrimPrefix(in.Partition, "events/"))
+			if err != nil {
+				return fmt.Errorf("aggregator: intent with partition %q: %w", in.Partition, err)
+			}
+			if len(a.cfg.Partitions) > 0 && !contains(a.cfg.Partitions, p) {
+				mine = false
+				break
+			}
+			b := &block{partition: p, first: in.First, last: in.Last}
+			var eb event.Batch
+			err = a.bus.ReadRange(ctx, p, in.First, in.Last, func(d bus.Delivery) error {
+				a.decode(ctx, d, &eb, b, false)
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("aggregator: replay %s [%d,%d]: %w", in.Partition, in.First, in.Last, err)
+			}
+			bs = append(bs, b)
+		}
+		if !mine {
 			continue
 		}
-		b := &block{partition: p, first: in.First, last: in.Last}
-		var eb event.Batch
-		err = a.bus.ReadRange(ctx, p, in.First, in.Last, func(d bus.Delivery) error {
-			a.decode(ctx, d, &eb, b, false)
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("aggregator: replay %s [%d,%d]: %w", in.Partition, in.First, in.Last, err)
+		sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
+		if a.groupToken(bs) != tok {
+			// Some of the insert's intents were cleared before a crash:
+			// the insert itself happened, so this replay is dropped by the
+			// store whatever it holds; keep the recorded token.
+			a.log.Info("aggregator: replaying part of an insert", "token", tok, "ranges", len(bs))
 		}
-		if tok := a.token(p, in.First, in.Last); tok != in.Token {
-			return fmt.Errorf("aggregator: intent token %q does not match its range (%q): refusing to replay", in.Token, tok)
-		}
-		a.log.Info("aggregator: replaying intent", "partition", p, "first", in.First, "last", in.Last, "events", len(b.events))
-		if err := a.commit(ctx, b, nil); err != nil {
+		a.log.Info("aggregator: replaying intent", "token", tok, "ranges", len(bs))
+		if err := a.commit(ctx, bs, tok, nil); err != nil {
 			return err
 		}
-		if f, seen := a.floor[p]; !seen || in.Last > f {
-			a.floor[p] = in.Last
+		for _, b := range bs {
+			if f, seen := a.floor[b.partition]; !seen || b.last > f {
+				a.floor[b.partition] = b.last
+			}
 		}
 		a.count(func(s *Stats) { s.Replayed++ })
 	}
