@@ -1,6 +1,8 @@
 -- Raw usage events: what log search reads. One partition per day; TTL
 -- retention (changed with SetRetention). Deduplicated inserts need the
 -- non-replicated deduplication window (replicated tables have one by default).
+-- Plain String, not LowCardinality: LowCardinality cut chDB's insert rate
+-- from 1.3M to 0.43M rows/s (8 such columns); ZSTD keeps the size down.
 CREATE TABLE IF NOT EXISTS {db}.requests
 (
     time        DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
