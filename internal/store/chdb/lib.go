@@ -62,13 +62,15 @@ func Load() error {
 	return libErr
 }
 
+const installHint = "run scripts/chdb-lib.sh (fetches npm package @chdb/lib-linux-x64-gnu into ~/.cache/keymeter/chdb) and set CHDB_LIB_PATH=<dir>/libchdb.so"
+
 func load(path string) (err error) {
 	if runtime.GOOS != "linux" && runtime.GOOS != "darwin" {
 		return fmt.Errorf("%w: chDB is not supported on %s", ErrLibraryMissing, runtime.GOOS)
 	}
 	h, err := purego.Dlopen(path, purego.RTLD_NOW|purego.RTLD_GLOBAL)
 	if err != nil {
-		return fmt.Errorf("%w (%v): run scripts/chdb-lib.sh (fetches npm package @chdb/lib-linux-x64-gnu into ~/.cache/keymeter/chdb) and set CHDB_LIB_PATH=<dir>/libchdb.so", ErrLibraryMissing, err)
+		return fmt.Errorf("%w (%v): %s", ErrLibraryMissing, err, installHint)
 	}
 	defer func() {
 		// RegisterLibFunc panics on a missing symbol: an old library.
