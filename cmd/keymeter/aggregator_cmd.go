@@ -66,7 +66,7 @@ Several aggregators with the same --group share the partitions.`,
 			}
 			defer b.closeSoon()
 			table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
-			quotas, err := aggregator.NewQuotas(qcfg, table, b, st, log)
+			quotas, err := aggregator.NewQuotas(qcfg, table, b.Bus, st, log)
 			if err != nil {
 				return err
 			}

@@ -108,6 +108,9 @@ func (o *openedBus) closeSoon() {
 // keyService is a key table (full states kept) and the lifecycle service
 // writing through it; the caller runs table.Run.
 func keyService(b bus.KeyLog, log *slog.Logger) (*keys.Table, *keys.Service, error) {
+	if ob, ok := b.(*openedBus); ok {
+		b = ob.Bus // the adapter itself, so its compare-and-set is seen
+	}
 	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
 	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table, Logger: log})
 	return table, svc, err

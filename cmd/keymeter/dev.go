@@ -187,7 +187,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 
 	// Aggregator with quotas.
 	reg := newRegistry()
-	quotas, err := aggregator.NewQuotas(aggregator.QuotaConfig{}, table, b, st, log)
+	quotas, err := aggregator.NewQuotas(aggregator.QuotaConfig{}, table, b.Bus, st, log)
 	if err != nil {
 		return err
 	}

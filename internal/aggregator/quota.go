@@ -184,14 +184,26 @@ func (q *Quotas) evaluate(ctx context.Context, st *keymeterv1.KeyState, ku *keyU
 	if !transition && ku.used < ku.published+max(step, 1) {
 		return
 	}
-	ns := proto.CloneOf(st)
+	// Write over the latest state, with compare-and-set where the key log
+	// has it, so a quota update never undoes a revocation made meanwhile.
+	cur, rev := st, uint64(0)
+	if sr, ok := q.keys.(interface {
+		StateRevision(string) (*keymeterv1.KeyState, uint64, bool)
+	}); ok {
+		if c, r, ok := sr.StateRevision(st.GetId()); ok {
+			cur, rev = c, r
+		}
+	}
+	ns := proto.CloneOf(cur)
 	ns.QuotaState = next
 	ns.QuotaUsed = ku.used
 	ns.QuotaPeriodStartUnixNano = ps.UnixNano()
 	ns.Version++
 	ns.UpdatedUnixNano = q.cfg.Now().UnixNano()
 	b, err := proto.Marshal(ns)
-	if err == nil {
+	if cas, ok := q.log.(bus.KeyCAS); err == nil && ok && rev > 0 {
+		err = cas.PutKeyIf(ctx, ns.GetId(), b, rev)
+	} else if err == nil {
 		err = q.log.PutKey(ctx, ns.GetId(), b)
 	}
 	if err != nil {

@@ -122,3 +122,58 @@ func TestQuotaConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// staleStates answers with the state and revision the aggregator read
+// before a revocation it has not seen yet.
+type staleStates struct {
+	st  *keymeterv1.KeyState
+	rev uint64
+}
+
+func (s staleStates) State(string) (*keymeterv1.KeyState, bool) { return proto.CloneOf(s.st), true }
+func (s staleStates) StateRevision(string) (*keymeterv1.KeyState, uint64, bool) {
+	return proto.CloneOf(s.st), s.rev, true
+}
+
+// A quota update made from a stale copy must not undo a revocation.
+func TestQuotaUpdateNeverUndoesARevocation(t *testing.T) {
+	b, db := newBus(t), newStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	go func() { _ = table.Run(ctx, b) }()
+	<-table.Ready()
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := svc.Create(ctx, keys.CreateParams{Project: "proj_cas", KeyLimits: keys.KeyLimits{MonthlyQuota: 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, rev, _ := table.StateRevision(k.State.GetId())
+	if err := svc.Revoke(ctx, k.State.GetId(), "leaked"); err != nil {
+		t.Fatal(err)
+	}
+	q, err := aggregator.NewQuotas(aggregator.QuotaConfig{}, staleStates{stale, rev}, b, db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []event.Event
+	for i := range 20 {
+		evs = append(evs, event.Event{ID: fmt.Sprintf("cas-%d", i), Time: time.Now(), Project: "proj_cas", KeyID: k.State.GetId(), Outcome: event.OutcomeValid})
+	}
+	if err := db.InsertEvents(ctx, "cas", evs); err != nil {
+		t.Fatal(err)
+	}
+	q.Stored(ctx, evs)
+	time.Sleep(200 * time.Millisecond)
+	// A new verifier's snapshot is the key log's latest record.
+	fresh := keys.NewTable(keys.TableConfig{KeepState: true})
+	go func() { _ = fresh.Run(ctx, b) }()
+	<-fresh.Ready()
+	st, _ := fresh.State(k.State.GetId())
+	if st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+		t.Fatalf("after a stale quota update the key log holds status %v", st.GetStatus())
+	}
+}

@@ -24,6 +24,8 @@ var (
 	ErrBackpressure = errors.New("bus: publisher backpressure")
 	// ErrClosed: the publisher or consumer was closed.
 	ErrClosed = errors.New("bus: closed")
+	// ErrRevisionMismatch: a compare-and-set write found a newer record.
+	ErrRevisionMismatch = errors.New("bus: key changed since it was read")
 )
 
 // Header names carried by every event batch message. Batches travel as
@@ -167,6 +169,16 @@ type KeyLog interface {
 	// EndOfSnapshot set, then every later change, until ctx ends (the
 	// channel is then closed).
 	WatchKeys(ctx context.Context) (<-chan KeyUpdate, error)
+}
+
+// KeyCAS is implemented by key-state logs that can write a key only if its
+// latest record still has the revision the writer read (NATS KV). Writers
+// of read-modify-write changes use it when they can, so that a stale copy
+// never overwrites a newer change (a quota update undoing a revocation).
+type KeyCAS interface {
+	// PutKeyIf writes value if id's latest revision is rev (0: id must not
+	// exist); otherwise it returns an error wrapping ErrRevisionMismatch.
+	PutKeyIf(ctx context.Context, id string, value []byte, rev uint64) error
 }
 
 // Decisions publishes and subscribes to detection decisions.

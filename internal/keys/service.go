@@ -150,7 +150,9 @@ func (s *Service) issue(ctx context.Context, st *keymeterv1.KeyState, env Env) (
 	st.CreatedUnixNano = now
 	st.UpdatedUnixNano = now
 	st.Version = 1
-	if err := s.write(ctx, st); err != nil {
+	// A new id: with compare-and-set, "must not exist yet" (revision 0).
+	cas, _ := s.kl.(bus.KeyCAS)
+	if err := s.write(ctx, st, cas, 0); err != nil {
 		if errors.Is(err, ErrNotVisible) {
 			// The key exists: its secret must still reach the caller, once.
 			return Created{Secret: sec, State: st}, err
@@ -340,24 +342,49 @@ func (s *Service) current(id string) (*keymeterv1.KeyState, error) {
 // at the same instant may lose one change; versions make the loss visible
 // (the table ignores older versions).
 func (s *Service) modify(ctx context.Context, id string, fn func(*keymeterv1.KeyState) error) error {
-	st, err := s.current(id)
-	if err != nil {
-		return err
+	cas, _ := s.kl.(bus.KeyCAS)
+	for attempt := 1; ; attempt++ {
+		st, rev, ok := s.table.StateRevision(id)
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		if err := fn(st); err != nil {
+			return err
+		}
+		st.Version++
+		st.UpdatedUnixNano = s.now().UnixNano()
+		if cas == nil || rev == 0 {
+			// No compare-and-set (Kafka): versions make a lost update
+			// visible, and the table keeps a revocation final.
+			return s.write(ctx, st, nil, 0)
+		}
+		err := s.write(ctx, st, cas, rev)
+		if !errors.Is(err, bus.ErrRevisionMismatch) || attempt == 20 {
+			return err
+		}
+		// Someone else changed the key since we read it: read again once
+		// our table has their change.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 2 * time.Millisecond):
+		}
 	}
-	if err := fn(st); err != nil {
-		return err
-	}
-	st.Version++
-	st.UpdatedUnixNano = s.now().UnixNano()
-	return s.write(ctx, st)
 }
 
-func (s *Service) write(ctx context.Context, st *keymeterv1.KeyState) error {
+// write puts st, with compare-and-set at rev when cas is given, and waits
+// until the table shows it.
+func (s *Service) write(ctx context.Context, st *keymeterv1.KeyState, cas bus.KeyCAS, rev uint64) error {
 	b, err := proto.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("keys: encoding key %s: %w", st.GetId(), err)
 	}
-	if err := s.kl.PutKey(ctx, st.GetId(), b); err != nil {
+	if cas != nil {
+		err = cas.PutKeyIf(ctx, st.GetId(), b, rev)
+	} else {
+		err = s.kl.PutKey(ctx, st.GetId(), b)
+	}
+	if err != nil {
 		return fmt.Errorf("keys: writing key %s: %w", st.GetId(), err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.timeout)

@@ -90,6 +90,9 @@ type Table struct {
 
 	smu    sync.RWMutex
 	states map[string]*keymeterv1.KeyState
+	// revs is the key log's revision of each key's latest record (KeepState
+	// only), for compare-and-set writes.
+	revs map[string]uint64
 
 	applied atomic.Uint64 // updates applied, for metrics
 	invalid atomic.Uint64 // updates that could not be decoded
@@ -114,6 +117,7 @@ func NewTable(cfg TableConfig) *Table {
 	}
 	if cfg.KeepState {
 		t.states = make(map[string]*keymeterv1.KeyState)
+		t.revs = make(map[string]uint64)
 	}
 	return t
 }
@@ -337,8 +341,10 @@ func (t *Table) Apply(batch []bus.KeyUpdate) {
 			endOfSnapshot = true
 		case u.Deleted:
 			t.remove(u.ID, writable)
+			t.noteRevision(u.ID, 0)
 		default:
 			t.put(u, writable)
+			t.noteRevision(u.ID, u.Revision)
 		}
 		if t.seen != nil && u.ID != "" {
 			t.seen[u.ID] = struct{}{}
@@ -502,6 +508,35 @@ func (t *Table) storeState(st *keymeterv1.KeyState) {
 	t.smu.Lock()
 	t.states[st.GetId()] = st
 	t.smu.Unlock()
+}
+
+// noteRevision records the key log's latest revision of id, whether or not
+// the table applied the record (a stale one is still the log's latest).
+func (t *Table) noteRevision(id string, rev uint64) {
+	if !t.keepState || id == "" {
+		return
+	}
+	t.smu.Lock()
+	if rev == 0 {
+		delete(t.revs, id)
+	} else {
+		t.revs[id] = rev
+	}
+	t.smu.Unlock()
+}
+
+// StateRevision returns a copy of key id's full state and the key log's
+// revision of its latest record (0 when unknown), for a compare-and-set
+// write (KeepState only).
+func (t *Table) StateRevision(id string) (*keymeterv1.KeyState, uint64, bool) {
+	t.smu.RLock()
+	st, ok := t.states[id]
+	rev := t.revs[id]
+	t.smu.RUnlock()
+	if !ok {
+		return nil, 0, false
+	}
+	return proto.CloneOf(st), rev, true
 }
 
 // ErrNotFound: no key with that id.

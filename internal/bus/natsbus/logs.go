@@ -22,6 +22,26 @@ func (b *Bus) PutKey(ctx context.Context, id string, value []byte) error {
 	return nil
 }
 
+// PutKeyIf writes the key only over revision rev (compare-and-set).
+func (b *Bus) PutKeyIf(ctx context.Context, id string, value []byte, rev uint64) error {
+	var err error
+	if rev == 0 {
+		_, err = b.kv.Create(ctx, id, value)
+	} else {
+		_, err = b.kv.Update(ctx, id, value, rev)
+	}
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
+			return fmt.Errorf("natsbus: put key %s at revision %d: %w", id, rev, bus.ErrRevisionMismatch)
+		}
+		return fmt.Errorf("natsbus: put key %s: %w", id, err)
+	}
+	return nil
+}
+
+var _ bus.KeyCAS = (*Bus)(nil)
+
 // DeleteKey removes a key from the log (watchers see a deletion).
 func (b *Bus) DeleteKey(ctx context.Context, id string) error {
 	if err := b.kv.Delete(ctx, id); err != nil {

@@ -2,6 +2,7 @@ package natsbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -87,4 +88,35 @@ func TestConfigValidate(t *testing.T) {
 
 func contains(s, sub string) bool {
 	return len(sub) == 0 || (len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub)))
+}
+
+func TestPutKeyIfRefusesStaleRevision(t *testing.T) {
+	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	ctx := context.Background()
+	b, err := New(ctx, Config{Prefix: "cas"}, WithEmbedded(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	if err := b.PutKeyIf(ctx, "key_a", []byte("v1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PutKeyIf(ctx, "key_a", []byte("again"), 0); !errors.Is(err, bus.ErrRevisionMismatch) {
+		t.Fatalf("create over an existing key: %v", err)
+	}
+	ch, err := b.WatchKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := <-ch
+	if err := b.PutKeyIf(ctx, "key_a", []byte("v2"), u.Revision); err != nil {
+		t.Fatalf("write at the current revision: %v", err)
+	}
+	if err := b.PutKeyIf(ctx, "key_a", []byte("stale"), u.Revision); !errors.Is(err, bus.ErrRevisionMismatch) {
+		t.Fatalf("write at a stale revision: %v", err)
+	}
 }
