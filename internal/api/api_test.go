@@ -23,10 +23,10 @@ import (
 	"github.com/keymeter/keymeter/internal/billing"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/detect"
-	"github.com/keymeter/keymeter/internal/event/keymeterv1"
-	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 )
 
