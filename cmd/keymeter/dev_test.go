@@ -2,6 +2,18 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"os"
+	"reflect"
+	"sort"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/store"
+	"github.com/keymeter/keymeter/internal/store/chdb"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -31,6 +43,19 @@ func TestDevRunsThePipeline(t *testing.T) {
 	}
 	if last["stored"] < last["requests"] {
 		t.Fatalf("shutdown left events unstored: %v", last)
+	}
+	// The stored history, backtested, gives the decisions the live run made.
+	live := storedDecisions(t, dir)
+	btFile := filepath.Join(t.TempDir(), "bt.ndjson")
+	day := time.Now().UTC().Add(-time.Hour)
+	out, err := exec.Command(bin, "rules", "backtest", "--rules", rules, "--data-dir", dir,
+		"--from", day.Format(time.RFC3339), "--to", time.Now().UTC().Add(time.Hour).Format(time.RFC3339), "--decisions", btFile).CombinedOutput()
+	if err != nil {
+		t.Fatalf("backtest of stored history: %v\n%s", err, out)
+	}
+	bt := backtestDecisions(t, btFile)
+	if len(live) == 0 || !reflect.DeepEqual(live, bt) {
+		t.Fatalf("live decisions %v\nbacktest decisions %v", live, bt)
 	}
 	// A second start on the same data: the keys and the store are still there.
 	again := runDevProcess(t, bin, append(args, "--duration", "12s"))
@@ -76,4 +101,46 @@ func runDevProcess(t *testing.T, bin string, args []string) map[string]float64 {
 		t.Fatalf("keymeter dev printed %d summary lines\n%s", lines, stderr.String())
 	}
 	return got
+}
+
+// storedDecisions are the decisions the live run stored, as sorted
+// "rule action group" strings.
+func storedDecisions(t *testing.T, dir string) []string {
+	t.Helper()
+	db, err := chdb.Open(chdb.Config{DataDir: filepath.Join(dir, "clickhouse")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ds, err := db.Decisions(context.Background(), store.DecisionQuery{Limit: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, d := range ds {
+		out = append(out, d.RuleID+" "+d.Action+" "+d.GroupKey)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func backtestDecisions(t *testing.T, file string) []string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
+		var d keymeterv1.Decision
+		if err := protojson.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, d.GetRuleId()+" "+detect.ActionName(d.GetAction())+" "+d.GetGroup())
+	}
+	sort.Strings(out)
+	return out
 }

@@ -167,22 +167,24 @@ func newRulesBacktestCmd(g *globals) *cobra.Command {
 		allowCIDRs    []string
 		maxRevokes    int
 		asJSON        bool
+		sf            storeFlags
 	)
 	c := &cobra.Command{
-		Use:   "backtest --rules DIR --events FILE.ndjson",
+		Use:   "backtest --rules DIR (--events FILE.ndjson | --from T --to T)",
 		Short: "Replay events through the rules in event time and report what would have fired",
 		Long: `Replays an NDJSON file of usage events (the JSON event schema, one per line,
 in time order) through the same engine the detector runs, in event time, and
 reports per rule: matched events, groups, decisions by mode and action. Nothing
 is acted on. --decisions writes every decision as NDJSON (protobuf JSON of
-keymeter.v1.Decision). Progress goes to stderr.`,
+keymeter.v1.Decision). Progress goes to stderr.
+
+Without --events, the events of [--from, --to) are read from the store
+(--store, --data-dir, --clickhouse-dsn), oldest first: stored history.`,
 		Example: `  keymeter rules backtest --rules rules/ --events events.ndjson
-  keymeter rules backtest --rules rules/ --events events.ndjson --from 2026-03-01T00:00:00Z --to 2026-03-02T00:00:00Z --decisions out.ndjson`,
+  keymeter rules backtest --rules rules/ --events events.ndjson --from 2026-03-01T00:00:00Z --to 2026-03-02T00:00:00Z --decisions out.ndjson
+  keymeter rules backtest --rules rules/ --from 2026-11-24T00:00:00Z --to 2026-11-25T00:00:00Z --data-dir data   # stored history`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if eventsPath == "" {
-				return errors.New("--events is required (an NDJSON file of events, or - for stdin)")
-			}
 			var fromT, toT time.Time
 			var err error
 			if from != "" {
@@ -223,6 +225,33 @@ keymeter.v1.Decision). Progress goes to stderr.`,
 					werr = err
 				})
 			}
+			if eventsPath == "" {
+				if fromT.IsZero() || toT.IsZero() {
+					return errors.New("give --events FILE.ndjson (or - for stdin), or --from and --to to replay stored history")
+				}
+				st, err := sf.open(cmd.Context())
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				src := newStoreSource(cmd.Context(), st, fromT, toT)
+				defer src.stop()
+				start := time.Now()
+				rep, err := detect.Backtest(set, src, detect.BacktestOptions{From: fromT, To: toT, Config: cfg})
+				if err != nil {
+					return fmt.Errorf("stored history: %w", err)
+				}
+				if werr != nil {
+					return fmt.Errorf("writing decisions: %w", werr)
+				}
+				fmt.Fprintf(os.Stderr, "backtest: %d stored events in %s\n", rep.Events, time.Since(start).Round(time.Millisecond))
+				if asJSON {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					return enc.Encode(rep)
+				}
+				return rep.WriteText(cmd.OutOrStdout())
+			}
 			var in io.Reader = os.Stdin
 			var size int64
 			name := "stdin"
@@ -261,7 +290,8 @@ keymeter.v1.Decision). Progress goes to stderr.`,
 	}
 	f := c.Flags()
 	f.StringSliceVar(&rulesPaths, "rules", []string{"rules"}, "rule files or directories")
-	f.StringVar(&eventsPath, "events", "", "NDJSON file of events in time order (- for stdin)")
+	f.StringVar(&eventsPath, "events", "", "NDJSON file of events in time order (- for stdin); empty: stored history of --from..--to")
+	sf.add(f)
 	f.StringVar(&from, "from", "", "skip events before this time (RFC 3339)")
 	f.StringVar(&to, "to", "", "stop at events from this time on (RFC 3339)")
 	f.StringVar(&decisionsPath, "decisions", "", "write every decision to this NDJSON file")

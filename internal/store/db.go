@@ -349,6 +349,22 @@ const logColumns = `toInt64(toUnixTimestamp64Milli(time)), toString(project), ke
  toString(country), toUInt64(asn), toString(method), toString(host), toString(route), toUInt64(status), toUInt64(latency_us),
  bytes_in, bytes_out, user_agent, toString(verifier_id), toUInt64(cost_units)`
 
+// scanEvent reads one row of logColumns.
+func scanEvent(rows Rows) (event.Event, error) {
+	var e event.Event
+	var ms int64
+	var outcome string
+	var asn, status, lat, cost uint64
+	if err := rows.Scan(&ms, &e.Project, &e.KeyID, &e.ID, &outcome, &e.ClientIP, &e.Country, &asn, &e.Method, &e.Host,
+		&e.Route, &status, &lat, &e.BytesIn, &e.BytesOut, &e.UserAgent, &e.VerifierID, &cost); err != nil {
+		return e, err
+	}
+	e.Time = time.UnixMilli(ms).UTC()
+	e.Outcome, _ = event.ParseOutcome(outcome)
+	e.ASN, e.Status, e.LatencyUS, e.CostUnits = uint32(asn), uint16(status), uint32(lat), uint32(cost)
+	return e, nil
+}
+
 // Logs implements LogReader.
 func (d *DB) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 	var page LogPage
@@ -418,17 +434,10 @@ func (d *DB) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var e event.Event
-		var ms int64
-		var outcome string
-		var asn, status, lat, cost uint64
-		if err := rows.Scan(&ms, &e.Project, &e.KeyID, &e.ID, &outcome, &e.ClientIP, &e.Country, &asn, &e.Method, &e.Host,
-			&e.Route, &status, &lat, &e.BytesIn, &e.BytesOut, &e.UserAgent, &e.VerifierID, &cost); err != nil {
+		e, err := scanEvent(rows)
+		if err != nil {
 			return page, err
 		}
-		e.Time = time.UnixMilli(ms).UTC()
-		e.Outcome, _ = event.ParseOutcome(outcome)
-		e.ASN, e.Status, e.LatencyUS, e.CostUnits = uint32(asn), uint16(status), uint32(lat), uint32(cost)
 		page.Events = append(page.Events, e)
 	}
 	if err := rows.Err(); err != nil {
