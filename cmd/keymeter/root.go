@@ -105,6 +105,25 @@ func applyEnvAndConfig(cmd *cobra.Command, configPath string) error {
 	if err != nil {
 		return err
 	}
+	// One file may serve every role, so a key that is a flag of another
+	// command is fine; a key no command knows is a mistake worth stopping for.
+	if len(fileValues) > 0 {
+		known := map[string]bool{}
+		var walk func(c *cobra.Command)
+		walk = func(c *cobra.Command) {
+			c.Flags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
+			c.PersistentFlags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
+			for _, sub := range c.Commands() {
+				walk(sub)
+			}
+		}
+		walk(cmd.Root())
+		for k := range fileValues {
+			if !known[k] {
+				return fmt.Errorf("config file %s: unknown key %q: keys are flag names (see keymeter <command> --help)", configPath, k)
+			}
+		}
+	}
 	var firstErr error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
 		if f.Changed || firstErr != nil {
