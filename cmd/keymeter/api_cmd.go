@@ -29,12 +29,13 @@ func parseTokens(specs []string) ([]api.Token, error) {
 
 func newAPICmd(g *globals) *cobra.Command {
 	var (
-		bf       busFlags
-		sf       storeFlags
-		lf       leakFlags
-		listenAt string
-		tokens   []string
-		duration time.Duration
+		bf          busFlags
+		sf          storeFlags
+		lf          leakFlags
+		listenAt    string
+		adminListen string
+		tokens      []string
+		duration    time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "api",
@@ -89,7 +90,15 @@ hash of a token is ever stored.`,
 			log.Info("api listening", "addr", ln.Addr().String())
 			eg, ectx := errgroup.WithContext(ctx)
 			eg.Go(func() error { return table.Run(ectx, b) })
-			eg.Go(func() error { return serve(ectx, ln, srv, log) })
+			reg := newRegistry()
+			eg.Go(func() error { return serve(ectx, ln, instrument(reg, "api", srv), log) })
+			if adminListen != "" {
+				aln, err := listen(adminListen, "--admin-listen")
+				if err != nil {
+					return err
+				}
+				eg.Go(func() error { return serve(ectx, aln, metricsHandler(reg, table.Loaded), log) })
+			}
 			if err := eg.Wait(); err != nil && ctx.Err() == nil {
 				return err
 			}
@@ -103,6 +112,7 @@ hash of a token is ever stored.`,
 	f.Lookup("store").Usage += "; none: keys only (usage, logs, billing answer 503)"
 	lf.add(f)
 	f.StringVar(&listenAt, "listen", "127.0.0.1:8081", "address of the API")
+	f.StringVar(&adminListen, "admin-listen", "127.0.0.1:9467", "address of /metrics, /healthz, /readyz (empty to disable)")
 	f.StringSliceVar(&tokens, "admin-token", nil, "admin token hashes, role:sha256hex (role admin or read); repeatable")
 	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	return c

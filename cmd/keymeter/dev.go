@@ -31,23 +31,24 @@ import (
 func init() { register(newDevCmd) }
 
 type devOptions struct {
-	bf           busFlags
-	sf           storeFlags
-	df           detectorFlags
-	lf           leakFlags
-	duration     time.Duration
-	natsPort     int
-	proxyListen  string
-	apiListen    string
-	adminListen  string
-	demoKeys     int
-	rate         float64
-	attacks      []string
-	attackEvery  time.Duration
-	attackAfter  time.Duration
-	seed         uint64
-	summaryEvery time.Duration
-	noTraffic    bool
+	bf            busFlags
+	sf            storeFlags
+	df            detectorFlags
+	lf            leakFlags
+	duration      time.Duration
+	natsPort      int
+	proxyListen   string
+	apiListen     string
+	adminListen   string
+	metricsListen string
+	demoKeys      int
+	rate          float64
+	attacks       []string
+	attackEvery   time.Duration
+	attackAfter   time.Duration
+	seed          uint64
+	summaryEvery  time.Duration
+	noTraffic     bool
 }
 
 func newDevCmd(g *globals) *cobra.Command {
@@ -79,6 +80,7 @@ survives restarts.`,
 	f.StringVar(&o.proxyListen, "proxy-listen", "127.0.0.1:8080", "the verifier (reverse proxy in front of the demo API)")
 	f.StringVar(&o.apiListen, "api-listen", "127.0.0.1:8081", "the REST API")
 	f.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9464", "metrics of the verifier")
+	f.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:9465", "metrics of the aggregator, detector and API (empty to disable)")
 	f.IntVar(&o.demoKeys, "demo-keys", 20, "demo keys the load generator uses")
 	f.Float64Var(&o.rate, "rate", 200, "normal demo requests per second")
 	f.StringSliceVar(&o.attacks, "attacks", []string{"geo-shift", "credential-stuffing", "anon-burst", "leaked-key", "quota-spike"}, "attack scenarios, taking turns")
@@ -219,7 +221,16 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	if err != nil {
 		return err
 	}
-	eg.Go(func() error { return serve(ectx, apiLn, apiSrv, log) })
+	eg.Go(func() error { return serve(ectx, apiLn, instrument(reg, "api", apiSrv), log) })
+	var metricsAddr string
+	if o.metricsListen != "" {
+		mln, err := listen(o.metricsListen, "--metrics-listen")
+		if err != nil {
+			return err
+		}
+		metricsAddr = mln.Addr().String()
+		eg.Go(func() error { return serve(ectx, mln, metricsHandler(reg, table.Loaded), log) })
+	}
 
 	select {
 	case <-proxyReady:
@@ -237,10 +248,11 @@ keymeter dev is running (data in %s)
   verifier (proxy to the demo API)  http://%s        e.g. curl -H "Authorization: Bearer $(cut -d, -f3 %s | head -1)" http://%s/v1/items
   REST API                          http://%s        OpenAPI at /openapi.yaml
   verifier metrics                  http://%s/metrics
+  pipeline metrics                  http://%s/metrics (aggregator, detector, API)
   NATS                              %s
   admin token                       %s   (export KEYMETER_TOKEN=%s; stored in %s)
   demo keys                         %d, secrets in %s
-`, dataDir, proxyAddr, filepath.Join(dataDir, "demo-keys.csv"), proxyAddr, apiLn.Addr(), o.adminListen, natsURL,
+`, dataDir, proxyAddr, filepath.Join(dataDir, "demo-keys.csv"), proxyAddr, apiLn.Addr(), o.adminListen, metricsAddr, natsURL,
 		token, token, filepath.Join(dataDir, "admin-token"), len(demo), filepath.Join(dataDir, "demo-keys.csv"))
 
 	// Traffic.

@@ -33,7 +33,7 @@ func TestDevRunsThePipeline(t *testing.T) {
 	dir := t.TempDir()
 	rules, _ := filepath.Abs("../../rules")
 	args := []string{"dev", "--data-dir", dir, "--rules", rules, "--nats-port", "0", "--proxy-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0",
-		"--admin-listen", "127.0.0.1:0", "--summary-every", "2s", "--log-level", "warn", "--seed", "3"}
+		"--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--summary-every", "2s", "--log-level", "warn", "--seed", "3"}
 	last := runDevProcess(t, bin, append(args, "--duration", "30s"))
 	if last["revoked"] < 1 {
 		t.Fatalf("no attack led to a revocation within 30s: %v", last)

@@ -74,3 +74,12 @@ func metricsHandler(reg *prometheus.Registry, ready func() bool) http.Handler {
 	})
 	return mux
 }
+
+// instrument counts and times the requests of h by method and status.
+func instrument(reg prometheus.Registerer, name string, h http.Handler) http.Handler {
+	reqs := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymeter_" + name + "_requests_total", Help: "HTTP requests by method and status code."}, []string{"method", "code"})
+	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keymeter_" + name + "_request_seconds", Help: "HTTP request latency.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"method"})
+	reg.MustRegister(reqs, dur)
+	return promhttp.InstrumentHandlerCounter(reqs, promhttp.InstrumentHandlerDuration(dur, h))
+}
