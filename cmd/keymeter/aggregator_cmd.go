@@ -71,7 +71,7 @@ Several aggregators with the same --group share the partitions.`,
 				return err
 			}
 			reg := newRegistry()
-			agg, err := aggregator.New(cfg, b, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
+			agg, err := aggregator.New(cfg, b.Bus, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
 			if err != nil {
 				return err
 			}

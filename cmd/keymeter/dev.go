@@ -193,7 +193,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	if err != nil {
 		return err
 	}
-	agg, err := aggregator.New(aggregator.Config{FlushInterval: time.Second}, b, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
+	agg, err := aggregator.New(aggregator.Config{FlushInterval: time.Second}, b.Bus, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}

@@ -190,6 +190,9 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		return fmt.Errorf("aggregator: %w", err)
 	}
 	defer cons.Close()
+	if lg, ok := a.bus.(bus.Lagger); ok {
+		go a.watchLag(ctx, lg)
+	}
 	a.log.Info("aggregator consuming", "flush_interval", a.cfg.FlushInterval, "max_block_events", a.cfg.MaxBlockEvents)
 
 	// Flushes run on a context that outlives ctx by ShutdownGrace, so a
@@ -560,6 +563,7 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 type metrics struct {
+	lag           *prometheus.GaugeVec
 	rows          prometheus.Counter
 	insertSeconds prometheus.Histogram
 	deadLettered  prometheus.Counter
@@ -568,6 +572,7 @@ type metrics struct {
 
 func newMetrics() *metrics {
 	return &metrics{
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keymeter_aggregator_lag_batches", Help: "Event batches published but not yet stored and acknowledged, per partition."}, []string{"partition"}),
 		rows: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_rows_total", Help: "Events inserted into the store."}),
 		insertSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keymeter_aggregator_insert_seconds", Help: "Latency of one block insert.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
@@ -580,7 +585,25 @@ func (m *metrics) register(r prometheus.Registerer) {
 	if r == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{m.rows, m.insertSeconds, m.deadLettered, m.retries} {
+	for _, c := range []prometheus.Collector{m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
 		_ = r.Register(c)
+	}
+}
+
+// watchLag keeps the lag gauge current until ctx ends.
+func (a *Aggregator) watchLag(ctx context.Context, lg bus.Lagger) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		if lag, err := lg.Lag(ctx, a.cfg.Group); err == nil {
+			for p, n := range lag {
+				a.m.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(n))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }

@@ -181,6 +181,12 @@ type KeyCAS interface {
 	PutKeyIf(ctx context.Context, id string, value []byte, rev uint64) error
 }
 
+// Lagger is implemented by buses that can tell how far a consumer group is
+// behind: batches published but not yet acknowledged, per partition.
+type Lagger interface {
+	Lag(ctx context.Context, group string) (map[int]uint64, error)
+}
+
 // Decisions publishes and subscribes to detection decisions.
 type Decisions interface {
 	PublishDecision(ctx context.Context, key string, data []byte) error

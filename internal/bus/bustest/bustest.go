@@ -58,6 +58,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("Decisions", func(t *testing.T) { t.Parallel(); testDecisions(t, h) })
 		t.Run("Backpressure", func(t *testing.T) { t.Parallel(); testBackpressure(t, h) })
 		t.Run("ReadRange", func(t *testing.T) { t.Parallel(); testReadRange(t, h) })
+		t.Run("Lag", func(t *testing.T) { t.Parallel(); testLag(t, h) })
 	})
 	t.Run("ServerRestart", func(t *testing.T) { testRestart(t, h) })
 }
@@ -628,5 +629,62 @@ func testRestart(t *testing.T, h Harness) {
 	}
 	if n := want(); n < 100 {
 		t.Fatalf("after restart: %d of 100 batches consumed (lost %d)", n, 100-n)
+	}
+}
+
+// A consumer group's lag counts what it has not acknowledged, and drops to
+// zero once everything is.
+func testLag(t *testing.T, h Harness) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := newBus(t, h, Options{Partitions: 2})
+	lg, ok := b.(bus.Lagger)
+	if !ok {
+		t.Fatalf("%s does not report consumer lag (bus.Lagger)", h.Name)
+	}
+	var msgs []bus.Message
+	for i := range 20 {
+		id := fmt.Sprintf("lag-%d", i)
+		key := fmt.Sprintf("key_%d", i%4)
+		msgs = append(msgs, bus.Message{Key: key, BatchID: id, Source: "bustest", Data: batch(id, key, i, 1)})
+	}
+	publishAll(ctx, t, b.Publisher(), msgs)
+	c, err := b.NewConsumer(ctx, bus.ConsumerConfig{Group: "lag", AckWait: h.AckWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	total := func() uint64 {
+		l, err := lg.Lag(ctx, "lag")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for _, v := range l {
+			n += v
+		}
+		return n
+	}
+	if n := total(); n != 20 {
+		t.Fatalf("lag %d before anything was acknowledged, want 20", n)
+	}
+	ds := drain(ctx, t, c, 20, false)
+	last := map[int]bus.Delivery{}
+	for _, d := range ds {
+		if d.Position >= last[d.Partition].Position {
+			last[d.Partition] = d
+		}
+	}
+	for _, d := range last {
+		if err := c.Ack(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for total() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("lag %d after everything was acknowledged", total())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

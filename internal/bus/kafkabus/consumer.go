@@ -359,3 +359,41 @@ func startOffset(atEnd bool) int64 {
 	}
 	return kafka.FirstOffset
 }
+
+var _ bus.Lagger = (*Bus)(nil)
+
+// Lag is, per partition, the messages between the group's committed offset
+// and the end of the events topic.
+func (b *Bus) Lag(ctx context.Context, group string) (map[int]uint64, error) {
+	parts := make([]int, b.cfg.Partitions)
+	for i := range parts {
+		parts[i] = i
+	}
+	first, next, err := b.offsets(ctx, b.cfg.EventsTopic, parts)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := b.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: b.cfg.EventsTopic + "." + group, Topics: map[string][]int{b.cfg.EventsTopic: parts}})
+	if err != nil {
+		return nil, fmt.Errorf("kafkabus: lag of %s: %w", group, err)
+	}
+	committed := map[int]int64{}
+	for _, p := range resp.Topics[b.cfg.EventsTopic] {
+		if p.CommittedOffset >= 0 {
+			committed[p.Partition] = p.CommittedOffset
+		}
+	}
+	out := map[int]uint64{}
+	for _, p := range parts {
+		from, ok := committed[p]
+		if !ok {
+			from = first[p] // nothing committed yet: the group starts at the beginning
+		}
+		if n := next[p] - from; n > 0 {
+			out[p] = uint64(n)
+		} else {
+			out[p] = 0
+		}
+	}
+	return out, nil
+}

@@ -294,3 +294,26 @@ func (b *Bus) ReadRange(ctx context.Context, partition int, from, to uint64, fn 
 		}
 	}
 }
+
+var _ bus.Lagger = (*Bus)(nil)
+
+// Lag is, per partition, the batches the group's consumer has not had
+// acknowledged yet (pending plus delivered-unacked).
+func (b *Bus) Lag(ctx context.Context, group string) (map[int]uint64, error) {
+	out := map[int]uint64{}
+	for p := range b.cfg.Partitions {
+		c, err := b.js.Consumer(ctx, b.streams.events, group+"-p"+strconv.Itoa(p))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("natsbus: lag of %s: %w", group, err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("natsbus: lag of %s: %w", group, err)
+		}
+		out[p] = info.NumPending + uint64(info.NumAckPending)
+	}
+	return out, nil
+}
