@@ -572,7 +572,7 @@ type metrics struct {
 
 func newMetrics() *metrics {
 	return &metrics{
-		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keymeter_aggregator_lag_batches", Help: "Event batches published but not yet stored and acknowledged, per partition."}, []string{"partition"}),
+		lag:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keymeter_aggregator_lag_batches", Help: "Event batches published but not yet stored and acknowledged, per partition."}, []string{"partition"}),
 		rows: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_rows_total", Help: "Events inserted into the store."}),
 		insertSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keymeter_aggregator_insert_seconds", Help: "Latency of one block insert.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
