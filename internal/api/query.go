@@ -81,7 +81,13 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Logs == nil {
 		return unavailable("the log store")
 	}
-	q, err := store.ParseLogQuery(r.URL.Query())
+	v := r.URL.Query()
+	if v.Get("key") == "" && v.Get("from") == "" && v.Get("cursor") == "" {
+		// The table is ordered by key: a search without one reads the
+		// whole project, so it is bounded to the last day unless asked.
+		v.Set("from", time.Now().UTC().Add(-24*time.Hour).Format(time.RFC3339))
+	}
+	q, err := store.ParseLogQuery(v)
 	if err != nil {
 		return err
 	}
