@@ -74,6 +74,7 @@ hash of a token is ever stored.`,
 				return err
 			}
 			acfg.Keys, acfg.KeyTable, acfg.Ready = svc, table, table.Loaded
+			acfg.Events = busEventSink{pub: b.Publisher()}
 			lh, err := lf.handler(table, svc, b)
 			if err != nil {
 				return err

@@ -213,7 +213,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	}
 	tok, _ := api.ParseToken("admin:" + api.HashToken(token))
 	apiSrv, err := api.New(api.Config{Tokens: []api.Token{tok}, Keys: svc, KeyTable: table, Usage: st, Logs: st, Decision: st,
-		Billing: newBilling(st), Rules: det.engine, Leaks: lh, Logger: log, Ready: table.Loaded})
+		Billing: newBilling(st), Rules: det.engine, Leaks: lh, Events: busEventSink{pub: b.Publisher()}, Logger: log, Ready: table.Loaded})
 	if err != nil {
 		return err
 	}

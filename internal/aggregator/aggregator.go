@@ -117,9 +117,10 @@ type Aggregator struct {
 
 	// floor[p] is the highest position of partition p already in a block
 	// (inserted or pending); deliveries at or below it are skipped.
-	floor map[int]uint64
-	stats Stats
-	mu    sync.Mutex
+	floor  map[int]uint64
+	recent *recent // batch ids of recent blocks
+	stats  Stats
+	mu     sync.Mutex
 }
 
 // Stats are cumulative counts since start.
@@ -129,6 +130,7 @@ type Stats struct {
 	DeadLettered uint64
 	Replayed     uint64 // intents replayed at start
 	Skipped      uint64 // redelivered batches skipped
+	Duplicates   uint64 // batches whose id was already stored
 }
 
 // Option configures New.
@@ -153,7 +155,7 @@ func New(cfg Config, b Bus, s Store, opts ...Option) (*Aggregator, error) {
 	if b == nil || s == nil {
 		return nil, errors.New("aggregator: bus and store are required")
 	}
-	a := &Aggregator{cfg: cfg, bus: b, store: s, log: slog.Default(), m: newMetrics(), floor: map[int]uint64{}}
+	a := &Aggregator{cfg: cfg, bus: b, store: s, log: slog.Default(), m: newMetrics(), floor: map[int]uint64{}, recent: newRecent(200_000)}
 	for _, o := range opts {
 		o(a)
 	}
@@ -174,7 +176,8 @@ type block struct {
 	first, last uint64
 	events      []event.Event
 	lastD       bus.Delivery
-	hold        [][]byte // delivery bytes the events point into
+	hold        [][]byte            // delivery bytes the events point into
+	ids         map[string]struct{} // batch ids in this block
 }
 
 func partitionName(p int) string { return "events/" + strconv.Itoa(p) }
@@ -312,6 +315,24 @@ func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch
 		}
 		return 0
 	}
+	// A batch published twice (a producer's retry, a spool replay past the
+	// bus's duplicate window) is stored once: by batch id within the block
+	// (deterministic, so a replay forms the same block) and, live, against
+	// the batches of recent blocks.
+	if d.BatchID != "" {
+		if b.ids == nil {
+			b.ids = map[string]struct{}{}
+		}
+		if _, dup := b.ids[d.BatchID]; dup || (live && a.recent.has(d.BatchID)) {
+			a.count(func(s *Stats) { s.Duplicates++ })
+			a.m.duplicates.Inc()
+			return 0
+		}
+		b.ids[d.BatchID] = struct{}{}
+		if live {
+			a.recent.add(d.BatchID)
+		}
+	}
 	b.hold = append(b.hold, d.Data)
 	n := 0
 	for i := range eb.Events {
@@ -410,7 +431,8 @@ func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, ack fu
 		}
 		a.m.insertSeconds.Observe(time.Since(start).Seconds())
 		a.m.rows.Add(float64(n))
-		if a.observer != nil {
+		if a.observer != nil && ack != nil {
+			// Not on a replay: the block may have been counted before the crash.
 			a.observer.Stored(ctx, events)
 		}
 	}
@@ -420,7 +442,13 @@ func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, ack fu
 		}
 	}
 	for _, in := range intents {
-		if err := a.retry(ctx, "clear intent", func() error { return a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, tok) }); err != nil {
+		if err := a.retry(ctx, "clear intent", func() error {
+			err := a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, tok)
+			if errors.Is(err, store.ErrNotFound) {
+				return nil // another member replayed and cleared it: done either way
+			}
+			return err
+		}); err != nil {
 			return err
 		}
 	}
@@ -563,6 +591,7 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 type metrics struct {
+	duplicates    prometheus.Counter
 	lag           *prometheus.GaugeVec
 	rows          prometheus.Counter
 	insertSeconds prometheus.Histogram
@@ -572,8 +601,9 @@ type metrics struct {
 
 func newMetrics() *metrics {
 	return &metrics{
-		lag:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keymeter_aggregator_lag_batches", Help: "Event batches published but not yet stored and acknowledged, per partition."}, []string{"partition"}),
-		rows: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_rows_total", Help: "Events inserted into the store."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_duplicate_batches_total", Help: "Batches skipped because their id was already stored."}),
+		lag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keymeter_aggregator_lag_batches", Help: "Event batches published but not yet stored and acknowledged, per partition."}, []string{"partition"}),
+		rows:       prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_rows_total", Help: "Events inserted into the store."}),
 		insertSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keymeter_aggregator_insert_seconds", Help: "Latency of one block insert.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_dead_lettered_total", Help: "Messages or events sent to the dead-letter log."}),
@@ -585,7 +615,7 @@ func (m *metrics) register(r prometheus.Registerer) {
 	if r == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
+	for _, c := range []prometheus.Collector{m.duplicates, m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
 		_ = r.Register(c)
 	}
 }
@@ -606,4 +636,27 @@ func (a *Aggregator) watchLag(ctx context.Context, lg bus.Lagger) {
 		case <-t.C:
 		}
 	}
+}
+
+// recent is a bounded set of batch ids, oldest forgotten first.
+type recent struct {
+	set  map[string]struct{}
+	ring []string
+	next int
+}
+
+func newRecent(n int) *recent {
+	return &recent{set: make(map[string]struct{}, n), ring: make([]string, n)}
+}
+
+func (r *recent) has(id string) bool { _, ok := r.set[id]; return ok }
+
+func (r *recent) add(id string) {
+	if old := r.ring[r.next]; old != "" {
+		delete(r.set, old)
+	}
+	id = strings.Clone(id) // ids point into delivery bytes otherwise
+	r.ring[r.next] = id
+	r.set[id] = struct{}{}
+	r.next = (r.next + 1) % len(r.ring)
 }

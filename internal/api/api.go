@@ -51,7 +51,8 @@ type Token struct {
 func ParseToken(s string) (Token, error) {
 	role, hexHash, ok := strings.Cut(strings.TrimSpace(s), ":")
 	if !ok {
-		return Token{}, fmt.Errorf("admin token %q: want role:sha256hex (role admin or read)", abbreviate(s))
+		// Never echo the value: it may be a raw token pasted by mistake.
+		return Token{}, errors.New("admin token: want role:sha256hex (role admin or read), the SHA-256 of the token, never the token itself")
 	}
 	var t Token
 	switch role {
@@ -68,13 +69,6 @@ func ParseToken(s string) (Token, error) {
 	}
 	copy(t.Hash[:], b)
 	return t, nil
-}
-
-func abbreviate(s string) string {
-	if len(s) > 12 {
-		return s[:12] + "…"
-	}
-	return s
 }
 
 // HashToken is the configured form of a token secret.
@@ -251,6 +245,11 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		ae = &Error{Status: 404, Code: "not_found", Message: err.Error()}
 	case errors.Is(err, keys.ErrConflict):
 		ae = &Error{Status: 409, Code: "conflict", Message: err.Error()}
+	case errors.Is(err, keys.ErrNotVisible):
+		// The change is on the key-state log; this server has not seen it
+		// come back yet. Verifiers apply it all the same.
+		writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted", "message": err.Error()})
+		return
 	case errors.Is(err, context.DeadlineExceeded):
 		ae = &Error{Status: 504, Code: "timeout", Message: "the request took too long"}
 	default:
@@ -281,7 +280,10 @@ func decode(r *http.Request, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
+		var mb *http.MaxBytesError
 		switch {
+		case errors.As(err, &mb):
+			return &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: fmt.Sprintf("request body over %d bytes", mb.Limit)}
 		case errors.As(err, &te):
 			return badRequest(te.Field, "field %s: wrong type, want %s", te.Field, te.Type.Kind())
 		case strings.HasPrefix(err.Error(), "json: unknown field "):

@@ -1,8 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -200,12 +202,19 @@ func (s *Server) billing(w http.ResponseWriter, r *http.Request) error {
 	if _, err := time.Parse("2006-01", period); err != nil {
 		return badRequest("period", "period %q: want a month such as 2026-11", period)
 	}
+	// Built whole before the first byte goes out, so an error is a clean
+	// error response, never half an export.
+	var buf bytes.Buffer
+	if err := s.cfg.Billing.Export(r.Context(), period, format, &buf); err != nil {
+		return err
+	}
 	if format == "csv" {
 		w.Header().Set("Content-Type", "text/csv")
 	} else {
 		w.Header().Set("Content-Type", "application/json")
 	}
-	return s.cfg.Billing.Export(r.Context(), period, format, w)
+	_, _ = w.Write(buf.Bytes())
+	return nil
 }
 
 // RuleLister lists the loaded detection rules and their counters.
@@ -234,6 +243,10 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<20))
 	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: "request body over 8 MiB"}
+		}
 		return badRequest("", "body: %v", err)
 	}
 	evs, err := decodeEvents(body)

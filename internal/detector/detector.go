@@ -111,16 +111,18 @@ func (d *Detector) Run(ctx context.Context) error {
 	}
 	defer cons.Close()
 	var wg sync.WaitGroup
+	// The actor outlives ctx by a bounded grace: decisions already made are
+	// carried out and stored, however the shutdown came.
 	actCtx, stopAct := context.WithCancel(context.WithoutCancel(ctx))
+	stop := make(chan struct{})
 	wg.Add(1)
-	go func() { defer wg.Done(); d.act(actCtx) }()
+	go func() { defer wg.Done(); d.act(actCtx, stop) }()
 	defer func() {
-		// Let the actor finish what is queued, then stop it.
-		for len(d.decisions) > 0 {
-			time.Sleep(10 * time.Millisecond)
-		}
-		stopAct()
+		close(stop)
+		t := time.AfterFunc(20*time.Second, stopAct) // the bound on shutdown
 		wg.Wait()
+		t.Stop()
+		stopAct()
 	}()
 
 	var eb event.Batch
@@ -165,8 +167,9 @@ func (d *Detector) Run(ctx context.Context) error {
 }
 
 // act carries out decisions one by one and writes them to the store in
-// small batches.
-func (d *Detector) act(ctx context.Context) {
+// small batches. Once stop is closed it finishes the queued decisions and
+// stores what is pending, within ctx (which the caller bounds).
+func (d *Detector) act(ctx context.Context, stop <-chan struct{}) {
 	var pending []store.Decision
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
@@ -184,27 +187,43 @@ func (d *Detector) act(ctx context.Context) {
 		}
 		pending = pending[:0]
 	}
+	handle := func(dec *keymeterv1.Decision) {
+		err := d.carryOut(ctx, dec)
+		d.counts.Decisions.Add(1)
+		if err != nil {
+			d.counts.Failed.Add(1)
+			d.log.Warn("detector: decision not fully carried out", "rule", dec.GetRuleId(), "action", detect.ActionName(dec.GetAction()), "key_id", dec.GetKeyId(), "err", err)
+		}
+		pending = append(pending, toStore(dec))
+		if len(pending) >= 500 {
+			flush()
+		}
+		if d.cfg.OnDecision != nil {
+			d.cfg.OnDecision(dec, err)
+		}
+	}
 	for {
 		select {
-		case <-ctx.Done():
+		case <-stop:
+			for {
+				select {
+				case dec := <-d.decisions:
+					if ctx.Err() == nil {
+						handle(dec)
+						continue
+					}
+					d.log.Error("detector: shutdown grace over; decision not carried out", "rule", dec.GetRuleId(), "key_id", dec.GetKeyId())
+					continue
+				default:
+				}
+				break
+			}
 			flush()
 			return
 		case <-tick.C:
 			flush()
 		case dec := <-d.decisions:
-			err := d.carryOut(ctx, dec)
-			d.counts.Decisions.Add(1)
-			if err != nil {
-				d.counts.Failed.Add(1)
-				d.log.Warn("detector: decision not carried out", "rule", dec.GetRuleId(), "action", detect.ActionName(dec.GetAction()), "key_id", dec.GetKeyId(), "err", err)
-			}
-			pending = append(pending, toStore(dec))
-			if len(pending) >= 500 {
-				flush()
-			}
-			if d.cfg.OnDecision != nil {
-				d.cfg.OnDecision(dec, err)
-			}
+			handle(dec)
 		}
 	}
 }
@@ -218,11 +237,20 @@ func (d *Detector) carryOut(ctx context.Context, dec *keymeterv1.Decision) error
 	if pubKey == "" {
 		pubKey = dec.GetGroup()
 	}
-	if err := d.cfg.Bus.PublishDecision(ctx, pubKey, raw); err != nil {
-		return fmt.Errorf("publish decision: %w", err)
+	// Publishing (verifiers' block lists, audit) and acting on the key are
+	// independent: a bus hiccup must not cancel a revocation.
+	var pubErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		if pubErr = d.cfg.Bus.PublishDecision(ctx, pubKey, raw); pubErr == nil {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+	}
+	if pubErr != nil {
+		pubErr = fmt.Errorf("publish decision: %w", pubErr)
 	}
 	if dec.GetMode() != keymeterv1.Mode_MODE_ENFORCE || d.cfg.Keys == nil {
-		return nil
+		return pubErr
 	}
 	id := dec.GetKeyId()
 	switch dec.GetAction() {
@@ -231,7 +259,7 @@ func (d *Detector) carryOut(ctx context.Context, dec *keymeterv1.Decision) error
 			return fmt.Errorf("rule %s: %s needs a key, the group %q has none", dec.GetRuleId(), detect.ActionName(dec.GetAction()), dec.GetGroup())
 		}
 	default:
-		return nil
+		return pubErr
 	}
 	reason := fmt.Sprintf("rule %s v%d: %s", dec.GetRuleId(), dec.GetRuleVersion(), dec.GetReason())
 	switch dec.GetAction() {
@@ -249,9 +277,9 @@ func (d *Detector) carryOut(ctx context.Context, dec *keymeterv1.Decision) error
 		err = d.cfg.Keys.Update(ctx, id, keys.UpdateParams{ThrottlePerS: &rate, ThrottleUntil: &until})
 	}
 	if errors.Is(err, keys.ErrConflict) || errors.Is(err, keys.ErrNotFound) {
-		return nil // already revoked, or not a key this deployment knows
+		err = nil // already revoked, or not a key this deployment knows
 	}
-	return err
+	return errors.Join(pubErr, err)
 }
 
 func toStore(dec *keymeterv1.Decision) store.Decision {

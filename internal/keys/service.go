@@ -205,6 +205,10 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 // Revoke refuses the key from now on, for reason.
 func (s *Service) Revoke(ctx context.Context, id, reason string) error {
 	err := s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+			// Keep the first revocation's time and reason.
+			return fmt.Errorf("%w: key %s is already revoked", ErrConflict, id)
+		}
 		st.Status = keymeterv1.KeyStatus_KEY_STATUS_REVOKED
 		st.RevokedUnixNano = s.now().UnixNano()
 		st.RevokeReason = reason
