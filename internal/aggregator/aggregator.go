@@ -238,6 +238,13 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			wait = time.Millisecond
 		}
 		ds, err := cons.Fetch(ctx, 1024, wait)
+		if errors.Is(err, bus.ErrConsumerLost) {
+			// Another aggregator took these partitions: what is buffered
+			// here is not ours to insert any more, and a flush under way
+			// stops (its intent is replayed by whoever owns it now).
+			fcancel()
+			return fmt.Errorf("aggregator: %w", err)
+		}
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("aggregator: fetch failed", "err", err)
 			sleep(ctx, a.cfg.RetryBackoff)

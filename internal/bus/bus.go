@@ -24,6 +24,9 @@ var (
 	ErrBackpressure = errors.New("bus: publisher backpressure")
 	// ErrClosed: the publisher or consumer was closed.
 	ErrClosed = errors.New("bus: closed")
+	// ErrConsumerLost: another process took over this consumer's
+	// partitions (its durable consumer was replaced); stop and restart.
+	ErrConsumerLost = errors.New("bus: consumer taken over by another process")
 	// ErrRevisionMismatch: a compare-and-set write found a newer record.
 	ErrRevisionMismatch = errors.New("bus: key changed since it was read")
 )

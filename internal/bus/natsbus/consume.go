@@ -19,6 +19,7 @@ import (
 // delivery's stream sequence orders it within its partition and acking it
 // acknowledges everything before it in that partition.
 type consumer struct {
+	fatal  chan error // an ErrConsumerLost, once
 	b      *Bus
 	ch     chan bus.Delivery
 	cancel context.CancelFunc
@@ -42,7 +43,7 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 		}
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	c := &consumer{b: b, ch: make(chan bus.Delivery, b.cfg.ConsumerPrefetch*len(parts)), cancel: cancel, closed: make(chan struct{})}
+	c := &consumer{fatal: make(chan error, 1), b: b, ch: make(chan bus.Delivery, b.cfg.ConsumerPrefetch*len(parts)), cancel: cancel, closed: make(chan struct{})}
 	for _, p := range parts {
 		if p < 0 || p >= b.cfg.Partitions {
 			cancel()
@@ -53,8 +54,13 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 			cancel()
 			return nil, fmt.Errorf("natsbus: consumer %s partition %d: %w", cfg.Group, p, err)
 		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("natsbus: consumer %s partition %d: %w", cfg.Group, p, err)
+		}
 		c.wg.Add(1)
-		go c.pump(runCtx, p, cons)
+		go c.pump(runCtx, p, cons, info.Created)
 	}
 	return c, nil
 }
@@ -105,9 +111,25 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 	return b.js.CreateOrUpdateConsumer(ctx, b.streams.events, cc)
 }
 
+// lost reports whether this partition's durable consumer was deleted or
+// replaced by another process (bindPartition elsewhere): then two processes
+// would ack each other's batches, so this one must stop.
+func (c *consumer) lost(ctx context.Context, p int, cons jetstream.Consumer, created time.Time) bool {
+	info, err := cons.Info(ctx)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound), err == nil && !info.Created.Equal(created):
+		select {
+		case c.fatal <- fmt.Errorf("natsbus: partition %d: %w", p, bus.ErrConsumerLost):
+		default:
+		}
+		return true
+	}
+	return false
+}
+
 // pump moves one partition's messages into the shared channel, restarting
 // the pull iterator after connection trouble.
-func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer) {
+func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, created time.Time) {
 	defer c.wg.Done()
 	log := c.b.log.With("partition", p)
 	broken := false
@@ -125,6 +147,11 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer) {
 		for {
 			msg, err := it.Next()
 			if err != nil {
+				if ctx.Err() == nil && c.lost(ctx, p, cons, created) {
+					stop()
+					it.Stop()
+					return
+				}
 				if ctx.Err() == nil && !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 					if !broken {
 						log.Warn("nats consumer: pull interrupted, retrying", "err", err)
@@ -197,6 +224,9 @@ func (c *consumer) Fetch(ctx context.Context, max int, wait time.Duration) ([]bu
 	select {
 	case <-c.closed:
 		return nil, bus.ErrClosed
+	case err := <-c.fatal:
+		c.fatal <- err // stays lost
+		return nil, err
 	default:
 	}
 	var out []bus.Delivery

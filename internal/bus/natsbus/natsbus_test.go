@@ -120,3 +120,49 @@ func TestPutKeyIfRefusesStaleRevision(t *testing.T) {
 		t.Fatalf("write at a stale revision: %v", err)
 	}
 }
+
+// A second process binding the same group and partition takes it over; the
+// first one's consumer reports ErrConsumerLost instead of sharing acks.
+func TestConsumerTakenOverIsLost(t *testing.T) {
+	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	ctx := context.Background()
+	b, err := New(ctx, Config{Prefix: "lost", Partitions: 1}, WithEmbedded(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	for i := range 3 {
+		if _, err := b.Publisher().Publish(ctx, bus.Message{Key: "k", BatchID: fmt.Sprint("m", i), Source: "t", Data: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = b.Publisher().Flush(ctx)
+	first, err := b.NewConsumer(ctx, bus.ConsumerConfig{Group: "g", AckWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if ds, _ := first.Fetch(ctx, 10, 2*time.Second); len(ds) == 0 {
+		t.Fatal("nothing delivered")
+	}
+	// Unacked deliveries pending: a second binder recreates the consumer.
+	second, err := b.NewConsumer(ctx, bus.ConsumerConfig{Group: "g", AckWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := first.Fetch(ctx, 10, 500*time.Millisecond)
+		if errors.Is(err, bus.ErrConsumerLost) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first consumer never noticed the take-over (last: %v)", err)
+		}
+	}
+}
