@@ -34,7 +34,11 @@ acknowledged; after a crash the recorded ranges are replayed with the same
 tokens. It also tracks each key's usage in its quota period and publishes
 ok → warning → exceeded to the key-state log, where verifiers enforce it.
 
-Several aggregators with the same --group share the partitions.`,
+One process owns a partition of a group at a time. On NATS, split the
+partitions between aggregators with --own-partitions (a second process binding
+the same partition takes it over and the first stops). On Kafka the consumer
+group assigns partitions; run one member per group for exactly-once across
+rebalances (a crashed member is replaced from its recorded intents).`,
 		Example: `  keymeter aggregator --data-dir data
   keymeter aggregator --bus kafka --kafka-brokers k1:9092 --store clickhouse --clickhouse-dsn clickhouse://ch:9000/keymeter`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
