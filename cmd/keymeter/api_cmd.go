@@ -75,7 +75,7 @@ hash of a token is ever stored.`,
 			}
 			acfg.Keys, acfg.KeyTable, acfg.Ready = svc, table, table.Loaded
 			acfg.Events = busEventSink{pub: b.Publisher()}
-			lh, err := lf.handler(table, svc, b)
+			lh, err := lf.handler(table, svc, b, acfg.Decision)
 			if err != nil {
 				return err
 			}

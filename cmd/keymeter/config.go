@@ -36,6 +36,10 @@ func loadConfigFile(path string) (map[string]any, error) {
 
 func setFromConfig(f *pflag.Flag, v any) error {
 	switch x := v.(type) {
+	case nil:
+		return fmt.Errorf("no value (remove the key, or give one)")
+	case map[string]any:
+		return fmt.Errorf("a map is not a flag value")
 	case []any:
 		parts := make([]string, len(x))
 		for i, p := range x {

@@ -207,7 +207,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	det.run(ectx, eg)
 
 	// API.
-	lh, err := o.lf.handler(table, svc, b)
+	lh, err := o.lf.handler(table, svc, b, st)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/leaks"
+	"github.com/keymeter/keymeter/internal/store"
 )
 
 type leakFlags struct {
@@ -23,7 +24,7 @@ func (f *leakFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Policy, "leak-policy", "revoke", "what a true-positive leak report does: revoke or alert")
 }
 
-func (f *leakFlags) handler(table *keys.Table, svc *keys.Service, ds bus.Decisions) (*leaks.Handler, error) {
+func (f *leakFlags) handler(table *keys.Table, svc *keys.Service, ds bus.Decisions, st store.DecisionStore) (*leaks.Handler, error) {
 	pubs := map[string]*ecdsa.PublicKey{}
 	for _, spec := range f.PublicKeys {
 		id, file, ok := strings.Cut(spec, "=")
@@ -40,5 +41,9 @@ func (f *leakFlags) handler(table *keys.Table, svc *keys.Service, ds bus.Decisio
 		}
 		pubs[id] = k
 	}
-	return leaks.New(leaks.Config{Table: table, Keys: svc, Decisions: ds, Policy: f.Policy, PublicKeys: pubs})
+	cfg := leaks.Config{Table: table, Keys: svc, Decisions: ds, Policy: f.Policy, PublicKeys: pubs}
+	if st != nil {
+		cfg.Store = st
+	}
+	return leaks.New(cfg)
 }

@@ -74,6 +74,13 @@ Precedence: flag, then environment, then config file, then default.`,
 			if err := applyEnvAndConfig(cmd, g.Config); err != nil {
 				return err
 			}
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(g.LogLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: accepted values are debug, info, warn, error", g.LogLevel)
+			}
+			if g.LogFormat != "text" && g.LogFormat != "json" {
+				return fmt.Errorf("--log-format %q: accepted values are text, json", g.LogFormat)
+			}
 			return g.startProfile()
 		},
 		PersistentPostRun: func(*cobra.Command, []string) { g.stopProfile() },

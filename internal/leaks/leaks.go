@@ -29,6 +29,7 @@ import (
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/store"
 )
 
 // Revoker revokes keys (keys.Service).
@@ -40,8 +41,11 @@ type Revoker interface {
 type Config struct {
 	Table *keys.Table
 	Keys  Revoker
-	// Decisions, if set, receives an alert decision for every true positive.
+	// Decisions, if set, receives a decision for every true positive.
 	Decisions bus.Decisions
+	// Store, if set, keeps those decisions with the detector's (audit,
+	// GET /v1/decisions).
+	Store store.DecisionStore
 	// Policy is "revoke" (default) or "alert".
 	Policy string
 	// PublicKeys verify the reporter's signature, by key identifier
@@ -166,6 +170,14 @@ func (h *Handler) handle(ctx context.Context, sum [32]byte, typ, source, url str
 			Action: keymeterv1.Action_ACTION_ALERT, Group: rec.ID, Project: rec.Project, KeyId: rec.ID, Reason: reason}
 		if h.cfg.Policy == "revoke" {
 			d.Action = keymeterv1.Action_ACTION_REVOKE
+		}
+		if h.cfg.Store != nil {
+			ev, _ := json.Marshal(map[string]string{"source": source, "url": url, "token_type": typ})
+			if err := h.cfg.Store.WriteDecisions(ctx, []store.Decision{{ID: d.Id, Time: time.Unix(0, d.TimeUnixNano).UTC(), RuleID: d.RuleId,
+				RuleVersion: d.RuleVersion, Mode: "enforce", Action: map[bool]string{true: "revoke", false: "alert"}[h.cfg.Policy == "revoke"],
+				Project: d.Project, KeyID: d.KeyId, GroupKey: d.Group, Reason: reason, Evidence: string(ev)}}); err != nil {
+				h.cfg.Logger.Warn("leak decision not stored", "key_id", rec.ID, "err", err)
+			}
 		}
 		if raw, err := proto.Marshal(d); err == nil {
 			if err := h.cfg.Decisions.PublishDecision(ctx, rec.ID, raw); err != nil {
