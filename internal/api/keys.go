@@ -172,6 +172,11 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) error {
 		after = string(b)
 	}
 	project, status := q.Get("project"), q.Get("status")
+	switch status {
+	case "", "active", "suspended", "revoked", "deleted":
+	default:
+		return badRequest("status", "status %q: accepted values are active, suspended, revoked, deleted", status)
+	}
 	states := s.cfg.KeyTable.States(func(st *keymeterv1.KeyState) bool {
 		return (project == "" || st.GetProject() == project) &&
 			(status == "" || enumName(st.GetStatus().String(), "KEY_STATUS_") == status) &&

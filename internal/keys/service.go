@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -293,7 +294,13 @@ func (s *Service) Update(ctx context.Context, id string, p UpdateParams) error {
 		if p.Metadata != nil {
 			st.Metadata = maps.Clone(p.Metadata)
 		}
+		if p.ThrottleUntil != nil && p.ThrottlePerS == nil {
+			return fmt.Errorf("%w: throttle_until needs throttle_per_s", ErrInvalid)
+		}
 		if p.ThrottlePerS != nil {
+			if t := *p.ThrottlePerS; t < 0 || math.IsNaN(t) || math.IsInf(t, 0) {
+				return fmt.Errorf("%w: throttle_per_s %v: want a finite number ≥ 0 (0 lifts the throttle)", ErrInvalid, t)
+			}
 			st.ThrottlePerS = *p.ThrottlePerS
 			st.ThrottleUntilUnixNano = 0
 			if p.ThrottleUntil != nil && !p.ThrottleUntil.IsZero() {
@@ -400,6 +407,9 @@ func (s *Service) write(ctx context.Context, st *keymeterv1.KeyState, cas bus.Ke
 }
 
 func checkLimits(l *KeyLimits) error {
+	if math.IsNaN(l.RatePerS) || math.IsInf(l.RatePerS, 0) {
+		return fmt.Errorf("%w: rate limit must be a finite number", ErrInvalid)
+	}
 	if l.RatePerS < 0 {
 		return fmt.Errorf("%w: rate limit %v is negative (0 means unlimited)", ErrInvalid, l.RatePerS)
 	}
