@@ -528,12 +528,23 @@ func (a *Aggregator) replay(ctx context.Context) error {
 				a.decode(ctx, d, &eb, b, false)
 				return nil
 			})
+			if errors.Is(err, bus.ErrRangeGone) {
+				// The bus no longer holds the range (retention, or a log
+				// recreated): nothing can replay it. Say so loudly, keep a
+				// dead letter as the record, and go on rather than never start.
+				a.log.Error("aggregator: pending range is gone from the bus; whatever of it was not stored is lost",
+					"partition", in.Partition, "first", in.First, "last", in.Last, "err", err)
+				a.m.rangesGone.Inc()
+				a.deadLetter(ctx, fmt.Sprintf("%s/%d-%d", in.Partition, in.First, in.Last), "pending insert range gone from the bus: "+err.Error(), nil)
+				_ = a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, in.Token)
+				continue // the rest of the insert's ranges replay under its token
+			}
 			if err != nil {
 				return fmt.Errorf("aggregator: replay %s [%d,%d]: %w", in.Partition, in.First, in.Last, err)
 			}
 			bs = append(bs, b)
 		}
-		if !mine {
+		if !mine || len(bs) == 0 {
 			continue
 		}
 		sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
@@ -598,6 +609,7 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 type metrics struct {
+	rangesGone    prometheus.Counter
 	duplicates    prometheus.Counter
 	lag           *prometheus.GaugeVec
 	rows          prometheus.Counter
@@ -608,6 +620,7 @@ type metrics struct {
 
 func newMetrics() *metrics {
 	return &metrics{
+		rangesGone: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_ranges_gone_total", Help: "Pending insert ranges the bus no longer held at replay (possible loss; see the dead-letter log)."}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_duplicate_batches_total", Help: "Batches skipped because their id was already stored."}),
 		lag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keymeter_aggregator_lag_batches", Help: "Event batches published but not yet stored and acknowledged, per partition."}, []string{"partition"}),
 		rows:       prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_rows_total", Help: "Events inserted into the store."}),
@@ -622,7 +635,7 @@ func (m *metrics) register(r prometheus.Registerer) {
 	if r == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{m.duplicates, m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
+	for _, c := range []prometheus.Collector{m.rangesGone, m.duplicates, m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
 		_ = r.Register(c)
 	}
 }

@@ -27,6 +27,9 @@ var (
 	// ErrConsumerLost: another process took over this consumer's
 	// partitions (its durable consumer was replaced); stop and restart.
 	ErrConsumerLost = errors.New("bus: consumer taken over by another process")
+	// ErrRangeGone: a range asked of ReadRange is no longer (or never was)
+	// in the log: retention removed it, or the log was recreated.
+	ErrRangeGone = errors.New("bus: range no longer in the log")
 	// ErrRevisionMismatch: a compare-and-set write found a newer record.
 	ErrRevisionMismatch = errors.New("bus: key changed since it was read")
 )

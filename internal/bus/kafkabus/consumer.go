@@ -324,12 +324,12 @@ func (b *Bus) ReadRange(ctx context.Context, partition int, from, to uint64, fn 
 		return err
 	}
 	if int64(from) < first[partition] {
-		return fmt.Errorf("kafkabus: read range %d/%d..%d: offsets before %d were deleted by retention",
-			partition, from, to, first[partition])
+		return fmt.Errorf("kafkabus: read range %d/%d..%d: offsets before %d were deleted by retention: %w",
+			partition, from, to, first[partition], bus.ErrRangeGone)
 	}
 	if int64(to) >= next[partition] {
-		return fmt.Errorf("kafkabus: read range %d/%d..%d: the partition ends before offset %d",
-			partition, from, to, next[partition])
+		return fmt.Errorf("kafkabus: read range %d/%d..%d: the partition ends before offset %d: %w",
+			partition, from, to, next[partition], bus.ErrRangeGone)
 	}
 	r, err := b.partitionReader(b.cfg.EventsTopic, partition, int64(from))
 	if err != nil {

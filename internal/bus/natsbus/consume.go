@@ -317,7 +317,7 @@ func (b *Bus) ReadRange(ctx context.Context, partition int, from, to uint64, fn 
 		if n == 0 {
 			// Nothing more in the stream: the rest of the range is gone
 			// (expired by max-age) or was never there.
-			return fmt.Errorf("natsbus: read range p%d [%d,%d]: stream ends before position %d", partition, from, to, to)
+			return fmt.Errorf("natsbus: read range p%d [%d,%d]: stream ends before position %d: %w", partition, from, to, to, bus.ErrRangeGone)
 		}
 		if err := ctx.Err(); err != nil {
 			return err
