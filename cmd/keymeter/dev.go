@@ -140,6 +140,14 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	defer stop()
 	back, ectx := errgroup.WithContext(backCtx)
 	front, fctx := errgroup.WithContext(ctx)
+	// On an early return, everything started stops before the store and
+	// the bus close (deferred earlier, so they run after this).
+	defer func() {
+		cancel()
+		backCancel()
+		_ = front.Wait()
+		_ = back.Wait()
+	}()
 	eg := back
 	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
 	eg.Go(func() error { return table.Run(ectx, b) })
