@@ -181,7 +181,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	proxyAddr := o.proxyListen
 	vcfg := verifier.RunConfig{
 		Listen: o.proxyListen, Upstream: "http://" + upLn.Addr().String(), AdminListen: o.adminListen,
-		DataDir: filepath.Join(dataDir, "verifier"), VerifierID: "dev-verifier", Bus: b, Logger: log,
+		DataDir: filepath.Join(dataDir, "verifier"), VerifierID: "dev-verifier", Bus: b.Bus, Logger: log,
 		HTTP: verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
 		OnListen: func(main, _, _ net.Addr) {
 			if main != nil {

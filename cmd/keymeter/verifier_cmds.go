@@ -100,7 +100,7 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 			if err != nil {
 				return err
 			}
-			cfg.Bus, cfg.Logger = b, log
+			cfg.Bus, cfg.Logger = b.Bus, log
 			runErr := verifier.Run(ctx, cfg)
 			// Shutdown order: Run stopped intake and flushed the batches;
 			// now drain and close the bus.

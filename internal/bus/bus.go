@@ -201,6 +201,13 @@ type Decisions interface {
 	SubscribeDecisions(ctx context.Context, fn func(data []byte)) error
 }
 
+// DecisionsSince is implemented by buses that can replay the decisions
+// published since a time before following new ones, so that a verifier
+// started late still enforces blocks that are in force.
+type DecisionsSince interface {
+	SubscribeDecisionsSince(ctx context.Context, since time.Time, fn func(data []byte)) error
+}
+
 // Bus is a whole backend: what `keymeter dev` and the roles wire together.
 type Bus interface {
 	Publisher() Publisher

@@ -46,6 +46,29 @@ func testBlockIPDecision(t *testing.T, be testBackend) {
 	}
 }
 
+// TestBlockIPBeforeStart: a verifier started after an enforced block_ip
+// decision still refuses the address (recent decisions are replayed).
+func TestBlockIPBeforeStart(t *testing.T) { backends(t, false, testBlockIPBeforeStart) }
+
+func testBlockIPBeforeStart(t *testing.T, be testBackend) {
+	ctx := context.Background()
+	b := be.connect(ctx)
+	svc := newService(t, ctx, b, nil)
+	k, err := svc.Create(ctx, keys.CreateParams{Project: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &keymeterv1.Decision{Id: "dec_early", TimeUnixNano: time.Now().UnixNano(), RuleId: "stuffing", Mode: keymeterv1.Mode_MODE_ENFORCE,
+		Action: keymeterv1.Action_ACTION_BLOCK_IP, ClientIp: "127.0.0.1", DurationMs: 600_000}
+	data, _ := proto.Marshal(d)
+	if err := b.PublishDecision(ctx, "127.0.0.1", data); err != nil {
+		t.Fatal(err)
+	}
+	up, _ := newUpstream(t)
+	rv := startVerifier(t, b, RunConfig{Upstream: up.URL})
+	waitOutcome(t, rv, k.Secret.Reveal(), "blocked_ip")
+}
+
 // TestRotationGraceEndToEnd: after Rotate both keys verify on a running
 // verifier; once the grace period ends, the old one is refused as expired.
 func TestRotationGraceEndToEnd(t *testing.T) {

@@ -301,17 +301,53 @@ func (b *Bus) PublishDecision(ctx context.Context, key string, data []byte) erro
 // SubscribeDecisions calls fn, one call at a time, for every decision
 // published after it returns, until ctx ends.
 func (b *Bus) SubscribeDecisions(ctx context.Context, fn func(data []byte)) error {
-	topic := b.cfg.DecisionsTopic
 	parts := seq(b.cfg.DecisionPartitions)
 	// Start from the marks taken now, not the reader's lazily resolved
 	// "latest", so a decision published right after the call is seen.
+	_, next, err := b.offsets(ctx, b.cfg.DecisionsTopic, parts)
+	if err != nil {
+		return err
+	}
+	return b.followDecisions(ctx, next, fn)
+}
+
+// SubscribeDecisionsSince replays the decisions published since a time,
+// then follows new ones.
+func (b *Bus) SubscribeDecisionsSince(ctx context.Context, since time.Time, fn func([]byte)) error {
+	topic := b.cfg.DecisionsTopic
+	parts := seq(b.cfg.DecisionPartitions)
 	_, next, err := b.offsets(ctx, topic, parts)
 	if err != nil {
 		return err
 	}
-	var mu sync.Mutex
+	reqs := make([]kafka.OffsetRequest, 0, len(parts))
 	for _, p := range parts {
-		r, err := b.partitionReader(topic, p, next[p])
+		reqs = append(reqs, kafka.TimeOffsetOf(p, since))
+	}
+	res, err := b.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return fmt.Errorf("kafkabus: decisions since %s: %w", since.Format(time.RFC3339), err)
+	}
+	start := map[int]int64{}
+	for _, p := range parts {
+		start[p] = next[p] // nothing since then: follow from the end
+	}
+	for _, po := range res.Topics[topic] {
+		for off := range po.Offsets {
+			if off >= 0 && off < start[po.Partition] {
+				start[po.Partition] = off
+			}
+		}
+	}
+	return b.followDecisions(ctx, start, fn)
+}
+
+var _ bus.DecisionsSince = (*Bus)(nil)
+
+func (b *Bus) followDecisions(ctx context.Context, start map[int]int64, fn func([]byte)) error {
+	var mu sync.Mutex
+	for p, off := range start {
+		r, err := b.partitionReader(b.cfg.DecisionsTopic, p, off)
 		if err != nil {
 			return err
 		}

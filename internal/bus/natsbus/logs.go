@@ -128,6 +128,25 @@ func (b *Bus) SubscribeDecisions(ctx context.Context, fn func([]byte)) error {
 	return nil
 }
 
+// SubscribeDecisionsSince replays the decisions stored since a time, then
+// follows new ones.
+func (b *Bus) SubscribeDecisionsSince(ctx context.Context, since time.Time, fn func([]byte)) error {
+	oc, err := b.js.OrderedConsumer(ctx, b.streams.decisions, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since,
+	})
+	if err != nil {
+		return fmt.Errorf("natsbus: subscribe decisions: %w", err)
+	}
+	cc, err := oc.Consume(func(m jetstream.Msg) { fn(m.Data()) })
+	if err != nil {
+		return fmt.Errorf("natsbus: subscribe decisions: %w", err)
+	}
+	context.AfterFunc(ctx, cc.Stop)
+	return nil
+}
+
+var _ bus.DecisionsSince = (*Bus)(nil)
+
 // ---- dead letters ----
 
 // DeadLetter stores a message that could not be processed, with the reason.
