@@ -27,6 +27,7 @@ import (
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/leaks"
+	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 )
 
@@ -92,6 +93,14 @@ func setup(t *testing.T) *env {
 			KeyID: "key_api", Outcome: event.OutcomeValid, ClientIP: "203.0.113.5", Country: "DE", Route: "/v1/x", Status: 200, CostUnits: 1})
 	}
 	if err := db.InsertEvents(ctx, "api-test", evs); err != nil {
+		t.Fatal(err)
+	}
+	var decs []store.Decision
+	for i := range 5 {
+		decs = append(decs, store.Decision{ID: fmt.Sprintf("dec-%d", i), Time: now.Add(time.Duration(i) * time.Second), RuleID: "r",
+			RuleVersion: 1, Mode: "enforce", Action: "alert", KeyID: "key_api", GroupKey: "key_api", Evidence: `{"figures":{"count":3}}`})
+	}
+	if err := db.WriteDecisions(ctx, decs); err != nil {
 		t.Fatal(err)
 	}
 	adm, _ := api.ParseToken("admin:" + api.HashToken(adminSecret))
@@ -280,7 +289,31 @@ func TestUsageLogsDecisions(t *testing.T) {
 	if len(seen) != 30 {
 		t.Fatalf("paging saw %d events, want 30", len(seen))
 	}
-	e.call("GET", "/v1/decisions?limit=5", readSecret, nil, 200)
+	seenDec := map[string]bool{}
+	for cur := ""; ; {
+		path := "/v1/decisions?limit=2"
+		if cur != "" {
+			path += "&cursor=" + cur
+		}
+		var page struct {
+			Decisions []api.DecisionJSON
+			Next      string
+		}
+		_ = json.Unmarshal(e.call("GET", path, readSecret, nil, 200), &page)
+		for _, d := range page.Decisions {
+			if seenDec[d.ID] {
+				t.Fatalf("decision %s on two pages", d.ID)
+			}
+			seenDec[d.ID] = true
+		}
+		if page.Next == "" {
+			break
+		}
+		cur = page.Next
+	}
+	if len(seenDec) != 5 {
+		t.Fatalf("paging saw %d decisions, want 5", len(seenDec))
+	}
 	rules := e.call("GET", "/v1/rules", readSecret, nil, 200)
 	if !strings.Contains(string(rules), `"geography-shift"`) {
 		t.Fatalf("/v1/rules lacks the starter rules: %.200s", rules)

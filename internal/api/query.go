@@ -128,9 +128,9 @@ func (s *Server) decisions(w http.ResponseWriter, r *http.Request) error {
 	var q store.DecisionQuery
 	for f := range v {
 		switch f {
-		case "project", "key", "rule", "from", "to", "limit":
+		case "project", "key", "rule", "from", "to", "limit", "cursor":
 		default:
-			return badRequest(f, "unknown query parameter %q (accepted: project, key, rule, from, to, limit)", f)
+			return badRequest(f, "unknown query parameter %q (accepted: project, key, rule, from, to, limit, cursor)", f)
 		}
 	}
 	q.Project, q.KeyID, q.RuleID = v.Get("project"), v.Get("key"), v.Get("rule")
@@ -147,13 +147,23 @@ func (s *Server) decisions(w http.ResponseWriter, r *http.Request) error {
 			return badRequest("limit", "limit %q: want an integer 1-10000", l)
 		}
 	}
+	q.Cursor = v.Get("cursor")
+	limit := q.Limit
+	if q.Limit < 10000 {
+		q.Limit++ // one more tells whether there is a next page
+	}
 	ds, err := s.cfg.Decision.Decisions(r.Context(), q)
 	if err != nil {
 		return err
 	}
 	out := struct {
 		Decisions []DecisionJSON `json:"decisions"`
+		Next      string         `json:"next,omitempty"`
 	}{Decisions: make([]DecisionJSON, 0, len(ds))}
+	if len(ds) > limit {
+		ds = ds[:limit]
+		out.Next = store.DecisionCursor(ds[limit-1])
+	}
 	for _, d := range ds {
 		dj := DecisionJSON{ID: d.ID, Time: d.Time, RuleID: d.RuleID, RuleVersion: d.RuleVersion, Mode: d.Mode, Action: d.Action,
 			Project: d.Project, KeyID: d.KeyID, ClientIP: d.ClientIP, Group: d.GroupKey, Reason: d.Reason}

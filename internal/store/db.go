@@ -451,6 +451,9 @@ func (d *DB) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 	return page, nil
 }
 
+// DecisionCursor is the cursor that continues after d (newest first).
+func DecisionCursor(d Decision) string { return encodeCursor(d.Time.UnixMilli(), d.ID) }
+
 // WriteDecisions implements DecisionStore. Decisions are few; one statement each.
 func (d *DB) WriteDecisions(ctx context.Context, ds []Decision) error {
 	if err := d.check(); err != nil {
@@ -501,6 +504,14 @@ func (d *DB) Decisions(ctx context.Context, q DecisionQuery) ([]Decision, error)
 	}
 	if !q.To.IsZero() {
 		where, p = append(where, "time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')"), p.Ms("to", q.To)
+	}
+	if q.Cursor != "" {
+		ms, id, err := decodeCursor(q.Cursor)
+		if err != nil {
+			return nil, badFilter("cursor", "", "not a cursor this server issued", "the next of a previous page")
+		}
+		where = append(where, "(time, id) < (fromUnixTimestamp64Milli({cms:Int64}, 'UTC'), {cid:String})")
+		p = p.I64("cms", ms).Str("cid", id)
 	}
 	rows, err := d.conn.Query(ctx, d.sql(`SELECT id, toInt64(toUnixTimestamp64Milli(time)), toString(rule_id), toUInt64(rule_version), toString(mode), toString(action),
  toString(project), key_id, client_ip, group_key, reason, evidence

@@ -216,6 +216,8 @@ type DecisionQuery struct {
 	RuleID   string
 	From, To time.Time
 	Limit    int
+	// Cursor continues after the decision DecisionCursor was made from.
+	Cursor string
 }
 
 // KeyRecord is the store's mirror of a key (no secret, no hash).
