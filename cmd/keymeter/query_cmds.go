@@ -291,7 +291,7 @@ it are reported as late_events, not added.`,
 
 func newDecisionsCmd(g *globals) *cobra.Command {
 	cf := &clientFlags{}
-	var key, rule, project string
+	var key, rule, project, cursor string
 	var limit int
 	c := &cobra.Command{
 		Use:   "decisions",
@@ -299,13 +299,14 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{"limit": {strconv.Itoa(limit)}}
-			for k, v := range map[string]string{"key": key, "rule": rule, "project": project} {
+			for k, v := range map[string]string{"key": key, "rule": rule, "project": project, "cursor": cursor} {
 				if v != "" {
 					q.Set(k, v)
 				}
 			}
 			var out struct {
 				Decisions []api.DecisionJSON `json:"decisions"`
+				Next      string             `json:"next"`
 			}
 			raw, err := cf.do("GET", "/v1/decisions", q, nil, &out)
 			if err != nil {
@@ -320,6 +321,9 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 				rows = append(rows, []string{d.Time.UTC().Format(time.RFC3339), d.RuleID, d.Action, d.Mode, d.Group, d.KeyID, d.Reason})
 			}
 			table([]string{"TIME", "RULE", "ACTION", "MODE", "GROUP", "KEY", "REASON"}, rows)
+			if out.Next != "" {
+				fmt.Fprintf(os.Stderr, "more: --cursor %s\n", out.Next)
+			}
 			return nil
 		},
 	}
@@ -328,5 +332,6 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&rule, "rule", "", "rule id")
 	c.Flags().StringVar(&project, "project", "", "project")
 	c.Flags().IntVar(&limit, "limit", 50, "how many")
+	c.Flags().StringVar(&cursor, "cursor", "", "the cursor printed after the previous page")
 	return c
 }
