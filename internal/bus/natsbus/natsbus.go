@@ -297,6 +297,7 @@ type publisher struct {
 	sem    chan struct{}
 	queue  chan *pubAck
 	closed atomic.Bool
+	mu     sync.RWMutex // publishes (read) against close (write)
 	once   sync.Once
 	wg     sync.WaitGroup
 }
@@ -338,6 +339,14 @@ func (p *publisher) Publish(ctx context.Context, m bus.Message) (bus.PubAck, err
 			return nil, fmt.Errorf("%w: %d batches unacknowledged: %w", bus.ErrBackpressure, cap(p.sem), ctx.Err())
 		}
 	}
+	// Held while the future is queued, so close cannot close the queue
+	// under a publish in flight.
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed.Load() {
+		<-p.sem
+		return nil, bus.ErrClosed
+	}
 	msg := nats.NewMsg(p.b.partitionSubject(bus.Partition(m.Key, p.b.cfg.Partitions)))
 	msg.Data = m.Data
 	setEnvelope(msg.Header, m)
@@ -375,8 +384,10 @@ func (p *publisher) Flush(ctx context.Context) error {
 
 func (p *publisher) close() {
 	p.once.Do(func() {
+		p.mu.Lock()
 		p.closed.Store(true)
 		close(p.queue)
+		p.mu.Unlock()
 		p.wg.Wait()
 	})
 }
