@@ -123,7 +123,7 @@ rebalances (a crashed member is replaced from its recorded intents).`,
 	f.StringVar(&qcfg.Period, "quota-period", "month", "quota period: month or day (UTC)")
 	f.Float64Var(&qcfg.WarnRatio, "quota-warn", 0.8, "share of the quota at which a key turns to warning")
 	f.StringVar(&qcfg.WebhookURL, "quota-webhook-url", "", "POST quota transitions here (signed, retried)")
-	f.StringVar(&qcfg.WebhookSecret, "quota-webhook-secret", "", "HMAC-SHA256 secret for X-Keymeter-Signature")
+	f.StringVar(&qcfg.WebhookSecret, "quota-webhook-secret", "", "HMAC-SHA256 secret for X-Keymeter-Signature (prefer KEYMETER_QUOTA_WEBHOOK_SECRET: arguments show in ps)")
 	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	f.StringVar(&adminListen, "admin-listen", "127.0.0.1:9465", "address of /metrics, /healthz, /readyz (empty to disable)")
 	f.BoolVar(&migrate, "migrate", true, "apply pending store migrations at start")

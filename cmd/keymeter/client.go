@@ -25,7 +25,7 @@ type clientFlags struct {
 
 func (c *clientFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Server, "server", "http://127.0.0.1:8081", "keymeter API base URL")
-	fs.StringVar(&c.Token, "token", "", "admin token (better: KEYMETER_TOKEN in the environment)")
+	fs.StringVar(&c.Token, "token", "", "admin token (prefer KEYMETER_TOKEN in the environment: arguments show in ps)")
 	fs.StringVarP(&c.Output, "output", "o", "", "output: table (default on a terminal) or json")
 }
 

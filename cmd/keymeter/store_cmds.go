@@ -39,7 +39,7 @@ func (f *storeFlags) add(fs *pflag.FlagSet) {
 	if fs.Lookup("data-dir") == nil {
 		fs.StringVar(&f.DataDir, "data-dir", "./data", "where state lives; the embedded store uses <data-dir>/clickhouse")
 	}
-	fs.StringVar(&f.DSN, "clickhouse-dsn", "clickhouse://127.0.0.1:9000/keymeter", "ClickHouse server DSN for --store clickhouse (clickhouse://user:password@host:9000/database)")
+	fs.StringVar(&f.DSN, "clickhouse-dsn", "clickhouse://127.0.0.1:9000/keymeter", "ClickHouse server DSN for --store clickhouse (clickhouse://user:password@host:9000/database); with a password prefer KEYMETER_CLICKHOUSE_DSN: arguments show in ps")
 	fs.StringVar(&f.Database, "store-database", "", "ClickHouse database (default: keymeter, or the DSN's database)")
 }
 
