@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -85,5 +84,3 @@ func (p *progress) tick(ctx context.Context, format string, args ...any) {
 	p.last = time.Now()
 	fmt.Fprintf(os.Stderr, "%s: "+format+"\n", append([]any{p.name}, args...)...)
 }
-
-var _ = runtime.NumCPU

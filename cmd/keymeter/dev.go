@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -393,5 +392,3 @@ func demoUpstream() http.Handler {
 		fmt.Fprintf(w, `{"ok":true,"path":%q,"key_id":%q,"items":[1,2,3,4,5,6,7,8,9,10]}`+"\n", r.URL.Path, r.Header.Get("X-Keymeter-Key-Id"))
 	})
 }
-
-var _ = slog.Default

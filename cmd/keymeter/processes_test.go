@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -250,5 +249,4 @@ func callAPI(t *testing.T, base, token, method, path string, body, out any) {
 		return
 	}
 	t.Fatalf("%s %s: %v", method, path, lastErr)
-	_ = strings.TrimSpace
 }

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -275,7 +276,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			}
 			b.last, b.lastD = d.Position, d
 			a.floor[d.Partition] = d.Position
-			n := a.decodeInto(ctx, d, &eb, b)
+			n := a.decode(ctx, d, &eb, b, true)
 			buffered += n
 		}
 		if buffered >= a.cfg.MaxBlockEvents || time.Now().After(deadline) {
@@ -304,10 +305,6 @@ func (a *Aggregator) Run(ctx context.Context) error {
 // same function serves live consumption and replay, so a replayed range
 // forms exactly the block it formed the first time. live=false suppresses
 // dead-lettering (it was done the first time).
-func (a *Aggregator) decodeInto(ctx context.Context, d bus.Delivery, eb *event.Batch, b *block) int {
-	return a.decode(ctx, d, eb, b, true)
-}
-
 func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch, b *block, live bool) int {
 	origin := fmt.Sprintf("events/%d/%d", d.Partition, d.Position)
 	if d.Invalid != "" {
@@ -518,7 +515,7 @@ func (a *Aggregator) replay(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("aggregator: intent with partition %q: %w", in.Partition, err)
 			}
-			if len(a.cfg.Partitions) > 0 && !contains(a.cfg.Partitions, p) {
+			if len(a.cfg.Partitions) > 0 && !slices.Contains(a.cfg.Partitions, p) {
 				mine = false
 				break
 			}
@@ -582,15 +579,6 @@ func (a *Aggregator) replay(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func contains(xs []int, x int) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 func (a *Aggregator) count(fn func(*Stats)) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -101,18 +102,9 @@ func TestQuotaTransitionsPublishedAndSigned(t *testing.T) {
 	for _, h := range hooks {
 		got = append(got, h.To)
 	}
-	if len(got) != 3 || !contains(got, "ok") || !contains(got, "warning") || !contains(got, "exceeded") {
+	if len(got) != 3 || !slices.Contains(got, "ok") || !slices.Contains(got, "warning") || !slices.Contains(got, "exceeded") {
 		t.Fatalf("webhooks: %v", got)
 	}
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 func TestQuotaConfigValidate(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 )
@@ -178,7 +179,7 @@ func (c Config) Validate() error {
 	if c.WriteAttempts < 0 {
 		bad("WriteAttempts", "%d is negative; want at least 1 (0 for the default %d)", c.WriteAttempts, defaultWriteAttempts)
 	}
-	if c.Compression != "" && !contains(compressions, c.Compression) {
+	if c.Compression != "" && !slices.Contains(compressions, c.Compression) {
 		bad("Compression", "%q unknown; want one of %s", c.Compression, strings.Join(compressions, ", "))
 	}
 	if c.SessionTimeout < 0 || (c.SessionTimeout > 0 && c.SessionTimeout < time.Second) {
@@ -204,13 +205,4 @@ func validTopic(name string) error {
 		}
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
