@@ -10,7 +10,7 @@ TEST_FLAGS ?= -race -timeout 30m
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build run test test-short bench generate lint deps chdb kafka-up kafka-down clickhouse-up clean
+.PHONY: help build run test test-short bench generate lint deps debian-deps chdb kafka-up kafka-down clickhouse-up down check-generated clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,8 +21,12 @@ build: ## build bin/keymeter
 run: build chdb ## the whole pipeline on embedded defaults, with demo traffic (keymeter dev)
 	./$(BIN) dev --data-dir data $(RUN_FLAGS)
 
-deps: chdb ## fetch what tests need: the chDB library and the Kafka broker
+deps: debian-deps chdb ## install and fetch what tests need: Debian packages, Go modules, the chDB library, the Kafka broker
+	$(GO) mod download
 	deploy/kafka/kafka.sh fetch
+
+debian-deps: ## install the Debian packages the tests need when any is missing (apt-get as root or via sudo)
+	@scripts/debian-deps.sh test
 
 chdb: ## fetch libchdb.so (npm package @chdb/lib-linux-x64-gnu) into the cache when missing
 	@scripts/chdb-lib.sh >/dev/null
@@ -36,9 +40,24 @@ kafka-down: ## stop the local Kafka broker
 clickhouse-up: ## start Debian's clickhouse-server on 127.0.0.1:19000 (wire-protocol tests)
 	scripts/clickhouse-server.sh start
 
-test: deps kafka-up clickhouse-up ## all tests under -race, against real NATS, Kafka, chDB and clickhouse-server
+# test starts the servers it needs and stops them at the end, pass or fail;
+# KEEP_SERVERS=1 leaves them running (make down stops them).
+test: deps check-generated ## everything a fresh machine needs, then all tests under -race against real NATS, Kafka, chDB and clickhouse-server
+	@scripts/compose-check.sh
 	$(GO) vet ./...
-	$(GO) test $(TEST_FLAGS) ./...
+	@status=0; \
+	deploy/kafka/kafka.sh start && scripts/clickhouse-server.sh start && \
+	$(GO) test $(TEST_FLAGS) ./... || status=$$?; \
+	if [ -z "$(KEEP_SERVERS)" ]; then $(MAKE) --no-print-directory down; fi; \
+	exit $$status
+
+down: ## stop the servers make test started (Kafka broker, clickhouse-server)
+	-@deploy/kafka/kafka.sh stop
+	-@scripts/clickhouse-server.sh stop
+
+check-generated: ## fail when the committed generated code differs from schemas/
+	@$(MAKE) --no-print-directory generate >/dev/null
+	@git diff --quiet -- internal/event/keymeterv1 2>/dev/null || { echo "generated code differs from schemas/: run make generate and commit" >&2; git diff --stat -- internal/event/keymeterv1 >&2; exit 1; }
 
 test-short: ## unit tests only (no servers)
 	$(GO) test -short ./...
