@@ -13,6 +13,7 @@ import (
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/store"
+	"github.com/keymeter/keymeter/rules"
 )
 
 func init() { register(newDetectorCmd) }
@@ -30,7 +31,7 @@ type detectorFlags struct {
 
 func (f *detectorFlags) add(c *cobra.Command) {
 	fs := c.Flags()
-	fs.StringSliceVar(&f.Rules, "rules", []string{"rules"}, "rule files or directories (hot-reloaded)")
+	fs.StringSliceVar(&f.Rules, "rules", nil, "rule files or directories, hot-reloaded (default: ./rules if it exists, else the starter rules built into the binary)")
 	fs.StringSliceVar(&f.AllowKeys, "allow-key", nil, "key ids rules never act on (decisions recorded as dry-run)")
 	fs.StringSliceVar(&f.AllowCIDRs, "allow-cidr", nil, "client networks rules never act on")
 	fs.IntVar(&f.MaxRevokes, "max-revocations-per-hour", 10, "circuit breaker: a rule revoking more keys than this in an hour turns to dry-run")
@@ -48,7 +49,8 @@ type detectorParts struct {
 }
 
 func buildDetector(ctx context.Context, f *detectorFlags, b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger) (*detectorParts, error) {
-	set, err := detect.LoadPaths(detect.CompileOptions{}, f.Rules...)
+	src := rules.Resolve(f.Rules)
+	set, err := src.Load(detect.CompileOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("--rules: %w", err)
 	}
@@ -76,7 +78,7 @@ func buildDetector(ctx context.Context, f *detectorFlags, b detector.Bus, st sto
 		return nil, err
 	}
 	det.SetEngine(eng)
-	rl := &detect.Reloader{Paths: f.Rules, Swap: func(s *detect.RuleSet) { eng.Swap(s); base.SetRules(s) }, Interval: f.Reload, Logger: log, Metrics: m}
+	rl := &detect.Reloader{Paths: src.Paths, FS: src.FS, Swap: func(s *detect.RuleSet) { eng.Swap(s); base.SetRules(s) }, Interval: f.Reload, Logger: log, Metrics: m}
 	_, _ = rl.Reload() // record the fingerprint of what is loaded
 	log.Info("detector: rules loaded", "rules", set.Len())
 	return &detectorParts{det: det, engine: eng, reloader: rl, base: base}, nil

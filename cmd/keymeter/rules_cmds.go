@@ -18,6 +18,7 @@ import (
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/rules"
 )
 
 func init() {
@@ -197,7 +198,7 @@ Without --events, the events of [--from, --to) are read from the store
 					return fmt.Errorf("--to %q: want RFC 3339, e.g. 2026-03-02T00:00:00Z", to)
 				}
 			}
-			set, err := detect.LoadPaths(detect.CompileOptions{}, rulesPaths...)
+			set, err := rules.Resolve(rulesPaths).Load(detect.CompileOptions{})
 			if err != nil {
 				for _, e := range flatten(err) {
 					fmt.Fprintln(os.Stderr, e)
@@ -289,7 +290,7 @@ Without --events, the events of [--from, --to) are read from the store
 		},
 	}
 	f := c.Flags()
-	f.StringSliceVar(&rulesPaths, "rules", []string{"rules"}, "rule files or directories")
+	f.StringSliceVar(&rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
 	f.StringVar(&eventsPath, "events", "", "NDJSON file of events in time order (- for stdin); empty: stored history of --from..--to")
 	sf.add(f)
 	f.StringVar(&from, "from", "", "skip events before this time (RFC 3339)")
@@ -401,7 +402,7 @@ over the rules.`,
 			if events <= 0 || keys <= 0 || batch <= 0 {
 				return fmt.Errorf("--events, --keys and --batch must be positive")
 			}
-			set, err := detect.LoadPaths(detect.CompileOptions{}, rulesPaths...)
+			set, err := rules.Resolve(rulesPaths).Load(detect.CompileOptions{})
 			if err != nil {
 				for _, e := range flatten(err) {
 					fmt.Fprintln(os.Stderr, e)
@@ -412,7 +413,7 @@ over the rules.`,
 		},
 	}
 	f := c.Flags()
-	f.StringSliceVar(&rulesPaths, "rules", []string{"rules"}, "rule files or directories")
+	f.StringSliceVar(&rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
 	f.IntVar(&events, "events", 2_000_000, "events to push through")
 	f.IntVar(&keys, "keys", 100_000, "distinct keys in the traffic (≈ active groups per key-grouped rule; 1000000 for the memory figure)")
 	f.IntVar(&workers, "workers", runtime.NumCPU(), "engines (cores) the rules are split over")

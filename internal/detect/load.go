@@ -391,11 +391,16 @@ func ParsePaths(paths ...string) ([]*Rule, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseFiles(files, os.ReadFile)
+}
+
+// parseFiles parses the rule files read by read, refusing duplicate ids.
+func parseFiles(files []string, read func(string) ([]byte, error)) ([]*Rule, error) {
 	var rules []*Rule
 	var errs []error
 	seen := map[string]*Rule{}
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		data, err := read(f)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -2,20 +2,18 @@ package detect
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"io"
+	"io/fs"
 	"log/slog"
-	"os"
 	"time"
 )
 
-// Reloader loads the rule set under Paths and hands it to Swap whenever
+// Reloader loads the rule set under Paths (or in FS) and hands it to Swap whenever
 // the files change. A set that does not load (a bad file anywhere) is
 // refused as a whole: the set in force keeps running and the error is
 // logged and counted.
 type Reloader struct {
 	Paths    []string
+	FS       fs.FS // when set, the rules are every rule file in it and Paths is ignored (see Source)
 	Options  CompileOptions
 	Swap     func(*RuleSet) // e.g. Engine.Swap, or a loop over per-partition engines
 	Interval time.Duration  // polling period; default 2s
@@ -28,7 +26,8 @@ type Reloader struct {
 // Reload loads the rules if the files changed since the last successful
 // load. It reports whether a new set was swapped in.
 func (r *Reloader) Reload() (bool, error) {
-	fp, err := fingerprint(r.Paths)
+	src := Source{Paths: r.Paths, FS: r.FS}
+	fp, err := src.fingerprint()
 	if err != nil {
 		r.failed(err)
 		return false, err
@@ -36,7 +35,7 @@ func (r *Reloader) Reload() (bool, error) {
 	if fp == r.last {
 		return false, nil
 	}
-	set, err := LoadPaths(r.Options, r.Paths...)
+	set, err := src.Load(r.Options)
 	if err != nil {
 		r.failed(err)
 		return false, err
@@ -46,7 +45,7 @@ func (r *Reloader) Reload() (bool, error) {
 	if r.Metrics != nil {
 		r.Metrics.Reloads.WithLabelValues("ok").Inc()
 	}
-	r.logger().Info("detect: rules loaded", "rules", set.Len(), "paths", r.Paths)
+	r.logger().Info("detect: rules loaded", "rules", set.Len(), "from", src.String())
 	return true, nil
 }
 
@@ -84,29 +83,4 @@ func (r *Reloader) Run(ctx context.Context) error {
 			_, _ = r.Reload()
 		}
 	}
-}
-
-// fingerprint hashes the names and contents of the rule files: polling
-// rather than inotify works on every filesystem, including ConfigMap
-// volumes whose files are swapped by symlink.
-func fingerprint(paths []string) (string, error) {
-	files, err := RuleFiles(paths...)
-	if err != nil {
-		return "", err
-	}
-	h := sha256.New()
-	for _, f := range files {
-		io.WriteString(h, f+"\x00")
-		fh, err := os.Open(f)
-		if err != nil {
-			return "", err
-		}
-		_, err = io.Copy(h, fh)
-		fh.Close()
-		if err != nil {
-			return "", err
-		}
-		h.Write([]byte{0})
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
