@@ -10,7 +10,7 @@ TEST_FLAGS ?= -race -timeout 30m
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build run test test-short bench generate lint deps debian-deps chdb kafka-up kafka-down clickhouse-up down check-generated clean
+.PHONY: help build run test test-short bench generate lint deps debian-deps chdb kafka-up kafka-down clickhouse-up down check-generated cluster-sql clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,10 @@ generate: ## regenerate Go code from schemas/ (protoc from Debian, protoc-gen-go
 	GOBIN=$(CURDIR)/.bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 	protoc --plugin=protoc-gen-go=.bin/protoc-gen-go -I schemas --go_out=. \
 		--go_opt=module=github.com/keymeter/keymeter schemas/keymeter/v1/keymeter.proto
+
+cluster-sql: ## regenerate deploy/clickhouse/cluster.sql (the cluster schema) from the store's migrations
+	$(GO) run ./cmd/keymeter migrate --print --cluster '{cluster}' > deploy/clickhouse/cluster.sql.tmp
+	mv deploy/clickhouse/cluster.sql.tmp deploy/clickhouse/cluster.sql
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l cmd internal)" || { gofmt -l cmd internal; echo "gofmt needed"; exit 1; }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -72,11 +73,36 @@ func (f *storeFlags) open(ctx context.Context) (*store.DB, error) {
 
 func newMigrateCmd(g *globals) *cobra.Command {
 	var sf storeFlags
+	var (
+		printSQL bool
+		cluster  string
+	)
 	c := &cobra.Command{
 		Use:   "migrate",
 		Short: "Create or upgrade the store's schema (ClickHouse tables, rollups, views)",
+		Example: `  keymeter migrate up
+  keymeter migrate --print --cluster '{cluster}' > deploy/clickhouse/cluster.sql   # make cluster-sql`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !printSQL {
+				return cmd.Help()
+			}
+			db := cmp.Or(sf.Database, "keymeter")
+			if cluster == "" {
+				_, err := fmt.Fprint(cmd.OutOrStdout(), store.MigrationsSQL(store.Migrations(), db))
+				return err
+			}
+			sql, err := store.ClusterSQL(store.Migrations(), cluster, db)
+			if err != nil {
+				return fmt.Errorf("--cluster: %w", err)
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), sql)
+			return err
+		},
 	}
 	sf.add(c.PersistentFlags())
+	c.Flags().BoolVar(&printSQL, "print", false, "print the schema's SQL instead of applying it (to review, or to apply by hand)")
+	c.Flags().StringVar(&cluster, "cluster", "", "with --print: the schema for this ClickHouse cluster (ReplicatedMergeTree + Distributed, ON CLUSTER); '{cluster}' keeps the server macro")
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Apply pending migrations; a failed one is not recorded and names its statement",

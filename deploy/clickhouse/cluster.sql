@@ -1,16 +1,19 @@
--- keymeter schema for a ClickHouse cluster (23.8+): ReplicatedMergeTree
--- tables named *_local on every node, and Distributed tables under the names
--- the store uses (requests, requests_1m, ...), sharded by key so that one
--- key's rows and rollups live on one shard.
+-- keymeter schema for a ClickHouse cluster (23.8+), generated from the
+-- migrations 0001-0011 of internal/store/migrations by
+--   keymeter migrate --print --cluster '{cluster}'   (make cluster-sql)
+-- Do not edit: change the migrations and regenerate.
 --
--- Equivalent to migrations 0001-0003 of internal/store/migrations (the
--- single-node schema `keymeter migrate up` applies); it records them in
--- schema_migrations so that `keymeter migrate status` shows them applied.
+-- Sharded tables (requests, requests_1d, requests_1m, rollup_input) are ReplicatedMergeTree
+-- tables named *_local on every node, with Distributed tables under the
+-- names the store uses, sharded by key so that one key's rows and rollups
+-- live on one shard. The other tables are small and replicated in full to
+-- every node. The migrations are recorded in schema_migrations, so
+-- `keymeter migrate status` shows them applied.
 --
 -- Apply once, from any node:
 --   clickhouse-client --multiquery < deploy/clickhouse/cluster.sql
 -- The macros {cluster}, {shard} and {replica} come from each server's
--- config (see macros.xml). The keymeter user needs the profile in
+-- config (see config.d/macros.xml). The keymeter user needs the profile in
 -- users.d/keymeter.xml: inserts through a Distributed table must be
 -- synchronous (distributed_foreground_insert = 1) for exactly-once, so the
 -- insert succeeds only once every shard has its part, and each shard's
@@ -18,7 +21,8 @@
 
 CREATE DATABASE IF NOT EXISTS keymeter ON CLUSTER '{cluster}';
 
--- Raw events.
+-- 0001_requests
+
 CREATE TABLE IF NOT EXISTS keymeter.requests_local ON CLUSTER '{cluster}'
 (
     time        DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
@@ -51,7 +55,8 @@ SETTINGS replicated_deduplication_window = 10000, ttl_only_drop_parts = 1;
 CREATE TABLE IF NOT EXISTS keymeter.requests ON CLUSTER '{cluster}' AS keymeter.requests_local
 ENGINE = Distributed('{cluster}', keymeter, requests_local, cityHash64(key_id));
 
--- Per-minute and per-day rollups.
+-- 0002_rollups
+
 CREATE TABLE IF NOT EXISTS keymeter.requests_1m_local ON CLUSTER '{cluster}'
 (
     minute         DateTime('UTC'),
@@ -64,7 +69,7 @@ CREATE TABLE IF NOT EXISTS keymeter.requests_1m_local ON CLUSTER '{cluster}'
     bytes_in       SimpleAggregateFunction(sum, UInt64),
     bytes_out      SimpleAggregateFunction(sum, UInt64),
     cost_units     SimpleAggregateFunction(sum, UInt64),
-    uniq_ips       AggregateFunction(uniq, UInt64),
+    uniq_ips       AggregateFunction(uniq, UInt64), -- of xxHash64(client_ip)
     uniq_countries AggregateFunction(uniq, String),
     INDEX key_idx key_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
@@ -89,7 +94,7 @@ CREATE TABLE IF NOT EXISTS keymeter.requests_1d_local ON CLUSTER '{cluster}'
     bytes_in       SimpleAggregateFunction(sum, UInt64),
     bytes_out      SimpleAggregateFunction(sum, UInt64),
     cost_units     SimpleAggregateFunction(sum, UInt64),
-    uniq_ips       AggregateFunction(uniq, UInt64),
+    uniq_ips       AggregateFunction(uniq, UInt64), -- of xxHash64(client_ip)
     uniq_countries AggregateFunction(uniq, String),
     INDEX key_idx key_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
@@ -101,7 +106,6 @@ SETTINGS replicated_deduplication_window = 10000;
 CREATE TABLE IF NOT EXISTS keymeter.requests_1d ON CLUSTER '{cluster}' AS keymeter.requests_1d_local
 ENGINE = Distributed('{cluster}', keymeter, requests_1d_local, cityHash64(key_id));
 
--- Views run on each shard, over local tables.
 CREATE MATERIALIZED VIEW IF NOT EXISTS keymeter.requests_1d_mv ON CLUSTER '{cluster}' TO keymeter.requests_1d_local AS
 SELECT toDate(minute) AS day, project, key_id, outcome, route, country,
        sum(requests) AS requests, sum(bytes_in) AS bytes_in, sum(bytes_out) AS bytes_out,
@@ -134,9 +138,8 @@ SELECT minute, project, key_id, outcome, route, country, requests, bytes_in, byt
        arrayReduce('uniqState', ip_hashes) AS uniq_ips, arrayReduce('uniqState', [country]) AS uniq_countries
 FROM keymeter.rollup_input_local;
 
--- Small state tables: one shard's worth of data, replicated everywhere
--- (no Distributed: each node reads its own full copy). They use the
--- {cluster_all_replicas} path so every node is a replica of the same table.
+-- 0003_state
+
 CREATE TABLE IF NOT EXISTS keymeter.ingest_intents ON CLUSTER '{cluster}'
 (
     consumer  String,
@@ -194,6 +197,28 @@ CREATE TABLE IF NOT EXISTS keymeter.keys ON CLUSTER '{cluster}'
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/keymeter/keys', '{shard}-{replica}', version)
 ORDER BY id;
 
+-- 0010_billing
+
+CREATE TABLE IF NOT EXISTS keymeter.billing_snapshots ON CLUSTER '{cluster}'
+(
+    period     String,
+    project    String,
+    key_id     String,
+    requests   UInt64,
+    bytes_in   UInt64,
+    bytes_out  UInt64,
+    cost_units UInt64,
+    closed_at  DateTime
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/keymeter/billing_snapshots', '{shard}-{replica}', closed_at)
+ORDER BY (period, project, key_id);
+
+-- 0011_intents_ttl
+
+ALTER TABLE keymeter.ingest_intents ON CLUSTER '{cluster}' MODIFY TTL toDateTime(updated) + INTERVAL 30 DAY;
+
+-- the record of what is applied
+
 CREATE TABLE IF NOT EXISTS keymeter.schema_migrations ON CLUSTER '{cluster}'
 (
     version UInt32,
@@ -204,4 +229,4 @@ ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/keymeter/schema_mi
 ORDER BY version;
 
 INSERT INTO keymeter.schema_migrations (version, name, applied) VALUES
-    (1, 'requests', now64(3)), (2, 'rollups', now64(3)), (3, 'state', now64(3));
+    (1, 'requests', now64(3)), (2, 'rollups', now64(3)), (3, 'state', now64(3)), (10, 'billing', now64(3)), (11, 'intents_ttl', now64(3));
