@@ -7,6 +7,27 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
+// keyStateFields names every field of keymeter.v1.KeyState and says
+// whether decodeRecord reads it (true) or the verifier has no use for it
+// (false). TestWireCoversEveryKeyStateField fails when the .proto gains a
+// field missing here, and when a field's entry disagrees with what
+// decodeRecord does with it.
+var keyStateFields = map[protowire.Number]bool{
+	1: true, 2: true, // id, project
+	3: false, 4: false, // name, owner: for people, not for verifying
+	5: true, 6: true, // env, hash
+	7:  false,            // display_prefix
+	8:  true,             // status
+	9:  false,            // created_unix_nano
+	10: true,             // expires_unix_nano
+	11: false, 12: false, // revoked_unix_nano, revoke_reason: status says revoked
+	13: true, 14: true, 15: true, 16: true, 17: true, // scopes, allowed_cidrs, rate limit, burst, monthly quota
+	18: false, 19: false, // metadata, replaces
+	20: true, 21: true, 22: true, 23: true, 24: true, 25: true, // grace, quota state/used/period, throttle
+	26: false, // updated_unix_nano
+	27: true,  // version
+}
+
 // decodeRecord builds a Record straight from the protobuf encoding of a
 // keymeter.v1.KeyState, reading only the fields the verifier needs and
 // allocating only what the record keeps (its id, limits, and new project
