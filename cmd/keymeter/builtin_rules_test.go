@@ -21,12 +21,17 @@ func TestRulesWithoutRulesDirectory(t *testing.T) {
 	for _, args := range [][]string{
 		{"rules", "backtest", "--events", events},
 		{"bench", "detect", "--events", "2000", "--keys", "1000", "--workers", "1", "--batch", "500"},
+		// The detector role with its hot reloader, as keymeter dev runs it.
+		{"bench", "revoke-e2e", "--bus", "nats", "--trials", "2", "--log-level", "warn"},
 	} {
 		cmd := exec.Command(bin, args...)
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("keymeter %s in an empty directory: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		if args[0] == "bench" && !strings.Contains(string(out), "bench="+args[1]) {
+			t.Fatalf("keymeter %s printed no summary:\n%s", strings.Join(args, " "), out)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 	"github.com/keymeter/keymeter/internal/store/clickhouse"
@@ -199,7 +200,15 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 				}
 			}
 			if qrows > 0 {
-				return runBenchStoreQuery(cmd.Context(), &sf, qrows, keys, span, max(queries, 200))
+				if sf.Database == "" {
+					sf.Database = fmt.Sprintf("bench_query_%d", qrows)
+				}
+				s, err := sf.open(cmd.Context())
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				return bench.RunStoreQuery(cmd.Context(), bench.StoreQueryConfig{DB: s, Backend: sf.Backend, Rows: qrows, Keys: keys, Span: span, Queries: max(queries, 200)})
 			}
 			base := sf.Database
 			for _, m := range modes {
@@ -207,8 +216,14 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 				if base == "" {
 					sf.Database = fmt.Sprintf("bench_%s_%d", m, time.Now().Unix())
 				}
-				cfg := store.BenchConfig{Events: events, Batch: batch, Keys: keys, Rollups: m, Span: span, Queries: queries, Writers: writers, NoWarmup: noWarm}
-				if err := runBenchStore(cmd.Context(), &sf, cfg); err != nil {
+				s, err := sf.open(cmd.Context())
+				if err != nil {
+					return err
+				}
+				err = bench.RunStore(cmd.Context(), bench.StoreConfig{DB: s, Backend: sf.Backend, Events: events, Batch: batch, Keys: keys, Rollups: m,
+					Span: span, Queries: queries, Writers: writers, NoWarmup: noWarm})
+				s.Close()
+				if err != nil {
 					return err
 				}
 			}
@@ -228,90 +243,4 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&qrows, "query-rows", 0, "instead of the insert benchmark: generate this many raw rows in the engine over --span and measure queries (e.g. 100000000 with --span 720h --keys 10000)")
 	c.Flags().IntVar(&queries, "queries", 0, "after inserting, run this many per-key 30-day usage queries and filtered log pages (p50/p99)")
 	return c
-}
-
-func runBenchStore(ctx context.Context, sf *storeFlags, cfg store.BenchConfig) error {
-	s, err := sf.open(ctx)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	if _, err := s.Migrate(ctx); err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "bench store: backend=%s rollups=%s events=%d batch=%d database=%s\n", sf.Backend, cfg.Rollups, cfg.Events, cfg.Batch, s.Database())
-	r, err := store.Bench(ctx, s, cfg, os.Stderr)
-	if err != nil {
-		return err
-	}
-	if r.Stored != uint64(cfg.Events) || r.RollupSum != uint64(cfg.Events) {
-		return fmt.Errorf("bench store: stored %d raw events and %d in the rollups, want %d", r.Stored, r.RollupSum, cfg.Events)
-	}
-	var sum summary
-	sum.add("bench", "store")
-	sum.add("backend", sf.Backend)
-	sum.add("rollups", string(cfg.Rollups))
-	sum.add("events", r.Events)
-	sum.add("batch", cfg.Batch)
-	sum.add("writers", cfg.Writers)
-	sum.add("events_per_s", fmt.Sprintf("%.0f", r.EventsPerSec))
-	sum.add("rss_mb", fmt.Sprintf("%.0f", r.RSSMB))
-	// CPU per event is steadier than events/s on a shared machine.
-	sum.add("cpu_ns_per_event", fmt.Sprintf("%.0f", float64(r.CPU.Nanoseconds())/float64(r.Events)))
-	sum.add("elapsed_s", fmt.Sprintf("%.2f", r.Elapsed.Seconds()))
-	if cfg.Queries > 0 {
-		ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
-		sum.add("usage_p50_ms", ms(r.UsageP50))
-		sum.add("usage_p99_ms", ms(r.UsageP99))
-		sum.add("logs_p50_ms", ms(r.LogsP50))
-		sum.add("logs_p99_ms", ms(r.LogsP99))
-	}
-	sum.print()
-	return nil
-}
-
-func runBenchStoreQuery(ctx context.Context, sf *storeFlags, rows, keys int, span time.Duration, queries int) error {
-	if sf.Database == "" {
-		sf.Database = fmt.Sprintf("bench_query_%d", rows)
-	}
-	s, err := sf.open(ctx)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	if _, err := s.Migrate(ctx); err != nil {
-		return err
-	}
-	n, err := s.Count(ctx, "requests")
-	if err != nil {
-		return err
-	}
-	if n != uint64(rows) {
-		if n != 0 {
-			return fmt.Errorf("bench store: database %s holds %d rows, not %d: use another --store-database", s.Database(), n, rows)
-		}
-		t0 := time.Now()
-		if err := store.BenchDataset(ctx, s, rows, keys, span, os.Stderr); err != nil {
-			return err
-		}
-		fmt.Fprintf(os.Stderr, "bench store: dataset of %d rows built in %v\n", rows, time.Since(t0).Round(time.Second))
-	}
-	r, err := store.BenchQueries(ctx, s, keys, queries, os.Stderr)
-	if err != nil {
-		return err
-	}
-	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
-	var sum summary
-	sum.add("bench", "store_query")
-	sum.add("backend", sf.Backend)
-	sum.add("rows", rows)
-	sum.add("keys", keys)
-	sum.add("queries", queries)
-	sum.add("usage_p50_ms", ms(r.UsageP50))
-	sum.add("usage_p99_ms", ms(r.UsageP99))
-	sum.add("logs_p50_ms", ms(r.LogsP50))
-	sum.add("logs_p99_ms", ms(r.LogsP99))
-	sum.add("rss_mb", fmt.Sprintf("%.0f", r.RSSMB))
-	sum.print()
-	return nil
 }

@@ -2,7 +2,6 @@ package keys
 
 import (
 	"context"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keymeter/keymeter/internal/bench/proc"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
@@ -302,23 +302,8 @@ func BenchmarkTableLoad1M(b *testing.B) {
 	tableBytes := float64(after.HeapAlloc - before.HeapAlloc)
 	b.ReportMetric(tableBytes/float64(1<<20), "table_heap_mb")
 	b.ReportMetric(tableBytes/float64(n), "bytes/key")
-	b.ReportMetric(rssMB(), "rss_mb")
+	b.ReportMetric(proc.RSSMB(), "rss_mb")
 	runtime.KeepAlive(tbl)
-}
-
-func rssMB() float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			f := strings.Fields(l)
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
 }
 
 // BenchmarkTableApply1M: one live update applied to a table of 1,000,000

@@ -76,15 +76,6 @@ func TestPreAggregate(t *testing.T) {
 	}
 }
 
-func BenchmarkPreAggregate(b *testing.B) {
-	ev := make([]event.Event, 100_000)
-	BenchEvents(ev, 0, 1000, time.Now(), time.Hour, 2_000_000)
-	for b.Loop() {
-		PreAggregate(ev)
-	}
-	b.ReportMetric(float64(b.N*len(ev))/b.Elapsed().Seconds(), "events/s")
-}
-
 // FuzzParseLogQuery: any input is either a valid query or an ErrInvalidQuery.
 func FuzzParseLogQuery(f *testing.F) {
 	f.Add("ip", "10.0.0.0/8", "status", "4xx")

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/store"
 )
 
@@ -25,7 +26,7 @@ func BenchmarkInsert(b *testing.B) {
 			}
 			var total int
 			for b.Loop() {
-				r, err := store.Bench(ctx, db, store.BenchConfig{Events: 200_000, Batch: 100_000, Rollups: mode, Span: 6 * time.Minute, NoWarmup: true}, io.Discard)
+				r, err := bench.StoreInsert(ctx, bench.StoreConfig{DB: db, Events: 200_000, Batch: 100_000, Rollups: mode, Span: 6 * time.Minute, NoWarmup: true, Output: bench.Output{Progress: io.Discard}})
 				if err != nil {
 					b.Fatal(err)
 				}

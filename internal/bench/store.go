@@ -1,29 +1,31 @@
-package store
+package bench
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/keymeter/keymeter/internal/bench/proc"
 	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/store"
 )
 
-// BenchConfig is the insert benchmark of `keymeter bench store`.
-type BenchConfig struct {
-	Events  int        // total events
-	Batch   int        // events per InsertEvents call (one bus range)
-	Keys    int        // distinct keys
-	Rollups RollupMode // preaggregated or views
+// StoreConfig is the insert benchmark of `keymeter bench store`.
+type StoreConfig struct {
+	DB      *store.DB        // migrated by RunStore; a fresh database, so earlier runs do not count
+	Backend string           // for the summary: chdb, clickhouse
+	Events  int              // total events
+	Batch   int              // events per InsertEvents call (one bus range)
+	Keys    int              // distinct keys
+	Rollups store.RollupMode // preaggregated or views
 	// Writers insert batches concurrently, as an aggregator does for its
 	// partitions (default 1). chDB runs one statement at a time, so a second
 	// writer overlaps one batch's Go work (encoding, pre-aggregation) with
@@ -39,10 +41,11 @@ type BenchConfig struct {
 	// Queries: after inserting, this many per-key 30-day usage queries and
 	// as many filtered log pages, for their latency percentiles.
 	Queries int
+	Output
 }
 
-// BenchResult is what the benchmark measured.
-type BenchResult struct {
+// StoreResult is what the store benchmark measured.
+type StoreResult struct {
 	Events       int
 	Elapsed      time.Duration
 	EventsPerSec float64
@@ -56,18 +59,19 @@ type BenchResult struct {
 	RollupSum    uint64
 }
 
-// Bench inserts cfg.Events generated events through InsertEvents (raw rows
-// and rollups) and reports the rate. Generation overlaps with inserting and
-// is included in the time.
-func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (BenchResult, error) {
-	var r BenchResult
+// StoreInsert inserts cfg.Events generated events through InsertEvents
+// (raw rows and rollups) and reports the rate. Generation overlaps with
+// inserting and is included in the time.
+func StoreInsert(ctx context.Context, cfg StoreConfig) (StoreResult, error) {
+	var r StoreResult
+	d, progress := cfg.DB, cfg.progress()
 	if cfg.Batch <= 0 {
 		cfg.Batch = 100_000
 	}
 	if cfg.Keys <= 0 {
 		cfg.Keys = 1000
 	}
-	if cfg.Rollups == RollupViews {
+	if cfg.Rollups == store.RollupViews {
 		if err := d.UseRollupViews(ctx); err != nil {
 			return r, err
 		}
@@ -102,7 +106,7 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 				return gctx.Err()
 			}
 			b = b[:n]
-			BenchEvents(b, off, cfg.Keys, start, cfg.Span, cfg.Events)
+			Events(b, off, cfg.Keys, start, cfg.Span, cfg.Events)
 			select {
 			case batches <- b:
 			case <-gctx.Done():
@@ -111,9 +115,9 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 		}
 		return nil
 	})
-	fmt.Fprintf(progress, "bench store: before inserting: rss_mb=%.0f\n", rssMB("VmRSS"))
+	fmt.Fprintf(progress, "bench store: before inserting: rss_mb=%.0f\n", proc.RSSMB())
 	run := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	cpu0 := cpuTime()
+	cpu0 := proc.CPU()
 	t0 := time.Now()
 	var mu sync.Mutex
 	last := t0
@@ -132,7 +136,7 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 				if time.Since(last) > time.Second || done == cfg.Events {
 					last = time.Now()
 					el := last.Sub(t0).Seconds()
-					fmt.Fprintf(progress, "bench store: %d/%d events, %.0f events/s, rss_mb=%.0f\n", done, cfg.Events, float64(done)/el, rssMB("VmRSS"))
+					fmt.Fprintf(progress, "bench store: %d/%d events, %.0f events/s, rss_mb=%.0f\n", done, cfg.Events, float64(done)/el, proc.RSSMB())
 				}
 				mu.Unlock()
 				free <- b[:cap(b)]
@@ -148,14 +152,14 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 	}
 	r.Events = done
 	r.Elapsed = time.Since(t0)
-	r.CPU = cpuTime() - cpu0
+	r.CPU = proc.CPU() - cpu0
 	r.EventsPerSec = float64(done) / r.Elapsed.Seconds()
-	r.RSSMB = rssMB("VmHWM")
+	r.RSSMB = proc.PeakRSSMB()
 	var err error
 	if r.Stored, err = d.Count(ctx, "requests"); err != nil {
 		return r, err
 	}
-	pts, err := d.Usage(ctx, UsageQuery{Project: "bench", From: start.Add(-time.Hour), To: time.Now().Add(time.Hour), Granularity: Month})
+	pts, err := d.Usage(ctx, store.UsageQuery{Project: "bench", From: start.Add(-time.Hour), To: time.Now().Add(time.Hour), Granularity: store.Month})
 	if err != nil {
 		return r, err
 	}
@@ -163,12 +167,12 @@ func Bench(ctx context.Context, d *DB, cfg BenchConfig, progress io.Writer) (Ben
 		r.RollupSum += p.Requests
 	}
 	if cfg.Queries > 0 {
-		err = benchQueries(ctx, d, cfg, &r, progress)
+		err = storeQueries(ctx, d, cfg, &r, progress)
 	}
 	return r, err
 }
 
-func benchQueries(ctx context.Context, d *DB, cfg BenchConfig, r *BenchResult, progress io.Writer) error {
+func storeQueries(ctx context.Context, d *store.DB, cfg StoreConfig, r *StoreResult, progress io.Writer) error {
 	keys := benchKeyNames(cfg.Keys)
 	now := time.Now().UTC()
 	usage := make([]time.Duration, 0, cfg.Queries)
@@ -176,7 +180,7 @@ func benchQueries(ctx context.Context, d *DB, cfg BenchConfig, r *BenchResult, p
 	for i := range cfg.Queries {
 		key := keys[(i*7919)%len(keys)]
 		t0 := time.Now()
-		pts, err := d.Usage(ctx, UsageQuery{Project: "bench", KeyID: key, From: now.Add(-30 * 24 * time.Hour), To: now, Granularity: Day})
+		pts, err := d.Usage(ctx, store.UsageQuery{Project: "bench", KeyID: key, From: now.Add(-30 * 24 * time.Hour), To: now, Granularity: store.Day})
 		if err != nil {
 			return err
 		}
@@ -185,7 +189,7 @@ func benchQueries(ctx context.Context, d *DB, cfg BenchConfig, r *BenchResult, p
 		}
 		usage = append(usage, time.Since(t0))
 		t0 = time.Now()
-		page, err := d.Logs(ctx, LogQuery{Project: "bench", KeyID: key, StatusMin: 400, StatusMax: 499, Limit: 100})
+		page, err := d.Logs(ctx, store.LogQuery{Project: "bench", KeyID: key, StatusMin: 400, StatusMax: 499, Limit: 100})
 		if err != nil {
 			return err
 		}
@@ -203,10 +207,10 @@ func benchQueries(ctx context.Context, d *DB, cfg BenchConfig, r *BenchResult, p
 	return nil
 }
 
-// BenchEvents fills b with events number off.. of total, spread evenly over
+// Events fills b with events number off.. of total, spread evenly over
 // span from start. The strings of a batch share one buffer, so generation
 // costs little.
-func BenchEvents(b []event.Event, off, keys int, start time.Time, span time.Duration, total int) {
+func Events(b []event.Event, off, keys int, start time.Time, span time.Duration, total int) {
 	step := span / time.Duration(max(total, 1))
 	routes := [...]string{"/v1/items", "/v1/orders", "/v1/users", "/v1/search"}
 	countries := [...]string{"DE", "US", "FR", "JP", "BR", "IN"}
@@ -262,45 +266,21 @@ func benchKeyNames(n int) []string {
 	return benchKeys
 }
 
-// rssMB reads a memory figure (VmRSS, VmHWM) of this process from /proc.
-func rssMB(field string) float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
-
-// cpuTime is the process's user+system CPU time.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// BenchDataset fills the store with rows events over span (ending now) for
+// StoreDataset fills the store with rows events over span (ending now) for
 // the query figures, generated inside the engine (INSERT … SELECT FROM
 // numbers) rather than through InsertEvents, which a 100M-row dataset would
 // take minutes to go through. Rollups are built day by day from the raw
 // rows with the same pre-aggregation the store does.
-func BenchDataset(ctx context.Context, d *DB, rows, keys int, span time.Duration, progress io.Writer) error {
+func StoreDataset(ctx context.Context, d *store.DB, rows, keys int, span time.Duration, progress io.Writer) error {
 	end := time.Now().UTC()
 	start := end.Add(-span)
 	stepUS := max(span.Microseconds()/int64(rows), 1)
 	const chunk = 10_000_000
 	for off := 0; off < rows; off += chunk {
 		n := min(chunk, rows-off)
-		p := Params{}.U64("off", uint64(off)).U64("n", uint64(n)).U64("keys", uint64(keys)).
+		p := store.Params{}.U64("off", uint64(off)).U64("n", uint64(n)).U64("keys", uint64(keys)).
 			I64("start", start.UnixMicro()).I64("step", stepUS)
-		err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.requests (`+benchColumns+`)
+		err := d.Conn().Exec(ctx, onDB(d, `INSERT INTO {db}.requests (`+benchColumns+`)
 SELECT fromUnixTimestamp64Micro(toInt64({start:Int64} + toInt64(number) * {step:Int64}), 'UTC') AS time,
  'bench', concat('key_', toString(number % {keys:UInt64})), concat('ev-', toString(number)),
  if(intDiv(number, {keys:UInt64}) % 50 = 0, 'rate_limited', 'valid'),
@@ -313,11 +293,11 @@ FROM numbers({off:UInt64}, {n:UInt64})`), p)
 		if err != nil {
 			return fmt.Errorf("bench dataset: %w", err)
 		}
-		fmt.Fprintf(progress, "bench store: dataset %d/%d raw rows, rss_mb=%.0f\n", off+n, rows, rssMB("VmRSS"))
+		fmt.Fprintf(progress, "bench store: dataset %d/%d raw rows, rss_mb=%.0f\n", off+n, rows, proc.RSSMB())
 	}
 	for day := start.Truncate(24 * time.Hour); day.Before(end); day = day.Add(24 * time.Hour) {
-		p := Params{}.I64("from", day.Unix()).I64("to", day.Add(24*time.Hour).Unix())
-		err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.rollup_input (`+rollupInputColumns+`)
+		p := store.Params{}.I64("from", day.Unix()).I64("to", day.Add(24*time.Hour).Unix())
+		err := d.Conn().Exec(ctx, onDB(d, `INSERT INTO {db}.rollup_input (`+rollupInputColumns+`)
 SELECT toStartOfMinute(time) AS minute, project, key_id, outcome, route, country, count(), sum(bytes_in), sum(bytes_out),
  sum(cost_units), groupUniqArray(xxHash64(client_ip))
 FROM {db}.requests WHERE time >= toDateTime({from:Int64}, 'UTC') AND time < toDateTime({to:Int64}, 'UTC')
@@ -326,8 +306,13 @@ GROUP BY minute, project, key_id, outcome, route, country`), p)
 			return fmt.Errorf("bench dataset rollups: %w", err)
 		}
 	}
-	fmt.Fprintf(progress, "bench store: dataset rollups built, rss_mb=%.0f\n", rssMB("VmRSS"))
+	fmt.Fprintf(progress, "bench store: dataset rollups built, rss_mb=%.0f\n", proc.RSSMB())
 	return nil
+}
+
+// onDB puts d's quoted database name in place of {db}.
+func onDB(d *store.DB, sql string) string {
+	return strings.ReplaceAll(sql, "{db}", "`"+d.Database()+"`")
 }
 
 const (
@@ -335,32 +320,128 @@ const (
 	rollupInputColumns = "minute, project, key_id, outcome, route, country, requests, bytes_in, bytes_out, cost_units, ip_hashes"
 )
 
-// BenchQueries runs the query half of the benchmark on whatever the store holds.
-func BenchQueries(ctx context.Context, d *DB, keys, queries int, progress io.Writer) (BenchResult, error) {
-	r := BenchResult{}
-	err := benchQueries(ctx, d, BenchConfig{Keys: keys, Queries: queries}, &r, progress)
-	r.RSSMB = rssMB("VmHWM")
+// StoreQueries runs the query half of the benchmark on whatever the store holds.
+func StoreQueries(ctx context.Context, d *store.DB, keys, queries int, progress io.Writer) (StoreResult, error) {
+	r := StoreResult{}
+	err := storeQueries(ctx, d, StoreConfig{Keys: keys, Queries: queries}, &r, progress)
+	r.RSSMB = proc.PeakRSSMB()
 	return r, err
 }
 
-func benchWarmup(ctx context.Context, d *DB, cfg BenchConfig, start time.Time) error {
-	w, err := NewDB(d.conn, d.database+"_warmup")
+func benchWarmup(ctx context.Context, d *store.DB, cfg StoreConfig, start time.Time) error {
+	w, err := store.NewDB(d.Conn(), d.Database()+"_warmup")
 	if err != nil {
 		return err
 	}
 	if _, err := w.Migrate(ctx); err != nil {
 		return err
 	}
-	w.rollups = d.rollups
-	if d.rollups == RollupViews {
+	if cfg.Rollups == store.RollupViews {
 		if err := w.UseRollupViews(ctx); err != nil {
 			return err
 		}
 	}
 	b := make([]event.Event, min(cfg.Batch, cfg.Events))
-	BenchEvents(b, 0, cfg.Keys, start, cfg.Span, cfg.Events)
+	Events(b, 0, cfg.Keys, start, cfg.Span, cfg.Events)
 	// The scratch database stays: DROP DATABASE … SYNC hung in chDB 26.5
 	// right after the insert (measured), and the bench's data directory is
 	// temporary unless --data-dir is given.
 	return w.InsertEvents(ctx, "warmup-"+strconv.FormatInt(time.Now().UnixNano(), 36), b)
+}
+
+// RunStore migrates cfg.DB, runs StoreInsert, checks that every event is
+// in the raw rows and the rollups, and prints events/s, peak RSS and CPU
+// per event (and the query percentiles with cfg.Queries).
+func RunStore(ctx context.Context, cfg StoreConfig) error {
+	if cfg.Events <= 0 || cfg.Batch <= 0 || cfg.Keys <= 0 {
+		return fmt.Errorf("bench store: events, batch and keys must be positive")
+	}
+	if _, err := cfg.DB.Migrate(ctx); err != nil {
+		return err
+	}
+	cfg.logf("bench store: backend=%s rollups=%s events=%d batch=%d database=%s", cfg.Backend, cfg.Rollups, cfg.Events, cfg.Batch, cfg.DB.Database())
+	r, err := StoreInsert(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if r.Stored != uint64(cfg.Events) || r.RollupSum != uint64(cfg.Events) {
+		return fmt.Errorf("bench store: stored %d raw events and %d in the rollups, want %d", r.Stored, r.RollupSum, cfg.Events)
+	}
+	var sum Summary
+	sum.Add("bench", "store")
+	sum.Add("backend", cfg.Backend)
+	sum.Add("rollups", string(cfg.Rollups))
+	sum.Add("events", r.Events)
+	sum.Add("batch", cfg.Batch)
+	sum.Add("writers", max(cfg.Writers, 1))
+	sum.Add("events_per_s", fmt.Sprintf("%.0f", r.EventsPerSec))
+	sum.Add("rss_mb", fmt.Sprintf("%.0f", r.RSSMB))
+	// CPU per event is steadier than events/s on a shared machine.
+	sum.Add("cpu_ns_per_event", fmt.Sprintf("%.0f", float64(r.CPU.Nanoseconds())/float64(r.Events)))
+	sum.Add("elapsed_s", fmt.Sprintf("%.2f", r.Elapsed.Seconds()))
+	if cfg.Queries > 0 {
+		sum.Add("usage_p50_ms", ms(r.UsageP50))
+		sum.Add("usage_p99_ms", ms(r.UsageP99))
+		sum.Add("logs_p50_ms", ms(r.LogsP50))
+		sum.Add("logs_p99_ms", ms(r.LogsP99))
+	}
+	sum.Print(cfg.out())
+	return nil
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
+
+// StoreQueryConfig is `keymeter bench query` (bench store --query-rows):
+// query latencies over a generated history.
+type StoreQueryConfig struct {
+	DB      *store.DB // a database holding exactly Rows rows from an earlier run, or none
+	Backend string    // for the summary
+	Rows    int
+	Keys    int
+	Span    time.Duration // the history's length, ending now
+	Queries int
+	Output
+}
+
+// RunStoreQuery builds the dataset unless the database already holds it,
+// then times per-key usage queries and filtered log pages.
+func RunStoreQuery(ctx context.Context, cfg StoreQueryConfig) error {
+	s := cfg.DB
+	if cfg.Rows <= 0 || cfg.Keys <= 0 || cfg.Queries <= 0 {
+		return fmt.Errorf("bench query: rows, keys and queries must be positive")
+	}
+	if _, err := s.Migrate(ctx); err != nil {
+		return err
+	}
+	n, err := s.Count(ctx, "requests")
+	if err != nil {
+		return err
+	}
+	if n != uint64(cfg.Rows) {
+		if n != 0 {
+			return fmt.Errorf("bench store: database %s holds %d rows, not %d: use another --store-database", s.Database(), n, cfg.Rows)
+		}
+		t0 := time.Now()
+		if err := StoreDataset(ctx, s, cfg.Rows, cfg.Keys, cfg.Span, cfg.progress()); err != nil {
+			return err
+		}
+		cfg.logf("bench store: dataset of %d rows built in %v", cfg.Rows, time.Since(t0).Round(time.Second))
+	}
+	r, err := StoreQueries(ctx, s, cfg.Keys, cfg.Queries, cfg.progress())
+	if err != nil {
+		return err
+	}
+	var sum Summary
+	sum.Add("bench", "store_query")
+	sum.Add("backend", cfg.Backend)
+	sum.Add("rows", cfg.Rows)
+	sum.Add("keys", cfg.Keys)
+	sum.Add("queries", cfg.Queries)
+	sum.Add("usage_p50_ms", ms(r.UsageP50))
+	sum.Add("usage_p99_ms", ms(r.UsageP99))
+	sum.Add("logs_p50_ms", ms(r.LogsP50))
+	sum.Add("logs_p99_ms", ms(r.LogsP99))
+	sum.Add("rss_mb", fmt.Sprintf("%.0f", r.RSSMB))
+	sum.Print(cfg.out())
+	return nil
 }
