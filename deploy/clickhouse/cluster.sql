@@ -3,11 +3,12 @@
 --   keymeter migrate --print --cluster '{cluster}'   (make cluster-sql)
 -- Do not edit: change the migrations and regenerate.
 --
--- Sharded tables (requests, requests_1d, requests_1m, rollup_input) are ReplicatedMergeTree
--- tables named *_local on every node, with Distributed tables under the
--- names the store uses, sharded by key so that one key's rows and rollups
--- live on one shard. The other tables are small and replicated in full to
--- every node. The migrations are recorded in schema_migrations, so
+-- Sharded tables, ReplicatedMergeTree tables named *_local on every node
+-- with Distributed tables under the names the store uses, sharded by key
+-- so that one key's rows and rollups live on one shard:
+--   requests, requests_1d, requests_1m, rollup_input.
+-- The other tables are small and replicated in full to every node.
+-- The migrations are recorded in schema_migrations, so
 -- `keymeter migrate status` shows them applied.
 --
 -- Apply once, from any node:

@@ -8,11 +8,11 @@ import (
 	"strings"
 )
 
-// ShardKeys are the tables sharded over a cluster, with the expression
+// shardKeys are the tables sharded over a cluster, with the expression
 // that places a row: one key's raw events and rollups live on one shard.
 // Every other table of the migrations is small state, replicated in full
 // to every node.
-var ShardKeys = map[string]string{
+var shardKeys = map[string]string{
 	"requests":     "cityHash64(key_id)",
 	"requests_1m":  "cityHash64(key_id)",
 	"requests_1d":  "cityHash64(key_id)",
@@ -28,7 +28,7 @@ var (
 
 // ClusterSQL turns the single-node migrations into the schema of a
 // ClickHouse cluster, to apply once with clickhouse-client: tables in
-// ShardKeys become a Replicated*MergeTree table NAME_local on every node
+// shardKeys become a Replicated*MergeTree table NAME_local on every node
 // and a Distributed table NAME over them; other tables become one
 // Replicated*MergeTree table replicated to every node; views run on each
 // shard over the local tables; ALTERs go to the local tables. Every
@@ -58,11 +58,12 @@ func ClusterSQL(migs []Migration, cluster, database string) (string, error) {
 --   keymeter migrate --print --cluster '%s'   (make cluster-sql)
 -- Do not edit: change the migrations and regenerate.
 --
--- Sharded tables (%s) are ReplicatedMergeTree
--- tables named *_local on every node, with Distributed tables under the
--- names the store uses, sharded by key so that one key's rows and rollups
--- live on one shard. The other tables are small and replicated in full to
--- every node. The migrations are recorded in schema_migrations, so
+-- Sharded tables, ReplicatedMergeTree tables named *_local on every node
+-- with Distributed tables under the names the store uses, sharded by key
+-- so that one key's rows and rollups live on one shard:
+--   %s.
+-- The other tables are small and replicated in full to every node.
+-- The migrations are recorded in schema_migrations, so
 -- `+"`keymeter migrate status`"+` shows them applied.
 --
 -- Apply once, from any node:
@@ -75,7 +76,7 @@ func ClusterSQL(migs []Migration, cluster, database string) (string, error) {
 -- replicated table deduplicates a replay by its insert_deduplication_token.
 
 CREATE DATABASE IF NOT EXISTS %s %s;
-`, first, last, cluster, strings.Join(slices.Sorted(maps.Keys(ShardKeys)), ", "), database, on)
+`, first, last, cluster, strings.Join(slices.Sorted(maps.Keys(shardKeys)), ", "), database, on)
 	refs := func(s string) string {
 		s = tableRefRe.ReplaceAllStringFunc(s, func(m string) string { return "{db}." + clusterLocal(m[len("{db}."):]) })
 		return strings.ReplaceAll(s, "{db}", database)
@@ -110,7 +111,7 @@ CREATE DATABASE IF NOT EXISTS %s %s;
 
 // clusterLocal is the name of the table that holds a table's rows on a node.
 func clusterLocal(name string) string {
-	if _, ok := ShardKeys[name]; ok {
+	if _, ok := shardKeys[name]; ok {
 		return name + "_local"
 	}
 	return name
@@ -122,7 +123,7 @@ func clusterStatement(st, on, cluster, database string, refs func(string) string
 	st = strings.TrimSpace(st)
 	if m := createTableRe.FindStringSubmatch(st); m != nil {
 		name, cols, engine, args, rest := m[1], m[2], m[3], m[4], m[5]
-		key, sharded := ShardKeys[name]
+		key, sharded := shardKeys[name]
 		path, replica := "/clickhouse/tables/all/"+database+"/"+name, "{shard}-{replica}"
 		if sharded {
 			path, replica = "/clickhouse/tables/{shard}/"+database+"/"+name, "{replica}"
@@ -130,7 +131,7 @@ func clusterStatement(st, on, cluster, database string, refs func(string) string
 		switch {
 		case engine == "Null":
 			if !sharded {
-				return nil, fmt.Errorf("table %s: a Null table must be sharded (in ShardKeys): it feeds local views", name)
+				return nil, fmt.Errorf("table %s: a Null table must be sharded (in shardKeys): it feeds local views", name)
 			}
 		case strings.HasSuffix(engine, "MergeTree") && !strings.HasPrefix(engine, "Replicated"):
 			a := "'" + path + "', '" + replica + "'"
@@ -161,7 +162,7 @@ func clusterStatement(st, on, cluster, database string, refs func(string) string
 	if m := alterTableRe.FindStringSubmatch(st); m != nil {
 		name, what := m[1], refs(m[2])
 		out := []string{fmt.Sprintf("ALTER TABLE %s.%s %s %s", database, clusterLocal(name), on, what)}
-		if _, sharded := ShardKeys[name]; sharded && strings.Contains(strings.ToUpper(what), "COLUMN") {
+		if _, sharded := shardKeys[name]; sharded && strings.Contains(strings.ToUpper(what), "COLUMN") {
 			// A Distributed table's columns follow its local table's.
 			out = append(out, fmt.Sprintf("ALTER TABLE %s.%s %s %s", database, name, on, what))
 		}
