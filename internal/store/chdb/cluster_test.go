@@ -2,6 +2,8 @@ package chdb_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/keymeter/keymeter/internal/store"
@@ -28,5 +30,43 @@ func TestClusterSQLParses(t *testing.T) {
 			continue
 		}
 		rows.Close()
+	}
+}
+
+// migrate --print without --cluster gives the schema Migrate creates.
+func TestMigrationsSQLIsTheMigratedSchema(t *testing.T) {
+	ctx := context.Background()
+	printed := open(t, "printed_schema")
+	defer printed.Close()
+	for _, st := range store.SplitStatements(store.MigrationsSQL(store.Migrations(), "printed_schema")) {
+		if err := printed.Conn().Exec(ctx, st, nil); err != nil {
+			t.Fatalf("%v\n%s", err, st)
+		}
+	}
+	migrated := open(t, "migrated_schema")
+	defer migrated.Close()
+	if _, err := migrated.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tables := func(db *store.DB) []string {
+		rows, err := db.Conn().Query(ctx, "SELECT name, engine_full FROM system.tables WHERE database = {db:String} AND name != 'schema_migrations' ORDER BY name",
+			store.Params{}.Str("db", db.Database()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var name, engine string
+			if err := rows.Scan(&name, &engine); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, name+" "+strings.ReplaceAll(engine, db.Database(), "DB"))
+		}
+		return out
+	}
+	a, b := tables(printed), tables(migrated)
+	if len(a) < 5 || !slices.Equal(a, b) {
+		t.Fatalf("printed schema:\n%s\nmigrated schema:\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
 	}
 }
