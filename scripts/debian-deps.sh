@@ -9,8 +9,8 @@ set -euo pipefail
 
 what="${1:-test}"
 case "$what" in
-test) pkgs=(protobuf-compiler clickhouse-server nats-server wrk nginx-light python3-venv ca-certificates curl)
-	tools=(protoc clickhouse-server nats-server wrk nginx curl) ;;
+test) pkgs=(protobuf-compiler clickhouse-server nats-server wrk nginx-light chromium python3-venv ca-certificates curl fonts-dejavu-core)
+	tools=(protoc clickhouse-server nats-server wrk nginx chromium curl) ;;
 run) pkgs=(ca-certificates); tools=() ;;
 *) echo "usage: $0 test|run" >&2; exit 2 ;;
 esac
