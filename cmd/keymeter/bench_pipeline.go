@@ -56,7 +56,7 @@ func newBenchPipelineCmd(g *globals) *cobra.Command {
 			if _, err := st.Migrate(ctx); err != nil {
 				return err
 			}
-			agg, err := aggregator.New(aggregator.Config{Group: "bench", MaxBlockEvents: blockSize, FlushInterval: time.Second}, b.Bus, st, aggregator.WithLogger(log))
+			agg, err := aggregator.New(aggregator.Config{Group: "bench", MaxBlockEvents: blockSize, FlushInterval: time.Second}, b, st, aggregator.WithLogger(log))
 			if err != nil {
 				return err
 			}

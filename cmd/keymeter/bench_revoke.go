@@ -73,7 +73,7 @@ this process; the circuit breaker is off for the run.`,
 			eg.Go(func() error { return serve(ectx, upLn, upstream, log) })
 			addrc := make(chan string, 1)
 			vcfg := verifier.RunConfig{Listen: "127.0.0.1:0", Upstream: "http://" + upLn.Addr().String(), DataDir: filepath.Join(dir, "verifier"),
-				VerifierID: "bench-verifier", Bus: b.Bus, Logger: log,
+				VerifierID: "bench-verifier", Bus: b, Logger: log,
 				HTTP:     verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
 				OnListen: func(m, _, _ net.Addr) { addrc <- m.String() }}
 			vcfg.Emitter.FlushInterval = flushInt

@@ -201,7 +201,7 @@ func (q *Quotas) evaluate(ctx context.Context, st *keymeterv1.KeyState, ku *keyU
 	ns.Version++
 	ns.UpdatedUnixNano = q.cfg.Now().UnixNano()
 	b, err := proto.Marshal(ns)
-	if cas, ok := q.log.(bus.KeyCAS); err == nil && ok && rev > 0 {
+	if cas := q.log.CompareAndSet(); err == nil && cas != nil && rev > 0 {
 		err = cas.PutKeyIf(ctx, ns.GetId(), b, rev)
 	} else if err == nil {
 		err = q.log.PutKey(ctx, ns.GetId(), b)

@@ -3,6 +3,7 @@ package verifier
 import (
 	"context"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -59,7 +60,7 @@ func (n *testNATS) connect(ctx context.Context) bus.Bus { return n.connectNATS(c
 
 func (n *testNATS) connectNATS(ctx context.Context) *natsbus.Bus {
 	n.t.Helper()
-	b, err := natsbus.New(ctx, natsbus.Config{URL: n.url, PublishTimeout: time.Second, Partitions: 4})
+	b, err := natsbus.New(ctx, natsbus.Config{URL: n.url, CredsFile: filepath.Join(n.dir, "user.nk"), PublishTimeout: time.Second, Partitions: 4})
 	if err != nil {
 		n.t.Fatal(err)
 	}

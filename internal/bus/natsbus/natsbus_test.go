@@ -46,7 +46,7 @@ func TestConformance(t *testing.T) {
 		Name: "nats",
 		New: func(t *testing.T, o bustest.Options) bus.Bus {
 			b, err := New(context.Background(), Config{
-				URL: url, Prefix: fmt.Sprintf("t%d", prefixSeq.Add(1)),
+				URL: url, CredsFile: srv.CredsFile(), Prefix: fmt.Sprintf("t%d", prefixSeq.Add(1)),
 				Partitions: o.Partitions, MaxPending: o.MaxPending, PublishTimeout: 3 * time.Second,
 			})
 			if err != nil {
