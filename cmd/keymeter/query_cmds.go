@@ -138,10 +138,10 @@ func printEvents(evs []event.Event) {
 func newLogsCmd(g *globals) *cobra.Command {
 	cf := &clientFlags{}
 	var (
-		lf     logFilter
-		limit  int
-		cursor string
-		follow bool
+		lf      logFilter
+		limit   int
+		cursor  string
+		follow  bool
 		bf      busFlags
 		dur     time.Duration
 		devData string
