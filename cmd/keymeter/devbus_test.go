@@ -243,3 +243,47 @@ func TestDevBusCapabilities(t *testing.T) {
 		t.Fatal("a decision published before the subscription was not replayed")
 	}
 }
+
+// keymeter dev's start-up output: one line per kind of thing (not one per
+// demo key or per key's first quota state), and the admin token is named by
+// its file, never printed.
+func TestDevStartupOutput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs keymeter dev; not in -short")
+	}
+	bin := keymeterBinary(t)
+	dir := t.TempDir()
+	rules, _ := filepath.Abs("../../rules")
+	cmd := exec.Command(bin, "dev", "--data-dir", dir, "--rules", rules, "--nats-port", "-1", "--proxy-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0",
+		"--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--summary-every", "2s", "--attack-after", "1h", "--rate", "100", "--duration", "6s")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("keymeter dev: %v\n%s", err, out)
+	}
+	token, err := os.ReadFile(filepath.Join(dir, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "admin-token")); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin-token mode %04o, want 0600", fi.Mode().Perm())
+	}
+	text := string(out)
+	if strings.Contains(text, strings.TrimSpace(string(token))) {
+		t.Fatalf("the admin token was printed:\n%s", text)
+	}
+	if !strings.Contains(text, "$(cat "+filepath.Join(dir, "admin-token")+")") {
+		t.Fatalf("the banner does not say where the admin token is:\n%s", text)
+	}
+	msgs := map[string]int{}
+	for _, m := range regexp.MustCompile(`msg=("[^"]*"|\S+)`).FindAllStringSubmatch(text, -1) {
+		msgs[m[1]]++
+	}
+	for _, m := range []string{`"key created"`, `"quota state changed"`} {
+		if msgs[m] > 0 {
+			t.Errorf("%d lines %s at start-up, want none", msgs[m], m)
+		}
+	}
+	if msgs[`"demo keys ready"`] != 1 {
+		t.Errorf("%d lines \"demo keys ready\", want 1:\n%s", msgs[`"demo keys ready"`], text)
+	}
+}
