@@ -82,7 +82,7 @@ survives restarts.`,
 	o.df.add(c)
 	o.lf.add(f)
 	f.DurationVar(&o.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
-	f.IntVar(&o.natsPort, "nats-port", devNATSPort, "port of the embedded NATS server on 127.0.0.1, for other processes (credentials in <data-dir>/nats.nk); 0: in-process only. When the default port is taken, dev serves in-process only and says so")
+	f.IntVar(&o.natsPort, "nats-port", devNATSPort, "port of the embedded NATS server on 127.0.0.1, for other processes (credentials in <data-dir>/nats.nk); 0: in-process only. When the port is not given here and is taken, dev serves in-process only and says so")
 	f.StringVar(&o.proxyListen, "proxy-listen", "127.0.0.1:8080", "the verifier (reverse proxy in front of the demo API)")
 	f.StringVar(&o.apiListen, "api-listen", "127.0.0.1:8081", "the REST API")
 	f.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9464", "metrics of the verifier")
@@ -310,17 +310,18 @@ const devNATSPort = 4222
 // openDevBus opens the bus of keymeter dev and says in one line how other
 // processes reach it. Without --nats-url the NATS bus starts an embedded
 // server, owned by the bus, that requires the credentials in
-// <data-dir>/nats.nk and listens on 127.0.0.1:--nats-port. When the default
-// port is taken (another nats-server, e.g. Debian's service, or a dev still
-// stopping), dev serves in-process only instead of failing; a port given
-// explicitly must be free.
+// <data-dir>/nats.nk and listens on 127.0.0.1:--nats-port. When the port
+// was not given on the command line and is taken (another nats-server, e.g.
+// Debian's nats-server service on 4222, or a dev still stopping), dev serves
+// in-process only and says so instead of failing; a port given with
+// --nats-port must be free.
 func openDevBus(ctx context.Context, o *devOptions, log *slog.Logger) (bus.Bus, string, error) {
 	dataDir := o.sf.DataDir
 	embedded := o.bf.Backend == "nats" && o.bf.NATSURL == ""
 	note := ""
 	if embedded {
 		o.bf.natsPort = o.natsPort
-		if o.natsPort == devNATSPort && !o.natsPortSet && !portFree(o.natsPort) {
+		if o.natsPort > 0 && !o.natsPortSet && !portFree(o.natsPort) {
 			o.bf.natsPort = 0
 			note = fmt.Sprintf(" (127.0.0.1:%d is taken: --nats-port to listen elsewhere)", o.natsPort)
 		}

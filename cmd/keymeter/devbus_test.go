@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -285,5 +286,41 @@ func TestDevStartupOutput(t *testing.T) {
 	}
 	if msgs[`"demo keys ready"`] != 1 {
 		t.Errorf("%d lines \"demo keys ready\", want 1:\n%s", msgs[`"demo keys ready"`], text)
+	}
+}
+
+// A NATS port that is taken: dev fails at once with the reason when the
+// port was given with --nats-port, and serves in-process only, saying so,
+// when it was not.
+func TestDevNATSPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, explicit := range []bool{true, false} {
+		o := &devOptions{natsPort: port, natsPortSet: explicit}
+		o.bf = busFlags{Backend: "nats", Prefix: "keymeter", Partitions: 2, MaxPending: 64, Replicas: 1}
+		o.sf.DataDir = t.TempDir()
+		b, note, err := openDevBus(context.Background(), o, quiet)
+		if explicit {
+			if err == nil || !strings.Contains(err.Error(), "address already in use") || !strings.Contains(err.Error(), "--nats-port") {
+				if b != nil {
+					closeSoon(b)
+				}
+				t.Fatalf("--nats-port %d taken: %v, want the listen error and the flag to change", port, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("default port taken: %v, want in-process only", err)
+		}
+		url := b.(*natsbus.Bus).Embedded().ClientURL()
+		closeSoon(b)
+		if url != "" || !strings.Contains(note, "in-process only") || !strings.Contains(note, "is taken") {
+			t.Fatalf("default port taken: url %q, banner %q", url, note)
+		}
 	}
 }

@@ -1,6 +1,13 @@
 // Package natsbus is the bus on NATS JetStream: event batches on one stream
 // with a subject per partition, the key-state log in a KV bucket, decisions
 // and dead letters on streams of their own.
+//
+// Without a NATS cluster, the bus can run nats-server in the process
+// (WithEmbeddedServer; the bus owns it and Close stops it). That server lets
+// in only the holder of one nkey, whose seed it creates in a 0600 file on
+// first start: anyone else on the machine could otherwise read every event
+// and write key states into the bucket. It serves in-process connections,
+// and listens on loopback only when asked.
 package natsbus
 
 import (
