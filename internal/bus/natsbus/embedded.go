@@ -38,14 +38,23 @@ type EmbeddedConfig struct {
 	StartTimeout time.Duration
 }
 
-// Validate fills defaults and checks the configuration.
-func (c *EmbeddedConfig) Validate() error {
+// Validate checks the configuration; it changes nothing.
+func (c EmbeddedConfig) Validate() error {
+	var errs []error
 	if c.DataDir == "" {
-		return errors.New("natsbus embedded: data-dir is required (the JetStream file store lives there)")
+		errs = append(errs, errors.New("natsbus embedded: data-dir is required (the JetStream file store lives there)"))
 	}
 	if c.Listen && (c.Port < -1 || c.Port > 65535) {
-		return fmt.Errorf("natsbus embedded: port %d out of range (-1 for any free port, or 1-65535)", c.Port)
+		errs = append(errs, fmt.Errorf("natsbus embedded: port %d out of range (-1 for any free port, or 1-65535)", c.Port))
 	}
+	if c.StartTimeout < 0 {
+		errs = append(errs, fmt.Errorf("natsbus embedded: start timeout %s is negative", c.StartTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// withDefaults fills the zero fields with their defaults.
+func (c EmbeddedConfig) withDefaults() EmbeddedConfig {
 	if c.Host == "" {
 		c.Host = "127.0.0.1"
 	}
@@ -58,7 +67,7 @@ func (c *EmbeddedConfig) Validate() error {
 	if c.StartTimeout == 0 {
 		c.StartTimeout = 2 * time.Minute
 	}
-	return nil
+	return c
 }
 
 // Embedded is a running in-process nats-server.
@@ -79,6 +88,7 @@ func startEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("natsbus embedded: %w", err)
 	}
