@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keymeter/keymeter/internal/bus"
@@ -322,5 +323,23 @@ func TestDevNATSPortTaken(t *testing.T) {
 		if url != "" || !strings.Contains(note, "in-process only") || !strings.Contains(note, "is taken") {
 			t.Fatalf("default port taken: url %q, banner %q", url, note)
 		}
+	}
+}
+
+// Every listener keymeter dev opens defaults to loopback.
+func TestDevListenersDefaultToLoopback(t *testing.T) {
+	c := newDevCmd(&globals{})
+	n := 0
+	c.Flags().VisitAll(func(f *pflag.Flag) {
+		if !strings.HasSuffix(f.Name, "-listen") {
+			return
+		}
+		n++
+		if !strings.HasPrefix(f.DefValue, "127.0.0.1:") {
+			t.Errorf("--%s defaults to %q, not loopback", f.Name, f.DefValue)
+		}
+	})
+	if n < 4 {
+		t.Fatalf("found %d --*-listen flags on dev, want at least 4", n)
 	}
 }
