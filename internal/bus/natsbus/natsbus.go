@@ -31,8 +31,8 @@ import (
 
 // Config configures the NATS bus. Zero values take the defaults shown.
 type Config struct {
-	URL              string        // nats://127.0.0.1:4222; ignored with WithEmbedded
-	CredsFile        string        // a NATS .creds file (JWT and seed) or an nkey seed file; ignored with WithEmbedded
+	URL              string        // nats://127.0.0.1:4222; ignored with an embedded server
+	CredsFile        string        // a NATS .creds file (JWT and seed) or an nkey seed file; ignored with an embedded server
 	Prefix           string        // "keymeter": subjects keymeter.events.<p>, keymeter.decisions, keymeter.deadletter
 	Partitions       int           // 8
 	MaxAge           time.Duration // 72h: events stream retention
