@@ -68,14 +68,14 @@ rebalances (a crashed member is replaced from its recorded intents).`,
 			if err != nil {
 				return err
 			}
-			defer b.closeSoon()
+			defer closeSoon(b)
 			table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
-			quotas, err := aggregator.NewQuotas(qcfg, table, b.Bus, st, log)
+			quotas, err := aggregator.NewQuotas(qcfg, table, b, st, log)
 			if err != nil {
 				return err
 			}
 			reg := newRegistry()
-			agg, err := aggregator.New(cfg, b.Bus, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
+			agg, err := aggregator.New(cfg, b, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
 			if err != nil {
 				return err
 			}

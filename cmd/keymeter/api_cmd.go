@@ -68,7 +68,7 @@ hash of a token is ever stored.`,
 			if err != nil {
 				return err
 			}
-			defer b.closeSoon()
+			defer closeSoon(b)
 			table, svc, err := keyService(b, log)
 			if err != nil {
 				return err

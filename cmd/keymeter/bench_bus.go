@@ -42,7 +42,7 @@ func newBenchBusCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer b.closeSoon()
+			defer closeSoon(b)
 			cfg.Bus, cfg.Backend = b, bf.Backend
 			_, err = bench.RunBus(cmd.Context(), cfg)
 			return err

@@ -38,7 +38,7 @@ func newBenchPipelineCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer b.closeSoon()
+			defer closeSoon(b)
 			st, err := chdb.Open(chdb.Config{DataDir: filepath.Join(dataDir, "clickhouse"), Database: bf.Prefix})
 			if err != nil {
 				return err

@@ -43,9 +43,9 @@ this process; the circuit breaker is off for the run.`,
 			if err != nil {
 				return err
 			}
-			defer b.closeSoon()
+			defer closeSoon(b)
 			df.MaxRevokes = -1
-			cfg.Bus, cfg.Backend, cfg.DataDir, cfg.Logger = b.Bus, bf.Backend, dir, log
+			cfg.Bus, cfg.Backend, cfg.DataDir, cfg.Logger = b, bf.Backend, dir, log
 			cfg.Detector = func(ctx context.Context, eg *errgroup.Group, svc *keys.Service) error {
 				det, err := buildDetector(ctx, &df, b, nil, svc, nil, log)
 				if err != nil {

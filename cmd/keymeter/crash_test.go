@@ -34,12 +34,12 @@ func TestAggregatorSIGKILLExactlyOnce(t *testing.T) {
 		}
 		defer srv.Shutdown()
 		prefix := fmt.Sprintf("crash%d", time.Now().UnixNano()%1e9)
-		b, err := natsbus.New(context.Background(), natsbus.Config{URL: srv.ClientURL(), Prefix: prefix, Partitions: 4})
+		b, err := natsbus.New(context.Background(), natsbus.Config{URL: srv.ClientURL(), CredsFile: srv.CredsFile(), Prefix: prefix, Partitions: 4})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer b.Close(context.Background())
-		crashRun(t, bin, b, "5s", []string{"--bus", "nats", "--nats-url", srv.ClientURL(), "--bus-prefix", prefix, "--partitions", "4", "--ack-wait", "5s"})
+		crashRun(t, bin, b, "5s", []string{"--bus", "nats", "--nats-url", srv.ClientURL(), "--nats-creds", srv.CredsFile(), "--bus-prefix", prefix, "--partitions", "4", "--ack-wait", "5s"})
 	})
 	t.Run("kafka", func(t *testing.T) {
 		brokers := os.Getenv("KEYMETER_KAFKA_BROKERS")

@@ -124,7 +124,7 @@ bad file is refused and the running rules stay.`,
 			if err != nil {
 				return err
 			}
-			defer b.closeSoon()
+			defer closeSoon(b)
 			table, svc, err := keyService(b, log)
 			if err != nil {
 				return err

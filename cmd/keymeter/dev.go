@@ -6,11 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -20,6 +23,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/aggregator"
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
@@ -36,6 +40,7 @@ type devOptions struct {
 	lf            leakFlags
 	duration      time.Duration
 	natsPort      int
+	natsPortSet   bool
 	proxyListen   string
 	apiListen     string
 	adminListen   string
@@ -66,7 +71,10 @@ survives restarts.`,
   keymeter dev --duration 75s
   keymeter dev --bus kafka --kafka-brokers 127.0.0.1:19092
   keymeter dev --store clickhouse --clickhouse-dsn clickhouse://127.0.0.1:9000/keymeter`,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runDev(cmd.Context(), g, o) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.natsPortSet = cmd.Flags().Changed("nats-port")
+			return runDev(cmd.Context(), g, o)
+		},
 	}
 	f := c.Flags()
 	o.bf.add(f)
@@ -75,7 +83,7 @@ survives restarts.`,
 	o.df.add(c)
 	o.lf.add(f)
 	f.DurationVar(&o.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
-	f.IntVar(&o.natsPort, "nats-port", 4222, "port of the embedded NATS server on 127.0.0.1 (0: in-process only)")
+	f.IntVar(&o.natsPort, "nats-port", devNATSPort, "port of the embedded NATS server on 127.0.0.1, for other processes (credentials in <data-dir>/nats.nk); 0: in-process only. When the port is not given here and is taken, dev serves in-process only and says so")
 	f.StringVar(&o.proxyListen, "proxy-listen", "127.0.0.1:8080", "the verifier (reverse proxy in front of the demo API)")
 	f.StringVar(&o.apiListen, "api-listen", "127.0.0.1:8081", "the REST API")
 	f.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9464", "metrics of the verifier")
@@ -111,24 +119,11 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 		return fmt.Errorf("migrate: %w", err)
 	}
 
-	// Bus: an embedded NATS server that other processes can reach too.
-	var b *openedBus
-	if o.bf.Backend == "nats" && o.bf.NATSURL == "" {
-		ec := natsbus.EmbeddedConfig{DataDir: filepath.Join(dataDir, "nats"), Listen: o.natsPort != 0, Port: o.natsPort}
-		emb, err := natsbus.StartEmbedded(ec)
-		if err != nil {
-			return fmt.Errorf("embedded NATS (port %d; change with --nats-port): %w", o.natsPort, err)
-		}
-		nb, err := natsbus.New(ctx, natsbus.Config{Prefix: o.bf.Prefix, Partitions: o.bf.Partitions, MaxPending: o.bf.MaxPending}, natsbus.WithEmbedded(emb), natsbus.WithLogger(log))
-		if err != nil {
-			emb.Shutdown()
-			return err
-		}
-		b = &openedBus{Bus: nb, embedded: emb}
-	} else if b, err = o.bf.open(ctx, dataDir, log); err != nil {
+	b, natsNote, err := openDevBus(ctx, o, log)
+	if err != nil {
 		return err
 	}
-	defer b.closeSoon()
+	defer closeSoon(b)
 
 	// Two groups so shutdown runs in order: the front (traffic, verifier)
 	// stops and flushes first, then the back (aggregator, detector, API)
@@ -148,22 +143,21 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 		_ = back.Wait()
 	}()
 	eg := back
-	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
+	table, svc, err := keyService(b, log)
+	if err != nil {
+		return err
+	}
 	eg.Go(func() error { return table.Run(ectx, b) })
 	select {
 	case <-table.Ready():
 	case <-ectx.Done():
 		return back.Wait()
 	}
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table, Logger: log})
-	if err != nil {
-		return err
-	}
 	token, err := devAdminToken(dataDir)
 	if err != nil {
 		return err
 	}
-	demo, err := devDemoKeys(ectx, svc, table, dataDir, o.demoKeys)
+	demo, err := devDemoKeys(ectx, b, table, dataDir, o.demoKeys, log)
 	if err != nil {
 		return err
 	}
@@ -180,7 +174,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	proxyAddr := o.proxyListen
 	vcfg := verifier.RunConfig{
 		Listen: o.proxyListen, Upstream: "http://" + upLn.Addr().String(), AdminListen: o.adminListen,
-		DataDir: filepath.Join(dataDir, "verifier"), VerifierID: "dev-verifier", Bus: b.Bus, Logger: log,
+		DataDir: filepath.Join(dataDir, "verifier"), VerifierID: "dev-verifier", Bus: b, Logger: log,
 		HTTP: verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
 		OnListen: func(main, _, _ net.Addr) {
 			if main != nil {
@@ -196,11 +190,11 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 
 	// Aggregator with quotas.
 	reg := newRegistry()
-	quotas, err := aggregator.NewQuotas(aggregator.QuotaConfig{}, table, b.Bus, st, log)
+	quotas, err := aggregator.NewQuotas(aggregator.QuotaConfig{}, table, b, st, log)
 	if err != nil {
 		return err
 	}
-	agg, err := aggregator.New(aggregator.Config{FlushInterval: time.Second}, b.Bus, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
+	agg, err := aggregator.New(aggregator.Config{FlushInterval: time.Second}, b, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}
@@ -246,10 +240,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 		backCancel()
 		return back.Wait()
 	}
-	natsURL := "in-process"
-	if b.embedded != nil && b.embedded.ClientURL() != "" {
-		natsURL = b.embedded.ClientURL()
-	}
+	tokenFile := filepath.Join(dataDir, "admin-token")
 	fmt.Fprintf(os.Stderr, `
 keymeter dev is running (data in %s)
   verifier (proxy to the demo API)  http://%s        e.g. curl -H "Authorization: Bearer $(cut -d, -f3 %s | head -1)" http://%s/v1/items
@@ -257,10 +248,10 @@ keymeter dev is running (data in %s)
   verifier metrics                  http://%s/metrics
   pipeline metrics                  http://%s/metrics (aggregator, detector, API)
   NATS                              %s
-  admin token                       %s   (export KEYMETER_TOKEN=%s; stored in %s)
+  admin token                       in %s (mode 0600): export KEYMETER_TOKEN=$(cat %s)
   demo keys                         %d, secrets in %s
-`, dataDir, proxyAddr, filepath.Join(dataDir, "demo-keys.csv"), proxyAddr, apiLn.Addr(), o.adminListen, metricsAddr, natsURL,
-		token, token, filepath.Join(dataDir, "admin-token"), len(demo), filepath.Join(dataDir, "demo-keys.csv"))
+`, dataDir, proxyAddr, filepath.Join(dataDir, "demo-keys.csv"), proxyAddr, apiLn.Addr(), o.adminListen, metricsAddr, natsNote,
+		tokenFile, tokenFile, len(demo), filepath.Join(dataDir, "demo-keys.csv"))
 
 	// Traffic.
 	var sent, refused atomic.Uint64
@@ -314,6 +305,70 @@ keymeter dev is running (data in %s)
 	return nil
 }
 
+// devNATSPort is the default port of dev's embedded NATS server.
+const devNATSPort = 4222
+
+// openDevBus opens the bus of keymeter dev and says in one line how other
+// processes reach it. Without --nats-url the NATS bus starts an embedded
+// server, owned by the bus, that requires the credentials in
+// <data-dir>/nats.nk and listens on 127.0.0.1:--nats-port. When the port
+// was not given on the command line and is taken (another nats-server, e.g.
+// Debian's nats-server service on 4222, or a dev still stopping), dev serves
+// in-process only and says so instead of failing; a port given with
+// --nats-port must be free.
+func openDevBus(ctx context.Context, o *devOptions, log *slog.Logger) (bus.Bus, string, error) {
+	dataDir := o.sf.DataDir
+	embedded := o.bf.Backend == "nats" && o.bf.NATSURL == ""
+	note := ""
+	if embedded {
+		o.bf.natsPort = o.natsPort
+		if o.natsPort > 0 && !o.natsPortSet && !portFree(o.natsPort) {
+			o.bf.natsPort = 0
+			note = fmt.Sprintf(" (127.0.0.1:%d is taken: --nats-port to listen elsewhere)", o.natsPort)
+		}
+	}
+	b, err := o.bf.open(ctx, dataDir, log)
+	if err != nil {
+		if embedded && o.bf.natsPort != 0 {
+			return nil, "", fmt.Errorf("embedded NATS on 127.0.0.1:%d (change with --nats-port, 0 for in-process only): %w", o.bf.natsPort, err)
+		}
+		return nil, "", err
+	}
+	switch nb, _ := b.(*natsbus.Bus); {
+	case nb == nil:
+		return b, o.bf.Backend + " (external)", nil
+	case nb.Embedded() == nil:
+		return b, "external server " + withoutUserinfo(o.bf.NATSURL), nil
+	case nb.Embedded().ClientURL() == "":
+		return b, "in-process only" + note, nil
+	default:
+		return b, fmt.Sprintf("%s, credentials in %s (keymeter logs --follow --nats-creds %s)", nb.Embedded().ClientURL(),
+			nb.Embedded().CredsFile(), nb.Embedded().CredsFile()), nil
+	}
+}
+
+// withoutUserinfo hides user and password in a comma-separated URL list.
+func withoutUserinfo(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = url.User("***")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// portFree reports whether 127.0.0.1:port can be listened on now.
+func portFree(port int) bool {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
 // devTraffic runs the load generator in chunks until ctx ends.
 func devTraffic(ctx context.Context, o *devOptions, demo []loadgen.Key, target string, onResp func(*loadgen.Request, int)) error {
 	const chunk = 5 * time.Minute
@@ -337,9 +392,13 @@ func devTraffic(ctx context.Context, o *devOptions, demo []loadgen.Key, target s
 	return nil
 }
 
-// devAdminToken returns the demo admin token, created on first start.
+// devAdminToken returns the demo admin token, created on first start in
+// <data-dir>/admin-token (mode 0600; a file others can read is refused).
 func devAdminToken(dataDir string) (string, error) {
 	p := filepath.Join(dataDir, "admin-token")
+	if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s has mode %04o: others may read the admin token; chmod 600 it", p, fi.Mode().Perm())
+	}
 	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 		return strings.TrimSpace(string(b)), nil
 	}
@@ -355,9 +414,14 @@ func devAdminToken(dataDir string) (string, error) {
 }
 
 // devDemoKeys loads the demo keys of an earlier run that are still active
-// and creates more until there are n. The secrets are kept in
-// <data-dir>/demo-keys.csv (mode 0600): a demo convenience only.
-func devDemoKeys(ctx context.Context, svc *keys.Service, table *keys.Table, dataDir string, n int) ([]loadgen.Key, error) {
+// and creates more until there are n, and logs one line about them (not one
+// per key). The secrets are kept in <data-dir>/demo-keys.csv (mode 0600): a
+// demo convenience only.
+func devDemoKeys(ctx context.Context, kl bus.KeyLog, table *keys.Table, dataDir string, n int, log *slog.Logger) ([]loadgen.Key, error) {
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: kl, Table: table, Logger: quietLogger(log)})
+	if err != nil {
+		return nil, err
+	}
 	p := filepath.Join(dataDir, "demo-keys.csv")
 	var out []loadgen.Key
 	if old, err := readKeysFile(p); err == nil {
@@ -367,6 +431,7 @@ func devDemoKeys(ctx context.Context, svc *keys.Service, table *keys.Table, data
 			}
 		}
 	}
+	kept := len(out)
 	for i := len(out); i < n; i++ {
 		c, err := svc.Create(ctx, keys.CreateParams{Project: fmt.Sprintf("proj_demo_%d", i%3), Name: fmt.Sprintf("demo %d", i), Owner: "dev",
 			KeyLimits: keys.KeyLimits{RatePerS: 50, Burst: 100, MonthlyQuota: 5_000_000}})
@@ -375,6 +440,7 @@ func devDemoKeys(ctx context.Context, svc *keys.Service, table *keys.Table, data
 		}
 		out = append(out, loadgen.Key{ID: c.State.GetId(), Project: c.State.GetProject(), Secret: c.Secret.Reveal()})
 	}
+	log.Info("demo keys ready", "keys", len(out), "created", len(out)-kept, "file", p)
 	var sb strings.Builder
 	sb.WriteString("# demo keys of keymeter dev: key_id,project,secret (demo only: real secrets are never stored)\n")
 	for _, k := range out {
@@ -391,4 +457,27 @@ func demoUpstream() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"ok":true,"path":%q,"key_id":%q,"items":[1,2,3,4,5,6,7,8,9,10]}`+"\n", r.URL.Path, r.Header.Get("X-Keymeter-Key-Id"))
 	})
+}
+
+// quietLogger passes on only the warnings and errors of log: for work that
+// would otherwise log one line per item (demo keys).
+func quietLogger(log *slog.Logger) *slog.Logger {
+	return slog.New(minLevel{Handler: log.Handler(), min: slog.LevelWarn})
+}
+
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{Handler: h.Handler.WithAttrs(as), min: h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
 }

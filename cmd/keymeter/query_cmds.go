@@ -138,23 +138,25 @@ func printEvents(evs []event.Event) {
 func newLogsCmd(g *globals) *cobra.Command {
 	cf := &clientFlags{}
 	var (
-		lf     logFilter
-		limit  int
-		cursor string
-		follow bool
-		bf     busFlags
-		dur    time.Duration
+		lf      logFilter
+		limit   int
+		cursor  string
+		follow  bool
+		bf      busFlags
+		dur     time.Duration
+		devData string
 	)
 	c := &cobra.Command{
 		Use:   "logs",
 		Short: "Search request logs, newest first; --follow tails them live from the bus",
 		Example: `  keymeter logs --key key_123 --status 500-599 --limit 50
   keymeter logs --ip 203.0.113.0/24 --outcome rate_limited
-  keymeter logs --follow --key key_123 --nats-url nats://127.0.0.1:4222`,
+  keymeter logs --follow --key key_123      # keymeter dev's bus, credentials from ./data
+  keymeter logs --follow --nats-url nats://nats-1:4222 --nats-creds /etc/keymeter/nats.creds`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if follow {
-				return followLogs(cmd.Context(), g, &bf, &lf, cf, dur)
+				return followLogs(cmd.Context(), g, &bf, devData, &lf, cf, dur)
 			}
 			q := lf.values()
 			q.Set("limit", strconv.Itoa(limit))
@@ -192,11 +194,12 @@ func newLogsCmd(g *globals) *cobra.Command {
 	f.StringVar(&cursor, "cursor", "", "the cursor printed after the previous page")
 	f.BoolVar(&follow, "follow", false, "tail new events live from the bus (uses the bus flags, not the API)")
 	f.DurationVar(&dur, "duration", 0, "with --follow: stop after this long")
+	f.StringVar(&devData, "data-dir", "data", "with --follow and no --nats-url: the data dir of the keymeter dev to follow (its NATS credentials are there)")
 	bf.add(f)
 	return c
 }
 
-func followLogs(ctx context.Context, g *globals, bf *busFlags, lf *logFilter, cf *clientFlags, d time.Duration) error {
+func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, lf *logFilter, cf *clientFlags, d time.Duration) error {
 	match, err := lf.matcher()
 	if err != nil {
 		return err
@@ -204,7 +207,11 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, lf *logFilter, cf
 	ctx, cancel := withDuration(ctx, d)
 	defer cancel()
 	if bf.Backend == "nats" && bf.NATSURL == "" {
-		bf.NATSURL = "nats://127.0.0.1:4222" // keymeter dev's embedded server
+		// keymeter dev's embedded server, with the credentials it made.
+		bf.NATSURL = fmt.Sprintf("nats://127.0.0.1:%d", devNATSPort)
+		if bf.NATSCreds == "" {
+			bf.NATSCreds = natsCredsFile(devData)
+		}
 	}
 	b, err := bf.open(ctx, "", g.Logger())
 	if err != nil {
@@ -220,6 +227,22 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, lf *logFilter, cf
 	if !asJSON {
 		fmt.Fprintln(os.Stdout, strings.Join([]string{"TIME", "KEY", "OUTCOME", "STATUS", "METHOD", "ROUTE", "IP", "COUNTRY"}, "\t"))
 	}
+	return tailEvents(ctx, cons, func(e *event.Event) {
+		if !match(e) {
+			return
+		}
+		if asJSON {
+			b, _ := e.MarshalJSON()
+			fmt.Println(string(b))
+		} else {
+			fmt.Printf("%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Time.UTC().Format("15:04:05.000"), e.KeyID, e.Outcome, e.Status, e.Method, e.Route, e.ClientIP, e.Country)
+		}
+	})
+}
+
+// tailEvents calls fn for every event of the batches cons delivers until
+// ctx ends, acknowledging each fetch in every partition it came from.
+func tailEvents(ctx context.Context, cons bus.Consumer, fn func(*event.Event)) error {
 	var eb event.Batch
 	for ctx.Err() == nil {
 		ds, err := cons.Fetch(ctx, 64, time.Second)
@@ -234,21 +257,15 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, lf *logFilter, cf
 				continue
 			}
 			for i := range eb.Events {
-				e := &eb.Events[i]
-				if !match(e) {
-					continue
-				}
-				if asJSON {
-					b, _ := e.MarshalJSON()
-					fmt.Println(string(b))
-				} else {
-					fmt.Printf("%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Time.UTC().Format("15:04:05.000"), e.KeyID, e.Outcome, e.Status, e.Method, e.Route, e.ClientIP, e.Country)
-				}
+				fn(&eb.Events[i])
 			}
 		}
-		if len(ds) > 0 {
-			_ = cons.Ack(ctx, ds[len(ds)-1])
-		}
+		// What was shown is acknowledged even when the tail is stopping.
+		// A failed ack (the connection recovering) means only that these
+		// come again; the tail goes on.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = bus.AckLatest(actx, cons, ds)
+		cancel()
 	}
 	return nil
 }

@@ -100,7 +100,7 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 			if err != nil {
 				return err
 			}
-			cfg.Bus, cfg.Logger = b.Bus, log
+			cfg.Bus, cfg.Logger = b, log
 			runErr := verifier.Run(ctx, cfg)
 			// Shutdown order: Run stopped intake and flushed the batches;
 			// now drain and close the bus.
@@ -147,14 +147,10 @@ func init() {
 // openAnother opens one more connection to the bus first is on (each
 // verifier of a benchmark has its own connection, as separate processes
 // would).
-func openAnother(ctx context.Context, bf *busFlags, first *openedBus, log *slog.Logger) (*openedBus, error) {
-	if first.embedded != nil {
-		b, err := natsbus.New(ctx, natsbus.Config{Prefix: bf.Prefix, Partitions: bf.Partitions, MaxPending: bf.MaxPending},
-			natsbus.WithLogger(log), natsbus.WithEmbedded(first.embedded))
-		if err != nil {
-			return nil, err
-		}
-		return &openedBus{Bus: b}, nil
+func openAnother(ctx context.Context, bf *busFlags, first bus.Bus, log *slog.Logger) (bus.Bus, error) {
+	if nb, ok := first.(*natsbus.Bus); ok && nb.Embedded() != nil {
+		return natsbus.New(ctx, natsbus.Config{Prefix: bf.Prefix, Partitions: bf.Partitions, MaxPending: bf.MaxPending},
+			natsbus.WithLogger(log), natsbus.WithEmbedded(nb.Embedded()))
 	}
 	return bf.open(ctx, "", log)
 }
@@ -242,7 +238,7 @@ service returns once its own watch has seen the write, so those are near 0).`,
 			if err != nil {
 				return err
 			}
-			var buses []*openedBus
+			var buses []bus.Bus
 			defer func() {
 				cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()

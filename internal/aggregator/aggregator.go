@@ -44,6 +44,7 @@ type Bus interface {
 	NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Consumer, error)
 	bus.RangeReader
 	bus.DeadLetters
+	bus.Lagger
 }
 
 // Config configures an Aggregator.
@@ -194,9 +195,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		return fmt.Errorf("aggregator: %w", err)
 	}
 	defer cons.Close()
-	if lg, ok := a.bus.(bus.Lagger); ok {
-		go a.watchLag(ctx, lg)
-	}
+	go a.watchLag(ctx, a.bus)
 	a.log.Info("aggregator consuming", "flush_interval", a.cfg.FlushInterval, "max_block_events", a.cfg.MaxBlockEvents)
 
 	// Flushes run on a context that outlives ctx by ShutdownGrace, so a

@@ -201,7 +201,7 @@ func (q *Quotas) evaluate(ctx context.Context, st *keymeterv1.KeyState, ku *keyU
 	ns.Version++
 	ns.UpdatedUnixNano = q.cfg.Now().UnixNano()
 	b, err := proto.Marshal(ns)
-	if cas, ok := q.log.(bus.KeyCAS); err == nil && ok && rev > 0 {
+	if cas := q.log.CompareAndSet(); err == nil && cas != nil && rev > 0 {
 		err = cas.PutKeyIf(ctx, ns.GetId(), b, rev)
 	} else if err == nil {
 		err = q.log.PutKey(ctx, ns.GetId(), b)
@@ -213,7 +213,13 @@ func (q *Quotas) evaluate(ctx context.Context, st *keymeterv1.KeyState, ku *keyU
 	prev := ku.state
 	ku.state, ku.published = next, ku.used
 	if transition {
-		q.logger.Info("quota state changed", "key_id", st.GetId(), "project", st.GetProject(), "from", quotaName(prev), "to", quotaName(next), "used", ku.used, "quota", quota)
+		// A key's first state of the period (unknown to ok) is no news:
+		// at start-up it would be one line per key.
+		level := slog.LevelInfo
+		if prev == keymeterv1.QuotaState_QUOTA_STATE_UNSPECIFIED && next == keymeterv1.QuotaState_QUOTA_STATE_OK {
+			level = slog.LevelDebug
+		}
+		q.logger.Log(ctx, level, "quota state changed", "key_id", st.GetId(), "project", st.GetProject(), "from", quotaName(prev), "to", quotaName(next), "used", ku.used, "quota", quota)
 		if q.cfg.WebhookURL != "" {
 			go q.notify(context.WithoutCancel(ctx), st, prev, next, ku.used, quota, ps)
 		}

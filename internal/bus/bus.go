@@ -175,20 +175,25 @@ type KeyLog interface {
 	// EndOfSnapshot set, then every later change, until ctx ends (the
 	// channel is then closed).
 	WatchKeys(ctx context.Context) (<-chan KeyUpdate, error)
+	// CompareAndSet is the log's compare-and-set writer, or nil when the
+	// backend has none (Kafka). It is a method, not an interface to probe
+	// with a type assertion, so that a wrapper around the log never hides
+	// it.
+	CompareAndSet() KeyCAS
 }
 
-// KeyCAS is implemented by key-state logs that can write a key only if its
-// latest record still has the revision the writer read (NATS KV). Writers
-// of read-modify-write changes use it when they can, so that a stale copy
-// never overwrites a newer change (a quota update undoing a revocation).
+// KeyCAS writes a key only if its latest record still has the revision the
+// writer read (NATS KV). Writers of read-modify-write changes use it when
+// the log has it, so that a stale copy never overwrites a newer change (a
+// quota update undoing a revocation).
 type KeyCAS interface {
 	// PutKeyIf writes value if id's latest revision is rev (0: id must not
 	// exist); otherwise it returns an error wrapping ErrRevisionMismatch.
 	PutKeyIf(ctx context.Context, id string, value []byte, rev uint64) error
 }
 
-// Lagger is implemented by buses that can tell how far a consumer group is
-// behind: batches published but not yet acknowledged, per partition.
+// Lagger tells how far a consumer group is behind: batches published but
+// not yet acknowledged, per partition. Every Bus is one.
 type Lagger interface {
 	Lag(ctx context.Context, group string) (map[int]uint64, error)
 }
@@ -199,12 +204,9 @@ type Decisions interface {
 	// SubscribeDecisions calls fn for every decision published after the
 	// call, until ctx ends.
 	SubscribeDecisions(ctx context.Context, fn func(data []byte)) error
-}
-
-// DecisionsSince is implemented by buses that can replay the decisions
-// published since a time before following new ones, so that a verifier
-// started late still enforces blocks that are in force.
-type DecisionsSince interface {
+	// SubscribeDecisionsSince first replays the decisions published since
+	// since, then follows new ones like SubscribeDecisions, so that a
+	// verifier started late still enforces blocks that are in force.
 	SubscribeDecisionsSince(ctx context.Context, since time.Time, fn func(data []byte)) error
 }
 
@@ -216,10 +218,31 @@ type Bus interface {
 	DeadLetters
 	KeyLog
 	Decisions
+	Lagger
 	// Partitions is the number of event partitions.
 	Partitions() int
 	// Close drains pending publishes (bounded by ctx) and disconnects.
 	Close(ctx context.Context) error
+}
+
+// AckLatest acknowledges every delivery of ds: in each partition present,
+// the one with the highest position (Ack covers the earlier ones of its
+// partition). Acking only the last delivery of a fetch would leave the
+// other partitions' deliveries to come back after AckWait.
+func AckLatest(ctx context.Context, c Consumer, ds []Delivery) error {
+	latest := map[int]int{} // partition -> index in ds
+	for i, d := range ds {
+		if j, ok := latest[d.Partition]; !ok || d.Position > ds[j].Position {
+			latest[d.Partition] = i
+		}
+	}
+	var errs []error
+	for _, i := range latest {
+		if err := c.Ack(ctx, ds[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Partition maps a partition key to one of n partitions (FNV-1a), the same

@@ -152,7 +152,7 @@ func (s *Service) issue(ctx context.Context, st *keymeterv1.KeyState, env Env) (
 	st.UpdatedUnixNano = now
 	st.Version = 1
 	// A new id: with compare-and-set, "must not exist yet" (revision 0).
-	cas, _ := s.kl.(bus.KeyCAS)
+	cas := s.kl.CompareAndSet()
 	if err := s.write(ctx, st, cas, 0); err != nil {
 		if errors.Is(err, ErrNotVisible) {
 			// The key exists: its secret must still reach the caller, once.
@@ -347,13 +347,12 @@ func (s *Service) current(id string) (*keymeterv1.KeyState, error) {
 	return st, nil
 }
 
-// modify is a read-modify-write of one key's state.
-//
-// The key log has no compare-and-set, so two admins changing the same key
-// at the same instant may lose one change; versions make the loss visible
-// (the table ignores older versions).
+// modify is a read-modify-write of one key's state, with compare-and-set
+// where the key log has it (NATS). Without it (Kafka), two admins changing
+// the same key at the same instant may lose one change; versions make the
+// loss visible (the table ignores older versions).
 func (s *Service) modify(ctx context.Context, id string, fn func(*keymeterv1.KeyState) error) error {
-	cas, _ := s.kl.(bus.KeyCAS)
+	cas := s.kl.CompareAndSet()
 	for attempt := 1; ; attempt++ {
 		st, rev, ok := s.table.StateRevision(id)
 		if !ok {

@@ -87,12 +87,9 @@ func (b *BlockList) Apply(data []byte, log *slog.Logger) {
 
 // Run applies decisions from the bus until ctx ends.
 //
-// Where the bus can replay them, the decisions of the last day are applied
-// first, so a verifier started after a block_ip decision still enforces it
-// (each block lasts from its decision's time, so expired ones are no-ops).
+// The decisions of the last day are applied first, so a verifier started
+// after a block_ip decision still enforces it (each block lasts from its
+// decision's time, so expired ones are no-ops).
 func (b *BlockList) Run(ctx context.Context, ds bus.Decisions, log *slog.Logger) error {
-	if since, ok := ds.(bus.DecisionsSince); ok {
-		return since.SubscribeDecisionsSince(ctx, time.Now().Add(-24*time.Hour), func(data []byte) { b.Apply(data, log) })
-	}
-	return ds.SubscribeDecisions(ctx, func(data []byte) { b.Apply(data, log) })
+	return ds.SubscribeDecisionsSince(ctx, time.Now().Add(-24*time.Hour), func(data []byte) { b.Apply(data, log) })
 }

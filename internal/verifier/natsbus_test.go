@@ -3,6 +3,7 @@ package verifier
 import (
 	"context"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -50,6 +51,9 @@ func (n *testNATS) start() {
 	n.emb, n.url = emb, emb.ClientURL()
 }
 
+// creds is the credentials file the embedded server made in its data dir.
+func (n *testNATS) creds() string { return filepath.Join(n.dir, "user.nk") }
+
 func (n *testNATS) stop() {
 	n.emb.Shutdown()
 	n.emb = nil
@@ -59,7 +63,7 @@ func (n *testNATS) connect(ctx context.Context) bus.Bus { return n.connectNATS(c
 
 func (n *testNATS) connectNATS(ctx context.Context) *natsbus.Bus {
 	n.t.Helper()
-	b, err := natsbus.New(ctx, natsbus.Config{URL: n.url, PublishTimeout: time.Second, Partitions: 4})
+	b, err := natsbus.New(ctx, natsbus.Config{URL: n.url, CredsFile: n.creds(), PublishTimeout: time.Second, Partitions: 4})
 	if err != nil {
 		n.t.Fatal(err)
 	}

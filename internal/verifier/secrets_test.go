@@ -40,7 +40,7 @@ func TestNoSecretInLogs(t *testing.T) {
 	var buf syncBuffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	n := startNATS(t)
-	b, err := natsbus.New(ctx, natsbus.Config{URL: n.url}, natsbus.WithLogger(log))
+	b, err := natsbus.New(ctx, natsbus.Config{URL: n.url, CredsFile: n.creds()}, natsbus.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,6 +97,11 @@ func (b *Bus) PutKey(ctx context.Context, id string, value []byte) error {
 	return b.write(ctx, "put key", kafka.Message{Topic: b.cfg.KeysTopic, Key: []byte(id), Value: value})
 }
 
+// CompareAndSet is nil: a Kafka topic cannot refuse a write because the
+// key's latest record changed. Writers fall back to PutKey, and versions in
+// the key state make a lost update visible.
+func (b *Bus) CompareAndSet() bus.KeyCAS { return nil }
+
 // DeleteKey writes a tombstone for id; compaction removes the key later.
 func (b *Bus) DeleteKey(ctx context.Context, id string) error {
 	if id == "" {
@@ -341,8 +346,6 @@ func (b *Bus) SubscribeDecisionsSince(ctx context.Context, since time.Time, fn f
 	}
 	return b.followDecisions(ctx, start, fn)
 }
-
-var _ bus.DecisionsSince = (*Bus)(nil)
 
 func (b *Bus) followDecisions(ctx context.Context, start map[int]int64, fn func([]byte)) error {
 	var mu sync.Mutex

@@ -42,6 +42,9 @@ func (b *Bus) PutKeyIf(ctx context.Context, id string, value []byte, rev uint64)
 
 var _ bus.KeyCAS = (*Bus)(nil)
 
+// CompareAndSet is the bus itself: the KV bucket compares revisions.
+func (b *Bus) CompareAndSet() bus.KeyCAS { return b }
+
 // DeleteKey removes a key from the log (watchers see a deletion).
 func (b *Bus) DeleteKey(ctx context.Context, id string) error {
 	if err := b.kv.Delete(ctx, id); err != nil {
@@ -144,8 +147,6 @@ func (b *Bus) SubscribeDecisionsSince(ctx context.Context, since time.Time, fn f
 	context.AfterFunc(ctx, cc.Stop)
 	return nil
 }
-
-var _ bus.DecisionsSince = (*Bus)(nil)
 
 // ---- dead letters ----
 

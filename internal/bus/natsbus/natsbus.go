@@ -1,13 +1,22 @@
 // Package natsbus is the bus on NATS JetStream: event batches on one stream
 // with a subject per partition, the key-state log in a KV bucket, decisions
 // and dead letters on streams of their own.
+//
+// Without a NATS cluster, the bus can run nats-server in the process
+// (WithEmbeddedServer; the bus owns it and Close stops it). That server lets
+// in only the holder of one nkey, whose seed it creates in a 0600 file on
+// first start: anyone else on the machine could otherwise read every event
+// and write key states into the bucket. It serves in-process connections,
+// and listens on loopback only when asked.
 package natsbus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +31,8 @@ import (
 
 // Config configures the NATS bus. Zero values take the defaults shown.
 type Config struct {
-	URL              string        // nats://127.0.0.1:4222; ignored with WithEmbedded
+	URL              string        // nats://127.0.0.1:4222; ignored with an embedded server
+	CredsFile        string        // a NATS .creds file (JWT and seed) or an nkey seed file; ignored with an embedded server
 	Prefix           string        // "keymeter": subjects keymeter.events.<p>, keymeter.decisions, keymeter.deadletter
 	Partitions       int           // 8
 	MaxAge           time.Duration // 72h: events stream retention
@@ -83,22 +93,38 @@ type Option func(*options) error
 type options struct {
 	log      *slog.Logger
 	embedded *Embedded
-	conn     *nats.Conn
+	start    *EmbeddedConfig
 }
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option {
-	return func(o *options) error { o.log = l; return nil }
+	return func(o *options) error {
+		if l == nil {
+			return errors.New("natsbus: WithLogger(nil)")
+		}
+		o.log = l
+		return nil
+	}
 }
 
-// WithEmbedded connects to an embedded server (in-process when it does not
-// listen on TCP).
+// WithEmbedded connects to an embedded server that the caller started and
+// shuts down (in-process when it does not listen on TCP).
 func WithEmbedded(e *Embedded) Option {
 	return func(o *options) error {
 		if e == nil {
 			return errors.New("natsbus: WithEmbedded(nil)")
 		}
 		o.embedded = e
+		return nil
+	}
+}
+
+// WithEmbeddedServer starts an embedded server for this bus, which owns
+// it: Close shuts it down after the connection is drained. Other buses can
+// share it through Embedded and WithEmbedded.
+func WithEmbeddedServer(cfg EmbeddedConfig) Option {
+	return func(o *options) error {
+		o.start = &cfg
 		return nil
 	}
 }
@@ -111,14 +137,16 @@ type Bus struct {
 	rmu         sync.Mutex
 	reconnected chan struct{}
 
-	cfg     Config
-	log     *slog.Logger
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	kv      jetstream.KeyValue
-	pub     *publisher
-	subj    struct{ events, decisions, deadletter string }
-	streams struct{ events, decisions, deadletter string }
+	cfg      Config
+	log      *slog.Logger
+	embedded *Embedded // the server this bus connects to in-process or on loopback, if any
+	owned    bool      // embedded was started by New and is shut down by Close
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	kv       jetstream.KeyValue
+	pub      *publisher
+	subj     struct{ events, decisions, deadletter string }
+	streams  struct{ events, decisions, deadletter string }
 }
 
 var (
@@ -138,7 +166,30 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 			return nil, err
 		}
 	}
-	b := &Bus{cfg: cfg, log: o.log.With("bus", "nats"), reconnected: make(chan struct{})}
+	if o.start != nil && o.embedded != nil {
+		return nil, errors.New("natsbus: WithEmbedded and WithEmbeddedServer together")
+	}
+	b := &Bus{cfg: cfg, log: o.log.With("bus", "nats"), reconnected: make(chan struct{}), embedded: o.embedded}
+	if o.start != nil {
+		e, err := startEmbedded(*o.start, o.log)
+		if err != nil {
+			return nil, err
+		}
+		b.embedded, b.owned = e, true
+	}
+	if err := b.connect(ctx); err != nil {
+		if b.owned {
+			b.embedded.Shutdown()
+		}
+		return nil, err
+	}
+	b.pub = newPublisher(b)
+	return b, nil
+}
+
+// connect connects and provisions.
+func (b *Bus) connect(ctx context.Context) error {
+	cfg := b.cfg
 	up := strings.ToUpper(cfg.Prefix)
 	b.subj.events = cfg.Prefix + ".events"
 	b.subj.decisions = cfg.Prefix + ".decisions"
@@ -169,16 +220,27 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { b.log.Warn("nats async error", "err", err) }),
 	}
-	if o.embedded != nil {
-		url = o.embedded.URL()
-		nopts = append(nopts, o.embedded.ConnectOption())
+	switch {
+	case b.embedded != nil:
+		url = b.embedded.URL()
+		eo, err := b.embedded.connectOptions()
+		if err != nil {
+			return err
+		}
+		nopts = append(nopts, eo...)
+	case cfg.CredsFile != "":
+		auth, err := credsOption(cfg.CredsFile)
+		if err != nil {
+			return err
+		}
+		nopts = append(nopts, auth)
 	}
 	if url == "" {
 		url = nats.DefaultURL
 	}
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
-		return nil, fmt.Errorf("natsbus: connect %s: %w", redact(url), err)
+		return fmt.Errorf("natsbus: connect %s: %w", redact(url), err)
 	}
 	b.nc = nc
 	js, err := jetstream.New(nc,
@@ -186,15 +248,32 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout))
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("natsbus: jetstream: %w", err)
+		return fmt.Errorf("natsbus: jetstream: %w", err)
 	}
 	b.js = js
 	if err := b.provision(ctx); err != nil {
 		nc.Close()
-		return nil, err
+		return err
 	}
-	b.pub = newPublisher(b)
-	return b, nil
+	return nil
+}
+
+// credsOption authenticates with a .creds file (user JWT and seed, for
+// servers in operator mode) or a file holding only an nkey seed (the
+// embedded server's CredsFile, or nats-server's nkey users).
+func credsOption(file string) (nats.Option, error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: credentials: %w", err)
+	}
+	if bytes.Contains(raw, []byte("BEGIN NATS USER JWT")) {
+		return nats.UserCredentials(file), nil
+	}
+	o, err := nats.NkeyOptionFromSeed(file)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: credentials %s: neither a .creds file nor an nkey seed: %w", file, err)
+	}
+	return o, nil
 }
 
 func redact(url string) string {
@@ -252,6 +331,9 @@ func (b *Bus) Publisher() bus.Publisher { return b.pub }
 // Conn exposes the connection (for metrics of connection state).
 func (b *Bus) Conn() *nats.Conn { return b.nc }
 
+// Embedded is the embedded server this bus connects to, nil if none.
+func (b *Bus) Embedded() *Embedded { return b.embedded }
+
 func (b *Bus) partitionSubject(p int) string { return b.subj.events + "." + strconv.Itoa(p) }
 
 // Close flushes pending publishes (bounded by ctx) and disconnects.
@@ -266,12 +348,20 @@ func (b *Bus) Close(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			b.nc.Close()
+			b.shutdownOwned()
 			return errors.Join(err, ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
 	b.nc.Close()
+	b.shutdownOwned()
 	return err
+}
+
+func (b *Bus) shutdownOwned() {
+	if b.owned {
+		b.embedded.Shutdown()
+	}
 }
 
 // ---- publisher ----

@@ -46,7 +46,7 @@ func TestConformance(t *testing.T) {
 		Name: "nats",
 		New: func(t *testing.T, o bustest.Options) bus.Bus {
 			b, err := New(context.Background(), Config{
-				URL: url, Prefix: fmt.Sprintf("t%d", prefixSeq.Add(1)),
+				URL: url, CredsFile: srv.CredsFile(), Prefix: fmt.Sprintf("t%d", prefixSeq.Add(1)),
 				Partitions: o.Partitions, MaxPending: o.MaxPending, PublishTimeout: 3 * time.Second,
 			})
 			if err != nil {
@@ -66,6 +66,7 @@ func TestConformance(t *testing.T) {
 		Restart:         func(t *testing.T) { stop(t); start(t) },
 		DropsDuplicates: true,
 		AckWait:         time.Second,
+		CompareAndSet:   true,
 	})
 }
 
@@ -84,37 +85,6 @@ func TestConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want %q", c.cfg, err, c.want)
 		}
-	}
-}
-
-func TestPutKeyIfRefusesStaleRevision(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	ctx := context.Background()
-	b, err := New(ctx, Config{Prefix: "cas"}, WithEmbedded(srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(ctx)
-	if err := b.PutKeyIf(ctx, "key_a", []byte("v1"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.PutKeyIf(ctx, "key_a", []byte("again"), 0); !errors.Is(err, bus.ErrRevisionMismatch) {
-		t.Fatalf("create over an existing key: %v", err)
-	}
-	ch, err := b.WatchKeys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := <-ch
-	if err := b.PutKeyIf(ctx, "key_a", []byte("v2"), u.Revision); err != nil {
-		t.Fatalf("write at the current revision: %v", err)
-	}
-	if err := b.PutKeyIf(ctx, "key_a", []byte("stale"), u.Revision); !errors.Is(err, bus.ErrRevisionMismatch) {
-		t.Fatalf("write at a stale revision: %v", err)
 	}
 }
 
