@@ -460,6 +460,16 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 			fwdError(w, http.StatusBadRequest, "the original method is not an HTTP method token")
 			return
 		}
+		if uri != "" && uri[0] != '/' {
+			// Absolute form (GET http://host/path HTTP/1.1), which nginx's
+			// $request_uri keeps as sent: the path is what is routed.
+			if u, err := url.Parse(uri); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.Opaque == "" {
+				uri = u.EscapedPath()
+				if u.RawQuery != "" {
+					uri += "?" + u.RawQuery
+				}
+			}
+		}
 		rawPath, rawQuery, _ := strings.Cut(uri, "?")
 		path, ok := canonicalPath(rawPath, true)
 		if !ok {

@@ -329,7 +329,8 @@ func TestForwardAuthStyles(t *testing.T) {
 		{"envoy path prefix, scope from original path", "envoy", "/ext-authz/admin/users", map[string]string{"Authorization": "Bearer " + limited.secret}, 403, false},
 		{"missing", "traefik", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x", "X-Forwarded-Host": "api"}, 401, false},
 		{"nginx without its headers is not decided on", "nginx", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x"}, 500, false},
-		{"nginx URI not a path", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "http://evil/v1/x", "X-Original-Host": "api"}, 400, false},
+		{"nginx URI not a path", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "mailto:x", "X-Original-Host": "api"}, 400, false},
+		{"nginx absolute form", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "http://evil/admin/x", "X-Original-Host": "api", "X-Api-Key": limited.secret}, 403, false},
 		{"nginx method not a token", "nginx", "/", map[string]string{"X-Original-Method": "G T", "X-Original-Uri": "/v1/x", "X-Original-Host": "api"}, 400, false},
 	}
 	for _, c := range cases {
@@ -347,6 +348,9 @@ func TestForwardAuthStyles(t *testing.T) {
 		}
 		if got := w.Header().Get(HeaderKeyID) != ""; got != c.wantKeyID && c.wantStatus == 200 {
 			t.Errorf("%s: key id header present=%v", c.name, got)
+		}
+		if c.name == "nginx absolute form" && w.Header().Get(HeaderOutcome) != "scope_denied" {
+			t.Errorf("absolute form: outcome %q, want scope_denied", w.Header().Get(HeaderOutcome))
 		}
 		if c.name == "nginx rate limited is 403" && w.Header().Get(HeaderStatus) != "429" {
 			t.Errorf("nginx: X-Keymeter-Status %q", w.Header().Get(HeaderStatus))
