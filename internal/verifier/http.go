@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -310,8 +311,11 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 				// The body must arrive in time; once it has, the deadline
 				// goes, so that it cannot cancel a slow upstream's answer.
 				rc := http.NewResponseController(w)
-				if rc.SetReadDeadline(start.Add(s.cfg.bodyTimeout())) == nil {
+				if dl := start.Add(s.cfg.bodyTimeout()); rc.SetReadDeadline(dl) == nil {
+					body.deadline = dl
 					body.onEOF = func() { _ = rc.SetReadDeadline(time.Time{}) }
+					// For the proxy's error handler, which sees a copy.
+					r = r.WithContext(context.WithValue(r.Context(), bodyKey{}, body))
 				}
 			}
 		}
@@ -377,7 +381,7 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 			pr.Out.Host = pr.In.Host
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			if cb, ok := r.Context().Value(bodyKey{}).(*countingBody); errors.Is(err, os.ErrDeadlineExceeded) || (ok && cb.timedOut()) {
 				// The request body did not arrive within BodyTimeout.
 				w.Header().Set("Connection", "close")
 				w.Header().Set("Content-Type", "application/json")
@@ -568,15 +572,31 @@ func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
+// bodyKey is the context key of a request's *countingBody.
+type bodyKey struct{}
+
 type countingBody struct {
 	io.ReadCloser
 	n     int64
 	onEOF func()
+	// deadline is the body's (zero: none); eof is set once it was read to
+	// the end. The transport may report a body deadline as the request
+	// context's cancellation (net/http cancels it on the read error).
+	deadline time.Time
+	eof      atomic.Bool
+}
+
+// timedOut reports whether the body's deadline passed before its end.
+func (b *countingBody) timedOut() bool {
+	return !b.deadline.IsZero() && !b.eof.Load() && !time.Now().Before(b.deadline)
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
 	if err == io.EOF && b.onEOF != nil {
 		b.onEOF()
 		b.onEOF = nil
