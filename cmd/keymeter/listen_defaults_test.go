@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -37,5 +38,28 @@ func TestListenersDefaultToLoopback(t *testing.T) {
 	walk(newRootCmd())
 	if n < 8 {
 		t.Fatalf("only %d listen flags found: the walk is broken", n)
+	}
+}
+
+// TestVerifierForwardAuthNeedsFront: forward-auth mode does not start
+// without naming the proxy in front (the original request is read only
+// from that proxy's headers).
+func TestVerifierForwardAuthNeedsFront(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "forward auth needs --front"},
+		{[]string{"--front", "haproxy"}, `--front "haproxy"`},
+		{[]string{"--front", "nginx", "--forwarded-header", "X-Real-Ip"}, `--forwarded-header "X-Real-Ip"`},
+	} {
+		root := newRootCmd()
+		root.SetArgs(append([]string{"verifier", "--listen", "127.0.0.1:0", "--admin-listen", "", "--data-dir", t.TempDir()}, c.args...))
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want an error containing %q", c.args, err, c.want)
+		}
 	}
 }
