@@ -419,6 +419,12 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 // X-Keymeter-Status. The subrequest's body is never read.
 func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 	f := s.cfg.Front
+	var names [3]string // method, URI, host headers, canonical
+	for i, n := range []string{f.MethodHeader, f.URIHeader, f.HostHeader} {
+		if n != "" {
+			names[i] = textproto.CanonicalMIMEHeaderKey(n)
+		}
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		stop := closeUnreadBody(w, r)
@@ -441,25 +447,24 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 				uri += "?" + r.URL.RawQuery
 			}
 		}
-		for _, h := range []struct {
-			name string
-			dst  *string
-		}{{f.MethodHeader, &method}, {f.URIHeader, &uri}, {f.HostHeader, &host}} {
-			if h.name == "" {
+		vals := [3]string{method, uri, host}
+		for i, name := range names {
+			if name == "" {
 				continue
 			}
-			v, present, ok := headerOnce(r.Header, textproto.CanonicalMIMEHeaderKey(h.name))
+			v, present, ok := headerOnce(r.Header, name)
 			if !ok {
 				what := "lacks"
 				if present {
 					what = "carries more than one"
 				}
-				s.log.Warn("forward-auth subrequest refused: the front is not configured as documented", "front", f.Name, "header", h.name, "problem", what)
-				fwdError(w, http.StatusInternalServerError, fmt.Sprintf("the forward-auth subrequest %s %s header (front %s): configure the proxy as in deploy/proxy", what, h.name, f.Name))
+				s.log.Warn("forward-auth subrequest refused: the front is not configured as documented", "front", f.Name, "header", name, "problem", what)
+				fwdError(w, http.StatusInternalServerError, fmt.Sprintf("the forward-auth subrequest %s %s header (front %s): configure the proxy as in deploy/proxy", what, name, f.Name))
 				return
 			}
-			*h.dst = v
+			vals[i] = v
 		}
+		method, uri, host = vals[0], vals[1], vals[2]
 		if !validMethod(method) {
 			fwdError(w, http.StatusBadRequest, "the original method is not an HTTP method token")
 			return
