@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -155,4 +156,27 @@ func headerHasAddr(header string, a netip.Addr, forwarded bool) bool {
 		}
 	}
 	return false
+}
+
+// TestProxyForwardsClientAddr: the upstream behind the proxy gets the
+// client address keymeter decided on, and none of the client's claims.
+func TestProxyForwardsClientAddr(t *testing.T) {
+	v, _ := newTestVerifier(t, Route{Prefix: "/", Anonymous: true, AnonRatePerS: 1000, AnonBurst: 1000})
+	up, seen := newUpstream(t)
+	u, _ := url.Parse(up.URL)
+	srv := NewServer(v, nil, nil, HTTPConfig{TrustedProxies: testTrusted})
+	req := httptest.NewRequest("GET", "/x", nil)
+	req.RemoteAddr = "127.0.0.1:5555"
+	req.Header.Set("X-Forwarded-For", "1.1.1.1, 198.51.100.1")
+	req.Header.Set("X-Real-Ip", "192.0.2.66")
+	req.Header.Set("Forwarded", "for=192.0.2.67")
+	w := httptest.NewRecorder()
+	srv.Proxy(u).ServeHTTP(w, req)
+	got := seen.last()
+	if w.Code != 200 || got == nil {
+		t.Fatalf("%d", w.Code)
+	}
+	if xff := got.Header.Values("X-Forwarded-For"); len(xff) != 1 || xff[0] != "198.51.100.1" || got.Header.Get("X-Real-Ip") != "" || got.Header.Get("Forwarded") != "" {
+		t.Fatalf("upstream saw X-Forwarded-For %q, X-Real-Ip %q, Forwarded %q", xff, got.Header.Get("X-Real-Ip"), got.Header.Get("Forwarded"))
+	}
 }

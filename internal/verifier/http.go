@@ -371,7 +371,9 @@ func UpstreamTransport() *http.Transport {
 	return t
 }
 
-// Proxy returns the reverse proxy to upstream behind the middleware.
+// Proxy returns the reverse proxy to upstream behind the middleware. The
+// upstream gets X-Forwarded-For set to the client address (ClientAddr),
+// X-Forwarded-Host and -Proto, and no X-Real-Ip or Forwarded.
 func (s *Server) Proxy(upstream *url.URL) http.Handler {
 	rp := &httputil.ReverseProxy{
 		Transport: UpstreamTransport(),
@@ -379,6 +381,12 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 			pr.SetURL(upstream)
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
+			// The upstream learns the client address keymeter decided and
+			// metered on (ClientAddr), not what the client claimed.
+			_, client := s.clientIP(pr.In)
+			pr.Out.Header["X-Forwarded-For"] = []string{client}
+			delete(pr.Out.Header, "X-Real-Ip")
+			delete(pr.Out.Header, "Forwarded")
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if cb, ok := r.Context().Value(bodyKey{}).(*countingBody); errors.Is(err, os.ErrDeadlineExceeded) || (ok && cb.timedOut()) {
