@@ -14,6 +14,7 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +46,8 @@ func newVerifierCmd(g *globals) *cobra.Command {
 		memLimitMB int64
 		geoCountry string
 		geoASN     string
+		front      string
+		frontHdr   [3]string // method, URI, host
 	)
 	c := &cobra.Command{
 		Use:   "verifier",
@@ -53,13 +56,21 @@ func newVerifierCmd(g *globals) *cobra.Command {
 its changes live, and decides on every request from memory. With --upstream it
 is a reverse proxy; without, --listen answers forward-auth subrequests (nginx
 auth_request, Envoy ext_authz HTTP, Traefik/Caddy forward auth; see
-deploy/proxy/). Every request becomes a usage event on the bus; while the bus
+deploy/proxy/): --front names that proxy, and the original method, URI and
+host are then read only from the headers it sets (nginx: X-Original-Method,
+X-Original-URI, X-Original-Host; traefik and caddy: X-Forwarded-Method,
+X-Forwarded-Uri, X-Forwarded-Host; envoy: the check request itself).
+
+The client address is the rightmost address of X-Forwarded-For (or
+Forwarded, with --forwarded-header Forwarded) that is not in --trusted-proxy,
+walking from the peer; X-Real-Ip is never read. Every listener defaults to
+loopback. Every request becomes a usage event on the bus; while the bus
 is unreachable events are spooled under --data-dir and replayed later.
 
 Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 (ready once the key table is loaded).`,
 		Example: `  keymeter verifier --upstream http://127.0.0.1:9000 --listen :8080
-  keymeter verifier --listen 127.0.0.1:8081 --route /public,anonymous=5/10 --route /admin,scope=admin
+  keymeter verifier --listen 127.0.0.1:8081 --front nginx --route /public,anonymous=5/10 --route /admin,scope=admin
   keymeter verifier --bus nats --nats-url nats://nats:4222 --upstream http://api:9000 --data-dir /var/lib/keymeter`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -72,6 +83,11 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 			var err error
 			if cfg.Routes, err = verifier.ParseRoutes(routes); err != nil {
 				return fmt.Errorf("--route: %w", err)
+			}
+			if (cfg.Listen != "" && cfg.Upstream == "") || cfg.AuthListen != "" || front != "" || frontHdr != [3]string{} {
+				if cfg.HTTP.Front, err = verifier.ParseFront(front, frontHdr[0], frontHdr[1], frontHdr[2]); err != nil {
+					return err
+				}
 			}
 			for _, s := range trusted {
 				p, err := keys.ParseCIDR(s)
@@ -114,16 +130,22 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 	}
 	f := c.Flags()
 	bf.add(f)
-	f.StringVar(&cfg.Listen, "listen", ":8080", "address of the reverse proxy (with --upstream) or of the forward-auth endpoint")
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "address of the reverse proxy (with --upstream) or of the forward-auth endpoint (:8080 for every interface)")
 	f.StringVar(&cfg.Upstream, "upstream", "", "upstream API URL; empty: --listen serves forward auth only")
 	f.StringVar(&cfg.AuthListen, "auth-listen", "", "additional forward-auth address while proxying")
-	f.StringVar(&cfg.AdminListen, "admin-listen", ":9464", "address of /metrics, /healthz, /readyz (empty to disable)")
+	f.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz (empty to disable)")
+	f.StringVar(&front, "front", "", "the proxy calling the forward-auth endpoint: "+strings.Join(verifier.FrontNames(), ", ")+" (required for forward auth unless the --front-*-header flags name the headers)")
+	f.StringVar(&frontHdr[0], "front-method-header", "", "header carrying the original method (replaces the --front's)")
+	f.StringVar(&frontHdr[1], "front-uri-header", "", "header carrying the original request URI (replaces the --front's)")
+	f.StringVar(&frontHdr[2], "front-host-header", "", "header carrying the original host (replaces the --front's)")
+	f.StringVar(&cfg.HTTP.ForwardedHeader, "forwarded-header", verifier.HeaderXForwardedFor, "header the client address is read from when the peer is a trusted proxy: X-Forwarded-For or Forwarded (RFC 7239)")
+	f.DurationVar(&cfg.HTTP.BodyTimeout, "body-timeout", verifier.DefaultBodyTimeout, "longest an allowed request's body may take to arrive (refusals never read it)")
 	f.StringVar(&cfg.DataDir, "data-dir", "data", "where state lives: event spool, embedded NATS store")
 	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	f.StringVar(&cfg.VerifierID, "verifier-id", "", "this verifier's id in events (default verifier-<hostname>); unique per instance")
 	f.StringArrayVar(&routes, "route", nil, "route rule PREFIX[,scope=S][,anonymous=RATE[/BURST]][,cost=N]; repeatable; longest prefix wins")
 	f.StringVar(&cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key (removed before forwarding); empty: headers only")
-	f.StringSliceVar(&trusted, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs whose X-Forwarded-For is believed (forward-auth callers, load balancers)")
+	f.StringSliceVar(&trusted, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs of the proxies whose --forwarded-header is believed (forward-auth callers, load balancers; never client networks)")
 	f.StringVar(&cfg.HTTP.CountryHeader, "country-header", "", "CDN header with the client's country, e.g. CF-IPCountry")
 	f.StringVar(&cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
 	f.Int64Var(&maxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
@@ -425,7 +447,7 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 			verr := make(chan error, 1)
 			go func() {
 				verr <- verifier.Run(vctx, verifier.RunConfig{
-					Listen: "127.0.0.1:0", AuthListen: "127.0.0.1:0", Upstream: uu.String(),
+					Listen: "127.0.0.1:0", AuthListen: "127.0.0.1:0", Upstream: uu.String(), HTTP: verifier.HTTPConfig{Front: verifier.Fronts["envoy"]},
 					DataDir: dataDir, VerifierID: "bench-proxy", Bus: b, Logger: log,
 					OnListen: func(m, a, _ net.Addr) { addrs <- [2]string{m.String(), a.String()} },
 				})

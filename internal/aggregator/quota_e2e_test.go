@@ -33,7 +33,7 @@ func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 	}
 	start := func(id string) string {
 		addr := make(chan string, 1)
-		cfg := verifier.RunConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), VerifierID: id, Bus: b,
+		cfg := verifier.RunConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), VerifierID: id, Bus: b, HTTP: verifier.HTTPConfig{Front: verifier.Fronts["envoy"]},
 			OnListen: func(m, _, _ net.Addr) { addr <- m.String() }}
 		cfg.Emitter.FlushInterval = 10 * time.Millisecond
 		go func() { _ = verifier.Run(ctx, cfg) }()

@@ -11,9 +11,12 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -28,19 +31,31 @@ const (
 	// HeaderStatus carries the real status when a forward-auth caller can
 	// only take 401/403 (nginx auth_request): see ForwardAuth.
 	HeaderStatus = "X-Keymeter-Status"
-	// HeaderAuthRequest: "nginx" asks the forward-auth endpoint to answer
-	// 429s as 403 (nginx treats anything but 2xx/401/403 as an error).
-	HeaderAuthRequest = "X-Keymeter-Auth-Request"
 )
+
+// DefaultBodyTimeout bounds the time a request body may take to arrive
+// when HTTPConfig.BodyTimeout is zero.
+const DefaultBodyTimeout = 60 * time.Second
 
 // HTTPConfig configures the HTTP fronts.
 type HTTPConfig struct {
 	// QueryParam is a query parameter that may carry the key ("" to
 	// disable). It is removed before the request is forwarded or logged.
 	QueryParam string
-	// TrustedProxies are the peers whose X-Forwarded-For / X-Real-IP are
-	// believed. The forward-auth endpoint's callers must be listed.
+	// TrustedProxies are the proxies whose forwarding header is believed
+	// (see ClientAddr). The forward-auth endpoint's callers must be listed.
 	TrustedProxies []netip.Prefix
+	// ForwardedHeader is the header ClientAddr walks: X-Forwarded-For (the
+	// default, "") or Forwarded (RFC 7239). No other header is read.
+	ForwardedHeader string
+	// Front describes the proxy calling the forward-auth endpoint: the
+	// only headers the original method, URI and host are read from. The
+	// endpoint answers 500 while it is not set.
+	Front Front
+	// BodyTimeout bounds the time an allowed request's body may take to
+	// arrive (DefaultBodyTimeout when zero). Refusals and forward-auth
+	// answers never read the body.
+	BodyTimeout time.Duration
 	// CountryHeader is a CDN header carrying the client's country
 	// (e.g. CF-IPCountry); "" to ignore.
 	CountryHeader string
@@ -131,51 +146,6 @@ func withoutParam(raw, param string) string {
 		b.WriteString(kv)
 	}
 	return b.String()
-}
-
-// clientIP returns the client address: the peer, or, when the peer is a
-// trusted proxy, the last untrusted address of X-Forwarded-For (or
-// X-Real-IP). The string is a slice of the request's own data.
-func (s *Server) clientIP(r *http.Request) (netip.Addr, string) {
-	host := r.RemoteAddr
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	peer, err := netip.ParseAddr(host)
-	if err != nil || !s.trusted(peer) {
-		return peer.Unmap(), host
-	}
-	if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-		all := strings.Join(xff, ",")
-		for all != "" {
-			i := strings.LastIndexByte(all, ',')
-			cand := strings.TrimSpace(all[i+1:])
-			all = all[:max(i, 0)]
-			a, err := netip.ParseAddr(cand)
-			if err != nil {
-				break
-			}
-			if !s.trusted(a) || i < 0 {
-				return a.Unmap(), cand
-			}
-		}
-	}
-	if xr := r.Header.Get("X-Real-Ip"); xr != "" {
-		if a, err := netip.ParseAddr(xr); err == nil {
-			return a.Unmap(), xr
-		}
-	}
-	return peer.Unmap(), host
-}
-
-func (s *Server) trusted(a netip.Addr) bool {
-	a = a.Unmap()
-	for _, p := range s.cfg.TrustedProxies {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 // outcomeBodies are the JSON refusal bodies, built once.
@@ -299,16 +269,24 @@ func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, star
 // Middleware verifies every request before next. Allowed requests reach
 // next with X-Keymeter-Key-Id / X-Keymeter-Project set (client-supplied
 // ones removed) and the query-parameter key stripped; every request, allowed
-// or not, becomes a usage event with next's status and byte counts.
+// or not, becomes a usage event with next's status and byte counts. A
+// refusal is answered without reading the request body (the connection is
+// then closed); an allowed request's body must arrive within BodyTimeout.
+// Routes are matched on the canonical path (see canonicalPath).
 func (s *Server) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		path := r.URL.Path
+		path, ok := canonicalPath(r.URL.Path, false)
+		if !ok {
+			path = r.URL.Path // "*" or empty: no route matches, a key is required
+		}
 		d, ip, fromQuery := s.decide(r, path, start)
 		if !d.Allowed() {
 			st := StatusCode(d.Outcome)
+			stop := closeUnreadBody(w, r)
 			WriteRefusal(w, &d, st)
-			s.emit(r, &d, path, ip, start, st, r.ContentLength, int64(len(outcomeBodies[d.Outcome])))
+			stop()
+			s.emit(r, &d, path, ip, start, st, 0, int64(len(outcomeBodies[d.Outcome])))
 			return
 		}
 		delete(r.Header, HeaderKeyID) // canonical already: no CanonicalMIMEHeaderKey
@@ -329,6 +307,17 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 		body := &countingBody{ReadCloser: r.Body}
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = body
+			if r.ContentLength != 0 {
+				// The body must arrive in time; once it has, the deadline
+				// goes, so that it cannot cancel a slow upstream's answer.
+				rc := http.NewResponseController(w)
+				if dl := start.Add(s.cfg.bodyTimeout()); rc.SetReadDeadline(dl) == nil {
+					body.deadline = dl
+					body.onEOF = func() { _ = rc.SetReadDeadline(time.Time{}) }
+					// For the proxy's error handler, which sees a copy.
+					r = r.WithContext(context.WithValue(r.Context(), bodyKey{}, body))
+				}
+			}
 		}
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(rec, r)
@@ -336,6 +325,39 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 			s.m.upstream.Observe(time.Since(start).Seconds())
 		}
 		s.emit(r, &d, path, ip, start, rec.status, body.n, rec.bytes)
+	})
+}
+
+// closeUnreadBody prepares an answer that leaves the request body unread:
+// Connection: close, so that net/http does not drain the body before
+// replying, and, once the answer is written (call the returned func), a
+// read deadline in the past, so that it does not drain it afterwards
+// either. A slow client cannot hold the connection.
+func closeUnreadBody(w http.ResponseWriter, r *http.Request) func() {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return func() {}
+	}
+	w.Header()["Connection"] = []string{"close"}
+	return func() { _ = http.NewResponseController(w).SetReadDeadline(time.Now()) }
+}
+
+func (c *HTTPConfig) bodyTimeout() time.Duration {
+	if c.BodyTimeout > 0 {
+		return c.BodyTimeout
+	}
+	return DefaultBodyTimeout
+}
+
+func (c *HTTPConfig) forwarded() bool { return strings.EqualFold(c.ForwardedHeader, HeaderForwarded) }
+
+// NoBody wraps handlers that never read a request body (admin endpoints):
+// a request with one is answered without reading it, and the connection
+// closed.
+func NoBody(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stop := closeUnreadBody(w, r)
+		defer stop()
+		h.ServeHTTP(w, r)
 	})
 }
 
@@ -349,7 +371,9 @@ func UpstreamTransport() *http.Transport {
 	return t
 }
 
-// Proxy returns the reverse proxy to upstream behind the middleware.
+// Proxy returns the reverse proxy to upstream behind the middleware. The
+// upstream gets X-Forwarded-For set to the client address (ClientAddr),
+// X-Forwarded-Host and -Proto, and no X-Real-Ip or Forwarded.
 func (s *Server) Proxy(upstream *url.URL) http.Handler {
 	rp := &httputil.ReverseProxy{
 		Transport: UpstreamTransport(),
@@ -357,8 +381,22 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 			pr.SetURL(upstream)
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
+			// The upstream learns the client address keymeter decided and
+			// metered on (ClientAddr), not what the client claimed.
+			_, client := s.clientIP(pr.In)
+			pr.Out.Header["X-Forwarded-For"] = []string{client}
+			delete(pr.Out.Header, "X-Real-Ip")
+			delete(pr.Out.Header, "Forwarded")
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if cb, ok := r.Context().Value(bodyKey{}).(*countingBody); errors.Is(err, os.ErrDeadlineExceeded) || (ok && cb.timedOut()) {
+				// The request body did not arrive within BodyTimeout.
+				w.Header().Set("Connection", "close")
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusRequestTimeout)
+				_, _ = io.WriteString(w, `{"error":{"code":"request_timeout","status":408,"message":"the request body did not arrive in time"}}`+"\n")
+				return
+			}
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 				// The client went away: nothing to answer, nothing wrong
 				// upstream. 499 (nginx's "client closed request") in the event.
@@ -376,37 +414,89 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 
 // ForwardAuth answers forward-auth subrequests: nginx auth_request, Envoy
 // ext_authz (HTTP service), Traefik ForwardAuth and Caddy forward_auth.
-// The original request is described by X-Forwarded-Method/-Uri/-Host
-// (Traefik, Caddy), X-Original-Method/-Uri (nginx, as in the example
-// config), or, for Envoy, the request itself with mountPrefix stripped
-// from its path. 200 carries X-Keymeter-Key-Id / X-Keymeter-Project for the
-// proxy to pass on; a refusal carries the status, JSON body and headers the
-// client should get. nginx only distinguishes 2xx, 401 and 403, so with
-// X-Keymeter-Auth-Request: nginx a 429 is answered 403 with the real status
-// in X-Keymeter-Status.
+// The original method, URI and host come only from the headers of the
+// configured Front (HTTPConfig.Front), or, for Envoy, from the subrequest
+// itself with mountPrefix stripped from its path; the client address from
+// ClientAddr, as in every mode. A subrequest that lacks a front header, or
+// carries one twice, is answered 500 (the proxy is not configured as
+// documented) or 400 (a value that is not a method or an absolute path),
+// never decided on. 200 carries X-Keymeter-Key-Id / X-Keymeter-Project for
+// the proxy to pass on; a refusal carries the status, JSON body and headers
+// the client should get. nginx only distinguishes 2xx, 401 and 403, so for
+// the nginx front a 429 is answered 403 with the real status in
+// X-Keymeter-Status. The subrequest's body is never read.
 func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
+	f := s.cfg.Front
+	var names [3]string // method, URI, host headers, canonical
+	for i, n := range []string{f.MethodHeader, f.URIHeader, f.HostHeader} {
+		if n != "" {
+			names[i] = textproto.CanonicalMIMEHeaderKey(n)
+		}
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		method, uri := r.Method, r.URL.RequestURI()
-		if m := firstHeader(r.Header, "X-Forwarded-Method", "X-Original-Method"); m != "" {
-			method = m
+		stop := closeUnreadBody(w, r)
+		defer stop()
+		if f.Name == "" {
+			fwdError(w, http.StatusInternalServerError, "no forward-auth front is configured (--front)")
+			return
 		}
-		if u := firstHeader(r.Header, "X-Forwarded-Uri", "X-Original-Uri"); u != "" {
-			uri = u
-		} else if mountPrefix != "" {
-			uri = strings.TrimPrefix(uri, strings.TrimSuffix(mountPrefix, "/"))
-			if uri == "" || uri[0] != '/' {
-				uri = "/" + uri
+		method, uri, host := r.Method, r.URL.RequestURI(), r.Host
+		if f.URIHeader == "" {
+			// Envoy: the subrequest is the original request.
+			uri = r.URL.EscapedPath()
+			if mountPrefix != "" {
+				uri = strings.TrimPrefix(uri, strings.TrimSuffix(mountPrefix, "/"))
+				if uri == "" || uri[0] != '/' {
+					uri = "/" + uri
+				}
+			}
+			if r.URL.RawQuery != "" {
+				uri += "?" + r.URL.RawQuery
 			}
 		}
-		path, rawQuery, _ := strings.Cut(uri, "?")
+		vals := [3]string{method, uri, host}
+		for i, name := range names {
+			if name == "" {
+				continue
+			}
+			v, present, ok := headerOnce(r.Header, name)
+			if !ok {
+				what := "lacks"
+				if present {
+					what = "carries more than one"
+				}
+				s.log.Warn("forward-auth subrequest refused: the front is not configured as documented", "front", f.Name, "header", name, "problem", what)
+				fwdError(w, http.StatusInternalServerError, fmt.Sprintf("the forward-auth subrequest %s %s header (front %s): configure the proxy as in deploy/proxy", what, name, f.Name))
+				return
+			}
+			vals[i] = v
+		}
+		method, uri, host = vals[0], vals[1], vals[2]
+		if !validMethod(method) {
+			fwdError(w, http.StatusBadRequest, "the original method is not an HTTP method token")
+			return
+		}
+		if uri != "" && uri[0] != '/' {
+			// Absolute form (GET http://host/path HTTP/1.1), which nginx's
+			// $request_uri keeps as sent: the path is what is routed.
+			if u, err := url.Parse(uri); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.Opaque == "" {
+				uri = u.EscapedPath()
+				if u.RawQuery != "" {
+					uri += "?" + u.RawQuery
+				}
+			}
+		}
+		rawPath, rawQuery, _ := strings.Cut(uri, "?")
+		path, ok := canonicalPath(rawPath, true)
+		if !ok {
+			fwdError(w, http.StatusBadRequest, "the original request URI is not an absolute path")
+			return
+		}
 		orig := *r
 		orig.Method = method
-		ou := url.URL{Path: path, RawQuery: rawQuery}
-		orig.URL = &ou
-		if h := r.Header.Get("X-Forwarded-Host"); h != "" {
-			orig.Host = h
-		}
+		orig.URL = &url.URL{Path: path, RawQuery: rawQuery}
+		orig.Host = host
 		d, ip, _ := s.decide(&orig, path, start)
 		st := StatusCode(d.Outcome)
 		if d.Allowed() {
@@ -420,7 +510,7 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 			w.WriteHeader(http.StatusOK)
 		} else {
 			code := st
-			if code == http.StatusTooManyRequests && strings.EqualFold(r.Header.Get(HeaderAuthRequest), "nginx") {
+			if code == http.StatusTooManyRequests && f.Deny403 {
 				code = http.StatusForbidden
 			}
 			w.Header()[HeaderStatus] = []string{strconv.Itoa(st)}
@@ -432,13 +522,11 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 	})
 }
 
-func firstHeader(h http.Header, names ...string) string {
-	for _, n := range names {
-		if v := h.Get(n); v != "" {
-			return v
-		}
-	}
-	return ""
+func fwdError(w http.ResponseWriter, status int, msg string) {
+	w.Header()["Content-Type"] = []string{"application/json"}
+	w.Header()["Cache-Control"] = []string{"no-store"}
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintf(w, `{"error":{"code":"bad_forward_auth_request","status":%d,"message":%q}}`+"\n", status, msg)
 }
 
 // Health serves /healthz (alive) and /readyz (ready once the key table
@@ -497,13 +585,34 @@ func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
+// bodyKey is the context key of a request's *countingBody.
+type bodyKey struct{}
+
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	n     int64
+	onEOF func()
+	// deadline is the body's (zero: none); eof is set once it was read to
+	// the end. The transport may report a body deadline as the request
+	// context's cancellation (net/http cancels it on the read error).
+	deadline time.Time
+	eof      atomic.Bool
+}
+
+// timedOut reports whether the body's deadline passed before its end.
+func (b *countingBody) timedOut() bool {
+	return !b.deadline.IsZero() && !b.eof.Load() && !time.Now().Before(b.deadline)
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	if err == io.EOF && b.onEOF != nil {
+		b.onEOF()
+		b.onEOF = nil
+	}
 	return n, err
 }

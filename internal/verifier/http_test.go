@@ -54,6 +54,9 @@ func startVerifier(t testing.TB, b bus.Bus, cfg RunConfig) *runningVerifier {
 		cfg.Listen = "127.0.0.1:0"
 	}
 	cfg.AuthListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
+	if cfg.HTTP.Front.Name == "" {
+		cfg.HTTP.Front = Fronts["envoy"] // tests call the endpoints directly
+	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -311,23 +314,28 @@ func readAllEvents(t testing.TB, ctx context.Context, b bus.Bus) []event.Event {
 
 func TestForwardAuthStyles(t *testing.T) {
 	v, tbl := newTestVerifier(t, Route{Prefix: "/admin", Scope: "admin"})
-	srv := NewServer(v, nil, nil, HTTPConfig{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 	limited := testKeyState(t, tbl, 1, 1)
-	h := srv.ForwardAuth("/ext-authz")
 	cases := []struct {
 		name       string
+		front      string
 		path       string
 		hdr        map[string]string
 		wantStatus int
 		wantKeyID  bool
 	}{
-		{"traefik/caddy", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x?y=1", "X-Forwarded-For": "203.0.113.7", "Authorization": "Bearer " + limited.secret}, 200, true},
-		{"traefik rate limited", "/", map[string]string{"X-Forwarded-Uri": "/v1/x", "X-Api-Key": limited.secret}, 429, false},
-		{"nginx rate limited is 403", "/", map[string]string{"X-Original-Uri": "/v1/x", "X-Api-Key": limited.secret, HeaderAuthRequest: "nginx"}, 403, false},
-		{"envoy path prefix, scope from original path", "/ext-authz/admin/users", map[string]string{"Authorization": "Bearer " + limited.secret}, 403, false},
-		{"missing", "/", map[string]string{"X-Forwarded-Uri": "/v1/x"}, 401, false},
+		{"traefik", "traefik", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x?y=1", "X-Forwarded-Host": "api", "X-Forwarded-For": "203.0.113.7", "Authorization": "Bearer " + limited.secret}, 200, true},
+		{"caddy rate limited", "caddy", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x", "X-Forwarded-Host": "api", "X-Api-Key": limited.secret}, 429, false},
+		{"nginx rate limited is 403", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "/v1/x", "X-Original-Host": "api", "X-Api-Key": limited.secret}, 403, false},
+		{"envoy path prefix, scope from original path", "envoy", "/ext-authz/admin/users", map[string]string{"Authorization": "Bearer " + limited.secret}, 403, false},
+		{"missing", "traefik", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x", "X-Forwarded-Host": "api"}, 401, false},
+		{"nginx without its headers is not decided on", "nginx", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x"}, 500, false},
+		{"nginx URI not a path", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "mailto:x", "X-Original-Host": "api"}, 400, false},
+		{"nginx absolute form", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "http://evil/admin/x", "X-Original-Host": "api", "X-Api-Key": limited.secret}, 403, false},
+		{"nginx method not a token", "nginx", "/", map[string]string{"X-Original-Method": "G T", "X-Original-Uri": "/v1/x", "X-Original-Host": "api"}, 400, false},
 	}
 	for _, c := range cases {
+		srv := NewServer(v, nil, nil, HTTPConfig{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Front: Fronts[c.front]})
+		h := srv.ForwardAuth("/ext-authz")
 		req := httptest.NewRequest("GET", c.path, nil)
 		req.RemoteAddr = "127.0.0.1:5555"
 		for k, v := range c.hdr {
@@ -340,6 +348,9 @@ func TestForwardAuthStyles(t *testing.T) {
 		}
 		if got := w.Header().Get(HeaderKeyID) != ""; got != c.wantKeyID && c.wantStatus == 200 {
 			t.Errorf("%s: key id header present=%v", c.name, got)
+		}
+		if c.name == "nginx absolute form" && w.Header().Get(HeaderOutcome) != "scope_denied" {
+			t.Errorf("absolute form: outcome %q, want scope_denied", w.Header().Get(HeaderOutcome))
 		}
 		if c.name == "nginx rate limited is 403" && w.Header().Get(HeaderStatus) != "429" {
 			t.Errorf("nginx: X-Keymeter-Status %q", w.Header().Get(HeaderStatus))

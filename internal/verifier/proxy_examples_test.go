@@ -1,29 +1,74 @@
 package verifier
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/goccy/go-yaml"
+
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
-// TestProxyExamples runs the example configs of deploy/proxy with the real
-// proxies (Debian's nginx and caddy packages) in front of a running
-// verifier in forward-auth mode. Opt in with KEYMETER_PROXY_EXAMPLES=1
-// (apt-get install nginx-light caddy): the proxies are not part of the
-// pipeline's own components.
-func TestProxyExamples(t *testing.T) {
-	if os.Getenv("KEYMETER_PROXY_EXAMPLES") == "" {
-		t.Skip("set KEYMETER_PROXY_EXAMPLES=1 to run deploy/proxy examples against nginx and caddy")
+// findProxy finds a proxy's binary (sbin directories are often not on a
+// user's PATH).
+func findProxy(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
+		if p := filepath.Join(d, name); fileExists(p) {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found on PATH or in /usr/sbin", name)
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// shippedConfig is a file of deploy/proxy with only its ports and paths
+// rewritten for the test.
+func shippedConfig(t *testing.T, file string, r *strings.Replacer) string {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join("..", "..", "deploy", "proxy", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := r.Replace(string(src))
+	path := filepath.Join(t.TempDir(), file)
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestNginxForwardAuth runs Debian's nginx with the shipped
+// deploy/proxy/nginx.conf in front of a forward-auth verifier with
+// --route /public,anonymous=5/10 --route /admin,scope=admin, as the outside
+// test of issue 12 did. Spoofed forwarding headers (the critical finding:
+// X-Forwarded-Uri: /public/x opened /private/x without a key) change no
+// decision, and neither the route nor the client address the usage event
+// records. nginx is part of the test setup (make test installs
+// nginx-light): its absence fails the test.
+func TestNginxForwardAuth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs nginx and NATS")
+	}
+	nginx, err := findProxy("nginx")
+	if err != nil {
+		t.Fatalf("%v: install Debian's nginx-light (make deps does)", err)
 	}
 	ctx := context.Background()
 	n := startNATS(t)
@@ -34,94 +79,376 @@ func TestProxyExamples(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "key="+r.Header.Get(HeaderKeyID)+" project="+r.Header.Get(HeaderProject))
+		_, _ = io.WriteString(w, "key="+r.Header.Get(HeaderKeyID)+" project="+r.Header.Get(HeaderProject)+" path="+r.URL.Path)
 	})}
 	go func() { _ = up.Serve(upLn) }()
 	defer up.Close()
+
+	routes, err := ParseRoutes([]string{"/public,anonymous=5/10", "/admin,scope=admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	authPort := freePort(t)
-	rv := startVerifier(t, b, RunConfig{Listen: "127.0.0.1:" + authPort, Routes: []Route{{Prefix: "/public", Anonymous: true, AnonRatePerS: 100}}})
-	// One rate-limited key per proxy; the key-state log is ordered, so once
-	// the revocation made last is visible, so are they.
-	limited := map[string]keys.Created{}
-	for _, p := range []string{"nginx", "caddy"} {
-		k, err := svc.Create(ctx, keys.CreateParams{Project: "acme", KeyLimits: keys.KeyLimits{RatePerS: 0.1, Burst: 2}})
+	// As the shipped config's comment says: --front nginx --trusted-proxy 127.0.0.1/32.
+	rv := startVerifier(t, b, RunConfig{Listen: "127.0.0.1:" + authPort, Routes: routes,
+		HTTP: HTTPConfig{Front: Fronts["nginx"], TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}})
+
+	plain, err := svc.Create(ctx, keys.CreateParams{Project: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, _ := svc.Create(ctx, keys.CreateParams{Project: "acme", KeyLimits: keys.KeyLimits{Scopes: []string{"admin"}}})
+	limited, _ := svc.Create(ctx, keys.CreateParams{Project: "acme", KeyLimits: keys.KeyLimits{RatePerS: 0.01, Burst: 1}})
+	revoked, _ := svc.Create(ctx, keys.CreateParams{Project: "acme"})
+	if err := svc.Revoke(ctx, revoked.State.GetId(), "test"); err != nil {
+		t.Fatal(err)
+	}
+
+	port := freePort(t)
+	dir := t.TempDir()
+	conf := shippedConfig(t, "nginx.conf", strings.NewReplacer(":8080", ":"+port, ":8081", ":"+authPort,
+		"127.0.0.1:9000", upLn.Addr().String(), "/tmp/keymeter-nginx", filepath.Join(dir, "nginx")))
+	cmd := exec.Command(nginx, "-e", "stderr", "-p", dir, "-c", conf, "-g", "daemon off;")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
+	base := "http://127.0.0.1:" + port
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if c, err := net.Dial("tcp", "127.0.0.1:"+port); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nginx did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The client connects from 127.0.0.2: not a trusted proxy, so that is
+	// the address keymeter must record, whatever the client claims.
+	client := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).DialContext}}
+	get := func(path, ua string, hdr http.Header) (int, string, string) {
+		t.Helper()
+		req, err := http.NewRequest("GET", base+path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		limited[p] = k
+		req.URL.Opaque = path // as written: no client-side cleaning of /../
+		for k, vs := range hdr {
+			req.Header[k] = vs
+		}
+		req.Header.Set("User-Agent", ua)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(body), resp.Header.Get(HeaderOutcome)
 	}
-	revoked, _ := svc.Create(ctx, keys.CreateParams{Project: "acme"})
-	_ = svc.Revoke(ctx, revoked.State.GetId(), "test")
-	waitOutcome(t, rv, revoked.Secret.Reveal(), "revoked")
+	// Keys are usable once the revocation made last is visible (the
+	// key-state log is ordered).
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, _, o := get("/v1/x", "wait", http.Header{"X-Api-Key": {revoked.Secret.Reveal()}}); o == "revoked" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("keys never reached the verifier")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
-	for _, proxy := range []string{"nginx", "caddy"} {
-		t.Run(proxy, func(t *testing.T) {
-			k := limited[proxy]
-			if _, err := exec.LookPath(proxy); err != nil {
-				t.Fatalf("%s not installed: %v", proxy, err)
-			}
-			dir := t.TempDir()
-			port := freePort(t)
-			file := map[string]string{"nginx": "nginx.conf", "caddy": "Caddyfile"}[proxy]
-			src, err := os.ReadFile(filepath.Join("..", "..", "deploy", "proxy", file))
-			if err != nil {
-				t.Fatal(err)
-			}
-			conf := strings.NewReplacer(":8080", ":"+port, ":8081", ":"+authPort, "127.0.0.1:9000", upLn.Addr().String(),
-				"/tmp/keymeter-nginx", filepath.Join(dir, "nginx")).Replace(string(src))
-			path := filepath.Join(dir, file)
-			if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			var cmd *exec.Cmd
-			if proxy == "nginx" {
-				cmd = exec.Command("nginx", "-c", path, "-g", "daemon off;")
-			} else {
-				cmd = exec.Command("caddy", "run", "--config", path, "--adapter", "caddyfile")
-				cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
-			base := "http://127.0.0.1:" + port
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				if c, err := net.Dial("tcp", "127.0.0.1:"+port); err == nil {
-					c.Close()
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%s did not start", proxy)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			steps := []struct {
-				path    string
-				hdr     map[string]string
-				status  int
-				body    string
-				outcome string
-			}{
-				{"/v1/x", map[string]string{"X-API-Key": k.Secret.Reveal(), HeaderKeyID: "key_forged"}, 200, "key=" + k.State.GetId() + " project=acme", ""},
-				{"/v1/x", map[string]string{"Authorization": "Bearer " + k.Secret.Reveal()}, 200, "key=" + k.State.GetId(), ""},
-				{"/v1/x", map[string]string{"Authorization": "Bearer " + k.Secret.Reveal()}, 429, `"rate_limited"`, "rate_limited"},
-				{"/v1/x", nil, 401, `"missing"`, "missing"},
-				{"/v1/x", map[string]string{"X-API-Key": "km_live_bad"}, 401, `"malformed"`, "malformed"},
-				{"/v1/x", map[string]string{"X-API-Key": revoked.Secret.Reveal()}, 401, `"revoked"`, "revoked"},
-				{"/public/x", map[string]string{HeaderKeyID: "key_forged"}, 200, "key= project=", ""},
-			}
-			for i, s := range steps {
-				resp, body := do(t, "GET", base+s.path, s.hdr)
-				if resp.StatusCode != s.status || !strings.Contains(body, s.body) || resp.Header.Get(HeaderOutcome) != s.outcome {
-					t.Errorf("step %d: %d %q outcome %q; want %d containing %q, outcome %q", i, resp.StatusCode, body, resp.Header.Get(HeaderOutcome), s.status, s.body, s.outcome)
-				}
-				if s.status == 429 && (resp.Header.Get("Retry-After") == "" || resp.Header.Get("RateLimit") == "") {
-					t.Errorf("step %d: 429 without Retry-After/RateLimit: %v", i, resp.Header)
-				}
-			}
-		})
+	spoof := func(uri string) http.Header {
+		return http.Header{
+			"X-Forwarded-Uri": {uri}, "X-Original-Uri": {uri}, "X-Forwarded-Prefix": {"/public"},
+			"X-Forwarded-Method": {"OPTIONS"}, "X-Original-Method": {"OPTIONS"},
+			"X-Forwarded-Host": {"spoofed.example"}, "X-Original-Host": {"spoofed.example"},
+			"X-Forwarded-For": {"203.0.113.50"}, "X-Real-Ip": {"203.0.113.51"},
+			"Forwarded": {"for=203.0.113.52;host=spoofed.example"}, "X-Keymeter-Auth-Request": {"envoy"},
+		}
 	}
+	key := func(k keys.Created) http.Header { return http.Header{"Authorization": {"Bearer " + k.Secret.Reveal()}} }
+	merge := func(a, b http.Header) http.Header {
+		out := a.Clone()
+		for k, v := range b {
+			out[k] = v
+		}
+		return out
+	}
+	steps := []struct {
+		name    string
+		path    string
+		hdr     http.Header
+		claim   string // the URI the spoofed headers claim
+		status  int
+		outcome string
+		route   string // the route the event records
+		body    string
+	}{
+		{"private without a key", "/private/x", nil, "/public/x", 401, "missing", "/private/x", ""},
+		{"admin with a key lacking the scope", "/admin/x", key(plain), "/v1/x", 403, "scope_denied", "/admin/x", ""},
+		{"admin with the scope", "/admin/x", key(admin), "/public/x", 200, "", "/admin/x", "key=" + admin.State.GetId()},
+		{"valid key, metered on its real route", "/v1/items", key(plain), "/public/free", 200, "", "/v1/items", "key=" + plain.State.GetId()},
+		{"anonymous route", "/public/x", nil, "/admin/x", 200, "", "/public/x", "key= project="},
+		{"dot segments reach /admin", "/public/../admin/x", nil, "/public/x", 401, "missing", "/admin/x", ""},
+		{"encoded dot segments reach /admin", "/public/%2e%2e/admin/x", key(plain), "/public/x", 403, "scope_denied", "/admin/x", ""},
+		{"revoked", "/v1/x", http.Header{"X-Api-Key": {revoked.Secret.Reveal()}}, "/public/x", 401, "revoked", "/v1/x", ""},
+		{"forged identity header replaced", "/v1/x", merge(key(plain), http.Header{HeaderKeyID: {"key_forged"}}), "/public/x", 200, "", "/v1/x", "key=" + plain.State.GetId()},
+		{"rate limited keeps 429 through nginx", "/v1/x", key(limited), "", 0, "", "/v1/x", ""}, // first request spends the burst
+		{"rate limited", "/v1/x", key(limited), "/public/x", 429, "rate_limited", "/v1/x", ""},
+	}
+	for i, s := range steps {
+		for _, spoofed := range []bool{false, true} {
+			if spoofed && s.claim == "" {
+				continue
+			}
+			hdr := s.hdr
+			if spoofed {
+				hdr = merge(spoof(s.claim), s.hdr)
+			}
+			st, body, outcome := get(s.path, fmt.Sprintf("step-%d-%v", i, spoofed), hdr)
+			if s.status == 0 {
+				continue
+			}
+			if st != s.status || outcome != s.outcome || !strings.Contains(body, s.body) {
+				t.Errorf("%s (spoofed %v): %d %q outcome %q; want %d containing %q, outcome %q", s.name, spoofed, st, body, outcome, s.status, s.body, s.outcome)
+			}
+		}
+	}
+	// An absolute-form request line is routed on its path.
+	if st, raw := rawRequest(t, "127.0.0.1:"+port, "GET http://spoofed.example/admin/x HTTP/1.1\r\nHost: spoofed.example\r\nUser-Agent: absolute\r\n\r\n"); st == 200 {
+		t.Errorf("absolute-form /admin/x without a key: %d %s", st, raw)
+	}
+
+	if err := rv.stop(); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, ev := range readAllEvents(t, ctx, b) {
+		var i int
+		var spoofed bool
+		if _, err := fmt.Sscanf(strings.ReplaceAll(ev.UserAgent, "-", " "), "step %d %t", &i, &spoofed); err != nil || i >= len(steps) {
+			continue
+		}
+		s := steps[i]
+		seen[ev.UserAgent] = true
+		if ev.Route != s.route || ev.ClientIP != "127.0.0.2" || ev.Method != "GET" || ev.Host != "127.0.0.1" {
+			t.Errorf("%s (spoofed %v): event route %q client %q method %q host %q; want %q, 127.0.0.2, GET, 127.0.0.1",
+				s.name, spoofed, ev.Route, ev.ClientIP, ev.Method, ev.Host, s.route)
+		}
+	}
+	for i, s := range steps {
+		for _, spoofed := range []bool{false, true} {
+			if ua := fmt.Sprintf("step-%d-%v", i, spoofed); (s.claim != "" || !spoofed) && !seen[ua] {
+				t.Errorf("no usage event for %s (spoofed %v)", s.name, spoofed)
+			}
+		}
+	}
+}
+
+func rawRequest(t *testing.T, addr, req string) (int, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(b)
+}
+
+// readsHeaders are the headers keymeter may read for the original request
+// or the client address, under any front or setting: every shipped proxy
+// example must set or strip each of them before calling keymeter.
+var readsHeaders = []string{
+	"x-forwarded-for", "x-forwarded-method", "x-forwarded-uri", "x-forwarded-host",
+	"x-original-method", "x-original-uri", "x-original-host", "x-real-ip", "forwarded",
+}
+
+// TestEnvoyConfigStripsHeaders checks deploy/proxy/envoy.yaml (no Envoy
+// package to run it): the check request carries only allow-listed client
+// headers, none of them one keymeter reads but X-Forwarded-For, which the
+// early header mutation removes before Envoy appends the peer's address.
+func TestEnvoyConfigStripsHeaders(t *testing.T) {
+	var doc any
+	src, err := os.ReadFile("../../deploy/proxy/envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		t.Fatal(err)
+	}
+	hcm := findKey(doc, "early_header_mutation_extensions")
+	if hcm == nil {
+		t.Fatal("envoy.yaml: no early_header_mutation_extensions")
+	}
+	removed := map[string]bool{}
+	for _, m := range findAll(hcm, "remove") {
+		removed[strings.ToLower(fmt.Sprint(m))] = true
+	}
+	for _, h := range readsHeaders {
+		if !removed[h] {
+			t.Errorf("envoy.yaml: the client's %s is not removed early", h)
+		}
+	}
+	if fmt.Sprint(findKey(doc, "use_remote_address")) != "true" {
+		t.Error("envoy.yaml: use_remote_address must be true (Envoy appends the peer's address)")
+	}
+	if findKey(doc, "path_prefix") != nil {
+		t.Error("envoy.yaml: path_prefix would change the path keymeter decides on")
+	}
+	allowed := findKey(findKey(doc, "authorization_request"), "allowed_headers")
+	if allowed == nil {
+		t.Fatal("envoy.yaml: no allowed_headers: every client header would reach keymeter")
+	}
+	for _, v := range findAll(allowed, "exact") {
+		name := strings.ToLower(fmt.Sprint(v))
+		if name != "x-forwarded-for" && contains(readsHeaders, name) {
+			t.Errorf("envoy.yaml: allowed_headers passes the client's %s", name)
+		}
+	}
+	for _, v := range append(findAll(allowed, "prefix"), findAll(allowed, "safe_regex")...) {
+		t.Errorf("envoy.yaml: allowed_headers must list exact names, found %v", v)
+	}
+}
+
+// TestTraefikConfigStripsHeaders checks deploy/proxy/traefik*.yml (no
+// Traefik package): forwardAuth copies only allow-listed client headers
+// and sets X-Forwarded-* itself; the entry point trusts no client
+// forwarding headers.
+func TestTraefikConfigStripsHeaders(t *testing.T) {
+	var dyn, static any
+	for file, dst := range map[string]*any{"traefik-dynamic.yml": &dyn, "traefik.yml": &static} {
+		src, err := os.ReadFile("../../deploy/proxy/" + file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(src, dst); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+	}
+	fa := findKey(dyn, "forwardAuth")
+	if fa == nil {
+		t.Fatal("traefik-dynamic.yml: no forwardAuth")
+	}
+	if fmt.Sprint(findKey(fa, "trustForwardHeader")) != "false" {
+		t.Error("traefik-dynamic.yml: trustForwardHeader must be false")
+	}
+	arh, _ := findKey(fa, "authRequestHeaders").([]any)
+	if len(arh) == 0 {
+		t.Error("traefik-dynamic.yml: authRequestHeaders must list the client headers keymeter gets (else all pass)")
+	}
+	for _, h := range arh {
+		if contains(readsHeaders, strings.ToLower(fmt.Sprint(h))) {
+			t.Errorf("traefik-dynamic.yml: authRequestHeaders passes the client's %v", h)
+		}
+	}
+	if fh := findKey(static, "forwardedHeaders"); fh != nil && (findKey(fh, "insecure") == true || findKey(fh, "trustedIPs") != nil) {
+		t.Errorf("traefik.yml: the entry point must not trust client forwarding headers: %v", fh)
+	}
+}
+
+// TestCaddyConfigStripsHeaders checks deploy/proxy/Caddyfile (Caddy is not
+// run here): forward_auth sets X-Forwarded-Method/-Uri itself, the
+// Caddyfile sets X-Forwarded-Host and X-Forwarded-For and removes every
+// other header keymeter reads.
+func TestCaddyConfigStripsHeaders(t *testing.T) {
+	src, err := os.ReadFile("../../deploy/proxy/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := string(src)
+	loc := regexp.MustCompile(`(?m)^\s*forward_auth\s`).FindStringIndex(block)
+	if loc == nil {
+		t.Fatal("Caddyfile: no forward_auth")
+	}
+	var lines []string
+	for _, line := range strings.Split(block[loc[0]:], "\n")[1:] {
+		if strings.TrimSpace(line) == "}" {
+			break
+		}
+		lines = append(lines, line)
+	}
+	block = strings.Join(lines, "\n")
+	handled := map[string]bool{"x-forwarded-method": true, "x-forwarded-uri": true} // forward_auth sets them
+	for _, line := range strings.Split(block, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "header_up" {
+			name := strings.ToLower(strings.TrimPrefix(f[1], "-"))
+			if strings.HasPrefix(f[1], "-") || len(f) >= 3 {
+				handled[name] = true
+			}
+		}
+	}
+	for _, h := range readsHeaders {
+		if !handled[h] {
+			t.Errorf("Caddyfile: forward_auth neither sets nor removes %s", h)
+		}
+	}
+	if !strings.Contains(block, "header_up X-Forwarded-For {remote_host}") {
+		t.Error("Caddyfile: X-Forwarded-For must be set to {remote_host}")
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// findKey returns the first value under key anywhere in a decoded YAML tree.
+func findKey(v any, key string) any {
+	switch t := v.(type) {
+	case map[string]any:
+		if x, ok := t[key]; ok {
+			return x
+		}
+		for _, x := range t {
+			if r := findKey(x, key); r != nil {
+				return r
+			}
+		}
+	case []any:
+		for _, x := range t {
+			if r := findKey(x, key); r != nil {
+				return r
+			}
+		}
+	}
+	return nil
+}
+
+// findAll returns every value under key in a decoded YAML tree.
+func findAll(v any, key string) []any {
+	var out []any
+	switch t := v.(type) {
+	case map[string]any:
+		for k, x := range t {
+			if k == key {
+				out = append(out, x)
+			} else {
+				out = append(out, findAll(x, key)...)
+			}
+		}
+	case []any:
+		for _, x := range t {
+			out = append(out, findAll(x, key)...)
+		}
+	}
+	return out
 }
 
 func freePort(t testing.TB) string {

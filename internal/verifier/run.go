@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -49,6 +50,19 @@ func (c *RunConfig) Validate() error {
 	}
 	if c.Listen == "" && c.AuthListen == "" {
 		return errors.New("verifier: nothing to serve: set --listen (and --upstream for proxy mode) or --auth-listen")
+	}
+	if (c.Listen != "" && c.Upstream == "") || c.AuthListen != "" {
+		if c.HTTP.Front.Name == "" {
+			return fmt.Errorf("verifier: forward auth needs the proxy in front named: --front %s, or --front-method-header and --front-uri-header (the original request is read only from the headers that proxy sets)", strings.Join(FrontNames(), "|"))
+		}
+	}
+	switch {
+	case c.HTTP.ForwardedHeader == "", strings.EqualFold(c.HTTP.ForwardedHeader, HeaderXForwardedFor), strings.EqualFold(c.HTTP.ForwardedHeader, HeaderForwarded):
+	default:
+		return fmt.Errorf("verifier: --forwarded-header %q: accepted values are %s, %s", c.HTTP.ForwardedHeader, HeaderXForwardedFor, HeaderForwarded)
+	}
+	if c.HTTP.BodyTimeout < 0 {
+		return fmt.Errorf("verifier: --body-timeout %s: must be positive", c.HTTP.BodyTimeout)
 	}
 	if c.Upstream != "" {
 		u, err := url.Parse(c.Upstream)
@@ -133,6 +147,10 @@ func Run(ctx context.Context, cfg RunConfig) error {
 			return fmt.Errorf("verifier: listen %s: %w", addr, err)
 		}
 		addrs[i] = ln.Addr()
+		// No ReadTimeout: it would stay armed while the handler waits for
+		// the upstream and cancel slow answers. Bodies are bounded per
+		// request instead (HTTPConfig.BodyTimeout), and refusals never
+		// read them.
 		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		servers = append(servers, hs)
 		go func() {
@@ -152,11 +170,12 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	admin := http.NewServeMux()
 	srv.Health(admin, promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	adminH := NoBody(admin)
 	var startErr error
 	for i, s := range []struct {
 		addr string
 		h    http.Handler
-	}{{cfg.Listen, mainH}, {cfg.AuthListen, srv.ForwardAuth("")}, {cfg.AdminListen, admin}} {
+	}{{cfg.Listen, mainH}, {cfg.AuthListen, srv.ForwardAuth("")}, {cfg.AdminListen, adminH}} {
 		if err := serve(i, s.addr, s.h); err != nil {
 			startErr = err
 			break

@@ -14,9 +14,10 @@ import (
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
-// Route configures the requests under a path prefix. The longest matching
-// prefix wins; requests matching none use the zero Route (a key required,
-// no scope).
+// Route configures the requests under a path prefix. The longest prefix
+// matching at a segment boundary wins (see Verifier.route); requests
+// matching none use the zero Route (a key required, no scope). Paths are
+// matched in their canonical form: percent-decoded, dot segments resolved.
 type Route struct {
 	Prefix string
 	// Scope the key must grant (see keys.Record.HasScope); "" for none.
@@ -231,9 +232,13 @@ func (d *Decision) Project() string {
 	return d.Record.Project
 }
 
+// route returns the route of path: the longest prefix that matches at a
+// segment boundary ("/public" matches /public and /public/x, not
+// /publicity; "/v1/" matches everything under /v1/).
 func (v *Verifier) route(path string) *Route {
 	for i := range v.routes {
-		if strings.HasPrefix(path, v.routes[i].Prefix) {
+		p := v.routes[i].Prefix
+		if strings.HasPrefix(path, p) && (len(path) == len(p) || p[len(p)-1] == '/' || path[len(p)] == '/') {
 			return &v.routes[i]
 		}
 	}
