@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/keys"
@@ -103,7 +104,10 @@ type Config struct {
 	Leaks LeakHandler
 	// Events accepts JSON usage events from third parties (POST /v1/events).
 	Events EventSink
-	Logger *slog.Logger
+	// Retention, if set, is the store's raw-event retention in days:
+	// POST /v1/events drops (and lists) events older than that.
+	Retention func(ctx context.Context) (int, error)
+	Logger    *slog.Logger
 	// Ready reports readiness for /readyz.
 	Ready func() bool
 }
@@ -113,6 +117,10 @@ type Server struct {
 	cfg Config
 	mux *http.ServeMux
 	log *slog.Logger
+
+	retMu   sync.Mutex
+	retDays int
+	retAt   time.Time
 }
 
 // New builds the API server.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -311,28 +312,61 @@ type EventSink interface {
 }
 
 // EventsRequest is the body of POST /v1/events: a JSON array of events, or
-// one event, in the JSON form of schemas/usage-event.schema.json.
+// one event, in the JSON form of schemas/usage-event.schema.json. Events
+// older than the store's raw-event retention are dropped and listed in the
+// answer (they would never be searchable); the others are accepted.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Events == nil {
 		return unavailable("event intake")
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<20))
+	body, err := readJSONBody(w, r, 8<<20)
 	if err != nil {
-		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
-			return &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: "request body over 8 MiB"}
-		}
-		return badRequest("", "body: %v", err)
+		return err
 	}
 	evs, err := decodeEvents(body)
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Events.Accept(r.Context(), evs); err != nil {
-		return err
+	out := EventsResponse{}
+	if days := s.retentionDays(r.Context()); days > 0 {
+		oldest := time.Now().Add(-time.Duration(days) * 24 * time.Hour)
+		kept := evs[:0]
+		for i, e := range evs {
+			if e.Time.Before(oldest) {
+				out.Dropped = append(out.Dropped, DroppedEvent{Index: i, Field: "time",
+					Reason: fmt.Sprintf("older than the store's retention of raw events (%d days): never searchable", days)})
+				continue
+			}
+			kept = append(kept, e)
+		}
+		evs = kept
 	}
-	writeJSON(w, http.StatusAccepted, map[string]int{"accepted": len(evs)})
+	if len(evs) > 0 {
+		if err := s.cfg.Events.Accept(r.Context(), evs); err != nil {
+			return err
+		}
+	}
+	out.Accepted = len(evs)
+	writeJSON(w, http.StatusAccepted, out)
 	return nil
+}
+
+// retentionDays is the store's raw-event retention, read at most once a
+// minute; 0 when unknown.
+func (s *Server) retentionDays(ctx context.Context) int {
+	if s.cfg.Retention == nil {
+		return 0
+	}
+	s.retMu.Lock()
+	defer s.retMu.Unlock()
+	if time.Since(s.retAt) > time.Minute {
+		if d, err := s.cfg.Retention(ctx); err == nil {
+			s.retDays, s.retAt = d, time.Now()
+		} else {
+			s.log.Warn("api: retention unknown; events are not checked against it", "err", err)
+		}
+	}
+	return s.retDays
 }
 
 // LeakHandler handles leak reports (leaks.Handler).

@@ -57,6 +57,9 @@ func checkScopes(field string, scopes []string) error {
 // IPv4 or IPv6 address (no zone), optionally with a prefix length.
 var cidrRe = regexp.MustCompile(`^(` + ipv4 + `(/(3[0-2]|[12]?[0-9]))?|` + ipv6 + `(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$`)
 
+// ipRe is an address without prefix.
+var ipRe = regexp.MustCompile(`^(` + ipv4 + `|` + ipv6 + `)$`)
+
 const (
 	ipv4Octet = `(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])`
 	ipv4      = `(` + ipv4Octet + `\.){3}` + ipv4Octet
