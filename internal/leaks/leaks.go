@@ -13,6 +13,7 @@
 package leaks
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/sha256"
@@ -28,7 +29,6 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -178,8 +178,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var reports []Report
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
+	// Fields a scanner may add later are ignored (the partner format is
+	// not ours); trailing data is not.
+	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&reports); err != nil {
 		writeErr(w, 400, "invalid_argument", "want a JSON array of {token, type, url, source}: "+err.Error())
 		return
