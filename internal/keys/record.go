@@ -62,7 +62,7 @@ type Record struct {
 	Version          uint64
 
 	// Limits holds the rarely set constraints; nil for most keys, which
-	// keeps the record at 128 bytes.
+	// keeps the record at 120 bytes.
 	Limits *Limits
 }
 
