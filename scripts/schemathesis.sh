@@ -56,14 +56,15 @@ curl -fsS "$base/readyz" >/dev/null || { cat "$work/api.log" >&2; echo "schemath
 # spec by internal/api's tests.
 start=$(date +%s)
 status=0
-"$venv/bin/schemathesis" run "$base/openapi.yaml" --url "$base" \
+# Run from the work directory: schemathesis keeps a cache (.schemathesis) in its working directory.
+(cd "$work" && "$venv/bin/schemathesis" run "$base/openapi.yaml" --url "$base" \
 	--checks all --mode all --phases examples,coverage,fuzzing,stateful \
 	--seed "$seed" --generation-deterministic --max-time "$max_time" --max-examples 60 \
 	--workers 2 --request-timeout 10 --no-color \
 	--header "Authorization: Bearer $token" \
 	--exclude-path /v1/rules \
 	--suppress-health-check all \
-	--report ndjson --report-dir "$work/report" || status=$?
+	--report ndjson --report-dir "$work/report") || status=$?
 echo "schemathesis: finished in $(( $(date +%s) - start ))s, exit status $status" >&2
 if [ "$status" -ne 0 ]; then
 	echo "--- keymeter api log (tail)" >&2
