@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/leaks"
 )
 
 func init() { register(newAPICmd) }
@@ -63,6 +64,7 @@ hash of a token is ever stored.`,
 				}
 				defer st.Close()
 				acfg.Usage, acfg.Logs, acfg.Decision, acfg.Billing = st, st, st, newBilling(st)
+				acfg.Retention = st.Retention
 			}
 			b, err := bf.open(ctx, sf.DataDir, log)
 			if err != nil {
@@ -91,6 +93,11 @@ hash of a token is ever stored.`,
 			log.Info("api listening", "addr", ln.Addr().String())
 			eg, ectx := errgroup.WithContext(ctx)
 			eg.Go(func() error { return table.Run(ectx, b) })
+			if acfg.Decision != nil {
+				// Leak decisions of APIs without a store reach this one's
+				// /v1/decisions through the bus.
+				eg.Go(func() error { return leaks.Recorder(ectx, b, acfg.Decision, log) })
+			}
 			reg := newRegistry()
 			eg.Go(func() error { return serve(ectx, ln, instrument(reg, "api", srv), log) })
 			if adminListen != "" {

@@ -40,9 +40,9 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 			if k.RateLimitPerS > 0 {
 				rate = strconv.FormatFloat(k.RateLimitPerS, 'f', -1, 64) + "/s"
 			}
-			rows = append(rows, []string{k.ID, k.Project, k.Name, k.DisplayPrefix + "…", k.Status, rate, quota, fmtTime(k.ExpiresAt)})
+			rows = append(rows, []string{k.ID, k.Project, k.Name, k.Kind, k.DisplayPrefix + "…", k.Status, rate, quota, fmtTime(k.ExpiresAt)})
 		}
-		table([]string{"ID", "PROJECT", "NAME", "KEY", "STATUS", "RATE", "QUOTA", "EXPIRES"}, rows)
+		table([]string{"ID", "PROJECT", "NAME", "KIND", "KEY", "STATUS", "RATE", "QUOTA", "EXPIRES"}, rows)
 	}
 	showOne := func(raw []byte, k api.KeyJSON) {
 		if cf.json() {
@@ -61,12 +61,20 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 	}
 
 	var cr api.CreateKeyRequest
-	var expires string
+	var expires, env, kind string
+	var rate float64
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a key; prints its secret once",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cr.Env = &env
+			if cmd.Flags().Changed("kind") {
+				cr.Kind = &kind
+			}
+			if rate != 0 {
+				cr.RateLimitPerS = &rate
+			}
 			if expires != "" {
 				d, err := time.ParseDuration(expires)
 				if err != nil {
@@ -93,8 +101,9 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 	f.StringVar(&cr.Project, "project", "", "project (tenant) of the key (required)")
 	f.StringVar(&cr.Name, "name", "", "a name for people")
 	f.StringVar(&cr.Owner, "owner", "", "who owns the key")
-	f.StringVar(&cr.Env, "env", "live", "live or test")
-	f.Float64Var(&cr.RateLimitPerS, "rate", 0, "requests per second (0: unlimited)")
+	f.StringVar(&env, "env", "live", "live or test")
+	f.StringVar(&kind, "kind", "server", "what the key is embedded in: server, browser, mobile or batch (detection compares a key with keys of its kind)")
+	f.Float64Var(&rate, "rate", 0, "requests per second (0: unlimited)")
 	f.Uint32Var(&cr.RateBurst, "burst", 0, "burst size (default: rate)")
 	f.Uint64Var(&cr.MonthlyQuota, "quota", 0, "requests per month (0: unlimited)")
 	f.StringSliceVar(&cr.Scopes, "scopes", nil, "scopes the key may use")
@@ -178,7 +187,12 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 		Use: "rotate KEY_ID", Short: "Issue a new key replacing this one; the old one verifies until --grace ends", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var out api.CreatedJSON
-			raw, err := cf.do("POST", "/v1/keys/"+url.PathEscape(args[0])+"/rotate", nil, api.RotateRequest{GracePeriod: grace.String()}, &out)
+			if grace < 0 || grace > 9999*time.Hour {
+				return fmt.Errorf("--grace %s: accepted 0 to 9999h", grace)
+			}
+			g := grace.Round(time.Second)
+			gs := fmt.Sprintf("%dh%dm%ds", g/time.Hour, g%time.Hour/time.Minute, g%time.Minute/time.Second)
+			raw, err := cf.do("POST", "/v1/keys/"+url.PathEscape(args[0])+"/rotate", nil, api.RotateRequest{GracePeriod: &gs}, &out)
 			if err != nil {
 				return err
 			}
@@ -194,6 +208,7 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 		quota            uint64
 		scopes, cidrs    []string
 		expires, name    string
+		kind             string
 		throttleDuration time.Duration
 	}
 	update := &cobra.Command{
@@ -203,6 +218,9 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 			fl := cmd.Flags()
 			if fl.Changed("name") {
 				req.Name = &up.name
+			}
+			if fl.Changed("kind") {
+				req.Kind = &up.kind
 			}
 			if fl.Changed("rate") {
 				req.RateLimitPerS = &up.rate
@@ -241,6 +259,7 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 	}
 	uf := update.Flags()
 	uf.StringVar(&up.name, "name", "", "new name")
+	uf.StringVar(&up.kind, "kind", "", "what the key is embedded in: server, browser, mobile or batch")
 	uf.Float64Var(&up.rate, "rate", 0, "requests per second (0: unlimited)")
 	uf.Uint32Var(&up.burst, "burst", 0, "burst size")
 	uf.Uint64Var(&up.quota, "quota", 0, "requests per month (0: unlimited)")

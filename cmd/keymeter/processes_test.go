@@ -232,6 +232,9 @@ func callAPI(t *testing.T, base, token, method, path string, body, out any) {
 	for range 50 { // the API may be restarting
 		req, _ := http.NewRequest(method, base+path, rd)
 		req.Header.Set("Authorization", "Bearer "+token)
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			lastErr = err

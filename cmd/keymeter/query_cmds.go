@@ -43,7 +43,7 @@ func newUsageCmd(g *globals) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
-			for k, v := range map[string]string{"key": key, "project": project, "from": from, "to": to, "granularity": gran, "group_by": groupBy} {
+			for k, v := range map[string]string{"key": key, "project": project, "from": apiTime(from), "to": apiTime(to), "granularity": gran, "group_by": groupBy} {
 				if v != "" {
 					q.Set(k, v)
 				}
@@ -78,6 +78,25 @@ func newUsageCmd(g *globals) *cobra.Command {
 	return c
 }
 
+// apiTime turns a time flag into the RFC 3339 the API takes: a duration
+// (24h: that long ago) and Unix seconds are converted, anything else is
+// sent as given for the API to judge.
+func apiTime(s string) string {
+	if s == "" {
+		return s
+	}
+	if _, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return s
+	}
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return time.Now().Add(-d).UTC().Format(time.RFC3339)
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 && n < 1<<36 {
+		return time.Unix(n, 0).UTC().Format(time.RFC3339)
+	}
+	return s
+}
+
 // logFilter holds the log filters shared by the API query and --follow.
 type logFilter struct {
 	key, project, ip, status, outcome, route, country, from, to string
@@ -86,7 +105,7 @@ type logFilter struct {
 func (lf *logFilter) values() url.Values {
 	q := url.Values{}
 	for k, v := range map[string]string{"key": lf.key, "project": lf.project, "ip": lf.ip, "status": lf.status,
-		"outcome": lf.outcome, "route": lf.route, "country": lf.country, "from": lf.from, "to": lf.to} {
+		"outcome": lf.outcome, "route": lf.route, "country": lf.country, "from": apiTime(lf.from), "to": apiTime(lf.to)} {
 		if v != "" {
 			q.Set(k, v)
 		}
@@ -280,7 +299,8 @@ func newBillingCmd(g *globals) *cobra.Command {
 		Long: `Line items are allowed requests, bytes in, bytes out and cost units per project
 and key, summing exactly to the raw events of the period. A period closes 48h
 after its end: its line items are then fixed, and events that arrive later for
-it are reported as late_events, not added.`,
+it are reported as late_events, not added. Exports only read; an admin closes
+a month with keymeter billing close.`,
 		Example: `  keymeter billing export --period 2026-11 --format csv > 2026-11.csv`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -301,8 +321,30 @@ it are reported as late_events, not added.`,
 	export.Flags().StringVar(&period, "period", time.Now().UTC().Format("2006-01"), "month, e.g. 2026-11")
 	export.Flags().StringVar(&format, "format", "csv", "csv or json")
 	export.Flags().StringVar(&out, "out", "", "file to write (default stdout)")
+	var closePeriod string
+	closeCmd := &cobra.Command{
+		Use:   "close",
+		Short: "Close a month (admin token): its line items are recorded and every later export shows them",
+		Long: `Closing is explicit: exports only read. A month can be closed once its end plus
+48h (the grace for late events) has passed; closing a closed month changes
+nothing. Prints the closed month's export as JSON.`,
+		Example: `  keymeter billing close --period 2026-10`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if closePeriod == "" {
+				return fmt.Errorf("--period is required, e.g. --period 2026-10")
+			}
+			raw, err := cf.do("POST", "/v1/billing/"+url.PathEscape(closePeriod)+"/close", url.Values{"format": {"json"}}, nil, nil)
+			if err != nil {
+				return err
+			}
+			_, err = os.Stdout.Write(raw)
+			return err
+		},
+	}
+	closeCmd.Flags().StringVar(&closePeriod, "period", "", "month to close, e.g. 2026-10 (required)")
 	cf.add(c.PersistentFlags())
-	c.AddCommand(export)
+	c.AddCommand(export, closeCmd)
 	return c
 }
 

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/keys"
@@ -103,7 +104,10 @@ type Config struct {
 	Leaks LeakHandler
 	// Events accepts JSON usage events from third parties (POST /v1/events).
 	Events EventSink
-	Logger *slog.Logger
+	// Retention, if set, is the store's raw-event retention in days:
+	// POST /v1/events drops (and lists) events older than that.
+	Retention func(ctx context.Context) (int, error)
+	Logger    *slog.Logger
 	// Ready reports readiness for /readyz.
 	Ready func() bool
 }
@@ -113,6 +117,10 @@ type Server struct {
 	cfg Config
 	mux *http.ServeMux
 	log *slog.Logger
+
+	retMu   sync.Mutex
+	retDays int
+	retAt   time.Time
 }
 
 // New builds the API server.
@@ -157,13 +165,35 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/logs", read(s.logs))
 	m.Handle("GET /v1/decisions", read(s.decisions))
 	m.Handle("GET /v1/billing/{period}", read(s.billing))
+	m.Handle("POST /v1/billing/{period}/close", admin(s.closeBilling))
 	m.Handle("GET /v1/rules", read(s.rules))
 	m.Handle("POST /v1/events", admin(s.events))
 	m.Handle("POST /v1/leaks", http.HandlerFunc(s.leaks)) // authenticated by its own signature
 	m.Handle("POST /v1/leaks/hash", admin(s.leakHash))
-	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, &Error{Status: 404, Code: "not_found", Message: fmt.Sprintf("no route %s %s (see /openapi.yaml)", r.Method, r.URL.Path)})
-	})
+	m.HandleFunc("/", s.noRoute)
+}
+
+// methods the API may serve; HEAD and OPTIONS are not among them.
+var methods = []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete}
+
+// noRoute answers a request no pattern took: 405 with Allow when the path
+// exists under other methods, 404 otherwise.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range methods {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, &Error{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed",
+			Message: fmt.Sprintf("%s is not served on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allow, ", "))})
+		return
+	}
+	writeError(w, &Error{Status: 404, Code: "not_found", Message: fmt.Sprintf("no route %s %s (see /openapi.yaml)", r.Method, r.URL.Path)})
 }
 
 // ServeHTTP serves the API; every response is JSON, every panic a 500.
@@ -174,6 +204,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, &Error{Status: 500, Code: "internal", Message: "internal error"})
 		}
 	}()
+	if r.Method == http.MethodHead {
+		// Go's mux serves HEAD with GET handlers; the API declares no HEAD.
+		s.noRoute(w, r)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
 }
 
@@ -201,9 +236,10 @@ func (s *Server) auth(need Role) func(handlerFunc) http.Handler {
 }
 
 func (s *Server) roleOf(r *http.Request) Role {
-	authz := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(authz, "Bearer ")
-	if !ok || tok == "" {
+	// RFC 9110 §11.1: the scheme is case-insensitive.
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	tok = strings.TrimLeft(tok, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
 		return RoleNone
 	}
 	h := sha256.Sum256([]byte(tok))
@@ -269,30 +305,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
-}
-
-// decode reads a JSON body strictly: unknown fields are errors.
-func decode(r *http.Request, v any) error {
-	if r.Body == nil {
-		return badRequest("", "request body required")
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		var mb *http.MaxBytesError
-		switch {
-		case errors.As(err, &mb):
-			return &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: fmt.Sprintf("request body over %d bytes", mb.Limit)}
-		case errors.As(err, &te):
-			return badRequest(te.Field, "field %s: wrong type, want %s", te.Field, te.Type.Kind())
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			return badRequest(f, "unknown field %q", f)
-		}
-		return badRequest("", "invalid JSON body: %v", err)
-	}
-	return nil
 }
 
 func unavailable(what string) error {

@@ -33,6 +33,10 @@ import (
 
 const adminSecret, readSecret = "adm-secret-token", "read-secret-token"
 
+type sinkFunc func(context.Context, []event.Event) error
+
+func (f sinkFunc) Accept(ctx context.Context, evs []event.Event) error { return f(ctx, evs) }
+
 type env struct {
 	t      *testing.T
 	url    string
@@ -92,6 +96,9 @@ func setup(t *testing.T) *env {
 		evs = append(evs, event.Event{ID: fmt.Sprintf("e%d", i), Time: now.Add(time.Duration(i) * time.Second), Project: "proj_api",
 			KeyID: "key_api", Outcome: event.OutcomeValid, ClientIP: "203.0.113.5", Country: "DE", Route: "/v1/x", Status: 200, CostUnits: 1})
 	}
+	// An event with an unknown (empty) client address, as POST /v1/events accepts it.
+	evs = append(evs, event.Event{ID: "e-noip", Time: now.Add(40 * time.Second), Project: "proj_api", KeyID: "key_api",
+		Outcome: event.OutcomeValid, Country: "DE", Route: "/v1/x", Status: 200, CostUnits: 1})
 	if err := db.InsertEvents(ctx, "api-test", evs); err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +126,8 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
-		Billing: &billing.Exporter{Store: db}, Rules: eng, Leaks: lh, Ready: table.Loaded})
+		Billing: &billing.Exporter{Store: db}, Rules: eng, Leaks: lh, Ready: table.Loaded, Retention: db.Retention,
+		Events: sinkFunc(func(context.Context, []event.Event) error { return nil })})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,8 +266,8 @@ func TestUsageLogsDecisions(t *testing.T) {
 	for _, p := range u.Points {
 		total += p.Requests
 	}
-	if total != 30 {
-		t.Fatalf("usage total %d, want 30: %+v", total, u)
+	if total != 31 {
+		t.Fatalf("usage total %d, want 31: %+v", total, u)
 	}
 	var l api.LogsResponse
 	_ = json.Unmarshal(e.call("GET", "/v1/logs?key=key_api&limit=10", readSecret, nil, 200), &l)
@@ -286,8 +294,8 @@ func TestUsageLogsDecisions(t *testing.T) {
 		}
 		cursor = p.Next
 	}
-	if len(seen) != 30 {
-		t.Fatalf("paging saw %d events, want 30", len(seen))
+	if len(seen) != 31 {
+		t.Fatalf("paging saw %d events, want 31", len(seen))
 	}
 	seenDec := map[string]bool{}
 	for cur := ""; ; {

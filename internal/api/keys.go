@@ -1,10 +1,10 @@
 package api
 
 import (
-	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"net/http"
-	"strconv"
+	"regexp"
 	"strings"
 	"time"
 
@@ -19,6 +19,7 @@ type KeyJSON struct {
 	Name          string            `json:"name,omitempty"`
 	Owner         string            `json:"owner,omitempty"`
 	Env           string            `json:"env"`
+	Kind          string            `json:"kind"`
 	DisplayPrefix string            `json:"display_prefix"`
 	Status        string            `json:"status"`
 	CreatedAt     *time.Time        `json:"created_at,omitempty"`
@@ -62,6 +63,7 @@ func enumName(s, prefix string) string {
 func KeyFromState(st *keymeterv1.KeyState) KeyJSON {
 	k := KeyJSON{
 		ID: st.GetId(), Project: st.GetProject(), Name: st.GetName(), Owner: st.GetOwner(), Env: st.GetEnv(),
+		Kind:          keys.KindOf(st.GetKind()),
 		DisplayPrefix: st.GetDisplayPrefix(), Status: enumName(st.GetStatus().String(), "KEY_STATUS_"),
 		CreatedAt: ts(st.GetCreatedUnixNano()), ExpiresAt: ts(st.GetExpiresUnixNano()), RevokedAt: ts(st.GetRevokedUnixNano()),
 		RevokeReason: st.GetRevokeReason(), Scopes: st.GetScopes(), AllowedCIDRs: st.GetAllowedCidrs(),
@@ -80,7 +82,7 @@ func KeyFromState(st *keymeterv1.KeyState) KeyJSON {
 type KeyLimitsJSON struct {
 	Scopes        []string   `json:"scopes,omitempty"`
 	AllowedCIDRs  []string   `json:"allowed_cidrs,omitempty"`
-	RateLimitPerS float64    `json:"rate_limit_per_s,omitempty"`
+	RateLimitPerS *float64   `json:"rate_limit_per_s,omitempty"`
 	RateBurst     uint32     `json:"rate_limit_burst,omitempty"`
 	MonthlyQuota  uint64     `json:"monthly_quota,omitempty"`
 	ExpiresAt     *time.Time `json:"expires_at,omitempty"`
@@ -91,9 +93,47 @@ type CreateKeyRequest struct {
 	Project  string            `json:"project"`
 	Name     string            `json:"name,omitempty"`
 	Owner    string            `json:"owner,omitempty"`
-	Env      string            `json:"env,omitempty"`
+	Env      *string           `json:"env,omitempty"`
+	Kind     *string           `json:"kind,omitempty"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 	KeyLimitsJSON
+}
+
+// validate checks a creation request, naming fields as the API does.
+func (req *CreateKeyRequest) validate() error {
+	if req.Project == "" {
+		return badRequest("project", "project is required")
+	}
+	if err := checkLen("project", req.Project, 1, maxProjectLen); err != nil {
+		return err
+	}
+	if err := checkLen("name", req.Name, 0, maxNameLen); err != nil {
+		return err
+	}
+	if err := checkLen("owner", req.Owner, 0, maxNameLen); err != nil {
+		return err
+	}
+	if req.Env != nil && *req.Env != "live" && *req.Env != "test" {
+		return badRequest("env", "env %q: accepted values are live, test", *req.Env)
+	}
+	if req.Kind != nil {
+		if _, err := keys.ParseKind(*req.Kind); err != nil || *req.Kind == "" {
+			return badRequest("kind", "kind %q: accepted values are %s", *req.Kind, strings.Join(keys.Kinds, ", "))
+		}
+	}
+	if err := checkMetadata("metadata", req.Metadata); err != nil {
+		return err
+	}
+	if err := checkScopes("scopes", req.Scopes); err != nil {
+		return err
+	}
+	if err := checkCIDRs("allowed_cidrs", req.AllowedCIDRs); err != nil {
+		return err
+	}
+	if err := checkRate("rate_limit_per_s", req.RateLimitPerS); err != nil {
+		return err
+	}
+	return checkKeyTime("expires_at", req.ExpiresAt)
 }
 
 func (s *Server) keyService() (KeyService, error) {
@@ -109,15 +149,24 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var req CreateKeyRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	if req.Project == "" {
-		return badRequest("project", "project is required")
+	if err := req.validate(); err != nil {
+		return err
 	}
-	p := keys.CreateParams{Project: req.Project, Name: req.Name, Owner: req.Owner, Env: req.Env, Metadata: req.Metadata,
-		KeyLimits: keys.KeyLimits{Scopes: req.Scopes, AllowedCIDRs: req.AllowedCIDRs, RatePerS: req.RateLimitPerS,
+	p := keys.CreateParams{Project: req.Project, Name: req.Name, Owner: req.Owner, Metadata: req.Metadata,
+		KeyLimits: keys.KeyLimits{Scopes: req.Scopes, AllowedCIDRs: req.AllowedCIDRs,
 			Burst: req.RateBurst, MonthlyQuota: req.MonthlyQuota}}
+	if req.Env != nil {
+		p.Env = *req.Env
+	}
+	if req.Kind != nil {
+		p.Kind = *req.Kind
+	}
+	if req.RateLimitPerS != nil {
+		p.RatePerS = *req.RateLimitPerS
+	}
 	if req.ExpiresAt != nil {
 		p.ExpiresAt = *req.ExpiresAt
 	}
@@ -147,27 +196,23 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.KeyTable == nil {
 		return unavailable("key table")
 	}
-	q := r.URL.Query()
-	for f := range q {
-		switch f {
-		case "project", "status", "limit", "cursor":
-		default:
-			return badRequest(f, "unknown query parameter %q (accepted: project, status, limit, cursor)", f)
-		}
+	q, err := queryParams(r, "project", "status", "limit", "cursor")
+	if err != nil {
+		return err
 	}
-	limit := 100
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return badRequest("limit", "limit %q: want an integer 1-1000", v)
-		}
-		limit = n
+	limit, err := intParam(q, "limit", 1, 1000, 100)
+	if err != nil {
+		return err
+	}
+	if err := checkLen("project", q.Get("project"), 0, maxProjectLen); err != nil {
+		return err
 	}
 	after := ""
 	if c := q.Get("cursor"); c != "" {
-		b, err := base64.RawURLEncoding.DecodeString(c)
-		if err != nil {
-			return badRequest("cursor", "cursor is not one this server issued")
+		// The cursor is the hex of the last id of the previous page.
+		b, err := hex.DecodeString(c)
+		if err != nil || strings.ToLower(c) != c {
+			return badRequest("cursor", "cursor %q is not one this server issued (the next of a previous page)", c)
 		}
 		after = string(b)
 	}
@@ -185,7 +230,7 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) error {
 	out := KeyList{Keys: []KeyJSON{}}
 	for i, st := range states {
 		if i == limit {
-			out.Next = base64.RawURLEncoding.EncodeToString([]byte(states[i-1].GetId()))
+			out.Next = hex.EncodeToString([]byte(states[i-1].GetId()))
 			break
 		}
 		out.Keys = append(out.Keys, KeyFromState(st))
@@ -204,8 +249,51 @@ type UpdateKeyRequest struct {
 	MonthlyQuota  *uint64           `json:"monthly_quota,omitempty"`
 	ExpiresAt     *time.Time        `json:"expires_at,omitempty"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
+	Kind          *string           `json:"kind,omitempty"`
 	ThrottlePerS  *float64          `json:"throttle_per_s,omitempty"`
 	ThrottleUntil *time.Time        `json:"throttle_until,omitempty"`
+}
+
+func (req *UpdateKeyRequest) validate() error {
+	if req.Name != nil {
+		if err := checkLen("name", *req.Name, 0, maxNameLen); err != nil {
+			return err
+		}
+	}
+	if req.Kind != nil {
+		if _, err := keys.ParseKind(*req.Kind); err != nil || *req.Kind == "" {
+			return badRequest("kind", "kind %q: accepted values are %s", *req.Kind, strings.Join(keys.Kinds, ", "))
+		}
+	}
+	if req.Scopes != nil {
+		if err := checkScopes("scopes", *req.Scopes); err != nil {
+			return err
+		}
+	}
+	if req.AllowedCIDRs != nil {
+		if err := checkCIDRs("allowed_cidrs", *req.AllowedCIDRs); err != nil {
+			return err
+		}
+	}
+	if err := checkMetadata("metadata", req.Metadata); err != nil {
+		return err
+	}
+	if err := checkRate("rate_limit_per_s", req.RateLimitPerS); err != nil {
+		return err
+	}
+	if err := checkRate("throttle_per_s", req.ThrottlePerS); err != nil {
+		return err
+	}
+	if err := checkKeyTime("expires_at", req.ExpiresAt); err != nil {
+		return err
+	}
+	if err := checkKeyTime("throttle_until", req.ThrottleUntil); err != nil {
+		return err
+	}
+	if req.ThrottleUntil != nil && req.ThrottlePerS == nil {
+		return badRequest("throttle_until", "throttle_until needs throttle_per_s")
+	}
+	return nil
 }
 
 func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) error {
@@ -214,13 +302,16 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var req UpdateKeyRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if err := req.validate(); err != nil {
 		return err
 	}
 	id := r.PathValue("id")
 	err = ks.Update(r.Context(), id, keys.UpdateParams{Name: req.Name, Scopes: req.Scopes, AllowedCIDRs: req.AllowedCIDRs,
 		RatePerS: req.RateLimitPerS, Burst: req.RateBurst, MonthlyQuota: req.MonthlyQuota, ExpiresAt: req.ExpiresAt,
-		Metadata: req.Metadata, ThrottlePerS: req.ThrottlePerS, ThrottleUntil: req.ThrottleUntil})
+		Metadata: req.Metadata, Kind: req.Kind, ThrottlePerS: req.ThrottlePerS, ThrottleUntil: req.ThrottleUntil})
 	if err != nil {
 		return err
 	}
@@ -242,8 +333,11 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) error {
 // RotateRequest is the body of POST /v1/keys/{id}/rotate.
 type RotateRequest struct {
 	// GracePeriod is how long the old key keeps verifying, e.g. "24h".
-	GracePeriod string `json:"grace_period,omitempty"`
+	GracePeriod *string `json:"grace_period,omitempty"`
 }
+
+// graceRe is the grammar of grace_period, as the spec states it.
+var graceRe = regexp.MustCompile(`^([0-9]{1,4}(h|m|s|ms|us|ns))(([0-9]{1,4}(h|m|s|ms|us|ns))){0,3}$`)
 
 func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) error {
 	ks, err := s.keyService()
@@ -251,15 +345,13 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var req RotateRequest
-	if r.ContentLength != 0 {
-		if err := decode(r, &req); err != nil {
-			return err
-		}
+	if err := decodeOptional(w, r, &req); err != nil {
+		return err
 	}
 	var grace time.Duration
-	if req.GracePeriod != "" {
-		if grace, err = time.ParseDuration(req.GracePeriod); err != nil || grace < 0 {
-			return badRequest("grace_period", "grace_period %q: want a duration such as 24h or 30m", req.GracePeriod)
+	if req.GracePeriod != nil {
+		if grace, err = time.ParseDuration(*req.GracePeriod); err != nil || !graceRe.MatchString(*req.GracePeriod) {
+			return badRequest("grace_period", "grace_period %q: want a duration such as 24h, 30m or 1h30m (up to 4 parts of up to 4 digits; units h, m, s, ms, us, ns)", *req.GracePeriod)
 		}
 	}
 	c, err := ks.Rotate(r.Context(), r.PathValue("id"), grace)
@@ -277,10 +369,11 @@ func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var req RevokeRequest
-	if r.ContentLength != 0 {
-		if err := decode(r, &req); err != nil {
-			return err
-		}
+	if err := decodeOptional(w, r, &req); err != nil {
+		return err
+	}
+	if err := checkLen("reason", req.Reason, 0, maxReasonLen); err != nil {
+		return err
 	}
 	if req.Reason == "" {
 		req.Reason = "revoked by admin"

@@ -5,12 +5,17 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
-	"strconv"
+	"net/url"
+	"regexp"
+	"strings"
 	"time"
 
+	"github.com/keymeter/keymeter/internal/billing"
 	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/store"
 )
@@ -42,18 +47,30 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Usage == nil {
 		return unavailable("the usage store")
 	}
-	v := r.URL.Query()
+	v, err := queryParams(r, "key", "project", "from", "to", "granularity", "group_by")
+	if err != nil {
+		return err
+	}
+	if err := checkFilters(v, "key", "project"); err != nil {
+		return err
+	}
+	from, err := timeParam(v, "from")
+	if err != nil {
+		return err
+	}
+	to, err := timeParam(v, "to")
+	if err != nil {
+		return err
+	}
 	// Default window: the last 30 days, by day.
-	if v.Get("to") == "" {
-		v.Set("to", time.Now().UTC().Add(time.Minute).Truncate(time.Minute).Format(time.RFC3339))
+	if to.IsZero() {
+		to = time.Now().UTC().Add(time.Minute).Truncate(time.Minute)
 	}
-	if v.Get("from") == "" {
-		to, err := time.Parse(time.RFC3339, v.Get("to"))
-		if err != nil {
-			return badRequest("to", "to %q: want an RFC 3339 time such as 2026-11-25T00:00:00Z", v.Get("to"))
-		}
-		v.Set("from", to.AddDate(0, 0, -30).Format(time.RFC3339))
+	if from.IsZero() {
+		from = to.AddDate(0, 0, -30)
 	}
+	v.Set("from", from.Format(time.RFC3339Nano))
+	v.Set("to", to.Format(time.RFC3339Nano))
 	if v.Get("granularity") == "" {
 		v.Set("granularity", "day")
 	}
@@ -61,15 +78,27 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	pts, err := s.cfg.Usage.Usage(r.Context(), q)
-	if err != nil {
-		return err
-	}
-	out := UsageResponse{Granularity: string(q.Granularity), From: q.From, To: q.To, Points: make([]UsagePointJSON, 0, len(pts))}
-	for _, p := range pts {
-		out.Points = append(out.Points, UsagePointJSON(p))
+	out := UsageResponse{Granularity: string(q.Granularity), From: q.From, To: q.To, Points: []UsagePointJSON{}}
+	if q.From.Before(q.To) {
+		pts, err := s.cfg.Usage.Usage(r.Context(), q)
+		if err != nil {
+			return err
+		}
+		for _, p := range pts {
+			out.Points = append(out.Points, UsagePointJSON(p))
+		}
 	}
 	writeJSON(w, 200, out)
+	return nil
+}
+
+// checkFilters bounds the length of free-text filters.
+func checkFilters(v url.Values, fields ...string) error {
+	for _, f := range fields {
+		if err := checkLen(f, v.Get(f), 0, maxFilterLen); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -83,7 +112,24 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Logs == nil {
 		return unavailable("the log store")
 	}
-	v := r.URL.Query()
+	v, err := queryParams(r, store.LogFields()...)
+	if err != nil {
+		return err
+	}
+	if err := checkFilters(v, "key", "project", "route"); err != nil {
+		return err
+	}
+	// The API takes RFC 3339 times only (the CLI also takes durations and
+	// Unix seconds, and sends RFC 3339).
+	for _, f := range []string{"from", "to"} {
+		t, err := timeParam(v, f)
+		if err != nil {
+			return err
+		}
+		if !t.IsZero() {
+			v.Set(f, t.Format(time.RFC3339Nano))
+		}
+	}
 	if v.Get("key") == "" && v.Get("from") == "" && v.Get("cursor") == "" {
 		// The table is ordered by key: a search without one reads the
 		// whole project, so it is bounded to the last day unless asked.
@@ -93,9 +139,11 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	page, err := s.cfg.Logs.Logs(r.Context(), q)
-	if err != nil {
-		return err
+	page := store.LogPage{}
+	if q.From.IsZero() || q.To.IsZero() || q.From.Before(q.To) {
+		if page, err = s.cfg.Logs.Logs(r.Context(), q); err != nil {
+			return err
+		}
 	}
 	if page.Events == nil {
 		page.Events = []event.Event{}
@@ -124,37 +172,37 @@ func (s *Server) decisions(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Decision == nil {
 		return unavailable("the decision store")
 	}
-	v := r.URL.Query()
+	v, err := queryParams(r, "project", "key", "rule", "from", "to", "limit", "cursor")
+	if err != nil {
+		return err
+	}
+	if err := checkFilters(v, "project", "key", "rule"); err != nil {
+		return err
+	}
 	var q store.DecisionQuery
-	for f := range v {
-		switch f {
-		case "project", "key", "rule", "from", "to", "limit", "cursor":
-		default:
-			return badRequest(f, "unknown query parameter %q (accepted: project, key, rule, from, to, limit, cursor)", f)
-		}
-	}
 	q.Project, q.KeyID, q.RuleID = v.Get("project"), v.Get("key"), v.Get("rule")
-	var err error
-	if q.From, err = parseTimeParam("from", v.Get("from")); err != nil {
+	if q.From, err = timeParam(v, "from"); err != nil {
 		return err
 	}
-	if q.To, err = parseTimeParam("to", v.Get("to")); err != nil {
+	if q.To, err = timeParam(v, "to"); err != nil {
 		return err
 	}
-	q.Limit = 100
-	if l := v.Get("limit"); l != "" {
-		if q.Limit, err = strconv.Atoi(l); err != nil || q.Limit < 1 || q.Limit > 10000 {
-			return badRequest("limit", "limit %q: want an integer 1-10000", l)
-		}
+	if q.Limit, err = intParam(v, "limit", 1, 10000, 100); err != nil {
+		return err
 	}
 	q.Cursor = v.Get("cursor")
+	if q.Cursor != "" && !store.ValidCursor(q.Cursor) {
+		return badRequest("cursor", "cursor %q is not one this server issued (the next of a previous page)", q.Cursor)
+	}
 	limit := q.Limit
 	if q.Limit < 10000 {
 		q.Limit++ // one more tells whether there is a next page
 	}
-	ds, err := s.cfg.Decision.Decisions(r.Context(), q)
-	if err != nil {
-		return err
+	var ds []store.Decision
+	if q.From.IsZero() || q.To.IsZero() || q.From.Before(q.To) {
+		if ds, err = s.cfg.Decision.Decisions(r.Context(), q); err != nil {
+			return err
+		}
 	}
 	out := struct {
 		Decisions []DecisionJSON `json:"decisions"`
@@ -180,28 +228,38 @@ type rawJSON string
 
 func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
 
-func parseTimeParam(field, v string) (time.Time, error) {
-	if v == "" {
-		return time.Time{}, nil
-	}
-	t, err := time.Parse(time.RFC3339, v)
-	if err != nil {
-		return time.Time{}, badRequest(field, "%s %q: want an RFC 3339 time such as 2026-11-25T00:00:00Z", field, v)
-	}
-	return t, nil
-}
-
 // Billing produces the line items of a period.
 type Billing interface {
-	// Export writes the period's line items in format (csv or json).
+	// Export writes the period's line items in format (csv or json); it
+	// never writes to the store.
 	Export(ctx context.Context, period string, format string, w io.Writer) error
+	// CloseExport closes a period that is due (billing.ErrNotDue
+	// otherwise) and writes its export as Export does.
+	CloseExport(ctx context.Context, period string, format string, w io.Writer) error
 }
 
+// periodRe is a billing period as the spec states it: a month of the
+// years keys accept.
+var periodRe = regexp.MustCompile(`^(197[1-9]|19[89][0-9]|2[01][0-9][0-9]|22[0-5][0-9]|226[01])-(0[1-9]|1[0-2])$`)
+
 func (s *Server) billing(w http.ResponseWriter, r *http.Request) error {
+	return s.billingExport(w, r, false)
+}
+
+// closeBilling closes a period (admin): reads never write.
+func (s *Server) closeBilling(w http.ResponseWriter, r *http.Request) error {
+	return s.billingExport(w, r, true)
+}
+
+func (s *Server) billingExport(w http.ResponseWriter, r *http.Request, closing bool) error {
 	if s.cfg.Billing == nil {
 		return unavailable("billing")
 	}
-	format := r.URL.Query().Get("format")
+	v, err := queryParams(r, "format")
+	if err != nil {
+		return err
+	}
+	format := v.Get("format")
 	if format == "" {
 		format = "json"
 	}
@@ -209,13 +267,21 @@ func (s *Server) billing(w http.ResponseWriter, r *http.Request) error {
 		return badRequest("format", "format %q: accepted values are csv, json", format)
 	}
 	period := r.PathValue("period")
-	if _, err := time.Parse("2006-01", period); err != nil {
-		return badRequest("period", "period %q: want a month such as 2026-11", period)
+	if !periodRe.MatchString(period) {
+		return badRequest("period", "period %q: want a month such as 2026-11 (years %d to %d)", period, keys.MinYear, keys.MaxYear)
 	}
 	// Built whole before the first byte goes out, so an error is a clean
 	// error response, never half an export.
 	var buf bytes.Buffer
-	if err := s.cfg.Billing.Export(r.Context(), period, format, &buf); err != nil {
+	if closing {
+		err = s.cfg.Billing.CloseExport(r.Context(), period, format, &buf)
+	} else {
+		err = s.cfg.Billing.Export(r.Context(), period, format, &buf)
+	}
+	if errors.Is(err, billing.ErrNotDue) {
+		return &Error{Status: 409, Code: "conflict", Field: "period", Message: err.Error()}
+	}
+	if err != nil {
 		return err
 	}
 	if format == "csv" {
@@ -246,28 +312,61 @@ type EventSink interface {
 }
 
 // EventsRequest is the body of POST /v1/events: a JSON array of events, or
-// one event, in the JSON form of schemas/usage-event.schema.json.
+// one event, in the JSON form of schemas/usage-event.schema.json. Events
+// older than the store's raw-event retention are dropped and listed in the
+// answer (they would never be searchable); the others are accepted.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Events == nil {
 		return unavailable("event intake")
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<20))
+	body, err := readJSONBody(w, r, 8<<20)
 	if err != nil {
-		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
-			return &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: "request body over 8 MiB"}
-		}
-		return badRequest("", "body: %v", err)
+		return err
 	}
 	evs, err := decodeEvents(body)
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Events.Accept(r.Context(), evs); err != nil {
-		return err
+	out := EventsResponse{}
+	if days := s.retentionDays(r.Context()); days > 0 {
+		oldest := time.Now().Add(-time.Duration(days) * 24 * time.Hour)
+		kept := evs[:0]
+		for i, e := range evs {
+			if e.Time.Before(oldest) {
+				out.Dropped = append(out.Dropped, DroppedEvent{Index: i, Field: "time",
+					Reason: fmt.Sprintf("older than the store's retention of raw events (%d days): never searchable", days)})
+				continue
+			}
+			kept = append(kept, e)
+		}
+		evs = kept
 	}
-	writeJSON(w, http.StatusAccepted, map[string]int{"accepted": len(evs)})
+	if len(evs) > 0 {
+		if err := s.cfg.Events.Accept(r.Context(), evs); err != nil {
+			return err
+		}
+	}
+	out.Accepted = len(evs)
+	writeJSON(w, http.StatusAccepted, out)
 	return nil
+}
+
+// retentionDays is the store's raw-event retention, read at most once a
+// minute; 0 when unknown.
+func (s *Server) retentionDays(ctx context.Context) int {
+	if s.cfg.Retention == nil {
+		return 0
+	}
+	s.retMu.Lock()
+	defer s.retMu.Unlock()
+	if time.Since(s.retAt) > time.Minute {
+		if d, err := s.cfg.Retention(ctx); err == nil {
+			s.retDays, s.retAt = d, time.Now()
+		} else {
+			s.log.Warn("api: retention unknown; events are not checked against it", "err", err)
+		}
+	}
+	return s.retDays
 }
 
 // LeakHandler handles leak reports (leaks.Handler).
@@ -288,12 +387,18 @@ func (s *Server) leakHash(w http.ResponseWriter, r *http.Request) error {
 		return unavailable("leak reports")
 	}
 	var req LeakHashRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
 		return err
 	}
 	b, err := hex.DecodeString(req.TokenSHA256)
-	if err != nil || len(b) != 32 {
-		return badRequest("token_sha256", "token_sha256: want the 64 hex characters of the secret's SHA-256")
+	if err != nil || len(b) != 32 || strings.ToLower(req.TokenSHA256) != req.TokenSHA256 {
+		return badRequest("token_sha256", "token_sha256: want the 64 lower-case hex characters of the secret's SHA-256")
+	}
+	if err := checkLen("source", req.Source, 0, maxLeakFieldLen); err != nil {
+		return err
+	}
+	if err := checkLen("url", req.URL, 0, maxLeakFieldLen); err != nil {
+		return err
 	}
 	var sum [32]byte
 	copy(sum[:], b)

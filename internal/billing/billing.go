@@ -3,16 +3,19 @@
 // Meters are the allowed requests of a period (outcome valid) and their
 // bytes in, bytes out and cost units, read from the per-day rollup, which
 // sums exactly to the raw events. A period is open until Grace after its
-// end; the first export after that closes it: its line items are recorded
-// in the store and every later export prints those same line items, byte
-// for byte, and reports events that arrived for the period after it closed
-// as late_events instead of adding them.
+// end; after that an admin closes it (Close, POST /v1/billing/{period}/close,
+// keymeter billing close): its line items are recorded in the store and
+// every later export prints those same line items, byte for byte, and
+// reports events that arrived for the period after it closed as
+// late_events instead of adding them. Exports only read: an export never
+// closes a period.
 package billing
 
 import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -58,6 +61,9 @@ type Export struct {
 	LateEvents uint64            `json:"late_events"`
 }
 
+// ErrNotDue: the period cannot be closed yet (it has not ended plus Grace).
+var ErrNotDue = errors.New("billing: period not due for closing")
+
 // PeriodBounds parses "2026-11" into [start, end).
 func PeriodBounds(period string) (time.Time, time.Time, error) {
 	start, err := time.Parse("2006-01", period)
@@ -67,8 +73,10 @@ func PeriodBounds(period string) (time.Time, time.Time, error) {
 	return start, start.AddDate(0, 1, 0), nil
 }
 
-// Build computes the export of a period, closing it when it is due.
-func (x *Exporter) Build(ctx context.Context, period string) (*Export, error) {
+// Close closes a period whose end plus Grace has passed: its line items
+// are recorded and every later export shows them. Closing a closed period
+// changes nothing. It returns the closed export.
+func (x *Exporter) Close(ctx context.Context, period string) (*Export, error) {
 	from, to, err := PeriodBounds(period)
 	if err != nil {
 		return nil, err
@@ -81,25 +89,39 @@ func (x *Exporter) Build(ctx context.Context, period string) (*Export, error) {
 	if grace == 0 {
 		grace = 48 * time.Hour
 	}
+	if due := to.Add(grace); !now().After(due) {
+		return nil, fmt.Errorf("%w: %s can be closed after %s (its end plus a grace of %s for late events)", ErrNotDue, period, due.Format(time.RFC3339), grace)
+	}
+	_, _, ok, err := x.Store.BillingSnapshot(ctx, period)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if err := x.Store.CloseBillingPeriod(ctx, period, from, to); err != nil {
+			return nil, err
+		}
+	}
+	return x.Build(ctx, period)
+}
+
+// Build computes the export of a period: the recorded line items of a
+// closed period, the current ones of an open period. It never writes.
+func (x *Exporter) Build(ctx context.Context, period string) (*Export, error) {
+	from, to, err := PeriodBounds(period)
+	if err != nil {
+		return nil, err
+	}
 	current, err := x.Store.BillingLines(ctx, from, to)
 	if err != nil {
 		return nil, err
 	}
 	out := &Export{Period: period, Totals: map[string]uint64{}}
 	lines := current
-	if now().After(to.Add(grace)) {
-		snap, _, ok, err := x.Store.BillingSnapshot(ctx, period)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			if err := x.Store.CloseBillingPeriod(ctx, period, from, to); err != nil {
-				return nil, err
-			}
-			if snap, _, _, err = x.Store.BillingSnapshot(ctx, period); err != nil {
-				return nil, err
-			}
-		}
+	snap, _, closed, err := x.Store.BillingSnapshot(ctx, period)
+	if err != nil {
+		return nil, err
+	}
+	if closed {
 		out.Closed = true
 		lines = snap
 		var billed, now uint64
@@ -140,6 +162,20 @@ func (x *Exporter) Export(ctx context.Context, period, format string, w io.Write
 	if err != nil {
 		return err
 	}
+	return Write(ex, format, w)
+}
+
+// CloseExport closes the period (Close) and writes its export as Export does.
+func (x *Exporter) CloseExport(ctx context.Context, period, format string, w io.Writer) error {
+	ex, err := x.Close(ctx, period)
+	if err != nil {
+		return err
+	}
+	return Write(ex, format, w)
+}
+
+// Write writes an export as csv or json.
+func Write(ex *Export, format string, w io.Writer) error {
 	switch format {
 	case "json":
 		enc := json.NewEncoder(w)

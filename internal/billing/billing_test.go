@@ -3,6 +3,7 @@ package billing_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -45,8 +46,23 @@ func TestExportReconcilesIsStableAndReportsLateEvents(t *testing.T) {
 	must(db.InsertEvents(ctx, "c", mk("c", 30, sept.AddDate(0, 1, 0).Add(time.Hour), event.OutcomeValid))) // October
 
 	x := &billing.Exporter{Store: db, Now: func() time.Time { return time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC) }}
+	// Reading a past period never closes it (issue 12 item 11).
+	for range 2 {
+		ex, err := x.Build(ctx, "2026-09")
+		must(err)
+		if ex.Closed {
+			t.Fatal("an export closed the period")
+		}
+		if _, _, closed, err := db.BillingSnapshot(ctx, "2026-09"); err != nil || closed {
+			t.Fatalf("an export wrote a snapshot (%v)", err)
+		}
+	}
+	// A period within its grace cannot be closed.
+	if _, err := x.Close(ctx, "2026-11"); !errors.Is(err, billing.ErrNotDue) {
+		t.Fatalf("closing the current month: %v", err)
+	}
 	var first bytes.Buffer
-	must(x.Export(ctx, "2026-09", "json", &first))
+	must(x.CloseExport(ctx, "2026-09", "json", &first))
 	ex, err := x.Build(ctx, "2026-09")
 	must(err)
 	if !ex.Closed || ex.Totals["requests"] != 500 || ex.Totals["cost_units"] != 1000 || ex.Totals["bytes_out"] != 50000 || ex.LateEvents != 0 {

@@ -38,6 +38,10 @@ type Record struct {
 	ID      string
 	Project string // interned by the table: many keys share a project
 
+	// Kind is what the key is embedded in (KindServer, KindBrowser,
+	// KindMobile, KindBatch); never empty in a decoded record.
+	Kind string
+
 	Status     Status
 	Env        Env
 	QuotaState QuotaState
@@ -58,8 +62,42 @@ type Record struct {
 	Version          uint64
 
 	// Limits holds the rarely set constraints; nil for most keys, which
-	// keeps the record at 112 bytes.
+	// keeps the record at 120 bytes.
 	Limits *Limits
+}
+
+// Key kinds: what a key is embedded in, so that detection can compare it
+// with keys like it (a mobile SDK key is used from many countries at once,
+// a batch key in daily bursts). An empty or unknown kind is a server key.
+const (
+	KindServer  = "server"  // a backend service (the default)
+	KindBrowser = "browser" // a publishable key in web pages
+	KindMobile  = "mobile"  // embedded in a mobile app or SDK
+	KindBatch   = "batch"   // batch jobs and CI
+)
+
+// Kinds lists the accepted kinds.
+var Kinds = []string{KindServer, KindBrowser, KindMobile, KindBatch}
+
+// ParseKind validates a kind given by a person: empty is server, anything
+// else must be one of Kinds.
+func ParseKind(s string) (string, error) {
+	switch s {
+	case "":
+		return KindServer, nil
+	case KindServer, KindBrowser, KindMobile, KindBatch:
+		return s, nil
+	}
+	return "", fmt.Errorf("kind %q: accepted values are %s", s, strings.Join(Kinds, ", "))
+}
+
+// KindOf is the kind a stored value stands for: unknown values (written by
+// a newer version) and empty ones (written before kinds) are server.
+func KindOf(s string) string {
+	if k, err := ParseKind(s); err == nil {
+		return k
+	}
+	return KindServer
 }
 
 // Limits are a key's optional constraints.
@@ -157,6 +195,9 @@ func ParseCIDR(s string) (netip.Prefix, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR: %w", s, err)
+	}
+	if a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q: an address with a zone is not a network (want e.g. fe80::1 or fe80::/10)", s)
 	}
 	a = a.Unmap()
 	return netip.PrefixFrom(a, a.BitLen()), nil

@@ -79,6 +79,39 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 	return s, nil
 }
 
+// Accepted ranges of what a key is given. Times are stored as Unix
+// nanoseconds (which hold 1678-2262); keymeter accepts years 1971 to 2261 as
+// written, so that no offset takes a time to or past the epoch (0 means
+// "never") or out of range. Rates are stored as the time one request costs.
+const (
+	MinYear = 1971
+	MaxYear = 2261
+	// MinRate and MaxRate bound a rate limit or throttle (requests per
+	// second); 0 means none.
+	MinRate = 0.001
+	MaxRate = 1e6
+)
+
+// CheckTime refuses a time outside years MinYear-MaxYear, naming field.
+func CheckTime(field string, t time.Time) error {
+	if y := t.Year(); y < MinYear || y > MaxYear {
+		return fmt.Errorf("%w: %s %s: accepted range is years %d to %d (%d-01-01T00:00:00Z to %d-12-31T23:59:59Z)",
+			ErrInvalid, field, t.Format(time.RFC3339), MinYear, MaxYear, MinYear, MaxYear)
+	}
+	return nil
+}
+
+// CheckRate refuses a rate that is not 0 or within MinRate-MaxRate, naming field.
+func CheckRate(field string, r float64) error {
+	if r == 0 {
+		return nil
+	}
+	if math.IsNaN(r) || math.IsInf(r, 0) || r < MinRate || r > MaxRate {
+		return fmt.Errorf("%w: %s %v: accepted are 0 (none) or %g to %g requests per second", ErrInvalid, field, r, MinRate, MaxRate)
+	}
+	return nil
+}
+
 // Limits a key may be given at creation or changed later.
 type KeyLimits struct {
 	Scopes       []string
@@ -95,6 +128,7 @@ type CreateParams struct {
 	Name     string
 	Owner    string
 	Env      string // live (default) | test
+	Kind     string // server (default) | browser | mobile | batch
 	Metadata map[string]string
 	KeyLimits
 }
@@ -119,6 +153,10 @@ func (s *Service) Create(ctx context.Context, p CreateParams) (Created, error) {
 	if err != nil {
 		return Created{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	kind, err := ParseKind(p.Kind)
+	if err != nil {
+		return Created{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	if err := checkLimits(&p.KeyLimits); err != nil {
 		return Created{}, err
 	}
@@ -127,6 +165,7 @@ func (s *Service) Create(ctx context.Context, p CreateParams) (Created, error) {
 		Name:     p.Name,
 		Owner:    p.Owner,
 		Env:      env.String(),
+		Kind:     kind,
 		Status:   keymeterv1.KeyStatus_KEY_STATUS_ACTIVE,
 		Metadata: maps.Clone(p.Metadata),
 	}
@@ -165,7 +204,10 @@ func (s *Service) issue(ctx context.Context, st *keymeterv1.KeyState, env Env) (
 }
 
 // Rotate issues a new key that replaces id. The old key keeps verifying
-// for grace (0: it stops at once), then is refused as expired.
+// for grace (0: it stops at once), then is refused as expired. The new key
+// inherits everything that constrains the old one: its status (a
+// suspended key's replacement is suspended too), kind, scopes, CIDRs,
+// limits, quota, expiry and throttle.
 func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (Created, error) {
 	old, err := s.current(id)
 	if err != nil {
@@ -182,7 +224,6 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 	nw.Replaces = id
 	nw.GraceUntilUnixNano = 0
 	nw.RevokedUnixNano, nw.RevokeReason = 0, ""
-	nw.Status = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE
 	nw.QuotaUsed, nw.QuotaState, nw.QuotaPeriodStartUnixNano = 0, 0, 0
 	created, issueErr := s.issue(ctx, nw, env)
 	if issueErr != nil && !errors.Is(issueErr, ErrNotVisible) {
@@ -253,6 +294,7 @@ type UpdateParams struct {
 	MonthlyQuota *uint64
 	ExpiresAt    *time.Time // zero time: never
 	Metadata     map[string]string
+	Kind         *string
 	// Throttle sets a detector-style throttle until ThrottleUntil.
 	ThrottlePerS  *float64
 	ThrottleUntil *time.Time
@@ -264,10 +306,17 @@ func (s *Service) Update(ctx context.Context, id string, p UpdateParams) error {
 		if p.Name != nil {
 			st.Name = *p.Name
 		}
+		if p.Kind != nil {
+			k, err := ParseKind(*p.Kind)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrInvalid, err)
+			}
+			st.Kind = k
+		}
 		l := KeyLimits{Scopes: st.Scopes, AllowedCIDRs: st.AllowedCidrs, RatePerS: st.RateLimitPerS,
 			Burst: st.RateLimitBurst, MonthlyQuota: st.MonthlyQuota}
 		if st.ExpiresUnixNano != 0 {
-			l.ExpiresAt = time.Unix(0, st.ExpiresUnixNano)
+			l.ExpiresAt = time.Unix(0, st.ExpiresUnixNano).UTC()
 		}
 		if p.Scopes != nil {
 			l.Scopes = *p.Scopes
@@ -298,8 +347,13 @@ func (s *Service) Update(ctx context.Context, id string, p UpdateParams) error {
 			return fmt.Errorf("%w: throttle_until needs throttle_per_s", ErrInvalid)
 		}
 		if p.ThrottlePerS != nil {
-			if t := *p.ThrottlePerS; t < 0 || math.IsNaN(t) || math.IsInf(t, 0) {
-				return fmt.Errorf("%w: throttle_per_s %v: want a finite number ≥ 0 (0 lifts the throttle)", ErrInvalid, t)
+			if err := CheckRate("throttle_per_s", *p.ThrottlePerS); err != nil {
+				return err
+			}
+			if p.ThrottleUntil != nil && !p.ThrottleUntil.IsZero() {
+				if err := CheckTime("throttle_until", *p.ThrottleUntil); err != nil {
+					return err
+				}
 			}
 			st.ThrottlePerS = *p.ThrottlePerS
 			st.ThrottleUntilUnixNano = 0
@@ -406,11 +460,13 @@ func (s *Service) write(ctx context.Context, st *keymeterv1.KeyState, cas bus.Ke
 }
 
 func checkLimits(l *KeyLimits) error {
-	if math.IsNaN(l.RatePerS) || math.IsInf(l.RatePerS, 0) {
-		return fmt.Errorf("%w: rate limit must be a finite number", ErrInvalid)
+	if err := CheckRate("rate_limit_per_s", l.RatePerS); err != nil {
+		return err
 	}
-	if l.RatePerS < 0 {
-		return fmt.Errorf("%w: rate limit %v is negative (0 means unlimited)", ErrInvalid, l.RatePerS)
+	if !l.ExpiresAt.IsZero() {
+		if err := CheckTime("expires_at", l.ExpiresAt); err != nil {
+			return err
+		}
 	}
 	for i, c := range l.AllowedCIDRs {
 		if _, err := ParseCIDR(c); err != nil {

@@ -43,7 +43,7 @@ func decodeRecord(b []byte, intern func([]byte) string) (*Record, hkey, error) {
 		throttleUntil       int64
 		burst               uint32
 		scopes, cidrs       [][]byte
-		env                 []byte
+		env, kind           []byte
 	)
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -104,6 +104,8 @@ func decodeRecord(b []byte, intern func([]byte) string) (*Record, hkey, error) {
 			throttleUntil = int64(v)
 		case 27:
 			r.Version = v
+		case 28:
+			kind = bs
 		}
 	}
 	if len(hash) != len(Hash{}) {
@@ -115,6 +117,8 @@ func decodeRecord(b []byte, intern func([]byte) string) (*Record, hkey, error) {
 	case "test":
 		r.Env = EnvTest
 	}
+	// Records written before kinds have none: server.
+	r.Kind = KindOf(string(kind))
 	r.RateInterval = interval(ratePerS)
 	finishLimits(r, ratePerS, burst)
 	if l := throttleLimits(throttleS, throttleUntil); l != nil || len(scopes) > 0 || len(cidrs) > 0 {

@@ -24,6 +24,7 @@ func recordFromState(st *keymeterv1.KeyState, intern func(string) string) (*Reco
 	r := &Record{
 		ID:               strings.Clone(st.GetId()),
 		Project:          intern(st.GetProject()),
+		Kind:             KindOf(st.GetKind()),
 		Status:           Status(st.GetStatus()),
 		QuotaState:       QuotaState(st.GetQuotaState()),
 		ExpiresAt:        st.GetExpiresUnixNano(),
@@ -89,6 +90,7 @@ func TestDecodeRecordMatchesProto(t *testing.T) {
 		if rng.IntN(2) == 0 {
 			st.GraceUntilUnixNano, st.Replaces = rng.Int64(), "key_x"
 		}
+		st.Kind = []string{"", KindServer, KindBrowser, KindMobile, KindBatch, "quantum"}[rng.IntN(6)]
 		st.Version = rng.Uint64()
 		b, err := proto.Marshal(st)
 		if err != nil {
@@ -111,5 +113,37 @@ func TestDecodeRecordMatchesProto(t *testing.T) {
 	}
 	if _, _, err := decodeRecord(nil, nil); err == nil || !strings.Contains(err.Error(), "hash") {
 		t.Fatalf("record without hash: %v", err)
+	}
+}
+
+// A record written before kinds existed (no field 28) and one with a kind
+// this version does not know both decode as server keys; known kinds stay.
+func TestDecodeRecordKind(t *testing.T) {
+	for _, tc := range []struct{ kind, want string }{
+		{"", KindServer}, {"mobile", KindMobile}, {"batch", KindBatch}, {"browser", KindBrowser}, {"quantum", KindServer},
+	} {
+		st, _ := newState(t, "p")
+		st.Kind = tc.kind
+		b, err := proto.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, _, err := decodeRecord(b, func(b []byte) string { return string(b) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Kind != tc.want {
+			t.Errorf("kind %q decoded as %q, want %q", tc.kind, r.Kind, tc.want)
+		}
+	}
+	for _, ok := range []string{"", "server", "browser", "mobile", "batch"} {
+		if _, err := ParseKind(ok); err != nil {
+			t.Errorf("ParseKind(%q): %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"Mobile", "desktop", " server"} {
+		if _, err := ParseKind(bad); err == nil || !strings.Contains(err.Error(), "accepted values") {
+			t.Errorf("ParseKind(%q) accepted: %v", bad, err)
+		}
 	}
 }

@@ -4,9 +4,16 @@
 // token is looked up by its SHA-256; a key that exists is a true positive
 // and is revoked (policy revoke, the default) or alerted on (policy alert).
 // A reported secret is never logged or stored: only its key id.
+//
+// A report is acted on once: a replay of the same body (or of the same
+// operator report) is answered with the same labels marked duplicate and
+// changes nothing. Its decision's id derives from the report's digest, so
+// that every copy of it, written directly or recorded from the bus
+// (Recorder), is one row of the decision store.
 package leaks
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/sha256"
@@ -22,6 +29,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -67,10 +75,27 @@ type Label struct {
 	TokenHash string `json:"token_hash"`
 	TokenType string `json:"token_type"`
 	Label     string `json:"label"` // true_positive | false_positive
+	// Duplicate: this report was received before and acted on then; this
+	// copy changed nothing.
+	Duplicate bool `json:"duplicate,omitempty"`
 }
 
+// RuleID is the rule id of leak decisions.
+const RuleID = "leak-report"
+
+// seenMax bounds the replay memory; seenFor is how long a report is remembered.
+const (
+	seenMax = 100_000
+	seenFor = 7 * 24 * time.Hour
+)
+
 // Handler serves the reports.
-type Handler struct{ cfg Config }
+type Handler struct {
+	cfg Config
+
+	mu   sync.Mutex
+	seen map[[32]byte]time.Time // report digest → first received
+}
 
 // New validates the config.
 func New(cfg Config) (*Handler, error) {
@@ -90,7 +115,27 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Handler{cfg: cfg}, nil
+	return &Handler{cfg: cfg, seen: map[[32]byte]time.Time{}}, nil
+}
+
+// firstSeen records a report digest and returns when it was first seen
+// and whether this is a replay.
+func (h *Handler) firstSeen(digest [32]byte) (time.Time, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := time.Now()
+	if t, ok := h.seen[digest]; ok && now.Sub(t) < seenFor {
+		return t, true
+	}
+	if len(h.seen) >= seenMax {
+		for d, t := range h.seen {
+			if now.Sub(t) >= seenFor || len(h.seen) >= seenMax {
+				delete(h.seen, d)
+			}
+		}
+	}
+	h.seen[digest] = now
+	return now, false
 }
 
 // ParsePublicKey reads a PEM "PUBLIC KEY" (ECDSA P-256, as GitHub publishes).
@@ -120,6 +165,11 @@ func writeErr(w http.ResponseWriter, status int, code, msg string) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			writeErr(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body over %d bytes", mb.Limit))
+			return
+		}
 		writeErr(w, 400, "invalid_argument", "body: "+err.Error())
 		return
 	}
@@ -128,30 +178,49 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var reports []Report
-	if err := json.Unmarshal(body, &reports); err != nil {
+	// Fields a scanner may add later are ignored (the partner format is
+	// not ours); trailing data is not.
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&reports); err != nil {
 		writeErr(w, 400, "invalid_argument", "want a JSON array of {token, type, url, source}: "+err.Error())
 		return
 	}
-	labels := make([]Label, 0, len(reports))
+	if _, err := dec.Token(); err != io.EOF {
+		writeErr(w, 400, "invalid_argument", "trailing data after the JSON array")
+		return
+	}
 	for i, rep := range reports {
 		if rep.Token == "" {
-			writeErr(w, 400, "invalid_argument", fmt.Sprintf("report %d: token is required", i))
+			writeErr(w, 400, "invalid_argument", fmt.Sprintf("[%d].token is required", i))
 			return
 		}
+	}
+	// The signature covers the body: its digest identifies the report.
+	digest := sha256.Sum256(body)
+	at, dup := h.firstSeen(digest)
+	labels := make([]Label, 0, len(reports))
+	for i, rep := range reports {
 		sum := sha256.Sum256([]byte(rep.Token))
-		labels = append(labels, h.handle(r.Context(), sum, rep.Type, rep.Source, rep.URL))
+		rd := sha256.Sum256(fmt.Appendf(digest[:], "/%d", i))
+		labels = append(labels, h.handle(r.Context(), rd, at, dup, sum, rep.Type, rep.Source, rep.URL))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(labels)
 }
 
-// HandleHash acts on one leaked key known by the SHA-256 of its secret.
+// HandleHash acts on one leaked key known by the SHA-256 of its secret. The
+// same report (hash, source and url) again is a duplicate.
 func (h *Handler) HandleHash(ctx context.Context, sum [32]byte, source, url string) Label {
-	return h.handle(ctx, sum, "keymeter_api_key", source, url)
+	digest := sha256.Sum256(fmt.Appendf(nil, "hash\x00%x\x00%s\x00%s", sum, source, url))
+	at, dup := h.firstSeen(digest)
+	return h.handle(ctx, digest, at, dup, sum, "keymeter_api_key", source, url)
 }
 
-func (h *Handler) handle(ctx context.Context, sum [32]byte, typ, source, url string) Label {
-	l := Label{TokenHash: hex.EncodeToString(sum[:]), TokenType: typ, Label: "false_positive"}
+// handle labels one token and, the first time its report is seen, acts on
+// it. digest identifies the report (and the token within it); at is when
+// it was first received.
+func (h *Handler) handle(ctx context.Context, digest [32]byte, at time.Time, dup bool, sum [32]byte, typ, source, url string) Label {
+	l := Label{TokenHash: hex.EncodeToString(sum[:]), TokenType: typ, Label: "false_positive", Duplicate: dup}
 	hash := keys.Hash(sum)
 	slot := h.cfg.Table.Lookup(&hash)
 	if slot == nil || slot.Record() == nil {
@@ -159,26 +228,39 @@ func (h *Handler) handle(ctx context.Context, sum [32]byte, typ, source, url str
 	}
 	rec := slot.Record()
 	l.Label = "true_positive"
+	id := fmt.Sprintf("leak/%s/%x", rec.ID, digest[:12])
+	if !dup && h.cfg.Store != nil {
+		// A replay after a restart: the decision is in the store already.
+		ds, err := h.cfg.Store.Decisions(ctx, store.DecisionQuery{KeyID: rec.ID, RuleID: RuleID, Limit: 1000})
+		for _, d := range ds {
+			if err == nil && d.ID == id {
+				dup, l.Duplicate = true, true
+			}
+		}
+	}
+	if dup {
+		h.cfg.Logger.Info("leak report replayed; already acted on", "key_id", rec.ID, "source", source)
+		return l
+	}
 	reason := fmt.Sprintf("leaked: reported by %s", orUnknown(source))
 	if url != "" {
 		reason += " at " + url
 	}
 	h.cfg.Logger.Warn("leaked key reported", "key_id", rec.ID, "project", rec.Project, "source", source, "policy", h.cfg.Policy)
+	d := &keymeterv1.Decision{Id: id, TimeUnixNano: at.UnixNano(),
+		RuleId: RuleID, RuleVersion: 1, Severity: "critical", Mode: keymeterv1.Mode_MODE_ENFORCE,
+		Action: keymeterv1.Action_ACTION_ALERT, Group: rec.ID, Project: rec.Project, KeyId: rec.ID, Reason: reason}
+	if h.cfg.Policy == "revoke" {
+		d.Action = keymeterv1.Action_ACTION_REVOKE
+	}
+	if h.cfg.Store != nil {
+		if err := h.cfg.Store.WriteDecisions(ctx, []store.Decision{ToStore(d)}); err != nil {
+			h.cfg.Logger.Warn("leak decision not stored", "key_id", rec.ID, "err", err)
+		}
+	}
 	if h.cfg.Decisions != nil {
-		d := &keymeterv1.Decision{Id: fmt.Sprintf("leak/%s/%d", rec.ID, time.Now().UnixNano()), TimeUnixNano: time.Now().UnixNano(),
-			RuleId: "leak-report", RuleVersion: 1, Severity: "critical", Mode: keymeterv1.Mode_MODE_ENFORCE,
-			Action: keymeterv1.Action_ACTION_ALERT, Group: rec.ID, Project: rec.Project, KeyId: rec.ID, Reason: reason}
-		if h.cfg.Policy == "revoke" {
-			d.Action = keymeterv1.Action_ACTION_REVOKE
-		}
-		if h.cfg.Store != nil {
-			ev, _ := json.Marshal(map[string]string{"source": source, "url": url, "token_type": typ})
-			if err := h.cfg.Store.WriteDecisions(ctx, []store.Decision{{ID: d.Id, Time: time.Unix(0, d.TimeUnixNano).UTC(), RuleID: d.RuleId,
-				RuleVersion: d.RuleVersion, Mode: "enforce", Action: map[bool]string{true: "revoke", false: "alert"}[h.cfg.Policy == "revoke"],
-				Project: d.Project, KeyID: d.KeyId, GroupKey: d.Group, Reason: reason, Evidence: string(ev)}}); err != nil {
-				h.cfg.Logger.Warn("leak decision not stored", "key_id", rec.ID, "err", err)
-			}
-		}
+		// Published also when stored here: an API with a store elsewhere
+		// records it from the bus (Recorder), and verifiers see it.
 		if raw, err := proto.Marshal(d); err == nil {
 			if err := h.cfg.Decisions.PublishDecision(ctx, rec.ID, raw); err != nil {
 				h.cfg.Logger.Warn("leak decision not published", "key_id", rec.ID, "err", err)
@@ -191,6 +273,47 @@ func (h *Handler) handle(ctx context.Context, sum [32]byte, typ, source, url str
 		}
 	}
 	return l
+}
+
+// ToStore is the stored form of a leak decision: the same however it
+// reaches the store, so that copies collapse into one row.
+func ToStore(d *keymeterv1.Decision) store.Decision {
+	action := "alert"
+	if d.GetAction() == keymeterv1.Action_ACTION_REVOKE {
+		action = "revoke"
+	}
+	ev, _ := json.Marshal(map[string]string{"severity": d.GetSeverity(), "source": "leak report"})
+	return store.Decision{ID: d.GetId(), Time: time.Unix(0, d.GetTimeUnixNano()).UTC(), RuleID: d.GetRuleId(),
+		RuleVersion: d.GetRuleVersion(), Mode: "enforce", Action: action, Project: d.GetProject(), KeyID: d.GetKeyId(),
+		GroupKey: d.GetGroup(), Reason: d.GetReason(), Evidence: string(ev)}
+}
+
+// Recorder stores the leak decisions published on the bus, so that an API
+// with a store lists the revocations of leak reports handled by an API
+// without one (api --store none). It replays the last day when the bus can
+// (copies are one row: ids and times come from the decision) and runs
+// until ctx ends.
+func Recorder(ctx context.Context, ds bus.Decisions, st store.DecisionStore, log *slog.Logger) error {
+	apply := func(data []byte) {
+		var d keymeterv1.Decision
+		if proto.Unmarshal(data, &d) != nil || d.GetRuleId() != RuleID || d.GetId() == "" {
+			return
+		}
+		if err := st.WriteDecisions(ctx, []store.Decision{ToStore(&d)}); err != nil && ctx.Err() == nil {
+			log.Warn("leak decision from the bus not stored", "key_id", d.GetKeyId(), "err", err)
+		}
+	}
+	var err error
+	if since, ok := ds.(bus.DecisionsSince); ok {
+		err = since.SubscribeDecisionsSince(ctx, time.Now().Add(-24*time.Hour), apply)
+	} else {
+		err = ds.SubscribeDecisions(ctx, apply)
+	}
+	if err != nil || ctx.Err() != nil {
+		return err
+	}
+	<-ctx.Done() // some buses subscribe in the background
+	return nil
 }
 
 func orUnknown(s string) string {

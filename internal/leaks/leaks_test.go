@@ -9,14 +9,19 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/leaks"
+	"github.com/keymeter/keymeter/internal/store"
+	"github.com/keymeter/keymeter/internal/store/chdb"
 )
 
 func TestSignedReportRevokesTruePositives(t *testing.T) {
@@ -90,5 +95,99 @@ func TestSignedReportRevokesTruePositives(t *testing.T) {
 	sum := sha256.Sum256([]byte(leaked.Secret.Reveal()))
 	if l := h.HandleHash(ctx, sum, "operator", ""); l.Label != "true_positive" {
 		t.Fatalf("by hash: %+v", l)
+	}
+}
+
+// A signed report replayed three times is acted on once: one decision, and
+// the copies are answered as duplicates. The API that handled it has no
+// store (api --store none); another process with a store records its
+// decision from the bus (Recorder), so /v1/decisions lists it.
+func TestReplayedReportIsOneDecisionRecordedThroughTheBus(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("embedded NATS: %v", err)
+	}
+	defer srv.Shutdown()
+	b, err := natsbus.New(ctx, natsbus.Config{Partitions: 1}, natsbus.WithEmbedded(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	go func() { _ = table.Run(ctx, b) }()
+	<-table.Ready()
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := chdb.Open(chdb.Config{DataDir: t.TempDir(), Database: "leaks_test"})
+	if err != nil {
+		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)
+	}
+	defer db.Close()
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = leaks.Recorder(ctx, b, db, slog.New(slog.DiscardHandler)) }()
+
+	leaked, err := svc.Create(ctx, keys.CreateParams{Project: "proj_leak"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	// No store: the handler only publishes its decision.
+	h, err := leaks.New(leaks.Config{Table: table, Keys: svc, Decisions: b, PublicKeys: map[string]*ecdsa.PublicKey{"k1": &priv.PublicKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal([]leaks.Report{{Token: leaked.Secret.Reveal(), Type: "keymeter_api_key", Source: "gist"}})
+	digest := sha256.Sum256(body)
+	der, _ := ecdsa.SignASN1(rand.Reader, priv, digest[:])
+	for i := range 3 {
+		req := httptest.NewRequest("POST", "/v1/leaks", bytes.NewReader(body))
+		req.Header.Set("Github-Public-Key-Identifier", "k1")
+		req.Header.Set("Github-Public-Key-Signature", base64.StdEncoding.EncodeToString(der))
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var labels []leaks.Label
+		if err := json.Unmarshal(rec.Body.Bytes(), &labels); err != nil || rec.Code != 200 || len(labels) != 1 {
+			t.Fatalf("post %d: %d %s", i, rec.Code, rec.Body)
+		}
+		if labels[0].Label != "true_positive" || labels[0].Duplicate != (i > 0) {
+			t.Fatalf("post %d: label %+v, want duplicate=%v", i, labels[0], i > 0)
+		}
+	}
+	// The operator's report by hash, twice: the second is a duplicate.
+	sum := sha256.Sum256([]byte(leaked.Secret.Reveal()))
+	if l := h.HandleHash(ctx, sum, "operator", "https://example.com/x"); l.Duplicate {
+		t.Fatalf("first hash report: %+v", l)
+	}
+	if l := h.HandleHash(ctx, sum, "operator", "https://example.com/x"); !l.Duplicate {
+		t.Fatalf("second hash report: %+v", l)
+	}
+	var ds []store.Decision
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ds, err = db.Decisions(ctx, store.DecisionQuery{KeyID: leaked.State.GetId()})
+		if err == nil && len(ds) >= 2 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Wait a little longer for copies that should not exist.
+	time.Sleep(300 * time.Millisecond)
+	ds, err = db.Decisions(ctx, store.DecisionQuery{KeyID: leaked.State.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 2 {
+		t.Fatalf("%d stored decisions, want 2 (one per distinct report): %+v", len(ds), ds)
+	}
+	for _, d := range ds {
+		if d.RuleID != leaks.RuleID || d.Action != "revoke" {
+			t.Fatalf("decision %+v", d)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -202,6 +203,9 @@ func (d *DB) ClearIntent(ctx context.Context, consumer, partition, token string)
 	return fmt.Errorf("%w: no pending intent %s/%s token %s", ErrNotFound, consumer, partition, token)
 }
 
+// MaxUsagePoints bounds one usage answer.
+const MaxUsagePoints = 100_000
+
 // Usage implements UsageReader.
 func (d *DB) Usage(ctx context.Context, q UsageQuery) ([]UsagePoint, error) {
 	if err := q.Validate(); err != nil {
@@ -222,7 +226,9 @@ func (d *DB) Usage(ctx context.Context, q UsageQuery) ([]UsagePoint, error) {
 			bucket = "toDateTime(toStartOfMonth(day), 'UTC')"
 		}
 	}
-	p := Params{}.I64("from", q.From.Unix()).I64("to", q.To.Unix())
+	// The rollups' DateTime holds 1970 to 2106: no bucket lies outside.
+	clamp := func(t time.Time) int64 { return min(max(t.Unix(), 0), math.MaxUint32) }
+	p := Params{}.I64("from", clamp(q.From)).I64("to", clamp(q.To))
 	where := []string{col + " >= " + lo, col + " < " + hi}
 	if q.Project != "" {
 		where = append(where, "project = {project:String}")
@@ -244,7 +250,7 @@ func (d *DB) Usage(ctx context.Context, q UsageQuery) ([]UsagePoint, error) {
  toUInt64(sum(requests)), toUInt64(sumIf(requests, outcome = 'valid')), toUInt64(sum(bytes_in)), toUInt64(sum(bytes_out)),
  toUInt64(sum(cost_units)), toUInt64(uniqMerge(uniq_ips)), toUInt64(uniqMerge(uniq_countries))
 FROM {db}.` + table + ` WHERE ` + strings.Join(where, " AND ") + `
-GROUP BY ` + strings.Join(groups, ", ") + ` ORDER BY ` + strings.Join(groups, ", ")
+GROUP BY ` + strings.Join(groups, ", ") + ` ORDER BY ` + strings.Join(groups, ", ") + ` LIMIT ` + strconv.Itoa(MaxUsagePoints+1)
 	rows, err := d.conn.Query(ctx, d.sql(sql), p)
 	if err != nil {
 		return nil, fmt.Errorf("store: usage: %w", err)
@@ -259,6 +265,10 @@ GROUP BY ` + strings.Join(groups, ", ") + ` ORDER BY ` + strings.Join(groups, ",
 		}
 		u.Start = time.Unix(b, 0).UTC()
 		out = append(out, u)
+		if len(out) > MaxUsagePoints {
+			return nil, badFilter("granularity", string(q.Granularity), fmt.Sprintf("more than %d points", MaxUsagePoints),
+				"a shorter range, a coarser granularity or fewer group_by fields")
+		}
 	}
 	return out, rows.Err()
 }
@@ -365,6 +375,16 @@ func scanEvent(rows Rows) (event.Event, error) {
 	return e, nil
 }
 
+// lastAddr is the highest address of a masked prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
 // Logs implements LogReader.
 func (d *DB) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 	var page LogPage
@@ -392,9 +412,19 @@ func (d *DB) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 	add("route = {route:String}", "route", q.Route)
 	add("country = {country:String}", "country", q.Country)
 	if q.ClientIP != "" {
+		// An event's client_ip may be empty (an unknown address, which
+		// POST /v1/events accepts): it matches no address or network. The
+		// range test converts without throwing (NULL never matches), so
+		// one empty or odd row cannot fail the search.
 		if pre, err := netip.ParsePrefix(q.ClientIP); err == nil {
-			where = append(where, "isIPAddressInRange(client_ip, {cidr:String})")
-			p = p.Str("cidr", pre.Masked().String())
+			pre = pre.Masked()
+			lo, hi := pre.Addr(), lastAddr(pre)
+			if pre.Addr().Is4() {
+				where = append(where, "toIPv4OrNull(client_ip) BETWEEN toIPv4({lo:String}) AND toIPv4({hi:String})")
+			} else {
+				where = append(where, "isIPv6String(client_ip) AND toIPv6OrNull(client_ip) BETWEEN toIPv6({lo:String}) AND toIPv6({hi:String})")
+			}
+			p = p.Str("lo", lo.String()).Str("hi", hi.String())
 		} else {
 			add("client_ip = {ip:String}", "ip", q.ClientIP)
 		}

@@ -23,7 +23,7 @@ func TestParseLogQuery(t *testing.T) {
 		want string
 	}{
 		{url.Values{"nope": {"1"}}, `filter "nope": unknown field (accepted: key, project, ip, status, outcome, route, country, from, to, limit, cursor)`},
-		{url.Values{"status": {"abc"}}, `filter "status" = "abc": not a status (accepted: an HTTP status 100-599 or a class such as 4xx)`},
+		{url.Values{"status": {"abc"}}, `filter "status" = "abc": not a status (accepted: an HTTP status 100-599, a class such as 4xx, or a range such as 500-599)`},
 		{url.Values{"key": {"a", "b"}}, `filter "key": given more than once (accepted: one value)`},
 	} {
 		_, err := ParseLogQuery(tc.v)
@@ -38,6 +38,17 @@ func TestCursorRoundTrip(t *testing.T) {
 	ms, id, err := decodeCursor(c)
 	if err != nil || ms != 1767322800123 || id != "ev-42" {
 		t.Fatalf("%d %q %v", ms, id, err)
+	}
+	// Every string of the documented grammar is a cursor; others are not.
+	for _, ok := range []string{"0-", "5-ab", "123456789012345-00ff"} {
+		if !ValidCursor(ok) {
+			t.Errorf("%q refused", ok)
+		}
+	}
+	for _, bad := range []string{"", "-", "5-a", "5-AB", "1234567890123456-", "x-00"} {
+		if ValidCursor(bad) {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }
 

@@ -606,6 +606,7 @@ type KeyState struct {
 	ThrottleUntilUnixNano    int64                  `protobuf:"varint,25,opt,name=throttle_until_unix_nano,json=throttleUntilUnixNano,proto3" json:"throttle_until_unix_nano,omitempty"`
 	UpdatedUnixNano          int64                  `protobuf:"varint,26,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Version                  uint64                 `protobuf:"varint,27,opt,name=version,proto3" json:"version,omitempty"` // bumped on every change
+	Kind                     string                 `protobuf:"bytes,28,opt,name=kind,proto3" json:"kind,omitempty"`        // server | browser | mobile | batch; empty: server
 	unknownFields            protoimpl.UnknownFields
 	sizeCache                protoimpl.SizeCache
 }
@@ -829,6 +830,13 @@ func (x *KeyState) GetVersion() uint64 {
 	return 0
 }
 
+func (x *KeyState) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
 // Decision is what a detection rule decided, with its evidence.
 type Decision struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1029,7 +1037,7 @@ const file_keymeter_v1_keymeter_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bproducer\x18\x02 \x01(\tR\bproducer\x12*\n" +
 	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12/\n" +
-	"\x06events\x18\x04 \x03(\v2\x17.keymeter.v1.UsageEventR\x06events\"\xc4\b\n" +
+	"\x06events\x18\x04 \x03(\v2\x17.keymeter.v1.UsageEventR\x06events\"\xd8\b\n" +
 	"\bKeyState\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x12\n" +
@@ -1060,7 +1068,8 @@ const file_keymeter_v1_keymeter_proto_rawDesc = "" +
 	"\x0ethrottle_per_s\x18\x18 \x01(\x01R\fthrottlePerS\x127\n" +
 	"\x18throttle_until_unix_nano\x18\x19 \x01(\x03R\x15throttleUntilUnixNano\x12*\n" +
 	"\x11updated_unix_nano\x18\x1a \x01(\x03R\x0fupdatedUnixNano\x12\x18\n" +
-	"\aversion\x18\x1b \x01(\x04R\aversion\x1a;\n" +
+	"\aversion\x18\x1b \x01(\x04R\aversion\x12\x12\n" +
+	"\x04kind\x18\x1c \x01(\tR\x04kind\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x04\n" +
