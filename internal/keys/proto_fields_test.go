@@ -21,6 +21,7 @@ func TestWireCoversEveryKeyStateField(t *testing.T) {
 	full := &keymeterv1.KeyState{}
 	prototest.Fill(full.ProtoReflect(), 1)
 	full.Env = "test"
+	full.Kind = KindMobile // an unknown kind reads as server, like an absent one
 	full.AllowedCidrs = []string{"10.0.0.0/8", "192.0.2.0/24"}
 	decode := func(st *keymeterv1.KeyState) (*Record, hkey, error) {
 		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(st)

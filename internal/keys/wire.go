@@ -26,6 +26,7 @@ var keyStateFields = map[protowire.Number]bool{
 	20: true, 21: true, 22: true, 23: true, 24: true, 25: true, // grace, quota state/used/period, throttle
 	26: false, // updated_unix_nano
 	27: true,  // version
+	28: true,  // kind: detection reads a key's declared kind from the table
 }
 
 // decodeRecord builds a Record straight from the protobuf encoding of a

@@ -303,12 +303,7 @@ func Recorder(ctx context.Context, ds bus.Decisions, st store.DecisionStore, log
 			log.Warn("leak decision from the bus not stored", "key_id", d.GetKeyId(), "err", err)
 		}
 	}
-	var err error
-	if since, ok := ds.(bus.DecisionsSince); ok {
-		err = since.SubscribeDecisionsSince(ctx, time.Now().Add(-24*time.Hour), apply)
-	} else {
-		err = ds.SubscribeDecisions(ctx, apply)
-	}
+	err := ds.SubscribeDecisionsSince(ctx, time.Now().Add(-24*time.Hour), apply)
 	if err != nil || ctx.Err() != nil {
 		return err
 	}
