@@ -161,6 +161,7 @@ func (s *Server) routes() {
 	m.Handle("POST /v1/events", admin(s.events))
 	m.Handle("POST /v1/leaks", http.HandlerFunc(s.leaks)) // authenticated by its own signature
 	m.Handle("POST /v1/leaks/hash", admin(s.leakHash))
+	s.mountConsole()
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: 404, Code: "not_found", Message: fmt.Sprintf("no route %s %s (see /openapi.yaml)", r.Method, r.URL.Path)})
 	})
