@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,6 +41,24 @@ type env struct {
 	db  *store.DB
 }
 
+var (
+	chdbOnce sync.Once
+	chdbPath string
+)
+
+// chdbDir is this test process's embedded store directory: chDB takes one
+// per process; each test gets its own database in it.
+func chdbDir(t *testing.T) string {
+	chdbOnce.Do(func() {
+		d, err := os.MkdirTemp("", "keymeter-console-test-chdb-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		chdbPath = d
+	})
+	return chdbPath
+}
+
 func setup(t *testing.T) *env {
 	t.Helper()
 	dir := t.TempDir()
@@ -62,7 +81,7 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := chdb.Open(chdb.Config{DataDir: filepath.Join(dir, "chdb"), Database: fmt.Sprintf("console_%d", time.Now().UnixNano())})
+	db, err := chdb.Open(chdb.Config{DataDir: chdbDir(t), Database: fmt.Sprintf("console_%d", time.Now().UnixNano())})
 	if err != nil {
 		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)
 	}
