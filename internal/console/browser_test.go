@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
 	"github.com/keymeter/keymeter/internal/api"
@@ -398,6 +399,21 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatalf("decision page lacks the rule or the events around it: %q", txt)
 		}
 		shot(t, ctx, "decision_evidence")
+		// The same page on a phone, in dark mode.
+		if _, err := chromedp.Call(ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}}); err != nil {
+			t.Fatalf("emulate dark mode: %v", err)
+		}
+		do(t, ctx, "phone, dark", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile),
+			chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("evidence")))
+		bg := run(t, ctx, "background", chromedp.Evaluate[string](`getComputedStyle(document.body).backgroundColor`))
+		if bg != "rgb(13, 17, 23)" {
+			t.Fatalf("dark mode background %q", bg)
+		}
+		if w := run(t, ctx, "overflow", chromedp.Evaluate[int](`document.documentElement.scrollWidth - window.innerWidth`)); w > 0 {
+			t.Fatalf("the page is %dpx wider than a phone's screen", w)
+		}
+		shot(t, ctx, "decision_phone_dark")
 	})
 
 	t.Run("read_role", func(t *testing.T) {
@@ -444,6 +460,14 @@ func TestConsoleInBrowser(t *testing.T) {
 		if k := e.apiKey(keyID); k["status"] != "active" {
 			t.Fatalf("key after refused writes: %v", k["status"])
 		}
+		// Rotate: the new secret is shown once, on the new key.
+		do(t, ctx, "rotate", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`),
+			chromedp.SendKeys(chromedp.ID("f-grace_period"), "1h"), chromedp.Click(chromedp.ID("rotate")),
+			chromedp.WaitVisible(chromedp.ID("secret")))
+		if s2 := run(t, ctx, "new secret", chromedp.Value(chromedp.ID("secret"))); s2 == secret || len(s2) < 20 {
+			t.Fatalf("rotation showed secret of %d chars (same as before: %v)", len(s2), s2 == secret)
+		}
+		do(t, ctx, "back to the old key", chromedp.Navigate(e.url+"/console/keys/"+keyID), chromedp.WaitVisible(chromedp.ID("suspend")))
 		// The same write from the page's own form works: suspend, resume,
 		// then revoke with a reason (a missing reason is an error by the field).
 		do(t, ctx, "suspend", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`), chromedp.Click(chromedp.ID("suspend")),

@@ -756,6 +756,30 @@ func (c *Console) keyAction(w http.ResponseWriter, r *http.Request, s *session) 
 	var body any
 	switch action {
 	case "suspend", "resume":
+	case "rotate":
+		// A new secret, shown once; the old one keeps working for the grace.
+		req := map[string]string{}
+		if g := strings.TrimSpace(r.PostFormValue("grace_period")); g != "" {
+			req["grace_period"] = g
+		}
+		var out createdData
+		var created struct {
+			Secret string  `json:"secret"`
+			Key    keyJSON `json:"key"`
+		}
+		if err := c.call(r.Context(), s, "POST", "/v1/keys/"+url.PathEscape(id)+"/rotate", nil, req, &created); err != nil {
+			var ae *apiError
+			if errors.As(err, &ae) && ae.Field == "grace_period" {
+				return c.keyFormError(w, r, s, id, "grace_period", ae.Message)
+			}
+			return err
+		}
+		out.Secret, out.Key = created.Secret, created.Key
+		v := c.viewFor(s, "Key rotated", "keys")
+		v.Flash = "Key " + id + " rotated: the new key replaces it."
+		v.D = out
+		c.render(w, http.StatusCreated, "key_created", v)
+		return nil
 	case "revoke":
 		reason := strings.TrimSpace(r.PostFormValue("reason"))
 		if reason == "" {
