@@ -13,12 +13,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/keymeter/keymeter/internal/api"
@@ -252,6 +254,16 @@ func post(t *testing.T, ctx context.Context, path, body string) int {
 	return run(t, ctx, "POST "+path, chromedp.Evaluate[int](js, chromedp.EvalAwaitPromise))
 }
 
+// clickAndLoad clicks a link and waits for the page it leads to to load.
+func clickAndLoad(t *testing.T, ctx context.Context, sel string) {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(sctx, chromedp.WaitEvent(page.LoadEventFired, nil, chromedp.Click(chromedp.CSS(sel)))); err != nil {
+		t.Fatalf("click %s: %v", sel, err)
+	}
+}
+
 func pageText(t *testing.T, ctx context.Context) string {
 	t.Helper()
 	return run(t, ctx, "page text", chromedp.Evaluate[string](`document.body.innerText`))
@@ -332,6 +344,37 @@ func TestConsoleInBrowser(t *testing.T) {
 		if k := e.apiKey(keyID); k["name"] != "checkout service" || k["rate_limit_per_s"] != 50.0 {
 			t.Fatalf("key as the API sees it: %v", k)
 		}
+		// Two more keys; the list's live search (htmx) narrows to one, and
+		// cursor pages of one key walk all three.
+		for _, name := range []string{"billing worker", "mobile app"} {
+			do(t, ctx, "create "+name, chromedp.Navigate(e.url+"/console/keys/new"), chromedp.WaitVisible(chromedp.ID("f-project")),
+				chromedp.SendKeys(chromedp.ID("f-project"), "proj_ui"), chromedp.SendKeys(chromedp.ID("f-name"), name),
+				chromedp.Click(chromedp.ID("create")), chromedp.WaitVisible(chromedp.ID("secret")))
+		}
+		do(t, ctx, "live search", chromedp.Navigate(e.url+"/console/keys"), chromedp.WaitVisible(chromedp.CSS("#keys-table")),
+			chromedp.SendKeys(chromedp.ID("q"), "checkout"),
+			chromedp.Poll[chromedp.Void](`document.querySelectorAll("#keys-table tbody tr").length === 1 && location.search.includes("q=checkout")`))
+		if txt := run(t, ctx, "results", chromedp.Text(chromedp.ID("keys-results"))); !strings.Contains(txt, "checkout service") {
+			t.Fatalf("search results: %q", txt)
+		}
+		shot(t, ctx, "keys_search")
+		seen := map[string]bool{}
+		do(t, ctx, "first page", chromedp.Navigate(e.url+"/console/keys?project=proj_ui&limit=1"), chromedp.WaitVisible(chromedp.CSS("#keys-table")))
+		for i := 0; ; i++ {
+			id := run(t, ctx, "row", chromedp.Text(chromedp.CSS("#keys-table tbody tr td a")))
+			if seen[id] || i > 5 {
+				t.Fatalf("page %d repeats %s (seen %v)", i, id, seen)
+			}
+			seen[id] = true
+			more := run(t, ctx, "next?", chromedp.Evaluate[bool](`!!document.querySelector("a[rel=next]")`))
+			if !more {
+				break
+			}
+			clickAndLoad(t, ctx, "a[rel=next]")
+		}
+		if len(seen) != 3 {
+			t.Fatalf("cursor pages showed %d keys, want 3", len(seen))
+		}
 	})
 
 	t.Run("usage_and_logs", func(t *testing.T) {
@@ -369,6 +412,20 @@ func TestConsoleInBrowser(t *testing.T) {
 		do(t, ctx, "logs page", chromedp.Navigate(e.url+"/console/logs?key="+keyID+"&outcome=rate_limited"), chromedp.WaitVisible(chromedp.CSS("table.logs")))
 		if n := run(t, ctx, "rows", chromedp.Evaluate[int](`document.querySelectorAll("table.logs tbody tr").length`)); n != 8 {
 			t.Fatalf("rate_limited rows = %d, want 8", n)
+		}
+		// Cursor pages of 15: 15, 15, 10, newest first, no event twice.
+		do(t, ctx, "logs pages", chromedp.Navigate(e.url+"/console/logs?key="+keyID+"&limit=15"), chromedp.WaitVisible(chromedp.CSS("table.logs")))
+		var times []string
+		for page := 0; ; page++ {
+			rows := run(t, ctx, "times", chromedp.Evaluate[[]string](`[...document.querySelectorAll("table.logs tbody tr td:first-child")].map(td => td.textContent)`))
+			times = append(times, rows...)
+			if page > 4 || !run(t, ctx, "older?", chromedp.Evaluate[bool](`!!document.querySelector("a[rel=next]")`)) {
+				break
+			}
+			clickAndLoad(t, ctx, "a[rel=next]")
+		}
+		if len(times) != 40 || !sort.SliceIsSorted(times, func(i, j int) bool { return times[i] > times[j] }) {
+			t.Fatalf("log pages gave %d events (want 40, newest first): %v", len(times), times)
 		}
 		do(t, ctx, "bad filter", chromedp.Navigate(e.url+"/console/logs?key="+keyID+"&status=abc"), chromedp.WaitVisible(chromedp.ID("e-status")))
 		if v := run(t, ctx, "kept", chromedp.Value(chromedp.ID("f-status"))); v != "abc" {

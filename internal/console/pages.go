@@ -421,13 +421,22 @@ type keysData struct {
 
 const keyPageSize = 50
 
+// pageLimit is the page size asked for (?limit=, 1-500) or def.
+func pageLimit(in url.Values, def int) string {
+	if n, err := strconv.Atoi(in.Get("limit")); err == nil && n >= 1 && n <= 500 {
+		return strconv.Itoa(n)
+	}
+	return strconv.Itoa(def)
+}
+
 // keysPage lists keys. The API filters by project and status; search (id,
 // name, owner, prefix), owner and env are applied here over the API's
 // pages, scanning a bounded number of them per console page.
 func (c *Console) keysPage(w http.ResponseWriter, r *http.Request, s *session) error {
 	in := r.URL.Query()
 	f := newForm(in)
-	q := url.Values{"limit": {"200"}}
+	size, _ := strconv.Atoi(pageLimit(in, keyPageSize))
+	q := url.Values{"limit": {strconv.Itoa(size)}}
 	for _, k := range []string{"project", "status", "cursor"} {
 		if v := in.Get(k); v != "" {
 			q.Set(k, v)
@@ -435,6 +444,9 @@ func (c *Console) keysPage(w http.ResponseWriter, r *http.Request, s *session) e
 	}
 	search := strings.ToLower(strings.TrimSpace(in.Get("q")))
 	owner, env := in.Get("owner"), in.Get("env")
+	if search != "" || owner != "" || env != "" {
+		q.Set("limit", strconv.Itoa(max(size, 200))) // filtered here: read more per API page
+	}
 	d := keysData{Filter: in, Keys: []keyJSON{}}
 	for range 20 {
 		var page keyList
@@ -453,7 +465,7 @@ func (c *Console) keysPage(w http.ResponseWriter, r *http.Request, s *session) e
 			d.Keys = append(d.Keys, k)
 		}
 		d.Next = page.Next
-		if page.Next == "" || len(d.Keys) >= keyPageSize {
+		if page.Next == "" || len(d.Keys) >= size {
 			break
 		}
 		q.Set("cursor", page.Next)
@@ -832,7 +844,7 @@ func datetimeLocal(v string) string {
 func (c *Console) logsPage(w http.ResponseWriter, r *http.Request, s *session) error {
 	in := r.URL.Query()
 	f := newForm(in)
-	q := url.Values{"limit": {"50"}}
+	q := url.Values{"limit": {pageLimit(in, 50)}}
 	for _, k := range append(logFilterFields, "cursor") {
 		if v := strings.TrimSpace(in.Get(k)); v != "" {
 			if k == "from" || k == "to" {
@@ -868,7 +880,7 @@ type decisionsData struct {
 func (c *Console) decisionsPage(w http.ResponseWriter, r *http.Request, s *session) error {
 	in := r.URL.Query()
 	f := newForm(in)
-	q := url.Values{"limit": {"50"}}
+	q := url.Values{"limit": {pageLimit(in, 50)}}
 	for _, k := range append(decisionFilterFields, "cursor") {
 		if v := strings.TrimSpace(in.Get(k)); v != "" {
 			if k == "from" || k == "to" {
