@@ -525,6 +525,20 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatalf("rotation showed secret of %d chars (same as before: %v)", len(s2), s2 == secret)
 		}
 		do(t, ctx, "back to the old key", chromedp.Navigate(e.url+"/console/keys/"+keyID), chromedp.WaitVisible(chromedp.ID("suspend")))
+		// Edit: a bad network gets the API's error by the field and keeps
+		// what was typed; fixed, the change is saved.
+		do(t, ctx, "edit", chromedp.Click(chromedp.CSS("#edit summary")), chromedp.WaitVisible(chromedp.ID("f-name")),
+			chromedp.SetValue(chromedp.ID("f-name"), "checkout v2"), chromedp.SetValue(chromedp.ID("f-allowed_cidrs"), "10.0.0.0/8, nonsense"),
+			chromedp.Click(chromedp.ID("save")), chromedp.WaitVisible(chromedp.ID("e-allowed_cidrs")))
+		if v := run(t, ctx, "kept", chromedp.Value(chromedp.ID("f-name"))); v != "checkout v2" {
+			t.Fatalf("name after the error: %q", v)
+		}
+		shot(t, ctx, "edit_key_error")
+		do(t, ctx, "edit fixed", chromedp.SetValue(chromedp.ID("f-allowed_cidrs"), "10.0.0.0/8"), chromedp.Click(chromedp.ID("save")),
+			chromedp.WaitVisible(chromedp.CSS(".flash")))
+		if k := e.apiKey(keyID); k["name"] != "checkout v2" || fmt.Sprint(k["allowed_cidrs"]) != "[10.0.0.0/8]" || k["rate_limit_per_s"] != 50.0 {
+			t.Fatalf("after edit: %v", k)
+		}
 		// The same write from the page's own form works: suspend, resume,
 		// then revoke with a reason (a missing reason is an error by the field).
 		do(t, ctx, "suspend", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`), chromedp.Click(chromedp.ID("suspend")),

@@ -792,6 +792,8 @@ func (c *Console) keyAction(w http.ResponseWriter, r *http.Request, s *session) 
 		v.D = out
 		c.render(w, http.StatusCreated, "key_created", v)
 		return nil
+	case "edit":
+		return c.editKey(w, r, s, id)
 	case "revoke":
 		reason := strings.TrimSpace(r.PostFormValue("reason"))
 		if reason == "" {
@@ -1151,4 +1153,77 @@ func (c *Console) billingFile(w http.ResponseWriter, r *http.Request, s *session
 	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=\"keymeter-billing-%s.%s\"", period, format))
 	_, _ = w.Write(rec.body.Bytes())
 	return nil
+}
+
+var editFields = []string{"name", "scopes", "allowed_cidrs", "rate_limit_per_s", "rate_limit_burst", "monthly_quota", "expires_at"}
+
+// editKey changes a key's name and limits (PATCH /v1/keys/{id}); a field
+// left as it was shown is sent all the same, which the API accepts.
+func (c *Console) editKey(w http.ResponseWriter, r *http.Request, s *session, id string) error {
+	body := map[string]any{}
+	body["name"] = strings.TrimSpace(r.PostFormValue("name"))
+	scopes, cidrs := list(r.PostFormValue("scopes")), list(r.PostFormValue("allowed_cidrs"))
+	if scopes == nil {
+		scopes = []string{}
+	}
+	if cidrs == nil {
+		cidrs = []string{}
+	}
+	body["scopes"], body["allowed_cidrs"] = scopes, cidrs
+	for _, k := range []string{"rate_limit_per_s", "rate_limit_burst", "monthly_quota"} {
+		v := strings.TrimSpace(r.PostFormValue(k))
+		if v == "" {
+			v = "0"
+		}
+		body[k] = number(v)
+	}
+	if v := strings.TrimSpace(r.PostFormValue("expires_at")); v != "" {
+		body["expires_at"] = datetimeLocal(v)
+	}
+	if err := c.call(r.Context(), s, "PATCH", "/v1/keys/"+url.PathEscape(id), nil, body, nil); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && (ae.Status == 401 || ae.Status == 403 || ae.Status == 404) {
+			return err
+		}
+		d := keyPageData{Gran: "hour"}
+		if err := c.call(r.Context(), s, "GET", "/v1/keys/"+url.PathEscape(id), nil, nil, &d.Key); err != nil {
+			return err
+		}
+		v := c.viewFor(s, "Key "+id, "keys")
+		v.D = d
+		v.Form = newForm(r.PostForm)
+		v.Form.Values.Set("editing", "1")
+		v.Form.fail(err, editFields...)
+		status := 400
+		if ae != nil {
+			status = ae.Status
+		}
+		c.render(w, status, "key", v)
+		return nil
+	}
+	c.redirect(w, r, Prefix+"/keys/"+url.PathEscape(id)+"?done=updated")
+	return nil
+}
+
+// EditForm is the edit form of a key: what was typed when coming back with
+// an error, else the key's current values.
+func (d keyPageData) EditForm(f *form) *form {
+	if f != nil && f.Get("editing") != "" {
+		return f
+	}
+	k := d.Key
+	v := url.Values{"name": {k.Name}, "scopes": {strings.Join(k.Scopes, ", ")}, "allowed_cidrs": {strings.Join(k.AllowedCIDRs, ", ")}}
+	if k.RateLimitPerS != 0 {
+		v.Set("rate_limit_per_s", strconv.FormatFloat(k.RateLimitPerS, 'f', -1, 64))
+	}
+	if k.RateBurst != 0 {
+		v.Set("rate_limit_burst", strconv.FormatUint(uint64(k.RateBurst), 10))
+	}
+	if k.MonthlyQuota != 0 {
+		v.Set("monthly_quota", strconv.FormatUint(k.MonthlyQuota, 10))
+	}
+	if k.ExpiresAt != nil {
+		v.Set("expires_at", k.ExpiresAt.UTC().Format("2006-01-02T15:04"))
+	}
+	return &form{Values: v, Errors: map[string]string{}}
 }
