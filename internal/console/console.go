@@ -158,8 +158,10 @@ func (c *Console) expired(s *session, now time.Time) bool {
 	return now.Sub(s.lastSeen) > c.cfg.IdleTimeout || now.Sub(s.created) > c.cfg.MaxAge
 }
 
-// sessionOf returns the request's live session and touches it; expired
-// says a session cookie named one that has timed out.
+// sessionOf returns the request's live session and touches it (unless it
+// is a page's own periodic refresh, ?live=1, which must not keep an
+// unattended session alive); expired says a session cookie named one that
+// has timed out.
 func (c *Console) sessionOf(r *http.Request) (s *session, expired bool) {
 	ck, err := r.Cookie(cookieName)
 	if err != nil || ck.Value == "" {
@@ -176,7 +178,9 @@ func (c *Console) sessionOf(r *http.Request) (s *session, expired bool) {
 		delete(c.sessions, s.id)
 		return nil, true
 	}
-	s.lastSeen = now
+	if r.URL.Query().Get("live") == "" {
+		s.lastSeen = now
+	}
 	return s, false
 }
 

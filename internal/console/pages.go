@@ -989,6 +989,7 @@ func (c *Console) rulesPage(w http.ResponseWriter, r *http.Request, s *session) 
 // --- overview ---
 
 type overviewData struct {
+	AsOf        time.Time
 	Keys        map[string]int
 	KeysTotal   int
 	KeysCapped  bool
@@ -1035,7 +1036,7 @@ func (c *Console) keyStats(r *http.Request, s *session) (byStatus map[string]int
 }
 
 func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) error {
-	var d overviewData
+	d := overviewData{AsOf: time.Now().UTC()}
 	var err error
 	if d.Keys, d.Projects, d.KeysCapped, err = c.keyStats(r, s); err != nil {
 		return err

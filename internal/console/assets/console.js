@@ -59,5 +59,5 @@
     });
   });
   document.addEventListener("DOMContentLoaded", function () { drawCharts(document); });
-  document.addEventListener("htmx:afterSettle", function (ev) { drawCharts(ev.target); });
+  document.addEventListener("htmx:afterSettle", function () { drawCharts(document); });
 })();
