@@ -403,6 +403,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		if !strings.Contains(logs, "/v1/orders") || !strings.Contains(logs, "198.51.100.7") || !strings.Contains(logs, "rate_limited") {
 			t.Fatalf("key logs: %q", logs)
 		}
+		if c := run(t, ctx, "countries", chromedp.Text(chromedp.ID("key-countries"))); !strings.Contains(c, "NL: 40") {
+			t.Fatalf("countries: %q", c)
+		}
 		total := run(t, ctx, "chart rows", chromedp.Evaluate[int](`JSON.parse(document.querySelector("[data-chart]").dataset.chart).series.reduce((a, s) => a + s.values.reduce((x, y) => x + y, 0), 0)`))
 		if total != 40 {
 			t.Fatalf("chart counts %d requests, want 40", total)

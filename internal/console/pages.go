@@ -727,6 +727,44 @@ type keyPageData struct {
 	LogsErr     string
 	Decisions   []decisionJSON
 	DecisionErr string
+	Countries   []countryCount
+}
+
+type countryCount struct {
+	Country  string
+	Requests uint64
+}
+
+// countries are the countries a key was used from in the last 30 days, most
+// requests first.
+func (c *Console) countries(r *http.Request, s *session, id string) []countryCount {
+	now := time.Now().UTC()
+	q := url.Values{"key": {id}, "granularity": {"day"}, "group_by": {"country"},
+		"from": {now.AddDate(0, 0, -30).Truncate(time.Hour).Format(time.RFC3339)}, "to": {now.Add(time.Minute).Truncate(time.Minute).Format(time.RFC3339)}}
+	var u struct {
+		Points []struct {
+			Country  string `json:"country"`
+			Requests uint64 `json:"requests"`
+		} `json:"points"`
+	}
+	if c.call(r.Context(), s, "GET", "/v1/usage", q, nil, &u) != nil {
+		return nil
+	}
+	by := map[string]uint64{}
+	for _, p := range u.Points {
+		by[p.Country] += p.Requests
+	}
+	out := make([]countryCount, 0, len(by))
+	for k, n := range by {
+		if k == "" {
+			k = "unknown"
+		}
+		out = append(out, countryCount{k, n})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Requests > out[j].Requests || out[i].Requests == out[j].Requests && out[i].Country < out[j].Country
+	})
+	return out
 }
 
 func (c *Console) keyPage(w http.ResponseWriter, r *http.Request, s *session) error {
@@ -752,6 +790,7 @@ func (c *Console) keyPage(w http.ResponseWriter, r *http.Request, s *session) er
 		d.DecisionErr = err.Error()
 	}
 	d.Decisions = dr.Decisions
+	d.Countries = c.countries(r, s, id)
 	v := c.viewFor(s, "Key "+id, "keys")
 	v.D = d
 	v.Form = newForm(url.Values{})
