@@ -435,6 +435,14 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatalf("status field lost what was typed: %q", v)
 		}
 		shot(t, ctx, "logs_filter_error")
+		// Live tail: an event stored after the page loaded shows up in it.
+		do(t, ctx, "tail", chromedp.Navigate(e.url+"/console/logs?key="+keyID+"&tail=1"), chromedp.WaitVisible(chromedp.CSS("table.logs")))
+		late := event.Event{ID: "ui-late", Time: time.Now().UTC(), Project: "proj_ui", KeyID: keyID, Outcome: event.OutcomeValid,
+			ClientIP: "198.51.100.9", Country: "NL", Method: "POST", Route: "/v1/late-arrival", Status: 201}
+		if err := e.db.InsertEvents(context.Background(), "console-test-late", []event.Event{late}); err != nil { // its own batch id: a batch id is inserted once
+			t.Fatal(err)
+		}
+		do(t, ctx, "tail shows the new event", chromedp.Poll[chromedp.Void](`document.getElementById("log-results").textContent.includes("/v1/late-arrival")`))
 	})
 
 	t.Run("decision_evidence", func(t *testing.T) {

@@ -142,7 +142,7 @@ var funcs = template.FuncMap{
 	"withCursor": func(v url.Values, cursor string) template.URL {
 		n := url.Values{}
 		for k, vs := range v {
-			if k != "cursor" && len(vs) > 0 && vs[0] != "" {
+			if k != "cursor" && k != "live" && len(vs) > 0 && vs[0] != "" {
 				n.Set(k, vs[0])
 			}
 		}
@@ -872,6 +872,32 @@ type logsData struct {
 	Events []logEvent
 	Next   string
 	Filter url.Values
+	Tail   bool // refresh the first page every 5 s
+}
+
+// TailURL is the page's own refresh (?live=1 keeps it from extending an
+// idle session); ToggleTail switches tailing on or off.
+func (d logsData) TailURL() string { return d.with("live", "1") }
+func (d logsData) ToggleTail() string {
+	if d.Tail {
+		return d.with("tail", "")
+	}
+	return d.with("tail", "1")
+}
+
+func (d logsData) with(k, v string) string {
+	n := url.Values{}
+	for key, vs := range d.Filter {
+		if key != "cursor" && key != "live" && len(vs) > 0 && vs[0] != "" {
+			n.Set(key, vs[0])
+		}
+	}
+	if v == "" {
+		n.Del(k)
+	} else {
+		n.Set(k, v)
+	}
+	return Prefix + "/logs?" + n.Encode()
 }
 
 // datetimeLocal turns <input type=datetime-local> values into RFC 3339.
@@ -894,7 +920,7 @@ func (c *Console) logsPage(w http.ResponseWriter, r *http.Request, s *session) e
 			q.Set(k, v)
 		}
 	}
-	d := logsData{Filter: in}
+	d := logsData{Filter: in, Tail: in.Get("tail") != "" && in.Get("cursor") == ""}
 	var lr logsResp
 	status := 200
 	if err := c.call(r.Context(), s, "GET", "/v1/logs", q, nil, &lr); err != nil {
