@@ -1173,6 +1173,33 @@ type usagePageData struct {
 	Gran     string
 	Chart    chart
 	Period   string
+	TopKeys  []keyJSON // by quota used this month
+	Quotas   map[string]int
+}
+
+// quotaKeys reads a project's keys (bounded) for their quota use.
+func (c *Console) quotaKeys(r *http.Request, s *session, project string) ([]keyJSON, map[string]int) {
+	states := map[string]int{}
+	var all []keyJSON
+	q := url.Values{"project": {project}, "limit": {"1000"}}
+	for range 10 {
+		var page keyList
+		if c.call(r.Context(), s, "GET", "/v1/keys", q, nil, &page) != nil {
+			break
+		}
+		for _, k := range page.Keys {
+			if k.QuotaState != "" {
+				states[k.QuotaState]++
+			}
+			all = append(all, k)
+		}
+		if page.Next == "" {
+			break
+		}
+		q.Set("cursor", page.Next)
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].QuotaUsed > all[j].QuotaUsed })
+	return all[:min(len(all), 10)], states
 }
 
 func (c *Console) usagePage(w http.ResponseWriter, r *http.Request, s *session) error {
@@ -1195,6 +1222,7 @@ func (c *Console) usagePage(w http.ResponseWriter, r *http.Request, s *session) 
 		if d.Chart, err = c.usageChart(r, s, url.Values{"project": {d.Project}}, d.Gran); err != nil {
 			v.Form.fail(err, "project", "granularity")
 		}
+		d.TopKeys, d.Quotas = c.quotaKeys(r, s, d.Project)
 	}
 	v.D = d
 	c.render(w, 200, "usage", v)

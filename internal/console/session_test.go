@@ -212,5 +212,19 @@ func TestPagesRender(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Fatalf("create as %s: %d, want %d: %s", tok, resp.StatusCode, want, b)
 		}
+		// The usage page lists the project's keys; billing downloads.
+		resp, _ = c.Get(e.url + "/console/usage?project=p_render")
+		if b := body(t, resp); resp.StatusCode != 200 || !strings.Contains(b, `id="top-keys"`) {
+			t.Fatalf("usage of p_render: %d", resp.StatusCode)
+		}
+		resp, _ = c.Get(e.url + "/console/billing/" + time.Now().UTC().Format("2006-01") + ".csv")
+		body(t, resp)
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/csv" || !strings.Contains(resp.Header.Get("Content-Disposition"), "attachment") {
+			t.Fatalf("billing CSV: %d %q %q", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("Content-Disposition"))
+		}
+		resp, _ = c.Get(e.url + "/console/billing/2026-13.json")
+		if b := body(t, resp); resp.StatusCode != 400 || !strings.Contains(b, "period") {
+			t.Fatalf("billing of a bad period: %d", resp.StatusCode)
+		}
 	}
 }
