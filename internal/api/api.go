@@ -170,6 +170,7 @@ func (s *Server) routes() {
 	m.Handle("POST /v1/events", admin(s.events))
 	m.Handle("POST /v1/leaks", http.HandlerFunc(s.leaks)) // authenticated by its own signature
 	m.Handle("POST /v1/leaks/hash", admin(s.leakHash))
+	s.mountConsole()
 	m.HandleFunc("/", s.noRoute)
 }
 
