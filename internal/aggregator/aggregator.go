@@ -8,6 +8,14 @@
 // crash the pending intents are replayed first, range for range with the
 // same token, so ClickHouse drops the block it already has; deliveries at
 // or below a replayed range are skipped.
+//
+// Several live members of one group (Kafka) are fenced by the consumer
+// group's generation: a member that enters a generation records it as a
+// fence in the store, then replays every pending intent of the group; a
+// member that has recorded its intents reads the fence before it inserts
+// and, if a newer generation has begun, aborts instead (see store.Fencer).
+// Either the new owner of a partition replays an intent under its token or
+// the old owner never inserts it.
 package aggregator
 
 import (
@@ -121,6 +129,10 @@ type Aggregator struct {
 	// (inserted or pending); deliveries at or below it are skipped.
 	floor  map[int]uint64
 	recent *recent // batch ids of recent blocks
+	// epoch is the consumer group generation this member consumes in (0:
+	// not fenced, NATS); fencer is the store's fencing, set with it.
+	epoch  uint64
+	fencer store.Fencer
 	stats  Stats
 	mu     sync.Mutex
 }
@@ -133,7 +145,16 @@ type Stats struct {
 	Replayed     uint64 // intents replayed at start
 	Skipped      uint64 // redelivered batches skipped
 	Duplicates   uint64 // batches whose id was already stored
+	Rebalances   uint64 // consumer group generations entered
+	Fenced       uint64 // flushes aborted: a newer generation had begun
 }
+
+// errFenced: a flush found a newer generation's fence and did not insert.
+var errFenced = errors.New("aggregator: fenced by a newer consumer group generation")
+
+// generational is a consumer whose group assigns partitions by generation
+// (Kafka); Generation is that of the last Fetch's deliveries.
+type generational interface{ Generation() int64 }
 
 // Option configures New.
 type Option func(*Aggregator)
@@ -195,6 +216,14 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		return fmt.Errorf("aggregator: %w", err)
 	}
 	defer cons.Close()
+	gc, _ := cons.(generational)
+	if gc != nil {
+		f, ok := a.store.(store.Fencer)
+		if !ok {
+			return errors.New("aggregator: this bus's consumer groups rebalance between live members, which needs a store with fencing (store.Fencer)")
+		}
+		a.fencer = f
+	}
 	go a.watchLag(ctx, a.bus)
 	a.log.Info("aggregator consuming", "flush_interval", a.cfg.FlushInterval, "max_block_events", a.cfg.MaxBlockEvents)
 
@@ -210,12 +239,31 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	deadline := time.Now().Add(a.cfg.FlushInterval)
 	lastSeen := time.Now()
 	var inflight chan error // the flush under way, if any
+	var inflightBlocks map[int]*block
+	fenced := false // a flush was fenced: drop deliveries until the next generation
+	// forget un-remembers the batch ids of blocks that will not be stored
+	// here, so that their batches are taken when delivered again.
+	forget := func(bs map[int]*block) {
+		for _, b := range bs {
+			for id := range b.ids {
+				a.recent.remove(id)
+			}
+		}
+	}
 	waitFlush := func() error {
 		if inflight == nil {
 			return nil
 		}
 		err := <-inflight
 		inflight = nil
+		if errors.Is(err, errFenced) {
+			a.log.Info("aggregator: flush fenced by a newer consumer group generation; its partitions are replayed or re-read by their owners")
+			a.count(func(s *Stats) { s.Fenced++ })
+			forget(inflightBlocks)
+			fenced = true
+			err = nil
+		}
+		inflightBlocks = nil
 		return err
 	}
 	defer func() { _ = waitFlush() }()
@@ -228,7 +276,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 				a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
 				return nil
 			}
-			if err := a.flush(fctx, cons, blocks); err != nil {
+			if err := a.flush(fctx, cons, blocks, a.epoch); err != nil {
 				a.log.Warn("aggregator: final flush failed; the bus will redeliver", "err", err)
 			}
 			return nil
@@ -248,6 +296,28 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("aggregator: fetch failed", "err", err)
 			sleep(ctx, a.cfg.RetryBackoff)
+		}
+		if gc != nil {
+			if g := uint64(max(gc.Generation(), 0)); g != 0 && g != a.epoch {
+				// A new generation: what is buffered may belong to another
+				// member now. Let the flush under way finish (or be fenced),
+				// drop the rest, fence, and replay the group's intents.
+				if err := waitFlush(); err != nil && ctx.Err() == nil {
+					a.log.Warn("aggregator: flush before a rebalance failed; its intent is replayed", "err", err)
+				}
+				forget(blocks)
+				blocks, buffered, fenced = map[int]*block{}, 0, false
+				if err := a.enter(ctx, g); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				deadline = time.Now().Add(a.cfg.FlushInterval)
+			}
+		}
+		if fenced {
+			ds = nil // stale generation: the partitions' owners read them again
 		}
 		if len(ds) > 0 {
 			lastSeen = time.Now()
@@ -290,8 +360,8 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			}
 			if len(blocks) > 0 {
 				ch := make(chan error, 1)
-				go func(bs map[int]*block) { ch <- a.flush(fctx, cons, bs) }(blocks)
-				inflight = ch
+				go func(bs map[int]*block, epoch uint64) { ch <- a.flush(fctx, cons, bs, epoch) }(blocks, a.epoch)
+				inflight, inflightBlocks = ch, blocks
 				blocks = map[int]*block{}
 			}
 			buffered = 0
@@ -372,7 +442,7 @@ func (a *Aggregator) deadLetter(ctx context.Context, origin, reason string, data
 // flush inserts the blocks of every partition as one insert, exactly once,
 // then acks each partition. One insert per flush, not one per partition:
 // ClickHouse wants few, large inserts.
-func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[int]*block) error {
+func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[int]*block, epoch uint64) error {
 	if len(blocks) == 0 {
 		return nil
 	}
@@ -381,7 +451,7 @@ func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[in
 		bs = append(bs, b)
 	}
 	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
-	return a.commit(ctx, bs, a.groupToken(bs), func(ctx context.Context) error {
+	return a.commit(ctx, bs, a.groupToken(bs), epoch, func(ctx context.Context) error {
 		for _, b := range bs {
 			if err := cons.Ack(ctx, b.lastD); err != nil {
 				return err
@@ -406,8 +476,11 @@ func (a *Aggregator) groupToken(bs []*block) string {
 // commit runs intents → one insert → ack → clear for a set of partition
 // blocks, retrying the store with backoff until ctx ends (the bus keeps the
 // data meanwhile). The intents of one insert share its token; a replay
-// gathers them by token and forms the same block again.
-func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, ack func(context.Context) error) error {
+// gathers them by token and forms the same block again. With an epoch (a
+// live flush of a fenced group), the insert happens only if no newer
+// generation's fence exists once the intents are recorded; otherwise the
+// intents are aborted and errFenced returned.
+func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, epoch uint64, ack func(context.Context) error) error {
 	intents := make([]store.Intent, len(bs))
 	n := 0
 	for i, b := range bs {
@@ -418,6 +491,26 @@ func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, ack fu
 	for _, in := range intents {
 		if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntent(ctx, in) }); err != nil {
 			return err
+		}
+	}
+	if epoch > 0 && a.fencer != nil {
+		var fence uint64
+		if err := a.retry(ctx, "read fence", func() error {
+			var err error
+			fence, err = a.fencer.MaxFence(ctx, a.cfg.Group)
+			return err
+		}); err != nil {
+			return err
+		}
+		if fence > epoch {
+			for _, in := range intents {
+				if err := a.retry(ctx, "abort intent", func() error {
+					return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, tok)
+				}); err != nil {
+					return err
+				}
+			}
+			return errFenced
 		}
 	}
 	if n > 0 {
@@ -482,6 +575,20 @@ func (a *Aggregator) retry(ctx context.Context, what string, fn func() error) er
 		sleep(ctx, backoff)
 		backoff = min(backoff*2, 10*time.Second)
 	}
+}
+
+// enter starts consuming in generation g: it fences g, so that members of
+// older generations no longer insert, then replays the group's pending
+// intents, which sets the floors from scratch.
+func (a *Aggregator) enter(ctx context.Context, g uint64) error {
+	a.log.Info("aggregator: consumer group generation", "generation", g)
+	if err := a.retry(ctx, "fence", func() error { return a.fencer.Fence(ctx, a.cfg.Group, g) }); err != nil {
+		return err
+	}
+	a.epoch = g
+	a.floor = map[int]uint64{}
+	a.count(func(s *Stats) { s.Rebalances++ })
+	return a.replay(ctx)
 }
 
 // replay re-inserts the ranges of pending intents with their tokens.
@@ -551,7 +658,7 @@ func (a *Aggregator) replay(ctx context.Context) error {
 			a.log.Info("aggregator: replaying part of an insert", "token", tok, "ranges", len(bs))
 		}
 		a.log.Info("aggregator: replaying intent", "token", tok, "ranges", len(bs))
-		if err := a.commit(ctx, bs, tok, nil); err != nil {
+		if err := a.commit(ctx, bs, tok, 0, nil); err != nil {
 			return err
 		}
 		for _, b := range bs {
@@ -657,6 +764,9 @@ func newRecent(n int) *recent {
 }
 
 func (r *recent) has(id string) bool { _, ok := r.set[id]; return ok }
+
+// remove forgets id (its slot in the ring is reused in turn).
+func (r *recent) remove(id string) { delete(r.set, id) }
 
 func (r *recent) add(id string) {
 	if old := r.ring[r.next]; old != "" {
