@@ -15,7 +15,12 @@
 // member that has recorded its intents reads the fence before it inserts
 // and, if a newer generation has begun, aborts instead (see store.Fencer).
 // Either the new owner of a partition replays an intent under its token or
-// the old owner never inserts it.
+// the old owner never inserts it. For that, a fenced member inserts one
+// partition per insert (token "<group>/e<generation>/<hash>") and replays
+// only the partitions the generation assigned to it; a pending intent that
+// an intent of a later generation overlaps is dead (its owner was fenced
+// before inserting: the later owner read the range from the bus) and is
+// aborted rather than replayed.
 package aggregator
 
 import (
@@ -133,6 +138,7 @@ type Aggregator struct {
 	// not fenced, NATS); fencer is the store's fencing, set with it.
 	epoch  uint64
 	fencer store.Fencer
+	owned  []int // partitions of this generation
 	stats  Stats
 	mu     sync.Mutex
 }
@@ -154,7 +160,10 @@ var errFenced = errors.New("aggregator: fenced by a newer consumer group generat
 
 // generational is a consumer whose group assigns partitions by generation
 // (Kafka); Generation is that of the last Fetch's deliveries.
-type generational interface{ Generation() int64 }
+type generational interface {
+	Generation() int64
+	Assigned() []int
+}
 
 // Option configures New.
 type Option func(*Aggregator)
@@ -208,9 +217,6 @@ func partitionName(p int) string { return "events/" + strconv.Itoa(p) }
 // Run replays pending intents, then consumes until ctx ends. On the way
 // out it flushes what is buffered and acks it (graceful shutdown).
 func (a *Aggregator) Run(ctx context.Context) error {
-	if err := a.replay(ctx); err != nil {
-		return err
-	}
 	cons, err := a.bus.NewConsumer(ctx, bus.ConsumerConfig{Group: a.cfg.Group, Partitions: a.cfg.Partitions, AckWait: a.cfg.AckWait})
 	if err != nil {
 		return fmt.Errorf("aggregator: %w", err)
@@ -218,11 +224,14 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	defer cons.Close()
 	gc, _ := cons.(generational)
 	if gc != nil {
+		// Replays happen per generation, of the partitions it assigns.
 		f, ok := a.store.(store.Fencer)
 		if !ok {
 			return errors.New("aggregator: this bus's consumer groups rebalance between live members, which needs a store with fencing (store.Fencer)")
 		}
 		a.fencer = f
+	} else if err := a.replay(ctx); err != nil {
+		return err
 	}
 	go a.watchLag(ctx, a.bus)
 	a.log.Info("aggregator consuming", "flush_interval", a.cfg.FlushInterval, "max_block_events", a.cfg.MaxBlockEvents)
@@ -307,7 +316,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 				}
 				forget(blocks)
 				blocks, buffered, fenced = map[int]*block{}, 0, false
-				if err := a.enter(ctx, g); err != nil {
+				if err := a.enter(ctx, g, gc.Assigned()); err != nil {
 					if ctx.Err() != nil {
 						return nil
 					}
@@ -451,6 +460,18 @@ func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[in
 		bs = append(bs, b)
 	}
 	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
+	if epoch > 0 {
+		// Fenced: one insert per partition, so that a partition's intents
+		// are its owner's alone to replay.
+		for _, b := range bs {
+			if err := a.commit(ctx, []*block{b}, a.fencedToken(b, epoch), epoch, func(ctx context.Context) error {
+				return cons.Ack(ctx, b.lastD)
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	return a.commit(ctx, bs, a.groupToken(bs), epoch, func(ctx context.Context) error {
 		for _, b := range bs {
 			if err := cons.Ack(ctx, b.lastD); err != nil {
@@ -471,6 +492,24 @@ func (a *Aggregator) groupToken(bs []*block) string {
 		fmt.Fprintf(h, "|p%d:%d-%d", b.partition, b.first, b.last)
 	}
 	return a.cfg.Group + "/" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// fencedToken is the token of one partition's block inserted in
+// generation epoch.
+func (a *Aggregator) fencedToken(b *block, epoch uint64) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s|p%d:%d-%d", a.cfg.Group, b.partition, b.first, b.last)
+	return a.cfg.Group + "/e" + strconv.FormatUint(epoch, 10) + "/" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// tokenEpoch is the generation a token was made in (0: unfenced).
+func tokenEpoch(tok string) uint64 {
+	parts := strings.Split(tok, "/")
+	if len(parts) != 3 || !strings.HasPrefix(parts[1], "e") {
+		return 0
+	}
+	e, _ := strconv.ParseUint(parts[1][1:], 10, 64)
+	return e
 }
 
 // commit runs intents → one insert → ack → clear for a set of partition
@@ -580,8 +619,9 @@ func (a *Aggregator) retry(ctx context.Context, what string, fn func() error) er
 // enter starts consuming in generation g: it fences g, so that members of
 // older generations no longer insert, then replays the group's pending
 // intents, which sets the floors from scratch.
-func (a *Aggregator) enter(ctx context.Context, g uint64) error {
-	a.log.Info("aggregator: consumer group generation", "generation", g)
+func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
+	a.log.Info("aggregator: consumer group generation", "generation", g, "partitions", owned)
+	a.owned = owned
 	if err := a.retry(ctx, "fence", func() error { return a.fencer.Fence(ctx, a.cfg.Group, g) }); err != nil {
 		return err
 	}
@@ -624,6 +664,25 @@ func (a *Aggregator) replay(ctx context.Context) error {
 			if len(a.cfg.Partitions) > 0 && !slices.Contains(a.cfg.Partitions, p) {
 				mine = false
 				break
+			}
+			if a.fencer != nil {
+				if !slices.Contains(a.owned, p) {
+					mine = false
+					break
+				}
+				dead, err := a.superseded(ctx, in)
+				if err != nil {
+					return err
+				}
+				if dead {
+					a.log.Info("aggregator: pending intent superseded by a later generation's; aborted", "partition", in.Partition, "first", in.First, "last", in.Last)
+					if err := a.retry(ctx, "abort intent", func() error {
+						return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, in.Token)
+					}); err != nil {
+						return err
+					}
+					continue
+				}
 			}
 			b := &block{partition: p, first: in.First, last: in.Last}
 			var eb event.Batch
@@ -685,6 +744,27 @@ func (a *Aggregator) replay(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// superseded reports whether an intent of a later generation overlaps in:
+// that owner did not see in (or it would have replayed it and consumed past
+// it), so in's owner saw the fence and never inserted it.
+func (a *Aggregator) superseded(ctx context.Context, in store.Intent) (bool, error) {
+	var others []store.Intent
+	if err := a.retry(ctx, "read intents", func() error {
+		var err error
+		others, err = a.fencer.Overlapping(ctx, a.cfg.Group, in.Partition, in.First, in.Last)
+		return err
+	}); err != nil {
+		return false, err
+	}
+	e := tokenEpoch(in.Token)
+	for _, o := range others {
+		if o.Token != in.Token && tokenEpoch(o.Token) > e {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (a *Aggregator) count(fn func(*Stats)) {

@@ -179,8 +179,21 @@ func (d *DB) intents(ctx context.Context, consumer string, aborted bool) ([]Inte
 	if aborted {
 		states = "state IN ('pending', 'aborted')"
 	}
+	return d.queryIntents(ctx, states, Params{}.Str("c", consumer))
+}
+
+// Overlapping implements Fencer.
+func (d *DB) Overlapping(ctx context.Context, consumer, partition string, first, last uint64) ([]Intent, error) {
+	if err := d.check(); err != nil {
+		return nil, err
+	}
+	return d.queryIntents(ctx, "partition = {p:String} AND last_pos >= {f:UInt64} AND first_pos <= {l:UInt64}",
+		Params{}.Str("c", consumer).Str("p", partition).U64("f", first).U64("l", last))
+}
+
+func (d *DB) queryIntents(ctx context.Context, where string, p Params) ([]Intent, error) {
 	rows, err := d.conn.Query(ctx, d.sql(`SELECT consumer, partition, first_pos, last_pos, token, toString(state), toInt64(toUnixTimestamp64Milli(updated))
-FROM {db}.ingest_intents FINAL WHERE consumer = {c:String} AND `+states+` ORDER BY partition, first_pos`), Params{}.Str("c", consumer))
+FROM {db}.ingest_intents FINAL WHERE consumer = {c:String} AND `+where+` ORDER BY partition, first_pos`), p)
 	if err != nil {
 		return nil, fmt.Errorf("store: read intents: %w", err)
 	}

@@ -116,6 +116,9 @@ type Fencer interface {
 	Fence(ctx context.Context, consumer string, epoch uint64) error
 	MaxFence(ctx context.Context, consumer string) (uint64, error)
 	AbortIntent(ctx context.Context, consumer, partition, token string) error
+	// Overlapping returns the consumer's intents of partition, in any
+	// state, whose range meets [first, last].
+	Overlapping(ctx context.Context, consumer, partition string, first, last uint64) ([]Intent, error)
 }
 
 // Intent is a contiguous range [First, Last] of one bus partition that a

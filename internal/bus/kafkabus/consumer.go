@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,8 +34,8 @@ type Consumer struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	genID    atomic.Int64 // the current generation's id (0: none yet)
-	fetchGen atomic.Int64 // the generation of the last Fetch's deliveries
+	cur     atomic.Pointer[genState] // the current generation (nil: none yet)
+	fetched atomic.Pointer[genState] // the generation of the last Fetch's deliveries
 
 	mu            sync.Mutex
 	gen           *kafka.Generation
@@ -45,6 +46,14 @@ type Consumer struct {
 	closeOnce     sync.Once
 	closeErr      error
 }
+
+// genState is a generation and the partitions it assigned to this member.
+type genState struct {
+	id    int64
+	parts []int
+}
+
+var noGen = &genState{}
 
 type genMessage struct {
 	m   kafka.Message
@@ -107,7 +116,24 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 
 // Generation is the consumer group generation of the deliveries the last
 // Fetch returned (0 before the first assignment).
-func (c *Consumer) Generation() int64 { return c.fetchGen.Load() }
+func (c *Consumer) Generation() int64 { return c.fetchedGen().id }
+
+// Assigned is the partitions that generation assigned to this member.
+func (c *Consumer) Assigned() []int { return slices.Clone(c.fetchedGen().parts) }
+
+func (c *Consumer) fetchedGen() *genState {
+	if g := c.fetched.Load(); g != nil {
+		return g
+	}
+	return noGen
+}
+
+func (c *Consumer) curGen() *genState {
+	if g := c.cur.Load(); g != nil {
+		return g
+	}
+	return noGen
+}
 
 // run follows the group's generations: for each, it reads the partitions
 // assigned to this member from their committed offsets until the
@@ -136,7 +162,12 @@ func (c *Consumer) run(ctx context.Context) {
 		c.gen = gen
 		clear(c.acked) // acks of the last generation: its owners' business now
 		c.mu.Unlock()
-		c.genID.Store(id)
+		st := &genState{id: id}
+		for _, pa := range gen.Assignments[c.b.cfg.EventsTopic] {
+			st.parts = append(st.parts, pa.ID)
+		}
+		slices.Sort(st.parts)
+		c.cur.Store(st)
 		c.b.log.Debug("consumer group generation", "group", c.group, "generation", id, "partitions", len(gen.Assignments[c.b.cfg.EventsTopic]))
 		for _, pa := range gen.Assignments[c.b.cfg.EventsTopic] {
 			gen.Start(func(gctx context.Context) { c.read(gctx, id, pa) })
@@ -210,11 +241,11 @@ func (c *Consumer) Fetch(ctx context.Context, max int, wait time.Duration) ([]bu
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	var out []bus.Delivery
-	gen := c.genID.Load()
+	gen := c.curGen()
 	for out == nil {
 		select {
 		case m := <-c.msgs:
-			if gen = c.genID.Load(); m.gen != gen {
+			if gen = c.curGen(); m.gen != gen.id {
 				continue
 			}
 			out = append(make([]bus.Delivery, 0, min(max, 1+len(c.msgs))), toDelivery(m.m))
@@ -223,22 +254,22 @@ func (c *Consumer) Fetch(ctx context.Context, max int, wait time.Duration) ([]bu
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-t.C:
-			c.fetchGen.Store(c.genID.Load())
+			c.fetched.Store(c.curGen())
 			return []bus.Delivery{}, nil
 		}
 	}
 	for len(out) < max {
 		select {
 		case m := <-c.msgs:
-			if m.gen == gen {
+			if m.gen == gen.id {
 				out = append(out, toDelivery(m.m))
 			}
 		default:
-			c.fetchGen.Store(gen)
+			c.fetched.Store(gen)
 			return out, nil
 		}
 	}
-	c.fetchGen.Store(gen)
+	c.fetched.Store(gen)
 	return out, nil
 }
 
