@@ -151,6 +151,7 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 	f.StringVar(&cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
 	f.Int64Var(&maxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
 	f.IntVar(&queue, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
+	f.DurationVar(&cfg.ShareRateLimits, "share-rate-limits", 0, "make key rate limits global across the verifiers on this NATS bus, reporting admissions this often (e.g. 50ms; approximate, converging); 0: per-verifier limits")
 	f.BoolVar(&cfg.Emitter.DurableLog, "durable-log", false, "answer a request only once its event is fsynced in a local log under --data-dir (group commit), replayed after a crash: a SIGKILL or power loss loses no answered request's event (costs throughput; see README)")
 	f.IntVar(&maxBatch, "max-batch", 1000, "events per batch")
 	f.DurationVar(&flushEvery, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
