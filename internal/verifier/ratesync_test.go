@@ -2,6 +2,10 @@ package verifier
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,5 +121,77 @@ func TestGlobalRateLimitAccuracy(t *testing.T) {
 	}
 	if dev := float64(shared)/float64(limit) - 1; dev > 0.10 || dev < -0.10 {
 		t.Errorf("shared verifiers admitted %d, %.1f%% off the limit %d (want within ±10%%)", shared, 100*dev, limit)
+	}
+}
+
+// BenchmarkGlobalRateLimitWallClock measures the same on real time: 4
+// verifier roles (Run) on one NATS, sharing every 50 ms, a round-robin
+// client offering 1,000 requests/s for 5 s to a key limited to 100/s burst
+// 20, with and without sharing. Timing-dependent, so a benchmark (run it
+// with -benchtime 1x), not a test:
+//
+//	go test ./internal/verifier -run '^$' -bench GlobalRateLimitWallClock -benchtime 1x
+func BenchmarkGlobalRateLimitWallClock(b *testing.B) {
+	for _, share := range []time.Duration{0, 50 * time.Millisecond} {
+		n := startNATS(b)
+		ctx, cancel := context.WithCancel(context.Background())
+		bb := n.connect(ctx)
+		svc := newService(b, ctx, bb, nil)
+		k, err := svc.Create(ctx, keys.CreateParams{Project: "acme", KeyLimits: keys.KeyLimits{RatePerS: 100, Burst: 20}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		secret := k.Secret.Reveal()
+		var rvs []*runningVerifier
+		for i := range 4 {
+			rv := startVerifier(b, bb, RunConfig{VerifierID: "v" + string(rune('0'+i)), ShareRateLimits: share})
+			waitOutcome(b, rv, secret, "valid")
+			rvs = append(rvs, rv)
+		}
+		time.Sleep(1500 * time.Millisecond) // the buckets drained by waitOutcome refill
+		const workers, perWorker = 8, 125 // 1,000 requests/s
+		const dur = 5 * time.Second
+		var ok, total atomic.Int64
+		var rr atomic.Uint64
+		client := &http.Client{Timeout: 5 * time.Second}
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tick := time.NewTicker(time.Second / perWorker)
+				defer tick.Stop()
+				for time.Since(start) < dur {
+					<-tick.C
+					rv := rvs[rr.Add(1)%uint64(len(rvs))]
+					req, _ := http.NewRequest("GET", rv.auth+"/x", nil)
+					req.Header.Set("Authorization", "Bearer "+secret)
+					resp, err := client.Do(req)
+					if err != nil {
+						continue
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					total.Add(1)
+					if resp.StatusCode == 200 {
+						ok.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		el := time.Since(start).Seconds()
+		limit := 100*el + 20
+		b.Logf("share=%s: %d of %d requests admitted in %.2f s; one verifier's limit %.0f: ratio %.3f", share, ok.Load(), total.Load(), el, limit, float64(ok.Load())/limit)
+		if share > 0 {
+			b.ReportMetric(float64(ok.Load())/limit, "shared_ratio")
+		} else {
+			b.ReportMetric(float64(ok.Load())/limit, "unshared_ratio")
+		}
+		for _, rv := range rvs {
+			_ = rv.stop()
+		}
+		cancel()
 	}
 }
