@@ -149,7 +149,7 @@ func BenchmarkGlobalRateLimitWallClock(b *testing.B) {
 			rvs = append(rvs, rv)
 		}
 		time.Sleep(1500 * time.Millisecond) // the buckets drained by waitOutcome refill
-		const workers, perWorker = 8, 125 // 1,000 requests/s
+		const workers, perWorker = 8, 125   // 1,000 requests/s
 		const dur = 5 * time.Second
 		var ok, total atomic.Int64
 		var rr atomic.Uint64
