@@ -627,6 +627,9 @@ func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
 	}
 	a.epoch = g
 	a.floor = map[int]uint64{}
+	if r, ok := a.observer.(interface{ Reset() }); ok {
+		r.Reset() // counts of keys whose partitions moved are stale
+	}
 	a.count(func(s *Stats) { s.Rebalances++ })
 	return a.replay(ctx)
 }
