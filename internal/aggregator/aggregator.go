@@ -625,6 +625,21 @@ func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
 	if err := a.retry(ctx, "fence", func() error { return a.fencer.Fence(ctx, a.cfg.Group, g) }); err != nil {
 		return err
 	}
+	var fence uint64
+	if err := a.retry(ctx, "read fence", func() error {
+		var err error
+		fence, err = a.fencer.MaxFence(ctx, a.cfg.Group)
+		return err
+	}); err != nil {
+		return err
+	}
+	if fence > g {
+		// Either a newer generation has begun already (this one ends
+		// soon), or the Kafka group was deleted or expired and its
+		// generations started again at 1: then every insert stays fenced.
+		a.log.Error("aggregator: the store holds a fence newer than this consumer group generation; if this persists, the Kafka group was recreated (its generations restarted): delete the old fence with ALTER TABLE ingest_intents DELETE WHERE consumer = '<group>/fence'",
+			"generation", g, "fence", fence)
+	}
 	a.epoch = g
 	a.floor = map[int]uint64{}
 	if r, ok := a.observer.(interface{ Reset() }); ok {
