@@ -37,8 +37,10 @@ ok → warning → exceeded to the key-state log, where verifiers enforce it.
 One process owns a partition of a group at a time. On NATS, split the
 partitions between aggregators with --own-partitions (a second process binding
 the same partition takes it over and the first stops). On Kafka the consumer
-group assigns partitions; run one member per group for exactly-once across
-rebalances (a crashed member is replaced from its recorded intents).`,
+group assigns partitions to any number of members: inserts are fenced by the
+group's generation, so partitions moving between live members stay exactly
+once (a member that lost a partition can no longer insert it; the new owner
+replays its recorded intents under their tokens).`,
 		Example: `  keymeter aggregator --data-dir data
   keymeter aggregator --bus kafka --kafka-brokers k1:9092 --store clickhouse --clickhouse-dsn clickhouse://ch:9000/keymeter`,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
@@ -150,6 +151,8 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
 	f.StringVar(&cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
 	f.Int64Var(&maxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
 	f.IntVar(&queue, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
+	f.DurationVar(&cfg.ShareRateLimits, "share-rate-limits", 0, "make key rate limits global across the verifiers on this NATS bus, reporting admissions this often (e.g. 50ms; approximate, converging); 0: per-verifier limits")
+	f.BoolVar(&cfg.Emitter.DurableLog, "durable-log", false, "answer a request only once its event is fsynced in a local log under --data-dir (group commit), replayed after a crash: a SIGKILL or power loss loses no answered request's event (costs throughput; see README)")
 	f.IntVar(&maxBatch, "max-batch", 1000, "events per batch")
 	f.DurationVar(&flushEvery, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
 	f.StringVar(&geoCountry, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
@@ -382,6 +385,7 @@ func newBenchProxyCmd(g *globals) *cobra.Command {
 		dataDir     string
 		keep        bool
 		profilePath string
+		durableLog  bool
 	)
 	c := &cobra.Command{
 		Use:   "proxy",
@@ -442,43 +446,64 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 			}
 			defer bare.Close()
 
-			vctx, stopV := context.WithCancel(context.Background())
-			addrs := make(chan [2]string, 1)
-			verr := make(chan error, 1)
-			go func() {
-				verr <- verifier.Run(vctx, verifier.RunConfig{
-					Listen: "127.0.0.1:0", AuthListen: "127.0.0.1:0", Upstream: uu.String(), HTTP: verifier.HTTPConfig{Front: verifier.Fronts["envoy"]},
-					DataDir: dataDir, VerifierID: "bench-proxy", Bus: b, Logger: log,
-					OnListen: func(m, a, _ net.Addr) { addrs <- [2]string{m.String(), a.String()} },
-				})
-			}()
-			var va [2]string
-			select {
-			case va = <-addrs:
-			case err := <-verr:
-				stopV()
+			// startV runs a verifier (with the durable event log or not)
+			// and returns its proxy and forward-auth addresses once every key
+			// verifies.
+			startV := func(durable bool) (va [2]string, stop func(), err error) {
+				vctx, stopV := context.WithCancel(context.Background())
+				addrs := make(chan [2]string, 1)
+				verr := make(chan error, 1)
+				dir, id := dataDir, "bench-proxy"
+				if durable {
+					dir, id = filepath.Join(dataDir, "durable"), "bench-proxy-durable"
+				}
+				go func() {
+					verr <- verifier.Run(vctx, verifier.RunConfig{
+						Listen: "127.0.0.1:0", AuthListen: "127.0.0.1:0", Upstream: uu.String(), HTTP: verifier.HTTPConfig{Front: verifier.Fronts["envoy"]},
+						DataDir: dir, VerifierID: id, Bus: b, Logger: log, Emitter: verifier.EmitterConfig{DurableLog: durable},
+						OnListen: func(m, a, _ net.Addr) { addrs <- [2]string{m.String(), a.String()} },
+					})
+				}()
+				select {
+				case va = <-addrs:
+				case err := <-verr:
+					stopV()
+					return va, nil, err
+				}
+				stop = func() { stopV(); <-verr }
+				deadline := time.Now().Add(60 * time.Second)
+				for {
+					req, _ := http.NewRequest("GET", "http://"+va[1]+"/", nil)
+					req.Header.Set("Authorization", "Bearer "+secrets[len(secrets)-1])
+					resp, err := http.DefaultClient.Do(req)
+					if err == nil {
+						resp.Body.Close()
+						if resp.StatusCode == 200 {
+							return va, stop, nil
+						}
+					}
+					if time.Now().After(deadline) {
+						stop()
+						return va, nil, fmt.Errorf("verifier not ready after 60s")
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			va, stopV, err := startV(false)
+			if err != nil {
 				return err
 			}
-			defer func() { stopV(); <-verr }()
-			// Ready once every key verifies.
-			deadline := time.Now().Add(60 * time.Second)
-			for {
-				req, _ := http.NewRequest("GET", "http://"+va[1]+"/", nil)
-				req.Header.Set("Authorization", "Bearer "+secrets[len(secrets)-1])
-				resp, err := http.DefaultClient.Do(req)
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode == 200 {
-						break
-					}
+			defer stopV()
+			var vd [2]string
+			if durableLog {
+				var stopD func()
+				if vd, stopD, err = startV(true); err != nil {
+					return err
 				}
-				if time.Now().After(deadline) {
-					return fmt.Errorf("verifier not ready after 60s")
-				}
-				time.Sleep(10 * time.Millisecond)
+				defer stopD()
 			}
 			fmt.Fprintf(os.Stderr, "bench proxy: upstream %s, bare proxy %s, verifier %s (auth %s), %d keys\n", upstream.Addr, bare.Addr, va[0], va[1], nkeys)
-			var bareRes, kmRes, authRes loadResult
+			var bareRes, kmRes, durRes, authRes loadResult
 			for r := 0; r < rounds; r++ {
 				res := drive(ctx, "http://"+bare.Addr+"/v1/items", nil, conns, duration)
 				fmt.Fprintf(os.Stderr, "bench proxy: round %d bare     %8.0f requests/s p99 %.2f ms\n", r+1, res.perSecond(), percentileMS(res.lats, 0.99))
@@ -492,6 +517,11 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 				}
 				fmt.Fprintf(os.Stderr, "bench proxy: round %d keymeter %8.0f requests/s p99 %.2f ms\n", r+1, res.perSecond(), percentileMS(res.lats, 0.99))
 				kmRes.add(res)
+				if durableLog {
+					res = drive(ctx, "http://"+vd[0]+"/v1/items", secrets, conns, duration)
+					fmt.Fprintf(os.Stderr, "bench proxy: round %d durable  %8.0f requests/s p99 %.2f ms\n", r+1, res.perSecond(), percentileMS(res.lats, 0.99))
+					durRes.add(res)
+				}
 			}
 			authRes = drive(ctx, "http://"+va[1]+"/v1/items", secrets, conns, duration)
 			fmt.Fprintf(os.Stderr, "bench proxy: forward auth %8.0f requests/s p99 %.2f ms\n", authRes.perSecond(), percentileMS(authRes.lats, 0.99))
@@ -505,9 +535,16 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 			s.add("p50_ms", fmt.Sprintf("%.2f", percentileMS(kmRes.lats, 0.50)))
 			s.add("p99_ms", fmt.Sprintf("%.2f", percentileMS(kmRes.lats, 0.99)))
 			s.add("bare_p99_ms", fmt.Sprintf("%.2f", percentileMS(bareRes.lats, 0.99)))
+			if durableLog {
+				s.add("durable_requests_per_s", durRes.perSecond())
+				s.add("durable_ratio", fmt.Sprintf("%.3f", durRes.perSecond()/bareRes.perSecond()))
+				s.add("durable_vs_default", fmt.Sprintf("%.3f", durRes.perSecond()/kmRes.perSecond()))
+				s.add("durable_p50_ms", fmt.Sprintf("%.2f", percentileMS(durRes.lats, 0.50)))
+				s.add("durable_p99_ms", fmt.Sprintf("%.2f", percentileMS(durRes.lats, 0.99)))
+			}
 			s.add("auth_requests_per_s", authRes.perSecond())
 			s.add("auth_p99_ms", fmt.Sprintf("%.2f", percentileMS(authRes.lats, 0.99)))
-			s.add("errors", kmRes.errors+bareRes.errors+authRes.errors)
+			s.add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors)
 			s.add("rss_mb", rssMB())
 			s.print()
 			return nil
@@ -521,6 +558,7 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 	c.Flags().StringVar(&profilePath, "cpuprofile", "", "write a CPU profile of the first keymeter round to this file")
 	c.Flags().StringVar(&dataDir, "data-dir", "", "where the embedded server and the spool live (default: a temporary directory)")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
+	c.Flags().BoolVar(&durableLog, "durable-log", false, "also measure a verifier with --durable-log, alternating with the others (durable_* figures)")
 	return c
 }
 

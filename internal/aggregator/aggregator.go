@@ -8,6 +8,19 @@
 // crash the pending intents are replayed first, range for range with the
 // same token, so ClickHouse drops the block it already has; deliveries at
 // or below a replayed range are skipped.
+//
+// Several live members of one group (Kafka) are fenced by the consumer
+// group's generation: a member that enters a generation records it as a
+// fence in the store, then replays every pending intent of the group; a
+// member that has recorded its intents reads the fence before it inserts
+// and, if a newer generation has begun, aborts instead (see store.Fencer).
+// Either the new owner of a partition replays an intent under its token or
+// the old owner never inserts it. For that, a fenced member inserts one
+// partition per insert (token "<group>/e<generation>/<hash>") and replays
+// only the partitions the generation assigned to it; a pending intent that
+// an intent of a later generation overlaps is dead (its owner was fenced
+// before inserting: the later owner read the range from the bus) and is
+// aborted rather than replayed.
 package aggregator
 
 import (
@@ -121,6 +134,11 @@ type Aggregator struct {
 	// (inserted or pending); deliveries at or below it are skipped.
 	floor  map[int]uint64
 	recent *recent // batch ids of recent blocks
+	// epoch is the consumer group generation this member consumes in (0:
+	// not fenced, NATS); fencer is the store's fencing, set with it.
+	epoch  uint64
+	fencer store.Fencer
+	owned  []int // partitions of this generation
 	stats  Stats
 	mu     sync.Mutex
 }
@@ -133,6 +151,18 @@ type Stats struct {
 	Replayed     uint64 // intents replayed at start
 	Skipped      uint64 // redelivered batches skipped
 	Duplicates   uint64 // batches whose id was already stored
+	Rebalances   uint64 // consumer group generations entered
+	Fenced       uint64 // flushes aborted: a newer generation had begun
+}
+
+// errFenced: a flush found a newer generation's fence and did not insert.
+var errFenced = errors.New("aggregator: fenced by a newer consumer group generation")
+
+// generational is a consumer whose group assigns partitions by generation
+// (Kafka); Generation is that of the last Fetch's deliveries.
+type generational interface {
+	Generation() int64
+	Assigned() []int
 }
 
 // Option configures New.
@@ -187,14 +217,22 @@ func partitionName(p int) string { return "events/" + strconv.Itoa(p) }
 // Run replays pending intents, then consumes until ctx ends. On the way
 // out it flushes what is buffered and acks it (graceful shutdown).
 func (a *Aggregator) Run(ctx context.Context) error {
-	if err := a.replay(ctx); err != nil {
-		return err
-	}
 	cons, err := a.bus.NewConsumer(ctx, bus.ConsumerConfig{Group: a.cfg.Group, Partitions: a.cfg.Partitions, AckWait: a.cfg.AckWait})
 	if err != nil {
 		return fmt.Errorf("aggregator: %w", err)
 	}
 	defer cons.Close()
+	gc, _ := cons.(generational)
+	if gc != nil {
+		// Replays happen per generation, of the partitions it assigns.
+		f, ok := a.store.(store.Fencer)
+		if !ok {
+			return errors.New("aggregator: this bus's consumer groups rebalance between live members, which needs a store with fencing (store.Fencer)")
+		}
+		a.fencer = f
+	} else if err := a.replay(ctx); err != nil {
+		return err
+	}
 	go a.watchLag(ctx, a.bus)
 	a.log.Info("aggregator consuming", "flush_interval", a.cfg.FlushInterval, "max_block_events", a.cfg.MaxBlockEvents)
 
@@ -210,12 +248,31 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	deadline := time.Now().Add(a.cfg.FlushInterval)
 	lastSeen := time.Now()
 	var inflight chan error // the flush under way, if any
+	var inflightBlocks map[int]*block
+	fenced := false // a flush was fenced: drop deliveries until the next generation
+	// forget un-remembers the batch ids of blocks that will not be stored
+	// here, so that their batches are taken when delivered again.
+	forget := func(bs map[int]*block) {
+		for _, b := range bs {
+			for id := range b.ids {
+				a.recent.remove(id)
+			}
+		}
+	}
 	waitFlush := func() error {
 		if inflight == nil {
 			return nil
 		}
 		err := <-inflight
 		inflight = nil
+		if errors.Is(err, errFenced) {
+			a.log.Info("aggregator: flush fenced by a newer consumer group generation; its partitions are replayed or re-read by their owners")
+			a.count(func(s *Stats) { s.Fenced++ })
+			forget(inflightBlocks)
+			fenced = true
+			err = nil
+		}
+		inflightBlocks = nil
 		return err
 	}
 	defer func() { _ = waitFlush() }()
@@ -228,7 +285,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 				a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
 				return nil
 			}
-			if err := a.flush(fctx, cons, blocks); err != nil {
+			if err := a.flush(fctx, cons, blocks, a.epoch); err != nil {
 				a.log.Warn("aggregator: final flush failed; the bus will redeliver", "err", err)
 			}
 			return nil
@@ -248,6 +305,28 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("aggregator: fetch failed", "err", err)
 			sleep(ctx, a.cfg.RetryBackoff)
+		}
+		if gc != nil {
+			if g := uint64(max(gc.Generation(), 0)); g != 0 && g != a.epoch {
+				// A new generation: what is buffered may belong to another
+				// member now. Let the flush under way finish (or be fenced),
+				// drop the rest, fence, and replay the group's intents.
+				if err := waitFlush(); err != nil && ctx.Err() == nil {
+					a.log.Warn("aggregator: flush before a rebalance failed; its intent is replayed", "err", err)
+				}
+				forget(blocks)
+				blocks, buffered, fenced = map[int]*block{}, 0, false
+				if err := a.enter(ctx, g, gc.Assigned()); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				deadline = time.Now().Add(a.cfg.FlushInterval)
+			}
+		}
+		if fenced {
+			ds = nil // stale generation: the partitions' owners read them again
 		}
 		if len(ds) > 0 {
 			lastSeen = time.Now()
@@ -290,8 +369,8 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			}
 			if len(blocks) > 0 {
 				ch := make(chan error, 1)
-				go func(bs map[int]*block) { ch <- a.flush(fctx, cons, bs) }(blocks)
-				inflight = ch
+				go func(bs map[int]*block, epoch uint64) { ch <- a.flush(fctx, cons, bs, epoch) }(blocks, a.epoch)
+				inflight, inflightBlocks = ch, blocks
 				blocks = map[int]*block{}
 			}
 			buffered = 0
@@ -372,7 +451,7 @@ func (a *Aggregator) deadLetter(ctx context.Context, origin, reason string, data
 // flush inserts the blocks of every partition as one insert, exactly once,
 // then acks each partition. One insert per flush, not one per partition:
 // ClickHouse wants few, large inserts.
-func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[int]*block) error {
+func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[int]*block, epoch uint64) error {
 	if len(blocks) == 0 {
 		return nil
 	}
@@ -381,7 +460,19 @@ func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[in
 		bs = append(bs, b)
 	}
 	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
-	return a.commit(ctx, bs, a.groupToken(bs), func(ctx context.Context) error {
+	if epoch > 0 {
+		// Fenced: one insert per partition, so that a partition's intents
+		// are its owner's alone to replay.
+		for _, b := range bs {
+			if err := a.commit(ctx, []*block{b}, a.fencedToken(b, epoch), epoch, func(ctx context.Context) error {
+				return cons.Ack(ctx, b.lastD)
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return a.commit(ctx, bs, a.groupToken(bs), epoch, func(ctx context.Context) error {
 		for _, b := range bs {
 			if err := cons.Ack(ctx, b.lastD); err != nil {
 				return err
@@ -403,11 +494,32 @@ func (a *Aggregator) groupToken(bs []*block) string {
 	return a.cfg.Group + "/" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
+// fencedToken is the token of one partition's block inserted in
+// generation epoch.
+func (a *Aggregator) fencedToken(b *block, epoch uint64) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s|p%d:%d-%d", a.cfg.Group, b.partition, b.first, b.last)
+	return a.cfg.Group + "/e" + strconv.FormatUint(epoch, 10) + "/" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// tokenEpoch is the generation a token was made in (0: unfenced).
+func tokenEpoch(tok string) uint64 {
+	parts := strings.Split(tok, "/")
+	if len(parts) != 3 || !strings.HasPrefix(parts[1], "e") {
+		return 0
+	}
+	e, _ := strconv.ParseUint(parts[1][1:], 10, 64)
+	return e
+}
+
 // commit runs intents → one insert → ack → clear for a set of partition
 // blocks, retrying the store with backoff until ctx ends (the bus keeps the
 // data meanwhile). The intents of one insert share its token; a replay
-// gathers them by token and forms the same block again.
-func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, ack func(context.Context) error) error {
+// gathers them by token and forms the same block again. With an epoch (a
+// live flush of a fenced group), the insert happens only if no newer
+// generation's fence exists once the intents are recorded; otherwise the
+// intents are aborted and errFenced returned.
+func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, epoch uint64, ack func(context.Context) error) error {
 	intents := make([]store.Intent, len(bs))
 	n := 0
 	for i, b := range bs {
@@ -418,6 +530,26 @@ func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, ack fu
 	for _, in := range intents {
 		if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntent(ctx, in) }); err != nil {
 			return err
+		}
+	}
+	if epoch > 0 && a.fencer != nil {
+		var fence uint64
+		if err := a.retry(ctx, "read fence", func() error {
+			var err error
+			fence, err = a.fencer.MaxFence(ctx, a.cfg.Group)
+			return err
+		}); err != nil {
+			return err
+		}
+		if fence > epoch {
+			for _, in := range intents {
+				if err := a.retry(ctx, "abort intent", func() error {
+					return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, tok)
+				}); err != nil {
+					return err
+				}
+			}
+			return errFenced
 		}
 	}
 	if n > 0 {
@@ -484,6 +616,39 @@ func (a *Aggregator) retry(ctx context.Context, what string, fn func() error) er
 	}
 }
 
+// enter starts consuming in generation g: it fences g, so that members of
+// older generations no longer insert, then replays the group's pending
+// intents, which sets the floors from scratch.
+func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
+	a.log.Info("aggregator: consumer group generation", "generation", g, "partitions", owned)
+	a.owned = owned
+	if err := a.retry(ctx, "fence", func() error { return a.fencer.Fence(ctx, a.cfg.Group, g) }); err != nil {
+		return err
+	}
+	var fence uint64
+	if err := a.retry(ctx, "read fence", func() error {
+		var err error
+		fence, err = a.fencer.MaxFence(ctx, a.cfg.Group)
+		return err
+	}); err != nil {
+		return err
+	}
+	if fence > g {
+		// Either a newer generation has begun already (this one ends
+		// soon), or the Kafka group was deleted or expired and its
+		// generations started again at 1: then every insert stays fenced.
+		a.log.Error("aggregator: the store holds a fence newer than this consumer group generation; if this persists, the Kafka group was recreated (its generations restarted): delete the old fence with ALTER TABLE ingest_intents DELETE WHERE consumer = '<group>/fence'",
+			"generation", g, "fence", fence)
+	}
+	a.epoch = g
+	a.floor = map[int]uint64{}
+	if r, ok := a.observer.(interface{ Reset() }); ok {
+		r.Reset() // counts of keys whose partitions moved are stale
+	}
+	a.count(func(s *Stats) { s.Rebalances++ })
+	return a.replay(ctx)
+}
+
 // replay re-inserts the ranges of pending intents with their tokens.
 func (a *Aggregator) replay(ctx context.Context) error {
 	var intents []store.Intent
@@ -518,6 +683,25 @@ func (a *Aggregator) replay(ctx context.Context) error {
 				mine = false
 				break
 			}
+			if a.fencer != nil {
+				if !slices.Contains(a.owned, p) {
+					mine = false
+					break
+				}
+				dead, err := a.superseded(ctx, in)
+				if err != nil {
+					return err
+				}
+				if dead {
+					a.log.Info("aggregator: pending intent superseded by a later generation's; aborted", "partition", in.Partition, "first", in.First, "last", in.Last)
+					if err := a.retry(ctx, "abort intent", func() error {
+						return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, in.Token)
+					}); err != nil {
+						return err
+					}
+					continue
+				}
+			}
 			b := &block{partition: p, first: in.First, last: in.Last}
 			var eb event.Batch
 			err = a.bus.ReadRange(ctx, p, in.First, in.Last, func(d bus.Delivery) error {
@@ -551,7 +735,7 @@ func (a *Aggregator) replay(ctx context.Context) error {
 			a.log.Info("aggregator: replaying part of an insert", "token", tok, "ranges", len(bs))
 		}
 		a.log.Info("aggregator: replaying intent", "token", tok, "ranges", len(bs))
-		if err := a.commit(ctx, bs, tok, nil); err != nil {
+		if err := a.commit(ctx, bs, tok, 0, nil); err != nil {
 			return err
 		}
 		for _, b := range bs {
@@ -578,6 +762,27 @@ func (a *Aggregator) replay(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// superseded reports whether an intent of a later generation overlaps in:
+// that owner did not see in (or it would have replayed it and consumed past
+// it), so in's owner saw the fence and never inserted it.
+func (a *Aggregator) superseded(ctx context.Context, in store.Intent) (bool, error) {
+	var others []store.Intent
+	if err := a.retry(ctx, "read intents", func() error {
+		var err error
+		others, err = a.fencer.Overlapping(ctx, a.cfg.Group, in.Partition, in.First, in.Last)
+		return err
+	}); err != nil {
+		return false, err
+	}
+	e := tokenEpoch(in.Token)
+	for _, o := range others {
+		if o.Token != in.Token && tokenEpoch(o.Token) > e {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (a *Aggregator) count(fn func(*Stats)) {
@@ -657,6 +862,9 @@ func newRecent(n int) *recent {
 }
 
 func (r *recent) has(id string) bool { _, ok := r.set[id]; return ok }
+
+// remove forgets id (its slot in the ring is reused in turn).
+func (r *recent) remove(id string) { delete(r.set, id) }
 
 func (r *recent) add(id string) {
 	if old := r.ring[r.next]; old != "" {

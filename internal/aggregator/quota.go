@@ -116,6 +116,15 @@ func NewQuotas(cfg QuotaConfig, ks KeyStates, kl bus.KeyLog, usage store.UsageRe
 
 var _ Observer = (*Quotas)(nil)
 
+// Reset forgets the counts: the keys' partitions may have moved to other
+// aggregators and back (a consumer group rebalance), so each key's usage is
+// read from the store again at its next block.
+func (q *Quotas) Reset() {
+	q.mu.Lock()
+	q.used = map[string]*keyUsage{}
+	q.mu.Unlock()
+}
+
 // Stored counts a stored block's allowed requests per key.
 func (q *Quotas) Stored(ctx context.Context, events []event.Event) {
 	now := q.cfg.Now()

@@ -145,12 +145,15 @@ func (d *DB) RecordIntent(ctx context.Context, in Intent) error {
 	return d.writeIntent(ctx, in, IntentPending)
 }
 
+// intentRank orders the states of one intent whatever the time of the
+// write: done beats aborted beats pending, so a late "aborted" from a
+// fenced member never hides the insert a replay made, and a replay's
+// "pending" never reopens a done range.
+var intentRank = map[IntentState]uint64{IntentPending: 0, IntentAborted: 1, IntentDone: 2}
+
 func (d *DB) writeIntent(ctx context.Context, in Intent, st IntentState) error {
 	now := time.Now()
-	ver := uint64(now.UnixMicro()) * 2
-	if st == IntentDone {
-		ver++
-	}
+	ver := intentRank[st]<<56 | uint64(now.UnixMicro())
 	p := Params{}.Str("c", in.Consumer).Str("p", in.Partition).U64("f", in.First).U64("l", in.Last).
 		Str("t", in.Token).Str("s", string(st)).Ms("u", now).U64("v", ver)
 	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
@@ -166,8 +169,31 @@ func (d *DB) Intents(ctx context.Context, consumer string) ([]Intent, error) {
 	if err := d.check(); err != nil {
 		return nil, err
 	}
+	return d.intents(ctx, consumer, false)
+}
+
+// intents returns the pending intents, and the aborted ones too with
+// aborted.
+func (d *DB) intents(ctx context.Context, consumer string, aborted bool) ([]Intent, error) {
+	states := "state = 'pending'"
+	if aborted {
+		states = "state IN ('pending', 'aborted')"
+	}
+	return d.queryIntents(ctx, states, Params{}.Str("c", consumer))
+}
+
+// Overlapping implements Fencer.
+func (d *DB) Overlapping(ctx context.Context, consumer, partition string, first, last uint64) ([]Intent, error) {
+	if err := d.check(); err != nil {
+		return nil, err
+	}
+	return d.queryIntents(ctx, "partition = {p:String} AND last_pos >= {f:UInt64} AND first_pos <= {l:UInt64}",
+		Params{}.Str("c", consumer).Str("p", partition).U64("f", first).U64("l", last))
+}
+
+func (d *DB) queryIntents(ctx context.Context, where string, p Params) ([]Intent, error) {
 	rows, err := d.conn.Query(ctx, d.sql(`SELECT consumer, partition, first_pos, last_pos, token, toString(state), toInt64(toUnixTimestamp64Milli(updated))
-FROM {db}.ingest_intents FINAL WHERE consumer = {c:String} AND state = 'pending' ORDER BY partition, first_pos`), Params{}.Str("c", consumer))
+FROM {db}.ingest_intents FINAL WHERE consumer = {c:String} AND `+where+` ORDER BY partition, first_pos`), p)
 	if err != nil {
 		return nil, fmt.Errorf("store: read intents: %w", err)
 	}
@@ -186,12 +212,13 @@ FROM {db}.ingest_intents FINAL WHERE consumer = {c:String} AND state = 'pending'
 	return out, rows.Err()
 }
 
-// ClearIntent implements IntentStore.
+// ClearIntent implements IntentStore. An aborted intent can be cleared
+// too: a replay by the new owner inserted it after all.
 func (d *DB) ClearIntent(ctx context.Context, consumer, partition, token string) error {
 	if err := d.check(); err != nil {
 		return err
 	}
-	ins, err := d.Intents(ctx, consumer)
+	ins, err := d.intents(ctx, consumer, true)
 	if err != nil {
 		return err
 	}
@@ -201,6 +228,60 @@ func (d *DB) ClearIntent(ctx context.Context, consumer, partition, token string)
 		}
 	}
 	return fmt.Errorf("%w: no pending intent %s/%s token %s", ErrNotFound, consumer, partition, token)
+}
+
+// AbortIntent implements Fencer: a pending intent becomes aborted (one
+// already done or aborted stays).
+func (d *DB) AbortIntent(ctx context.Context, consumer, partition, token string) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	ins, err := d.Intents(ctx, consumer)
+	if err != nil {
+		return err
+	}
+	for _, in := range ins {
+		if in.Partition == partition && in.Token == token {
+			return d.writeIntent(ctx, in, IntentAborted)
+		}
+	}
+	return nil
+}
+
+// Fence implements Fencer. The fence is a row of ingest_intents under the
+// consumer "<consumer>/fence" (consumer names cannot contain '/'), whose
+// version is the epoch: the table keeps the highest.
+func (d *DB) Fence(ctx context.Context, consumer string, epoch uint64) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	p := Params{}.Str("c", consumer+"/fence").U64("e", epoch).Ms("u", time.Now())
+	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
+SELECT {c:String}, 'fence', {e:UInt64}, {e:UInt64}, 'fence', 'fence', fromUnixTimestamp64Milli({u:Int64}, 'UTC'), {e:UInt64}`), p)
+	if err != nil {
+		return fmt.Errorf("store: fence %s at %d: %w", consumer, epoch, err)
+	}
+	return nil
+}
+
+// MaxFence implements Fencer: the highest epoch fenced (0: none).
+func (d *DB) MaxFence(ctx context.Context, consumer string) (uint64, error) {
+	if err := d.check(); err != nil {
+		return 0, err
+	}
+	rows, err := d.conn.Query(ctx, d.sql(`SELECT toUInt64(max(first_pos)) FROM {db}.ingest_intents WHERE consumer = {c:String}`),
+		Params{}.Str("c", consumer+"/fence"))
+	if err != nil {
+		return 0, fmt.Errorf("store: fence of %s: %w", consumer, err)
+	}
+	defer rows.Close()
+	var e uint64
+	if rows.Next() {
+		if err := rows.Scan(&e); err != nil {
+			return 0, err
+		}
+	}
+	return e, rows.Err()
 }
 
 // MaxUsagePoints bounds one usage answer.

@@ -97,7 +97,29 @@ type IntentState string
 const (
 	IntentPending IntentState = "pending"
 	IntentDone    IntentState = "done"
+	// IntentAborted: the consumer was fenced before inserting; the range is
+	// never replayed (the partition's new owner reads it from the bus).
+	IntentAborted IntentState = "aborted"
 )
+
+// Fencer fences a consumer group's inserts by epoch (the Kafka group
+// generation): a member records the epoch it joins at (Fence) before it
+// reads the group's pending intents, and, having recorded its own intents,
+// reads the highest epoch (MaxFence) before it inserts; one at an older
+// epoch aborts (AbortIntent). Either the new member sees the intent and
+// replays it under its token, or the old one sees the fence and does not
+// insert: the two orders of "write, then read the other's write" cannot
+// both miss. This needs reads that see every acknowledged write (one
+// ClickHouse server, or a cluster with insert_quorum and
+// select_sequential_consistency).
+type Fencer interface {
+	Fence(ctx context.Context, consumer string, epoch uint64) error
+	MaxFence(ctx context.Context, consumer string) (uint64, error)
+	AbortIntent(ctx context.Context, consumer, partition, token string) error
+	// Overlapping returns the consumer's intents of partition, in any
+	// state, whose range meets [first, last].
+	Overlapping(ctx context.Context, consumer, partition string, first, last uint64) ([]Intent, error)
+}
 
 // Intent is a contiguous range [First, Last] of one bus partition that a
 // consumer is inserting under Token.

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,7 +40,15 @@ type EmitterConfig struct {
 	MaxInflight int
 	// PublishTimeout bounds one Publish call (default 1s).
 	PublishTimeout time.Duration
-	Logger         *slog.Logger
+	// DurableLog makes Emit wait until the event is written and fsynced
+	// in a local log (DataDir/log, group commit) and fsyncs the spool, so
+	// that a crash (SIGKILL, power loss) loses no event whose Emit
+	// returned: the next start replays it. See wal.go.
+	DurableLog bool
+	// LogSegmentBytes is the size at which the durable log starts a new
+	// segment (default 64 MiB); acknowledged segments are deleted.
+	LogSegmentBytes int64
+	Logger          *slog.Logger
 }
 
 // Validate fills defaults and checks the configuration.
@@ -73,6 +83,9 @@ func (c *EmitterConfig) Validate() error {
 	if c.PublishTimeout == 0 {
 		c.PublishTimeout = time.Second
 	}
+	if c.LogSegmentBytes == 0 {
+		c.LogSegmentBytes = 64 << 20
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -86,6 +99,8 @@ type EmitterStats struct {
 	Spooled   uint64 // events written to the spool
 	Replayed  uint64 // events published from the spool
 	Dropped   uint64 // events lost: queue full or spool full
+	// Recovered: events replayed from the durable log of a run that died.
+	Recovered uint64
 	// Now: events and bytes in the spool, and whether the bus is taking
 	// batches.
 	SpoolEvents int
@@ -105,9 +120,11 @@ type EmitterStats struct {
 type Emitter struct {
 	cfg   EmitterConfig
 	log   *slog.Logger
-	in    chan event.Event
+	in    chan emitItem
 	spool *spool
+	wal   *wal // nil unless DurableLog
 	epoch string
+	wpool sync.Pool // chan bool, one per waiting Emit
 
 	closing    atomic.Bool
 	stop       chan struct{} // closed by Close: collector drains and exits
@@ -121,8 +138,15 @@ type Emitter struct {
 
 	offline atomic.Bool
 
-	emitted, published, spooled, replayed, dropped atomic.Uint64
-	lastDropLog                                    atomic.Int64
+	emitted, published, spooled, replayed, dropped, recovered atomic.Uint64
+	lastDropLog                                               atomic.Int64
+}
+
+// emitItem is an event on its way to the collector; with the durable log,
+// w receives whether it was committed.
+type emitItem struct {
+	ev event.Event
+	w  chan bool
 }
 
 type inflight struct {
@@ -141,9 +165,10 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 	if err != nil {
 		return nil, err
 	}
+	sp.sync = cfg.DurableLog
 	e := &Emitter{
 		cfg: cfg, log: cfg.Logger, spool: sp,
-		in:         make(chan event.Event, cfg.QueueSize),
+		in:         make(chan emitItem, cfg.QueueSize),
 		epoch:      bootEpoch(),
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
@@ -153,6 +178,12 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 		abandon:    make(chan struct{}),
 		replayDone: make(chan struct{}),
 		replayStop: make(chan struct{}),
+	}
+	e.wpool.New = func() any { return make(chan bool, 1) }
+	if cfg.DurableLog {
+		if err := e.recoverLog(); err != nil {
+			return nil, err
+		}
 	}
 	if b, n, _ := sp.stats(); b > 0 {
 		e.log.Info("replaying event spool from a previous run", "batches", b, "events", n)
@@ -164,15 +195,76 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 	return e, nil
 }
 
-// Emit hands an event to the batcher without blocking. It reports false if
-// the event was dropped (queue full or emitter closed).
+// recoverLog moves what a previous run's durable log holds into the
+// (fsynced) spool, which publishes it, then starts a new log.
+func (e *Emitter) recoverLog() error {
+	dir := filepath.Join(e.cfg.DataDir, "log")
+	batches, files, err := recoverWAL(dir)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for i := range batches {
+		b := &batches[i]
+		eb := event.Batch{ID: b.id, Producer: e.cfg.Producer, Created: time.Now(), Events: b.events}
+		m := bus.Message{Key: b.events[0].PartitionKey(), BatchID: b.id, Source: e.cfg.Producer, Data: event.AppendBatch(nil, &eb)}
+		if err := e.spool.put(m, len(b.events)); err != nil {
+			// Keep the log: the next start tries again.
+			return fmt.Errorf("verifier: durable log recovery: %w", err)
+		}
+		n += len(b.events)
+	}
+	e.recovered.Add(uint64(n))
+	if len(files) > 0 {
+		e.log.Info("durable event log of a previous run recovered into the spool", "batches", len(batches), "events", n)
+	}
+	for _, f := range files {
+		if err := os.Remove(f); err != nil {
+			return fmt.Errorf("verifier: durable log: %w", err)
+		}
+	}
+	w, err := openWAL(dir, e.cfg.LogSegmentBytes, 1)
+	if err != nil {
+		return err
+	}
+	e.wal = w
+	return nil
+}
+
+// Emit hands an event to the batcher. Without the durable log it never
+// blocks, and reports false if the event was dropped (queue full or
+// emitter closed). With it, Emit waits (queue full included) until the
+// event is fsynced in the log, and reports false only if the emitter is
+// closed; a log that cannot be written is logged and the event goes on
+// without that guarantee.
 func (e *Emitter) Emit(ev *event.Event) bool {
 	if e.closing.Load() {
 		e.drop(1, "emitter closed")
 		return false
 	}
+	if e.wal != nil {
+		w := e.wpool.Get().(chan bool)
+		select {
+		case e.in <- emitItem{ev: *ev, w: w}:
+		case <-e.done:
+			e.drop(1, "emitter closed")
+			return false
+		}
+		e.emitted.Add(1)
+		select {
+		case <-w:
+		case <-e.done:
+			select {
+			case <-w:
+			default:
+				return false // never reached the collector: nothing to wait for
+			}
+		}
+		e.wpool.Put(w)
+		return true
+	}
 	select {
-	case e.in <- *ev:
+	case e.in <- emitItem{ev: *ev}:
 		e.emitted.Add(1)
 		return true
 	default:
@@ -195,22 +287,48 @@ func (e *Emitter) Stats() EmitterStats {
 	_, ev, by := e.spool.stats()
 	return EmitterStats{
 		Emitted: e.emitted.Load(), Published: e.published.Load(), Spooled: e.spooled.Load(),
-		Replayed: e.replayed.Load(), Dropped: e.dropped.Load(),
+		Replayed: e.replayed.Load(), Dropped: e.dropped.Load(), Recovered: e.recovered.Load(),
 		SpoolEvents: ev, SpoolBytes: by, BusUp: !e.offline.Load(),
 	}
 }
 
 // collect batches events per partition and hands full or aged batches on.
+// With the durable log it is also the log's writer: it appends the events
+// it takes from the queue in one go, commits them (write + fsync: the group
+// commit) and only then releases their Emit calls; a batch's seal is
+// committed before the batch is published.
 func (e *Emitter) collect() {
 	defer close(e.done)
 	parts := make([][]event.Event, e.cfg.Partitions)
+	partFirst := make([]uint64, e.cfg.Partitions) // seq of parts[p][0]
 	var seq, batchSeq uint64
 	idBuf := make([]byte, 0, 64)
 	prefix := e.cfg.Producer + "-" + e.epoch + "-"
 	tick := time.NewTicker(e.cfg.FlushInterval)
 	defer tick.Stop()
-	var encBuf []byte
-	flush := func(p int) {
+	var encBuf, walBuf []byte
+	var logFailed bool
+	commit := func() bool {
+		if e.wal == nil {
+			return true
+		}
+		if err := e.wal.commit(); err != nil {
+			if !logFailed {
+				e.log.Error("durable event log cannot be written; events go on without its guarantee", "err", err)
+				logFailed = true
+			}
+			return false
+		}
+		return true
+	}
+	type sealed struct {
+		m bus.Message
+		n int
+	}
+	var ready []sealed
+	// seal closes partition p's batch; it is published by publish, after
+	// the seal is committed.
+	seal := func(p int) {
 		evs := parts[p]
 		if len(evs) == 0 {
 			return
@@ -222,13 +340,29 @@ func (e *Emitter) collect() {
 			Created:  time.Now(),
 			Events:   evs,
 		}
+		if e.wal != nil {
+			e.wal.seal(p, len(evs), b.ID, partFirst[p])
+		}
 		encBuf = event.AppendBatch(encBuf[:0], &b)
 		data := make([]byte, len(encBuf))
 		copy(data, encBuf)
-		e.send(bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}, len(evs))
+		ready = append(ready, sealed{bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}, len(evs)})
 		parts[p] = evs[:0]
 	}
-	add := func(ev event.Event) {
+	publish := func() {
+		if len(ready) == 0 {
+			return
+		}
+		commit()
+		for _, r := range ready {
+			e.send(r.m, r.n)
+		}
+		clear(ready)
+		ready = ready[:0]
+	}
+	var waiters []chan bool
+	add := func(it *emitItem) {
+		ev := &it.ev
 		seq++
 		idBuf = append(idBuf[:0], prefix...)
 		idBuf = strconv.AppendUint(idBuf, seq, 10)
@@ -240,32 +374,82 @@ func (e *Emitter) collect() {
 		if parts[p] == nil {
 			parts[p] = make([]event.Event, 0, e.cfg.MaxBatch)
 		}
-		parts[p] = append(parts[p], ev)
+		if len(parts[p]) == 0 {
+			partFirst[p] = seq
+		}
+		if e.wal != nil {
+			walBuf = e.wal.event(p, ev, walBuf)
+		}
+		parts[p] = append(parts[p], *ev)
+		if it.w != nil {
+			waiters = append(waiters, it.w)
+		}
 		if len(parts[p]) >= e.cfg.MaxBatch {
-			flush(p)
+			seal(p)
+		}
+	}
+	// take handles it and whatever else is queued (up to a bound), then
+	// commits them as one group and releases their Emit calls.
+	take := func(it *emitItem) {
+		add(it)
+	more:
+		for range 4096 {
+			select {
+			case it := <-e.in:
+				add(&it)
+			default:
+				break more
+			}
+		}
+		if len(waiters) > 0 {
+			ok := commit()
+			for _, w := range waiters {
+				w <- ok
+			}
+			clear(waiters)
+			waiters = waiters[:0]
+		}
+		publish()
+	}
+	trim := func() {
+		if e.wal == nil {
+			return
+		}
+		low := seq + 1
+		for p := range parts {
+			if len(parts[p]) > 0 {
+				low = min(low, partFirst[p])
+			}
+		}
+		if err := e.wal.trim(low, seq+1); err != nil && !logFailed {
+			e.log.Error("durable event log cannot be trimmed", "err", err)
+			logFailed = true
 		}
 	}
 	for {
 		select {
-		case ev := <-e.in:
-			add(ev)
+		case it := <-e.in:
+			take(&it)
 		case <-tick.C:
 			for p := range parts {
-				flush(p)
+				seal(p)
 			}
+			publish()
+			trim()
 		case <-e.stop:
 			for {
 				select {
-				case ev := <-e.in:
-					add(ev)
+				case it := <-e.in:
+					take(&it)
 					continue
 				default:
 				}
 				break
 			}
 			for p := range parts {
-				flush(p)
+				seal(p)
 			}
+			publish()
 			return
 		}
 	}
@@ -302,7 +486,11 @@ func (e *Emitter) poke() {
 }
 
 func (e *Emitter) toSpool(m bus.Message, n int) {
-	if err := e.spool.put(m, n); err != nil {
+	err := e.spool.put(m, n)
+	if e.wal != nil {
+		e.wal.done(m.BatchID) // in the (fsynced) spool, or lost either way
+	}
+	if err != nil {
 		e.drop(n, err.Error())
 		return
 	}
@@ -328,6 +516,9 @@ func (e *Emitter) reapAcks() {
 			e.goOffline(err)
 			e.toSpool(f.msg, f.n)
 			continue
+		}
+		if e.wal != nil {
+			e.wal.done(f.msg.BatchID)
 		}
 		e.published.Add(uint64(f.n))
 	}
@@ -417,6 +608,12 @@ func (e *Emitter) Close(ctx context.Context) error {
 	}
 	close(e.replayStop)
 	<-e.replayDone
+	if e.wal != nil {
+		// Every batch is acknowledged or in the spool: the log goes.
+		if err := e.wal.close(true); err != nil {
+			e.log.Error("durable event log", "err", err)
+		}
+	}
 	if b, n, _ := e.spool.stats(); b > 0 {
 		e.log.Warn("usage events left in the spool for the next run", "batches", b, "events", n, "spool", e.spool.dir)
 		return fmt.Errorf("verifier: %d events left in the spool at %s", n, e.spool.dir)

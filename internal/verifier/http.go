@@ -79,7 +79,12 @@ type Server struct {
 	m        *Metrics
 	cfg      HTTPConfig
 	log      *slog.Logger
+	share    *RateShare // nil: rate limits are per verifier
 }
+
+// ShareRates reports the admissions of rate-limited keys to rs (global
+// rate limits, see RateShare). Call before serving.
+func (s *Server) ShareRates(rs *RateShare) { s.share = rs }
 
 // NewServer returns the fronts of v. em and m may be nil.
 func NewServer(v *Verifier, em *Emitter, m *Metrics, cfg HTTPConfig) *Server {
@@ -208,6 +213,9 @@ func (s *Server) decide(r *http.Request, path string, start time.Time) (Decision
 	ip, ipStr := s.clientIP(r)
 	req := Request{Key: key, ClientIP: ip, Method: r.Method, Path: path, Now: start.UnixNano()}
 	d := s.v.Verify(&req)
+	if s.share != nil && d.Allowed() && d.Record != nil && d.Record.RateInterval > 0 {
+		s.share.Note(d.Record.ID)
+	}
 	if s.m != nil {
 		s.m.verify.Observe(time.Since(start).Seconds())
 		s.m.decisions[d.Outcome].Inc()

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
@@ -37,8 +38,12 @@ type RunConfig struct {
 	QuotaPeriod string
 	HTTP        HTTPConfig
 	Emitter     EmitterConfig // Publisher, Partitions, Producer, DataDir are filled in
-	Bus         bus.Bus
-	Logger      *slog.Logger
+	// ShareRateLimits, if set, makes key rate limits global across the
+	// verifiers of one bus (NATS), reporting admissions this often (see
+	// RateShare).
+	ShareRateLimits time.Duration
+	Bus             bus.Bus
+	Logger          *slog.Logger
 	// OnListen, if set, is called with the bound addresses (tests).
 	OnListen func(main, auth, admin net.Addr)
 }
@@ -110,6 +115,20 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	hcfg := cfg.HTTP
 	hcfg.VerifierID, hcfg.Logger = cfg.VerifierID, log
 	srv := NewServer(v, em, m, hcfg)
+	var share *RateShare
+	if cfg.ShareRateLimits > 0 {
+		nb, ok := cfg.Bus.(interface {
+			Conn() *nats.Conn
+			Prefix() string
+		})
+		if !ok {
+			return errors.New("verifier: --share-rate-limits needs the NATS bus")
+		}
+		if share, err = NewRateShare(tbl, NATSRateTransport(nb.Conn(), nb.Prefix()), cfg.VerifierID, cfg.ShareRateLimits, log); err != nil {
+			return err
+		}
+		srv.ShareRates(share)
+	}
 
 	bg, bgctx := errgroup.WithContext(context.Background())
 	watchCtx, stopWatch := context.WithCancel(bgctx)
@@ -129,6 +148,9 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		debug.FreeOSMemory()
 		return nil
 	})
+	if share != nil {
+		bg.Go(func() error { return share.Run(watchCtx) })
+	}
 	bg.Go(func() error {
 		if err := blocks.Run(watchCtx, cfg.Bus, log); err != nil && watchCtx.Err() == nil {
 			log.Warn("not following detection decisions: blocked addresses will not apply", "err", err)

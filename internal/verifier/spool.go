@@ -20,11 +20,12 @@ var ErrSpoolFull = errors.New("verifier: event spool full")
 // spool keeps event batches on disk while the bus is unreachable, one file
 // per batch named by a sequence number so that replay follows spool order.
 // Files are written to a temporary name and renamed, so a crash leaves
-// either a whole batch or none. They are not fsynced: the spool bridges bus
-// outages, not power loss.
+// either a whole batch or none. They are fsynced only with the durable log
+// (sync): otherwise the spool bridges bus outages, not power loss.
 type spool struct {
 	dir      string
 	maxBytes int64
+	sync     bool
 
 	mu    sync.Mutex
 	files []spoolFile // oldest first
@@ -101,12 +102,17 @@ func (s *spool) put(m bus.Message, n int) error {
 	seq := s.next
 	s.next++
 	p := s.path(seq)
-	if err := os.WriteFile(p+".tmp", b, 0o640); err != nil {
+	if err := writeFile(p+".tmp", b, s.sync); err != nil {
 		_ = os.Remove(p + ".tmp")
 		return fmt.Errorf("verifier: spool write: %w", err)
 	}
 	if err := os.Rename(p+".tmp", p); err != nil {
 		return fmt.Errorf("verifier: spool write: %w", err)
+	}
+	if s.sync {
+		if err := syncDir(s.dir); err != nil {
+			return err
+		}
 	}
 	s.files = append(s.files, spoolFile{seq: seq, size: int64(len(b)), events: n})
 	s.bytes += int64(len(b))
@@ -183,4 +189,22 @@ func (s *spool) empty() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.files) == 0
+}
+
+func writeFile(path string, b []byte, sync bool) error {
+	if !sync {
+		return os.WriteFile(path, b, 0o640)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

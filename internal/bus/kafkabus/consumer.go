@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -16,24 +17,47 @@ import (
 var _ bus.Consumer = (*Consumer)(nil)
 
 // Consumer is one member of a consumer group on the events topic. The group
-// assigns it partitions; Ack commits the group's offset.
+// assigns it partitions, generation by generation; Ack commits the group's
+// offset within the current generation.
+//
+// Generation returns the group generation of the deliveries the last Fetch
+// returned: Fetch hands out only messages read for the current generation
+// (a partition this member lost in a rebalance stops delivering at once),
+// so a consumer that fences its writes by generation (the aggregator) sees
+// every delivery tagged with the generation it belongs to.
 type Consumer struct {
 	b      *Bus
-	r      *kafka.Reader
+	cg     *kafka.ConsumerGroup
 	group  string
-	msgs   chan kafka.Message
+	start  int64 // kafka.FirstOffset or LastOffset for a partition never committed
+	msgs   chan genMessage
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	cur     atomic.Pointer[genState] // the current generation (nil: none yet)
+	fetched atomic.Pointer[genState] // the generation of the last Fetch's deliveries
+
 	mu            sync.Mutex
-	delivered     map[int]int64 // highest offset handed out per partition
-	committed     map[int]int64 // highest offset committed per partition
+	gen           *kafka.Generation
 	acked         map[int]int64 // acknowledged, not yet committed
 	kick          chan struct{} // wakes the committer
 	stopCommit    context.CancelFunc
 	committerDone chan struct{}
 	closeOnce     sync.Once
 	closeErr      error
+}
+
+// genState is a generation and the partitions it assigned to this member.
+type genState struct {
+	id    int64
+	parts []int
+}
+
+var noGen = &genState{}
+
+type genMessage struct {
+	m   kafka.Message
+	gen int64
 }
 
 // NewConsumer joins the consumer group <EventsTopic>.<cfg.Group>: Kafka's
@@ -43,7 +67,7 @@ type Consumer struct {
 // oldest retained batch, so nothing published before the first consumer
 // started is missed. cfg.Partitions and cfg.AckWait do not apply to Kafka:
 // the group assigns partitions, and unacknowledged batches are redelivered
-// when the group rebalances (a member closes or dies).
+// when the group rebalances (a member joins, closes or dies).
 func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Consumer, error) {
 	if cfg.Group == "" {
 		return nil, errors.New("kafkabus: consumer: empty Group; Kafka consumers need a consumer group name")
@@ -55,56 +79,133 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 		return nil, err
 	}
 	hb := min(b.cfg.SessionTimeout/5, 3*time.Second)
-	r := kafka.NewReader(kafka.ReaderConfig{
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                b.cfg.EventsTopic + "." + cfg.Group,
 		Brokers:           b.cfg.Brokers,
-		GroupID:           b.cfg.EventsTopic + "." + cfg.Group,
-		Topic:             b.cfg.EventsTopic,
 		Dialer:            b.dialer,
-		QueueCapacity:     256,
-		MinBytes:          1,
-		MaxBytes:          b.cfg.MaxMessageBytes,
-		MaxWait:           100 * time.Millisecond,
+		Topics:            []string{b.cfg.EventsTopic},
 		HeartbeatInterval: hb,
-		CommitInterval:    0, // each CommitMessages call is one commit; see committer
 		SessionTimeout:    b.cfg.SessionTimeout,
 		RebalanceTimeout:  b.cfg.SessionTimeout,
 		JoinGroupBackoff:  250 * time.Millisecond,
 		StartOffset:       startOffset(cfg.StartAtEnd),
-		ReadBackoffMin:    50 * time.Millisecond,
-		ReadBackoffMax:    time.Second,
-		MaxAttempts:       1 << 30,
 		ErrorLogger:       kafkaLogger(b.log),
 	})
+	if err != nil {
+		return nil, fmt.Errorf("kafkabus: consumer group %s: %w", cfg.Group, err)
+	}
 	pctx, cancel := context.WithCancel(context.Background())
 	c := &Consumer{
 		b:             b,
-		r:             r,
+		cg:            cg,
 		group:         cfg.Group,
-		msgs:          make(chan kafka.Message, 256),
+		start:         startOffset(cfg.StartAtEnd),
+		msgs:          make(chan genMessage, 256),
 		cancel:        cancel,
 		done:          make(chan struct{}),
-		delivered:     map[int]int64{},
-		committed:     map[int]int64{},
 		acked:         map[int]int64{},
 		kick:          make(chan struct{}, 1),
 		committerDone: make(chan struct{}),
 	}
 	cctx, stopCommit := context.WithCancel(context.Background())
 	c.stopCommit = stopCommit
-	go c.pump(pctx)
+	go c.run(pctx)
 	go c.committer(cctx)
 	return c, nil
 }
 
-// pump moves messages from the group reader into c.msgs so that Fetch can
-// return many at once without waiting on each.
-func (c *Consumer) pump(ctx context.Context) {
+// Generation is the consumer group generation of the deliveries the last
+// Fetch returned (0 before the first assignment).
+func (c *Consumer) Generation() int64 { return c.fetchedGen().id }
+
+// Assigned is the partitions that generation assigned to this member.
+func (c *Consumer) Assigned() []int { return slices.Clone(c.fetchedGen().parts) }
+
+func (c *Consumer) fetchedGen() *genState {
+	if g := c.fetched.Load(); g != nil {
+		return g
+	}
+	return noGen
+}
+
+func (c *Consumer) curGen() *genState {
+	if g := c.cur.Load(); g != nil {
+		return g
+	}
+	return noGen
+}
+
+// run follows the group's generations: for each, it reads the partitions
+// assigned to this member from their committed offsets until the
+// generation ends (a rebalance), then joins the next.
+func (c *Consumer) run(ctx context.Context) {
 	defer close(c.done)
 	backoff := 50 * time.Millisecond
 	for {
-		m, err := c.r.FetchMessage(ctx)
+		gen, err := c.cg.Next(ctx)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
+				return
+			}
+			c.b.links.observe("consume", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		id := int64(gen.ID)
+		c.mu.Lock()
+		c.gen = gen
+		clear(c.acked) // acks of the last generation: its owners' business now
+		c.mu.Unlock()
+		st := &genState{id: id}
+		for _, pa := range gen.Assignments[c.b.cfg.EventsTopic] {
+			st.parts = append(st.parts, pa.ID)
+		}
+		slices.Sort(st.parts)
+		c.cur.Store(st)
+		c.b.log.Debug("consumer group generation", "group", c.group, "generation", id, "partitions", len(gen.Assignments[c.b.cfg.EventsTopic]))
+		for _, pa := range gen.Assignments[c.b.cfg.EventsTopic] {
+			gen.Start(func(gctx context.Context) { c.read(gctx, id, pa) })
+		}
+	}
+}
+
+// read pumps one assigned partition into c.msgs until its generation ends.
+func (c *Consumer) read(ctx context.Context, gen int64, pa kafka.PartitionAssignment) {
+	off := pa.Offset
+	if off < 0 {
+		off = c.start
+	}
+	backoff := 50 * time.Millisecond
+	var r *kafka.Reader
+	defer func() {
+		if r != nil {
+			_ = r.Close()
+		}
+	}()
+	for {
+		if r == nil {
+			var err error
+			if r, err = c.b.partitionReader(c.b.cfg.EventsTopic, pa.ID, off); err != nil {
+				r = nil
+				c.b.links.observe("consume", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 2*time.Second)
+				continue
+			}
+		}
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
 				return
 			}
 			c.b.links.observe("consume", err)
@@ -118,7 +219,7 @@ func (c *Consumer) pump(ctx context.Context) {
 		}
 		backoff = 50 * time.Millisecond
 		select {
-		case c.msgs <- m:
+		case c.msgs <- genMessage{m: m, gen: gen}:
 		case <-ctx.Done():
 			return
 		}
@@ -126,6 +227,8 @@ func (c *Consumer) pump(ctx context.Context) {
 }
 
 // Fetch returns up to max deliveries, waiting at most wait for the first.
+// Messages read for a generation that has ended are dropped: the
+// partition's new owner reads them again from the committed offset.
 func (c *Consumer) Fetch(ctx context.Context, max int, wait time.Duration) ([]bus.Delivery, error) {
 	if max <= 0 {
 		return nil, nil
@@ -135,46 +238,39 @@ func (c *Consumer) Fetch(ctx context.Context, max int, wait time.Duration) ([]bu
 		return nil, fmt.Errorf("kafkabus: fetch (group %s): %w", c.group, bus.ErrClosed)
 	default:
 	}
-	var first kafka.Message
 	t := time.NewTimer(wait)
 	defer t.Stop()
-	select {
-	case first = <-c.msgs:
-	case <-c.done:
-		return nil, fmt.Errorf("kafkabus: fetch (group %s): %w", c.group, bus.ErrClosed)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-t.C:
-		return []bus.Delivery{}, nil
+	var out []bus.Delivery
+	gen := c.curGen()
+	for out == nil {
+		select {
+		case m := <-c.msgs:
+			if gen = c.curGen(); m.gen != gen.id {
+				continue
+			}
+			out = append(make([]bus.Delivery, 0, min(max, 1+len(c.msgs))), toDelivery(m.m))
+		case <-c.done:
+			return nil, fmt.Errorf("kafkabus: fetch (group %s): %w", c.group, bus.ErrClosed)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+			c.fetched.Store(c.curGen())
+			return []bus.Delivery{}, nil
+		}
 	}
-	out := make([]bus.Delivery, 0, min(max, 1+len(c.msgs)))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out = append(out, c.delivery(first))
 	for len(out) < max {
 		select {
 		case m := <-c.msgs:
-			out = append(out, c.delivery(m))
+			if m.gen == gen.id {
+				out = append(out, toDelivery(m.m))
+			}
 		default:
+			c.fetched.Store(gen)
 			return out, nil
 		}
 	}
+	c.fetched.Store(gen)
 	return out, nil
-}
-
-// delivery converts m; c.mu is held.
-func (c *Consumer) delivery(m kafka.Message) bus.Delivery {
-	d := toDelivery(m)
-	if last, ok := c.delivered[m.Partition]; ok && m.Offset <= last {
-		// The group handed this partition back from its committed offset
-		// (a rebalance): we have delivered this batch before.
-		d.Redelivered = true
-		if c.committed[m.Partition] >= m.Offset {
-			c.committed[m.Partition] = m.Offset - 1
-		}
-	}
-	c.delivered[m.Partition] = m.Offset
-	return d
 }
 
 // toDelivery converts a message of the events topic, marking it Invalid
@@ -209,11 +305,11 @@ func toDelivery(m kafka.Message) bus.Delivery {
 }
 
 // Ack records that d and every earlier batch of its partition are done.
-// It does not wait for the broker: a committer goroutine commits at once,
-// folding the acks that arrive meanwhile (all partitions) into its next
-// commit, so a consumer acking per fetch is not slowed by one round trip
-// per partition. Close commits what is left and reports if that failed.
-// An ack lost to a crash means redelivery, never loss.
+// It does not wait for the broker: a committer goroutine commits at once
+// within the current generation, folding the acks that arrive meanwhile
+// (all partitions) into its next commit. Close commits what is left and
+// reports if that failed. An ack lost to a crash or a rebalance means
+// redelivery, never loss.
 func (c *Consumer) Ack(ctx context.Context, d bus.Delivery) error {
 	select {
 	case <-c.done:
@@ -222,10 +318,6 @@ func (c *Consumer) Ack(ctx context.Context, d bus.Delivery) error {
 	}
 	off := int64(d.Position)
 	c.mu.Lock()
-	if last, ok := c.committed[d.Partition]; ok && off <= last {
-		c.mu.Unlock()
-		return nil
-	}
 	if last, ok := c.acked[d.Partition]; !ok || off > last {
 		c.acked[d.Partition] = off
 	}
@@ -242,54 +334,48 @@ func (c *Consumer) committer(ctx context.Context) {
 	for {
 		select {
 		case <-c.kick:
-			// ctx ends at Close, which must not wait out a commit stuck on
-			// a dead broker: it makes its own final commit.
-			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			if err := c.commit(cctx); err != nil {
+			if err := c.commit(); err != nil {
 				// Kept for the next commit; kafka-go logs the detail.
 				c.b.log.Debug("commit failed", "group", c.group, "err", err)
 			}
-			cancel()
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
-// commit sends every pending ack in one offset commit.
-func (c *Consumer) commit(ctx context.Context) error {
+// commit sends every pending ack in one offset commit of the current
+// generation. Acks that fail are retried with the next commit, unless the
+// generation has ended meanwhile.
+func (c *Consumer) commit() error {
 	c.mu.Lock()
-	if len(c.acked) == 0 {
+	gen := c.gen
+	if len(c.acked) == 0 || gen == nil {
 		c.mu.Unlock()
 		return nil
 	}
-	msgs := make([]kafka.Message, 0, len(c.acked))
+	offs := make(map[int]int64, len(c.acked))
 	for p, off := range c.acked {
-		msgs = append(msgs, kafka.Message{Topic: c.b.cfg.EventsTopic, Partition: p, Offset: off})
+		offs[p] = off + 1 // Kafka commits the next offset to read
 	}
 	clear(c.acked)
 	c.mu.Unlock()
 
-	err := c.r.CommitMessages(ctx, msgs...)
+	err := gen.CommitOffsets(map[string]map[int]int64{c.b.cfg.EventsTopic: offs})
 	c.b.links.observe("commit", err)
+	if err == nil {
+		return nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, m := range msgs {
-		if err != nil {
-			// Retry with the next commit unless a later ack superseded it.
-			if last, ok := c.acked[m.Partition]; !ok || m.Offset > last {
-				c.acked[m.Partition] = m.Offset
+	if c.gen == gen {
+		for p, off := range offs {
+			if last, ok := c.acked[p]; !ok || off-1 > last {
+				c.acked[p] = off - 1
 			}
-			continue
-		}
-		if last, ok := c.committed[m.Partition]; !ok || m.Offset > last {
-			c.committed[m.Partition] = m.Offset
 		}
 	}
-	if err != nil {
-		return fmt.Errorf("kafkabus: commit (group %s): %w", c.group, err)
-	}
-	return nil
+	return fmt.Errorf("kafkabus: commit (group %s): %w", c.group, err)
 }
 
 // Close commits the pending acks, then leaves the group; unacknowledged
@@ -297,14 +383,13 @@ func (c *Consumer) commit(ctx context.Context) error {
 // committed offset.
 func (c *Consumer) Close() error {
 	c.closeOnce.Do(func() {
-		c.cancel()
-		<-c.done
 		c.stopCommit()
 		<-c.committerDone
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		cerr := c.commit(ctx)
-		c.closeErr = errors.Join(cerr, c.r.Close())
+		cerr := c.commit()
+		c.cancel()
+		gerr := c.cg.Close()
+		<-c.done
+		c.closeErr = errors.Join(cerr, gerr)
 	})
 	return c.closeErr
 }

@@ -488,3 +488,6 @@ func (b *Bus) reconnects() <-chan struct{} {
 	defer b.rmu.Unlock()
 	return b.reconnected
 }
+
+// Prefix is the subject prefix of this bus's subjects, streams and bucket.
+func (b *Bus) Prefix() string { return b.cfg.Prefix }

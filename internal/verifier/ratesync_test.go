@@ -1,0 +1,197 @@
+package verifier
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/keys"
+)
+
+// TestGlobalRateLimitAccuracy: 4 verifiers behind a round-robin balancer,
+// sharing admissions over NATS every 50 ms, hold a key limited to 100/s
+// (burst 20) within ±10% of what one verifier would admit, while offered
+// 1,000 requests/s for 10 s; unshared, they admit about 4×. Time is
+// simulated (each request carries its own time; every 50 ms of it the
+// verifiers report and the test waits until every peer has charged the
+// reports), so the figure does not depend on the machine's speed.
+func TestGlobalRateLimitAccuracy(t *testing.T) {
+	admitted := func(shared bool) (int, int) {
+		n := startNATS(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		sec, err := keys.Generate(keys.EnvLive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sec.Hash()
+		id, _ := keys.NewID()
+		st := &keymeterv1.KeyState{Id: id, Project: "proj_rl", Status: keymeterv1.KeyStatus_KEY_STATUS_ACTIVE, Hash: h[:], Env: "live",
+			Version: 1, RateLimitPerS: 100, RateLimitBurst: 20}
+		val, err := proto.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const nv = 4
+		var vs [nv]*Verifier
+		var shares [nv]*RateShare
+		var sim int64 // simulated clock, ns
+		for i := range nv {
+			tbl := keys.NewTable(keys.TableConfig{})
+			tbl.Apply([]bus.KeyUpdate{{ID: id, Value: val}, {EndOfSnapshot: true}})
+			if vs[i], err = New(Config{Table: tbl}); err != nil {
+				t.Fatal(err)
+			}
+			b := n.connectNATS(ctx)
+			rs, err := NewRateShare(tbl, NATSRateTransport(b.Conn(), b.Prefix()), "v"+string(rune('0'+i)), 50*time.Millisecond, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs.now = func() int64 { return sim }
+			stop, err := rs.tr.SubscribeRates(rs.receive)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stop()
+			if err := b.Conn().Flush(); err != nil { // the subscription is in place
+				t.Fatal(err)
+			}
+			shares[i] = rs
+		}
+		secret := sec.Reveal()
+		var chargedSoFar uint64
+		start := time.Now().UnixNano()
+		ok := 0
+		const offered, seconds = 1000, 10
+		for r := 0; r < offered*seconds; r++ {
+			sim = start + int64(r)*int64(time.Second)/offered
+			i := r % nv
+			d := vs[i].Verify(&Request{Key: secret, ClientIP: ip1, Method: "GET", Path: "/", Now: sim})
+			if d.Allowed() {
+				ok++
+				if shared {
+					shares[i].Note(id)
+				}
+			}
+			if shared && (r+1)%(offered/20) == 0 { // every 50 ms of simulated time
+				var want uint64
+				for _, s := range shares {
+					before, _, _ := s.Stats()
+					if err := s.Flush(ctx); err != nil {
+						t.Fatal(err)
+					}
+					after, _, _ := s.Stats()
+					want += (after - before) * (nv - 1)
+				}
+				var got uint64
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					got = 0
+					for _, s := range shares {
+						_, _, c := s.Stats()
+						got += c
+					}
+					if got >= chargedSoFar+want || time.Now().After(deadline) {
+						break
+					}
+					time.Sleep(100 * time.Microsecond)
+				}
+				if got < chargedSoFar+want {
+					t.Fatalf("peers charged %d admissions, want %d", got-chargedSoFar, want)
+				}
+				chargedSoFar = got
+			}
+		}
+		return ok, 100*seconds + 20
+	}
+	unshared, limit := admitted(false)
+	shared, _ := admitted(true)
+	t.Logf("key limit 100/s burst 20, 10 s at 1000 requests/s round-robin over 4 verifiers: one verifier's limit %d; unshared %d admitted (%.2f×), shared %d (%.3f×)",
+		limit, unshared, float64(unshared)/float64(limit), shared, float64(shared)/float64(limit))
+	if unshared < 3*limit {
+		t.Errorf("unshared verifiers admitted %d, expected about 4× %d", unshared, limit)
+	}
+	if dev := float64(shared)/float64(limit) - 1; dev > 0.10 || dev < -0.10 {
+		t.Errorf("shared verifiers admitted %d, %.1f%% off the limit %d (want within ±10%%)", shared, 100*dev, limit)
+	}
+}
+
+// BenchmarkGlobalRateLimitWallClock measures the same on real time: 4
+// verifier roles (Run) on one NATS, sharing every 50 ms, a round-robin
+// client offering 1,000 requests/s for 5 s to a key limited to 100/s burst
+// 20, with and without sharing. Timing-dependent, so a benchmark (run it
+// with -benchtime 1x), not a test:
+//
+//	go test ./internal/verifier -run '^$' -bench GlobalRateLimitWallClock -benchtime 1x
+func BenchmarkGlobalRateLimitWallClock(b *testing.B) {
+	for _, share := range []time.Duration{0, 50 * time.Millisecond} {
+		n := startNATS(b)
+		ctx, cancel := context.WithCancel(context.Background())
+		bb := n.connect(ctx)
+		svc := newService(b, ctx, bb, nil)
+		k, err := svc.Create(ctx, keys.CreateParams{Project: "acme", KeyLimits: keys.KeyLimits{RatePerS: 100, Burst: 20}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		secret := k.Secret.Reveal()
+		var rvs []*runningVerifier
+		for i := range 4 {
+			rv := startVerifier(b, bb, RunConfig{VerifierID: "v" + string(rune('0'+i)), ShareRateLimits: share})
+			waitOutcome(b, rv, secret, "valid")
+			rvs = append(rvs, rv)
+		}
+		time.Sleep(1500 * time.Millisecond) // the buckets drained by waitOutcome refill
+		const workers, perWorker = 8, 125   // 1,000 requests/s
+		const dur = 5 * time.Second
+		var ok, total atomic.Int64
+		var rr atomic.Uint64
+		client := &http.Client{Timeout: 5 * time.Second}
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tick := time.NewTicker(time.Second / perWorker)
+				defer tick.Stop()
+				for time.Since(start) < dur {
+					<-tick.C
+					rv := rvs[rr.Add(1)%uint64(len(rvs))]
+					req, _ := http.NewRequest("GET", rv.auth+"/x", nil)
+					req.Header.Set("Authorization", "Bearer "+secret)
+					resp, err := client.Do(req)
+					if err != nil {
+						continue
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					total.Add(1)
+					if resp.StatusCode == 200 {
+						ok.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		el := time.Since(start).Seconds()
+		limit := 100*el + 20
+		b.Logf("share=%s: %d of %d requests admitted in %.2f s; one verifier's limit %.0f: ratio %.3f", share, ok.Load(), total.Load(), el, limit, float64(ok.Load())/limit)
+		if share > 0 {
+			b.ReportMetric(float64(ok.Load())/limit, "shared_ratio")
+		} else {
+			b.ReportMetric(float64(ok.Load())/limit, "unshared_ratio")
+		}
+		for _, rv := range rvs {
+			_ = rv.stop()
+		}
+		cancel()
+	}
+}
