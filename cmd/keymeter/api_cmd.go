@@ -76,7 +76,9 @@ hash of a token is ever stored.`,
 				return err
 			}
 			acfg.Keys, acfg.KeyTable, acfg.Ready = svc, table, table.Loaded
-			acfg.Events = busEventSink{pub: b.Publisher()}
+			if acfg.Events, err = api.NewBusSink(b.Publisher()); err != nil {
+				return err
+			}
 			lh, err := lf.handler(table, svc, b, acfg.Decision)
 			if err != nil {
 				return err

@@ -212,9 +212,13 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	if err != nil {
 		return err
 	}
+	sink, err := api.NewBusSink(b.Publisher())
+	if err != nil {
+		return err
+	}
 	tok, _ := api.ParseToken("admin:" + api.HashToken(token))
 	apiSrv, err := api.New(api.Config{Tokens: []api.Token{tok}, Keys: svc, KeyTable: table, Usage: st, Logs: st, Decision: st,
-		Billing: newBilling(st), Rules: det.engine, Leaks: lh, Events: busEventSink{pub: b.Publisher()}, Logger: log, Ready: table.Loaded})
+		Billing: newBilling(st), Rules: det.engine, Leaks: lh, Events: sink, Logger: log, Ready: table.Loaded})
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/keymeter/keymeter/internal/api"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/store"
@@ -48,14 +47,16 @@ func newUsageCmd(g *globals) *cobra.Command {
 					q.Set(k, v)
 				}
 			}
-			var u api.UsageResponse
-			raw, err := cf.do("GET", "/v1/usage", q, nil, &u)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			u, err := cl.Usage(cmd.Context(), q)
 			if err != nil {
 				return err
 			}
 			if cf.json() {
-				printJSON(raw)
-				return nil
+				return writeJSONOut(u)
 			}
 			rows := [][]string{}
 			for _, p := range u.Points {
@@ -182,14 +183,16 @@ func newLogsCmd(g *globals) *cobra.Command {
 			if cursor != "" {
 				q.Set("cursor", cursor)
 			}
-			var page api.LogsResponse
-			raw, err := cf.do("GET", "/v1/logs", q, nil, &page)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			page, err := cl.Logs(cmd.Context(), q)
 			if err != nil {
 				return err
 			}
 			if cf.json() {
-				printJSON(raw)
-				return nil
+				return writeJSONOut(page)
 			}
 			printEvents(page.Events)
 			if page.Next != "" {
@@ -307,7 +310,11 @@ a month with keymeter billing close.`,
 			if format != "csv" && format != "json" {
 				return fmt.Errorf("--format %q: accepted values are csv, json", format)
 			}
-			raw, err := cf.do("GET", "/v1/billing/"+url.PathEscape(period), url.Values{"format": {format}}, nil, nil)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			raw, err := cl.Billing(cmd.Context(), period, format)
 			if err != nil {
 				return err
 			}
@@ -334,7 +341,11 @@ nothing. Prints the closed month's export as JSON.`,
 			if closePeriod == "" {
 				return fmt.Errorf("--period is required, e.g. --period 2026-10")
 			}
-			raw, err := cf.do("POST", "/v1/billing/"+url.PathEscape(closePeriod)+"/close", url.Values{"format": {"json"}}, nil, nil)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			raw, err := cl.CloseBilling(cmd.Context(), closePeriod)
 			if err != nil {
 				return err
 			}
@@ -363,17 +374,16 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 					q.Set(k, v)
 				}
 			}
-			var out struct {
-				Decisions []api.DecisionJSON `json:"decisions"`
-				Next      string             `json:"next"`
+			cl, err := cf.client()
+			if err != nil {
+				return err
 			}
-			raw, err := cf.do("GET", "/v1/decisions", q, nil, &out)
+			out, err := cl.Decisions(cmd.Context(), q)
 			if err != nil {
 				return err
 			}
 			if cf.json() {
-				printJSON(raw)
-				return nil
+				return writeJSONOut(out)
 			}
 			rows := [][]string{}
 			for _, d := range out.Decisions {
