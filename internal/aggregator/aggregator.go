@@ -70,25 +70,16 @@ type Config struct {
 	ShutdownGrace time.Duration
 }
 
-// Validate fills defaults and checks ranges.
-func (c *Config) Validate() error {
+// withDefaults returns c with its zero fields set to their defaults.
+func (c Config) withDefaults() Config {
 	if c.Group == "" {
 		c.Group = "aggregator"
-	}
-	if strings.ContainsAny(c.Group, " .*>/") {
-		return fmt.Errorf("aggregator: group %q: letters, digits, '-' and '_' only", c.Group)
 	}
 	if c.MaxBlockEvents == 0 {
 		c.MaxBlockEvents = 100_000
 	}
-	if c.MaxBlockEvents < 1 {
-		return fmt.Errorf("aggregator: max-block-events %d must be positive", c.MaxBlockEvents)
-	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = time.Second
-	}
-	if c.FlushInterval < 10*time.Millisecond || c.FlushInterval > 10*time.Minute {
-		return fmt.Errorf("aggregator: flush-interval %s out of range 10ms-10m", c.FlushInterval)
 	}
 	if c.AckWait == 0 {
 		c.AckWait = 30 * time.Second
@@ -99,7 +90,29 @@ func (c *Config) Validate() error {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 30 * time.Second
 	}
-	return nil
+	return c
+}
+
+// Validate reports every problem of the configuration (zero fields take
+// their defaults); it changes nothing.
+func (c *Config) Validate() error {
+	d := c.withDefaults()
+	var errs []error
+	if strings.ContainsAny(d.Group, " .*>/") {
+		errs = append(errs, fmt.Errorf("aggregator: group %q: letters, digits, '-' and '_' only", d.Group))
+	}
+	if d.MaxBlockEvents < 1 {
+		errs = append(errs, fmt.Errorf("aggregator: max-block-events %d must be positive", d.MaxBlockEvents))
+	}
+	if d.FlushInterval < 10*time.Millisecond || d.FlushInterval > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("aggregator: flush-interval %s out of range 10ms-10m", d.FlushInterval))
+	}
+	for what, v := range map[string]time.Duration{"ack-wait": d.AckWait, "retry-backoff": d.RetryBackoff, "shutdown-grace": d.ShutdownGrace, "stop-when-idle": d.StopWhenIdle} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("aggregator: %s %s is negative", what, v))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Observer is told about every stored block, e.g. to update quotas. It
@@ -136,17 +149,38 @@ type Stats struct {
 }
 
 // Option configures New.
-type Option func(*Aggregator)
+type Option func(*Aggregator) error
 
-// WithLogger sets the logger.
-func WithLogger(l *slog.Logger) Option { return func(a *Aggregator) { a.log = l } }
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(a *Aggregator) error {
+		if l == nil {
+			return errors.New("aggregator: WithLogger(nil)")
+		}
+		a.log = l
+		return nil
+	}
+}
 
 // WithObserver sets the observer of stored blocks.
-func WithObserver(o Observer) Option { return func(a *Aggregator) { a.observer = o } }
+func WithObserver(o Observer) Option {
+	return func(a *Aggregator) error {
+		if o == nil {
+			return errors.New("aggregator: WithObserver(nil)")
+		}
+		a.observer = o
+		return nil
+	}
+}
 
 // WithRegisterer registers the metrics (default: not registered).
 func WithRegisterer(r prometheus.Registerer) Option {
-	return func(a *Aggregator) { a.m.register(r) }
+	return func(a *Aggregator) error {
+		if r == nil {
+			return errors.New("aggregator: WithRegisterer(nil)")
+		}
+		return a.m.register(r)
+	}
 }
 
 // New returns an Aggregator; Run starts it.
@@ -154,12 +188,15 @@ func New(cfg Config, b Bus, s Store, opts ...Option) (*Aggregator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	if b == nil || s == nil {
 		return nil, errors.New("aggregator: bus and store are required")
 	}
 	a := &Aggregator{cfg: cfg, bus: b, store: s, log: slog.Default(), m: newMetrics(), floor: map[int]uint64{}, recent: newRecent(200_000)}
 	for _, o := range opts {
-		o(a)
+		if err := o(a); err != nil {
+			return nil, err
+		}
 	}
 	a.log = a.log.With("role", "aggregator", "group", cfg.Group)
 	return a, nil
@@ -618,13 +655,13 @@ func newMetrics() *metrics {
 	}
 }
 
-func (m *metrics) register(r prometheus.Registerer) {
-	if r == nil {
-		return
-	}
+func (m *metrics) register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.rangesGone, m.duplicates, m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
-		_ = r.Register(c)
+		if err := r.Register(c); err != nil {
+			return fmt.Errorf("aggregator metrics: %w", err)
+		}
 	}
+	return nil
 }
 
 // watchLag keeps the lag gauge current until ctx ends.
