@@ -115,7 +115,7 @@ func runRoles(t *testing.T, bin string, busArgs []string) {
 	with := func(args ...string) []string { return append(append([]string{}, args...), common...) }
 
 	apiRole := &role{t: t, bin: bin, args: with("api", "--store", "none", "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
-		"--admin-token", "admin:"+api.HashToken(token), "--data-dir", filepath.Join(dir, "api"))}
+		"--admin-token", "admin:"+api.HashToken(token), "--admin-listen", "", "--data-dir", filepath.Join(dir, "api"))}
 	verifierRole := &role{t: t, bin: bin, args: with("verifier", "--upstream", upstream.URL, "--listen", fmt.Sprintf("127.0.0.1:%d", proxyPort),
 		"--admin-listen", "", "--data-dir", filepath.Join(dir, "verifier"), "--country-header", "CF-IPCountry", "--verifier-id", "v-proc")}
 	aggRole := &role{t: t, bin: bin, args: with("aggregator", "--data-dir", filepath.Join(dir, "agg"), "--admin-listen", "", "--flush-interval", "300ms")}
