@@ -3,29 +3,17 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
-	"net"
-	"net/http"
-	"net/http/httputil"
-	"net/netip"
-	"net/url"
 	"os"
 	"runtime/debug"
-	"runtime/pprof"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
-	"github.com/keymeter/keymeter/internal/event"
-	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/verifier"
 )
@@ -192,46 +180,12 @@ func benchDataDir(dataDir *string, keep bool, name string) (func(), error) {
 	return func() { os.RemoveAll(d) }, nil
 }
 
-// putKeys writes n active keys straight to the key-state log, concurrently,
-// and returns their secrets and states.
-func putKeys(ctx context.Context, kl bus.KeyLog, n int, project string, ratePerS float64) ([]string, []*keymeterv1.KeyState, error) {
-	secrets := make([]string, n)
-	states := make([]*keymeterv1.KeyState, n)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(64)
-	for i := range n {
-		g.Go(func() error {
-			sec, err := keys.Generate(keys.EnvLive)
-			if err != nil {
-				return err
-			}
-			id, err := keys.NewID()
-			if err != nil {
-				return err
-			}
-			h := sec.Hash()
-			st := &keymeterv1.KeyState{Id: id, Project: project, Env: "live", Hash: h[:], DisplayPrefix: sec.Display(),
-				Status: keymeterv1.KeyStatus_KEY_STATUS_ACTIVE, RateLimitPerS: ratePerS, Version: 1,
-				CreatedUnixNano: time.Now().UnixNano(), UpdatedUnixNano: time.Now().UnixNano()}
-			b, err := proto.Marshal(st)
-			if err != nil {
-				return err
-			}
-			secrets[i], states[i] = sec.Reveal(), st
-			return kl.PutKey(gctx, id, b)
-		})
-	}
-	return secrets, states, g.Wait()
-}
-
 func newBenchRevocationCmd(g *globals) *cobra.Command {
 	var (
-		bf          busFlags
-		verifiers   int
-		nkeys       int
-		revocations int
-		dataDir     string
-		keep        bool
+		bf      busFlags
+		cfg     bench.RevocationConfig
+		dataDir string
+		keep    bool
 	)
 	c := &cobra.Command{
 		Use:   "revocation",
@@ -247,126 +201,26 @@ service returns once its own watch has seen the write, so those are near 0).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := g.Logger()
-			if verifiers < 1 || nkeys < 1 || revocations < 1 || revocations > nkeys {
-				return fmt.Errorf("need --verifiers ≥ 1, --keys ≥ 1 and 1 ≤ --revocations ≤ --keys")
-			}
 			cleanup, err := benchDataDir(&dataDir, keep, "revocation")
 			if err != nil {
 				return err
 			}
 			defer cleanup()
-			bf.Prefix = fmt.Sprintf("benchrev%d", time.Now().UnixNano()%1_000_000_000)
+			bf.Prefix = benchPrefix("benchrev")
 			admin, err := bf.open(ctx, dataDir, log)
 			if err != nil {
 				return err
 			}
-			var buses []bus.Bus
-			defer func() {
-				cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				for _, b := range buses {
-					_ = b.Close(cctx)
-				}
-				_ = admin.Close(cctx)
-			}()
-			fmt.Fprintf(os.Stderr, "bench revocation: backend=%s writing %d keys\n", bf.Backend, nkeys)
-			start := time.Now()
-			secrets, states, err := putKeys(ctx, admin, nkeys, "proj_bench", 0)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(os.Stderr, "bench revocation: %d keys written in %s; starting %d verifiers\n", nkeys, time.Since(start).Round(time.Millisecond), verifiers)
-
-			rctx, stop := context.WithCancel(ctx)
-			defer stop()
-			var tables []*keys.Table
-			var vs []*verifier.Verifier
-			var wg sync.WaitGroup
-			defer wg.Wait()
-			defer stop()
-			for i := 0; i <= verifiers; i++ { // the last table is the service's
-				b, err := openAnother(ctx, &bf, admin, log)
-				if err != nil {
-					return err
-				}
-				buses = append(buses, b)
-				tbl := keys.NewTable(keys.TableConfig{KeepState: i == verifiers, Logger: log})
-				wg.Add(1)
-				go func() { defer wg.Done(); _ = tbl.Run(rctx, b) }()
-				tables = append(tables, tbl)
-				if i < verifiers {
-					v, err := verifier.New(verifier.Config{Table: tbl})
-					if err != nil {
-						return err
-					}
-					vs = append(vs, v)
-				}
-			}
-			load := time.Now()
-			for _, tbl := range tables {
-				select {
-				case <-tbl.Ready():
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			for _, tbl := range tables {
-				for tbl.Len() < nkeys { // a snapshot may predate the last puts
-					time.Sleep(time.Millisecond)
-				}
-			}
-			fmt.Fprintf(os.Stderr, "bench revocation: %d tables loaded in %s\n", len(tables), time.Since(load).Round(time.Millisecond))
-			svc, err := keys.NewService(keys.ServiceConfig{KeyLog: admin, Table: tables[verifiers]})
-			if err != nil {
-				return err
-			}
-			ip := netip.MustParseAddr("203.0.113.9")
-			fromStart := make([]time.Duration, 0, revocations)
-			fromReturn := make([]time.Duration, 0, revocations)
-			p := progress{name: "bench revocation", every: time.Second}
-			for i, j := range rand.Perm(nkeys)[:revocations] {
-				st := states[j]
-				t0 := time.Now()
-				if err := svc.Revoke(ctx, st.GetId(), "bench"); err != nil {
-					return err
-				}
-				t1 := time.Now()
-				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				for k, tbl := range tables[:verifiers] {
-					if err := tbl.WaitVersion(wctx, st.GetId(), st.GetVersion()+1); err != nil {
-						cancel()
-						return fmt.Errorf("verifier %d never saw revocation %d: %w", k, i, err)
-					}
-					if d := vs[k].Verify(&verifier.Request{Key: secrets[j], ClientIP: ip, Path: "/"}); d.Outcome != event.OutcomeRevoked {
-						cancel()
-						return fmt.Errorf("verifier %d: revoked key got %s", k, d.Outcome)
-					}
-				}
-				cancel()
-				t2 := time.Now()
-				fromStart = append(fromStart, t2.Sub(t0))
-				fromReturn = append(fromReturn, t2.Sub(t1))
-				p.tick(ctx, "%d/%d revocations", i+1, revocations)
-			}
-			var s summary
-			s.add("bench", "revocation")
-			s.add("backend", bf.Backend)
-			s.add("verifiers", verifiers)
-			s.add("keys", nkeys)
-			s.add("revocations", revocations)
-			s.add("p50_ms", fmt.Sprintf("%.3f", percentileMS(fromStart, 0.50)))
-			s.add("p99_ms", fmt.Sprintf("%.3f", percentileMS(fromStart, 0.99)))
-			s.add("p50_from_return_ms", fmt.Sprintf("%.3f", percentileMS(fromReturn, 0.50)))
-			s.add("p99_from_return_ms", fmt.Sprintf("%.3f", percentileMS(fromReturn, 0.99)))
-			s.add("rss_mb", rssMB())
-			s.print()
-			return nil
+			defer closeSoon(admin)
+			cfg.Bus, cfg.Backend, cfg.Logger = admin, bf.Backend, log
+			cfg.Connect = func(ctx context.Context) (bus.Bus, error) { return openAnother(ctx, &bf, admin, log) }
+			return bench.RunRevocation(ctx, cfg)
 		},
 	}
 	bf.add(c.Flags())
-	c.Flags().IntVar(&verifiers, "verifiers", 3, "verifier key tables, each on its own bus connection")
-	c.Flags().IntVar(&nkeys, "keys", 100_000, "keys in the table")
-	c.Flags().IntVar(&revocations, "revocations", 200, "revocations to time")
+	c.Flags().IntVar(&cfg.Verifiers, "verifiers", 3, "verifier key tables, each on its own bus connection")
+	c.Flags().IntVar(&cfg.Keys, "keys", 100_000, "keys in the table")
+	c.Flags().IntVar(&cfg.Revocations, "revocations", 200, "revocations to time")
 	c.Flags().StringVar(&dataDir, "data-dir", "", "where the embedded server keeps its store (default: a temporary directory)")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
 	return c
@@ -375,11 +229,7 @@ service returns once its own watch has seen the write, so those are near 0).`,
 func newBenchProxyCmd(g *globals) *cobra.Command {
 	var (
 		bf          busFlags
-		conns       int
-		duration    time.Duration
-		rounds      int
-		nkeys       int
-		dataDir     string
+		cfg         bench.ProxyConfig
 		keep        bool
 		profilePath string
 	)
@@ -398,213 +248,34 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := g.Logger()
-			cleanup, err := benchDataDir(&dataDir, keep, "proxy")
+			cleanup, err := benchDataDir(&cfg.DataDir, keep, "proxy")
 			if err != nil {
 				return err
 			}
 			defer cleanup()
-			var cpuProfile *os.File
 			if profilePath != "" {
-				if cpuProfile, err = os.Create(profilePath); err != nil {
+				if cfg.CPUProfile, err = os.Create(profilePath); err != nil {
 					return err
 				}
-				defer cpuProfile.Close()
+				defer cfg.CPUProfile.Close()
 			}
-			bf.Prefix = fmt.Sprintf("benchproxy%d", time.Now().UnixNano()%1_000_000_000)
-			b, err := bf.open(ctx, dataDir, log)
+			bf.Prefix = benchPrefix("benchproxy")
+			b, err := bf.open(ctx, cfg.DataDir, log)
 			if err != nil {
 				return err
 			}
-			defer func() {
-				cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				_ = b.Close(cctx)
-			}()
-			secrets, _, err := putKeys(ctx, b, nkeys, "proj_bench", 0)
-			if err != nil {
-				return err
-			}
-			body := []byte(`{"items":[{"id":1,"name":"widget"},{"id":2,"name":"gadget"}]}` + "\n")
-			upstream, err := serveLoopback(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
-				_, _ = w.Write(body)
-			}))
-			if err != nil {
-				return err
-			}
-			defer upstream.Close()
-			uu, _ := url.Parse("http://" + upstream.Addr)
-			bareProxy := httputil.NewSingleHostReverseProxy(uu)
-			bareProxy.Transport = verifier.UpstreamTransport() // the same pool size as the verifier's
-			bare, err := serveLoopback(bareProxy)
-			if err != nil {
-				return err
-			}
-			defer bare.Close()
-
-			vctx, stopV := context.WithCancel(context.Background())
-			addrs := make(chan [2]string, 1)
-			verr := make(chan error, 1)
-			go func() {
-				verr <- verifier.Run(vctx, verifier.RunConfig{
-					Listen: "127.0.0.1:0", AuthListen: "127.0.0.1:0", Upstream: uu.String(), HTTP: verifier.HTTPConfig{Front: verifier.Fronts["envoy"]},
-					DataDir: dataDir, VerifierID: "bench-proxy", Bus: b, Logger: log,
-					OnListen: func(m, a, _ net.Addr) { addrs <- [2]string{m.String(), a.String()} },
-				})
-			}()
-			var va [2]string
-			select {
-			case va = <-addrs:
-			case err := <-verr:
-				stopV()
-				return err
-			}
-			defer func() { stopV(); <-verr }()
-			// Ready once every key verifies.
-			deadline := time.Now().Add(60 * time.Second)
-			for {
-				req, _ := http.NewRequest("GET", "http://"+va[1]+"/", nil)
-				req.Header.Set("Authorization", "Bearer "+secrets[len(secrets)-1])
-				resp, err := http.DefaultClient.Do(req)
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode == 200 {
-						break
-					}
-				}
-				if time.Now().After(deadline) {
-					return fmt.Errorf("verifier not ready after 60s")
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			fmt.Fprintf(os.Stderr, "bench proxy: upstream %s, bare proxy %s, verifier %s (auth %s), %d keys\n", upstream.Addr, bare.Addr, va[0], va[1], nkeys)
-			var bareRes, kmRes, authRes loadResult
-			for r := 0; r < rounds; r++ {
-				res := drive(ctx, "http://"+bare.Addr+"/v1/items", nil, conns, duration)
-				fmt.Fprintf(os.Stderr, "bench proxy: round %d bare     %8.0f requests/s p99 %.2f ms\n", r+1, res.perSecond(), percentileMS(res.lats, 0.99))
-				bareRes.add(res)
-				if cpuProfile != nil && r == 0 {
-					_ = pprof.StartCPUProfile(cpuProfile)
-				}
-				res = drive(ctx, "http://"+va[0]+"/v1/items", secrets, conns, duration)
-				if cpuProfile != nil && r == 0 {
-					pprof.StopCPUProfile()
-				}
-				fmt.Fprintf(os.Stderr, "bench proxy: round %d keymeter %8.0f requests/s p99 %.2f ms\n", r+1, res.perSecond(), percentileMS(res.lats, 0.99))
-				kmRes.add(res)
-			}
-			authRes = drive(ctx, "http://"+va[1]+"/v1/items", secrets, conns, duration)
-			fmt.Fprintf(os.Stderr, "bench proxy: forward auth %8.0f requests/s p99 %.2f ms\n", authRes.perSecond(), percentileMS(authRes.lats, 0.99))
-			var s summary
-			s.add("bench", "proxy")
-			s.add("backend", bf.Backend)
-			s.add("connections", conns)
-			s.add("requests_per_s", kmRes.perSecond())
-			s.add("bare_requests_per_s", bareRes.perSecond())
-			s.add("ratio", fmt.Sprintf("%.3f", kmRes.perSecond()/bareRes.perSecond()))
-			s.add("p50_ms", fmt.Sprintf("%.2f", percentileMS(kmRes.lats, 0.50)))
-			s.add("p99_ms", fmt.Sprintf("%.2f", percentileMS(kmRes.lats, 0.99)))
-			s.add("bare_p99_ms", fmt.Sprintf("%.2f", percentileMS(bareRes.lats, 0.99)))
-			s.add("auth_requests_per_s", authRes.perSecond())
-			s.add("auth_p99_ms", fmt.Sprintf("%.2f", percentileMS(authRes.lats, 0.99)))
-			s.add("errors", kmRes.errors+bareRes.errors+authRes.errors)
-			s.add("rss_mb", rssMB())
-			s.print()
-			return nil
+			defer closeSoon(b)
+			cfg.Bus, cfg.Backend, cfg.Logger = b, bf.Backend, log
+			return bench.RunProxy(ctx, cfg)
 		},
 	}
 	bf.add(c.Flags())
-	c.Flags().IntVar(&conns, "connections", 64, "concurrent keep-alive connections")
-	c.Flags().DurationVar(&duration, "duration", 5*time.Second, "length of each measurement")
-	c.Flags().IntVar(&rounds, "rounds", 2, "alternating bare/keymeter rounds")
-	c.Flags().IntVar(&nkeys, "keys", 10_000, "keys in the table (requests use them round-robin)")
+	c.Flags().IntVar(&cfg.Connections, "connections", 64, "concurrent keep-alive connections")
+	c.Flags().DurationVar(&cfg.Duration, "duration", 5*time.Second, "length of each measurement")
+	c.Flags().IntVar(&cfg.Rounds, "rounds", 2, "alternating bare/keymeter rounds")
+	c.Flags().IntVar(&cfg.Keys, "keys", 10_000, "keys in the table (requests use them round-robin)")
 	c.Flags().StringVar(&profilePath, "cpuprofile", "", "write a CPU profile of the first keymeter round to this file")
-	c.Flags().StringVar(&dataDir, "data-dir", "", "where the embedded server and the spool live (default: a temporary directory)")
+	c.Flags().StringVar(&cfg.DataDir, "data-dir", "", "where the embedded server and the spool live (default: a temporary directory)")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
 	return c
-}
-
-type loopbackServer struct {
-	*http.Server
-	Addr string
-}
-
-func serveLoopback(h http.Handler) (*loopbackServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &loopbackServer{Server: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, Addr: ln.Addr().String()}
-	go func() { _ = s.Serve(ln) }()
-	return s, nil
-}
-
-type loadResult struct {
-	n, errors int
-	elapsed   time.Duration
-	lats      []time.Duration
-}
-
-func (r *loadResult) add(o loadResult) {
-	r.n += o.n
-	r.errors += o.errors
-	r.elapsed += o.elapsed
-	r.lats = append(r.lats, o.lats...)
-}
-
-func (r *loadResult) perSecond() float64 {
-	if r.elapsed <= 0 {
-		return 0
-	}
-	return float64(r.n) / r.elapsed.Seconds()
-}
-
-// drive sends GETs to u from conns keep-alive clients for d, with the keys
-// round-robin (none when keys is empty); non-200 answers count as errors.
-func drive(ctx context.Context, u string, secrets []string, conns int, d time.Duration) loadResult {
-	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, DisableCompression: true}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr}
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	results := make([]loadResult, conns)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res := &results[w]
-			res.lats = make([]time.Duration, 0, 1<<14)
-			req, _ := http.NewRequest("GET", u, nil)
-			for i := w; ctx.Err() == nil; i += conns {
-				if len(secrets) > 0 {
-					req.Header.Set("Authorization", "Bearer "+secrets[i%len(secrets)])
-				}
-				t0 := time.Now()
-				resp, err := client.Do(req)
-				if err != nil {
-					if ctx.Err() == nil {
-						res.errors++
-					}
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					res.errors++
-					continue
-				}
-				res.n++
-				res.lats = append(res.lats, time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	var total loadResult
-	for _, r := range results {
-		total.add(r)
-	}
-	total.elapsed = time.Since(start)
-	return total
 }
