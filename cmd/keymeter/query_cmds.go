@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -120,30 +119,7 @@ func (lf *logFilter) matcher() (func(*event.Event) bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	var prefix netip.Prefix
-	if q.ClientIP != "" {
-		if p, err := netip.ParsePrefix(q.ClientIP); err == nil {
-			prefix = p.Masked()
-		} else if a, err := netip.ParseAddr(q.ClientIP); err == nil {
-			prefix = netip.PrefixFrom(a, a.BitLen())
-		}
-	}
-	return func(e *event.Event) bool {
-		switch {
-		case q.KeyID != "" && e.KeyID != q.KeyID, q.Project != "" && e.Project != q.Project,
-			q.Outcome != "" && e.Outcome.String() != q.Outcome, q.Route != "" && e.Route != q.Route,
-			q.Country != "" && e.Country != q.Country,
-			q.StatusMin != 0 && (e.Status < q.StatusMin || e.Status > q.StatusMax):
-			return false
-		}
-		if prefix.IsValid() {
-			a, err := netip.ParseAddr(e.ClientIP)
-			if err != nil || !prefix.Contains(a) {
-				return false
-			}
-		}
-		return true
-	}, nil
+	return q.Matcher(), nil
 }
 
 func printEvents(evs []event.Event) {
