@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -26,7 +23,7 @@ import (
 	"github.com/keymeter/keymeter/internal/api"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
-	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/demo"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/loadgen"
 	"github.com/keymeter/keymeter/internal/store"
@@ -213,10 +210,12 @@ func (d *devRun) startBack(ctx context.Context, eg *errgroup.Group) error {
 		}
 		return ctx.Err()
 	}
-	if d.token, err = devAdminToken(d.dataDir); err != nil {
+	if d.token, err = demo.AdminToken(d.dataDir); err != nil {
 		return err
 	}
-	if d.demo, err = devDemoKeys(ctx, d.b, d.table, d.dataDir, d.o.demoKeys, d.log); err != nil {
+	keysFile := filepath.Join(d.dataDir, "demo-keys.csv")
+	previous, _ := readKeysFile(keysFile) // none on a first start
+	if d.demo, err = demo.Keys(ctx, demo.KeysConfig{KeyLog: d.b, Table: d.table, File: keysFile, Previous: previous, N: d.o.demoKeys, Logger: d.log}); err != nil {
 		return err
 	}
 	eg.Go(func() error {
@@ -270,7 +269,7 @@ func (d *devRun) startFront(ctx context.Context, eg *errgroup.Group) error {
 	if err != nil {
 		return err
 	}
-	eg.Go(func() error { return serve(ctx, upLn, demoUpstream(), d.log) })
+	eg.Go(func() error { return serve(ctx, upLn, demo.Upstream(), d.log) })
 	proxyReady := make(chan struct{})
 	d.proxyAddr = d.o.proxyListen
 	vcfg := verifier.RunConfig{
@@ -296,12 +295,14 @@ func (d *devRun) startFront(ctx context.Context, eg *errgroup.Group) error {
 	d.banner()
 	if !d.o.noTraffic {
 		eg.Go(func() error {
-			return devTraffic(ctx, d.o, d.demo, "http://"+d.proxyAddr, func(_ *loadgen.Request, status int) {
-				d.sent.Add(1)
-				if status >= 400 {
-					d.refused.Add(1)
-				}
-			})
+			return demo.Traffic(ctx, demo.TrafficConfig{Target: "http://" + d.proxyAddr, Keys: d.demo, Rate: d.o.rate, Attacks: d.o.attacks,
+				AttackEvery: d.o.attackEvery, AttackAfter: d.o.attackAfter, Seed: d.o.seed,
+				OnResponse: func(_ *loadgen.Request, status int) {
+					d.sent.Add(1)
+					if status >= 400 {
+						d.refused.Add(1)
+					}
+				}})
 		})
 	}
 	return nil
@@ -440,117 +441,4 @@ func portFree(port int) bool {
 	}
 	ln.Close()
 	return true
-}
-
-// devTraffic runs the load generator in chunks until ctx ends.
-func devTraffic(ctx context.Context, o *devOptions, demo []loadgen.Key, target string, onResp func(*loadgen.Request, int)) error {
-	const chunk = 5 * time.Minute
-	for i := uint64(0); ctx.Err() == nil; i++ {
-		lg := loadgen.Config{Scenarios: append([]string{"normal"}, o.attacks...), Rate: o.rate, Duration: chunk, Seed: o.seed + i,
-			Keys: demo, AttackEvery: o.attackEvery, AttackAfter: o.attackAfter}
-		if i > 0 {
-			lg.AttackAfter = o.attackEvery
-		}
-		// Attacks take a key each: rotate the victims through the demo keys.
-		off := int(i*7) % len(demo)
-		lg.Keys = append(append([]loadgen.Key{}, demo[off:]...), demo[:off]...)
-		reqs, err := loadgen.Generate(lg)
-		if err != nil {
-			return err
-		}
-		if _, err := loadgen.SendHTTP(ctx, loadgen.HTTPConfig{Target: target, OnResponse: onResp, Workers: 16}, reqs); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// devAdminToken returns the demo admin token, created on first start in
-// <data-dir>/admin-token (mode 0600; a file others can read is refused).
-func devAdminToken(dataDir string) (string, error) {
-	p := filepath.Join(dataDir, "admin-token")
-	if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s has mode %04o: others may read the admin token; chmod 600 it", p, fi.Mode().Perm())
-	}
-	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b)), nil
-	}
-	raw := make([]byte, 24)
-	if _, err := rand.Read(raw); err != nil {
-		return "", err
-	}
-	tok := "kmadm_" + hex.EncodeToString(raw)
-	if err := os.WriteFile(p, []byte(tok+"\n"), 0o600); err != nil {
-		return "", err
-	}
-	return tok, nil
-}
-
-// devDemoKeys loads the demo keys of an earlier run that are still active
-// and creates more until there are n, and logs one line about them (not one
-// per key). The secrets are kept in <data-dir>/demo-keys.csv (mode 0600): a
-// demo convenience only.
-func devDemoKeys(ctx context.Context, kl bus.KeyLog, table *keys.Table, dataDir string, n int, log *slog.Logger) ([]loadgen.Key, error) {
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: kl, Table: table, Logger: quietLogger(log)})
-	if err != nil {
-		return nil, err
-	}
-	p := filepath.Join(dataDir, "demo-keys.csv")
-	var out []loadgen.Key
-	if old, err := readKeysFile(p); err == nil {
-		for _, k := range old {
-			if st, ok := table.State(k.ID); ok && st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_ACTIVE {
-				out = append(out, k)
-			}
-		}
-	}
-	kept := len(out)
-	for i := len(out); i < n; i++ {
-		c, err := svc.Create(ctx, keys.CreateParams{Project: fmt.Sprintf("proj_demo_%d", i%3), Name: fmt.Sprintf("demo %d", i), Owner: "dev",
-			KeyLimits: keys.KeyLimits{RatePerS: 50, Burst: 100, MonthlyQuota: 5_000_000}})
-		if err != nil {
-			return nil, fmt.Errorf("demo key: %w", err)
-		}
-		out = append(out, loadgen.Key{ID: c.State.GetId(), Project: c.State.GetProject(), Secret: c.Secret.Reveal()})
-	}
-	log.Info("demo keys ready", "keys", len(out), "created", len(out)-kept, "file", p)
-	var sb strings.Builder
-	sb.WriteString("# demo keys of keymeter dev: key_id,project,secret (demo only: real secrets are never stored)\n")
-	for _, k := range out {
-		fmt.Fprintf(&sb, "%s,%s,%s\n", k.ID, k.Project, k.Secret)
-	}
-	if err := os.WriteFile(p, []byte(sb.String()), 0o600); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func demoUpstream() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"ok":true,"path":%q,"key_id":%q,"items":[1,2,3,4,5,6,7,8,9,10]}`+"\n", r.URL.Path, r.Header.Get("X-Keymeter-Key-Id"))
-	})
-}
-
-// quietLogger passes on only the warnings and errors of log: for work that
-// would otherwise log one line per item (demo keys).
-func quietLogger(log *slog.Logger) *slog.Logger {
-	return slog.New(minLevel{Handler: log.Handler(), min: slog.LevelWarn})
-}
-
-type minLevel struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
-	return minLevel{Handler: h.Handler.WithAttrs(as), min: h.min}
-}
-
-func (h minLevel) WithGroup(name string) slog.Handler {
-	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
 }
