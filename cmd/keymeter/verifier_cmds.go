@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/bus"
@@ -20,23 +21,26 @@ import (
 
 func init() { register(newVerifierCmd) }
 
+// verifierFlags are the verifier's flags.
+type verifierFlags struct {
+	bf         busFlags
+	cfg        verifier.RunConfig
+	routes     []string
+	trusted    []string
+	duration   time.Duration
+	maxSpoolMB int64
+	queue      int
+	maxBatch   int
+	flushEvery time.Duration
+	memLimitMB int64
+	geoCountry string
+	geoASN     string
+	front      string
+	frontHdr   [3]string // method, URI, host
+}
+
 func newVerifierCmd(g *globals) *cobra.Command {
-	var (
-		bf         busFlags
-		cfg        verifier.RunConfig
-		routes     []string
-		trusted    []string
-		duration   time.Duration
-		maxSpoolMB int64
-		queue      int
-		maxBatch   int
-		flushEvery time.Duration
-		memLimitMB int64
-		geoCountry string
-		geoASN     string
-		front      string
-		frontHdr   [3]string // method, URI, host
-	)
+	vf := &verifierFlags{}
 	c := &cobra.Command{
 		Use:   "verifier",
 		Short: "Verify API keys at the edge: reverse proxy or forward-auth endpoint, metering every request",
@@ -61,90 +65,102 @@ Admin endpoints on --admin-listen: /metrics (Prometheus), /healthz, /readyz
   keymeter verifier --listen 127.0.0.1:8081 --front nginx --route /public,anonymous=5/10 --route /admin,scope=admin
   keymeter verifier --bus nats --nats-url nats://nats:4222 --upstream http://api:9000 --data-dir /var/lib/keymeter`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			if duration > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, duration)
-				defer cancel()
-			}
-			log := g.Logger()
-			var err error
-			if cfg.Routes, err = verifier.ParseRoutes(routes); err != nil {
-				return fmt.Errorf("--route: %w", err)
-			}
-			if (cfg.Listen != "" && cfg.Upstream == "") || cfg.AuthListen != "" || front != "" || frontHdr != [3]string{} {
-				if cfg.HTTP.Front, err = verifier.ParseFront(front, frontHdr[0], frontHdr[1], frontHdr[2]); err != nil {
-					return err
-				}
-			}
-			for _, s := range trusted {
-				p, err := keys.ParseCIDR(s)
-				if err != nil {
-					return fmt.Errorf("--trusted-proxy: %w", err)
-				}
-				cfg.HTTP.TrustedProxies = append(cfg.HTTP.TrustedProxies, p)
-			}
-			cfg.Emitter.MaxSpoolBytes = maxSpoolMB << 20
-			cfg.Emitter.QueueSize, cfg.Emitter.MaxBatch, cfg.Emitter.FlushInterval = queue, maxBatch, flushEvery
-			if memLimitMB > 0 {
-				setMemoryLimit(memLimitMB << 20)
-			}
-			if geoCountry != "" || geoASN != "" {
-				geo, err := verifier.OpenGeo(geoCountry, geoASN)
-				if err != nil {
-					return err
-				}
-				defer geo.Close()
-				cfg.HTTP.Geo = geo
-			}
-			if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-				return fmt.Errorf("--data-dir: %w", err)
-			}
-			b, err := bf.open(ctx, cfg.DataDir, log)
-			if err != nil {
-				return err
-			}
-			cfg.Bus, cfg.Logger = b, log
-			runErr := verifier.Run(ctx, cfg)
-			// Shutdown order: Run stopped intake and flushed the batches;
-			// now drain and close the bus.
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := withDuration(cmd.Context(), vf.duration)
 			defer cancel()
-			if err := b.Close(cctx); err != nil && runErr == nil {
-				runErr = err
-			}
-			return runErr
+			return runVerifier(ctx, vf, g.Logger())
 		},
 	}
-	f := c.Flags()
-	bf.add(f)
-	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "address of the reverse proxy (with --upstream) or of the forward-auth endpoint (:8080 for every interface)")
-	f.StringVar(&cfg.Upstream, "upstream", "", "upstream API URL; empty: --listen serves forward auth only")
-	f.StringVar(&cfg.AuthListen, "auth-listen", "", "additional forward-auth address while proxying")
-	f.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz (empty to disable)")
-	f.StringVar(&front, "front", "", "the proxy calling the forward-auth endpoint: "+strings.Join(verifier.FrontNames(), ", ")+" (required for forward auth unless the --front-*-header flags name the headers)")
-	f.StringVar(&frontHdr[0], "front-method-header", "", "header carrying the original method (replaces the --front's)")
-	f.StringVar(&frontHdr[1], "front-uri-header", "", "header carrying the original request URI (replaces the --front's)")
-	f.StringVar(&frontHdr[2], "front-host-header", "", "header carrying the original host (replaces the --front's)")
-	f.StringVar(&cfg.HTTP.ForwardedHeader, "forwarded-header", verifier.HeaderXForwardedFor, "header the client address is read from when the peer is a trusted proxy: X-Forwarded-For or Forwarded (RFC 7239)")
-	f.DurationVar(&cfg.HTTP.BodyTimeout, "body-timeout", verifier.DefaultBodyTimeout, "longest an allowed request's body may take to arrive (refusals never read it)")
-	f.StringVar(&cfg.DataDir, "data-dir", "data", "where state lives: event spool, embedded NATS store")
-	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
-	f.StringVar(&cfg.VerifierID, "verifier-id", "", "this verifier's id in events (default verifier-<hostname>); unique per instance")
-	f.StringArrayVar(&routes, "route", nil, "route rule PREFIX[,scope=S][,anonymous=RATE[/BURST]][,cost=N]; repeatable; longest prefix wins")
-	f.StringVar(&cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key (removed before forwarding); empty: headers only")
-	f.StringSliceVar(&trusted, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs of the proxies whose --forwarded-header is believed (forward-auth callers, load balancers; never client networks)")
-	f.StringVar(&cfg.HTTP.CountryHeader, "country-header", "", "CDN header with the client's country, e.g. CF-IPCountry")
-	f.StringVar(&cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
-	f.Int64Var(&maxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
-	f.IntVar(&queue, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
-	f.IntVar(&maxBatch, "max-batch", 1000, "events per batch")
-	f.DurationVar(&flushEvery, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
-	f.StringVar(&geoCountry, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
-	f.StringVar(&geoASN, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
-	f.StringVar(&cfg.QuotaPeriod, "quota-period", "month", "quota period, as the aggregator's: month or day (UTC)")
-	f.Int64Var(&memLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
+	vf.add(c.Flags())
 	return c
+}
+
+func (vf *verifierFlags) add(f *pflag.FlagSet) {
+	vf.bf.add(f)
+	f.StringVar(&vf.cfg.Listen, "listen", "127.0.0.1:8080", "address of the reverse proxy (with --upstream) or of the forward-auth endpoint (:8080 for every interface)")
+	f.StringVar(&vf.cfg.Upstream, "upstream", "", "upstream API URL; empty: --listen serves forward auth only")
+	f.StringVar(&vf.cfg.AuthListen, "auth-listen", "", "additional forward-auth address while proxying")
+	f.StringVar(&vf.cfg.AdminListen, "admin-listen", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz (empty to disable)")
+	f.StringVar(&vf.front, "front", "", "the proxy calling the forward-auth endpoint: "+strings.Join(verifier.FrontNames(), ", ")+" (required for forward auth unless the --front-*-header flags name the headers)")
+	f.StringVar(&vf.frontHdr[0], "front-method-header", "", "header carrying the original method (replaces the --front's)")
+	f.StringVar(&vf.frontHdr[1], "front-uri-header", "", "header carrying the original request URI (replaces the --front's)")
+	f.StringVar(&vf.frontHdr[2], "front-host-header", "", "header carrying the original host (replaces the --front's)")
+	f.StringVar(&vf.cfg.HTTP.ForwardedHeader, "forwarded-header", verifier.HeaderXForwardedFor, "header the client address is read from when the peer is a trusted proxy: X-Forwarded-For or Forwarded (RFC 7239)")
+	f.DurationVar(&vf.cfg.HTTP.BodyTimeout, "body-timeout", verifier.DefaultBodyTimeout, "longest an allowed request's body may take to arrive (refusals never read it)")
+	f.StringVar(&vf.cfg.DataDir, "data-dir", "data", "where state lives: event spool, embedded NATS store")
+	f.DurationVar(&vf.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
+	f.StringVar(&vf.cfg.VerifierID, "verifier-id", "", "this verifier's id in events (default verifier-<hostname>); unique per instance")
+	f.StringArrayVar(&vf.routes, "route", nil, "route rule PREFIX[,scope=S][,anonymous=RATE[/BURST]][,cost=N]; repeatable; longest prefix wins")
+	f.StringVar(&vf.cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key (removed before forwarding); empty: headers only")
+	f.StringSliceVar(&vf.trusted, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs of the proxies whose --forwarded-header is believed (forward-auth callers, load balancers; never client networks)")
+	f.StringVar(&vf.cfg.HTTP.CountryHeader, "country-header", "", "CDN header with the client's country, e.g. CF-IPCountry")
+	f.StringVar(&vf.cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
+	f.Int64Var(&vf.maxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
+	f.IntVar(&vf.queue, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
+	f.IntVar(&vf.maxBatch, "max-batch", 1000, "events per batch")
+	f.DurationVar(&vf.flushEvery, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
+	f.StringVar(&vf.geoCountry, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
+	f.StringVar(&vf.geoASN, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
+	f.StringVar(&vf.cfg.QuotaPeriod, "quota-period", "month", "quota period, as the aggregator's: month or day (UTC)")
+	f.Int64Var(&vf.memLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
+}
+
+// config is the verifier's configuration from the flags.
+func (vf *verifierFlags) config() (verifier.RunConfig, error) {
+	cfg := vf.cfg
+	var err error
+	if cfg.Routes, err = verifier.ParseRoutes(vf.routes); err != nil {
+		return cfg, fmt.Errorf("--route: %w", err)
+	}
+	if (cfg.Listen != "" && cfg.Upstream == "") || cfg.AuthListen != "" || vf.front != "" || vf.frontHdr != [3]string{} {
+		if cfg.HTTP.Front, err = verifier.ParseFront(vf.front, vf.frontHdr[0], vf.frontHdr[1], vf.frontHdr[2]); err != nil {
+			return cfg, err
+		}
+	}
+	for _, s := range vf.trusted {
+		p, err := keys.ParseCIDR(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--trusted-proxy: %w", err)
+		}
+		cfg.HTTP.TrustedProxies = append(cfg.HTTP.TrustedProxies, p)
+	}
+	cfg.Emitter.MaxSpoolBytes = vf.maxSpoolMB << 20
+	cfg.Emitter.QueueSize, cfg.Emitter.MaxBatch, cfg.Emitter.FlushInterval = vf.queue, vf.maxBatch, vf.flushEvery
+	return cfg, nil
+}
+
+func runVerifier(ctx context.Context, vf *verifierFlags, log *slog.Logger) error {
+	cfg, err := vf.config()
+	if err != nil {
+		return err
+	}
+	if vf.memLimitMB > 0 {
+		setMemoryLimit(vf.memLimitMB << 20)
+	}
+	if vf.geoCountry != "" || vf.geoASN != "" {
+		geo, err := verifier.OpenGeo(vf.geoCountry, vf.geoASN)
+		if err != nil {
+			return err
+		}
+		defer geo.Close()
+		cfg.HTTP.Geo = geo
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	b, err := vf.bf.open(ctx, cfg.DataDir, log)
+	if err != nil {
+		return err
+	}
+	cfg.Bus, cfg.Logger = b, log
+	runErr := verifier.Run(ctx, cfg)
+	// Shutdown order: Run stopped intake and flushed the batches; now
+	// drain and close the bus.
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Close(cctx); err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
 }
 
 func setMemoryLimit(bytes int64) { debug.SetMemoryLimit(bytes) }
