@@ -23,6 +23,7 @@ import (
 	"github.com/keymeter/keymeter/internal/api"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 	"github.com/keymeter/keymeter/internal/demo"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/loadgen"
@@ -368,13 +369,9 @@ func (d *devRun) drain(ctx context.Context, limit time.Duration) {
 		if err == nil && total == 0 {
 			return
 		}
-		t := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if ctxtime.Sleep(ctx, 100*time.Millisecond) != nil {
 			d.log.Warn("dev: stopping with events not yet stored (they are stored at the next start)", "lag_batches", total, "err", err)
 			return
-		case <-t.C:
 		}
 	}
 }

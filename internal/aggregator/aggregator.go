@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/store"
 )
@@ -284,7 +285,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		}
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("aggregator: fetch failed", "err", err)
-			sleep(ctx, a.cfg.RetryBackoff)
+			_ = ctxtime.Sleep(ctx, a.cfg.RetryBackoff)
 		}
 		if len(ds) > 0 {
 			lastSeen = time.Now()
@@ -402,7 +403,7 @@ func (a *Aggregator) deadLetter(ctx context.Context, origin, reason string, data
 			a.log.Error("aggregator: dead letter could not be stored", "origin", origin, "reason", reason, "err", err)
 			return
 		}
-		sleep(ctx, a.cfg.RetryBackoff)
+		_ = ctxtime.Sleep(ctx, a.cfg.RetryBackoff)
 	}
 }
 
@@ -516,7 +517,7 @@ func (a *Aggregator) retry(ctx context.Context, what string, fn func() error) er
 		if ctx.Err() != nil {
 			return fmt.Errorf("aggregator: %s: %w (last error: %v)", what, ctx.Err(), err)
 		}
-		sleep(ctx, backoff)
+		_ = ctxtime.Sleep(ctx, backoff)
 		backoff = min(backoff*2, 10*time.Second)
 	}
 }
@@ -621,15 +622,6 @@ func (a *Aggregator) count(fn func(*Stats)) {
 	a.mu.Lock()
 	fn(&a.stats)
 	a.mu.Unlock()
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 type metrics struct {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/store"
@@ -322,7 +323,7 @@ func (q *Quotas) notify(ctx context.Context, st *keymeterv1.KeyState, from, to k
 			q.logger.Warn("quota webhook: giving up", "key_id", st.GetId(), "attempts", attempt, "err", err)
 			return
 		}
-		sleep(ctx, backoff)
+		_ = ctxtime.Sleep(ctx, backoff)
 		backoff *= 2
 	}
 }

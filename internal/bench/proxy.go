@@ -17,6 +17,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/bench/proc"
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 	"github.com/keymeter/keymeter/internal/verifier"
 )
 
@@ -145,7 +146,7 @@ func startBenchVerifier(ctx context.Context, cfg ProxyConfig, upstream, secret s
 				return va, stop, nil
 			}
 		}
-		if err := sleepCtx(rctx, 10*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(rctx, 10*time.Millisecond); err != nil {
 			stop()
 			return va, nil, fmt.Errorf("verifier not ready after a minute: %w", err)
 		}

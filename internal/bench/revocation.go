@@ -12,6 +12,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/bench/proc"
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
@@ -118,7 +119,7 @@ func waitLoaded(ctx context.Context, cfg RevocationConfig, tables []*keys.Table)
 			return ctx.Err()
 		}
 		for tbl.Len() < cfg.Keys {
-			if err := sleepCtx(ctx, time.Millisecond); err != nil {
+			if err := ctxtime.Sleep(ctx, time.Millisecond); err != nil {
 				return err
 			}
 		}
@@ -165,16 +166,4 @@ func timeRevocations(ctx context.Context, cfg RevocationConfig, tables []*keys.T
 		p.Tick("%d/%d revocations", i+1, cfg.Revocations)
 	}
 	return fromStart, fromReturn, nil
-}
-
-// sleepCtx waits for d or until ctx ends, whichever is first.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
