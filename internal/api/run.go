@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -66,13 +67,10 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.Default()
-	}
+	log := cmp.Or(cfg.Logger, slog.Default())
 	reg := cfg.Registry
 	if reg == nil {
-		reg = httpserve.NewRegistry()
+		reg = httpserve.NewRegistry() // not cmp.Or: that would build one every time
 	}
 	eg, ectx := errgroup.WithContext(ctx)
 	table, svc := cfg.Table, cfg.Keys

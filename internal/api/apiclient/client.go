@@ -135,20 +135,23 @@ func decodeError(status int, raw []byte) error {
 	return fmt.Errorf("%w (%s, HTTP %d)", ae, ae.Code, status)
 }
 
+// call is Do for an answer of type T.
+func call[T any](ctx context.Context, c *Client, method, path string, query url.Values, body any) (T, error) {
+	var out T
+	_, err := c.Do(ctx, method, path, query, body, &out)
+	return out, err
+}
+
 func keyPath(id, action string) string { return "/v1/keys/" + url.PathEscape(id) + action }
 
 // CreateKey creates a key; the answer holds its secret, shown once.
 func (c *Client) CreateKey(ctx context.Context, req api.CreateKeyRequest) (api.CreatedJSON, error) {
-	var out api.CreatedJSON
-	_, err := c.Do(ctx, http.MethodPost, "/v1/keys", nil, req, &out)
-	return out, err
+	return call[api.CreatedJSON](ctx, c, http.MethodPost, "/v1/keys", nil, req)
 }
 
 // Key returns one key.
 func (c *Client) Key(ctx context.Context, id string) (api.KeyJSON, error) {
-	var out api.KeyJSON
-	_, err := c.Do(ctx, http.MethodGet, keyPath(id, ""), nil, nil, &out)
-	return out, err
+	return call[api.KeyJSON](ctx, c, http.MethodGet, keyPath(id, ""), nil, nil)
 }
 
 // KeyFilter selects keys in ListKeys.
@@ -185,18 +188,14 @@ func (c *Client) ListKeys(ctx context.Context, f KeyFilter) ([]api.KeyJSON, erro
 
 // UpdateKey changes the fields req sets.
 func (c *Client) UpdateKey(ctx context.Context, id string, req api.UpdateKeyRequest) (api.KeyJSON, error) {
-	var out api.KeyJSON
-	_, err := c.Do(ctx, http.MethodPatch, keyPath(id, ""), nil, req, &out)
-	return out, err
+	return call[api.KeyJSON](ctx, c, http.MethodPatch, keyPath(id, ""), nil, req)
 }
 
 // RotateKey issues a key replacing id; the old one verifies for grace.
 func (c *Client) RotateKey(ctx context.Context, id string, grace time.Duration) (api.CreatedJSON, error) {
 	g := grace.Round(time.Second)
 	gs := fmt.Sprintf("%dh%dm%ds", g/time.Hour, g%time.Hour/time.Minute, g%time.Minute/time.Second)
-	var out api.CreatedJSON
-	_, err := c.Do(ctx, http.MethodPost, keyPath(id, "/rotate"), nil, api.RotateRequest{GracePeriod: &gs}, &out)
-	return out, err
+	return call[api.CreatedJSON](ctx, c, http.MethodPost, keyPath(id, "/rotate"), nil, api.RotateRequest{GracePeriod: &gs})
 }
 
 // RevokeKey revokes a key for good.
@@ -215,9 +214,7 @@ func (c *Client) ResumeKey(ctx context.Context, id string) (api.KeyJSON, error) 
 }
 
 func (c *Client) keyAction(ctx context.Context, id, action string, body any) (api.KeyJSON, error) {
-	var out api.KeyJSON
-	_, err := c.Do(ctx, http.MethodPost, keyPath(id, action), nil, body, &out)
-	return out, err
+	return call[api.KeyJSON](ctx, c, http.MethodPost, keyPath(id, action), nil, body)
 }
 
 // DeleteKey deletes a key.
@@ -228,30 +225,22 @@ func (c *Client) DeleteKey(ctx context.Context, id string) error {
 
 // ReportLeakHash reports a leaked secret by its SHA-256 (hex).
 func (c *Client) ReportLeakHash(ctx context.Context, req api.LeakHashRequest) (leaks.Label, error) {
-	var out leaks.Label
-	_, err := c.Do(ctx, http.MethodPost, "/v1/leaks/hash", nil, req, &out)
-	return out, err
+	return call[leaks.Label](ctx, c, http.MethodPost, "/v1/leaks/hash", nil, req)
 }
 
 // Usage returns a usage series; q holds the query parameters of GET /v1/usage.
 func (c *Client) Usage(ctx context.Context, q url.Values) (api.UsageResponse, error) {
-	var out api.UsageResponse
-	_, err := c.Do(ctx, http.MethodGet, "/v1/usage", q, nil, &out)
-	return out, err
+	return call[api.UsageResponse](ctx, c, http.MethodGet, "/v1/usage", q, nil)
 }
 
 // Logs returns a page of events; q holds the parameters of GET /v1/logs.
 func (c *Client) Logs(ctx context.Context, q url.Values) (api.LogsResponse, error) {
-	var out api.LogsResponse
-	_, err := c.Do(ctx, http.MethodGet, "/v1/logs", q, nil, &out)
-	return out, err
+	return call[api.LogsResponse](ctx, c, http.MethodGet, "/v1/logs", q, nil)
 }
 
 // Decisions returns detection decisions; q holds the parameters of GET /v1/decisions.
 func (c *Client) Decisions(ctx context.Context, q url.Values) (api.DecisionList, error) {
-	var out api.DecisionList
-	_, err := c.Do(ctx, http.MethodGet, "/v1/decisions", q, nil, &out)
-	return out, err
+	return call[api.DecisionList](ctx, c, http.MethodGet, "/v1/decisions", q, nil)
 }
 
 // Billing returns a period's export in format (json or csv), as the API wrote it.
