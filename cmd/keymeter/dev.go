@@ -7,11 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -409,25 +407,13 @@ func openDevBus(ctx context.Context, o *devOptions, log *slog.Logger) (bus.Bus, 
 	case nb == nil:
 		return b, o.bf.Backend + " (external)", nil
 	case nb.Embedded() == nil:
-		return b, "external server " + withoutUserinfo(o.bf.NATSURL), nil
+		return b, "external server " + natsbus.Redact(o.bf.NATSURL), nil
 	case nb.Embedded().ClientURL() == "":
 		return b, "in-process only" + note, nil
 	default:
 		return b, fmt.Sprintf("%s, credentials in %s (keymeter logs --follow --nats-creds %s)", nb.Embedded().ClientURL(),
 			nb.Embedded().CredsFile(), nb.Embedded().CredsFile()), nil
 	}
-}
-
-// withoutUserinfo hides user and password in a comma-separated URL list.
-func withoutUserinfo(urls string) string {
-	parts := strings.Split(urls, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			u.User = url.User("***")
-			parts[i] = u.String()
-		}
-	}
-	return strings.Join(parts, ",")
 }
 
 // portFree reports whether 127.0.0.1:port can be listened on now.

@@ -240,7 +240,7 @@ func (b *Bus) connect(ctx context.Context) error {
 	}
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
-		return fmt.Errorf("natsbus: connect %s: %w", redact(url), err)
+		return fmt.Errorf("natsbus: connect %s: %w", Redact(url), err)
 	}
 	b.nc = nc
 	js, err := jetstream.New(nc,
@@ -276,13 +276,18 @@ func credsOption(file string) (nats.Option, error) {
 	return o, nil
 }
 
-func redact(url string) string {
-	if i := strings.Index(url, "@"); i >= 0 {
-		if j := strings.Index(url, "://"); j >= 0 && j < i {
-			return url[:j+3] + "***" + url[i:]
+// Redact hides the user and password of every URL in a comma-separated
+// list of server URLs, for logs and errors.
+func Redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for k, url := range parts {
+		if i := strings.Index(url, "@"); i >= 0 {
+			if j := strings.Index(url, "://"); j >= 0 && j < i {
+				parts[k] = url[:j+3] + "***" + url[i:]
+			}
 		}
 	}
-	return url
+	return strings.Join(parts, ",")
 }
 
 // provision creates or updates the streams and the bucket; safe to run from
