@@ -30,7 +30,9 @@ func TestServeAdminUntilCancelled(t *testing.T) {
 	var ready atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, Admin(NewRegistry(), func() bool { return ready.Load() }), slog.Default()) }()
+	go func() {
+		done <- Serve(ctx, ln, Admin(NewRegistry(), func() bool { return ready.Load() }), slog.Default())
+	}()
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + ln.Addr().String() + path)
 		if err != nil {
