@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/keymeter/keymeter/internal/api/apiclient"
@@ -39,6 +40,17 @@ func (c *clientFlags) client() (*apiclient.Client, error) {
 		return nil, fmt.Errorf("-o %q: accepted values are table, json", c.Output)
 	}
 	return apiclient.New(apiclient.Config{Server: c.Server, Token: c.Token})
+}
+
+// runE is a command's RunE that gets an API client first.
+func (c *clientFlags) runE(fn func(cmd *cobra.Command, args []string, cl *apiclient.Client) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cl, err := c.client()
+		if err != nil {
+			return err
+		}
+		return fn(cmd, args, cl)
+	}
 }
 
 // show prints v as JSON when JSON output is asked for, else calls asTable.

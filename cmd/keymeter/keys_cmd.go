@@ -94,11 +94,7 @@ func keysCreateCmd(cf *clientFlags) *cobra.Command {
 		Use:   "create",
 		Short: "Create a key; prints its secret once",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := cf.client()
-			if err != nil {
-				return err
-			}
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			cr.Env = &env
 			if cmd.Flags().Changed("kind") {
 				cr.Kind = &kind
@@ -118,7 +114,7 @@ func keysCreateCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			return showCreated(cf, out)
-		},
+		}),
 	}
 	f := create.Flags()
 	f.StringVar(&cr.Project, "project", "", "project (tenant) of the key (required)")
@@ -142,17 +138,13 @@ func keysListCmd(cf *clientFlags) *cobra.Command {
 		Use:   "list",
 		Short: "List keys (all pages)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := cf.client()
-			if err != nil {
-				return err
-			}
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			all, err := cl.ListKeys(cmd.Context(), kf)
 			if err != nil {
 				return err
 			}
 			return cf.show(all, func() { printKeys(all...) })
-		},
+		}),
 	}
 	list.Flags().StringVar(&kf.Project, "project", "", "only this project")
 	list.Flags().StringVar(&kf.Status, "status", "", "only this status: active, suspended, revoked, deleted")
@@ -164,17 +156,13 @@ func keysListCmd(cf *clientFlags) *cobra.Command {
 func keyActionCmd(cf *clientFlags, use, short string, call func(*cobra.Command, *apiclient.Client, string) (api.KeyJSON, error)) *cobra.Command {
 	return &cobra.Command{
 		Use: use + " KEY_ID", Short: short, Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := cf.client()
-			if err != nil {
-				return err
-			}
+		RunE: cf.runE(func(cmd *cobra.Command, args []string, cl *apiclient.Client) error {
 			k, err := call(cmd, cl, args[0])
 			if err != nil {
 				return err
 			}
 			return cf.show(k, func() { printKeys(k) })
-		},
+		}),
 	}
 }
 
@@ -268,17 +256,13 @@ func keysUpdateCmd(cf *clientFlags) *cobra.Command {
 func keysDeleteCmd(cf *clientFlags) *cobra.Command {
 	return &cobra.Command{
 		Use: "delete KEY_ID", Short: "Delete a key", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := cf.client()
-			if err != nil {
-				return err
-			}
+		RunE: cf.runE(func(cmd *cobra.Command, args []string, cl *apiclient.Client) error {
 			if err := cl.DeleteKey(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Println("deleted", args[0])
 			return nil
-		},
+		}),
 	}
 }
 
@@ -288,11 +272,7 @@ func keysReportLeakCmd(cf *clientFlags) *cobra.Command {
 		Use:   "report-leak SECRET|-",
 		Short: "Report a leaked secret: only its SHA-256 is sent; the key is revoked (or alerted on) by the server's leak policy",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := cf.client()
-			if err != nil {
-				return err
-			}
+		RunE: cf.runE(func(cmd *cobra.Command, args []string, cl *apiclient.Client) error {
 			secret := args[0]
 			if secret == "-" {
 				b, err := io.ReadAll(os.Stdin)
@@ -307,7 +287,7 @@ func keysReportLeakCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			return cf.show(l, func() { fmt.Println(l.Label) })
-		},
+		}),
 	}
 	reportLeak.Flags().StringVar(&leakSource, "source", "operator", "where the secret was found")
 	reportLeak.Flags().StringVar(&leakURL, "url", "", "link to where it was found")

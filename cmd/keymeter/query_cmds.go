@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keymeter/keymeter/internal/api/apiclient"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/store"
@@ -39,16 +40,12 @@ func newUsageCmd(g *globals) *cobra.Command {
 		Example: `  keymeter usage --key key_123 --granularity day
   keymeter usage --project proj_a --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --granularity day --group-by outcome,country`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			q := url.Values{}
 			for k, v := range map[string]string{"key": key, "project": project, "from": apiTime(from), "to": apiTime(to), "granularity": gran, "group_by": groupBy} {
 				if v != "" {
 					q.Set(k, v)
 				}
-			}
-			cl, err := cf.client()
-			if err != nil {
-				return err
 			}
 			u, err := cl.Usage(cmd.Context(), q)
 			if err != nil {
@@ -65,7 +62,7 @@ func newUsageCmd(g *globals) *cobra.Command {
 			}
 			table([]string{"START", "OUTCOME", "ROUTE", "COUNTRY", "REQUESTS", "ALLOWED", "BYTES_OUT", "COST", "UNIQUE_IPS"}, rows)
 			return nil
-		},
+		}),
 	}
 	cf.add(c.Flags())
 	f := c.Flags()
@@ -282,13 +279,9 @@ it are reported as late_events, not added. Exports only read; an admin closes
 a month with keymeter billing close.`,
 		Example: `  keymeter billing export --period 2026-11 --format csv > 2026-11.csv`,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			if format != "csv" && format != "json" {
 				return fmt.Errorf("--format %q: accepted values are csv, json", format)
-			}
-			cl, err := cf.client()
-			if err != nil {
-				return err
 			}
 			raw, err := cl.Billing(cmd.Context(), period, format)
 			if err != nil {
@@ -299,7 +292,7 @@ a month with keymeter billing close.`,
 				return err
 			}
 			return os.WriteFile(out, raw, 0o644)
-		},
+		}),
 	}
 	export.Flags().StringVar(&period, "period", time.Now().UTC().Format("2006-01"), "month, e.g. 2026-11")
 	export.Flags().StringVar(&format, "format", "csv", "csv or json")
@@ -313,13 +306,9 @@ a month with keymeter billing close.`,
 nothing. Prints the closed month's export as JSON.`,
 		Example: `  keymeter billing close --period 2026-10`,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			if closePeriod == "" {
 				return fmt.Errorf("--period is required, e.g. --period 2026-10")
-			}
-			cl, err := cf.client()
-			if err != nil {
-				return err
 			}
 			raw, err := cl.CloseBilling(cmd.Context(), closePeriod)
 			if err != nil {
@@ -327,7 +316,7 @@ nothing. Prints the closed month's export as JSON.`,
 			}
 			_, err = os.Stdout.Write(raw)
 			return err
-		},
+		}),
 	}
 	closeCmd.Flags().StringVar(&closePeriod, "period", "", "month to close, e.g. 2026-10 (required)")
 	cf.add(c.PersistentFlags())
@@ -343,16 +332,12 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 		Use:   "decisions",
 		Short: "Detection decisions with their evidence, newest first",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			q := url.Values{"limit": {strconv.Itoa(limit)}}
 			for k, v := range map[string]string{"key": key, "rule": rule, "project": project, "cursor": cursor} {
 				if v != "" {
 					q.Set(k, v)
 				}
-			}
-			cl, err := cf.client()
-			if err != nil {
-				return err
 			}
 			out, err := cl.Decisions(cmd.Context(), q)
 			if err != nil {
@@ -370,7 +355,7 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(os.Stderr, "more: --cursor %s\n", out.Next)
 			}
 			return nil
-		},
+		}),
 	}
 	cf.add(c.Flags())
 	c.Flags().StringVar(&key, "key", "", "key id")
