@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/api/apiclient"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/testfix/natstest"
 )
@@ -51,7 +52,7 @@ func TestKeysKindCLI(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "kind") {
 		t.Fatalf("--kind desktop accepted: %s", out)
 	}
-	if got := apiTime("24h"); !strings.HasSuffix(got, "Z") || len(got) != len("2026-11-25T00:00:00Z") {
-		t.Fatalf("apiTime(24h) = %q", got)
+	if got := apiclient.Time("24h"); !strings.HasSuffix(got, "Z") || len(got) != len("2026-11-25T00:00:00Z") {
+		t.Fatalf("apiclient.Time(24h) = %q", got)
 	}
 }

@@ -42,7 +42,7 @@ func newUsageCmd(g *globals) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			q := url.Values{}
-			for k, v := range map[string]string{"key": key, "project": project, "from": apiTime(from), "to": apiTime(to), "granularity": gran, "group_by": groupBy} {
+			for k, v := range map[string]string{"key": key, "project": project, "from": apiclient.Time(from), "to": apiclient.Time(to), "granularity": gran, "group_by": groupBy} {
 				if v != "" {
 					q.Set(k, v)
 				}
@@ -75,44 +75,9 @@ func newUsageCmd(g *globals) *cobra.Command {
 	return c
 }
 
-// apiTime turns a time flag into the RFC 3339 the API takes: a duration
-// (24h: that long ago) and Unix seconds are converted, anything else is
-// sent as given for the API to judge.
-func apiTime(s string) string {
-	if s == "" {
-		return s
-	}
-	if _, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return s
-	}
-	if d, err := time.ParseDuration(s); err == nil && d > 0 {
-		return time.Now().Add(-d).UTC().Format(time.RFC3339)
-	}
-	if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 && n < 1<<36 {
-		return time.Unix(n, 0).UTC().Format(time.RFC3339)
-	}
-	return s
-}
-
-// logFilter holds the log filters shared by the API query and --follow.
-type logFilter struct {
-	key, project, ip, status, outcome, route, country, from, to string
-}
-
-func (lf *logFilter) values() url.Values {
-	q := url.Values{}
-	for k, v := range map[string]string{"key": lf.key, "project": lf.project, "ip": lf.ip, "status": lf.status,
-		"outcome": lf.outcome, "route": lf.route, "country": lf.country, "from": apiTime(lf.from), "to": apiTime(lf.to)} {
-		if v != "" {
-			q.Set(k, v)
-		}
-	}
-	return q
-}
-
-// matcher builds an event filter with the store's own validation.
-func (lf *logFilter) matcher() (func(*event.Event) bool, error) {
-	q, err := store.ParseLogQuery(lf.values())
+// logMatcher builds an event filter with the store's own validation.
+func logMatcher(lf apiclient.LogFilter) (func(*event.Event) bool, error) {
+	q, err := store.ParseLogQuery(lf.Values())
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +96,7 @@ func printEvents(evs []event.Event) {
 func newLogsCmd(g *globals) *cobra.Command {
 	cf := &clientFlags{}
 	var (
-		lf      logFilter
+		lf      apiclient.LogFilter
 		limit   int
 		cursor  string
 		follow  bool
@@ -149,9 +114,9 @@ func newLogsCmd(g *globals) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if follow {
-				return followLogs(cmd.Context(), g, &bf, devData, &lf, cf, dur)
+				return followLogs(cmd.Context(), g, &bf, devData, lf, cf, dur)
 			}
-			q := lf.values()
+			q := lf.Values()
 			q.Set("limit", strconv.Itoa(limit))
 			if cursor != "" {
 				q.Set("cursor", cursor)
@@ -176,15 +141,15 @@ func newLogsCmd(g *globals) *cobra.Command {
 	}
 	cf.add(c.Flags())
 	f := c.Flags()
-	f.StringVar(&lf.key, "key", "", "key id")
-	f.StringVar(&lf.project, "project", "", "project")
-	f.StringVar(&lf.ip, "ip", "", "client address or CIDR")
-	f.StringVar(&lf.status, "status", "", "HTTP status or range, e.g. 429 or 500-599")
-	f.StringVar(&lf.outcome, "outcome", "", "outcome, e.g. valid, revoked, rate_limited")
-	f.StringVar(&lf.route, "route", "", "route")
-	f.StringVar(&lf.country, "country", "", "ISO country code")
-	f.StringVar(&lf.from, "from", "", "start, RFC 3339")
-	f.StringVar(&lf.to, "to", "", "end, RFC 3339")
+	f.StringVar(&lf.Key, "key", "", "key id")
+	f.StringVar(&lf.Project, "project", "", "project")
+	f.StringVar(&lf.IP, "ip", "", "client address or CIDR")
+	f.StringVar(&lf.Status, "status", "", "HTTP status or range, e.g. 429 or 500-599")
+	f.StringVar(&lf.Outcome, "outcome", "", "outcome, e.g. valid, revoked, rate_limited")
+	f.StringVar(&lf.Route, "route", "", "route")
+	f.StringVar(&lf.Country, "country", "", "ISO country code")
+	f.StringVar(&lf.From, "from", "", "start, RFC 3339")
+	f.StringVar(&lf.To, "to", "", "end, RFC 3339")
 	f.IntVar(&limit, "limit", 100, "events per page")
 	f.StringVar(&cursor, "cursor", "", "the cursor printed after the previous page")
 	f.BoolVar(&follow, "follow", false, "tail new events live from the bus (uses the bus flags, not the API)")
@@ -194,8 +159,8 @@ func newLogsCmd(g *globals) *cobra.Command {
 	return c
 }
 
-func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, lf *logFilter, cf *clientFlags, d time.Duration) error {
-	match, err := lf.matcher()
+func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, lf apiclient.LogFilter, cf *clientFlags, d time.Duration) error {
+	match, err := logMatcher(lf)
 	if err != nil {
 		return err
 	}

@@ -86,3 +86,19 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestTimeAndLogFilter(t *testing.T) {
+	if got := apiclient.Time("1700000000"); got != "2023-11-14T22:13:20Z" {
+		t.Errorf("unix seconds: %s", got)
+	}
+	if got, err := time.Parse(time.RFC3339, apiclient.Time("1h")); err != nil || time.Since(got) < 59*time.Minute {
+		t.Errorf("1h ago: %v %v", got, err)
+	}
+	if got := apiclient.Time("yesterday"); got != "yesterday" {
+		t.Errorf("left for the API to judge: %s", got)
+	}
+	v := apiclient.LogFilter{Key: "k", Status: "500-599", From: "1700000000"}.Values()
+	if v.Encode() != "from=2023-11-14T22%3A13%3A20Z&key=k&status=500-599" {
+		t.Errorf("values: %s", v.Encode())
+	}
+}
