@@ -201,33 +201,17 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, l
 }
 
 // tailEvents calls fn for every event of the batches cons delivers until
-// ctx ends, acknowledging each fetch in every partition it came from.
+// ctx ends (bus.Tail acknowledges them).
 func tailEvents(ctx context.Context, cons bus.Consumer, fn func(*event.Event)) error {
 	var eb event.Batch
-	for ctx.Err() == nil {
-		ds, err := cons.Fetch(ctx, 64, time.Second)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+	return bus.Tail(ctx, cons, func(d bus.Delivery) {
+		if d.Invalid != "" || event.DecodeBatch(d.Data, &eb) != nil {
+			return
 		}
-		for _, dl := range ds {
-			if dl.Invalid != "" || event.DecodeBatch(dl.Data, &eb) != nil {
-				continue
-			}
-			for i := range eb.Events {
-				fn(&eb.Events[i])
-			}
+		for i := range eb.Events {
+			fn(&eb.Events[i])
 		}
-		// What was shown is acknowledged even when the tail is stopping.
-		// A failed ack (the connection recovering) means only that these
-		// come again; the tail goes on.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = bus.AckLatest(actx, cons, ds)
-		cancel()
-	}
-	return nil
+	})
 }
 
 func newBillingCmd(g *globals) *cobra.Command {
