@@ -1,15 +1,12 @@
 package main
 
 import (
-	"context"
-	"fmt"
+	"errors"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/keymeter/keymeter/internal/aggregator"
-	"github.com/keymeter/keymeter/internal/keys"
 )
 
 func init() { register(newAggregatorCmd) }
@@ -47,11 +44,9 @@ replays its recorded intents under their tokens).`,
 			ctx, cancel := withDuration(cmd.Context(), duration)
 			defer cancel()
 			log := g.Logger()
-			if err := cfg.Validate(); err != nil {
-				return err
-			}
-			if err := qcfg.Validate(); err != nil {
-				return err
+			rc := aggregator.RunConfig{Aggregator: cfg, Quota: qcfg, Migrate: migrate, AdminListen: adminListen, Logger: log}
+			if err := errors.Join(rc.Aggregator.Validate(), rc.Quota.Validate()); err != nil {
+				return err // before anything opens
 			}
 			if sf.DataDir == "" {
 				sf.DataDir = "data"
@@ -60,56 +55,14 @@ replays its recorded intents under their tokens).`,
 			if err != nil {
 				return err
 			}
-			defer st.Close() // closed after the bus: see the order below
-			if migrate {
-				if _, err := st.Migrate(ctx); err != nil {
-					return fmt.Errorf("migrate: %w", err)
-				}
-			}
+			defer st.Close() // closed after the bus: deferred first
 			b, err := bf.open(ctx, sf.DataDir, log)
 			if err != nil {
 				return err
 			}
 			defer closeSoon(b)
-			table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
-			quotas, err := aggregator.NewQuotas(qcfg, table, b, st, log)
-			if err != nil {
-				return err
-			}
-			reg := newRegistry()
-			agg, err := aggregator.New(cfg, b, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
-			if err != nil {
-				return err
-			}
-			rest, stopRest := context.WithCancel(ctx)
-			defer stopRest()
-			eg, ectx := errgroup.WithContext(rest)
-			eg.Go(func() error { return table.Run(ectx, b) })
-			if adminListen != "" {
-				ln, err := listen(adminListen, "--admin-listen")
-				if err != nil {
-					return err
-				}
-				eg.Go(func() error { return serve(ectx, ln, metricsHandler(reg, table.Loaded), log) })
-			}
-			eg.Go(func() error {
-				// Quotas need the key table before the first block.
-				select {
-				case <-table.Ready():
-				case <-ectx.Done():
-					return nil
-				}
-				err := agg.Run(ectx)
-				stopRest() // the aggregator is done: stop the rest
-				return err
-			})
-			err = eg.Wait()
-			s := agg.Stats()
-			log.Info("aggregator stopped", "events", s.Events, "blocks", s.Blocks, "dead_lettered", s.DeadLettered, "replayed_intents", s.Replayed)
-			if err != nil && ctx.Err() != nil {
-				return nil
-			}
-			return err
+			rc.Bus, rc.Store = b, st
+			return aggregator.Run(ctx, rc)
 		},
 	}
 	f := c.Flags()

@@ -5,10 +5,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/keymeter/keymeter/internal/api"
-	"github.com/keymeter/keymeter/internal/leaks"
 )
 
 func init() { register(newAPICmd) }
@@ -56,61 +54,26 @@ hash of a token is ever stored.`,
 			if err != nil {
 				return err
 			}
-			acfg := api.Config{Tokens: toks, Logger: log}
+			leakCfg, err := lf.config()
+			if err != nil {
+				return err
+			}
+			cfg := api.RunConfig{Listen: listenAt, AdminListen: adminListen, Tokens: toks, Leaks: leakCfg, Logger: log}
 			if sf.Backend != "none" {
 				st, err := sf.open(ctx)
 				if err != nil {
 					return err
 				}
-				defer st.Close()
-				acfg.Usage, acfg.Logs, acfg.Decision, acfg.Billing = st, st, st, newBilling(st)
-				acfg.Retention = st.Retention
+				defer st.Close() // after the bus: deferred first
+				cfg.Store = st
 			}
 			b, err := bf.open(ctx, sf.DataDir, log)
 			if err != nil {
 				return err
 			}
 			defer closeSoon(b)
-			table, svc, err := keyService(b, log)
-			if err != nil {
-				return err
-			}
-			acfg.Keys, acfg.KeyTable, acfg.Ready = svc, table, table.Loaded
-			acfg.Events = busEventSink{pub: b.Publisher()}
-			lh, err := lf.handler(table, svc, b, acfg.Decision)
-			if err != nil {
-				return err
-			}
-			acfg.Leaks = lh
-			srv, err := api.New(acfg)
-			if err != nil {
-				return err
-			}
-			ln, err := listen(listenAt, "--listen")
-			if err != nil {
-				return err
-			}
-			log.Info("api listening", "addr", ln.Addr().String())
-			eg, ectx := errgroup.WithContext(ctx)
-			eg.Go(func() error { return table.Run(ectx, b) })
-			if acfg.Decision != nil {
-				// Leak decisions of APIs without a store reach this one's
-				// /v1/decisions through the bus.
-				eg.Go(func() error { return leaks.Recorder(ectx, b, acfg.Decision, log) })
-			}
-			reg := newRegistry()
-			eg.Go(func() error { return serve(ectx, ln, instrument(reg, "api", srv), log) })
-			if adminListen != "" {
-				aln, err := listen(adminListen, "--admin-listen")
-				if err != nil {
-					return err
-				}
-				eg.Go(func() error { return serve(ectx, aln, metricsHandler(reg, table.Loaded), log) })
-			}
-			if err := eg.Wait(); err != nil && ctx.Err() == nil {
-				return err
-			}
-			return nil
+			cfg.Bus = b
+			return api.Run(ctx, cfg)
 		},
 	}
 	f := c.Flags()

@@ -1,19 +1,17 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/keymeter/keymeter/internal/api/apiclient"
 )
 
 // clientFlags are how CLI tools reach the API.
@@ -36,84 +34,32 @@ func (c *clientFlags) json() bool {
 	return c.Output == "json"
 }
 
-func (c *clientFlags) validate() error {
+// client checks the flags and returns an API client.
+func (c *clientFlags) client() (*apiclient.Client, error) {
 	if c.Output != "" && c.Output != "json" && c.Output != "table" {
-		return fmt.Errorf("-o %q: accepted values are table, json", c.Output)
+		return nil, fmt.Errorf("-o %q: accepted values are table, json", c.Output)
 	}
-	if c.Token == "" {
-		return fmt.Errorf("no token: set KEYMETER_TOKEN (keymeter dev prints one and stores it in <data-dir>/admin-token) or pass --token")
-	}
-	return nil
+	return apiclient.New(apiclient.Config{Server: c.Server, Token: c.Token})
 }
 
-// apiError is the API's error body.
-type apiError struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-		Field   string `json:"field"`
-	} `json:"error"`
-}
-
-// do calls the API and decodes the JSON answer into out (if not nil); it
-// returns the raw body too.
-func (c *clientFlags) do(method, path string, query url.Values, body any, out any) ([]byte, error) {
-	if err := c.validate(); err != nil {
-		return nil, err
-	}
-	u := strings.TrimRight(c.Server, "/") + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
-	}
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
+// runE is a command's RunE that gets an API client first.
+func (c *clientFlags) runE(fn func(cmd *cobra.Command, args []string, cl *apiclient.Client) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cl, err := c.client()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		rd = bytes.NewReader(b)
+		return fn(cmd, args, cl)
 	}
-	req, err := http.NewRequest(method, u, rd)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, c.Server, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode >= 400 {
-		var ae apiError
-		if json.Unmarshal(raw, &ae) == nil && ae.Error.Message != "" {
-			if ae.Error.Field != "" {
-				return nil, fmt.Errorf("%s (%s, field %s, HTTP %d)", ae.Error.Message, ae.Error.Code, ae.Error.Field, resp.StatusCode)
-			}
-			return nil, fmt.Errorf("%s (%s, HTTP %d)", ae.Error.Message, ae.Error.Code, resp.StatusCode)
-		}
-		return nil, fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(raw)))
-	}
-	if out != nil && len(raw) > 0 {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return raw, fmt.Errorf("decoding the answer: %w", err)
-		}
-	}
-	return raw, nil
 }
 
-// printJSON writes raw JSON as is.
-func printJSON(raw []byte) {
-	os.Stdout.Write(raw)
-	if len(raw) > 0 && raw[len(raw)-1] != '\n' {
-		fmt.Println()
+// show prints v as JSON when JSON output is asked for, else calls asTable.
+func (c *clientFlags) show(v any, asTable func()) error {
+	if c.json() {
+		return writeJSONOut(v)
 	}
+	asTable()
+	return nil
 }
 
 // table prints rows under a header, aligned.

@@ -2,22 +2,18 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
@@ -25,9 +21,11 @@ import (
 	"github.com/keymeter/keymeter/internal/api"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
-	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/ctxtime"
+	"github.com/keymeter/keymeter/internal/demo"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/loadgen"
+	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/verifier"
 )
 
@@ -102,83 +100,184 @@ survives restarts.`,
 func runDev(parent context.Context, g *globals, o *devOptions) error {
 	ctx, cancel := withDuration(parent, o.duration)
 	defer cancel()
-	log := g.Logger()
-	dataDir := o.sf.DataDir
-	if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return fmt.Errorf("--data-dir: %w", err)
-	}
-	start := time.Now()
-
-	// Store first: if the embedded engine is missing, say so before anything starts.
-	st, err := o.sf.open(ctx)
+	d := &devRun{o: o, log: g.Logger(), dataDir: o.sf.DataDir, start: time.Now(), reg: newRegistry()}
+	closeAll, err := d.open(ctx)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
+	defer closeAll() // last: the store, then the bus
 
-	b, natsNote, err := openDevBus(ctx, o, log)
-	if err != nil {
-		return err
-	}
-	defer closeSoon(b)
-
-	// Two groups so shutdown runs in order: the front (traffic, verifier)
-	// stops and flushes first, then the back (aggregator, detector, API)
-	// drains what is on the bus and stops.
+	// The front (traffic, verifier) is the intake; the back (key table,
+	// aggregator, detector, API) outlives it until the bus is drained.
 	backCtx, backCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer backCancel()
 	stop := context.AfterFunc(backCtx, cancel) // a failing back part stops the front too
 	defer stop()
-	back, ectx := errgroup.WithContext(backCtx)
+	back, bctx := errgroup.WithContext(backCtx)
 	front, fctx := errgroup.WithContext(ctx)
 	// On an early return, everything started stops before the store and
-	// the bus close (deferred earlier, so they run after this).
+	// the bus close.
 	defer func() {
 		cancel()
 		backCancel()
 		_ = front.Wait()
 		_ = back.Wait()
 	}()
-	eg := back
-	table, svc, err := keyService(b, log)
-	if err != nil {
+	if err := d.startBack(bctx, back); err != nil {
 		return err
 	}
-	eg.Go(func() error { return table.Run(ectx, b) })
-	select {
-	case <-table.Ready():
-	case <-ectx.Done():
-		return back.Wait()
-	}
-	token, err := devAdminToken(dataDir)
-	if err != nil {
+	if err := d.startFront(fctx, front); err != nil {
 		return err
 	}
-	demo, err := devDemoKeys(ectx, b, table, dataDir, o.demoKeys, log)
-	if err != nil {
-		return err
-	}
+	back.Go(func() error { return d.summaries(bctx) })
 
-	// Demo upstream.
+	// Shutdown, in order: stop intake (the verifier flushes its spool to
+	// the bus), wait until the aggregator has consumed everything on the
+	// bus, stop the back roles; the store and then the bus close last.
+	ferr := front.Wait()
+	d.drain(backCtx, 30*time.Second)
+	backCancel()
+	err = errors.Join(ferr, back.Wait())
+	s := d.aggStats()
+	dc := d.det.det.Counts()
+	fmt.Printf("final requests=%d refused=%d stored=%d decisions=%d revoked=%d\n", d.sent.Load(), d.refused.Load(), s.Events, dc.Decisions.Load(), dc.Revoked.Load())
+	if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// devRun is a running keymeter dev: what its parts share.
+type devRun struct {
+	o       *devOptions
+	log     *slog.Logger
+	dataDir string
+	start   time.Time
+	reg     *prometheus.Registry
+
+	st       *store.DB
+	b        bus.Bus
+	natsNote string
+	table    *keys.Table
+	svc      *keys.Service
+	token    string
+	demo     []loadgen.Key
+	agg      atomic.Pointer[aggregator.Aggregator]
+	det      *detectorParts
+
+	apiAddr, metricsAddr, proxyAddr string
+	sent, refused                   atomic.Uint64
+}
+
+// open opens the store (first: if the embedded engine is missing, say so
+// before anything starts), migrates it, and opens the bus. close closes the
+// store, then the bus.
+func (d *devRun) open(ctx context.Context) (close func(), err error) {
+	if err := os.MkdirAll(d.dataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("--data-dir: %w", err)
+	}
+	if d.st, err = d.o.sf.open(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := d.st.Migrate(ctx); err != nil {
+		d.st.Close()
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	if d.b, d.natsNote, err = openDevBus(ctx, d.o, d.log); err != nil {
+		d.st.Close()
+		return nil, err
+	}
+	return func() {
+		d.st.Close()
+		closeSoon(d.b)
+	}, nil
+}
+
+// startBack starts the key table, then (once it is loaded) the aggregator,
+// the detector, the API and the pipeline's metrics endpoint.
+func (d *devRun) startBack(ctx context.Context, eg *errgroup.Group) error {
+	var err error
+	if d.table, d.svc, err = keyService(d.b, d.log); err != nil {
+		return err
+	}
+	eg.Go(func() error { return d.table.Run(ctx, d.b) })
+	select {
+	case <-d.table.Ready():
+	case <-ctx.Done():
+		if err := eg.Wait(); err != nil {
+			return err
+		}
+		return ctx.Err()
+	}
+	if d.token, err = demo.AdminToken(d.dataDir); err != nil {
+		return err
+	}
+	keysFile := filepath.Join(d.dataDir, "demo-keys.csv")
+	previous, _ := readKeysFile(keysFile) // none on a first start
+	if d.demo, err = demo.Keys(ctx, demo.KeysConfig{KeyLog: d.b, Table: d.table, File: keysFile, Previous: previous, N: d.o.demoKeys, Logger: d.log}); err != nil {
+		return err
+	}
+	eg.Go(func() error {
+		return aggregator.Run(ctx, aggregator.RunConfig{Aggregator: aggregator.Config{FlushInterval: time.Second}, Bus: d.b, Store: d.st,
+			Table: d.table, Registry: d.reg, Logger: d.log, Started: d.agg.Store})
+	})
+	if d.det, err = buildDetector(ctx, &d.o.df, d.b, d.st, d.svc, d.reg, d.log); err != nil {
+		return err
+	}
+	d.det.run(ctx, eg)
+	return d.startAPI(ctx, eg)
+}
+
+// startAPI starts the API role on the shared key table and the metrics
+// endpoint of the aggregator, detector and API.
+func (d *devRun) startAPI(ctx context.Context, eg *errgroup.Group) error {
+	leakCfg, err := d.o.lf.config()
+	if err != nil {
+		return err
+	}
+	tok, _ := api.ParseToken("admin:" + api.HashToken(d.token))
+	listening := make(chan struct{})
+	acfg := api.RunConfig{Listen: d.o.apiListen, Tokens: []api.Token{tok}, Bus: d.b, Store: d.st, Table: d.table, Keys: d.svc,
+		Leaks: leakCfg, Rules: d.det.engine, Registry: d.reg, Logger: d.log,
+		OnListen: func(a, _ net.Addr) { d.apiAddr = a.String(); close(listening) }}
+	errc := make(chan error, 1)
+	eg.Go(func() error { err := api.Run(ctx, acfg); errc <- err; return err })
+	select {
+	case <-listening:
+	case err := <-errc:
+		if err == nil {
+			err = ctx.Err()
+		}
+		return err
+	}
+	if d.o.metricsListen != "" {
+		mln, err := listen(d.o.metricsListen, "--metrics-listen")
+		if err != nil {
+			return err
+		}
+		d.metricsAddr = mln.Addr().String()
+		eg.Go(func() error { return serve(ctx, mln, metricsHandler(d.reg, d.table.Loaded), d.log) })
+	}
+	return nil
+}
+
+// startFront starts the demo upstream and the verifier in front of it,
+// prints the banner once the verifier listens, and starts the traffic.
+func (d *devRun) startFront(ctx context.Context, eg *errgroup.Group) error {
 	upLn, err := listen("127.0.0.1:0", "demo upstream")
 	if err != nil {
 		return err
 	}
-	front.Go(func() error { return serve(fctx, upLn, demoUpstream(), log) })
-
-	// Verifier in front of it.
+	eg.Go(func() error { return serve(ctx, upLn, demo.Upstream(), d.log) })
 	proxyReady := make(chan struct{})
-	proxyAddr := o.proxyListen
+	d.proxyAddr = d.o.proxyListen
 	vcfg := verifier.RunConfig{
-		Listen: o.proxyListen, Upstream: "http://" + upLn.Addr().String(), AdminListen: o.adminListen,
-		DataDir: filepath.Join(dataDir, "verifier"), VerifierID: "dev-verifier", Bus: b, Logger: log,
+		Listen: d.o.proxyListen, Upstream: "http://" + upLn.Addr().String(), AdminListen: d.o.adminListen,
+		DataDir: filepath.Join(d.dataDir, "verifier"), VerifierID: "dev-verifier", Bus: d.b, Logger: d.log,
 		HTTP: verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
 		OnListen: func(main, _, _ net.Addr) {
 			if main != nil {
-				proxyAddr = main.String()
+				d.proxyAddr = main.String()
 			}
 			close(proxyReady)
 		},
@@ -186,123 +285,94 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	if err := os.MkdirAll(vcfg.DataDir, 0o750); err != nil {
 		return err
 	}
-	front.Go(func() error { return verifier.Run(fctx, vcfg) })
-
-	// Aggregator with quotas.
-	reg := newRegistry()
-	quotas, err := aggregator.NewQuotas(aggregator.QuotaConfig{}, table, b, st, log)
-	if err != nil {
-		return err
-	}
-	agg, err := aggregator.New(aggregator.Config{FlushInterval: time.Second}, b, st, aggregator.WithLogger(log), aggregator.WithObserver(quotas), aggregator.WithRegisterer(reg))
-	if err != nil {
-		return err
-	}
-	eg.Go(func() error { return agg.Run(ectx) })
-
-	// Detector with the starter rules.
-	det, err := buildDetector(ectx, &o.df, b, st, svc, reg, log)
-	if err != nil {
-		return err
-	}
-	det.run(ectx, eg)
-
-	// API.
-	lh, err := o.lf.handler(table, svc, b, st)
-	if err != nil {
-		return err
-	}
-	tok, _ := api.ParseToken("admin:" + api.HashToken(token))
-	apiSrv, err := api.New(api.Config{Tokens: []api.Token{tok}, Keys: svc, KeyTable: table, Usage: st, Logs: st, Decision: st,
-		Billing: newBilling(st), Rules: det.engine, Leaks: lh, Events: busEventSink{pub: b.Publisher()}, Logger: log, Ready: table.Loaded})
-	if err != nil {
-		return err
-	}
-	apiLn, err := listen(o.apiListen, "--api-listen")
-	if err != nil {
-		return err
-	}
-	eg.Go(func() error { return serve(ectx, apiLn, instrument(reg, "api", apiSrv), log) })
-	var metricsAddr string
-	if o.metricsListen != "" {
-		mln, err := listen(o.metricsListen, "--metrics-listen")
-		if err != nil {
-			return err
-		}
-		metricsAddr = mln.Addr().String()
-		eg.Go(func() error { return serve(ectx, mln, metricsHandler(reg, table.Loaded), log) })
-	}
-
+	eg.Go(func() error { return verifier.Run(ctx, vcfg) })
 	select {
 	case <-proxyReady:
-	case <-fctx.Done():
-		_ = front.Wait()
-		backCancel()
-		return back.Wait()
+	case <-ctx.Done():
+		return nil // the caller's Wait returns the cause
 	}
-	tokenFile := filepath.Join(dataDir, "admin-token")
+	d.banner()
+	if !d.o.noTraffic {
+		eg.Go(func() error {
+			return demo.Traffic(ctx, demo.TrafficConfig{Target: "http://" + d.proxyAddr, Keys: d.demo, Rate: d.o.rate, Attacks: d.o.attacks,
+				AttackEvery: d.o.attackEvery, AttackAfter: d.o.attackAfter, Seed: d.o.seed,
+				OnResponse: func(_ *loadgen.Request, status int) {
+					d.sent.Add(1)
+					if status >= 400 {
+						d.refused.Add(1)
+					}
+				}})
+		})
+	}
+	return nil
+}
+
+func (d *devRun) banner() {
+	tokenFile := filepath.Join(d.dataDir, "admin-token")
+	keysFile := filepath.Join(d.dataDir, "demo-keys.csv")
 	fmt.Fprintf(os.Stderr, `
 keymeter dev is running (data in %s)
   verifier (proxy to the demo API)  http://%s        e.g. curl -H "Authorization: Bearer $(cut -d, -f3 %s | head -1)" http://%s/v1/items
   REST API                          http://%s        OpenAPI at /openapi.yaml
+  web console                       http://%s/console/  (sign in with the admin token)
   verifier metrics                  http://%s/metrics
   pipeline metrics                  http://%s/metrics (aggregator, detector, API)
   NATS                              %s
   admin token                       in %s (mode 0600): export KEYMETER_TOKEN=$(cat %s)
   demo keys                         %d, secrets in %s
-`, dataDir, proxyAddr, filepath.Join(dataDir, "demo-keys.csv"), proxyAddr, apiLn.Addr(), o.adminListen, metricsAddr, natsNote,
-		tokenFile, tokenFile, len(demo), filepath.Join(dataDir, "demo-keys.csv"))
+`, d.dataDir, d.proxyAddr, keysFile, d.proxyAddr, d.apiAddr, d.apiAddr, d.o.adminListen, d.metricsAddr, d.natsNote,
+		tokenFile, tokenFile, len(d.demo), keysFile)
+}
 
-	// Traffic.
-	var sent, refused atomic.Uint64
-	if !o.noTraffic {
-		front.Go(func() error {
-			return devTraffic(fctx, o, demo, "http://"+proxyAddr, func(_ *loadgen.Request, status int) {
-				sent.Add(1)
-				if status >= 400 {
-					refused.Add(1)
-				}
-			})
-		})
+func (d *devRun) aggStats() aggregator.Stats {
+	if a := d.agg.Load(); a != nil {
+		return a.Stats()
 	}
+	return aggregator.Stats{}
+}
 
-	// Summary line every few seconds, cumulative since start.
-	eg.Go(func() error {
-		t := time.NewTicker(o.summaryEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ectx.Done():
-				return nil
-			case <-t.C:
-			}
-			el := time.Since(start).Seconds()
-			s := agg.Stats()
-			dc := det.det.Counts()
-			fmt.Printf("requests=%d requests_per_s=%.0f refused=%d stored=%d decisions=%d revoked=%d dead_lettered=%d keys=%d uptime_s=%.0f\n",
-				sent.Load(), float64(sent.Load())/el, refused.Load(), s.Events, dc.Decisions.Load(), dc.Revoked.Load(), s.DeadLettered, table.Len(), el)
+// summaries prints a summary line every few seconds, cumulative since
+// start, until ctx ends.
+func (d *devRun) summaries(ctx context.Context) error {
+	t := time.NewTicker(d.o.summaryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
 		}
-	})
-	ferr := front.Wait()
-	// The verifier flushed its last batches to the bus: let the aggregator
-	// store them before the back stops.
-	for last, deadline := agg.Stats().Events, time.Now().Add(10*time.Second); time.Now().Before(deadline); {
-		time.Sleep(1500 * time.Millisecond)
-		now := agg.Stats().Events
-		if now == last {
-			break
+		el := time.Since(d.start).Seconds()
+		s := d.aggStats()
+		dc := d.det.det.Counts()
+		fmt.Printf("requests=%d requests_per_s=%.0f refused=%d stored=%d decisions=%d revoked=%d dead_lettered=%d keys=%d uptime_s=%.0f\n",
+			d.sent.Load(), float64(d.sent.Load())/el, d.refused.Load(), s.Events, dc.Decisions.Load(), dc.Revoked.Load(), s.DeadLettered, d.table.Len(), el)
+	}
+}
+
+// drain waits until the bus reports no lag for the aggregator's group:
+// everything the stopped verifier published is stored. It gives up after
+// limit (a broken store must not hold shutdown forever) and says so.
+func (d *devRun) drain(ctx context.Context, limit time.Duration) {
+	if ctx.Err() != nil {
+		return // a back role failed: nothing consumes any more
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		lag, err := d.b.Lag(ctx, "aggregator")
+		var total uint64
+		for _, n := range lag {
+			total += n
 		}
-		last = now
+		if err == nil && total == 0 {
+			return
+		}
+		if ctxtime.Sleep(ctx, 100*time.Millisecond) != nil {
+			d.log.Warn("dev: stopping with events not yet stored (they are stored at the next start)", "lag_batches", total, "err", err)
+			return
+		}
 	}
-	backCancel()
-	err = errors.Join(ferr, back.Wait())
-	s := agg.Stats()
-	dc := det.det.Counts()
-	fmt.Printf("final requests=%d refused=%d stored=%d decisions=%d revoked=%d\n", sent.Load(), refused.Load(), s.Events, dc.Decisions.Load(), dc.Revoked.Load())
-	if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
-		return err
-	}
-	return nil
 }
 
 // devNATSPort is the default port of dev's embedded NATS server.
@@ -338,25 +408,13 @@ func openDevBus(ctx context.Context, o *devOptions, log *slog.Logger) (bus.Bus, 
 	case nb == nil:
 		return b, o.bf.Backend + " (external)", nil
 	case nb.Embedded() == nil:
-		return b, "external server " + withoutUserinfo(o.bf.NATSURL), nil
+		return b, "external server " + natsbus.Redact(o.bf.NATSURL), nil
 	case nb.Embedded().ClientURL() == "":
 		return b, "in-process only" + note, nil
 	default:
 		return b, fmt.Sprintf("%s, credentials in %s (keymeter logs --follow --nats-creds %s)", nb.Embedded().ClientURL(),
 			nb.Embedded().CredsFile(), nb.Embedded().CredsFile()), nil
 	}
-}
-
-// withoutUserinfo hides user and password in a comma-separated URL list.
-func withoutUserinfo(urls string) string {
-	parts := strings.Split(urls, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			u.User = url.User("***")
-			parts[i] = u.String()
-		}
-	}
-	return strings.Join(parts, ",")
 }
 
 // portFree reports whether 127.0.0.1:port can be listened on now.
@@ -367,117 +425,4 @@ func portFree(port int) bool {
 	}
 	ln.Close()
 	return true
-}
-
-// devTraffic runs the load generator in chunks until ctx ends.
-func devTraffic(ctx context.Context, o *devOptions, demo []loadgen.Key, target string, onResp func(*loadgen.Request, int)) error {
-	const chunk = 5 * time.Minute
-	for i := uint64(0); ctx.Err() == nil; i++ {
-		lg := loadgen.Config{Scenarios: append([]string{"normal"}, o.attacks...), Rate: o.rate, Duration: chunk, Seed: o.seed + i,
-			Keys: demo, AttackEvery: o.attackEvery, AttackAfter: o.attackAfter}
-		if i > 0 {
-			lg.AttackAfter = o.attackEvery
-		}
-		// Attacks take a key each: rotate the victims through the demo keys.
-		off := int(i*7) % len(demo)
-		lg.Keys = append(append([]loadgen.Key{}, demo[off:]...), demo[:off]...)
-		reqs, err := loadgen.Generate(lg)
-		if err != nil {
-			return err
-		}
-		if _, err := loadgen.SendHTTP(ctx, loadgen.HTTPConfig{Target: target, OnResponse: onResp, Workers: 16}, reqs); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// devAdminToken returns the demo admin token, created on first start in
-// <data-dir>/admin-token (mode 0600; a file others can read is refused).
-func devAdminToken(dataDir string) (string, error) {
-	p := filepath.Join(dataDir, "admin-token")
-	if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s has mode %04o: others may read the admin token; chmod 600 it", p, fi.Mode().Perm())
-	}
-	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b)), nil
-	}
-	raw := make([]byte, 24)
-	if _, err := rand.Read(raw); err != nil {
-		return "", err
-	}
-	tok := "kmadm_" + hex.EncodeToString(raw)
-	if err := os.WriteFile(p, []byte(tok+"\n"), 0o600); err != nil {
-		return "", err
-	}
-	return tok, nil
-}
-
-// devDemoKeys loads the demo keys of an earlier run that are still active
-// and creates more until there are n, and logs one line about them (not one
-// per key). The secrets are kept in <data-dir>/demo-keys.csv (mode 0600): a
-// demo convenience only.
-func devDemoKeys(ctx context.Context, kl bus.KeyLog, table *keys.Table, dataDir string, n int, log *slog.Logger) ([]loadgen.Key, error) {
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: kl, Table: table, Logger: quietLogger(log)})
-	if err != nil {
-		return nil, err
-	}
-	p := filepath.Join(dataDir, "demo-keys.csv")
-	var out []loadgen.Key
-	if old, err := readKeysFile(p); err == nil {
-		for _, k := range old {
-			if st, ok := table.State(k.ID); ok && st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_ACTIVE {
-				out = append(out, k)
-			}
-		}
-	}
-	kept := len(out)
-	for i := len(out); i < n; i++ {
-		c, err := svc.Create(ctx, keys.CreateParams{Project: fmt.Sprintf("proj_demo_%d", i%3), Name: fmt.Sprintf("demo %d", i), Owner: "dev",
-			KeyLimits: keys.KeyLimits{RatePerS: 50, Burst: 100, MonthlyQuota: 5_000_000}})
-		if err != nil {
-			return nil, fmt.Errorf("demo key: %w", err)
-		}
-		out = append(out, loadgen.Key{ID: c.State.GetId(), Project: c.State.GetProject(), Secret: c.Secret.Reveal()})
-	}
-	log.Info("demo keys ready", "keys", len(out), "created", len(out)-kept, "file", p)
-	var sb strings.Builder
-	sb.WriteString("# demo keys of keymeter dev: key_id,project,secret (demo only: real secrets are never stored)\n")
-	for _, k := range out {
-		fmt.Fprintf(&sb, "%s,%s,%s\n", k.ID, k.Project, k.Secret)
-	}
-	if err := os.WriteFile(p, []byte(sb.String()), 0o600); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func demoUpstream() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"ok":true,"path":%q,"key_id":%q,"items":[1,2,3,4,5,6,7,8,9,10]}`+"\n", r.URL.Path, r.Header.Get("X-Keymeter-Key-Id"))
-	})
-}
-
-// quietLogger passes on only the warnings and errors of log: for work that
-// would otherwise log one line per item (demo keys).
-func quietLogger(log *slog.Logger) *slog.Logger {
-	return slog.New(minLevel{Handler: log.Handler(), min: slog.LevelWarn})
-}
-
-type minLevel struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
-	return minLevel{Handler: h.Handler.WithAttrs(as), min: h.min}
-}
-
-func (h minLevel) WithGroup(name string) slog.Handler {
-	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"net/http/httptest"
 	"os/exec"
@@ -9,33 +8,17 @@ import (
 	"testing"
 
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/api/apiclient"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
-	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/testfix/natstest"
 )
 
 // keymeter keys create/update --kind and keys show reach the API and back
 // (issue 14 item 2), and --from durations are sent as RFC 3339.
 func TestKeysKindCLI(t *testing.T) {
 	bin := keymeterBinary(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	b, err := natsbus.New(ctx, natsbus.Config{Partitions: 1}, natsbus.WithEmbedded(srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
-	go func() { _ = table.Run(ctx, b) }()
-	<-table.Ready()
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := natstest.Bus(t, nil, natsbus.Config{Partitions: 1})
+	table, svc := natstest.Keys(t, b)
 	tok, _ := api.ParseToken("admin:" + api.HashToken("cli-token"))
 	a, err := api.New(api.Config{Tokens: []api.Token{tok}, Keys: svc, KeyTable: table})
 	if err != nil {
@@ -69,7 +52,7 @@ func TestKeysKindCLI(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "kind") {
 		t.Fatalf("--kind desktop accepted: %s", out)
 	}
-	if got := apiTime("24h"); !strings.HasSuffix(got, "Z") || len(got) != len("2026-11-25T00:00:00Z") {
-		t.Fatalf("apiTime(24h) = %q", got)
+	if got := apiclient.Time("24h"); !strings.HasSuffix(got, "Z") || len(got) != len("2026-11-25T00:00:00Z") {
+		t.Fatalf("apiclient.Time(24h) = %q", got)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -14,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keymeter/keymeter/internal/api"
-	"github.com/keymeter/keymeter/internal/leaks"
+	"github.com/keymeter/keymeter/internal/api/apiclient"
 )
 
 func init() { register(newKeysCmd) }
@@ -29,37 +28,65 @@ Every change is an event on the key-state log: every verifier applies it within
 milliseconds. The secret of a new key is shown once and stored nowhere.`,
 	}
 	cf.add(c.PersistentFlags())
-	printKeys := func(ks ...api.KeyJSON) {
-		rows := make([][]string, 0, len(ks))
-		for _, k := range ks {
-			quota := "-"
-			if k.MonthlyQuota > 0 {
-				quota = fmt.Sprintf("%d/%d %s", k.QuotaUsed, k.MonthlyQuota, k.QuotaState)
-			}
-			rate := "-"
-			if k.RateLimitPerS > 0 {
-				rate = strconv.FormatFloat(k.RateLimitPerS, 'f', -1, 64) + "/s"
-			}
-			rows = append(rows, []string{k.ID, k.Project, k.Name, k.Kind, k.DisplayPrefix + "…", k.Status, rate, quota, fmtTime(k.ExpiresAt)})
+	var reason string
+	revoke := keyActionCmd(cf, "revoke", "Revoke a key: every verifier refuses it within milliseconds",
+		func(c *cobra.Command, cl *apiclient.Client, id string) (api.KeyJSON, error) {
+			return cl.RevokeKey(c.Context(), id, reason)
+		})
+	revoke.Flags().StringVar(&reason, "reason", "revoked by admin", "why (kept with the key)")
+	c.AddCommand(keysCreateCmd(cf), keysListCmd(cf),
+		keyActionCmd(cf, "show", "Show a key", func(c *cobra.Command, cl *apiclient.Client, id string) (api.KeyJSON, error) {
+			return cl.Key(c.Context(), id)
+		}),
+		keysRotateCmd(cf), revoke,
+		keyActionCmd(cf, "suspend", "Suspend a key (refused until resumed)", func(c *cobra.Command, cl *apiclient.Client, id string) (api.KeyJSON, error) {
+			return cl.SuspendKey(c.Context(), id)
+		}),
+		keyActionCmd(cf, "resume", "Resume a suspended key", func(c *cobra.Command, cl *apiclient.Client, id string) (api.KeyJSON, error) {
+			return cl.ResumeKey(c.Context(), id)
+		}),
+		keysUpdateCmd(cf), keysDeleteCmd(cf), keysReportLeakCmd(cf))
+	return c
+}
+
+// printKeys prints keys as a table.
+func printKeys(ks ...api.KeyJSON) {
+	rows := make([][]string, 0, len(ks))
+	for _, k := range ks {
+		quota := "-"
+		if k.MonthlyQuota > 0 {
+			quota = fmt.Sprintf("%d/%d %s", k.QuotaUsed, k.MonthlyQuota, k.QuotaState)
 		}
-		table([]string{"ID", "PROJECT", "NAME", "KIND", "KEY", "STATUS", "RATE", "QUOTA", "EXPIRES"}, rows)
+		rate := "-"
+		if k.RateLimitPerS > 0 {
+			rate = strconv.FormatFloat(k.RateLimitPerS, 'f', -1, 64) + "/s"
+		}
+		rows = append(rows, []string{k.ID, k.Project, k.Name, k.Kind, k.DisplayPrefix + "…", k.Status, rate, quota, fmtTime(k.ExpiresAt)})
 	}
-	showOne := func(raw []byte, k api.KeyJSON) {
-		if cf.json() {
-			printJSON(raw)
-			return
-		}
-		printKeys(k)
-	}
-	showCreated := func(raw []byte, cr api.CreatedJSON) {
-		if cf.json() {
-			printJSON(raw)
-			return
-		}
+	table([]string{"ID", "PROJECT", "NAME", "KIND", "KEY", "STATUS", "RATE", "QUOTA", "EXPIRES"}, rows)
+}
+
+// showCreated prints a new key with its secret, shown this once.
+func showCreated(cf *clientFlags, cr api.CreatedJSON) error {
+	return cf.show(cr, func() {
 		fmt.Printf("secret: %s\n(shown once: keymeter keeps only its SHA-256)\n\n", cr.Secret)
 		printKeys(cr.Key)
-	}
+	})
+}
 
+// parseExpiry reads --expires: a duration from now or an RFC 3339 time.
+func parseExpiry(s string) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		return time.Now().Add(d).UTC(), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--expires %q: want a duration (720h) or an RFC 3339 time", s)
+	}
+	return t, nil
+}
+
+func keysCreateCmd(cf *clientFlags) *cobra.Command {
 	var cr api.CreateKeyRequest
 	var expires, env, kind string
 	var rate float64
@@ -67,7 +94,7 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 		Use:   "create",
 		Short: "Create a key; prints its secret once",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			cr.Env = &env
 			if cmd.Flags().Changed("kind") {
 				cr.Kind = &kind
@@ -76,26 +103,18 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 				cr.RateLimitPerS = &rate
 			}
 			if expires != "" {
-				d, err := time.ParseDuration(expires)
+				t, err := parseExpiry(expires)
 				if err != nil {
-					t, terr := time.Parse(time.RFC3339, expires)
-					if terr != nil {
-						return fmt.Errorf("--expires %q: want a duration (720h) or an RFC 3339 time", expires)
-					}
-					cr.ExpiresAt = &t
-				} else {
-					t := time.Now().Add(d).UTC()
-					cr.ExpiresAt = &t
+					return err
 				}
+				cr.ExpiresAt = &t
 			}
-			var out api.CreatedJSON
-			raw, err := cf.do("POST", "/v1/keys", nil, cr, &out)
+			out, err := cl.CreateKey(cmd.Context(), cr)
 			if err != nil {
 				return err
 			}
-			showCreated(raw, out)
-			return nil
-		},
+			return showCreated(cf, out)
+		}),
 	}
 	f := create.Flags()
 	f.StringVar(&cr.Project, "project", "", "project (tenant) of the key (required)")
@@ -110,153 +129,116 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 	f.StringSliceVar(&cr.AllowedCIDRs, "cidrs", nil, "client networks the key may be used from")
 	f.StringVar(&expires, "expires", "", "expiry: a duration from now (720h) or an RFC 3339 time")
 	_ = create.MarkFlagRequired("project")
+	return create
+}
 
-	var project, status string
-	var limit int
+func keysListCmd(cf *clientFlags) *cobra.Command {
+	var kf apiclient.KeyFilter
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List keys (all pages)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var all []api.KeyJSON
-			cursor := ""
-			for {
-				q := url.Values{}
-				if project != "" {
-					q.Set("project", project)
-				}
-				if status != "" {
-					q.Set("status", status)
-				}
-				q.Set("limit", strconv.Itoa(limit))
-				if cursor != "" {
-					q.Set("cursor", cursor)
-				}
-				var page api.KeyList
-				if _, err := cf.do("GET", "/v1/keys", q, nil, &page); err != nil {
-					return err
-				}
-				all = append(all, page.Keys...)
-				if page.Next == "" {
-					break
-				}
-				cursor = page.Next
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
+			all, err := cl.ListKeys(cmd.Context(), kf)
+			if err != nil {
+				return err
 			}
-			if cf.json() {
-				return writeJSONOut(all)
+			return cf.show(all, func() { printKeys(all...) })
+		}),
+	}
+	list.Flags().StringVar(&kf.Project, "project", "", "only this project")
+	list.Flags().StringVar(&kf.Status, "status", "", "only this status: active, suspended, revoked, deleted")
+	list.Flags().IntVar(&kf.PageSize, "page-size", 500, "keys per API page")
+	return list
+}
+
+// keyActionCmd is a command on one key whose answer is the key.
+func keyActionCmd(cf *clientFlags, use, short string, call func(*cobra.Command, *apiclient.Client, string) (api.KeyJSON, error)) *cobra.Command {
+	return &cobra.Command{
+		Use: use + " KEY_ID", Short: short, Args: cobra.ExactArgs(1),
+		RunE: cf.runE(func(cmd *cobra.Command, args []string, cl *apiclient.Client) error {
+			k, err := call(cmd, cl, args[0])
+			if err != nil {
+				return err
 			}
-			printKeys(all...)
-			return nil
-		},
+			return cf.show(k, func() { printKeys(k) })
+		}),
 	}
-	list.Flags().StringVar(&project, "project", "", "only this project")
-	list.Flags().StringVar(&status, "status", "", "only this status: active, suspended, revoked, deleted")
-	list.Flags().IntVar(&limit, "page-size", 500, "keys per API page")
+}
 
-	simple := func(use, short, path string, body func() any) *cobra.Command {
-		return &cobra.Command{
-			Use: use + " KEY_ID", Short: short, Args: cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				var k api.KeyJSON
-				var b any
-				if body != nil {
-					b = body()
-				}
-				method := "POST"
-				if path == "" {
-					method = "GET"
-				}
-				raw, err := cf.do(method, "/v1/keys/"+url.PathEscape(args[0])+path, nil, b, &k)
-				if err != nil {
-					return err
-				}
-				showOne(raw, k)
-				return nil
-			},
-		}
-	}
-	show := simple("show", "Show a key", "", nil)
-	var reason string
-	revoke := simple("revoke", "Revoke a key: every verifier refuses it within milliseconds", "/revoke", func() any { return api.RevokeRequest{Reason: reason} })
-	revoke.Flags().StringVar(&reason, "reason", "revoked by admin", "why (kept with the key)")
-	suspend := simple("suspend", "Suspend a key (refused until resumed)", "/suspend", nil)
-	resume := simple("resume", "Resume a suspended key", "/resume", nil)
-
+func keysRotateCmd(cf *clientFlags) *cobra.Command {
 	var grace time.Duration
 	rotate := &cobra.Command{
 		Use: "rotate KEY_ID", Short: "Issue a new key replacing this one; the old one verifies until --grace ends", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var out api.CreatedJSON
 			if grace < 0 || grace > 9999*time.Hour {
 				return fmt.Errorf("--grace %s: accepted 0 to 9999h", grace)
 			}
-			g := grace.Round(time.Second)
-			gs := fmt.Sprintf("%dh%dm%ds", g/time.Hour, g%time.Hour/time.Minute, g%time.Minute/time.Second)
-			raw, err := cf.do("POST", "/v1/keys/"+url.PathEscape(args[0])+"/rotate", nil, api.RotateRequest{GracePeriod: &gs}, &out)
+			cl, err := cf.client()
 			if err != nil {
 				return err
 			}
-			showCreated(raw, out)
-			return nil
+			out, err := cl.RotateKey(cmd.Context(), args[0], grace)
+			if err != nil {
+				return err
+			}
+			return showCreated(cf, out)
 		},
 	}
 	rotate.Flags().DurationVar(&grace, "grace", 24*time.Hour, "how long the old key keeps verifying")
+	return rotate
+}
 
-	var up struct {
-		rate, throttle   float64
-		burst            uint32
-		quota            uint64
-		scopes, cidrs    []string
-		expires, name    string
-		kind             string
-		throttleDuration time.Duration
+// keyUpdate holds the flags of keys update.
+type keyUpdate struct {
+	rate, throttle   float64
+	burst            uint32
+	quota            uint64
+	scopes, cidrs    []string
+	expires, name    string
+	kind             string
+	throttleDuration time.Duration
+}
+
+// request sets in the request only the fields whose flags were given.
+func (up *keyUpdate) request(changed func(string) bool) (api.UpdateKeyRequest, error) {
+	var req api.UpdateKeyRequest
+	set := func(flag string, apply func()) {
+		if changed(flag) {
+			apply()
+		}
 	}
-	update := &cobra.Command{
-		Use: "update KEY_ID", Short: "Change a key's limits, scopes, networks, expiry or throttle (only the flags given)", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var req api.UpdateKeyRequest
-			fl := cmd.Flags()
-			if fl.Changed("name") {
-				req.Name = &up.name
-			}
-			if fl.Changed("kind") {
-				req.Kind = &up.kind
-			}
-			if fl.Changed("rate") {
-				req.RateLimitPerS = &up.rate
-			}
-			if fl.Changed("burst") {
-				req.RateBurst = &up.burst
-			}
-			if fl.Changed("quota") {
-				req.MonthlyQuota = &up.quota
-			}
-			if fl.Changed("scopes") {
-				req.Scopes = &up.scopes
-			}
-			if fl.Changed("cidrs") {
-				req.AllowedCIDRs = &up.cidrs
-			}
-			if fl.Changed("expires") {
-				t, err := time.Parse(time.RFC3339, up.expires)
-				if err != nil {
-					return fmt.Errorf("--expires %q: want an RFC 3339 time", up.expires)
-				}
-				req.ExpiresAt = &t
-			}
-			if fl.Changed("throttle") {
-				until := time.Now().Add(up.throttleDuration).UTC()
-				req.ThrottlePerS, req.ThrottleUntil = &up.throttle, &until
-			}
-			var k api.KeyJSON
-			raw, err := cf.do("PATCH", "/v1/keys/"+url.PathEscape(args[0]), nil, req, &k)
+	set("name", func() { req.Name = &up.name })
+	set("kind", func() { req.Kind = &up.kind })
+	set("rate", func() { req.RateLimitPerS = &up.rate })
+	set("burst", func() { req.RateBurst = &up.burst })
+	set("quota", func() { req.MonthlyQuota = &up.quota })
+	set("scopes", func() { req.Scopes = &up.scopes })
+	set("cidrs", func() { req.AllowedCIDRs = &up.cidrs })
+	set("throttle", func() {
+		until := time.Now().Add(up.throttleDuration).UTC()
+		req.ThrottlePerS, req.ThrottleUntil = &up.throttle, &until
+	})
+	if changed("expires") {
+		t, err := time.Parse(time.RFC3339, up.expires)
+		if err != nil {
+			return req, fmt.Errorf("--expires %q: want an RFC 3339 time", up.expires)
+		}
+		req.ExpiresAt = &t
+	}
+	return req, nil
+}
+
+func keysUpdateCmd(cf *clientFlags) *cobra.Command {
+	var up keyUpdate
+	update := keyActionCmd(cf, "update", "Change a key's limits, scopes, networks, expiry or throttle (only the flags given)",
+		func(cmd *cobra.Command, cl *apiclient.Client, id string) (api.KeyJSON, error) {
+			req, err := up.request(cmd.Flags().Changed)
 			if err != nil {
-				return err
+				return api.KeyJSON{}, err
 			}
-			showOne(raw, k)
-			return nil
-		},
-	}
+			return cl.UpdateKey(cmd.Context(), id, req)
+		})
 	uf := update.Flags()
 	uf.StringVar(&up.name, "name", "", "new name")
 	uf.StringVar(&up.kind, "kind", "", "what the key is embedded in: server, browser, mobile or batch")
@@ -268,23 +250,29 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 	uf.StringVar(&up.expires, "expires", "", "expiry, RFC 3339")
 	uf.Float64Var(&up.throttle, "throttle", 0, "throttle to this many requests per second")
 	uf.DurationVar(&up.throttleDuration, "throttle-for", time.Hour, "how long the throttle lasts")
+	return update
+}
 
-	del := &cobra.Command{
+func keysDeleteCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
 		Use: "delete KEY_ID", Short: "Delete a key", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := cf.do("DELETE", "/v1/keys/"+url.PathEscape(args[0]), nil, nil, nil); err != nil {
+		RunE: cf.runE(func(cmd *cobra.Command, args []string, cl *apiclient.Client) error {
+			if err := cl.DeleteKey(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Println("deleted", args[0])
 			return nil
-		},
+		}),
 	}
+}
+
+func keysReportLeakCmd(cf *clientFlags) *cobra.Command {
 	var leakSource, leakURL string
 	reportLeak := &cobra.Command{
 		Use:   "report-leak SECRET|-",
 		Short: "Report a leaked secret: only its SHA-256 is sent; the key is revoked (or alerted on) by the server's leak policy",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, args []string, cl *apiclient.Client) error {
 			secret := args[0]
 			if secret == "-" {
 				b, err := io.ReadAll(os.Stdin)
@@ -294,21 +282,14 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 				secret = strings.TrimSpace(string(b))
 			}
 			sum := sha256.Sum256([]byte(secret))
-			var l leaks.Label
-			raw, err := cf.do("POST", "/v1/leaks/hash", nil, api.LeakHashRequest{TokenSHA256: hex.EncodeToString(sum[:]), Source: leakSource, URL: leakURL}, &l)
+			l, err := cl.ReportLeakHash(cmd.Context(), api.LeakHashRequest{TokenSHA256: hex.EncodeToString(sum[:]), Source: leakSource, URL: leakURL})
 			if err != nil {
 				return err
 			}
-			if cf.json() {
-				printJSON(raw)
-				return nil
-			}
-			fmt.Println(l.Label)
-			return nil
-		},
+			return cf.show(l, func() { fmt.Println(l.Label) })
+		}),
 	}
 	reportLeak.Flags().StringVar(&leakSource, "source", "operator", "where the secret was found")
 	reportLeak.Flags().StringVar(&leakURL, "url", "", "link to where it was found")
-	c.AddCommand(create, list, show, rotate, revoke, suspend, resume, update, del, reportLeak)
-	return c
+	return reportLeak
 }

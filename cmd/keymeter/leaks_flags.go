@@ -8,10 +8,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/keymeter/keymeter/internal/bus"
-	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/leaks"
-	"github.com/keymeter/keymeter/internal/store"
 )
 
 type leakFlags struct {
@@ -24,26 +21,23 @@ func (f *leakFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Policy, "leak-policy", "revoke", "what a true-positive leak report does: revoke or alert")
 }
 
-func (f *leakFlags) handler(table *keys.Table, svc *keys.Service, ds bus.Decisions, st store.DecisionStore) (*leaks.Handler, error) {
+// config is the leak policy of the flags; the API role fills in the rest.
+func (f *leakFlags) config() (leaks.Config, error) {
 	pubs := map[string]*ecdsa.PublicKey{}
 	for _, spec := range f.PublicKeys {
 		id, file, ok := strings.Cut(spec, "=")
 		if !ok || id == "" || file == "" {
-			return nil, fmt.Errorf("--leak-public-key %q: want IDENTIFIER=FILE.pem", spec)
+			return leaks.Config{}, fmt.Errorf("--leak-public-key %q: want IDENTIFIER=FILE.pem", spec)
 		}
 		b, err := os.ReadFile(file)
 		if err != nil {
-			return nil, fmt.Errorf("--leak-public-key: %w", err)
+			return leaks.Config{}, fmt.Errorf("--leak-public-key: %w", err)
 		}
 		k, err := leaks.ParsePublicKey(b)
 		if err != nil {
-			return nil, fmt.Errorf("--leak-public-key %s: %w", file, err)
+			return leaks.Config{}, fmt.Errorf("--leak-public-key %s: %w", file, err)
 		}
 		pubs[id] = k
 	}
-	cfg := leaks.Config{Table: table, Keys: svc, Decisions: ds, Policy: f.Policy, PublicKeys: pubs}
-	if st != nil {
-		cfg.Store = st
-	}
-	return leaks.New(cfg)
+	return leaks.Config{Policy: f.Policy, PublicKeys: pubs}, nil
 }

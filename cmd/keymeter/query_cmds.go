@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -13,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/api/apiclient"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/store"
@@ -41,21 +40,19 @@ func newUsageCmd(g *globals) *cobra.Command {
 		Example: `  keymeter usage --key key_123 --granularity day
   keymeter usage --project proj_a --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --granularity day --group-by outcome,country`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			q := url.Values{}
-			for k, v := range map[string]string{"key": key, "project": project, "from": apiTime(from), "to": apiTime(to), "granularity": gran, "group_by": groupBy} {
+			for k, v := range map[string]string{"key": key, "project": project, "from": apiclient.Time(from), "to": apiclient.Time(to), "granularity": gran, "group_by": groupBy} {
 				if v != "" {
 					q.Set(k, v)
 				}
 			}
-			var u api.UsageResponse
-			raw, err := cf.do("GET", "/v1/usage", q, nil, &u)
+			u, err := cl.Usage(cmd.Context(), q)
 			if err != nil {
 				return err
 			}
 			if cf.json() {
-				printJSON(raw)
-				return nil
+				return writeJSONOut(u)
 			}
 			rows := [][]string{}
 			for _, p := range u.Points {
@@ -65,7 +62,7 @@ func newUsageCmd(g *globals) *cobra.Command {
 			}
 			table([]string{"START", "OUTCOME", "ROUTE", "COUNTRY", "REQUESTS", "ALLOWED", "BYTES_OUT", "COST", "UNIQUE_IPS"}, rows)
 			return nil
-		},
+		}),
 	}
 	cf.add(c.Flags())
 	f := c.Flags()
@@ -78,71 +75,13 @@ func newUsageCmd(g *globals) *cobra.Command {
 	return c
 }
 
-// apiTime turns a time flag into the RFC 3339 the API takes: a duration
-// (24h: that long ago) and Unix seconds are converted, anything else is
-// sent as given for the API to judge.
-func apiTime(s string) string {
-	if s == "" {
-		return s
-	}
-	if _, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return s
-	}
-	if d, err := time.ParseDuration(s); err == nil && d > 0 {
-		return time.Now().Add(-d).UTC().Format(time.RFC3339)
-	}
-	if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 && n < 1<<36 {
-		return time.Unix(n, 0).UTC().Format(time.RFC3339)
-	}
-	return s
-}
-
-// logFilter holds the log filters shared by the API query and --follow.
-type logFilter struct {
-	key, project, ip, status, outcome, route, country, from, to string
-}
-
-func (lf *logFilter) values() url.Values {
-	q := url.Values{}
-	for k, v := range map[string]string{"key": lf.key, "project": lf.project, "ip": lf.ip, "status": lf.status,
-		"outcome": lf.outcome, "route": lf.route, "country": lf.country, "from": apiTime(lf.from), "to": apiTime(lf.to)} {
-		if v != "" {
-			q.Set(k, v)
-		}
-	}
-	return q
-}
-
-// matcher builds an event filter with the store's own validation.
-func (lf *logFilter) matcher() (func(*event.Event) bool, error) {
-	q, err := store.ParseLogQuery(lf.values())
+// logMatcher builds an event filter with the store's own validation.
+func logMatcher(lf apiclient.LogFilter) (func(*event.Event) bool, error) {
+	q, err := store.ParseLogQuery(lf.Values())
 	if err != nil {
 		return nil, err
 	}
-	var prefix netip.Prefix
-	if q.ClientIP != "" {
-		if p, err := netip.ParsePrefix(q.ClientIP); err == nil {
-			prefix = p.Masked()
-		} else if a, err := netip.ParseAddr(q.ClientIP); err == nil {
-			prefix = netip.PrefixFrom(a, a.BitLen())
-		}
-	}
-	return func(e *event.Event) bool {
-		switch {
-		case q.KeyID != "" && e.KeyID != q.KeyID, q.Project != "" && e.Project != q.Project,
-			q.Outcome != "" && e.Outcome.String() != q.Outcome, q.Route != "" && e.Route != q.Route,
-			q.Country != "" && e.Country != q.Country,
-			q.StatusMin != 0 && (e.Status < q.StatusMin || e.Status > q.StatusMax):
-			return false
-		}
-		if prefix.IsValid() {
-			a, err := netip.ParseAddr(e.ClientIP)
-			if err != nil || !prefix.Contains(a) {
-				return false
-			}
-		}
-		return true
-	}, nil
+	return q.Matcher(), nil
 }
 
 func printEvents(evs []event.Event) {
@@ -157,7 +96,7 @@ func printEvents(evs []event.Event) {
 func newLogsCmd(g *globals) *cobra.Command {
 	cf := &clientFlags{}
 	var (
-		lf      logFilter
+		lf      apiclient.LogFilter
 		limit   int
 		cursor  string
 		follow  bool
@@ -175,21 +114,23 @@ func newLogsCmd(g *globals) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if follow {
-				return followLogs(cmd.Context(), g, &bf, devData, &lf, cf, dur)
+				return followLogs(cmd.Context(), g, &bf, devData, lf, cf, dur)
 			}
-			q := lf.values()
+			q := lf.Values()
 			q.Set("limit", strconv.Itoa(limit))
 			if cursor != "" {
 				q.Set("cursor", cursor)
 			}
-			var page api.LogsResponse
-			raw, err := cf.do("GET", "/v1/logs", q, nil, &page)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			page, err := cl.Logs(cmd.Context(), q)
 			if err != nil {
 				return err
 			}
 			if cf.json() {
-				printJSON(raw)
-				return nil
+				return writeJSONOut(page)
 			}
 			printEvents(page.Events)
 			if page.Next != "" {
@@ -200,15 +141,15 @@ func newLogsCmd(g *globals) *cobra.Command {
 	}
 	cf.add(c.Flags())
 	f := c.Flags()
-	f.StringVar(&lf.key, "key", "", "key id")
-	f.StringVar(&lf.project, "project", "", "project")
-	f.StringVar(&lf.ip, "ip", "", "client address or CIDR")
-	f.StringVar(&lf.status, "status", "", "HTTP status or range, e.g. 429 or 500-599")
-	f.StringVar(&lf.outcome, "outcome", "", "outcome, e.g. valid, revoked, rate_limited")
-	f.StringVar(&lf.route, "route", "", "route")
-	f.StringVar(&lf.country, "country", "", "ISO country code")
-	f.StringVar(&lf.from, "from", "", "start, RFC 3339")
-	f.StringVar(&lf.to, "to", "", "end, RFC 3339")
+	f.StringVar(&lf.Key, "key", "", "key id")
+	f.StringVar(&lf.Project, "project", "", "project")
+	f.StringVar(&lf.IP, "ip", "", "client address or CIDR")
+	f.StringVar(&lf.Status, "status", "", "HTTP status or range, e.g. 429 or 500-599")
+	f.StringVar(&lf.Outcome, "outcome", "", "outcome, e.g. valid, revoked, rate_limited")
+	f.StringVar(&lf.Route, "route", "", "route")
+	f.StringVar(&lf.Country, "country", "", "ISO country code")
+	f.StringVar(&lf.From, "from", "", "start, RFC 3339")
+	f.StringVar(&lf.To, "to", "", "end, RFC 3339")
 	f.IntVar(&limit, "limit", 100, "events per page")
 	f.StringVar(&cursor, "cursor", "", "the cursor printed after the previous page")
 	f.BoolVar(&follow, "follow", false, "tail new events live from the bus (uses the bus flags, not the API)")
@@ -218,8 +159,8 @@ func newLogsCmd(g *globals) *cobra.Command {
 	return c
 }
 
-func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, lf *logFilter, cf *clientFlags, d time.Duration) error {
-	match, err := lf.matcher()
+func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, lf apiclient.LogFilter, cf *clientFlags, d time.Duration) error {
+	match, err := logMatcher(lf)
 	if err != nil {
 		return err
 	}
@@ -260,33 +201,17 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, l
 }
 
 // tailEvents calls fn for every event of the batches cons delivers until
-// ctx ends, acknowledging each fetch in every partition it came from.
+// ctx ends (bus.Tail acknowledges them).
 func tailEvents(ctx context.Context, cons bus.Consumer, fn func(*event.Event)) error {
 	var eb event.Batch
-	for ctx.Err() == nil {
-		ds, err := cons.Fetch(ctx, 64, time.Second)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+	return bus.Tail(ctx, cons, func(d bus.Delivery) {
+		if d.Invalid != "" || event.DecodeBatch(d.Data, &eb) != nil {
+			return
 		}
-		for _, dl := range ds {
-			if dl.Invalid != "" || event.DecodeBatch(dl.Data, &eb) != nil {
-				continue
-			}
-			for i := range eb.Events {
-				fn(&eb.Events[i])
-			}
+		for i := range eb.Events {
+			fn(&eb.Events[i])
 		}
-		// What was shown is acknowledged even when the tail is stopping.
-		// A failed ack (the connection recovering) means only that these
-		// come again; the tail goes on.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = bus.AckLatest(actx, cons, ds)
-		cancel()
-	}
-	return nil
+	})
 }
 
 func newBillingCmd(g *globals) *cobra.Command {
@@ -303,11 +228,11 @@ it are reported as late_events, not added. Exports only read; an admin closes
 a month with keymeter billing close.`,
 		Example: `  keymeter billing export --period 2026-11 --format csv > 2026-11.csv`,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			if format != "csv" && format != "json" {
 				return fmt.Errorf("--format %q: accepted values are csv, json", format)
 			}
-			raw, err := cf.do("GET", "/v1/billing/"+url.PathEscape(period), url.Values{"format": {format}}, nil, nil)
+			raw, err := cl.Billing(cmd.Context(), period, format)
 			if err != nil {
 				return err
 			}
@@ -316,7 +241,7 @@ a month with keymeter billing close.`,
 				return err
 			}
 			return os.WriteFile(out, raw, 0o644)
-		},
+		}),
 	}
 	export.Flags().StringVar(&period, "period", time.Now().UTC().Format("2006-01"), "month, e.g. 2026-11")
 	export.Flags().StringVar(&format, "format", "csv", "csv or json")
@@ -330,17 +255,17 @@ a month with keymeter billing close.`,
 nothing. Prints the closed month's export as JSON.`,
 		Example: `  keymeter billing close --period 2026-10`,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			if closePeriod == "" {
 				return fmt.Errorf("--period is required, e.g. --period 2026-10")
 			}
-			raw, err := cf.do("POST", "/v1/billing/"+url.PathEscape(closePeriod)+"/close", url.Values{"format": {"json"}}, nil, nil)
+			raw, err := cl.CloseBilling(cmd.Context(), closePeriod)
 			if err != nil {
 				return err
 			}
 			_, err = os.Stdout.Write(raw)
 			return err
-		},
+		}),
 	}
 	closeCmd.Flags().StringVar(&closePeriod, "period", "", "month to close, e.g. 2026-10 (required)")
 	cf.add(c.PersistentFlags())
@@ -356,24 +281,19 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 		Use:   "decisions",
 		Short: "Detection decisions with their evidence, newest first",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
 			q := url.Values{"limit": {strconv.Itoa(limit)}}
 			for k, v := range map[string]string{"key": key, "rule": rule, "project": project, "cursor": cursor} {
 				if v != "" {
 					q.Set(k, v)
 				}
 			}
-			var out struct {
-				Decisions []api.DecisionJSON `json:"decisions"`
-				Next      string             `json:"next"`
-			}
-			raw, err := cf.do("GET", "/v1/decisions", q, nil, &out)
+			out, err := cl.Decisions(cmd.Context(), q)
 			if err != nil {
 				return err
 			}
 			if cf.json() {
-				printJSON(raw)
-				return nil
+				return writeJSONOut(out)
 			}
 			rows := [][]string{}
 			for _, d := range out.Decisions {
@@ -384,7 +304,7 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(os.Stderr, "more: --cursor %s\n", out.Next)
 			}
 			return nil
-		},
+		}),
 	}
 	cf.add(c.Flags())
 	c.Flags().StringVar(&key, "key", "", "key id")

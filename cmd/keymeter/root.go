@@ -5,10 +5,10 @@ import (
 	"log/slog"
 	"os"
 	"runtime/pprof"
-	"strings"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
+
+	"github.com/keymeter/keymeter/internal/cliconfig"
 )
 
 // commandFactories are the subcommands. Each lives in its own file and adds
@@ -71,7 +71,7 @@ Precedence: flag, then environment, then config file, then default.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnvAndConfig(cmd, g.Config); err != nil {
+			if err := cliconfig.Apply(cmd, g.Config); err != nil {
 				return err
 			}
 			var lvl slog.Level
@@ -95,58 +95,4 @@ Precedence: flag, then environment, then config file, then default.`,
 		root.AddCommand(f(g))
 	}
 	return root
-}
-
-// envName is the environment variable for a flag.
-func envName(flag string) string {
-	return "KEYMETER_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
-// applyEnvAndConfig fills every flag not set on the command line from the
-// environment, then from the config file.
-func applyEnvAndConfig(cmd *cobra.Command, configPath string) error {
-	if configPath == "" {
-		configPath = os.Getenv(envName("config"))
-	}
-	fileValues, err := loadConfigFile(configPath)
-	if err != nil {
-		return err
-	}
-	// One file may serve every role, so a key that is a flag of another
-	// command is fine; a key no command knows is a mistake worth stopping for.
-	if len(fileValues) > 0 {
-		known := map[string]bool{}
-		var walk func(c *cobra.Command)
-		walk = func(c *cobra.Command) {
-			c.Flags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
-			c.PersistentFlags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
-			for _, sub := range c.Commands() {
-				walk(sub)
-			}
-		}
-		walk(cmd.Root())
-		for k := range fileValues {
-			if !known[k] {
-				return fmt.Errorf("config file %s: unknown key %q: keys are flag names (see keymeter <command> --help)", configPath, k)
-			}
-		}
-	}
-	var firstErr error
-	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Changed || firstErr != nil {
-			return
-		}
-		if v, ok := os.LookupEnv(envName(f.Name)); ok {
-			if err := f.Value.Set(v); err != nil {
-				firstErr = configError{source: "environment " + envName(f.Name), flag: f.Name, err: err}
-			}
-			return
-		}
-		if v, ok := fileValues[f.Name]; ok {
-			if err := setFromConfig(f, v); err != nil {
-				firstErr = configError{source: "config file " + configPath, flag: f.Name, err: err}
-			}
-		}
-	})
-	return firstErr
 }

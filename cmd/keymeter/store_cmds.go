@@ -104,7 +104,12 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	sf.add(c.PersistentFlags())
 	c.Flags().BoolVar(&printSQL, "print", false, "print the schema's SQL instead of applying it (to review, or to apply by hand)")
 	c.Flags().StringVar(&cluster, "cluster", "", "with --print: the schema for this ClickHouse cluster (ReplicatedMergeTree + Distributed, ON CLUSTER); '{cluster}' keeps the server macro")
-	up := &cobra.Command{
+	c.AddCommand(migrateUpCmd(&sf), migrateStatusCmd(&sf))
+	return c
+}
+
+func migrateUpCmd(sf *storeFlags) *cobra.Command {
+	return &cobra.Command{
 		Use:   "up",
 		Short: "Apply pending migrations; a failed one is not recorded and names its statement",
 		Args:  cobra.NoArgs,
@@ -127,7 +132,10 @@ func newMigrateCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	status := &cobra.Command{
+}
+
+func migrateStatusCmd(sf *storeFlags) *cobra.Command {
+	return &cobra.Command{
 		Use:   "status",
 		Short: "List migrations and whether each is applied",
 		Args:  cobra.NoArgs,
@@ -153,24 +161,20 @@ func newMigrateCmd(g *globals) *cobra.Command {
 			return w.Flush()
 		},
 	}
-	c.AddCommand(up, status)
-	return c
+}
+
+// benchStoreFlags are the flags of bench store.
+type benchStoreFlags struct {
+	sf                      storeFlags
+	events, batch, keys     int
+	rollups                 string
+	keep, noWarm            bool
+	span                    time.Duration
+	queries, qrows, writers int
 }
 
 func newBenchStoreCmd(g *globals) *cobra.Command {
-	var (
-		sf      storeFlags
-		events  int
-		batch   int
-		keys    int
-		rollups string
-		keep    bool
-		span    time.Duration
-		queries int
-		qrows   int
-		writers int
-		noWarm  bool
-	)
+	o := &benchStoreFlags{}
 	c := &cobra.Command{
 		Use:   "store",
 		Short: "Insert N events through the store (raw rows + rollups): events/s and peak RSS",
@@ -178,69 +182,81 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
   keymeter bench store --backend chdb --events 2000000 --rollups both`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if events <= 0 || batch <= 0 || keys <= 0 {
-				return fmt.Errorf("--events, --batch and --keys must be positive")
-			}
-			modes := []store.RollupMode{store.RollupMode(rollups)}
-			switch rollups {
-			case "both":
-				modes = []store.RollupMode{store.RollupViews, store.RollupPreaggregated}
-			case string(store.RollupViews), string(store.RollupPreaggregated):
-			default:
-				return fmt.Errorf("--rollups %q: accepted: preaggregated, views, both", rollups)
-			}
-			if sf.Backend == "chdb" && !cmd.Flags().Changed("data-dir") {
-				d, err := os.MkdirTemp("", "keymeter-bench-store-")
-				if err != nil {
-					return err
-				}
-				sf.DataDir = d
-				if !keep {
-					defer os.RemoveAll(d)
-				}
-			}
-			if qrows > 0 {
-				if sf.Database == "" {
-					sf.Database = fmt.Sprintf("bench_query_%d", qrows)
-				}
-				s, err := sf.open(cmd.Context())
-				if err != nil {
-					return err
-				}
-				defer s.Close()
-				return bench.RunStoreQuery(cmd.Context(), bench.StoreQueryConfig{DB: s, Backend: sf.Backend, Rows: qrows, Keys: keys, Span: span, Queries: max(queries, 200)})
-			}
-			base := sf.Database
-			for _, m := range modes {
-				// A fresh database per run, so earlier runs do not count.
-				if base == "" {
-					sf.Database = fmt.Sprintf("bench_%s_%d", m, time.Now().Unix())
-				}
-				s, err := sf.open(cmd.Context())
-				if err != nil {
-					return err
-				}
-				err = bench.RunStore(cmd.Context(), bench.StoreConfig{DB: s, Backend: sf.Backend, Events: events, Batch: batch, Keys: keys, Rollups: m,
-					Span: span, Queries: queries, Writers: writers, NoWarmup: noWarm})
-				s.Close()
-				if err != nil {
-					return err
-				}
-			}
-			return nil
+			return o.run(cmd.Context(), cmd.Flags().Changed("data-dir"))
 		},
 	}
-	sf.add(c.Flags())
-	c.Flags().StringVar(&sf.Backend, "backend", "chdb", "alias of --store")
-	c.Flags().IntVar(&events, "events", 2_000_000, "events to insert")
-	c.Flags().IntVar(&batch, "batch", 500_000, "events per insert (one exactly-once bus range)")
-	c.Flags().IntVar(&keys, "keys", 1000, "distinct API keys")
-	c.Flags().BoolVar(&noWarm, "no-warmup", false, "skip the untimed warm-up batch (measures a cold process)")
-	c.Flags().IntVar(&writers, "writers", 2, "concurrent InsertEvents callers (an aggregator inserts its partitions concurrently)")
-	c.Flags().StringVar(&rollups, "rollups", "preaggregated", "how rollups are fed: preaggregated (the store's way), views (materialized view over raw rows), both")
-	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
-	c.Flags().DurationVar(&span, "span", time.Hour, "time the events cover, ending now (720h for a 30-day query dataset)")
-	c.Flags().IntVar(&qrows, "query-rows", 0, "instead of the insert benchmark: generate this many raw rows in the engine over --span and measure queries (e.g. 100000000 with --span 720h --keys 10000)")
-	c.Flags().IntVar(&queries, "queries", 0, "after inserting, run this many per-key 30-day usage queries and filtered log pages (p50/p99)")
+	f := c.Flags()
+	o.sf.add(f)
+	f.StringVar(&o.sf.Backend, "backend", "chdb", "alias of --store")
+	f.IntVar(&o.events, "events", 2_000_000, "events to insert")
+	f.IntVar(&o.batch, "batch", 500_000, "events per insert (one exactly-once bus range)")
+	f.IntVar(&o.keys, "keys", 1000, "distinct API keys")
+	f.BoolVar(&o.noWarm, "no-warmup", false, "skip the untimed warm-up batch (measures a cold process)")
+	f.IntVar(&o.writers, "writers", 2, "concurrent InsertEvents callers (an aggregator inserts its partitions concurrently)")
+	f.StringVar(&o.rollups, "rollups", "preaggregated", "how rollups are fed: preaggregated (the store's way), views (materialized view over raw rows), both")
+	f.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
+	f.DurationVar(&o.span, "span", time.Hour, "time the events cover, ending now (720h for a 30-day query dataset)")
+	f.IntVar(&o.qrows, "query-rows", 0, "instead of the insert benchmark: generate this many raw rows in the engine over --span and measure queries (e.g. 100000000 with --span 720h --keys 10000)")
+	f.IntVar(&o.queries, "queries", 0, "after inserting, run this many per-key 30-day usage queries and filtered log pages (p50/p99)")
 	return c
+}
+
+func (o *benchStoreFlags) modes() ([]store.RollupMode, error) {
+	if o.events <= 0 || o.batch <= 0 || o.keys <= 0 {
+		return nil, fmt.Errorf("--events, --batch and --keys must be positive")
+	}
+	switch o.rollups {
+	case "both":
+		return []store.RollupMode{store.RollupViews, store.RollupPreaggregated}, nil
+	case string(store.RollupViews), string(store.RollupPreaggregated):
+		return []store.RollupMode{store.RollupMode(o.rollups)}, nil
+	}
+	return nil, fmt.Errorf("--rollups %q: accepted: preaggregated, views, both", o.rollups)
+}
+
+func (o *benchStoreFlags) run(ctx context.Context, dataDirSet bool) error {
+	modes, err := o.modes()
+	if err != nil {
+		return err
+	}
+	sf := &o.sf
+	if sf.Backend == "chdb" && !dataDirSet {
+		d, err := os.MkdirTemp("", "keymeter-bench-store-")
+		if err != nil {
+			return err
+		}
+		sf.DataDir = d
+		if !o.keep {
+			defer os.RemoveAll(d)
+		}
+	}
+	if o.qrows > 0 {
+		if sf.Database == "" {
+			sf.Database = fmt.Sprintf("bench_query_%d", o.qrows)
+		}
+		s, err := sf.open(ctx)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return bench.RunStoreQuery(ctx, bench.StoreQueryConfig{DB: s, Backend: sf.Backend, Rows: o.qrows, Keys: o.keys, Span: o.span, Queries: max(o.queries, 200)})
+	}
+	base := sf.Database
+	for _, m := range modes {
+		// A fresh database per run, so earlier runs do not count.
+		if base == "" {
+			sf.Database = fmt.Sprintf("bench_%s_%d", m, time.Now().Unix())
+		}
+		s, err := sf.open(ctx)
+		if err != nil {
+			return err
+		}
+		err = bench.RunStore(ctx, bench.StoreConfig{DB: s, Backend: sf.Backend, Events: o.events, Batch: o.batch, Keys: o.keys, Rollups: m,
+			Span: o.span, Queries: o.queries, Writers: o.writers, NoWarmup: o.noWarm})
+		s.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

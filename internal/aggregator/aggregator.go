@@ -40,6 +40,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/store"
 )
@@ -83,25 +84,16 @@ type Config struct {
 	ShutdownGrace time.Duration
 }
 
-// Validate fills defaults and checks ranges.
-func (c *Config) Validate() error {
+// withDefaults returns c with its zero fields set to their defaults.
+func (c Config) withDefaults() Config {
 	if c.Group == "" {
 		c.Group = "aggregator"
-	}
-	if strings.ContainsAny(c.Group, " .*>/") {
-		return fmt.Errorf("aggregator: group %q: letters, digits, '-' and '_' only", c.Group)
 	}
 	if c.MaxBlockEvents == 0 {
 		c.MaxBlockEvents = 100_000
 	}
-	if c.MaxBlockEvents < 1 {
-		return fmt.Errorf("aggregator: max-block-events %d must be positive", c.MaxBlockEvents)
-	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = time.Second
-	}
-	if c.FlushInterval < 10*time.Millisecond || c.FlushInterval > 10*time.Minute {
-		return fmt.Errorf("aggregator: flush-interval %s out of range 10ms-10m", c.FlushInterval)
 	}
 	if c.AckWait == 0 {
 		c.AckWait = 30 * time.Second
@@ -112,7 +104,29 @@ func (c *Config) Validate() error {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 30 * time.Second
 	}
-	return nil
+	return c
+}
+
+// Validate reports every problem of the configuration (zero fields take
+// their defaults); it changes nothing.
+func (c *Config) Validate() error {
+	d := c.withDefaults()
+	var errs []error
+	if strings.ContainsAny(d.Group, " .*>/") {
+		errs = append(errs, fmt.Errorf("aggregator: group %q: letters, digits, '-' and '_' only", d.Group))
+	}
+	if d.MaxBlockEvents < 1 {
+		errs = append(errs, fmt.Errorf("aggregator: max-block-events %d must be positive", d.MaxBlockEvents))
+	}
+	if d.FlushInterval < 10*time.Millisecond || d.FlushInterval > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("aggregator: flush-interval %s out of range 10ms-10m", d.FlushInterval))
+	}
+	for what, v := range map[string]time.Duration{"ack-wait": d.AckWait, "retry-backoff": d.RetryBackoff, "shutdown-grace": d.ShutdownGrace, "stop-when-idle": d.StopWhenIdle} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("aggregator: %s %s is negative", what, v))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Observer is told about every stored block, e.g. to update quotas. It
@@ -166,17 +180,38 @@ type generational interface {
 }
 
 // Option configures New.
-type Option func(*Aggregator)
+type Option func(*Aggregator) error
 
-// WithLogger sets the logger.
-func WithLogger(l *slog.Logger) Option { return func(a *Aggregator) { a.log = l } }
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(a *Aggregator) error {
+		if l == nil {
+			return errors.New("aggregator: WithLogger(nil)")
+		}
+		a.log = l
+		return nil
+	}
+}
 
 // WithObserver sets the observer of stored blocks.
-func WithObserver(o Observer) Option { return func(a *Aggregator) { a.observer = o } }
+func WithObserver(o Observer) Option {
+	return func(a *Aggregator) error {
+		if o == nil {
+			return errors.New("aggregator: WithObserver(nil)")
+		}
+		a.observer = o
+		return nil
+	}
+}
 
 // WithRegisterer registers the metrics (default: not registered).
 func WithRegisterer(r prometheus.Registerer) Option {
-	return func(a *Aggregator) { a.m.register(r) }
+	return func(a *Aggregator) error {
+		if r == nil {
+			return errors.New("aggregator: WithRegisterer(nil)")
+		}
+		return a.m.register(r)
+	}
 }
 
 // New returns an Aggregator; Run starts it.
@@ -184,12 +219,15 @@ func New(cfg Config, b Bus, s Store, opts ...Option) (*Aggregator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	if b == nil || s == nil {
 		return nil, errors.New("aggregator: bus and store are required")
 	}
 	a := &Aggregator{cfg: cfg, bus: b, store: s, log: slog.Default(), m: newMetrics(), floor: map[int]uint64{}, recent: newRecent(200_000)}
 	for _, o := range opts {
-		o(a)
+		if err := o(a); err != nil {
+			return nil, err
+		}
 	}
 	a.log = a.log.With("role", "aggregator", "group", cfg.Group)
 	return a, nil
@@ -304,7 +342,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		}
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("aggregator: fetch failed", "err", err)
-			sleep(ctx, a.cfg.RetryBackoff)
+			_ = ctxtime.Sleep(ctx, a.cfg.RetryBackoff)
 		}
 		if gc != nil {
 			if g := uint64(max(gc.Generation(), 0)); g != 0 && g != a.epoch {
@@ -444,7 +482,7 @@ func (a *Aggregator) deadLetter(ctx context.Context, origin, reason string, data
 			a.log.Error("aggregator: dead letter could not be stored", "origin", origin, "reason", reason, "err", err)
 			return
 		}
-		sleep(ctx, a.cfg.RetryBackoff)
+		_ = ctxtime.Sleep(ctx, a.cfg.RetryBackoff)
 	}
 }
 
@@ -611,7 +649,7 @@ func (a *Aggregator) retry(ctx context.Context, what string, fn func() error) er
 		if ctx.Err() != nil {
 			return fmt.Errorf("aggregator: %s: %w (last error: %v)", what, ctx.Err(), err)
 		}
-		sleep(ctx, backoff)
+		_ = ctxtime.Sleep(ctx, backoff)
 		backoff = min(backoff*2, 10*time.Second)
 	}
 }
@@ -791,15 +829,6 @@ func (a *Aggregator) count(fn func(*Stats)) {
 	a.mu.Unlock()
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
 type metrics struct {
 	rangesGone    prometheus.Counter
 	duplicates    prometheus.Counter
@@ -823,13 +852,13 @@ func newMetrics() *metrics {
 	}
 }
 
-func (m *metrics) register(r prometheus.Registerer) {
-	if r == nil {
-		return
-	}
+func (m *metrics) register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.rangesGone, m.duplicates, m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
-		_ = r.Register(c)
+		if err := r.Register(c); err != nil {
+			return fmt.Errorf("aggregator metrics: %w", err)
+		}
 	}
+	return nil
 }
 
 // watchLag keeps the lag gauge current until ctx ends.

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/store"
@@ -42,33 +44,49 @@ type QuotaConfig struct {
 	WebhookURL    string
 	WebhookSecret string
 	Now           func() time.Time
+
+	// Keys reads key states (the key table), KeyLog receives the
+	// transitions, Usage gives each key's usage at the period's start.
+	Keys   KeyStates
+	KeyLog bus.KeyLog
+	Usage  store.UsageReader
 }
 
-// Validate fills defaults and checks values.
-func (c *QuotaConfig) Validate() error {
-	switch c.Period {
-	case "":
+// withDefaults returns c with its zero fields set to their defaults.
+func (c QuotaConfig) withDefaults() QuotaConfig {
+	if c.Period == "" {
 		c.Period = "month"
-	case "month", "day":
-	default:
-		return fmt.Errorf("quota: period %q: accepted values are month, day", c.Period)
 	}
 	if c.WarnRatio == 0 {
 		c.WarnRatio = 0.8
 	}
-	if c.WarnRatio <= 0 || c.WarnRatio >= 1 {
-		return fmt.Errorf("quota: warn ratio %g must be between 0 and 1", c.WarnRatio)
-	}
 	if c.PublishStep == 0 {
 		c.PublishStep = 0.01
-	}
-	if c.WebhookURL != "" && c.WebhookSecret == "" {
-		return fmt.Errorf("quota: a webhook needs a secret to sign with (quota-webhook-secret)")
 	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return nil
+	return c
+}
+
+// Validate reports every problem of the settings (zero fields take their
+// defaults); it changes nothing. The dependencies are checked by NewQuotas.
+func (c *QuotaConfig) Validate() error {
+	d := c.withDefaults()
+	var errs []error
+	if d.Period != "month" && d.Period != "day" {
+		errs = append(errs, fmt.Errorf("quota: period %q: accepted values are month, day", d.Period))
+	}
+	if d.WarnRatio <= 0 || d.WarnRatio >= 1 {
+		errs = append(errs, fmt.Errorf("quota: warn ratio %g must be between 0 and 1", d.WarnRatio))
+	}
+	if d.PublishStep < 0 || d.PublishStep >= 1 {
+		errs = append(errs, fmt.Errorf("quota: publish step %g must be between 0 and 1", d.PublishStep))
+	}
+	if d.WebhookURL != "" && d.WebhookSecret == "" {
+		errs = append(errs, errors.New("quota: a webhook needs a secret to sign with (quota-webhook-secret)"))
+	}
+	return errors.Join(errs...)
 }
 
 // PeriodStart is the start of the quota period containing t.
@@ -102,16 +120,39 @@ type keyUsage struct {
 	state     keymeterv1.QuotaState
 }
 
+// QuotaOption configures NewQuotas.
+type QuotaOption func(*Quotas) error
+
+// WithQuotaLogger sets the quota tracker's logger (default slog.Default()).
+func WithQuotaLogger(l *slog.Logger) QuotaOption {
+	return func(q *Quotas) error {
+		if l == nil {
+			return errors.New("quota: WithQuotaLogger(nil)")
+		}
+		q.logger = l
+		return nil
+	}
+}
+
 // NewQuotas returns the quota tracker.
-func NewQuotas(cfg QuotaConfig, ks KeyStates, kl bus.KeyLog, usage store.UsageReader, logger *slog.Logger) (*Quotas, error) {
-	if err := cfg.Validate(); err != nil {
+func NewQuotas(cfg QuotaConfig, opts ...QuotaOption) (*Quotas, error) {
+	err := cfg.Validate()
+	if cfg.Keys == nil || cfg.KeyLog == nil || cfg.Usage == nil {
+		err = errors.Join(err, errors.New("quota: key states, key log and usage reader are required"))
+	}
+	if err != nil {
 		return nil, err
 	}
-	if logger == nil {
-		logger = slog.Default()
+	cfg = cfg.withDefaults()
+	q := &Quotas{cfg: cfg, keys: cfg.Keys, log: cfg.KeyLog, usage: cfg.Usage, logger: slog.Default(),
+		client: &http.Client{Timeout: 5 * time.Second}, used: map[string]*keyUsage{}}
+	for _, o := range opts {
+		if err := o(q); err != nil {
+			return nil, err
+		}
 	}
-	return &Quotas{cfg: cfg, keys: ks, log: kl, usage: usage, logger: logger.With("role", "quota"),
-		client: &http.Client{Timeout: 5 * time.Second}, used: map[string]*keyUsage{}}, nil
+	q.logger = q.logger.With("role", "quota")
+	return q, nil
 }
 
 var _ Observer = (*Quotas)(nil)
@@ -291,7 +332,7 @@ func (q *Quotas) notify(ctx context.Context, st *keymeterv1.KeyState, from, to k
 			q.logger.Warn("quota webhook: giving up", "key_id", st.GetId(), "attempts", attempt, "err", err)
 			return
 		}
-		sleep(ctx, backoff)
+		_ = ctxtime.Sleep(ctx, backoff)
 		backoff *= 2
 	}
 }

@@ -62,7 +62,7 @@ func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	quotas, err := aggregator.NewQuotas(aggregator.QuotaConfig{}, table, b, db, nil)
+	quotas, err := aggregator.NewQuotas(aggregator.QuotaConfig{Keys: table, KeyLog: b, Usage: db})
 	if err != nil {
 		t.Fatal(err)
 	}

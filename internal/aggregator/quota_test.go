@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func TestQuotaTransitionsPublishedAndSigned(t *testing.T) {
 	}))
 	defer hook.Close()
 
-	q, err := aggregator.NewQuotas(aggregator.QuotaConfig{WebhookURL: hook.URL, WebhookSecret: "s3cret"}, table, b, db, nil)
+	q, err := aggregator.NewQuotas(aggregator.QuotaConfig{WebhookURL: hook.URL, WebhookSecret: "s3cret", Keys: table, KeyLog: b, Usage: db})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +114,36 @@ func TestQuotaConfigValidate(t *testing.T) {
 			t.Errorf("%+v accepted", c)
 		}
 	}
+	// Every problem is reported at once, and Validate changes nothing.
+	c := aggregator.QuotaConfig{Period: "year", WarnRatio: 1.5, WebhookURL: "http://x"}
+	err := c.Validate()
+	for _, want := range []string{"period", "warn ratio", "webhook"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
+	}
+	if c.Now != nil || c.PublishStep != 0 {
+		t.Errorf("Validate filled defaults: %+v", c)
+	}
+	if _, err := aggregator.NewQuotas(aggregator.QuotaConfig{}); err == nil || !strings.Contains(err.Error(), "required") {
+		t.Errorf("NewQuotas without dependencies: %v", err)
+	}
+	if _, err := aggregator.NewQuotas(aggregator.QuotaConfig{Keys: staleStates{}, KeyLog: newBus(t), Usage: newStore(t)}, aggregator.WithQuotaLogger(nil)); err == nil {
+		t.Error("WithQuotaLogger(nil) accepted")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	c := aggregator.Config{Group: "a b", MaxBlockEvents: -1, FlushInterval: time.Hour}
+	err := c.Validate()
+	for _, want := range []string{"group", "max-block-events", "flush-interval"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
+	}
+	if c.AckWait != 0 {
+		t.Error("Validate filled defaults")
+	}
 }
 
 // staleStates answers with the state and revision the aggregator read
@@ -147,7 +178,7 @@ func TestQuotaUpdateNeverUndoesARevocation(t *testing.T) {
 	if err := svc.Revoke(ctx, k.State.GetId(), "leaked"); err != nil {
 		t.Fatal(err)
 	}
-	q, err := aggregator.NewQuotas(aggregator.QuotaConfig{}, staleStates{stale, rev}, b, db, nil)
+	q, err := aggregator.NewQuotas(aggregator.QuotaConfig{Keys: staleStates{stale, rev}, KeyLog: b, Usage: db})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,10 +25,10 @@ import (
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
-	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
+	"github.com/keymeter/keymeter/internal/testfix/natstest"
 )
 
 const adminSecret, readSecret = "adm-secret-token", "read-secret-token"
@@ -62,26 +62,10 @@ func chdbDir(t *testing.T) string {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	dir := t.TempDir()
-	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: dir})
-	if err != nil {
-		t.Fatalf("embedded NATS: %v", err)
-	}
-	t.Cleanup(srv.Shutdown)
-	b, err := natsbus.New(context.Background(), natsbus.Config{Partitions: 2}, natsbus.WithEmbedded(srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	b := natstest.Bus(t, nil, natsbus.Config{Partitions: 2})
+	table, svc := natstest.Keys(t, b)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
-	go func() { _ = table.Run(ctx, b) }()
-	<-table.Ready()
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
-	if err != nil {
-		t.Fatal(err)
-	}
 	db, err := chdb.Open(chdb.Config{DataDir: chdbDir(t), Database: fmt.Sprintf("api_%d", time.Now().UnixNano())})
 	if err != nil {
 		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)

@@ -204,10 +204,7 @@ func (s *Server) decisions(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	out := struct {
-		Decisions []DecisionJSON `json:"decisions"`
-		Next      string         `json:"next,omitempty"`
-	}{Decisions: make([]DecisionJSON, 0, len(ds))}
+	out := DecisionList{Decisions: make([]DecisionJSON, 0, len(ds))}
 	if len(ds) > limit {
 		ds = ds[:limit]
 		out.Next = store.DecisionCursor(ds[limit-1])
@@ -222,6 +219,12 @@ func (s *Server) decisions(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, 200, out)
 	return nil
+}
+
+// DecisionList is the answer of GET /v1/decisions, newest first.
+type DecisionList struct {
+	Decisions []DecisionJSON `json:"decisions"`
+	Next      string         `json:"next,omitempty"`
 }
 
 type rawJSON string

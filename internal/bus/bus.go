@@ -245,6 +245,29 @@ func AckLatest(ctx context.Context, c Consumer, ds []Delivery) error {
 	return errors.Join(errs...)
 }
 
+// Tail calls fn for every delivery of c until ctx ends (it then returns
+// nil), acknowledging each fetch in every partition it came from, even
+// when the tail is stopping. A failed ack (the connection recovering)
+// means only that those deliveries come again: the tail goes on.
+func Tail(ctx context.Context, c Consumer, fn func(Delivery)) error {
+	for ctx.Err() == nil {
+		ds, err := c.Fetch(ctx, 64, time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for _, d := range ds {
+			fn(d)
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = AckLatest(actx, c, ds)
+		cancel()
+	}
+	return nil
+}
+
 // Partition maps a partition key to one of n partitions (FNV-1a), the same
 // way on every backend so that tools agree on where a key's events are.
 func Partition(key string, n int) int {

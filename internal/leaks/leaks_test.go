@@ -22,28 +22,14 @@ import (
 	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
+	"github.com/keymeter/keymeter/internal/testfix/natstest"
 )
 
 func TestSignedReportRevokesTruePositives(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("embedded NATS: %v", err)
-	}
-	defer srv.Shutdown()
-	b, err := natsbus.New(ctx, natsbus.Config{Partitions: 1}, natsbus.WithEmbedded(srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
-	go func() { _ = table.Run(ctx, b) }()
-	<-table.Ready()
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := natstest.Bus(t, nil, natsbus.Config{Partitions: 1})
+	table, svc := natstest.Keys(t, b)
 	leaked, err := svc.Create(ctx, keys.CreateParams{Project: "proj_leak"})
 	if err != nil {
 		t.Fatal(err)
@@ -105,23 +91,8 @@ func TestSignedReportRevokesTruePositives(t *testing.T) {
 func TestReplayedReportIsOneDecisionRecordedThroughTheBus(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("embedded NATS: %v", err)
-	}
-	defer srv.Shutdown()
-	b, err := natsbus.New(ctx, natsbus.Config{Partitions: 1}, natsbus.WithEmbedded(srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
-	go func() { _ = table.Run(ctx, b) }()
-	<-table.Ready()
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := natstest.Bus(t, nil, natsbus.Config{Partitions: 1})
+	table, svc := natstest.Keys(t, b)
 	db, err := chdb.Open(chdb.Config{DataDir: t.TempDir(), Database: "leaks_test"})
 	if err != nil {
 		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)

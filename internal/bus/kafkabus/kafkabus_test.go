@@ -113,9 +113,9 @@ func consume(t testing.TB, c bus.Consumer, n int, ack bool) []bus.Delivery {
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	pb := startPrivateBroker(t)
-	addrs := []string{pb.addr}
-	stop := pb.kill
-	start := pb.start
+	addrs := []string{pb.Addr}
+	stop := pb.Kill
+	start := pb.Start
 	bustest.Run(t, bustest.Harness{
 		Name: "kafka",
 		New: func(t *testing.T, o bustest.Options) bus.Bus {

@@ -11,6 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 )
 
 // headerTombstone marks a key deletion. The value is null too (what
@@ -148,7 +149,7 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 						return
 					}
 					b.links.observe("watch keys", err)
-					sleep(ctx, 100*time.Millisecond)
+					_ = ctxtime.Sleep(ctx, 100*time.Millisecond)
 					continue
 				}
 				select {
@@ -363,7 +364,7 @@ func (b *Bus) followDecisions(ctx context.Context, start map[int]int64, fn func(
 						return
 					}
 					b.links.observe("subscribe decisions", err)
-					sleep(ctx, 100*time.Millisecond)
+					_ = ctxtime.Sleep(ctx, 100*time.Millisecond)
 					continue
 				}
 				mu.Lock()
@@ -373,13 +374,4 @@ func (b *Bus) followDecisions(ctx context.Context, start map[int]int64, fn func(
 		}()
 	}
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
 )
 
 // consumer reads event batches through one durable pull consumer per
@@ -140,7 +141,7 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 				log.Warn("nats consumer: cannot pull, retrying", "err", err)
 				broken = true
 			}
-			sleepCtx(ctx, 500*time.Millisecond)
+			_ = ctxtime.Sleep(ctx, 500*time.Millisecond)
 			continue
 		}
 		stop := context.AfterFunc(ctx, it.Stop)
@@ -175,16 +176,7 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 		}
 		stop()
 		it.Stop()
-		sleepCtx(ctx, 100*time.Millisecond)
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
+		_ = ctxtime.Sleep(ctx, 100*time.Millisecond)
 	}
 }
 

@@ -43,48 +43,55 @@ type Config struct {
 	ConsumerPrefetch int           // 64 batches pulled ahead per partition
 }
 
-// Validate fills defaults and checks ranges.
-func (c *Config) Validate() error {
+// withDefaults returns c with its zero fields set to their defaults.
+func (c Config) withDefaults() Config {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
 	if c.Prefix == "" {
 		c.Prefix = "keymeter"
 	}
-	if strings.ContainsAny(c.Prefix, " .*>") {
-		return fmt.Errorf("natsbus: prefix %q must be one subject token (no spaces, dots or wildcards)", c.Prefix)
+	def(&c.Partitions, 8)
+	def(&c.Replicas, 1)
+	def(&c.MaxPending, 1024)
+	def(&c.ConsumerPrefetch, 64)
+	defDur(&c.MaxAge, 72*time.Hour)
+	defDur(&c.DuplicateWindow, 10*time.Minute)
+	defDur(&c.PublishTimeout, 10*time.Second)
+	return c
+}
+
+// Validate reports every problem of the configuration (zero fields take
+// their defaults); it changes nothing.
+func (c *Config) Validate() error {
+	d := c.withDefaults()
+	var errs []error
+	if strings.ContainsAny(d.Prefix, " .*>") {
+		errs = append(errs, fmt.Errorf("natsbus: prefix %q must be one subject token (no spaces, dots or wildcards)", d.Prefix))
 	}
-	if c.Partitions == 0 {
-		c.Partitions = 8
+	if d.Partitions < 1 || d.Partitions > 1024 {
+		errs = append(errs, fmt.Errorf("natsbus: partitions %d out of range 1-1024", d.Partitions))
 	}
-	if c.Partitions < 1 || c.Partitions > 1024 {
-		return fmt.Errorf("natsbus: partitions %d out of range 1-1024", c.Partitions)
+	if d.DuplicateWindow > d.MaxAge {
+		errs = append(errs, fmt.Errorf("natsbus: duplicate-window %s longer than max-age %s", d.DuplicateWindow, d.MaxAge))
 	}
-	if c.MaxAge == 0 {
-		c.MaxAge = 72 * time.Hour
+	if d.Replicas < 1 || d.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("natsbus: replicas %d out of range 1-5", d.Replicas))
 	}
-	if c.DuplicateWindow == 0 {
-		c.DuplicateWindow = 10 * time.Minute
+	if d.MaxPending < 1 {
+		errs = append(errs, fmt.Errorf("natsbus: max-pending %d must be at least 1", d.MaxPending))
 	}
-	if c.DuplicateWindow > c.MaxAge {
-		return fmt.Errorf("natsbus: duplicate-window %s longer than max-age %s", c.DuplicateWindow, c.MaxAge)
+	if d.PublishTimeout < 0 || d.MaxAge < 0 || d.ConsumerPrefetch < 0 {
+		errs = append(errs, errors.New("natsbus: publish-timeout, max-age and consumer-prefetch must not be negative"))
 	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.Replicas < 1 || c.Replicas > 5 {
-		return fmt.Errorf("natsbus: replicas %d out of range 1-5", c.Replicas)
-	}
-	if c.MaxPending == 0 {
-		c.MaxPending = 1024
-	}
-	if c.MaxPending < 1 {
-		return fmt.Errorf("natsbus: max-pending %d must be at least 1", c.MaxPending)
-	}
-	if c.PublishTimeout == 0 {
-		c.PublishTimeout = 10 * time.Second
-	}
-	if c.ConsumerPrefetch == 0 {
-		c.ConsumerPrefetch = 64
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Option configures New.
@@ -160,6 +167,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	o := options{log: slog.Default()}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -240,7 +248,7 @@ func (b *Bus) connect(ctx context.Context) error {
 	}
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
-		return fmt.Errorf("natsbus: connect %s: %w", redact(url), err)
+		return fmt.Errorf("natsbus: connect %s: %w", Redact(url), err)
 	}
 	b.nc = nc
 	js, err := jetstream.New(nc,
@@ -276,13 +284,18 @@ func credsOption(file string) (nats.Option, error) {
 	return o, nil
 }
 
-func redact(url string) string {
-	if i := strings.Index(url, "@"); i >= 0 {
-		if j := strings.Index(url, "://"); j >= 0 && j < i {
-			return url[:j+3] + "***" + url[i:]
+// Redact hides the user and password of every URL in a comma-separated
+// list of server URLs, for logs and errors.
+func Redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for k, url := range parts {
+		if i := strings.Index(url, "@"); i >= 0 {
+			if j := strings.Index(url, "://"); j >= 0 && j < i {
+				parts[k] = url[:j+3] + "***" + url[i:]
+			}
 		}
 	}
-	return url
+	return strings.Join(parts, ",")
 }
 
 // provision creates or updates the streams and the bucket; safe to run from

@@ -86,6 +86,15 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%+v: got %v, want %q", c.cfg, err, c.want)
 		}
 	}
+	// Every problem at once, and nothing changed.
+	c := Config{Partitions: -1, Prefix: "a.b"}
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "partitions") || !strings.Contains(err.Error(), "prefix") {
+		t.Errorf("both problems: %v", err)
+	}
+	if c.MaxPending != 0 || c.Replicas != 0 {
+		t.Errorf("Validate filled defaults: %+v", c)
+	}
 }
 
 // A second process binding the same group and partition takes it over; the

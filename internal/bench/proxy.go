@@ -1,0 +1,272 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"sync"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/bench/proc"
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/ctxtime"
+	"github.com/keymeter/keymeter/internal/verifier"
+)
+
+// ProxyConfig is `keymeter bench proxy`: the same upstream through a bare
+// httputil.ReverseProxy and through the verifier, and the forward-auth
+// endpoint alone.
+type ProxyConfig struct {
+	Bus         bus.Bus
+	Backend     string // for the summary
+	Connections int
+	Duration    time.Duration // of each measurement
+	Rounds      int
+	Keys        int
+	DataDir     string // the verifier's spool
+	// DurableLog also measures a verifier with the durable event log,
+	// alternating with the others (durable_* figures).
+	DurableLog bool
+	// CPUProfile, if set, receives a CPU profile of the first verifier round.
+	CPUProfile *os.File
+	Logger     *slog.Logger
+	Output
+}
+
+// RunProxy runs the rounds and prints the summary.
+func RunProxy(ctx context.Context, cfg ProxyConfig) error {
+	if cfg.Bus == nil || cfg.DataDir == "" || cfg.Connections < 1 || cfg.Rounds < 1 || cfg.Keys < 1 || cfg.Duration <= 0 {
+		return errors.New("bench proxy: a bus, a data directory, and positive connections, rounds, keys and duration are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	secrets, _, err := PutKeys(ctx, cfg.Bus, cfg.Keys, "proj_bench", 0)
+	if err != nil {
+		return err
+	}
+	body := []byte(`{"items":[{"id":1,"name":"widget"},{"id":2,"name":"gadget"}]}` + "\n")
+	upstream, err := serveLoopback(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	}))
+	if err != nil {
+		return err
+	}
+	defer upstream.Close()
+	uu, _ := url.Parse("http://" + upstream.Addr)
+	bareProxy := httputil.NewSingleHostReverseProxy(uu)
+	bareProxy.Transport = verifier.UpstreamTransport() // the same pool size as the verifier's
+	bare, err := serveLoopback(bareProxy)
+	if err != nil {
+		return err
+	}
+	defer bare.Close()
+	va, stop, err := startBenchVerifier(ctx, cfg, uu.String(), secrets[len(secrets)-1], false)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	durableURL := ""
+	if cfg.DurableLog {
+		vd, stopD, err := startBenchVerifier(ctx, cfg, uu.String(), secrets[len(secrets)-1], true)
+		if err != nil {
+			return err
+		}
+		defer stopD()
+		durableURL = "http://" + vd[0] + "/v1/items"
+	}
+	cfg.logf("bench proxy: upstream %s, bare proxy %s, verifier %s (auth %s), %d keys", upstream.Addr, bare.Addr, va[0], va[1], cfg.Keys)
+	bareRes, kmRes, durRes := proxyRounds(ctx, cfg, "http://"+bare.Addr+"/v1/items", "http://"+va[0]+"/v1/items", durableURL, secrets)
+	authRes := drive(ctx, "http://"+va[1]+"/v1/items", secrets, cfg.Connections, cfg.Duration)
+	cfg.logf("bench proxy: forward auth %8.0f requests/s p99 %.2f ms", authRes.perSecond(), PercentileMS(authRes.lats, 0.99))
+	var s Summary
+	s.Add("bench", "proxy")
+	s.Add("backend", cfg.Backend)
+	s.Add("connections", cfg.Connections)
+	s.Add("requests_per_s", kmRes.perSecond())
+	s.Add("bare_requests_per_s", bareRes.perSecond())
+	s.Add("ratio", fmt.Sprintf("%.3f", kmRes.perSecond()/bareRes.perSecond()))
+	s.Add("p50_ms", fmt.Sprintf("%.2f", PercentileMS(kmRes.lats, 0.50)))
+	s.Add("p99_ms", fmt.Sprintf("%.2f", PercentileMS(kmRes.lats, 0.99)))
+	s.Add("bare_p99_ms", fmt.Sprintf("%.2f", PercentileMS(bareRes.lats, 0.99)))
+	if cfg.DurableLog {
+		s.Add("durable_requests_per_s", durRes.perSecond())
+		s.Add("durable_ratio", fmt.Sprintf("%.3f", durRes.perSecond()/bareRes.perSecond()))
+		s.Add("durable_vs_default", fmt.Sprintf("%.3f", durRes.perSecond()/kmRes.perSecond()))
+		s.Add("durable_p50_ms", fmt.Sprintf("%.2f", PercentileMS(durRes.lats, 0.50)))
+		s.Add("durable_p99_ms", fmt.Sprintf("%.2f", PercentileMS(durRes.lats, 0.99)))
+	}
+	s.Add("auth_requests_per_s", authRes.perSecond())
+	s.Add("auth_p99_ms", fmt.Sprintf("%.2f", PercentileMS(authRes.lats, 0.99)))
+	s.Add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors)
+	s.Add("rss_mb", proc.RSSMB())
+	s.Print(cfg.out())
+	return nil
+}
+
+// proxyRounds alternates bare, verifier and (when durableURL is set)
+// durable-log verifier measurements.
+func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableURL string, secrets []string) (bareRes, kmRes, durRes loadResult) {
+	for r := 0; r < cfg.Rounds; r++ {
+		res := drive(ctx, bareURL, nil, cfg.Connections, cfg.Duration)
+		cfg.logf("bench proxy: round %d bare     %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
+		bareRes.add(res)
+		if cfg.CPUProfile != nil && r == 0 {
+			_ = pprof.StartCPUProfile(cfg.CPUProfile)
+		}
+		res = drive(ctx, kmURL, secrets, cfg.Connections, cfg.Duration)
+		if cfg.CPUProfile != nil && r == 0 {
+			pprof.StopCPUProfile()
+		}
+		cfg.logf("bench proxy: round %d keymeter %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
+		kmRes.add(res)
+		if durableURL != "" {
+			res = drive(ctx, durableURL, secrets, cfg.Connections, cfg.Duration)
+			cfg.logf("bench proxy: round %d durable  %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
+			durRes.add(res)
+		}
+	}
+	return bareRes, kmRes, durRes
+}
+
+// startBenchVerifier runs the verifier in proxy mode with its forward-auth
+// endpoint and returns their addresses once the key secret verifies.
+func startBenchVerifier(ctx context.Context, cfg ProxyConfig, upstream, secret string, durable bool) ([2]string, func(), error) {
+	vctx, stopV := context.WithCancel(context.Background())
+	dir, id := cfg.DataDir, "bench-proxy"
+	if durable {
+		dir, id = filepath.Join(cfg.DataDir, "durable"), "bench-proxy-durable"
+	}
+	addrs := make(chan [2]string, 1)
+	verr := make(chan error, 1)
+	go func() {
+		verr <- verifier.Run(vctx, verifier.RunConfig{
+			Listen: "127.0.0.1:0", AuthListen: "127.0.0.1:0", Upstream: upstream, HTTP: verifier.HTTPConfig{Front: verifier.Fronts["envoy"]},
+			DataDir: dir, VerifierID: id, Bus: cfg.Bus, Logger: cfg.Logger, Emitter: verifier.EmitterConfig{DurableLog: durable},
+			OnListen: func(m, a, _ net.Addr) { addrs <- [2]string{m.String(), a.String()} },
+		})
+	}()
+	var va [2]string
+	select {
+	case va = <-addrs:
+	case err := <-verr:
+		stopV()
+		return va, nil, err
+	}
+	stop := func() { stopV(); <-verr }
+	// Ready once the last key written verifies.
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(rctx, "GET", "http://"+va[1]+"/", nil)
+		req.Header.Set("Authorization", "Bearer "+secret)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return va, stop, nil
+			}
+		}
+		if err := ctxtime.Sleep(rctx, 10*time.Millisecond); err != nil {
+			stop()
+			return va, nil, fmt.Errorf("verifier not ready after a minute: %w", err)
+		}
+	}
+}
+
+type loopbackServer struct {
+	*http.Server
+	Addr string
+}
+
+func serveLoopback(h http.Handler) (*loopbackServer, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &loopbackServer{Server: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, Addr: ln.Addr().String()}
+	go func() { _ = s.Serve(ln) }()
+	return s, nil
+}
+
+type loadResult struct {
+	n, errors int
+	elapsed   time.Duration
+	lats      []time.Duration
+}
+
+func (r *loadResult) add(o loadResult) {
+	r.n += o.n
+	r.errors += o.errors
+	r.elapsed += o.elapsed
+	r.lats = append(r.lats, o.lats...)
+}
+
+func (r *loadResult) perSecond() float64 {
+	if r.elapsed <= 0 {
+		return 0
+	}
+	return float64(r.n) / r.elapsed.Seconds()
+}
+
+// drive sends GETs to u from conns keep-alive clients for d, with the keys
+// round-robin (none when keys is empty); non-200 answers count as errors.
+func drive(ctx context.Context, u string, secrets []string, conns int, d time.Duration) loadResult {
+	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	results := make([]loadResult, conns)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			driveOne(ctx, client, u, secrets, w, conns, &results[w])
+		}()
+	}
+	wg.Wait()
+	var total loadResult
+	for _, r := range results {
+		total.add(r)
+	}
+	total.elapsed = time.Since(start)
+	return total
+}
+
+func driveOne(ctx context.Context, client *http.Client, u string, secrets []string, w, conns int, res *loadResult) {
+	res.lats = make([]time.Duration, 0, 1<<14)
+	req, _ := http.NewRequest("GET", u, nil)
+	for i := w; ctx.Err() == nil; i += conns {
+		if len(secrets) > 0 {
+			req.Header.Set("Authorization", "Bearer "+secrets[i%len(secrets)])
+		}
+		t0 := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			if ctx.Err() == nil {
+				res.errors++
+			}
+			continue
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			res.errors++
+			continue
+		}
+		res.n++
+		res.lats = append(res.lats, time.Since(t0))
+	}
+}
