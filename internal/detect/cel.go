@@ -133,6 +133,10 @@ func newEnv(agg bool) (*cel.Env, error) {
 	for _, f := range eventFields {
 		opts = append(opts, cel.Variable(f.Name, celType(f.Kind)))
 	}
+	opts = append(opts, cel.Variable("profile", profileCELType), cel.Variable("key_kind", cel.StringType))
+	for name := range profileMethods {
+		opts = append(opts, profMethod(name))
+	}
 	if agg {
 		for name, k := range aggregateVars {
 			opts = append(opts, cel.Variable(name, celType(k)))
@@ -290,8 +294,22 @@ func celIssue(iss *cel.Issues) error {
 // activation resolves CEL variables straight from the event and the group
 // being evaluated, without building a map.
 type activation struct {
-	ev  *event.Event
-	agg *aggView
+	ev   *event.Event
+	agg  *aggView
+	prof profView
+	kind func(keyID string) string // nil: every key is a server key
+}
+
+// keyKind is the event's key kind: server, browser, mobile or batch;
+// server when unknown.
+func (a *activation) keyKind() string {
+	if a.kind == nil || a.ev.KeyID == "" {
+		return "server"
+	}
+	if k := a.kind(a.ev.KeyID); k != "" {
+		return k
+	}
+	return "server"
 }
 
 var _ interpreter.Activation = (*activation)(nil)
@@ -308,6 +326,12 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		case kTime:
 			return types.Timestamp{Time: a.ev.Time}, true
 		}
+	}
+	switch name {
+	case "profile":
+		return &profVal{a.prof}, true
+	case "key_kind":
+		return types.String(a.keyKind()), true
 	}
 	if a.agg == nil {
 		return nil, false

@@ -66,6 +66,7 @@ actions:
     when: count >= 3
   - type: revoke
     when: count >= 5
+    corroboration: none
 `
 
 func TestModesAndSuppression(t *testing.T) {
@@ -145,13 +146,13 @@ func TestCircuitBreaker(t *testing.T) {
 	want := []string{
 		"rv enforce alert k0", "rv enforce revoke k0",
 		"rv enforce alert k1", "rv enforce revoke k1",
-		"rv enforce alert k2", "rv enforce alert k2", "rv dry_run revoke k2", // breaker alert, then the revoke in dry-run
-		"rv dry_run alert k3", "rv dry_run revoke k3",
+		"rv enforce alert k2", "rv enforce alert rule rv", "rv dry_run revoke k2", // breaker alert, then the revoke in dry-run
+		"rv enforce alert k3", "rv dry_run revoke k3", // alerts go on; one breaker alert per trip
 	}
 	if got := strings.Join(sink.lines(), "\n"); got != strings.Join(want, "\n") {
 		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
 	}
-	if !strings.Contains(sink.ds[5].Reason, "circuit breaker") {
+	if !strings.Contains(sink.ds[5].Reason, "circuit breaker") || !strings.Contains(sink.ds[5].Reason, "k0, k1") {
 		t.Errorf("breaker alert reason: %q", sink.ds[5].Reason)
 	}
 	e.Flush()
