@@ -251,7 +251,7 @@ func (s *seenSet) add(v, t uint32) {
 // that period answers true: it cannot tell.
 func (s *seenSet) seen(v, now uint32, days float64) bool {
 	span := uint32(max(days, 0) * 86400)
-	if s.over != 0 && now-s.over < span {
+	if s.over != 0 && since(now, s.over) < span {
 		return true
 	}
 	for i := 0; i < int(s.n); i++ {
@@ -259,10 +259,10 @@ func (s *seenSet) seen(v, now uint32, days float64) bool {
 		if e.v != v {
 			continue
 		}
-		if now-e.first >= noveltyGrace && now-e.last <= span+noveltyGrace {
+		if e.first <= now && now-e.first >= noveltyGrace && since(now, e.last) <= span+noveltyGrace {
 			return true
 		}
-		return e.before != 0 && now-e.before <= span
+		return e.before != 0 && e.before <= now && now-e.before <= span
 	}
 	return false
 }
@@ -447,24 +447,24 @@ type profView struct {
 }
 
 func (v profView) mature() bool {
-	return v.p != nil && v.now-v.p.created >= v.ps.maturity && v.p.windows >= 12
+	return v.p != nil && since(v.now, v.p.created) >= v.ps.maturity && v.p.windows >= 12
 }
 
 func (v profView) seasonal() bool {
-	return v.p != nil && v.now-v.p.created >= v.ps.seasonal
+	return v.p != nil && since(v.now, v.p.created) >= v.ps.seasonal
 }
 
 // isNew: first seen in the last 15 minutes although the engine had an
 // hour of history before: a newcomer, not merely the start of the replay.
 func (v profView) isNew() bool {
-	return v.p != nil && v.p.isNew && v.now-v.p.created < 900
+	return v.p != nil && v.p.isNew && since(v.now, v.p.created) < 900
 }
 
 func (v profView) ageHours() float64 {
 	if v.p == nil {
 		return 0
 	}
-	return float64(v.now-v.p.created) / 3600
+	return float64(since(v.now, v.p.created)) / 3600
 }
 
 func (v profView) quantile(h int, q float64) float64 {
@@ -680,3 +680,12 @@ func profMethod(name string) cel.EnvOption {
 // profileCELType is how rules see `profile`: a map from field names to
 // values (dyn), plus the seen_* member functions.
 var profileCELType = cel.MapType(cel.StringType, cel.DynType)
+
+// since is now-t in seconds, 0 when t is not before now (a batch of events
+// may teach a profile a little ahead of the event being judged).
+func since(now, t uint32) uint32 {
+	if t >= now {
+		return 0
+	}
+	return now - t
+}

@@ -80,8 +80,11 @@ type TestCase struct {
 	Start     string             `yaml:"start" json:"start,omitempty"` // RFC 3339; default 2026-01-01T00:00:00Z
 	Baselines map[string]float64 `yaml:"baselines" json:"baselines,omitempty"`
 	Allow     []string           `yaml:"allow" json:"allow,omitempty"` // allowlisted key ids and CIDRs
-	Events    []EventSeq         `yaml:"events" json:"events"`
-	Expect    []Expectation      `yaml:"expect" json:"expect"`
+	// Corroborated lists keys that another rule signals throughout the
+	// test, so that suspend and revoke are not held for corroboration.
+	Corroborated []string      `yaml:"corroborated" json:"corroborated,omitempty"`
+	Events       []EventSeq    `yaml:"events" json:"events"`
+	Expect       []Expectation `yaml:"expect" json:"expect"`
 }
 
 // EventSeq generates Count events starting At (offset from the test start),
