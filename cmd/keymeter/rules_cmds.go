@@ -166,8 +166,12 @@ func newRulesBacktestCmd(g *globals) *cobra.Command {
 		allowKeys     []string
 		allowCIDRs    []string
 		maxRevokes    int
-		asJSON        bool
-		sf            storeFlags
+		bt            struct {
+			maxGlobal        int
+			warmup, maturity time.Duration
+		}
+		asJSON bool
+		sf     storeFlags
 	)
 	c := &cobra.Command{
 		Use:   "backtest --rules DIR (--events FILE.ndjson | --from T --to T)",
@@ -204,7 +208,8 @@ Without --events, the events of [--from, --to) are read from the store
 				}
 				return errFailed
 			}
-			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes, Logger: g.Logger()}
+			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes,
+				MaxRevocationsGlobal: bt.maxGlobal, Warmup: bt.warmup, Profiles: detect.ProfileConfig{Maturity: bt.maturity}, Logger: g.Logger()}
 			var werr error
 			if decisionsPath != "" {
 				f, err := os.Create(decisionsPath)
@@ -297,7 +302,10 @@ Without --events, the events of [--from, --to) are read from the store
 	f.StringVar(&decisionsPath, "decisions", "", "write every decision to this NDJSON file")
 	f.StringSliceVar(&allowKeys, "allow-key", nil, "allowlisted key id (repeatable)")
 	f.StringSliceVar(&allowCIDRs, "allow-cidr", nil, "allowlisted client network (repeatable)")
-	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule (negative: off)")
+	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule: distinct keys suspended or revoked per hour (negative: off)")
+	f.IntVar(&bt.maxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
+	f.DurationVar(&bt.warmup, "warmup", 0, "learn profiles and windows from the first DURATION of the history before decisions count (keys are judged only once their own profile is mature either way)")
+	f.DurationVar(&bt.maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return c
 }

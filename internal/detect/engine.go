@@ -138,8 +138,8 @@ type Engine struct {
 	bkWindow   int64
 	corrWindow int64
 	prof       *profiles
-	signals    map[string]*keySignals
-	global     breakerState
+	sh         *shared
+	needProf   bool  // a rule in force reads profiles
 	warmupEnd  int64 // 0 until the first event
 	extSig     atomic.Pointer[[]extSignal]
 	lastSweep  int64
@@ -219,7 +219,7 @@ func New(cfg Config, set *RuleSet) (*Engine, error) {
 	if !cfg.Profiles.Disabled {
 		e.prof = newProfiles(cfg.Profiles, e.seed)
 	}
-	e.signals = map[string]*keySignals{}
+	e.sh = newShared()
 	e.act.kind = cfg.KeyKind
 	for _, k := range cfg.Allowlist.Keys {
 		e.allowKeys[k] = true
@@ -325,7 +325,7 @@ func (e *Engine) publishStats() {
 	e.published, e.pubAt = time.Now(), e.processed
 	st := &Stats{Events: e.processed, BadTime: e.badTime, Watermark: time.Unix(0, e.watermark).UTC()}
 	if e.prof != nil {
-		st.Profiles = ProfileStats{Keys: len(e.prof.keys), Networks: len(e.prof.nets), Evictions: e.prof.evictions}
+		st.Profiles = ProfileStats{Keys: e.prof.live - e.prof.nets, Networks: e.prof.nets, Evictions: e.prof.evictions}
 	}
 	for _, s := range e.states {
 		c := s.c

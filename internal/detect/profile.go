@@ -31,7 +31,7 @@ const (
 	profWindow   = 600 // seconds: the spread window the quantiles describe
 	nHist        = 16
 	histHalveAt  = 1024 // active windows; halving then keeps ~1–2 weeks
-	nSeen        = 10
+	nSeen        = 9
 	noveltyGrace = 3600       // s: a value first seen this recently is still new
 	streakGap    = 86400      // s: a longer gap starts a new streak of use
 	seenForget   = 30 * 86400 // s: entries idle longer are dropped first
@@ -54,25 +54,41 @@ type seenSet struct {
 }
 
 // profile is one subject's learned behaviour. Times are Unix seconds.
+// What every event touches is in the first 64 bytes, the spread bitmaps in
+// the next 64; the struct's size is a multiple of 64 so that chunks keep
+// that alignment.
 type profile struct {
+	hash          uint64 // the subject's hash; 0: a free slot
 	created, last uint32
 	events        uint32
 	windows       uint16 // active windows observed (saturates)
 	isNew         bool   // first seen after the engine had an hour of history
+	net           bool   // a client network's profile, not a key's
+	// The last event's attributes: most events repeat them, and then the
+	// seen sets need no update for a minute.
+	lastCty   uint16
+	_         uint16
+	lastASN   uint32
+	lastNet   uint32
+	lastSeenT uint32
+	ctyFirst  uint32 // when lastCty's current streak began
+	asnFirst  uint32
+	win       uint32 // current spread window (unix s / profWindow)
+	hour      uint32 // current hour (unix s / 3600)
+	hourN     uint32 // events in it so far
 
-	win    uint32    // current spread window (unix s / profWindow)
-	winIP  [4]uint64 // linear-counting bitmaps of the current window
-	winASN [2]uint64
+	// second line: linear-counting bitmaps of the current window
 	winCty uint64
+	winASN [2]uint64
+	winIP  [4]uint64
+	_      [8]byte
 
 	hist [3][nHist]uint16 // spread per window: countries, ASNs, IPs
-
-	hour  uint32 // current hour (unix s / 3600)
-	hourN uint32 // events in it so far
-	how   [168]uint8
-	hod   [24]uint8
+	how  [168]uint8
+	hod  [24]uint8
 
 	countries, asns, nets seenSet
+	_                     [24]byte
 }
 
 const (
@@ -109,7 +125,7 @@ func (p *profile) fold(hour uint32, n float64) {
 }
 
 // observe counts one event of the subject at t (Unix seconds).
-func (p *profile) observe(t uint32, ipHash uint64, asn uint32, country string, netHash uint32) {
+func (p *profile) observe(t uint32, ip string, asn uint32, country string, seed maphash.Seed) {
 	if p.created == 0 {
 		p.created, p.hour, p.win = t, t/3600, t/profWindow
 	}
@@ -131,6 +147,7 @@ func (p *profile) observe(t uint32, ipHash uint64, asn uint32, country string, n
 		p.closeWindow()
 		p.win = w
 	}
+	ipHash := maphash.String(seed, ip)
 	p.winIP[(ipHash>>6)&3] |= 1 << (ipHash & 63)
 	ah := uint64(asn) * 0x9e3779b97f4a7c15
 	p.winASN[(ah>>63)&1] |= 1 << (ah >> 57 & 63)
@@ -139,13 +156,22 @@ func (p *profile) observe(t uint32, ipHash uint64, asn uint32, country string, n
 		ch = (uint64(country[0])<<8 | uint64(country[1])) * 0x9e3779b97f4a7c15
 		p.winCty |= 1 << (ch >> 58)
 	}
+	var cty uint16
 	if len(country) >= 2 {
-		p.countries.add(uint32(country[0])<<8|uint32(country[1]), t)
+		cty = uint16(country[0])<<8 | uint16(country[1])
+	}
+	netHash := uint32(maphash.String(seed, netPart(ip))) | 1
+	if cty == p.lastCty && asn == p.lastASN && netHash == p.lastNet && t-p.lastSeenT < 60 {
+		return
+	}
+	p.lastCty, p.lastASN, p.lastNet, p.lastSeenT = cty, asn, netHash, t
+	if cty != 0 {
+		p.ctyFirst = p.countries.add(uint32(cty), t)
 	}
 	if asn != 0 {
-		p.asns.add(asn, t)
+		p.asnFirst = p.asns.add(asn, t)
 	}
-	p.nets.add(netHash|1, t)
+	p.nets.add(netHash, t)
 }
 
 // linearCount estimates the distinct values set in a bitmap of m bits.
@@ -216,23 +242,24 @@ func (p *profile) quantile(h int, q float64) float64 {
 	return histUpper[nHist-1]
 }
 
-func (s *seenSet) add(v, t uint32) {
+// add records v at t and returns when its current streak began.
+func (s *seenSet) add(v, t uint32) uint32 {
 	for i := 0; i < int(s.n); i++ {
 		e := &s.e[i]
 		if e.v == v {
-			if t-e.last > streakGap {
+			if t > e.last && t-e.last > streakGap {
 				e.before, e.first = e.last, t
 			}
 			if t > e.last {
 				e.last = t
 			}
-			return
+			return e.first
 		}
 	}
 	if int(s.n) < nSeen {
 		s.e[s.n] = seenEntry{v: v, first: t, last: t}
 		s.n++
-		return
+		return t
 	}
 	old := 0
 	for i := range s.e {
@@ -244,6 +271,7 @@ func (s *seenSet) add(v, t uint32) {
 		s.over = t
 	}
 	s.e[old] = seenEntry{v: v, first: t, last: t}
+	return t
 }
 
 // seen reports whether v was in use for the subject before the last hour,
@@ -305,22 +333,33 @@ type ProfileConfig struct {
 	MaxProfiles int
 }
 
-// profiles is the engine's table of profiles. Single-threaded, like the
-// engine.
+// profiles is the engine's table of profiles: keys and client networks in
+// one flat index (by 64-bit hash of "k"+key id or "n"+network; collisions
+// are as harmless as in the rule tables), the profiles themselves in
+// pointer-free chunks that never move, so the garbage collector does not
+// scan them and a pointer stays valid while the profile lives.
+// Single-threaded, like the engine.
 type profiles struct {
 	cfg       ProfileConfig
 	maturity  uint32
 	seasonal  uint32
-	keys      map[string]*profile
-	nets      map[uint64]*profile
+	index     *index
+	chunks    [][]profile
+	n         int     // slots handed out
+	free      []int32 // slots given back
+	live      int
+	nets      int
 	seed      maphash.Seed
 	start     uint32 // first event time seen by the engine
 	lastSweep uint32
 	evictions uint64
+	rng       uint64
 }
 
+const profChunk = 1024
+
 func newProfiles(cfg ProfileConfig, seed maphash.Seed) *profiles {
-	ps := &profiles{cfg: cfg, keys: map[string]*profile{}, nets: map[uint64]*profile{}, seed: seed}
+	ps := &profiles{cfg: cfg, index: newIndex(), seed: seed, rng: 0x9e3779b97f4a7c15}
 	ps.maturity, ps.seasonal = uint32(cfg.Maturity/time.Second), uint32(cfg.Seasonal/time.Second)
 	if ps.maturity == 0 {
 		ps.maturity = 12 * 3600
@@ -329,9 +368,65 @@ func newProfiles(cfg ProfileConfig, seed maphash.Seed) *profiles {
 		ps.seasonal = 24 * 3600
 	}
 	if ps.cfg.MaxProfiles == 0 {
-		ps.cfg.MaxProfiles = 1_000_000
+		ps.cfg.MaxProfiles = 2_000_000
 	}
 	return ps
+}
+
+func (ps *profiles) at(i int32) *profile { return &ps.chunks[i/profChunk][i%profChunk] }
+
+func (ps *profiles) alloc(h uint64, t uint32, net bool) *profile {
+	if ps.live >= ps.cfg.MaxProfiles {
+		ps.evictOne()
+	}
+	var i int32
+	if n := len(ps.free); n > 0 {
+		i = ps.free[n-1]
+		ps.free = ps.free[:n-1]
+	} else {
+		if ps.n%profChunk == 0 {
+			ps.chunks = append(ps.chunks, make([]profile, profChunk))
+		}
+		i = int32(ps.n)
+		ps.n++
+	}
+	p := ps.at(i)
+	*p = profile{hash: h, isNew: t-ps.start >= 3600, net: net}
+	ps.index.set(h, i)
+	ps.live++
+	if net {
+		ps.nets++
+	}
+	return p
+}
+
+func (ps *profiles) release(i int32) {
+	p := ps.at(i)
+	ps.index.del(p.hash)
+	if p.net {
+		ps.nets--
+	}
+	*p = profile{}
+	ps.free = append(ps.free, i)
+	ps.live--
+}
+
+// evictOne drops the stalest of a few sampled profiles.
+func (ps *profiles) evictOne() {
+	victim := int32(-1)
+	for k := 0; k < 8; k++ {
+		ps.rng ^= ps.rng << 13
+		ps.rng ^= ps.rng >> 7
+		ps.rng ^= ps.rng << 17
+		i := int32(ps.rng % uint64(ps.n))
+		if p := ps.at(i); p.hash != 0 && (victim < 0 || p.last < ps.at(victim).last) {
+			victim = i
+		}
+	}
+	if victim >= 0 {
+		ps.release(victim)
+		ps.evictions++
+	}
 }
 
 // netPart is the text of ip's /24 (IPv4) or /48 (IPv6) network part.
@@ -352,8 +447,8 @@ func netPart(ip string) string {
 	return ip
 }
 
-// authenticated outcomes are requests that proved possession of the key:
-// only they describe how the key is used.
+// keyed: requests that proved possession of the key describe how the key
+// is used.
 func keyed(ev *event.Event) bool {
 	if ev.KeyID == "" {
 		return false
@@ -365,76 +460,89 @@ func keyed(ev *event.Event) bool {
 	return true
 }
 
-// observe folds ev (at t, Unix ns) into its subject's profile and returns
-// the profile, or nil when there is none (profiles disabled, no time).
-func (ps *profiles) observe(ev *event.Event, t int64) *profile {
+func (ps *profiles) subjectHash(ev *event.Event) uint64 {
+	var h maphash.Hash
+	h.SetSeed(ps.seed)
+	if ev.KeyID != "" {
+		h.WriteByte('k')
+		h.WriteString(ev.KeyID)
+	} else {
+		h.WriteByte('n')
+		h.WriteString(netPart(ev.ClientIP))
+	}
+	return fixHash(h.Sum64())
+}
+
+// lookup finds the profile slots of evs (−1: none yet), all lookups first
+// so that their cache misses overlap.
+func (ps *profiles) lookup(evs []event.Event, ts []int64, hs []uint64, out []*profile) {
+	for i := range evs {
+		out[i] = nil
+		if ts[i] <= 0 {
+			continue
+		}
+		hs[i] = ps.subjectHash(&evs[i])
+		if j, ok := ps.index.get(hs[i]); ok {
+			out[i] = ps.at(j)
+		}
+	}
+	var touch uint32
+	for _, p := range out[:len(evs)] {
+		if p != nil {
+			touch += p.last
+		}
+	}
+	ps.rng += uint64(touch & 1)
+}
+
+// observe folds ev (at t, Unix ns) into its subject's profile p (nil: not
+// found by lookup) and returns the profile, or nil when the event teaches
+// nothing and has no profile.
+func (ps *profiles) observe(ev *event.Event, t int64, h uint64, p *profile) *profile {
 	ts := uint32(t / 1e9)
 	if ps.start == 0 {
 		ps.start, ps.lastSweep = ts, ts
 	}
-	if ts-ps.lastSweep > 3600 && ts > ps.lastSweep {
+	if ts > ps.lastSweep && ts-ps.lastSweep > 3600 {
 		ps.sweep(ts)
+		p = nil // may have moved or gone: look up again
+		if j, ok := ps.index.get(h); ok {
+			p = ps.at(j)
+		}
 	}
-	np := netPart(ev.ClientIP)
-	nh := maphash.String(ps.seed, np)
-	var p *profile
-	if keyed(ev) {
-		p = ps.keys[ev.KeyID]
-		if p == nil {
-			if len(ps.keys) >= ps.cfg.MaxProfiles {
-				evictOne(ps.keys)
-				ps.evictions++
-			}
-			p = &profile{isNew: ts-ps.start >= 3600}
-			ps.keys[string([]byte(ev.KeyID))] = p
+	if p != nil && p.hash != h {
+		p = nil // the slot was reused meanwhile
+		if j, ok := ps.index.get(h); ok {
+			p = ps.at(j)
 		}
-	} else if ev.KeyID == "" {
-		p = ps.nets[nh]
-		if p == nil {
-			if len(ps.nets) >= ps.cfg.MaxProfiles {
-				evictOne(ps.nets)
-				ps.evictions++
-			}
-			p = &profile{isNew: ts-ps.start >= 3600}
-			ps.nets[nh] = p
+	}
+	if p == nil {
+		// Another event of the sub-batch may have created it since lookup.
+		if j, ok := ps.index.get(h); ok {
+			p = ps.at(j)
 		}
-	} else {
+	}
+	switch {
+	case keyed(ev) || ev.KeyID == "":
+		if p == nil {
+			p = ps.alloc(h, ts, ev.KeyID == "")
+		}
+	default:
 		// A key id that did not authenticate (revoked, expired, ...): its
 		// profile is read, not taught.
-		return ps.keys[ev.KeyID]
+		return p
 	}
-	ih := maphash.String(ps.seed, ev.ClientIP)
-	p.observe(ts, ih, ev.ASN, ev.Country, uint32(nh))
+	p.observe(ts, ev.ClientIP, ev.ASN, ev.Country, ps.seed)
 	return p
-}
-
-func evictOne[K comparable](m map[K]*profile) {
-	var victim K
-	var vl uint32
-	n := 0
-	for k, p := range m {
-		if n == 0 || p.last < vl {
-			victim, vl = k, p.last
-		}
-		if n++; n == 5 {
-			break
-		}
-	}
-	delete(m, victim)
 }
 
 // sweep drops profiles idle for longer than the quantiles remember.
 func (ps *profiles) sweep(now uint32) {
 	ps.lastSweep = now
 	const idle = 14 * 86400
-	for k, p := range ps.keys {
-		if now-p.last > idle {
-			delete(ps.keys, k)
-		}
-	}
-	for k, p := range ps.nets {
-		if now-p.last > idle {
-			delete(ps.nets, k)
+	for i := 0; i < ps.n; i++ {
+		if p := ps.at(int32(i)); p.hash != 0 && now-p.last > idle && now > p.last {
+			ps.release(int32(i))
 		}
 	}
 }
@@ -509,7 +617,11 @@ func (v profView) seenCountry(c string, days float64) bool {
 	if len(c) < 2 {
 		return true // unknown country: never novel
 	}
-	return v.p.countries.seen(uint32(c[0])<<8|uint32(c[1]), v.now, days)
+	cty := uint16(c[0])<<8 | uint16(c[1])
+	if cty == v.p.lastCty && v.p.ctyFirst <= v.now && v.now-v.p.ctyFirst >= noveltyGrace {
+		return true // the usual case, answered from the profile's first line
+	}
+	return v.p.countries.seen(uint32(cty), v.now, days)
 }
 
 func (v profView) seenASN(asn int64, days float64) bool {
@@ -517,6 +629,9 @@ func (v profView) seenASN(asn int64, days float64) bool {
 		return false
 	}
 	if asn == 0 {
+		return true
+	}
+	if uint32(asn) == v.p.lastASN && v.p.asnFirst <= v.now && v.now-v.p.asnFirst >= noveltyGrace {
 		return true
 	}
 	return v.p.asns.seen(uint32(asn), v.now, days)

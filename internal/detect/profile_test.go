@@ -15,6 +15,17 @@ func e0seed() maphash.Seed { return maphash.MakeSeed() }
 
 func sizeofProfile() uintptr { return unsafe.Sizeof(profile{}) }
 
+// obs runs one event through the profiles as the engine does.
+func obs(ps *profiles, x *event.Event) *profile {
+	t := x.Time.UnixNano()
+	h := ps.subjectHash(x)
+	var p *profile
+	if j, ok := ps.index.get(h); ok {
+		p = ps.at(j)
+	}
+	return ps.observe(x, t, h, p)
+}
+
 // TestProfileLearns: spread quantiles, novelty with first/last seen, the
 // hour-of-day seasonality and maturity, learned from the events alone.
 func TestProfileLearns(t *testing.T) {
@@ -33,7 +44,7 @@ func TestProfileLearns(t *testing.T) {
 		for j := 0; j < k; j++ {
 			x := event.Event{ID: "e", Time: at.Add(time.Duration(j) * 50 * time.Millisecond), KeyID: "k", Outcome: event.OutcomeValid,
 				ClientIP: fmt.Sprintf("198.51.100.%d", j%3), Country: "DE", ASN: 3320}
-			p = ps.observe(&x, x.Time.UnixNano())
+			p = obs(ps, &x)
 			n++
 		}
 	}
@@ -42,8 +53,8 @@ func TestProfileLearns(t *testing.T) {
 	if !v.mature() || !v.seasonal() {
 		t.Fatalf("after two days: mature %v seasonal %v", v.mature(), v.seasonal())
 	}
-	if q := v.quantile(hIPs, 0.99); q != 3 {
-		t.Errorf("ips_p99 = %v, want 3", q)
+	if q := v.quantile(hIPs, 0.99); q < 2 || q > 4 { // an estimate: two of 256 bits may collide
+		t.Errorf("ips_p99 = %v, want about 3", q)
 	}
 	if q := v.quantile(hCountries, 0.99); q != 1 {
 		t.Errorf("countries_p99 = %v, want 1", q)
@@ -65,7 +76,7 @@ func TestProfileLearns(t *testing.T) {
 	}
 	// A new country is new for an hour, then known.
 	x := event.Event{Time: start.Add(48*time.Hour + 2*time.Minute), KeyID: "k", Outcome: event.OutcomeValid, ClientIP: "203.0.113.5", Country: "RU", ASN: 12389}
-	ps.observe(&x, x.Time.UnixNano())
+	obs(ps, &x)
 	if v := (profView{p: p, ps: ps, now: uint32(x.Time.Unix())}); v.seenCountry("RU", 14) || v.seenASN(12389, 14) {
 		t.Error("a country first seen now counts as seen")
 	}
@@ -74,7 +85,7 @@ func TestProfileLearns(t *testing.T) {
 	}
 	// A young profile is not mature.
 	y := event.Event{Time: x.Time, KeyID: "young", Outcome: event.OutcomeValid, ClientIP: "192.0.2.1", Country: "US"}
-	yp := ps.observe(&y, y.Time.UnixNano())
+	yp := obs(ps, &y)
 	if (profView{p: yp, ps: ps, now: uint32(y.Time.Unix()) + 3600}).mature() {
 		t.Error("a one-hour-old profile is mature")
 	}
@@ -116,5 +127,14 @@ actions:
 	}
 	if sink.ds[0].Figures["profile_mature"] != 1 || sink.ds[0].Figures["profile_ips_p99"] != 1 {
 		t.Errorf("evidence: %v", sink.ds[0].Figures)
+	}
+}
+
+func TestProfileLayout(t *testing.T) {
+	if n := unsafe.Sizeof(profile{}); n%64 != 0 {
+		t.Errorf("profile is %d bytes, want a multiple of 64", n)
+	}
+	if o := unsafe.Offsetof(profile{}.winCty); o != 64 {
+		t.Errorf("bitmaps at %d, want 64", o)
 	}
 }

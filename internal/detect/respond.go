@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -158,10 +159,12 @@ func (e *Engine) signal(key, rule string, t int64) {
 	if key == "" {
 		return
 	}
-	k := e.signals[key]
+	e.sh.mu.Lock()
+	defer e.sh.mu.Unlock()
+	k := e.sh.signals[key]
 	if k == nil {
 		k = &keySignals{}
-		e.signals[strings.Clone(key)] = k
+		e.sh.signals[strings.Clone(key)] = k
 	}
 	k.add(rule, t)
 }
@@ -191,25 +194,27 @@ func (b *breakerState) has(key string) bool { return slices.Contains(b.keys, key
 // stays within the budgets, counting it if so; when it does not, it trips
 // (and alerts once per trip with the keys).
 func (e *Engine) breakerAllows(s *ruleState, key string, ev *event.Event, t int64) bool {
+	e.sh.mu.Lock()
+	defer e.sh.mu.Unlock()
 	since := t - e.bkWindow
 	s.bk.prune(since)
-	e.global.prune(since)
+	e.sh.global.prune(since)
 	if s.tripped && t-s.bk.trippedAt >= e.bkWindow && len(s.bk.keys) < e.maxRevokes {
 		s.tripped = false
 		e.log.Info("detect: circuit breaker re-armed", "rule", s.r.ID)
 	}
-	if e.global.trippedAt != 0 && t-e.global.trippedAt >= e.bkWindow && len(e.global.keys) < e.maxGlobal {
-		e.global.trippedAt = 0
+	if e.sh.global.trippedAt != 0 && t-e.sh.global.trippedAt >= e.bkWindow && len(e.sh.global.keys) < e.maxGlobal {
+		e.sh.global.trippedAt = 0
 		e.log.Info("detect: global circuit breaker re-armed")
 	}
 	ruleOK := e.maxRevokes < 0 || s.bk.has(key) || len(s.bk.keys) < e.maxRevokes
-	globalOK := e.maxGlobal < 0 || e.global.has(key) || len(e.global.keys) < e.maxGlobal
-	if ruleOK && globalOK && !s.tripped && e.global.trippedAt == 0 {
+	globalOK := e.maxGlobal < 0 || e.sh.global.has(key) || len(e.sh.global.keys) < e.maxGlobal
+	if ruleOK && globalOK && !s.tripped && e.sh.global.trippedAt == 0 {
 		if !s.bk.has(key) {
 			s.bk.keys, s.bk.at = append(s.bk.keys, strings.Clone(key)), append(s.bk.at, t)
 		}
-		if !e.global.has(key) {
-			e.global.keys, e.global.at = append(e.global.keys, strings.Clone(key)), append(e.global.at, t)
+		if !e.sh.global.has(key) {
+			e.sh.global.keys, e.sh.global.at = append(e.sh.global.keys, strings.Clone(key)), append(e.sh.global.at, t)
 		}
 		return true
 	}
@@ -233,9 +238,9 @@ func (e *Engine) breakerAllows(s *ruleState, key string, ev *event.Event, t int6
 		s.tripped, s.bk.trippedAt = true, t
 		alert("rule "+r.ID, &s.bk, e.maxRevokes)
 	}
-	if !globalOK && e.global.trippedAt == 0 {
-		e.global.trippedAt = t
-		alert("all rules", &e.global, e.maxGlobal)
+	if !globalOK && e.sh.global.trippedAt == 0 {
+		e.sh.global.trippedAt = t
+		alert("all rules", &e.sh.global, e.maxGlobal)
 	}
 	return false
 }
@@ -265,9 +270,11 @@ func (e *Engine) fire(s *ruleState, g *group, i int, ev *event.Event, t int64) {
 	var corroborator string
 	held := false
 	if strong && a.spec.Corroboration != "none" {
-		if k := e.signals[ev.KeyID]; k != nil {
+		e.sh.mu.Lock()
+		if k := e.sh.signals[ev.KeyID]; k != nil {
 			corroborator = k.other(r.ID, t-e.corrWindow)
 		}
+		e.sh.mu.Unlock()
 		if corroborator == "" {
 			// Held: reported once per suppression period as an alert,
 			// looked at again in a minute.
@@ -368,9 +375,11 @@ func (e *Engine) sweepState(now int64) {
 			}
 		}
 	}
-	for k, sig := range e.signals {
+	e.sh.mu.Lock()
+	defer e.sh.mu.Unlock()
+	for k, sig := range e.sh.signals {
 		if sig.other("", now-e.corrWindow) == "" {
-			delete(e.signals, k)
+			delete(e.sh.signals, k)
 		}
 	}
 }
@@ -379,3 +388,14 @@ func validNet(s string) bool {
 	_, err := netip.ParsePrefix(s)
 	return err == nil
 }
+
+// shared is what the engines of a Parallel share: a rule on one engine
+// corroborates a rule on another, and the global breaker budget is one.
+// Touched only when a rule fires.
+type shared struct {
+	mu      sync.Mutex
+	signals map[string]*keySignals
+	global  breakerState
+}
+
+func newShared() *shared { return &shared{signals: map[string]*keySignals{}} }

@@ -196,7 +196,7 @@ func TestProfileMemory(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	for i := 0; i < n; i++ {
 		x := ev(i, time.Duration(i)*time.Millisecond, fmt.Sprintf("key_%08d", i), "192.0.2.1", event.OutcomeValid)
-		ps.observe(&x, x.Time.UnixNano())
+		obs(ps, &x)
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)

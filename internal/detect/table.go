@@ -138,6 +138,10 @@ func (e *Engine) apply(set *RuleSet) {
 		}
 	}
 	e.set, e.states, e.tables = set, states, tables
+	e.needProf = false
+	for _, s := range states {
+		e.needProf = e.needProf || (s.tab != nil && s.r.usesProfile)
+	}
 	e.current.Store(set)
 	e.hv, e.sv = make([]uint64, maxD), make([]int64, maxS)
 	if e.cfg.Metrics != nil {
@@ -168,6 +172,7 @@ const subBatch = 256
 // scratch holds per-event values between the phases of a sub-batch.
 type scratch struct {
 	prof  []*profile
+	ph    []uint64
 	t, wm []int64
 	match []uint64 // members of the current table that matched
 	hash  []uint64
@@ -208,7 +213,7 @@ func (e *Engine) processSub(evs []event.Event) {
 	if cap(sc.t) < len(evs) {
 		sc.t, sc.wm = make([]int64, subBatch), make([]int64, subBatch)
 		sc.match, sc.hash, sc.row = make([]uint64, subBatch), make([]uint64, subBatch), make([]int32, subBatch)
-		sc.prof = make([]*profile, subBatch)
+		sc.prof, sc.ph = make([]*profile, subBatch), make([]uint64, subBatch)
 	}
 	for i := range evs {
 		t := evs[i].Time.UnixNano()
@@ -219,16 +224,20 @@ func (e *Engine) processSub(evs []event.Event) {
 			e.watermark = t
 		}
 		sc.t[i], sc.wm[i] = t, e.watermark
-		sc.prof[i] = nil
-		if t > 0 {
-			if e.warmupEnd == 0 {
-				e.warmupEnd = t + int64(e.cfg.Warmup)
-				e.lastSweep = t
-			}
-			if e.prof != nil {
-				sc.prof[i] = e.prof.observe(&evs[i], t)
+		if t > 0 && e.warmupEnd == 0 {
+			e.warmupEnd = t + int64(e.cfg.Warmup)
+			e.lastSweep = t
+		}
+	}
+	if e.prof != nil && e.needProf {
+		e.prof.lookup(evs, sc.t, sc.ph, sc.prof)
+		for i := range evs {
+			if sc.t[i] > 0 {
+				sc.prof[i] = e.prof.observe(&evs[i], sc.t[i], sc.ph[i], sc.prof[i])
 			}
 		}
+	} else {
+		clear(sc.prof[:len(evs)])
 	}
 	if e.watermark-e.lastSweep > int64(time.Hour) {
 		e.sweepState(e.watermark)
