@@ -237,7 +237,9 @@ func GenerateEval(cfg EvalConfig, emit func(*event.Event) error) (*EvalSet, erro
 		keys = append(keys, k)
 		return k
 	}
-	pop := func(lo, hi, floor int) int { return max(floor, int(math.Round(float64(between(rng, lo, hi))*cfg.Scale))) }
+	pop := func(lo, hi, floor int) int {
+		return max(floor, int(math.Round(float64(between(rng, lo, hi))*cfg.Scale)))
+	}
 	var actors []*actor
 	var servers, regionals []*serverKey
 
