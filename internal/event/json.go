@@ -138,20 +138,26 @@ func jsonKind(k string) string {
 type NDJSONReader struct {
 	sc   *bufio.Scanner
 	line int
+	fast *fastDecoder
 }
 
 // NewNDJSONReader reads events from r.
 func NewNDJSONReader(r io.Reader) *NDJSONReader {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	return &NDJSONReader{sc: sc}
+	sc.Buffer(make([]byte, 1<<20), 4*1024*1024)
+	return &NDJSONReader{sc: sc, fast: newFastDecoder()}
 }
 
 // Next returns the next event, or io.EOF at the end.
 func (r *NDJSONReader) Next() (Event, error) {
 	for r.sc.Scan() {
 		r.line++
-		b := bytes.TrimSpace(r.sc.Bytes())
+		b := r.sc.Bytes()
+		var e Event
+		if r.fast.decode(b, &e) {
+			return e, nil
+		}
+		b = bytes.TrimSpace(b)
 		if len(b) == 0 {
 			continue
 		}
