@@ -64,7 +64,8 @@ type LabelResult struct {
 	FirstDecision time.Time     `json:"first_decision,omitempty"`
 	Decisions     int           `json:"decisions"`
 	DryRun        int           `json:"dry_run_decisions"`
-	Strongest     string        `json:"strongest_enforced_action,omitempty"`
+	Strongest     string        `json:"strongest_enforced_action,omitempty"` // on alert < throttle < suspend < revoke
+	BlockedIP     bool          `json:"block_ip_enforced,omitempty"`
 	Intended      bool          `json:"intended_action_taken"`
 	TimeToAction  time.Duration `json:"time_to_intended_ns,omitempty"`
 	Forbidden     []string      `json:"forbidden_taken,omitempty"`
@@ -214,7 +215,9 @@ func (s *Scorer) Decide(d *keymeterv1.Decision) {
 			r.DryRun++
 			continue
 		}
-		if rank[act] > rank[r.Strongest] || (r.Strongest == "" && act == "block_ip") {
+		if act == "block_ip" {
+			r.BlockedIP = true
+		} else if rank[act] > rank[r.Strongest] {
 			r.Strongest = act
 		}
 		ok := false
@@ -348,7 +351,7 @@ func (s *Scorer) Result() *Result {
 // WriteText prints the per-label table, the benign keys revoked or
 // suspended, and the totals.
 func (r *Result) WriteText(w io.Writer) error {
-	fmt.Fprintf(w, "%-26s %-9s %-9s %-9s %-9s %10s  %s\n", "LABEL", "DETECTED", "INTENDED", "TAKEN", "RESULT", "TIME", "GROUP / RULES")
+	fmt.Fprintf(w, "%-26s %-9s %-9s %-14s %-6s %10s  %s\n", "LABEL", "DETECTED", "INTENDED", "TAKEN", "RESULT", "TIME", "GROUP / RULES")
 	for _, l := range r.Labels {
 		det, res, tt := "no", "FAIL", "-"
 		if l.Detected {
@@ -364,13 +367,16 @@ func (r *Result) WriteText(w io.Writer) error {
 			tt = l.TimeToAction.Round(time.Second).String()
 		}
 		taken := l.Strongest
+		if l.BlockedIP {
+			taken = strings.TrimPrefix(taken+"+block_ip", "+")
+		}
 		if taken == "" {
 			taken = "-"
 		}
 		for _, f := range l.Forbidden {
 			taken += " !" + f
 		}
-		fmt.Fprintf(w, "%-26s %-9s %-9s %-9s %-9s %10s  %s %s\n", l.ID, det, l.IntendedAction, taken, res, tt, l.Group, strings.Join(l.Rules, ","))
+		fmt.Fprintf(w, "%-26s %-9s %-9s %-14s %-6s %10s  %s %s\n", l.ID, det, l.IntendedAction, taken, res, tt, l.Group, strings.Join(l.Rules, ","))
 	}
 	if len(r.BenignRevoked) > 0 {
 		fmt.Fprintf(w, "benign keys revoked or suspended (%d):\n", len(r.BenignRevoked))

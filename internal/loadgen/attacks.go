@@ -22,7 +22,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		if dur > room*2/3 {
 			dur = room * 2 / 3
 		}
-		return lo.Add(time.Duration(rng.Int64N(int64(room - dur)))).Truncate(time.Second), dur
+		return lo.Add(time.Duration(rng.Int64N(int64(room - dur)))).Truncate(time.Minute), dur.Truncate(time.Minute)
 	}
 	minutes := func(a, b int) time.Duration { return time.Duration(between(rng, a, b)) * time.Minute }
 	within := func(s time.Time, d time.Duration) func(time.Time) bool {
@@ -80,6 +80,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		r := uniform(rng, 20, 200)
 		agent := ua()
 		a := &attack{label: label("anon-burst", n, ipString(net)+"/24", "block_ip")}
+		a.label.Start, a.label.End = s, s.Add(d)
 		a.label.Note = fmt.Sprintf("%.0f req/s anonymous from %s/24 (AS%d, %s) for %s", r, ipString(net), bl.asn, w.countries[bl.country].code, d)
 		a.actor = actor{rate: func(t time.Time) float64 {
 			if in(t) {
@@ -100,6 +101,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		r := uniform(rng, 1, 15)
 		agent := ua()
 		a := &attack{label: label("credential-stuffing", n, ip.String()+"/32", "block_ip")}
+		a.label.Start, a.label.End = s, s.Add(d)
 		a.label.Note = fmt.Sprintf("%.1f req/s of made-up keys from %s (AS%d) for %s", r, ip, ip.asn, d)
 		a.actor = actor{rate: func(t time.Time) float64 {
 			if in(t) {
@@ -127,6 +129,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		in := within(s, d)
 		r := uniform(rng, 0.5, 5)
 		a := &attack{label: label("credential-stuffing-asn", n, ipString(bl.base)+"/16", "block_ip")}
+		a.label.Start, a.label.End = s, s.Add(d)
 		a.label.ASN = bl.asn
 		a.label.Note = fmt.Sprintf("%.1f req/s of made-up keys from %d addresses of AS%d for %s", r, len(ips), bl.asn, d)
 		a.actor = actor{rate: func(t time.Time) float64 {
@@ -169,6 +172,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		r := uniform(rng, 0.3, 3)
 		k := v.k
 		a := &attack{label: label("geo-shift", n, k.KeyID, "revoke"), key: k.KeyID}
+		a.label.Start, a.label.End = s, s.Add(d)
 		a.label.Note = fmt.Sprintf("%s key used from %d new countries, %.1f req/s for %s", k.Persona, len(cs), r, d)
 		a.actor = actor{rate: func(t time.Time) float64 {
 			if in(t) {
@@ -197,6 +201,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		r := uniform(rng, 3, 30)
 		k := v.k
 		a := &attack{label: label("leaked-key-botnet", n, k.KeyID, "revoke"), key: k.KeyID}
+		a.label.Start, a.label.End = s, s.Add(d)
 		a.label.Note = fmt.Sprintf("server key used from %d addresses in %d countries, %.1f req/s for %s", len(ips), len(cs), r, d)
 		a.actor = actor{rate: func(t time.Time) float64 {
 			if in(t) {
@@ -231,6 +236,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		r := uniform(rng, 1, 5) / 60
 		k := v.k
 		a := &attack{label: label("low-and-slow", n, k.KeyID, "suspend"), key: k.KeyID}
+		a.label.Start, a.label.End = s, s.Add(d)
 		a.label.Note = fmt.Sprintf("%s key used from %s (AS%d, new), %.1f req/min for %s", k.Persona, ips[0], ips[0].asn, r*60, d.Round(time.Minute))
 		a.actor = actor{rate: func(t time.Time) float64 {
 			if in(t) {
@@ -250,6 +256,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		in := within(s, d)
 		k, ips, base := v.k, v.ips, v.rate
 		a := &attack{label: label("quota-spike", n, k.KeyID, "throttle", "revoke", "suspend"), key: k.KeyID}
+		a.label.Start, a.label.End = s, s.Add(d)
 		a.label.Note = fmt.Sprintf("legitimate key at %.0fx its usual rate from its own addresses for %s", factor, d)
 		a.actor = actor{rate: func(t time.Time) float64 {
 			if in(t) {
@@ -270,6 +277,7 @@ func buildAttacks(rng *rand.Rand, w *world, cfg EvalConfig, servers, regionals [
 		in := within(s, d)
 		r := float64(between(rng, 20, 300)) / d.Seconds()
 		a := &attack{label: label("revoked-key-tried", n, k.KeyID, "alert"), key: k.KeyID}
+		a.label.Start, a.label.End = s, s.Add(d)
 		a.label.Note = fmt.Sprintf("revoked key tried %.0f times from %d addresses over %s", r*d.Seconds(), len(ips), d)
 		a.actor = actor{rate: func(t time.Time) float64 {
 			if in(t) {

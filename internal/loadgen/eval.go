@@ -215,6 +215,28 @@ var (
 // returns the labels and keys. The same config gives the same set; another
 // seed gives other populations, countries, rates, timing and attacks.
 func GenerateEval(cfg EvalConfig, emit func(*event.Event) error) (*EvalSet, error) {
+	ev, err := NewEval(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := ev.Run(emit); err != nil {
+		return nil, err
+	}
+	return &ev.EvalSet, nil
+}
+
+// Eval is a planned evaluation set: its keys and labels are known before
+// its events are generated (Run).
+type Eval struct {
+	EvalSet
+	cfg     EvalConfig
+	g       *gen
+	actors  []*actor
+	attacks []*attack
+}
+
+// NewEval plans an evaluation set: populations, keys, attacks and labels.
+func NewEval(cfg EvalConfig) (*Eval, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
@@ -224,7 +246,6 @@ func GenerateEval(cfg EvalConfig, emit func(*event.Event) error) (*EvalSet, erro
 	for range between(rng, 3, 8) {
 		g.verifs = append(g.verifs, randID(rng, "edge-", 6))
 	}
-	end := cfg.Start.Add(cfg.Duration)
 	set := &EvalSet{}
 	var projects []string
 	for _, i := range rng.Perm(len(projectNames))[:between(rng, 4, 9)] {
@@ -585,6 +606,24 @@ func GenerateEval(cfg EvalConfig, emit func(*event.Event) error) (*EvalSet, erro
 	for _, k := range keys {
 		set.Keys = append(set.Keys, k.KeyInfo)
 	}
+	for _, a := range attacks {
+		if err := a.label.Check(); err != nil {
+			return nil, fmt.Errorf("loadgen: label %s: %v", a.label.ID, err)
+		}
+		set.Labels = append(set.Labels, a.label)
+	}
+	slices.SortStableFunc(set.Labels, func(a, b evaluate.Label) int { return a.Start.Compare(b.Start) })
+	return &Eval{EvalSet: *set, cfg: cfg, g: g, actors: actors, attacks: attacks}, nil
+}
+
+// Run generates the events, in time order, to emit. It runs once.
+func (ev *Eval) Run(emit func(*event.Event) error) error {
+	cfg, g, rng, actors, attacks := ev.cfg, ev.g, ev.g.rng, ev.actors, ev.attacks
+	if g == nil {
+		return fmt.Errorf("loadgen: evaluation set already generated")
+	}
+	ev.g = nil
+	end := cfg.Start.Add(cfg.Duration)
 
 	// Generate in 10-minute chunks, sorted, so memory stays bounded.
 	var n int64
@@ -615,27 +654,17 @@ func GenerateEval(cfg EvalConfig, emit func(*event.Event) error) (*EvalSet, erro
 			n++
 			e.ID = fmt.Sprintf("ev-%d-%d", cfg.Seed, n)
 			if err := emit(e); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	set.Events = n
+	ev.Events = n
 	var attackEvents int64
 	for _, a := range attacks {
-		if a.events == 0 {
-			continue
-		}
-		a.label.Start = a.first.Truncate(time.Second)
-		a.label.End = a.last.Truncate(time.Second).Add(time.Second)
-		if err := a.label.Check(); err != nil {
-			return nil, fmt.Errorf("loadgen: label %s: %v", a.label.ID, err)
-		}
 		attackEvents += a.events
-		set.Labels = append(set.Labels, a.label)
 	}
-	slices.SortStableFunc(set.Labels, func(a, b evaluate.Label) int { return a.Start.Compare(b.Start) })
-	set.Benign = n - attackEvents
-	return set, nil
+	ev.Benign = n - attackEvents
+	return nil
 }
 
 // serverKey is a benign key an attack may pick as its victim.
