@@ -58,3 +58,37 @@ func TestBacktestBadLinesAndLabels(t *testing.T) {
 		t.Fatalf("bad label file: %v", err)
 	}
 }
+
+func TestRulesDiff(t *testing.T) {
+	dir := t.TempDir()
+	var nd strings.Builder
+	for i := range 6 {
+		fmt.Fprintf(&nd, `{"id":"e%d","time":"2026-11-24T10:0%d:00Z","key_id":"key_old","outcome":"revoked","client_ip":"198.51.100.7","country":"DE","asn":64500}`+"\n", i, i)
+	}
+	events := filepath.Join(dir, "events.ndjson")
+	_ = os.WriteFile(events, []byte(nd.String()), 0o644)
+	rule, err := os.ReadFile("../../rules/revoked-key-tried.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newDir := filepath.Join(dir, "new")
+	_ = os.Mkdir(newDir, 0o755)
+	// The new set alerts only from 10 tries: the alert on key_old goes away.
+	changed := strings.Replace(string(rule), "when: count >= 3", "when: count >= 10", 1)
+	if changed == string(rule) {
+		t.Fatal("the rule file changed: adjust the test")
+	}
+	changed = changed[:strings.Index(changed, "tests:")]
+	_ = os.WriteFile(filepath.Join(newDir, "r.yaml"), []byte(changed), 0o644)
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"rules", "diff", "--old", "../../rules/revoked-key-tried.yaml", "--new", newDir, "--events", events})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	if !strings.Contains(s, "key_old") || !strings.Contains(s, "enforce/alert") || !strings.Contains(s, "old_decisions=1 new_decisions=0 rows_changed=1 only_old=1 only_new=0") {
+		t.Fatalf("diff output:\n%s", s)
+	}
+}

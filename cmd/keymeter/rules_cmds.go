@@ -35,7 +35,7 @@ func newRulesCmd(g *globals) *cobra.Command {
 		Use:   "rules",
 		Short: "Detection rules: lint, test and backtest rule files",
 	}
-	c.AddCommand(newRulesLintCmd(g), newRulesTestCmd(g), newRulesBacktestCmd(g))
+	c.AddCommand(newRulesLintCmd(g), newRulesTestCmd(g), newRulesBacktestCmd(g), newRulesDiffCmd(g))
 	return c
 }
 
