@@ -47,7 +47,7 @@ test: deps check-generated ## everything a fresh machine needs, then all tests u
 	$(GO) vet ./...
 	@status=0; \
 	deploy/kafka/kafka.sh start && scripts/clickhouse-server.sh start && \
-	$(GO) test $(TEST_FLAGS) ./... || status=$$?; \
+	$(GO) test $(TEST_FLAGS) ./... && $(GO) test -count=1 -timeout 10m -run '^TestEvaluationGate$$' ./internal/evaluate/ || status=$$?; \
 	if [ -z "$(KEEP_SERVERS)" ]; then $(MAKE) --no-print-directory down; fi; \
 	exit $$status
 
