@@ -76,12 +76,13 @@ type profile struct {
 	win       uint32 // current spread window (unix s / profWindow)
 	hour      uint32 // current hour (unix s / 3600)
 	hourN     uint32 // events in it so far
+	lastUsual uint32 // last event from an established country and ASN
 
 	// second line: linear-counting bitmaps of the current window
 	winCty uint64
 	winASN [2]uint64
 	winIP  [4]uint64
-	_      [8]byte
+	_      [4]byte
 
 	hist [3][nHist]uint16 // spread per window: countries, ASNs, IPs
 	how  [168]uint8
@@ -161,17 +162,20 @@ func (p *profile) observe(t uint32, ip string, asn uint32, country string, seed 
 		cty = uint16(country[0])<<8 | uint16(country[1])
 	}
 	netHash := uint32(maphash.String(seed, netPart(ip))) | 1
-	if cty == p.lastCty && asn == p.lastASN && netHash == p.lastNet && t-p.lastSeenT < 60 {
-		return
+	if cty != p.lastCty || asn != p.lastASN || netHash != p.lastNet || t-p.lastSeenT >= 60 {
+		p.lastCty, p.lastASN, p.lastNet, p.lastSeenT = cty, asn, netHash, t
+		p.ctyFirst, p.asnFirst = 0, 0 // no country or ASN: nothing new
+		if cty != 0 {
+			p.ctyFirst = p.countries.add(uint32(cty), t)
+		}
+		if asn != 0 {
+			p.asnFirst = p.asns.add(asn, t)
+		}
+		p.nets.add(netHash, t)
 	}
-	p.lastCty, p.lastASN, p.lastNet, p.lastSeenT = cty, asn, netHash, t
-	if cty != 0 {
-		p.ctyFirst = p.countries.add(uint32(cty), t)
+	if p.ctyFirst+noveltyGrace <= t && p.asnFirst+noveltyGrace <= t {
+		p.lastUsual = t
 	}
-	if asn != 0 {
-		p.asnFirst = p.asns.add(asn, t)
-	}
-	p.nets.add(netHash, t)
 }
 
 // linearCount estimates the distinct values set in a bitmap of m bits.
@@ -603,6 +607,16 @@ func (v profView) meanHour() float64 {
 	return float64(v.p.events) / max(v.ageHours(), 1)
 }
 
+// usualMinutesAgo is how long ago the subject was last used from a country
+// and ASN both established (seen for over an hour): small while a new
+// place is in use means both places are in use at once.
+func (v profView) usualMinutesAgo() float64 {
+	if v.p == nil || v.p.lastUsual == 0 {
+		return 1e9
+	}
+	return float64(since(v.now, v.p.lastUsual)) / 60
+}
+
 func (v profView) events() int64 {
 	if v.p == nil {
 		return 0
@@ -663,6 +677,7 @@ var profileFields = map[string]valKind{
 	"asns_p50": kDbl, "asns_p99": kDbl,
 	"ips_p50": kDbl, "ips_p99": kDbl,
 	"hour_baseline": kDbl, "peak_hour": kDbl, "mean_hour": kDbl,
+	"usual_minutes_ago": kDbl,
 }
 
 // profileMethods are the functions of `profile`: argument kinds.
@@ -704,6 +719,8 @@ func (v profView) field(name string) (b bool, i int64, d float64) {
 		d = v.peakHour()
 	case "mean_hour":
 		d = v.meanHour()
+	case "usual_minutes_ago":
+		d = v.usualMinutesAgo()
 	}
 	return
 }
