@@ -552,6 +552,14 @@ func trCompare(fn string, x, y nexpr) (nexpr, bool) {
 
 // trProfileCall plans profile.seen_country(c, days) and its kin.
 func trProfileCall(fn string, args []celast.Expr, ff featureFields) (nexpr, bool) {
+	if fn == "concurrent_minutes" && len(args) == 1 {
+		v, ok := tr(args[0], ff)
+		if !ok || v.t != kStr || v.s == nil {
+			return nexpr{}, false
+		}
+		s := v.s
+		return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.concurrentMinutes(s(a)) }}, true
+	}
 	if len(args) != 2 {
 		return nexpr{}, false
 	}
