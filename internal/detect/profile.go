@@ -270,14 +270,27 @@ func (s *seenSet) add(v, t uint32) uint32 {
 		s.n++
 		return t
 	}
-	old := 0
+	// Full. A newcomer (first seen within the novelty grace) gives way to
+	// another: a burst of new values (an attack from many countries) stays
+	// new instead of pushing the key's established values out. Otherwise
+	// the stalest value goes, and if it was in use within the last 30 days
+	// the set is no longer exhaustive: seen answers true for a while.
+	old := -1
 	for i := range s.e {
-		if s.e[i].last < s.e[old].last {
+		if t-s.e[i].first < noveltyGrace && s.e[i].before == 0 && (old < 0 || s.e[i].first > s.e[old].first) {
 			old = i
 		}
 	}
-	if t-s.e[old].last < seenForget {
-		s.over = t
+	if old < 0 {
+		old = 0
+		for i := range s.e {
+			if s.e[i].last < s.e[old].last {
+				old = i
+			}
+		}
+		if t-s.e[old].last < seenForget {
+			s.over = t
+		}
 	}
 	s.e[old] = seenEntry{v: v, first: t, last: t}
 	return t
@@ -640,6 +653,9 @@ func (v profView) seenCountry(c string, days float64) bool {
 	if cty == v.p.lastCty && v.p.ctyFirst <= v.now && v.now-v.p.ctyFirst >= noveltyGrace {
 		return true // the usual case, answered from the profile's first line
 	}
+	if v.p.quantile(hCountries, 0.99) >= nSeen {
+		return true // more countries at once than the set holds: cannot tell
+	}
 	return v.p.countries.seen(uint32(cty), v.now, days)
 }
 
@@ -651,6 +667,9 @@ func (v profView) seenASN(asn int64, days float64) bool {
 		return true
 	}
 	if uint32(asn) == v.p.lastASN && v.p.asnFirst <= v.now && v.now-v.p.asnFirst >= noveltyGrace {
+		return true
+	}
+	if v.p.quantile(hASNs, 0.99) >= nSeen {
 		return true
 	}
 	return v.p.asns.seen(uint32(asn), v.now, days)
@@ -670,6 +689,9 @@ func (v profView) seenNet(ip string, days float64) bool {
 		}
 	} else {
 		ip = netPart(ip)
+	}
+	if v.p.quantile(hIPs, 0.99) >= nSeen {
+		return true
 	}
 	return v.p.nets.seen(uint32(maphash.String(v.ps.seed, ip))|1, v.now, days)
 }
