@@ -143,6 +143,16 @@ type Engine struct {
 	warmupEnd  int64 // 0 until the first event
 	extSig     atomic.Pointer[[]extSignal]
 	lastSweep  int64
+	quiet      bool // Learn: no decisions
+}
+
+// Learn runs evs through the rules' windows and the profiles without
+// making decisions: a warm start from stored history. Call it from the
+// goroutine that calls Process, before the live stream.
+func (e *Engine) Learn(evs []event.Event) {
+	e.quiet = true
+	defer func() { e.quiet = false }()
+	e.ProcessBatch(evs)
 }
 
 // ruleState is one rule's mutable state: its groups and counters.

@@ -1,7 +1,6 @@
 package detect
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -491,37 +490,6 @@ func TestWideCounts(t *testing.T) {
 	e.Process(&x)
 	if len(sink.ds) != 2 || sink.ds[1].Figures["count"] != 70001 {
 		t.Fatalf("decisions %v", sink.lines())
-	}
-}
-
-func TestDetector(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := NewDetector(DetectorConfig{RulesPaths: []string{dir}, Engine: Config{Sink: &capture{}}}); err != nil {
-		t.Fatalf("empty directory: %v", err) // no rules is a valid (empty) set
-	}
-	writeFile(t, filepath.Join(dir, "bad.yaml"), "id: x\n")
-	if _, err := NewDetector(DetectorConfig{RulesPaths: []string{dir}, Engine: Config{Sink: &capture{}}}); err == nil {
-		t.Fatal("started with a bad rule file")
-	}
-	writeFile(t, filepath.Join(dir, "bad.yaml"), fmt.Sprintf(revokeRule, "enforce", "10m"))
-	sink := &capture{}
-	d, err := NewDetector(DetectorConfig{RulesPaths: []string{dir}, Workers: 2, Engine: Config{Sink: sink}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	var evs []event.Event
-	for i := 0; i < 5; i++ {
-		evs = append(evs, ev(i, time.Duration(i)*time.Second, "k", "192.0.2.1", event.OutcomeValid))
-	}
-	d.ProcessBatch(evs)
-	if len(sink.ds) != 2 {
-		t.Fatalf("decisions: %v", sink.lines())
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := d.Run(ctx); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -375,7 +375,7 @@ func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t i
 		tb.samples(int(ri))[s.slot][g.sampleN%nSamples] = strings.Clone(ev.ID)
 		g.sampleN++
 	}
-	if t < e.warmupEnd {
+	if t < e.warmupEnd || e.quiet {
 		return // learning only
 	}
 	// Every action suppressed: nothing can fire.

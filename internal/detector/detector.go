@@ -1,10 +1,14 @@
-// Package detector runs the detection engine on the live event stream:
-// it consumes event batches from the bus, feeds them to internal/detect in
-// event time, and carries out the decisions: every decision is published on
+// Package detector is the detection role, the path that runs: Run (or
+// Assemble, then Role.Run) loads the rules and builds the engine (the
+// library internal/detect) with the rule reloader, the baselines and the
+// profiles warm-started from stored history; the Detector consumes event
+// batches from the bus, feeds them to the engine in event time, and
+// carries out the decisions: every decision is published on
 // keymeter.decisions and written to the store with its evidence; enforced
 // revocations, suspensions and throttles become key-state changes, so
 // verifiers refuse the key within bus latency; block_ip decisions reach the
-// verifiers through keymeter.decisions.
+// verifiers through keymeter.decisions (a network when the rule grouped by
+// network).
 package detector
 
 import (
