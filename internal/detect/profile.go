@@ -69,7 +69,7 @@ type profile struct {
 	lastCty   uint16
 	_         uint16
 	lastASN   uint32
-	lastNet   uint32
+	lastIP    uint32 // hash of the last client address
 	lastSeenT uint32
 	ctyFirst  uint32 // when lastCty's current streak began
 	asnFirst  uint32
@@ -165,9 +165,9 @@ func (p *profile) observe(t uint32, ip string, asn uint32, country string, seed 
 	if len(country) >= 2 {
 		cty = uint16(country[0])<<8 | uint16(country[1])
 	}
-	netHash := uint32(maphash.String(seed, netPart(ip))) | 1
-	if cty != p.lastCty || asn != p.lastASN || netHash != p.lastNet || t-p.lastSeenT >= 60 {
-		p.lastCty, p.lastASN, p.lastNet, p.lastSeenT = cty, asn, netHash, t
+	if cty != p.lastCty || asn != p.lastASN || uint32(ipHash) != p.lastIP || t-p.lastSeenT >= 60 {
+		netHash := uint32(maphash.String(seed, netPart(ip))) | 1
+		p.lastCty, p.lastASN, p.lastIP, p.lastSeenT = cty, asn, uint32(ipHash), t
 		p.ctyFirst, p.asnFirst = 0, 0 // no country or ASN: nothing new
 		if cty != 0 {
 			p.ctyFirst = p.countries.add(uint32(cty), t)
@@ -376,6 +376,9 @@ type profiles struct {
 	lastSweep uint32
 	evictions uint64
 	rng       uint64
+	// minWindows: active 10-minute windows a mature profile has seen, 12
+	// (or fewer when the maturity is shorter than two hours).
+	minWindows uint32
 }
 
 const profChunk = 1024
@@ -389,6 +392,7 @@ func newProfiles(cfg ProfileConfig, seed maphash.Seed) *profiles {
 	if ps.seasonal == 0 {
 		ps.seasonal = 24 * 3600
 	}
+	ps.minWindows = min(12, ps.maturity/profWindow)
 	if ps.cfg.MaxProfiles == 0 {
 		ps.cfg.MaxProfiles = 2_000_000
 	}
@@ -483,16 +487,12 @@ func keyed(ev *event.Event) bool {
 }
 
 func (ps *profiles) subjectHash(ev *event.Event) uint64 {
-	var h maphash.Hash
-	h.SetSeed(ps.seed)
 	if ev.KeyID != "" {
-		h.WriteByte('k')
-		h.WriteString(ev.KeyID)
-	} else {
-		h.WriteByte('n')
-		h.WriteString(netPart(ev.ClientIP))
+		return fixHash(maphash.String(ps.seed, ev.KeyID))
 	}
-	return fixHash(h.Sum64())
+	// Networks hash apart from keys: a key id never equals a network's text
+	// with this suffix mixed in.
+	return fixHash(maphash.String(ps.seed, netPart(ev.ClientIP)) ^ 0x5bd1e9955bd1e995)
 }
 
 // lookup finds the profile slots of evs (−1: none yet), all lookups first
@@ -577,7 +577,7 @@ type profView struct {
 }
 
 func (v profView) mature() bool {
-	return v.p != nil && since(v.now, v.p.created) >= v.ps.maturity && v.p.windows >= 12
+	return v.p != nil && since(v.now, v.p.created) >= v.ps.maturity && uint32(v.p.windows) >= v.ps.minWindows
 }
 
 func (v profView) seasonal() bool {
