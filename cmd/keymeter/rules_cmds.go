@@ -496,6 +496,7 @@ func benchDetectCmd(g *globals) *cobra.Command {
 		keys       int
 		workers    int
 		batch      int
+		mature     bool
 	)
 	c := &cobra.Command{
 		Use:   "detect",
@@ -526,7 +527,11 @@ over the rules.`,
 				}
 				return errFailed
 			}
-			return runBenchDetect(set, events, keys, max(workers, 1), batch)
+			cfg := detect.Config{MaxRevocationsPerHour: -1}
+			if mature {
+				cfg.Profiles = detect.ProfileConfig{Maturity: time.Second, Seasonal: time.Second}
+			}
+			return runBenchDetect(set, cfg, events, keys, max(workers, 1), batch)
 		},
 	}
 	f := c.Flags()
@@ -535,6 +540,7 @@ over the rules.`,
 	f.IntVar(&keys, "keys", 100_000, "distinct keys in the traffic (≈ active groups per key-grouped rule; 1000000 for the memory figure)")
 	f.IntVar(&workers, "workers", runtime.NumCPU(), "engines (cores) the rules are split over")
 	f.IntVar(&batch, "batch", 4096, "events per batch")
+	f.BoolVar(&mature, "mature-profiles", false, "treat every key's profile as mature from its first second, so profile-guarded rules evaluate their whole conditions as in steady state (the synthetic history covers seconds)")
 	return c
 }
 
@@ -542,7 +548,7 @@ type decisionCounter struct{ n int64 }
 
 func (d *decisionCounter) Decide(*keymeterv1.Decision) { d.n++ }
 
-func runBenchDetect(set *detect.RuleSet, total, keys, workers, per int) error {
+func runBenchDetect(set *detect.RuleSet, cfg detect.Config, total, keys, workers, per int) error {
 	sink := &decisionCounter{}
 	fmt.Fprintf(os.Stderr, "bench detect: %d rules, %d events over %d keys, %d worker(s)\n", set.Len(), total, keys, workers)
 	synth := detect.NewSynth(keys, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Microsecond, 1)
@@ -552,14 +558,16 @@ func runBenchDetect(set *detect.RuleSet, total, keys, workers, per int) error {
 	var stats func() detect.Stats
 	var flush func()
 	if workers == 1 {
-		e, err := detect.New(detect.Config{Sink: sink, MaxRevocationsPerHour: -1}, set)
+		cfg.Sink = sink
+		e, err := detect.New(cfg, set)
 		if err != nil {
 			return err
 		}
 		submit = func(evs []event.Event, done func()) { e.ProcessBatch(evs); done() }
 		stats, flush = e.Stats, e.Flush
 	} else {
-		p, err := detect.NewParallel(detect.Config{Sink: sink, MaxRevocationsPerHour: -1}, set, workers)
+		cfg.Sink = sink
+		p, err := detect.NewParallel(cfg, set, workers)
 		if err != nil {
 			return err
 		}
