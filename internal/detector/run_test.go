@@ -11,6 +11,8 @@ import (
 
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/keys"
 )
 
 // history is stored events in memory, oldest first.
@@ -88,5 +90,56 @@ actions:
 	}
 	if n := len(r.det.decisions); n != 0 {
 		t.Fatalf("%d decisions made on history", n)
+	}
+}
+
+// TestSuspensionExpires: an enforced suspension with a duration is lifted
+// when it expires; a revocation is not undone.
+func TestSuspensionExpires(t *testing.T) {
+	b := newBus(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	go func() { _ = table.Run(ctx, b) }()
+	<-table.Ready()
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{Bus: b, Keys: svc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, _ := svc.Create(ctx, keys.CreateParams{Project: "p"})
+	k2, _ := svc.Create(ctx, keys.CreateParams{Project: "p"})
+	now := time.Now()
+	for _, dec := range []*keymeterv1.Decision{
+		{Id: "s", TimeUnixNano: now.UnixNano(), RuleId: "r", Mode: keymeterv1.Mode_MODE_ENFORCE, Action: keymeterv1.Action_ACTION_SUSPEND, KeyId: k1.State.GetId(), DurationMs: 300},
+		{Id: "v", TimeUnixNano: now.UnixNano(), RuleId: "r", Mode: keymeterv1.Mode_MODE_ENFORCE, Action: keymeterv1.Action_ACTION_SUSPEND, KeyId: k2.State.GetId(), DurationMs: 300},
+	} {
+		if err := d.carryOut(ctx, dec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := svc.Revoke(ctx, k2.State.GetId(), "by a person"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := svc.Get(k1.State.GetId()); st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED {
+		t.Fatalf("not suspended: %v", st.GetStatus())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := svc.Get(k1.State.GetId())
+		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_ACTIVE {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("suspension did not expire: %v", st.GetStatus())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if st, _ := svc.Get(k2.State.GetId()); st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+		t.Fatalf("a revoked key was resumed: %v", st.GetStatus())
 	}
 }
