@@ -27,6 +27,8 @@ type detectorFlags struct {
 	Lookback   time.Duration
 	WarmStart  time.Duration
 	Maturity   time.Duration
+	Seasonal   time.Duration
+	Grace      time.Duration
 	Group      string
 }
 
@@ -41,13 +43,27 @@ func (f *detectorFlags) add(c *cobra.Command) {
 	fs.DurationVar(&f.Lookback, "baseline-lookback", 7*24*time.Hour, "history the per-key baselines are computed over")
 	fs.DurationVar(&f.WarmStart, "profile-warm-start", 24*time.Hour, "stored history replayed into the key profiles at start, decisions off (negative: none)")
 	fs.DurationVar(&f.Maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
+	fs.DurationVar(&f.Seasonal, "profile-seasonal", 24*time.Hour, "history a key needs before volume rules compare it with its usual hour of the day")
+	fs.DurationVar(&f.Grace, "profile-novelty-grace", time.Hour, "how long a country, ASN or network stays new for a key after it was first seen")
 	fs.StringVar(&f.Group, "detector-group", "detector", "consumer group of the detector")
+}
+
+// demoDefaults shortens the profiles' learning for keymeter dev, whose demo
+// keys are seconds old when the demo attacks start: mature (and seasonal)
+// after 5s, countries and networks established after 5s. A production
+// detector keeps 12h, 24h and 1h.
+func (f *detectorFlags) demoDefaults(c *cobra.Command) {
+	for name, v := range map[string]string{"profile-maturity": "5s", "profile-seasonal": "5s", "profile-novelty-grace": "5s"} {
+		fl := c.Flags().Lookup(name)
+		fl.DefValue = v
+		_ = fl.Value.Set(v)
+	}
 }
 
 func (f *detectorFlags) config(b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger) detector.RunConfig {
 	cfg := detector.RunConfig{Rules: f.Rules, ReloadInterval: f.Reload, AllowKeys: f.AllowKeys, AllowCIDRs: f.AllowCIDRs,
 		MaxRevocationsPerHour: f.MaxRevokes, MaxRevocationsGlobal: f.MaxGlobal, Group: f.Group, BaselineLookback: f.Lookback,
-		ProfileWarmStart: f.WarmStart, Profiles: detect.ProfileConfig{Maturity: f.Maturity},
+		ProfileWarmStart: f.WarmStart, Profiles: detect.ProfileConfig{Maturity: f.Maturity, Seasonal: f.Seasonal, NoveltyGrace: f.Grace},
 		Bus: b, Store: st, Keys: ka, Registerer: reg, Logger: log}
 	if h, ok := st.(detector.History); ok {
 		cfg.History = h

@@ -169,8 +169,8 @@ func newRulesBacktestCmd(g *globals) *cobra.Command {
 		allowCIDRs    []string
 		maxRevokes    int
 		bt            struct {
-			maxGlobal        int
-			warmup, maturity time.Duration
+			maxGlobal                         int
+			warmup, maturity, seasonal, grace time.Duration
 		}
 		asJSON      bool
 		sf          storeFlags
@@ -227,7 +227,8 @@ events. The last line on stdout is a name=value summary.`,
 				return errFailed
 			}
 			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes,
-				MaxRevocationsGlobal: bt.maxGlobal, Warmup: bt.warmup, Profiles: detect.ProfileConfig{Maturity: bt.maturity}, Logger: g.Logger()}
+				MaxRevocationsGlobal: bt.maxGlobal, Warmup: bt.warmup,
+				Profiles: detect.ProfileConfig{Maturity: bt.maturity, Seasonal: bt.seasonal, NoveltyGrace: bt.grace}, Logger: g.Logger()}
 			var scorer *evaluate.Scorer
 			if labelsPath != "" {
 				labels, err := evaluate.ReadLabelFile(labelsPath)
@@ -395,6 +396,8 @@ events. The last line on stdout is a name=value summary.`,
 	f.IntVar(&bt.maxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
 	f.DurationVar(&bt.warmup, "warmup", 0, "learn profiles and windows from the first DURATION of the history before decisions count (keys are judged only once their own profile is mature either way)")
 	f.DurationVar(&bt.maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
+	f.DurationVar(&bt.seasonal, "profile-seasonal", 0, "history a key needs before volume rules compare it with its usual hour of the day (0: 24h)")
+	f.DurationVar(&bt.grace, "profile-novelty-grace", 0, "how long a country, ASN or network stays new after it was first seen (0: 1h)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.StringVar(&labelsPath, "labels", "", "NDJSON file of labelled attacks to score the decisions against")
 	f.DurationVar(&grace, "grace", evaluate.DefaultGrace, "--labels: a decision this long after an attack's end still counts for it")

@@ -32,7 +32,7 @@ const (
 	nHist        = 16
 	histHalveAt  = 1024 // active windows; halving then keeps ~1–2 weeks
 	nSeen        = 9
-	noveltyGrace = 3600       // s: a value first seen this recently is still new
+	defaultGrace = 3600       // s: a value first seen this recently is still new
 	streakGap    = 86400      // s: a longer gap starts a new streak of use
 	seenForget   = 30 * 86400 // s: entries idle longer are dropped first
 )
@@ -129,7 +129,7 @@ func (p *profile) fold(hour uint32, n float64) {
 }
 
 // observe counts one event of the subject at t (Unix seconds).
-func (p *profile) observe(t uint32, ip string, asn uint32, country string, seed maphash.Seed) {
+func (p *profile) observe(t uint32, ip string, asn uint32, country string, seed maphash.Seed, grace uint32) {
 	if p.created == 0 {
 		p.created, p.hour, p.win = t, t/3600, t/profWindow
 	}
@@ -170,14 +170,14 @@ func (p *profile) observe(t uint32, ip string, asn uint32, country string, seed 
 		p.lastCty, p.lastASN, p.lastIP, p.lastSeenT = cty, asn, uint32(ipHash), t
 		p.ctyFirst, p.asnFirst = 0, 0 // no country or ASN: nothing new
 		if cty != 0 {
-			p.ctyFirst = p.countries.add(uint32(cty), t)
+			p.ctyFirst = p.countries.add(uint32(cty), t, grace)
 		}
 		if asn != 0 {
-			p.asnFirst = p.asns.add(asn, t)
+			p.asnFirst = p.asns.add(asn, t, grace)
 		}
-		p.nets.add(netHash, t)
+		p.nets.add(netHash, t, grace)
 	}
-	if p.ctyFirst+noveltyGrace <= t && p.asnFirst+noveltyGrace <= t {
+	if p.ctyFirst+grace <= t && p.asnFirst+grace <= t {
 		p.lastUsual = t
 	}
 }
@@ -252,7 +252,7 @@ func (p *profile) quantile(h int, q float64) float64 {
 }
 
 // add records v at t and returns when its current streak began.
-func (s *seenSet) add(v, t uint32) uint32 {
+func (s *seenSet) add(v, t, grace uint32) uint32 {
 	for i := 0; i < int(s.n); i++ {
 		e := &s.e[i]
 		if e.v == v {
@@ -277,7 +277,7 @@ func (s *seenSet) add(v, t uint32) uint32 {
 	// the set is no longer exhaustive: seen answers true for a while.
 	old := -1
 	for i := range s.e {
-		if t-s.e[i].first < noveltyGrace && s.e[i].before == 0 && (old < 0 || s.e[i].first > s.e[old].first) {
+		if t-s.e[i].first < grace && s.e[i].before == 0 && (old < 0 || s.e[i].first > s.e[old].first) {
 			old = i
 		}
 	}
@@ -299,7 +299,7 @@ func (s *seenSet) add(v, t uint32) uint32 {
 // seen reports whether v was in use for the subject before the last hour,
 // within the last days. A set that had to forget values in use within
 // that period answers true: it cannot tell.
-func (s *seenSet) seen(v, now uint32, days float64) bool {
+func (s *seenSet) seen(v, now uint32, days float64, grace uint32) bool {
 	span := uint32(max(days, 0) * 86400)
 	if s.over != 0 && since(now, s.over) < span {
 		return true
@@ -309,7 +309,7 @@ func (s *seenSet) seen(v, now uint32, days float64) bool {
 		if e.v != v {
 			continue
 		}
-		if e.first <= now && now-e.first >= noveltyGrace && since(now, e.last) <= span+noveltyGrace {
+		if e.first <= now && now-e.first >= grace && since(now, e.last) <= span+grace {
 			return true
 		}
 		return e.before != 0 && e.before <= now && now-e.before <= span
@@ -350,9 +350,13 @@ type ProfileConfig struct {
 	// Seasonal is how long before profile.seasonal holds: every hour of
 	// the day seen once. Zero means 24h.
 	Seasonal time.Duration
-	// MaxProfiles caps each of the key and network profile tables; the
-	// stalest of a few sampled profiles makes room. Zero means 1,000,000.
+	// MaxProfiles caps the profile table (keys and networks); the stalest
+	// of a few sampled profiles makes room. Zero means 2,000,000.
 	MaxProfiles int
+	// NoveltyGrace is how long a country, ASN or network stays new after
+	// it was first seen. Zero means 1h. (keymeter dev shortens it, and the
+	// maturity, so that its demo attacks are acted on within seconds.)
+	NoveltyGrace time.Duration
 }
 
 // profiles is the engine's table of profiles: keys and client networks in
@@ -379,6 +383,7 @@ type profiles struct {
 	// minWindows: active 10-minute windows a mature profile has seen, 12
 	// (or fewer when the maturity is shorter than two hours).
 	minWindows uint32
+	grace      uint32 // NoveltyGrace in seconds
 }
 
 const profChunk = 1024
@@ -393,6 +398,10 @@ func newProfiles(cfg ProfileConfig, seed maphash.Seed) *profiles {
 		ps.seasonal = 24 * 3600
 	}
 	ps.minWindows = min(12, ps.maturity/profWindow)
+	ps.grace = uint32(cfg.NoveltyGrace / time.Second)
+	if ps.grace == 0 {
+		ps.grace = defaultGrace
+	}
 	if ps.cfg.MaxProfiles == 0 {
 		ps.cfg.MaxProfiles = 2_000_000
 	}
@@ -554,7 +563,7 @@ func (ps *profiles) observe(ev *event.Event, t int64, h uint64, p *profile) *pro
 		// profile is read, not taught.
 		return p
 	}
-	p.observe(ts, ev.ClientIP, ev.ASN, ev.Country, ps.seed)
+	p.observe(ts, ev.ClientIP, ev.ASN, ev.Country, ps.seed, ps.grace)
 	return p
 }
 
@@ -650,13 +659,13 @@ func (v profView) seenCountry(c string, days float64) bool {
 		return true // unknown country: never novel
 	}
 	cty := uint16(c[0])<<8 | uint16(c[1])
-	if cty == v.p.lastCty && v.p.ctyFirst <= v.now && v.now-v.p.ctyFirst >= noveltyGrace {
+	if cty == v.p.lastCty && v.p.ctyFirst <= v.now && v.now-v.p.ctyFirst >= v.ps.grace {
 		return true // the usual case, answered from the profile's first line
 	}
 	if v.p.quantile(hCountries, 0.99) >= nSeen {
 		return true // more countries at once than the set holds: cannot tell
 	}
-	return v.p.countries.seen(uint32(cty), v.now, days)
+	return v.p.countries.seen(uint32(cty), v.now, days, v.ps.grace)
 }
 
 func (v profView) seenASN(asn int64, days float64) bool {
@@ -666,13 +675,13 @@ func (v profView) seenASN(asn int64, days float64) bool {
 	if asn == 0 {
 		return true
 	}
-	if uint32(asn) == v.p.lastASN && v.p.asnFirst <= v.now && v.now-v.p.asnFirst >= noveltyGrace {
+	if uint32(asn) == v.p.lastASN && v.p.asnFirst <= v.now && v.now-v.p.asnFirst >= v.ps.grace {
 		return true
 	}
 	if v.p.quantile(hASNs, 0.99) >= nSeen {
 		return true
 	}
-	return v.p.asns.seen(uint32(asn), v.now, days)
+	return v.p.asns.seen(uint32(asn), v.now, days, v.ps.grace)
 }
 
 func (v profView) seenNet(ip string, days float64) bool {
@@ -693,7 +702,7 @@ func (v profView) seenNet(ip string, days float64) bool {
 	if v.p.quantile(hIPs, 0.99) >= nSeen {
 		return true
 	}
-	return v.p.nets.seen(uint32(maphash.String(v.ps.seed, ip))|1, v.now, days)
+	return v.p.nets.seen(uint32(maphash.String(v.ps.seed, ip))|1, v.now, days, v.ps.grace)
 }
 
 // profileFields are the scalar fields of `profile`, by name.
