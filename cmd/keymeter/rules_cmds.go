@@ -532,7 +532,7 @@ over the rules.`,
 			}
 			cfg := detect.Config{MaxRevocationsPerHour: -1}
 			if mature {
-				cfg.Profiles = detect.ProfileConfig{Maturity: time.Second, Seasonal: time.Second}
+				cfg.Profiles = detect.ProfileConfig{Maturity: time.Second, Seasonal: time.Second, NoveltyGrace: time.Second}
 			}
 			return runBenchDetect(set, cfg, events, keys, max(workers, 1), batch)
 		},

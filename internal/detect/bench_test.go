@@ -62,7 +62,7 @@ func BenchmarkEngineMatureProfiles(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	e, err := New(Config{Sink: &countSink{}, MaxRevocationsPerHour: -1, Profiles: ProfileConfig{Maturity: time.Second, Seasonal: time.Second}}, set)
+	e, err := New(Config{Sink: &countSink{}, MaxRevocationsPerHour: -1, Profiles: ProfileConfig{Maturity: time.Second, Seasonal: time.Second, NoveltyGrace: time.Second}}, set)
 	if err != nil {
 		b.Fatal(err)
 	}
