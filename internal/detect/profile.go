@@ -351,7 +351,8 @@ type ProfileConfig struct {
 	// the day seen once. Zero means 24h.
 	Seasonal time.Duration
 	// MaxProfiles caps the profile table (keys and networks); the stalest
-	// of a few sampled profiles makes room. Zero means 2,000,000.
+	// of a few sampled profiles makes room. Zero means 1,000,000 (about
+	// 950 MB).
 	MaxProfiles int
 	// NoveltyGrace is how long a country, ASN or network stays new after
 	// it was first seen. Zero means 1h. (keymeter dev shortens it, and the
@@ -403,7 +404,7 @@ func newProfiles(cfg ProfileConfig, seed maphash.Seed) *profiles {
 		ps.grace = defaultGrace
 	}
 	if ps.cfg.MaxProfiles == 0 {
-		ps.cfg.MaxProfiles = 2_000_000
+		ps.cfg.MaxProfiles = 1_000_000
 	}
 	return ps
 }

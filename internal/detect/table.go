@@ -89,10 +89,11 @@ func (e *Engine) apply(set *RuleSet) {
 			s.pub.groups = prev.pub.groups
 		}
 		if prev, ok := old[r.ID]; ok && prev.r.Version == r.Version {
-			s.tripped, s.bk, s.supp = prev.tripped, prev.bk, prev.supp
+			s.tripped, s.bk = prev.tripped, prev.bk
 			s.c, s.evalErrs, s.pub = prev.c, prev.evalErrs, prev.pub
 			if prev.r.fingerprint == r.fingerprint {
 				carry[prev] = s
+				s.supp = prev.supp // per action: only while the actions are the same
 			}
 		}
 		states = append(states, s)
