@@ -241,6 +241,8 @@ func (c *compiler) compile(src string, agg bool, want valKind, fields featureFie
 		kind = kInt
 	case out.IsExactType(cel.DoubleType):
 		kind = kDbl
+	case out.IsExactType(cel.DynType) && want != 0:
+		kind = want // profile.<field> is typed dyn; its value has the field's type
 	}
 	if want != 0 && kind != want {
 		return nil, &compileError{line: 1, msg: fmt.Sprintf("expression has type %s, want %s", out, celType(want))}
@@ -269,6 +271,14 @@ func (c *compiler) compile(src string, agg bool, want valKind, fields featureFie
 	}
 	x := &expr{src: src, prg: prg, cost: est.Max, outKind: kind}
 	x.native, x.hasNat = translate(ast, fields)
+	if out.IsExactType(cel.DynType) && want != 0 && (!x.hasNat || x.native.t != want) {
+		// A profile field of another type, or a dyn the engine cannot type.
+		t := "dyn"
+		if x.hasNat {
+			t = celType(x.native.t).String()
+		}
+		return nil, &compileError{line: 1, msg: fmt.Sprintf("expression has type %s, want %s", t, celType(want))}
+	}
 	return x, nil
 }
 

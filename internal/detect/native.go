@@ -135,6 +135,18 @@ func tr(e celast.Expr, ff featureFields) (nexpr, bool) {
 		switch s.Operand().AsIdent() {
 		case "profile":
 			name := s.FieldName()
+			switch name { // the hot ones, without the name lookup
+			case "mature":
+				return nexpr{t: kBool, b: func(a *activation) bool { return a.prof.mature() }}, true
+			case "seasonal":
+				return nexpr{t: kBool, b: func(a *activation) bool { return a.prof.seasonal() }}, true
+			case "hour_baseline":
+				return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.hourBaseline() }}, true
+			case "ips_p99":
+				return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.quantile(hIPs, 0.99) }}, true
+			case "countries_p99":
+				return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.quantile(hCountries, 0.99) }}, true
+			}
 			switch profileFields[name] {
 			case kBool:
 				return nexpr{t: kBool, b: func(a *activation) bool { b, _, _ := a.prof.field(name); return b }}, true

@@ -8,6 +8,8 @@ import (
 	"time"
 	"unsafe"
 
+	"cel.dev/cel-go/common/types"
+
 	"github.com/keymeter/keymeter/internal/event"
 )
 
@@ -136,5 +138,65 @@ func TestProfileLayout(t *testing.T) {
 	}
 	if o := unsafe.Offsetof(profile{}.winCty); o != 64 {
 		t.Errorf("bitmaps at %d, want 64", o)
+	}
+}
+
+// TestProfileNativeMatchesCEL: profile fields and functions give the same
+// answers planned natively and through the CEL interpreter.
+func TestProfileNativeMatchesCEL(t *testing.T) {
+	ps := newProfiles(ProfileConfig{Maturity: time.Hour}, e0seed())
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var p *profile
+	for m := 0; m < 300; m++ {
+		x := event.Event{Time: start.Add(time.Duration(m) * time.Minute), KeyID: "k", Outcome: event.OutcomeValid,
+			ClientIP: fmt.Sprintf("198.51.100.%d", m%4), Country: "DE", ASN: 3320}
+		p = obs(ps, &x)
+	}
+	c, err := newCompiler(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, country := range []string{"DE", "RU"} {
+		x := event.Event{Time: start.Add(300 * time.Minute), KeyID: "k", Outcome: event.OutcomeValid, ClientIP: "198.51.100.1", Country: country, ASN: 3320}
+		a := &activation{ev: &x, prof: profView{p: p, ps: ps, now: uint32(x.Time.Unix())}}
+		for _, src := range []string{
+			"profile.mature", "profile.seasonal", "profile.new", "profile.known", "profile.age_hours > 4.0",
+			"profile.events == 300", "profile.ips_p99 >= 4.0", "profile.countries_p99 == 1.0", "profile.asns_p50 == 1.0",
+			"profile.hour_baseline > 30.0", "profile.peak_hour > 30.0", "profile.peak_10m >= 9.0", "profile.mean_hour > 50.0",
+			"profile.usual_minutes_ago < 2.0", "profile.seen_country(country, 14)", "profile.seen_asn(asn, 14)",
+			"profile.seen_net(ip, 14)", "profile.seen_net('203.0.113.0/24', 14)", "profile.concurrent_minutes(country) == 0.0",
+			"key_kind == 'server'",
+		} {
+			x, err := c.compile(src, false, kBool, featureFields{})
+			if err != nil {
+				t.Fatalf("%s: %v", src, err)
+			}
+			if !x.hasNat {
+				t.Fatalf("%s: not planned natively", src)
+			}
+			v, _, err := x.prg.Eval(a)
+			if err != nil {
+				t.Fatalf("%s: CEL: %v", src, err)
+			}
+			if nat := x.native.b(a); types.Bool(nat) != v {
+				t.Errorf("%s (country %s): native %v, CEL %v", src, country, nat, v)
+			}
+		}
+	}
+}
+
+func TestProfileFieldTypes(t *testing.T) {
+	c, err := newCompiler(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.compile("profile.age_hours", true, kBool, featureFields{}); err == nil || !strings.Contains(err.Error(), "want bool") {
+		t.Errorf("a double field as a condition: %v", err)
+	}
+	if _, err := c.compile("profile.nope > 1.0", true, kBool, featureFields{}); err == nil || !strings.Contains(err.Error(), "profile.nope") {
+		t.Errorf("unknown field: %v", err)
+	}
+	if _, err := c.compile("profile.mature", true, kBool, featureFields{}); err != nil {
+		t.Errorf("a bool field as a condition: %v", err)
 	}
 }
