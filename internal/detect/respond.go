@@ -362,6 +362,17 @@ func (e *Engine) fire(s *ruleState, g *group, i int, ev *event.Event, t int64) {
 // sweepState drops suppression and signal records that no longer matter.
 func (e *Engine) sweepState(now int64) {
 	e.lastSweep = now
+	// Breakers re-arm once their window has passed, even if no suspension
+	// or revocation was attempted since (the stats say so).
+	for _, s := range e.states {
+		if s.tripped && now-s.bk.trippedAt >= e.bkWindow {
+			s.bk.prune(now - e.bkWindow)
+			if len(s.bk.keys) < e.maxRevokes {
+				s.tripped = false
+				e.log.Info("detect: circuit breaker re-armed", "rule", s.r.ID)
+			}
+		}
+	}
 	for _, s := range e.states {
 		for k, st := range s.supp {
 			live := false
