@@ -49,11 +49,12 @@ func (f *detectorFlags) add(c *cobra.Command) {
 }
 
 // demoDefaults shortens the profiles' learning for keymeter dev, whose demo
-// keys are seconds old when the demo attacks start: mature (and seasonal)
-// after 5s, countries and networks established after 5s. A production
-// detector keeps 12h, 24h and 1h.
+// keys are seconds old when the demo attacks start: mature after 5s,
+// countries and networks established after 5s. A production detector
+// keeps 12h and 1h. Seasonality keeps its day: without a full hour seen,
+// volume rules would take any steady key for a spike.
 func (f *detectorFlags) demoDefaults(c *cobra.Command) {
-	for name, v := range map[string]string{"profile-maturity": "5s", "profile-seasonal": "5s", "profile-novelty-grace": "5s"} {
+	for name, v := range map[string]string{"profile-maturity": "5s", "profile-novelty-grace": "5s"} {
 		fl := c.Flags().Lookup(name)
 		fl.DefValue = v
 		_ = fl.Value.Set(v)
