@@ -48,6 +48,7 @@ test: deps check-generated ## everything a fresh machine needs, then all tests u
 	@status=0; \
 	deploy/kafka/kafka.sh start && scripts/clickhouse-server.sh start && \
 	$(GO) test $(TEST_FLAGS) ./... || status=$$?; \
+	if [ $$status -eq 0 ]; then $(GO) test -count=1 -timeout 10m -run '^TestEvaluationGate$$' ./internal/evaluate/ || status=$$?; fi; \
 	if [ $$status -eq 0 ]; then scripts/schemathesis.sh || status=$$?; fi; \
 	if [ -z "$(KEEP_SERVERS)" ]; then $(MAKE) --no-print-directory down; fi; \
 	exit $$status

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -12,20 +11,25 @@ import (
 
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/detector"
+	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/store"
-	"github.com/keymeter/keymeter/rules"
 )
 
 func init() { register(newDetectorCmd) }
 
-// detectorFlags configure the detection role.
+// detectorFlags configure the detection role (detector.RunConfig).
 type detectorFlags struct {
 	Rules      []string
 	AllowKeys  []string
 	AllowCIDRs []string
 	MaxRevokes int
+	MaxGlobal  int
 	Reload     time.Duration
 	Lookback   time.Duration
+	WarmStart  time.Duration
+	Maturity   time.Duration
+	Seasonal   time.Duration
+	Grace      time.Duration
 	Group      string
 }
 
@@ -34,60 +38,61 @@ func (f *detectorFlags) add(c *cobra.Command) {
 	fs.StringSliceVar(&f.Rules, "rules", nil, "rule files or directories, hot-reloaded (default: ./rules if it exists, else the starter rules built into the binary)")
 	fs.StringSliceVar(&f.AllowKeys, "allow-key", nil, "key ids rules never act on (decisions recorded as dry-run)")
 	fs.StringSliceVar(&f.AllowCIDRs, "allow-cidr", nil, "client networks rules never act on")
-	fs.IntVar(&f.MaxRevokes, "max-revocations-per-hour", 10, "circuit breaker: a rule revoking more keys than this in an hour turns to dry-run")
+	fs.IntVar(&f.MaxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule: distinct keys suspended or revoked per hour before the rule's suspensions and revocations turn to dry-run (negative: off)")
+	fs.IntVar(&f.MaxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
 	fs.DurationVar(&f.Reload, "reload-interval", 2*time.Second, "how often rule files are checked for changes")
 	fs.DurationVar(&f.Lookback, "baseline-lookback", 7*24*time.Hour, "history the per-key baselines are computed over")
+	fs.DurationVar(&f.WarmStart, "profile-warm-start", 24*time.Hour, "stored history replayed into the key profiles at start, decisions off (negative: none)")
+	fs.DurationVar(&f.Maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
+	fs.DurationVar(&f.Seasonal, "profile-seasonal", 24*time.Hour, "history a key needs before volume rules compare it with its usual hour of the day")
+	fs.DurationVar(&f.Grace, "profile-novelty-grace", time.Hour, "how long a country, ASN or network stays new for a key after it was first seen")
 	fs.StringVar(&f.Group, "detector-group", "detector", "consumer group of the detector")
 }
 
-// detectorParts is a wired detector, ready to run in an errgroup.
+// demoDefaults shortens the profiles' learning for keymeter dev, whose demo
+// keys are seconds old when the demo attacks start: mature after 5s,
+// countries and networks established after 5s. A production detector
+// keeps 12h and 1h. Seasonality keeps its day: without a full hour seen,
+// volume rules would take any steady key for a spike.
+func (f *detectorFlags) demoDefaults(c *cobra.Command) {
+	for name, v := range map[string]string{"profile-maturity": "5s", "profile-novelty-grace": "5s"} {
+		fl := c.Flags().Lookup(name)
+		fl.DefValue = v
+		_ = fl.Value.Set(v)
+	}
+}
+
+func (f *detectorFlags) config(b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger) detector.RunConfig {
+	cfg := detector.RunConfig{Rules: f.Rules, ReloadInterval: f.Reload, AllowKeys: f.AllowKeys, AllowCIDRs: f.AllowCIDRs,
+		MaxRevocationsPerHour: f.MaxRevokes, MaxRevocationsGlobal: f.MaxGlobal, Group: f.Group, BaselineLookback: f.Lookback,
+		ProfileWarmStart: f.WarmStart, Profiles: detect.ProfileConfig{Maturity: f.Maturity, Seasonal: f.Seasonal, NoveltyGrace: f.Grace},
+		Bus: b, Store: st, Keys: ka, Registerer: reg, Logger: log}
+	if h, ok := st.(detector.History); ok {
+		cfg.History = h
+	}
+	if svc, ok := ka.(*keys.Service); ok && svc != nil {
+		cfg.KeyKind = svc.Kind // rules read key_kind from the key table
+	}
+	return cfg
+}
+
+// detectorParts is an assembled detection role, ready to run in an errgroup.
 type detectorParts struct {
-	det      *detector.Detector
-	engine   *detect.Engine
-	reloader *detect.Reloader
-	base     *detector.Baselines
+	role   *detector.Role
+	engine *detect.Engine
+	det    *detector.Detector
 }
 
 func buildDetector(ctx context.Context, f *detectorFlags, b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger) (*detectorParts, error) {
-	src := rules.Resolve(f.Rules)
-	set, err := src.Load(detect.CompileOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("--rules: %w", err)
-	}
-	base := detector.NewBaselines(st, f.Lookback)
-	base.SetRules(set)
-	if st == nil {
-		log.Info("detector: no store; baselines start at the rules' defaults")
-	} else if n, err := base.Load(ctx); err != nil {
-		log.Warn("detector: baselines not loaded; rules start from their defaults", "err", err)
-	} else {
-		log.Info("detector: baselines loaded", "keys", n)
-	}
-	dcfg := detector.Config{Group: f.Group, Bus: b, Keys: ka, Logger: log}
-	if st != nil {
-		dcfg.Store = st
-	}
-	det, err := detector.New(dcfg)
+	r, err := detector.Assemble(ctx, f.config(b, st, ka, reg, log))
 	if err != nil {
 		return nil, err
 	}
-	m := detect.NewMetrics(reg)
-	eng, err := detect.New(detect.Config{Sink: det.Sink(), Baselines: base, Allowlist: detect.Allowlist{Keys: f.AllowKeys, CIDRs: f.AllowCIDRs},
-		MaxRevocationsPerHour: f.MaxRevokes, Metrics: m, Logger: log}, set)
-	if err != nil {
-		return nil, err
-	}
-	det.SetEngine(eng)
-	rl := &detect.Reloader{Paths: src.Paths, FS: src.FS, Swap: func(s *detect.RuleSet) { eng.Swap(s); base.SetRules(s) }, Interval: f.Reload, Logger: log, Metrics: m}
-	_, _ = rl.Reload() // record the fingerprint of what is loaded
-	log.Info("detector: rules loaded", "rules", set.Len())
-	return &detectorParts{det: det, engine: eng, reloader: rl, base: base}, nil
+	return &detectorParts{role: r, engine: r.Engine(), det: r.Detector()}, nil
 }
 
 func (p *detectorParts) run(ctx context.Context, eg *errgroup.Group) {
-	eg.Go(func() error { return p.reloader.Run(ctx) })
-	eg.Go(func() error { p.base.Run(ctx, 10*time.Minute); return nil })
-	eg.Go(func() error { return p.det.Run(ctx) })
+	eg.Go(func() error { return p.role.Run(ctx) })
 }
 
 func newDetectorCmd(g *globals) *cobra.Command {
@@ -101,11 +106,13 @@ func newDetectorCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "detector",
 		Short: "Run the CEL detection rules on the live event stream and act on what they find",
-		Long: `The detector evaluates every rule on every event, in event time. Decisions are
-published on keymeter.decisions and stored with their evidence; enforced
-revocations, suspensions and throttles are written to the key-state log, where
-every verifier applies them within milliseconds. Rule files are hot-reloaded: a
-bad file is refused and the running rules stay.`,
+		Long: `The detector evaluates every rule on every event, in event time, against each
+key's learned profile (warm-started from the stored history of the last
+--profile-warm-start). Decisions are published on keymeter.decisions and
+stored with their evidence; enforced revocations, suspensions and throttles
+are written to the key-state log, where every verifier applies them within
+milliseconds. Rule files are hot-reloaded: a bad file is refused and the
+running rules stay.`,
 		Example: `  keymeter detector --rules rules/ --data-dir data`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := withDuration(cmd.Context(), duration)
@@ -130,13 +137,13 @@ bad file is refused and the running rules stay.`,
 				return err
 			}
 			reg := newRegistry()
-			parts, err := buildDetector(ctx, &df, b, st, svc, reg, log)
+			role, err := detector.Assemble(ctx, df.config(b, st, svc, reg, log))
 			if err != nil {
 				return err
 			}
 			eg, ectx := errgroup.WithContext(ctx)
 			eg.Go(func() error { return table.Run(ectx, b) })
-			parts.run(ectx, eg)
+			eg.Go(func() error { return role.Run(ectx) })
 			if adminListen != "" {
 				ln, err := listen(adminListen, "--admin-listen")
 				if err != nil {

@@ -79,6 +79,7 @@ survives restarts.`,
 	f.StringVar(&o.sf.DataDir, "data-dir", "data", "where state lives (NATS store, ClickHouse data, spool, demo keys)")
 	o.sf.add(f)
 	o.df.add(c)
+	o.df.demoDefaults(c)
 	o.lf.add(f)
 	f.DurationVar(&o.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	f.IntVar(&o.natsPort, "nats-port", devNATSPort, "port of the embedded NATS server on 127.0.0.1, for other processes (credentials in <data-dir>/nats.nk); 0: in-process only. When the port is not given here and is taken, dev serves in-process only and says so")

@@ -49,7 +49,8 @@ func TestDevRunsThePipeline(t *testing.T) {
 	btFile := filepath.Join(t.TempDir(), "bt.ndjson")
 	day := time.Now().UTC().Add(-time.Hour)
 	out, err := exec.Command(bin, "rules", "backtest", "--rules", rules, "--data-dir", dir,
-		"--from", day.Format(time.RFC3339), "--to", time.Now().UTC().Add(time.Hour).Format(time.RFC3339), "--decisions", btFile).CombinedOutput()
+		"--from", day.Format(time.RFC3339), "--to", time.Now().UTC().Add(time.Hour).Format(time.RFC3339), "--decisions", btFile,
+		"--profile-maturity", "5s", "--profile-novelty-grace", "5s").CombinedOutput() // dev's demo profile settings
 	if err != nil {
 		t.Fatalf("backtest of stored history: %v\n%s", err, out)
 	}

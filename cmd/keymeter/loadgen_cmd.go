@@ -3,13 +3,18 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/keymeter/keymeter/internal/evaluate"
+	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/loadgen"
 )
 
@@ -25,6 +30,11 @@ func newLoadgenCmd(g *globals) *cobra.Command {
 		countryHeader string
 		workers       int
 		start         string
+		eval          bool
+		ecfg          loadgen.EvalConfig
+		days          float64
+		labelsOut     string
+		keysOut       string
 	)
 	c := &cobra.Command{
 		Use:   "loadgen",
@@ -35,11 +45,36 @@ traffic. Traffic is bounded by --duration and --max-requests.
 
 HTTP mode (--target) needs real keys: --keys-file with lines "key_id,project,secret"
 (keymeter dev writes one to <data-dir>/demo-keys.csv). NDJSON mode (--out) needs no
-secrets: --synthetic-keys N invents key ids.`,
+secrets: --synthetic-keys N invents key ids.
+
+Evaluation mode (--eval) writes a labelled evaluation set instead: --days of
+benign traffic with the hard negatives of real APIs (global mobile-SDK keys,
+browser keys behind CDNs, regional web keys, nightly batch bursts, CI runners,
+uptime probes, travelling developers, corporate NAT) and the attacks
+(` + strings.Join(loadgen.EvalScenarios, ", ") + `), events to --out,
+one label per attack to --labels-out (see "Detection evaluation" in the README),
+and the keys with their kinds to --keys-out. Populations, countries, rates,
+timing and attacks are drawn from --seed.`,
 		Example: `  keymeter loadgen --target http://127.0.0.1:8080 --keys-file data/demo-keys.csv --scenario normal,geo-shift --rate 200 --duration 1m
-  keymeter loadgen --out events.ndjson --synthetic-keys 50 --scenario normal,anon-burst,leaked-key --duration 10m --seed 42`,
+  keymeter loadgen --out events.ndjson --synthetic-keys 50 --scenario normal,anon-burst,leaked-key --duration 10m --seed 42
+  keymeter loadgen --eval --days 3 --seed 7 --out eval.ndjson --labels-out labels.ndjson`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if eval {
+				if out == "" || labelsOut == "" {
+					return fmt.Errorf("--eval needs --out (events) and --labels-out (labels)")
+				}
+				if start != "" {
+					t, err := time.Parse(time.RFC3339, start)
+					if err != nil {
+						return fmt.Errorf("--start %q: want RFC 3339", start)
+					}
+					ecfg.Start = t
+				}
+				ecfg.Seed = cfg.Seed
+				ecfg.Duration = time.Duration(days * float64(24*time.Hour))
+				return writeEvalSet(ecfg, out, labelsOut, keysOut)
+			}
 			if (target == "") == (out == "") {
 				return fmt.Errorf("give exactly one of --target (send HTTP requests) or --out (write NDJSON events)")
 			}
@@ -108,7 +143,14 @@ secrets: --synthetic-keys N invents key ids.`,
 	f.IntVar(&synthetic, "synthetic-keys", 0, "invent this many key ids (NDJSON mode)")
 	f.StringVar(&countryHeader, "country-header", "CF-IPCountry", "header carrying the client's country")
 	f.IntVar(&workers, "workers", 32, "concurrent HTTP requests")
-	f.StringVar(&start, "start", "", "event time of the first event in NDJSON mode (default now)")
+	f.StringVar(&start, "start", "", "event time of the first event in NDJSON mode (default now; --eval: 2026-11-23T00:00:00Z)")
+	f.BoolVar(&eval, "eval", false, "write a labelled evaluation set (--out, --labels-out)")
+	f.Float64Var(&days, "days", 3, "--eval: days of traffic")
+	f.Float64Var(&ecfg.Scale, "scale", 1, "--eval: multiplies the benign populations")
+	f.IntVar(&ecfg.Attacks, "attacks", 0, "--eval: attacks per scenario (0: 1 or 2, from the seed)")
+	f.DurationVar(&ecfg.AttackAfter, "attack-after-eval", 0, "--eval: no attack before this much traffic (default 24h or a third of --days)")
+	f.StringVar(&labelsOut, "labels-out", "", "--eval: NDJSON file of attack labels")
+	f.StringVar(&keysOut, "keys-out", "", "--eval: NDJSON file of the keys with their kinds")
 	return c
 }
 
@@ -130,4 +172,76 @@ func readKeysFile(path string) ([]loadgen.Key, error) {
 		out = append(out, loadgen.Key{ID: parts[0], Project: parts[1], Secret: parts[2]})
 	}
 	return out, nil
+}
+
+func writeEvalSet(cfg loadgen.EvalConfig, out, labelsOut, keysOut string) error {
+	began := time.Now()
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := bufio.NewWriterSize(f, 1<<20)
+	var buf []byte
+	var n int64
+	set, err := loadgen.GenerateEval(cfg, func(e *event.Event) error {
+		buf = append(e.AppendJSON(buf[:0]), '\n')
+		n++
+		if n%1_000_000 == 0 {
+			fmt.Fprintf(os.Stderr, "loadgen: %d events, at %s\n", n, e.Time.Format(time.RFC3339))
+		}
+		_, err := w.Write(buf)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	lf, err := os.Create(labelsOut)
+	if err != nil {
+		return err
+	}
+	if err := evaluate.WriteLabels(lf, set.Labels); err != nil {
+		lf.Close()
+		return err
+	}
+	if err := lf.Close(); err != nil {
+		return err
+	}
+	kinds := map[string]int{}
+	for _, k := range set.Keys {
+		kinds[k.Persona]++
+	}
+	if keysOut != "" {
+		kf, err := os.Create(keysOut)
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(kf)
+		for _, k := range set.Keys {
+			if err := enc.Encode(k); err != nil {
+				kf.Close()
+				return err
+			}
+		}
+		if err := kf.Close(); err != nil {
+			return err
+		}
+	}
+	var pops []string
+	for _, p := range slices.Sorted(maps.Keys(kinds)) {
+		pops = append(pops, fmt.Sprintf("%s=%d", p, kinds[p]))
+	}
+	fmt.Fprintf(os.Stderr, "loadgen: keys %s\n", strings.Join(pops, " "))
+	for _, l := range set.Labels {
+		fmt.Fprintf(os.Stderr, "loadgen: %-26s %s..%s %-8s %s (%s)\n", l.ID, l.Start.Format("01-02T15:04:05"), l.End.Format("15:04:05"), l.IntendedAction, l.Group, l.Note)
+	}
+	fmt.Printf("loadgen=eval seed=%d events=%d benign_events=%d keys=%d labels=%d seconds=%.1f\n",
+		cfg.Seed, set.Events, set.Benign, len(set.Keys), len(set.Labels), time.Since(began).Seconds())
+	return nil
 }

@@ -119,7 +119,9 @@ func runRoles(t *testing.T, bin string, busArgs []string) {
 	verifierRole := &role{t: t, bin: bin, args: with("verifier", "--upstream", upstream.URL, "--listen", fmt.Sprintf("127.0.0.1:%d", proxyPort),
 		"--admin-listen", "", "--data-dir", filepath.Join(dir, "verifier"), "--country-header", "CF-IPCountry", "--verifier-id", "v-proc")}
 	aggRole := &role{t: t, bin: bin, args: with("aggregator", "--data-dir", filepath.Join(dir, "agg"), "--admin-listen", "", "--flush-interval", "300ms")}
-	detRole := &role{t: t, bin: bin, args: with("detector", "--store", "none", "--rules", rulesDir, "--admin-listen", "", "--data-dir", filepath.Join(dir, "det"))}
+	// The demo key is seconds old: profiles learn for seconds, as in keymeter dev.
+	detRole := &role{t: t, bin: bin, args: with("detector", "--store", "none", "--rules", rulesDir, "--admin-listen", "", "--data-dir", filepath.Join(dir, "det"),
+		"--profile-maturity", "1s", "--profile-novelty-grace", "5s")}
 	roles := []*role{apiRole, verifierRole, aggRole, detRole}
 	for _, r := range roles {
 		r.start()

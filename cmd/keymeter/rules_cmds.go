@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/evaluate"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/rules"
@@ -34,7 +36,7 @@ func newRulesCmd(g *globals) *cobra.Command {
 		Use:   "rules",
 		Short: "Detection rules: lint, test and backtest rule files",
 	}
-	c.AddCommand(newRulesLintCmd(g), newRulesTestCmd(g), newRulesBacktestCmd(g))
+	c.AddCommand(newRulesLintCmd(g), newRulesTestCmd(g), newRulesBacktestCmd(g), newRulesDiffCmd(g))
 	return c
 }
 
@@ -167,8 +169,15 @@ func newRulesBacktestCmd(g *globals) *cobra.Command {
 		allowKeys     []string
 		allowCIDRs    []string
 		maxRevokes    int
-		asJSON        bool
-		sf            storeFlags
+		bt            struct {
+			maxGlobal                         int
+			warmup, maturity, seasonal, grace time.Duration
+		}
+		asJSON      bool
+		sf          storeFlags
+		labelsPath  string
+		grace       time.Duration
+		skipInvalid bool
 	)
 	c := &cobra.Command{
 		Use:   "backtest --rules DIR (--events FILE.ndjson | --from T --to T)",
@@ -180,10 +189,23 @@ is acted on. --decisions writes every decision as NDJSON (protobuf JSON of
 keymeter.v1.Decision). Progress goes to stderr.
 
 Without --events, the events of [--from, --to) are read from the store
-(--store, --data-dir, --clickhouse-dsn), oldest first: stored history.`,
+(--store, --data-dir, --clickhouse-dsn), oldest first: stored history.
+
+A line that is not a valid event stops the replay with the report so far and
+the line number and field; --skip-invalid goes on past bad lines. Either way
+bad lines are counted by field and the first ones shown.
+
+--labels FILE scores the decisions against labelled attacks (NDJSON, one per
+line; see "Detection evaluation" in the README): per label, whether it was
+detected (a decision on its group within [start, end+--grace]) and whether the
+intended action was taken (enforced; at least as strong on alert < throttle <
+suspend < revoke; block_ip covering the label's network); overall, benign keys
+revoked or suspended, enforced false actions and benign alerts per 10M benign
+events. The last line on stdout is a name=value summary.`,
 		Example: `  keymeter rules backtest --rules rules/ --events events.ndjson
   keymeter rules backtest --rules rules/ --events events.ndjson --from 2026-03-01T00:00:00Z --to 2026-03-02T00:00:00Z --decisions out.ndjson
-  keymeter rules backtest --rules rules/ --from 2026-11-24T00:00:00Z --to 2026-11-25T00:00:00Z --data-dir data   # stored history`,
+  keymeter rules backtest --rules rules/ --from 2026-11-24T00:00:00Z --to 2026-11-25T00:00:00Z --data-dir data   # stored history
+  keymeter rules backtest --rules rules/ --events eval.ndjson --labels labels.ndjson`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var fromT, toT time.Time
@@ -205,7 +227,19 @@ Without --events, the events of [--from, --to) are read from the store
 				}
 				return errFailed
 			}
-			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes, Logger: g.Logger()}
+			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes,
+				MaxRevocationsGlobal: bt.maxGlobal, Warmup: bt.warmup,
+				Profiles: detect.ProfileConfig{Maturity: bt.maturity, Seasonal: bt.seasonal, NoveltyGrace: bt.grace}, Logger: g.Logger()}
+			var scorer *evaluate.Scorer
+			if labelsPath != "" {
+				labels, err := evaluate.ReadLabelFile(labelsPath)
+				if err != nil {
+					return fmt.Errorf("--labels: %w", err)
+				}
+				if scorer, err = evaluate.NewScorer(labels, grace); err != nil {
+					return fmt.Errorf("--labels %s: %w", labelsPath, err)
+				}
+			}
 			var werr error
 			if decisionsPath != "" {
 				f, err := os.Create(decisionsPath)
@@ -226,6 +260,50 @@ Without --events, the events of [--from, --to) are read from the store
 					werr = err
 				})
 			}
+			if scorer != nil {
+				next := cfg.Sink
+				cfg.Sink = detect.SinkFunc(func(d *keymeterv1.Decision) {
+					scorer.Decide(d)
+					if next != nil {
+						next.Decide(d)
+					}
+				})
+			}
+			finish := func(rep *detect.BacktestReport, elapsed time.Duration, bad *badLines, name string) error {
+				out := cmd.OutOrStdout()
+				if asJSON {
+					enc := json.NewEncoder(out)
+					enc.SetIndent("", "  ")
+					v := map[string]any{"backtest": rep}
+					if scorer != nil {
+						v["labels"] = scorer.Result()
+					}
+					if bad != nil {
+						v["bad_lines"] = bad.n
+					}
+					return enc.Encode(v)
+				}
+				if err := rep.WriteText(out); err != nil {
+					return err
+				}
+				if bad != nil {
+					bad.report(out, name)
+				}
+				sum := fmt.Sprintf("backtest events=%d events_per_s=%.0f", rep.Events, float64(rep.Events)/max(elapsed.Seconds(), 1e-9))
+				if bad != nil {
+					sum += fmt.Sprintf(" bad_lines=%d", bad.n)
+				}
+				if scorer != nil {
+					res := scorer.Result()
+					fmt.Fprintln(out)
+					if err := res.WriteText(out); err != nil {
+						return err
+					}
+					sum += " " + res.Summary()
+				}
+				_, err := fmt.Fprintln(out, sum)
+				return err
+			}
 			if eventsPath == "" {
 				if fromT.IsZero() || toT.IsZero() {
 					return errors.New("give --events FILE.ndjson (or - for stdin), or --from and --to to replay stored history")
@@ -237,21 +315,24 @@ Without --events, the events of [--from, --to) are read from the store
 				defer st.Close()
 				src := newStoreSource(cmd.Context(), st, fromT, toT)
 				defer src.stop()
+				var es detect.EventSource = src
+				if scorer != nil {
+					es = scoredSource{src, scorer}
+				}
+				prog := newProgressBar("backtest", 0)
 				start := time.Now()
-				rep, err := detect.Backtest(set, src, detect.BacktestOptions{From: fromT, To: toT, Config: cfg})
+				rep, err := detect.Backtest(set, es, detect.BacktestOptions{From: fromT, To: toT, Config: cfg,
+					Progress: func(n int64, at time.Time) { prog.update(0, n, at) }})
 				if err != nil {
 					return fmt.Errorf("stored history: %w", err)
 				}
+				prog.done(0, rep.Events, time.Time{})
 				if werr != nil {
 					return fmt.Errorf("writing decisions: %w", werr)
 				}
-				fmt.Fprintf(os.Stderr, "backtest: %d stored events in %s\n", rep.Events, time.Since(start).Round(time.Millisecond))
-				if asJSON {
-					enc := json.NewEncoder(cmd.OutOrStdout())
-					enc.SetIndent("", "  ")
-					return enc.Encode(rep)
-				}
-				return rep.WriteText(cmd.OutOrStdout())
+				elapsed := time.Since(start)
+				fmt.Fprintf(os.Stderr, "backtest: %d stored events in %s\n", rep.Events, elapsed.Round(time.Millisecond))
+				return finish(rep, elapsed, nil, "")
 			}
 			var in io.Reader = os.Stdin
 			var size int64
@@ -269,24 +350,38 @@ Without --events, the events of [--from, --to) are read from the store
 			}
 			cr := &countingReader{r: in}
 			rd := event.NewNDJSONReader(cr)
+			var onEvent func(*event.Event)
+			if scorer != nil {
+				onEvent = scorer.Event
+			}
+			src := newNDJSONSource(rd, skipInvalid, onEvent)
+			defer src.close()
 			prog := newProgressBar("backtest", size)
 			start := time.Now()
-			rep, err := detect.Backtest(set, rd, detect.BacktestOptions{From: fromT, To: toT, Config: cfg,
-				Progress: func(n int64, at time.Time) { prog.update(cr.n, n, at) }})
-			if err != nil {
-				return fmt.Errorf("%s:%d: %w", name, rd.Line(), err)
+			rep, err := detect.Backtest(set, src, detect.BacktestOptions{From: fromT, To: toT, Config: cfg,
+				Progress: func(n int64, at time.Time) { prog.update(cr.Load(), n, at) }})
+			if rep == nil {
+				return err
 			}
-			prog.done(cr.n, rep.Events, time.Time{})
+			prog.done(cr.Load(), rep.Events, time.Time{})
+			elapsed := time.Since(start)
+			if err != nil {
+				var fe *event.FieldError
+				if !errors.As(err, &fe) {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+				// A bad line: the report of what was replayed, then the line.
+				fmt.Fprintf(os.Stderr, "backtest: stopped at the first bad line after %d events (--skip-invalid goes on past bad lines)\n", rep.Events)
+				if ferr := finish(rep, elapsed, &src.bad, name); ferr != nil {
+					return ferr
+				}
+				return fmt.Errorf("%s:%d: field %s: %s", name, fe.Line, fe.Field, fe.Reason)
+			}
 			if werr != nil {
 				return fmt.Errorf("writing decisions: %w", werr)
 			}
-			fmt.Fprintf(os.Stderr, "backtest: %d events in %s\n", rep.Events, time.Since(start).Round(time.Millisecond))
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
-			}
-			return rep.WriteText(cmd.OutOrStdout())
+			fmt.Fprintf(os.Stderr, "backtest: %d events in %s\n", rep.Events, elapsed.Round(time.Millisecond))
+			return finish(rep, elapsed, &src.bad, name)
 		},
 	}
 	f := c.Flags()
@@ -298,20 +393,46 @@ Without --events, the events of [--from, --to) are read from the store
 	f.StringVar(&decisionsPath, "decisions", "", "write every decision to this NDJSON file")
 	f.StringSliceVar(&allowKeys, "allow-key", nil, "allowlisted key id (repeatable)")
 	f.StringSliceVar(&allowCIDRs, "allow-cidr", nil, "allowlisted client network (repeatable)")
-	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule (negative: off)")
+	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule: distinct keys suspended or revoked per hour (negative: off)")
+	f.IntVar(&bt.maxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
+	f.DurationVar(&bt.warmup, "warmup", 0, "learn profiles and windows from the first DURATION of the history before decisions count (keys are judged only once their own profile is mature either way)")
+	f.DurationVar(&bt.maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
+	f.DurationVar(&bt.seasonal, "profile-seasonal", 0, "history a key needs before volume rules compare it with its usual hour of the day (0: 24h)")
+	f.DurationVar(&bt.grace, "profile-novelty-grace", 0, "how long a country, ASN or network stays new after it was first seen (0: 1h)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.StringVar(&labelsPath, "labels", "", "NDJSON file of labelled attacks to score the decisions against")
+	f.DurationVar(&grace, "grace", evaluate.DefaultGrace, "--labels: a decision this long after an attack's end still counts for it")
+	f.BoolVar(&skipInvalid, "skip-invalid", false, "go on past lines that are not valid events (counted and reported)")
 	return c
 }
 
+// countingReader counts the bytes read (read on the decoding goroutine,
+// shown by the progress bar on another).
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
+}
+
+func (c *countingReader) Load() int64 { return c.n.Load() }
+
+// scoredSource shows every event of src to the label scorer.
+type scoredSource struct {
+	src    detect.EventSource
+	scorer *evaluate.Scorer
+}
+
+func (s scoredSource) Next() (event.Event, error) {
+	e, err := s.src.Next()
+	if err == nil {
+		s.scorer.Event(&e)
+	}
+	return e, err
 }
 
 // progressBar draws a bar on a terminal and plain lines elsewhere, on
@@ -379,6 +500,7 @@ func benchDetectCmd(g *globals) *cobra.Command {
 		keys       int
 		workers    int
 		batch      int
+		mature     bool
 	)
 	c := &cobra.Command{
 		Use:   "detect",
@@ -409,7 +531,11 @@ over the rules.`,
 				}
 				return errFailed
 			}
-			return runBenchDetect(set, events, keys, max(workers, 1), batch)
+			cfg := detect.Config{MaxRevocationsPerHour: -1}
+			if mature {
+				cfg.Profiles = detect.ProfileConfig{Maturity: time.Second, Seasonal: time.Second, NoveltyGrace: time.Second}
+			}
+			return runBenchDetect(set, cfg, events, keys, max(workers, 1), batch)
 		},
 	}
 	f := c.Flags()
@@ -418,6 +544,7 @@ over the rules.`,
 	f.IntVar(&keys, "keys", 100_000, "distinct keys in the traffic (≈ active groups per key-grouped rule; 1000000 for the memory figure)")
 	f.IntVar(&workers, "workers", runtime.NumCPU(), "engines (cores) the rules are split over")
 	f.IntVar(&batch, "batch", 4096, "events per batch")
+	f.BoolVar(&mature, "mature-profiles", false, "treat every key's profile as mature from its first second, so profile-guarded rules evaluate their whole conditions as in steady state (the synthetic history covers seconds)")
 	return c
 }
 
@@ -425,7 +552,7 @@ type decisionCounter struct{ n int64 }
 
 func (d *decisionCounter) Decide(*keymeterv1.Decision) { d.n++ }
 
-func runBenchDetect(set *detect.RuleSet, total, keys, workers, per int) error {
+func runBenchDetect(set *detect.RuleSet, cfg detect.Config, total, keys, workers, per int) error {
 	sink := &decisionCounter{}
 	fmt.Fprintf(os.Stderr, "bench detect: %d rules, %d events over %d keys, %d worker(s)\n", set.Len(), total, keys, workers)
 	synth := detect.NewSynth(keys, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Microsecond, 1)
@@ -435,14 +562,16 @@ func runBenchDetect(set *detect.RuleSet, total, keys, workers, per int) error {
 	var stats func() detect.Stats
 	var flush func()
 	if workers == 1 {
-		e, err := detect.New(detect.Config{Sink: sink, MaxRevocationsPerHour: -1}, set)
+		cfg.Sink = sink
+		e, err := detect.New(cfg, set)
 		if err != nil {
 			return err
 		}
 		submit = func(evs []event.Event, done func()) { e.ProcessBatch(evs); done() }
 		stats, flush = e.Stats, e.Flush
 	} else {
-		p, err := detect.NewParallel(detect.Config{Sink: sink, MaxRevocationsPerHour: -1}, set, workers)
+		cfg.Sink = sink
+		p, err := detect.NewParallel(cfg, set, workers)
 		if err != nil {
 			return err
 		}

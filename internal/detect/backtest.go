@@ -73,7 +73,9 @@ func (b *backtestSink) Decide(d *keymeterv1.Decision) {
 }
 
 // Backtest replays src through set in event time, in a fresh engine, as
-// the detector would have run it, and reports what would have fired.
+// the detector would have run it, and reports what would have fired. When
+// src fails (a bad line), the report of what was replayed up to there is
+// returned with the error.
 func Backtest(set *RuleSet, src EventSource, opts BacktestOptions) (*BacktestReport, error) {
 	bs := &backtestSink{next: opts.Config.Sink, fired: map[string]map[string]bool{}, first: map[string]time.Time{}, last: map[string]time.Time{}}
 	cfg := opts.Config
@@ -84,13 +86,15 @@ func Backtest(set *RuleSet, src EventSource, opts BacktestOptions) (*BacktestRep
 	}
 	rep := &BacktestReport{}
 	var watermark time.Time
+	var srcErr error
 	for {
 		ev, err := src.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return nil, err
+			srcErr = err
+			break
 		}
 		if (!opts.From.IsZero() && ev.Time.Before(opts.From)) || (!opts.To.IsZero() && !ev.Time.Before(opts.To)) {
 			rep.Skipped++
@@ -123,7 +127,7 @@ func Backtest(set *RuleSet, src EventSource, opts BacktestOptions) (*BacktestRep
 		}
 		rep.Rules = append(rep.Rules, r)
 	}
-	return rep, nil
+	return rep, srcErr
 }
 
 // WriteText prints the report as a table.

@@ -33,9 +33,10 @@ func TestBacktestMatchesLive(t *testing.T) {
 			all = append(all, e)
 		}
 	}
-	for i, c := range []string{"US", "DE", "BR", "JP", "NG"} {
-		all = append(all, event.Event{ID: fmt.Sprintf("atk-%d", i), Time: all[len(all)-1].Time.Add(time.Second), KeyID: "key_victim",
-			Outcome: event.OutcomeValid, ClientIP: "203.0.113.9", Country: c, ASN: 64512})
+	last := all[len(all)-1].Time
+	for i := 0; i < 1500; i++ { // an anonymous flood from one /24
+		all = append(all, event.Event{ID: fmt.Sprintf("atk-%d", i), Time: last.Add(time.Duration(i) * 20 * time.Millisecond),
+			Outcome: event.OutcomeMissing, ClientIP: fmt.Sprintf("203.0.113.%d", i%200), Country: "NL", ASN: 64512})
 	}
 	live := &capture{}
 	e, _ := New(Config{Sink: live}, set)
@@ -66,7 +67,7 @@ func TestBacktestMatchesLive(t *testing.T) {
 	if len(a) == 0 || strings.Join(a, "\n") != strings.Join(b, "\n") {
 		t.Fatalf("live %d decisions, backtest %d:\n%s\n---\n%s", len(a), len(b), strings.Join(a, "\n"), strings.Join(b, "\n"))
 	}
-	if !strings.Contains(strings.Join(a, "\n"), "geography-shift/1/") {
+	if !strings.Contains(strings.Join(a, "\n"), "anonymous-burst/2/") {
 		t.Errorf("the attack did not fire: %v", a)
 	}
 	if rep.Events != int64(len(all)) {
@@ -74,22 +75,22 @@ func TestBacktestMatchesLive(t *testing.T) {
 	}
 	var geo BacktestRule
 	for _, r := range rep.Rules {
-		if r.ID == "geography-shift" {
+		if r.ID == "anonymous-burst" {
 			geo = r
 		}
 	}
 	if geo.GroupsFired < 1 || geo.Decisions == 0 || geo.First == nil {
-		t.Errorf("geography-shift: %+v", geo)
+		t.Errorf("anonymous-burst: %+v", geo)
 	}
 	victim := false
 	for _, d := range replay.ds {
-		victim = victim || (d.Group == "key_victim" && d.Action == keymeterv1.Action_ACTION_ALERT)
+		victim = victim || (d.Group == "203.0.113.0/24" && d.Action == keymeterv1.Action_ACTION_BLOCK_IP && d.ClientIp == "203.0.113.0/24")
 	}
 	if !victim {
-		t.Error("no alert for key_victim")
+		t.Error("no network block for 203.0.113.0/24")
 	}
 	var text bytes.Buffer
-	if err := rep.WriteText(&text); err != nil || !strings.Contains(text.String(), "geography-shift") {
+	if err := rep.WriteText(&text); err != nil || !strings.Contains(text.String(), "anonymous-burst") {
 		t.Errorf("text report: %v\n%s", err, text.String())
 	}
 }

@@ -53,6 +53,41 @@ func BenchmarkEngine(b *testing.B) {
 	b.ReportMetric(float64(busy.Nanoseconds())/float64(n), "ns/event")
 }
 
+// BenchmarkEngineMatureProfiles is BenchmarkEngine with every profile
+// mature and seasonal from its first second, so the profile-guarded rules
+// evaluate their whole conditions as they do in steady state (the
+// synthetic history covers only seconds).
+func BenchmarkEngineMatureProfiles(b *testing.B) {
+	set, err := LoadPaths(CompileOptions{}, "../../rules")
+	if err != nil {
+		b.Fatal(err)
+	}
+	e, err := New(Config{Sink: &countSink{}, MaxRevocationsPerHour: -1, Profiles: ProfileConfig{Maturity: time.Second, Seasonal: time.Second, NoveltyGrace: time.Second}}, set)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := NewSynth(100_000, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), 50*time.Microsecond, 1)
+	batch := make([]event.Event, 4096)
+	for i := 0; i < 200; i++ {
+		s.Fill(batch)
+		e.ProcessBatch(batch)
+	}
+	b.ReportAllocs()
+	var n int
+	var busy time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		s.Fill(batch)
+		b.StartTimer()
+		t := time.Now()
+		e.ProcessBatch(batch)
+		busy += time.Since(t)
+		n += len(batch)
+	}
+	b.ReportMetric(float64(n)/busy.Seconds(), "events/s")
+	b.ReportMetric(float64(busy.Nanoseconds())/float64(n), "ns/event")
+}
+
 // BenchmarkEngineMillionGroups measures memory with 1,000,000 active
 // groups per key-grouped rule.
 func BenchmarkEngineMillionGroups(b *testing.B) {

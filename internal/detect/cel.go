@@ -133,6 +133,11 @@ func newEnv(agg bool) (*cel.Env, error) {
 	for _, f := range eventFields {
 		opts = append(opts, cel.Variable(f.Name, celType(f.Kind)))
 	}
+	opts = append(opts, cel.Variable("profile", profileCELType), cel.Variable("key_kind", cel.StringType))
+	for name := range profileMethods {
+		opts = append(opts, profMethod(name))
+	}
+	opts = append(opts, profConcurrentMethod())
 	if agg {
 		for name, k := range aggregateVars {
 			opts = append(opts, cel.Variable(name, celType(k)))
@@ -236,6 +241,8 @@ func (c *compiler) compile(src string, agg bool, want valKind, fields featureFie
 		kind = kInt
 	case out.IsExactType(cel.DoubleType):
 		kind = kDbl
+	case out.IsExactType(cel.DynType) && want != 0:
+		kind = want // profile.<field> is typed dyn; its value has the field's type
 	}
 	if want != 0 && kind != want {
 		return nil, &compileError{line: 1, msg: fmt.Sprintf("expression has type %s, want %s", out, celType(want))}
@@ -264,6 +271,14 @@ func (c *compiler) compile(src string, agg bool, want valKind, fields featureFie
 	}
 	x := &expr{src: src, prg: prg, cost: est.Max, outKind: kind}
 	x.native, x.hasNat = translate(ast, fields)
+	if out.IsExactType(cel.DynType) && want != 0 && (!x.hasNat || x.native.t != want) {
+		// A profile field of another type, or a dyn the engine cannot type.
+		t := "dyn"
+		if x.hasNat {
+			t = celType(x.native.t).String()
+		}
+		return nil, &compileError{line: 1, msg: fmt.Sprintf("expression has type %s, want %s", t, celType(want))}
+	}
 	return x, nil
 }
 
@@ -290,8 +305,22 @@ func celIssue(iss *cel.Issues) error {
 // activation resolves CEL variables straight from the event and the group
 // being evaluated, without building a map.
 type activation struct {
-	ev  *event.Event
-	agg *aggView
+	ev   *event.Event
+	agg  *aggView
+	prof profView
+	kind func(keyID string) string // nil: every key is a server key
+}
+
+// keyKind is the event's key kind: server, browser, mobile or batch;
+// server when unknown.
+func (a *activation) keyKind() string {
+	if a.kind == nil || a.ev.KeyID == "" {
+		return "server"
+	}
+	if k := a.kind(a.ev.KeyID); k != "" {
+		return k
+	}
+	return "server"
 }
 
 var _ interpreter.Activation = (*activation)(nil)
@@ -308,6 +337,12 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		case kTime:
 			return types.Timestamp{Time: a.ev.Time}, true
 		}
+	}
+	switch name {
+	case "profile":
+		return &profVal{a.prof}, true
+	case "key_kind":
+		return types.String(a.keyKind()), true
 	}
 	if a.agg == nil {
 		return nil, false

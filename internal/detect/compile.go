@@ -71,6 +71,7 @@ type compiledRule struct {
 	distinctCap int
 	retention   int64 // idle time after which a group is dropped
 	fingerprint string
+	usesProfile bool // an expression reads profile: the engine keeps profiles
 }
 
 var actionKinds = map[string]keymeterv1.Action{
@@ -216,6 +217,13 @@ func (c *compiler) compileRule(r *Rule, opts CompileOptions) (*compiledRule, err
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
+	}
+	cr.usesProfile = strings.Contains(r.Match, "profile")
+	for _, a := range r.Actions {
+		cr.usesProfile = cr.usesProfile || strings.Contains(a.When, "profile")
+	}
+	for _, g := range r.Aggregate.GroupBy {
+		cr.usesProfile = cr.usesProfile || strings.Contains(g, "profile")
 	}
 	// Window state survives a reload only when what it holds means the same.
 	cr.fingerprint = fmt.Sprintf("%d|%v|%d|%v|%v|%v|%d", r.Version, r.Aggregate.GroupBy, r.Aggregate.Window,

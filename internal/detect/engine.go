@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,13 +53,31 @@ type Config struct {
 	Sink      Sink           // required
 	Baselines BaselineSource // optional: without it, baselines start at the rule's default
 	Allowlist Allowlist
-	// MaxRevocationsPerHour is the circuit breaker: a rule that would
-	// revoke or suspend more keys than this within an hour of event time
-	// is switched to dry-run and an alert is raised. Zero means 10;
-	// negative disables the breaker.
+	// MaxRevocationsPerHour is the circuit breaker's budget per rule: the
+	// distinct keys one rule may suspend or revoke within BreakerWindow of
+	// event time. Beyond it the rule's suspensions and revocations are
+	// recorded in dry-run, and one alert lists the keys. The rule re-arms
+	// by itself once the window has passed. Zero means 10; negative
+	// disables the breaker.
 	MaxRevocationsPerHour int
-	Metrics               *Metrics // optional
-	Logger                *slog.Logger
+	// MaxRevocationsGlobal is the budget across all rules, in distinct
+	// keys per BreakerWindow. Zero means 20; negative disables it.
+	MaxRevocationsGlobal int
+	// BreakerWindow is the breaker's rolling window; zero means 1h.
+	BreakerWindow time.Duration
+	// Corroboration is how recent another rule's decision on the same
+	// key must be to corroborate a suspend or revoke; zero means 1h.
+	Corroboration time.Duration
+	// Warmup: decisions are not made during this much event time from
+	// the first event; windows and profiles learn meanwhile.
+	Warmup time.Duration
+	// Profiles tunes the learned per-key and per-network profiles.
+	Profiles ProfileConfig
+	// KeyKind returns a key's kind (server, browser, mobile, batch) for
+	// key_kind in rules; nil or "" means server.
+	KeyKind func(keyID string) string
+	Metrics *Metrics // optional
+	Logger  *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -117,6 +134,25 @@ type Engine struct {
 	allowNets  []netip.Prefix
 	stats      atomic.Pointer[Stats]
 	maxRevokes int
+	maxGlobal  int
+	bkWindow   int64
+	corrWindow int64
+	prof       *profiles
+	sh         *shared
+	needProf   bool  // a rule in force reads profiles
+	warmupEnd  int64 // 0 until the first event
+	extSig     atomic.Pointer[[]extSignal]
+	lastSweep  int64
+	quiet      bool // Learn: no decisions
+}
+
+// Learn runs evs through the rules' windows and the profiles without
+// making decisions: a warm start from stored history. Call it from the
+// goroutine that calls Process, before the live stream.
+func (e *Engine) Learn(evs []event.Event) {
+	e.quiet = true
+	defer func() { e.quiet = false }()
+	e.ProcessBatch(evs)
 }
 
 // ruleState is one rule's mutable state: its groups and counters.
@@ -126,7 +162,8 @@ type ruleState struct {
 	slot     int    // the rule's column in its table's rows
 	used     int    // groups in use
 	tripped  bool
-	revokes  []int64 // event times of enforced revocations in the last hour
+	bk       breakerState
+	supp     map[string][]int64 // per group key: per action suppression end, held-until, fired time
 	evalErrs uint64
 	c        RuleStats
 	pub      published
@@ -160,6 +197,7 @@ type Stats struct {
 	BadTime   uint64 // events skipped for a zero or pre-1970 time
 	Watermark time.Time
 	Rules     []RuleStats
+	Profiles  ProfileStats
 }
 
 // New builds an engine running set (which may be nil: no rules yet).
@@ -176,6 +214,23 @@ func New(cfg Config, set *RuleSet) (*Engine, error) {
 	if e.maxRevokes == 0 {
 		e.maxRevokes = 10
 	}
+	e.maxGlobal = cfg.MaxRevocationsGlobal
+	if e.maxGlobal == 0 {
+		e.maxGlobal = 20
+	}
+	e.bkWindow = int64(cfg.BreakerWindow)
+	if e.bkWindow == 0 {
+		e.bkWindow = int64(time.Hour)
+	}
+	e.corrWindow = int64(cfg.Corroboration)
+	if e.corrWindow == 0 {
+		e.corrWindow = int64(time.Hour)
+	}
+	if !cfg.Profiles.Disabled {
+		e.prof = newProfiles(cfg.Profiles, e.seed)
+	}
+	e.sh = newShared()
+	e.act.kind = cfg.KeyKind
 	for _, k := range cfg.Allowlist.Keys {
 		e.allowKeys[k] = true
 	}
@@ -228,75 +283,6 @@ func (e *Engine) allowlisted(ev *event.Event) bool {
 	return false
 }
 
-func (e *Engine) fire(s *ruleState, a *compiledAction, ev *event.Event, t int64) {
-	r := s.r
-	mode := r.mode
-	reason := a.spec.Reason
-	if reason == "" {
-		reason = r.Name + ": " + a.spec.When
-	}
-	if s.tripped {
-		mode = keymeterv1.Mode_MODE_DRY_RUN
-		reason += " (circuit breaker tripped)"
-	}
-	if mode == keymeterv1.Mode_MODE_ENFORCE && e.allowlisted(ev) {
-		mode = keymeterv1.Mode_MODE_DRY_RUN
-		reason += " (allowlisted)"
-	}
-	kind := a.kind
-	if (kind == keymeterv1.Action_ACTION_THROTTLE || kind == keymeterv1.Action_ACTION_SUSPEND || kind == keymeterv1.Action_ACTION_REVOKE) && ev.KeyID == "" {
-		// Nothing to act on: the traffic is anonymous.
-		kind = keymeterv1.Action_ACTION_ALERT
-		reason += " (no key to " + a.spec.Type + ")"
-	}
-	if mode == keymeterv1.Mode_MODE_ENFORCE && (kind == keymeterv1.Action_ACTION_REVOKE || kind == keymeterv1.Action_ACTION_SUSPEND) && e.maxRevokes > 0 {
-		hourAgo := t - int64(time.Hour)
-		j := 0
-		for _, x := range s.revokes {
-			if x > hourAgo {
-				s.revokes[j] = x
-				j++
-			}
-		}
-		s.revokes = s.revokes[:j]
-		if len(s.revokes) >= e.maxRevokes {
-			s.tripped = true
-			mode = keymeterv1.Mode_MODE_DRY_RUN
-			reason += " (circuit breaker tripped)"
-			e.emit(s, &keymeterv1.Decision{
-				Id:           decisionID(r, e.view.groupKey(), t, "breaker"),
-				TimeUnixNano: t, RuleId: r.ID, RuleVersion: r.Version, Severity: "critical",
-				Mode: keymeterv1.Mode_MODE_ENFORCE, Action: keymeterv1.Action_ACTION_ALERT,
-				Group: e.view.groupKey(), Project: strings.Clone(ev.Project), KeyId: strings.Clone(ev.KeyID), ClientIp: strings.Clone(ev.ClientIP),
-				Figures: map[string]float64{"revocations_last_hour": float64(len(s.revokes)), "limit": float64(e.maxRevokes)},
-				Reason:  fmt.Sprintf("circuit breaker: rule %s would exceed %d revocations in an hour; switched to dry_run", r.ID, e.maxRevokes),
-			})
-			e.log.Warn("detect: circuit breaker tripped; rule switched to dry_run", "rule", r.ID, "version", r.Version, "limit", e.maxRevokes)
-		} else {
-			s.revokes = append(s.revokes, t)
-		}
-	}
-	d := &keymeterv1.Decision{
-		Id:             decisionID(r, e.view.groupKey(), t, a.spec.Type),
-		TimeUnixNano:   t,
-		RuleId:         r.ID,
-		RuleVersion:    r.Version,
-		Severity:       r.Severity,
-		Mode:           mode,
-		Action:         kind,
-		Group:          e.view.groupKey(),
-		Project:        strings.Clone(ev.Project), // the event's memory may be reused
-		KeyId:          strings.Clone(ev.KeyID),
-		ClientIp:       strings.Clone(ev.ClientIP),
-		ThrottlePerS:   a.spec.Rate,
-		DurationMs:     time.Duration(a.spec.Duration).Milliseconds(),
-		Figures:        e.view.figures(),
-		SampleEventIds: e.view.sampleIDs(ev.ID),
-		Reason:         reason,
-	}
-	e.emit(s, d)
-}
-
 func (e *Engine) emit(s *ruleState, d *keymeterv1.Decision) {
 	m := ModeName(d.Mode)
 	s.c.Firings[m]++
@@ -326,7 +312,7 @@ func (e *Engine) applyResets() {
 	for _, id := range *p {
 		for _, s := range e.states {
 			if s.r.ID == id {
-				s.tripped, s.revokes = false, nil
+				s.tripped, s.bk = false, breakerState{}
 			}
 		}
 	}
@@ -348,6 +334,9 @@ func (e *Engine) Stats() Stats {
 func (e *Engine) publishStats() {
 	e.published, e.pubAt = time.Now(), e.processed
 	st := &Stats{Events: e.processed, BadTime: e.badTime, Watermark: time.Unix(0, e.watermark).UTC()}
+	if e.prof != nil {
+		st.Profiles = ProfileStats{Keys: e.prof.live - e.prof.nets, Networks: e.prof.nets, Evictions: e.prof.evictions}
+	}
 	for _, s := range e.states {
 		c := s.c
 		c.ID, c.Version, c.Mode = s.r.ID, s.r.Version, s.r.Mode

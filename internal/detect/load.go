@@ -112,7 +112,7 @@ func collectMappingValue(mv *yast.MappingValueNode, prefix string, p positions) 
 	collectPositions(mv.Value, path, p)
 }
 
-var durationKeys = map[string]bool{"window": true, "suppress": true, "duration": true, "at": true, "every": true}
+var durationKeys = map[string]bool{"window": true, "suppress": true, "duration": true, "corroboration_window": true, "at": true, "every": true}
 
 // checkDurations validates duration fields before decoding so that a bad
 // one is reported with its line (the decoder loses positions for
@@ -294,6 +294,11 @@ func validate(r *Rule, p positions) error {
 			if a.Rate != 0 {
 				bad(path+".rate", "only throttle takes a rate")
 			}
+		}
+		switch a.Corroboration {
+		case "", "required", "none":
+		default:
+			bad(path+".corroboration", "%q (accepted: required, none)", a.Corroboration)
 		}
 	}
 	for i, tc := range r.Tests {

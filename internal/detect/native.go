@@ -49,6 +49,10 @@ func checkFeatureRefs(a *cel.Ast, ff featureFields) error {
 			s := e.AsSelect()
 			if op := s.Operand(); op.Kind() == celast.IdentKind {
 				switch op.AsIdent() {
+				case "profile":
+					if _, ok := profileFields[s.FieldName()]; !ok {
+						err = &compileError{line: 1, msg: fmt.Sprintf("profile.%s does not exist (see rules/README.md for the profile's fields)", s.FieldName())}
+					}
 				case "distinct":
 					if indexOf(ff.distinct, s.FieldName()) < 0 {
 						err = &compileError{line: 1, msg: fmt.Sprintf("distinct.%s is not computed (aggregate.distinct lists %v)", s.FieldName(), ff.distinct)}
@@ -129,6 +133,29 @@ func tr(e celast.Expr, ff featureFields) (nexpr, bool) {
 			return nexpr{}, false
 		}
 		switch s.Operand().AsIdent() {
+		case "profile":
+			name := s.FieldName()
+			switch name { // the hot ones, without the name lookup
+			case "mature":
+				return nexpr{t: kBool, b: func(a *activation) bool { return a.prof.mature() }}, true
+			case "seasonal":
+				return nexpr{t: kBool, b: func(a *activation) bool { return a.prof.seasonal() }}, true
+			case "hour_baseline":
+				return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.hourBaseline() }}, true
+			case "ips_p99":
+				return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.quantile(hIPs, 0.99) }}, true
+			case "countries_p99":
+				return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.quantile(hCountries, 0.99) }}, true
+			}
+			switch profileFields[name] {
+			case kBool:
+				return nexpr{t: kBool, b: func(a *activation) bool { b, _, _ := a.prof.field(name); return b }}, true
+			case kInt:
+				return nexpr{t: kInt, i: func(a *activation) int64 { _, i, _ := a.prof.field(name); return i }}, true
+			case kDbl:
+				return nexpr{t: kDbl, d: func(a *activation) float64 { _, _, d := a.prof.field(name); return d }}, true
+			}
+			return nexpr{}, false
 		case "distinct":
 			i := indexOf(ff.distinct, s.FieldName())
 			if i < 0 {
@@ -183,6 +210,8 @@ func trIdent(name string) (nexpr, bool) {
 		return nexpr{}, false
 	}
 	switch name {
+	case "key_kind":
+		return nexpr{t: kStr, s: func(a *activation) string { return a.keyKind() }}, true
 	case "count":
 		return nexpr{t: kInt, i: func(a *activation) int64 { return a.agg.count() }}, true
 	case "baseline":
@@ -235,6 +264,9 @@ func asDbl(n nexpr) func(*activation) float64 {
 func trCall(c celast.CallExpr, ff featureFields) (nexpr, bool) {
 	fn := c.FunctionName()
 	args := c.Args()
+	if c.IsMemberFunction() && c.Target().Kind() == celast.IdentKind && c.Target().AsIdent() == "profile" {
+		return trProfileCall(fn, args, ff)
+	}
 	if c.IsMemberFunction() {
 		target, ok := tr(c.Target(), ff)
 		if !ok || target.t != kStr || len(args) != 1 {
@@ -528,4 +560,40 @@ func trCompare(fn string, x, y nexpr) (nexpr, bool) {
 		return nexpr{}, false
 	}
 	return nexpr{t: kBool, b: f}, true
+}
+
+// trProfileCall plans profile.seen_country(c, days) and its kin.
+func trProfileCall(fn string, args []celast.Expr, ff featureFields) (nexpr, bool) {
+	if fn == "concurrent_minutes" && len(args) == 1 {
+		v, ok := tr(args[0], ff)
+		if !ok || v.t != kStr || v.s == nil {
+			return nexpr{}, false
+		}
+		s := v.s
+		return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.concurrentMinutes(s(a)) }}, true
+	}
+	if len(args) != 2 {
+		return nexpr{}, false
+	}
+	v, ok := tr(args[0], ff)
+	if !ok {
+		return nexpr{}, false
+	}
+	dn, ok := tr(args[1], ff)
+	if !ok || dn.t != kInt {
+		return nexpr{}, false
+	}
+	days := dn.i
+	switch {
+	case fn == "seen_country" && v.t == kStr:
+		s := v.s
+		return nexpr{t: kBool, b: func(a *activation) bool { return a.prof.seenCountry(s(a), float64(days(a))) }}, true
+	case fn == "seen_asn" && v.t == kInt:
+		i := v.i
+		return nexpr{t: kBool, b: func(a *activation) bool { return a.prof.seenASN(i(a), float64(days(a))) }}, true
+	case fn == "seen_net" && v.t == kStr && v.s != nil:
+		s := v.s
+		return nexpr{t: kBool, b: func(a *activation) bool { return a.prof.seenNet(s(a), float64(days(a))) }}, true
+	}
+	return nexpr{}, false
 }

@@ -47,11 +47,13 @@ func NewParallel(cfg Config, set *RuleSet, n int) (*Parallel, error) {
 		set = &RuleSet{}
 	}
 	parts := p.split(set, n)
+	sh := newShared()
 	for i := 0; i < n; i++ {
 		e, err := New(cfg, parts[i])
 		if err != nil {
 			return nil, err
 		}
+		e.sh = sh
 		p.engines = append(p.engines, e)
 		// Buffered: an engine may run a few batches ahead of a slower one
 		// instead of waiting for it after every batch.

@@ -62,6 +62,16 @@ type ActionSpec struct {
 	Rate     float64  `yaml:"rate" json:"rate,omitempty"`         // throttle: requests per second
 	Duration Duration `yaml:"duration" json:"duration,omitempty"` // throttle, block_ip, suspend
 	Reason   string   `yaml:"reason" json:"reason,omitempty"`
+	// Suppress is how long this action does not repeat for a group after
+	// it fired; default the rule's suppress, and never shorter than the
+	// action's duration.
+	Suppress Duration `yaml:"suppress" json:"suppress,omitempty"`
+	// Corroboration: "required" (the default for suspend and revoke) holds
+	// the action back, as an alert, until another rule has fired on the
+	// same key within the engine's corroboration window, or a leak report
+	// or a person corroborated it; "none" acts on this rule alone (its
+	// condition should then combine independent signals itself).
+	Corroboration string `yaml:"corroboration" json:"corroboration,omitempty"`
 }
 
 // TestCase is an inline test: generated events and the expected firings.
@@ -70,8 +80,11 @@ type TestCase struct {
 	Start     string             `yaml:"start" json:"start,omitempty"` // RFC 3339; default 2026-01-01T00:00:00Z
 	Baselines map[string]float64 `yaml:"baselines" json:"baselines,omitempty"`
 	Allow     []string           `yaml:"allow" json:"allow,omitempty"` // allowlisted key ids and CIDRs
-	Events    []EventSeq         `yaml:"events" json:"events"`
-	Expect    []Expectation      `yaml:"expect" json:"expect"`
+	// Corroborated lists keys that another rule signals throughout the
+	// test, so that suspend and revoke are not held for corroboration.
+	Corroborated []string      `yaml:"corroborated" json:"corroborated,omitempty"`
+	Events       []EventSeq    `yaml:"events" json:"events"`
+	Expect       []Expectation `yaml:"expect" json:"expect"`
 }
 
 // EventSeq generates Count events starting At (offset from the test start),

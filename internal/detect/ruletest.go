@@ -2,6 +2,7 @@ package detect
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -114,7 +115,16 @@ func runTest(r *Rule, tc TestCase, opts CompileOptions) (exp, act []string, n in
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	eng.ProcessBatch(evs)
+	// One event at a time, as a backtest replays: test events are often
+	// minutes apart, and a batch would let profiles learn ahead of the
+	// event being judged.
+	for i := range evs {
+		// Another rule (not under test) keeps signalling these keys.
+		if slices.Contains(tc.Corroborated, evs[i].KeyID) {
+			eng.signal(evs[i].KeyID, "test:corroborated", evs[i].Time.UnixNano())
+		}
+		eng.Process(&evs[i])
+	}
 
 	for _, k := range keys {
 		p := strings.Split(k, "\x00")

@@ -89,10 +89,11 @@ func (e *Engine) apply(set *RuleSet) {
 			s.pub.groups = prev.pub.groups
 		}
 		if prev, ok := old[r.ID]; ok && prev.r.Version == r.Version {
-			s.tripped, s.revokes = prev.tripped, prev.revokes
+			s.tripped, s.bk = prev.tripped, prev.bk
 			s.c, s.evalErrs, s.pub = prev.c, prev.evalErrs, prev.pub
 			if prev.r.fingerprint == r.fingerprint {
 				carry[prev] = s
+				s.supp = prev.supp // per action: only while the actions are the same
 			}
 		}
 		states = append(states, s)
@@ -138,6 +139,10 @@ func (e *Engine) apply(set *RuleSet) {
 		}
 	}
 	e.set, e.states, e.tables = set, states, tables
+	e.needProf = false
+	for _, s := range states {
+		e.needProf = e.needProf || (s.tab != nil && s.r.usesProfile)
+	}
 	e.current.Store(set)
 	e.hv, e.sv = make([]uint64, maxD), make([]int64, maxS)
 	if e.cfg.Metrics != nil {
@@ -167,6 +172,8 @@ const subBatch = 256
 
 // scratch holds per-event values between the phases of a sub-batch.
 type scratch struct {
+	prof  []*profile
+	ph    []uint64
 	t, wm []int64
 	match []uint64 // members of the current table that matched
 	hash  []uint64
@@ -188,6 +195,9 @@ func (e *Engine) ProcessBatch(evs []event.Event) {
 	if e.resets.Load() != nil {
 		e.applyResets()
 	}
+	if e.extSig.Load() != nil {
+		e.applyExtSignals()
+	}
 	for len(evs) > 0 {
 		n := min(len(evs), subBatch)
 		e.processSub(evs[:n])
@@ -204,6 +214,7 @@ func (e *Engine) processSub(evs []event.Event) {
 	if cap(sc.t) < len(evs) {
 		sc.t, sc.wm = make([]int64, subBatch), make([]int64, subBatch)
 		sc.match, sc.hash, sc.row = make([]uint64, subBatch), make([]uint64, subBatch), make([]int32, subBatch)
+		sc.prof, sc.ph = make([]*profile, subBatch), make([]uint64, subBatch)
 	}
 	for i := range evs {
 		t := evs[i].Time.UnixNano()
@@ -214,6 +225,23 @@ func (e *Engine) processSub(evs []event.Event) {
 			e.watermark = t
 		}
 		sc.t[i], sc.wm[i] = t, e.watermark
+		if t > 0 && e.warmupEnd == 0 {
+			e.warmupEnd = t + int64(e.cfg.Warmup)
+			e.lastSweep = t
+		}
+	}
+	if e.prof != nil && e.needProf {
+		e.prof.lookup(evs, sc.t, sc.ph, sc.prof)
+		for i := range evs {
+			if sc.t[i] > 0 {
+				sc.prof[i] = e.prof.observe(&evs[i], sc.t[i], sc.ph[i], sc.prof[i])
+			}
+		}
+	} else {
+		clear(sc.prof[:len(evs)])
+	}
+	if e.watermark-e.lastSweep > int64(time.Hour) {
+		e.sweepState(e.watermark)
 	}
 	e.processed += uint64(len(evs))
 	for _, tb := range e.tables {
@@ -225,6 +253,7 @@ func (e *Engine) processSub(evs []event.Event) {
 				continue
 			}
 			e.act.ev = &evs[i]
+			e.act.prof = profView{p: sc.prof[i], ps: e.prof, now: uint32(sc.t[i] / 1e9)}
 			var m uint64
 			var first *ruleState
 			for k, s := range tb.members {
@@ -276,6 +305,7 @@ func (e *Engine) processSub(evs []event.Event) {
 			}
 			ev, t := &evs[i], sc.t[i]
 			e.act.ev = ev
+			e.act.prof = profView{p: sc.prof[i], ps: e.prof, now: uint32(t / 1e9)}
 			ri := sc.row[i]
 			if ri < 0 || tb.gen != gen {
 				ri = e.lookupRow(tb, t, sc.hash[i])
@@ -346,12 +376,15 @@ func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t i
 		tb.samples(int(ri))[s.slot][g.sampleN%nSamples] = strings.Clone(ev.ID)
 		g.sampleN++
 	}
-	// Suppressed and every action already fired: nothing can fire.
+	if t < e.warmupEnd || e.quiet {
+		return // learning only
+	}
+	// Every action suppressed: nothing can fire.
 	if t < g.suppressUntil && g.firedMask == (1<<len(r.actions))-1 {
 		return
 	}
-	if t >= g.suppressUntil {
-		g.firedMask = 0
+	if g.firedMask != 0 && t >= g.suppressUntil {
+		s.refreshSupp(g, tb.rows[ri].key, t)
 	}
 	e.view = aggView{r: r, g: g, p: &tb.exts, now: t, tb: tb, ri: ri, slot: s.slot}
 	e.act.agg = &e.view
@@ -363,11 +396,7 @@ func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t i
 		if !a.when.evalBool(&e.act, &s.evalErrs) {
 			continue
 		}
-		if g.firedMask == 0 {
-			g.suppressUntil = t + r.suppress
-		}
-		g.firedMask |= 1 << i
-		e.fire(s, a, ev, t)
+		e.fire(s, g, i, ev, t)
 	}
 	e.act.agg = nil
 }
@@ -375,6 +404,11 @@ func (e *Engine) observe(s *ruleState, tb *table, ri int32, ev *event.Event, t i
 func (e *Engine) initGroup(s *ruleState, g *group, key string, t int64) {
 	r := s.r
 	*g = group{used: true, head: t / r.bucketW, last: t, periodStart: t}
+	if s.supp[key] != nil {
+		// The group was dropped while an action was still suppressed.
+		g.firedMask = 1
+		s.refreshSupp(g, key, t)
+	}
 	if len(r.distinct) > 2 || len(r.sums) > 0 {
 		g.ext = s.tab.exts.put(newGroupExt(r))
 	}

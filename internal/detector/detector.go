@@ -1,10 +1,14 @@
-// Package detector runs the detection engine on the live event stream:
-// it consumes event batches from the bus, feeds them to internal/detect in
-// event time, and carries out the decisions: every decision is published on
+// Package detector is the detection role, the path that runs: Run (or
+// Assemble, then Role.Run) loads the rules and builds the engine (the
+// library internal/detect) with the rule reloader, the baselines and the
+// profiles warm-started from stored history; the Detector consumes event
+// batches from the bus, feeds them to the engine in event time, and
+// carries out the decisions: every decision is published on
 // keymeter.decisions and written to the store with its evidence; enforced
 // revocations, suspensions and throttles become key-state changes, so
 // verifiers refuse the key within bus latency; block_ip decisions reach the
-// verifiers through keymeter.decisions.
+// verifiers through keymeter.decisions (a network when the rule grouped by
+// network).
 package detector
 
 import (
@@ -31,6 +35,7 @@ import (
 type KeyActions interface {
 	Revoke(ctx context.Context, id, reason string) error
 	Suspend(ctx context.Context, id string) error
+	Resume(ctx context.Context, id string) error
 	Update(ctx context.Context, id string, p keys.UpdateParams) error
 }
 
@@ -271,6 +276,9 @@ func (d *Detector) carryOut(ctx context.Context, dec *keymeterv1.Decision) error
 		}
 	case keymeterv1.Action_ACTION_SUSPEND:
 		err = d.cfg.Keys.Suspend(ctx, id)
+		if dur := time.Duration(dec.GetDurationMs()) * time.Millisecond; err == nil && dur > 0 {
+			d.resumeAfter(id, time.Unix(0, dec.GetTimeUnixNano()).Add(dur), dec.GetRuleId())
+		}
 	case keymeterv1.Action_ACTION_THROTTLE:
 		rate := dec.GetThrottlePerS()
 		until := time.Now().Add(time.Duration(dec.GetDurationMs()) * time.Millisecond)
@@ -280,6 +288,24 @@ func (d *Detector) carryOut(ctx context.Context, dec *keymeterv1.Decision) error
 		err = nil // already revoked, or not a key this deployment knows
 	}
 	return errors.Join(pubErr, err)
+}
+
+// resumeAfter lifts a detection's suspension when it expires. The timer
+// lives in this process: a suspension whose detector restarted before it
+// expired stays until a person resumes the key.
+func (d *Detector) resumeAfter(id string, until time.Time, rule string) {
+	time.AfterFunc(time.Until(until), func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		switch err := d.cfg.Keys.Resume(ctx, id); {
+		case err == nil:
+			d.log.Info("detection suspension expired; key resumed", "key_id", id, "rule", rule)
+		case errors.Is(err, keys.ErrConflict), errors.Is(err, keys.ErrNotFound):
+			// revoked or resumed meanwhile
+		default:
+			d.log.Warn("detector: cannot resume a key whose suspension expired", "key_id", id, "err", err)
+		}
+	})
 }
 
 func toStore(dec *keymeterv1.Decision) store.Decision {

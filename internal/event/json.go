@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // jsonEvent is the JSON form of a usage event (schemas/usage-event.schema.json).
@@ -136,20 +138,26 @@ func jsonKind(k string) string {
 type NDJSONReader struct {
 	sc   *bufio.Scanner
 	line int
+	fast *fastDecoder
 }
 
 // NewNDJSONReader reads events from r.
 func NewNDJSONReader(r io.Reader) *NDJSONReader {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	return &NDJSONReader{sc: sc}
+	sc.Buffer(make([]byte, 1<<20), 4*1024*1024)
+	return &NDJSONReader{sc: sc, fast: newFastDecoder()}
 }
 
 // Next returns the next event, or io.EOF at the end.
 func (r *NDJSONReader) Next() (Event, error) {
 	for r.sc.Scan() {
 		r.line++
-		b := bytes.TrimSpace(r.sc.Bytes())
+		b := r.sc.Bytes()
+		var e Event
+		if r.fast.decode(b, &e) {
+			return e, nil
+		}
+		b = bytes.TrimSpace(b)
 		if len(b) == 0 {
 			continue
 		}
@@ -171,3 +179,97 @@ func (r *NDJSONReader) Next() (Event, error) {
 
 // Line is the number of the line last read.
 func (r *NDJSONReader) Line() int { return r.line }
+
+// AppendJSON appends the JSON form of e (the same fields and names as
+// MarshalJSON, without its allocations) to b.
+func (e *Event) AppendJSON(b []byte) []byte {
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, e.ID)
+	if !e.Time.IsZero() {
+		b = append(b, `,"time":"`...)
+		b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+	}
+	str := func(name, v string) {
+		if v != "" {
+			b = append(b, name...)
+			b = appendJSONString(b, v)
+		}
+	}
+	num := func(name string, v uint64) {
+		if v != 0 {
+			b = append(b, name...)
+			b = strconv.AppendUint(b, v, 10)
+		}
+	}
+	str(`,"project":`, e.Project)
+	str(`,"key_id":`, e.KeyID)
+	str(`,"outcome":`, e.Outcome.String())
+	str(`,"client_ip":`, e.ClientIP)
+	str(`,"country":`, e.Country)
+	num(`,"asn":`, uint64(e.ASN))
+	str(`,"method":`, e.Method)
+	str(`,"host":`, e.Host)
+	str(`,"route":`, e.Route)
+	num(`,"status":`, uint64(e.Status))
+	num(`,"latency_us":`, uint64(e.LatencyUS))
+	num(`,"bytes_in":`, e.BytesIn)
+	num(`,"bytes_out":`, e.BytesOut)
+	str(`,"user_agent":`, e.UserAgent)
+	str(`,"verifier_id":`, e.VerifierID)
+	num(`,"cost_units":`, uint64(e.CostUnits))
+	return append(b, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string, escaping as encoding/json
+// does (control characters, quote, backslash, <, >, &, U+2028/9; invalid
+// UTF-8 becomes U+FFFD).
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}

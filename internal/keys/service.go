@@ -496,3 +496,13 @@ func applyLimits(st *keymeterv1.KeyState, l *KeyLimits) {
 		st.ExpiresUnixNano = l.ExpiresAt.UnixNano()
 	}
 }
+
+// Kind returns the declared kind of key id (server, browser, mobile, batch)
+// from the table, KindServer when the key is unknown: what detection rules
+// read as key_kind.
+func (s *Service) Kind(id string) string {
+	if r := s.table.ByID(id); r != nil {
+		return KindOf(r.Kind)
+	}
+	return KindServer
+}

@@ -14,51 +14,123 @@ import (
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 )
 
-// BlockList holds client addresses blocked by detection decisions, each
-// until a deadline. Reads are one atomic load (and nothing more while the
-// list is empty); writes copy the map.
+// BlockList holds client addresses and networks blocked by detection
+// decisions, each until a deadline. Reads are one atomic load (and nothing
+// more while the list is empty); writes copy the snapshot. A rule that
+// groups by network (net24(ip)) blocks the whole network: its decision's
+// client_ip is a CIDR such as 203.0.113.0/24.
 type BlockList struct {
-	m  atomic.Pointer[map[netip.Addr]int64]
+	m  atomic.Pointer[blockSnap]
 	mu sync.Mutex
+}
+
+type blockSnap struct {
+	addrs map[netip.Addr]int64
+	// nets by prefix length, longest first: a lookup masks the address
+	// once per length in use (typically one: /24, or /48 for IPv6).
+	nets  map[netip.Prefix]int64
+	bits  []int
+	count int
 }
 
 // Block blocks ip until the given time.
 func (b *BlockList) Block(ip netip.Addr, until time.Time) {
+	b.BlockPrefix(netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()), until)
+}
+
+// BlockPrefix blocks every address of p until the given time (a full-length
+// prefix is one address).
+func (b *BlockList) BlockPrefix(p netip.Prefix, until time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now().UnixNano()
-	n := map[netip.Addr]int64{}
+	n := &blockSnap{addrs: map[netip.Addr]int64{}, nets: map[netip.Prefix]int64{}}
 	if old := b.m.Load(); old != nil {
-		for k, v := range *old {
+		for k, v := range old.addrs {
 			if v > now {
-				n[k] = v
+				n.addrs[k] = v
+			}
+		}
+		for k, v := range old.nets {
+			if v > now {
+				n.nets[k] = v
 			}
 		}
 	}
-	n[ip.Unmap()] = until.UnixNano()
-	b.m.Store(&n)
+	p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)).Masked()
+	if p.Bits() == p.Addr().BitLen() {
+		n.addrs[p.Addr()] = max(n.addrs[p.Addr()], until.UnixNano())
+	} else {
+		n.nets[p] = max(n.nets[p], until.UnixNano())
+	}
+	seen := map[int]bool{}
+	for k := range n.nets {
+		if !seen[k.Bits()] {
+			seen[k.Bits()] = true
+			n.bits = append(n.bits, k.Bits())
+		}
+	}
+	n.count = len(n.addrs) + len(n.nets)
+	b.m.Store(n)
 }
 
-// Blocked reports whether ip is blocked at now (unix ns).
+// unmapBits is how many bits a v4-mapped v6 prefix loses when unmapped.
+func unmapBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return 96
+	}
+	return 0
+}
+
+// Blocked reports whether ip is blocked at now (unix ns), by address or by
+// network.
 func (b *BlockList) Blocked(ip netip.Addr, now int64) bool {
 	m := b.m.Load()
-	if m == nil || len(*m) == 0 {
+	if m == nil || m.count == 0 {
 		return false
 	}
-	until, ok := (*m)[ip.Unmap()]
-	return ok && now < until
+	ip = ip.Unmap()
+	if until, ok := m.addrs[ip]; ok && now < until {
+		return true
+	}
+	for _, bits := range m.bits {
+		if bits > ip.BitLen() {
+			continue
+		}
+		p, err := ip.Prefix(bits)
+		if err != nil {
+			continue
+		}
+		if until, ok := m.nets[p]; ok && now < until {
+			return true
+		}
+	}
+	return false
 }
 
 // Len is the number of entries (some may have expired).
 func (b *BlockList) Len() int {
 	if m := b.m.Load(); m != nil {
-		return len(*m)
+		return m.count
 	}
 	return 0
 }
 
+// parseBlockTarget reads a decision's client_ip: an address or a CIDR.
+func parseBlockTarget(s string) (netip.Prefix, bool) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), true
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), true
+	}
+	return netip.Prefix{}, false
+}
+
 // Apply applies one encoded keymeterv1.Decision: enforced block_ip
-// decisions block their client address for their duration (1h when none).
+// decisions block their client address, or their network when client_ip
+// is a CIDR, for their duration (1h when none).
 func (b *BlockList) Apply(data []byte, log *slog.Logger) {
 	var d keymeterv1.Decision
 	if err := proto.Unmarshal(data, &d); err != nil {
@@ -68,9 +140,9 @@ func (b *BlockList) Apply(data []byte, log *slog.Logger) {
 	if d.GetAction() != keymeterv1.Action_ACTION_BLOCK_IP || d.GetMode() != keymeterv1.Mode_MODE_ENFORCE {
 		return
 	}
-	ip, err := netip.ParseAddr(d.GetClientIp())
-	if err != nil {
-		log.Warn("block_ip decision without a valid client_ip", "decision", d.GetId(), "client_ip", d.GetClientIp())
+	p, ok := parseBlockTarget(d.GetClientIp())
+	if !ok {
+		log.Warn("block_ip decision without a valid client_ip (an address or a CIDR)", "decision", d.GetId(), "client_ip", d.GetClientIp())
 		return
 	}
 	dur := time.Duration(d.GetDurationMs()) * time.Millisecond
@@ -81,8 +153,8 @@ func (b *BlockList) Apply(data []byte, log *slog.Logger) {
 	if d.GetTimeUnixNano() > 0 {
 		start = time.Unix(0, d.GetTimeUnixNano())
 	}
-	b.Block(ip, start.Add(dur))
-	log.Info("client address blocked by detection", "client_ip", ip, "until", start.Add(dur), "rule", d.GetRuleId(), "decision", d.GetId())
+	b.BlockPrefix(p, start.Add(dur))
+	log.Info("client address blocked by detection", "client_ip", p.String(), "until", start.Add(dur), "rule", d.GetRuleId(), "decision", d.GetId())
 }
 
 // Run applies decisions from the bus until ctx ends.

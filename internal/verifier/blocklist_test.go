@@ -2,6 +2,8 @@ package verifier
 
 import (
 	"context"
+	"log/slog"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -147,4 +149,36 @@ func TestRevocationAfterBusRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitOutcome(t, rv, k2.Secret.Reveal(), "valid")
+}
+
+// TestBlockListNetwork: a block_ip decision whose client_ip is a network
+// (a rule grouped by net24(ip)) blocks every address of that network and
+// nothing outside it; addresses and v4-mapped forms alike.
+func TestBlockListNetwork(t *testing.T) {
+	var bl BlockList
+	now := time.Now()
+	d := &keymeterv1.Decision{Id: "d1", TimeUnixNano: now.UnixNano(), Mode: keymeterv1.Mode_MODE_ENFORCE,
+		Action: keymeterv1.Action_ACTION_BLOCK_IP, ClientIp: "203.0.113.0/24", DurationMs: 60_000}
+	data, _ := proto.Marshal(d)
+	bl.Apply(data, slog.New(slog.DiscardHandler))
+	d6 := &keymeterv1.Decision{Id: "d2", TimeUnixNano: now.UnixNano(), Mode: keymeterv1.Mode_MODE_ENFORCE,
+		Action: keymeterv1.Action_ACTION_BLOCK_IP, ClientIp: "2001:db8:1::/48", DurationMs: 60_000}
+	data, _ = proto.Marshal(d6)
+	bl.Apply(data, slog.New(slog.DiscardHandler))
+	at := now.Add(time.Second).UnixNano()
+	for _, c := range []struct {
+		ip      string
+		blocked bool
+	}{
+		{"203.0.113.1", true}, {"203.0.113.254", true}, {"::ffff:203.0.113.77", true},
+		{"203.0.114.1", false}, {"198.51.100.1", false},
+		{"2001:db8:1:2::9", true}, {"2001:db8:2::1", false},
+	} {
+		if got := bl.Blocked(netip.MustParseAddr(c.ip), at); got != c.blocked {
+			t.Errorf("Blocked(%s) = %v, want %v", c.ip, got, c.blocked)
+		}
+	}
+	if bl.Blocked(netip.MustParseAddr("203.0.113.1"), now.Add(2*time.Minute).UnixNano()) {
+		t.Error("network block did not expire")
+	}
 }
