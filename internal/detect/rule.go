@@ -82,9 +82,12 @@ type TestCase struct {
 	Allow     []string           `yaml:"allow" json:"allow,omitempty"` // allowlisted key ids and CIDRs
 	// Corroborated lists keys that another rule signals throughout the
 	// test, so that suspend and revoke are not held for corroboration.
-	Corroborated []string      `yaml:"corroborated" json:"corroborated,omitempty"`
-	Events       []EventSeq    `yaml:"events" json:"events"`
-	Expect       []Expectation `yaml:"expect" json:"expect"`
+	Corroborated []string `yaml:"corroborated" json:"corroborated,omitempty"`
+	// Kinds declares key kinds (server, browser, mobile, batch) by key id,
+	// as the key table would: rules read them as key_kind.
+	Kinds  map[string]string `yaml:"kinds" json:"kinds,omitempty"`
+	Events []EventSeq        `yaml:"events" json:"events"`
+	Expect []Expectation     `yaml:"expect" json:"expect"`
 }
 
 // EventSeq generates Count events starting At (offset from the test start),

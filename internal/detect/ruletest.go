@@ -100,6 +100,9 @@ func runTest(r *Rule, tc TestCase, opts CompileOptions) (exp, act []string, n in
 			return v, ok
 		})
 	}
+	if len(tc.Kinds) > 0 {
+		cfg.KeyKind = func(id string) string { return tc.Kinds[id] }
+	}
 	for _, a := range tc.Allow {
 		if _, err := parsePrefix(a); err == nil && (strings.Contains(a, ".") || strings.Contains(a, ":")) {
 			cfg.Allowlist.CIDRs = append(cfg.Allowlist.CIDRs, a)
