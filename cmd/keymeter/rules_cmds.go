@@ -223,6 +223,7 @@ events. The last line on stdout is a name=value summary.`,
 				return errFailed
 			}
 			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes, Logger: g.Logger()}
+			tuneGC()
 			var scorer *evaluate.Scorer
 			if labelsPath != "" {
 				labels, err := evaluate.ReadLabelFile(labelsPath)

@@ -115,6 +115,7 @@ stdout is a name=value summary.`,
 			if len(oldPaths) == 0 || len(newPaths) == 0 || eventsPath == "" {
 				return errors.New("give --old, --new and --events")
 			}
+			tuneGC()
 			var labels []evaluate.Label
 			if labelsPath != "" {
 				var err error

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net/netip"
 	"reflect"
 	"strings"
 	"syscall"
@@ -122,4 +123,14 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func TestIsIPv4AgreesWithNetip(t *testing.T) {
+	for _, s := range []string{"1.2.3.4", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.5", "1..3.4", "1.2.3.", ".1.2.3", "a.b.c.d", "1.2.3.04", "10.0.0.1", "1.2.3.1000", ""} {
+		_, err := netip.ParseAddr(s)
+		want := err == nil
+		if got := isIPv4([]byte(s)); got != want {
+			t.Errorf("isIPv4(%q) = %t, netip says %t", s, got, want)
+		}
+	}
 }
