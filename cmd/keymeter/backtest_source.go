@@ -15,39 +15,64 @@ import (
 	"github.com/keymeter/keymeter/internal/store"
 )
 
-// storeSource feeds a backtest with stored events, oldest first.
+// storeSource feeds a backtest with stored events, oldest first. The store
+// is read on a goroutine of its own and events cross in batches, so reading
+// overlaps the rules.
 type storeSource struct {
-	ch     chan event.Event
+	ch     chan []event.Event
 	errc   chan error
 	cancel context.CancelFunc
+	cur    []event.Event
+	pos    int
 }
 
 func newStoreSource(ctx context.Context, st *store.DB, from, to time.Time) *storeSource {
 	ctx, cancel := context.WithCancel(ctx)
-	s := &storeSource{ch: make(chan event.Event, 4096), errc: make(chan error, 1), cancel: cancel}
+	s := &storeSource{ch: make(chan []event.Event, 8), errc: make(chan error, 1), cancel: cancel}
 	go func() {
 		defer close(s.ch)
-		s.errc <- st.ScanEvents(ctx, from, to, 50_000, func(e event.Event) error {
+		batch := make([]event.Event, 0, 1024)
+		err := st.ScanEvents(ctx, from, to, 50_000, func(e event.Event) error {
+			batch = append(batch, e)
+			if len(batch) < cap(batch) {
+				return nil
+			}
 			select {
-			case s.ch <- e:
+			case s.ch <- batch:
+				batch = make([]event.Event, 0, 1024)
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		})
+		if err == nil && len(batch) > 0 {
+			select {
+			case s.ch <- batch:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
+		s.errc <- err
 	}()
 	return s
 }
 
 // Next implements detect.EventSource.
 func (s *storeSource) Next() (event.Event, error) {
-	if e, ok := <-s.ch; ok {
-		return e, nil
+	for s.pos >= len(s.cur) {
+		b, ok := <-s.ch
+		if !ok {
+			if err := <-s.errc; err != nil {
+				s.errc <- err
+				return event.Event{}, err
+			}
+			s.errc <- nil
+			return event.Event{}, io.EOF
+		}
+		s.cur, s.pos = b, 0
 	}
-	if err := <-s.errc; err != nil {
-		return event.Event{}, err
-	}
-	return event.Event{}, io.EOF
+	s.pos++
+	return s.cur[s.pos-1], nil
 }
 
 func (s *storeSource) stop() { s.cancel() }
