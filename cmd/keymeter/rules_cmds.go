@@ -203,6 +203,7 @@ events. The last line on stdout is a name=value summary.`,
   keymeter rules backtest --rules rules/ --events eval.ndjson --labels labels.ndjson`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			tuneGC()
 			var fromT, toT time.Time
 			var err error
 			if from != "" {
@@ -223,7 +224,6 @@ events. The last line on stdout is a name=value summary.`,
 				return errFailed
 			}
 			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes, Logger: g.Logger()}
-			tuneGC()
 			var scorer *evaluate.Scorer
 			if labelsPath != "" {
 				labels, err := evaluate.ReadLabelFile(labelsPath)
