@@ -514,8 +514,17 @@ func NewEval(cfg EvalConfig) (*Eval, error) {
 		tripStart := cfg.Start.Add(time.Duration(uniform(rng, 0.15, 0.75) * float64(cfg.Duration)))
 		tripEnd := tripStart.Add(time.Duration(uniform(rng, 12, 60) * float64(time.Hour)))
 		peak := uniform(rng, 0.01, 0.12)
+		// Getting there and back takes hours without the key in use (drawn
+		// from a stream of their own, so the other populations of a seed
+		// stay as they were).
+		frng := rand.New(rand.NewPCG(cfg.Seed^0x7472617665, uint64(len(keys))))
+		outStart := tripStart.Add(-time.Duration(uniform(frng, 2, 14) * float64(time.Hour)))
+		backEnd := tripEnd.Add(time.Duration(uniform(frng, 2, 14) * float64(time.Hour)))
 		actors = append(actors, &actor{
 			rate: func(t time.Time) float64 {
+				if (!t.Before(outStart) && t.Before(tripStart)) || (!t.Before(tripEnd) && t.Before(backEnd)) {
+					return 0 // travelling
+				}
 				off := w.countries[home].offset
 				if !t.Before(tripStart) && t.Before(tripEnd) {
 					off = w.countries[dest].offset
