@@ -134,3 +134,27 @@ func TestIsIPv4AgreesWithNetip(t *testing.T) {
 		}
 	}
 }
+
+// FuzzFastDecode: whatever the line, the reader (fast path first) and
+// DecodeJSON agree on acceptance and on the event.
+func FuzzFastDecode(f *testing.F) {
+	f.Add(fastLine)
+	f.Add(`{"id":"a","time":"2026-11-23T01:02:03+02:00","outcome":"valid","client_ip":"::1","asn":7}`)
+	f.Add(`{"id":"a","time":"2026-11-23T01:02:03.123Z","outcome":"missing","status":0,"bytes_in":18446744073709551615}`)
+	f.Fuzz(func(t *testing.T, line string) {
+		if strings.ContainsAny(line, "\n\r") {
+			return
+		}
+		want, werr := DecodeJSON([]byte(strings.TrimSpace(line)))
+		got, gerr := NewNDJSONReader(strings.NewReader(line + "\n")).Next()
+		if strings.TrimSpace(line) == "" {
+			return
+		}
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("%q: reader err %v, DecodeJSON err %v", line, gerr, werr)
+		}
+		if werr == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q:\n reader %+v\n decode %+v", line, got, want)
+		}
+	})
+}
