@@ -19,7 +19,7 @@ func genSmall(t *testing.T, seed uint64, limit int) (*EvalSet, [32]byte, []event
 	h := sha256.New()
 	var evs []event.Event
 	var buf []byte
-	ev, err := NewEval(EvalConfig{Seed: seed, Duration: 6 * time.Hour, Scale: 0.1, AttackAfter: 90 * time.Minute, Attacks: 1})
+	ev, err := NewEval(EvalConfig{Start: time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC), Seed: seed, Duration: 6 * time.Hour, Scale: 0.1, AttackAfter: 90 * time.Minute, Attacks: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +104,13 @@ func TestEvalSetReproducibleAndVaried(t *testing.T) {
 		if n == 0 {
 			t.Errorf("label %s: no events in its group and window", l.ID)
 		}
+	}
+	// Without --start, the start is drawn from the seed.
+	s7, s8 := EvalConfig{Seed: 7}, EvalConfig{Seed: 8}
+	_ = s7.fill()
+	_ = s8.fill()
+	if s7.Start.Equal(s8.Start) || s7.Start.Month() != time.November {
+		t.Errorf("default starts: seed 7 %s, seed 8 %s", s7.Start, s8.Start)
 	}
 	kinds := map[string]int{}
 	for _, k := range a.Keys {
