@@ -70,7 +70,7 @@ func TestStoreSourceMatchesNDJSON(t *testing.T) {
 	ss := newStoreSource(ctx, db, t0, t0.Add(time.Hour))
 	defer ss.stop()
 	fromStore, ns, ds := replay(ss)
-	fromFile, nf, df := replay(newNDJSONSource(event.NewNDJSONReader(&nd), false, nil))
+	fromFile, nf, df := replay(newNDJSONSource(&nd, false, nil))
 	if ns != int64(n) || nf != int64(n) {
 		t.Fatalf("store gave %d events, NDJSON %d, want %d", ns, nf, n)
 	}

@@ -348,12 +348,11 @@ events. The last line on stdout is a name=value summary.`,
 				in, name = f, eventsPath
 			}
 			cr := &countingReader{r: in}
-			rd := event.NewNDJSONReader(cr)
 			var onEvent func(*event.Event)
 			if scorer != nil {
 				onEvent = scorer.Event
 			}
-			src := newNDJSONSource(rd, skipInvalid, onEvent)
+			src := newNDJSONSource(cr, skipInvalid, onEvent)
 			defer src.close()
 			prog := newProgressBar("backtest", size)
 			start := time.Now()

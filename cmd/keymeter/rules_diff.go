@@ -73,7 +73,7 @@ func (s *diffSide) run(set *detect.RuleSet, eventsPath string, skipInvalid bool,
 	if s.scorer != nil {
 		onEvent = s.scorer.Event
 	}
-	src := newNDJSONSource(event.NewNDJSONReader(f), skipInvalid, onEvent)
+	src := newNDJSONSource(f, skipInvalid, onEvent)
 	defer src.close()
 	start := time.Now()
 	s.rep, err = detect.Backtest(set, src, detect.BacktestOptions{Config: detect.Config{MaxRevocationsPerHour: maxRevokes, Sink: sink}})
