@@ -3,10 +3,16 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/evaluate"
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/loadgen"
 )
 
 func TestBacktestBadLinesAndLabels(t *testing.T) {
@@ -90,5 +96,54 @@ func TestRulesDiff(t *testing.T) {
 	s := out.String()
 	if !strings.Contains(s, "key_old") || !strings.Contains(s, "enforce/alert") || !strings.Contains(s, "old_decisions=1 new_decisions=0 rows_changed=1 only_old=1 only_new=0") {
 		t.Fatalf("diff output:\n%s", s)
+	}
+}
+
+func TestLoadgenEvalWritesSetAndLabels(t *testing.T) {
+	if testing.Short() {
+		t.Skip("generates six hours of traffic")
+	}
+	dir := t.TempDir()
+	events, labels, keys := filepath.Join(dir, "e.ndjson"), filepath.Join(dir, "l.ndjson"), filepath.Join(dir, "k.ndjson")
+	root := newRootCmd()
+	root.SetArgs([]string{"loadgen", "--eval", "--days", "0.25", "--scale", "0.05", "--attacks", "1", "--seed", "3",
+		"--out", events, "--labels-out", labels, "--keys-out", keys})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := evaluate.ReadLabelFile(labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != len(loadgen.EvalScenarios) {
+		t.Fatalf("%d labels, want %d", len(ls), len(loadgen.EvalScenarios))
+	}
+	f, err := os.Open(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rd := event.NewNDJSONReader(f)
+	n := 0
+	var last time.Time
+	for {
+		e, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Time.Before(last) {
+			t.Fatalf("line %d out of time order", rd.Line())
+		}
+		last = e.Time
+		n++
+	}
+	if n < 10000 {
+		t.Fatalf("only %d events", n)
+	}
+	if b, _ := os.ReadFile(keys); !bytes.Contains(b, []byte(`"persona":"mobile-sdk"`)) {
+		t.Fatal("keys file lacks the mobile-SDK keys")
 	}
 }

@@ -143,7 +143,7 @@ timing and attacks are drawn from --seed.`,
 	f.IntVar(&synthetic, "synthetic-keys", 0, "invent this many key ids (NDJSON mode)")
 	f.StringVar(&countryHeader, "country-header", "CF-IPCountry", "header carrying the client's country")
 	f.IntVar(&workers, "workers", 32, "concurrent HTTP requests")
-	f.StringVar(&start, "start", "", "event time of the first event in NDJSON mode (default now; --eval: 2026-11-23T00:00:00Z)")
+	f.StringVar(&start, "start", "", "event time of the first event in NDJSON mode (default now; --eval: a minute of November 2026 drawn from --seed)")
 	f.BoolVar(&eval, "eval", false, "write a labelled evaluation set (--out, --labels-out)")
 	f.Float64Var(&days, "days", 3, "--eval: days of traffic")
 	f.Float64Var(&ecfg.Scale, "scale", 1, "--eval: multiplies the benign populations")
@@ -241,7 +241,7 @@ func writeEvalSet(cfg loadgen.EvalConfig, out, labelsOut, keysOut string) error 
 	for _, l := range set.Labels {
 		fmt.Fprintf(os.Stderr, "loadgen: %-26s %s..%s %-8s %s (%s)\n", l.ID, l.Start.Format("01-02T15:04:05"), l.End.Format("15:04:05"), l.IntendedAction, l.Group, l.Note)
 	}
-	fmt.Printf("loadgen=eval seed=%d events=%d benign_events=%d keys=%d labels=%d seconds=%.1f\n",
-		cfg.Seed, set.Events, set.Benign, len(set.Keys), len(set.Labels), time.Since(began).Seconds())
+	fmt.Printf("loadgen=eval seed=%d start=%s end=%s events=%d benign_events=%d keys=%d labels=%d seconds=%.1f\n",
+		cfg.Seed, set.Start.Format(time.RFC3339), set.End.Format(time.RFC3339), set.Events, set.Benign, len(set.Keys), len(set.Labels), time.Since(began).Seconds())
 	return nil
 }

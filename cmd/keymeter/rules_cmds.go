@@ -193,7 +193,9 @@ Without --events, the events of [--from, --to) are read from the store
 
 A line that is not a valid event stops the replay with the report so far and
 the line number and field; --skip-invalid goes on past bad lines. Either way
-bad lines are counted by field and the first ones shown.
+bad lines are counted by field and the first ones shown. With --json, the report is the same object as
+before unless --labels is given or lines were bad: then {"backtest": report,
+"labels": score, "bad_lines": N, "bad_lines_by_field": {...}}.
 
 --labels FILE scores the decisions against labelled attacks (NDJSON, one per
 line; see "Detection evaluation" in the README): per label, whether it was
@@ -208,6 +210,7 @@ events. The last line on stdout is a name=value summary.`,
   keymeter rules backtest --rules rules/ --events eval.ndjson --labels labels.ndjson`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			tuneGC()
 			var fromT, toT time.Time
 			var err error
 			if from != "" {
@@ -274,12 +277,15 @@ events. The last line on stdout is a name=value summary.`,
 				if asJSON {
 					enc := json.NewEncoder(out)
 					enc.SetIndent("", "  ")
+					if scorer == nil && (bad == nil || bad.n == 0) {
+						return enc.Encode(rep) // the report as before
+					}
 					v := map[string]any{"backtest": rep}
 					if scorer != nil {
 						v["labels"] = scorer.Result()
 					}
 					if bad != nil {
-						v["bad_lines"] = bad.n
+						v["bad_lines"], v["bad_lines_by_field"] = bad.n, bad.byField
 					}
 					return enc.Encode(v)
 				}
@@ -349,12 +355,11 @@ events. The last line on stdout is a name=value summary.`,
 				in, name = f, eventsPath
 			}
 			cr := &countingReader{r: in}
-			rd := event.NewNDJSONReader(cr)
 			var onEvent func(*event.Event)
 			if scorer != nil {
 				onEvent = scorer.Event
 			}
-			src := newNDJSONSource(rd, skipInvalid, onEvent)
+			src := newNDJSONSource(cr, skipInvalid, onEvent)
 			defer src.close()
 			prog := newProgressBar("backtest", size)
 			start := time.Now()

@@ -73,7 +73,7 @@ func (s *diffSide) run(set *detect.RuleSet, eventsPath string, skipInvalid bool,
 	if s.scorer != nil {
 		onEvent = s.scorer.Event
 	}
-	src := newNDJSONSource(event.NewNDJSONReader(f), skipInvalid, onEvent)
+	src := newNDJSONSource(f, skipInvalid, onEvent)
 	defer src.close()
 	start := time.Now()
 	s.rep, err = detect.Backtest(set, src, detect.BacktestOptions{Config: detect.Config{MaxRevocationsPerHour: maxRevokes, Sink: sink}})
@@ -115,6 +115,7 @@ stdout is a name=value summary.`,
 			if len(oldPaths) == 0 || len(newPaths) == 0 || eventsPath == "" {
 				return errors.New("give --old, --new and --events")
 			}
+			tuneGC()
 			var labels []evaluate.Label
 			if labelsPath != "" {
 				var err error

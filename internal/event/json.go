@@ -273,3 +273,19 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, s[start:]...)
 	return append(b, '"')
 }
+
+// LineDecoder decodes one NDJSON event line at a time, with the fast path
+// and its interned strings kept across calls; one per goroutine.
+type LineDecoder struct{ fast *fastDecoder }
+
+// NewLineDecoder returns a decoder for lines of one stream.
+func NewLineDecoder() *LineDecoder { return &LineDecoder{fast: newFastDecoder()} }
+
+// Decode decodes one line (no newline); errors are *FieldError without a line number.
+func (d *LineDecoder) Decode(line []byte) (Event, error) {
+	var e Event
+	if d.fast.decode(line, &e) {
+		return e, nil
+	}
+	return DecodeJSON(bytes.TrimSpace(line))
+}

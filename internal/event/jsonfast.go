@@ -1,6 +1,8 @@
 package event
 
 import (
+	"bytes"
+	"encoding/binary"
 	"net/netip"
 	"time"
 )
@@ -25,12 +27,20 @@ func newInterner(max, cache int) *interner {
 	return &interner{m: make(map[string]string, 1024), max: max, cache: make([]string, cache), mask: uint32(cache - 1)}
 }
 
+// hashBytes is a cheap hash for the direct-mapped caches: the length and
+// the first and last 8 bytes (a collision only costs a miss).
 func hashBytes(b []byte) uint32 {
-	h := uint32(2166136261)
-	for _, c := range b {
-		h = (h ^ uint32(c)) * 16777619
+	var h uint64
+	if len(b) >= 8 {
+		h = binary.LittleEndian.Uint64(b) ^ binary.LittleEndian.Uint64(b[len(b)-8:])*0x9e3779b97f4a7c15
+	} else {
+		for _, c := range b {
+			h = h<<8 | uint64(c)
+		}
 	}
-	return h
+	h ^= uint64(len(b)) * 0xff51afd7ed558ccd
+	h *= 0xc4ceb9fe1a85ec53
+	return uint32(h >> 32)
 }
 
 // get returns the interned string of b and whether it was known.
@@ -60,13 +70,58 @@ func (in *interner) str(b []byte) string {
 // fastDecoder holds the interned strings of a reader.
 type fastDecoder struct {
 	small  *interner // project, key, country, method, host, route, agent, verifier
-	ips    *interner // client addresses, validated once
+	ips    []string  // direct-mapped cache of client addresses, validated once
 	day    int64     // cache of the last date: "YYYY-MM-DD" packed, and its Unix seconds
 	daySec int64
 }
 
+const ipCache = 1 << 15
+
 func newFastDecoder() *fastDecoder {
-	return &fastDecoder{small: newInterner(1<<16, 1<<12), ips: newInterner(1<<18, 1<<14), day: -1}
+	return &fastDecoder{small: newInterner(1<<16, 1<<12), ips: make([]string, ipCache), day: -1}
+}
+
+// ip returns the client address as a string, or false when it is not an
+// address (the slow path then reports it).
+func (d *fastDecoder) ip(b []byte) (string, bool) {
+	if len(b) == 0 {
+		return "", true
+	}
+	slot := hashBytes(b) & (ipCache - 1)
+	if s := d.ips[slot]; s == string(b) {
+		return s, true
+	}
+	if !isIPv4(b) {
+		if _, err := netip.ParseAddr(string(b)); err != nil {
+			return "", false
+		}
+	}
+	s := string(b)
+	d.ips[slot] = s
+	return s, true
+}
+
+// isIPv4 accepts what netip.ParseAddr accepts as IPv4: four decimal fields
+// of 0-255 without leading zeros.
+func isIPv4(b []byte) bool {
+	fields, n, digits := 0, 0, 0
+	for i := 0; i <= len(b); i++ {
+		if i == len(b) || b[i] == '.' {
+			if digits == 0 || n > 255 {
+				return false
+			}
+			fields++
+			n, digits = 0, 0
+			continue
+		}
+		c := b[i]
+		if c < '0' || c > '9' || (digits == 1 && n == 0) {
+			return false
+		}
+		n = n*10 + int(c-'0')
+		digits++
+	}
+	return fields == 4
 }
 
 func skipWS(b []byte, i int) int {
@@ -83,17 +138,27 @@ func str(b []byte, i int) ([]byte, int, bool) {
 		return nil, i, false
 	}
 	i++
-	s := i
-	for ; i < len(b); i++ {
-		c := b[i]
-		if c == '"' {
-			return b[s:i], i + 1, true
-		}
-		if c == '\\' || c < 0x20 || c >= 0x80 {
-			return nil, i, false // escapes, control characters, non-ASCII: slow path
+	q := bytes.IndexByte(b[i:], '"')
+	if q < 0 {
+		return nil, i, false
+	}
+	v := b[i : i+q]
+	// Escapes, control characters, non-ASCII: the slow path (8 bytes at a time).
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	j := 0
+	for ; j+8 <= len(v); j += 8 {
+		w := binary.LittleEndian.Uint64(v[j:])
+		bs := w ^ (lo * '\\')
+		if (w|((w-lo*0x20)&^w)|((bs-lo)&^bs))&hi != 0 {
+			return nil, i, false
 		}
 	}
-	return nil, i, false
+	for ; j < len(v); j++ {
+		if c := v[j]; c == '\\' || c < 0x20 || c >= 0x80 {
+			return nil, i, false
+		}
+	}
+	return v, i + q + 1, true
 }
 
 // uint reads a non-negative integer that fits max.
@@ -235,13 +300,9 @@ func (d *fastDecoder) decode(b []byte, e *Event) bool {
 			case "outcome":
 				outcomeRaw, bit = v, 1<<4
 			case "client_ip":
-				ip, known := d.ips.get(v)
-				if !known && len(v) > 0 {
-					if _, err := netip.ParseAddr(ip); err != nil {
-						delete(d.ips.m, ip)
-						d.ips.cache[hashBytes(v)&d.ips.mask] = ""
-						return false
-					}
+				ip, ok := d.ip(v)
+				if !ok {
+					return false
 				}
 				e.ClientIP, bit = ip, 1<<5
 			case "country":

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net/netip"
 	"reflect"
 	"strings"
 	"syscall"
@@ -122,4 +123,38 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func TestIsIPv4AgreesWithNetip(t *testing.T) {
+	for _, s := range []string{"1.2.3.4", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.5", "1..3.4", "1.2.3.", ".1.2.3", "a.b.c.d", "1.2.3.04", "10.0.0.1", "1.2.3.1000", ""} {
+		_, err := netip.ParseAddr(s)
+		want := err == nil
+		if got := isIPv4([]byte(s)); got != want {
+			t.Errorf("isIPv4(%q) = %t, netip says %t", s, got, want)
+		}
+	}
+}
+
+// FuzzFastDecode: whatever the line, the reader (fast path first) and
+// DecodeJSON agree on acceptance and on the event.
+func FuzzFastDecode(f *testing.F) {
+	f.Add(fastLine)
+	f.Add(`{"id":"a","time":"2026-11-23T01:02:03+02:00","outcome":"valid","client_ip":"::1","asn":7}`)
+	f.Add(`{"id":"a","time":"2026-11-23T01:02:03.123Z","outcome":"missing","status":0,"bytes_in":18446744073709551615}`)
+	f.Fuzz(func(t *testing.T, line string) {
+		if strings.ContainsAny(line, "\n\r") {
+			return
+		}
+		want, werr := DecodeJSON([]byte(strings.TrimSpace(line)))
+		got, gerr := NewNDJSONReader(strings.NewReader(line + "\n")).Next()
+		if strings.TrimSpace(line) == "" {
+			return
+		}
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("%q: reader err %v, DecodeJSON err %v", line, gerr, werr)
+		}
+		if werr == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q:\n reader %+v\n decode %+v", line, got, want)
+		}
+	})
 }

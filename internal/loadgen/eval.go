@@ -14,7 +14,10 @@ import (
 // EvalConfig describes a labelled evaluation set: days of benign traffic
 // with the hard negatives real APIs have, and attacks with labels.
 type EvalConfig struct {
-	Start    time.Time     // time of the first event (default 2026-11-23T00:00:00Z, a Monday)
+	// Start is the time of the first event; by default a minute of November
+	// 2026 drawn from the seed (any weekday, any hour), so a pack cannot
+	// count on the history starting at midnight or on a Monday.
+	Start    time.Time
 	Duration time.Duration // default 72h
 	Seed     uint64
 	// Scale multiplies the benign populations (default 1). The attacks and
@@ -42,6 +45,8 @@ type KeyInfo struct {
 
 // EvalSet is what GenerateEval produced besides the events.
 type EvalSet struct {
+	Start  time.Time // of the first event
+	End    time.Time
 	Labels []evaluate.Label
 	Keys   []KeyInfo
 	Events int64
@@ -50,7 +55,9 @@ type EvalSet struct {
 
 func (c *EvalConfig) fill() error {
 	if c.Start.IsZero() {
-		c.Start = time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+		// From a stream of its own: the populations of a seed do not depend on it.
+		r := rand.New(rand.NewPCG(c.Seed^0x5354415254, 1))
+		c.Start = time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC).Add(time.Duration(r.IntN(28*24*60)) * time.Minute)
 	}
 	c.Start = c.Start.UTC()
 	if c.Duration == 0 {
@@ -246,7 +253,7 @@ func NewEval(cfg EvalConfig) (*Eval, error) {
 	for range between(rng, 3, 8) {
 		g.verifs = append(g.verifs, randID(rng, "edge-", 6))
 	}
-	set := &EvalSet{}
+	set := &EvalSet{Start: cfg.Start, End: cfg.Start.Add(cfg.Duration)}
 	var projects []string
 	for _, i := range rng.Perm(len(projectNames))[:between(rng, 4, 9)] {
 		projects = append(projects, "proj_"+projectNames[i])
@@ -514,8 +521,17 @@ func NewEval(cfg EvalConfig) (*Eval, error) {
 		tripStart := cfg.Start.Add(time.Duration(uniform(rng, 0.15, 0.75) * float64(cfg.Duration)))
 		tripEnd := tripStart.Add(time.Duration(uniform(rng, 12, 60) * float64(time.Hour)))
 		peak := uniform(rng, 0.01, 0.12)
+		// Getting there and back takes hours without the key in use (drawn
+		// from a stream of their own, so the other populations of a seed
+		// stay as they were).
+		frng := rand.New(rand.NewPCG(cfg.Seed^0x7472617665, uint64(len(keys))))
+		outStart := tripStart.Add(-time.Duration(uniform(frng, 2, 14) * float64(time.Hour)))
+		backEnd := tripEnd.Add(time.Duration(uniform(frng, 2, 14) * float64(time.Hour)))
 		actors = append(actors, &actor{
 			rate: func(t time.Time) float64 {
+				if (!t.Before(outStart) && t.Before(tripStart)) || (!t.Before(tripEnd) && t.Before(backEnd)) {
+					return 0 // travelling
+				}
 				off := w.countries[home].offset
 				if !t.Before(tripStart) && t.Before(tripEnd) {
 					off = w.countries[dest].offset

@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -10,32 +11,44 @@ import (
 	"github.com/keymeter/keymeter/internal/event"
 )
 
-func genSmall(t *testing.T, seed uint64) (*EvalSet, [32]byte, []event.Event) {
+var errEnough = errors.New("enough")
+
+// genSmall generates a 6-hour set, or its first limit events (limit > 0).
+func genSmall(t *testing.T, seed uint64, limit int) (*EvalSet, [32]byte, []event.Event) {
 	t.Helper()
 	h := sha256.New()
 	var evs []event.Event
 	var buf []byte
-	set, err := GenerateEval(EvalConfig{Seed: seed, Duration: 6 * time.Hour, Scale: 0.1, AttackAfter: 90 * time.Minute, Attacks: 1}, func(e *event.Event) error {
-		buf = e.AppendJSON(buf[:0])
-		h.Write(buf)
-		evs = append(evs, *e)
-		return nil
-	})
+	ev, err := NewEval(EvalConfig{Start: time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC), Seed: seed, Duration: 6 * time.Hour, Scale: 0.1, AttackAfter: 90 * time.Minute, Attacks: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
+	err = ev.Run(func(e *event.Event) error {
+		buf = e.AppendJSON(buf[:0])
+		h.Write(buf)
+		evs = append(evs, *e)
+		if len(evs) == limit {
+			return errEnough
+		}
+		return nil
+	})
+	if err != nil && err != errEnough {
+		t.Fatal(err)
+	}
+	set := &ev.EvalSet
 	var sum [32]byte
 	copy(sum[:], h.Sum(nil))
 	return set, sum, evs
 }
 
 func TestEvalSetReproducibleAndVaried(t *testing.T) {
-	a, ha, evs := genSmall(t, 7)
-	b, hb, _ := genSmall(t, 7)
-	if ha != hb || len(a.Labels) != len(b.Labels) {
+	a, _, evs := genSmall(t, 7, 0)
+	_, ha, _ := genSmall(t, 7, 50000)
+	b, hb, _ := genSmall(t, 7, 50000)
+	if ha != hb || fmt.Sprint(a.Labels) != fmt.Sprint(b.Labels) {
 		t.Fatal("same seed gave a different set")
 	}
-	c, hc, _ := genSmall(t, 8)
+	c, hc, _ := genSmall(t, 8, 50000)
 	if hc == ha {
 		t.Fatal("another seed gave the same set")
 	}
@@ -91,6 +104,13 @@ func TestEvalSetReproducibleAndVaried(t *testing.T) {
 		if n == 0 {
 			t.Errorf("label %s: no events in its group and window", l.ID)
 		}
+	}
+	// Without --start, the start is drawn from the seed.
+	s7, s8 := EvalConfig{Seed: 7}, EvalConfig{Seed: 8}
+	_ = s7.fill()
+	_ = s8.fill()
+	if s7.Start.Equal(s8.Start) || s7.Start.Month() != time.November {
+		t.Errorf("default starts: seed 7 %s, seed 8 %s", s7.Start, s8.Start)
 	}
 	kinds := map[string]int{}
 	for _, k := range a.Keys {

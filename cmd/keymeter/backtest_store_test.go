@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/store/chdb"
+)
+
+// The stored-history source gives the backtest the same events, in the
+// same order, as the NDJSON of them; its speed is logged (go test -v).
+func TestStoreSourceMatchesNDJSON(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs chDB")
+	}
+	if os.Getenv("CHDB_LIB_PATH") == "" {
+		t.Skip("CHDB_LIB_PATH not set (make test sets it)")
+	}
+	ctx := context.Background()
+	db, err := chdb.Open(chdb.Config{DataDir: filepath.Join(t.TempDir(), "clickhouse")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := 20000
+	t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	var nd bytes.Buffer
+	var evs []event.Event
+	for i := range n {
+		e := event.Event{ID: fmt.Sprintf("e-%06d", i), Time: t0.Add(time.Duration(i) * 7 * time.Millisecond), KeyID: fmt.Sprintf("key_%d", i%97), Project: "p",
+			Outcome: event.OutcomeValid, ClientIP: fmt.Sprintf("198.51.%d.%d", i%7, i%250+1), Country: "DE", ASN: 64500, Method: "GET", Route: "/v1/x", Status: 200}
+		if i%31 == 0 {
+			e.KeyID, e.Project, e.Outcome, e.Status = "", "", event.OutcomeMissing, 401
+		}
+		evs = append(evs, e)
+		nd.Write(e.AppendJSON(nil))
+		nd.WriteByte('\n')
+	}
+	for i := 0; i < n; i += 5000 {
+		if err := db.InsertEvents(ctx, fmt.Sprintf("t%d", i), evs[i:min(i+5000, n)]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set, err := detect.LoadPaths(detect.CompileOptions{}, "../../rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replay := func(src detect.EventSource) ([]string, int64, time.Duration) {
+		var ds []string
+		start := time.Now()
+		rep, err := detect.Backtest(set, src, detect.BacktestOptions{Config: detect.Config{Sink: detect.SinkFunc(func(d *keymeterv1.Decision) {
+			ds = append(ds, d.RuleId+" "+d.Group)
+		})}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ds, rep.Events, time.Since(start)
+	}
+	ss := newStoreSource(ctx, db, t0, t0.Add(time.Hour))
+	defer ss.stop()
+	fromStore, ns, ds := replay(ss)
+	fromFile, nf, df := replay(newNDJSONSource(&nd, false, nil))
+	if ns != int64(n) || nf != int64(n) {
+		t.Fatalf("store gave %d events, NDJSON %d, want %d", ns, nf, n)
+	}
+	if fmt.Sprint(fromStore) != fmt.Sprint(fromFile) {
+		t.Fatalf("decisions differ:\nstore %v\nfile  %v", fromStore, fromFile)
+	}
+	t.Logf("%d events: store %.0f events/s, NDJSON %.0f events/s", n, float64(n)/ds.Seconds(), float64(n)/df.Seconds())
+}
