@@ -30,6 +30,7 @@ import (
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 )
@@ -100,10 +101,14 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lh, err := leaks.New(leaks.Config{Table: table, Keys: svc, Store: db, Policy: "revoke"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	adm, _ := api.ParseToken("admin:" + api.HashToken(adminSecret))
 	rd, _ := api.ParseToken("read:" + api.HashToken(readSecret))
 	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
-		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded})
+		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded, Audit: db, Leaks: lh})
 	if err != nil {
 		t.Fatal(err)
 	}
