@@ -1,6 +1,7 @@
 package console
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -24,7 +25,13 @@ type auditEntry struct {
 }
 
 // DetailText is the entry's detail as compact JSON.
-func (e auditEntry) DetailText() string { return string(e.Detail) }
+func (e auditEntry) DetailText() string {
+	var b bytes.Buffer
+	if json.Compact(&b, e.Detail) != nil {
+		return string(e.Detail)
+	}
+	return b.String()
+}
 
 // TargetLink is the console page of the entry's target, if it has one.
 func (e auditEntry) TargetLink() string {

@@ -315,7 +315,8 @@ func TestConsoleInBrowser(t *testing.T) {
 			chromedp.Click(chromedp.ID("create")),
 			chromedp.WaitVisible(chromedp.ID("e-rate_limit_per_s")))
 		// The API's error is next to its field and nothing typed is lost.
-		if msg := run(t, ctx, "field error", chromedp.Text(chromedp.ID("e-rate_limit_per_s"))); !strings.Contains(msg, "rate_limit_per_s") {
+		if msg := run(t, ctx, "field error", chromedp.Text(chromedp.ID("e-rate_limit_per_s"))); msg != `rate_limit_per_s: want a number, got "fast"` {
+			// The API's own wording, naming the field as the API names it.
 			t.Fatalf("rate limit error %q", msg)
 		}
 		for id, want := range map[string]string{"f-project": "proj_ui", "f-name": "checkout service", "f-allowed_cidrs": "not-a-network", "f-rate_limit_per_s": "fast"} {

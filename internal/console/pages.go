@@ -71,7 +71,7 @@ func (f *form) fail(err error, fields ...string) {
 		f.General = err.Error()
 		return
 	}
-	// "KeyLimitsJSON.rate_limit_per_s" or "allowed_cidrs[2]": the form field.
+	// "allowed_cidrs[2]" (or a dotted path): the form field.
 	field := ae.Field
 	if i := strings.LastIndex(field, "."); i >= 0 {
 		field = field[i+1:]
