@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -29,6 +30,7 @@ type actorKey struct{}
 type caller struct {
 	label string
 	role  Role
+	kind  string // the role's name in the trail when not a token's (a leak reporter)
 }
 
 // tokenOf is the highest-role configured token the request's bearer
@@ -67,7 +69,7 @@ func (s *Server) audited(r *http.Request, action, target string, detail any, err
 		return err
 	}
 	c, _ := r.Context().Value(actorKey{}).(caller)
-	e := store.AuditEntry{ID: newAuditID(), Time: time.Now().UTC(), Actor: c.label, Role: c.role.String(),
+	e := store.AuditEntry{ID: newAuditID(), Time: time.Now().UTC(), Actor: c.label, Role: cmpOr(c.kind, c.role.String()),
 		Action: action, Target: target}
 	if s.cfg.KeyTable != nil && strings.HasPrefix(action, "key.") {
 		if st, ok := s.cfg.KeyTable.State(target); ok {
@@ -86,6 +88,70 @@ func (s *Server) audited(r *http.Request, action, target string, detail any, err
 		s.log.Error("api: audit entry not recorded", "action", action, "target", target, "actor", c.label, "err", werr)
 	}
 	return err
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// leakReport serves a signed secret-scanner report (POST /v1/leaks) and
+// records its verdicts in the audit trail, the reporter named by its
+// public key identifier. Only a report the handler accepted is recorded.
+func (s *Server) leakReport(w http.ResponseWriter, r *http.Request) {
+	rec := &bufferedResponse{ResponseWriter: w}
+	s.cfg.Leaks.ServeHTTP(rec, r)
+	if rec.status == http.StatusOK {
+		var labels []struct {
+			TokenHash string `json:"token_hash"`
+			Label     string `json:"label"`
+			Duplicate bool   `json:"duplicate,omitempty"`
+		}
+		if json.Unmarshal(rec.body.Bytes(), &labels) == nil {
+			for i := range labels {
+				// A prefix names the report's token without the whole hash.
+				labels[i].TokenHash = "sha256:" + labels[i].TokenHash[:min(12, len(labels[i].TokenHash))]
+			}
+			id := r.Header.Get("Github-Public-Key-Identifier")
+			r = r.WithContext(withCaller(r.Context(), caller{label: "reporter:" + abbrev(id, 64), kind: "reporter"}))
+			_ = s.audited(r, "leak.report", "", map[string]any{"labels": labels}, nil)
+		}
+	}
+	if rec.status == 0 {
+		rec.status = http.StatusOK
+	}
+	w.WriteHeader(rec.status)
+	_, _ = w.Write(rec.body.Bytes())
+}
+
+func abbrev(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// bufferedResponse holds a response (status and body) until it is read;
+// headers go straight to the underlying writer.
+type bufferedResponse struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (b *bufferedResponse) WriteHeader(status int) {
+	if b.status == 0 {
+		b.status = status
+	}
+}
+
+func (b *bufferedResponse) Write(p []byte) (int, error) {
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	return b.body.Write(p)
 }
 
 func newAuditID() string {

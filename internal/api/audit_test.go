@@ -1,11 +1,28 @@
 package api_test
 
 import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/leaks"
+	"github.com/keymeter/keymeter/internal/store"
+	"github.com/keymeter/keymeter/internal/store/chdb"
+	"github.com/keymeter/keymeter/internal/testfix/natstest"
 )
 
 // TestAuditTrail: every change through the API is recorded with the
@@ -85,4 +102,70 @@ func TestAuditTrail(t *testing.T) {
 		}
 	}
 	e.call("GET", "/v1/audit", "", nil, 401)
+}
+
+// TestAuditSignedLeakReport: a secret scanner's signed report is recorded
+// with the reporter's key identifier and each token's verdict; a refused
+// (forged) report is not.
+func TestAuditSignedLeakReport(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := natstest.Bus(t, nil, natsbus.Config{Partitions: 1})
+	table, svc := natstest.Keys(t, b)
+	db, err := chdb.Open(chdb.Config{DataDir: chdbDir(t), Database: fmt.Sprintf("api_leak_%d", time.Now().UnixNano())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leaked, err := svc.Create(ctx, keys.CreateParams{Project: "proj_leak"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	lh, err := leaks.New(leaks.Config{Table: table, Keys: svc, Store: db, PublicKeys: map[string]*ecdsa.PublicKey{"scanner-1": &priv.PublicKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, _ := api.ParseToken("read:" + api.HashToken(readSecret))
+	s, err := api.New(api.Config{Tokens: []api.Token{rd}, Keys: svc, KeyTable: table, Decision: db, Leaks: lh, Audit: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal([]leaks.Report{
+		{Token: leaked.Secret.Reveal(), Type: "keymeter_api_key", URL: "https://example.com/gist", Source: "gist"},
+		{Token: "km_live_not_a_real_key", Type: "keymeter_api_key", Source: "content"},
+	})
+	post := func(sig []byte) int {
+		req := httptest.NewRequest("POST", "/v1/leaks", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Github-Public-Key-Identifier", "scanner-1")
+		req.Header.Set("Github-Public-Key-Signature", base64.StdEncoding.EncodeToString(sig))
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	digest := sha256.Sum256(body)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	forged, _ := ecdsa.SignASN1(rand.Reader, other, digest[:])
+	if code := post(forged); code != http.StatusUnauthorized {
+		t.Fatalf("forged report: %d", code)
+	}
+	good, _ := ecdsa.SignASN1(rand.Reader, priv, digest[:])
+	if code := post(good); code != http.StatusOK {
+		t.Fatalf("signed report: %d", code)
+	}
+	es, err := db.Audit(ctx, store.AuditQuery{Action: "leak.report"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || es[0].Actor != "reporter:scanner-1" || es[0].Role != "reporter" ||
+		!strings.Contains(es[0].Detail, "true_positive") || !strings.Contains(es[0].Detail, "false_positive") {
+		t.Fatalf("audit of the signed report = %+v", es)
+	}
+	if strings.Contains(es[0].Detail, leaked.Secret.Reveal()) || strings.Contains(es[0].Detail, "km_live_not_a_real_key") {
+		t.Fatalf("the audit trail holds a reported secret: %s", es[0].Detail)
+	}
 }

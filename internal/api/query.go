@@ -419,5 +419,5 @@ func (s *Server) leaks(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: 503, Code: "unavailable", Message: "leak reports are not configured on this server"})
 		return
 	}
-	s.cfg.Leaks.ServeHTTP(w, r)
+	s.leakReport(w, r)
 }
