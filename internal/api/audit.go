@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -69,7 +70,8 @@ func (s *Server) audited(r *http.Request, action, target string, detail any, err
 		return err
 	}
 	c, _ := r.Context().Value(actorKey{}).(caller)
-	e := store.AuditEntry{ID: newAuditID(), Time: time.Now().UTC(), Actor: c.label, Role: cmpOr(c.kind, c.role.String()),
+	now := time.Now().UTC()
+	e := store.AuditEntry{ID: newAuditID(now), Time: now, Actor: c.label, Role: cmpOr(c.kind, c.role.String()),
 		Action: action, Target: target}
 	if s.cfg.KeyTable != nil && strings.HasPrefix(action, "key.") {
 		if st, ok := s.cfg.KeyTable.State(target); ok {
@@ -154,10 +156,12 @@ func (b *bufferedResponse) Write(p []byte) (int, error) {
 	return b.body.Write(p)
 }
 
-func newAuditID() string {
-	var b [12]byte
+// newAuditID begins with the time in nanoseconds, so that entries of one
+// millisecond (the stored time's precision) still list in order.
+func newAuditID(now time.Time) string {
+	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return fmt.Sprintf("%016x", now.UnixNano()) + hex.EncodeToString(b[:])
 }
 
 // AuditEntryJSON is one change in the audit trail.
