@@ -176,9 +176,6 @@ func (c *Console) keyHistory(r *http.Request, s *session, k keyJSON, ds []decisi
 	var ar auditResp
 	err := c.call(r.Context(), s, "GET", "/v1/audit", url.Values{"target": {k.ID}, "limit": {"100"}}, nil, &ar)
 	var out []historyItem
-	for _, e := range ar.Entries {
-		out = append(out, historyItem{Time: e.Time, Change: strings.TrimPrefix(e.Action, "key."), By: e.Actor, Detail: e.DetailText()})
-	}
 	for _, d := range ds {
 		switch d.Action {
 		case "revoke", "suspend", "throttle":
@@ -188,6 +185,11 @@ func (c *Console) keyHistory(r *http.Request, s *session, k keyJSON, ds []decisi
 			}
 			out = append(out, historyItem{Time: d.Time, Change: change, By: "rule " + d.RuleID, Detail: d.Reason, Link: d.Link()})
 		}
+	}
+	// After the decisions: in a tie of milliseconds, a decision acted on
+	// what an admin had done (a leak report on a key just resumed).
+	for _, e := range ar.Entries {
+		out = append(out, historyItem{Time: e.Time, Change: strings.TrimPrefix(e.Action, "key."), By: e.Actor, Detail: e.DetailText()})
 	}
 	created := false
 	for _, h := range out {
