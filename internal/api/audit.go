@@ -182,10 +182,6 @@ type AuditList struct {
 	Next    string           `json:"next,omitempty"`
 }
 
-// AuditActions are the actions the audit trail records.
-var AuditActions = []string{"key.create", "key.update", "key.rotate", "key.revoke", "key.suspend", "key.resume", "key.delete",
-	"billing.close", "leak.report"}
-
 func (s *Server) audit(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Audit == nil {
 		return unavailable("the audit trail")
