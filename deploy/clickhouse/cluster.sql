@@ -1,5 +1,5 @@
 -- keymeter schema for a ClickHouse cluster (23.8+), generated from the
--- migrations 0001-0011 of internal/store/migrations by
+-- migrations 0001-0020 of internal/store/migrations by
 --   keymeter migrate --print --cluster '{cluster}'   (make cluster-sql)
 -- Do not edit: change the migrations and regenerate.
 --
@@ -218,6 +218,23 @@ ORDER BY (period, project, key_id);
 
 ALTER TABLE keymeter.ingest_intents ON CLUSTER '{cluster}' MODIFY TTL toDateTime(updated) + INTERVAL 30 DAY;
 
+-- 0020_audit
+
+CREATE TABLE IF NOT EXISTS keymeter.audit ON CLUSTER '{cluster}'
+(
+    id      String,
+    time    DateTime64(3, 'UTC'),
+    actor   String,
+    role    LowCardinality(String),
+    action  LowCardinality(String),
+    target  String,
+    project LowCardinality(String),
+    detail  String CODEC(ZSTD(3))
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/keymeter/audit', '{shard}-{replica}')
+PARTITION BY toYYYYMM(time)
+ORDER BY (time, id);
+
 -- the record of what is applied
 
 CREATE TABLE IF NOT EXISTS keymeter.schema_migrations ON CLUSTER '{cluster}'
@@ -230,4 +247,4 @@ ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/keymeter/schema_mi
 ORDER BY version;
 
 INSERT INTO keymeter.schema_migrations (version, name, applied) VALUES
-    (1, 'requests', now64(3)), (2, 'rollups', now64(3)), (3, 'state', now64(3)), (10, 'billing', now64(3)), (11, 'intents_ttl', now64(3));
+    (1, 'requests', now64(3)), (2, 'rollups', now64(3)), (3, 'state', now64(3)), (10, 'billing', now64(3)), (11, 'intents_ttl', now64(3)), (20, 'audit', now64(3));

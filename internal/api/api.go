@@ -7,7 +7,6 @@ package api
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -102,6 +101,9 @@ type Config struct {
 	// Leaks handles POST /v1/leaks (signed secret-scanner reports) and
 	// POST /v1/leaks/hash (an operator's report by SHA-256).
 	Leaks LeakHandler
+	// Audit keeps the audit trail of changes (GET /v1/audit); nil: changes
+	// are not recorded and GET /v1/audit answers 503.
+	Audit store.AuditLog
 	// Events accepts JSON usage events from third parties (POST /v1/events).
 	Events EventSink
 	// Retention, if set, is the store's raw-event retention in days:
@@ -167,6 +169,7 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/billing/{period}", read(s.billing))
 	m.Handle("POST /v1/billing/{period}/close", admin(s.closeBilling))
 	m.Handle("GET /v1/rules", read(s.rules))
+	m.Handle("GET /v1/audit", read(s.audit))
 	m.Handle("POST /v1/events", admin(s.events))
 	m.Handle("POST /v1/leaks", http.HandlerFunc(s.leaks)) // authenticated by its own signature
 	m.Handle("POST /v1/leaks/hash", admin(s.leakHash))
@@ -219,7 +222,8 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 func (s *Server) auth(need Role) func(handlerFunc) http.Handler {
 	return func(h handlerFunc) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			role := s.roleOf(r)
+			c := s.tokenOf(r)
+			role := c.role
 			switch {
 			case role == RoleNone:
 				w.Header().Set("WWW-Authenticate", `Bearer realm="keymeter"`)
@@ -229,6 +233,7 @@ func (s *Server) auth(need Role) func(handlerFunc) http.Handler {
 				writeError(w, &Error{Status: 403, Code: "permission_denied", Message: fmt.Sprintf("this token has role %s; %s needs role %s", role, r.URL.Path, need)})
 				return
 			}
+			r = r.WithContext(withCaller(r.Context(), c))
 			if err := h(w, r); err != nil {
 				s.fail(w, r, err)
 			}
@@ -236,22 +241,7 @@ func (s *Server) auth(need Role) func(handlerFunc) http.Handler {
 	}
 }
 
-func (s *Server) roleOf(r *http.Request) Role {
-	// RFC 9110 §11.1: the scheme is case-insensitive.
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	tok = strings.TrimLeft(tok, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-		return RoleNone
-	}
-	h := sha256.Sum256([]byte(tok))
-	role := RoleNone
-	for _, t := range s.cfg.Tokens {
-		if subtle.ConstantTimeCompare(h[:], t.Hash[:]) == 1 && t.Role > role {
-			role = t.Role
-		}
-	}
-	return role
-}
+func (s *Server) roleOf(r *http.Request) Role { return s.tokenOf(r).role }
 
 // Error is an API error: the status, a stable code, a message for people,
 // and the offending field when there is one.

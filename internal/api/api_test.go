@@ -110,7 +110,7 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
-		Billing: &billing.Exporter{Store: db}, Rules: eng, Leaks: lh, Ready: table.Loaded, Retention: db.Retention,
+		Billing: &billing.Exporter{Store: db}, Rules: eng, Leaks: lh, Ready: table.Loaded, Retention: db.Retention, Audit: db,
 		Events: sinkFunc(func(context.Context, []event.Event) error { return nil })})
 	if err != nil {
 		t.Fatal(err)

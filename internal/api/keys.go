@@ -171,7 +171,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) error {
 		p.ExpiresAt = *req.ExpiresAt
 	}
 	c, err := ks.Create(r.Context(), p)
-	return writeCreated(w, c, err)
+	return writeCreated(w, c, s.audited(r, "key.create", c.State.GetId(), req, err))
 }
 
 func (s *Server) getKey(w http.ResponseWriter, r *http.Request) error {
@@ -312,7 +312,7 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) error {
 	err = ks.Update(r.Context(), id, keys.UpdateParams{Name: req.Name, Scopes: req.Scopes, AllowedCIDRs: req.AllowedCIDRs,
 		RatePerS: req.RateLimitPerS, Burst: req.RateBurst, MonthlyQuota: req.MonthlyQuota, ExpiresAt: req.ExpiresAt,
 		Metadata: req.Metadata, Kind: req.Kind, ThrottlePerS: req.ThrottlePerS, ThrottleUntil: req.ThrottleUntil})
-	if err != nil {
+	if err := s.audited(r, "key.update", id, req, err); err != nil {
 		return err
 	}
 	return s.getKey(w, r)
@@ -323,7 +323,7 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := ks.Delete(r.Context(), r.PathValue("id")); err != nil {
+	if err := s.audited(r, "key.delete", r.PathValue("id"), nil, ks.Delete(r.Context(), r.PathValue("id"))); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -355,7 +355,7 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	c, err := ks.Rotate(r.Context(), r.PathValue("id"), grace)
-	return writeCreated(w, c, err)
+	return writeCreated(w, c, s.audited(r, "key.rotate", r.PathValue("id"), map[string]any{"grace_period": req.GracePeriod, "new_key": c.State.GetId()}, err))
 }
 
 // RevokeRequest is the body of POST /v1/keys/{id}/revoke.
@@ -378,7 +378,7 @@ func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request) error {
 	if req.Reason == "" {
 		req.Reason = "revoked by admin"
 	}
-	if err := ks.Revoke(r.Context(), r.PathValue("id"), req.Reason); err != nil {
+	if err := s.audited(r, "key.revoke", r.PathValue("id"), req, ks.Revoke(r.Context(), r.PathValue("id"), req.Reason)); err != nil {
 		return err
 	}
 	return s.getKey(w, r)
@@ -389,7 +389,7 @@ func (s *Server) suspendKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := ks.Suspend(r.Context(), r.PathValue("id")); err != nil {
+	if err := s.audited(r, "key.suspend", r.PathValue("id"), nil, ks.Suspend(r.Context(), r.PathValue("id"))); err != nil {
 		return err
 	}
 	return s.getKey(w, r)
@@ -400,7 +400,7 @@ func (s *Server) resumeKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := ks.Resume(r.Context(), r.PathValue("id")); err != nil {
+	if err := s.audited(r, "key.resume", r.PathValue("id"), nil, ks.Resume(r.Context(), r.PathValue("id"))); err != nil {
 		return err
 	}
 	return s.getKey(w, r)

@@ -277,7 +277,7 @@ func (s *Server) billingExport(w http.ResponseWriter, r *http.Request, closing b
 	// error response, never half an export.
 	var buf bytes.Buffer
 	if closing {
-		err = s.cfg.Billing.CloseExport(r.Context(), period, format, &buf)
+		err = s.audited(r, "billing.close", period, nil, s.cfg.Billing.CloseExport(r.Context(), period, format, &buf))
 	} else {
 		err = s.cfg.Billing.Export(r.Context(), period, format, &buf)
 	}
@@ -408,7 +408,9 @@ func (s *Server) leakHash(w http.ResponseWriter, r *http.Request) error {
 	if req.Source == "" {
 		req.Source = "operator"
 	}
-	writeJSON(w, 200, s.cfg.Leaks.HandleHash(r.Context(), sum, req.Source, req.URL))
+	l := s.cfg.Leaks.HandleHash(r.Context(), sum, req.Source, req.URL)
+	_ = s.audited(r, "leak.report", "sha256:"+req.TokenSHA256[:12], map[string]any{"source": req.Source, "url": req.URL, "label": l.Label, "duplicate": l.Duplicate}, nil)
+	writeJSON(w, 200, l)
 	return nil
 }
 
@@ -417,5 +419,5 @@ func (s *Server) leaks(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: 503, Code: "unavailable", Message: "leak reports are not configured on this server"})
 		return
 	}
-	s.cfg.Leaks.ServeHTTP(w, r)
+	s.leakReport(w, r)
 }

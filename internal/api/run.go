@@ -136,6 +136,7 @@ func (cfg *RunConfig) apiConfig(table *keys.Table, svc *keys.Service, log *slog.
 		st := cfg.Store
 		acfg.Usage, acfg.Logs, acfg.Decision, acfg.Billing = st, st, st, &billing.Exporter{Store: st}
 		acfg.Retention = st.Retention
+		acfg.Audit = st
 		lc.Store = st
 	}
 	lh, err := leaks.New(lc)

@@ -30,6 +30,7 @@ import (
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 )
@@ -100,10 +101,14 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lh, err := leaks.New(leaks.Config{Table: table, Keys: svc, Store: db, Policy: "revoke"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	adm, _ := api.ParseToken("admin:" + api.HashToken(adminSecret))
 	rd, _ := api.ParseToken("read:" + api.HashToken(readSecret))
 	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
-		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded})
+		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded, Audit: db, Leaks: lh})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +315,8 @@ func TestConsoleInBrowser(t *testing.T) {
 			chromedp.Click(chromedp.ID("create")),
 			chromedp.WaitVisible(chromedp.ID("e-rate_limit_per_s")))
 		// The API's error is next to its field and nothing typed is lost.
-		if msg := run(t, ctx, "field error", chromedp.Text(chromedp.ID("e-rate_limit_per_s"))); !strings.Contains(msg, "rate_limit_per_s") {
+		if msg := run(t, ctx, "field error", chromedp.Text(chromedp.ID("e-rate_limit_per_s"))); msg != `rate_limit_per_s: want a number, got "fast"` {
+			// The API's own wording, naming the field as the API names it.
 			t.Fatalf("rate limit error %q", msg)
 		}
 		for id, want := range map[string]string{"f-project": "proj_ui", "f-name": "checkout service", "f-allowed_cidrs": "not-a-network", "f-rate_limit_per_s": "fast"} {

@@ -71,7 +71,7 @@ func (f *form) fail(err error, fields ...string) {
 		f.General = err.Error()
 		return
 	}
-	// "KeyLimitsJSON.rate_limit_per_s" or "allowed_cidrs[2]": the form field.
+	// "allowed_cidrs[2]" (or a dotted path): the form field.
 	field := ae.Field
 	if i := strings.LastIndex(field, "."); i >= 0 {
 		field = field[i+1:]
@@ -280,6 +280,8 @@ func (c *Console) routes() {
 	m.Handle("GET "+Prefix+"/decisions", c.page(c.decisionsPage))
 	m.Handle("GET "+Prefix+"/decisions/{id}", c.page(c.decisionPage))
 	m.Handle("GET "+Prefix+"/rules", c.page(c.rulesPage))
+	m.Handle("GET "+Prefix+"/audit", c.page(c.auditPage))
+	m.Handle("GET "+Prefix+"/leaks", c.page(c.leaksPage))
 	m.Handle("GET "+Prefix+"/usage", c.page(c.usagePage))
 	m.Handle("GET "+Prefix+"/billing/{file}", c.page(c.billingFile))
 	m.Handle(Prefix+"/", c.page(func(w http.ResponseWriter, r *http.Request, s *session) error {
@@ -728,6 +730,8 @@ type keyPageData struct {
 	Decisions   []decisionJSON
 	DecisionErr string
 	Countries   []countryCount
+	History     []historyItem
+	HistoryErr  string
 }
 
 type countryCount struct {
@@ -791,6 +795,9 @@ func (c *Console) keyPage(w http.ResponseWriter, r *http.Request, s *session) er
 	}
 	d.Decisions = dr.Decisions
 	d.Countries = c.countries(r, s, id)
+	if d.History, err = c.keyHistory(r, s, d.Key, d.Decisions); err != nil {
+		d.HistoryErr = err.Error()
+	}
 	v := c.viewFor(s, "Key "+id, "keys")
 	v.D = d
 	v.Form = newForm(url.Values{})

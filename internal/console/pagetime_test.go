@@ -39,9 +39,10 @@ func TestPageTimes(t *testing.T) {
 	// One real key makes proj_bench a project the overview knows.
 	req, _ := http.NewRequest("POST", e.url+"/v1/keys", strings.NewReader(`{"project":"proj_bench"}`))
 	req.Header.Set("Authorization", "Bearer "+adminSecret)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("create key: %v", err)
+		t.Fatalf("create key: %v %v", resp.Status, err)
 	}
 	var created struct {
 		Key struct {
@@ -72,12 +73,24 @@ func TestPageTimes(t *testing.T) {
 		decs = append(decs, store.Decision{ID: fmt.Sprintf("bd-%d", i), Time: time.Now().UTC().Add(-time.Duration(i) * time.Minute), RuleID: "r",
 			RuleVersion: 1, Mode: "enforce", Action: "alert", Project: "proj_bench", KeyID: ids[i%nkeys], Evidence: `{"n":1}`})
 	}
+	for i := range 100 {
+		decs = append(decs, store.Decision{ID: fmt.Sprintf("leak/%s/%d", ids[i%nkeys], i), Time: time.Now().UTC().Add(-time.Duration(i) * time.Minute),
+			RuleID: "leak-report", RuleVersion: 1, Mode: "enforce", Action: "revoke", Project: "proj_bench", KeyID: ids[i%nkeys], Reason: "leaked: reported by bench"})
+	}
 	if err := e.db.WriteDecisions(ctx, decs); err != nil {
+		t.Fatal(err)
+	}
+	var audit []store.AuditEntry
+	for i := range 1000 {
+		audit = append(audit, store.AuditEntry{ID: fmt.Sprintf("au-%d", i), Time: time.Now().UTC().Add(-time.Duration(i) * time.Minute), Actor: "admin:0123abcd",
+			Role: "admin", Action: "key.update", Target: ids[i%nkeys], Project: "proj_bench", Detail: `{"rate_limit_per_s":5}`})
+	}
+	if err := e.db.WriteAudit(ctx, audit); err != nil {
 		t.Fatal(err)
 	}
 	pages := []string{"/console/", "/console/keys", "/console/keys/" + ids[7] + "?granularity=minute", "/console/keys/" + ids[7] + "?granularity=hour",
 		"/console/logs?key=" + ids[7], "/console/logs?project=proj_bench", "/console/decisions", "/console/decisions/bd-5?key=" + ids[5],
-		"/console/usage?project=proj_bench&granularity=hour"}
+		"/console/usage?project=proj_bench&granularity=hour", "/console/audit", "/console/leaks"}
 	for _, p := range pages {
 		var ds []time.Duration
 		for range 5 {

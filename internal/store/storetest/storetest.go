@@ -63,6 +63,7 @@ func Run(t *testing.T, f Factory) {
 		{"QuotaUsage", testQuota},
 		{"Baselines", testBaselines},
 		{"Decisions", testDecisions},
+		{"Audit", testAudit},
 		{"KeyMirror", testKeys},
 		{"Migrations", testMigrations},
 		{"FailingMigration", testFailingMigration},
