@@ -67,6 +67,10 @@ func TestStoreSourceMatchesNDJSON(t *testing.T) {
 		}
 		return ds, rep.Events, time.Since(start)
 	}
+	// Slices of ~1000 events: the 20000 (about 8.6k a minute) come in
+	// several reads, so slice boundaries are crossed.
+	defer func(v int) { scanSliceRows = v }(scanSliceRows)
+	scanSliceRows = 1000
 	ss := newStoreSource(ctx, db, t0, t0.Add(time.Hour))
 	defer ss.stop()
 	fromStore, ns, ds := replay(ss)

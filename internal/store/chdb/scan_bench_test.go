@@ -32,13 +32,17 @@ func BenchmarkScanEvents(b *testing.B) {
 	if err := store.BenchDataset(ctx, db, rows, 2000, span, io.Discard); err != nil {
 		b.Fatal(err)
 	}
+	slice := 0
+	if v, err := strconv.Atoi(os.Getenv("KEYMETER_SCAN_SLICE")); err == nil && v > 0 {
+		slice = v
+	}
 	from, to := time.Now().Add(-span-time.Hour), time.Now().Add(time.Hour)
 	var total int
 	b.ResetTimer()
 	for b.Loop() {
 		n := 0
 		var last event.Event
-		err := db.ScanEvents(ctx, from, to, 0, func(e event.Event) error {
+		err := db.ScanEvents(ctx, from, to, slice, func(e event.Event) error {
 			if n > 0 && (e.Time.Before(last.Time) || e.Time.Equal(last.Time) && e.ID <= last.ID) {
 				return fmt.Errorf("out of order: %s %s after %s %s", e.Time, e.ID, last.Time, last.ID)
 			}
