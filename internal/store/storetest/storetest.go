@@ -69,6 +69,7 @@ func Run(t *testing.T, f Factory) {
 		{"BadFilters", testBadFilters},
 		{"HostileStrings", testHostileStrings},
 		{"Retention", testRetention},
+		{"ScanEvents", testScanEvents},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
