@@ -49,7 +49,10 @@ func (d *DB) ScanEvents(ctx context.Context, from, to time.Time, sliceRows int, 
 
 // ScanEventBatches is ScanEvents by batch: fn gets the events of one time
 // slice at a time, in order, and may keep the slice. The next slice is read
-// while fn works on the current one.
+// and decoded while fn works on the current one. (Decoding on a goroutine of
+// its own, overlapping the engine's next query, was measured slower on two
+// cores: 0.48-0.68M vs 0.74-0.92M events/s over 3M events; the engine's
+// threads already use both.)
 func (d *DB) ScanEventBatches(ctx context.Context, from, to time.Time, sliceRows int, fn func([]event.Event) error) error {
 	if err := d.check(); err != nil {
 		return err
