@@ -63,7 +63,7 @@ func (d *DB) ScanEventBatches(ctx context.Context, from, to time.Time, sliceRows
 	if sliceRows <= 0 {
 		sliceRows = DefaultSliceRows
 	}
-	bounds, err := d.scanSlices(ctx, from.UnixMilli(), to.UnixMilli(), sliceRows)
+	bounds, counts, err := d.scanSlices(ctx, from.UnixMilli(), to.UnixMilli(), sliceRows)
 	if err != nil {
 		return err
 	}
@@ -78,7 +78,7 @@ func (d *DB) ScanEventBatches(ctx context.Context, from, to time.Time, sliceRows
 		defer close(ch)
 		dec := newRowDecoder()
 		for i := 0; i+1 < len(bounds); i++ {
-			evs, err := d.readSlice(ctx, dec, bounds[i], bounds[i+1])
+			evs, err := d.readSlice(ctx, dec, bounds[i], bounds[i+1], counts[i])
 			select {
 			case ch <- result{evs, err}:
 			case <-ctx.Done():
@@ -106,36 +106,37 @@ func (d *DB) ScanEventBatches(ctx context.Context, from, to time.Time, sliceRows
 
 // scanSlices cuts [fromMs, toMs) into adjacent slices of about sliceRows
 // events, on minute boundaries, from a count of the events per minute. It
-// returns the boundaries: fromMs, b1, ..., toMs.
-func (d *DB) scanSlices(ctx context.Context, fromMs, toMs int64, sliceRows int) ([]int64, error) {
+// returns the boundaries, fromMs, b1, ..., toMs, and the count of each slice.
+func (d *DB) scanSlices(ctx context.Context, fromMs, toMs int64, sliceRows int) (bounds []int64, counts []int, err error) {
 	p := Params{}.I64("from", fromMs).I64("to", toMs)
 	rows, err := d.conn.Query(ctx, d.sql(`SELECT toInt64(intDiv(toUnixTimestamp64Milli(time), 60000)) AS m, count() FROM {db}.requests
 WHERE time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') AND time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')
 GROUP BY m ORDER BY m`), p)
 	if err != nil {
-		return nil, fmt.Errorf("store: scan events: count per minute: %w", err)
+		return nil, nil, fmt.Errorf("store: scan events: count per minute: %w", err)
 	}
 	defer rows.Close()
-	bounds := []int64{fromMs}
+	bounds = []int64{fromMs}
 	var acc uint64
 	for rows.Next() {
 		var m int64
 		var n uint64
 		if err := rows.Scan(&m, &n); err != nil {
-			return nil, fmt.Errorf("store: scan events: count per minute: %w", err)
+			return nil, nil, fmt.Errorf("store: scan events: count per minute: %w", err)
 		}
 		acc += n
 		if acc >= uint64(sliceRows) {
 			if b := (m + 1) * 60_000; b > bounds[len(bounds)-1] && b < toMs {
 				bounds = append(bounds, b)
+				counts = append(counts, int(acc))
+				acc = 0
 			}
-			acc = 0
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: scan events: count per minute: %w", err)
+		return nil, nil, fmt.Errorf("store: scan events: count per minute: %w", err)
 	}
-	return append(bounds, toMs), nil
+	return append(bounds, toMs), append(counts, int(acc)), nil
 }
 
 // sliceSQL reads one slice, sorted, whole.
@@ -143,14 +144,15 @@ const sliceSQL = `SELECT ` + logColumns + ` FROM {db}.requests
 WHERE time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') AND time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')
 ORDER BY time, event_id`
 
-// readSlice returns the events with fromMs <= time < toMs, in order.
-func (d *DB) readSlice(ctx context.Context, dec *rowDecoder, fromMs, toMs int64) ([]event.Event, error) {
+// readSlice returns the events with fromMs <= time < toMs, in order; about
+// count of them were counted.
+func (d *DB) readSlice(ctx context.Context, dec *rowDecoder, fromMs, toMs int64, count int) ([]event.Event, error) {
 	p := Params{}.I64("from", fromMs).I64("to", toMs)
 	if rq, ok := d.conn.(rawQuerier); ok {
 		var evs []event.Event
 		err := rq.QueryFormat(ctx, d.sql(sliceSQL), "RowBinary", p, func(b []byte) error {
 			var err error
-			evs, err = dec.decodeEvents(b)
+			evs, err = dec.decodeEvents(b, count)
 			return err
 		})
 		if err != nil {
@@ -163,7 +165,7 @@ func (d *DB) readSlice(ctx context.Context, dec *rowDecoder, fromMs, toMs int64)
 		return nil, fmt.Errorf("store: scan events: %w", err)
 	}
 	defer rows.Close()
-	var evs []event.Event
+	evs := make([]event.Event, 0, count)
 	for rows.Next() {
 		e, err := scanEvent(rows)
 		if err != nil {
