@@ -22,7 +22,8 @@ import (
 // DefaultSliceRows is the number of events a slice aims at when the caller
 // gives none: large enough that the per-query cost (the engine reads the
 // slice's partition with a time filter) is spread thin, small enough that a
-// slice (about 400 bytes per event while decoded) stays well under 100 MB.
+// slice (about 145 bytes per event of RowBinary in chDB's buffer, then 255
+// decoded) stays under 100 MB.
 const DefaultSliceRows = 200_000
 
 // rawQuerier is implemented by backends that have a query's whole output
@@ -35,7 +36,8 @@ type rawQuerier interface {
 
 // ScanEvents calls fn for every stored event with from <= time < to, oldest
 // first, ties by event ID (the order a backtest replays them in).
-// sliceRows is how many events one read aims at (0: DefaultSliceRows).
+// sliceRows is how many events one read aims at (0: DefaultSliceRows, more
+// on a day of over 16 times that, up to 1M; see scanSlices).
 func (d *DB) ScanEvents(ctx context.Context, from, to time.Time, sliceRows int, fn func(event.Event) error) error {
 	return d.ScanEventBatches(ctx, from, to, sliceRows, func(b []event.Event) error {
 		for i := range b {
@@ -60,10 +62,11 @@ func (d *DB) ScanEventBatches(ctx context.Context, from, to time.Time, sliceRows
 	if !from.Before(to) {
 		return fmt.Errorf("%w: from %s is not before to %s", ErrInvalidQuery, from.Format(time.RFC3339), to.Format(time.RFC3339))
 	}
-	if sliceRows <= 0 {
+	auto := sliceRows <= 0
+	if auto {
 		sliceRows = DefaultSliceRows
 	}
-	bounds, counts, err := d.scanSlices(ctx, from.UnixMilli(), to.UnixMilli(), sliceRows)
+	bounds, counts, err := d.scanSlices(ctx, from.UnixMilli(), to.UnixMilli(), sliceRows, auto)
 	if err != nil {
 		return err
 	}
@@ -104,10 +107,14 @@ func (d *DB) ScanEventBatches(ctx context.Context, from, to time.Time, sliceRows
 	return ctx.Err()
 }
 
-// scanSlices cuts [fromMs, toMs) into adjacent slices of about sliceRows
-// events, on minute boundaries, from a count of the events per minute. It
-// returns the boundaries, fromMs, b1, ..., toMs, and the count of each slice.
-func (d *DB) scanSlices(ctx context.Context, fromMs, toMs int64, sliceRows int) (bounds []int64, counts []int, err error) {
+// scanSlices cuts [fromMs, toMs) into adjacent slices on minute
+// boundaries, from a count of the events per minute, and returns the
+// boundaries, fromMs, b1, ..., toMs, and the count of each slice. A slice
+// aims at sliceRows events; with auto, at more on a busy day: the table is
+// sorted by key first, so every slice of a day reads that day's whole
+// partition, and a day is cut in at most maxDaySlices slices (up to
+// maxSliceRows events each, which bounds memory).
+func (d *DB) scanSlices(ctx context.Context, fromMs, toMs int64, sliceRows int, auto bool) (bounds []int64, counts []int, err error) {
 	p := Params{}.I64("from", fromMs).I64("to", toMs)
 	rows, err := d.conn.Query(ctx, d.sql(`SELECT toInt64(intDiv(toUnixTimestamp64Milli(time), 60000)) AS m, count() FROM {db}.requests
 WHERE time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') AND time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')
@@ -116,28 +123,48 @@ GROUP BY m ORDER BY m`), p)
 		return nil, nil, fmt.Errorf("store: scan events: count per minute: %w", err)
 	}
 	defer rows.Close()
-	bounds = []int64{fromMs}
-	var acc uint64
+	type minute struct {
+		m int64
+		n int
+	}
+	var mins []minute
+	perDay := map[int64]int{}
 	for rows.Next() {
 		var m int64
 		var n uint64
 		if err := rows.Scan(&m, &n); err != nil {
 			return nil, nil, fmt.Errorf("store: scan events: count per minute: %w", err)
 		}
-		acc += n
-		if acc >= uint64(sliceRows) {
-			if b := (m + 1) * 60_000; b > bounds[len(bounds)-1] && b < toMs {
-				bounds = append(bounds, b)
-				counts = append(counts, int(acc))
-				acc = 0
-			}
-		}
+		mins = append(mins, minute{m, int(n)})
+		perDay[m/1440] += int(n)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, nil, fmt.Errorf("store: scan events: count per minute: %w", err)
 	}
-	return append(bounds, toMs), append(counts, int(acc)), nil
+	bounds = []int64{fromMs}
+	acc := 0
+	for _, x := range mins {
+		acc += x.n
+		target := sliceRows
+		if auto {
+			target = max(target, min(perDay[x.m/1440]/maxDaySlices, maxSliceRows))
+		}
+		if acc >= target {
+			if b := (x.m + 1) * 60_000; b > bounds[len(bounds)-1] && b < toMs {
+				bounds = append(bounds, b)
+				counts = append(counts, acc)
+				acc = 0
+			}
+		}
+	}
+	return append(bounds, toMs), append(counts, acc), nil
 }
+
+// Automatic slice sizes: see scanSlices.
+const (
+	maxDaySlices = 16
+	maxSliceRows = 1_000_000
+)
 
 // sliceSQL reads one slice, sorted, whole.
 const sliceSQL = `SELECT ` + logColumns + ` FROM {db}.requests
