@@ -30,7 +30,9 @@ type storeSource struct {
 
 func newStoreSource(ctx context.Context, st *store.DB, from, to time.Time) *storeSource {
 	ctx, cancel := context.WithCancel(ctx)
-	s := &storeSource{ch: make(chan []event.Event, 1), errc: make(chan error, 1), cancel: cancel}
+	// Unbuffered: the store already reads a slice ahead, so at most three
+	// slices (up to 1M events each) are in memory at once.
+	s := &storeSource{ch: make(chan []event.Event), errc: make(chan error, 1), cancel: cancel}
 	go func() {
 		defer close(s.ch)
 		s.errc <- st.ScanEventBatches(ctx, from, to, scanSliceRows, func(b []event.Event) error {

@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 )
 
@@ -82,4 +85,71 @@ func TestStoreSourceMatchesNDJSON(t *testing.T) {
 		t.Fatalf("decisions differ:\nstore %v\nfile  %v", fromStore, fromFile)
 	}
 	t.Logf("%d events: store %.0f events/s, NDJSON %.0f events/s", n, float64(n)/ds.Seconds(), float64(n)/df.Seconds())
+}
+
+// BenchmarkBacktestSources reads the same events (1M, or
+// KEYMETER_SCAN_ROWS, over 6 hours, 2000 keys) from the store and from
+// NDJSON through the backtest's sources, without rules: events/s of each,
+// measured side by side on the same machine.
+func BenchmarkBacktestSources(b *testing.B) {
+	if os.Getenv("CHDB_LIB_PATH") == "" {
+		b.Skip("CHDB_LIB_PATH not set (make test sets it)")
+	}
+	n := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("KEYMETER_SCAN_ROWS")); err == nil && v > 0 {
+		n = v
+	}
+	ctx := context.Background()
+	db, err := chdb.Open(chdb.Config{DataDir: filepath.Join(b.TempDir(), "clickhouse")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now().UTC().Add(-7 * time.Hour).Truncate(time.Hour)
+	var nd []byte
+	batch := make([]event.Event, 100_000)
+	for off := 0; off < n; off += len(batch) {
+		evs := batch[:min(len(batch), n-off)]
+		store.BenchEvents(evs, off, 2000, t0, 6*time.Hour, n)
+		for i := range evs {
+			nd = evs[i].AppendJSON(nd)
+			nd = append(nd, '\n')
+		}
+		if err := db.InsertEvents(ctx, fmt.Sprintf("b%d", off), evs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	drain := func(b *testing.B, src detect.EventSource) {
+		got := 0
+		for {
+			_, err := src.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			got++
+		}
+		if got != n {
+			b.Fatalf("%d events, want %d", got, n)
+		}
+	}
+	b.Run("store", func(b *testing.B) {
+		for b.Loop() {
+			ss := newStoreSource(ctx, db, t0, t0.Add(7*time.Hour))
+			drain(b, ss)
+			ss.stop()
+		}
+		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "events/s")
+	})
+	b.Run("ndjson", func(b *testing.B) {
+		for b.Loop() {
+			drain(b, newNDJSONSource(bytes.NewReader(nd), false, nil))
+		}
+		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "events/s")
+	})
 }

@@ -8,7 +8,7 @@ import (
 
 // QueryFormat runs a SELECT and hands fn its whole output in format, in
 // chDB's buffer (valid only during fn: no copy into Go memory). The store's
-// history scan asks for RowBinary and decodes it into events itself, much
+// history scan asks for Native and decodes it into events itself, much
 // cheaper than TabSeparated parsed row by row.
 func (c *conn) QueryFormat(ctx context.Context, q, format string, p store.Params, fn func([]byte) error) error {
 	if err := ctx.Err(); err != nil {
