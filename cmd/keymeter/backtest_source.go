@@ -31,7 +31,7 @@ type storeSource struct {
 func newStoreSource(ctx context.Context, st *store.DB, from, to time.Time) *storeSource {
 	ctx, cancel := context.WithCancel(ctx)
 	// Unbuffered: the store already reads a slice ahead, so at most three
-	// slices (up to 1M events each) are in memory at once.
+	// slices (up to 500k events each) are in memory at once.
 	s := &storeSource{ch: make(chan []event.Event), errc: make(chan error, 1), cancel: cancel}
 	go func() {
 		defer close(s.ch)

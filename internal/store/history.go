@@ -1,8 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -14,7 +17,9 @@ import (
 // last (time, event_id) sorted the whole rest of the range for every page
 // (quadratic: 111k events/s over 1M events). Instead the range is cut into
 // time slices of about sliceRows events each, from a count per minute; each
-// slice is one query, fully sorted, read without LIMIT or offset. The
+// slice is one query read whole, without LIMIT or offset, and sorted here
+// (cheaper than the engine's ORDER BY: 1.09-1.15M vs 0.98M events per
+// CPU-second of the whole process, measured side by side). The
 // slices are half-open and adjacent, [from, b1), [b1, b2), ... [bk, to), so
 // every event of the range is delivered exactly once, in (time, event_id)
 // order, even when rows arrive between the count and the reads.
@@ -38,7 +43,7 @@ type rawQuerier interface {
 // ScanEvents calls fn for every stored event with from <= time < to, oldest
 // first, ties by event ID (the order a backtest replays them in).
 // sliceRows is how many events one read aims at (0: DefaultSliceRows, more
-// on a day of over 16 times that, up to 1M; see scanSlices).
+// on a day of over 16 times that, up to 500k; see scanSlices).
 func (d *DB) ScanEvents(ctx context.Context, from, to time.Time, sliceRows int, fn func(event.Event) error) error {
 	return d.ScanEventBatches(ctx, from, to, sliceRows, func(b []event.Event) error {
 		for i := range b {
@@ -164,13 +169,12 @@ GROUP BY m ORDER BY m`), p)
 // Automatic slice sizes: see scanSlices.
 const (
 	maxDaySlices = 16
-	maxSliceRows = 1_000_000
+	maxSliceRows = 500_000
 )
 
-// sliceSQL reads one slice, sorted, whole.
+// sliceSQL reads one slice whole (sortByTimeID orders it).
 const sliceSQL = `SELECT ` + logColumns + ` FROM {db}.requests
-WHERE time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') AND time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')
-ORDER BY time, event_id`
+WHERE time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') AND time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')`
 
 // readSlice returns the events with fromMs <= time < toMs, in order; about
 // count of them were counted.
@@ -186,7 +190,7 @@ func (d *DB) readSlice(ctx context.Context, dec *rowDecoder, fromMs, toMs int64,
 		if err != nil {
 			return nil, fmt.Errorf("store: scan events: %w", err)
 		}
-		return evs, nil
+		return sortByTimeID(evs), nil
 	}
 	rows, err := d.conn.Query(ctx, d.sql(sliceSQL), p)
 	if err != nil {
@@ -204,5 +208,25 @@ func (d *DB) readSlice(ctx context.Context, dec *rowDecoder, fromMs, toMs int64,
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("store: scan events: %w", err)
 	}
-	return evs, nil
+	return sortByTimeID(evs), nil
+}
+
+// sortByTimeID returns evs ordered by time, then event ID.
+func sortByTimeID(evs []event.Event) []event.Event {
+	ms := make([]int64, len(evs))
+	idx := make([]int32, len(evs))
+	for i := range evs {
+		ms[i], idx[i] = evs[i].Time.UnixMilli(), int32(i)
+	}
+	slices.SortFunc(idx, func(a, b int32) int {
+		if c := cmp.Compare(ms[a], ms[b]); c != 0 {
+			return c
+		}
+		return strings.Compare(evs[a].ID, evs[b].ID)
+	})
+	out := make([]event.Event, len(evs))
+	for i, j := range idx {
+		out[i] = evs[j]
+	}
+	return out
 }
