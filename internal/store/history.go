@@ -224,9 +224,23 @@ func sortByTimeID(evs []event.Event) []event.Event {
 		}
 		return strings.Compare(evs[a].ID, evs[b].ID)
 	})
-	out := make([]event.Event, len(evs))
-	for i, j := range idx {
-		out[i] = evs[j]
+	// Permute in place, cycle by cycle (evs[j] = old evs[idx[j]]), rather
+	// than into a second slice: half the memory.
+	for i := range idx {
+		if idx[i] < 0 {
+			continue
+		}
+		tmp := evs[i]
+		for j := i; ; {
+			k := int(idx[j])
+			idx[j] = -1
+			if k == i {
+				evs[j] = tmp
+				break
+			}
+			evs[j] = evs[k]
+			j = k
+		}
 	}
-	return out
+	return evs
 }
