@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 )
 
@@ -67,6 +71,10 @@ func TestStoreSourceMatchesNDJSON(t *testing.T) {
 		}
 		return ds, rep.Events, time.Since(start)
 	}
+	// Slices of ~1000 events: the 20000 (about 8.6k a minute) come in
+	// several reads, so slice boundaries are crossed.
+	defer func(v int) { scanSliceRows = v }(scanSliceRows)
+	scanSliceRows = 1000
 	ss := newStoreSource(ctx, db, t0, t0.Add(time.Hour))
 	defer ss.stop()
 	fromStore, ns, ds := replay(ss)
@@ -78,4 +86,82 @@ func TestStoreSourceMatchesNDJSON(t *testing.T) {
 		t.Fatalf("decisions differ:\nstore %v\nfile  %v", fromStore, fromFile)
 	}
 	t.Logf("%d events: store %.0f events/s, NDJSON %.0f events/s", n, float64(n)/ds.Seconds(), float64(n)/df.Seconds())
+}
+
+// BenchmarkBacktestSources reads the same events (1M, or
+// KEYMETER_SCAN_ROWS, over 6 hours, 2000 keys) from the store and from
+// NDJSON through the backtest's sources, without rules: events/s of each,
+// measured side by side on the same machine.
+func BenchmarkBacktestSources(b *testing.B) {
+	if os.Getenv("CHDB_LIB_PATH") == "" {
+		b.Skip("CHDB_LIB_PATH not set (make test sets it)")
+	}
+	n := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("KEYMETER_SCAN_ROWS")); err == nil && v > 0 {
+		n = v
+	}
+	ctx := context.Background()
+	db, err := chdb.Open(chdb.Config{DataDir: filepath.Join(b.TempDir(), "clickhouse")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now().UTC().Add(-7 * time.Hour).Truncate(time.Hour)
+	var nd []byte
+	batch := make([]event.Event, 100_000)
+	for off := 0; off < n; off += len(batch) {
+		evs := batch[:min(len(batch), n-off)]
+		store.BenchEvents(evs, off, 2000, t0, 6*time.Hour, n)
+		for i := range evs {
+			nd = evs[i].AppendJSON(nd)
+			nd = append(nd, '\n')
+		}
+		if err := db.InsertEvents(ctx, fmt.Sprintf("b%d", off), evs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	drain := func(b *testing.B, src detect.EventSource) {
+		got := 0
+		for {
+			_, err := src.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			got++
+		}
+		if got != n {
+			b.Fatalf("%d events, want %d", got, n)
+		}
+	}
+	// CPU time of the whole process (the engine's threads included): on a
+	// shared machine events per CPU-second compare better than wall time.
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	b.Run("store", func(b *testing.B) {
+		c0 := cpu()
+		for b.Loop() {
+			ss := newStoreSource(ctx, db, t0, t0.Add(7*time.Hour))
+			drain(b, ss)
+			ss.stop()
+		}
+		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "events/s")
+		b.ReportMetric(float64(n*b.N)/(cpu()-c0).Seconds(), "events/CPU-s")
+	})
+	b.Run("ndjson", func(b *testing.B) {
+		c0 := cpu()
+		for b.Loop() {
+			drain(b, newNDJSONSource(bytes.NewReader(nd), false, nil))
+		}
+		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "events/s")
+		b.ReportMetric(float64(n*b.N)/(cpu()-c0).Seconds(), "events/CPU-s")
+	})
 }

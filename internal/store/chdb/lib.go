@@ -132,10 +132,24 @@ func (s *session) close() {
 // query runs one statement with named parameters ({name:Type} in the SQL,
 // values as text in TSV-escaped form) and returns the output in format.
 func (s *session) query(q, format string, names, values []string) ([]byte, error) {
+	var out []byte
+	err := s.queryFunc(q, format, names, values, func(b []byte) error {
+		if len(b) > 0 {
+			out = make([]byte, len(b))
+			copy(out, b)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// queryFunc is query handing fn the output in chDB's own buffer, valid only
+// during the call (no copy of a large result into Go memory).
+func (s *session) queryFunc(q, format string, names, values []string, fn func([]byte) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, errors.New("chdb: store is closed")
+		return errors.New("chdb: store is closed")
 	}
 	conn := *(*unsafe.Pointer)(s.handle)
 	qb := append([]byte(q), 0)
@@ -166,22 +180,19 @@ func (s *session) query(q, format string, names, values []string) ([]byte, error
 	runtime.KeepAlive(qb)
 	runtime.KeepAlive(fb)
 	if res == nil {
-		return nil, errors.New("chdb: query returned no result")
+		return errors.New("chdb: query returned no result")
 	}
 	defer cDestroyResult(res)
 	if e := cResultError(res); e != nil {
 		if msg := goString(e); msg != "" {
-			return nil, errors.New(msg)
+			return errors.New(msg)
 		}
 	}
 	n := cResultLength(res)
 	if n == 0 {
-		return nil, nil
+		return fn(nil)
 	}
-	buf := cResultBuffer(res)
-	out := make([]byte, n)
-	copy(out, unsafe.Slice((*byte)(buf), n))
-	return out, nil
+	return fn(unsafe.Slice((*byte)(cResultBuffer(res)), n))
 }
 
 func goString(p unsafe.Pointer) string {

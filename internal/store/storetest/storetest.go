@@ -70,6 +70,7 @@ func Run(t *testing.T, f Factory) {
 		{"BadFilters", testBadFilters},
 		{"HostileStrings", testHostileStrings},
 		{"Retention", testRetention},
+		{"ScanEvents", testScanEvents},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
