@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
-	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 )
 
@@ -114,7 +114,7 @@ func BenchmarkBacktestSources(b *testing.B) {
 	batch := make([]event.Event, 100_000)
 	for off := 0; off < n; off += len(batch) {
 		evs := batch[:min(len(batch), n-off)]
-		store.BenchEvents(evs, off, 2000, t0, 6*time.Hour, n)
+		bench.Events(evs, off, 2000, t0, 6*time.Hour, n)
 		for i := range evs {
 			nd = evs[i].AppendJSON(nd)
 			nd = append(nd, '\n')

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/event"
-	"github.com/keymeter/keymeter/internal/store"
 )
 
 // BenchmarkScanEvents reads stored history the way `keymeter rules
@@ -29,7 +29,7 @@ func BenchmarkScanEvents(b *testing.B) {
 		b.Fatal(err)
 	}
 	span := 6 * time.Hour
-	if err := store.BenchDataset(ctx, db, rows, 2000, span, io.Discard); err != nil {
+	if err := bench.StoreDataset(ctx, db, rows, 2000, span, io.Discard); err != nil {
 		b.Fatal(err)
 	}
 	slice := 0
