@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/bench"
+	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/store/chdb"
