@@ -61,6 +61,7 @@ func newBenchPipelineCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&cfg.BlockSize, "max-block-events", 100_000, "aggregator block size")
 	c.Flags().BoolVar(&cfg.CompareStore, "compare-store", false, "first insert the same events into the store alone (blocks of --max-block-events) and print both rates and their ratio")
 	c.Flags().StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the pipeline phase to this file")
+	c.Flags().StringVar(&cfg.MemProfile, "memprofile", "", "write a heap profile (taken when the last events are stored) to this file")
 	c.Flags().StringVar(&dataDir, "data-dir", "", "where state lives (default: a temporary directory)")
 	return c
 }

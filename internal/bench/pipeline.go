@@ -34,6 +34,9 @@ type PipelineConfig struct {
 	// CPUProfile, when set, is written with a CPU profile of the pipeline
 	// phase (not the store-alone phase).
 	CPUProfile string
+	// MemProfile, when set, is written with a heap profile (live objects at
+	// the pipeline's peak: taken when the last events are stored).
+	MemProfile string
 	Logger     *slog.Logger
 	Output
 }
@@ -115,6 +118,11 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 	}
 	el := time.Since(start)
 	r.CPU = proc.CPU() - cpu0
+	if cfg.MemProfile != "" {
+		if err := writeHeapProfile(cfg.MemProfile); err != nil {
+			return r, err
+		}
+	}
 	r.RSSMB = proc.RSSMB()
 	stop()
 	<-aggDone
@@ -189,6 +197,7 @@ func compareStore(ctx context.Context, cfg PipelineConfig) (StoreResult, error) 
 func PublishSynthetic(ctx context.Context, pub bus.Publisher, n, per, keys int) error {
 	now := time.Now().UTC()
 	eb := event.Batch{Producer: "bench"}
+	last := 0
 	for bi := 0; bi*per < n; bi++ {
 		key := fmt.Sprintf("key_bench_%05d", bi%keys)
 		eb.ID = fmt.Sprintf("bench-%d", bi)
@@ -199,9 +208,25 @@ func PublishSynthetic(ctx context.Context, pub bus.Publisher, n, per, keys int) 
 			eb.Events = append(eb.Events, e)
 		}
 		eb.Created = time.Now()
-		if _, err := pub.Publish(ctx, bus.Message{Key: key, BatchID: eb.ID, Source: "bench", Data: event.AppendBatch(nil, &eb)}); err != nil {
+		// A new buffer each time (the bus may hold it until acknowledged),
+		// sized like the last so encoding does not grow it.
+		data := event.AppendBatch(make([]byte, 0, last+last/8), &eb)
+		last = len(data)
+		if _, err := pub.Publish(ctx, bus.Message{Key: key, BatchID: eb.ID, Source: "bench", Data: data}); err != nil {
 			return err
 		}
 	}
 	return pub.Flush(ctx)
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
