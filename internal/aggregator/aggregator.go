@@ -553,6 +553,9 @@ func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch
 	// grew its own slice; then they are appended (one copy).
 	inPlace := len(eb.Events) == 0 || (len(b.events) < cap(b.events) && &eb.Events[0] == &b.events[:len(b.events)+1][len(b.events)])
 	base := len(b.events)
+	if !inPlace {
+		clear(b.events[base:cap(b.events)]) // what DecodeBatch wrote there before it grew
+	}
 	n := 0
 	for i := range eb.Events {
 		e := &eb.Events[i]

@@ -123,8 +123,30 @@ func TestRunPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := figures(t, out.String()); r.Distinct != 3000 || r.Stored != 3000 || f["lost"] != "0" || f["duplicated"] != "0" {
+	if f := figures(t, out.String()); r.Distinct != 3000 || r.Stored != 3000 || f["lost"] != "0" || f["duplicated"] != "0" || f["ratio"] != "" {
 		t.Fatalf("%+v\n%s", r, out.String())
+	}
+}
+
+func TestRunPipelineCompareStore(t *testing.T) {
+	var out bytes.Buffer
+	st := openStore(t, fmt.Sprintf("bench_pipeline_%d", seq.Add(1)))
+	if _, err := st.Migrate(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := RunPipeline(ctx(t), PipelineConfig{Bus: newBus(t), Backend: "nats", Store: st, StoreName: "chdb", Events: 3000, Batch: 100, Keys: 10,
+		BlockSize: 1000, CompareStore: true, Output: Output{Out: &out, Progress: &bytes.Buffer{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := figures(t, out.String())
+	if r.Distinct != 3000 || f["lost"] != "0" || f["duplicated"] != "0" || r.StoreEventsPerSec <= 0 || f["ratio"] == "" || f["store_events_per_s"] == "" ||
+		f["cpu_ns_per_event"] == "" || f["store_cpu_ns_per_event"] == "" || f["rss_mb"] == "" {
+		t.Fatalf("%+v\n%s", r, out.String())
+	}
+	// The store-alone phase went to its own database: the pipeline's holds only its own events.
+	if n, err := st.Count(ctx(t), "requests"); err != nil || n != 3000 {
+		t.Fatalf("pipeline database holds %d rows (%v), want 3000", n, err)
 	}
 }
 
