@@ -31,7 +31,9 @@ func TestEventBufsBestFitAndBounded(t *testing.T) {
 		t.Fatalf("pool holds %d slices, %d events' room; limit %d", len(f.free), held, f.limit)
 	}
 	// A slice far larger than asked is not handed out for a small block.
-	if got := f.get(10); cap(got) != 10 {
-		t.Fatalf("get(10) cap %d, want a new slice of 10", cap(got))
+	g := eventBufs{limit: 100_000}
+	g.put(make([]event.Event, 0, 50_000))
+	if got := g.get(1000); cap(got) != 1000 || len(g.free) != 1 {
+		t.Fatalf("get(1000) cap %d, want a new slice of 1000", cap(got))
 	}
 }
