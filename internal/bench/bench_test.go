@@ -171,3 +171,21 @@ func TestRunStoreAndQuery(t *testing.T) {
 		t.Fatalf("%s", out.String())
 	}
 }
+
+func TestRunProxyCPUFigures(t *testing.T) {
+	var out bytes.Buffer
+	err := RunProxy(ctx(t), ProxyConfig{Bus: newBus(t), Backend: "nats", Connections: 4, Duration: 300 * time.Millisecond, Rounds: 1, Keys: 20,
+		DataDir: t.TempDir(), Output: Output{Out: &out, Progress: &bytes.Buffer{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := figures(t, out.String())
+	for _, k := range []string{"cpu_ns_per_request", "bare_cpu_ns_per_request", "verifier_cpu_ns_per_request", "auth_cpu_ns_per_request"} {
+		if f[k] == "" || f[k] == "0" {
+			t.Fatalf("%s missing or 0:\n%s", k, out.String())
+		}
+	}
+	if f["errors"] != "0" {
+		t.Fatalf("errors:\n%s", out.String())
+	}
+}

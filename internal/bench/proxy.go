@@ -108,6 +108,13 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 	}
 	s.Add("auth_requests_per_s", authRes.perSecond())
 	s.Add("auth_p99_ms", fmt.Sprintf("%.2f", PercentileMS(authRes.lats, 0.99)))
+	// CPU per request of the whole process: load generator, upstream and
+	// the proxy under test share it, so the difference to the bare proxy
+	// is the verifier's own cost (verification, rate limit, event).
+	s.Add("cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()))
+	s.Add("bare_cpu_ns_per_request", fmt.Sprintf("%.0f", bareRes.cpuPerRequest()))
+	s.Add("verifier_cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()-bareRes.cpuPerRequest()))
+	s.Add("auth_cpu_ns_per_request", fmt.Sprintf("%.0f", authRes.cpuPerRequest()))
 	s.Add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors)
 	s.Add("rss_mb", proc.RSSMB())
 	s.Print(cfg.out())
@@ -201,10 +208,20 @@ func serveLoopback(h http.Handler) (*loopbackServer, error) {
 type loadResult struct {
 	n, errors int
 	elapsed   time.Duration
+	cpu       time.Duration // process CPU (load generator included) while driving
 	lats      []time.Duration
 }
 
+// cpuPerRequest is the process's CPU-ns per successful request.
+func (r *loadResult) cpuPerRequest() float64 {
+	if r.n == 0 {
+		return 0
+	}
+	return float64(r.cpu.Nanoseconds()) / float64(r.n)
+}
+
 func (r *loadResult) add(o loadResult) {
+	r.cpu += o.cpu
 	r.n += o.n
 	r.errors += o.errors
 	r.elapsed += o.elapsed
@@ -228,6 +245,7 @@ func drive(ctx context.Context, u string, secrets []string, conns int, d time.Du
 	defer cancel()
 	results := make([]loadResult, conns)
 	var wg sync.WaitGroup
+	cpu0 := proc.CPU()
 	start := time.Now()
 	for w := range conns {
 		wg.Add(1)
@@ -242,6 +260,7 @@ func drive(ctx context.Context, u string, secrets []string, conns int, d time.Du
 		total.add(r)
 	}
 	total.elapsed = time.Since(start)
+	total.cpu = proc.CPU() - cpu0
 	return total
 }
 
