@@ -189,3 +189,20 @@ func TestRunProxyCPUFigures(t *testing.T) {
 		t.Fatalf("errors:\n%s", out.String())
 	}
 }
+
+// TestRunProxyNginx runs Debian's nginx (make deps installs nginx-light;
+// its absence fails the test) with the shipped config, alone and with
+// keymeter forward-auth: every request through both answers 200.
+func TestRunProxyNginx(t *testing.T) {
+	var out bytes.Buffer
+	err := RunProxy(ctx(t), ProxyConfig{Bus: newBus(t), Backend: "nats", Connections: 4, Duration: 300 * time.Millisecond, Rounds: 1, Keys: 20,
+		DataDir: t.TempDir(), Nginx: true, NginxConf: filepath.Join("..", "..", "deploy", "proxy", "nginx.conf"),
+		Output: Output{Out: &out, Progress: &bytes.Buffer{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := figures(t, out.String())
+	if f["errors"] != "0" || f["nginx_requests_per_s"] == "" || f["nginx_requests_per_s"] == "0.0" || f["nginx_auth_requests_per_s"] == "0.0" || f["nginx_auth_ratio"] == "" {
+		t.Fatalf("%s", out.String())
+	}
+}

@@ -36,6 +36,12 @@ type ProxyConfig struct {
 	// DurableLog also measures a verifier with the durable event log,
 	// alternating with the others (durable_* figures).
 	DurableLog bool
+	// Nginx also measures Debian's nginx (NginxBin, default /usr/sbin/nginx)
+	// with the shipped NginxConf, alone and with keymeter forward-auth,
+	// alternating with the others (nginx_* figures).
+	Nginx     bool
+	NginxBin  string
+	NginxConf string
 	// CPUProfile, if set, receives a CPU profile of the first verifier round.
 	CPUProfile *os.File
 	Logger     *slog.Logger
@@ -85,8 +91,15 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 		defer stopD()
 		durableURL = "http://" + vd[0] + "/v1/items"
 	}
+	var ng *nginxBench
+	if cfg.Nginx {
+		if ng, err = startNginxBench(ctx, cfg, upstream.Addr, secrets[len(secrets)-1]); err != nil {
+			return err
+		}
+		defer ng.stop()
+	}
 	cfg.logf("bench proxy: upstream %s, bare proxy %s, verifier %s (auth %s), %d keys", upstream.Addr, bare.Addr, va[0], va[1], cfg.Keys)
-	bareRes, kmRes, durRes := proxyRounds(ctx, cfg, "http://"+bare.Addr+"/v1/items", "http://"+va[0]+"/v1/items", durableURL, secrets)
+	bareRes, kmRes, durRes, ngAlone, ngAuth := proxyRounds(ctx, cfg, "http://"+bare.Addr+"/v1/items", "http://"+va[0]+"/v1/items", durableURL, ng, secrets)
 	authRes := drive(ctx, "http://"+va[1]+"/v1/items", secrets, cfg.Connections, cfg.Duration)
 	cfg.logf("bench proxy: forward auth %8.0f requests/s p99 %.2f ms", authRes.perSecond(), PercentileMS(authRes.lats, 0.99))
 	var s Summary
@@ -115,7 +128,21 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 	s.Add("bare_cpu_ns_per_request", fmt.Sprintf("%.0f", bareRes.cpuPerRequest()))
 	s.Add("verifier_cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()-bareRes.cpuPerRequest()))
 	s.Add("auth_cpu_ns_per_request", fmt.Sprintf("%.0f", authRes.cpuPerRequest()))
-	s.Add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors)
+	if ng != nil {
+		s.Add("nginx_requests_per_s", ngAlone.perSecond())
+		s.Add("nginx_auth_requests_per_s", ngAuth.perSecond())
+		s.Add("nginx_auth_ratio", fmt.Sprintf("%.3f", ngAuth.perSecond()/ngAlone.perSecond()))
+		s.Add("proxy_vs_nginx", fmt.Sprintf("%.3f", kmRes.perSecond()/ngAlone.perSecond()))
+		s.Add("nginx_p99_ms", fmt.Sprintf("%.2f", PercentileMS(ngAlone.lats, 0.99)))
+		s.Add("nginx_auth_p99_ms", fmt.Sprintf("%.2f", PercentileMS(ngAuth.lats, 0.99)))
+		// This process's CPU (load generator and the forward-auth verifier;
+		// nginx's workers are other processes) per request through nginx.
+		s.Add("nginx_auth_process_cpu_ns_per_request", fmt.Sprintf("%.0f", ngAuth.cpuPerRequest()))
+		s.Add("nginx_process_cpu_ns_per_request", fmt.Sprintf("%.0f", ngAlone.cpuPerRequest()))
+		// Their difference is keymeter's forward-auth cost per request.
+		s.Add("nginx_keymeter_auth_cpu_ns_per_request", fmt.Sprintf("%.0f", ngAuth.cpuPerRequest()-ngAlone.cpuPerRequest()))
+	}
+	s.Add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors+ngAlone.errors+ngAuth.errors)
 	s.Add("rss_mb", proc.RSSMB())
 	s.Print(cfg.out())
 	return nil
@@ -123,7 +150,7 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 
 // proxyRounds alternates bare, verifier and (when durableURL is set)
 // durable-log verifier measurements.
-func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableURL string, secrets []string) (bareRes, kmRes, durRes loadResult) {
+func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableURL string, ng *nginxBench, secrets []string) (bareRes, kmRes, durRes, ngAlone, ngAuth loadResult) {
 	for r := 0; r < cfg.Rounds; r++ {
 		res := drive(ctx, bareURL, nil, cfg.Connections, cfg.Duration)
 		cfg.logf("bench proxy: round %d bare     %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
@@ -142,8 +169,16 @@ func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableUR
 			cfg.logf("bench proxy: round %d durable  %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
 			durRes.add(res)
 		}
+		if ng != nil {
+			res = drive(ctx, ng.aloneURL, secrets, cfg.Connections, cfg.Duration)
+			cfg.logf("bench proxy: round %d nginx    %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
+			ngAlone.add(res)
+			res = drive(ctx, ng.authURL, secrets, cfg.Connections, cfg.Duration)
+			cfg.logf("bench proxy: round %d nginx+km %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
+			ngAuth.add(res)
+		}
 	}
-	return bareRes, kmRes, durRes
+	return bareRes, kmRes, durRes, ngAlone, ngAuth
 }
 
 // startBenchVerifier runs the verifier in proxy mode with its forward-auth
