@@ -76,9 +76,19 @@ func startNginxBench(ctx context.Context, cfg ProxyConfig, upstreamAddr, secret 
 			nb.stop()
 			return nil, err
 		}
+		// nginx's own log goes to a file (its stderr would be copied by a
+		// goroutine of its own, racing with this process's progress lines).
+		logPath := filepath.Join(dir, "error.log")
+		logf, err := os.Create(logPath)
+		if err != nil {
+			nb.stop()
+			return nil, err
+		}
 		cmd := exec.Command(bin, "-e", "stderr", "-p", dir, "-c", path, "-g", "daemon off;")
-		cmd.Stderr = cfg.progress()
-		if err := cmd.Start(); err != nil {
+		cmd.Stderr = logf
+		err = cmd.Start()
+		logf.Close() // the child has its own descriptor
+		if err != nil {
 			nb.stop()
 			return nil, fmt.Errorf("bench proxy --nginx: start %s: %w", bin, err)
 		}
@@ -91,7 +101,8 @@ func startNginxBench(ctx context.Context, cfg ProxyConfig, upstreamAddr, secret 
 			}
 			if time.Now().After(deadline) {
 				nb.stop()
-				return nil, fmt.Errorf("bench proxy --nginx: nginx (%s) did not listen on %s within 10s", path, addr)
+				msg, _ := os.ReadFile(logPath)
+				return nil, fmt.Errorf("bench proxy --nginx: nginx (%s) did not listen on %s within 10s: %s", path, addr, strings.TrimSpace(string(msg)))
 			}
 		}
 		if withAuth {
