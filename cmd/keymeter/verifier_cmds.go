@@ -296,5 +296,8 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 	c.Flags().StringVar(&cfg.DataDir, "data-dir", "", "where the embedded server and the spool live (default: a temporary directory)")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
 	c.Flags().BoolVar(&cfg.DurableLog, "durable-log", false, "also measure a verifier with --durable-log, alternating with the others (durable_* figures)")
+	c.Flags().BoolVar(&cfg.Nginx, "nginx", false, "also measure Debian's nginx with the shipped config, alone and with keymeter forward-auth (nginx_* figures)")
+	c.Flags().StringVar(&cfg.NginxBin, "nginx-bin", "/usr/sbin/nginx", "nginx binary for --nginx")
+	c.Flags().StringVar(&cfg.NginxConf, "nginx-conf", "deploy/proxy/nginx.conf", "the nginx.conf for --nginx (ports and paths are rewritten)")
 	return c
 }

@@ -123,8 +123,30 @@ func TestRunPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := figures(t, out.String()); r.Distinct != 3000 || r.Stored != 3000 || f["lost"] != "0" || f["duplicated"] != "0" {
+	if f := figures(t, out.String()); r.Distinct != 3000 || r.Stored != 3000 || f["lost"] != "0" || f["duplicated"] != "0" || f["ratio"] != "" {
 		t.Fatalf("%+v\n%s", r, out.String())
+	}
+}
+
+func TestRunPipelineCompareStore(t *testing.T) {
+	var out bytes.Buffer
+	st := openStore(t, fmt.Sprintf("bench_pipeline_%d", seq.Add(1)))
+	if _, err := st.Migrate(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := RunPipeline(ctx(t), PipelineConfig{Bus: newBus(t), Backend: "nats", Store: st, StoreName: "chdb", Events: 3000, Batch: 100, Keys: 10,
+		BlockSize: 1000, CompareStore: true, Output: Output{Out: &out, Progress: &bytes.Buffer{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := figures(t, out.String())
+	if r.Distinct != 3000 || f["lost"] != "0" || f["duplicated"] != "0" || r.StoreEventsPerSec <= 0 || f["ratio"] == "" || f["store_events_per_s"] == "" ||
+		f["cpu_ns_per_event"] == "" || f["store_cpu_ns_per_event"] == "" || f["rss_mb"] == "" {
+		t.Fatalf("%+v\n%s", r, out.String())
+	}
+	// The store-alone phase went to its own database: the pipeline's holds only its own events.
+	if n, err := st.Count(ctx(t), "requests"); err != nil || n != 3000 {
+		t.Fatalf("pipeline database holds %d rows (%v), want 3000", n, err)
 	}
 }
 
@@ -146,6 +168,41 @@ func TestRunStoreAndQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	if f := figures(t, out.String()); f["rows"] != "20000" || f["logs_p99_ms"] == "" {
+		t.Fatalf("%s", out.String())
+	}
+}
+
+func TestRunProxyCPUFigures(t *testing.T) {
+	var out bytes.Buffer
+	err := RunProxy(ctx(t), ProxyConfig{Bus: newBus(t), Backend: "nats", Connections: 4, Duration: 300 * time.Millisecond, Rounds: 1, Keys: 20,
+		DataDir: t.TempDir(), Output: Output{Out: &out, Progress: &bytes.Buffer{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := figures(t, out.String())
+	for _, k := range []string{"cpu_ns_per_request", "bare_cpu_ns_per_request", "verifier_cpu_ns_per_request", "auth_cpu_ns_per_request"} {
+		if f[k] == "" || f[k] == "0" {
+			t.Fatalf("%s missing or 0:\n%s", k, out.String())
+		}
+	}
+	if f["errors"] != "0" {
+		t.Fatalf("errors:\n%s", out.String())
+	}
+}
+
+// TestRunProxyNginx runs Debian's nginx (make deps installs nginx-light;
+// its absence fails the test) with the shipped config, alone and with
+// keymeter forward-auth: every request through both answers 200.
+func TestRunProxyNginx(t *testing.T) {
+	var out bytes.Buffer
+	err := RunProxy(ctx(t), ProxyConfig{Bus: newBus(t), Backend: "nats", Connections: 4, Duration: 300 * time.Millisecond, Rounds: 1, Keys: 20,
+		DataDir: t.TempDir(), Nginx: true, NginxConf: filepath.Join("..", "..", "deploy", "proxy", "nginx.conf"),
+		Output: Output{Out: &out, Progress: &bytes.Buffer{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := figures(t, out.String())
+	if f["errors"] != "0" || f["nginx_requests_per_s"] == "" || f["nginx_requests_per_s"] == "0.0" || f["nginx_auth_requests_per_s"] == "0.0" || f["nginx_auth_ratio"] == "" {
 		t.Fatalf("%s", out.String())
 	}
 }

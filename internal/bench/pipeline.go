@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/aggregator"
@@ -24,7 +26,18 @@ type PipelineConfig struct {
 	Batch     int // events per bus message
 	Keys      int
 	BlockSize int // aggregator MaxBlockEvents
-	Logger    *slog.Logger
+	// CompareStore first inserts the same number of events straight into
+	// the store (a second database on the same engine, batches of
+	// BlockSize, one writer, as the aggregator inserts), then runs the
+	// pipeline, and prints both rates and their ratio in one line.
+	CompareStore bool
+	// CPUProfile, when set, is written with a CPU profile of the pipeline
+	// phase (not the store-alone phase).
+	CPUProfile string
+	// MemProfile, when set, is written with a heap profile (live objects at
+	// the pipeline's peak: taken when the last events are stored).
+	MemProfile string
+	Logger     *slog.Logger
 	Output
 }
 
@@ -34,6 +47,11 @@ type PipelineResult struct {
 	Stored       uint64 // rows
 	Distinct     uint64 // distinct event ids among them
 	EventsPerSec float64
+	CPU          time.Duration // process CPU during the pipeline phase
+	RSSMB        float64       // resident set at the end of the pipeline phase
+	// With CompareStore: the store alone on the same events.
+	StoreEventsPerSec float64
+	StoreCPU          time.Duration
 }
 
 // RunPipeline publishes the events, runs an aggregator until it has
@@ -48,6 +66,25 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	st := cfg.Store
+	var sr StoreResult
+	if cfg.CompareStore {
+		var err error
+		if sr, err = compareStore(ctx, cfg); err != nil {
+			return r, err
+		}
+		r.StoreEventsPerSec, r.StoreCPU = sr.EventsPerSec, sr.CPU
+	}
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return r, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return r, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	agg, err := aggregator.New(aggregator.Config{Group: "bench", MaxBlockEvents: cfg.BlockSize, FlushInterval: time.Second}, cfg.Bus, st, aggregator.WithLogger(cfg.Logger))
 	if err != nil {
 		return r, err
@@ -58,6 +95,7 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 	go func() { aggDone <- agg.Run(actx) }()
 
 	cfg.logf("bench pipeline: bus=%s store=%s events=%d batch=%d keys=%d", cfg.Backend, cfg.StoreName, cfg.Events, cfg.Batch, cfg.Keys)
+	cpu0 := proc.CPU()
 	start := time.Now()
 	pubErr := make(chan error, 1)
 	go func() { pubErr <- PublishSynthetic(ctx, cfg.Bus.Publisher(), cfg.Events, cfg.Batch, cfg.Keys) }()
@@ -79,6 +117,13 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 		p.Tick("stored %d/%d events (%.0f events/s, rss %.0f MB)", s, cfg.Events, float64(s)/time.Since(start).Seconds(), proc.RSSMB())
 	}
 	el := time.Since(start)
+	r.CPU = proc.CPU() - cpu0
+	if cfg.MemProfile != "" {
+		if err := writeHeapProfile(cfg.MemProfile); err != nil {
+			return r, err
+		}
+	}
+	r.RSSMB = proc.RSSMB()
 	stop()
 	<-aggDone
 	if r.Stored, err = st.Count(ctx, "requests"); err != nil {
@@ -101,9 +146,50 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 	s.Add("events_per_s", int(r.EventsPerSec))
 	s.Add("lost", int64(cfg.Events)-int64(r.Distinct))
 	s.Add("duplicated", int64(r.Stored)-int64(r.Distinct))
-	s.Add("rss_mb", proc.RSSMB())
+	s.Add("rss_mb", fmt.Sprintf("%.0f", r.RSSMB))
+	s.Add("peak_rss_mb", fmt.Sprintf("%.0f", proc.PeakRSSMB()))
+	// Whole-process CPU (publisher, embedded bus server, aggregator and
+	// engine) per event stored: steadier than events/s on a shared machine.
+	s.Add("cpu_ns_per_event", fmt.Sprintf("%.0f", perEvent(r.CPU, r.Distinct)))
+	if cfg.CompareStore {
+		s.Add("store_events_per_s", fmt.Sprintf("%.0f", r.StoreEventsPerSec))
+		s.Add("store_cpu_ns_per_event", fmt.Sprintf("%.0f", perEvent(r.StoreCPU, uint64(sr.Events))))
+		s.Add("ratio", fmt.Sprintf("%.2f", r.EventsPerSec/r.StoreEventsPerSec))
+		s.Add("cpu_ratio", fmt.Sprintf("%.2f", perEvent(r.CPU, r.Distinct)/perEvent(r.StoreCPU, uint64(sr.Events))))
+	}
 	s.Print(cfg.out())
 	return r, nil
+}
+
+func perEvent(cpu time.Duration, n uint64) float64 {
+	if n == 0 {
+		return 0
+	}
+	return float64(cpu.Nanoseconds()) / float64(n)
+}
+
+// compareStore inserts cfg.Events generated events into a second database
+// on cfg.Store's engine, as the aggregator would (blocks of BlockSize, one
+// writer), and checks that all of them arrived.
+func compareStore(ctx context.Context, cfg PipelineConfig) (StoreResult, error) {
+	d, err := store.NewDB(cfg.Store.Conn(), cfg.Store.Database()+"_store")
+	if err != nil {
+		return StoreResult{}, err
+	}
+	if _, err := d.Migrate(ctx); err != nil {
+		return StoreResult{}, err
+	}
+	cfg.logf("bench pipeline: store alone first: events=%d batch=%d database=%s", cfg.Events, max(cfg.BlockSize, 1), d.Database())
+	sr, err := StoreInsert(ctx, StoreConfig{DB: d, Backend: cfg.StoreName, Events: cfg.Events, Batch: max(cfg.BlockSize, 1),
+		Keys: cfg.Keys, Rollups: store.RollupPreaggregated, Writers: 1, Output: cfg.Output})
+	if err != nil {
+		return sr, err
+	}
+	if sr.Stored != uint64(cfg.Events) {
+		return sr, fmt.Errorf("bench pipeline: the store alone stored %d events, want %d", sr.Stored, cfg.Events)
+	}
+	cfg.logf("bench pipeline: store alone: %.0f events/s, %.0f CPU-ns/event", sr.EventsPerSec, perEvent(sr.CPU, uint64(sr.Events)))
+	return sr, nil
 }
 
 // PublishSynthetic publishes n events in batches of per over keys keys;
@@ -111,6 +197,7 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 func PublishSynthetic(ctx context.Context, pub bus.Publisher, n, per, keys int) error {
 	now := time.Now().UTC()
 	eb := event.Batch{Producer: "bench"}
+	last := 0
 	for bi := 0; bi*per < n; bi++ {
 		key := fmt.Sprintf("key_bench_%05d", bi%keys)
 		eb.ID = fmt.Sprintf("bench-%d", bi)
@@ -121,9 +208,25 @@ func PublishSynthetic(ctx context.Context, pub bus.Publisher, n, per, keys int) 
 			eb.Events = append(eb.Events, e)
 		}
 		eb.Created = time.Now()
-		if _, err := pub.Publish(ctx, bus.Message{Key: key, BatchID: eb.ID, Source: "bench", Data: event.AppendBatch(nil, &eb)}); err != nil {
+		// A new buffer each time (the bus may hold it until acknowledged),
+		// sized like the last so encoding does not grow it.
+		data := event.AppendBatch(make([]byte, 0, last+last/8), &eb)
+		last = len(data)
+		if _, err := pub.Publish(ctx, bus.Message{Key: key, BatchID: eb.ID, Source: "bench", Data: data}); err != nil {
 			return err
 		}
 	}
 	return pub.Flush(ctx)
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

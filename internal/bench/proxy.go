@@ -36,6 +36,12 @@ type ProxyConfig struct {
 	// DurableLog also measures a verifier with the durable event log,
 	// alternating with the others (durable_* figures).
 	DurableLog bool
+	// Nginx also measures Debian's nginx (NginxBin, default /usr/sbin/nginx)
+	// with the shipped NginxConf, alone and with keymeter forward-auth,
+	// alternating with the others (nginx_* figures).
+	Nginx     bool
+	NginxBin  string
+	NginxConf string
 	// CPUProfile, if set, receives a CPU profile of the first verifier round.
 	CPUProfile *os.File
 	Logger     *slog.Logger
@@ -85,8 +91,15 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 		defer stopD()
 		durableURL = "http://" + vd[0] + "/v1/items"
 	}
+	var ng *nginxBench
+	if cfg.Nginx {
+		if ng, err = startNginxBench(ctx, cfg, upstream.Addr, secrets[len(secrets)-1]); err != nil {
+			return err
+		}
+		defer ng.stop()
+	}
 	cfg.logf("bench proxy: upstream %s, bare proxy %s, verifier %s (auth %s), %d keys", upstream.Addr, bare.Addr, va[0], va[1], cfg.Keys)
-	bareRes, kmRes, durRes := proxyRounds(ctx, cfg, "http://"+bare.Addr+"/v1/items", "http://"+va[0]+"/v1/items", durableURL, secrets)
+	bareRes, kmRes, durRes, ngAlone, ngAuth := proxyRounds(ctx, cfg, "http://"+bare.Addr+"/v1/items", "http://"+va[0]+"/v1/items", durableURL, ng, secrets)
 	authRes := drive(ctx, "http://"+va[1]+"/v1/items", secrets, cfg.Connections, cfg.Duration)
 	cfg.logf("bench proxy: forward auth %8.0f requests/s p99 %.2f ms", authRes.perSecond(), PercentileMS(authRes.lats, 0.99))
 	var s Summary
@@ -108,7 +121,28 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 	}
 	s.Add("auth_requests_per_s", authRes.perSecond())
 	s.Add("auth_p99_ms", fmt.Sprintf("%.2f", PercentileMS(authRes.lats, 0.99)))
-	s.Add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors)
+	// CPU per request of the whole process: load generator, upstream and
+	// the proxy under test share it, so the difference to the bare proxy
+	// is the verifier's own cost (verification, rate limit, event).
+	s.Add("cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()))
+	s.Add("bare_cpu_ns_per_request", fmt.Sprintf("%.0f", bareRes.cpuPerRequest()))
+	s.Add("verifier_cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()-bareRes.cpuPerRequest()))
+	s.Add("auth_cpu_ns_per_request", fmt.Sprintf("%.0f", authRes.cpuPerRequest()))
+	if ng != nil {
+		s.Add("nginx_requests_per_s", ngAlone.perSecond())
+		s.Add("nginx_auth_requests_per_s", ngAuth.perSecond())
+		s.Add("nginx_auth_ratio", fmt.Sprintf("%.3f", ngAuth.perSecond()/ngAlone.perSecond()))
+		s.Add("proxy_vs_nginx", fmt.Sprintf("%.3f", kmRes.perSecond()/ngAlone.perSecond()))
+		s.Add("nginx_p99_ms", fmt.Sprintf("%.2f", PercentileMS(ngAlone.lats, 0.99)))
+		s.Add("nginx_auth_p99_ms", fmt.Sprintf("%.2f", PercentileMS(ngAuth.lats, 0.99)))
+		// This process's CPU (load generator and the forward-auth verifier;
+		// nginx's workers are other processes) per request through nginx.
+		s.Add("nginx_auth_process_cpu_ns_per_request", fmt.Sprintf("%.0f", ngAuth.cpuPerRequest()))
+		s.Add("nginx_process_cpu_ns_per_request", fmt.Sprintf("%.0f", ngAlone.cpuPerRequest()))
+		// Their difference is keymeter's forward-auth cost per request.
+		s.Add("nginx_keymeter_auth_cpu_ns_per_request", fmt.Sprintf("%.0f", ngAuth.cpuPerRequest()-ngAlone.cpuPerRequest()))
+	}
+	s.Add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors+ngAlone.errors+ngAuth.errors)
 	s.Add("rss_mb", proc.RSSMB())
 	s.Print(cfg.out())
 	return nil
@@ -116,7 +150,7 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 
 // proxyRounds alternates bare, verifier and (when durableURL is set)
 // durable-log verifier measurements.
-func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableURL string, secrets []string) (bareRes, kmRes, durRes loadResult) {
+func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableURL string, ng *nginxBench, secrets []string) (bareRes, kmRes, durRes, ngAlone, ngAuth loadResult) {
 	for r := 0; r < cfg.Rounds; r++ {
 		res := drive(ctx, bareURL, nil, cfg.Connections, cfg.Duration)
 		cfg.logf("bench proxy: round %d bare     %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
@@ -135,8 +169,16 @@ func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableUR
 			cfg.logf("bench proxy: round %d durable  %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
 			durRes.add(res)
 		}
+		if ng != nil {
+			res = drive(ctx, ng.aloneURL, secrets, cfg.Connections, cfg.Duration)
+			cfg.logf("bench proxy: round %d nginx    %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
+			ngAlone.add(res)
+			res = drive(ctx, ng.authURL, secrets, cfg.Connections, cfg.Duration)
+			cfg.logf("bench proxy: round %d nginx+km %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
+			ngAuth.add(res)
+		}
 	}
-	return bareRes, kmRes, durRes
+	return bareRes, kmRes, durRes, ngAlone, ngAuth
 }
 
 // startBenchVerifier runs the verifier in proxy mode with its forward-auth
@@ -201,10 +243,20 @@ func serveLoopback(h http.Handler) (*loopbackServer, error) {
 type loadResult struct {
 	n, errors int
 	elapsed   time.Duration
+	cpu       time.Duration // process CPU (load generator included) while driving
 	lats      []time.Duration
 }
 
+// cpuPerRequest is the process's CPU-ns per successful request.
+func (r *loadResult) cpuPerRequest() float64 {
+	if r.n == 0 {
+		return 0
+	}
+	return float64(r.cpu.Nanoseconds()) / float64(r.n)
+}
+
 func (r *loadResult) add(o loadResult) {
+	r.cpu += o.cpu
 	r.n += o.n
 	r.errors += o.errors
 	r.elapsed += o.elapsed
@@ -228,6 +280,7 @@ func drive(ctx context.Context, u string, secrets []string, conns int, d time.Du
 	defer cancel()
 	results := make([]loadResult, conns)
 	var wg sync.WaitGroup
+	cpu0 := proc.CPU()
 	start := time.Now()
 	for w := range conns {
 		wg.Add(1)
@@ -242,6 +295,7 @@ func drive(ctx context.Context, u string, secrets []string, conns int, d time.Du
 		total.add(r)
 	}
 	total.elapsed = time.Since(start)
+	total.cpu = proc.CPU() - cpu0
 	return total
 }
 
