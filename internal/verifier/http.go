@@ -280,13 +280,24 @@ func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, star
 // or not, becomes a usage event with next's status and byte counts. A
 // refusal is answered without reading the request body (the connection is
 // then closed); an allowed request's body must arrive within BodyTimeout.
-// Routes are matched on the canonical path (see canonicalPath).
+// Routes are matched on the decoded path; a path the upstream could
+// resolve to another one is answered 400 without a decision (see
+// routePath).
 func (s *Server) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		path, ok := canonicalPath(r.URL.Path, false)
+		// The path as it is forwarded (ReverseProxy joins EscapedPath).
+		path, ok := routePath(r.URL.EscapedPath())
 		if !ok {
-			path = r.URL.Path // "*" or empty: no route matches, a key is required
+			if r.URL.Path != "*" {
+				// Never decided on: the upstream could resolve it to
+				// another path than the one matched (see routePath).
+				stop := closeUnreadBody(w, r)
+				badPath(w, http.StatusBadRequest)
+				stop()
+				return
+			}
+			path = r.URL.Path // OPTIONS *: no route matches, a key is required
 		}
 		d, ip, fromQuery := s.decide(r, path, start)
 		if !d.Allowed() {
@@ -496,9 +507,18 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 			}
 		}
 		rawPath, rawQuery, _ := strings.Cut(uri, "?")
-		path, ok := canonicalPath(rawPath, true)
+		path, ok := routePath(rawPath)
 		if !ok {
-			fwdError(w, http.StatusBadRequest, "the original request URI is not an absolute path")
+			// Not decided on: the upstream gets the raw URI and could
+			// resolve it to another path than the one matched. nginx
+			// auth_request turns a 400 into a 500: for it, 403 with the
+			// real status in X-Keymeter-Status, as for 429.
+			code := http.StatusBadRequest
+			if f.Deny403 {
+				code = http.StatusForbidden
+				w.Header()[HeaderStatus] = []string{"400"}
+			}
+			badPath(w, code)
 			return
 		}
 		orig := *r
@@ -528,6 +548,16 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 		// event carries the decision's status.
 		s.emit(&orig, &d, path, ip, start, st, orig.ContentLength, 0)
 	})
+}
+
+// badPath answers a request path that is refused (see routePath).
+func badPath(w http.ResponseWriter, status int) {
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["Cache-Control"] = []string{"no-store"}
+	h[HeaderOutcome] = []string{"bad_path"}
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, `{"error":{"code":"bad_path","status":400,"message":"the request path has dot segments, empty segments, a backslash, a semicolon or an encoded slash, backslash, dot or percent sign"}}`+"\n")
 }
 
 func fwdError(w http.ResponseWriter, status int, msg string) {

@@ -17,7 +17,8 @@ import (
 // Route configures the requests under a path prefix. The longest prefix
 // matching at a segment boundary wins (see Verifier.route); requests
 // matching none use the zero Route (a key required, no scope). Paths are
-// matched in their canonical form: percent-decoded, dot segments resolved.
+// matched percent-decoded and ASCII case-insensitively; paths with dot
+// segments or encoded separators are refused before (see routePath).
 type Route struct {
 	Prefix string
 	// Scope the key must grant (see keys.Record.HasScope); "" for none.
@@ -135,10 +136,11 @@ func (c *Config) Validate() error {
 		if !strings.HasPrefix(r.Prefix, "/") {
 			return fmt.Errorf("verifier: route %q: the prefix must start with /", r.Prefix)
 		}
-		if seen[r.Prefix] {
-			return fmt.Errorf("verifier: route %q configured twice", r.Prefix)
+		if lp := strings.ToLower(r.Prefix); seen[lp] {
+			return fmt.Errorf("verifier: route %q configured twice (prefixes match case-insensitively)", r.Prefix)
+		} else {
+			seen[lp] = true
 		}
-		seen[r.Prefix] = true
 		if r.Anonymous && r.AnonRatePerS <= 0 {
 			return fmt.Errorf("verifier: route %q: anonymous access needs a per-IP rate > 0", r.Prefix)
 		}
@@ -232,13 +234,37 @@ func (d *Decision) Project() string {
 	return d.Record.Project
 }
 
+// hasPrefixFold is strings.HasPrefix ignoring ASCII case.
+func hasPrefixFold(s, prefix string) bool {
+	if len(s) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		a, b := s[i], prefix[i]
+		if a != b && lower(a) != lower(b) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
 // route returns the route of path: the longest prefix that matches at a
 // segment boundary ("/public" matches /public and /public/x, not
-// /publicity; "/v1/" matches everything under /v1/).
+// /publicity; "/v1/" matches everything under /v1/). Prefixes match
+// ASCII case-insensitively: an upstream that ignores case (Windows,
+// case-insensitive routers) serves /ADMIN/x as /admin/x, so /ADMIN/x is
+// decided as /admin/x; a case-sensitive upstream only gets stricter.
 func (v *Verifier) route(path string) *Route {
 	for i := range v.routes {
 		p := v.routes[i].Prefix
-		if strings.HasPrefix(path, p) && (len(path) == len(p) || p[len(p)-1] == '/' || path[len(p)] == '/') {
+		if hasPrefixFold(path, p) && (len(path) == len(p) || p[len(p)-1] == '/' || path[len(p)] == '/') {
 			return &v.routes[i]
 		}
 	}

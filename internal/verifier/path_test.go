@@ -1,0 +1,78 @@
+package verifier
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// TestProxyPathNotResolved: in proxy mode the upstream gets the path as
+// the client sent it, so keymeter decides on that path or refuses it.
+// Before the fix, /admin/..%2Fpublic was decided as /public (anonymous)
+// and forwarded as /admin/..%2Fpublic; /ADMIN/x fell to the default route.
+func TestProxyPathNotResolved(t *testing.T) {
+	v, tbl := newTestVerifier(t, Route{Prefix: "/public", Anonymous: true, AnonRatePerS: 1e9, AnonBurst: 1 << 30}, Route{Prefix: "/admin", Scope: "admin"})
+	plain := testKey(t, tbl, newState(0, 0))
+	var mu sync.Mutex
+	var got []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.RequestURI)
+		mu.Unlock()
+		_, _ = io.WriteString(w, "upstream")
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	addr := serveReal(t, NewServer(v, nil, nil, HTTPConfig{}).Proxy(u))
+	for _, c := range []struct {
+		path   string
+		key    bool
+		status int
+	}{
+		{"/admin/..%2Fpublic", false, 400},
+		{"/admin/..%2fpublic", false, 400},
+		{"/admin/%2e%2e/public", false, 400},
+		{"/admin/../public", false, 400},
+		{"/admin/..%2Fv1", true, 400},
+		{"/public/..;/admin", false, 400},
+		{"/public/%252e%252e/admin", false, 400},
+		{"/public/..%5Cadmin", false, 400},
+		{"/public\\..\\admin", false, 400},
+		{"/public//x", false, 400},
+		{"/public/./x", false, 400},
+		{"/ADMIN/x", true, 403},
+		{"/Admin/x", false, 401},
+		{"/%61dmin/x", true, 403},
+		{"/public/x", false, 200},
+		{"/public/a%20b/", false, 200},
+		{"/v1/x", true, 200},
+	} {
+		mu.Lock()
+		got = nil
+		mu.Unlock()
+		hdr := ""
+		if c.key {
+			hdr = "X-Api-Key: " + plain + "\r\n"
+		}
+		st, raw := rawRequest(t, addr, "GET "+c.path+" HTTP/1.1\r\nHost: api\r\nConnection: close\r\n"+hdr+"\r\n")
+		mu.Lock()
+		reached := append([]string(nil), got...)
+		mu.Unlock()
+		if st != c.status {
+			t.Errorf("%s: %d, want %d (%s)", c.path, st, c.status, raw)
+		}
+		switch {
+		case c.status == 200 && (len(reached) != 1 || reached[0] != c.path):
+			t.Errorf("%s: the upstream got %q, want exactly the path decided on", c.path, reached)
+		case c.status != 200 && len(reached) != 0:
+			t.Errorf("%s: refused, yet the upstream got %q", c.path, reached)
+		}
+		if c.status == 400 && !strings.Contains(raw, "bad_path") {
+			t.Errorf("%s: 400 without bad_path: %s", c.path, raw)
+		}
+	}
+}
