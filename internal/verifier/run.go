@@ -36,8 +36,10 @@ type RunConfig struct {
 	Routes      []Route
 	// QuotaPeriod is the aggregator's quota period: month (default) or day.
 	QuotaPeriod string
-	HTTP        HTTPConfig
-	Emitter     EmitterConfig // Publisher, Partitions, Producer, DataDir are filled in
+	// BlockValidKeys: see Config.BlockValidKeys.
+	BlockValidKeys bool
+	HTTP           HTTPConfig
+	Emitter        EmitterConfig // Publisher, Partitions, Producer, DataDir are filled in
 	// ShareRateLimits, if set, makes key rate limits global across the
 	// verifiers of one bus (NATS), reporting admissions this often (see
 	// RateShare).
@@ -98,7 +100,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Logger.With("role", "verifier", "verifier_id", cfg.VerifierID)
 	tbl := keys.NewTable(keys.TableConfig{Logger: log})
 	blocks := &BlockList{}
-	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod})
+	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod, BlockValidKeys: cfg.BlockValidKeys})
 	if err != nil {
 		return err
 	}

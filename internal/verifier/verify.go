@@ -119,6 +119,12 @@ type Config struct {
 	// period, so that usage published for an earlier period is not
 	// enforced in a new one.
 	QuotaPeriod string
+	// BlockValidKeys makes an address block refuse requests with a valid,
+	// active key too. By default a block refuses only requests without
+	// one (missing, malformed, unknown, revoked, suspended, expired), so
+	// that one abuser behind a shared (carrier, office) NAT does not lock
+	// out every key there.
+	BlockValidKeys bool
 }
 
 // Validate checks the configuration.
@@ -156,6 +162,8 @@ type Verifier struct {
 	blocks *BlockList
 	now    func() time.Time
 	period quotaPeriod
+	// blockAll: Config.BlockValidKeys.
+	blockAll bool
 }
 
 // New returns a Verifier.
@@ -163,7 +171,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	v := &Verifier{table: cfg.Table, blocks: cfg.Blocks, now: cfg.Now, dflt: Route{CostUnits: 1}}
+	v := &Verifier{table: cfg.Table, blocks: cfg.Blocks, now: cfg.Now, dflt: Route{CostUnits: 1}, blockAll: cfg.BlockValidKeys}
 	v.period.day = cfg.QuotaPeriod == "day"
 	if v.blocks == nil {
 		v.blocks = &BlockList{}
@@ -282,7 +290,13 @@ func (v *Verifier) Verify(req *Request) Decision {
 		}
 	}
 	d := Decision{Now: now, Route: v.route(req.Path)}
-	if v.blocks.Blocked(req.ClientIP, now) {
+	// A blocked address (detection's block_ip, against credential
+	// stuffing) refuses what does not carry a valid key. A valid, active
+	// key goes on: one abuser behind a carrier or office NAT must not lock
+	// out every key there; a key's own abuse is handled by key actions.
+	// With BlockValidKeys the block refuses everything.
+	blocked := v.blocks.Blocked(req.ClientIP, now)
+	if blocked && (v.blockAll || req.Key == "") {
 		d.Outcome = event.OutcomeBlockedIP
 		return d
 	}
@@ -304,23 +318,41 @@ func (v *Verifier) Verify(req *Request) Decision {
 	}
 	sec, err := keys.Parse(req.Key)
 	if err != nil {
-		d.Outcome = event.OutcomeMalformed
+		d.Outcome = blockedOr(blocked, event.OutcomeMalformed)
 		return d
 	}
 	h := sec.Hash()
 	slot := v.table.Lookup(&h)
 	if slot == nil {
-		d.Outcome = event.OutcomeUnknown
+		d.Outcome = blockedOr(blocked, event.OutcomeUnknown)
 		return d
 	}
 	rec := slot.Record()
 	if rec == nil {
-		d.Outcome = event.OutcomeUnknown
+		d.Outcome = blockedOr(blocked, event.OutcomeUnknown)
 		return d
 	}
 	d.Record = rec
+	if blocked && !usable(rec, now) {
+		// Revoked, suspended, expired: not a valid key.
+		d.Outcome = event.OutcomeBlockedIP
+		return d
+	}
 	d.Outcome = v.check(rec, slot, &d, req, now)
 	return d
+}
+
+func blockedOr(blocked bool, o event.Outcome) event.Outcome {
+	if blocked {
+		return event.OutcomeBlockedIP
+	}
+	return o
+}
+
+// usable reports whether rec is an active key, neither expired nor past
+// its rotation grace: what a block lets through (see Verify).
+func usable(rec *keys.Record, now int64) bool {
+	return rec.Status == keys.StatusActive && (rec.ExpiresAt == 0 || now < rec.ExpiresAt) && (rec.GraceUntil == 0 || now < rec.GraceUntil)
 }
 
 func (v *Verifier) check(rec *keys.Record, slot *keys.Slot, d *Decision, req *Request, now int64) event.Outcome {
