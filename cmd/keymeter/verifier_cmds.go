@@ -103,6 +103,7 @@ func (vf *verifierFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&vf.geoCountry, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
 	f.StringVar(&vf.geoASN, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
 	f.StringVar(&vf.cfg.QuotaPeriod, "quota-period", "month", "quota period, as the aggregator's: month or day (UTC)")
+	f.IntVar(&vf.cfg.AnonIPv6Prefix, "anonymous-ipv6-prefix", verifier.DefaultAnonIPv6Prefix, "anonymous routes limit IPv6 clients per network of this many bits (32-128): one /64 is one client")
 	f.BoolVar(&vf.cfg.BlockValidKeys, "block-valid-keys", false, "an address block (block_ip) refuses valid keys too; by default it refuses only requests without a valid, active key, so that one abuser behind a shared NAT does not lock out every key there")
 	f.Int64Var(&vf.memLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
 }

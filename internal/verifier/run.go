@@ -36,6 +36,8 @@ type RunConfig struct {
 	Routes      []Route
 	// QuotaPeriod is the aggregator's quota period: month (default) or day.
 	QuotaPeriod string
+	// AnonIPv6Prefix: see Config.AnonIPv6Prefix.
+	AnonIPv6Prefix int
 	// BlockValidKeys: see Config.BlockValidKeys.
 	BlockValidKeys bool
 	HTTP           HTTPConfig
@@ -100,7 +102,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Logger.With("role", "verifier", "verifier_id", cfg.VerifierID)
 	tbl := keys.NewTable(keys.TableConfig{Logger: log})
 	blocks := &BlockList{}
-	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod, BlockValidKeys: cfg.BlockValidKeys})
+	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod, BlockValidKeys: cfg.BlockValidKeys, AnonIPv6Prefix: cfg.AnonIPv6Prefix})
 	if err != nil {
 		return err
 	}

@@ -119,6 +119,9 @@ type Config struct {
 	// period, so that usage published for an earlier period is not
 	// enforced in a new one.
 	QuotaPeriod string
+	// AnonIPv6Prefix is the IPv6 network size (bits) one anonymous client
+	// is rate-limited as: DefaultAnonIPv6Prefix (/64) when 0.
+	AnonIPv6Prefix int
 	// BlockValidKeys makes an address block refuse requests with a valid,
 	// active key too. By default a block refuses only requests without
 	// one (missing, malformed, unknown, revoked, suspended, expired), so
@@ -131,6 +134,9 @@ type Config struct {
 func (c *Config) Validate() error {
 	if c.Table == nil {
 		return errors.New("verifier: Table is required")
+	}
+	if c.AnonIPv6Prefix < 0 || c.AnonIPv6Prefix > 128 || c.AnonIPv6Prefix != 0 && c.AnonIPv6Prefix < 32 {
+		return fmt.Errorf("verifier: anonymous IPv6 prefix /%d: want 32 to 128 (0: /64)", c.AnonIPv6Prefix)
 	}
 	switch c.QuotaPeriod {
 	case "", "month", "day":
@@ -178,7 +184,7 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	for _, r := range cfg.Routes {
 		if r.Anonymous {
-			r.anon = newIPBuckets(r.AnonRatePerS, r.AnonBurst)
+			r.anon = newIPBuckets(r.AnonRatePerS, r.AnonBurst, cfg.AnonIPv6Prefix)
 		}
 		if r.CostUnits == 0 {
 			r.CostUnits = 1
