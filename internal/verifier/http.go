@@ -406,6 +406,16 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 			pr.Out.Header["X-Forwarded-For"] = []string{client}
 			delete(pr.Out.Header, "X-Real-Ip")
 			delete(pr.Out.Header, "Forwarded")
+			// The identity the middleware set, again: ReverseProxy drops
+			// the headers a client names in Connection before Rewrite
+			// ("Connection: X-Keymeter-Key-Id" would strip it).
+			for _, h := range [...]string{HeaderKeyID, HeaderProject} {
+				if v, ok := pr.In.Header[h]; ok {
+					pr.Out.Header[h] = v
+				} else {
+					delete(pr.Out.Header, h)
+				}
+			}
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if cb, ok := r.Context().Value(bodyKey{}).(*countingBody); errors.Is(err, os.ErrDeadlineExceeded) || (ok && cb.timedOut()) {

@@ -76,3 +76,30 @@ func TestProxyPathNotResolved(t *testing.T) {
 		}
 	}
 }
+
+// TestProxyIdentityNotStrippable: a client naming the identity headers in
+// Connection made ReverseProxy drop them (hop-by-hop) after the middleware
+// set them, so the upstream saw an allowed request without its key id.
+func TestProxyIdentityNotStrippable(t *testing.T) {
+	v, tbl := newTestVerifier(t, Route{Prefix: "/public", Anonymous: true, AnonRatePerS: 1e9, AnonBurst: 1 << 30})
+	st := newState(0, 0)
+	secret := testKey(t, tbl, st)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "key="+strings.Join(r.Header.Values(HeaderKeyID), ",")+" project="+strings.Join(r.Header.Values(HeaderProject), ","))
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	addr := serveReal(t, NewServer(v, nil, nil, HTTPConfig{}).Proxy(u))
+	for _, c := range []struct {
+		name, hdr, want string
+	}{
+		{"key, identity named in Connection", "X-Api-Key: " + secret + "\r\nConnection: X-Keymeter-Key-Id, X-Keymeter-Project\r\n", "key=" + st.Id + " project=proj_test"},
+		{"key, split Connection", "X-Api-Key: " + secret + "\r\nConnection: keep-alive\r\nConnection: x-keymeter-key-id\r\n", "key=" + st.Id + " project=proj_test"},
+		{"anonymous, forged identity named in Connection", "X-Keymeter-Key-Id: key_forged\r\nConnection: X-Keymeter-Project\r\n", "key= project="},
+	} {
+		status, body := rawRequest(t, addr, "GET /public/x HTTP/1.1\r\nHost: api\r\n"+c.hdr+"\r\n")
+		if status != 200 || body != c.want {
+			t.Errorf("%s: %d %q, want 200 %q", c.name, status, body, c.want)
+		}
+	}
+}
