@@ -90,7 +90,7 @@ func (vf *verifierFlags) add(f *pflag.FlagSet) {
 	f.DurationVar(&vf.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	f.StringVar(&vf.cfg.VerifierID, "verifier-id", "", "this verifier's id in events (default verifier-<hostname>); unique per instance")
 	f.StringArrayVar(&vf.routes, "route", nil, "route rule PREFIX[,scope=S][,anonymous=RATE[/BURST]][,cost=N]; repeatable; longest prefix wins")
-	f.StringVar(&vf.cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key (removed before forwarding); empty: headers only")
+	f.StringVar(&vf.cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key, proxy mode only (removed before forwarding; refused with forward auth, which cannot strip it); empty: headers only")
 	f.StringSliceVar(&vf.trusted, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs of the proxies whose --forwarded-header is believed (forward-auth callers, load balancers; never client networks)")
 	f.StringVar(&vf.cfg.HTTP.CountryHeader, "country-header", "", "CDN header with the client's country, e.g. CF-IPCountry")
 	f.StringVar(&vf.cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")

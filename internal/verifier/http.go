@@ -40,7 +40,8 @@ const DefaultBodyTimeout = 60 * time.Second
 // HTTPConfig configures the HTTP fronts.
 type HTTPConfig struct {
 	// QueryParam is a query parameter that may carry the key ("" to
-	// disable). It is removed before the request is forwarded or logged.
+	// disable), in proxy mode only. It is removed before the request is
+	// forwarded or logged. Forward auth never reads it.
 	QueryParam string
 	// TrustedProxies are the proxies whose forwarding header is believed
 	// (see ClientAddr). The forward-auth endpoint's callers must be listed.
@@ -208,8 +209,9 @@ func WriteRefusal(w http.ResponseWriter, d *Decision, status int) {
 }
 
 // decide verifies r and records the decision in the metrics.
-func (s *Server) decide(r *http.Request, path string, start time.Time) (Decision, client, bool) {
-	key, fromQuery := ExtractKey(r.Header, r.URL.RawQuery, s.cfg.QueryParam)
+// queryParam is where a key may come from in the query ("" for none).
+func (s *Server) decide(r *http.Request, path string, start time.Time, queryParam string) (Decision, client, bool) {
+	key, fromQuery := ExtractKey(r.Header, r.URL.RawQuery, queryParam)
 	ip, ipStr := s.clientIP(r)
 	req := Request{Key: key, ClientIP: ip, Method: r.Method, Path: path, Now: start.UnixNano()}
 	d := s.v.Verify(&req)
@@ -299,7 +301,7 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 			}
 			path = r.URL.Path // OPTIONS *: no route matches, a key is required
 		}
-		d, ip, fromQuery := s.decide(r, path, start)
+		d, ip, fromQuery := s.decide(r, path, start, s.cfg.QueryParam)
 		if !d.Allowed() {
 			st := StatusCode(d.Outcome)
 			stop := closeUnreadBody(w, r)
@@ -535,7 +537,10 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 		orig.Method = method
 		orig.URL = &url.URL{Path: path, RawQuery: rawQuery}
 		orig.Host = host
-		d, ip, _ := s.decide(&orig, path, start)
+		// Never a query-parameter key: the proxy forwards the original
+		// URI, key included, which keymeter cannot strip (RunConfig
+		// refuses --query-param for a forward-auth --listen).
+		d, ip, _ := s.decide(&orig, path, start, "")
 		st := StatusCode(d.Outcome)
 		if d.Allowed() {
 			h := w.Header()

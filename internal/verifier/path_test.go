@@ -1,9 +1,11 @@
 package verifier
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -100,6 +102,44 @@ func TestProxyIdentityNotStrippable(t *testing.T) {
 		status, body := rawRequest(t, addr, "GET /public/x HTTP/1.1\r\nHost: api\r\n"+c.hdr+"\r\n")
 		if status != 200 || body != c.want {
 			t.Errorf("%s: %d %q, want 200 %q", c.name, status, body, c.want)
+		}
+	}
+}
+
+// TestQueryParamNotInForwardAuth: in forward auth the proxy forwards the
+// original URI, key included, and keymeter cannot strip it, so a
+// forward-auth verifier refuses --query-param at start, and the
+// forward-auth endpoint never takes a key from the query (before the fix
+// it did, and the key went on to the upstream's URI and logs).
+func TestQueryParamNotInForwardAuth(t *testing.T) {
+	b := startNATS(t).connect(context.Background())
+	fwd := RunConfig{Bus: b, Listen: "127.0.0.1:0", DataDir: t.TempDir(), HTTP: HTTPConfig{Front: Fronts["nginx"], QueryParam: "api_key"}}
+	if err := fwd.Validate(); err == nil || !strings.Contains(err.Error(), "--query-param") {
+		t.Errorf("forward auth with --query-param: %v", err)
+	}
+	proxy := RunConfig{Bus: b, Listen: "127.0.0.1:0", AuthListen: "127.0.0.1:0", Upstream: "http://127.0.0.1:9", DataDir: t.TempDir(), HTTP: HTTPConfig{Front: Fronts["nginx"], QueryParam: "api_key"}}
+	if err := proxy.Validate(); err != nil {
+		t.Errorf("proxy mode with --query-param: %v", err)
+	}
+
+	v, tbl := newTestVerifier(t)
+	secret := testKey(t, tbl, newState(0, 0))
+	for front, f := range Fronts {
+		srv := NewServer(v, nil, nil, HTTPConfig{Front: f, QueryParam: "api_key", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+		uri := "/v1/x?api_key=" + url.QueryEscape(secret)
+		req := httptest.NewRequest("GET", "/", nil)
+		if f.URIHeader == "" {
+			req = httptest.NewRequest("GET", uri, nil)
+		} else {
+			req.Header.Set(f.MethodHeader, "GET")
+			req.Header.Set(f.URIHeader, uri)
+			req.Header.Set(f.HostHeader, "api")
+		}
+		req.RemoteAddr = "127.0.0.1:5555"
+		w := httptest.NewRecorder()
+		srv.ForwardAuth("").ServeHTTP(w, req)
+		if w.Code == 200 || w.Header().Get(HeaderOutcome) != "missing" {
+			t.Errorf("%s: key in the query: %d outcome %q, want missing", front, w.Code, w.Header().Get(HeaderOutcome))
 		}
 	}
 }

@@ -64,6 +64,11 @@ func (c *RunConfig) Validate() error {
 		if c.HTTP.Front.Name == "" {
 			return fmt.Errorf("verifier: forward auth needs the proxy in front named: --front %s, or --front-method-header and --front-uri-header (the original request is read only from the headers that proxy sets)", strings.Join(FrontNames(), "|"))
 		}
+		if c.HTTP.QueryParam != "" && c.Upstream == "" {
+			// The proxy forwards the original URI, key included: the
+			// verifier cannot strip it, so the upstream would log keys.
+			return fmt.Errorf("verifier: --query-param %q is for proxy mode (--upstream) only: in forward auth the proxy passes the original URI, key included, to the upstream; send keys in Authorization or X-API-Key (next to --upstream, the --auth-listen endpoint ignores query-parameter keys)", c.HTTP.QueryParam)
+		}
 	}
 	switch {
 	case c.HTTP.ForwardedHeader == "", strings.EqualFold(c.HTTP.ForwardedHeader, HeaderXForwardedFor), strings.EqualFold(c.HTTP.ForwardedHeader, HeaderForwarded):
