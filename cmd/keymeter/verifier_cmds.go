@@ -90,7 +90,7 @@ func (vf *verifierFlags) add(f *pflag.FlagSet) {
 	f.DurationVar(&vf.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	f.StringVar(&vf.cfg.VerifierID, "verifier-id", "", "this verifier's id in events (default verifier-<hostname>); unique per instance")
 	f.StringArrayVar(&vf.routes, "route", nil, "route rule PREFIX[,scope=S][,anonymous=RATE[/BURST]][,cost=N]; repeatable; longest prefix wins")
-	f.StringVar(&vf.cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key (removed before forwarding); empty: headers only")
+	f.StringVar(&vf.cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key, proxy mode only (removed before forwarding; refused with forward auth, which cannot strip it); empty: headers only")
 	f.StringSliceVar(&vf.trusted, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs of the proxies whose --forwarded-header is believed (forward-auth callers, load balancers; never client networks)")
 	f.StringVar(&vf.cfg.HTTP.CountryHeader, "country-header", "", "CDN header with the client's country, e.g. CF-IPCountry")
 	f.StringVar(&vf.cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
@@ -103,6 +103,8 @@ func (vf *verifierFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&vf.geoCountry, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
 	f.StringVar(&vf.geoASN, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
 	f.StringVar(&vf.cfg.QuotaPeriod, "quota-period", "month", "quota period, as the aggregator's: month or day (UTC)")
+	f.IntVar(&vf.cfg.AnonIPv6Prefix, "anonymous-ipv6-prefix", verifier.DefaultAnonIPv6Prefix, "anonymous routes limit IPv6 clients per network of this many bits (32-128): one /64 is one client")
+	f.BoolVar(&vf.cfg.BlockValidKeys, "block-valid-keys", false, "an address block (block_ip) refuses valid keys too; by default it refuses only requests without a valid, active key, so that one abuser behind a shared NAT does not lock out every key there")
 	f.Int64Var(&vf.memLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
 }
 

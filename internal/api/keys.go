@@ -417,6 +417,8 @@ func writeCreated(w http.ResponseWriter, c keys.Created, err error) error {
 	if err != nil {
 		status = http.StatusAccepted
 	}
+	// The body holds the secret: no cache (browser, proxy) may keep it.
+	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, status, CreatedJSON{Secret: c.Secret.Reveal(), Key: KeyFromState(c.State)})
 	return nil
 }

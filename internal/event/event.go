@@ -7,6 +7,7 @@ package event
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -113,26 +114,22 @@ func (e *Event) PartitionKey() string {
 	return ClientNet(e.ClientIP)
 }
 
-// ClientNet returns the /24 of an IPv4 address (or the first 3 groups of an
-// IPv6 one) as a string; other input is returned unchanged.
+// ClientNet returns the /24 of an IPv4 address (an IPv4-mapped IPv6
+// address counts as IPv4) or the /48 of an IPv6 one, in CIDR form
+// (2001:db8::1 is 2001:db8::/48); other input is returned unchanged.
 func ClientNet(ip string) string {
-	dots := 0
-	for i := 0; i < len(ip); i++ {
-		if ip[i] == '.' {
-			dots++
-			if dots == 3 {
-				return ip[:i] + ".0/24"
-			}
-		}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
 	}
-	colons := 0
-	for i := 0; i < len(ip); i++ {
-		if ip[i] == ':' {
-			colons++
-			if colons == 3 {
-				return ip[:i] + "::/48"
-			}
-		}
+	a = a.Unmap()
+	bits := 48
+	if a.Is4() {
+		bits = 24
 	}
-	return ip
+	p, err := a.Prefix(bits)
+	if err != nil {
+		return ip
+	}
+	return p.Masked().String()
 }

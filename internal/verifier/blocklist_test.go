@@ -42,14 +42,23 @@ func testBlockIPDecision(t *testing.T, be testBackend) {
 		t.Fatalf("dry-run decision applied: %d", resp.StatusCode)
 	}
 	publish(keymeterv1.Mode_MODE_ENFORCE)
-	waitOutcome(t, rv, k.Secret.Reveal(), "blocked_ip")
-	if resp, body := do(t, "GET", rv.main+"/x", map[string]string{"X-API-Key": k.Secret.Reveal()}); resp.StatusCode != 403 {
-		t.Fatalf("blocked address: %d %s", resp.StatusCode, body)
+	unknown, _ := keys.Generate(keys.EnvLive)
+	waitOutcome(t, rv, unknown.Reveal(), "blocked_ip")
+	if resp, body := do(t, "GET", rv.main+"/x", map[string]string{"X-API-Key": unknown.Reveal()}); resp.StatusCode != 403 {
+		t.Fatalf("blocked address, unknown key: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := do(t, "GET", rv.main+"/x", nil); resp.StatusCode != 403 {
+		t.Fatalf("blocked address, no key: %d %s", resp.StatusCode, body)
+	}
+	// A valid key from the blocked address still passes (shared NAT).
+	if resp, body := do(t, "GET", rv.main+"/x", map[string]string{"X-API-Key": k.Secret.Reveal()}); resp.StatusCode != 200 {
+		t.Fatalf("blocked address, valid key: %d %s", resp.StatusCode, body)
 	}
 }
 
 // TestBlockIPBeforeStart: a verifier started after an enforced block_ip
-// decision still refuses the address (recent decisions are replayed).
+// decision still refuses the address (recent decisions are replayed); with
+// BlockValidKeys (--block-valid-keys), even its valid keys.
 func TestBlockIPBeforeStart(t *testing.T) { backends(t, false, testBlockIPBeforeStart) }
 
 func testBlockIPBeforeStart(t *testing.T, be testBackend) {
@@ -67,7 +76,7 @@ func testBlockIPBeforeStart(t *testing.T, be testBackend) {
 		t.Fatal(err)
 	}
 	up, _ := newUpstream(t)
-	rv := startVerifier(t, b, RunConfig{Upstream: up.URL})
+	rv := startVerifier(t, b, RunConfig{Upstream: up.URL, BlockValidKeys: true})
 	waitOutcome(t, rv, k.Secret.Reveal(), "blocked_ip")
 }
 

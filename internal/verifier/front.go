@@ -3,7 +3,6 @@ package verifier
 import (
 	"fmt"
 	"net/url"
-	"path"
 	"sort"
 	"strings"
 )
@@ -116,34 +115,73 @@ func headerOnce(h map[string][]string, name string) (v string, present, ok bool)
 	}
 }
 
-// canonicalPath is the path routes are matched on and events record:
-// percent-decoded when decode is true (a raw request URI), dot segments
-// and repeated slashes resolved, a trailing slash kept. A proxy or an
-// upstream that resolves /public/../admin serves /admin, so the decision
-// is about /admin. ok is false for what is not an absolute path or does
-// not decode.
-func canonicalPath(p string, decode bool) (string, bool) {
-	if decode && strings.IndexByte(p, '%') >= 0 {
-		u, err := url.PathUnescape(p)
-		if err != nil {
+// routePath is the path routes are matched on and events record, taken
+// from a request path as it is forwarded (escaped form): percent-decoded.
+// keymeter never decides on a path other than the one the upstream gets,
+// so it refuses (ok false) every path that a proxy, a framework or the
+// upstream might resolve to another one: not absolute, dot segments ("."
+// or ".."), empty segments ("//"), a backslash, a ";" (path parameters:
+// Tomcat and Spring read "/..;/" as "/../"), a NUL, an escape that does
+// not decode, and the escapes %2F %5C %2E %25 and %00 in any case (an
+// encoded "/", "\", ".", a double encoding). What is left decodes to
+// the same segments the upstream sees.
+func routePath(raw string) (string, bool) {
+	if raw == "" || raw[0] != '/' {
+		return "", false
+	}
+	esc := false
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; c {
+		case '\\', ';', 0:
 			return "", false
+		case '%':
+			if i+2 >= len(raw) || !ishex(raw[i+1]) || !ishex(raw[i+2]) {
+				return "", false
+			}
+			switch b := unhex(raw[i+1])<<4 | unhex(raw[i+2]); b {
+			case '/', '\\', '.', '%', 0:
+				return "", false
+			}
+			esc = true
+			i += 2
+		case '/':
+			// The segment after this slash: not empty unless it ends the
+			// path, not "." or "..".
+			seg := raw[i+1:]
+			if k := strings.IndexByte(seg, '/'); k >= 0 {
+				seg = seg[:k]
+				if k == 0 {
+					return "", false
+				}
+			}
+			if seg == "." || seg == ".." {
+				return "", false
+			}
 		}
-		p = u
 	}
-	if p == "" || p[0] != '/' {
+	if !esc {
+		return raw, true
+	}
+	p, err := url.PathUnescape(raw)
+	if err != nil {
 		return "", false
 	}
-	if strings.IndexByte(p, 0) >= 0 {
-		return "", false
+	return p, true
+}
+
+func ishex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	default:
+		return c - 'A' + 10
 	}
-	c := path.Clean(p) // no allocation when p is clean already
-	if c != "/" && p[len(p)-1] == '/' {
-		if len(p) == len(c)+1 && p[:len(c)] == c {
-			return p, true
-		}
-		c += "/"
-	}
-	return c, true
 }
 
 // validMethod reports whether m is an HTTP method token.

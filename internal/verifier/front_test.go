@@ -86,6 +86,9 @@ func (h *fwdHarness) do(front, method, uri string, key bool, extra http.Header) 
 	h.last = nil
 	h.srv[front].ForwardAuth("").ServeHTTP(w, req)
 	r := fwdResult{status: w.Code, outcome: w.Header().Get(HeaderOutcome), keyID: w.Header().Get(HeaderKeyID), events: h.n - n}
+	if w.Header().Get(HeaderStatus) == "400" {
+		r.status = 400 // nginx: a 403 that its config turns into 400
+	}
 	if h.last != nil {
 		r.route, r.method, r.host, r.client = h.last.Route, h.last.Method, h.last.Host, h.last.ClientIP
 	}
@@ -175,9 +178,14 @@ func TestForwardAuthFrontHeadersRequired(t *testing.T) {
 	}
 }
 
-// TestCanonicalRouting: a path that a proxy or upstream resolves to /admin
-// is decided as /admin, and /publicity is not under /public.
-func TestCanonicalRouting(t *testing.T) {
+// TestPathNotResolved: keymeter never decides on a path other than the one
+// the upstream gets. A path that a proxy, a framework or the upstream could
+// resolve to another one (dot segments, encoded separators, "..;",
+// double encoding) is refused with 400 and no decision or event, for every
+// front; /ADMIN is decided as /admin; /publicity is not under /public.
+// Before the fix, /admin/..%2Fpublic was decided as /public (anonymous,
+// 200) while nginx passed /admin/..%2Fpublic to the upstream.
+func TestPathNotResolved(t *testing.T) {
 	h := newFwdHarness(t)
 	for _, c := range []struct {
 		uri    string
@@ -185,28 +193,47 @@ func TestCanonicalRouting(t *testing.T) {
 		status int
 		route  string
 	}{
-		{"/public/../admin/x", true, 403, "/admin/x"},
-		{"/public/%2e%2e/admin/x", true, 403, "/admin/x"},
-		{"/public/..%2Fadmin/x", true, 403, "/admin/x"},
-		{"//admin//x", true, 403, "/admin/x"},
-		{"/public/./x/", false, 200, "/public/x/"},
+		{"/public/../admin/x", true, 400, ""},
+		{"/public/%2e%2e/admin/x", true, 400, ""},
+		{"/public/..%2Fadmin/x", true, 400, ""},
+		{"/admin/..%2Fpublic", false, 400, ""},
+		{"/admin/..%2fpublic", false, 400, ""},
+		{"/admin/%2e%2e/public", false, 400, ""},
+		{"/admin/%2E%2E/public", false, 400, ""},
+		{"/admin/..%2Fv1", true, 400, ""},
+		{"/public/..;/admin", false, 400, ""},
+		{"/public;x=1/../admin", false, 400, ""},
+		{"/public/%252e%252e/admin", false, 400, ""},
+		{"/public/..%5Cadmin", false, 400, ""},
+		{"/public\\..\\admin", false, 400, ""},
+		{"/public/./x", false, 400, ""},
+		{"/public/x/.", false, 400, ""},
+		{"/public/x/..", false, 400, ""},
+		{"//admin//x", true, 400, ""},
+		{"/public//x", false, 400, ""},
+		{"/public/%00", false, 400, ""},
+		{"/p%zz", false, 400, ""},
+		{"/p%4", false, 400, ""},
+		{"/ADMIN/x", true, 403, "/ADMIN/x"},
+		{"/Admin", false, 401, "/Admin"},
+		{"/%61dmin/x", true, 403, "/admin/x"}, // the upstream decodes %61 too
+		{"/PUBLIC/x", false, 200, "/PUBLIC/x"},
+		{"/public/x/", false, 200, "/public/x/"},
+		{"/public/a%20b", false, 200, "/public/a b"},
+		{"/public/..x/.y", false, 200, "/public/..x/.y"},
 		{"/publicity", false, 401, "/publicity"},
 		{"/public", false, 200, "/public"},
 		{"/adminx", true, 200, "/adminx"},
-		{"/p%zz", false, 400, ""},
+		{"/", true, 200, "/"},
 	} {
-		for _, front := range []string{"nginx", "envoy"} {
+		for _, front := range FrontNames() {
 			got := h.do(front, "GET", c.uri, c.key, nil)
 			if got.status != c.status || got.route != c.route {
 				t.Errorf("%s %s: %d route %q, want %d %q", front, c.uri, got.status, got.route, c.status, c.route)
 			}
-		}
-	}
-	for _, c := range []struct{ in, want string }{
-		{"/", "/"}, {"/a/b/", "/a/b/"}, {"/a/./b/../c", "/a/c"}, {"/a//", "/a/"}, {"/..", "/"},
-	} {
-		if got, ok := canonicalPath(c.in, false); !ok || got != c.want {
-			t.Errorf("canonicalPath(%q) = %q, want %q", c.in, got, c.want)
+			if _, err := url.ParseRequestURI(c.uri); c.status == 400 && (got.events != 0 || err == nil && got.outcome != "bad_path") {
+				t.Errorf("%s %s: refused path: %d events, outcome %q", front, c.uri, got.events, got.outcome)
+			}
 		}
 	}
 }
@@ -231,12 +258,16 @@ func TestParseFront(t *testing.T) {
 // FuzzForwardAuthHeaders: whatever a client adds to the spoofable headers
 // changes neither the decision nor the event, for every front; whatever the
 // front's URI and method, the endpoint answers without panicking and either
-// refuses to decide (400/500, no event) or records a canonical path.
+// refuses to decide (400/500, no event) or records the forwarded path,
+// decoded, which nothing downstream resolves to another.
 func FuzzForwardAuthHeaders(f *testing.F) {
 	f.Add(uint8(0), "GET", "/private/x", false, "/public/x", "GET", "198.51.100.1", "for=1.2.3.4")
 	f.Add(uint8(1), "POST", "/admin/x?y=1", true, "/v1/x", "OPTIONS", "10.0.0.1, x", "for=_x")
 	f.Add(uint8(2), "GET", "/public/../admin", true, "/public", "HEAD", "", "")
 	f.Add(uint8(3), "DELETE", "/%2e%2e/admin", false, "//public", "", "::1", "for=\"[::1]\"")
+	f.Add(uint8(0), "GET", "/admin/..%2Fpublic", false, "", "", "", "")
+	f.Add(uint8(1), "GET", "/public/..;/admin", false, "", "", "", "")
+	f.Add(uint8(2), "GET", "/%61dmin/a%20b/", true, "", "", "", "")
 	h := newFwdHarness(f)
 	fronts := FrontNames()
 	f.Fuzz(func(t *testing.T, fi uint8, method, uri string, key bool, spoofURI, spoofMethod, spoofAddr, spoofFwd string) {
@@ -258,8 +289,24 @@ func FuzzForwardAuthHeaders(f *testing.F) {
 			if base.events != 1 || !strings.HasPrefix(base.route, "/") {
 				t.Fatalf("%s %q: event %+v", front, uri, base)
 			}
-			if c, ok := canonicalPath(base.route, false); !ok || c != base.route {
-				t.Fatalf("%s %q: recorded route %q is not canonical", front, uri, base.route)
+			// The decision was on the path forwarded: one that nothing
+			// downstream resolves to another (no dot or empty segment, no
+			// "\\" or ";"), and its escapes decode to it.
+			p, _, _ := strings.Cut(uri, "?")
+			if u, err := url.Parse(p); fr.URIHeader != "" && err == nil && u.Scheme != "" {
+				p = u.EscapedPath()
+			}
+			dec, err := url.PathUnescape(p)
+			if err != nil || dec != base.route {
+				t.Fatalf("%s %q: recorded route %q, not the forwarded path decoded (%q)", front, uri, base.route, dec)
+			}
+			for _, seg := range strings.Split(base.route, "/")[1:] {
+				if seg == "." || seg == ".." || strings.ContainsAny(seg, "\\;%") {
+					t.Fatalf("%s %q: decided on %q, which a proxy or upstream may resolve", front, uri, base.route)
+				}
+			}
+			if strings.Contains(strings.TrimSuffix(base.route, "/"), "//") {
+				t.Fatalf("%s %q: decided on %q with an empty segment", front, uri, base.route)
 			}
 		}
 		spoof := http.Header{}

@@ -40,7 +40,8 @@ const DefaultBodyTimeout = 60 * time.Second
 // HTTPConfig configures the HTTP fronts.
 type HTTPConfig struct {
 	// QueryParam is a query parameter that may carry the key ("" to
-	// disable). It is removed before the request is forwarded or logged.
+	// disable), in proxy mode only. It is removed before the request is
+	// forwarded or logged. Forward auth never reads it.
 	QueryParam string
 	// TrustedProxies are the proxies whose forwarding header is believed
 	// (see ClientAddr). The forward-auth endpoint's callers must be listed.
@@ -208,8 +209,9 @@ func WriteRefusal(w http.ResponseWriter, d *Decision, status int) {
 }
 
 // decide verifies r and records the decision in the metrics.
-func (s *Server) decide(r *http.Request, path string, start time.Time) (Decision, client, bool) {
-	key, fromQuery := ExtractKey(r.Header, r.URL.RawQuery, s.cfg.QueryParam)
+// queryParam is where a key may come from in the query ("" for none).
+func (s *Server) decide(r *http.Request, path string, start time.Time, queryParam string) (Decision, client, bool) {
+	key, fromQuery := ExtractKey(r.Header, r.URL.RawQuery, queryParam)
 	ip, ipStr := s.clientIP(r)
 	req := Request{Key: key, ClientIP: ip, Method: r.Method, Path: path, Now: start.UnixNano()}
 	d := s.v.Verify(&req)
@@ -280,15 +282,26 @@ func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, star
 // or not, becomes a usage event with next's status and byte counts. A
 // refusal is answered without reading the request body (the connection is
 // then closed); an allowed request's body must arrive within BodyTimeout.
-// Routes are matched on the canonical path (see canonicalPath).
+// Routes are matched on the decoded path; a path the upstream could
+// resolve to another one is answered 400 without a decision (see
+// routePath).
 func (s *Server) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		path, ok := canonicalPath(r.URL.Path, false)
+		// The path as it is forwarded (ReverseProxy joins EscapedPath).
+		path, ok := routePath(r.URL.EscapedPath())
 		if !ok {
-			path = r.URL.Path // "*" or empty: no route matches, a key is required
+			if r.URL.Path != "*" {
+				// Never decided on: the upstream could resolve it to
+				// another path than the one matched (see routePath).
+				stop := closeUnreadBody(w, r)
+				badPath(w, http.StatusBadRequest)
+				stop()
+				return
+			}
+			path = r.URL.Path // OPTIONS *: no route matches, a key is required
 		}
-		d, ip, fromQuery := s.decide(r, path, start)
+		d, ip, fromQuery := s.decide(r, path, start, s.cfg.QueryParam)
 		if !d.Allowed() {
 			st := StatusCode(d.Outcome)
 			stop := closeUnreadBody(w, r)
@@ -395,6 +408,16 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 			pr.Out.Header["X-Forwarded-For"] = []string{client}
 			delete(pr.Out.Header, "X-Real-Ip")
 			delete(pr.Out.Header, "Forwarded")
+			// The identity the middleware set, again: ReverseProxy drops
+			// the headers a client names in Connection before Rewrite
+			// ("Connection: X-Keymeter-Key-Id" would strip it).
+			for _, h := range [...]string{HeaderKeyID, HeaderProject} {
+				if v, ok := pr.In.Header[h]; ok {
+					pr.Out.Header[h] = v
+				} else {
+					delete(pr.Out.Header, h)
+				}
+			}
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if cb, ok := r.Context().Value(bodyKey{}).(*countingBody); errors.Is(err, os.ErrDeadlineExceeded) || (ok && cb.timedOut()) {
@@ -496,16 +519,28 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 			}
 		}
 		rawPath, rawQuery, _ := strings.Cut(uri, "?")
-		path, ok := canonicalPath(rawPath, true)
+		path, ok := routePath(rawPath)
 		if !ok {
-			fwdError(w, http.StatusBadRequest, "the original request URI is not an absolute path")
+			// Not decided on: the upstream gets the raw URI and could
+			// resolve it to another path than the one matched. nginx
+			// auth_request turns a 400 into a 500: for it, 403 with the
+			// real status in X-Keymeter-Status, as for 429.
+			code := http.StatusBadRequest
+			if f.Deny403 {
+				code = http.StatusForbidden
+				w.Header()[HeaderStatus] = []string{"400"}
+			}
+			badPath(w, code)
 			return
 		}
 		orig := *r
 		orig.Method = method
 		orig.URL = &url.URL{Path: path, RawQuery: rawQuery}
 		orig.Host = host
-		d, ip, _ := s.decide(&orig, path, start)
+		// Never a query-parameter key: the proxy forwards the original
+		// URI, key included, which keymeter cannot strip (RunConfig
+		// refuses --query-param for a forward-auth --listen).
+		d, ip, _ := s.decide(&orig, path, start, "")
 		st := StatusCode(d.Outcome)
 		if d.Allowed() {
 			h := w.Header()
@@ -528,6 +563,16 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 		// event carries the decision's status.
 		s.emit(&orig, &d, path, ip, start, st, orig.ContentLength, 0)
 	})
+}
+
+// badPath answers a request path that is refused (see routePath).
+func badPath(w http.ResponseWriter, status int) {
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["Cache-Control"] = []string{"no-store"}
+	h[HeaderOutcome] = []string{"bad_path"}
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, `{"error":{"code":"bad_path","status":400,"message":"the request path has dot segments, empty segments, a backslash, a semicolon or an encoded slash, backslash, dot or percent sign"}}`+"\n")
 }
 
 func fwdError(w http.ResponseWriter, status int, msg string) {

@@ -329,7 +329,8 @@ func TestForwardAuthStyles(t *testing.T) {
 		{"envoy path prefix, scope from original path", "envoy", "/ext-authz/admin/users", map[string]string{"Authorization": "Bearer " + limited.secret}, 403, false},
 		{"missing", "traefik", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x", "X-Forwarded-Host": "api"}, 401, false},
 		{"nginx without its headers is not decided on", "nginx", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x"}, 500, false},
-		{"nginx URI not a path", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "mailto:x", "X-Original-Host": "api"}, 400, false},
+		{"nginx URI not a path", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "mailto:x", "X-Original-Host": "api"}, 403, false}, // X-Keymeter-Status: 400
+		{"traefik URI not a path", "traefik", "/", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "mailto:x", "X-Forwarded-Host": "api"}, 400, false},
 		{"nginx absolute form", "nginx", "/", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "http://evil/admin/x", "X-Original-Host": "api", "X-Api-Key": limited.secret}, 403, false},
 		{"nginx method not a token", "nginx", "/", map[string]string{"X-Original-Method": "G T", "X-Original-Uri": "/v1/x", "X-Original-Host": "api"}, 400, false},
 	}

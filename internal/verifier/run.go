@@ -36,8 +36,12 @@ type RunConfig struct {
 	Routes      []Route
 	// QuotaPeriod is the aggregator's quota period: month (default) or day.
 	QuotaPeriod string
-	HTTP        HTTPConfig
-	Emitter     EmitterConfig // Publisher, Partitions, Producer, DataDir are filled in
+	// AnonIPv6Prefix: see Config.AnonIPv6Prefix.
+	AnonIPv6Prefix int
+	// BlockValidKeys: see Config.BlockValidKeys.
+	BlockValidKeys bool
+	HTTP           HTTPConfig
+	Emitter        EmitterConfig // Publisher, Partitions, Producer, DataDir are filled in
 	// ShareRateLimits, if set, makes key rate limits global across the
 	// verifiers of one bus (NATS), reporting admissions this often (see
 	// RateShare).
@@ -59,6 +63,11 @@ func (c *RunConfig) Validate() error {
 	if (c.Listen != "" && c.Upstream == "") || c.AuthListen != "" {
 		if c.HTTP.Front.Name == "" {
 			return fmt.Errorf("verifier: forward auth needs the proxy in front named: --front %s, or --front-method-header and --front-uri-header (the original request is read only from the headers that proxy sets)", strings.Join(FrontNames(), "|"))
+		}
+		if c.HTTP.QueryParam != "" && c.Upstream == "" {
+			// The proxy forwards the original URI, key included: the
+			// verifier cannot strip it, so the upstream would log keys.
+			return fmt.Errorf("verifier: --query-param %q is for proxy mode (--upstream) only: in forward auth the proxy passes the original URI, key included, to the upstream; send keys in Authorization or X-API-Key (next to --upstream, the --auth-listen endpoint ignores query-parameter keys)", c.HTTP.QueryParam)
 		}
 	}
 	switch {
@@ -98,7 +107,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Logger.With("role", "verifier", "verifier_id", cfg.VerifierID)
 	tbl := keys.NewTable(keys.TableConfig{Logger: log})
 	blocks := &BlockList{}
-	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod})
+	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod, BlockValidKeys: cfg.BlockValidKeys, AnonIPv6Prefix: cfg.AnonIPv6Prefix})
 	if err != nil {
 		return err
 	}

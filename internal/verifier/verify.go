@@ -17,7 +17,8 @@ import (
 // Route configures the requests under a path prefix. The longest prefix
 // matching at a segment boundary wins (see Verifier.route); requests
 // matching none use the zero Route (a key required, no scope). Paths are
-// matched in their canonical form: percent-decoded, dot segments resolved.
+// matched percent-decoded and ASCII case-insensitively; paths with dot
+// segments or encoded separators are refused before (see routePath).
 type Route struct {
 	Prefix string
 	// Scope the key must grant (see keys.Record.HasScope); "" for none.
@@ -118,12 +119,24 @@ type Config struct {
 	// period, so that usage published for an earlier period is not
 	// enforced in a new one.
 	QuotaPeriod string
+	// AnonIPv6Prefix is the IPv6 network size (bits) one anonymous client
+	// is rate-limited as: DefaultAnonIPv6Prefix (/64) when 0.
+	AnonIPv6Prefix int
+	// BlockValidKeys makes an address block refuse requests with a valid,
+	// active key too. By default a block refuses only requests without
+	// one (missing, malformed, unknown, revoked, suspended, expired), so
+	// that one abuser behind a shared (carrier, office) NAT does not lock
+	// out every key there.
+	BlockValidKeys bool
 }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	if c.Table == nil {
 		return errors.New("verifier: Table is required")
+	}
+	if c.AnonIPv6Prefix < 0 || c.AnonIPv6Prefix > 128 || c.AnonIPv6Prefix != 0 && c.AnonIPv6Prefix < 32 {
+		return fmt.Errorf("verifier: anonymous IPv6 prefix /%d: want 32 to 128 (0: /64)", c.AnonIPv6Prefix)
 	}
 	switch c.QuotaPeriod {
 	case "", "month", "day":
@@ -135,10 +148,11 @@ func (c *Config) Validate() error {
 		if !strings.HasPrefix(r.Prefix, "/") {
 			return fmt.Errorf("verifier: route %q: the prefix must start with /", r.Prefix)
 		}
-		if seen[r.Prefix] {
-			return fmt.Errorf("verifier: route %q configured twice", r.Prefix)
+		if lp := strings.ToLower(r.Prefix); seen[lp] {
+			return fmt.Errorf("verifier: route %q configured twice (prefixes match case-insensitively)", r.Prefix)
+		} else {
+			seen[lp] = true
 		}
-		seen[r.Prefix] = true
 		if r.Anonymous && r.AnonRatePerS <= 0 {
 			return fmt.Errorf("verifier: route %q: anonymous access needs a per-IP rate > 0", r.Prefix)
 		}
@@ -154,6 +168,8 @@ type Verifier struct {
 	blocks *BlockList
 	now    func() time.Time
 	period quotaPeriod
+	// blockAll: Config.BlockValidKeys.
+	blockAll bool
 }
 
 // New returns a Verifier.
@@ -161,14 +177,14 @@ func New(cfg Config) (*Verifier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	v := &Verifier{table: cfg.Table, blocks: cfg.Blocks, now: cfg.Now, dflt: Route{CostUnits: 1}}
+	v := &Verifier{table: cfg.Table, blocks: cfg.Blocks, now: cfg.Now, dflt: Route{CostUnits: 1}, blockAll: cfg.BlockValidKeys}
 	v.period.day = cfg.QuotaPeriod == "day"
 	if v.blocks == nil {
 		v.blocks = &BlockList{}
 	}
 	for _, r := range cfg.Routes {
 		if r.Anonymous {
-			r.anon = newIPBuckets(r.AnonRatePerS, r.AnonBurst)
+			r.anon = newIPBuckets(r.AnonRatePerS, r.AnonBurst, cfg.AnonIPv6Prefix)
 		}
 		if r.CostUnits == 0 {
 			r.CostUnits = 1
@@ -232,13 +248,37 @@ func (d *Decision) Project() string {
 	return d.Record.Project
 }
 
+// hasPrefixFold is strings.HasPrefix ignoring ASCII case.
+func hasPrefixFold(s, prefix string) bool {
+	if len(s) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		a, b := s[i], prefix[i]
+		if a != b && lower(a) != lower(b) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
 // route returns the route of path: the longest prefix that matches at a
 // segment boundary ("/public" matches /public and /public/x, not
-// /publicity; "/v1/" matches everything under /v1/).
+// /publicity; "/v1/" matches everything under /v1/). Prefixes match
+// ASCII case-insensitively: an upstream that ignores case (Windows,
+// case-insensitive routers) serves /ADMIN/x as /admin/x, so /ADMIN/x is
+// decided as /admin/x; a case-sensitive upstream only gets stricter.
 func (v *Verifier) route(path string) *Route {
 	for i := range v.routes {
 		p := v.routes[i].Prefix
-		if strings.HasPrefix(path, p) && (len(path) == len(p) || p[len(p)-1] == '/' || path[len(p)] == '/') {
+		if hasPrefixFold(path, p) && (len(path) == len(p) || p[len(p)-1] == '/' || path[len(p)] == '/') {
 			return &v.routes[i]
 		}
 	}
@@ -256,7 +296,13 @@ func (v *Verifier) Verify(req *Request) Decision {
 		}
 	}
 	d := Decision{Now: now, Route: v.route(req.Path)}
-	if v.blocks.Blocked(req.ClientIP, now) {
+	// A blocked address (detection's block_ip, against credential
+	// stuffing) refuses what does not carry a valid key. A valid, active
+	// key goes on: one abuser behind a carrier or office NAT must not lock
+	// out every key there; a key's own abuse is handled by key actions.
+	// With BlockValidKeys the block refuses everything.
+	blocked := v.blocks.Blocked(req.ClientIP, now)
+	if blocked && (v.blockAll || req.Key == "") {
 		d.Outcome = event.OutcomeBlockedIP
 		return d
 	}
@@ -278,23 +324,41 @@ func (v *Verifier) Verify(req *Request) Decision {
 	}
 	sec, err := keys.Parse(req.Key)
 	if err != nil {
-		d.Outcome = event.OutcomeMalformed
+		d.Outcome = blockedOr(blocked, event.OutcomeMalformed)
 		return d
 	}
 	h := sec.Hash()
 	slot := v.table.Lookup(&h)
 	if slot == nil {
-		d.Outcome = event.OutcomeUnknown
+		d.Outcome = blockedOr(blocked, event.OutcomeUnknown)
 		return d
 	}
 	rec := slot.Record()
 	if rec == nil {
-		d.Outcome = event.OutcomeUnknown
+		d.Outcome = blockedOr(blocked, event.OutcomeUnknown)
 		return d
 	}
 	d.Record = rec
+	if blocked && !usable(rec, now) {
+		// Revoked, suspended, expired: not a valid key.
+		d.Outcome = event.OutcomeBlockedIP
+		return d
+	}
 	d.Outcome = v.check(rec, slot, &d, req, now)
 	return d
+}
+
+func blockedOr(blocked bool, o event.Outcome) event.Outcome {
+	if blocked {
+		return event.OutcomeBlockedIP
+	}
+	return o
+}
+
+// usable reports whether rec is an active key, neither expired nor past
+// its rotation grace: what a block lets through (see Verify).
+func usable(rec *keys.Record, now int64) bool {
+	return rec.Status == keys.StatusActive && (rec.ExpiresAt == 0 || now < rec.ExpiresAt) && (rec.GraceUntil == 0 || now < rec.GraceUntil)
 }
 
 func (v *Verifier) check(rec *keys.Record, slot *keys.Slot, d *Decision, req *Request, now int64) event.Outcome {

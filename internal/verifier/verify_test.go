@@ -123,7 +123,7 @@ func TestVerifyOutcomes(t *testing.T) {
 		{"throttled", throttled, ip1, "/x", event.OutcomeThrottled, 429},
 		{"throttle ended", throttleOver, ip1, "/x", event.OutcomeValid, 200},
 		{"throttle ended again", throttleOver, ip1, "/x", event.OutcomeValid, 200},
-		{"blocked ip", valid, blocked, "/x", event.OutcomeBlockedIP, 403},
+		{"blocked ip", "", blocked, "/x", event.OutcomeBlockedIP, 403},
 		{"anonymous allowed", "", ip1, "/public/a", event.OutcomeValid, 200},
 		{"anonymous burst", "", ip1, "/public/a", event.OutcomeValid, 200},
 		{"anonymous limited", "", ip1, "/public/a", event.OutcomeRateLimited, 429},
@@ -151,6 +151,74 @@ func TestVerifyOutcomes(t *testing.T) {
 	for _, o := range event.Outcomes() {
 		if !covered[o] {
 			t.Errorf("outcome %v not tested", o)
+		}
+	}
+}
+
+// TestBlockSparesValidKeys: an address block (detection's block_ip
+// against credential stuffing) refuses every request without a valid,
+// active key, but lets a valid key through: one abuser behind a carrier or
+// office NAT must not lock out every paying key there. Before the fix the
+// block was checked first and refused the valid key. BlockValidKeys
+// restores the block-everything behaviour.
+func TestBlockSparesValidKeys(t *testing.T) {
+	now := time.Now()
+	ns := now.UnixNano()
+	blocked := netip.MustParseAddr("192.0.2.66")
+	for _, all := range []bool{false, true} {
+		tbl := keys.NewTable(keys.TableConfig{})
+		tbl.Apply([]bus.KeyUpdate{{EndOfSnapshot: true}})
+		v, err := New(Config{Table: tbl, BlockValidKeys: all, Routes: []Route{
+			{Prefix: "/public", Anonymous: true, AnonRatePerS: 100, AnonBurst: 100}, {Prefix: "/admin", Scope: "admin"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.Blocks().Block(blocked, now.Add(time.Hour))
+		valid := testKey(t, tbl, &keymeterv1.KeyState{})
+		limited := testKey(t, tbl, &keymeterv1.KeyState{RateLimitPerS: 0.001, RateLimitBurst: 1})
+		revoked := testKey(t, tbl, &keymeterv1.KeyState{Status: keymeterv1.KeyStatus_KEY_STATUS_REVOKED})
+		suspended := testKey(t, tbl, &keymeterv1.KeyState{Status: keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED})
+		expired := testKey(t, tbl, &keymeterv1.KeyState{ExpiresUnixNano: ns - 1})
+		graceOver := testKey(t, tbl, &keymeterv1.KeyState{GraceUntilUnixNano: ns - 1})
+		unknown, _ := keys.Generate(keys.EnvLive)
+		validWant := event.OutcomeValid
+		if all {
+			validWant = event.OutcomeBlockedIP
+		}
+		for _, c := range []struct {
+			name, key, path string
+			want            event.Outcome
+		}{
+			{"valid key", valid, "/x", validWant},
+			{"valid key, anonymous route", valid, "/public/x", validWant},
+			{"missing", "", "/x", event.OutcomeBlockedIP},
+			{"anonymous route", "", "/public/x", event.OutcomeBlockedIP},
+			{"malformed", "km_live_nope", "/x", event.OutcomeBlockedIP},
+			{"unknown", unknown.Reveal(), "/x", event.OutcomeBlockedIP},
+			{"revoked", revoked, "/x", event.OutcomeBlockedIP},
+			{"suspended", suspended, "/x", event.OutcomeBlockedIP},
+			{"expired", expired, "/x", event.OutcomeBlockedIP},
+			{"rotation grace over", graceOver, "/x", event.OutcomeBlockedIP},
+		} {
+			if d := v.Verify(&Request{Key: c.key, ClientIP: blocked, Path: c.path, Now: ns}); d.Outcome != c.want {
+				t.Errorf("BlockValidKeys %v, %s from a blocked address: %v, want %v", all, c.name, d.Outcome, c.want)
+			}
+		}
+		if all {
+			continue
+		}
+		// A valid key's own limits still apply.
+		if d := v.Verify(&Request{Key: valid, ClientIP: blocked, Path: "/admin", Now: ns}); d.Outcome != event.OutcomeScopeDenied {
+			t.Errorf("valid key without the scope from a blocked address: %v", d.Outcome)
+		}
+		for i, want := range []event.Outcome{event.OutcomeValid, event.OutcomeRateLimited} {
+			if d := v.Verify(&Request{Key: limited, ClientIP: blocked, Path: "/x", Now: ns}); d.Outcome != want {
+				t.Errorf("rate-limited key from a blocked address, request %d: %v, want %v", i, d.Outcome, want)
+			}
+		}
+		// Other addresses are not blocked.
+		if d := v.Verify(&Request{Key: unknown.Reveal(), ClientIP: ip1, Path: "/x", Now: ns}); d.Outcome != event.OutcomeUnknown {
+			t.Errorf("unknown key from another address: %v", d.Outcome)
 		}
 	}
 }
