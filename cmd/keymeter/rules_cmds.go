@@ -1,21 +1,17 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/keymeter/keymeter/internal/backtest"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/evaluate"
 	"github.com/keymeter/keymeter/internal/event"
@@ -210,7 +206,6 @@ events. The last line on stdout is a name=value summary.`,
   keymeter rules backtest --rules rules/ --events eval.ndjson --labels labels.ndjson`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			tuneGC()
 			var fromT, toT time.Time
 			var err error
 			if from != "" {
@@ -230,163 +225,13 @@ events. The last line on stdout is a name=value summary.`,
 				}
 				return errFailed
 			}
-			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes,
-				MaxRevocationsGlobal: bt.maxGlobal, Warmup: bt.warmup,
-				Profiles: detect.ProfileConfig{Maturity: bt.maturity, Seasonal: bt.seasonal, NoveltyGrace: bt.grace}, Logger: g.Logger()}
-			var scorer *evaluate.Scorer
-			if labelsPath != "" {
-				labels, err := evaluate.ReadLabelFile(labelsPath)
-				if err != nil {
-					return fmt.Errorf("--labels: %w", err)
-				}
-				if scorer, err = evaluate.NewScorer(labels, grace); err != nil {
-					return fmt.Errorf("--labels %s: %w", labelsPath, err)
-				}
-			}
-			var werr error
-			if decisionsPath != "" {
-				f, err := os.Create(decisionsPath)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				bw := bufio.NewWriter(f)
-				defer bw.Flush()
-				cfg.Sink = detect.SinkFunc(func(d *keymeterv1.Decision) {
-					if werr != nil {
-						return
-					}
-					js, err := protojson.Marshal(d)
-					if err == nil {
-						_, err = fmt.Fprintf(bw, "%s\n", js)
-					}
-					werr = err
-				})
-			}
-			if scorer != nil {
-				next := cfg.Sink
-				cfg.Sink = detect.SinkFunc(func(d *keymeterv1.Decision) {
-					scorer.Decide(d)
-					if next != nil {
-						next.Decide(d)
-					}
-				})
-			}
-			finish := func(rep *detect.BacktestReport, elapsed time.Duration, bad *badLines, name string) error {
-				out := cmd.OutOrStdout()
-				if asJSON {
-					enc := json.NewEncoder(out)
-					enc.SetIndent("", "  ")
-					if scorer == nil && (bad == nil || bad.n == 0) {
-						return enc.Encode(rep) // the report as before
-					}
-					v := map[string]any{"backtest": rep}
-					if scorer != nil {
-						v["labels"] = scorer.Result()
-					}
-					if bad != nil {
-						v["bad_lines"], v["bad_lines_by_field"] = bad.n, bad.byField
-					}
-					return enc.Encode(v)
-				}
-				if err := rep.WriteText(out); err != nil {
-					return err
-				}
-				if bad != nil {
-					bad.report(out, name)
-				}
-				sum := fmt.Sprintf("backtest events=%d events_per_s=%.0f", rep.Events, float64(rep.Events)/max(elapsed.Seconds(), 1e-9))
-				if bad != nil {
-					sum += fmt.Sprintf(" bad_lines=%d", bad.n)
-				}
-				if scorer != nil {
-					res := scorer.Result()
-					fmt.Fprintln(out)
-					if err := res.WriteText(out); err != nil {
-						return err
-					}
-					sum += " " + res.Summary()
-				}
-				_, err := fmt.Fprintln(out, sum)
-				return err
-			}
-			if eventsPath == "" {
-				if fromT.IsZero() || toT.IsZero() {
-					return errors.New("give --events FILE.ndjson (or - for stdin), or --from and --to to replay stored history")
-				}
-				st, err := sf.open(cmd.Context())
-				if err != nil {
-					return err
-				}
-				defer st.Close()
-				src := newStoreSource(cmd.Context(), st, fromT, toT)
-				defer src.stop()
-				var es detect.EventSource = src
-				if scorer != nil {
-					es = scoredSource{src, scorer}
-				}
-				prog := newProgressBar("backtest", 0)
-				start := time.Now()
-				rep, err := detect.Backtest(set, es, detect.BacktestOptions{From: fromT, To: toT, Config: cfg,
-					Progress: func(n int64, at time.Time) { prog.update(0, n, at) }})
-				if err != nil {
-					return fmt.Errorf("stored history: %w", err)
-				}
-				prog.done(0, rep.Events, time.Time{})
-				if werr != nil {
-					return fmt.Errorf("writing decisions: %w", werr)
-				}
-				elapsed := time.Since(start)
-				fmt.Fprintf(os.Stderr, "backtest: %d stored events in %s\n", rep.Events, elapsed.Round(time.Millisecond))
-				return finish(rep, elapsed, nil, "")
-			}
-			var in io.Reader = os.Stdin
-			var size int64
-			name := "stdin"
-			if eventsPath != "-" {
-				f, err := os.Open(eventsPath)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if st, err := f.Stat(); err == nil {
-					size = st.Size()
-				}
-				in, name = f, eventsPath
-			}
-			cr := &countingReader{r: in}
-			var onEvent func(*event.Event)
-			if scorer != nil {
-				onEvent = scorer.Event
-			}
-			src := newNDJSONSource(cr, skipInvalid, onEvent)
-			defer src.close()
-			prog := newProgressBar("backtest", size)
-			start := time.Now()
-			rep, err := detect.Backtest(set, src, detect.BacktestOptions{From: fromT, To: toT, Config: cfg,
-				Progress: func(n int64, at time.Time) { prog.update(cr.Load(), n, at) }})
-			if rep == nil {
-				return err
-			}
-			prog.done(cr.Load(), rep.Events, time.Time{})
-			elapsed := time.Since(start)
-			if err != nil {
-				var fe *event.FieldError
-				if !errors.As(err, &fe) {
-					return fmt.Errorf("%s: %w", name, err)
-				}
-				// A bad line: the report of what was replayed, then the line.
-				fmt.Fprintf(os.Stderr, "backtest: stopped at the first bad line after %d events (--skip-invalid goes on past bad lines)\n", rep.Events)
-				if ferr := finish(rep, elapsed, &src.bad, name); ferr != nil {
-					return ferr
-				}
-				return fmt.Errorf("%s:%d: field %s: %s", name, fe.Line, fe.Field, fe.Reason)
-			}
-			if werr != nil {
-				return fmt.Errorf("writing decisions: %w", werr)
-			}
-			fmt.Fprintf(os.Stderr, "backtest: %d events in %s\n", rep.Events, elapsed.Round(time.Millisecond))
-			return finish(rep, elapsed, &src.bad, name)
+			return backtest.Run(cmd.Context(), backtest.Config{Rules: set,
+				Detect: detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes,
+					MaxRevocationsGlobal: bt.maxGlobal, Warmup: bt.warmup,
+					Profiles: detect.ProfileConfig{Maturity: bt.maturity, Seasonal: bt.seasonal, NoveltyGrace: bt.grace}, Logger: g.Logger()},
+				EventsPath: eventsPath, From: fromT, To: toT, OpenStore: sf.open,
+				DecisionsPath: decisionsPath, LabelsPath: labelsPath, Grace: grace, SkipInvalid: skipInvalid, JSON: asJSON,
+				Out: cmd.OutOrStdout(), Log: os.Stderr})
 		},
 	}
 	f := c.Flags()
@@ -409,92 +254,6 @@ events. The last line on stdout is a name=value summary.`,
 	f.DurationVar(&grace, "grace", evaluate.DefaultGrace, "--labels: a decision this long after an attack's end still counts for it")
 	f.BoolVar(&skipInvalid, "skip-invalid", false, "go on past lines that are not valid events (counted and reported)")
 	return c
-}
-
-// countingReader counts the bytes read (read on the decoding goroutine,
-// shown by the progress bar on another).
-type countingReader struct {
-	r io.Reader
-	n atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func (c *countingReader) Load() int64 { return c.n.Load() }
-
-// scoredSource shows every event of src to the label scorer.
-type scoredSource struct {
-	src    detect.EventSource
-	scorer *evaluate.Scorer
-}
-
-func (s scoredSource) Next() (event.Event, error) {
-	e, err := s.src.Next()
-	if err == nil {
-		s.scorer.Event(&e)
-	}
-	return e, err
-}
-
-// progressBar draws a bar on a terminal and plain lines elsewhere, on
-// stderr, at most every 200 ms (terminal) or 2 s.
-type progressBar struct {
-	name  string
-	total int64
-	tty   bool
-	start time.Time
-	last  time.Time
-}
-
-func newProgressBar(name string, total int64) *progressBar {
-	tty := false
-	if st, err := os.Stderr.Stat(); err == nil {
-		tty = st.Mode()&os.ModeCharDevice != 0
-	}
-	return &progressBar{name: name, total: total, tty: tty, start: time.Now(), last: time.Now()}
-}
-
-func (p *progressBar) update(bytes, events int64, at time.Time) {
-	every := 2 * time.Second
-	if p.tty {
-		every = 200 * time.Millisecond
-	}
-	if time.Since(p.last) < every {
-		return
-	}
-	p.last = time.Now()
-	p.draw(bytes, events, at, false)
-}
-
-func (p *progressBar) done(bytes, events int64, at time.Time) { p.draw(bytes, events, at, true) }
-
-func (p *progressBar) draw(bytes, events int64, at time.Time, final bool) {
-	rate := float64(events) / max(time.Since(p.start).Seconds(), 1e-9)
-	stamp := ""
-	if !at.IsZero() {
-		stamp = " at " + at.UTC().Format(time.RFC3339)
-	}
-	if !p.tty {
-		if !final {
-			fmt.Fprintf(os.Stderr, "%s: %d events (%.0f/s)%s\n", p.name, events, rate, stamp)
-		}
-		return
-	}
-	bar := ""
-	if p.total > 0 {
-		const width = 30
-		frac := min(float64(bytes)/float64(p.total), 1)
-		fill := int(frac * width)
-		bar = fmt.Sprintf("[%s%s] %3.0f%% ", strings.Repeat("=", fill), strings.Repeat(" ", width-fill), frac*100)
-	}
-	fmt.Fprintf(os.Stderr, "\r%s: %s%d events (%.0f/s)%s\033[K", p.name, bar, events, rate, stamp)
-	if final {
-		fmt.Fprintln(os.Stderr)
-	}
 }
 
 // benchDetectCmd is `keymeter bench detect`.
