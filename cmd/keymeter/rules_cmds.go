@@ -6,16 +6,14 @@ import (
 	"os"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keymeter/keymeter/internal/backtest"
+	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/evaluate"
-	"github.com/keymeter/keymeter/internal/event"
-	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/rules"
 )
 
@@ -299,7 +297,8 @@ over the rules.`,
 			if mature {
 				cfg.Profiles = detect.ProfileConfig{Maturity: time.Second, Seasonal: time.Second, NoveltyGrace: time.Second}
 			}
-			return runBenchDetect(set, cfg, events, keys, max(workers, 1), batch)
+			return bench.RunDetect(cmd.Context(), bench.DetectConfig{Rules: set, Detect: cfg, Events: events, Keys: keys, Workers: workers, Batch: batch,
+				Output: bench.Output{Out: os.Stdout, Progress: os.Stderr}})
 		},
 	}
 	f := c.Flags()
@@ -310,118 +309,4 @@ over the rules.`,
 	f.IntVar(&batch, "batch", 4096, "events per batch")
 	f.BoolVar(&mature, "mature-profiles", false, "treat every key's profile as mature from its first second, so profile-guarded rules evaluate their whole conditions as in steady state (the synthetic history covers seconds)")
 	return c
-}
-
-type decisionCounter struct{ n int64 }
-
-func (d *decisionCounter) Decide(*keymeterv1.Decision) { d.n++ }
-
-func runBenchDetect(set *detect.RuleSet, cfg detect.Config, total, keys, workers, per int) error {
-	sink := &decisionCounter{}
-	fmt.Fprintf(os.Stderr, "bench detect: %d rules, %d events over %d keys, %d worker(s)\n", set.Len(), total, keys, workers)
-	synth := detect.NewSynth(keys, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Microsecond, 1)
-	// The engines take batches from a small pool that a generator goroutine
-	// refills; with several workers each engine may run a few batches ahead.
-	var submit func(evs []event.Event, done func())
-	var stats func() detect.Stats
-	var flush func()
-	if workers == 1 {
-		cfg.Sink = sink
-		e, err := detect.New(cfg, set)
-		if err != nil {
-			return err
-		}
-		submit = func(evs []event.Event, done func()) { e.ProcessBatch(evs); done() }
-		stats, flush = e.Stats, e.Flush
-	} else {
-		cfg.Sink = sink
-		p, err := detect.NewParallel(cfg, set, workers)
-		if err != nil {
-			return err
-		}
-		defer p.Close()
-		submit, stats, flush = p.Submit, p.Stats, p.Flush
-	}
-	// What generating costs, measured alone so it can be left out of the
-	// per-CPU-second figure.
-	genPerEvent := func() float64 {
-		cal := detect.NewSynth(min(keys, 100_000), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Microsecond, 2)
-		b := make([]event.Event, per)
-		n := 0
-		c0 := cpuSeconds()
-		for n < 200_000 {
-			cal.Fill(b)
-			n += len(b)
-		}
-		return (cpuSeconds() - c0) / float64(n)
-	}()
-	const pool = 8
-	free := make(chan []event.Event, pool)
-	for i := 0; i < pool; i++ {
-		free <- make([]event.Event, per)
-	}
-	ready := make(chan []event.Event, pool)
-	go func() {
-		for left := total; left > 0; {
-			b := <-free
-			n := min(per, left)
-			synth.Fill(b[:n])
-			ready <- b[:n]
-			left -= n
-		}
-		close(ready)
-	}()
-	done := 0
-	cpu0 := cpuSeconds()
-	start := time.Now()
-	lastTick := start
-	for b := range ready {
-		submit(b, func() { free <- b[:cap(b)] })
-		done += len(b)
-		if time.Since(lastTick) >= time.Second {
-			lastTick = time.Now()
-			fmt.Fprintf(os.Stderr, "bench detect: %d/%d events, %.0f events/s\n", done, total, float64(done)/time.Since(start).Seconds())
-		}
-	}
-	for i := 0; i < pool; i++ { // every batch back: all processed
-		<-free
-	}
-	wall := time.Since(start)
-	cpu := cpuSeconds() - cpu0
-	flush()
-	st := stats()
-	groups, maxGroups := 0, 0
-	for _, r := range st.Rules {
-		groups += r.Groups
-		maxGroups = max(maxGroups, r.Groups)
-	}
-	runtime.GC()
-	var s summary
-	s.add("bench", "detect")
-	s.add("events", total)
-	s.add("events_per_s", fmt.Sprintf("%.0f", float64(total)/wall.Seconds()))
-	// CPU time without generating the events: on a shared machine the
-	// figure that does not depend on what else runs.
-	genCPU := genPerEvent * float64(total)
-	s.add("events_per_cpu_s", fmt.Sprintf("%.0f", float64(total)/max(cpu-genCPU, 1e-9)))
-	s.add("gen_cpu_s", fmt.Sprintf("%.2f", genCPU))
-	s.add("rules", set.Len())
-	s.add("workers", workers)
-	s.add("keys", keys)
-	s.add("groups", groups)
-	s.add("max_groups_per_rule", maxGroups)
-	s.add("decisions", sink.n)
-	s.add("rss_mb", fmt.Sprintf("%.0f", rssMB()))
-	s.print()
-	return nil
-}
-
-// cpuSeconds is the process's user and system CPU time so far.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
-	return tv(ru.Utime) + tv(ru.Stime)
 }
