@@ -214,7 +214,7 @@ func (d *devRun) startBack(ctx context.Context, eg *errgroup.Group) error {
 		return err
 	}
 	keysFile := filepath.Join(d.dataDir, "demo-keys.csv")
-	previous, _ := readKeysFile(keysFile) // none on a first start
+	previous, _ := loadgen.ReadKeysFile(keysFile) // none on a first start
 	if d.demo, err = demo.Keys(ctx, demo.KeysConfig{KeyLog: d.b, Table: d.table, File: keysFile, Previous: previous, N: d.o.demoKeys, Logger: d.log}); err != nil {
 		return err
 	}

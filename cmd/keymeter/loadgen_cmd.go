@@ -1,20 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"maps"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/keymeter/keymeter/internal/evaluate"
-	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/loadgen"
 )
 
@@ -59,7 +53,6 @@ timing and attacks are drawn from --seed.`,
   keymeter loadgen --out events.ndjson --synthetic-keys 50 --scenario normal,anon-burst,leaked-key --duration 10m --seed 42
   keymeter loadgen --eval --days 3 --seed 7 --out eval.ndjson --labels-out labels.ndjson`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
 			if eval {
 				if out == "" || labelsOut == "" {
 					return fmt.Errorf("--eval needs --out (events) and --labels-out (labels)")
@@ -73,15 +66,15 @@ timing and attacks are drawn from --seed.`,
 				}
 				ecfg.Seed = cfg.Seed
 				ecfg.Duration = time.Duration(days * float64(24*time.Hour))
-				return writeEvalSet(ecfg, out, labelsOut, keysOut)
+				return loadgen.WriteEvalSet(ecfg, loadgen.EvalFiles{Events: out, Labels: labelsOut, Keys: keysOut}, os.Stdout, os.Stderr)
 			}
 			if (target == "") == (out == "") {
 				return fmt.Errorf("give exactly one of --target (send HTTP requests) or --out (write NDJSON events)")
 			}
 			if keysFile != "" {
-				ks, err := readKeysFile(keysFile)
+				ks, err := loadgen.ReadKeysFile(keysFile)
 				if err != nil {
-					return err
+					return fmt.Errorf("--keys-file: %w", err)
 				}
 				cfg.Keys = ks
 			}
@@ -107,22 +100,9 @@ timing and attacks are drawn from --seed.`,
 						return fmt.Errorf("--start %q: want RFC 3339", start)
 					}
 				}
-				f, err := os.Create(out)
-				if err != nil {
-					return err
-				}
-				w := bufio.NewWriterSize(f, 1<<20)
-				if err := loadgen.WriteNDJSON(w, reqs, cfg.Seed, t0); err != nil {
-					f.Close()
-					return err
-				}
-				if err := w.Flush(); err != nil {
-					f.Close()
-					return err
-				}
-				return f.Close()
+				return loadgen.WriteNDJSONFile(out, reqs, cfg.Seed, t0)
 			}
-			ctx, cancel := context.WithTimeout(ctx, cfg.Duration+30*time.Second)
+			ctx, cancel := context.WithTimeout(cmd.Context(), cfg.Duration+30*time.Second)
 			defer cancel()
 			st, err := loadgen.SendHTTP(ctx, loadgen.HTTPConfig{Target: target, CountryHeader: countryHeader, Workers: workers}, reqs)
 			fmt.Println("loadgen " + st.String())
@@ -152,96 +132,4 @@ timing and attacks are drawn from --seed.`,
 	f.StringVar(&labelsOut, "labels-out", "", "--eval: NDJSON file of attack labels")
 	f.StringVar(&keysOut, "keys-out", "", "--eval: NDJSON file of the keys with their kinds")
 	return c
-}
-
-func readKeysFile(path string) ([]loadgen.Key, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("--keys-file: %w", err)
-	}
-	var out []loadgen.Key
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		parts := strings.Split(line, ",")
-		if len(parts) != 3 {
-			return nil, fmt.Errorf("%s:%d: want key_id,project,secret", path, i+1)
-		}
-		out = append(out, loadgen.Key{ID: parts[0], Project: parts[1], Secret: parts[2]})
-	}
-	return out, nil
-}
-
-func writeEvalSet(cfg loadgen.EvalConfig, out, labelsOut, keysOut string) error {
-	began := time.Now()
-	f, err := os.Create(out)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	w := bufio.NewWriterSize(f, 1<<20)
-	var buf []byte
-	var n int64
-	set, err := loadgen.GenerateEval(cfg, func(e *event.Event) error {
-		buf = append(e.AppendJSON(buf[:0]), '\n')
-		n++
-		if n%1_000_000 == 0 {
-			fmt.Fprintf(os.Stderr, "loadgen: %d events, at %s\n", n, e.Time.Format(time.RFC3339))
-		}
-		_, err := w.Write(buf)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	lf, err := os.Create(labelsOut)
-	if err != nil {
-		return err
-	}
-	if err := evaluate.WriteLabels(lf, set.Labels); err != nil {
-		lf.Close()
-		return err
-	}
-	if err := lf.Close(); err != nil {
-		return err
-	}
-	kinds := map[string]int{}
-	for _, k := range set.Keys {
-		kinds[k.Persona]++
-	}
-	if keysOut != "" {
-		kf, err := os.Create(keysOut)
-		if err != nil {
-			return err
-		}
-		enc := json.NewEncoder(kf)
-		for _, k := range set.Keys {
-			if err := enc.Encode(k); err != nil {
-				kf.Close()
-				return err
-			}
-		}
-		if err := kf.Close(); err != nil {
-			return err
-		}
-	}
-	var pops []string
-	for _, p := range slices.Sorted(maps.Keys(kinds)) {
-		pops = append(pops, fmt.Sprintf("%s=%d", p, kinds[p]))
-	}
-	fmt.Fprintf(os.Stderr, "loadgen: keys %s\n", strings.Join(pops, " "))
-	for _, l := range set.Labels {
-		fmt.Fprintf(os.Stderr, "loadgen: %-26s %s..%s %-8s %s (%s)\n", l.ID, l.Start.Format("01-02T15:04:05"), l.End.Format("15:04:05"), l.IntendedAction, l.Group, l.Note)
-	}
-	fmt.Printf("loadgen=eval seed=%d start=%s end=%s events=%d benign_events=%d keys=%d labels=%d seconds=%.1f\n",
-		cfg.Seed, set.Start.Format(time.RFC3339), set.End.Format(time.RFC3339), set.Events, set.Benign, len(set.Keys), len(set.Labels), time.Since(began).Seconds())
-	return nil
 }
