@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/keymeter/keymeter/internal/backtest"
 	"github.com/keymeter/keymeter/internal/bench"
@@ -154,25 +155,28 @@ expected and did not happen, "+" lines happened and were not expected.`,
 	return c
 }
 
+// backtestFlags are the flags of `keymeter rules backtest`.
+type backtestFlags struct {
+	rulesPaths    []string
+	eventsPath    string
+	from, to      string
+	decisionsPath string
+	allowKeys     []string
+	allowCIDRs    []string
+	maxRevokes    int
+	bt            struct {
+		maxGlobal                         int
+		warmup, maturity, seasonal, grace time.Duration
+	}
+	asJSON      bool
+	sf          storeFlags
+	labelsPath  string
+	grace       time.Duration
+	skipInvalid bool
+}
+
 func newRulesBacktestCmd(g *globals) *cobra.Command {
-	var (
-		rulesPaths    []string
-		eventsPath    string
-		from, to      string
-		decisionsPath string
-		allowKeys     []string
-		allowCIDRs    []string
-		maxRevokes    int
-		bt            struct {
-			maxGlobal                         int
-			warmup, maturity, seasonal, grace time.Duration
-		}
-		asJSON      bool
-		sf          storeFlags
-		labelsPath  string
-		grace       time.Duration
-		skipInvalid bool
-	)
+	o := &backtestFlags{}
 	c := &cobra.Command{
 		Use:   "backtest --rules DIR (--events FILE.ndjson | --from T --to T)",
 		Short: "Replay events through the rules in event time and report what would have fired",
@@ -203,55 +207,61 @@ events. The last line on stdout is a name=value summary.`,
   keymeter rules backtest --rules rules/ --from 2026-11-24T00:00:00Z --to 2026-11-25T00:00:00Z --data-dir data   # stored history
   keymeter rules backtest --rules rules/ --events eval.ndjson --labels labels.ndjson`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var fromT, toT time.Time
-			var err error
-			if from != "" {
-				if fromT, err = time.Parse(time.RFC3339Nano, from); err != nil {
-					return fmt.Errorf("--from %q: want RFC 3339, e.g. 2026-03-01T00:00:00Z", from)
-				}
-			}
-			if to != "" {
-				if toT, err = time.Parse(time.RFC3339Nano, to); err != nil {
-					return fmt.Errorf("--to %q: want RFC 3339, e.g. 2026-03-02T00:00:00Z", to)
-				}
-			}
-			set, err := rules.Resolve(rulesPaths).Load(detect.CompileOptions{})
-			if err != nil {
-				for _, e := range flatten(err) {
-					fmt.Fprintln(os.Stderr, e)
-				}
-				return errFailed
-			}
-			return backtest.Run(cmd.Context(), backtest.Config{Rules: set,
-				Detect: detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes,
-					MaxRevocationsGlobal: bt.maxGlobal, Warmup: bt.warmup,
-					Profiles: detect.ProfileConfig{Maturity: bt.maturity, Seasonal: bt.seasonal, NoveltyGrace: bt.grace}, Logger: g.Logger()},
-				EventsPath: eventsPath, From: fromT, To: toT, OpenStore: sf.open,
-				DecisionsPath: decisionsPath, LabelsPath: labelsPath, Grace: grace, SkipInvalid: skipInvalid, JSON: asJSON,
-				Out: cmd.OutOrStdout(), Log: os.Stderr})
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd, g) },
 	}
-	f := c.Flags()
-	f.StringSliceVar(&rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
-	f.StringVar(&eventsPath, "events", "", "NDJSON file of events in time order (- for stdin); empty: stored history of --from..--to")
-	sf.add(f)
-	f.StringVar(&from, "from", "", "skip events before this time (RFC 3339)")
-	f.StringVar(&to, "to", "", "stop at events from this time on (RFC 3339)")
-	f.StringVar(&decisionsPath, "decisions", "", "write every decision to this NDJSON file")
-	f.StringSliceVar(&allowKeys, "allow-key", nil, "allowlisted key id (repeatable)")
-	f.StringSliceVar(&allowCIDRs, "allow-cidr", nil, "allowlisted client network (repeatable)")
-	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule: distinct keys suspended or revoked per hour (negative: off)")
-	f.IntVar(&bt.maxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
-	f.DurationVar(&bt.warmup, "warmup", 0, "learn profiles and windows from the first DURATION of the history before decisions count (keys are judged only once their own profile is mature either way)")
-	f.DurationVar(&bt.maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
-	f.DurationVar(&bt.seasonal, "profile-seasonal", 0, "history a key needs before volume rules compare it with its usual hour of the day (0: 24h)")
-	f.DurationVar(&bt.grace, "profile-novelty-grace", 0, "how long a country, ASN or network stays new after it was first seen (0: 1h)")
-	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
-	f.StringVar(&labelsPath, "labels", "", "NDJSON file of labelled attacks to score the decisions against")
-	f.DurationVar(&grace, "grace", evaluate.DefaultGrace, "--labels: a decision this long after an attack's end still counts for it")
-	f.BoolVar(&skipInvalid, "skip-invalid", false, "go on past lines that are not valid events (counted and reported)")
+	o.add(c.Flags())
 	return c
+}
+
+func (o *backtestFlags) add(f *pflag.FlagSet) {
+	f.StringSliceVar(&o.rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
+	f.StringVar(&o.eventsPath, "events", "", "NDJSON file of events in time order (- for stdin); empty: stored history of --from..--to")
+	o.sf.add(f)
+	f.StringVar(&o.from, "from", "", "skip events before this time (RFC 3339)")
+	f.StringVar(&o.to, "to", "", "stop at events from this time on (RFC 3339)")
+	f.StringVar(&o.decisionsPath, "decisions", "", "write every decision to this NDJSON file")
+	f.StringSliceVar(&o.allowKeys, "allow-key", nil, "allowlisted key id (repeatable)")
+	f.StringSliceVar(&o.allowCIDRs, "allow-cidr", nil, "allowlisted client network (repeatable)")
+	f.IntVar(&o.maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule: distinct keys suspended or revoked per hour (negative: off)")
+	f.IntVar(&o.bt.maxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
+	f.DurationVar(&o.bt.warmup, "warmup", 0, "learn profiles and windows from the first DURATION of the history before decisions count (keys are judged only once their own profile is mature either way)")
+	f.DurationVar(&o.bt.maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
+	f.DurationVar(&o.bt.seasonal, "profile-seasonal", 0, "history a key needs before volume rules compare it with its usual hour of the day (0: 24h)")
+	f.DurationVar(&o.bt.grace, "profile-novelty-grace", 0, "how long a country, ASN or network stays new after it was first seen (0: 1h)")
+	f.BoolVar(&o.asJSON, "json", false, "print the report as JSON")
+	f.StringVar(&o.labelsPath, "labels", "", "NDJSON file of labelled attacks to score the decisions against")
+	f.DurationVar(&o.grace, "grace", evaluate.DefaultGrace, "--labels: a decision this long after an attack's end still counts for it")
+	f.BoolVar(&o.skipInvalid, "skip-invalid", false, "go on past lines that are not valid events (counted and reported)")
+}
+
+// run parses the times, loads the rules and runs the backtest.
+func (o *backtestFlags) run(cmd *cobra.Command, g *globals) error {
+	var fromT, toT time.Time
+	var err error
+	if o.from != "" {
+		if fromT, err = time.Parse(time.RFC3339Nano, o.from); err != nil {
+			return fmt.Errorf("--from %q: want RFC 3339, e.g. 2026-03-01T00:00:00Z", o.from)
+		}
+	}
+	if o.to != "" {
+		if toT, err = time.Parse(time.RFC3339Nano, o.to); err != nil {
+			return fmt.Errorf("--to %q: want RFC 3339, e.g. 2026-03-02T00:00:00Z", o.to)
+		}
+	}
+	set, err := rules.Resolve(o.rulesPaths).Load(detect.CompileOptions{})
+	if err != nil {
+		for _, e := range flatten(err) {
+			fmt.Fprintln(os.Stderr, e)
+		}
+		return errFailed
+	}
+	return backtest.Run(cmd.Context(), backtest.Config{Rules: set,
+		Detect: detect.Config{Allowlist: detect.Allowlist{Keys: o.allowKeys, CIDRs: o.allowCIDRs}, MaxRevocationsPerHour: o.maxRevokes,
+			MaxRevocationsGlobal: o.bt.maxGlobal, Warmup: o.bt.warmup,
+			Profiles: detect.ProfileConfig{Maturity: o.bt.maturity, Seasonal: o.bt.seasonal, NoveltyGrace: o.bt.grace}, Logger: g.Logger()},
+		EventsPath: o.eventsPath, From: fromT, To: toT, OpenStore: o.sf.open,
+		DecisionsPath: o.decisionsPath, LabelsPath: o.labelsPath, Grace: o.grace, SkipInvalid: o.skipInvalid, JSON: o.asJSON,
+		Out: cmd.OutOrStdout(), Log: os.Stderr})
 }
 
 // benchDetectCmd is `keymeter bench detect`.
