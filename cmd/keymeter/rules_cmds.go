@@ -48,46 +48,12 @@ path and which through the CEL interpreter. Exits non-zero on any problem.`,
 		Example: "  keymeter rules lint rules/\n  keymeter rules lint rules/geography-shift.yaml",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			files, err := detect.RuleFiles(args...)
+			res, err := detect.Lint(cmd.OutOrStdout(), costLimit, args...)
 			if err != nil {
 				return err
 			}
-			if len(files) == 0 {
-				return fmt.Errorf("no rule files (*.yaml, *.yml) under %s", strings.Join(args, ", "))
-			}
-			out := cmd.OutOrStdout()
-			problems := 0
-			report := func(err error) {
-				for _, e := range flatten(err) {
-					fmt.Fprintln(out, e)
-					problems++
-				}
-			}
-			for _, f := range files {
-				report(detect.ValidateSchemaFile(f))
-			}
-			rules, err := detect.ParsePaths(args...)
-			if err != nil {
-				report(err)
-			}
-			var set *detect.RuleSet
-			if rules != nil {
-				set, err = detect.Compile(rules, detect.CompileOptions{CostLimit: costLimit})
-				report(err)
-			}
-			if set != nil && problems == 0 {
-				native, cost := set.Native(), set.MaxCost()
-				for _, r := range set.Rules() {
-					path := "native"
-					if in := native[r.ID]; len(in) > 0 {
-						path = "interpreted: " + strings.Join(in, ", ")
-					}
-					fmt.Fprintf(out, "ok  %-28s v%-3d %-8s %s:%d  cost<=%d  %s  tests=%d\n",
-						r.ID, r.Version, r.Mode, r.File, r.Line, cost[r.ID], path, len(r.Tests))
-				}
-			}
-			if problems > 0 {
-				return fmt.Errorf("rules lint: %d problem(s) in %d file(s)", problems, len(files))
+			if res.Problems > 0 {
+				return fmt.Errorf("rules lint: %d problem(s) in %d file(s)", res.Problems, res.Files)
 			}
 			return nil
 		},
@@ -97,19 +63,7 @@ path and which through the CEL interpreter. Exits non-zero on any problem.`,
 }
 
 // flatten splits an errors.Join tree into its leaves.
-func flatten(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
-}
+func flatten(err error) []error { return detect.FlattenErrors(err) }
 
 func newRulesTestCmd(g *globals) *cobra.Command {
 	var (
