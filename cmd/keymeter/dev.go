@@ -21,7 +21,6 @@ import (
 	"github.com/keymeter/keymeter/internal/api"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
-	"github.com/keymeter/keymeter/internal/ctxtime"
 	"github.com/keymeter/keymeter/internal/demo"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/loadgen"
@@ -360,19 +359,8 @@ func (d *devRun) drain(ctx context.Context, limit time.Duration) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	for {
-		lag, err := d.b.Lag(ctx, "aggregator")
-		var total uint64
-		for _, n := range lag {
-			total += n
-		}
-		if err == nil && total == 0 {
-			return
-		}
-		if ctxtime.Sleep(ctx, 100*time.Millisecond) != nil {
-			d.log.Warn("dev: stopping with events not yet stored (they are stored at the next start)", "lag_batches", total, "err", err)
-			return
-		}
+	if total, err := bus.WaitDrained(ctx, d.b, "aggregator", 100*time.Millisecond); total != 0 || err != nil {
+		d.log.Warn("dev: stopping with events not yet stored (they are stored at the next start)", "lag_batches", total, "err", err)
 	}
 }
 
