@@ -131,14 +131,16 @@ func Diff(cfg DiffConfig) error {
 	return writeDiff(cfg.Out, sides[0], sides[1], cfg.Limit)
 }
 
-func writeDiff(w io.Writer, old, nw *diffSide, limit int) error {
-	type row struct {
-		key   string
-		o, n  int
-		first time.Time
-	}
-	var rows []row
-	onlyOld, onlyNew, changed := 0, 0, 0
+// diffRow is a group, mode and action whose number of decisions changed.
+type diffRow struct {
+	key   string
+	o, n  int
+	first time.Time
+}
+
+// changedRows are the rows whose counts differ, largest change first, with
+// how many exist only under the old set, only under the new, or in both.
+func changedRows(old, nw *diffSide) (rows []diffRow, onlyOld, onlyNew, changed int) {
 	keys := map[string]bool{}
 	for k := range old.byKey {
 		keys[k] = true
@@ -151,7 +153,7 @@ func writeDiff(w io.Writer, old, nw *diffSide, limit int) error {
 		if o == n {
 			continue
 		}
-		r := row{key: k, o: o, n: n}
+		r := diffRow{key: k, o: o, n: n}
 		switch {
 		case n == 0:
 			onlyOld++
@@ -175,6 +177,11 @@ func writeDiff(w io.Writer, old, nw *diffSide, limit int) error {
 		}
 		return rows[i].key < rows[j].key
 	})
+	return rows, onlyOld, onlyNew, changed
+}
+
+func writeDiff(w io.Writer, old, nw *diffSide, limit int) error {
+	rows, onlyOld, onlyNew, changed := changedRows(old, nw)
 	fmt.Fprintf(w, "%-44s %-18s %7s %7s  %s\n", "GROUP", "MODE/ACTION", "OLD", "NEW", "FIRST")
 	for i, r := range rows {
 		if i == limit {
