@@ -37,8 +37,7 @@ func benchPrefix(name string) string {
 }
 
 // The names below are for the benchmarks still written in their command
-// files (bench detect in rules_cmds.go, bench revocation and proxy in
-// verifier_cmds.go); they go when those move to internal/bench.
+// files (bench revocation and proxy in verifier_cmds.go); they go when those move to internal/bench.
 
 type summary struct{ bench.Summary }
 

@@ -1,41 +1,38 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"maps"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/keymeter/keymeter/internal/evaluate"
-	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/loadgen"
 )
 
 func init() { register(newLoadgenCmd) }
 
+// loadgenFlags are the flags of `keymeter loadgen`.
+type loadgenFlags struct {
+	cfg           loadgen.Config
+	target        string
+	out           string
+	keysFile      string
+	synthetic     int
+	countryHeader string
+	workers       int
+	start         string
+	eval          bool
+	ecfg          loadgen.EvalConfig
+	days          float64
+	labelsOut     string
+	keysOut       string
+}
+
 func newLoadgenCmd(g *globals) *cobra.Command {
-	var (
-		cfg           loadgen.Config
-		target        string
-		out           string
-		keysFile      string
-		synthetic     int
-		countryHeader string
-		workers       int
-		start         string
-		eval          bool
-		ecfg          loadgen.EvalConfig
-		days          float64
-		labelsOut     string
-		keysOut       string
-	)
+	o := &loadgenFlags{}
 	c := &cobra.Command{
 		Use:   "loadgen",
 		Short: "Generate normal traffic and attacks against a verifier, or as an NDJSON file of events",
@@ -58,190 +55,92 @@ timing and attacks are drawn from --seed.`,
 		Example: `  keymeter loadgen --target http://127.0.0.1:8080 --keys-file data/demo-keys.csv --scenario normal,geo-shift --rate 200 --duration 1m
   keymeter loadgen --out events.ndjson --synthetic-keys 50 --scenario normal,anon-burst,leaked-key --duration 10m --seed 42
   keymeter loadgen --eval --days 3 --seed 7 --out eval.ndjson --labels-out labels.ndjson`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			if eval {
-				if out == "" || labelsOut == "" {
-					return fmt.Errorf("--eval needs --out (events) and --labels-out (labels)")
-				}
-				if start != "" {
-					t, err := time.Parse(time.RFC3339, start)
-					if err != nil {
-						return fmt.Errorf("--start %q: want RFC 3339", start)
-					}
-					ecfg.Start = t
-				}
-				ecfg.Seed = cfg.Seed
-				ecfg.Duration = time.Duration(days * float64(24*time.Hour))
-				return writeEvalSet(ecfg, out, labelsOut, keysOut)
-			}
-			if (target == "") == (out == "") {
-				return fmt.Errorf("give exactly one of --target (send HTTP requests) or --out (write NDJSON events)")
-			}
-			if keysFile != "" {
-				ks, err := readKeysFile(keysFile)
-				if err != nil {
-					return err
-				}
-				cfg.Keys = ks
-			}
-			for i := range synthetic {
-				cfg.Keys = append(cfg.Keys, loadgen.Key{ID: fmt.Sprintf("key_synthetic_%04d", i), Project: "proj_synthetic"})
-			}
-			if target != "" {
-				for _, k := range cfg.Keys {
-					if k.Secret == "" {
-						return fmt.Errorf("--target needs keys with secrets (--keys-file); --synthetic-keys are for --out only")
-					}
-				}
-			}
-			reqs, err := loadgen.Generate(cfg)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(os.Stderr, "loadgen: %d requests over %s (scenarios %s, seed %d)\n", len(reqs), cfg.Duration, strings.Join(cfg.Scenarios, ","), cfg.Seed)
-			if out != "" {
-				t0 := time.Now().UTC().Truncate(time.Second)
-				if start != "" {
-					if t0, err = time.Parse(time.RFC3339, start); err != nil {
-						return fmt.Errorf("--start %q: want RFC 3339", start)
-					}
-				}
-				f, err := os.Create(out)
-				if err != nil {
-					return err
-				}
-				w := bufio.NewWriterSize(f, 1<<20)
-				if err := loadgen.WriteNDJSON(w, reqs, cfg.Seed, t0); err != nil {
-					f.Close()
-					return err
-				}
-				if err := w.Flush(); err != nil {
-					f.Close()
-					return err
-				}
-				return f.Close()
-			}
-			ctx, cancel := context.WithTimeout(ctx, cfg.Duration+30*time.Second)
-			defer cancel()
-			st, err := loadgen.SendHTTP(ctx, loadgen.HTTPConfig{Target: target, CountryHeader: countryHeader, Workers: workers}, reqs)
-			fmt.Println("loadgen " + st.String())
-			return err
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
 	f := c.Flags()
-	f.StringSliceVar(&cfg.Scenarios, "scenario", []string{"normal"}, "scenarios to mix: "+strings.Join(loadgen.Scenarios, ", "))
-	f.Float64Var(&cfg.Rate, "rate", 200, "normal requests per second")
-	f.DurationVar(&cfg.Duration, "duration", time.Minute, "how long the traffic lasts")
-	f.IntVar(&cfg.MaxRequests, "max-requests", 0, "bound on the total (default rate*duration*3+10000)")
-	f.Uint64Var(&cfg.Seed, "seed", 1, "random seed: the same seed gives the same traffic")
-	f.DurationVar(&cfg.AttackEvery, "attack-every", 20*time.Second, "start an attack this often")
-	f.DurationVar(&cfg.AttackAfter, "attack-after", 5*time.Second, "first attack after this long")
-	f.StringVar(&target, "target", "", "verifier base URL for HTTP mode")
-	f.StringVar(&out, "out", "", "NDJSON file of usage events to write instead of sending")
-	f.StringVar(&keysFile, "keys-file", "", "CSV lines key_id,project,secret")
-	f.IntVar(&synthetic, "synthetic-keys", 0, "invent this many key ids (NDJSON mode)")
-	f.StringVar(&countryHeader, "country-header", "CF-IPCountry", "header carrying the client's country")
-	f.IntVar(&workers, "workers", 32, "concurrent HTTP requests")
-	f.StringVar(&start, "start", "", "event time of the first event in NDJSON mode (default now; --eval: a minute of November 2026 drawn from --seed)")
-	f.BoolVar(&eval, "eval", false, "write a labelled evaluation set (--out, --labels-out)")
-	f.Float64Var(&days, "days", 3, "--eval: days of traffic")
-	f.Float64Var(&ecfg.Scale, "scale", 1, "--eval: multiplies the benign populations")
-	f.IntVar(&ecfg.Attacks, "attacks", 0, "--eval: attacks per scenario (0: 1 or 2, from the seed)")
-	f.DurationVar(&ecfg.AttackAfter, "attack-after-eval", 0, "--eval: no attack before this much traffic (default 24h or a third of --days)")
-	f.StringVar(&labelsOut, "labels-out", "", "--eval: NDJSON file of attack labels")
-	f.StringVar(&keysOut, "keys-out", "", "--eval: NDJSON file of the keys with their kinds")
+	f.StringSliceVar(&o.cfg.Scenarios, "scenario", []string{"normal"}, "scenarios to mix: "+strings.Join(loadgen.Scenarios, ", "))
+	f.Float64Var(&o.cfg.Rate, "rate", 200, "normal requests per second")
+	f.DurationVar(&o.cfg.Duration, "duration", time.Minute, "how long the traffic lasts")
+	f.IntVar(&o.cfg.MaxRequests, "max-requests", 0, "bound on the total (default rate*duration*3+10000)")
+	f.Uint64Var(&o.cfg.Seed, "seed", 1, "random seed: the same seed gives the same traffic")
+	f.DurationVar(&o.cfg.AttackEvery, "attack-every", 20*time.Second, "start an attack this often")
+	f.DurationVar(&o.cfg.AttackAfter, "attack-after", 5*time.Second, "first attack after this long")
+	f.StringVar(&o.target, "target", "", "verifier base URL for HTTP mode")
+	f.StringVar(&o.out, "out", "", "NDJSON file of usage events to write instead of sending")
+	f.StringVar(&o.keysFile, "keys-file", "", "CSV lines key_id,project,secret")
+	f.IntVar(&o.synthetic, "synthetic-keys", 0, "invent this many key ids (NDJSON mode)")
+	f.StringVar(&o.countryHeader, "country-header", "CF-IPCountry", "header carrying the client's country")
+	f.IntVar(&o.workers, "workers", 32, "concurrent HTTP requests")
+	f.StringVar(&o.start, "start", "", "event time of the first event in NDJSON mode (default now; --eval: a minute of November 2026 drawn from --seed)")
+	f.BoolVar(&o.eval, "eval", false, "write a labelled evaluation set (--out, --labels-out)")
+	f.Float64Var(&o.days, "days", 3, "--eval: days of traffic")
+	f.Float64Var(&o.ecfg.Scale, "scale", 1, "--eval: multiplies the benign populations")
+	f.IntVar(&o.ecfg.Attacks, "attacks", 0, "--eval: attacks per scenario (0: 1 or 2, from the seed)")
+	f.DurationVar(&o.ecfg.AttackAfter, "attack-after-eval", 0, "--eval: no attack before this much traffic (default 24h or a third of --days)")
+	f.StringVar(&o.labelsOut, "labels-out", "", "--eval: NDJSON file of attack labels")
+	f.StringVar(&o.keysOut, "keys-out", "", "--eval: NDJSON file of the keys with their kinds")
 	return c
 }
 
-func readKeysFile(path string) ([]loadgen.Key, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("--keys-file: %w", err)
+// runEval writes a labelled evaluation set.
+func (o *loadgenFlags) runEval() error {
+	if o.out == "" || o.labelsOut == "" {
+		return fmt.Errorf("--eval needs --out (events) and --labels-out (labels)")
 	}
-	var out []loadgen.Key
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
+	if o.start != "" {
+		t, err := time.Parse(time.RFC3339, o.start)
+		if err != nil {
+			return fmt.Errorf("--start %q: want RFC 3339", o.start)
 		}
-		parts := strings.Split(line, ",")
-		if len(parts) != 3 {
-			return nil, fmt.Errorf("%s:%d: want key_id,project,secret", path, i+1)
-		}
-		out = append(out, loadgen.Key{ID: parts[0], Project: parts[1], Secret: parts[2]})
+		o.ecfg.Start = t
 	}
-	return out, nil
+	o.ecfg.Seed = o.cfg.Seed
+	o.ecfg.Duration = time.Duration(o.days * float64(24*time.Hour))
+	return loadgen.WriteEvalSet(o.ecfg, loadgen.EvalFiles{Events: o.out, Labels: o.labelsOut, Keys: o.keysOut}, os.Stdout, os.Stderr)
 }
 
-func writeEvalSet(cfg loadgen.EvalConfig, out, labelsOut, keysOut string) error {
-	began := time.Now()
-	f, err := os.Create(out)
-	if err != nil {
-		return err
+// run generates the traffic and sends it or writes it.
+func (o *loadgenFlags) run(ctx context.Context) error {
+	if o.eval {
+		return o.runEval()
 	}
-	defer f.Close()
-	w := bufio.NewWriterSize(f, 1<<20)
-	var buf []byte
-	var n int64
-	set, err := loadgen.GenerateEval(cfg, func(e *event.Event) error {
-		buf = append(e.AppendJSON(buf[:0]), '\n')
-		n++
-		if n%1_000_000 == 0 {
-			fmt.Fprintf(os.Stderr, "loadgen: %d events, at %s\n", n, e.Time.Format(time.RFC3339))
-		}
-		_, err := w.Write(buf)
-		return err
-	})
-	if err != nil {
-		return err
+	if (o.target == "") == (o.out == "") {
+		return fmt.Errorf("give exactly one of --target (send HTTP requests) or --out (write NDJSON events)")
 	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	lf, err := os.Create(labelsOut)
-	if err != nil {
-		return err
-	}
-	if err := evaluate.WriteLabels(lf, set.Labels); err != nil {
-		lf.Close()
-		return err
-	}
-	if err := lf.Close(); err != nil {
-		return err
-	}
-	kinds := map[string]int{}
-	for _, k := range set.Keys {
-		kinds[k.Persona]++
-	}
-	if keysOut != "" {
-		kf, err := os.Create(keysOut)
+	if o.keysFile != "" {
+		ks, err := loadgen.ReadKeysFile(o.keysFile)
 		if err != nil {
-			return err
+			return fmt.Errorf("--keys-file: %w", err)
 		}
-		enc := json.NewEncoder(kf)
-		for _, k := range set.Keys {
-			if err := enc.Encode(k); err != nil {
-				kf.Close()
-				return err
+		o.cfg.Keys = ks
+	}
+	for i := range o.synthetic {
+		o.cfg.Keys = append(o.cfg.Keys, loadgen.Key{ID: fmt.Sprintf("key_synthetic_%04d", i), Project: "proj_synthetic"})
+	}
+	if o.target != "" {
+		for _, k := range o.cfg.Keys {
+			if k.Secret == "" {
+				return fmt.Errorf("--target needs keys with secrets (--keys-file); --synthetic-keys are for --out only")
 			}
 		}
-		if err := kf.Close(); err != nil {
-			return err
+	}
+	reqs, err := loadgen.Generate(o.cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "loadgen: %d requests over %s (scenarios %s, seed %d)\n", len(reqs), o.cfg.Duration, strings.Join(o.cfg.Scenarios, ","), o.cfg.Seed)
+	if o.out != "" {
+		t0 := time.Now().UTC().Truncate(time.Second)
+		if o.start != "" {
+			if t0, err = time.Parse(time.RFC3339, o.start); err != nil {
+				return fmt.Errorf("--start %q: want RFC 3339", o.start)
+			}
 		}
+		return loadgen.WriteNDJSONFile(o.out, reqs, o.cfg.Seed, t0)
 	}
-	var pops []string
-	for _, p := range slices.Sorted(maps.Keys(kinds)) {
-		pops = append(pops, fmt.Sprintf("%s=%d", p, kinds[p]))
-	}
-	fmt.Fprintf(os.Stderr, "loadgen: keys %s\n", strings.Join(pops, " "))
-	for _, l := range set.Labels {
-		fmt.Fprintf(os.Stderr, "loadgen: %-26s %s..%s %-8s %s (%s)\n", l.ID, l.Start.Format("01-02T15:04:05"), l.End.Format("15:04:05"), l.IntendedAction, l.Group, l.Note)
-	}
-	fmt.Printf("loadgen=eval seed=%d start=%s end=%s events=%d benign_events=%d keys=%d labels=%d seconds=%.1f\n",
-		cfg.Seed, set.Start.Format(time.RFC3339), set.End.Format(time.RFC3339), set.Events, set.Benign, len(set.Keys), len(set.Labels), time.Since(began).Seconds())
-	return nil
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.Duration+30*time.Second)
+	defer cancel()
+	st, err := loadgen.SendHTTP(ctx, loadgen.HTTPConfig{Target: o.target, CountryHeader: o.countryHeader, Workers: o.workers}, reqs)
+	fmt.Println("loadgen " + st.String())
+	return err
 }

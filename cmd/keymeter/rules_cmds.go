@@ -1,25 +1,20 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
+	"github.com/spf13/pflag"
 
+	"github.com/keymeter/keymeter/internal/backtest"
+	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/evaluate"
-	"github.com/keymeter/keymeter/internal/event"
-	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/rules"
 )
 
@@ -53,46 +48,12 @@ path and which through the CEL interpreter. Exits non-zero on any problem.`,
 		Example: "  keymeter rules lint rules/\n  keymeter rules lint rules/geography-shift.yaml",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			files, err := detect.RuleFiles(args...)
+			res, err := detect.Lint(cmd.OutOrStdout(), costLimit, args...)
 			if err != nil {
 				return err
 			}
-			if len(files) == 0 {
-				return fmt.Errorf("no rule files (*.yaml, *.yml) under %s", strings.Join(args, ", "))
-			}
-			out := cmd.OutOrStdout()
-			problems := 0
-			report := func(err error) {
-				for _, e := range flatten(err) {
-					fmt.Fprintln(out, e)
-					problems++
-				}
-			}
-			for _, f := range files {
-				report(detect.ValidateSchemaFile(f))
-			}
-			rules, err := detect.ParsePaths(args...)
-			if err != nil {
-				report(err)
-			}
-			var set *detect.RuleSet
-			if rules != nil {
-				set, err = detect.Compile(rules, detect.CompileOptions{CostLimit: costLimit})
-				report(err)
-			}
-			if set != nil && problems == 0 {
-				native, cost := set.Native(), set.MaxCost()
-				for _, r := range set.Rules() {
-					path := "native"
-					if in := native[r.ID]; len(in) > 0 {
-						path = "interpreted: " + strings.Join(in, ", ")
-					}
-					fmt.Fprintf(out, "ok  %-28s v%-3d %-8s %s:%d  cost<=%d  %s  tests=%d\n",
-						r.ID, r.Version, r.Mode, r.File, r.Line, cost[r.ID], path, len(r.Tests))
-				}
-			}
-			if problems > 0 {
-				return fmt.Errorf("rules lint: %d problem(s) in %d file(s)", problems, len(files))
+			if res.Problems > 0 {
+				return fmt.Errorf("rules lint: %d problem(s) in %d file(s)", res.Problems, res.Files)
 			}
 			return nil
 		},
@@ -102,19 +63,7 @@ path and which through the CEL interpreter. Exits non-zero on any problem.`,
 }
 
 // flatten splits an errors.Join tree into its leaves.
-func flatten(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
-}
+func flatten(err error) []error { return detect.FlattenErrors(err) }
 
 func newRulesTestCmd(g *globals) *cobra.Command {
 	var (
@@ -160,25 +109,28 @@ expected and did not happen, "+" lines happened and were not expected.`,
 	return c
 }
 
+// backtestFlags are the flags of `keymeter rules backtest`.
+type backtestFlags struct {
+	rulesPaths    []string
+	eventsPath    string
+	from, to      string
+	decisionsPath string
+	allowKeys     []string
+	allowCIDRs    []string
+	maxRevokes    int
+	bt            struct {
+		maxGlobal                         int
+		warmup, maturity, seasonal, grace time.Duration
+	}
+	asJSON      bool
+	sf          storeFlags
+	labelsPath  string
+	grace       time.Duration
+	skipInvalid bool
+}
+
 func newRulesBacktestCmd(g *globals) *cobra.Command {
-	var (
-		rulesPaths    []string
-		eventsPath    string
-		from, to      string
-		decisionsPath string
-		allowKeys     []string
-		allowCIDRs    []string
-		maxRevokes    int
-		bt            struct {
-			maxGlobal                         int
-			warmup, maturity, seasonal, grace time.Duration
-		}
-		asJSON      bool
-		sf          storeFlags
-		labelsPath  string
-		grace       time.Duration
-		skipInvalid bool
-	)
+	o := &backtestFlags{}
 	c := &cobra.Command{
 		Use:   "backtest --rules DIR (--events FILE.ndjson | --from T --to T)",
 		Short: "Replay events through the rules in event time and report what would have fired",
@@ -209,292 +161,61 @@ events. The last line on stdout is a name=value summary.`,
   keymeter rules backtest --rules rules/ --from 2026-11-24T00:00:00Z --to 2026-11-25T00:00:00Z --data-dir data   # stored history
   keymeter rules backtest --rules rules/ --events eval.ndjson --labels labels.ndjson`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			tuneGC()
-			var fromT, toT time.Time
-			var err error
-			if from != "" {
-				if fromT, err = time.Parse(time.RFC3339Nano, from); err != nil {
-					return fmt.Errorf("--from %q: want RFC 3339, e.g. 2026-03-01T00:00:00Z", from)
-				}
-			}
-			if to != "" {
-				if toT, err = time.Parse(time.RFC3339Nano, to); err != nil {
-					return fmt.Errorf("--to %q: want RFC 3339, e.g. 2026-03-02T00:00:00Z", to)
-				}
-			}
-			set, err := rules.Resolve(rulesPaths).Load(detect.CompileOptions{})
-			if err != nil {
-				for _, e := range flatten(err) {
-					fmt.Fprintln(os.Stderr, e)
-				}
-				return errFailed
-			}
-			cfg := detect.Config{Allowlist: detect.Allowlist{Keys: allowKeys, CIDRs: allowCIDRs}, MaxRevocationsPerHour: maxRevokes,
-				MaxRevocationsGlobal: bt.maxGlobal, Warmup: bt.warmup,
-				Profiles: detect.ProfileConfig{Maturity: bt.maturity, Seasonal: bt.seasonal, NoveltyGrace: bt.grace}, Logger: g.Logger()}
-			var scorer *evaluate.Scorer
-			if labelsPath != "" {
-				labels, err := evaluate.ReadLabelFile(labelsPath)
-				if err != nil {
-					return fmt.Errorf("--labels: %w", err)
-				}
-				if scorer, err = evaluate.NewScorer(labels, grace); err != nil {
-					return fmt.Errorf("--labels %s: %w", labelsPath, err)
-				}
-			}
-			var werr error
-			if decisionsPath != "" {
-				f, err := os.Create(decisionsPath)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				bw := bufio.NewWriter(f)
-				defer bw.Flush()
-				cfg.Sink = detect.SinkFunc(func(d *keymeterv1.Decision) {
-					if werr != nil {
-						return
-					}
-					js, err := protojson.Marshal(d)
-					if err == nil {
-						_, err = fmt.Fprintf(bw, "%s\n", js)
-					}
-					werr = err
-				})
-			}
-			if scorer != nil {
-				next := cfg.Sink
-				cfg.Sink = detect.SinkFunc(func(d *keymeterv1.Decision) {
-					scorer.Decide(d)
-					if next != nil {
-						next.Decide(d)
-					}
-				})
-			}
-			finish := func(rep *detect.BacktestReport, elapsed time.Duration, bad *badLines, name string) error {
-				out := cmd.OutOrStdout()
-				if asJSON {
-					enc := json.NewEncoder(out)
-					enc.SetIndent("", "  ")
-					if scorer == nil && (bad == nil || bad.n == 0) {
-						return enc.Encode(rep) // the report as before
-					}
-					v := map[string]any{"backtest": rep}
-					if scorer != nil {
-						v["labels"] = scorer.Result()
-					}
-					if bad != nil {
-						v["bad_lines"], v["bad_lines_by_field"] = bad.n, bad.byField
-					}
-					return enc.Encode(v)
-				}
-				if err := rep.WriteText(out); err != nil {
-					return err
-				}
-				if bad != nil {
-					bad.report(out, name)
-				}
-				sum := fmt.Sprintf("backtest events=%d events_per_s=%.0f", rep.Events, float64(rep.Events)/max(elapsed.Seconds(), 1e-9))
-				if bad != nil {
-					sum += fmt.Sprintf(" bad_lines=%d", bad.n)
-				}
-				if scorer != nil {
-					res := scorer.Result()
-					fmt.Fprintln(out)
-					if err := res.WriteText(out); err != nil {
-						return err
-					}
-					sum += " " + res.Summary()
-				}
-				_, err := fmt.Fprintln(out, sum)
-				return err
-			}
-			if eventsPath == "" {
-				if fromT.IsZero() || toT.IsZero() {
-					return errors.New("give --events FILE.ndjson (or - for stdin), or --from and --to to replay stored history")
-				}
-				st, err := sf.open(cmd.Context())
-				if err != nil {
-					return err
-				}
-				defer st.Close()
-				src := newStoreSource(cmd.Context(), st, fromT, toT)
-				defer src.stop()
-				var es detect.EventSource = src
-				if scorer != nil {
-					es = scoredSource{src, scorer}
-				}
-				prog := newProgressBar("backtest", 0)
-				start := time.Now()
-				rep, err := detect.Backtest(set, es, detect.BacktestOptions{From: fromT, To: toT, Config: cfg,
-					Progress: func(n int64, at time.Time) { prog.update(0, n, at) }})
-				if err != nil {
-					return fmt.Errorf("stored history: %w", err)
-				}
-				prog.done(0, rep.Events, time.Time{})
-				if werr != nil {
-					return fmt.Errorf("writing decisions: %w", werr)
-				}
-				elapsed := time.Since(start)
-				fmt.Fprintf(os.Stderr, "backtest: %d stored events in %s\n", rep.Events, elapsed.Round(time.Millisecond))
-				return finish(rep, elapsed, nil, "")
-			}
-			var in io.Reader = os.Stdin
-			var size int64
-			name := "stdin"
-			if eventsPath != "-" {
-				f, err := os.Open(eventsPath)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if st, err := f.Stat(); err == nil {
-					size = st.Size()
-				}
-				in, name = f, eventsPath
-			}
-			cr := &countingReader{r: in}
-			var onEvent func(*event.Event)
-			if scorer != nil {
-				onEvent = scorer.Event
-			}
-			src := newNDJSONSource(cr, skipInvalid, onEvent)
-			defer src.close()
-			prog := newProgressBar("backtest", size)
-			start := time.Now()
-			rep, err := detect.Backtest(set, src, detect.BacktestOptions{From: fromT, To: toT, Config: cfg,
-				Progress: func(n int64, at time.Time) { prog.update(cr.Load(), n, at) }})
-			if rep == nil {
-				return err
-			}
-			prog.done(cr.Load(), rep.Events, time.Time{})
-			elapsed := time.Since(start)
-			if err != nil {
-				var fe *event.FieldError
-				if !errors.As(err, &fe) {
-					return fmt.Errorf("%s: %w", name, err)
-				}
-				// A bad line: the report of what was replayed, then the line.
-				fmt.Fprintf(os.Stderr, "backtest: stopped at the first bad line after %d events (--skip-invalid goes on past bad lines)\n", rep.Events)
-				if ferr := finish(rep, elapsed, &src.bad, name); ferr != nil {
-					return ferr
-				}
-				return fmt.Errorf("%s:%d: field %s: %s", name, fe.Line, fe.Field, fe.Reason)
-			}
-			if werr != nil {
-				return fmt.Errorf("writing decisions: %w", werr)
-			}
-			fmt.Fprintf(os.Stderr, "backtest: %d events in %s\n", rep.Events, elapsed.Round(time.Millisecond))
-			return finish(rep, elapsed, &src.bad, name)
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd, g) },
 	}
-	f := c.Flags()
-	f.StringSliceVar(&rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
-	f.StringVar(&eventsPath, "events", "", "NDJSON file of events in time order (- for stdin); empty: stored history of --from..--to")
-	sf.add(f)
-	f.StringVar(&from, "from", "", "skip events before this time (RFC 3339)")
-	f.StringVar(&to, "to", "", "stop at events from this time on (RFC 3339)")
-	f.StringVar(&decisionsPath, "decisions", "", "write every decision to this NDJSON file")
-	f.StringSliceVar(&allowKeys, "allow-key", nil, "allowlisted key id (repeatable)")
-	f.StringSliceVar(&allowCIDRs, "allow-cidr", nil, "allowlisted client network (repeatable)")
-	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule: distinct keys suspended or revoked per hour (negative: off)")
-	f.IntVar(&bt.maxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
-	f.DurationVar(&bt.warmup, "warmup", 0, "learn profiles and windows from the first DURATION of the history before decisions count (keys are judged only once their own profile is mature either way)")
-	f.DurationVar(&bt.maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
-	f.DurationVar(&bt.seasonal, "profile-seasonal", 0, "history a key needs before volume rules compare it with its usual hour of the day (0: 24h)")
-	f.DurationVar(&bt.grace, "profile-novelty-grace", 0, "how long a country, ASN or network stays new after it was first seen (0: 1h)")
-	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
-	f.StringVar(&labelsPath, "labels", "", "NDJSON file of labelled attacks to score the decisions against")
-	f.DurationVar(&grace, "grace", evaluate.DefaultGrace, "--labels: a decision this long after an attack's end still counts for it")
-	f.BoolVar(&skipInvalid, "skip-invalid", false, "go on past lines that are not valid events (counted and reported)")
+	o.add(c.Flags())
 	return c
 }
 
-// countingReader counts the bytes read (read on the decoding goroutine,
-// shown by the progress bar on another).
-type countingReader struct {
-	r io.Reader
-	n atomic.Int64
+func (o *backtestFlags) add(f *pflag.FlagSet) {
+	f.StringSliceVar(&o.rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
+	f.StringVar(&o.eventsPath, "events", "", "NDJSON file of events in time order (- for stdin); empty: stored history of --from..--to")
+	o.sf.add(f)
+	f.StringVar(&o.from, "from", "", "skip events before this time (RFC 3339)")
+	f.StringVar(&o.to, "to", "", "stop at events from this time on (RFC 3339)")
+	f.StringVar(&o.decisionsPath, "decisions", "", "write every decision to this NDJSON file")
+	f.StringSliceVar(&o.allowKeys, "allow-key", nil, "allowlisted key id (repeatable)")
+	f.StringSliceVar(&o.allowCIDRs, "allow-cidr", nil, "allowlisted client network (repeatable)")
+	f.IntVar(&o.maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule: distinct keys suspended or revoked per hour (negative: off)")
+	f.IntVar(&o.bt.maxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
+	f.DurationVar(&o.bt.warmup, "warmup", 0, "learn profiles and windows from the first DURATION of the history before decisions count (keys are judged only once their own profile is mature either way)")
+	f.DurationVar(&o.bt.maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
+	f.DurationVar(&o.bt.seasonal, "profile-seasonal", 0, "history a key needs before volume rules compare it with its usual hour of the day (0: 24h)")
+	f.DurationVar(&o.bt.grace, "profile-novelty-grace", 0, "how long a country, ASN or network stays new after it was first seen (0: 1h)")
+	f.BoolVar(&o.asJSON, "json", false, "print the report as JSON")
+	f.StringVar(&o.labelsPath, "labels", "", "NDJSON file of labelled attacks to score the decisions against")
+	f.DurationVar(&o.grace, "grace", evaluate.DefaultGrace, "--labels: a decision this long after an attack's end still counts for it")
+	f.BoolVar(&o.skipInvalid, "skip-invalid", false, "go on past lines that are not valid events (counted and reported)")
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func (c *countingReader) Load() int64 { return c.n.Load() }
-
-// scoredSource shows every event of src to the label scorer.
-type scoredSource struct {
-	src    detect.EventSource
-	scorer *evaluate.Scorer
-}
-
-func (s scoredSource) Next() (event.Event, error) {
-	e, err := s.src.Next()
-	if err == nil {
-		s.scorer.Event(&e)
-	}
-	return e, err
-}
-
-// progressBar draws a bar on a terminal and plain lines elsewhere, on
-// stderr, at most every 200 ms (terminal) or 2 s.
-type progressBar struct {
-	name  string
-	total int64
-	tty   bool
-	start time.Time
-	last  time.Time
-}
-
-func newProgressBar(name string, total int64) *progressBar {
-	tty := false
-	if st, err := os.Stderr.Stat(); err == nil {
-		tty = st.Mode()&os.ModeCharDevice != 0
-	}
-	return &progressBar{name: name, total: total, tty: tty, start: time.Now(), last: time.Now()}
-}
-
-func (p *progressBar) update(bytes, events int64, at time.Time) {
-	every := 2 * time.Second
-	if p.tty {
-		every = 200 * time.Millisecond
-	}
-	if time.Since(p.last) < every {
-		return
-	}
-	p.last = time.Now()
-	p.draw(bytes, events, at, false)
-}
-
-func (p *progressBar) done(bytes, events int64, at time.Time) { p.draw(bytes, events, at, true) }
-
-func (p *progressBar) draw(bytes, events int64, at time.Time, final bool) {
-	rate := float64(events) / max(time.Since(p.start).Seconds(), 1e-9)
-	stamp := ""
-	if !at.IsZero() {
-		stamp = " at " + at.UTC().Format(time.RFC3339)
-	}
-	if !p.tty {
-		if !final {
-			fmt.Fprintf(os.Stderr, "%s: %d events (%.0f/s)%s\n", p.name, events, rate, stamp)
+// run parses the times, loads the rules and runs the backtest.
+func (o *backtestFlags) run(cmd *cobra.Command, g *globals) error {
+	var fromT, toT time.Time
+	var err error
+	if o.from != "" {
+		if fromT, err = time.Parse(time.RFC3339Nano, o.from); err != nil {
+			return fmt.Errorf("--from %q: want RFC 3339, e.g. 2026-03-01T00:00:00Z", o.from)
 		}
-		return
 	}
-	bar := ""
-	if p.total > 0 {
-		const width = 30
-		frac := min(float64(bytes)/float64(p.total), 1)
-		fill := int(frac * width)
-		bar = fmt.Sprintf("[%s%s] %3.0f%% ", strings.Repeat("=", fill), strings.Repeat(" ", width-fill), frac*100)
+	if o.to != "" {
+		if toT, err = time.Parse(time.RFC3339Nano, o.to); err != nil {
+			return fmt.Errorf("--to %q: want RFC 3339, e.g. 2026-03-02T00:00:00Z", o.to)
+		}
 	}
-	fmt.Fprintf(os.Stderr, "\r%s: %s%d events (%.0f/s)%s\033[K", p.name, bar, events, rate, stamp)
-	if final {
-		fmt.Fprintln(os.Stderr)
+	set, err := rules.Resolve(o.rulesPaths).Load(detect.CompileOptions{})
+	if err != nil {
+		for _, e := range flatten(err) {
+			fmt.Fprintln(os.Stderr, e)
+		}
+		return errFailed
 	}
+	return backtest.Run(cmd.Context(), backtest.Config{Rules: set,
+		Detect: detect.Config{Allowlist: detect.Allowlist{Keys: o.allowKeys, CIDRs: o.allowCIDRs}, MaxRevocationsPerHour: o.maxRevokes,
+			MaxRevocationsGlobal: o.bt.maxGlobal, Warmup: o.bt.warmup,
+			Profiles: detect.ProfileConfig{Maturity: o.bt.maturity, Seasonal: o.bt.seasonal, NoveltyGrace: o.bt.grace}, Logger: g.Logger()},
+		EventsPath: o.eventsPath, From: fromT, To: toT, OpenStore: o.sf.open,
+		DecisionsPath: o.decisionsPath, LabelsPath: o.labelsPath, Grace: o.grace, SkipInvalid: o.skipInvalid, JSON: o.asJSON,
+		Out: cmd.OutOrStdout(), Log: os.Stderr})
 }
 
 // benchDetectCmd is `keymeter bench detect`.
@@ -540,7 +261,8 @@ over the rules.`,
 			if mature {
 				cfg.Profiles = detect.ProfileConfig{Maturity: time.Second, Seasonal: time.Second, NoveltyGrace: time.Second}
 			}
-			return runBenchDetect(set, cfg, events, keys, max(workers, 1), batch)
+			return bench.RunDetect(cmd.Context(), bench.DetectConfig{Rules: set, Detect: cfg, Events: events, Keys: keys, Workers: workers, Batch: batch,
+				Output: bench.Output{Out: os.Stdout, Progress: os.Stderr}})
 		},
 	}
 	f := c.Flags()
@@ -551,118 +273,4 @@ over the rules.`,
 	f.IntVar(&batch, "batch", 4096, "events per batch")
 	f.BoolVar(&mature, "mature-profiles", false, "treat every key's profile as mature from its first second, so profile-guarded rules evaluate their whole conditions as in steady state (the synthetic history covers seconds)")
 	return c
-}
-
-type decisionCounter struct{ n int64 }
-
-func (d *decisionCounter) Decide(*keymeterv1.Decision) { d.n++ }
-
-func runBenchDetect(set *detect.RuleSet, cfg detect.Config, total, keys, workers, per int) error {
-	sink := &decisionCounter{}
-	fmt.Fprintf(os.Stderr, "bench detect: %d rules, %d events over %d keys, %d worker(s)\n", set.Len(), total, keys, workers)
-	synth := detect.NewSynth(keys, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Microsecond, 1)
-	// The engines take batches from a small pool that a generator goroutine
-	// refills; with several workers each engine may run a few batches ahead.
-	var submit func(evs []event.Event, done func())
-	var stats func() detect.Stats
-	var flush func()
-	if workers == 1 {
-		cfg.Sink = sink
-		e, err := detect.New(cfg, set)
-		if err != nil {
-			return err
-		}
-		submit = func(evs []event.Event, done func()) { e.ProcessBatch(evs); done() }
-		stats, flush = e.Stats, e.Flush
-	} else {
-		cfg.Sink = sink
-		p, err := detect.NewParallel(cfg, set, workers)
-		if err != nil {
-			return err
-		}
-		defer p.Close()
-		submit, stats, flush = p.Submit, p.Stats, p.Flush
-	}
-	// What generating costs, measured alone so it can be left out of the
-	// per-CPU-second figure.
-	genPerEvent := func() float64 {
-		cal := detect.NewSynth(min(keys, 100_000), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Microsecond, 2)
-		b := make([]event.Event, per)
-		n := 0
-		c0 := cpuSeconds()
-		for n < 200_000 {
-			cal.Fill(b)
-			n += len(b)
-		}
-		return (cpuSeconds() - c0) / float64(n)
-	}()
-	const pool = 8
-	free := make(chan []event.Event, pool)
-	for i := 0; i < pool; i++ {
-		free <- make([]event.Event, per)
-	}
-	ready := make(chan []event.Event, pool)
-	go func() {
-		for left := total; left > 0; {
-			b := <-free
-			n := min(per, left)
-			synth.Fill(b[:n])
-			ready <- b[:n]
-			left -= n
-		}
-		close(ready)
-	}()
-	done := 0
-	cpu0 := cpuSeconds()
-	start := time.Now()
-	lastTick := start
-	for b := range ready {
-		submit(b, func() { free <- b[:cap(b)] })
-		done += len(b)
-		if time.Since(lastTick) >= time.Second {
-			lastTick = time.Now()
-			fmt.Fprintf(os.Stderr, "bench detect: %d/%d events, %.0f events/s\n", done, total, float64(done)/time.Since(start).Seconds())
-		}
-	}
-	for i := 0; i < pool; i++ { // every batch back: all processed
-		<-free
-	}
-	wall := time.Since(start)
-	cpu := cpuSeconds() - cpu0
-	flush()
-	st := stats()
-	groups, maxGroups := 0, 0
-	for _, r := range st.Rules {
-		groups += r.Groups
-		maxGroups = max(maxGroups, r.Groups)
-	}
-	runtime.GC()
-	var s summary
-	s.add("bench", "detect")
-	s.add("events", total)
-	s.add("events_per_s", fmt.Sprintf("%.0f", float64(total)/wall.Seconds()))
-	// CPU time without generating the events: on a shared machine the
-	// figure that does not depend on what else runs.
-	genCPU := genPerEvent * float64(total)
-	s.add("events_per_cpu_s", fmt.Sprintf("%.0f", float64(total)/max(cpu-genCPU, 1e-9)))
-	s.add("gen_cpu_s", fmt.Sprintf("%.2f", genCPU))
-	s.add("rules", set.Len())
-	s.add("workers", workers)
-	s.add("keys", keys)
-	s.add("groups", groups)
-	s.add("max_groups_per_rule", maxGroups)
-	s.add("decisions", sink.n)
-	s.add("rss_mb", fmt.Sprintf("%.0f", rssMB()))
-	s.print()
-	return nil
-}
-
-// cpuSeconds is the process's user and system CPU time so far.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
-	return tv(ru.Utime) + tv(ru.Stime)
 }

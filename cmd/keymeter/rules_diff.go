@@ -3,91 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"sort"
-	"strings"
-	"sync"
-	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/keymeter/keymeter/internal/backtest"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/evaluate"
-	"github.com/keymeter/keymeter/internal/event"
-	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 )
-
-// diffSide is one rule set's replay of the history.
-type diffSide struct {
-	name    string
-	paths   []string
-	rep     *detect.BacktestReport
-	byKey   map[string]int       // "<group> <mode>/<action>" -> decisions
-	first   map[string]time.Time // first decision of a key
-	byRule  map[string]int
-	enf     map[string]int // enforced decisions by action
-	total   int
-	scorer  *evaluate.Scorer
-	bad     badLines
-	elapsed time.Duration
-}
-
-func modeName(m keymeterv1.Mode) string {
-	switch m {
-	case keymeterv1.Mode_MODE_ENFORCE:
-		return "enforce"
-	case keymeterv1.Mode_MODE_DRY_RUN:
-		return "dry_run"
-	case keymeterv1.Mode_MODE_DISABLED:
-		return "disabled"
-	}
-	return "unspecified"
-}
-
-func (s *diffSide) run(set *detect.RuleSet, eventsPath string, skipInvalid bool, maxRevokes int) error {
-	f, err := os.Open(eventsPath)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var mu sync.Mutex
-	sink := detect.SinkFunc(func(d *keymeterv1.Decision) {
-		mu.Lock()
-		defer mu.Unlock()
-		k := d.Group + " " + modeName(d.Mode) + "/" + evaluate.ActionName(d.Action)
-		if _, ok := s.byKey[k]; !ok {
-			s.first[k] = time.Unix(0, d.TimeUnixNano).UTC()
-		}
-		s.byKey[k]++
-		s.byRule[d.RuleId]++
-		s.total++
-		if d.Mode == keymeterv1.Mode_MODE_ENFORCE {
-			s.enf[evaluate.ActionName(d.Action)]++
-		}
-		if s.scorer != nil {
-			s.scorer.Decide(d)
-		}
-	})
-	var onEvent func(*event.Event)
-	if s.scorer != nil {
-		onEvent = s.scorer.Event
-	}
-	src := newNDJSONSource(f, skipInvalid, onEvent)
-	defer src.close()
-	start := time.Now()
-	s.rep, err = detect.Backtest(set, src, detect.BacktestOptions{Config: detect.Config{MaxRevocationsPerHour: maxRevokes, Sink: sink}})
-	s.elapsed = time.Since(start)
-	s.bad = src.bad
-	if err != nil {
-		var fe *event.FieldError
-		if errors.As(err, &fe) {
-			return fmt.Errorf("%s:%d: field %s: %s (--skip-invalid goes on past bad lines)", eventsPath, fe.Line, fe.Field, fe.Reason)
-		}
-		return fmt.Errorf("%s: %w", eventsPath, err)
-	}
-	return nil
-}
 
 func newRulesDiffCmd(g *globals) *cobra.Command {
 	var (
@@ -115,17 +38,19 @@ stdout is a name=value summary.`,
 			if len(oldPaths) == 0 || len(newPaths) == 0 || eventsPath == "" {
 				return errors.New("give --old, --new and --events")
 			}
-			tuneGC()
-			var labels []evaluate.Label
+			cfg := backtest.DiffConfig{OldPaths: oldPaths, NewPaths: newPaths, EventsPath: eventsPath, SkipInvalid: skipInvalid,
+				Limit: limit, MaxRevocationsPerHour: maxRevokes, Out: cmd.OutOrStdout(), Log: os.Stderr}
 			if labelsPath != "" {
 				var err error
-				if labels, err = evaluate.ReadLabelFile(labelsPath); err != nil {
+				if cfg.Labels, err = evaluate.ReadLabelFile(labelsPath); err != nil {
 					return fmt.Errorf("--labels: %w", err)
 				}
 			}
-			sides := []*diffSide{{name: "old", paths: oldPaths}, {name: "new", paths: newPaths}}
-			sets := make([]*detect.RuleSet, 2)
-			for i, s := range sides {
+			for _, s := range []struct {
+				name  string
+				paths []string
+				set   **detect.RuleSet
+			}{{"old", oldPaths, &cfg.Old}, {"new", newPaths, &cfg.New}} {
 				set, err := detect.LoadPaths(detect.CompileOptions{}, s.paths...)
 				if err != nil {
 					for _, e := range flatten(err) {
@@ -133,29 +58,9 @@ stdout is a name=value summary.`,
 					}
 					return fmt.Errorf("--%s: %w", s.name, errFailed)
 				}
-				sets[i] = set
-				s.byKey, s.first, s.byRule, s.enf = map[string]int{}, map[string]time.Time{}, map[string]int{}, map[string]int{}
-				if labels != nil {
-					if s.scorer, err = evaluate.NewScorer(labels, 0); err != nil {
-						return err
-					}
-				}
+				*s.set = set
 			}
-			errs := make([]error, 2)
-			var wg sync.WaitGroup
-			for i, s := range sides {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					errs[i] = s.run(sets[i], eventsPath, skipInvalid, maxRevokes)
-				}()
-			}
-			wg.Wait()
-			if err := errors.Join(errs...); err != nil {
-				return err
-			}
-			fmt.Fprintf(os.Stderr, "diff: %d events, old in %s, new in %s\n", sides[0].rep.Events, sides[0].elapsed.Round(time.Millisecond), sides[1].elapsed.Round(time.Millisecond))
-			return writeDiff(cmd.OutOrStdout(), sides[0], sides[1], limit)
+			return backtest.Diff(cfg)
 		},
 	}
 	f := c.Flags()
@@ -167,111 +72,4 @@ stdout is a name=value summary.`,
 	f.IntVar(&limit, "limit", 50, "rows of changed groups to show")
 	f.IntVar(&maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule (negative: off)")
 	return c
-}
-
-func writeDiff(w io.Writer, old, nw *diffSide, limit int) error {
-	type row struct {
-		key   string
-		o, n  int
-		first time.Time
-	}
-	var rows []row
-	onlyOld, onlyNew, changed := 0, 0, 0
-	keys := map[string]bool{}
-	for k := range old.byKey {
-		keys[k] = true
-	}
-	for k := range nw.byKey {
-		keys[k] = true
-	}
-	for k := range keys {
-		o, n := old.byKey[k], nw.byKey[k]
-		if o == n {
-			continue
-		}
-		r := row{key: k, o: o, n: n}
-		switch {
-		case n == 0:
-			onlyOld++
-			r.first = old.first[k]
-		case o == 0:
-			onlyNew++
-			r.first = nw.first[k]
-		default:
-			changed++
-			r.first = old.first[k]
-			if nw.first[k].Before(r.first) {
-				r.first = nw.first[k]
-			}
-		}
-		rows = append(rows, r)
-	}
-	sort.Slice(rows, func(i, j int) bool {
-		di, dj := abs(rows[i].n-rows[i].o), abs(rows[j].n-rows[j].o)
-		if di != dj {
-			return di > dj
-		}
-		return rows[i].key < rows[j].key
-	})
-	fmt.Fprintf(w, "%-44s %-18s %7s %7s  %s\n", "GROUP", "MODE/ACTION", "OLD", "NEW", "FIRST")
-	for i, r := range rows {
-		if i == limit {
-			fmt.Fprintf(w, "... %d more changed rows (--limit)\n", len(rows)-limit)
-			break
-		}
-		g, ma, _ := strings.Cut(r.key, " ")
-		fmt.Fprintf(w, "%-44s %-18s %7d %7d  %s\n", g, ma, r.o, r.n, r.first.Format(time.RFC3339))
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintf(w, "%-32s %9s %9s\n", "RULE", "OLD", "NEW")
-	rules := map[string]bool{}
-	for k := range old.byRule {
-		rules[k] = true
-	}
-	for k := range nw.byRule {
-		rules[k] = true
-	}
-	var names []string
-	for k := range rules {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "%-32s %9d %9d\n", n, old.byRule[n], nw.byRule[n])
-	}
-	fmt.Fprintln(w)
-	for _, s := range []*diffSide{old, nw} {
-		fmt.Fprintf(w, "%s (%s): %d decisions, enforced", s.name, strings.Join(s.paths, ","), s.total)
-		for _, a := range evaluate.Actions {
-			fmt.Fprintf(w, " %s=%d", a, s.enf[a])
-		}
-		fmt.Fprintln(w)
-		if s.bad.n > 0 {
-			s.bad.report(w, "events")
-		}
-	}
-	sum := fmt.Sprintf("diff events=%d old_decisions=%d new_decisions=%d rows_changed=%d only_old=%d only_new=%d count_changed=%d",
-		old.rep.Events, old.total, nw.total, len(rows), onlyOld, onlyNew, changed)
-	for _, a := range []string{"throttle", "block_ip", "suspend", "revoke"} {
-		sum += fmt.Sprintf(" old_%s=%d new_%s=%d", a, old.enf[a], a, nw.enf[a])
-	}
-	if old.scorer != nil {
-		ro, rn := old.scorer.Result(), nw.scorer.Result()
-		fmt.Fprintln(w)
-		fmt.Fprintln(w, "old set on the labels:")
-		_ = ro.WriteText(w)
-		fmt.Fprintln(w, "new set on the labels:")
-		_ = rn.WriteText(w)
-		sum += fmt.Sprintf(" old_intended_recall=%.3f new_intended_recall=%.3f old_benign_keys_revoked_or_suspended=%d new_benign_keys_revoked_or_suspended=%d old_false_actions_per_10m=%.1f new_false_actions_per_10m=%.1f",
-			ro.IntendedRecall, rn.IntendedRecall, len(ro.BenignRevoked), len(rn.BenignRevoked), ro.Per10M(ro.FalseTotal()), rn.Per10M(rn.FalseTotal()))
-	}
-	_, err := fmt.Fprintln(w, sum)
-	return err
-}
-
-func abs(x int) int {
-	if x < 0 {
-		return -x
-	}
-	return x
 }

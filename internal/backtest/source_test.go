@@ -1,4 +1,4 @@
-package main
+package backtest
 
 import (
 	"bytes"
@@ -46,7 +46,7 @@ func TestNDJSONSourceOrderAndLines(t *testing.T) {
 	data := b.Bytes()
 	// Skipping: every event, in order, and the bad lines by number.
 	var seen atomic.Int64
-	src := newNDJSONSource(bytes.NewReader(data), true, func(*event.Event) { seen.Add(1) })
+	src := NewNDJSONSource(bytes.NewReader(data), true, func(*event.Event) { seen.Add(1) })
 	var got []string
 	for {
 		e, err := src.Next()
@@ -62,13 +62,13 @@ func TestNDJSONSourceOrderAndLines(t *testing.T) {
 		t.Fatalf("got %d events (%d seen), want %d in order", len(got), seen.Load(), n)
 	}
 	var rep strings.Builder
-	src.bad.report(&rep, "f")
-	if src.bad.n != 3 || !strings.Contains(rep.String(), "f:7: field status") || !strings.Contains(rep.String(), "f:12345: field status") ||
+	src.Bad().Report(&rep, "f")
+	if src.Bad().N != 3 || !strings.Contains(rep.String(), "f:7: field status") || !strings.Contains(rep.String(), "f:12345: field status") ||
 		!strings.Contains(rep.String(), "f:29999: field status") {
-		t.Fatalf("bad lines: %d\n%s", src.bad.n, rep.String())
+		t.Fatalf("bad lines: %d\n%s", src.Bad().N, rep.String())
 	}
 	// Not skipping: the events before the first bad line, then its error.
-	src = newNDJSONSource(bytes.NewReader(data), false, nil)
+	src = NewNDJSONSource(bytes.NewReader(data), false, nil)
 	k := 0
 	var err error
 	for {
@@ -81,5 +81,5 @@ func TestNDJSONSourceOrderAndLines(t *testing.T) {
 	if !errors.As(err, &fe) || fe.Line != 7 || k != 5 {
 		t.Fatalf("stopped after %d events with %v, want 5 events then line 7", k, err)
 	}
-	src.close()
+	src.Close()
 }

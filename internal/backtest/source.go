@@ -1,4 +1,7 @@
-package main
+// Package backtest runs `keymeter rules backtest` and `rules diff`: the
+// event sources (an NDJSON history decoded in parallel, or stored history),
+// the bad-line report, the decision and label plumbing and the report.
+package backtest
 
 import (
 	"bytes"
@@ -17,10 +20,10 @@ import (
 	"github.com/keymeter/keymeter/internal/store"
 )
 
-// storeSource feeds a backtest with stored events, oldest first. The store
+// StoreSource feeds a backtest with stored events, oldest first. The store
 // is read on a goroutine of its own, a time slice at a time (the store reads
 // the next slice while this one is replayed), so reading overlaps the rules.
-type storeSource struct {
+type StoreSource struct {
 	ch     chan []event.Event
 	errc   chan error
 	cancel context.CancelFunc
@@ -28,14 +31,14 @@ type storeSource struct {
 	pos    int
 }
 
-func newStoreSource(ctx context.Context, st *store.DB, from, to time.Time) *storeSource {
+func NewStoreSource(ctx context.Context, st *store.DB, from, to time.Time) *StoreSource {
 	ctx, cancel := context.WithCancel(ctx)
 	// Unbuffered: the store already reads a slice ahead, so at most three
 	// slices (up to 500k events each) are in memory at once.
-	s := &storeSource{ch: make(chan []event.Event), errc: make(chan error, 1), cancel: cancel}
+	s := &StoreSource{ch: make(chan []event.Event), errc: make(chan error, 1), cancel: cancel}
 	go func() {
 		defer close(s.ch)
-		s.errc <- st.ScanEventBatches(ctx, from, to, scanSliceRows, func(b []event.Event) error {
+		s.errc <- st.ScanEventBatches(ctx, from, to, ScanSliceRows, func(b []event.Event) error {
 			select {
 			case s.ch <- b:
 				return nil
@@ -48,7 +51,7 @@ func newStoreSource(ctx context.Context, st *store.DB, from, to time.Time) *stor
 }
 
 // Next implements detect.EventSource.
-func (s *storeSource) Next() (event.Event, error) {
+func (s *StoreSource) Next() (event.Event, error) {
 	for s.pos >= len(s.cur) {
 		b, ok := <-s.ch
 		if !ok {
@@ -65,62 +68,63 @@ func (s *storeSource) Next() (event.Event, error) {
 	return s.cur[s.pos-1], nil
 }
 
-func (s *storeSource) stop() { s.cancel() }
+// Stop ends the store read.
+func (s *StoreSource) Stop() { s.cancel() }
 
-// badLines counts the lines of an NDJSON history that are not events, by
+// BadLines counts the lines of an NDJSON history that are not events, by
 // field, with the first few as examples (line number, field, reason).
-type badLines struct {
-	n        int64
-	byField  map[string]int64
+type BadLines struct {
+	N        int64            // bad lines
+	ByField  map[string]int64 // bad lines by field
 	examples []string
 }
 
-func (b *badLines) add(fe *event.FieldError) {
-	if b.byField == nil {
-		b.byField = map[string]int64{}
+func (b *BadLines) add(fe *event.FieldError) {
+	if b.ByField == nil {
+		b.ByField = map[string]int64{}
 	}
-	b.n++
-	b.byField[fe.Field]++
+	b.N++
+	b.ByField[fe.Field]++
 	if len(b.examples) < 10 {
 		b.examples = append(b.examples, fe.Error())
 	}
 }
 
-// report writes the count, the examples and the count by field.
-func (b *badLines) report(w io.Writer, name string) {
-	if b.n == 0 {
+// Report writes the count, the examples and the count by field.
+func (b *BadLines) Report(w io.Writer, name string) {
+	if b.N == 0 {
 		return
 	}
-	fmt.Fprintf(w, "%s: %d bad lines", name, b.n)
-	fields := make([]string, 0, len(b.byField))
-	for f := range b.byField {
+	fmt.Fprintf(w, "%s: %d bad lines", name, b.N)
+	fields := make([]string, 0, len(b.ByField))
+	for f := range b.ByField {
 		fields = append(fields, f)
 	}
 	sort.Strings(fields)
 	for _, f := range fields {
-		fmt.Fprintf(w, " %s=%d", f, b.byField[f])
+		fmt.Fprintf(w, " %s=%d", f, b.ByField[f])
 	}
 	fmt.Fprintln(w)
 	for _, e := range b.examples {
 		fmt.Fprintf(w, "  %s:%s\n", name, strings.TrimPrefix(e, "line "))
 	}
-	if b.n > int64(len(b.examples)) {
-		fmt.Fprintf(w, "  ... and %d more\n", b.n-int64(len(b.examples)))
+	if b.N > int64(len(b.examples)) {
+		fmt.Fprintf(w, "  ... and %d more\n", b.N-int64(len(b.examples)))
 	}
 }
 
-// ndjsonSource reads an NDJSON history with decoding spread over several
+// NDJSONSource reads an NDJSON history with decoding spread over several
 // goroutines: a reader cuts the input into chunks of whole lines, workers
 // decode chunks (each with its own interned strings), and Next hands the
 // events out in file order. Bad lines are counted (and skipped when told),
 // and every event is shown to onEvent (the label scorer, safe for
 // concurrent use) as it is decoded.
-type ndjsonSource struct {
+type NDJSONSource struct {
 	order chan chan chunkResult // results in file order
 	stop  chan struct{}
 	cur   chunkResult
 	pos   int
-	bad   badLines
+	bad   BadLines
 	err   error
 	done  bool
 }
@@ -147,9 +151,9 @@ const (
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, chunkSize); return &b }}
 
-func newNDJSONSource(r io.Reader, skipInvalid bool, onEvent func(*event.Event)) *ndjsonSource {
+func NewNDJSONSource(r io.Reader, skipInvalid bool, onEvent func(*event.Event)) *NDJSONSource {
 	workers := max(1, min(runtime.GOMAXPROCS(0), 4))
-	s := &ndjsonSource{order: make(chan chan chunkResult, 4*workers), stop: make(chan struct{})}
+	s := &NDJSONSource{order: make(chan chan chunkResult, 4*workers), stop: make(chan struct{})}
 	jobs := make(chan chunkJob, workers)
 	for range workers {
 		go func() {
@@ -261,7 +265,7 @@ func decodeChunk(dec *event.LineDecoder, j chunkJob, skipInvalid bool, onEvent f
 }
 
 // Next implements detect.EventSource.
-func (s *ndjsonSource) Next() (event.Event, error) {
+func (s *NDJSONSource) Next() (event.Event, error) {
 	for s.pos >= len(s.cur.events) {
 		if s.err != nil {
 			return event.Event{}, s.err
@@ -297,9 +301,9 @@ func (s *ndjsonSource) Next() (event.Event, error) {
 	return e, nil
 }
 
-// close stops the reader early; the bad-line counts are final only after
+// Close stops the reader early; the bad-line counts are final only after
 // Next returned io.EOF or an error.
-func (s *ndjsonSource) close() {
+func (s *NDJSONSource) Close() {
 	select {
 	case <-s.stop:
 	default:
@@ -307,11 +311,11 @@ func (s *ndjsonSource) close() {
 	}
 }
 
-// tuneGC lets a replay's heap grow 4x between collections instead of 2x
+// TuneGC lets a replay's heap grow 4x between collections instead of 2x
 // (decoding allocates an id per event; the engine's state is long-lived),
 // with a soft limit of 2 GiB so large engines collect as usual. GOGC and
 // GOMEMLIMIT in the environment win.
-func tuneGC() {
+func TuneGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
@@ -320,6 +324,10 @@ func tuneGC() {
 	}
 }
 
-// scanSliceRows is how many stored events one store read aims at (0: the
+// ScanSliceRows is how many stored events one store read aims at (0: the
 // store's default, store.DefaultSliceRows); tests make it small.
-var scanSliceRows = 0
+var ScanSliceRows = 0
+
+// Bad is the count of bad lines so far (final once Next returned io.EOF or
+// an error).
+func (s *NDJSONSource) Bad() *BadLines { return &s.bad }
