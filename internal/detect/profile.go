@@ -9,6 +9,7 @@ import (
 	"cel.dev/cel-go/common/types/ref"
 	"hash/maphash"
 	"math"
+	"math/bits"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -51,6 +52,33 @@ type seenSet struct {
 	e    [nSeen]seenEntry
 	n    uint8
 	over uint32 // last time a value still in use was pushed out: the set is not exhaustive
+	// gone is a 128-bit Bloom filter (two bits per value) of the values
+	// pushed out once established: when the set is not exhaustive, a value
+	// in neither the set nor the filter was never in use (a key that
+	// rotates through more ASNs than the set holds still sees a new one).
+	gone [2]uint64
+}
+
+// goneBits are value v's two bits in a seenSet's filter.
+func goneBits(v uint32) (uint32, uint32) {
+	h := uint64(v) * 0x9e3779b97f4a7c15
+	return uint32(h >> 57), uint32(h>>50) & 127
+}
+
+func (s *seenSet) addGone(v uint32) {
+	a, b := goneBits(v)
+	s.gone[a>>6] |= 1 << (a & 63)
+	s.gone[b>>6] |= 1 << (b & 63)
+}
+
+// inGone reports whether v may have been pushed out once established;
+// true too when the filter is too full to tell (over half its bits).
+func (s *seenSet) inGone(v uint32) bool {
+	if bits.OnesCount64(s.gone[0])+bits.OnesCount64(s.gone[1]) > 64 {
+		return true
+	}
+	a, b := goneBits(v)
+	return s.gone[a>>6]&(1<<(a&63)) != 0 && s.gone[b>>6]&(1<<(b&63)) != 0
 }
 
 // profile is one subject's learned behaviour. Times are Unix seconds.
@@ -92,7 +120,7 @@ type profile struct {
 	peakWin float32
 
 	countries, asns, nets seenSet
-	_                     [20]byte
+	_                     [36]byte
 }
 
 const (
@@ -292,8 +320,15 @@ func (s *seenSet) add(v, t, grace uint32) uint32 {
 			s.over = t
 		}
 	}
-	s.e[old] = seenEntry{v: v, first: t, last: t}
-	return t
+	if e := &s.e[old]; e.before != 0 || t-e.first >= grace {
+		s.addGone(e.v) // established: remembered as once in use
+	}
+	first := t
+	if s.inGone(v) && t > grace {
+		first = t - grace // pushed out once established, back: not new
+	}
+	s.e[old] = seenEntry{v: v, first: first, last: t}
+	return first
 }
 
 // seen reports whether v was in use for the subject before the last hour,
@@ -301,9 +336,6 @@ func (s *seenSet) add(v, t, grace uint32) uint32 {
 // that period answers true: it cannot tell.
 func (s *seenSet) seen(v, now uint32, days float64, grace uint32) bool {
 	span := uint32(max(days, 0) * 86400)
-	if s.over != 0 && since(now, s.over) < span {
-		return true
-	}
 	for i := 0; i < int(s.n); i++ {
 		e := &s.e[i]
 		if e.v != v {
@@ -312,9 +344,15 @@ func (s *seenSet) seen(v, now uint32, days float64, grace uint32) bool {
 		if e.first <= now && now-e.first >= grace && since(now, e.last) <= span+grace {
 			return true
 		}
-		return e.before != 0 && e.before <= now && now-e.before <= span
+		if e.before != 0 && e.before <= now && now-e.before <= span {
+			return true
+		}
+		break
 	}
-	return false
+	// Not in the set as established. A set that had to push out values
+	// still in use cannot tell by itself; its filter of pushed-out values
+	// can (no false "never seen", rare false "seen").
+	return s.over != 0 && since(now, s.over) < span && s.inGone(v)
 }
 
 // hourBaseline is the usual number of events in an hour like the one of
@@ -679,9 +717,8 @@ func (v profView) seenASN(asn int64, days float64) bool {
 	if uint32(asn) == v.p.lastASN && v.p.asnFirst <= v.now && v.now-v.p.asnFirst >= v.ps.grace {
 		return true
 	}
-	if v.p.quantile(hASNs, 0.99) >= nSeen {
-		return true
-	}
+	// A key using more ASNs at once than the set holds is judged through
+	// the set's filter of pushed-out ASNs (seen when it is too full).
 	return v.p.asns.seen(uint32(asn), v.now, days, v.ps.grace)
 }
 
