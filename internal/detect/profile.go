@@ -334,7 +334,7 @@ func (s *seenSet) add(v, t, grace uint32) uint32 {
 // seen reports whether v was in use for the subject before the last hour,
 // within the last days. A set that had to forget values in use within
 // that period answers true: it cannot tell.
-func (s *seenSet) seen(v, now uint32, days float64, grace uint32) bool {
+func (s *seenSet) seen(v, now uint32, days float64, grace uint32, filter bool) bool {
 	span := uint32(max(days, 0) * 86400)
 	for i := 0; i < int(s.n); i++ {
 		e := &s.e[i]
@@ -350,9 +350,11 @@ func (s *seenSet) seen(v, now uint32, days float64, grace uint32) bool {
 		break
 	}
 	// Not in the set as established. A set that had to push out values
-	// still in use cannot tell by itself; its filter of pushed-out values
-	// can (no false "never seen", rare false "seen").
-	return s.over != 0 && since(now, s.over) < span && s.inGone(v)
+	// still in use cannot tell by itself: seen, unless filter asks its
+	// filter of pushed-out values (no false "never seen", rare false
+	// "seen"). Only ASNs ask it: a key with more countries or networks than
+	// the set holds is global enough that a new one is no evidence.
+	return s.over != 0 && since(now, s.over) < span && (!filter || s.inGone(v))
 }
 
 // hourBaseline is the usual number of events in an hour like the one of
@@ -704,7 +706,7 @@ func (v profView) seenCountry(c string, days float64) bool {
 	if v.p.quantile(hCountries, 0.99) >= nSeen {
 		return true // more countries at once than the set holds: cannot tell
 	}
-	return v.p.countries.seen(uint32(cty), v.now, days, v.ps.grace)
+	return v.p.countries.seen(uint32(cty), v.now, days, v.ps.grace, false)
 }
 
 func (v profView) seenASN(asn int64, days float64) bool {
@@ -719,7 +721,7 @@ func (v profView) seenASN(asn int64, days float64) bool {
 	}
 	// A key using more ASNs at once than the set holds is judged through
 	// the set's filter of pushed-out ASNs (seen when it is too full).
-	return v.p.asns.seen(uint32(asn), v.now, days, v.ps.grace)
+	return v.p.asns.seen(uint32(asn), v.now, days, v.ps.grace, true)
 }
 
 func (v profView) seenNet(ip string, days float64) bool {
@@ -740,7 +742,7 @@ func (v profView) seenNet(ip string, days float64) bool {
 	if v.p.quantile(hIPs, 0.99) >= nSeen {
 		return true
 	}
-	return v.p.nets.seen(uint32(maphash.String(v.ps.seed, ip))|1, v.now, days, v.ps.grace)
+	return v.p.nets.seen(uint32(maphash.String(v.ps.seed, ip))|1, v.now, days, v.ps.grace, false)
 }
 
 // profileFields are the scalar fields of `profile`, by name.

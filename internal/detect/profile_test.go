@@ -221,7 +221,7 @@ func TestSeenSetOverflowTellsNewValues(t *testing.T) {
 	if s.over == 0 {
 		t.Fatal("the set never overflowed: the test does not test the filter")
 	}
-	if s.seen(64631, now, 14, grace) {
+	if s.seen(64631, now, 14, grace, true) {
 		t.Error("a never-used value is seen")
 	}
 	// A value that keeps coming back as the set's newcomer may still look
@@ -229,7 +229,7 @@ func TestSeenSetOverflowTellsNewValues(t *testing.T) {
 	// known: before the filter, none was new, so none could be told.
 	seen := 0
 	for _, v := range vals {
-		if s.seen(v, now, 14, grace) {
+		if s.seen(v, now, 14, grace, true) {
 			seen++
 		}
 	}
