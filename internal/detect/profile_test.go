@@ -206,6 +206,7 @@ func TestProfileFieldTypes(t *testing.T) {
 // it never used as new, and its own pushed-out values as seen.
 func TestSeenSetOverflowTellsNewValues(t *testing.T) {
 	var s seenSet
+	var gone goneFilter
 	const grace = 3600
 	t0 := uint32(1_700_000_000)
 	vals := []uint32{64601, 64602, 64603, 64604, 64611, 64612, 64613, 64614, 64621, 64622, 64623, 64624}
@@ -216,12 +217,12 @@ func TestSeenSetOverflowTellsNewValues(t *testing.T) {
 		if i >= 500 {
 			n = len(vals)
 		}
-		s.add(vals[(i*7+i/n)%n], now, grace)
+		s.add(vals[(i*7+i/n)%n], now, grace, &gone)
 	}
 	if s.over == 0 {
 		t.Fatal("the set never overflowed: the test does not test the filter")
 	}
-	if s.seen(64631, now, 14, grace, true) {
+	if s.seen(64631, now, 14, grace, &gone) {
 		t.Error("a never-used value is seen")
 	}
 	// A value that keeps coming back as the set's newcomer may still look
@@ -229,7 +230,7 @@ func TestSeenSetOverflowTellsNewValues(t *testing.T) {
 	// known: before the filter, none was new, so none could be told.
 	seen := 0
 	for _, v := range vals {
-		if s.seen(v, now, 14, grace, true) {
+		if s.seen(v, now, 14, grace, &gone) {
 			seen++
 		}
 	}
