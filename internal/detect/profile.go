@@ -9,6 +9,7 @@ import (
 	"cel.dev/cel-go/common/types/ref"
 	"hash/maphash"
 	"math"
+	"math/bits"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -53,6 +54,34 @@ type seenSet struct {
 	over uint32 // last time a value still in use was pushed out: the set is not exhaustive
 }
 
+// goneFilter is a 128-bit Bloom filter (two bits per value) of the values
+// a seenSet pushed out once established: when the set is not exhaustive, a
+// value in neither the set nor the filter was never in use (a key that
+// rotates through more ASNs than the set holds still sees a new one).
+type goneFilter [2]uint64
+
+// goneBits are value v's two bits in a goneFilter.
+func goneBits(v uint32) (uint32, uint32) {
+	h := uint64(v) * 0x9e3779b97f4a7c15
+	return uint32(h >> 57), uint32(h>>50) & 127
+}
+
+func (g *goneFilter) add(v uint32) {
+	a, b := goneBits(v)
+	g[a>>6] |= 1 << (a & 63)
+	g[b>>6] |= 1 << (b & 63)
+}
+
+// has reports whether v may have been pushed out once established; true
+// too when the filter is too full to tell (over half its bits set).
+func (g *goneFilter) has(v uint32) bool {
+	if bits.OnesCount64(g[0])+bits.OnesCount64(g[1]) > 64 {
+		return true
+	}
+	a, b := goneBits(v)
+	return g[a>>6]&(1<<(a&63)) != 0 && g[b>>6]&(1<<(b&63)) != 0
+}
+
 // profile is one subject's learned behaviour. Times are Unix seconds.
 // What every event touches is in the first 64 bytes, the spread bitmaps in
 // the next 64; the struct's size is a multiple of 64 so that chunks keep
@@ -92,7 +121,8 @@ type profile struct {
 	peakWin float32
 
 	countries, asns, nets seenSet
-	_                     [20]byte
+	asnGone               goneFilter // ASNs pushed out of asns once established
+	_                     [4]byte
 }
 
 const (
@@ -170,12 +200,12 @@ func (p *profile) observe(t uint32, ip string, asn uint32, country string, seed 
 		p.lastCty, p.lastASN, p.lastIP, p.lastSeenT = cty, asn, uint32(ipHash), t
 		p.ctyFirst, p.asnFirst = 0, 0 // no country or ASN: nothing new
 		if cty != 0 {
-			p.ctyFirst = p.countries.add(uint32(cty), t, grace)
+			p.ctyFirst = p.countries.add(uint32(cty), t, grace, nil)
 		}
 		if asn != 0 {
-			p.asnFirst = p.asns.add(asn, t, grace)
+			p.asnFirst = p.asns.add(asn, t, grace, &p.asnGone)
 		}
-		p.nets.add(netHash, t, grace)
+		p.nets.add(netHash, t, grace, nil)
 	}
 	if p.ctyFirst+grace <= t && p.asnFirst+grace <= t {
 		p.lastUsual = t
@@ -252,7 +282,7 @@ func (p *profile) quantile(h int, q float64) float64 {
 }
 
 // add records v at t and returns when its current streak began.
-func (s *seenSet) add(v, t, grace uint32) uint32 {
+func (s *seenSet) add(v, t, grace uint32, gone *goneFilter) uint32 {
 	for i := 0; i < int(s.n); i++ {
 		e := &s.e[i]
 		if e.v == v {
@@ -292,18 +322,22 @@ func (s *seenSet) add(v, t, grace uint32) uint32 {
 			s.over = t
 		}
 	}
-	s.e[old] = seenEntry{v: v, first: t, last: t}
-	return t
+	if e := &s.e[old]; gone != nil && (e.before != 0 || t-e.first >= grace) {
+		gone.add(e.v) // established: remembered as once in use
+	}
+	first := t
+	if gone != nil && gone.has(v) && t > grace {
+		first = t - grace // pushed out once established, back: not new
+	}
+	s.e[old] = seenEntry{v: v, first: first, last: t}
+	return first
 }
 
 // seen reports whether v was in use for the subject before the last hour,
 // within the last days. A set that had to forget values in use within
 // that period answers true: it cannot tell.
-func (s *seenSet) seen(v, now uint32, days float64, grace uint32) bool {
+func (s *seenSet) seen(v, now uint32, days float64, grace uint32, gone *goneFilter) bool {
 	span := uint32(max(days, 0) * 86400)
-	if s.over != 0 && since(now, s.over) < span {
-		return true
-	}
 	for i := 0; i < int(s.n); i++ {
 		e := &s.e[i]
 		if e.v != v {
@@ -312,9 +346,18 @@ func (s *seenSet) seen(v, now uint32, days float64, grace uint32) bool {
 		if e.first <= now && now-e.first >= grace && since(now, e.last) <= span+grace {
 			return true
 		}
-		return e.before != 0 && e.before <= now && now-e.before <= span
+		if e.before != 0 && e.before <= now && now-e.before <= span {
+			return true
+		}
+		break
 	}
-	return false
+	// Not in the set as established. A set that had to push out values
+	// still in use cannot tell by itself: seen, unless its filter of
+	// pushed-out values (gone, no false "never seen", rare false "seen")
+	// says otherwise. Only ASNs keep one: a key with more countries or
+	// networks than the set holds is global enough that a new one is no
+	// evidence.
+	return s.over != 0 && since(now, s.over) < span && (gone == nil || gone.has(v))
 }
 
 // hourBaseline is the usual number of events in an hour like the one of
@@ -666,7 +709,7 @@ func (v profView) seenCountry(c string, days float64) bool {
 	if v.p.quantile(hCountries, 0.99) >= nSeen {
 		return true // more countries at once than the set holds: cannot tell
 	}
-	return v.p.countries.seen(uint32(cty), v.now, days, v.ps.grace)
+	return v.p.countries.seen(uint32(cty), v.now, days, v.ps.grace, nil)
 }
 
 func (v profView) seenASN(asn int64, days float64) bool {
@@ -679,10 +722,9 @@ func (v profView) seenASN(asn int64, days float64) bool {
 	if uint32(asn) == v.p.lastASN && v.p.asnFirst <= v.now && v.now-v.p.asnFirst >= v.ps.grace {
 		return true
 	}
-	if v.p.quantile(hASNs, 0.99) >= nSeen {
-		return true
-	}
-	return v.p.asns.seen(uint32(asn), v.now, days, v.ps.grace)
+	// A key using more ASNs at once than the set holds is judged through
+	// the set's filter of pushed-out ASNs (seen when it is too full).
+	return v.p.asns.seen(uint32(asn), v.now, days, v.ps.grace, &v.p.asnGone)
 }
 
 func (v profView) seenNet(ip string, days float64) bool {
@@ -703,7 +745,7 @@ func (v profView) seenNet(ip string, days float64) bool {
 	if v.p.quantile(hIPs, 0.99) >= nSeen {
 		return true
 	}
-	return v.p.nets.seen(uint32(maphash.String(v.ps.seed, ip))|1, v.now, days, v.ps.grace)
+	return v.p.nets.seen(uint32(maphash.String(v.ps.seed, ip))|1, v.now, days, v.ps.grace, nil)
 }
 
 // profileFields are the scalar fields of `profile`, by name.

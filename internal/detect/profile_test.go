@@ -200,3 +200,41 @@ func TestProfileFieldTypes(t *testing.T) {
 		t.Errorf("a bool field as a condition: %v", err)
 	}
 }
+
+// TestSeenSetOverflowTellsNewValues: a subject rotating through more
+// values than the set holds (a regional key's many ASNs) still sees a value
+// it never used as new, and its own pushed-out values as seen.
+func TestSeenSetOverflowTellsNewValues(t *testing.T) {
+	var s seenSet
+	var gone goneFilter
+	const grace = 3600
+	t0 := uint32(1_700_000_000)
+	vals := []uint32{64601, 64602, 64603, 64604, 64611, 64612, 64613, 64614, 64621, 64622, 64623, 64624}
+	var now uint32
+	for i := 0; i < 2000; i++ { // every 15 s for about 8 h: 9 values, then all 12
+		now = t0 + uint32(i*15)
+		n := 9
+		if i >= 500 {
+			n = len(vals)
+		}
+		s.add(vals[(i*7+i/n)%n], now, grace, &gone)
+	}
+	if s.over == 0 {
+		t.Fatal("the set never overflowed: the test does not test the filter")
+	}
+	if s.seen(64631, now, 14, grace, &gone) {
+		t.Error("a never-used value is seen")
+	}
+	// A value that keeps coming back as the set's newcomer may still look
+	// new (the set makes room by dropping its newest entry), but most are
+	// known: before the filter, none was new, so none could be told.
+	seen := 0
+	for _, v := range vals {
+		if s.seen(v, now, 14, grace, &gone) {
+			seen++
+		}
+	}
+	if seen < nSeen {
+		t.Errorf("%d of %d values in use for hours are seen, want at least %d", seen, len(vals), nSeen)
+	}
+}
