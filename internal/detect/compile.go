@@ -72,6 +72,9 @@ type compiledRule struct {
 	retention   int64 // idle time after which a group is dropped
 	fingerprint string
 	usesProfile bool // an expression reads profile: the engine keeps profiles
+	// byASN: the rule groups by the asn field alone, so its groups are AS
+	// numbers and a block_ip blocks the ASN (client_ip AS<n>).
+	byASN bool
 }
 
 var actionKinds = map[string]keymeterv1.Action{
@@ -218,6 +221,7 @@ func (c *compiler) compileRule(r *Rule, opts CompileOptions) (*compiledRule, err
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	cr.byASN = len(r.Aggregate.GroupBy) == 1 && strings.TrimSpace(r.Aggregate.GroupBy[0]) == "asn"
 	cr.usesProfile = strings.Contains(r.Match, "profile")
 	for _, a := range r.Actions {
 		cr.usesProfile = cr.usesProfile || strings.Contains(a.When, "profile")

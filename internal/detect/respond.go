@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -328,9 +329,17 @@ func (e *Engine) fire(s *ruleState, g *group, i int, ev *event.Event, t int64) {
 		what = "held-" + what
 	}
 	ip := strings.Clone(ev.ClientIP)
-	if kind == keymeterv1.Action_ACTION_BLOCK_IP && strings.IndexByte(key, '/') > 0 && validNet(key) {
+	switch {
+	case kind != keymeterv1.Action_ACTION_BLOCK_IP:
+	case strings.IndexByte(key, '/') > 0 && validNet(key):
 		// The rule groups by network: block the network.
 		ip = key
+	case r.byASN:
+		// The rule groups by ASN: block the network operator (AS<n>),
+		// not the one address that crossed the threshold.
+		if n, err := strconv.ParseUint(key, 10, 32); err == nil && n > 0 {
+			ip = "AS" + key
+		}
 	}
 	d := &keymeterv1.Decision{
 		Id:             decisionID(r, key, t, what),

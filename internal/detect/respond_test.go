@@ -134,6 +134,41 @@ actions:
 	}
 }
 
+// TestBlockASN: a rule grouped by asn blocks the ASN (client_ip AS<n>),
+// not the address of the request that crossed the threshold; the group
+// (the evidence) stays the AS number. A rule grouped by an expression
+// over asn (or by asn with another field) blocks the address as before.
+func TestBlockASN(t *testing.T) {
+	for _, c := range []struct{ groupBy, want string }{
+		{"[asn]", "AS64500"},
+		{"[asn, country]", "203.0.113.19"},
+	} {
+		src := `id: pool
+version: 1
+name: pool
+severity: low
+mode: enforce
+match: outcome == "unknown"
+aggregate: {group_by: ` + c.groupBy + `, window: 1m, distinct: [ip]}
+actions:
+  - {type: block_ip, when: count >= 20 && distinct.ip >= 10, duration: 5m}
+`
+		sink := &capture{}
+		e, _ := New(Config{Sink: sink}, mustSet(t, src))
+		for i := 0; i < 30; i++ {
+			x := ev(i, time.Duration(i)*time.Second, "", fmt.Sprintf("203.0.113.%d", i), event.OutcomeUnknown)
+			e.Process(&x)
+		}
+		if len(sink.ds) != 1 {
+			t.Fatalf("group_by %s: decisions: %v", c.groupBy, sink.lines())
+		}
+		d := sink.ds[0]
+		if d.ClientIp != c.want || !strings.HasPrefix(d.Group, "64500") {
+			t.Errorf("group_by %s: client_ip %q group %q, want client_ip %q", c.groupBy, d.ClientIp, d.Group, c.want)
+		}
+	}
+}
+
 // TestBreakerDistinctKeysRearmsAndGlobal: the breaker counts distinct keys
 // (the same key again is not another), re-arms by itself once its window
 // has passed, and a global budget bounds all rules together.

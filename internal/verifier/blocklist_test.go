@@ -2,8 +2,12 @@ package verifier
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -183,11 +187,94 @@ func TestBlockListNetwork(t *testing.T) {
 		{"203.0.114.1", false}, {"198.51.100.1", false},
 		{"2001:db8:1:2::9", true}, {"2001:db8:2::1", false},
 	} {
-		if got := bl.Blocked(netip.MustParseAddr(c.ip), at); got != c.blocked {
+		if got := bl.Blocked(netip.MustParseAddr(c.ip), 0, at); got != c.blocked {
 			t.Errorf("Blocked(%s) = %v, want %v", c.ip, got, c.blocked)
 		}
 	}
-	if bl.Blocked(netip.MustParseAddr("203.0.113.1"), now.Add(2*time.Minute).UnixNano()) {
+	if bl.Blocked(netip.MustParseAddr("203.0.113.1"), 0, now.Add(2*time.Minute).UnixNano()) {
 		t.Error("network block did not expire")
+	}
+}
+
+// TestBlockListASN: a block_ip decision whose client_ip is AS<n> (a rule
+// grouped by asn) blocks requests carrying that AS number from any
+// address, and neither another AS number nor an unknown one (0); a
+// malformed AS target is refused with a warning.
+func TestBlockListASN(t *testing.T) {
+	var bl BlockList
+	now := time.Now()
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	for i, target := range []string{"AS21638", "ASx", "AS0", "AS", "as64500", "AS99999999999"} {
+		d := &keymeterv1.Decision{Id: fmt.Sprintf("d%d", i), TimeUnixNano: now.UnixNano(), Mode: keymeterv1.Mode_MODE_ENFORCE,
+			Action: keymeterv1.Action_ACTION_BLOCK_IP, ClientIp: target, DurationMs: 60_000}
+		data, _ := proto.Marshal(d)
+		bl.Apply(data, log)
+	}
+	if bl.Len() != 1 || !bl.HasASNs() {
+		t.Fatalf("block list has %d entries (ASNs: %v), want the one ASN", bl.Len(), bl.HasASNs())
+	}
+	if n := strings.Count(logs.String(), "without a valid client_ip"); n != 5 {
+		t.Errorf("%d refusals logged, want 5:\n%s", n, logs.String())
+	}
+	at := now.Add(time.Second).UnixNano()
+	for _, c := range []struct {
+		ip      string
+		asn     uint32
+		blocked bool
+	}{
+		{"198.51.100.1", 21638, true}, {"203.0.113.9", 21638, true}, {"2001:db8::1", 21638, true},
+		{"198.51.100.1", 21639, false}, {"198.51.100.1", 0, false}, {"198.51.100.1", 64500, false},
+	} {
+		if got := bl.Blocked(netip.MustParseAddr(c.ip), c.asn, at); got != c.blocked {
+			t.Errorf("Blocked(%s, AS%d) = %v, want %v", c.ip, c.asn, got, c.blocked)
+		}
+	}
+	if bl.Blocked(netip.MustParseAddr("198.51.100.1"), 21638, now.Add(2*time.Minute).UnixNano()) {
+		t.Error("ASN block did not expire")
+	}
+	// An address block after the ASN block keeps it.
+	bl.Block(netip.MustParseAddr("192.0.2.1"), now.Add(time.Minute))
+	if !bl.Blocked(netip.MustParseAddr("198.51.100.1"), 21638, at) || !bl.Blocked(netip.MustParseAddr("192.0.2.1"), 0, at) {
+		t.Error("adding an address block lost the ASN block")
+	}
+}
+
+// TestASNBlockHeader: an AS<n> decision applied to the verifier's block
+// list refuses keyless and bad-key requests whose --asn-header names that
+// ASN, from any address; another ASN, a missing header and a valid key
+// pass (BlockValidKeys off).
+func TestASNBlockHeader(t *testing.T) {
+	v, tbl := newTestVerifier(t)
+	k := testKeyState(t, tbl, 0, 0)
+	d := &keymeterv1.Decision{Id: "d1", TimeUnixNano: time.Now().UnixNano(), Mode: keymeterv1.Mode_MODE_ENFORCE,
+		Action: keymeterv1.Action_ACTION_BLOCK_IP, ClientIp: "AS21638", DurationMs: 60_000}
+	data, _ := proto.Marshal(d)
+	v.Blocks().Apply(data, slog.New(slog.DiscardHandler))
+	h := NewServer(v, nil, nil, HTTPConfig{ASNHeader: "X-Client-ASN"}).Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	for _, c := range []struct {
+		ip, asn, key string
+		status       int
+	}{
+		{"198.51.100.1", "21638", "km_live_nope", http.StatusForbidden},
+		{"203.0.113.200", "AS21638", "", http.StatusForbidden},
+		{"2001:db8::5", "21638", "km_live_nope", http.StatusForbidden},
+		{"198.51.100.1", "21638", k.secret, http.StatusOK},
+		{"198.51.100.1", "21639", "km_live_nope", http.StatusUnauthorized},
+		{"198.51.100.1", "", "km_live_nope", http.StatusUnauthorized},
+	} {
+		req := httptest.NewRequest("GET", "/x", nil)
+		req.RemoteAddr = netip.AddrPortFrom(netip.MustParseAddr(c.ip), 1234).String()
+		if c.asn != "" {
+			req.Header.Set("X-Client-ASN", c.asn)
+		}
+		if c.key != "" {
+			req.Header.Set("X-API-Key", c.key)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != c.status {
+			t.Errorf("%s ASN %q key %q: status %d, want %d", c.ip, c.asn, c.key, w.Code, c.status)
+		}
 	}
 }

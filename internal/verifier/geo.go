@@ -11,7 +11,8 @@ import (
 // Geo resolves client addresses to a country and an AS number from
 // MaxMind-format databases: a Country or City database (GeoLite2, GeoIP2,
 // DB-IP's compatible ones) and an ASN database. Either may be absent.
-// Lookups happen when an event is built, never in Verify.
+// Lookups happen when an event is built, or before Verify when an ASN is
+// blocked, never in Verify.
 type Geo struct {
 	country, asn *maxminddb.Reader
 }

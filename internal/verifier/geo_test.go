@@ -103,4 +103,36 @@ func TestGeoDatabases(t *testing.T) {
 			t.Fatal("no event")
 		}
 	}
+
+	// An ASN block (a rule grouped by asn) matches the database's AS
+	// number: any address of AS64500 without a valid key is refused.
+	v.Blocks().BlockASN(64500, time.Now().Add(time.Hour))
+	for _, c := range []struct {
+		ip, key string
+		status  int
+	}{
+		{"203.0.113.9", "", http.StatusForbidden},
+		{"203.0.113.9", "km_live_nope", http.StatusForbidden},
+		{"203.0.113.9", k.secret, http.StatusOK},
+		{"198.51.100.1", "km_live_nope", http.StatusUnauthorized}, // ASN unknown
+	} {
+		req := httptest.NewRequest("GET", "/x", nil)
+		req.RemoteAddr = c.ip + ":1234"
+		if c.key != "" {
+			req.Header.Set("X-API-Key", c.key)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != c.status {
+			t.Errorf("ASN block, %s key %q: status %d, want %d", c.ip, c.key, w.Code, c.status)
+		}
+		select {
+		case ev := <-ch:
+			if want := map[string]uint32{"203.0.113.9": 64500}[c.ip]; ev.ASN != want {
+				t.Errorf("ASN block, %s: event asn %d, want %d", c.ip, ev.ASN, want)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("no event")
+		}
+	}
 }

@@ -213,7 +213,14 @@ func WriteRefusal(w http.ResponseWriter, d *Decision, status int) {
 func (s *Server) decide(r *http.Request, path string, start time.Time, queryParam string) (Decision, client, bool) {
 	key, fromQuery := ExtractKey(r.Header, r.URL.RawQuery, queryParam)
 	ip, ipStr := s.clientIP(r)
-	req := Request{Key: key, ClientIP: ip, Method: r.Method, Path: path, Now: start.UnixNano()}
+	c := client{addr: ip, str: ipStr}
+	if s.v.blocks.HasASNs() {
+		// An ASN block needs the request's AS number before the decision
+		// (the event reuses it).
+		c.country, c.asn = s.origin(r, ip)
+		c.origin = true
+	}
+	req := Request{Key: key, ClientIP: ip, ASN: c.asn, Method: r.Method, Path: path, Now: start.UnixNano()}
 	d := s.v.Verify(&req)
 	if s.share != nil && d.Allowed() && d.Record != nil && d.Record.RateInterval > 0 {
 		s.share.Note(d.Record.ID)
@@ -227,13 +234,45 @@ func (s *Server) decide(r *http.Request, path string, start time.Time, queryPara
 		s.log.Debug("decision", "outcome", d.Outcome.String(), "key_id", d.KeyID(), "project", d.Project(),
 			"client_ip", ipStr, "method", r.Method, "path", path)
 	}
-	return d, client{ip, ipStr}, fromQuery
+	return d, c, fromQuery
 }
 
-// client is the request's client address, parsed and as sent.
+// client is the request's client address, parsed and as sent, and, when
+// origin is set, its country and AS number (see Server.origin).
 type client struct {
-	addr netip.Addr
-	str  string
+	addr    netip.Addr
+	str     string
+	origin  bool
+	country string
+	asn     uint32
+}
+
+// origin is the country and AS number of a request from ip: the
+// configured headers first, then the MaxMind databases ("" and 0 when
+// unknown).
+func (s *Server) origin(r *http.Request, ip netip.Addr) (country string, asn uint32) {
+	if s.cfg.CountryHeader != "" {
+		if c := r.Header.Get(s.cfg.CountryHeader); len(c) == 2 {
+			country = strings.ToUpper(c)
+		}
+	}
+	if s.cfg.ASNHeader != "" {
+		if a := strings.TrimPrefix(strings.TrimPrefix(r.Header.Get(s.cfg.ASNHeader), "AS"), "as"); a != "" {
+			if n, err := strconv.ParseUint(a, 10, 32); err == nil {
+				asn = uint32(n)
+			}
+		}
+	}
+	if s.cfg.Geo != nil && (country == "" || asn == 0) {
+		c, n := s.cfg.Geo.Lookup(ip)
+		if country == "" {
+			country = c
+		}
+		if asn == 0 {
+			asn = n
+		}
+	}
+	return country, asn
 }
 
 func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, start time.Time, status int, bytesIn, bytesOut int64) {
@@ -247,26 +286,10 @@ func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, star
 		BytesIn:   uint64(max(bytesIn, 0)), BytesOut: uint64(max(bytesOut, 0)),
 		UserAgent: r.UserAgent(), VerifierID: s.cfg.VerifierID, CostUnits: d.Route.CostUnits,
 	}
-	if s.cfg.CountryHeader != "" {
-		if c := r.Header.Get(s.cfg.CountryHeader); len(c) == 2 {
-			ev.Country = strings.ToUpper(c)
-		}
-	}
-	if s.cfg.ASNHeader != "" {
-		if a := strings.TrimPrefix(strings.TrimPrefix(r.Header.Get(s.cfg.ASNHeader), "AS"), "as"); a != "" {
-			if n, err := strconv.ParseUint(a, 10, 32); err == nil {
-				ev.ASN = uint32(n)
-			}
-		}
-	}
-	if s.cfg.Geo != nil && (ev.Country == "" || ev.ASN == 0) {
-		c, asn := s.cfg.Geo.Lookup(ip.addr)
-		if ev.Country == "" {
-			ev.Country = c
-		}
-		if ev.ASN == 0 {
-			ev.ASN = asn
-		}
+	if ip.origin {
+		ev.Country, ev.ASN = ip.country, ip.asn
+	} else {
+		ev.Country, ev.ASN = s.origin(r, ip.addr)
 	}
 	if s.emitHook != nil {
 		s.emitHook(&ev)

@@ -206,8 +206,11 @@ type Request struct {
 	// Key is the credential as presented, "" when none (see ExtractKey).
 	Key      string
 	ClientIP netip.Addr
-	Method   string
-	Path     string
+	// ASN is the client's AS number, 0 when unknown: it matters only to
+	// ASN blocks (a block_ip decision of a rule grouped by asn).
+	ASN    uint32
+	Method string
+	Path   string
 	// Now is the request's arrival (unix ns); 0 means the verifier's clock.
 	Now int64
 }
@@ -301,7 +304,7 @@ func (v *Verifier) Verify(req *Request) Decision {
 	// key goes on: one abuser behind a carrier or office NAT must not lock
 	// out every key there; a key's own abuse is handled by key actions.
 	// With BlockValidKeys the block refuses everything.
-	blocked := v.blocks.Blocked(req.ClientIP, now)
+	blocked := v.blocks.Blocked(req.ClientIP, req.ASN, now)
 	if blocked && (v.blockAll || req.Key == "") {
 		d.Outcome = event.OutcomeBlockedIP
 		return d
