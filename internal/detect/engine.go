@@ -121,7 +121,7 @@ type Engine struct {
 	touch      int64 // keeps the prefetching reads of phase 2 from being optimised away
 	resets     atomic.Pointer[[]string]
 	overrides  atomic.Pointer[map[string]keymeterv1.Mode] // rule id → mode set by an operator (override.go)
-	mu         sync.Mutex // serialises resets
+	mu         sync.Mutex                                 // serialises resets
 	act        activation
 	view       aggView
 	keyBuf     []byte
@@ -175,8 +175,8 @@ type ruleState struct {
 type RuleStats struct {
 	ID          string            `json:"id"`
 	Version     uint32            `json:"version"`
-	Mode        string            `json:"mode"`           // configured mode
-	Effective   string            `json:"effective_mode"` // mode in force: the override, dry_run once the breaker tripped
+	Mode        string            `json:"mode"`                    // configured mode
+	Effective   string            `json:"effective_mode"`          // mode in force: the override, dry_run once the breaker tripped
 	Override    string            `json:"mode_override,omitempty"` // mode set by an operator (PUT /v1/rules/{id}/mode)
 	Evaluations uint64            `json:"evaluations"`
 	Matches     uint64            `json:"matches"`
