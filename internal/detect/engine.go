@@ -191,7 +191,7 @@ type RuleStats struct {
 }
 
 // RuleStatuses is the rules' counters for GET /v1/rules (api.RuleLister).
-func (e *Engine) RuleStatuses() any { return e.Stats().Rules }
+func (e *Engine) RuleStatuses() any { return e.withOverrides(e.Stats().Rules) }
 
 // Stats is a snapshot of the engine's counters.
 type Stats struct {

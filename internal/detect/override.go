@@ -86,3 +86,26 @@ func (e *Engine) overrideName(ruleID string) string {
 	}
 	return ""
 }
+
+// withOverrides brings the override columns of counters published before
+// the latest override up to date (an override arrives off the bus, between
+// publications).
+func (e *Engine) withOverrides(rs []RuleStats) []RuleStats {
+	out := make([]RuleStats, len(rs))
+	for i, c := range rs {
+		c.Override = e.overrideName(c.ID)
+		if c.Override != "" && c.Mode != "disabled" {
+			c.Effective = c.Override
+			if c.Tripped && c.Effective == "enforce" {
+				c.Effective = "dry_run"
+			}
+		} else {
+			c.Effective = c.Mode
+			if c.Tripped && c.Effective == "enforce" {
+				c.Effective = "dry_run"
+			}
+		}
+		out[i] = c
+	}
+	return out
+}
