@@ -98,6 +98,8 @@ type Config struct {
 	Decision store.DecisionStore
 	Billing  Billing
 	Rules    RuleLister
+	// RuleModes handles PUT /v1/rules/{id}/mode; nil answers 503.
+	RuleModes RuleModes
 	// Leaks handles POST /v1/leaks (signed secret-scanner reports) and
 	// POST /v1/leaks/hash (an operator's report by SHA-256).
 	Leaks LeakHandler
@@ -169,6 +171,7 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/billing/{period}", read(s.billing))
 	m.Handle("POST /v1/billing/{period}/close", admin(s.closeBilling))
 	m.Handle("GET /v1/rules", read(s.rules))
+	m.Handle("PUT /v1/rules/{id}/mode", admin(s.setRuleMode))
 	m.Handle("GET /v1/audit", read(s.audit))
 	m.Handle("POST /v1/events", admin(s.events))
 	m.Handle("POST /v1/leaks", http.HandlerFunc(s.leaks)) // authenticated by its own signature
@@ -178,7 +181,7 @@ func (s *Server) routes() {
 }
 
 // methods the API may serve; HEAD and OPTIONS are not among them.
-var methods = []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete}
+var methods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // noRoute answers a request no pattern took: 405 with Allow when the path
 // exists under other methods, 404 otherwise.

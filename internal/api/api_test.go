@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"github.com/keymeter/keymeter/internal/billing"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/leaks"
@@ -105,12 +107,15 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	eng.ProcessBatch(evs)
+	if err := detector.FollowRuleModes(ctx, b, eng, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
 	lh, err := leaks.New(leaks.Config{Table: table, Keys: svc})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
-		Billing: &billing.Exporter{Store: db}, Rules: eng, Leaks: lh, Ready: table.Loaded, Retention: db.Retention, Audit: db,
+		Billing: &billing.Exporter{Store: db}, Rules: eng, RuleModes: detector.ModeSwitch{Bus: b, Known: eng.HasRule}, Leaks: lh, Ready: table.Loaded, Retention: db.Retention, Audit: db,
 		Events: sinkFunc(func(context.Context, []event.Event) error { return nil })})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/billing"
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/httpserve"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/leaks"
@@ -127,6 +128,15 @@ func Run(ctx context.Context, cfg RunConfig) error {
 // apiConfig is the Server's configuration from the role's.
 func (cfg *RunConfig) apiConfig(table *keys.Table, svc *keys.Service, log *slog.Logger) (Config, error) {
 	acfg := Config{Tokens: cfg.Tokens, Keys: svc, KeyTable: table, Ready: table.Loaded, Rules: cfg.Rules, Logger: log}
+	if cfg.Bus != nil {
+		// Rule-mode overrides go on the decisions log for every detector;
+		// with the detector's engine at hand, unknown rule ids are refused.
+		ms := detector.ModeSwitch{Bus: cfg.Bus}
+		if k, ok := cfg.Rules.(interface{ HasRule(string) bool }); ok {
+			ms.Known = k.HasRule
+		}
+		acfg.RuleModes = ms
+	}
 	lc := cfg.Leaks
 	lc.Table, lc.Keys, lc.Decisions = table, svc, cfg.Bus
 	if lc.Logger == nil {

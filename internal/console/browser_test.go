@@ -8,6 +8,7 @@ import (
 	"image"
 	"image/png"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -27,6 +28,7 @@ import (
 	"github.com/keymeter/keymeter/internal/billing"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
@@ -101,6 +103,9 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := detector.FollowRuleModes(ctx, b, eng, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
 	lh, err := leaks.New(leaks.Config{Table: table, Keys: svc, Store: db, Policy: "revoke"})
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +113,8 @@ func setup(t *testing.T) *env {
 	adm, _ := api.ParseToken("admin:" + api.HashToken(adminSecret))
 	rd, _ := api.ParseToken("read:" + api.HashToken(readSecret))
 	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
-		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded, Audit: db, Leaks: lh})
+		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded, Audit: db, Leaks: lh,
+		RuleModes: detector.ModeSwitch{Bus: b, Known: eng.HasRule}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -280,6 +280,7 @@ func (c *Console) routes() {
 	m.Handle("GET "+Prefix+"/decisions", c.page(c.decisionsPage))
 	m.Handle("GET "+Prefix+"/decisions/{id}", c.page(c.decisionPage))
 	m.Handle("GET "+Prefix+"/rules", c.page(c.rulesPage))
+	m.Handle("POST "+Prefix+"/rules/{id}/mode", c.write(c.ruleMode))
 	m.Handle("GET "+Prefix+"/audit", c.page(c.auditPage))
 	m.Handle("GET "+Prefix+"/leaks", c.page(c.leaksPage))
 	m.Handle("GET "+Prefix+"/usage", c.page(c.usagePage))
@@ -1034,6 +1035,7 @@ type ruleJSON struct {
 	Version     uint32            `json:"version"`
 	Mode        string            `json:"mode"`
 	Effective   string            `json:"effective_mode"`
+	Override    string            `json:"mode_override"`
 	Evaluations uint64            `json:"evaluations"`
 	Matches     uint64            `json:"matches"`
 	Groups      int               `json:"groups"`
@@ -1054,7 +1056,21 @@ func (c *Console) rulesPage(w http.ResponseWriter, r *http.Request, s *session) 
 		v.Err = ae
 	}
 	v.D = out.Rules
+	if id, m := r.URL.Query().Get("switched"), r.URL.Query().Get("mode"); id != "" && (m == "enforce" || m == "dry_run") {
+		v.Flash = "Rule " + id + " switched to " + m + ": every detector applies it as it receives it."
+	}
 	c.render(w, 200, "rules", v)
+	return nil
+}
+
+// ruleMode switches a rule between enforce and dry-run through the API
+// (PUT /v1/rules/{id}/mode; the API refuses read sessions).
+func (c *Console) ruleMode(w http.ResponseWriter, r *http.Request, s *session) error {
+	id, mode := r.PathValue("id"), r.PostFormValue("mode")
+	if err := c.call(r.Context(), s, "PUT", "/v1/rules/"+url.PathEscape(id)+"/mode", nil, map[string]string{"mode": mode}, nil); err != nil {
+		return err
+	}
+	c.redirect(w, r, Prefix+"/rules?switched="+url.QueryEscape(id)+"&mode="+url.QueryEscape(mode))
 	return nil
 }
 

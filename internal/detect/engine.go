@@ -120,7 +120,8 @@ type Engine struct {
 	sc         scratch
 	touch      int64 // keeps the prefetching reads of phase 2 from being optimised away
 	resets     atomic.Pointer[[]string]
-	mu         sync.Mutex // serialises resets
+	overrides  atomic.Pointer[map[string]keymeterv1.Mode] // rule id → mode set by an operator (override.go)
+	mu         sync.Mutex                                 // serialises resets
 	act        activation
 	view       aggView
 	keyBuf     []byte
@@ -174,8 +175,9 @@ type ruleState struct {
 type RuleStats struct {
 	ID          string            `json:"id"`
 	Version     uint32            `json:"version"`
-	Mode        string            `json:"mode"`           // configured mode
-	Effective   string            `json:"effective_mode"` // mode in force: dry_run once the breaker tripped
+	Mode        string            `json:"mode"`                    // configured mode
+	Effective   string            `json:"effective_mode"`          // mode in force: the override, dry_run once the breaker tripped
+	Override    string            `json:"mode_override,omitempty"` // mode set by an operator (PUT /v1/rules/{id}/mode)
 	Evaluations uint64            `json:"evaluations"`
 	Matches     uint64            `json:"matches"`
 	Groups      int               `json:"groups"`
@@ -189,7 +191,7 @@ type RuleStats struct {
 }
 
 // RuleStatuses is the rules' counters for GET /v1/rules (api.RuleLister).
-func (e *Engine) RuleStatuses() any { return e.Stats().Rules }
+func (e *Engine) RuleStatuses() any { return e.withOverrides(e.Stats().Rules) }
 
 // Stats is a snapshot of the engine's counters.
 type Stats struct {
@@ -340,7 +342,8 @@ func (e *Engine) publishStats() {
 	for _, s := range e.states {
 		c := s.c
 		c.ID, c.Version, c.Mode = s.r.ID, s.r.Version, s.r.Mode
-		c.Effective = s.r.Mode
+		c.Effective = ModeName(e.ruleMode(s.r))
+		c.Override = e.overrideName(s.r.ID)
 		if s.tripped && c.Effective == "enforce" {
 			c.Effective = "dry_run"
 		}

@@ -251,7 +251,7 @@ func (e *Engine) fire(s *ruleState, g *group, i int, ev *event.Event, t int64) {
 	r := s.r
 	a := &r.actions[i]
 	key := e.view.groupKey()
-	mode := r.mode
+	mode := e.ruleMode(r)
 	reason := a.spec.Reason
 	if reason == "" {
 		reason = r.Name + ": " + a.spec.When

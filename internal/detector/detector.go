@@ -130,6 +130,12 @@ func (d *Detector) Run(ctx context.Context) error {
 		stopAct()
 	}()
 
+	go func() {
+		if err := FollowRuleModes(ctx, d.cfg.Bus, d.cfg.Engine, d.log); err != nil && ctx.Err() == nil {
+			d.log.Warn("detector: not following rule-mode overrides", "err", err)
+		}
+	}()
+
 	var eb event.Batch
 	var evs []event.Event
 	for ctx.Err() == nil {

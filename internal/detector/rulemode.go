@@ -1,0 +1,80 @@
+package detector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+)
+
+// RuleModeGroup marks a rule-mode override on the decisions log: a
+// Decision with this group, no action (ACTION_UNSPECIFIED, so verifiers'
+// block lists and other readers pass it by), the rule's id and the mode an
+// operator set. Every detector follows the log from its start and applies
+// the latest override of each rule to its engine (see FollowRuleModes).
+const RuleModeGroup = "keymeter.rule_mode"
+
+// RuleModeMessage is the encoded override of rule ruleID to mode (enforce
+// or dry_run), set by actor.
+func RuleModeMessage(ruleID, mode, actor string, now time.Time) ([]byte, error) {
+	m, err := detect.ParseOverrideMode(mode)
+	if err != nil {
+		return nil, err
+	}
+	return proto.Marshal(&keymeterv1.Decision{
+		Id:           "rule-mode/" + ruleID + "/" + strconv.FormatInt(now.UnixNano(), 36),
+		TimeUnixNano: now.UnixNano(), RuleId: ruleID, Mode: m, Group: RuleModeGroup,
+		Action: keymeterv1.Action_ACTION_UNSPECIFIED,
+		Reason: fmt.Sprintf("rule %s switched to %s by %s", ruleID, mode, actor),
+	})
+}
+
+// ModeSwitch publishes rule-mode overrides on the bus (api.RuleModes).
+type ModeSwitch struct {
+	Bus bus.Decisions
+	// Known, if set, tells whether a rule id exists; unknown ids are
+	// refused with detect.ErrUnknownRule. Without it every id is accepted
+	// (an API without a detector cannot know the rules).
+	Known func(ruleID string) bool
+}
+
+// SetRuleMode publishes the override of ruleID to mode (enforce or dry_run).
+func (m ModeSwitch) SetRuleMode(ctx context.Context, ruleID, mode, actor string) error {
+	if m.Known != nil && !m.Known(ruleID) {
+		return fmt.Errorf("%w %q", detect.ErrUnknownRule, ruleID)
+	}
+	raw, err := RuleModeMessage(ruleID, mode, actor, time.Now())
+	if err != nil {
+		return err
+	}
+	return m.Bus.PublishDecision(ctx, RuleModeGroup, raw)
+}
+
+// ApplyRuleMode applies one message of the decisions log to e when it is a
+// rule-mode override; it reports whether it was one.
+func ApplyRuleMode(e *detect.Engine, data []byte, log *slog.Logger) bool {
+	var d keymeterv1.Decision
+	if proto.Unmarshal(data, &d) != nil || d.GetGroup() != RuleModeGroup || d.GetRuleId() == "" {
+		return false
+	}
+	if err := e.SetModeOverride(d.GetRuleId(), d.GetMode()); err != nil {
+		log.Warn("detector: rule-mode override not applied", "rule", d.GetRuleId(), "err", err)
+		return false
+	}
+	log.Info("detector: rule mode overridden", "rule", d.GetRuleId(), "mode", detect.ModeName(d.GetMode()))
+	return true
+}
+
+// FollowRuleModes applies the overrides of the whole retained decisions log
+// (so a detector started later has them), then every new one, until ctx
+// ends.
+func FollowRuleModes(ctx context.Context, ds bus.Decisions, e *detect.Engine, log *slog.Logger) error {
+	return ds.SubscribeDecisionsSince(ctx, time.Unix(0, 0), func(data []byte) { ApplyRuleMode(e, data, log) })
+}
