@@ -1,12 +1,10 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -88,17 +86,7 @@ func newMigrateCmd(g *globals) *cobra.Command {
 			if !printSQL {
 				return cmd.Help()
 			}
-			db := cmp.Or(sf.Database, "keymeter")
-			if cluster == "" {
-				_, err := fmt.Fprint(cmd.OutOrStdout(), store.MigrationsSQL(store.Migrations(), db))
-				return err
-			}
-			sql, err := store.ClusterSQL(store.Migrations(), cluster, db)
-			if err != nil {
-				return fmt.Errorf("--cluster: %w", err)
-			}
-			_, err = fmt.Fprint(cmd.OutOrStdout(), sql)
-			return err
+			return store.WriteSchema(cmd.OutOrStdout(), sf.Database, cluster)
 		},
 	}
 	sf.add(c.PersistentFlags())
@@ -149,16 +137,7 @@ func migrateStatusCmd(sf *storeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "VERSION\tNAME\tSTATE\tAPPLIED AT")
-			for _, m := range st {
-				state, at := "pending", ""
-				if m.Applied {
-					state, at = "applied", m.AppliedAt.Format(time.RFC3339)
-				}
-				fmt.Fprintf(w, "%04d\t%s\t%s\t%s\n", m.Version, m.Name, state, at)
-			}
-			return w.Flush()
+			return store.WriteMigrationStatus(cmd.OutOrStdout(), st)
 		},
 	}
 }
