@@ -96,7 +96,7 @@ func TestWriteMigrationStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"VERSION", "0001  init", "applied  2026-11-01T02:03:04Z", "0002  next", "pending"} {
+	for _, want := range []string{"VERSION", "0001     init  applied  2026-11-01T02:03:04Z", "0002     next  pending"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status %q lacks %q", out, want)
 		}
