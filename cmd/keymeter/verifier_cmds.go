@@ -156,21 +156,6 @@ func openAnother(ctx context.Context, bf *busFlags, first bus.Bus, log *slog.Log
 	return bf.open(ctx, "", log)
 }
 
-func benchDataDir(dataDir *string, keep bool, name string) (func(), error) {
-	if *dataDir != "" {
-		return func() {}, nil
-	}
-	d, err := os.MkdirTemp("", "keymeter-bench-"+name+"-")
-	if err != nil {
-		return nil, err
-	}
-	*dataDir = d
-	if keep {
-		return func() {}, nil
-	}
-	return func() { os.RemoveAll(d) }, nil
-}
-
 func newBenchRevocationCmd(g *globals) *cobra.Command {
 	var (
 		bf      busFlags
@@ -192,7 +177,7 @@ service returns once its own watch has seen the write, so those are near 0).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := g.Logger()
-			cleanup, err := benchDataDir(&dataDir, keep, "revocation")
+			dataDir, cleanup, err := bench.DataDir(dataDir, keep, "revocation")
 			if err != nil {
 				return err
 			}
@@ -239,7 +224,9 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := g.Logger()
-			cleanup, err := benchDataDir(&cfg.DataDir, keep, "proxy")
+			var cleanup func()
+			var err error
+			cfg.DataDir, cleanup, err = bench.DataDir(cfg.DataDir, keep, "proxy")
 			if err != nil {
 				return err
 			}
