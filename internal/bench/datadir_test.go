@@ -34,3 +34,18 @@ func TestDataDirTemporaryAndGiven(t *testing.T) {
 		t.Fatalf("revoke rule: %v %v", err, rerr)
 	}
 }
+
+func TestStoreRunModes(t *testing.T) {
+	r := StoreRun{Events: 1, Batch: 1, Keys: 1, Rollups: "both"}
+	if m, err := r.Modes(); err != nil || len(m) != 2 {
+		t.Fatalf("both: %v %v", m, err)
+	}
+	r.Rollups = "x"
+	if _, err := r.Modes(); err == nil || !strings.Contains(err.Error(), "--rollups") {
+		t.Fatalf("bad --rollups: %v", err)
+	}
+	r.Rollups, r.Keys = "views", 0
+	if _, err := r.Modes(); err == nil || !strings.Contains(err.Error(), "--keys") {
+		t.Fatalf("no keys: %v", err)
+	}
+}
