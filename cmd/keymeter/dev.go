@@ -151,16 +151,16 @@ func openDevBus(ctx context.Context, o *devOptions, log *slog.Logger) (bus.Bus, 
 	embedded := o.bf.Backend == "nats" && o.bf.NATSURL == ""
 	note := ""
 	if embedded {
-		o.bf.natsPort = o.natsPort
+		o.bf.NATSPort = o.natsPort
 		if o.natsPort > 0 && !o.natsPortSet && !portFree(o.natsPort) {
-			o.bf.natsPort = 0
+			o.bf.NATSPort = 0
 			note = fmt.Sprintf(" (127.0.0.1:%d is taken: --nats-port to listen elsewhere)", o.natsPort)
 		}
 	}
 	b, err := o.bf.open(ctx, dataDir, log)
 	if err != nil {
-		if embedded && o.bf.natsPort != 0 {
-			return nil, "", fmt.Errorf("embedded NATS on 127.0.0.1:%d (change with --nats-port, 0 for in-process only): %w", o.bf.natsPort, err)
+		if embedded && o.bf.NATSPort != 0 {
+			return nil, "", fmt.Errorf("embedded NATS on 127.0.0.1:%d (change with --nats-port, 0 for in-process only): %w", o.bf.NATSPort, err)
 		}
 		return nil, "", err
 	}

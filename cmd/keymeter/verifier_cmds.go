@@ -14,7 +14,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/bus"
-	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/bus/busopen"
 	"github.com/keymeter/keymeter/internal/verifier"
 )
 
@@ -145,17 +145,6 @@ func init() {
 	registerBench(newBenchProxyCmd)
 }
 
-// openAnother opens one more connection to the bus first is on (each
-// verifier of a benchmark has its own connection, as separate processes
-// would).
-func openAnother(ctx context.Context, bf *busFlags, first bus.Bus, log *slog.Logger) (bus.Bus, error) {
-	if nb, ok := first.(*natsbus.Bus); ok && nb.Embedded() != nil {
-		return natsbus.New(ctx, natsbus.Config{Prefix: bf.Prefix, Partitions: bf.Partitions, MaxPending: bf.MaxPending},
-			natsbus.WithLogger(log), natsbus.WithEmbedded(nb.Embedded()))
-	}
-	return bf.open(ctx, "", log)
-}
-
 func newBenchRevocationCmd(g *globals) *cobra.Command {
 	var (
 		bf      busFlags
@@ -189,7 +178,7 @@ service returns once its own watch has seen the write, so those are near 0).`,
 			}
 			defer closeSoon(admin)
 			cfg.Bus, cfg.Backend, cfg.Logger = admin, bf.Backend, log
-			cfg.Connect = func(ctx context.Context) (bus.Bus, error) { return openAnother(ctx, &bf, admin, log) }
+			cfg.Connect = func(ctx context.Context) (bus.Bus, error) { return busopen.Another(ctx, bf.Config, admin, log) }
 			return bench.RunRevocation(ctx, cfg)
 		},
 	}
