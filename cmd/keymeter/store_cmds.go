@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -11,8 +10,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/store"
-	"github.com/keymeter/keymeter/internal/store/chdb"
-	"github.com/keymeter/keymeter/internal/store/clickhouse"
+	"github.com/keymeter/keymeter/internal/store/storeopen"
 )
 
 func init() {
@@ -42,31 +40,16 @@ func (f *storeFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Database, "store-database", "", "ClickHouse database (default: keymeter, or the DSN's database)")
 }
 
-func (f *storeFlags) validate() error {
-	switch f.Backend {
-	case "chdb", "clickhouse":
-		return nil
-	}
-	return fmt.Errorf("--store %q: accepted: chdb, clickhouse", f.Backend)
-}
-
+// open opens the store; an unset --data-dir of the store flags is the one
+// defined first on the command (bus, spool).
 func (f *storeFlags) open(ctx context.Context) (*store.DB, error) {
-	if err := f.validate(); err != nil {
-		return nil, err
-	}
-	if f.Backend == "clickhouse" {
-		return clickhouse.Open(ctx, clickhouse.Config{DSN: f.DSN, Database: f.Database})
-	}
-	dir := f.DataDir
-	if f.fs != nil && dir == "" {
+	c := storeopen.Config{Backend: f.Backend, DataDir: f.DataDir, DSN: f.DSN, Database: f.Database}
+	if f.fs != nil && c.DataDir == "" {
 		if fl := f.fs.Lookup("data-dir"); fl != nil {
-			dir = fl.Value.String()
+			c.DataDir = fl.Value.String()
 		}
 	}
-	if dir != "" {
-		dir = filepath.Join(dir, "clickhouse")
-	}
-	return chdb.Open(chdb.Config{DataDir: dir, Database: f.Database})
+	return storeopen.Open(ctx, c)
 }
 
 func newMigrateCmd(g *globals) *cobra.Command {
