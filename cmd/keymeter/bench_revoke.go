@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/keymeter/keymeter/internal/bench"
+	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
@@ -55,11 +56,11 @@ the circuit breaker is off for the run.`,
 			df.Rules = []string{rulesDir}
 			cfg.Bus, cfg.Backend, cfg.DataDir, cfg.Logger = b, bf.Backend, dir, log
 			cfg.Detector = func(ctx context.Context, eg *errgroup.Group, svc *keys.Service) error {
-				det, err := buildDetector(ctx, &df, b, nil, svc, nil, log)
+				role, err := detector.Assemble(ctx, df.config(b, nil, svc, nil, log))
 				if err != nil {
 					return err
 				}
-				det.run(ctx, eg)
+				eg.Go(func() error { return role.Run(ctx) })
 				return nil
 			}
 			return bench.RunRevokeE2E(ctx, cfg)

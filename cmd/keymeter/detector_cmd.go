@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"log/slog"
 	"time"
 
@@ -74,25 +73,6 @@ func (f *detectorFlags) config(b detector.Bus, st store.Store, ka detector.KeyAc
 		cfg.KeyKind = svc.Kind // rules read key_kind from the key table
 	}
 	return cfg
-}
-
-// detectorParts is an assembled detection role, ready to run in an errgroup.
-type detectorParts struct {
-	role   *detector.Role
-	engine *detect.Engine
-	det    *detector.Detector
-}
-
-func buildDetector(ctx context.Context, f *detectorFlags, b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger) (*detectorParts, error) {
-	r, err := detector.Assemble(ctx, f.config(b, st, ka, reg, log))
-	if err != nil {
-		return nil, err
-	}
-	return &detectorParts{role: r, engine: r.Engine(), det: r.Detector()}, nil
-}
-
-func (p *detectorParts) run(ctx context.Context, eg *errgroup.Group) {
-	eg.Go(func() error { return p.role.Run(ctx) })
 }
 
 func newDetectorCmd(g *globals) *cobra.Command {
