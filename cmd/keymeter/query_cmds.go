@@ -153,23 +153,9 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, l
 	if !asJSON {
 		fmt.Println(apiclient.FollowHeader)
 	}
-	return tailEvents(ctx, cons, func(e *event.Event) {
+	return bus.TailEvents(ctx, cons, func(e *event.Event) {
 		if match(e) {
 			apiclient.PrintFollowed(os.Stdout, e, asJSON)
-		}
-	})
-}
-
-// tailEvents calls fn for every event of the batches cons delivers until
-// ctx ends (bus.Tail acknowledges them).
-func tailEvents(ctx context.Context, cons bus.Consumer, fn func(*event.Event)) error {
-	var eb event.Batch
-	return bus.Tail(ctx, cons, func(d bus.Delivery) {
-		if d.Invalid != "" || event.DecodeBatch(d.Data, &eb) != nil {
-			return
-		}
-		for i := range eb.Events {
-			fn(&eb.Events[i])
 		}
 	})
 }
