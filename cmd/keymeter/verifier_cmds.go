@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -22,13 +20,10 @@ func init() { register(newVerifierCmd) }
 
 // verifierFlags are the verifier's flags.
 type verifierFlags struct {
-	bf         busFlags
-	cfg        verifier.RunConfig
-	set        verifier.Settings
-	duration   time.Duration
-	memLimitMB int64
-	geoCountry string
-	geoASN     string
+	bf       busFlags
+	cfg      verifier.RunConfig
+	set      verifier.Settings
+	duration time.Duration
 }
 
 func newVerifierCmd(g *globals) *cobra.Command {
@@ -92,53 +87,19 @@ func (vf *verifierFlags) add(f *pflag.FlagSet) {
 	f.BoolVar(&vf.cfg.Emitter.DurableLog, "durable-log", false, "answer a request only once its event is fsynced in a local log under --data-dir (group commit), replayed after a crash: a SIGKILL or power loss loses no answered request's event (costs throughput; see README)")
 	f.IntVar(&vf.set.MaxBatch, "max-batch", 1000, "events per batch")
 	f.DurationVar(&vf.set.FlushInterval, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
-	f.StringVar(&vf.geoCountry, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
-	f.StringVar(&vf.geoASN, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
+	f.StringVar(&vf.set.GeoCountryDB, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
+	f.StringVar(&vf.set.GeoASNDB, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
 	f.StringVar(&vf.cfg.QuotaPeriod, "quota-period", "month", "quota period, as the aggregator's: month or day (UTC)")
 	f.IntVar(&vf.cfg.AnonIPv6Prefix, "anonymous-ipv6-prefix", verifier.DefaultAnonIPv6Prefix, "anonymous routes limit IPv6 clients per network of this many bits (32-128): one /64 is one client")
 	f.BoolVar(&vf.cfg.BlockValidKeys, "block-valid-keys", false, "an address block (block_ip) refuses valid keys too; by default it refuses only requests without a valid, active key, so that one abuser behind a shared NAT does not lock out every key there")
-	f.Int64Var(&vf.memLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
+	f.Int64Var(&vf.set.MemoryLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
 }
-
-// config is the verifier's configuration from the flags.
-func (vf *verifierFlags) config() (verifier.RunConfig, error) { return vf.set.Apply(vf.cfg) }
 
 func runVerifier(ctx context.Context, vf *verifierFlags, log *slog.Logger) error {
-	cfg, err := vf.config()
-	if err != nil {
-		return err
-	}
-	if vf.memLimitMB > 0 {
-		setMemoryLimit(vf.memLimitMB << 20)
-	}
-	if vf.geoCountry != "" || vf.geoASN != "" {
-		geo, err := verifier.OpenGeo(vf.geoCountry, vf.geoASN)
-		if err != nil {
-			return err
-		}
-		defer geo.Close()
-		cfg.HTTP.Geo = geo
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return fmt.Errorf("--data-dir: %w", err)
-	}
-	b, err := vf.bf.open(ctx, cfg.DataDir, log)
-	if err != nil {
-		return err
-	}
-	cfg.Bus, cfg.Logger = b, log
-	runErr := verifier.Run(ctx, cfg)
-	// Shutdown order: Run stopped intake and flushed the batches; now
-	// drain and close the bus.
-	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := b.Close(cctx); err != nil && runErr == nil {
-		runErr = err
-	}
-	return runErr
+	cfg := vf.cfg
+	cfg.Logger = log
+	return vf.set.RunProcess(ctx, cfg, func(ctx context.Context, dataDir string) (bus.Bus, error) { return vf.bf.open(ctx, dataDir, log) })
 }
-
-func setMemoryLimit(bytes int64) { debug.SetMemoryLimit(bytes) }
 
 func init() {
 	registerBench(newBenchRevocationCmd)

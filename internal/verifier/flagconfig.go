@@ -1,9 +1,13 @@
 package verifier
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"runtime/debug"
 	"time"
 
+	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
@@ -19,6 +23,9 @@ type Settings struct {
 	QueueSize      int
 	MaxBatch       int
 	FlushInterval  time.Duration
+	GeoCountryDB   string // --geoip-country-db
+	GeoASNDB       string // --geoip-asn-db
+	MemoryLimitMB  int64  // --memory-limit-mb; 0: unset
 }
 
 // Apply returns cfg with the settings parsed into it. A front is parsed
@@ -44,4 +51,42 @@ func (s Settings) Apply(cfg RunConfig) (RunConfig, error) {
 	cfg.Emitter.MaxSpoolBytes = s.MaxSpoolMB << 20
 	cfg.Emitter.QueueSize, cfg.Emitter.MaxBatch, cfg.Emitter.FlushInterval = s.QueueSize, s.MaxBatch, s.FlushInterval
 	return cfg, nil
+}
+
+// RunProcess runs the verifier as the process keymeter verifier: the
+// settings applied to cfg, the Go memory limit set, the GeoIP databases and
+// then the bus (openBus, on cfg.DataDir, created) opened. Shutdown order:
+// Run stops intake and flushes the batches; then the bus is drained and
+// closed, with 10 s of grace.
+func (s Settings) RunProcess(ctx context.Context, cfg RunConfig, openBus func(ctx context.Context, dataDir string) (bus.Bus, error)) error {
+	cfg, err := s.Apply(cfg)
+	if err != nil {
+		return err
+	}
+	if s.MemoryLimitMB > 0 {
+		debug.SetMemoryLimit(s.MemoryLimitMB << 20)
+	}
+	if s.GeoCountryDB != "" || s.GeoASNDB != "" {
+		geo, err := OpenGeo(s.GeoCountryDB, s.GeoASNDB)
+		if err != nil {
+			return err
+		}
+		defer geo.Close()
+		cfg.HTTP.Geo = geo
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	b, err := openBus(ctx, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	cfg.Bus = b
+	runErr := Run(ctx, cfg)
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Close(cctx); err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
 }

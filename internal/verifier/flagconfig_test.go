@@ -1,9 +1,14 @@
 package verifier
 
 import (
+	"context"
+	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keymeter/keymeter/internal/bus"
 )
 
 func TestSettingsApplyNamesTheBadFlag(t *testing.T) {
@@ -24,5 +29,20 @@ func TestSettingsApplyNamesTheBadFlag(t *testing.T) {
 	if len(cfg.Routes) != 1 || len(cfg.HTTP.TrustedProxies) != 1 || cfg.Emitter.MaxSpoolBytes != 2<<20 ||
 		cfg.Emitter.QueueSize != 7 || cfg.Emitter.MaxBatch != 3 || cfg.Emitter.FlushInterval != time.Second {
 		t.Fatalf("config %+v", cfg)
+	}
+}
+
+// A setting that cannot be applied stops the process before the bus opens.
+func TestRunProcessFailsBeforeTheBus(t *testing.T) {
+	opened := false
+	open := func(context.Context, string) (bus.Bus, error) { opened = true; return nil, errors.New("no bus") }
+	base := RunConfig{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", DataDir: t.TempDir()}
+	for _, s := range []Settings{{Routes: []string{"/a,bogus=1"}}, {GeoCountryDB: filepath.Join(t.TempDir(), "none.mmdb")}} {
+		if err := s.RunProcess(context.Background(), base, open); err == nil || opened {
+			t.Fatalf("%+v: err %v, bus opened %v", s, err, opened)
+		}
+	}
+	if err := (Settings{}).RunProcess(context.Background(), base, open); err == nil || !opened || err.Error() != "no bus" {
+		t.Fatalf("bus error: %v (opened %v)", err, opened)
 	}
 }
