@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -27,16 +26,11 @@ func newBenchBusCmd(g *globals) *cobra.Command {
 			if cfg.Events <= 0 || cfg.Batch <= 0 {
 				return fmt.Errorf("--events and --batch must be positive (got %d, %d)", cfg.Events, cfg.Batch)
 			}
-			if dataDir == "" {
-				d, err := os.MkdirTemp("", "keymeter-bench-bus-")
-				if err != nil {
-					return err
-				}
-				dataDir = d
-				if !keep {
-					defer os.RemoveAll(d)
-				}
+			dataDir, cleanup, err := bench.DataDir(dataDir, keep, "bus")
+			if err != nil {
+				return err
 			}
+			defer cleanup()
 			bf.Prefix = benchPrefix("bench")
 			b, err := bf.open(cmd.Context(), dataDir, g.Logger())
 			if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -26,14 +25,11 @@ func newBenchPipelineCmd(g *globals) *cobra.Command {
   keymeter bench pipeline --bus kafka --kafka-brokers 127.0.0.1:19092 --events 2000000`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if dataDir == "" {
-				d, err := os.MkdirTemp("", "keymeter-bench-pipeline-")
-				if err != nil {
-					return err
-				}
-				defer os.RemoveAll(d)
-				dataDir = d
+			dataDir, cleanup, err := bench.DataDir(dataDir, false, "pipeline")
+			if err != nil {
+				return err
 			}
+			defer cleanup()
 			bf.Prefix = benchPrefix("benchp")
 			b, err := bf.open(ctx, dataDir, g.Logger())
 			if err != nil {

@@ -2,14 +2,13 @@ package main
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/keymeter/keymeter/internal/bench"
+	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
@@ -36,11 +35,11 @@ the circuit breaker is off for the run.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := g.Logger()
-			dir, err := os.MkdirTemp("", "keymeter-bench-revoke-")
+			dir, cleanup, err := bench.DataDir("", false, "revoke")
 			if err != nil {
 				return err
 			}
-			defer os.RemoveAll(dir)
+			defer cleanup()
 			bf.Prefix = benchPrefix("benchr")
 			b, err := bf.open(ctx, dir, log)
 			if err != nil {
@@ -50,21 +49,18 @@ the circuit breaker is off for the run.`,
 			df.MaxRevokes, df.MaxGlobal = -1, -1
 			// The pack judges only keys with history; the bench's keys are
 			// seconds old, so it times revocation with a rule of its own.
-			rulesDir := filepath.Join(dir, "rules")
-			if err := os.MkdirAll(rulesDir, 0o750); err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(rulesDir, "bench.yaml"), []byte(benchRevokeRule), 0o600); err != nil {
+			rulesDir, err := bench.WriteRevokeRule(dir)
+			if err != nil {
 				return err
 			}
 			df.Rules = []string{rulesDir}
 			cfg.Bus, cfg.Backend, cfg.DataDir, cfg.Logger = b, bf.Backend, dir, log
 			cfg.Detector = func(ctx context.Context, eg *errgroup.Group, svc *keys.Service) error {
-				det, err := buildDetector(ctx, &df, b, nil, svc, nil, log)
+				role, err := detector.Assemble(ctx, df.config(b, nil, svc, nil, log))
 				if err != nil {
 					return err
 				}
-				det.run(ctx, eg)
+				eg.Go(func() error { return role.Run(ctx) })
 				return nil
 			}
 			return bench.RunRevokeE2E(ctx, cfg)
@@ -76,16 +72,3 @@ the circuit breaker is off for the run.`,
 	c.Flags().DurationVar(&cfg.FlushInterval, "flush-interval", 50*time.Millisecond, "verifier event batch flush interval")
 	return c
 }
-
-// benchRevokeRule revokes a key seen from five countries within 30 minutes.
-const benchRevokeRule = `id: bench-revoke
-version: 1
-name: five countries
-severity: high
-mode: enforce
-match: key_id != "" && outcome == "valid" && country != ""
-aggregate: {group_by: [key_id], window: 30m, distinct: [country]}
-suppress: 2h
-actions:
-  - {type: revoke, when: distinct.country >= 5, corroboration: none}
-`

@@ -2,34 +2,18 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/keymeter/keymeter/internal/bus"
-	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/bus/busopen"
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
 // busFlags select and configure the bus for any role.
-type busFlags struct {
-	Backend      string
-	NATSURL      string
-	NATSCreds    string
-	KafkaBrokers string
-	Prefix       string
-	Partitions   int
-	MaxPending   int
-	Replicas     int
-	// natsPort makes the embedded server (no --nats-url) listen on
-	// 127.0.0.1:natsPort too; 0 serves only this process (keymeter dev's
-	// --nats-port sets it).
-	natsPort int
-}
+type busFlags struct{ busopen.Config }
 
 func (f *busFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Backend, "bus", "nats", "bus backend: nats or kafka")
@@ -43,41 +27,12 @@ func (f *busFlags) add(fs *pflag.FlagSet) {
 }
 
 // natsCredsFile is where the embedded NATS server started on dataDir keeps
-// the nkey seed its clients authenticate with (mode 0600).
-func natsCredsFile(dataDir string) string { return filepath.Join(dataDir, "nats.nk") }
+// the nkey seed its clients authenticate with.
+func natsCredsFile(dataDir string) string { return busopen.CredsFile(dataDir) }
 
-// open connects to the bus. Without --nats-url, the NATS bus starts an
-// embedded server on dataDir that it owns: closing the bus stops it.
+// open connects to the bus (busopen.Open).
 func (f *busFlags) open(ctx context.Context, dataDir string, log *slog.Logger) (bus.Bus, error) {
-	switch f.Backend {
-	case "nats":
-		cfg := natsbus.Config{URL: f.NATSURL, CredsFile: f.NATSCreds, Prefix: f.Prefix, Partitions: f.Partitions, MaxPending: f.MaxPending, Replicas: f.Replicas}
-		opts := []natsbus.Option{natsbus.WithLogger(log)}
-		if f.NATSURL == "" {
-			if dataDir == "" {
-				return nil, fmt.Errorf("--data-dir is required for the embedded NATS server (or set --nats-url)")
-			}
-			opts = append(opts, natsbus.WithEmbeddedServer(natsbus.EmbeddedConfig{
-				DataDir: filepath.Join(dataDir, "nats"), CredsFile: natsCredsFile(dataDir),
-				Listen: f.natsPort != 0, Port: f.natsPort,
-			}))
-		}
-		return natsbus.New(ctx, cfg, opts...)
-	case "kafka":
-		return openKafka(ctx, f, log)
-	default:
-		return nil, fmt.Errorf("--bus %q: accepted values are nats, kafka", f.Backend)
-	}
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
+	return busopen.Open(ctx, f.Config, dataDir, log)
 }
 
 // closeSoon closes the bus with a bounded grace, for defer.

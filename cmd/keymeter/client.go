@@ -3,9 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
@@ -56,25 +53,8 @@ func (c *clientFlags) runE(fn func(cmd *cobra.Command, args []string, cl *apicli
 // show prints v as JSON when JSON output is asked for, else calls asTable.
 func (c *clientFlags) show(v any, asTable func()) error {
 	if c.json() {
-		return writeJSONOut(v)
+		return apiclient.WriteJSON(os.Stdout, v)
 	}
 	asTable()
 	return nil
-}
-
-// table prints rows under a header, aligned.
-func table(header []string, rows [][]string) {
-	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
-	}
-	tw.Flush()
-}
-
-func fmtTime(t *time.Time) string {
-	if t == nil || t.IsZero() {
-		return "-"
-	}
-	return t.UTC().Format(time.RFC3339)
 }

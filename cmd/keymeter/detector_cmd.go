@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"log/slog"
 	"time"
 
@@ -9,29 +8,14 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/detector"
-	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/store"
 )
 
 func init() { register(newDetectorCmd) }
 
-// detectorFlags configure the detection role (detector.RunConfig).
-type detectorFlags struct {
-	Rules      []string
-	AllowKeys  []string
-	AllowCIDRs []string
-	MaxRevokes int
-	MaxGlobal  int
-	Reload     time.Duration
-	Lookback   time.Duration
-	WarmStart  time.Duration
-	Maturity   time.Duration
-	Seasonal   time.Duration
-	Grace      time.Duration
-	Group      string
-}
+// detectorFlags configure the detection role (detector.Settings).
+type detectorFlags struct{ detector.Settings }
 
 func (f *detectorFlags) add(c *cobra.Command) {
 	fs := c.Flags()
@@ -63,36 +47,7 @@ func (f *detectorFlags) demoDefaults(c *cobra.Command) {
 }
 
 func (f *detectorFlags) config(b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger) detector.RunConfig {
-	cfg := detector.RunConfig{Rules: f.Rules, ReloadInterval: f.Reload, AllowKeys: f.AllowKeys, AllowCIDRs: f.AllowCIDRs,
-		MaxRevocationsPerHour: f.MaxRevokes, MaxRevocationsGlobal: f.MaxGlobal, Group: f.Group, BaselineLookback: f.Lookback,
-		ProfileWarmStart: f.WarmStart, Profiles: detect.ProfileConfig{Maturity: f.Maturity, Seasonal: f.Seasonal, NoveltyGrace: f.Grace},
-		Bus: b, Store: st, Keys: ka, Registerer: reg, Logger: log}
-	if h, ok := st.(detector.History); ok {
-		cfg.History = h
-	}
-	if svc, ok := ka.(*keys.Service); ok && svc != nil {
-		cfg.KeyKind = svc.Kind // rules read key_kind from the key table
-	}
-	return cfg
-}
-
-// detectorParts is an assembled detection role, ready to run in an errgroup.
-type detectorParts struct {
-	role   *detector.Role
-	engine *detect.Engine
-	det    *detector.Detector
-}
-
-func buildDetector(ctx context.Context, f *detectorFlags, b detector.Bus, st store.Store, ka detector.KeyActions, reg prometheus.Registerer, log *slog.Logger) (*detectorParts, error) {
-	r, err := detector.Assemble(ctx, f.config(b, st, ka, reg, log))
-	if err != nil {
-		return nil, err
-	}
-	return &detectorParts{role: r, engine: r.Engine(), det: r.Detector()}, nil
-}
-
-func (p *detectorParts) run(ctx context.Context, eg *errgroup.Group) {
-	eg.Go(func() error { return p.role.Run(ctx) })
+	return f.Settings.Config(b, st, ka, reg, log)
 }
 
 func newDetectorCmd(g *globals) *cobra.Command {

@@ -4,16 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/keymeter/keymeter/internal/bus"
-	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/devstack"
 	"github.com/keymeter/keymeter/internal/store"
@@ -136,53 +133,10 @@ func openDev(ctx context.Context, o *devOptions, log *slog.Logger) (*store.DB, b
 }
 
 // devNATSPort is the default port of dev's embedded NATS server.
-const devNATSPort = 4222
+const devNATSPort = devstack.NATSPort
 
-// openDevBus opens the bus of keymeter dev and says in one line how other
-// processes reach it. Without --nats-url the NATS bus starts an embedded
-// server, owned by the bus, that requires the credentials in
-// <data-dir>/nats.nk and listens on 127.0.0.1:--nats-port. When the port
-// was not given on the command line and is taken (another nats-server, e.g.
-// Debian's nats-server service on 4222, or a dev still stopping), dev serves
-// in-process only and says so instead of failing; a port given with
-// --nats-port must be free.
+// openDevBus opens the bus of keymeter dev (devstack.OpenBus) and says in
+// one line how other processes reach it.
 func openDevBus(ctx context.Context, o *devOptions, log *slog.Logger) (bus.Bus, string, error) {
-	dataDir := o.sf.DataDir
-	embedded := o.bf.Backend == "nats" && o.bf.NATSURL == ""
-	note := ""
-	if embedded {
-		o.bf.natsPort = o.natsPort
-		if o.natsPort > 0 && !o.natsPortSet && !portFree(o.natsPort) {
-			o.bf.natsPort = 0
-			note = fmt.Sprintf(" (127.0.0.1:%d is taken: --nats-port to listen elsewhere)", o.natsPort)
-		}
-	}
-	b, err := o.bf.open(ctx, dataDir, log)
-	if err != nil {
-		if embedded && o.bf.natsPort != 0 {
-			return nil, "", fmt.Errorf("embedded NATS on 127.0.0.1:%d (change with --nats-port, 0 for in-process only): %w", o.bf.natsPort, err)
-		}
-		return nil, "", err
-	}
-	switch nb, _ := b.(*natsbus.Bus); {
-	case nb == nil:
-		return b, o.bf.Backend + " (external)", nil
-	case nb.Embedded() == nil:
-		return b, "external server " + natsbus.Redact(o.bf.NATSURL), nil
-	case nb.Embedded().ClientURL() == "":
-		return b, "in-process only" + note, nil
-	default:
-		return b, fmt.Sprintf("%s, credentials in %s (keymeter logs --follow --nats-creds %s)", nb.Embedded().ClientURL(),
-			nb.Embedded().CredsFile(), nb.Embedded().CredsFile()), nil
-	}
-}
-
-// portFree reports whether 127.0.0.1:port can be listened on now.
-func portFree(port int) bool {
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		return false
-	}
-	ln.Close()
-	return true
+	return devstack.OpenBus(ctx, o.bf.Config, o.sf.DataDir, o.natsPort, o.natsPortSet, log)
 }

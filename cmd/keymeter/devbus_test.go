@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/bus/busopen"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/keys"
@@ -34,7 +35,7 @@ func devBus(t *testing.T, port int) (bus.Bus, string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	o := &devOptions{natsPort: port, natsPortSet: true}
-	o.bf = busFlags{Backend: "nats", Prefix: "keymeter", Partitions: 8, MaxPending: 256, Replicas: 1}
+	o.bf = busFlags{busopen.Config{Backend: "nats", Prefix: "keymeter", Partitions: 8, MaxPending: 256, Replicas: 1}}
 	o.sf.DataDir = dir
 	b, note, err := openDevBus(context.Background(), o, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -303,7 +304,7 @@ func TestDevNATSPortTaken(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, explicit := range []bool{true, false} {
 		o := &devOptions{natsPort: port, natsPortSet: explicit}
-		o.bf = busFlags{Backend: "nats", Prefix: "keymeter", Partitions: 2, MaxPending: 64, Replicas: 1}
+		o.bf = busFlags{busopen.Config{Backend: "nats", Prefix: "keymeter", Partitions: 2, MaxPending: 64, Replicas: 1}}
 		o.sf.DataDir = t.TempDir()
 		b, note, err := openDevBus(context.Background(), o, quiet)
 		if explicit {

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -49,41 +46,9 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 	return c
 }
 
-// printKeys prints keys as a table.
-func printKeys(ks ...api.KeyJSON) {
-	rows := make([][]string, 0, len(ks))
-	for _, k := range ks {
-		quota := "-"
-		if k.MonthlyQuota > 0 {
-			quota = fmt.Sprintf("%d/%d %s", k.QuotaUsed, k.MonthlyQuota, k.QuotaState)
-		}
-		rate := "-"
-		if k.RateLimitPerS > 0 {
-			rate = strconv.FormatFloat(k.RateLimitPerS, 'f', -1, 64) + "/s"
-		}
-		rows = append(rows, []string{k.ID, k.Project, k.Name, k.Kind, k.DisplayPrefix + "…", k.Status, rate, quota, fmtTime(k.ExpiresAt)})
-	}
-	table([]string{"ID", "PROJECT", "NAME", "KIND", "KEY", "STATUS", "RATE", "QUOTA", "EXPIRES"}, rows)
-}
-
 // showCreated prints a new key with its secret, shown this once.
 func showCreated(cf *clientFlags, cr api.CreatedJSON) error {
-	return cf.show(cr, func() {
-		fmt.Printf("secret: %s\n(shown once: keymeter keeps only its SHA-256)\n\n", cr.Secret)
-		printKeys(cr.Key)
-	})
-}
-
-// parseExpiry reads --expires: a duration from now or an RFC 3339 time.
-func parseExpiry(s string) (time.Time, error) {
-	if d, err := time.ParseDuration(s); err == nil {
-		return time.Now().Add(d).UTC(), nil
-	}
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("--expires %q: want a duration (720h) or an RFC 3339 time", s)
-	}
-	return t, nil
+	return cf.show(cr, func() { apiclient.PrintCreated(os.Stdout, cr) })
 }
 
 func keysCreateCmd(cf *clientFlags) *cobra.Command {
@@ -103,7 +68,7 @@ func keysCreateCmd(cf *clientFlags) *cobra.Command {
 				cr.RateLimitPerS = &rate
 			}
 			if expires != "" {
-				t, err := parseExpiry(expires)
+				t, err := apiclient.ParseExpiry(expires)
 				if err != nil {
 					return err
 				}
@@ -143,7 +108,7 @@ func keysListCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return cf.show(all, func() { printKeys(all...) })
+			return cf.show(all, func() { apiclient.PrintKeys(os.Stdout, all...) })
 		}),
 	}
 	list.Flags().StringVar(&kf.Project, "project", "", "only this project")
@@ -161,7 +126,7 @@ func keyActionCmd(cf *clientFlags, use, short string, call func(*cobra.Command, 
 			if err != nil {
 				return err
 			}
-			return cf.show(k, func() { printKeys(k) })
+			return cf.show(k, func() { apiclient.PrintKeys(os.Stdout, k) })
 		}),
 	}
 }
@@ -189,67 +154,27 @@ func keysRotateCmd(cf *clientFlags) *cobra.Command {
 	return rotate
 }
 
-// keyUpdate holds the flags of keys update.
-type keyUpdate struct {
-	rate, throttle   float64
-	burst            uint32
-	quota            uint64
-	scopes, cidrs    []string
-	expires, name    string
-	kind             string
-	throttleDuration time.Duration
-}
-
-// request sets in the request only the fields whose flags were given.
-func (up *keyUpdate) request(changed func(string) bool) (api.UpdateKeyRequest, error) {
-	var req api.UpdateKeyRequest
-	set := func(flag string, apply func()) {
-		if changed(flag) {
-			apply()
-		}
-	}
-	set("name", func() { req.Name = &up.name })
-	set("kind", func() { req.Kind = &up.kind })
-	set("rate", func() { req.RateLimitPerS = &up.rate })
-	set("burst", func() { req.RateBurst = &up.burst })
-	set("quota", func() { req.MonthlyQuota = &up.quota })
-	set("scopes", func() { req.Scopes = &up.scopes })
-	set("cidrs", func() { req.AllowedCIDRs = &up.cidrs })
-	set("throttle", func() {
-		until := time.Now().Add(up.throttleDuration).UTC()
-		req.ThrottlePerS, req.ThrottleUntil = &up.throttle, &until
-	})
-	if changed("expires") {
-		t, err := time.Parse(time.RFC3339, up.expires)
-		if err != nil {
-			return req, fmt.Errorf("--expires %q: want an RFC 3339 time", up.expires)
-		}
-		req.ExpiresAt = &t
-	}
-	return req, nil
-}
-
 func keysUpdateCmd(cf *clientFlags) *cobra.Command {
-	var up keyUpdate
+	var up apiclient.KeyUpdate
 	update := keyActionCmd(cf, "update", "Change a key's limits, scopes, networks, expiry or throttle (only the flags given)",
 		func(cmd *cobra.Command, cl *apiclient.Client, id string) (api.KeyJSON, error) {
-			req, err := up.request(cmd.Flags().Changed)
+			req, err := up.Request(cmd.Flags().Changed)
 			if err != nil {
 				return api.KeyJSON{}, err
 			}
 			return cl.UpdateKey(cmd.Context(), id, req)
 		})
 	uf := update.Flags()
-	uf.StringVar(&up.name, "name", "", "new name")
-	uf.StringVar(&up.kind, "kind", "", "what the key is embedded in: server, browser, mobile or batch")
-	uf.Float64Var(&up.rate, "rate", 0, "requests per second (0: unlimited)")
-	uf.Uint32Var(&up.burst, "burst", 0, "burst size")
-	uf.Uint64Var(&up.quota, "quota", 0, "requests per month (0: unlimited)")
-	uf.StringSliceVar(&up.scopes, "scopes", nil, "scopes (replaces the list)")
-	uf.StringSliceVar(&up.cidrs, "cidrs", nil, "allowed client networks (replaces the list)")
-	uf.StringVar(&up.expires, "expires", "", "expiry, RFC 3339")
-	uf.Float64Var(&up.throttle, "throttle", 0, "throttle to this many requests per second")
-	uf.DurationVar(&up.throttleDuration, "throttle-for", time.Hour, "how long the throttle lasts")
+	uf.StringVar(&up.Name, "name", "", "new name")
+	uf.StringVar(&up.Kind, "kind", "", "what the key is embedded in: server, browser, mobile or batch")
+	uf.Float64Var(&up.Rate, "rate", 0, "requests per second (0: unlimited)")
+	uf.Uint32Var(&up.Burst, "burst", 0, "burst size")
+	uf.Uint64Var(&up.Quota, "quota", 0, "requests per month (0: unlimited)")
+	uf.StringSliceVar(&up.Scopes, "scopes", nil, "scopes (replaces the list)")
+	uf.StringSliceVar(&up.CIDRs, "cidrs", nil, "allowed client networks (replaces the list)")
+	uf.StringVar(&up.Expires, "expires", "", "expiry, RFC 3339")
+	uf.Float64Var(&up.Throttle, "throttle", 0, "throttle to this many requests per second")
+	uf.DurationVar(&up.ThrottleDuration, "throttle-for", time.Hour, "how long the throttle lasts")
 	return update
 }
 
@@ -281,8 +206,7 @@ func keysReportLeakCmd(cf *clientFlags) *cobra.Command {
 				}
 				secret = strings.TrimSpace(string(b))
 			}
-			sum := sha256.Sum256([]byte(secret))
-			l, err := cl.ReportLeakHash(cmd.Context(), api.LeakHashRequest{TokenSHA256: hex.EncodeToString(sum[:]), Source: leakSource, URL: leakURL})
+			l, err := cl.ReportLeakHash(cmd.Context(), apiclient.LeakRequest(secret, leakSource, leakURL))
 			if err != nil {
 				return err
 			}

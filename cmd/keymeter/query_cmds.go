@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,15 +22,9 @@ func init() {
 	register(newDecisionsCmd)
 }
 
-func writeJSONOut(v any) error {
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func newUsageCmd(g *globals) *cobra.Command {
 	cf := &clientFlags{}
-	var key, project, from, to, gran, groupBy string
+	var uf apiclient.UsageFilter
 	c := &cobra.Command{
 		Use:   "usage",
 		Short: "Usage of a key or project per minute, hour, day or month (from the rollups)",
@@ -41,37 +32,21 @@ func newUsageCmd(g *globals) *cobra.Command {
   keymeter usage --project proj_a --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --granularity day --group-by outcome,country`,
 		Args: cobra.NoArgs,
 		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
-			q := url.Values{}
-			for k, v := range map[string]string{"key": key, "project": project, "from": apiclient.Time(from), "to": apiclient.Time(to), "granularity": gran, "group_by": groupBy} {
-				if v != "" {
-					q.Set(k, v)
-				}
-			}
-			u, err := cl.Usage(cmd.Context(), q)
+			u, err := cl.Usage(cmd.Context(), uf.Values())
 			if err != nil {
 				return err
 			}
-			if cf.json() {
-				return writeJSONOut(u)
-			}
-			rows := [][]string{}
-			for _, p := range u.Points {
-				rows = append(rows, []string{p.Start.UTC().Format(time.RFC3339), p.Outcome, p.Route, p.Country,
-					strconv.FormatUint(p.Requests, 10), strconv.FormatUint(p.Allowed, 10), strconv.FormatUint(p.BytesOut, 10),
-					strconv.FormatUint(p.CostUnits, 10), strconv.FormatUint(p.UniqueIPs, 10)})
-			}
-			table([]string{"START", "OUTCOME", "ROUTE", "COUNTRY", "REQUESTS", "ALLOWED", "BYTES_OUT", "COST", "UNIQUE_IPS"}, rows)
-			return nil
+			return cf.show(u, func() { apiclient.PrintUsage(os.Stdout, u) })
 		}),
 	}
 	cf.add(c.Flags())
 	f := c.Flags()
-	f.StringVar(&key, "key", "", "key id")
-	f.StringVar(&project, "project", "", "project")
-	f.StringVar(&from, "from", "", "start, RFC 3339 (default 30 days ago)")
-	f.StringVar(&to, "to", "", "end, RFC 3339 (default now)")
-	f.StringVar(&gran, "granularity", "day", "minute, hour, day or month")
-	f.StringVar(&groupBy, "group-by", "", "comma-separated: outcome, route, country")
+	f.StringVar(&uf.Key, "key", "", "key id")
+	f.StringVar(&uf.Project, "project", "", "project")
+	f.StringVar(&uf.From, "from", "", "start, RFC 3339 (default 30 days ago)")
+	f.StringVar(&uf.To, "to", "", "end, RFC 3339 (default now)")
+	f.StringVar(&uf.Granularity, "granularity", "day", "minute, hour, day or month")
+	f.StringVar(&uf.GroupBy, "group-by", "", "comma-separated: outcome, route, country")
 	return c
 }
 
@@ -82,15 +57,6 @@ func logMatcher(lf apiclient.LogFilter) (func(*event.Event) bool, error) {
 		return nil, err
 	}
 	return q.Matcher(), nil
-}
-
-func printEvents(evs []event.Event) {
-	rows := make([][]string, 0, len(evs))
-	for _, e := range evs {
-		rows = append(rows, []string{e.Time.UTC().Format("2006-01-02T15:04:05.000Z"), e.KeyID, e.Outcome.String(), strconv.Itoa(int(e.Status)),
-			e.Method, e.Route, e.ClientIP, e.Country, strconv.FormatUint(uint64(e.LatencyUS), 10)})
-	}
-	table([]string{"TIME", "KEY", "OUTCOME", "STATUS", "METHOD", "ROUTE", "IP", "COUNTRY", "LATENCY_US"}, rows)
 }
 
 func newLogsCmd(g *globals) *cobra.Command {
@@ -130,9 +96,9 @@ func newLogsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if cf.json() {
-				return writeJSONOut(page)
+				return apiclient.WriteJSON(os.Stdout, page)
 			}
-			printEvents(page.Events)
+			apiclient.PrintEvents(os.Stdout, page.Events)
 			if page.Next != "" {
 				fmt.Fprintf(os.Stderr, "more: --cursor %s\n", page.Next)
 			}
@@ -185,31 +151,11 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, l
 	defer cons.Close()
 	asJSON := cf.json()
 	if !asJSON {
-		fmt.Fprintln(os.Stdout, strings.Join([]string{"TIME", "KEY", "OUTCOME", "STATUS", "METHOD", "ROUTE", "IP", "COUNTRY"}, "\t"))
+		fmt.Println(apiclient.FollowHeader)
 	}
-	return tailEvents(ctx, cons, func(e *event.Event) {
-		if !match(e) {
-			return
-		}
-		if asJSON {
-			b, _ := e.MarshalJSON()
-			fmt.Println(string(b))
-		} else {
-			fmt.Printf("%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Time.UTC().Format("15:04:05.000"), e.KeyID, e.Outcome, e.Status, e.Method, e.Route, e.ClientIP, e.Country)
-		}
-	})
-}
-
-// tailEvents calls fn for every event of the batches cons delivers until
-// ctx ends (bus.Tail acknowledges them).
-func tailEvents(ctx context.Context, cons bus.Consumer, fn func(*event.Event)) error {
-	var eb event.Batch
-	return bus.Tail(ctx, cons, func(d bus.Delivery) {
-		if d.Invalid != "" || event.DecodeBatch(d.Data, &eb) != nil {
-			return
-		}
-		for i := range eb.Events {
-			fn(&eb.Events[i])
+	return bus.TailEvents(ctx, cons, func(e *event.Event) {
+		if match(e) {
+			apiclient.PrintFollowed(os.Stdout, e, asJSON)
 		}
 	})
 }
@@ -275,31 +221,20 @@ nothing. Prints the closed month's export as JSON.`,
 
 func newDecisionsCmd(g *globals) *cobra.Command {
 	cf := &clientFlags{}
-	var key, rule, project, cursor string
-	var limit int
+	var df apiclient.DecisionFilter
 	c := &cobra.Command{
 		Use:   "decisions",
 		Short: "Detection decisions with their evidence, newest first",
 		Args:  cobra.NoArgs,
 		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
-			q := url.Values{"limit": {strconv.Itoa(limit)}}
-			for k, v := range map[string]string{"key": key, "rule": rule, "project": project, "cursor": cursor} {
-				if v != "" {
-					q.Set(k, v)
-				}
-			}
-			out, err := cl.Decisions(cmd.Context(), q)
+			out, err := cl.Decisions(cmd.Context(), df.Values())
 			if err != nil {
 				return err
 			}
 			if cf.json() {
-				return writeJSONOut(out)
+				return apiclient.WriteJSON(os.Stdout, out)
 			}
-			rows := [][]string{}
-			for _, d := range out.Decisions {
-				rows = append(rows, []string{d.Time.UTC().Format(time.RFC3339), d.RuleID, d.Action, d.Mode, d.Group, d.KeyID, d.Reason})
-			}
-			table([]string{"TIME", "RULE", "ACTION", "MODE", "GROUP", "KEY", "REASON"}, rows)
+			apiclient.PrintDecisions(os.Stdout, out.Decisions)
 			if out.Next != "" {
 				fmt.Fprintf(os.Stderr, "more: --cursor %s\n", out.Next)
 			}
@@ -307,10 +242,10 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 		}),
 	}
 	cf.add(c.Flags())
-	c.Flags().StringVar(&key, "key", "", "key id")
-	c.Flags().StringVar(&rule, "rule", "", "rule id")
-	c.Flags().StringVar(&project, "project", "", "project")
-	c.Flags().IntVar(&limit, "limit", 50, "how many")
-	c.Flags().StringVar(&cursor, "cursor", "", "the cursor printed after the previous page")
+	c.Flags().StringVar(&df.Key, "key", "", "key id")
+	c.Flags().StringVar(&df.Rule, "rule", "", "rule id")
+	c.Flags().StringVar(&df.Project, "project", "", "project")
+	c.Flags().IntVar(&df.Limit, "limit", 50, "how many")
+	c.Flags().StringVar(&df.Cursor, "cursor", "", "the cursor printed after the previous page")
 	return c
 }

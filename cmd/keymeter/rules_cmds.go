@@ -65,6 +65,20 @@ path and which through the CEL interpreter. Exits non-zero on any problem.`,
 // flatten splits an errors.Join tree into its leaves.
 func flatten(err error) []error { return detect.FlattenErrors(err) }
 
+// loadRules loads the rules of paths (rules.Resolve: the built-in starter
+// rules when none are given and ./rules does not exist), printing every
+// problem on stderr; the error is then errFailed.
+func loadRules(paths []string) (*detect.RuleSet, error) {
+	set, err := rules.Resolve(paths).Load(detect.CompileOptions{})
+	if err != nil {
+		for _, e := range flatten(err) {
+			fmt.Fprintln(os.Stderr, e)
+		}
+		return nil, errFailed
+	}
+	return set, nil
+}
+
 func newRulesTestCmd(g *globals) *cobra.Command {
 	var (
 		verbose bool
@@ -190,24 +204,13 @@ func (o *backtestFlags) add(f *pflag.FlagSet) {
 
 // run parses the times, loads the rules and runs the backtest.
 func (o *backtestFlags) run(cmd *cobra.Command, g *globals) error {
-	var fromT, toT time.Time
-	var err error
-	if o.from != "" {
-		if fromT, err = time.Parse(time.RFC3339Nano, o.from); err != nil {
-			return fmt.Errorf("--from %q: want RFC 3339, e.g. 2026-03-01T00:00:00Z", o.from)
-		}
-	}
-	if o.to != "" {
-		if toT, err = time.Parse(time.RFC3339Nano, o.to); err != nil {
-			return fmt.Errorf("--to %q: want RFC 3339, e.g. 2026-03-02T00:00:00Z", o.to)
-		}
-	}
-	set, err := rules.Resolve(o.rulesPaths).Load(detect.CompileOptions{})
+	fromT, toT, err := backtest.ParseRange(o.from, o.to)
 	if err != nil {
-		for _, e := range flatten(err) {
-			fmt.Fprintln(os.Stderr, e)
-		}
-		return errFailed
+		return err
+	}
+	set, err := loadRules(o.rulesPaths)
+	if err != nil {
+		return err
 	}
 	return backtest.Run(cmd.Context(), backtest.Config{Rules: set,
 		Detect: detect.Config{Allowlist: detect.Allowlist{Keys: o.allowKeys, CIDRs: o.allowCIDRs}, MaxRevocationsPerHour: o.maxRevokes,
@@ -250,12 +253,9 @@ over the rules.`,
 			if events <= 0 || keys <= 0 || batch <= 0 {
 				return fmt.Errorf("--events, --keys and --batch must be positive")
 			}
-			set, err := rules.Resolve(rulesPaths).Load(detect.CompileOptions{})
+			set, err := loadRules(rulesPaths)
 			if err != nil {
-				for _, e := range flatten(err) {
-					fmt.Fprintln(os.Stderr, e)
-				}
-				return errFailed
+				return err
 			}
 			cfg := detect.Config{MaxRevocationsPerHour: -1}
 			if mature {

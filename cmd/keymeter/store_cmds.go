@@ -1,12 +1,8 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,8 +10,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/store"
-	"github.com/keymeter/keymeter/internal/store/chdb"
-	"github.com/keymeter/keymeter/internal/store/clickhouse"
+	"github.com/keymeter/keymeter/internal/store/storeopen"
 )
 
 func init() {
@@ -45,31 +40,16 @@ func (f *storeFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Database, "store-database", "", "ClickHouse database (default: keymeter, or the DSN's database)")
 }
 
-func (f *storeFlags) validate() error {
-	switch f.Backend {
-	case "chdb", "clickhouse":
-		return nil
-	}
-	return fmt.Errorf("--store %q: accepted: chdb, clickhouse", f.Backend)
-}
-
+// open opens the store; an unset --data-dir of the store flags is the one
+// defined first on the command (bus, spool).
 func (f *storeFlags) open(ctx context.Context) (*store.DB, error) {
-	if err := f.validate(); err != nil {
-		return nil, err
-	}
-	if f.Backend == "clickhouse" {
-		return clickhouse.Open(ctx, clickhouse.Config{DSN: f.DSN, Database: f.Database})
-	}
-	dir := f.DataDir
-	if f.fs != nil && dir == "" {
+	c := storeopen.Config{Backend: f.Backend, DataDir: f.DataDir, DSN: f.DSN, Database: f.Database}
+	if f.fs != nil && c.DataDir == "" {
 		if fl := f.fs.Lookup("data-dir"); fl != nil {
-			dir = fl.Value.String()
+			c.DataDir = fl.Value.String()
 		}
 	}
-	if dir != "" {
-		dir = filepath.Join(dir, "clickhouse")
-	}
-	return chdb.Open(chdb.Config{DataDir: dir, Database: f.Database})
+	return storeopen.Open(ctx, c)
 }
 
 func newMigrateCmd(g *globals) *cobra.Command {
@@ -88,17 +68,7 @@ func newMigrateCmd(g *globals) *cobra.Command {
 			if !printSQL {
 				return cmd.Help()
 			}
-			db := cmp.Or(sf.Database, "keymeter")
-			if cluster == "" {
-				_, err := fmt.Fprint(cmd.OutOrStdout(), store.MigrationsSQL(store.Migrations(), db))
-				return err
-			}
-			sql, err := store.ClusterSQL(store.Migrations(), cluster, db)
-			if err != nil {
-				return fmt.Errorf("--cluster: %w", err)
-			}
-			_, err = fmt.Fprint(cmd.OutOrStdout(), sql)
-			return err
+			return store.WriteSchema(cmd.OutOrStdout(), sf.Database, cluster)
 		},
 	}
 	sf.add(c.PersistentFlags())
@@ -149,28 +119,16 @@ func migrateStatusCmd(sf *storeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "VERSION\tNAME\tSTATE\tAPPLIED AT")
-			for _, m := range st {
-				state, at := "pending", ""
-				if m.Applied {
-					state, at = "applied", m.AppliedAt.Format(time.RFC3339)
-				}
-				fmt.Fprintf(w, "%04d\t%s\t%s\t%s\n", m.Version, m.Name, state, at)
-			}
-			return w.Flush()
+			return store.WriteMigrationStatus(cmd.OutOrStdout(), st)
 		},
 	}
 }
 
 // benchStoreFlags are the flags of bench store.
 type benchStoreFlags struct {
-	sf                      storeFlags
-	events, batch, keys     int
-	rollups                 string
-	keep, noWarm            bool
-	span                    time.Duration
-	queries, qrows, writers int
+	sf   storeFlags
+	run  bench.StoreRun
+	keep bool
 }
 
 func newBenchStoreCmd(g *globals) *cobra.Command {
@@ -182,81 +140,41 @@ func newBenchStoreCmd(g *globals) *cobra.Command {
   keymeter bench store --backend chdb --events 2000000 --rollups both`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return o.run(cmd.Context(), cmd.Flags().Changed("data-dir"))
+			if _, err := o.run.Modes(); err != nil {
+				return err
+			}
+			if o.sf.Backend == "chdb" { // a temporary data dir unless --data-dir is given
+				given := ""
+				if cmd.Flags().Changed("data-dir") {
+					given = o.sf.DataDir
+				}
+				dir, cleanup, err := bench.DataDir(given, o.keep, "store")
+				if err != nil {
+					return err
+				}
+				defer cleanup()
+				o.sf.DataDir = dir
+			}
+			o.run.Backend, o.run.Database = o.sf.Backend, o.sf.Database
+			o.run.Open = func(ctx context.Context, db string) (*store.DB, error) {
+				o.sf.Database = db
+				return o.sf.open(ctx)
+			}
+			return o.run.Run(cmd.Context())
 		},
 	}
 	f := c.Flags()
 	o.sf.add(f)
 	f.StringVar(&o.sf.Backend, "backend", "chdb", "alias of --store")
-	f.IntVar(&o.events, "events", 2_000_000, "events to insert")
-	f.IntVar(&o.batch, "batch", 500_000, "events per insert (one exactly-once bus range)")
-	f.IntVar(&o.keys, "keys", 1000, "distinct API keys")
-	f.BoolVar(&o.noWarm, "no-warmup", false, "skip the untimed warm-up batch (measures a cold process)")
-	f.IntVar(&o.writers, "writers", 2, "concurrent InsertEvents callers (an aggregator inserts its partitions concurrently)")
-	f.StringVar(&o.rollups, "rollups", "preaggregated", "how rollups are fed: preaggregated (the store's way), views (materialized view over raw rows), both")
+	f.IntVar(&o.run.Events, "events", 2_000_000, "events to insert")
+	f.IntVar(&o.run.Batch, "batch", 500_000, "events per insert (one exactly-once bus range)")
+	f.IntVar(&o.run.Keys, "keys", 1000, "distinct API keys")
+	f.BoolVar(&o.run.NoWarmup, "no-warmup", false, "skip the untimed warm-up batch (measures a cold process)")
+	f.IntVar(&o.run.Writers, "writers", 2, "concurrent InsertEvents callers (an aggregator inserts its partitions concurrently)")
+	f.StringVar(&o.run.Rollups, "rollups", "preaggregated", "how rollups are fed: preaggregated (the store's way), views (materialized view over raw rows), both")
 	f.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
-	f.DurationVar(&o.span, "span", time.Hour, "time the events cover, ending now (720h for a 30-day query dataset)")
-	f.IntVar(&o.qrows, "query-rows", 0, "instead of the insert benchmark: generate this many raw rows in the engine over --span and measure queries (e.g. 100000000 with --span 720h --keys 10000)")
-	f.IntVar(&o.queries, "queries", 0, "after inserting, run this many per-key 30-day usage queries and filtered log pages (p50/p99)")
+	f.DurationVar(&o.run.Span, "span", time.Hour, "time the events cover, ending now (720h for a 30-day query dataset)")
+	f.IntVar(&o.run.QueryRows, "query-rows", 0, "instead of the insert benchmark: generate this many raw rows in the engine over --span and measure queries (e.g. 100000000 with --span 720h --keys 10000)")
+	f.IntVar(&o.run.Queries, "queries", 0, "after inserting, run this many per-key 30-day usage queries and filtered log pages (p50/p99)")
 	return c
-}
-
-func (o *benchStoreFlags) modes() ([]store.RollupMode, error) {
-	if o.events <= 0 || o.batch <= 0 || o.keys <= 0 {
-		return nil, fmt.Errorf("--events, --batch and --keys must be positive")
-	}
-	switch o.rollups {
-	case "both":
-		return []store.RollupMode{store.RollupViews, store.RollupPreaggregated}, nil
-	case string(store.RollupViews), string(store.RollupPreaggregated):
-		return []store.RollupMode{store.RollupMode(o.rollups)}, nil
-	}
-	return nil, fmt.Errorf("--rollups %q: accepted: preaggregated, views, both", o.rollups)
-}
-
-func (o *benchStoreFlags) run(ctx context.Context, dataDirSet bool) error {
-	modes, err := o.modes()
-	if err != nil {
-		return err
-	}
-	sf := &o.sf
-	if sf.Backend == "chdb" && !dataDirSet {
-		d, err := os.MkdirTemp("", "keymeter-bench-store-")
-		if err != nil {
-			return err
-		}
-		sf.DataDir = d
-		if !o.keep {
-			defer os.RemoveAll(d)
-		}
-	}
-	if o.qrows > 0 {
-		if sf.Database == "" {
-			sf.Database = fmt.Sprintf("bench_query_%d", o.qrows)
-		}
-		s, err := sf.open(ctx)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		return bench.RunStoreQuery(ctx, bench.StoreQueryConfig{DB: s, Backend: sf.Backend, Rows: o.qrows, Keys: o.keys, Span: o.span, Queries: max(o.queries, 200)})
-	}
-	base := sf.Database
-	for _, m := range modes {
-		// A fresh database per run, so earlier runs do not count.
-		if base == "" {
-			sf.Database = fmt.Sprintf("bench_%s_%d", m, time.Now().Unix())
-		}
-		s, err := sf.open(ctx)
-		if err != nil {
-			return err
-		}
-		err = bench.RunStore(ctx, bench.StoreConfig{DB: s, Backend: sf.Backend, Events: o.events, Batch: o.batch, Keys: o.keys, Rollups: m,
-			Span: o.span, Queries: o.queries, Writers: o.writers, NoWarmup: o.noWarm})
-		s.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -14,8 +12,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/bus"
-	"github.com/keymeter/keymeter/internal/bus/natsbus"
-	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/bus/busopen"
 	"github.com/keymeter/keymeter/internal/verifier"
 )
 
@@ -23,20 +20,10 @@ func init() { register(newVerifierCmd) }
 
 // verifierFlags are the verifier's flags.
 type verifierFlags struct {
-	bf         busFlags
-	cfg        verifier.RunConfig
-	routes     []string
-	trusted    []string
-	duration   time.Duration
-	maxSpoolMB int64
-	queue      int
-	maxBatch   int
-	flushEvery time.Duration
-	memLimitMB int64
-	geoCountry string
-	geoASN     string
-	front      string
-	frontHdr   [3]string // method, URI, host
+	bf       busFlags
+	cfg      verifier.RunConfig
+	set      verifier.Settings
+	duration time.Duration
 }
 
 func newVerifierCmd(g *globals) *cobra.Command {
@@ -80,124 +67,43 @@ func (vf *verifierFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&vf.cfg.Upstream, "upstream", "", "upstream API URL; empty: --listen serves forward auth only")
 	f.StringVar(&vf.cfg.AuthListen, "auth-listen", "", "additional forward-auth address while proxying")
 	f.StringVar(&vf.cfg.AdminListen, "admin-listen", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz (empty to disable)")
-	f.StringVar(&vf.front, "front", "", "the proxy calling the forward-auth endpoint: "+strings.Join(verifier.FrontNames(), ", ")+" (required for forward auth unless the --front-*-header flags name the headers)")
-	f.StringVar(&vf.frontHdr[0], "front-method-header", "", "header carrying the original method (replaces the --front's)")
-	f.StringVar(&vf.frontHdr[1], "front-uri-header", "", "header carrying the original request URI (replaces the --front's)")
-	f.StringVar(&vf.frontHdr[2], "front-host-header", "", "header carrying the original host (replaces the --front's)")
+	f.StringVar(&vf.set.Front, "front", "", "the proxy calling the forward-auth endpoint: "+strings.Join(verifier.FrontNames(), ", ")+" (required for forward auth unless the --front-*-header flags name the headers)")
+	f.StringVar(&vf.set.FrontHeaders[0], "front-method-header", "", "header carrying the original method (replaces the --front's)")
+	f.StringVar(&vf.set.FrontHeaders[1], "front-uri-header", "", "header carrying the original request URI (replaces the --front's)")
+	f.StringVar(&vf.set.FrontHeaders[2], "front-host-header", "", "header carrying the original host (replaces the --front's)")
 	f.StringVar(&vf.cfg.HTTP.ForwardedHeader, "forwarded-header", verifier.HeaderXForwardedFor, "header the client address is read from when the peer is a trusted proxy: X-Forwarded-For or Forwarded (RFC 7239)")
 	f.DurationVar(&vf.cfg.HTTP.BodyTimeout, "body-timeout", verifier.DefaultBodyTimeout, "longest an allowed request's body may take to arrive (refusals never read it)")
 	f.StringVar(&vf.cfg.DataDir, "data-dir", "data", "where state lives: event spool, embedded NATS store")
 	f.DurationVar(&vf.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	f.StringVar(&vf.cfg.VerifierID, "verifier-id", "", "this verifier's id in events (default verifier-<hostname>); unique per instance")
-	f.StringArrayVar(&vf.routes, "route", nil, "route rule PREFIX[,scope=S][,anonymous=RATE[/BURST]][,cost=N]; repeatable; longest prefix wins")
+	f.StringArrayVar(&vf.set.Routes, "route", nil, "route rule PREFIX[,scope=S][,anonymous=RATE[/BURST]][,cost=N]; repeatable; longest prefix wins")
 	f.StringVar(&vf.cfg.HTTP.QueryParam, "query-param", "", "query parameter that may carry the key, proxy mode only (removed before forwarding; refused with forward auth, which cannot strip it); empty: headers only")
-	f.StringSliceVar(&vf.trusted, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs of the proxies whose --forwarded-header is believed (forward-auth callers, load balancers; never client networks)")
+	f.StringSliceVar(&vf.set.TrustedProxies, "trusted-proxy", []string{"127.0.0.0/8", "::1/128"}, "CIDRs of the proxies whose --forwarded-header is believed (forward-auth callers, load balancers; never client networks)")
 	f.StringVar(&vf.cfg.HTTP.CountryHeader, "country-header", "", "CDN header with the client's country, e.g. CF-IPCountry")
 	f.StringVar(&vf.cfg.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
-	f.Int64Var(&vf.maxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
-	f.IntVar(&vf.queue, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
+	f.Int64Var(&vf.set.MaxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
+	f.IntVar(&vf.set.QueueSize, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
 	f.DurationVar(&vf.cfg.ShareRateLimits, "share-rate-limits", 0, "make key rate limits global across the verifiers on this NATS bus, reporting admissions this often (e.g. 50ms; approximate, converging); 0: per-verifier limits")
 	f.BoolVar(&vf.cfg.Emitter.DurableLog, "durable-log", false, "answer a request only once its event is fsynced in a local log under --data-dir (group commit), replayed after a crash: a SIGKILL or power loss loses no answered request's event (costs throughput; see README)")
-	f.IntVar(&vf.maxBatch, "max-batch", 1000, "events per batch")
-	f.DurationVar(&vf.flushEvery, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
-	f.StringVar(&vf.geoCountry, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
-	f.StringVar(&vf.geoASN, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
+	f.IntVar(&vf.set.MaxBatch, "max-batch", 1000, "events per batch")
+	f.DurationVar(&vf.set.FlushInterval, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
+	f.StringVar(&vf.set.GeoCountryDB, "geoip-country-db", "", "MaxMind-format Country or City database (.mmdb) for the events' country")
+	f.StringVar(&vf.set.GeoASNDB, "geoip-asn-db", "", "MaxMind-format ASN database (.mmdb) for the events' AS number")
 	f.StringVar(&vf.cfg.QuotaPeriod, "quota-period", "month", "quota period, as the aggregator's: month or day (UTC)")
 	f.IntVar(&vf.cfg.AnonIPv6Prefix, "anonymous-ipv6-prefix", verifier.DefaultAnonIPv6Prefix, "anonymous routes limit IPv6 clients per network of this many bits (32-128): one /64 is one client")
 	f.BoolVar(&vf.cfg.BlockValidKeys, "block-valid-keys", false, "an address block (block_ip) refuses valid keys too; by default it refuses only requests without a valid, active key, so that one abuser behind a shared NAT does not lock out every key there")
-	f.Int64Var(&vf.memLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
-}
-
-// config is the verifier's configuration from the flags.
-func (vf *verifierFlags) config() (verifier.RunConfig, error) {
-	cfg := vf.cfg
-	var err error
-	if cfg.Routes, err = verifier.ParseRoutes(vf.routes); err != nil {
-		return cfg, fmt.Errorf("--route: %w", err)
-	}
-	if (cfg.Listen != "" && cfg.Upstream == "") || cfg.AuthListen != "" || vf.front != "" || vf.frontHdr != [3]string{} {
-		if cfg.HTTP.Front, err = verifier.ParseFront(vf.front, vf.frontHdr[0], vf.frontHdr[1], vf.frontHdr[2]); err != nil {
-			return cfg, err
-		}
-	}
-	for _, s := range vf.trusted {
-		p, err := keys.ParseCIDR(s)
-		if err != nil {
-			return cfg, fmt.Errorf("--trusted-proxy: %w", err)
-		}
-		cfg.HTTP.TrustedProxies = append(cfg.HTTP.TrustedProxies, p)
-	}
-	cfg.Emitter.MaxSpoolBytes = vf.maxSpoolMB << 20
-	cfg.Emitter.QueueSize, cfg.Emitter.MaxBatch, cfg.Emitter.FlushInterval = vf.queue, vf.maxBatch, vf.flushEvery
-	return cfg, nil
+	f.Int64Var(&vf.set.MemoryLimitMB, "memory-limit-mb", 0, "soft memory limit for the Go runtime (GOMEMLIMIT); 0: unset")
 }
 
 func runVerifier(ctx context.Context, vf *verifierFlags, log *slog.Logger) error {
-	cfg, err := vf.config()
-	if err != nil {
-		return err
-	}
-	if vf.memLimitMB > 0 {
-		setMemoryLimit(vf.memLimitMB << 20)
-	}
-	if vf.geoCountry != "" || vf.geoASN != "" {
-		geo, err := verifier.OpenGeo(vf.geoCountry, vf.geoASN)
-		if err != nil {
-			return err
-		}
-		defer geo.Close()
-		cfg.HTTP.Geo = geo
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return fmt.Errorf("--data-dir: %w", err)
-	}
-	b, err := vf.bf.open(ctx, cfg.DataDir, log)
-	if err != nil {
-		return err
-	}
-	cfg.Bus, cfg.Logger = b, log
-	runErr := verifier.Run(ctx, cfg)
-	// Shutdown order: Run stopped intake and flushed the batches; now
-	// drain and close the bus.
-	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := b.Close(cctx); err != nil && runErr == nil {
-		runErr = err
-	}
-	return runErr
+	cfg := vf.cfg
+	cfg.Logger = log
+	return vf.set.RunProcess(ctx, cfg, func(ctx context.Context, dataDir string) (bus.Bus, error) { return vf.bf.open(ctx, dataDir, log) })
 }
-
-func setMemoryLimit(bytes int64) { debug.SetMemoryLimit(bytes) }
 
 func init() {
 	registerBench(newBenchRevocationCmd)
 	registerBench(newBenchProxyCmd)
-}
-
-// openAnother opens one more connection to the bus first is on (each
-// verifier of a benchmark has its own connection, as separate processes
-// would).
-func openAnother(ctx context.Context, bf *busFlags, first bus.Bus, log *slog.Logger) (bus.Bus, error) {
-	if nb, ok := first.(*natsbus.Bus); ok && nb.Embedded() != nil {
-		return natsbus.New(ctx, natsbus.Config{Prefix: bf.Prefix, Partitions: bf.Partitions, MaxPending: bf.MaxPending},
-			natsbus.WithLogger(log), natsbus.WithEmbedded(nb.Embedded()))
-	}
-	return bf.open(ctx, "", log)
-}
-
-func benchDataDir(dataDir *string, keep bool, name string) (func(), error) {
-	if *dataDir != "" {
-		return func() {}, nil
-	}
-	d, err := os.MkdirTemp("", "keymeter-bench-"+name+"-")
-	if err != nil {
-		return nil, err
-	}
-	*dataDir = d
-	if keep {
-		return func() {}, nil
-	}
-	return func() { os.RemoveAll(d) }, nil
 }
 
 func newBenchRevocationCmd(g *globals) *cobra.Command {
@@ -221,7 +127,7 @@ service returns once its own watch has seen the write, so those are near 0).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := g.Logger()
-			cleanup, err := benchDataDir(&dataDir, keep, "revocation")
+			dataDir, cleanup, err := bench.DataDir(dataDir, keep, "revocation")
 			if err != nil {
 				return err
 			}
@@ -233,7 +139,7 @@ service returns once its own watch has seen the write, so those are near 0).`,
 			}
 			defer closeSoon(admin)
 			cfg.Bus, cfg.Backend, cfg.Logger = admin, bf.Backend, log
-			cfg.Connect = func(ctx context.Context) (bus.Bus, error) { return openAnother(ctx, &bf, admin, log) }
+			cfg.Connect = func(ctx context.Context) (bus.Bus, error) { return busopen.Another(ctx, bf.Config, admin, log) }
 			return bench.RunRevocation(ctx, cfg)
 		},
 	}
@@ -268,7 +174,9 @@ of the bare proxy's. Load generator and servers share this machine's cores.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := g.Logger()
-			cleanup, err := benchDataDir(&cfg.DataDir, keep, "proxy")
+			var cleanup func()
+			var err error
+			cfg.DataDir, cleanup, err = bench.DataDir(cfg.DataDir, keep, "proxy")
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 var updateCluster = flag.Bool("update-cluster-sql", false, "rewrite deploy/clickhouse/cluster.sql")
@@ -85,5 +86,19 @@ func TestClusterSQLStatements(t *testing.T) {
 	}
 	if _, err := ClusterSQL(migs, "c'--", "k"); err == nil {
 		t.Error("a quote in the cluster name accepted")
+	}
+}
+
+func TestWriteMigrationStatus(t *testing.T) {
+	var b strings.Builder
+	at := time.Date(2026, 11, 1, 2, 3, 4, 0, time.UTC)
+	if err := WriteMigrationStatus(&b, []MigrationState{{Version: 1, Name: "init", Applied: true, AppliedAt: at}, {Version: 2, Name: "next"}}); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"VERSION", "0001     init  applied  2026-11-01T02:03:04Z", "0002     next  pending"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status %q lacks %q", out, want)
+		}
 	}
 }
