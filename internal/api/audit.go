@@ -193,31 +193,19 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request) error {
 	if err := checkFilters(v, "actor", "action", "target"); err != nil {
 		return err
 	}
-	var q store.AuditQuery
-	q.Actor, q.Action, q.Target = v.Get("actor"), v.Get("action"), v.Get("target")
-	if q.From, err = timeParam(v, "from"); err != nil {
+	pg, err := parseListPage(v)
+	if err != nil {
 		return err
 	}
-	if q.To, err = timeParam(v, "to"); err != nil {
-		return err
-	}
-	if q.Limit, err = intParam(v, "limit", 1, 10000, 100); err != nil {
-		return err
-	}
-	q.Cursor = v.Get("cursor")
-	if q.Cursor != "" && !store.ValidCursor(q.Cursor) {
-		return badRequest("cursor", "cursor %q is not one this server issued (the next of a previous page)", q.Cursor)
-	}
-	limit := q.Limit
-	if q.Limit < 10000 {
-		q.Limit++ // one more tells whether there is a next page
-	}
+	q := store.AuditQuery{Actor: v.Get("actor"), Action: v.Get("action"), Target: v.Get("target"),
+		From: pg.From, To: pg.To, Limit: pg.fetch(), Cursor: pg.Cursor}
 	var es []store.AuditEntry
-	if q.From.IsZero() || q.To.IsZero() || q.From.Before(q.To) {
+	if !pg.emptyRange() {
 		if es, err = s.cfg.Audit.Audit(r.Context(), q); err != nil {
 			return err
 		}
 	}
+	limit := pg.Limit
 	out := AuditList{Entries: make([]AuditEntryJSON, 0, len(es))}
 	if len(es) > limit {
 		es = es[:limit]

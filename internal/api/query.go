@@ -179,31 +179,19 @@ func (s *Server) decisions(w http.ResponseWriter, r *http.Request) error {
 	if err := checkFilters(v, "project", "key", "rule"); err != nil {
 		return err
 	}
-	var q store.DecisionQuery
-	q.Project, q.KeyID, q.RuleID = v.Get("project"), v.Get("key"), v.Get("rule")
-	if q.From, err = timeParam(v, "from"); err != nil {
+	pg, err := parseListPage(v)
+	if err != nil {
 		return err
 	}
-	if q.To, err = timeParam(v, "to"); err != nil {
-		return err
-	}
-	if q.Limit, err = intParam(v, "limit", 1, 10000, 100); err != nil {
-		return err
-	}
-	q.Cursor = v.Get("cursor")
-	if q.Cursor != "" && !store.ValidCursor(q.Cursor) {
-		return badRequest("cursor", "cursor %q is not one this server issued (the next of a previous page)", q.Cursor)
-	}
-	limit := q.Limit
-	if q.Limit < 10000 {
-		q.Limit++ // one more tells whether there is a next page
-	}
+	q := store.DecisionQuery{Project: v.Get("project"), KeyID: v.Get("key"), RuleID: v.Get("rule"),
+		From: pg.From, To: pg.To, Limit: pg.fetch(), Cursor: pg.Cursor}
 	var ds []store.Decision
-	if q.From.IsZero() || q.To.IsZero() || q.From.Before(q.To) {
+	if !pg.emptyRange() {
 		if ds, err = s.cfg.Decision.Decisions(r.Context(), q); err != nil {
 			return err
 		}
 	}
+	limit := pg.Limit
 	out := DecisionList{Decisions: make([]DecisionJSON, 0, len(ds))}
 	if len(ds) > limit {
 		ds = ds[:limit]
@@ -420,4 +408,45 @@ func (s *Server) leaks(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.leakReport(w, r)
+}
+
+// listPage holds the from, to, limit and cursor parameters of a
+// newest-first list paged by cursor (decisions, the audit trail).
+type listPage struct {
+	From, To time.Time
+	Limit    int // as asked
+	Cursor   string
+}
+
+func parseListPage(v url.Values) (listPage, error) {
+	var pg listPage
+	var err error
+	if pg.From, err = timeParam(v, "from"); err != nil {
+		return pg, err
+	}
+	if pg.To, err = timeParam(v, "to"); err != nil {
+		return pg, err
+	}
+	if pg.Limit, err = intParam(v, "limit", 1, 10000, 100); err != nil {
+		return pg, err
+	}
+	pg.Cursor = v.Get("cursor")
+	if pg.Cursor != "" && !store.ValidCursor(pg.Cursor) {
+		return pg, badRequest("cursor", "cursor %q is not one this server issued (the next of a previous page)", pg.Cursor)
+	}
+	return pg, nil
+}
+
+// fetch is the limit to ask the store for: one more than asked tells
+// whether there is a next page.
+func (pg listPage) fetch() int {
+	if pg.Limit < 10000 {
+		return pg.Limit + 1
+	}
+	return pg.Limit
+}
+
+// emptyRange reports a range with from not before to: nothing to read.
+func (pg listPage) emptyRange() bool {
+	return !pg.From.IsZero() && !pg.To.IsZero() && !pg.From.Before(pg.To)
 }

@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -63,44 +61,19 @@ SELECT {id:String}, fromUnixTimestamp64Milli({t:Int64}, 'UTC'), {actor:String}, 
 
 // Audit implements AuditLog.
 func (d *DB) Audit(ctx context.Context, q AuditQuery) ([]AuditEntry, error) {
-	if q.Limit < 0 || q.Limit > 10000 {
-		return nil, badFilter("limit", strconv.Itoa(q.Limit), "out of range", "1-10000")
+	page, err := newNewestFirst(q.Limit, q.From, q.To, q.Cursor, nil)
+	if err != nil {
+		return nil, err
 	}
 	if err := d.check(); err != nil {
 		return nil, err
 	}
-	limit := q.Limit
-	if limit == 0 {
-		limit = 100
-	}
-	where := []string{"1"}
-	p := Params{}.U64("limit", uint64(limit))
-	if q.Actor != "" {
-		where, p = append(where, "actor = {actor:String}"), p.Str("actor", q.Actor)
-	}
-	if q.Action != "" {
-		where, p = append(where, "action = {action:String}"), p.Str("action", q.Action)
-	}
-	if q.Target != "" {
-		where, p = append(where, "target = {target:String}"), p.Str("target", q.Target)
-	}
-	if !q.From.IsZero() {
-		where, p = append(where, "time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC')"), p.Ms("from", q.From)
-	}
-	if !q.To.IsZero() {
-		where, p = append(where, "time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')"), p.Ms("to", q.To)
-	}
-	if q.Cursor != "" {
-		ms, id, err := decodeCursor(q.Cursor)
-		if err != nil {
-			return nil, err
-		}
-		where = append(where, "(time, id) < (fromUnixTimestamp64Milli({cms:Int64}, 'UTC'), {cid:String})")
-		p = p.I64("cms", ms).Str("cid", id)
-	}
+	page.eq("actor", "actor", q.Actor)
+	page.eq("action", "action", q.Action)
+	page.eq("target", "target", q.Target)
 	rows, err := d.conn.Query(ctx, d.sql(`SELECT id, toInt64(toUnixTimestamp64Milli(time)), actor, toString(role), toString(action),
  target, toString(project), detail
-FROM {db}.audit FINAL WHERE `+strings.Join(where, " AND ")+` ORDER BY time DESC, id DESC LIMIT {limit:UInt32}`), p)
+FROM {db}.audit FINAL WHERE `+page.whereSQL()+` ORDER BY time DESC, id DESC LIMIT {limit:UInt32}`), page.p)
 	if err != nil {
 		return nil, fmt.Errorf("store: audit: %w", err)
 	}

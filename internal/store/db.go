@@ -589,44 +589,20 @@ SELECT {id:String}, fromUnixTimestamp64Milli({t:Int64}, 'UTC'), {rule:String}, {
 
 // Decisions implements DecisionStore.
 func (d *DB) Decisions(ctx context.Context, q DecisionQuery) ([]Decision, error) {
-	if q.Limit < 0 || q.Limit > 10000 {
-		return nil, badFilter("limit", strconv.Itoa(q.Limit), "out of range", "1-10000")
+	page, err := newNewestFirst(q.Limit, q.From, q.To, q.Cursor,
+		badFilter("cursor", "", "not a cursor this server issued", "the next of a previous page"))
+	if err != nil {
+		return nil, err
 	}
 	if err := d.check(); err != nil {
 		return nil, err
 	}
-	limit := q.Limit
-	if limit == 0 {
-		limit = 100
-	}
-	where := []string{"1"}
-	p := Params{}.U64("limit", uint64(limit))
-	if q.Project != "" {
-		where, p = append(where, "project = {project:String}"), p.Str("project", q.Project)
-	}
-	if q.KeyID != "" {
-		where, p = append(where, "key_id = {key:String}"), p.Str("key", q.KeyID)
-	}
-	if q.RuleID != "" {
-		where, p = append(where, "rule_id = {rule:String}"), p.Str("rule", q.RuleID)
-	}
-	if !q.From.IsZero() {
-		where, p = append(where, "time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC')"), p.Ms("from", q.From)
-	}
-	if !q.To.IsZero() {
-		where, p = append(where, "time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')"), p.Ms("to", q.To)
-	}
-	if q.Cursor != "" {
-		ms, id, err := decodeCursor(q.Cursor)
-		if err != nil {
-			return nil, badFilter("cursor", "", "not a cursor this server issued", "the next of a previous page")
-		}
-		where = append(where, "(time, id) < (fromUnixTimestamp64Milli({cms:Int64}, 'UTC'), {cid:String})")
-		p = p.I64("cms", ms).Str("cid", id)
-	}
+	page.eq("project", "project", q.Project)
+	page.eq("key_id", "key", q.KeyID)
+	page.eq("rule_id", "rule", q.RuleID)
 	rows, err := d.conn.Query(ctx, d.sql(`SELECT id, toInt64(toUnixTimestamp64Milli(time)), toString(rule_id), toUInt64(rule_version), toString(mode), toString(action),
  toString(project), key_id, client_ip, group_key, reason, evidence
-FROM {db}.decisions FINAL WHERE `+strings.Join(where, " AND ")+` ORDER BY time DESC, id DESC LIMIT {limit:UInt32}`), p)
+FROM {db}.decisions FINAL WHERE `+page.whereSQL()+` ORDER BY time DESC, id DESC LIMIT {limit:UInt32}`), page.p)
 	if err != nil {
 		return nil, fmt.Errorf("store: decisions: %w", err)
 	}

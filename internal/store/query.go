@@ -268,3 +268,50 @@ func (q *UsageQuery) Validate() error {
 }
 
 var errNoIdentity = errors.New("store: a key id is required")
+
+// newestFirst is a newest-first list paged by (time, id), as decisions and
+// the audit trail are: it checks and defaults the limit, and starts the
+// WHERE terms and parameters with the time range and the cursor. Callers
+// append their own equality filters with eq. badCursor, when not nil, is
+// the error for a cursor that does not decode (else decodeCursor's own).
+type newestFirst struct {
+	where []string
+	p     Params
+}
+
+func newNewestFirst(limit int, from, to time.Time, cursor string, badCursor error) (*newestFirst, error) {
+	if limit < 0 || limit > 10000 {
+		return nil, badFilter("limit", strconv.Itoa(limit), "out of range", "1-10000")
+	}
+	if limit == 0 {
+		limit = 100
+	}
+	q := &newestFirst{where: []string{"1"}, p: Params{}.U64("limit", uint64(limit))}
+	if !from.IsZero() {
+		q.where, q.p = append(q.where, "time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC')"), q.p.Ms("from", from)
+	}
+	if !to.IsZero() {
+		q.where, q.p = append(q.where, "time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')"), q.p.Ms("to", to)
+	}
+	if cursor != "" {
+		ms, id, err := decodeCursor(cursor)
+		if err != nil {
+			if badCursor != nil {
+				return nil, badCursor
+			}
+			return nil, err
+		}
+		q.where = append(q.where, "(time, id) < (fromUnixTimestamp64Milli({cms:Int64}, 'UTC'), {cid:String})")
+		q.p = q.p.I64("cms", ms).Str("cid", id)
+	}
+	return q, nil
+}
+
+// eq adds column = value (a String parameter named param) when value is set.
+func (q *newestFirst) eq(column, param, value string) {
+	if value != "" {
+		q.where, q.p = append(q.where, column+" = {"+param+":String}"), q.p.Str(param, value)
+	}
+}
+
+func (q *newestFirst) whereSQL() string { return strings.Join(q.where, " AND ") }
