@@ -147,13 +147,9 @@ func (c *Consumer) run(ctx context.Context) {
 			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
 				return
 			}
-			c.b.links.observe("consume", err)
-			select {
-			case <-ctx.Done():
+			if !c.backOff(ctx, err, &backoff) {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, 2*time.Second)
 			continue
 		}
 		backoff = 50 * time.Millisecond
@@ -175,6 +171,19 @@ func (c *Consumer) run(ctx context.Context) {
 	}
 }
 
+// backOff records err as a consume failure and waits *backoff, doubling it
+// up to 2 s for the next failure; false when ctx ended meanwhile.
+func (c *Consumer) backOff(ctx context.Context, err error, backoff *time.Duration) bool {
+	c.b.links.observe("consume", err)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(*backoff):
+	}
+	*backoff = min(2**backoff, 2*time.Second)
+	return true
+}
+
 // read pumps one assigned partition into c.msgs until its generation ends.
 func (c *Consumer) read(ctx context.Context, gen int64, pa kafka.PartitionAssignment) {
 	off := pa.Offset
@@ -193,28 +202,17 @@ func (c *Consumer) read(ctx context.Context, gen int64, pa kafka.PartitionAssign
 			var err error
 			if r, err = c.b.partitionReader(c.b.cfg.EventsTopic, pa.ID, off); err != nil {
 				r = nil
-				c.b.links.observe("consume", err)
-				select {
-				case <-ctx.Done():
+				if !c.backOff(ctx, err, &backoff) {
 					return
-				case <-time.After(backoff):
 				}
-				backoff = min(2*backoff, 2*time.Second)
 				continue
 			}
 		}
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || !c.backOff(ctx, err, &backoff) {
 				return
 			}
-			c.b.links.observe("consume", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 2*time.Second)
 			continue
 		}
 		backoff = 50 * time.Millisecond
