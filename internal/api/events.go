@@ -13,29 +13,6 @@ import (
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
-// usageEventJSON is the JSON form of a usage event as the API checks it
-// (schemas/usage-event.schema.json); event.DecodeJSON then builds the event.
-type usageEventJSON struct {
-	ID         string `json:"id"`
-	Time       string `json:"time"`
-	Project    string `json:"project,omitempty"`
-	KeyID      string `json:"key_id,omitempty"`
-	Outcome    string `json:"outcome"`
-	ClientIP   string `json:"client_ip,omitempty"`
-	Country    string `json:"country,omitempty"`
-	ASN        uint32 `json:"asn,omitempty"`
-	Method     string `json:"method,omitempty"`
-	Host       string `json:"host,omitempty"`
-	Route      string `json:"route,omitempty"`
-	Status     uint16 `json:"status,omitempty"`
-	LatencyUS  uint32 `json:"latency_us,omitempty"`
-	BytesIn    uint64 `json:"bytes_in,omitempty"`
-	BytesOut   uint64 `json:"bytes_out,omitempty"`
-	UserAgent  string `json:"user_agent,omitempty"`
-	VerifierID string `json:"verifier_id,omitempty"`
-	CostUnits  uint32 `json:"cost_units,omitempty"`
-}
-
 // decodeEvents parses one event or an array of events strictly; an error
 // names the index and the field ("[3].time").
 func decodeEvents(body []byte) ([]event.Event, error) {
@@ -62,7 +39,7 @@ func decodeEvents(body []byte) ([]event.Event, error) {
 		if single {
 			prefix = ""
 		}
-		var j usageEventJSON
+		var j event.JSONEvent // checked strictly here, then by the event package
 		if err := decodeObject(raw, &j, prefix); err != nil {
 			return nil, err
 		}
@@ -80,8 +57,7 @@ func decodeEvents(body []byte) ([]event.Event, error) {
 				return nil, keyErr(prefix+"time", err)
 			}
 		}
-		norm, _ := json.Marshal(j)
-		e, err := event.DecodeJSON(norm)
+		e, err := j.Event()
 		if err != nil {
 			var fe *event.FieldError
 			if errors.As(err, &fe) {

@@ -14,8 +14,9 @@ import (
 	"unicode/utf8"
 )
 
-// jsonEvent is the JSON form of a usage event (schemas/usage-event.schema.json).
-type jsonEvent struct {
+// JSONEvent is the JSON form of a usage event (schemas/usage-event.schema.json),
+// as decoded before its values are checked (Event).
+type JSONEvent struct {
 	ID         string `json:"id"`
 	Time       string `json:"time"`
 	Project    string `json:"project,omitempty"`
@@ -38,7 +39,7 @@ type jsonEvent struct {
 
 // MarshalJSON encodes e in its JSON form.
 func (e Event) MarshalJSON() ([]byte, error) {
-	j := jsonEvent{
+	j := JSONEvent{
 		ID: e.ID, Project: e.Project, KeyID: e.KeyID, Outcome: e.Outcome.String(),
 		ClientIP: e.ClientIP, Country: e.Country, ASN: e.ASN, Method: e.Method, Host: e.Host,
 		Route: e.Route, Status: e.Status, LatencyUS: e.LatencyUS, BytesIn: e.BytesIn,
@@ -63,7 +64,7 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 // DecodeJSON decodes and validates one event in its JSON form. Unknown
 // fields, wrong types and bad values are refused with the field name.
 func DecodeJSON(data []byte) (Event, error) {
-	var j jsonEvent
+	var j JSONEvent
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&j); err != nil {
@@ -72,6 +73,12 @@ func DecodeJSON(data []byte) (Event, error) {
 	if dec.More() {
 		return Event{}, &FieldError{Field: "(document)", Reason: "trailing data after the event object"}
 	}
+	return j.Event()
+}
+
+// Event checks j's values and builds the event; an error is a *FieldError
+// naming the field.
+func (j JSONEvent) Event() (Event, error) {
 	e := Event{
 		ID: j.ID, Project: j.Project, KeyID: j.KeyID, ClientIP: j.ClientIP, Country: j.Country,
 		ASN: j.ASN, Method: j.Method, Host: j.Host, Route: j.Route, Status: j.Status,
