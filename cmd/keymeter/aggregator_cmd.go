@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -55,7 +56,7 @@ replays its recorded intents under their tokens).`,
 			if err != nil {
 				return err
 			}
-			defer st.Close() // closed after the bus: deferred first
+			defer st.Close(context.Background()) // closed after the bus: deferred first
 			b, err := bf.open(ctx, sf.DataDir, log)
 			if err != nil {
 				return err

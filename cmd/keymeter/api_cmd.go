@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -64,7 +65,7 @@ hash of a token is ever stored.`,
 				if err != nil {
 					return err
 				}
-				defer st.Close() // after the bus: deferred first
+				defer st.Close(context.Background()) // after the bus: deferred first
 				cfg.Store = st
 			}
 			b, err := bf.open(ctx, sf.DataDir, log)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -40,7 +41,7 @@ func newBenchPipelineCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer st.Close()
+			defer st.Close(context.Background())
 			if _, err := st.Migrate(ctx); err != nil {
 				return err
 			}

@@ -120,7 +120,7 @@ func crashRun(t *testing.T, bin string, b bus.Bus, idle string, busArgs []string
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer db.Close(context.Background())
 	ctx := context.Background()
 	n, err := db.Count(ctx, "requests")
 	if err != nil {

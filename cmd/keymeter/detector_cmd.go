@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"time"
 
@@ -79,7 +80,7 @@ running rules stay.`,
 				if err != nil {
 					return err
 				}
-				defer db.Close()
+				defer db.Close(context.Background())
 				st = db
 			}
 			b, err := bf.open(ctx, sf.DataDir, log)

@@ -98,7 +98,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 		return err
 	}
 	defer func() { // last: the store, then the bus
-		st.Close()
+		st.Close(context.Background())
 		closeSoon(b)
 	}()
 	return devstack.Run(ctx, devstack.Config{DataDir: o.sf.DataDir, Store: st, Bus: b, BusNote: note,
@@ -121,12 +121,12 @@ func openDev(ctx context.Context, o *devOptions, log *slog.Logger) (*store.DB, b
 		return nil, nil, "", err
 	}
 	if _, err := st.Migrate(ctx); err != nil {
-		st.Close()
+		st.Close(context.Background())
 		return nil, nil, "", fmt.Errorf("migrate: %w", err)
 	}
 	b, note, err := openDevBus(ctx, o, log)
 	if err != nil {
-		st.Close()
+		st.Close(context.Background())
 		return nil, nil, "", err
 	}
 	return st, b, note, nil

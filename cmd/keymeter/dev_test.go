@@ -112,7 +112,7 @@ func storedDecisions(t *testing.T, dir string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer db.Close(context.Background())
 	ds, err := db.Decisions(context.Background(), store.DecisionQuery{Limit: 10000})
 	if err != nil {
 		t.Fatal(err)

@@ -213,7 +213,7 @@ func runRoles(t *testing.T, bin string, busArgs []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer db.Close(context.Background())
 	n, err := db.Count(context.Background(), "requests")
 	if err != nil {
 		t.Fatal(err)

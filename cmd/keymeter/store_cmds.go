@@ -88,7 +88,7 @@ func migrateUpCmd(sf *storeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer s.Close(context.Background())
 			applied, err := s.Migrate(cmd.Context())
 			for _, v := range applied {
 				fmt.Fprintf(cmd.OutOrStdout(), "applied %04d\n", v)
@@ -114,7 +114,7 @@ func migrateStatusCmd(sf *storeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer s.Close(context.Background())
 			st, err := s.MigrationStatus(cmd.Context())
 			if err != nil {
 				return err

@@ -65,14 +65,14 @@ func TestStoreOutageLosesNothing(t *testing.T) {
 	waitCount(t, db, 10_000, 30*time.Second)
 
 	// The store goes away; events keep coming and wait on the bus.
-	_ = db.Close()
+	_ = db.Close(context.Background())
 	produce(t, b, 10_000, 500, 5)
 	time.Sleep(2 * time.Second)
 	if st := agg.Stats(); st.Events > 10_000 {
 		t.Fatalf("aggregator claims %d events stored while the store was closed", st.Events)
 	}
 	db2 := open()
-	defer db2.Close()
+	defer db2.Close(context.Background())
 	ss.mu.Lock()
 	ss.db = db2
 	ss.mu.Unlock()

@@ -72,7 +72,7 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)
 	}
-	t.Cleanup(func() { _ = db.Close() })
+	t.Cleanup(func() { _ = db.Close(context.Background()) })
 	if _, err := db.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}

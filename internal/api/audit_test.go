@@ -116,7 +116,7 @@ func TestAuditSignedLeakReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = db.Close() })
+	t.Cleanup(func() { _ = db.Close(context.Background()) })
 	if _, err := db.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -114,7 +114,7 @@ func (r *runner) runStore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer st.Close(context.Background())
 	src := NewStoreSource(ctx, st, cfg.From, cfg.To)
 	defer src.Stop()
 	var es detect.EventSource = src

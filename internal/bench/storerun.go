@@ -57,7 +57,7 @@ func (r StoreRun) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		defer s.Close()
+		defer s.Close(context.Background())
 		return RunStoreQuery(ctx, StoreQueryConfig{DB: s, Backend: r.Backend, Rows: r.QueryRows, Keys: r.Keys, Span: r.Span, Queries: max(r.Queries, 200)})
 	}
 	for _, m := range modes {
@@ -71,7 +71,7 @@ func (r StoreRun) Run(ctx context.Context) error {
 		}
 		err = RunStore(ctx, StoreConfig{DB: s, Backend: r.Backend, Events: r.Events, Batch: r.Batch, Keys: r.Keys, Rollups: m,
 			Span: r.Span, Queries: r.Queries, Writers: r.Writers, NoWarmup: r.NoWarmup})
-		s.Close()
+		s.Close(context.Background())
 		if err != nil {
 			return err
 		}

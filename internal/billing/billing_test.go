@@ -21,7 +21,7 @@ func TestExportReconcilesIsStableAndReportsLateEvents(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)
 	}
-	defer db.Close()
+	defer db.Close(context.Background())
 	if _, err := db.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -97,7 +97,7 @@ func TestReplayedReportIsOneDecisionRecordedThroughTheBus(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)
 	}
-	defer db.Close()
+	defer db.Close(context.Background())
 	if _, err := db.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}

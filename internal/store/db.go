@@ -93,8 +93,10 @@ func (d *DB) check() error {
 	return nil
 }
 
-// Close closes the backend connection.
-func (d *DB) Close() error {
+// Close closes the backend connection. It takes a context for the one
+// Close(ctx) error shape of every role and adapter; closing the connection
+// itself does not block.
+func (d *DB) Close(ctx context.Context) error {
 	if d.closed.Swap(true) {
 		return nil
 	}

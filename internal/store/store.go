@@ -88,7 +88,7 @@ type Store interface {
 	DecisionStore
 	KeyMirror
 	Admin
-	Close() error
+	Close(ctx context.Context) error
 }
 
 // IntentState is the state of an ingest intent.

@@ -19,7 +19,7 @@ func BenchmarkInsert(b *testing.B) {
 	for _, mode := range []store.RollupMode{store.RollupPreaggregated, store.RollupViews} {
 		b.Run(string(mode), func(b *testing.B) {
 			db := open(b, fmt.Sprintf("bench_%s_%d", mode, b.N))
-			defer db.Close()
+			defer db.Close(context.Background())
 			ctx := context.Background()
 			if _, err := db.Migrate(ctx); err != nil {
 				b.Fatal(err)

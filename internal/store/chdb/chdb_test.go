@@ -1,6 +1,7 @@
 package chdb_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -39,7 +40,7 @@ func TestConformance(t *testing.T) {
 
 func TestOtherDataDirInSameProcess(t *testing.T) {
 	db := open(t, "other_dir")
-	defer db.Close()
+	defer db.Close(context.Background())
 	_, err := chdb.Open(chdb.Config{DataDir: filepath.Join(dataDir, "elsewhere")})
 	if err == nil {
 		t.Fatal("a second data directory in one process was accepted")

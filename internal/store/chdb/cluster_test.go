@@ -14,7 +14,7 @@ import (
 // run ON CLUSTER statements on).
 func TestClusterSQLParses(t *testing.T) {
 	db := open(t, "cluster_sql")
-	defer db.Close()
+	defer db.Close(context.Background())
 	sql, err := store.ClusterSQL(store.Migrations(), "{cluster}", "keymeter")
 	if err != nil {
 		t.Fatal(err)
@@ -37,14 +37,14 @@ func TestClusterSQLParses(t *testing.T) {
 func TestMigrationsSQLIsTheMigratedSchema(t *testing.T) {
 	ctx := context.Background()
 	printed := open(t, "printed_schema")
-	defer printed.Close()
+	defer printed.Close(context.Background())
 	for _, st := range store.SplitStatements(store.MigrationsSQL(store.Migrations(), "printed_schema")) {
 		if err := printed.Conn().Exec(ctx, st, nil); err != nil {
 			t.Fatalf("%v\n%s", err, st)
 		}
 	}
 	migrated := open(t, "migrated_schema")
-	defer migrated.Close()
+	defer migrated.Close(context.Background())
 	if _, err := migrated.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}

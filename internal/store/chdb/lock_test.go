@@ -1,6 +1,7 @@
 package chdb_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -22,7 +23,7 @@ func TestSecondProcessGetsLockError(t *testing.T) {
 		return
 	}
 	db := open(t, "lock_test")
-	defer db.Close()
+	defer db.Close(context.Background())
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSecondProcessGetsLockError$", "-test.v")
 	cmd.Env = append(os.Environ(), "KEYMETER_TEST_LOCK_DIR="+dataDir)
 	out, err := cmd.CombinedOutput()

@@ -23,7 +23,7 @@ func BenchmarkScanEvents(b *testing.B) {
 		rows = v
 	}
 	db := open(b, fmt.Sprintf("bench_scan_%d", rows))
-	defer db.Close()
+	defer db.Close(context.Background())
 	ctx := context.Background()
 	if _, err := db.Migrate(ctx); err != nil {
 		b.Fatal(err)

@@ -16,7 +16,7 @@ import (
 // first, then io.EOF; a bad range is the scan's error.
 func TestEventSourceOldestFirst(t *testing.T) {
 	db := open(t, "event_source")
-	defer db.Close()
+	defer db.Close(context.Background())
 	ctx := context.Background()
 	if _, err := db.Migrate(ctx); err != nil {
 		t.Fatal(err)

@@ -20,7 +20,7 @@ func TestOpenChdbUnderDataDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer db.Close(context.Background())
 	if _, err := os.Stat(filepath.Join(dir, "clickhouse")); err != nil {
 		t.Fatalf("the engine's data is not under <data-dir>/clickhouse: %v", err)
 	}

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -11,7 +12,7 @@ import (
 // and a retried write is one entry.
 func testAudit(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	al, ok := s.(store.AuditLog)
 	if !ok {
 		t.Fatalf("%T keeps no audit trail (store.AuditLog)", s)

@@ -27,7 +27,7 @@ type historyScanner interface {
 // both ends of the range and hostile strings.
 func testScanEvents(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	sc, ok := s.(historyScanner)
 	if !ok {
 		t.Skipf("%T has no history scan", s)

@@ -175,11 +175,11 @@ func testExactlyOnce(t *testing.T, f Factory) {
 		t.Fatalf("per-day rollup counts %d requests, want 5000", n)
 	}
 	// A replay after a restart: same token, dropped.
-	if err := s.Close(); err != nil {
+	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	s = f(t, db)
-	defer s.Close()
+	defer s.Close(context.Background())
 	if err := s.InsertEvents(c, "part0:0-2999", a); err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +196,7 @@ func testExactlyOnce(t *testing.T, f Factory) {
 
 func testIntents(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	in := []store.Intent{
 		{Consumer: "agg", Partition: "3", First: 100, Last: 199, Token: "agg/3/100-199"},
@@ -232,7 +232,7 @@ func testIntents(t *testing.T, f Factory) {
 
 func testUsage(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	// Two days and a bit.
 	start := base.Add(-2 * time.Hour)
@@ -329,7 +329,7 @@ func insert(t *testing.T, s store.Store, token string, ev []event.Event) {
 
 func testLogs(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	ev := Events("l", 2000, base, 2*time.Hour, 6)
 	ev[7].Project = "p2"
@@ -420,7 +420,7 @@ func head(s []string) []string { return s[:min(3, len(s))] }
 
 func testLogsPagination(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	ev := Events("pg", 1000, base, 10*time.Second, 3) // several events per millisecond
 	insert(t, s, "pg", ev)
@@ -459,7 +459,7 @@ func testLogsPagination(t *testing.T, f Factory) {
 
 func testQuota(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	ev := Events("q", 3000, base.Add(-36*time.Hour), 72*time.Hour, 3)
 	insert(t, s, "q", ev)
@@ -486,7 +486,7 @@ func testQuota(t *testing.T, f Factory) {
 
 func testBaselines(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	ev := Events("bl", 2400, base, 2*time.Hour, 4) // 20 events per minute
 	insert(t, s, "bl", ev)
@@ -520,7 +520,7 @@ func testBaselines(t *testing.T, f Factory) {
 
 func testDecisions(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	ds := []store.Decision{
 		{ID: "d1", Time: base, RuleID: "leaked-key", RuleVersion: 2, Mode: "enforce", Action: "revoke", Project: "p1", KeyID: "key_1", Reason: "40 countries in 5m", Evidence: `{"countries":40}`},
@@ -552,7 +552,7 @@ func testDecisions(t *testing.T, f Factory) {
 
 func testKeys(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	k := store.KeyRecord{ID: "key_a", Project: "p1", Name: "prod", Owner: "team-x", Env: "live", Display: "km_live_", State: "active",
 		Created: base, Scopes: []string{"read", "it's \\ odd"}, AllowedCIDRs: []string{"10.0.0.0/8"}, RateLimit: 100, MonthlyQuota: 1e6, Metadata: `{"tier":"gold"}`, Version: 1}
@@ -593,7 +593,7 @@ func keysEqual(a, b store.KeyRecord) bool {
 
 func testMigrations(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	again, err := s.Migrate(c)
 	if err != nil || len(again) != 0 {
@@ -618,7 +618,7 @@ func testMigrations(t *testing.T, f Factory) {
 
 func testFailingMigration(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	m, ok := s.(migrator)
 	if !ok {
 		t.Fatalf("%T does not offer MigrateWith", s)
@@ -689,7 +689,7 @@ func testBadFilters(t *testing.T, f Factory) {
 	}
 	// Typed queries are validated before any SQL too.
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	if _, err := s.Logs(c, store.LogQuery{ClientIP: "x' OR 1=1 --"}); !errors.Is(err, store.ErrInvalidQuery) {
 		t.Errorf("Logs with a bad ip: %v", err)
@@ -704,7 +704,7 @@ func testBadFilters(t *testing.T, f Factory) {
 
 func testHostileStrings(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	ev := Events("h", 3, base, time.Second, 1)
 	hostile := "x'); DROP TABLE requests; --\n\nSELECT 1\t\\ \x00 é"
@@ -728,7 +728,7 @@ func testHostileStrings(t *testing.T, f Factory) {
 
 func testRetention(t *testing.T, f Factory) {
 	s, _ := fresh(t, f)
-	defer s.Close()
+	defer s.Close(context.Background())
 	c := ctx(t)
 	if d, err := s.Retention(c); err != nil || d != 90 {
 		t.Fatalf("default retention = %d, %v; want 90", d, err)
