@@ -148,7 +148,7 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, l
 	if err != nil {
 		return err
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	asJSON := cf.json()
 	if !asJSON {
 		fmt.Println(apiclient.FollowHeader)

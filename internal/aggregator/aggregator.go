@@ -319,7 +319,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("aggregator: %w", err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	gc, _ := cons.(generational)
 	if gc != nil {
 		// Replays happen per generation, of the partitions it assigns.

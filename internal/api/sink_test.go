@@ -62,7 +62,7 @@ func TestBusSinkRetryStoredOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	seen := map[string]int{}
 	var eb event.Batch
 	for deliveries := 0; deliveries < 2 && ctx.Err() == nil; {

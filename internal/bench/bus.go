@@ -44,7 +44,7 @@ func RunBus(ctx context.Context, cfg BusConfig) (BusResult, error) {
 	if err != nil {
 		return r, err
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 
 	seen := make([]uint8, total)
 	var (

@@ -112,7 +112,7 @@ type Consumer interface {
 	// Ack acknowledges d and every earlier delivery of its partition.
 	Ack(ctx context.Context, d Delivery) error
 	// Close stops fetching; unacknowledged deliveries will be redelivered.
-	Close() error
+	Close(ctx context.Context) error
 }
 
 // RangeReader re-reads a recorded range of a partition, for exactly-once

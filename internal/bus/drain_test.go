@@ -22,7 +22,7 @@ func TestWaitDrained(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	const n = 6
 	for i := range n {
 		k := fmt.Sprintf("key_%d", i)

@@ -21,7 +21,7 @@ func TestTailAcksEveryPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	const n = 12
 	for i := range n {
 		k := fmt.Sprintf("key_%d", i)

@@ -21,7 +21,7 @@ func TestTailEventsSkipsUndecodable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	good := event.Batch{Events: []event.Event{{KeyID: "key_a"}, {KeyID: "key_b"}}}
 	for i, data := range [][]byte{[]byte("not a batch"), event.AppendBatch(nil, &good)} {
 		a, err := b.Publisher().Publish(ctx, bus.Message{Key: "k", BatchID: "tailev-" + string(rune('0'+i)), Source: "test", Data: data})

@@ -114,7 +114,7 @@ func (d *Detector) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("detector: %w", err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	var wg sync.WaitGroup
 	// The actor outlives ctx by a bounded grace: decisions already made are
 	// carried out and stored, however the shutdown came.

@@ -285,7 +285,7 @@ func readAllEvents(t testing.TB, ctx context.Context, b bus.Bus) []event.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	var out []event.Event
 	var batch event.Batch
 	empty := 0

@@ -83,7 +83,7 @@ func collectEvents(t testing.TB, ctx context.Context, b bus.Bus, want int, deadl
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	seen := map[string]int{}
 	batches := map[string]bool{}
 	var batch event.Batch

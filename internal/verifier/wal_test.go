@@ -204,7 +204,7 @@ func collectRoutes(t *testing.T, b bus.Bus, want map[string]bool, deadline time.
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cons.Close()
+	defer cons.Close(context.Background())
 	seen := map[string]int{}
 	batches := map[string]bool{}
 	var batch event.Batch

@@ -178,7 +178,7 @@ func testPartitionOrder(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	ds := drain(ctx, t, c, len(msgs), true)
 	lastPos := map[int]uint64{}
 	lastSeq := map[string]int{}
@@ -241,13 +241,13 @@ func testRedelivery(t *testing.T, h Harness) {
 			unacked[d.BatchID] = true
 		}
 	}
-	_ = c1.Close()
+	_ = c1.Close(context.Background())
 
 	c2, err := b.NewConsumer(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close()
+	defer c2.Close(context.Background())
 	got := drain(ctx, t, c2, len(unacked), true)
 	for _, d := range got {
 		delete(unacked, d.BatchID)
@@ -268,7 +268,7 @@ func testDuplicate(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	ds := drain(ctx, t, c, 2, true)
 	// Wait for anything straggling after the last batch.
 	more, _ := c.Fetch(ctx, 10, 500*time.Millisecond)
@@ -361,7 +361,7 @@ func testDeadLetter(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	// What a consumer does: decode, dead-letter what fails, ack, go on.
 	processed := map[string]bool{}
 	deadlettered := 0
@@ -577,7 +577,7 @@ func testReadRange(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	ds := drain(ctx, t, c, 10, false)
 	sort.Slice(ds, func(i, j int) bool { return ds[i].Position < ds[j].Position })
 	from, to := ds[3].Position, ds[7].Position
@@ -613,7 +613,7 @@ func testRestart(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	seen := map[string]bool{}
 	for _, d := range drain(ctx, t, c, 25, true) {
 		seen[d.BatchID] = true
@@ -711,7 +711,7 @@ func testLag(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	total := func() uint64 {
 		l, err := b.Lag(ctx, "lag")
 		if err != nil {

@@ -379,7 +379,7 @@ func (c *Consumer) commit() error {
 // Close commits the pending acks, then leaves the group; unacknowledged
 // batches go to the members left (or the next to join) from the last
 // committed offset.
-func (c *Consumer) Close() error {
+func (c *Consumer) Close(ctx context.Context) error {
 	c.closeOnce.Do(func() {
 		c.stopCommit()
 		<-c.committerDone

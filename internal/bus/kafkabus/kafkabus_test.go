@@ -207,7 +207,7 @@ func TestRedeliveryAfterConsumerCloses(t *testing.T) {
 	if err := c1.Ack(ctxT(t, 10*time.Second), got[7]); err != nil {
 		t.Fatal(err)
 	}
-	if err := c1.Close(); err != nil {
+	if err := c1.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c1.Fetch(context.Background(), 1, 0); !errors.Is(err, bus.ErrClosed) {
@@ -217,7 +217,7 @@ func TestRedeliveryAfterConsumerCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close()
+	defer c2.Close(context.Background())
 	again := consume(t, c2, 12, true)
 	if again[0].BatchID != "b08" || again[11].BatchID != "b19" {
 		t.Fatalf("redelivered %s..%s, want b08..b19", again[0].BatchID, again[11].BatchID)
@@ -310,7 +310,7 @@ func TestInvalidMessageDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	got := consume(t, c, 2, false)
 	bad, good := got[0], got[1]
 	if bad.Invalid == "" || !strings.Contains(bad.Invalid, bus.HeaderBatchID) {
@@ -489,12 +489,12 @@ func TestGroupMembersSharePartitions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c1.Close()
+	defer c1.Close(context.Background())
 	c2, err := b.NewConsumer(ctx, group)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close()
+	defer c2.Close(context.Background())
 	const n = 200
 	var msgs []bus.Message
 	for i := range n {

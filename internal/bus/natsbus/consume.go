@@ -258,7 +258,7 @@ func (c *consumer) Ack(ctx context.Context, d bus.Delivery) error {
 	return nil
 }
 
-func (c *consumer) Close() error {
+func (c *consumer) Close(ctx context.Context) error {
 	c.once.Do(func() {
 		close(c.closed)
 		c.cancel()

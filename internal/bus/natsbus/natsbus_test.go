@@ -121,7 +121,7 @@ func TestConsumerTakenOverIsLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer first.Close()
+	defer first.Close(context.Background())
 	if ds, _ := first.Fetch(ctx, 10, 2*time.Second); len(ds) == 0 {
 		t.Fatal("nothing delivered")
 	}
@@ -130,7 +130,7 @@ func TestConsumerTakenOverIsLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer second.Close()
+	defer second.Close(context.Background())
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, err := first.Fetch(ctx, 10, 500*time.Millisecond)
