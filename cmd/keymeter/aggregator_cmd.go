@@ -52,7 +52,7 @@ replays its recorded intents under their tokens).`,
 			if sf.DataDir == "" {
 				sf.DataDir = "data"
 			}
-			st, err := sf.open(ctx)
+			st, err := sf.Open(ctx)
 			if err != nil {
 				return err
 			}
@@ -69,7 +69,7 @@ replays its recorded intents under their tokens).`,
 	f := c.Flags()
 	bf.add(f)
 	f.StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
-	sf.add(f)
+	sf.Bind(f)
 	f.StringVar(&cfg.Group, "group", "aggregator", "consumer group; aggregators of one group share partitions")
 	f.IntSliceVar(&cfg.Partitions, "own-partitions", nil, "partitions this aggregator reads (NATS; one owner per partition and group); empty: all. Kafka assigns partitions through the group")
 	f.IntVar(&cfg.MaxBlockEvents, "max-block-events", 100_000, "insert once this many events are buffered")

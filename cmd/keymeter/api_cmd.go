@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/leaks"
 )
 
 func init() { register(newAPICmd) }
@@ -31,7 +32,7 @@ func newAPICmd(g *globals) *cobra.Command {
 	var (
 		bf          busFlags
 		sf          storeFlags
-		lf          leakFlags
+		lf          leaks.Flags
 		listenAt    string
 		adminListen string
 		tokens      []string
@@ -55,13 +56,13 @@ hash of a token is ever stored.`,
 			if err != nil {
 				return err
 			}
-			leakCfg, err := lf.config()
+			leakCfg, err := lf.Config()
 			if err != nil {
 				return err
 			}
 			cfg := api.RunConfig{Listen: listenAt, AdminListen: adminListen, Tokens: toks, Leaks: leakCfg, Logger: log}
 			if sf.Backend != "none" {
-				st, err := sf.open(ctx)
+				st, err := sf.Open(ctx)
 				if err != nil {
 					return err
 				}
@@ -80,9 +81,9 @@ hash of a token is ever stored.`,
 	f := c.Flags()
 	bf.add(f)
 	f.StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
-	sf.add(f)
+	sf.Bind(f)
 	f.Lookup("store").Usage += "; none: keys only (usage, logs, billing answer 503)"
-	lf.add(f)
+	lf.Bind(f)
 	f.StringVar(&listenAt, "listen", "127.0.0.1:8081", "address of the API")
 	f.StringVar(&adminListen, "admin-listen", "127.0.0.1:9467", "address of /metrics, /healthz, /readyz (empty to disable)")
 	f.StringSliceVar(&tokens, "admin-token", nil, "admin token hashes, role:sha256hex (role admin or read); repeatable")

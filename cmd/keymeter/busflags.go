@@ -15,16 +15,7 @@ import (
 // busFlags select and configure the bus for any role.
 type busFlags struct{ busopen.Config }
 
-func (f *busFlags) add(fs *pflag.FlagSet) {
-	fs.StringVar(&f.Backend, "bus", "nats", "bus backend: nats or kafka")
-	fs.StringVar(&f.NATSURL, "nats-url", "", "NATS server URL; empty starts an embedded nats-server with its store under --data-dir")
-	fs.StringVar(&f.NATSCreds, "nats-creds", "", "credentials for --nats-url: a NATS .creds file or an nkey seed file (keymeter dev's server: <data-dir>/nats.nk)")
-	fs.StringVar(&f.KafkaBrokers, "kafka-brokers", "127.0.0.1:19092", "comma-separated Kafka bootstrap brokers (with --bus kafka)")
-	fs.StringVar(&f.Prefix, "bus-prefix", "keymeter", "name prefix of subjects, streams and topics")
-	fs.IntVar(&f.Partitions, "partitions", 8, "event partitions (created once; later runs must agree)")
-	fs.IntVar(&f.MaxPending, "max-pending", 1024, "unacknowledged batches before publishing blocks")
-	fs.IntVar(&f.Replicas, "bus-replicas", 1, "replicas of the streams (NATS) or replication factor of the topics (Kafka) keymeter creates; 3 in production")
-}
+func (f *busFlags) add(fs *pflag.FlagSet) { f.Bind(fs) }
 
 // natsCredsFile is where the embedded NATS server started on dataDir keeps
 // the nkey seed its clients authenticate with.

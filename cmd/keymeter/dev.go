@@ -13,6 +13,7 @@ import (
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/devstack"
+	"github.com/keymeter/keymeter/internal/leaks"
 	"github.com/keymeter/keymeter/internal/store"
 )
 
@@ -22,7 +23,7 @@ type devOptions struct {
 	bf            busFlags
 	sf            storeFlags
 	df            detectorFlags
-	lf            leakFlags
+	lf            leaks.Flags
 	duration      time.Duration
 	natsPort      int
 	natsPortSet   bool
@@ -64,10 +65,9 @@ survives restarts.`,
 	f := c.Flags()
 	o.bf.add(f)
 	f.StringVar(&o.sf.DataDir, "data-dir", "data", "where state lives (NATS store, ClickHouse data, spool, demo keys)")
-	o.sf.add(f)
-	o.df.add(c)
-	o.df.demoDefaults(c)
-	o.lf.add(f)
+	o.sf.Bind(f)
+	o.df.BindDemo(f)
+	o.lf.Bind(f)
 	f.DurationVar(&o.duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	f.IntVar(&o.natsPort, "nats-port", devNATSPort, "port of the embedded NATS server on 127.0.0.1, for other processes (credentials in <data-dir>/nats.nk); 0: in-process only. When the port is not given here and is taken, dev serves in-process only and says so")
 	f.StringVar(&o.proxyListen, "proxy-listen", "127.0.0.1:8080", "the verifier (reverse proxy in front of the demo API)")
@@ -89,7 +89,7 @@ func runDev(parent context.Context, g *globals, o *devOptions) error {
 	ctx, cancel := withDuration(parent, o.duration)
 	defer cancel()
 	log := g.Logger()
-	leakCfg, err := o.lf.config()
+	leakCfg, err := o.lf.Config()
 	if err != nil {
 		return err
 	}
@@ -116,7 +116,7 @@ func openDev(ctx context.Context, o *devOptions, log *slog.Logger) (*store.DB, b
 	if err := os.MkdirAll(o.sf.DataDir, 0o750); err != nil {
 		return nil, nil, "", fmt.Errorf("--data-dir: %w", err)
 	}
-	st, err := o.sf.open(ctx)
+	st, err := o.sf.Open(ctx)
 	if err != nil {
 		return nil, nil, "", err
 	}

@@ -10,16 +10,17 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/keymeter/keymeter/internal/detect"
-	"github.com/keymeter/keymeter/internal/event/keymeterv1"
-	"github.com/keymeter/keymeter/internal/store"
-	"github.com/keymeter/keymeter/internal/store/chdb"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/store"
+	"github.com/keymeter/keymeter/internal/store/chdb"
 )
 
 // make run's path: keymeter dev for a bounded time, demo traffic flows,

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/keymeter/keymeter/internal/backtest"
-	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/evaluate"
 	"github.com/keymeter/keymeter/rules"
@@ -20,7 +18,6 @@ import (
 
 func init() {
 	register(newRulesCmd)
-	registerBench(benchDetectCmd)
 }
 
 // errFailed makes the command exit non-zero after it printed why.
@@ -184,7 +181,7 @@ events. The last line on stdout is a name=value summary.`,
 func (o *backtestFlags) add(f *pflag.FlagSet) {
 	f.StringSliceVar(&o.rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
 	f.StringVar(&o.eventsPath, "events", "", "NDJSON file of events in time order (- for stdin); empty: stored history of --from..--to")
-	o.sf.add(f)
+	o.sf.Bind(f)
 	f.StringVar(&o.from, "from", "", "skip events before this time (RFC 3339)")
 	f.StringVar(&o.to, "to", "", "stop at events from this time on (RFC 3339)")
 	f.StringVar(&o.decisionsPath, "decisions", "", "write every decision to this NDJSON file")
@@ -216,61 +213,7 @@ func (o *backtestFlags) run(cmd *cobra.Command, g *globals) error {
 		Detect: detect.Config{Allowlist: detect.Allowlist{Keys: o.allowKeys, CIDRs: o.allowCIDRs}, MaxRevocationsPerHour: o.maxRevokes,
 			MaxRevocationsGlobal: o.bt.maxGlobal, Warmup: o.bt.warmup,
 			Profiles: detect.ProfileConfig{Maturity: o.bt.maturity, Seasonal: o.bt.seasonal, NoveltyGrace: o.bt.grace}, Logger: g.Logger()},
-		EventsPath: o.eventsPath, From: fromT, To: toT, OpenStore: o.sf.open,
+		EventsPath: o.eventsPath, From: fromT, To: toT, OpenStore: o.sf.Open,
 		DecisionsPath: o.decisionsPath, LabelsPath: o.labelsPath, Grace: o.grace, SkipInvalid: o.skipInvalid, JSON: o.asJSON,
 		Out: cmd.OutOrStdout(), Log: os.Stderr})
-}
-
-// benchDetectCmd is `keymeter bench detect`.
-func benchDetectCmd(g *globals) *cobra.Command {
-	var (
-		rulesPaths []string
-		events     int
-		keys       int
-		workers    int
-		batch      int
-		mature     bool
-	)
-	c := &cobra.Command{
-		Use:   "detect",
-		Short: "Push N synthetic events through a rule set: events/s, groups and memory",
-		Long: `Generates a realistic event mix (mostly valid traffic over --keys keys, some
-anonymous, malformed, unknown and revoked requests, a few roaming keys) and
-pushes it through the rule set with the rules split over --workers engines,
-each on its own core, every engine seeing every event.
-
-A generator goroutine fills a small pool of batches while the engines work.
-events_per_s is events over the wall time of the whole run (the generator
-competes for the same cores). events_per_cpu_s is events per CPU second of
-the process minus what generating them costs (gen_cpu_s, measured alone
-before the run): on a shared machine the figure that does not depend on
-what else runs. rss_mb is the resident memory
-at the end, with every group still in memory; groups is their number summed
-over the rules.`,
-		Example: "  keymeter bench detect --rules rules/ --events 2000000\n  keymeter bench detect --rules rules/ --events 10000000 --keys 1000000   # memory with 1M active groups per rule",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if events <= 0 || keys <= 0 || batch <= 0 {
-				return fmt.Errorf("--events, --keys and --batch must be positive")
-			}
-			set, err := loadRules(rulesPaths)
-			if err != nil {
-				return err
-			}
-			cfg := detect.Config{MaxRevocationsPerHour: -1}
-			if mature {
-				cfg.Profiles = detect.ProfileConfig{Maturity: time.Second, Seasonal: time.Second, NoveltyGrace: time.Second}
-			}
-			return bench.RunDetect(cmd.Context(), bench.DetectConfig{Rules: set, Detect: cfg, Events: events, Keys: keys, Workers: workers, Batch: batch,
-				Output: bench.Output{Out: os.Stdout, Progress: os.Stderr}})
-		},
-	}
-	f := c.Flags()
-	f.StringSliceVar(&rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
-	f.IntVar(&events, "events", 2_000_000, "events to push through")
-	f.IntVar(&keys, "keys", 100_000, "distinct keys in the traffic (≈ active groups per key-grouped rule; 1000000 for the memory figure)")
-	f.IntVar(&workers, "workers", runtime.NumCPU(), "engines (cores) the rules are split over")
-	f.IntVar(&batch, "batch", 4096, "events per batch")
-	f.BoolVar(&mature, "mature-profiles", false, "treat every key's profile as mature from its first second, so profile-guarded rules evaluate their whole conditions as in steady state (the synthetic history covers seconds)")
-	return c
 }

@@ -42,8 +42,9 @@ type ProxyConfig struct {
 	Nginx     bool
 	NginxBin  string
 	NginxConf string
-	// CPUProfile, if set, receives a CPU profile of the first verifier round.
-	CPUProfile *os.File
+	// CPUProfile, if set, is the file written with a CPU profile of the
+	// first verifier round.
+	CPUProfile string
 	Logger     *slog.Logger
 	Output
 }
@@ -55,6 +56,13 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.CPUProfile != "" { // a path that cannot be written fails now, not after the rounds
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		f.Close()
 	}
 	secrets, _, err := PutKeys(ctx, cfg.Bus, cfg.Keys, "proj_bench", 0)
 	if err != nil {
@@ -155,13 +163,12 @@ func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableUR
 		res := drive(ctx, bareURL, nil, cfg.Connections, cfg.Duration)
 		cfg.logf("bench proxy: round %d bare     %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
 		bareRes.add(res)
-		if cfg.CPUProfile != nil && r == 0 {
-			_ = pprof.StartCPUProfile(cfg.CPUProfile)
+		stop := func() {}
+		if cfg.CPUProfile != "" && r == 0 {
+			stop = startCPUProfile(cfg.CPUProfile, cfg.logf)
 		}
 		res = drive(ctx, kmURL, secrets, cfg.Connections, cfg.Duration)
-		if cfg.CPUProfile != nil && r == 0 {
-			pprof.StopCPUProfile()
-		}
+		stop()
 		cfg.logf("bench proxy: round %d keymeter %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
 		kmRes.add(res)
 		if durableURL != "" {
@@ -323,4 +330,20 @@ func driveOne(ctx context.Context, client *http.Client, u string, secrets []stri
 		res.n++
 		res.lats = append(res.lats, time.Since(t0))
 	}
+}
+
+// startCPUProfile starts a CPU profile into path; stop ends it and closes
+// the file. A profile that cannot start is logged, not fatal.
+func startCPUProfile(path string, logf func(string, ...any)) (stop func()) {
+	f, err := os.Create(path)
+	if err == nil {
+		if err = pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		logf("bench proxy: cpu profile: %v", err)
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
