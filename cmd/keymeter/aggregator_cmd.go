@@ -14,13 +14,10 @@ func init() { register(newAggregatorCmd) }
 
 func newAggregatorCmd(g *globals) *cobra.Command {
 	var (
-		bf          busFlags
-		sf          storeFlags
-		cfg         aggregator.Config
-		qcfg        aggregator.QuotaConfig
-		duration    time.Duration
-		adminListen string
-		migrate     bool
+		bf       busFlags
+		sf       storeFlags
+		rc       aggregator.RunConfig
+		duration time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "aggregator",
@@ -45,12 +42,9 @@ replays its recorded intents under their tokens).`,
 			ctx, cancel := withDuration(cmd.Context(), duration)
 			defer cancel()
 			log := g.Logger()
-			rc := aggregator.RunConfig{Aggregator: cfg, Quota: qcfg, Migrate: migrate, AdminListen: adminListen, Logger: log}
+			rc.Logger = log
 			if err := errors.Join(rc.Aggregator.Validate(), rc.Quota.Validate()); err != nil {
 				return err // before anything opens
-			}
-			if sf.DataDir == "" {
-				sf.DataDir = "data"
 			}
 			st, err := sf.Open(ctx)
 			if err != nil {
@@ -68,20 +62,8 @@ replays its recorded intents under their tokens).`,
 	}
 	f := c.Flags()
 	bf.add(f)
-	f.StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
-	sf.Bind(f)
-	f.StringVar(&cfg.Group, "group", "aggregator", "consumer group; aggregators of one group share partitions")
-	f.IntSliceVar(&cfg.Partitions, "own-partitions", nil, "partitions this aggregator reads (NATS; one owner per partition and group); empty: all. Kafka assigns partitions through the group")
-	f.IntVar(&cfg.MaxBlockEvents, "max-block-events", 100_000, "insert once this many events are buffered")
-	f.DurationVar(&cfg.FlushInterval, "flush-interval", time.Second, "longest an event waits before it is inserted")
-	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "redelivery delay of unacknowledged batches (NATS)")
-	f.DurationVar(&cfg.StopWhenIdle, "stop-when-idle", 0, "exit once nothing arrived for this long and all is stored (drain mode); 0: never")
-	f.StringVar(&qcfg.Period, "quota-period", "month", "quota period: month or day (UTC)")
-	f.Float64Var(&qcfg.WarnRatio, "quota-warn", 0.8, "share of the quota at which a key turns to warning")
-	f.StringVar(&qcfg.WebhookURL, "quota-webhook-url", "", "POST quota transitions here (signed, retried)")
-	f.StringVar(&qcfg.WebhookSecret, "quota-webhook-secret", "", "HMAC-SHA256 secret for X-Keymeter-Signature (prefer KEYMETER_QUOTA_WEBHOOK_SECRET: arguments show in ps)")
+	sf.BindWithDataDir(f, "where state lives (embedded NATS and ClickHouse)")
+	rc.Bind(f)
 	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
-	f.StringVar(&adminListen, "admin-listen", "127.0.0.1:9465", "address of /metrics, /healthz, /readyz (empty to disable)")
-	f.BoolVar(&migrate, "migrate", true, "apply pending store migrations at start")
 	return c
 }

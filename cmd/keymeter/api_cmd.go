@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,30 +12,13 @@ import (
 
 func init() { register(newAPICmd) }
 
-func parseTokens(specs []string) ([]api.Token, error) {
-	var out []api.Token
-	for _, s := range specs {
-		t, err := api.ParseToken(s)
-		if err != nil {
-			return nil, fmt.Errorf("--admin-token: %w", err)
-		}
-		out = append(out, t)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("--admin-token is required: role:sha256hex, e.g. admin:$(printf %%s \"$TOKEN\" | sha256sum | cut -d' ' -f1)")
-	}
-	return out, nil
-}
-
 func newAPICmd(g *globals) *cobra.Command {
 	var (
-		bf          busFlags
-		sf          storeFlags
-		lf          leaks.Flags
-		listenAt    string
-		adminListen string
-		tokens      []string
-		duration    time.Duration
+		bf       busFlags
+		sf       storeFlags
+		lf       leaks.Flags
+		af       api.Flags
+		duration time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "api",
@@ -52,15 +34,14 @@ hash of a token is ever stored.`,
 			ctx, cancel := withDuration(cmd.Context(), duration)
 			defer cancel()
 			log := g.Logger()
-			toks, err := parseTokens(tokens)
+			cfg, err := af.RunConfig()
 			if err != nil {
 				return err
 			}
-			leakCfg, err := lf.Config()
-			if err != nil {
+			if cfg.Leaks, err = lf.Config(); err != nil {
 				return err
 			}
-			cfg := api.RunConfig{Listen: listenAt, AdminListen: adminListen, Tokens: toks, Leaks: leakCfg, Logger: log}
+			cfg.Logger = log
 			if sf.Backend != "none" {
 				st, err := sf.Open(ctx)
 				if err != nil {
@@ -80,13 +61,10 @@ hash of a token is ever stored.`,
 	}
 	f := c.Flags()
 	bf.add(f)
-	f.StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
-	sf.Bind(f)
+	sf.BindWithDataDir(f, "where state lives (embedded NATS and ClickHouse)")
 	f.Lookup("store").Usage += "; none: keys only (usage, logs, billing answer 503)"
 	lf.Bind(f)
-	f.StringVar(&listenAt, "listen", "127.0.0.1:8081", "address of the API")
-	f.StringVar(&adminListen, "admin-listen", "127.0.0.1:9467", "address of /metrics, /healthz, /readyz (empty to disable)")
-	f.StringSliceVar(&tokens, "admin-token", nil, "admin token hashes, role:sha256hex (role admin or read); repeatable")
+	af.Bind(f)
 	f.DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	return c
 }

@@ -85,8 +85,7 @@ running rules stay.`,
 		},
 	}
 	bf.add(c.Flags())
-	c.Flags().StringVar(&sf.DataDir, "data-dir", "data", "where state lives (embedded NATS and ClickHouse)")
-	sf.Bind(c.Flags())
+	sf.BindWithDataDir(c.Flags(), "where state lives (embedded NATS and ClickHouse)")
 	c.Flags().Lookup("store").Usage += "; none: decisions go to the bus only"
 	df.Bind(c.Flags())
 	c.Flags().DurationVar(&duration, "duration", 0, "stop cleanly after this long (default: until a signal)")

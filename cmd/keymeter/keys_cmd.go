@@ -24,7 +24,7 @@ func newKeysCmd(g *globals) *cobra.Command {
 Every change is an event on the key-state log: every verifier applies it within
 milliseconds. The secret of a new key is shown once and stored nowhere.`,
 	}
-	cf.add(c.PersistentFlags())
+	cf.Bind(c.PersistentFlags())
 	var reason string
 	revoke := keyActionCmd(cf, "revoke", "Revoke a key: every verifier refuses it within milliseconds",
 		func(c *cobra.Command, cl *apiclient.Client, id string) (api.KeyJSON, error) {
@@ -48,31 +48,19 @@ milliseconds. The secret of a new key is shown once and stored nowhere.`,
 
 // showCreated prints a new key with its secret, shown this once.
 func showCreated(cf *clientFlags, cr api.CreatedJSON) error {
-	return cf.show(cr, func() { apiclient.PrintCreated(os.Stdout, cr) })
+	return cf.Show(cr, func(w io.Writer) { apiclient.PrintCreated(w, cr) })
 }
 
 func keysCreateCmd(cf *clientFlags) *cobra.Command {
-	var cr api.CreateKeyRequest
-	var expires, env, kind string
-	var rate float64
+	var kc apiclient.KeyCreate
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a key; prints its secret once",
 		Args:  cobra.NoArgs,
 		RunE: cf.runE(func(cmd *cobra.Command, _ []string, cl *apiclient.Client) error {
-			cr.Env = &env
-			if cmd.Flags().Changed("kind") {
-				cr.Kind = &kind
-			}
-			if rate != 0 {
-				cr.RateLimitPerS = &rate
-			}
-			if expires != "" {
-				t, err := apiclient.ParseExpiry(expires)
-				if err != nil {
-					return err
-				}
-				cr.ExpiresAt = &t
+			cr, err := kc.Request(cmd.Flags().Changed)
+			if err != nil {
+				return err
 			}
 			out, err := cl.CreateKey(cmd.Context(), cr)
 			if err != nil {
@@ -81,18 +69,7 @@ func keysCreateCmd(cf *clientFlags) *cobra.Command {
 			return showCreated(cf, out)
 		}),
 	}
-	f := create.Flags()
-	f.StringVar(&cr.Project, "project", "", "project (tenant) of the key (required)")
-	f.StringVar(&cr.Name, "name", "", "a name for people")
-	f.StringVar(&cr.Owner, "owner", "", "who owns the key")
-	f.StringVar(&env, "env", "live", "live or test")
-	f.StringVar(&kind, "kind", "server", "what the key is embedded in: server, browser, mobile or batch (detection compares a key with keys of its kind)")
-	f.Float64Var(&rate, "rate", 0, "requests per second (0: unlimited)")
-	f.Uint32Var(&cr.RateBurst, "burst", 0, "burst size (default: rate)")
-	f.Uint64Var(&cr.MonthlyQuota, "quota", 0, "requests per month (0: unlimited)")
-	f.StringSliceVar(&cr.Scopes, "scopes", nil, "scopes the key may use")
-	f.StringSliceVar(&cr.AllowedCIDRs, "cidrs", nil, "client networks the key may be used from")
-	f.StringVar(&expires, "expires", "", "expiry: a duration from now (720h) or an RFC 3339 time")
+	kc.Bind(create.Flags())
 	_ = create.MarkFlagRequired("project")
 	return create
 }
@@ -108,12 +85,10 @@ func keysListCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return cf.show(all, func() { apiclient.PrintKeys(os.Stdout, all...) })
+			return cf.Show(all, func(w io.Writer) { apiclient.PrintKeys(w, all...) })
 		}),
 	}
-	list.Flags().StringVar(&kf.Project, "project", "", "only this project")
-	list.Flags().StringVar(&kf.Status, "status", "", "only this status: active, suspended, revoked, deleted")
-	list.Flags().IntVar(&kf.PageSize, "page-size", 500, "keys per API page")
+	kf.Bind(list.Flags())
 	return list
 }
 
@@ -126,7 +101,7 @@ func keyActionCmd(cf *clientFlags, use, short string, call func(*cobra.Command, 
 			if err != nil {
 				return err
 			}
-			return cf.show(k, func() { apiclient.PrintKeys(os.Stdout, k) })
+			return cf.Show(k, func(w io.Writer) { apiclient.PrintKeys(w, k) })
 		}),
 	}
 }
@@ -139,7 +114,7 @@ func keysRotateCmd(cf *clientFlags) *cobra.Command {
 			if grace < 0 || grace > 9999*time.Hour {
 				return fmt.Errorf("--grace %s: accepted 0 to 9999h", grace)
 			}
-			cl, err := cf.client()
+			cl, err := cf.Client()
 			if err != nil {
 				return err
 			}
@@ -164,17 +139,7 @@ func keysUpdateCmd(cf *clientFlags) *cobra.Command {
 			}
 			return cl.UpdateKey(cmd.Context(), id, req)
 		})
-	uf := update.Flags()
-	uf.StringVar(&up.Name, "name", "", "new name")
-	uf.StringVar(&up.Kind, "kind", "", "what the key is embedded in: server, browser, mobile or batch")
-	uf.Float64Var(&up.Rate, "rate", 0, "requests per second (0: unlimited)")
-	uf.Uint32Var(&up.Burst, "burst", 0, "burst size")
-	uf.Uint64Var(&up.Quota, "quota", 0, "requests per month (0: unlimited)")
-	uf.StringSliceVar(&up.Scopes, "scopes", nil, "scopes (replaces the list)")
-	uf.StringSliceVar(&up.CIDRs, "cidrs", nil, "allowed client networks (replaces the list)")
-	uf.StringVar(&up.Expires, "expires", "", "expiry, RFC 3339")
-	uf.Float64Var(&up.Throttle, "throttle", 0, "throttle to this many requests per second")
-	uf.DurationVar(&up.ThrottleDuration, "throttle-for", time.Hour, "how long the throttle lasts")
+	up.Bind(update.Flags())
 	return update
 }
 
@@ -210,7 +175,7 @@ func keysReportLeakCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return cf.show(l, func() { fmt.Println(l.Label) })
+			return cf.Show(l, func(w io.Writer) { fmt.Fprintln(w, l.Label) })
 		}),
 	}
 	reportLeak.Flags().StringVar(&leakSource, "source", "operator", "where the secret was found")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"time"
@@ -36,17 +37,11 @@ func newUsageCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return cf.show(u, func() { apiclient.PrintUsage(os.Stdout, u) })
+			return cf.Show(u, func(w io.Writer) { apiclient.PrintUsage(w, u) })
 		}),
 	}
-	cf.add(c.Flags())
-	f := c.Flags()
-	f.StringVar(&uf.Key, "key", "", "key id")
-	f.StringVar(&uf.Project, "project", "", "project")
-	f.StringVar(&uf.From, "from", "", "start, RFC 3339 (default 30 days ago)")
-	f.StringVar(&uf.To, "to", "", "end, RFC 3339 (default now)")
-	f.StringVar(&uf.Granularity, "granularity", "day", "minute, hour, day or month")
-	f.StringVar(&uf.GroupBy, "group-by", "", "comma-separated: outcome, route, country")
+	cf.Bind(c.Flags())
+	uf.Bind(c.Flags())
 	return c
 }
 
@@ -87,7 +82,7 @@ func newLogsCmd(g *globals) *cobra.Command {
 			if cursor != "" {
 				q.Set("cursor", cursor)
 			}
-			cl, err := cf.client()
+			cl, err := cf.Client()
 			if err != nil {
 				return err
 			}
@@ -95,7 +90,7 @@ func newLogsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if cf.json() {
+			if cf.JSON() {
 				return apiclient.WriteJSON(os.Stdout, page)
 			}
 			apiclient.PrintEvents(os.Stdout, page.Events)
@@ -105,17 +100,9 @@ func newLogsCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cf.add(c.Flags())
+	cf.Bind(c.Flags())
 	f := c.Flags()
-	f.StringVar(&lf.Key, "key", "", "key id")
-	f.StringVar(&lf.Project, "project", "", "project")
-	f.StringVar(&lf.IP, "ip", "", "client address or CIDR")
-	f.StringVar(&lf.Status, "status", "", "HTTP status or range, e.g. 429 or 500-599")
-	f.StringVar(&lf.Outcome, "outcome", "", "outcome, e.g. valid, revoked, rate_limited")
-	f.StringVar(&lf.Route, "route", "", "route")
-	f.StringVar(&lf.Country, "country", "", "ISO country code")
-	f.StringVar(&lf.From, "from", "", "start, RFC 3339")
-	f.StringVar(&lf.To, "to", "", "end, RFC 3339")
+	lf.Bind(f)
 	f.IntVar(&limit, "limit", 100, "events per page")
 	f.StringVar(&cursor, "cursor", "", "the cursor printed after the previous page")
 	f.BoolVar(&follow, "follow", false, "tail new events live from the bus (uses the bus flags, not the API)")
@@ -149,7 +136,7 @@ func followLogs(ctx context.Context, g *globals, bf *busFlags, devData string, l
 		return err
 	}
 	defer cons.Close(context.Background())
-	asJSON := cf.json()
+	asJSON := cf.JSON()
 	if !asJSON {
 		fmt.Println(apiclient.FollowHeader)
 	}
@@ -214,7 +201,7 @@ nothing. Prints the closed month's export as JSON.`,
 		}),
 	}
 	closeCmd.Flags().StringVar(&closePeriod, "period", "", "month to close, e.g. 2026-10 (required)")
-	cf.add(c.PersistentFlags())
+	cf.Bind(c.PersistentFlags())
 	c.AddCommand(export, closeCmd)
 	return c
 }
@@ -231,7 +218,7 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if cf.json() {
+			if cf.JSON() {
 				return apiclient.WriteJSON(os.Stdout, out)
 			}
 			apiclient.PrintDecisions(os.Stdout, out.Decisions)
@@ -241,11 +228,7 @@ func newDecisionsCmd(g *globals) *cobra.Command {
 			return nil
 		}),
 	}
-	cf.add(c.Flags())
-	c.Flags().StringVar(&df.Key, "key", "", "key id")
-	c.Flags().StringVar(&df.Rule, "rule", "", "rule id")
-	c.Flags().StringVar(&df.Project, "project", "", "project")
-	c.Flags().IntVar(&df.Limit, "limit", 50, "how many")
-	c.Flags().StringVar(&df.Cursor, "cursor", "", "the cursor printed after the previous page")
+	cf.Bind(c.Flags())
+	df.Bind(c.Flags())
 	return c
 }

@@ -5,14 +5,12 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/keymeter/keymeter/internal/backtest"
 	"github.com/keymeter/keymeter/internal/detect"
-	"github.com/keymeter/keymeter/internal/evaluate"
 	"github.com/keymeter/keymeter/rules"
 )
 
@@ -122,22 +120,8 @@ expected and did not happen, "+" lines happened and were not expected.`,
 
 // backtestFlags are the flags of `keymeter rules backtest`.
 type backtestFlags struct {
-	rulesPaths    []string
-	eventsPath    string
-	from, to      string
-	decisionsPath string
-	allowKeys     []string
-	allowCIDRs    []string
-	maxRevokes    int
-	bt            struct {
-		maxGlobal                         int
-		warmup, maturity, seasonal, grace time.Duration
-	}
-	asJSON      bool
-	sf          storeFlags
-	labelsPath  string
-	grace       time.Duration
-	skipInvalid bool
+	backtest.Flags
+	sf storeFlags
 }
 
 func newRulesBacktestCmd(g *globals) *cobra.Command {
@@ -179,41 +163,19 @@ events. The last line on stdout is a name=value summary.`,
 }
 
 func (o *backtestFlags) add(f *pflag.FlagSet) {
-	f.StringSliceVar(&o.rulesPaths, "rules", nil, "rule files or directories (default: ./rules if it exists, else the starter rules built into the binary)")
-	f.StringVar(&o.eventsPath, "events", "", "NDJSON file of events in time order (- for stdin); empty: stored history of --from..--to")
+	o.Bind(f)
 	o.sf.Bind(f)
-	f.StringVar(&o.from, "from", "", "skip events before this time (RFC 3339)")
-	f.StringVar(&o.to, "to", "", "stop at events from this time on (RFC 3339)")
-	f.StringVar(&o.decisionsPath, "decisions", "", "write every decision to this NDJSON file")
-	f.StringSliceVar(&o.allowKeys, "allow-key", nil, "allowlisted key id (repeatable)")
-	f.StringSliceVar(&o.allowCIDRs, "allow-cidr", nil, "allowlisted client network (repeatable)")
-	f.IntVar(&o.maxRevokes, "max-revocations-per-hour", 10, "circuit breaker per rule: distinct keys suspended or revoked per hour (negative: off)")
-	f.IntVar(&o.bt.maxGlobal, "max-revocations-global", 20, "circuit breaker across rules: distinct keys per hour (negative: off)")
-	f.DurationVar(&o.bt.warmup, "warmup", 0, "learn profiles and windows from the first DURATION of the history before decisions count (keys are judged only once their own profile is mature either way)")
-	f.DurationVar(&o.bt.maturity, "profile-maturity", 0, "history a key or network needs before spread and novelty rules may act on it (0: 12h)")
-	f.DurationVar(&o.bt.seasonal, "profile-seasonal", 0, "history a key needs before volume rules compare it with its usual hour of the day (0: 24h)")
-	f.DurationVar(&o.bt.grace, "profile-novelty-grace", 0, "how long a country, ASN or network stays new after it was first seen (0: 1h)")
-	f.BoolVar(&o.asJSON, "json", false, "print the report as JSON")
-	f.StringVar(&o.labelsPath, "labels", "", "NDJSON file of labelled attacks to score the decisions against")
-	f.DurationVar(&o.grace, "grace", evaluate.DefaultGrace, "--labels: a decision this long after an attack's end still counts for it")
-	f.BoolVar(&o.skipInvalid, "skip-invalid", false, "go on past lines that are not valid events (counted and reported)")
 }
 
-// run parses the times, loads the rules and runs the backtest.
+// run loads the rules and runs the backtest.
 func (o *backtestFlags) run(cmd *cobra.Command, g *globals) error {
-	fromT, toT, err := backtest.ParseRange(o.from, o.to)
+	set, err := loadRules(o.Rules)
 	if err != nil {
 		return err
 	}
-	set, err := loadRules(o.rulesPaths)
+	cfg, err := o.Config(set, o.sf.Open, g.Logger(), cmd.OutOrStdout(), os.Stderr)
 	if err != nil {
 		return err
 	}
-	return backtest.Run(cmd.Context(), backtest.Config{Rules: set,
-		Detect: detect.Config{Allowlist: detect.Allowlist{Keys: o.allowKeys, CIDRs: o.allowCIDRs}, MaxRevocationsPerHour: o.maxRevokes,
-			MaxRevocationsGlobal: o.bt.maxGlobal, Warmup: o.bt.warmup,
-			Profiles: detect.ProfileConfig{Maturity: o.bt.maturity, Seasonal: o.bt.seasonal, NoveltyGrace: o.bt.grace}, Logger: g.Logger()},
-		EventsPath: o.eventsPath, From: fromT, To: toT, OpenStore: o.sf.Open,
-		DecisionsPath: o.decisionsPath, LabelsPath: o.labelsPath, Grace: o.grace, SkipInvalid: o.skipInvalid, JSON: o.asJSON,
-		Out: cmd.OutOrStdout(), Log: os.Stderr})
+	return backtest.Run(cmd.Context(), cfg)
 }
