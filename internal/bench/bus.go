@@ -46,92 +46,23 @@ func RunBus(ctx context.Context, cfg BusConfig) (BusResult, error) {
 	}
 	defer cons.Close(context.Background())
 
-	seen := make([]uint8, total)
-	var (
-		latMu sync.Mutex
-		lats  []time.Duration
-	)
-	start := time.Now()
+	c := &busCounter{seen: make([]uint8, total), start: time.Now()}
 	errc := make(chan error, 2)
 	consumed := make(chan int, 1)
-
-	// Consumer: decode every batch, count each event id once.
 	go func() {
-		var eb event.Batch
-		got := 0
-		p := Progress{Name: "bench bus", Every: time.Second, W: cfg.progress()}
-		deadline := time.Now().Add(10 * time.Minute)
-		for got < total && time.Now().Before(deadline) {
-			ds, err := cons.Fetch(ctx, 256, 2*time.Second)
-			if err != nil {
-				errc <- err
-				return
-			}
-			last := map[int]bus.Delivery{}
-			now := time.Now()
-			for _, d := range ds {
-				if err := event.DecodeBatch(d.Data, &eb); err != nil {
-					errc <- fmt.Errorf("batch %s: %w", d.BatchID, err)
-					return
-				}
-				latMu.Lock()
-				lats = append(lats, now.Sub(eb.Created))
-				latMu.Unlock()
-				for i := range eb.Events {
-					idx := int(eb.Events[i].BytesIn)
-					if idx < total {
-						if seen[idx] == 0 {
-							got++
-						}
-						if seen[idx] < 255 {
-							seen[idx]++
-						}
-					}
-				}
-				last[d.Partition] = d
-			}
-			for _, d := range last {
-				if err := cons.Ack(ctx, d); err != nil {
-					errc <- err
-					return
-				}
-			}
-			p.Tick("consumed %d/%d events (%.0f events/s)", got, total, float64(got)/time.Since(start).Seconds())
-		}
-		consumed <- got
-	}()
-
-	// Producer: batches spread over 64 keys, so every partition is used.
-	go func() {
-		pub := b.Publisher()
-		buf := event.Batch{Producer: "bench"}
-		now := time.Now()
-		tmpl := syntheticEvent
-		var enc []byte
-		for bi := range nbatches {
-			key := fmt.Sprintf("key_bench_%02d", bi%64)
-			buf.ID = fmt.Sprintf("bench-%d", bi)
-			buf.Events = buf.Events[:0]
-			for i := bi * per; i < min((bi+1)*per, total); i++ {
-				e := tmpl
-				e.ID = buf.ID
-				e.KeyID = key
-				e.Time = now
-				e.BytesIn = uint64(i)
-				buf.Events = append(buf.Events, e)
-			}
-			buf.Created = time.Now()
-			enc = event.AppendBatch(make([]byte, 0, len(enc)), &buf)
-			if _, err := pub.Publish(ctx, bus.Message{Key: key, BatchID: buf.ID, Source: "bench", Data: enc}); err != nil {
-				errc <- err
-				return
-			}
-		}
-		if err := pub.Flush(ctx); err != nil {
+		got, err := c.consume(ctx, cons, cfg)
+		if err != nil {
 			errc <- err
 			return
 		}
-		cfg.logf("bench bus: published %d events in %s", total, time.Since(start).Round(time.Millisecond))
+		consumed <- got
+	}()
+	go func() {
+		if err := publishBus(ctx, cfg, nbatches); err != nil {
+			errc <- err
+			return
+		}
+		cfg.logf("bench bus: published %d events in %s", total, time.Since(c.start).Round(time.Millisecond))
 	}()
 
 	select {
@@ -141,15 +72,15 @@ func RunBus(ctx context.Context, cfg BusConfig) (BusResult, error) {
 	case <-ctx.Done():
 		return r, errors.New("bench bus: interrupted")
 	}
-	el := time.Since(start)
-	for _, s := range seen {
+	el := time.Since(c.start)
+	for _, s := range c.seen {
 		if s > 1 {
 			r.Duplicated += int(s) - 1
 		}
 	}
-	latMu.Lock()
-	r.P50MS, r.P99MS = PercentileMS(lats, 0.50), PercentileMS(lats, 0.99)
-	latMu.Unlock()
+	c.mu.Lock()
+	r.P50MS, r.P99MS = PercentileMS(c.lats, 0.50), PercentileMS(c.lats, 0.99)
+	c.mu.Unlock()
 	r.EventsPerSec = float64(r.Consumed) / el.Seconds()
 	var s Summary
 	s.Add("bench", "bus")
@@ -164,6 +95,91 @@ func RunBus(ctx context.Context, cfg BusConfig) (BusResult, error) {
 	s.Add("rss_mb", proc.RSSMB())
 	s.Print(cfg.out())
 	return r, nil
+}
+
+// busCounter counts what the consumer of RunBus received: each event id
+// (its BytesIn) once in seen, and the publish-to-consume latency of every
+// batch.
+type busCounter struct {
+	seen  []uint8
+	start time.Time
+	mu    sync.Mutex
+	lats  []time.Duration
+}
+
+// consume decodes every batch and counts each event id once, until all
+// arrived (or 10 minutes passed); it returns how many distinct ones did.
+func (c *busCounter) consume(ctx context.Context, cons bus.Consumer, cfg BusConfig) (int, error) {
+	total := len(c.seen)
+	var eb event.Batch
+	got := 0
+	p := Progress{Name: "bench bus", Every: time.Second, W: cfg.progress()}
+	deadline := time.Now().Add(10 * time.Minute)
+	for got < total && time.Now().Before(deadline) {
+		ds, err := cons.Fetch(ctx, 256, 2*time.Second)
+		if err != nil {
+			return got, err
+		}
+		last := map[int]bus.Delivery{}
+		now := time.Now()
+		for _, d := range ds {
+			if err := event.DecodeBatch(d.Data, &eb); err != nil {
+				return got, fmt.Errorf("batch %s: %w", d.BatchID, err)
+			}
+			c.mu.Lock()
+			c.lats = append(c.lats, now.Sub(eb.Created))
+			c.mu.Unlock()
+			for i := range eb.Events {
+				idx := int(eb.Events[i].BytesIn)
+				if idx < total {
+					if c.seen[idx] == 0 {
+						got++
+					}
+					if c.seen[idx] < 255 {
+						c.seen[idx]++
+					}
+				}
+			}
+			last[d.Partition] = d
+		}
+		for _, d := range last {
+			if err := cons.Ack(ctx, d); err != nil {
+				return got, err
+			}
+		}
+		p.Tick("consumed %d/%d events (%.0f events/s)", got, total, float64(got)/time.Since(c.start).Seconds())
+	}
+	return got, nil
+}
+
+// publishBus publishes the events in nbatches batches spread over 64 keys,
+// so every partition is used; event i carries i in BytesIn.
+func publishBus(ctx context.Context, cfg BusConfig, nbatches int) error {
+	total, per := cfg.Events, cfg.Batch
+	pub := cfg.Bus.Publisher()
+	buf := event.Batch{Producer: "bench"}
+	now := time.Now()
+	tmpl := syntheticEvent
+	var enc []byte
+	for bi := range nbatches {
+		key := fmt.Sprintf("key_bench_%02d", bi%64)
+		buf.ID = fmt.Sprintf("bench-%d", bi)
+		buf.Events = buf.Events[:0]
+		for i := bi * per; i < min((bi+1)*per, total); i++ {
+			e := tmpl
+			e.ID = buf.ID
+			e.KeyID = key
+			e.Time = now
+			e.BytesIn = uint64(i)
+			buf.Events = append(buf.Events, e)
+		}
+		buf.Created = time.Now()
+		enc = event.AppendBatch(make([]byte, 0, len(enc)), &buf)
+		if _, err := pub.Publish(ctx, bus.Message{Key: key, BatchID: buf.ID, Source: "bench", Data: enc}); err != nil {
+			return err
+		}
+	}
+	return pub.Flush(ctx)
 }
 
 // syntheticEvent is the template of the events the bus benchmarks publish.

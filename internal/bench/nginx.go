@@ -50,61 +50,20 @@ func startNginxBench(ctx context.Context, cfg ProxyConfig, upstreamAddr, secret 
 		stopV()
 	}
 	for _, withAuth := range []bool{false, true} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			nb.stop()
-			return nil, err
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
 		name := "alone"
 		if withAuth {
 			name = "auth"
 		}
-		dir := filepath.Join(cfg.DataDir, "nginx-"+name)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			nb.stop()
-			return nil, err
-		}
-		conf := strings.NewReplacer(":8080", fmt.Sprintf(":%d", port), "127.0.0.1:8081", authAddr,
-			"127.0.0.1:9000", upstreamAddr, "/tmp/keymeter-nginx", filepath.Join(dir, "nginx")).Replace(string(src))
+		conf := string(src)
 		if !withAuth {
 			conf = strings.Replace(conf, "auth_request /_keymeter;", "", 1)
 		}
-		path := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-			nb.stop()
-			return nil, err
-		}
-		// nginx's own log goes to a file (its stderr would be copied by a
-		// goroutine of its own, racing with this process's progress lines).
-		logPath := filepath.Join(dir, "error.log")
-		logf, err := os.Create(logPath)
+		addr, stop, err := startNginx(bin, conf, filepath.Join(cfg.DataDir, "nginx-"+name), authAddr, upstreamAddr)
 		if err != nil {
 			nb.stop()
 			return nil, err
 		}
-		cmd := exec.Command(bin, "-e", "stderr", "-p", dir, "-c", path, "-g", "daemon off;")
-		cmd.Stderr = logf
-		err = cmd.Start()
-		logf.Close() // the child has its own descriptor
-		if err != nil {
-			nb.stop()
-			return nil, fmt.Errorf("bench proxy --nginx: start %s: %w", bin, err)
-		}
-		stops = append(stops, func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if c, err := net.Dial("tcp", addr); err == nil {
-				c.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				nb.stop()
-				msg, _ := os.ReadFile(logPath)
-				return nil, fmt.Errorf("bench proxy --nginx: nginx (%s) did not listen on %s within 10s: %s", path, addr, strings.TrimSpace(string(msg)))
-			}
-		}
+		stops = append(stops, stop)
 		if withAuth {
 			nb.authURL = "http://" + addr + "/v1/items"
 		} else {
@@ -112,6 +71,54 @@ func startNginxBench(ctx context.Context, cfg ProxyConfig, upstreamAddr, secret 
 		}
 	}
 	return nb, nil
+}
+
+// startNginx runs nginx (bin) on conf, with its ports and paths rewritten to
+// a free port, authAddr, upstreamAddr and dir, and returns its address once
+// it listens.
+func startNginx(bin, conf, dir, authAddr, upstreamAddr string) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", nil, err
+	}
+	conf = strings.NewReplacer(":8080", fmt.Sprintf(":%d", port), "127.0.0.1:8081", authAddr,
+		"127.0.0.1:9000", upstreamAddr, "/tmp/keymeter-nginx", filepath.Join(dir, "nginx")).Replace(conf)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return "", nil, err
+	}
+	// nginx's own log goes to a file (its stderr would be copied by a
+	// goroutine of its own, racing with this process's progress lines).
+	logPath := filepath.Join(dir, "error.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(bin, "-e", "stderr", "-p", dir, "-c", path, "-g", "daemon off;")
+	cmd.Stderr = logf
+	err = cmd.Start()
+	logf.Close() // the child has its own descriptor
+	if err != nil {
+		return "", nil, fmt.Errorf("bench proxy --nginx: start %s: %w", bin, err)
+	}
+	stop := func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr, stop, nil
+		}
+		if time.Now().After(deadline) {
+			stop()
+			msg, _ := os.ReadFile(logPath)
+			return "", nil, fmt.Errorf("bench proxy --nginx: nginx (%s) did not listen on %s within 10s: %s", path, addr, strings.TrimSpace(string(msg)))
+		}
+	}
 }
 
 // startForwardAuthVerifier runs a verifier in forward-auth mode as the

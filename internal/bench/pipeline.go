@@ -126,19 +126,36 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 	r.RSSMB = proc.RSSMB()
 	stop()
 	<-aggDone
-	if r.Stored, err = st.Count(ctx, "requests"); err != nil {
+	if err := pipelineCounts(ctx, st, &r); err != nil {
 		return r, err
+	}
+	r.EventsPerSec = float64(r.Distinct) / el.Seconds()
+	pipelineSummary(cfg, r, sr).Print(cfg.out())
+	return r, nil
+}
+
+// pipelineCounts reads back the rows stored and the distinct event ids
+// among them.
+func pipelineCounts(ctx context.Context, st *store.DB, r *PipelineResult) error {
+	var err error
+	if r.Stored, err = st.Count(ctx, "requests"); err != nil {
+		return err
 	}
 	rows, err := st.Conn().Query(ctx, "SELECT toUInt64(uniqExact(event_id)) FROM `"+st.Database()+"`.requests", nil)
 	if err != nil {
-		return r, err
+		return err
 	}
+	defer rows.Close()
 	for rows.Next() {
 		_ = rows.Scan(&r.Distinct)
 	}
-	rows.Close()
-	r.EventsPerSec = float64(r.Distinct) / el.Seconds()
-	var s Summary
+	return rows.Err()
+}
+
+// pipelineSummary is RunPipeline's name=value line; sr is the store-alone
+// run of CompareStore.
+func pipelineSummary(cfg PipelineConfig, r PipelineResult, sr StoreResult) *Summary {
+	s := &Summary{}
 	s.Add("bench", "pipeline")
 	s.Add("bus", cfg.Backend)
 	s.Add("store", cfg.StoreName)
@@ -157,8 +174,7 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 		s.Add("ratio", fmt.Sprintf("%.2f", r.EventsPerSec/r.StoreEventsPerSec))
 		s.Add("cpu_ratio", fmt.Sprintf("%.2f", perEvent(r.CPU, r.Distinct)/perEvent(r.StoreCPU, uint64(sr.Events))))
 	}
-	s.Print(cfg.out())
-	return r, nil
+	return s
 }
 
 func perEvent(cpu time.Duration, n uint64) float64 {

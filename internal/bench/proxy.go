@@ -110,7 +110,20 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 	bareRes, kmRes, durRes, ngAlone, ngAuth := proxyRounds(ctx, cfg, "http://"+bare.Addr+"/v1/items", "http://"+va[0]+"/v1/items", durableURL, ng, secrets)
 	authRes := drive(ctx, "http://"+va[1]+"/v1/items", secrets, cfg.Connections, cfg.Duration)
 	cfg.logf("bench proxy: forward auth %8.0f requests/s p99 %.2f ms", authRes.perSecond(), PercentileMS(authRes.lats, 0.99))
-	var s Summary
+	proxySummary(cfg, proxyResults{bare: bareRes, km: kmRes, dur: durRes, auth: authRes, ngAlone: ngAlone, ngAuth: ngAuth, nginx: ng != nil}).Print(cfg.out())
+	return nil
+}
+
+// proxyResults are the measurements of one RunProxy.
+type proxyResults struct {
+	bare, km, dur, auth, ngAlone, ngAuth loadResult
+	nginx                                bool
+}
+
+// proxySummary is RunProxy's name=value line.
+func proxySummary(cfg ProxyConfig, r proxyResults) *Summary {
+	bareRes, kmRes, durRes, authRes, ngAlone, ngAuth := r.bare, r.km, r.dur, r.auth, r.ngAlone, r.ngAuth
+	s := &Summary{}
 	s.Add("bench", "proxy")
 	s.Add("backend", cfg.Backend)
 	s.Add("connections", cfg.Connections)
@@ -136,7 +149,7 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 	s.Add("bare_cpu_ns_per_request", fmt.Sprintf("%.0f", bareRes.cpuPerRequest()))
 	s.Add("verifier_cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()-bareRes.cpuPerRequest()))
 	s.Add("auth_cpu_ns_per_request", fmt.Sprintf("%.0f", authRes.cpuPerRequest()))
-	if ng != nil {
+	if r.nginx {
 		s.Add("nginx_requests_per_s", ngAlone.perSecond())
 		s.Add("nginx_auth_requests_per_s", ngAuth.perSecond())
 		s.Add("nginx_auth_ratio", fmt.Sprintf("%.3f", ngAuth.perSecond()/ngAlone.perSecond()))
@@ -152,8 +165,7 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 	}
 	s.Add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors+ngAlone.errors+ngAuth.errors)
 	s.Add("rss_mb", proc.RSSMB())
-	s.Print(cfg.out())
-	return nil
+	return s
 }
 
 // proxyRounds alternates bare, verifier and (when durableURL is set)

@@ -65,35 +65,9 @@ func RunRevokeE2E(ctx context.Context, cfg RevokeConfig) error {
 	if err := cfg.Detector(ectx, eg, svc); err != nil {
 		return err
 	}
-	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	target, err := startRevokeVerifier(ectx, eg, cfg)
 	if err != nil {
 		return err
-	}
-	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) }), ReadHeaderTimeout: 5 * time.Second}
-	eg.Go(func() error {
-		go func() { <-ectx.Done(); _ = up.Close() }()
-		if err := up.Serve(upLn); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	})
-	addrc := make(chan string, 1)
-	vcfg := verifier.RunConfig{Listen: "127.0.0.1:0", Upstream: "http://" + upLn.Addr().String(), DataDir: filepath.Join(cfg.DataDir, "verifier"),
-		VerifierID: "bench-verifier", Bus: cfg.Bus, Logger: log,
-		HTTP:     verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
-		OnListen: func(m, _, _ net.Addr) { addrc <- m.String() }}
-	vcfg.Emitter.FlushInterval = cfg.FlushInterval
-	if err := os.MkdirAll(vcfg.DataDir, 0o750); err != nil {
-		return err
-	}
-	eg.Go(func() error { return verifier.Run(ectx, vcfg) })
-	var target string
-	select {
-	case target = <-addrc:
-	case <-ectx.Done():
-		return fmt.Errorf("bench revoke-e2e: verifier did not start: %w", eg.Wait())
-	case <-time.After(30 * time.Second):
-		return errors.New("bench revoke-e2e: verifier did not start within 30s")
 	}
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	send := func(secret, country string) (int, error) {
@@ -167,4 +141,39 @@ func revokeTrial(ctx context.Context, svc *keys.Service, send func(secret, count
 		time.Sleep(200 * time.Microsecond)
 	}
 	return 0, fmt.Errorf("key %s still accepted 30s after crossing the threshold", k.State.GetId())
+}
+
+// startRevokeVerifier starts, in eg, an upstream answering 200 and a
+// verifier in front of it on the bus, and returns the verifier's address.
+func startRevokeVerifier(ectx context.Context, eg *errgroup.Group, cfg RevokeConfig) (string, error) {
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) }), ReadHeaderTimeout: 5 * time.Second}
+	eg.Go(func() error {
+		go func() { <-ectx.Done(); _ = up.Close() }()
+		if err := up.Serve(upLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	addrc := make(chan string, 1)
+	vcfg := verifier.RunConfig{Listen: "127.0.0.1:0", Upstream: "http://" + upLn.Addr().String(), DataDir: filepath.Join(cfg.DataDir, "verifier"),
+		VerifierID: "bench-verifier", Bus: cfg.Bus, Logger: cfg.Logger,
+		HTTP:     verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+		OnListen: func(m, _, _ net.Addr) { addrc <- m.String() }}
+	vcfg.Emitter.FlushInterval = cfg.FlushInterval
+	if err := os.MkdirAll(vcfg.DataDir, 0o750); err != nil {
+		return "", err
+	}
+	eg.Go(func() error { return verifier.Run(ectx, vcfg) })
+	select {
+	case target := <-addrc:
+		return target, nil
+	case <-ectx.Done():
+		return "", fmt.Errorf("bench revoke-e2e: verifier did not start: %w", eg.Wait())
+	case <-time.After(30 * time.Second):
+		return "", errors.New("bench revoke-e2e: verifier did not start within 30s")
+	}
 }

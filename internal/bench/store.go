@@ -65,22 +65,11 @@ type StoreResult struct {
 func StoreInsert(ctx context.Context, cfg StoreConfig) (StoreResult, error) {
 	var r StoreResult
 	d, progress := cfg.DB, cfg.progress()
-	if cfg.Batch <= 0 {
-		cfg.Batch = 100_000
-	}
-	if cfg.Keys <= 0 {
-		cfg.Keys = 1000
-	}
+	cfg.fill()
 	if cfg.Rollups == store.RollupViews {
 		if err := d.UseRollupViews(ctx); err != nil {
 			return r, err
 		}
-	}
-	if cfg.Writers <= 0 {
-		cfg.Writers = 1
-	}
-	if cfg.Span <= 0 {
-		cfg.Span = time.Hour
 	}
 	start := time.Now().UTC().Add(-cfg.Span).Truncate(time.Minute)
 	if !cfg.NoWarmup {
@@ -95,26 +84,7 @@ func StoreInsert(ctx context.Context, cfg StoreConfig) (StoreResult, error) {
 	for range cfg.Writers + 1 {
 		free <- make([]event.Event, cfg.Batch)
 	}
-	g.Go(func() error {
-		defer close(batches)
-		for off := 0; off < cfg.Events; off += cfg.Batch {
-			n := min(cfg.Batch, cfg.Events-off)
-			var b []event.Event
-			select {
-			case b = <-free:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			b = b[:n]
-			Events(b, off, cfg.Keys, start, cfg.Span, cfg.Events)
-			select {
-			case batches <- b:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		return nil
-	})
+	g.Go(func() error { return generateBatches(gctx, cfg, start, free, batches) })
 	fmt.Fprintf(progress, "bench store: before inserting: rss_mb=%.0f\n", proc.RSSMB())
 	run := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	cpu0 := proc.CPU()
@@ -155,21 +125,69 @@ func StoreInsert(ctx context.Context, cfg StoreConfig) (StoreResult, error) {
 	r.CPU = proc.CPU() - cpu0
 	r.EventsPerSec = float64(done) / r.Elapsed.Seconds()
 	r.RSSMB = proc.PeakRSSMB()
+	if err := storeCounts(ctx, d, start, &r); err != nil {
+		return r, err
+	}
+	if cfg.Queries > 0 {
+		return r, storeQueries(ctx, d, cfg, &r, progress)
+	}
+	return r, nil
+}
+
+// fill sets the defaults of StoreInsert.
+func (cfg *StoreConfig) fill() {
+	if cfg.Batch <= 0 {
+		cfg.Batch = 100_000
+	}
+	if cfg.Keys <= 0 {
+		cfg.Keys = 1000
+	}
+	if cfg.Writers <= 0 {
+		cfg.Writers = 1
+	}
+	if cfg.Span <= 0 {
+		cfg.Span = time.Hour
+	}
+}
+
+// generateBatches fills the free batches with the events of the run, in
+// order, and hands them to the writers; it closes batches at the end.
+func generateBatches(ctx context.Context, cfg StoreConfig, start time.Time, free <-chan []event.Event, batches chan<- []event.Event) error {
+	defer close(batches)
+	for off := 0; off < cfg.Events; off += cfg.Batch {
+		n := min(cfg.Batch, cfg.Events-off)
+		var b []event.Event
+		select {
+		case b = <-free:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b = b[:n]
+		Events(b, off, cfg.Keys, start, cfg.Span, cfg.Events)
+		select {
+		case batches <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// storeCounts reads back the raw rows stored and the requests the rollups
+// sum to, for the lost/duplicated check.
+func storeCounts(ctx context.Context, d *store.DB, start time.Time, r *StoreResult) error {
 	var err error
 	if r.Stored, err = d.Count(ctx, "requests"); err != nil {
-		return r, err
+		return err
 	}
 	pts, err := d.Usage(ctx, store.UsageQuery{Project: "bench", From: start.Add(-time.Hour), To: time.Now().Add(time.Hour), Granularity: store.Month})
 	if err != nil {
-		return r, err
+		return err
 	}
 	for _, p := range pts {
 		r.RollupSum += p.Requests
 	}
-	if cfg.Queries > 0 {
-		err = storeQueries(ctx, d, cfg, &r, progress)
-	}
-	return r, err
+	return nil
 }
 
 func storeQueries(ctx context.Context, d *store.DB, cfg StoreConfig, r *StoreResult, progress io.Writer) error {

@@ -268,79 +268,11 @@ func trCall(c celast.CallExpr, ff featureFields) (nexpr, bool) {
 		return trProfileCall(fn, args, ff)
 	}
 	if c.IsMemberFunction() {
-		target, ok := tr(c.Target(), ff)
-		if !ok || target.t != kStr || len(args) != 1 {
-			return nexpr{}, false
-		}
-		arg, ok := tr(args[0], ff)
-		if !ok || arg.t != kStr {
-			return nexpr{}, false
-		}
-		ts, as := target.s, arg.s
-		switch fn {
-		case "startsWith":
-			return nexpr{t: kBool, b: func(a *activation) bool { return strings.HasPrefix(ts(a), as(a)) }}, true
-		case "endsWith":
-			return nexpr{t: kBool, b: func(a *activation) bool { return strings.HasSuffix(ts(a), as(a)) }}, true
-		case "contains":
-			return nexpr{t: kBool, b: func(a *activation) bool { return strings.Contains(ts(a), as(a)) }}, true
-		}
-		return nexpr{}, false
+		return trMemberCall(c, fn, args, ff)
 	}
 	switch fn {
 	case operators.In:
-		if len(args) != 2 {
-			return nexpr{}, false
-		}
-		lhs, ok := tr(args[0], ff)
-		if !ok {
-			return nexpr{}, false
-		}
-		list, ok := constList(args[1])
-		if !ok {
-			return nexpr{}, false
-		}
-		switch lhs.t {
-		case kStr:
-			set := make([]string, 0, len(list))
-			for _, v := range list {
-				s, ok := v.(types.String)
-				if !ok {
-					return nexpr{}, false
-				}
-				set = append(set, string(s))
-			}
-			get := lhs.s
-			return nexpr{t: kBool, b: func(a *activation) bool {
-				v := get(a)
-				for _, s := range set {
-					if s == v {
-						return true
-					}
-				}
-				return false
-			}}, true
-		case kInt:
-			set := make([]int64, 0, len(list))
-			for _, v := range list {
-				s, ok := v.(types.Int)
-				if !ok {
-					return nexpr{}, false
-				}
-				set = append(set, int64(s))
-			}
-			get := lhs.i
-			return nexpr{t: kBool, b: func(a *activation) bool {
-				v := get(a)
-				for _, s := range set {
-					if s == v {
-						return true
-					}
-				}
-				return false
-			}}, true
-		}
-		return nexpr{}, false
+		return trIn(args, ff)
 	case "net24":
 		if len(args) != 1 {
 			return nexpr{}, false
@@ -400,49 +332,138 @@ func trCall(c celast.CallExpr, ff featureFields) (nexpr, bool) {
 		}
 		return nexpr{}, false
 	case operators.Conditional:
-		cond, ok1 := tr(args[0], ff)
-		x, ok2 := tr(args[1], ff)
-		y, ok3 := tr(args[2], ff)
-		if !ok1 || !ok2 || !ok3 || cond.t != kBool || x.t != y.t {
-			return nexpr{}, false
-		}
-		cb := cond.b
-		switch x.t {
-		case kBool:
-			xf, yf := x.b, y.b
-			return nexpr{t: kBool, b: func(a *activation) bool {
-				if cb(a) {
-					return xf(a)
-				}
-				return yf(a)
-			}}, true
-		case kInt:
-			xf, yf := x.i, y.i
-			return nexpr{t: kInt, i: func(a *activation) int64 {
-				if cb(a) {
-					return xf(a)
-				}
-				return yf(a)
-			}}, true
-		case kDbl:
-			xf, yf := x.d, y.d
-			return nexpr{t: kDbl, d: func(a *activation) float64 {
-				if cb(a) {
-					return xf(a)
-				}
-				return yf(a)
-			}}, true
-		case kStr:
-			xf, yf := x.s, y.s
-			return nexpr{t: kStr, s: func(a *activation) string {
-				if cb(a) {
-					return xf(a)
-				}
-				return yf(a)
-			}}, true
-		}
+		return trConditional(args, ff)
+	}
+	return trBinaryCall(fn, args, ff)
+}
+
+// trMemberCall translates the string methods startsWith, endsWith and
+// contains.
+func trMemberCall(c celast.CallExpr, fn string, args []celast.Expr, ff featureFields) (nexpr, bool) {
+	target, ok := tr(c.Target(), ff)
+	if !ok || target.t != kStr || len(args) != 1 {
 		return nexpr{}, false
 	}
+	arg, ok := tr(args[0], ff)
+	if !ok || arg.t != kStr {
+		return nexpr{}, false
+	}
+	ts, as := target.s, arg.s
+	switch fn {
+	case "startsWith":
+		return nexpr{t: kBool, b: func(a *activation) bool { return strings.HasPrefix(ts(a), as(a)) }}, true
+	case "endsWith":
+		return nexpr{t: kBool, b: func(a *activation) bool { return strings.HasSuffix(ts(a), as(a)) }}, true
+	case "contains":
+		return nexpr{t: kBool, b: func(a *activation) bool { return strings.Contains(ts(a), as(a)) }}, true
+	}
+	return nexpr{}, false
+}
+
+// trIn translates x in [constants] and x in a list field.
+func trIn(args []celast.Expr, ff featureFields) (nexpr, bool) {
+	if len(args) != 2 {
+		return nexpr{}, false
+	}
+	lhs, ok := tr(args[0], ff)
+	if !ok {
+		return nexpr{}, false
+	}
+	list, ok := constList(args[1])
+	if !ok {
+		return nexpr{}, false
+	}
+	switch lhs.t {
+	case kStr:
+		set := make([]string, 0, len(list))
+		for _, v := range list {
+			s, ok := v.(types.String)
+			if !ok {
+				return nexpr{}, false
+			}
+			set = append(set, string(s))
+		}
+		get := lhs.s
+		return nexpr{t: kBool, b: func(a *activation) bool {
+			v := get(a)
+			for _, s := range set {
+				if s == v {
+					return true
+				}
+			}
+			return false
+		}}, true
+	case kInt:
+		set := make([]int64, 0, len(list))
+		for _, v := range list {
+			s, ok := v.(types.Int)
+			if !ok {
+				return nexpr{}, false
+			}
+			set = append(set, int64(s))
+		}
+		get := lhs.i
+		return nexpr{t: kBool, b: func(a *activation) bool {
+			v := get(a)
+			for _, s := range set {
+				if s == v {
+					return true
+				}
+			}
+			return false
+		}}, true
+	}
+	return nexpr{}, false
+}
+
+// trConditional translates c ? x : y.
+func trConditional(args []celast.Expr, ff featureFields) (nexpr, bool) {
+	cond, ok1 := tr(args[0], ff)
+	x, ok2 := tr(args[1], ff)
+	y, ok3 := tr(args[2], ff)
+	if !ok1 || !ok2 || !ok3 || cond.t != kBool || x.t != y.t {
+		return nexpr{}, false
+	}
+	cb := cond.b
+	switch x.t {
+	case kBool:
+		xf, yf := x.b, y.b
+		return nexpr{t: kBool, b: func(a *activation) bool {
+			if cb(a) {
+				return xf(a)
+			}
+			return yf(a)
+		}}, true
+	case kInt:
+		xf, yf := x.i, y.i
+		return nexpr{t: kInt, i: func(a *activation) int64 {
+			if cb(a) {
+				return xf(a)
+			}
+			return yf(a)
+		}}, true
+	case kDbl:
+		xf, yf := x.d, y.d
+		return nexpr{t: kDbl, d: func(a *activation) float64 {
+			if cb(a) {
+				return xf(a)
+			}
+			return yf(a)
+		}}, true
+	case kStr:
+		xf, yf := x.s, y.s
+		return nexpr{t: kStr, s: func(a *activation) string {
+			if cb(a) {
+				return xf(a)
+			}
+			return yf(a)
+		}}, true
+	}
+	return nexpr{}, false
+}
+
+// trBinaryCall translates the binary operators.
+func trBinaryCall(fn string, args []celast.Expr, ff featureFields) (nexpr, bool) {
 	if len(args) != 2 {
 		return nexpr{}, false
 	}
