@@ -161,40 +161,7 @@ func (c *compiler) compileRule(r *Rule, opts CompileOptions) (*compiledRule, err
 		errs = append(errs, &LoadError{File: r.File, Line: line, Field: field, Msg: err.Error(), Err: err})
 	}
 	ff := featureFields{distinct: r.Aggregate.Distinct, sums: r.Aggregate.Sum, baseline: r.Aggregate.Baseline != nil}
-	cr := &compiledRule{
-		Rule:     r,
-		mode:     modeKinds[r.Mode],
-		window:   int64(r.Aggregate.Window),
-		suppress: int64(r.Suppress),
-		baseline: r.Aggregate.Baseline,
-	}
-	cr.bucketW = max(cr.window/nBuckets, 1)
-	if cr.suppress == 0 {
-		cr.suppress = cr.window
-	}
-	cr.retention = max(cr.window, cr.suppress)
-	if cr.baseline != nil {
-		cr.alpha = cr.baseline.Alpha
-		if cr.alpha == 0 {
-			cr.alpha = 0.1
-		}
-		cr.retention += 2 * cr.window
-	}
-	cr.maxGroups = r.Aggregate.MaxGroups
-	if cr.maxGroups == 0 {
-		cr.maxGroups = opts.MaxGroups
-	}
-	cr.distinctCap = r.Aggregate.DistinctCap
-	if cr.distinctCap == 0 {
-		cr.distinctCap = DefaultDistinctCap
-	}
-	cr.distinctCap = max(cr.distinctCap, 2) // two values are held inline anyway
-	for _, f := range r.Aggregate.Distinct {
-		cr.distinct = append(cr.distinct, eventFieldByName[f])
-	}
-	for _, f := range r.Aggregate.Sum {
-		cr.sums = append(cr.sums, eventFieldByName[f])
-	}
+	cr := newCompiledRule(r, opts)
 	var err error
 	if cr.match, err = c.compile(r.Match, false, kBool, ff); err != nil {
 		fail("match", err)
@@ -233,6 +200,46 @@ func (c *compiler) compileRule(r *Rule, opts CompileOptions) (*compiledRule, err
 	cr.fingerprint = fmt.Sprintf("%d|%v|%d|%v|%v|%v|%d", r.Version, r.Aggregate.GroupBy, r.Aggregate.Window,
 		r.Aggregate.Distinct, r.Aggregate.Sum, r.Aggregate.Baseline != nil, len(r.Actions))
 	return cr, nil
+}
+
+// newCompiledRule is r's settings with their defaults, before its
+// expressions are compiled.
+func newCompiledRule(r *Rule, opts CompileOptions) *compiledRule {
+	cr := &compiledRule{
+		Rule:     r,
+		mode:     modeKinds[r.Mode],
+		window:   int64(r.Aggregate.Window),
+		suppress: int64(r.Suppress),
+		baseline: r.Aggregate.Baseline,
+	}
+	cr.bucketW = max(cr.window/nBuckets, 1)
+	if cr.suppress == 0 {
+		cr.suppress = cr.window
+	}
+	cr.retention = max(cr.window, cr.suppress)
+	if cr.baseline != nil {
+		cr.alpha = cr.baseline.Alpha
+		if cr.alpha == 0 {
+			cr.alpha = 0.1
+		}
+		cr.retention += 2 * cr.window
+	}
+	cr.maxGroups = r.Aggregate.MaxGroups
+	if cr.maxGroups == 0 {
+		cr.maxGroups = opts.MaxGroups
+	}
+	cr.distinctCap = r.Aggregate.DistinctCap
+	if cr.distinctCap == 0 {
+		cr.distinctCap = DefaultDistinctCap
+	}
+	cr.distinctCap = max(cr.distinctCap, 2) // two values are held inline anyway
+	for _, f := range r.Aggregate.Distinct {
+		cr.distinct = append(cr.distinct, eventFieldByName[f])
+	}
+	for _, f := range r.Aggregate.Sum {
+		cr.sums = append(cr.sums, eventFieldByName[f])
+	}
+	return cr
 }
 
 // Native reports, per expression of the rule, whether it runs as a native

@@ -219,6 +219,19 @@ func validate(r *Rule, p positions) error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, &LoadError{File: r.File, Line: p.of(field), Field: field, Msg: fmt.Sprintf(format, args...)})
 	}
+	validateHeader(r, bad)
+	validateAggregate(r.Aggregate, bad)
+	validateActions(r.Actions, bad)
+	validateTests(r.Tests, bad)
+	return errors.Join(errs...)
+}
+
+// badFunc records a problem of a rule field.
+type badFunc func(field, format string, args ...any)
+
+// validateHeader checks the rule's id, version, name, severity, mode and
+// match.
+func validateHeader(r *Rule, bad badFunc) {
 	if r.ID == "" {
 		bad("id", "required")
 	} else if strings.ContainsAny(r.ID, " \t/") {
@@ -239,27 +252,31 @@ func validate(r *Rule, p positions) error {
 	if r.Match == "" {
 		bad("match", "required: a CEL expression over one event (use `true` to match all)")
 	}
-	if r.Aggregate.Window <= 0 {
+}
+
+// validateAggregate checks the aggregate block.
+func validateAggregate(ag Aggregate, bad badFunc) {
+	if ag.Window <= 0 {
 		bad("aggregate.window", "required: a positive duration such as 10m")
 	}
-	if r.Aggregate.MaxGroups < 0 {
+	if ag.MaxGroups < 0 {
 		bad("aggregate.max_groups", "must not be negative")
 	}
-	if r.Aggregate.DistinctCap < 0 {
+	if ag.DistinctCap < 0 {
 		bad("aggregate.distinct_cap", "must not be negative")
 	}
-	for i, f := range r.Aggregate.Distinct {
+	for i, f := range ag.Distinct {
 		if _, ok := eventFieldByName[f]; !ok || f == "time" {
 			bad(fmt.Sprintf("aggregate.distinct[%d]", i), "unknown event field %q (accepted: %s)", f, fieldNames(false))
 		}
 	}
-	for i, f := range r.Aggregate.Sum {
+	for i, f := range ag.Sum {
 		ef, ok := eventFieldByName[f]
 		if !ok || ef.Kind != kInt {
 			bad(fmt.Sprintf("aggregate.sum[%d]", i), "not a numeric event field: %q (accepted: %s)", f, fieldNames(true))
 		}
 	}
-	if b := r.Aggregate.Baseline; b != nil {
+	if b := ag.Baseline; b != nil {
 		if b.Default < 0 {
 			bad("aggregate.baseline.default", "must not be negative")
 		}
@@ -267,10 +284,14 @@ func validate(r *Rule, p positions) error {
 			bad("aggregate.baseline.alpha", "must be in (0, 1]")
 		}
 	}
-	if len(r.Actions) == 0 {
+}
+
+// validateActions checks the actions.
+func validateActions(actions []ActionSpec, bad badFunc) {
+	if len(actions) == 0 {
 		bad("actions", "at least one action is required")
 	}
-	for i, a := range r.Actions {
+	for i, a := range actions {
 		path := fmt.Sprintf("actions[%d]", i)
 		if !oneOf(a.Type, actionTypes) {
 			bad(path+".type", "%q (accepted: %s)", a.Type, strings.Join(actionTypes, ", "))
@@ -301,7 +322,11 @@ func validate(r *Rule, p positions) error {
 			bad(path+".corroboration", "%q (accepted: required, none)", a.Corroboration)
 		}
 	}
-	for i, tc := range r.Tests {
+}
+
+// validateTests checks the inline tests.
+func validateTests(tests []TestCase, bad badFunc) {
+	for i, tc := range tests {
 		path := fmt.Sprintf("tests[%d]", i)
 		if tc.Name == "" {
 			bad(path+".name", "required")
@@ -340,7 +365,6 @@ func validate(r *Rule, p positions) error {
 			}
 		}
 	}
-	return errors.Join(errs...)
 }
 
 func fieldNames(numeric bool) string {

@@ -251,44 +251,18 @@ func (e *Engine) fire(s *ruleState, g *group, i int, ev *event.Event, t int64) {
 	r := s.r
 	a := &r.actions[i]
 	key := e.view.groupKey()
-	mode := e.ruleMode(r)
-	reason := a.spec.Reason
-	if reason == "" {
-		reason = r.Name + ": " + a.spec.When
-	}
-	if mode == keymeterv1.Mode_MODE_ENFORCE && e.allowlisted(ev) {
-		mode = keymeterv1.Mode_MODE_DRY_RUN
-		reason += " (allowlisted)"
-	}
-	kind := a.kind
+	mode, kind, reason := e.fireMode(r, a, ev)
 	strong := kind == keymeterv1.Action_ACTION_REVOKE || kind == keymeterv1.Action_ACTION_SUSPEND
-	if (strong || kind == keymeterv1.Action_ACTION_THROTTLE) && ev.KeyID == "" {
-		// Nothing to act on: the traffic is anonymous.
-		kind = keymeterv1.Action_ACTION_ALERT
-		strong = false
-		reason += " (no key to " + a.spec.Type + ")"
-	}
-	var corroborator string
-	held := false
+	corroborator, held, quiet := "", false, false
 	if strong && a.spec.Corroboration != "none" {
-		e.sh.mu.Lock()
-		if k := e.sh.signals[ev.KeyID]; k != nil {
-			corroborator = k.other(r.ID, t-e.corrWindow)
+		if corroborator, held, quiet = e.corroboration(s, g, key, i, ev.KeyID, t); quiet {
+			return
 		}
-		e.sh.mu.Unlock()
-		if corroborator == "" {
-			// Held: reported once per suppression period as an alert,
-			// looked at again in a minute.
-			st := s.suppSlot(key)
-			s.suppress(g, key, i, t+recheck)
-			if st[suppN*i+suppHeld] > t {
-				return
-			}
-			st[suppN*i+suppHeld] = t + r.actionSuppress(i)
+		if held {
 			kind = keymeterv1.Action_ACTION_ALERT
 			reason += fmt.Sprintf(" (%s held: needs corroboration by another rule, a leak report or a person within %s)",
 				a.spec.Type, time.Duration(e.corrWindow))
-			strong, held = false, true
+			strong = false
 		}
 	}
 	if strong && corroborator != "" {
@@ -300,12 +274,7 @@ func (e *Engine) fire(s *ruleState, g *group, i int, ev *event.Event, t int64) {
 	// The escalation trail: weaker actions of this rule that fired on the
 	// group within their suppression.
 	if st := s.supp[key]; st != nil && !held {
-		for j := 0; j < i; j++ {
-			if at := st[suppN*j+suppFired]; at != 0 && st[suppN*j+suppEnd] > t && r.actions[j].kind != a.kind {
-				reason += fmt.Sprintf(" (escalated from %s at %s)", r.actions[j].spec.Type, time.Unix(0, at).UTC().Format(time.RFC3339))
-				break
-			}
-		}
+		reason += escalation(r, st, i, t)
 		st[suppN*i+suppFired] = t
 	}
 	if mode == keymeterv1.Mode_MODE_ENFORCE && strong && e.maxRevokes != 0 {
@@ -315,32 +284,12 @@ func (e *Engine) fire(s *ruleState, g *group, i int, ev *event.Event, t int64) {
 			reason += " (circuit breaker tripped)"
 		}
 	}
-	dur := time.Duration(a.spec.Duration)
-	switch {
-	case dur == 0 && kind == keymeterv1.Action_ACTION_THROTTLE:
-		dur = defaultThrottle
-	case dur == 0 && kind == keymeterv1.Action_ACTION_SUSPEND:
-		dur = defaultSuspend
-	case kind == keymeterv1.Action_ACTION_ALERT || kind == keymeterv1.Action_ACTION_REVOKE:
-		dur = 0
-	}
+	dur := actionDuration(time.Duration(a.spec.Duration), kind)
 	what := a.spec.Type
 	if held {
 		what = "held-" + what
 	}
-	ip := strings.Clone(ev.ClientIP)
-	switch {
-	case kind != keymeterv1.Action_ACTION_BLOCK_IP:
-	case strings.IndexByte(key, '/') > 0 && validNet(key):
-		// The rule groups by network: block the network.
-		ip = key
-	case r.byASN:
-		// The rule groups by ASN: block the network operator (AS<n>),
-		// not the one address that crossed the threshold.
-		if n, err := strconv.ParseUint(key, 10, 32); err == nil && n > 0 {
-			ip = "AS" + key
-		}
-	}
+	ip := blockTarget(r, kind, key, ev.ClientIP)
 	d := &keymeterv1.Decision{
 		Id:             decisionID(r, key, t, what),
 		TimeUnixNano:   t,
@@ -366,6 +315,94 @@ func (e *Engine) fire(s *ruleState, g *group, i int, ev *event.Event, t int64) {
 	}
 	e.signal(ev.KeyID, r.ID, t)
 	e.emit(s, d)
+}
+
+// fireMode is the mode, the action and the reason of action a before
+// corroboration and the breaker: dry-run for allowlisted traffic, and an
+// alert instead of a key action when the traffic is anonymous.
+func (e *Engine) fireMode(r *compiledRule, a *compiledAction, ev *event.Event) (keymeterv1.Mode, keymeterv1.Action, string) {
+	mode := e.ruleMode(r)
+	reason := a.spec.Reason
+	if reason == "" {
+		reason = r.Name + ": " + a.spec.When
+	}
+	if mode == keymeterv1.Mode_MODE_ENFORCE && e.allowlisted(ev) {
+		mode = keymeterv1.Mode_MODE_DRY_RUN
+		reason += " (allowlisted)"
+	}
+	kind := a.kind
+	strong := kind == keymeterv1.Action_ACTION_REVOKE || kind == keymeterv1.Action_ACTION_SUSPEND
+	if (strong || kind == keymeterv1.Action_ACTION_THROTTLE) && ev.KeyID == "" {
+		// Nothing to act on: the traffic is anonymous.
+		kind = keymeterv1.Action_ACTION_ALERT
+		reason += " (no key to " + a.spec.Type + ")"
+	}
+	return mode, kind, reason
+}
+
+// corroboration looks for another rule's recent signal on keyID. Without
+// one, the action is held: quiet when it was already reported as held
+// within its suppression, else reported once now as an alert (held) and
+// looked at again in a minute.
+func (e *Engine) corroboration(s *ruleState, g *group, key string, i int, keyID string, t int64) (corroborator string, held, quiet bool) {
+	r := s.r
+	e.sh.mu.Lock()
+	if k := e.sh.signals[keyID]; k != nil {
+		corroborator = k.other(r.ID, t-e.corrWindow)
+	}
+	e.sh.mu.Unlock()
+	if corroborator != "" {
+		return corroborator, false, false
+	}
+	st := s.suppSlot(key)
+	s.suppress(g, key, i, t+recheck)
+	if st[suppN*i+suppHeld] > t {
+		return "", true, true
+	}
+	st[suppN*i+suppHeld] = t + r.actionSuppress(i)
+	return "", true, false
+}
+
+// escalation is the escalation trail of action i: the first weaker action
+// of the rule that fired on the group within its suppression (st).
+func escalation(r *compiledRule, st []int64, i int, t int64) string {
+	for j := 0; j < i; j++ {
+		if at := st[suppN*j+suppFired]; at != 0 && st[suppN*j+suppEnd] > t && r.actions[j].kind != r.actions[i].kind {
+			return fmt.Sprintf(" (escalated from %s at %s)", r.actions[j].spec.Type, time.Unix(0, at).UTC().Format(time.RFC3339))
+		}
+	}
+	return ""
+}
+
+// actionDuration is how long an action of kind lasts: throttles and
+// suspensions default, alerts and revocations have none.
+func actionDuration(dur time.Duration, kind keymeterv1.Action) time.Duration {
+	switch {
+	case dur == 0 && kind == keymeterv1.Action_ACTION_THROTTLE:
+		return defaultThrottle
+	case dur == 0 && kind == keymeterv1.Action_ACTION_SUSPEND:
+		return defaultSuspend
+	case kind == keymeterv1.Action_ACTION_ALERT || kind == keymeterv1.Action_ACTION_REVOKE:
+		return 0
+	}
+	return dur
+}
+
+// blockTarget is what a decision names as its address: for block_ip on a
+// rule grouped by network, the network (key); grouped by ASN, the operator
+// (AS<n>), not the one address that crossed the threshold; else the
+// event's address.
+func blockTarget(r *compiledRule, kind keymeterv1.Action, key, clientIP string) string {
+	switch {
+	case kind != keymeterv1.Action_ACTION_BLOCK_IP:
+	case strings.IndexByte(key, '/') > 0 && validNet(key):
+		return key
+	case r.byASN:
+		if n, err := strconv.ParseUint(key, 10, 32); err == nil && n > 0 {
+			return "AS" + key
+		}
+	}
+	return strings.Clone(clientIP)
 }
 
 // sweepState drops suppression and signal records that no longer matter.

@@ -112,7 +112,22 @@ func (e *Engine) apply(set *RuleSet) {
 		tb.maxRows = min(tb.maxRows, r.maxGroups)
 		tb.retention = max(tb.retention, r.retention)
 	}
-	// Move the windows of unchanged rules into the new tables.
+	carryWindows(oldTables, carry)
+	e.set, e.states, e.tables = set, states, tables
+	e.needProf = false
+	for _, s := range states {
+		e.needProf = e.needProf || (s.tab != nil && s.r.usesProfile)
+	}
+	e.current.Store(set)
+	e.hv, e.sv = make([]uint64, maxD), make([]int64, maxS)
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.setRules(set)
+	}
+}
+
+// carryWindows moves the windows of unchanged rules (carry: old state →
+// new state) from the old tables into the new ones.
+func carryWindows(oldTables []*table, carry map[*ruleState]*ruleState) {
 	for _, ot := range oldTables {
 		for ri, row := range ot.rows {
 			for slot, os := range ot.members {
@@ -137,16 +152,6 @@ func (e *Engine) apply(set *RuleSet) {
 				ns.used++
 			}
 		}
-	}
-	e.set, e.states, e.tables = set, states, tables
-	e.needProf = false
-	for _, s := range states {
-		e.needProf = e.needProf || (s.tab != nil && s.r.usesProfile)
-	}
-	e.current.Store(set)
-	e.hv, e.sv = make([]uint64, maxD), make([]int64, maxS)
-	if e.cfg.Metrics != nil {
-		e.cfg.Metrics.setRules(set)
 	}
 }
 
@@ -245,78 +250,92 @@ func (e *Engine) processSub(evs []event.Event) {
 	}
 	e.processed += uint64(len(evs))
 	for _, tb := range e.tables {
-		// Phase 1: which members match, and the group key's hash.
-		any := false
-		for i := range evs {
-			sc.match[i] = 0
-			if sc.t[i] <= 0 {
-				continue
-			}
-			e.act.ev = &evs[i]
-			e.act.prof = profView{p: sc.prof[i], ps: e.prof, now: uint32(sc.t[i] / 1e9)}
-			var m uint64
-			var first *ruleState
-			for k, s := range tb.members {
-				s.c.Evaluations++
-				if s.r.match.evalBool(&e.act, &s.evalErrs) {
-					s.c.Matches++
-					m |= 1 << k
-					if first == nil {
-						first = s
-					}
-				}
-			}
-			if m != 0 {
-				sc.match[i] = m
-				sc.hash[i] = e.keyHash(tb, first)
-				any = true
-			}
+		if e.matchTable(tb, evs) {
+			e.updateTable(tb, evs)
 		}
-		if !any {
+	}
+}
+
+// matchTable is phase 1 for one table: which of its members match each
+// event (sc.match), and the group key's hash (sc.hash). It reports whether
+// any did.
+func (e *Engine) matchTable(tb *table, evs []event.Event) bool {
+	sc := &e.sc
+	// Phase 1: which members match, and the group key's hash.
+	any := false
+	for i := range evs {
+		sc.match[i] = 0
+		if sc.t[i] <= 0 {
 			continue
 		}
-		// Phase 2: index lookups, independent of each other; then a read of
-		// each group's first line, so that phase 3 finds them in cache.
-		for i := range evs {
-			if sc.match[i] != 0 {
-				sc.row[i] = -1
-				if ri, ok := tb.index.get(sc.hash[i]); ok {
-					sc.row[i] = ri
+		e.act.ev = &evs[i]
+		e.act.prof = profView{p: sc.prof[i], ps: e.prof, now: uint32(sc.t[i] / 1e9)}
+		var m uint64
+		var first *ruleState
+		for k, s := range tb.members {
+			s.c.Evaluations++
+			if s.r.match.evalBool(&e.act, &s.evalErrs) {
+				s.c.Matches++
+				m |= 1 << k
+				if first == nil {
+					first = s
 				}
 			}
 		}
-		var touch int64
-		for i := range evs {
-			if sc.match[i] != 0 && sc.row[i] >= 0 {
-				for _, g := range tb.row(int(sc.row[i])) {
-					touch += g.head
-				}
+		if m != 0 {
+			sc.match[i] = m
+			sc.hash[i] = e.keyHash(tb, first)
+			any = true
+		}
+	}
+	return any
+}
+
+// updateTable is phases 2 and 3 for one table: the group rows of the
+// matching events, then the window updates and actions in event order.
+func (e *Engine) updateTable(tb *table, evs []event.Event) {
+	sc := &e.sc
+	// Phase 2: index lookups, independent of each other; then a read of
+	// each group's first line, so that phase 3 finds them in cache.
+	for i := range evs {
+		if sc.match[i] != 0 {
+			sc.row[i] = -1
+			if ri, ok := tb.index.get(sc.hash[i]); ok {
+				sc.row[i] = ri
 			}
 		}
-		e.touch += touch
-		// Phase 3: window updates and actions, in event order. A row
-		// removed meanwhile (eviction, sweep) may have moved another: then
-		// look up again.
-		gen := tb.gen
-		for i := range evs {
-			m := sc.match[i]
-			if m == 0 {
-				continue
+	}
+	var touch int64
+	for i := range evs {
+		if sc.match[i] != 0 && sc.row[i] >= 0 {
+			for _, g := range tb.row(int(sc.row[i])) {
+				touch += g.head
 			}
-			ev, t := &evs[i], sc.t[i]
-			e.act.ev = ev
-			e.act.prof = profView{p: sc.prof[i], ps: e.prof, now: uint32(t / 1e9)}
-			ri := sc.row[i]
-			if ri < 0 || tb.gen != gen {
-				ri = e.lookupRow(tb, t, sc.hash[i])
-			}
-			for k, s := range tb.members {
-				if m&(1<<k) != 0 {
-					e.observe(s, tb, ri, ev, t)
-				}
-			}
-			e.sweepOne(tb, sc.wm[i])
 		}
+	}
+	e.touch += touch
+	// Phase 3: window updates and actions, in event order. A row
+	// removed meanwhile (eviction, sweep) may have moved another: then
+	// look up again.
+	gen := tb.gen
+	for i := range evs {
+		m := sc.match[i]
+		if m == 0 {
+			continue
+		}
+		ev, t := &evs[i], sc.t[i]
+		e.act.ev = ev
+		e.act.prof = profView{p: sc.prof[i], ps: e.prof, now: uint32(t / 1e9)}
+		ri := sc.row[i]
+		if ri < 0 || tb.gen != gen {
+			ri = e.lookupRow(tb, t, sc.hash[i])
+		}
+		for k, s := range tb.members {
+			if m&(1<<k) != 0 {
+				e.observe(s, tb, ri, ev, t)
+			}
+		}
+		e.sweepOne(tb, sc.wm[i])
 	}
 }
 
