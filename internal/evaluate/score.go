@@ -220,16 +220,7 @@ func (s *Scorer) Decide(d *keymeterv1.Decision) {
 		} else if rank[act] > rank[r.Strongest] {
 			r.Strongest = act
 		}
-		ok := false
-		switch {
-		case l.IntendedAction == "block_ip":
-			ok = act == "block_ip" && covers
-		case l.IntendedAction == "alert":
-			ok = true
-		default:
-			ok = rank[act] >= rank[l.IntendedAction]
-		}
-		if ok && !slices.Contains(l.ForbiddenActions, act) && !r.Intended {
+		if intended(l, act, covers) && !slices.Contains(l.ForbiddenActions, act) && !r.Intended {
 			r.Intended, r.TimeToAction = true, t.Sub(l.Start)
 		}
 	}
@@ -257,6 +248,18 @@ func (s *Scorer) Decide(d *keymeterv1.Decision) {
 			s.benignKeys[k] = BadAction{Key: d.KeyId, Action: act, Rule: d.RuleId, At: t}
 		}
 	}
+}
+
+// intended reports whether an enforced act is the label's intended action
+// or stronger; a block_ip must cover the label's network (covers).
+func intended(l *Label, act string, covers bool) bool {
+	switch l.IntendedAction {
+	case "block_ip":
+		return act == "block_ip" && covers
+	case "alert":
+		return true
+	}
+	return rank[act] >= rank[l.IntendedAction]
 }
 
 // Result is the score of a backtest over labelled history.

@@ -107,6 +107,62 @@ var (
 	agents    = []string{"python-requests/2.32", "Go-http-client/1.1", "curl/8.5.0", "okhttp/4.12"}
 )
 
+// addAttack adds the requests of attack scenario s, the n-th attack, from
+// start on, drawing from rng in a fixed order (the schedule is a pure
+// function of the seed); k is the victim key (nil: none). It reports
+// whether the attack used the victim (cfg.Keys[vi]).
+func addAttack(s string, n int, start time.Duration, k *Key, vi int, rng *rand.Rand, home func(int) (string, string, uint32), add func(Request) bool) bool {
+	switch s {
+	case "anon-burst":
+		// 1500 anonymous requests in 10s from one /24.
+		net := fmt.Sprintf("203.0.%d", 113+n%10)
+		for j := range 1500 {
+			add(Request{At: start + time.Duration(j)*10*time.Second/1500, Scenario: s, IP: fmt.Sprintf("%s.%d", net, 1+rng.IntN(254)), Country: "RU", ASN: 64666, Path: "/v1/search"})
+		}
+	case "credential-stuffing":
+		// 300 made-up keys from one address in 15s: malformed and unknown.
+		ip := fmt.Sprintf("192.0.2.%d", 10+n%200)
+		for j := range 300 {
+			bad := fmt.Sprintf("km_live_%032d", rng.Uint64()) // bad checksum: malformed
+			if j%2 == 0 {
+				bad = fmt.Sprintf("guess-%d", rng.Uint64())
+			}
+			add(Request{At: start + time.Duration(j)*15*time.Second/300, Scenario: s, BadSecret: bad, IP: ip, Country: "VN", ASN: 64777, Path: "/v1/profile"})
+		}
+	case "geo-shift":
+		// One key from six countries within 30s.
+		if k == nil {
+			return false
+		}
+		for j := range 60 {
+			c := countries[3+j%6]
+			add(Request{At: start + time.Duration(j)*30*time.Second/60, Scenario: s, Key: k, IP: fmt.Sprintf("100.%d.%d.%d", 64+j%6, rng.IntN(256), 1+rng.IntN(254)), Country: c, ASN: uint32(64800 + j%6)})
+		}
+		return true
+	case "quota-spike":
+		// One key at 40x its usual share for 20s.
+		if k == nil {
+			return false
+		}
+		ip, c, asn := home(vi)
+		for j := range 2000 {
+			add(Request{At: start + time.Duration(j)*20*time.Second/2000, Scenario: s, Key: k, IP: ip, Country: c, ASN: asn})
+		}
+		return true
+	case "leaked-key":
+		// One key from 150 addresses in 8 networks within 30s.
+		if k == nil {
+			return false
+		}
+		for j := range 300 {
+			add(Request{At: start + time.Duration(j)*30*time.Second/300, Scenario: s, Key: k,
+				IP: fmt.Sprintf("45.%d.%d.%d", 10+j%8, rng.IntN(256), 1+j%150), Country: "US", ASN: uint32(65000 + j%8)})
+		}
+		return true
+	}
+	return false
+}
+
 // Generate returns the whole request schedule, sorted by time. It is a pure
 // function of the config: the same seed gives the same requests.
 func Generate(cfg Config) ([]Request, error) {
@@ -155,55 +211,12 @@ func Generate(cfg Config) ([]Request, error) {
 	for n, start := 0, cfg.AttackAfter; len(attacks) > 0 && start < cfg.Duration; n, start = n+1, start+cfg.AttackEvery {
 		s := attacks[n%len(attacks)]
 		var k *Key
+		vi := 0
 		if len(cfg.Keys) > 0 {
-			k = &cfg.Keys[victim%len(cfg.Keys)]
+			vi = victim % len(cfg.Keys)
+			k = &cfg.Keys[vi]
 		}
-		switch s {
-		case "anon-burst":
-			// 1500 anonymous requests in 10s from one /24.
-			net := fmt.Sprintf("203.0.%d", 113+n%10)
-			for j := range 1500 {
-				add(Request{At: start + time.Duration(j)*10*time.Second/1500, Scenario: s, IP: fmt.Sprintf("%s.%d", net, 1+rng.IntN(254)), Country: "RU", ASN: 64666, Path: "/v1/search"})
-			}
-		case "credential-stuffing":
-			// 300 made-up keys from one address in 15s: malformed and unknown.
-			ip := fmt.Sprintf("192.0.2.%d", 10+n%200)
-			for j := range 300 {
-				bad := fmt.Sprintf("km_live_%032d", rng.Uint64()) // bad checksum: malformed
-				if j%2 == 0 {
-					bad = fmt.Sprintf("guess-%d", rng.Uint64())
-				}
-				add(Request{At: start + time.Duration(j)*15*time.Second/300, Scenario: s, BadSecret: bad, IP: ip, Country: "VN", ASN: 64777, Path: "/v1/profile"})
-			}
-		case "geo-shift":
-			// One key from six countries within 30s.
-			if k == nil {
-				continue
-			}
-			for j := range 60 {
-				c := countries[3+j%6]
-				add(Request{At: start + time.Duration(j)*30*time.Second/60, Scenario: s, Key: k, IP: fmt.Sprintf("100.%d.%d.%d", 64+j%6, rng.IntN(256), 1+rng.IntN(254)), Country: c, ASN: uint32(64800 + j%6)})
-			}
-			victim++
-		case "quota-spike":
-			// One key at 40x its usual share for 20s.
-			if k == nil {
-				continue
-			}
-			ip, c, asn := home(victim % len(cfg.Keys))
-			for j := range 2000 {
-				add(Request{At: start + time.Duration(j)*20*time.Second/2000, Scenario: s, Key: k, IP: ip, Country: c, ASN: asn})
-			}
-			victim++
-		case "leaked-key":
-			// One key from 150 addresses in 8 networks within 30s.
-			if k == nil {
-				continue
-			}
-			for j := range 300 {
-				add(Request{At: start + time.Duration(j)*30*time.Second/300, Scenario: s, Key: k,
-					IP: fmt.Sprintf("45.%d.%d.%d", 10+j%8, rng.IntN(256), 1+j%150), Country: "US", ASN: uint32(65000 + j%8)})
-			}
+		if addAttack(s, n, start, k, vi, rng, home, add) {
 			victim++
 		}
 	}

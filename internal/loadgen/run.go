@@ -73,20 +73,11 @@ func SendHTTP(ctx context.Context, cfg HTTPConfig, reqs []Request) (Stats, error
 		go func() {
 			defer wg.Done()
 			for r := range work {
-				req, err := http.NewRequestWithContext(ctx, r.Method, target+r.Path, nil)
+				req, err := newHTTPRequest(ctx, target, cfg.CountryHeader, r)
 				if err != nil {
 					errs.Add(1)
 					continue
 				}
-				switch {
-				case r.Key != nil:
-					req.Header.Set("Authorization", "Bearer "+r.Key.Secret)
-				case r.BadSecret != "":
-					req.Header.Set("Authorization", "Bearer "+r.BadSecret)
-				}
-				req.Header.Set("X-Forwarded-For", r.IP)
-				req.Header.Set(cfg.CountryHeader, r.Country)
-				req.Header.Set("User-Agent", r.UserAgent)
 				resp, err := client.Do(req)
 				sent.Add(1)
 				if err != nil {
@@ -129,6 +120,26 @@ loop:
 	mu.Lock()
 	defer mu.Unlock()
 	return Stats{Sent: sent.Load(), Errors: errs.Load(), ByStatus: byStatus}, nil
+}
+
+// newHTTPRequest is r as an HTTP request to target: its key or bad secret
+// as a bearer token, its address in X-Forwarded-For, its country in
+// countryHeader.
+func newHTTPRequest(ctx context.Context, target, countryHeader string, r *Request) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, r.Method, target+r.Path, nil)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case r.Key != nil:
+		req.Header.Set("Authorization", "Bearer "+r.Key.Secret)
+	case r.BadSecret != "":
+		req.Header.Set("Authorization", "Bearer "+r.BadSecret)
+	}
+	req.Header.Set("X-Forwarded-For", r.IP)
+	req.Header.Set(countryHeader, r.Country)
+	req.Header.Set("User-Agent", r.UserAgent)
+	return req, nil
 }
 
 // Event turns a request into the usage event a verifier would emit for it,

@@ -126,6 +126,55 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 	if err != nil {
 		return nil, err
 	}
+	in, err := b.readKeyPartitions(ctx, topic, parts, first)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan bus.KeyUpdate, 256)
+	go func() {
+		defer close(out)
+		send := func(u bus.KeyUpdate) bool {
+			select {
+			case out <- u:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		entries, early, ok := b.keySnapshot(ctx, topic, parts, first, next, in)
+		if !ok {
+			return
+		}
+		for i := range entries {
+			if entries[i].Deleted {
+				continue
+			}
+			if !send(entries[i]) {
+				return
+			}
+			entries[i] = bus.KeyUpdate{} // let the consumer own the only reference
+		}
+		entries = nil
+		if !send(bus.KeyUpdate{EndOfSnapshot: true}) {
+			return
+		}
+		for _, u := range early {
+			if !send(u) {
+				return
+			}
+		}
+		for m := range in {
+			if !send(keyUpdate(m)) {
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// readKeyPartitions reads each partition of the key topic from its first
+// offset into one channel, until ctx ends; the channel is closed then.
+func (b *Bus) readKeyPartitions(ctx context.Context, topic string, parts []int, first map[int]int64) (<-chan kafka.Message, error) {
 	readers := make([]*kafka.Reader, 0, len(parts))
 	for _, p := range parts {
 		r, err := b.partitionReader(topic, p, first[p])
@@ -161,102 +210,71 @@ func (b *Bus) WatchKeys(ctx context.Context) (<-chan bus.KeyUpdate, error) {
 		})
 	}
 	go func() { wg.Wait(); close(in) }()
+	return in, nil
+}
 
-	out := make(chan bus.KeyUpdate, 256)
-	go func() {
-		defer close(out)
-		send := func(u bus.KeyUpdate) bool {
-			select {
-			case out <- u:
-				return true
-			case <-ctx.Done():
-				return false
-			}
+// keySnapshot reads in up to each partition's mark (next) and returns the
+// latest value per key in first-seen (log) order, deletions kept as
+// markers, and the live changes that arrived meanwhile (early). ok is
+// false when ctx ended or in closed first.
+func (b *Bus) keySnapshot(ctx context.Context, topic string, parts []int, first, next map[int]int64, in <-chan kafka.Message) (entries, early []bus.KeyUpdate, ok bool) {
+	// entries keeps first-seen (log) order, so no sort is needed, and
+	// index is sized up front from the offsets: growing a map of a
+	// million keys cost more than reading them.
+	pending := map[int]int64{} // partition → next offset to see, until its mark
+	var records int64
+	for _, p := range parts {
+		if next[p] > first[p] {
+			pending[p] = first[p]
+			records += next[p] - first[p]
 		}
-		// Snapshot: the latest value per key, up to each partition's mark.
-		// entries keeps first-seen (log) order, so no sort is needed, and
-		// index is sized up front from the offsets: growing a map of a
-		// million keys cost more than reading them.
-		pending := map[int]int64{} // partition → next offset to see, until its mark
-		var records int64
-		for _, p := range parts {
-			if next[p] > first[p] {
-				pending[p] = first[p]
-				records += next[p] - first[p]
-			}
-		}
-		size := int(min(records, 1<<22))
-		index := make(map[string]int, size)
-		entries := make([]bus.KeyUpdate, 0, size)
-		// Compaction can remove the records just below a mark (an old
-		// tombstone at the end of a partition): then no record ever reaches
-		// it, and a probe tells that nothing is left below it.
-		probe := time.NewTicker(500 * time.Millisecond)
-		defer probe.Stop()
-		var early []bus.KeyUpdate // live changes that arrived during the snapshot
-		for len(pending) > 0 {
-			var m kafka.Message
-			select {
-			case <-ctx.Done():
-				return
-			case <-probe.C:
-				for p, at := range pending {
-					if b.nothingBelow(ctx, topic, p, at, next[p]) {
-						delete(pending, p)
-					}
+	}
+	size := int(min(records, 1<<22))
+	index := make(map[string]int, size)
+	entries = make([]bus.KeyUpdate, 0, size)
+	// Compaction can remove the records just below a mark (an old
+	// tombstone at the end of a partition): then no record ever reaches
+	// it, and a probe tells that nothing is left below it.
+	probe := time.NewTicker(500 * time.Millisecond)
+	defer probe.Stop()
+	for len(pending) > 0 {
+		var m kafka.Message
+		select {
+		case <-ctx.Done():
+			return nil, nil, false
+		case <-probe.C:
+			for p, at := range pending {
+				if b.nothingBelow(ctx, topic, p, at, next[p]) {
+					delete(pending, p)
 				}
-				continue
-			case msg, ok := <-in:
-				if !ok {
-					return
-				}
-				m = msg
 			}
-			u := keyUpdate(m)
-			mark := next[m.Partition]
-			if m.Offset >= mark {
-				early = append(early, u)
-				delete(pending, m.Partition)
-				continue
+			continue
+		case msg, open := <-in:
+			if !open {
+				return nil, nil, false
 			}
-			if i, ok := index[u.ID]; ok {
-				entries[i] = u // a deletion stays as a marker, skipped below
-			} else if !u.Deleted {
-				index[u.ID] = len(entries)
-				entries = append(entries, u)
-			}
-			if m.Offset+1 >= mark {
-				delete(pending, m.Partition)
-			} else if _, ok := pending[m.Partition]; ok {
-				pending[m.Partition] = m.Offset + 1
-			}
+			m = msg
 		}
-		index = nil
-		for i := range entries {
-			if entries[i].Deleted {
-				continue
-			}
-			if !send(entries[i]) {
-				return
-			}
-			entries[i] = bus.KeyUpdate{} // let the consumer own the only reference
+		u := keyUpdate(m)
+		mark := next[m.Partition]
+		if m.Offset >= mark {
+			early = append(early, u)
+			delete(pending, m.Partition)
+			continue
 		}
-		entries = nil
-		if !send(bus.KeyUpdate{EndOfSnapshot: true}) {
-			return
+		if i, seen := index[u.ID]; seen {
+			entries[i] = u // a deletion stays as a marker, skipped by the caller
+		} else if !u.Deleted {
+			index[u.ID] = len(entries)
+			entries = append(entries, u)
 		}
-		for _, u := range early {
-			if !send(u) {
-				return
-			}
+		if m.Offset+1 >= mark {
+			delete(pending, m.Partition)
+		} else if _, waiting := pending[m.Partition]; waiting {
+			pending[m.Partition] = m.Offset + 1
 		}
-		for m := range in {
-			if !send(keyUpdate(m)) {
-				return
-			}
-		}
-	}()
-	return out, nil
+	}
+	return entries, early, true
 }
 
 // nothingBelow reports whether partition p of topic holds no record in
