@@ -36,7 +36,5 @@ func closeSoon(b bus.Bus) {
 // keyService is a key table (full states kept) and the lifecycle service
 // writing through it; the caller runs table.Run.
 func keyService(b bus.KeyLog, log *slog.Logger) (*keys.Table, *keys.Service, error) {
-	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table, Logger: log})
-	return table, svc, err
+	return keys.NewStateService(b, keys.WithLogger(log))
 }

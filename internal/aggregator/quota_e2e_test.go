@@ -20,7 +20,10 @@ func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 	b, db := newBus(t), newStore(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { _ = table.Run(ctx, b) }()
 	<-table.Ready()
 	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})

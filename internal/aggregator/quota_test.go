@@ -25,7 +25,10 @@ func TestQuotaTransitionsPublishedAndSigned(t *testing.T) {
 	b, db := newBus(t), newStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { _ = table.Run(ctx, b) }()
 	st := &keymeterv1.KeyState{Id: "key_q", Project: "proj_q", Status: keymeterv1.KeyStatus_KEY_STATUS_ACTIVE, MonthlyQuota: 100, Version: 1, Hash: make([]byte, 32)}
 	raw, _ := proto.Marshal(st)
@@ -163,7 +166,10 @@ func TestQuotaUpdateNeverUndoesARevocation(t *testing.T) {
 	b, db := newBus(t), newStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { _ = table.Run(ctx, b) }()
 	<-table.Ready()
 	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
@@ -192,7 +198,10 @@ func TestQuotaUpdateNeverUndoesARevocation(t *testing.T) {
 	q.Stored(ctx, evs)
 	time.Sleep(200 * time.Millisecond)
 	// A new verifier's snapshot is the key log's latest record.
-	fresh := keys.NewTable(keys.TableConfig{KeepState: true})
+	fresh, err := keys.NewTable(keys.TableConfig{KeepState: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { _ = fresh.Run(ctx, b) }()
 	<-fresh.Ready()
 	st, _ := fresh.State(k.State.GetId())

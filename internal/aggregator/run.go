@@ -75,7 +75,10 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	eg, ectx := errgroup.WithContext(rest)
 	table := cfg.Table
 	if table == nil {
-		table = keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
+		var err error
+		if table, err = keys.NewTable(keys.TableConfig{KeepState: true}, keys.WithLogger(log)); err != nil {
+			return err
+		}
 		eg.Go(func() error { return table.Run(ectx, cfg.Bus) })
 	}
 	qc := cfg.Quota

@@ -111,7 +111,6 @@ type Config struct {
 	// Retention, if set, is the store's raw-event retention in days:
 	// POST /v1/events drops (and lists) events older than that.
 	Retention func(ctx context.Context) (int, error)
-	Logger    *slog.Logger
 	// Ready reports readiness for /readyz.
 	Ready func() bool
 }
@@ -127,15 +126,32 @@ type Server struct {
 	retAt   time.Time
 }
 
+// Option configures New.
+type Option func(*Server) error
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Server) error {
+		if l == nil {
+			return errors.New("api: WithLogger(nil)")
+		}
+		s.log = l
+		return nil
+	}
+}
+
 // New builds the API server.
-func New(cfg Config) (*Server, error) {
+func New(cfg Config, opts ...Option) (*Server, error) {
 	if len(cfg.Tokens) == 0 {
 		return nil, errors.New("api: at least one admin token hash is required (--admin-token role:sha256hex)")
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), log: slog.Default()}
+	for _, o := range opts {
+		if err := o(s); err != nil {
+			return nil, err
+		}
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger.With("role", "api")}
+	s.log = s.log.With("role", "api")
 	s.routes()
 	return s, nil
 }

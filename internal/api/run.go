@@ -76,9 +76,8 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	eg, ectx := errgroup.WithContext(ctx)
 	table, svc := cfg.Table, cfg.Keys
 	if table == nil {
-		table = keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
 		var err error
-		if svc, err = keys.NewService(keys.ServiceConfig{KeyLog: cfg.Bus, Table: table, Logger: log}); err != nil {
+		if table, svc, err = keys.NewStateService(cfg.Bus, keys.WithLogger(log)); err != nil {
 			return err
 		}
 		eg.Go(func() error { return table.Run(ectx, cfg.Bus) })
@@ -87,7 +86,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if err != nil {
 		return err
 	}
-	srv, err := New(acfg)
+	srv, err := New(acfg, WithLogger(log))
 	if err != nil {
 		return err
 	}
@@ -127,7 +126,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 
 // apiConfig is the Server's configuration from the role's.
 func (cfg *RunConfig) apiConfig(table *keys.Table, svc *keys.Service, log *slog.Logger) (Config, error) {
-	acfg := Config{Tokens: cfg.Tokens, Keys: svc, KeyTable: table, Ready: table.Loaded, Rules: cfg.Rules, Logger: log}
+	acfg := Config{Tokens: cfg.Tokens, Keys: svc, KeyTable: table, Ready: table.Loaded, Rules: cfg.Rules}
 	if cfg.Bus != nil {
 		// Rule-mode overrides go on the decisions log for every detector;
 		// with the detector's engine at hand, unknown rule ids are refused.

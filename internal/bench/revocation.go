@@ -81,7 +81,10 @@ func RunRevocation(ctx context.Context, cfg RevocationConfig) error {
 			return err
 		}
 		buses = append(buses, b)
-		tbl := keys.NewTable(keys.TableConfig{KeepState: i == cfg.Verifiers, Logger: cfg.Logger})
+		tbl, err := keys.NewTable(keys.TableConfig{KeepState: i == cfg.Verifiers}, keys.WithLogger(cfg.Logger))
+		if err != nil {
+			return err
+		}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = tbl.Run(rctx, b) }()
 		tables = append(tables, tbl)

@@ -49,7 +49,10 @@ func RunRevokeE2E(ctx context.Context, cfg RevokeConfig) error {
 	log := cfg.Logger
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
+	table, svc, err := keys.NewStateService(cfg.Bus, keys.WithLogger(log))
+	if err != nil {
+		return err
+	}
 	eg, ectx := errgroup.WithContext(ctx)
 	defer func() { cancel(); _ = eg.Wait() }()
 	eg.Go(func() error { return table.Run(ectx, cfg.Bus) })
@@ -57,10 +60,6 @@ func RunRevokeE2E(ctx context.Context, cfg RevokeConfig) error {
 	case <-table.Ready():
 	case <-ectx.Done():
 		return fmt.Errorf("bench revoke-e2e: key table did not load: %w", context.Cause(ectx))
-	}
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: cfg.Bus, Table: table, Logger: log})
-	if err != nil {
-		return err
 	}
 	if err := cfg.Detector(ectx, eg, svc); err != nil {
 		return err

@@ -80,7 +80,10 @@ func setup(t *testing.T) *env {
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { _ = table.Run(ctx, b) }()
 	<-table.Ready()
 	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})

@@ -62,7 +62,7 @@ func Keys(ctx context.Context, cfg KeysConfig) ([]loadgen.Key, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: cfg.KeyLog, Table: cfg.Table, Logger: QuietLogger(log)})
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: cfg.KeyLog, Table: cfg.Table}, keys.WithLogger(QuietLogger(log)))
 	if err != nil {
 		return nil, err
 	}

@@ -80,17 +80,18 @@ type Config struct {
 	Logger  *slog.Logger
 }
 
-// Validate checks the configuration.
+// Validate reports every problem of the configuration; it changes nothing.
 func (c *Config) Validate() error {
+	var errs []error
 	if c.Sink == nil {
-		return errors.New("detect: Config.Sink is required")
+		errs = append(errs, errors.New("detect: Config.Sink is required"))
 	}
 	for _, s := range c.Allowlist.CIDRs {
 		if _, err := parsePrefix(s); err != nil {
-			return fmt.Errorf("detect: allowlist: %w", err)
+			errs = append(errs, fmt.Errorf("detect: allowlist: %w", err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func parsePrefix(s string) (netip.Prefix, error) {

@@ -99,7 +99,10 @@ func TestSuspensionExpires(t *testing.T) {
 	b := newBus(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { _ = table.Run(ctx, b) }()
 	<-table.Ready()
 	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})

@@ -217,7 +217,7 @@ func (d *devRun) startFront(ctx context.Context, eg *errgroup.Group) error {
 	d.proxyAddr = d.o.ProxyListen
 	vcfg := verifier.RunConfig{
 		Listen: d.o.ProxyListen, Upstream: "http://" + upLn.Addr().String(), AdminListen: d.o.AdminListen,
-		DataDir: filepath.Join(d.dataDir, "verifier"), VerifierID: "dev-verifier", Bus: d.b, Logger: d.log,
+		DataDir: filepath.Join(d.dataDir, "verifier"), VerifierID: "dev-verifier", Bus: d.b, Registry: d.reg, Logger: d.log,
 		HTTP: verifier.HTTPConfig{CountryHeader: "CF-IPCountry", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
 		OnListen: func(main, _, _ net.Addr) {
 			if main != nil {
@@ -259,8 +259,7 @@ keymeter dev is running (data in %s)
   verifier (proxy to the demo API)  http://%s        e.g. curl -H "Authorization: Bearer $(cut -d, -f3 %s | head -1)" http://%s/v1/items
   REST API                          http://%s        OpenAPI at /openapi.yaml
   web console                       http://%s/console/  (sign in with the admin token)
-  verifier metrics                  http://%s/metrics
-  pipeline metrics                  http://%s/metrics (aggregator, detector, API)
+  metrics (every role)              http://%s/metrics and http://%s/metrics (one registry)
   NATS                              %s
   admin token                       in %s (mode 0600): export KEYMETER_TOKEN=$(cat %s)
   demo keys                         %d, secrets in %s
@@ -311,7 +310,5 @@ func (d *devRun) drain(ctx context.Context, limit time.Duration) {
 // keyService is a key table (full states kept) and the lifecycle service
 // writing through it; the caller runs table.Run.
 func keyService(b bus.KeyLog, log *slog.Logger) (*keys.Table, *keys.Service, error) {
-	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table, Logger: log})
-	return table, svc, err
+	return keys.NewStateService(b, keys.WithLogger(log))
 }

@@ -12,7 +12,10 @@ import (
 // batches and compares every lookup (by hash and by id) with a plain map.
 func TestTableModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	tbl := NewTable(TableConfig{})
+	tbl, err := NewTable(TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	type entry struct {
 		st  *keymeterv1.KeyState
 		sec Secret
@@ -74,7 +77,10 @@ func TestTableModel(t *testing.T) {
 
 // TestTableConcurrentReads reads while the table changes (run with -race).
 func TestTableConcurrentReads(t *testing.T) {
-	tbl := NewTable(TableConfig{})
+	tbl, err := NewTable(TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tbl.Apply([]bus.KeyUpdate{{EndOfSnapshot: true}})
 	var secs []Secret
 	var states []*keymeterv1.KeyState
@@ -122,7 +128,10 @@ func TestTableConcurrentReads(t *testing.T) {
 // TestTableResync: after a broken watch, the new snapshot replaces the
 // table's content: keys it lacks (deleted while the watch was down) go.
 func TestTableResync(t *testing.T) {
-	tbl := NewTable(TableConfig{})
+	tbl, err := NewTable(TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, sa := newState(t, "p")
 	b, sb := newState(t, "p")
 	tbl.Apply([]bus.KeyUpdate{stateUpdate(t, a), stateUpdate(t, b), {EndOfSnapshot: true}})

@@ -31,8 +31,7 @@ type ServiceConfig struct {
 	// Table must be watching KeyLog (Table.Run) with KeepState on. The
 	// service reads current states from it and waits for its own writes to
 	// show up there before returning.
-	Table  *Table
-	Logger *slog.Logger
+	Table *Table
 	// Now is the clock (tests); time.Now by default.
 	Now func() time.Time
 	// WriteTimeout bounds the wait for a write to come back through the
@@ -40,15 +39,16 @@ type ServiceConfig struct {
 	WriteTimeout time.Duration
 }
 
-// Validate checks the configuration.
+// Validate reports every problem of the configuration; it changes nothing.
 func (c *ServiceConfig) Validate() error {
+	var errs []error
 	if c.KeyLog == nil {
-		return fmt.Errorf("keys: service: KeyLog is required")
+		errs = append(errs, errors.New("keys: service: KeyLog is required"))
 	}
 	if c.Table == nil || !c.Table.keepState {
-		return fmt.Errorf("keys: service: a Table with KeepState is required")
+		errs = append(errs, errors.New("keys: service: a Table with KeepState is required"))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Service runs the key lifecycle: every operation writes a full KeyState to
@@ -62,14 +62,15 @@ type Service struct {
 }
 
 // NewService returns a Service.
-func NewService(cfg ServiceConfig) (*Service, error) {
+func NewService(cfg ServiceConfig, opts ...Option) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{kl: cfg.KeyLog, table: cfg.Table, log: cfg.Logger, now: cfg.Now, timeout: cfg.WriteTimeout}
-	if s.log == nil {
-		s.log = slog.New(slog.DiscardHandler)
+	o, err := applyOptions(opts)
+	if err != nil {
+		return nil, err
 	}
+	s := &Service{kl: cfg.KeyLog, table: cfg.Table, log: o.log, now: cfg.Now, timeout: cfg.WriteTimeout}
 	if s.now == nil {
 		s.now = time.Now
 	}

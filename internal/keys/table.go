@@ -65,7 +65,6 @@ type TableConfig struct {
 	// KeepState keeps every key's full state for State/States (admin
 	// processes). Verifiers leave it off to save memory.
 	KeepState bool
-	Logger    *slog.Logger
 }
 
 // Table is the in-memory key table, fed from the key-state log.
@@ -98,18 +97,20 @@ type Table struct {
 	invalid atomic.Uint64 // updates that could not be decoded
 }
 
-// NewTable returns an empty table; Run fills it.
-func NewTable(cfg TableConfig) *Table {
+// NewTable returns an empty table; Run fills it. An option that does not
+// apply is an error.
+func NewTable(cfg TableConfig, opts ...Option) (*Table, error) {
+	o, err := applyOptions(opts)
+	if err != nil {
+		return nil, err
+	}
 	t := &Table{
 		ready:     make(chan struct{}),
-		log:       cfg.Logger,
+		log:       o.log,
 		keepState: cfg.KeepState,
 		projects:  make(map[string]string),
 		changed:   make(chan struct{}),
 		private:   new([nShards]*hashIndex),
-	}
-	if t.log == nil {
-		t.log = slog.New(slog.DiscardHandler)
 	}
 	empty := &hashIndex{}
 	for i := range t.shards {
@@ -119,7 +120,7 @@ func NewTable(cfg TableConfig) *Table {
 		t.states = make(map[string]*keymeterv1.KeyState)
 		t.revs = make(map[string]uint64)
 	}
-	return t
+	return t, nil
 }
 
 // Lookup returns the slot of the key with hash h, or nil. It never locks and

@@ -46,7 +46,10 @@ func lookup(tbl *Table, s Secret) *Record {
 }
 
 func TestTableApply(t *testing.T) {
-	tbl := NewTable(TableConfig{KeepState: true})
+	tbl, err := NewTable(TableConfig{KeepState: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, sa := newState(t, "p1")
 	b, sb := newState(t, "p1")
 	tbl.Apply([]bus.KeyUpdate{stateUpdate(t, a), stateUpdate(t, b)})
@@ -117,7 +120,10 @@ func TestTableApply(t *testing.T) {
 }
 
 func TestTableLookupNoAlloc(t *testing.T) {
-	tbl := NewTable(TableConfig{})
+	tbl, err := NewTable(TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, sa := newState(t, "p")
 	tbl.Apply([]bus.KeyUpdate{stateUpdate(t, a), {EndOfSnapshot: true}})
 	h := sa.Hash()
@@ -147,7 +153,10 @@ func startBus(t testing.TB) *natsbus.Bus {
 }
 
 func watched(t testing.TB, kl bus.KeyLog, keep bool) *Table {
-	tbl := NewTable(TableConfig{KeepState: keep})
+	tbl, err := NewTable(TableConfig{KeepState: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = tbl.Run(ctx, kl) }()
@@ -286,7 +295,11 @@ func BenchmarkTableLoad1M(b *testing.B) {
 	runtime.ReadMemStats(&before)
 	var tbl *Table
 	for b.Loop() {
-		tbl = NewTable(TableConfig{})
+		var err error
+		tbl, err = NewTable(TableConfig{})
+		if err != nil {
+			b.Fatal(err)
+		}
 		for i := 0; i < len(updates); i += maxBatch {
 			tbl.Apply(updates[i:min(i+maxBatch, len(updates))])
 		}
@@ -312,7 +325,10 @@ func BenchmarkTableLoad1M(b *testing.B) {
 // "insert" is a new key.
 func BenchmarkTableApply1M(b *testing.B) {
 	const n = 1_000_000
-	tbl := NewTable(TableConfig{})
+	tbl, err := NewTable(TableConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	updates := make([]bus.KeyUpdate, 0, n+1)
 	var states []*keymeterv1.KeyState
 	for i := range n {

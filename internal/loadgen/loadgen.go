@@ -7,6 +7,7 @@
 package loadgen
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -58,27 +59,16 @@ type Config struct {
 	AttackEvery, AttackAfter time.Duration
 }
 
-// Validate fills defaults and checks the scenario names.
-func (c *Config) Validate() error {
+// withDefaults is c with the defaults of the zero fields filled in.
+func (c Config) withDefaults() Config {
 	if len(c.Scenarios) == 0 {
 		c.Scenarios = []string{"normal"}
-	}
-	for _, s := range c.Scenarios {
-		if !slices.Contains(Scenarios, s) {
-			return fmt.Errorf("loadgen: scenario %q: accepted values are %s", s, strings.Join(Scenarios, ", "))
-		}
 	}
 	if c.Rate == 0 {
 		c.Rate = 200
 	}
-	if c.Rate < 0 || c.Rate > 1e6 {
-		return fmt.Errorf("loadgen: rate %g out of range (0, 1000000]", c.Rate)
-	}
 	if c.Duration == 0 {
 		c.Duration = time.Minute
-	}
-	if c.Duration < 0 || c.Duration > 24*time.Hour {
-		return fmt.Errorf("loadgen: duration %s out of range (0, 24h]", c.Duration)
 	}
 	if c.MaxRequests == 0 {
 		c.MaxRequests = int(c.Rate*c.Duration.Seconds())*3 + 10000
@@ -89,6 +79,25 @@ func (c *Config) Validate() error {
 	if c.AttackAfter == 0 {
 		c.AttackAfter = 5 * time.Second
 	}
+	return c
+}
+
+// Validate reports every problem of the configuration (with its defaults);
+// it changes nothing.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	for _, s := range c.Scenarios {
+		if !slices.Contains(Scenarios, s) {
+			errs = append(errs, fmt.Errorf("loadgen: scenario %q: accepted values are %s", s, strings.Join(Scenarios, ", ")))
+		}
+	}
+	if c.Rate < 0 || c.Rate > 1e6 {
+		errs = append(errs, fmt.Errorf("loadgen: rate %g out of range (0, 1000000]", c.Rate))
+	}
+	if c.Duration < 0 || c.Duration > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("loadgen: duration %s out of range (0, 24h]", c.Duration))
+	}
 	needKeys := false
 	for _, s := range c.Scenarios {
 		if s == "normal" || s == "geo-shift" || s == "quota-spike" || s == "leaked-key" {
@@ -96,9 +105,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if needKeys && len(c.Keys) == 0 {
-		return fmt.Errorf("loadgen: scenarios %v need at least one key", c.Scenarios)
+		errs = append(errs, fmt.Errorf("loadgen: scenarios %v need at least one key", c.Scenarios))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 var (
@@ -169,6 +178,7 @@ func Generate(cfg Config) ([]Request, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	rng := rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))
 	var out []Request
 	add := func(r Request) bool {

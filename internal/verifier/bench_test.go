@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/keys"
 )
 
 // BenchmarkMiddleware is the per-request cost of the front around a no-op
@@ -24,7 +25,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer em.Close(ctx)
-	h := NewServer(v, em, NewMetrics(tbl, em), HTTPConfig{}).Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := NewServer(v, em, mustMetrics(b, tbl, em), HTTPConfig{}).Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok"))
 	}))
 	req := httptest.NewRequest("GET", "/v1/items", nil)
@@ -62,4 +63,13 @@ func BenchmarkForwardAuth(b *testing.B) {
 	for b.Loop() {
 		h.ServeHTTP(httptest.NewRecorder(), req)
 	}
+}
+
+func mustMetrics(t testing.TB, tbl *keys.Table, em *Emitter) *Metrics {
+	t.Helper()
+	m, err := NewMetrics(nil, tbl, em)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -21,10 +21,18 @@ import (
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
-// newService returns a key Service on b, with its own watched table.
+// newService returns a key Service on b, with its own watched table,
+// logging to log (nil: nowhere).
 func newService(t testing.TB, ctx context.Context, b bus.KeyLog, log *slog.Logger) *keys.Service {
 	t.Helper()
-	tbl := keys.NewTable(keys.TableConfig{KeepState: true, Logger: log})
+	var opts []keys.Option
+	if log != nil {
+		opts = append(opts, keys.WithLogger(log))
+	}
+	tbl, err := keys.NewTable(keys.TableConfig{KeepState: true}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = tbl.Run(ctx, b) }()
@@ -34,7 +42,7 @@ func newService(t testing.TB, ctx context.Context, b bus.KeyLog, log *slog.Logge
 	case <-time.After(10 * time.Second):
 		t.Fatal("service table not loaded")
 	}
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: tbl, Logger: log})
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: tbl}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,10 @@ func oldCell(ip netip.Addr) uint64 {
 
 func anonVerifier(t *testing.T, v6Bits int) *Verifier {
 	t.Helper()
-	tbl := keys.NewTable(keys.TableConfig{})
+	tbl, err := keys.NewTable(keys.TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tbl.Apply([]bus.KeyUpdate{{EndOfSnapshot: true}})
 	v, err := New(Config{Table: tbl, AnonIPv6Prefix: v6Bits, Routes: []Route{{Prefix: "/public", Anonymous: true, AnonRatePerS: 0.001, AnonBurst: 2}}})
 	if err != nil {
@@ -138,8 +141,12 @@ func TestAnonLimiterIPv6Network(t *testing.T) {
 	if d := v48.Verify(&Request{ClientIP: netip.MustParseAddr("2001:db8:1:ffff::1"), Path: "/public/x", Now: 1e18}); d.Outcome != event.OutcomeRateLimited {
 		t.Errorf("/48: %v", d.Outcome)
 	}
+	tbl, err := keys.NewTable(keys.TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, bad := range []int{-1, 8, 129} {
-		if _, err := New(Config{Table: keys.NewTable(keys.TableConfig{}), AnonIPv6Prefix: bad}); err == nil {
+		if _, err := New(Config{Table: tbl, AnonIPv6Prefix: bad}); err == nil {
 			t.Errorf("AnonIPv6Prefix %d accepted", bad)
 		}
 	}

@@ -1,10 +1,12 @@
 package verifier
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/httpserve"
 	"github.com/keymeter/keymeter/internal/keys"
 )
 
@@ -17,10 +19,13 @@ type Metrics struct {
 	upstream  prometheus.Histogram
 }
 
-// NewMetrics registers the verifier's metrics. em may be nil (no emission).
-func NewMetrics(tbl *keys.Table, em *Emitter) *Metrics {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+// NewMetrics registers the verifier's metrics with reg, the process's one
+// registry (nil: a registry of its own with the Go and process
+// collectors). em may be nil (no emission).
+func NewMetrics(reg *prometheus.Registry, tbl *keys.Table, em *Emitter) (*Metrics, error) {
+	if reg == nil {
+		reg = httpserve.NewRegistry()
+	}
 	m := &Metrics{Registry: reg}
 	dec := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keymeter_verifier_decisions_total", Help: "Verification decisions by outcome.",
@@ -38,7 +43,7 @@ func NewMetrics(tbl *keys.Table, em *Emitter) *Metrics {
 		Help:    "Upstream response time in proxy mode.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 	})
-	reg.MustRegister(dec, m.verify, m.upstream,
+	if err := registerAll(reg, dec, m.verify, m.upstream,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keymeter_verifier_keys", Help: "Keys in the key table."},
 			func() float64 { return float64(tbl.Len()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keymeter_verifier_key_table_loaded", Help: "1 once the key table snapshot is loaded."},
@@ -47,10 +52,12 @@ func NewMetrics(tbl *keys.Table, em *Emitter) *Metrics {
 			func() float64 { return float64(tbl.Applied()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymeter_verifier_key_updates_invalid_total", Help: "Key-state updates skipped as undecodable or invalid."},
 			func() float64 { return float64(tbl.Invalid()) }),
-	)
+	); err != nil {
+		return nil, err
+	}
 	if em != nil {
 		stat := func(f func(EmitterStats) float64) func() float64 { return func() float64 { return f(em.Stats()) } }
-		reg.MustRegister(
+		if err := registerAll(reg,
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymeter_verifier_events_emitted_total", Help: "Usage events accepted for emission."},
 				stat(func(s EmitterStats) float64 { return float64(s.Emitted) })),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymeter_verifier_events_published_total", Help: "Usage events acknowledged by the bus."},
@@ -67,9 +74,22 @@ func NewMetrics(tbl *keys.Table, em *Emitter) *Metrics {
 				stat(func(s EmitterStats) float64 { return float64(s.SpoolBytes) })),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keymeter_verifier_bus_up", Help: "1 while the bus takes event batches, 0 while spooling."},
 				stat(func(s EmitterStats) float64 { return b2f(s.BusUp) })),
-		)
+		); err != nil {
+			return nil, err
+		}
 	}
-	return m
+	return m, nil
+}
+
+// registerAll registers every collector with reg; a second verifier on the
+// same registry is an error, not a panic.
+func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("verifier metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 func b2f(b bool) float64 {

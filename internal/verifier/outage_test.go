@@ -24,7 +24,10 @@ func testBusOutageRequests(t *testing.T, n testBackend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tbl := keys.NewTable(keys.TableConfig{})
+	tbl, err := keys.NewTable(keys.TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { _ = tbl.Run(tctx, b) }()

@@ -45,7 +45,10 @@ func TestGlobalRateLimitAccuracy(t *testing.T) {
 		var shares [nv]*RateShare
 		var sim int64 // simulated clock, ns
 		for i := range nv {
-			tbl := keys.NewTable(keys.TableConfig{})
+			tbl, err := keys.NewTable(keys.TableConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
 			tbl.Apply([]bus.KeyUpdate{{ID: id, Value: val}, {EndOfSnapshot: true}})
 			if vs[i], err = New(Config{Table: tbl}); err != nil {
 				t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
@@ -47,46 +48,56 @@ type RunConfig struct {
 	// RateShare).
 	ShareRateLimits time.Duration
 	Bus             bus.Bus
-	Logger          *slog.Logger
+	// Registry receives the metrics, served on AdminListen; nil: a
+	// registry of its own. keymeter dev passes the one of every role.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
 	// OnListen, if set, is called with the bound addresses (tests).
 	OnListen func(main, auth, admin net.Addr)
 }
 
-// Validate checks the configuration.
-func (c *RunConfig) Validate() error {
+// Validate reports every problem of the configuration; it changes nothing.
+func (c RunConfig) Validate() error {
+	var errs []error
 	if c.Bus == nil {
-		return errors.New("verifier: a bus is required")
+		errs = append(errs, errors.New("verifier: a bus is required"))
 	}
 	if c.Listen == "" && c.AuthListen == "" {
-		return errors.New("verifier: nothing to serve: set --listen (and --upstream for proxy mode) or --auth-listen")
+		errs = append(errs, errors.New("verifier: nothing to serve: set --listen (and --upstream for proxy mode) or --auth-listen"))
 	}
 	if (c.Listen != "" && c.Upstream == "") || c.AuthListen != "" {
 		if c.HTTP.Front.Name == "" {
-			return fmt.Errorf("verifier: forward auth needs the proxy in front named: --front %s, or --front-method-header and --front-uri-header (the original request is read only from the headers that proxy sets)", strings.Join(FrontNames(), "|"))
+			errs = append(errs, fmt.Errorf("verifier: forward auth needs the proxy in front named: --front %s, or --front-method-header and --front-uri-header (the original request is read only from the headers that proxy sets)", strings.Join(FrontNames(), "|")))
 		}
 		if c.HTTP.QueryParam != "" && c.Upstream == "" {
 			// The proxy forwards the original URI, key included: the
 			// verifier cannot strip it, so the upstream would log keys.
-			return fmt.Errorf("verifier: --query-param %q is for proxy mode (--upstream) only: in forward auth the proxy passes the original URI, key included, to the upstream; send keys in Authorization or X-API-Key (next to --upstream, the --auth-listen endpoint ignores query-parameter keys)", c.HTTP.QueryParam)
+			errs = append(errs, fmt.Errorf("verifier: --query-param %q is for proxy mode (--upstream) only: in forward auth the proxy passes the original URI, key included, to the upstream; send keys in Authorization or X-API-Key (next to --upstream, the --auth-listen endpoint ignores query-parameter keys)", c.HTTP.QueryParam))
 		}
 	}
 	switch {
 	case c.HTTP.ForwardedHeader == "", strings.EqualFold(c.HTTP.ForwardedHeader, HeaderXForwardedFor), strings.EqualFold(c.HTTP.ForwardedHeader, HeaderForwarded):
 	default:
-		return fmt.Errorf("verifier: --forwarded-header %q: accepted values are %s, %s", c.HTTP.ForwardedHeader, HeaderXForwardedFor, HeaderForwarded)
+		errs = append(errs, fmt.Errorf("verifier: --forwarded-header %q: accepted values are %s, %s", c.HTTP.ForwardedHeader, HeaderXForwardedFor, HeaderForwarded))
 	}
 	if c.HTTP.BodyTimeout < 0 {
-		return fmt.Errorf("verifier: --body-timeout %s: must be positive", c.HTTP.BodyTimeout)
+		errs = append(errs, fmt.Errorf("verifier: --body-timeout %s: must be positive", c.HTTP.BodyTimeout))
 	}
 	if c.Upstream != "" {
 		u, err := url.Parse(c.Upstream)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("verifier: --upstream %q: want an http:// or https:// URL", c.Upstream)
+			errs = append(errs, fmt.Errorf("verifier: --upstream %q: want an http:// or https:// URL", c.Upstream))
 		}
 	}
 	if c.DataDir == "" {
-		return errors.New("verifier: --data-dir is required (the event spool lives there)")
+		errs = append(errs, errors.New("verifier: --data-dir is required (the event spool lives there)"))
 	}
+	return errors.Join(errs...)
+}
+
+// withDefaults is c with the verifier id (verifier-<hostname>) and the
+// logger (slog.Default()) filled in.
+func (c RunConfig) withDefaults() RunConfig {
 	if c.VerifierID == "" {
 		h, _ := os.Hostname()
 		c.VerifierID = "verifier-" + h
@@ -94,7 +105,7 @@ func (c *RunConfig) Validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return nil
+	return c
 }
 
 // Run serves until ctx ends, then shuts down in order: stop taking
@@ -104,8 +115,12 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	cfg = cfg.withDefaults()
 	log := cfg.Logger.With("role", "verifier", "verifier_id", cfg.VerifierID)
-	tbl := keys.NewTable(keys.TableConfig{Logger: log})
+	tbl, err := keys.NewTable(keys.TableConfig{}, keys.WithLogger(log))
+	if err != nil {
+		return err
+	}
 	blocks := &BlockList{}
 	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod, BlockValidKeys: cfg.BlockValidKeys, AnonIPv6Prefix: cfg.AnonIPv6Prefix})
 	if err != nil {
@@ -120,7 +135,10 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if err != nil {
 		return err
 	}
-	m := NewMetrics(tbl, em)
+	m, err := NewMetrics(cfg.Registry, tbl, em)
+	if err != nil {
+		return err
+	}
 	hcfg := cfg.HTTP
 	hcfg.VerifierID, hcfg.Logger = cfg.VerifierID, log
 	srv := NewServer(v, em, m, hcfg)

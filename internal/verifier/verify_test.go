@@ -42,7 +42,10 @@ func testKey(t testing.TB, tbl *keys.Table, st *keymeterv1.KeyState) string {
 }
 
 func newTestVerifier(t testing.TB, routes ...Route) (*Verifier, *keys.Table) {
-	tbl := keys.NewTable(keys.TableConfig{})
+	tbl, err := keys.NewTable(keys.TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tbl.Apply([]bus.KeyUpdate{{EndOfSnapshot: true}})
 	v, err := New(Config{Table: tbl, Routes: routes})
 	if err != nil {
@@ -166,7 +169,10 @@ func TestBlockSparesValidKeys(t *testing.T) {
 	ns := now.UnixNano()
 	blocked := netip.MustParseAddr("192.0.2.66")
 	for _, all := range []bool{false, true} {
-		tbl := keys.NewTable(keys.TableConfig{})
+		tbl, err := keys.NewTable(keys.TableConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
 		tbl.Apply([]bus.KeyUpdate{{EndOfSnapshot: true}})
 		v, err := New(Config{Table: tbl, BlockValidKeys: all, Routes: []Route{
 			{Prefix: "/public", Anonymous: true, AnonRatePerS: 100, AnonBurst: 100}, {Prefix: "/admin", Scope: "admin"}}})
@@ -245,7 +251,10 @@ func TestVerifyNoAlloc(t *testing.T) {
 
 // BenchmarkVerify: 1,000,000 keys, a valid key with a rate limit.
 func BenchmarkVerify(b *testing.B) {
-	tbl := keys.NewTable(keys.TableConfig{})
+	tbl, err := keys.NewTable(keys.TableConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	const n = 1_000_000
 	batch := make([]bus.KeyUpdate, 0, n+1)
 	var secret string

@@ -49,7 +49,10 @@ func Keys(t testing.TB, kl bus.KeyLog) (*keys.Table, *keys.Service) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	table := keys.NewTable(keys.TableConfig{KeepState: true})
+	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { defer close(done); _ = table.Run(ctx, kl) }()
 	t.Cleanup(func() { cancel(); <-done })
 	select {
