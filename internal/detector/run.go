@@ -25,7 +25,10 @@ type History interface {
 // RunConfig is the detection role: what `keymeter detector` and
 // `keymeter dev` run.
 type RunConfig struct {
-	Rules          []string // rule files or directories, hot-reloaded
+	// Rules are rule files or directories, hot-reloaded; none: ./rules if
+	// it exists, else the starter rules built into the binary
+	// (rules.Resolve).
+	Rules          []string
 	ReloadInterval time.Duration
 	AllowKeys      []string
 	AllowCIDRs     []string
@@ -53,14 +56,11 @@ type RunConfig struct {
 	Logger     *slog.Logger
 }
 
-// Validate checks the configuration.
+// Validate reports every problem of the configuration; it changes nothing.
 func (c *RunConfig) Validate() error {
 	var errs []error
 	if c.Bus == nil {
 		errs = append(errs, errors.New("detector: RunConfig.Bus is required"))
-	}
-	if len(c.Rules) == 0 {
-		errs = append(errs, errors.New("detector: RunConfig.Rules is empty (rule files or directories, e.g. rules/)"))
 	}
 	return errors.Join(errs...)
 }
