@@ -138,9 +138,6 @@ func (cfg *RunConfig) apiConfig(table *keys.Table, svc *keys.Service, log *slog.
 	}
 	lc := cfg.Leaks
 	lc.Table, lc.Keys, lc.Decisions = table, svc, cfg.Bus
-	if lc.Logger == nil {
-		lc.Logger = log
-	}
 	if cfg.Store != nil {
 		st := cfg.Store
 		acfg.Usage, acfg.Logs, acfg.Decision, acfg.Billing = st, st, st, &billing.Exporter{Store: st}
@@ -148,7 +145,7 @@ func (cfg *RunConfig) apiConfig(table *keys.Table, svc *keys.Service, log *slog.
 		acfg.Audit = st
 		lc.Store = st
 	}
-	lh, err := leaks.New(lc)
+	lh, err := leaks.New(lc, leaks.WithLogger(log))
 	if err != nil {
 		return acfg, err
 	}

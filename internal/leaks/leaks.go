@@ -59,7 +59,6 @@ type Config struct {
 	// PublicKeys verify the reporter's signature, by key identifier
 	// (the Github-Public-Key-Identifier header). Empty: signed reports are refused.
 	PublicKeys map[string]*ecdsa.PublicKey
-	Logger     *slog.Logger
 }
 
 // Report is one reported token.
@@ -92,13 +91,28 @@ const (
 // Handler serves the reports.
 type Handler struct {
 	cfg Config
+	log *slog.Logger
 
 	mu   sync.Mutex
 	seen map[[32]byte]time.Time // report digest → first received
 }
 
+// Option configures New.
+type Option func(*Handler) error
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(h *Handler) error {
+		if l == nil {
+			return errors.New("leaks: WithLogger(nil)")
+		}
+		h.log = l
+		return nil
+	}
+}
+
 // New validates the config.
-func New(cfg Config) (*Handler, error) {
+func New(cfg Config, opts ...Option) (*Handler, error) {
 	if cfg.Table == nil {
 		return nil, errors.New("leaks: a key table is required")
 	}
@@ -112,10 +126,13 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Policy == "revoke" && cfg.Keys == nil {
 		return nil, errors.New("leaks: policy revoke needs a key service")
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+	h := &Handler{cfg: cfg, seen: map[[32]byte]time.Time{}, log: slog.Default()}
+	for _, o := range opts {
+		if err := o(h); err != nil {
+			return nil, err
+		}
 	}
-	return &Handler{cfg: cfg, seen: map[[32]byte]time.Time{}}, nil
+	return h, nil
 }
 
 // firstSeen records a report digest and returns when it was first seen
@@ -239,14 +256,14 @@ func (h *Handler) handle(ctx context.Context, digest [32]byte, at time.Time, dup
 		}
 	}
 	if dup {
-		h.cfg.Logger.Info("leak report replayed; already acted on", "key_id", rec.ID, "source", source)
+		h.log.Info("leak report replayed; already acted on", "key_id", rec.ID, "source", source)
 		return l
 	}
 	reason := fmt.Sprintf("leaked: reported by %s", orUnknown(source))
 	if url != "" {
 		reason += " at " + url
 	}
-	h.cfg.Logger.Warn("leaked key reported", "key_id", rec.ID, "project", rec.Project, "source", source, "policy", h.cfg.Policy)
+	h.log.Warn("leaked key reported", "key_id", rec.ID, "project", rec.Project, "source", source, "policy", h.cfg.Policy)
 	d := &keymeterv1.Decision{Id: id, TimeUnixNano: at.UnixNano(),
 		RuleId: RuleID, RuleVersion: 1, Severity: "critical", Mode: keymeterv1.Mode_MODE_ENFORCE,
 		Action: keymeterv1.Action_ACTION_ALERT, Group: rec.ID, Project: rec.Project, KeyId: rec.ID, Reason: reason}
@@ -255,7 +272,7 @@ func (h *Handler) handle(ctx context.Context, digest [32]byte, at time.Time, dup
 	}
 	if h.cfg.Store != nil {
 		if err := h.cfg.Store.WriteDecisions(ctx, []store.Decision{ToStore(d)}); err != nil {
-			h.cfg.Logger.Warn("leak decision not stored", "key_id", rec.ID, "err", err)
+			h.log.Warn("leak decision not stored", "key_id", rec.ID, "err", err)
 		}
 	}
 	if h.cfg.Decisions != nil {
@@ -263,13 +280,13 @@ func (h *Handler) handle(ctx context.Context, digest [32]byte, at time.Time, dup
 		// records it from the bus (Recorder), and verifiers see it.
 		if raw, err := proto.Marshal(d); err == nil {
 			if err := h.cfg.Decisions.PublishDecision(ctx, rec.ID, raw); err != nil {
-				h.cfg.Logger.Warn("leak decision not published", "key_id", rec.ID, "err", err)
+				h.log.Warn("leak decision not published", "key_id", rec.ID, "err", err)
 			}
 		}
 	}
 	if h.cfg.Policy == "revoke" {
 		if err := h.cfg.Keys.Revoke(ctx, rec.ID, reason); err != nil && !errors.Is(err, keys.ErrConflict) {
-			h.cfg.Logger.Error("leaked key not revoked", "key_id", rec.ID, "err", err)
+			h.log.Error("leaked key not revoked", "key_id", rec.ID, "err", err)
 		}
 	}
 	return l
