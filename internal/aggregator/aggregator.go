@@ -614,24 +614,33 @@ func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[in
 	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
 	if epoch > 0 {
 		// Fenced: one insert per partition, so that a partition's intents
-		// are its owner's alone to replay.
-		for _, b := range bs {
-			if err := a.commit(ctx, []*block{b}, a.fencedToken(b, epoch), epoch, func(ctx context.Context) error {
+		// are its owner's alone to replay. Their intents are still
+		// recorded (and cleared) together, and the fence read once after
+		// recording them: that order is all the fencing needs.
+		ins := make([]insert, len(bs))
+		for i, b := range bs {
+			ins[i] = insert{bs: []*block{b}, tok: a.fencedToken(b, epoch), ack: func(ctx context.Context) error {
 				return cons.Ack(ctx, b.lastD)
-			}); err != nil {
-				return err
-			}
+			}}
 		}
-		return nil
+		return a.commit(ctx, ins, epoch)
 	}
-	return a.commit(ctx, bs, a.groupToken(bs), epoch, func(ctx context.Context) error {
+	return a.commit(ctx, []insert{{bs: bs, tok: a.groupToken(bs), ack: func(ctx context.Context) error {
 		for _, b := range bs {
 			if err := cons.Ack(ctx, b.lastD); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
+	}}}, epoch)
+}
+
+// insert is one deduplicated insert of partition blocks under tok, and the
+// ack of their deliveries (nil on a replay).
+type insert struct {
+	bs  []*block
+	tok string
+	ack func(context.Context) error
 }
 
 // groupToken is the deduplication token of a set of partition ranges: a
@@ -664,25 +673,27 @@ func tokenEpoch(tok string) uint64 {
 	return e
 }
 
-// commit runs intents → one insert → ack → clear for a set of partition
+// commit runs intents → inserts → acks → clear for sets of partition
 // blocks, retrying the store with backoff until ctx ends (the bus keeps the
 // data meanwhile). The intents of one insert share its token; a replay
-// gathers them by token and forms the same block again. With an epoch (a
-// live flush of a fenced group), the insert happens only if no newer
+// gathers them by token and forms the same block again. The intents of all
+// the inserts are recorded in one statement before any insert, and cleared
+// in one after the last ack (per-partition statements cost about as much as
+// the inserts on chDB, which runs one statement at a time). With an epoch
+// (a live flush of a fenced group), the inserts happen only if no newer
 // generation's fence exists once the intents are recorded; otherwise the
 // intents are aborted and errFenced returned.
-func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, epoch uint64, ack func(context.Context) error) error {
-	intents := make([]store.Intent, len(bs))
-	n := 0
-	for i, b := range bs {
-		intents[i] = store.Intent{Consumer: a.cfg.Group, Partition: partitionName(b.partition), First: b.first, Last: b.last,
-			Token: tok, State: store.IntentPending, Updated: time.Now()}
-		n += len(b.events)
-	}
-	for _, in := range intents {
-		if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntent(ctx, in) }); err != nil {
-			return err
+func (a *Aggregator) commit(ctx context.Context, ins []insert, epoch uint64) error {
+	var intents []store.Intent
+	now := time.Now()
+	for _, x := range ins {
+		for _, b := range x.bs {
+			intents = append(intents, store.Intent{Consumer: a.cfg.Group, Partition: partitionName(b.partition), First: b.first, Last: b.last,
+				Token: x.tok, State: store.IntentPending, Updated: now})
 		}
+	}
+	if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntents(ctx, intents) }); err != nil {
+		return err
 	}
 	if epoch > 0 && a.fencer != nil {
 		var fence uint64
@@ -696,7 +707,7 @@ func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, epoch 
 		if fence > epoch {
 			for _, in := range intents {
 				if err := a.retry(ctx, "abort intent", func() error {
-					return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, tok)
+					return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, in.Token)
 				}); err != nil {
 					return err
 				}
@@ -704,44 +715,54 @@ func (a *Aggregator) commit(ctx context.Context, bs []*block, tok string, epoch 
 			return errFenced
 		}
 	}
+	n := 0
+	for _, x := range ins {
+		m, err := a.insert(ctx, x)
+		if err != nil {
+			return err
+		}
+		n += m
+	}
+	if err := a.retry(ctx, "clear intent", func() error { return a.store.ClearIntents(ctx, intents) }); err != nil {
+		return err
+	}
+	a.count(func(s *Stats) { s.Events += uint64(n); s.Blocks += uint64(len(ins)) })
+	return nil
+}
+
+// insert stores x's blocks under its token and acks them; it returns the
+// events inserted.
+func (a *Aggregator) insert(ctx context.Context, x insert) (int, error) {
+	n := 0
+	for _, b := range x.bs {
+		n += len(b.events)
+	}
 	if n > 0 {
-		events := bs[0].events
-		if len(bs) > 1 {
+		events := x.bs[0].events
+		if len(x.bs) > 1 {
 			events = a.bufs.get(n)
-			for _, b := range bs {
+			for _, b := range x.bs {
 				events = append(events, b.events...)
 			}
 			defer a.bufs.put(events)
 		}
 		start := time.Now()
-		if err := a.retry(ctx, "insert", func() error { return a.store.InsertEvents(ctx, tok, events) }); err != nil {
-			return err
+		if err := a.retry(ctx, "insert", func() error { return a.store.InsertEvents(ctx, x.tok, events) }); err != nil {
+			return 0, err
 		}
 		a.m.insertSeconds.Observe(time.Since(start).Seconds())
 		a.m.rows.Add(float64(n))
-		if a.observer != nil && ack != nil {
+		if a.observer != nil && x.ack != nil {
 			// Not on a replay: the block may have been counted before the crash.
 			a.observer.Stored(ctx, events)
 		}
 	}
-	if ack != nil {
-		if err := a.retry(ctx, "ack", func() error { return ack(ctx) }); err != nil {
-			return err
+	if x.ack != nil {
+		if err := a.retry(ctx, "ack", func() error { return x.ack(ctx) }); err != nil {
+			return 0, err
 		}
 	}
-	for _, in := range intents {
-		if err := a.retry(ctx, "clear intent", func() error {
-			err := a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, tok)
-			if errors.Is(err, store.ErrNotFound) {
-				return nil // another member replayed and cleared it: done either way
-			}
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	a.count(func(s *Stats) { s.Events += uint64(n); s.Blocks++ })
-	return nil
+	return n, nil
 }
 
 func (a *Aggregator) retry(ctx context.Context, what string, fn func() error) error {
@@ -888,7 +909,7 @@ func (a *Aggregator) replay(ctx context.Context) error {
 			a.log.Info("aggregator: replaying part of an insert", "token", tok, "ranges", len(bs))
 		}
 		a.log.Info("aggregator: replaying intent", "token", tok, "ranges", len(bs))
-		if err := a.commit(ctx, bs, tok, 0, nil); err != nil {
+		if err := a.commit(ctx, []insert{{bs: bs, tok: tok}}, 0); err != nil {
 			return err
 		}
 		for _, b := range bs {

@@ -136,13 +136,31 @@ func (d *DB) InsertEvents(ctx context.Context, token string, events []event.Even
 
 // RecordIntent implements IntentStore.
 func (d *DB) RecordIntent(ctx context.Context, in Intent) error {
+	return d.RecordIntents(ctx, []Intent{in})
+}
+
+// RecordIntents implements IntentStore: one statement (one part, all or
+// nothing) for every intent of an insert.
+func (d *DB) RecordIntents(ctx context.Context, ins []Intent) error {
 	if err := d.check(); err != nil {
 		return err
 	}
-	if in.Consumer == "" || in.Token == "" || in.Last < in.First {
-		return fmt.Errorf("%w: intent needs a consumer, a token and first <= last", ErrInvalidQuery)
+	for _, in := range ins {
+		if in.Consumer == "" || in.Token == "" || in.Last < in.First {
+			return fmt.Errorf("%w: intent needs a consumer, a token and first <= last", ErrInvalidQuery)
+		}
 	}
-	return d.writeIntent(ctx, in, IntentPending)
+	return d.writeIntents(ctx, ins, IntentPending)
+}
+
+// ClearIntents implements IntentStore: it writes the done state of every
+// intent in ins in one statement, without reading them first (ins are the
+// intents as recorded, or as Intents returned them).
+func (d *DB) ClearIntents(ctx context.Context, ins []Intent) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	return d.writeIntents(ctx, ins, IntentDone)
 }
 
 // intentRank orders the states of one intent whatever the time of the
@@ -152,14 +170,32 @@ func (d *DB) RecordIntent(ctx context.Context, in Intent) error {
 var intentRank = map[IntentState]uint64{IntentPending: 0, IntentAborted: 1, IntentDone: 2}
 
 func (d *DB) writeIntent(ctx context.Context, in Intent, st IntentState) error {
+	return d.writeIntents(ctx, []Intent{in}, st)
+}
+
+// writeIntents writes ins in state st as one INSERT: the rows travel as
+// parallel Array(String) parameters, zipped and unrolled by arrayJoin. One
+// statement per flush instead of one per partition: on chDB, which runs
+// one statement at a time, per-partition intent statements cost about as
+// much as the block insert itself.
+func (d *DB) writeIntents(ctx context.Context, ins []Intent, st IntentState) error {
+	if len(ins) == 0 {
+		return nil
+	}
 	now := time.Now()
 	ver := intentRank[st]<<56 | uint64(now.UnixMicro())
-	p := Params{}.Str("c", in.Consumer).Str("p", in.Partition).U64("f", in.First).U64("l", in.Last).
-		Str("t", in.Token).Str("s", string(st)).Ms("u", now).U64("v", ver)
+	cs, ps, fs, ls, ts := make([]string, len(ins)), make([]string, len(ins)), make([]string, len(ins)), make([]string, len(ins)), make([]string, len(ins))
+	for i, in := range ins {
+		cs[i], ps[i], ts[i] = in.Consumer, in.Partition, in.Token
+		fs[i], ls[i] = strconv.FormatUint(in.First, 10), strconv.FormatUint(in.Last, 10)
+	}
+	p := Params{}.Arr("c", cs).Arr("p", ps).Arr("f", fs).Arr("l", ls).Arr("t", ts).
+		Str("s", string(st)).Ms("u", now).U64("v", ver)
 	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
-SELECT {c:String}, {p:String}, {f:UInt64}, {l:UInt64}, {t:String}, {s:String}, fromUnixTimestamp64Milli({u:Int64}, 'UTC'), {v:UInt64}`), p)
+SELECT r.1, r.2, toUInt64(r.3), toUInt64(r.4), r.5, {s:String}, fromUnixTimestamp64Milli({u:Int64}, 'UTC'), {v:UInt64}
+FROM (SELECT arrayJoin(arrayZip({c:Array(String)}, {p:Array(String)}, {f:Array(String)}, {l:Array(String)}, {t:Array(String)})) AS r)`), p)
 	if err != nil {
-		return fmt.Errorf("store: record intent %s/%s: %w", in.Consumer, in.Partition, err)
+		return fmt.Errorf("store: write %d intents of %s (%s): %w", len(ins), ins[0].Consumer, st, err)
 	}
 	return nil
 }
