@@ -300,14 +300,32 @@ func (a *Aggregator) Stats() Stats {
 	return a.stats
 }
 
+// evBuf is the events of one or more blocks.
+type evBuf struct{ events []event.Event }
+
+// bufsOf is the distinct bufs of bs, in order.
+func bufsOf(bs []*block) []*evBuf {
+	var out []*evBuf
+	for _, b := range bs {
+		if !slices.Contains(out, b.buf) {
+			out = append(out, b.buf)
+		}
+	}
+	return out
+}
+
 // block is the buffered range of one partition.
 type block struct {
 	partition   int
 	first, last uint64
-	events      []event.Event
 	lastD       bus.Delivery
-	hold        [][]byte            // delivery bytes the events point into
-	ids         map[string]struct{} // batch ids in this block
+	// buf holds the events. Live and unfenced, the blocks of one flush
+	// share one buf (they are inserted as one): the insert then takes it
+	// as it is, with no copy into a merged slice (profiled: that copy was
+	// 4-5% of the pipeline's CPU).
+	buf  *evBuf
+	hold [][]byte            // delivery bytes the events point into
+	ids  map[string]struct{} // batch ids in this block
 }
 
 func partitionName(p int) string { return "events/" + strconv.Itoa(p) }
@@ -342,6 +360,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	defer stopGrace()
 
 	blocks := map[int]*block{}
+	var shared *evBuf // the buf of the blocks being filled (unfenced)
 	buffered := 0
 	deadline := time.Now().Add(a.cfg.FlushInterval)
 	lastSeen := time.Now()
@@ -372,8 +391,10 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		}
 		if err == nil {
 			for _, b := range inflightBlocks {
-				a.bufs.put(b.events)
-				b.events = nil
+				if b.buf.events != nil {
+					a.bufs.put(b.buf.events)
+					b.buf.events = nil
+				}
 			}
 		}
 		inflightBlocks = nil
@@ -428,7 +449,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 					a.log.Warn("aggregator: flush before a rebalance failed; its intent is replayed", "err", err)
 				}
 				forget(blocks)
-				blocks, buffered, fenced = map[int]*block{}, 0, false
+				blocks, shared, buffered, fenced = map[int]*block{}, nil, 0, false
 				if err := a.enter(ctx, g, gc.Assigned()); err != nil {
 					if ctx.Err() != nil {
 						return nil
@@ -462,7 +483,16 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			}
 			b := blocks[d.Partition]
 			if b == nil {
-				b = &block{partition: d.Partition, first: d.Position, events: a.bufs.get(max(1024, a.blockHint+a.blockHint/8))}
+				b = &block{partition: d.Partition, first: d.Position}
+				if a.epoch == 0 {
+					// Unfenced: one insert per flush, one buf for its blocks.
+					if shared == nil {
+						shared = &evBuf{events: a.bufs.get(max(1024, a.blockHint+a.blockHint/8))}
+					}
+					b.buf = shared
+				} else {
+					b.buf = &evBuf{events: a.bufs.get(max(1024, a.blockHint+a.blockHint/8))}
+				}
 				blocks[d.Partition] = b
 			}
 			b.last, b.lastD = d.Position, d
@@ -485,12 +515,12 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			if len(blocks) > 0 {
 				a.blockHint = 0
 				for _, b := range blocks {
-					a.blockHint = max(a.blockHint, len(b.events))
+					a.blockHint = max(a.blockHint, len(b.buf.events))
 				}
 				ch := make(chan error, 1)
 				go func(bs map[int]*block, epoch uint64) { ch <- a.flush(fctx, cons, bs, epoch) }(blocks, a.epoch)
 				inflight, inflightBlocks = ch, blocks
-				blocks = map[int]*block{}
+				blocks, shared = map[int]*block{}, nil
 			}
 			buffered = 0
 			deadline = time.Now().Add(a.cfg.FlushInterval)
@@ -512,13 +542,13 @@ func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch
 	}
 	// Decode straight into the block's spare capacity (DecodeBatch appends
 	// to eb.Events[:0]), saving a copy of every event.
-	if want := max(1024, 2*a.lastBatch); cap(b.events)-len(b.events) < want {
-		grown := a.bufs.get(max(2*cap(b.events), len(b.events)+want))
-		grown = append(grown, b.events...)
-		a.bufs.put(b.events)
-		b.events = grown
+	if want := max(1024, 2*a.lastBatch); cap(b.buf.events)-len(b.buf.events) < want {
+		grown := a.bufs.get(max(2*cap(b.buf.events), len(b.buf.events)+want))
+		grown = append(grown, b.buf.events...)
+		a.bufs.put(b.buf.events)
+		b.buf.events = grown
 	}
-	eb.Events = b.events[len(b.events):len(b.events):cap(b.events)]
+	eb.Events = b.buf.events[len(b.buf.events):len(b.buf.events):cap(b.buf.events)]
 	if err := event.DecodeBatch(d.Data, eb); err != nil {
 		clear(eb.Events)
 		eb.Events = nil
@@ -548,13 +578,13 @@ func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch
 		}
 	}
 	b.hold = append(b.hold, d.Data)
-	// The events were decoded into b.events' spare capacity (see above):
+	// The events were decoded into b.buf.events' spare capacity (see above):
 	// keep the valid ones in place. When the batch did not fit, DecodeBatch
 	// grew its own slice; then they are appended (one copy).
-	inPlace := len(eb.Events) == 0 || (len(b.events) < cap(b.events) && &eb.Events[0] == &b.events[:len(b.events)+1][len(b.events)])
-	base := len(b.events)
+	inPlace := len(eb.Events) == 0 || (len(b.buf.events) < cap(b.buf.events) && &eb.Events[0] == &b.buf.events[:len(b.buf.events)+1][len(b.buf.events)])
+	base := len(b.buf.events)
 	if !inPlace {
-		clear(b.events[base:cap(b.events)]) // what DecodeBatch wrote there before it grew
+		clear(b.buf.events[base:cap(b.buf.events)]) // what DecodeBatch wrote there before it grew
 	}
 	n := 0
 	for i := range eb.Events {
@@ -571,16 +601,16 @@ func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch
 				eb.Events[n] = *e
 			}
 		} else {
-			b.events = append(b.events, *e)
+			b.buf.events = append(b.buf.events, *e)
 		}
 		n++
 	}
 	a.lastBatch = len(eb.Events)
 	if inPlace {
-		b.events = b.events[:base+n]
+		b.buf.events = b.buf.events[:base+n]
 		clear(eb.Events[n:]) // invalid events past the kept ones
 	}
-	eb.Events = nil // b.events owns that memory now
+	eb.Events = nil // b.buf.events owns that memory now
 	return n
 }
 
@@ -733,15 +763,16 @@ func (a *Aggregator) commit(ctx context.Context, ins []insert, epoch uint64) err
 // insert stores x's blocks under its token and acks them; it returns the
 // events inserted.
 func (a *Aggregator) insert(ctx context.Context, x insert) (int, error) {
+	bufs := bufsOf(x.bs)
 	n := 0
-	for _, b := range x.bs {
+	for _, b := range bufs {
 		n += len(b.events)
 	}
 	if n > 0 {
-		events := x.bs[0].events
-		if len(x.bs) > 1 {
+		events := bufs[0].events
+		if len(bufs) > 1 { // a replay, or fenced blocks
 			events = a.bufs.get(n)
-			for _, b := range x.bs {
+			for _, b := range bufs {
 				events = append(events, b.events...)
 			}
 			defer a.bufs.put(events)
@@ -876,7 +907,7 @@ func (a *Aggregator) replay(ctx context.Context) error {
 					continue
 				}
 			}
-			b := &block{partition: p, first: in.First, last: in.Last}
+			b := &block{partition: p, first: in.First, last: in.Last, buf: &evBuf{}}
 			var eb event.Batch
 			err = a.bus.ReadRange(ctx, p, in.First, in.Last, func(d bus.Delivery) error {
 				a.decode(ctx, d, &eb, b, false)
