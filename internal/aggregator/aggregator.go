@@ -283,7 +283,10 @@ func New(cfg Config, b Bus, s Store, opts ...Option) (*Aggregator, error) {
 		return nil, errors.New("aggregator: bus and store are required")
 	}
 	a := &Aggregator{cfg: cfg, bus: b, store: s, log: slog.Default(), m: newMetrics(), floor: map[int]uint64{}, recent: newRecent(200_000)}
-	a.bufs.limit = 3 * cfg.MaxBlockEvents
+	// The free list needs room for the buffer of the last flush (taken by
+	// the next block) and a little slack; more only raises the live heap
+	// (and with it, twice over, the GC's goal).
+	a.bufs.limit = cfg.MaxBlockEvents + cfg.MaxBlockEvents/4 + 4096
 	for _, o := range opts {
 		if err := o(a); err != nil {
 			return nil, err
