@@ -506,6 +506,10 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			decodedMsgs++
 		}
 		if buffered >= a.cfg.MaxBlockEvents || time.Now().After(deadline) {
+			if inflight != nil {
+				// Encode this insert while the one under way runs.
+				a.prepareAhead(blocks, shared)
+			}
 			// One flush runs while the next blocks fill: inserting and
 			// consuming overlap, and flushes stay in order.
 			if err := waitFlush(); err != nil {
@@ -529,6 +533,33 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			deadline = time.Now().Add(a.cfg.FlushInterval)
 		}
 	}
+}
+
+// aheadPreparer is a store that can encode an insert before it is made
+// (store.DB.PrepareInsert).
+type aheadPreparer interface {
+	PrepareInsert(token string, events []event.Event)
+}
+
+// prepareAhead has the store encode the unfenced insert of blocks (all in
+// shared) now, while the flush before it still runs: chDB runs one
+// statement at a time, and this way encoding the next block in Go overlaps
+// it. The flush then makes exactly this insert (same token, same events);
+// the intents are still recorded before it.
+func (a *Aggregator) prepareAhead(blocks map[int]*block, shared *evBuf) {
+	p, ok := a.store.(aheadPreparer)
+	if !ok || a.epoch != 0 || shared == nil || len(blocks) == 0 {
+		return
+	}
+	bs := make([]*block, 0, len(blocks))
+	for _, b := range blocks {
+		if b.buf != shared {
+			return
+		}
+		bs = append(bs, b)
+	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
+	p.PrepareInsert(a.groupToken(bs), shared.events)
 }
 
 // decodeInto appends d's valid events to b and dead-letters the rest; the

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,73 @@ type DB struct {
 	q        string // quoted database name
 	rollups  RollupMode
 	closed   atomic.Bool
+	// ahead is the insert PrepareInsert is encoding (one at a time).
+	ahead struct {
+		sync.Mutex
+		p *preparedInsert
+	}
+}
+
+// preparedInsert is an insert encoded ahead by PrepareInsert.
+type preparedInsert struct {
+	token  string
+	first  *event.Event // the events, by identity: &events[0] and len
+	n      int
+	done   chan struct{}
+	err    error
+	ev, ru Prepared
+}
+
+func (p *preparedInsert) close() {
+	<-p.done
+	for _, x := range []Prepared{p.ev, p.ru} {
+		if x != nil {
+			_ = x.Close()
+		}
+	}
+}
+
+// PrepareInsert starts encoding InsertEvents(token, events) in the
+// background, so that it overlaps whatever statement runs now; the
+// InsertEvents call with the same token and the same slice (unchanged
+// meanwhile) then only runs the statements. One insert is prepared at a
+// time: a newer one replaces one never inserted. Backends that cannot
+// prepare ignore it.
+func (d *DB) PrepareInsert(token string, events []event.Event) {
+	pc, ok := d.conn.(Preparer)
+	if !ok || d.rollups == RollupViews || len(events) == 0 || !tokenRe.MatchString(token) || d.check() != nil {
+		return
+	}
+	p := &preparedInsert{token: token, first: &events[0], n: len(events), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		rollup := make(chan []RollupRow, 1)
+		go func() { rollup <- PreAggregate(events) }()
+		p.ev, p.err = pc.PrepareEvents(d.database, token, events)
+		rows := <-rollup
+		if p.err == nil {
+			p.ru, p.err = pc.PrepareRollup(d.database, token+"/1m", rows)
+		}
+	}()
+	d.ahead.Lock()
+	old := d.ahead.p
+	d.ahead.p = p
+	d.ahead.Unlock()
+	if old != nil {
+		go old.close()
+	}
+}
+
+// takePrepared returns the prepared insert of token and events, if any.
+func (d *DB) takePrepared(token string, events []event.Event) *preparedInsert {
+	d.ahead.Lock()
+	defer d.ahead.Unlock()
+	p := d.ahead.p
+	if p == nil || p.token != token || p.first != &events[0] || p.n != len(events) {
+		return nil
+	}
+	d.ahead.p = nil
+	return p
 }
 
 var _ Store = (*DB)(nil)
@@ -98,6 +166,13 @@ func (d *DB) Close() error {
 	if d.closed.Swap(true) {
 		return nil
 	}
+	d.ahead.Lock()
+	p := d.ahead.p
+	d.ahead.p = nil
+	d.ahead.Unlock()
+	if p != nil {
+		p.close()
+	}
 	return d.conn.Close()
 }
 
@@ -113,6 +188,21 @@ func (d *DB) InsertEvents(ctx context.Context, token string, events []event.Even
 	}
 	if len(events) == 0 {
 		return nil
+	}
+	if p := d.takePrepared(token, events); p != nil {
+		defer p.close()
+		<-p.done
+		if p.err == nil {
+			if err := p.ev.Exec(ctx); err != nil {
+				return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
+			}
+			// As below: each of the two inserts is deduplicated on its own.
+			if err := p.ru.Exec(ctx); err != nil {
+				return fmt.Errorf("store: insert rollup (token %s): %w", token, err)
+			}
+			return nil
+		}
+		// Encoding ahead failed: insert the usual way (and report that).
 	}
 	// Fold the batch per minute while ClickHouse takes the raw rows.
 	var rollup chan []RollupRow
