@@ -307,7 +307,8 @@ func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, star
 		ev.Country, ev.ASN = s.origin(r, ip.addr)
 	}
 	if s.emitHook != nil {
-		s.emitHook(&ev)
+		seen := ev // a copy for the hook, so that ev itself stays on the stack
+		s.emitHook(&seen)
 	}
 	if s.em != nil {
 		s.em.Emit(&ev)
