@@ -228,6 +228,10 @@ type Stats struct {
 	Fenced       uint64 // flushes aborted: a newer generation had begun
 }
 
+// idleWait is how long a fetch waits for more once a block is half full;
+// if nothing comes, the block is flushed.
+const idleWait = 20 * time.Millisecond
+
 // errFenced: a flush found a newer generation's fence and did not insert.
 var errFenced = errors.New("aggregator: fenced by a newer consumer group generation")
 
@@ -423,6 +427,16 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		if wait < time.Millisecond {
 			wait = time.Millisecond
 		}
+		// A block at least half full is inserted as soon as the bus has
+		// nothing more for it (the end of a burst), instead of waiting out
+		// FlushInterval: the insert is large already, and waiting only adds
+		// latency (measured: the last block of bench pipeline waited ~0.8 s,
+		// a sixth of the run). Smaller blocks still wait, so a slow trickle
+		// is not inserted in small pieces.
+		idleFlush := buffered >= max(1, a.cfg.MaxBlockEvents/2)
+		if idleFlush {
+			wait = min(wait, idleWait)
+		}
 		// Fetch no more than fills the block: a fetch of 1024 batches of
 		// 1000 events was ten 100k-event blocks buffered at once (measured:
 		// the pipeline's Go heap held ~300 MB of events and ~200 MB of
@@ -505,7 +519,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			decodedEvents += uint64(n)
 			decodedMsgs++
 		}
-		if buffered >= a.cfg.MaxBlockEvents || time.Now().After(deadline) {
+		if buffered >= a.cfg.MaxBlockEvents || time.Now().After(deadline) || (idleFlush && err == nil && len(ds) == 0 && buffered > 0) {
 			if inflight != nil {
 				// Encode this insert while the one under way runs.
 				a.prepareAhead(blocks, shared)

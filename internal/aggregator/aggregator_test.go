@@ -309,3 +309,26 @@ func TestIntentsRecordedBeforeTheirInsertAndClearedAfter(t *testing.T) {
 		t.Fatal("no partition has a done intent after the run")
 	}
 }
+
+// A block at least half full is inserted once the bus has nothing more for
+// it, not after FlushInterval (here ten minutes: the old code stored
+// nothing within the minute waitCount allows).
+func TestHalfFullBlockFlushedWhenIdle(t *testing.T) {
+	b, db := newBus(t), newStore(t)
+	agg, err := aggregator.New(aggregator.Config{Group: "idle", FlushInterval: 10 * time.Minute, MaxBlockEvents: 1000}, b, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agg.Run(ctx) }()
+	produce(t, b, 700, 100, 3)
+	waitCount(t, db, 700, time.Minute)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := agg.Stats(); st.Events != 700 {
+		t.Fatalf("stats: %d events stored, want 700", st.Events)
+	}
+}
