@@ -230,17 +230,24 @@ func (d *DB) RecordIntent(ctx context.Context, in Intent) error {
 }
 
 // RecordIntents implements IntentStore: one statement (one part, all or
-// nothing) for every intent of an insert.
+// nothing) for every intent of an insert. An intent whose State is
+// IntentDone is written done (the clear of an earlier insert, carried in
+// the same statement); any other is written pending.
 func (d *DB) RecordIntents(ctx context.Context, ins []Intent) error {
 	if err := d.check(); err != nil {
 		return err
 	}
-	for _, in := range ins {
+	rows := make([]Intent, len(ins))
+	for i, in := range ins {
 		if in.Consumer == "" || in.Token == "" || in.Last < in.First {
 			return fmt.Errorf("%w: intent needs a consumer, a token and first <= last", ErrInvalidQuery)
 		}
+		if in.State != IntentDone {
+			in.State = IntentPending
+		}
+		rows[i] = in
 	}
-	return d.writeIntents(ctx, ins, IntentPending)
+	return d.writeIntents(ctx, rows, "")
 }
 
 // ClearIntents implements IntentStore: it writes the done state of every
@@ -273,19 +280,30 @@ func (d *DB) writeIntents(ctx context.Context, ins []Intent, st IntentState) err
 		return nil
 	}
 	now := time.Now()
-	ver := intentRank[st]<<56 | uint64(now.UnixMicro())
-	cs, ps, fs, ls, ts := make([]string, len(ins)), make([]string, len(ins)), make([]string, len(ins)), make([]string, len(ins)), make([]string, len(ins))
+	n := len(ins)
+	cs, ps, fs, ls, ts, ss, vs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	for i, in := range ins {
-		cs[i], ps[i], ts[i] = in.Consumer, in.Partition, in.Token
+		rowSt := st
+		if st == "" { // each intent's own state; none: pending
+			rowSt = in.State
+			if rowSt == "" {
+				rowSt = IntentPending
+			}
+		}
+		rank, ok := intentRank[rowSt]
+		if !ok {
+			return fmt.Errorf("%w: intent state %q", ErrInvalidQuery, rowSt)
+		}
+		cs[i], ps[i], ts[i], ss[i] = in.Consumer, in.Partition, in.Token, string(rowSt)
 		fs[i], ls[i] = strconv.FormatUint(in.First, 10), strconv.FormatUint(in.Last, 10)
+		vs[i] = strconv.FormatUint(rank<<56|uint64(now.UnixMicro()), 10)
 	}
-	p := Params{}.Arr("c", cs).Arr("p", ps).Arr("f", fs).Arr("l", ls).Arr("t", ts).
-		Str("s", string(st)).Ms("u", now).U64("v", ver)
+	p := Params{}.Arr("c", cs).Arr("p", ps).Arr("f", fs).Arr("l", ls).Arr("t", ts).Arr("s", ss).Arr("v", vs).Ms("u", now)
 	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
-SELECT r.1, r.2, toUInt64(r.3), toUInt64(r.4), r.5, {s:String}, fromUnixTimestamp64Milli({u:Int64}, 'UTC'), {v:UInt64}
-FROM (SELECT arrayJoin(arrayZip({c:Array(String)}, {p:Array(String)}, {f:Array(String)}, {l:Array(String)}, {t:Array(String)})) AS r)`), p)
+SELECT r.1, r.2, toUInt64(r.3), toUInt64(r.4), r.5, r.6, fromUnixTimestamp64Milli({u:Int64}, 'UTC'), toUInt64(r.7)
+FROM (SELECT arrayJoin(arrayZip({c:Array(String)}, {p:Array(String)}, {f:Array(String)}, {l:Array(String)}, {t:Array(String)}, {s:Array(String)}, {v:Array(String)})) AS r)`), p)
 	if err != nil {
-		return fmt.Errorf("store: write %d intents of %s (%s): %w", len(ins), ins[0].Consumer, st, err)
+		return fmt.Errorf("store: write %d intents of %s: %w", len(ins), ins[0].Consumer, err)
 	}
 	return nil
 }

@@ -33,6 +33,8 @@ type EventWriter interface {
 type IntentStore interface {
 	RecordIntent(ctx context.Context, in Intent) error
 	// RecordIntents records the intents of one insert at once: all or none.
+	// Intents with State IntentDone among them are written done instead
+	// (the clear of an earlier insert, carried in the same statement).
 	RecordIntents(ctx context.Context, ins []Intent) error
 	// Intents returns the consumer's pending intents, oldest first.
 	Intents(ctx context.Context, consumer string) ([]Intent, error)

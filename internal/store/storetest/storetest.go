@@ -242,7 +242,18 @@ func testIntents(t *testing.T, f Factory) {
 		got[1].Token != batch[0].Token || got[2].Partition != "events/5" || got[2].State != store.IntentPending {
 		t.Fatalf("after RecordIntents: intents = %+v", got)
 	}
-	if err := s.ClearIntents(c, batch); err != nil {
+	// The next insert's intents carry the clear of the last one's first.
+	done0 := batch[0]
+	done0.State = store.IntentDone
+	next := store.Intent{Consumer: "agg", Partition: "events/0", First: 1<<40 + 8, Last: 1<<40 + 9, Token: "agg/t2"}
+	if err := s.RecordIntents(c, []store.Intent{done0, next}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Intents(c, "agg")
+	if len(got) != 3 || got[0].Partition != "3" || got[1].Token != "agg/t2" || got[2].Partition != "events/5" {
+		t.Fatalf("after RecordIntents with a done intent: intents = %+v", got)
+	}
+	if err := s.ClearIntents(c, []store.Intent{batch[1], next}); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = s.Intents(c, "agg")
