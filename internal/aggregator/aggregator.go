@@ -162,6 +162,13 @@ type Aggregator struct {
 	// neither grows slices nor leaves them to the collector (profiled:
 	// growslice's copies were a quarter of the pipeline's CPU).
 	bufs eventBufs
+	// doneLater are intents whose inserts were made and acked but not yet
+	// marked done: a live unfenced flush writes them in the next flush's
+	// intents INSERT (one statement per flush instead of two), or the loop
+	// writes them once the bus is idle and at shutdown. Until then they are
+	// pending, and a crash replays them (ClickHouse drops the repeat by its
+	// token). Used by one flush at a time, or by the loop with none under way.
+	doneLater []store.Intent
 	// lastBatch is the events of the last batch decoded, blockHint the
 	// largest block of the last flush: the room a block's slice is given.
 	// Used by the consuming goroutine only (replays run before it).
@@ -421,6 +428,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			if err := a.flush(fctx, cons, blocks, a.epoch); err != nil {
 				a.log.Warn("aggregator: final flush failed; the bus will redeliver", "err", err)
 			}
+			a.clearDone(fctx)
 			return nil
 		}
 		wait := time.Until(deadline)
@@ -481,9 +489,13 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		}
 		if len(ds) > 0 {
 			lastSeen = time.Now()
-		} else if a.cfg.StopWhenIdle > 0 && len(blocks) == 0 && inflight == nil && time.Since(lastSeen) > a.cfg.StopWhenIdle {
-			a.log.Info("aggregator: idle, stopping", "idle", a.cfg.StopWhenIdle)
-			return nil
+		} else if len(blocks) == 0 && inflight == nil {
+			// Idle with nothing under way: mark what was stored done.
+			a.clearDone(ctx)
+			if a.cfg.StopWhenIdle > 0 && time.Since(lastSeen) > a.cfg.StopWhenIdle {
+				a.log.Info("aggregator: idle, stopping", "idle", a.cfg.StopWhenIdle)
+				return nil
+			}
 		}
 		for _, d := range ds {
 			// Presence matters: Kafka offsets start at 0.
@@ -770,9 +782,14 @@ func (a *Aggregator) commit(ctx context.Context, ins []insert, epoch uint64) err
 				Token: x.tok, State: store.IntentPending, Updated: now})
 		}
 	}
-	if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntents(ctx, intents) }); err != nil {
+	rec := intents
+	if len(a.doneLater) > 0 {
+		rec = append(slices.Clip(a.doneLater), intents...)
+	}
+	if err := a.retry(ctx, "record intent", func() error { return a.store.RecordIntents(ctx, rec) }); err != nil {
 		return err
 	}
+	a.doneLater = nil
 	if epoch > 0 && a.fencer != nil {
 		var fence uint64
 		if err := a.retry(ctx, "read fence", func() error {
@@ -801,11 +818,34 @@ func (a *Aggregator) commit(ctx context.Context, ins []insert, epoch uint64) err
 		}
 		n += m
 	}
-	if err := a.retry(ctx, "clear intent", func() error { return a.store.ClearIntents(ctx, intents) }); err != nil {
+	live := epoch == 0
+	for _, x := range ins {
+		live = live && x.ack != nil
+	}
+	if live {
+		// Marked done with the next flush's intents (or when idle).
+		for i := range intents {
+			intents[i].State = store.IntentDone
+		}
+		a.doneLater = intents
+	} else if err := a.retry(ctx, "clear intent", func() error { return a.store.ClearIntents(ctx, intents) }); err != nil {
 		return err
 	}
 	a.count(func(s *Stats) { s.Events += uint64(n); s.Blocks += uint64(len(ins)) })
 	return nil
+}
+
+// clearDone marks the intents of acked inserts done (see doneLater). Call
+// it with no flush under way.
+func (a *Aggregator) clearDone(ctx context.Context) {
+	if len(a.doneLater) == 0 {
+		return
+	}
+	if err := a.retry(ctx, "clear intent", func() error { return a.store.ClearIntents(ctx, a.doneLater) }); err != nil {
+		a.log.Warn("aggregator: intents of stored blocks not marked done; they replay (deduplicated) at the next start", "err", err)
+		return
+	}
+	a.doneLater = nil
 }
 
 // insert stores x's blocks under its token and acks them; it returns the

@@ -282,7 +282,22 @@ func TestIntentsRecordedBeforeTheirInsertAndClearedAfter(t *testing.T) {
 		waitCount(t, db, uint64(i*n/3), 45*time.Second)
 	}
 	for agg.Stats().Events < n && ctx.Err() == nil {
-		time.Sleep(20 * time.Millisecond) // the last flush clears its intents after the rows are visible
+		time.Sleep(20 * time.Millisecond) // the last flush acks after the rows are visible
+	}
+	// Acked inserts are marked done with the next flush's intents, or once
+	// the bus is idle: here, while the aggregator still runs.
+	for {
+		pending, err := db.Intents(ctx, "ordered")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pending) == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%d intents still pending while idle after every insert was acked", len(pending))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	acancel()
 	if err := <-done; err != nil {
