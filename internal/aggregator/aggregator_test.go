@@ -224,3 +224,126 @@ func TestCrashBetweenInsertAndAckStoresOnce(t *testing.T) {
 		t.Fatalf("%d crashes, %d replayed inserts: the crashes did not happen where intended", crashes, replayed)
 	}
 }
+
+// orderCheckingStore checks, at every insert, that the store already holds
+// the pending intents of that insert (recorded by then, in one statement
+// with the others of the flush), and that they cover every partition of
+// the block.
+type orderCheckingStore struct {
+	*store.DB
+	group      string
+	inserts    atomic.Int32
+	violations atomic.Int32
+	firstErr   atomic.Value // string
+}
+
+func (o *orderCheckingStore) InsertEvents(ctx context.Context, token string, ev []event.Event) error {
+	o.inserts.Add(1)
+	ins, err := o.DB.Intents(ctx, o.group)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, in := range ins {
+		if in.Token == token && in.State == store.IntentPending {
+			n++
+		}
+	}
+	// The events' keys map to partitions; at least one intent per insert,
+	// and as many as the partitions the block holds when it is merged.
+	parts := map[string]bool{}
+	for _, in := range ins {
+		if in.Token == token {
+			parts[in.Partition] = true
+		}
+	}
+	if n == 0 || n != len(parts) {
+		o.violations.Add(1)
+		o.firstErr.CompareAndSwap(nil, fmt.Sprintf("insert %s of %d events: %d pending intents recorded before it", token, len(ev), n))
+	}
+	return o.DB.InsertEvents(ctx, token, ev)
+}
+
+func TestIntentsRecordedBeforeTheirInsertAndClearedAfter(t *testing.T) {
+	b, db := newBus(t), newStore(t)
+	const n = 12_000
+	os := &orderCheckingStore{DB: db, group: "ordered"}
+	agg, err := aggregator.New(aggregator.Config{Group: "ordered", FlushInterval: 50 * time.Millisecond, MaxBlockEvents: 3000}, b, os)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	actx, acancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- agg.Run(actx) }()
+	for i := 1; i <= 3; i++ { // three rounds: at least three flushes
+		produce(t, b, n/3, 300, 9) // 9 keys over 4 partitions: merged blocks
+		waitCount(t, db, uint64(i*n/3), 45*time.Second)
+	}
+	for agg.Stats().Events < n && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond) // the last flush acks after the rows are visible
+	}
+	// Acked inserts are marked done with the next flush's intents, or once
+	// the bus is idle: here, while the aggregator still runs.
+	for {
+		pending, err := db.Intents(ctx, "ordered")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pending) == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%d intents still pending while idle after every insert was acked", len(pending))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	acancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if os.inserts.Load() < 2 {
+		t.Fatalf("%d inserts: the test wants several flushes", os.inserts.Load())
+	}
+	if v := os.violations.Load(); v != 0 {
+		t.Fatalf("%d of %d inserts ran before their intents were recorded; first: %v", v, os.inserts.Load(), os.firstErr.Load())
+	}
+	pending, err := db.Intents(ctx, "ordered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pending) != 0 {
+		t.Fatalf("%d intents still pending after every insert was acked: %+v", len(pending), pending[0])
+	}
+	committed, err := db.Committed(ctx, "ordered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(committed) == 0 {
+		t.Fatal("no partition has a done intent after the run")
+	}
+}
+
+// A block at least half full is inserted once the bus has nothing more for
+// it, not after FlushInterval (here ten minutes: the old code stored
+// nothing within the minute waitCount allows).
+func TestHalfFullBlockFlushedWhenIdle(t *testing.T) {
+	b, db := newBus(t), newStore(t)
+	agg, err := aggregator.New(aggregator.Config{Group: "idle", FlushInterval: 10 * time.Minute, MaxBlockEvents: 1000}, b, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agg.Run(ctx) }()
+	produce(t, b, 700, 100, 3)
+	waitCount(t, db, 700, time.Minute)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := agg.Stats(); st.Events != 700 {
+		t.Fatalf("stats: %d events stored, want 700", st.Events)
+	}
+}

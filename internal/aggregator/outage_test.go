@@ -35,6 +35,12 @@ func (s *swapStore) Intents(ctx context.Context, c string) ([]store.Intent, erro
 func (s *swapStore) ClearIntent(ctx context.Context, c, p, tok string) error {
 	return s.get().ClearIntent(ctx, c, p, tok)
 }
+func (s *swapStore) RecordIntents(ctx context.Context, ins []store.Intent) error {
+	return s.get().RecordIntents(ctx, ins)
+}
+func (s *swapStore) ClearIntents(ctx context.Context, ins []store.Intent) error {
+	return s.get().ClearIntents(ctx, ins)
+}
 func (s *swapStore) Committed(ctx context.Context, c string) (map[string]uint64, error) {
 	return s.get().Committed(ctx, c)
 }

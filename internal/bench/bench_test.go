@@ -180,7 +180,8 @@ func TestRunProxyCPUFigures(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := figures(t, out.String())
-	for _, k := range []string{"cpu_ns_per_request", "bare_cpu_ns_per_request", "verifier_cpu_ns_per_request", "auth_cpu_ns_per_request"} {
+	for _, k := range []string{"cpu_ns_per_request", "bare_cpu_ns_per_request", "verifier_cpu_ns_per_request", "auth_cpu_ns_per_request",
+		"pooled_bare_cpu_ns_per_request", "verifier_vs_pooled_cpu_ns_per_request", "pooled_ratio"} {
 		if f[k] == "" || f[k] == "0" {
 			t.Fatalf("%s missing or 0:\n%s", k, out.String())
 		}

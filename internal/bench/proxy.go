@@ -85,6 +85,17 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 		return err
 	}
 	defer bare.Close()
+	// The bare proxy with the verifier's pool of copy buffers: without one
+	// ReverseProxy allocates 32 KiB per response, which the verifier does
+	// not; the difference to this one is verification and metering alone.
+	pooledProxy := httputil.NewSingleHostReverseProxy(uu)
+	pooledProxy.Transport = verifier.UpstreamTransport()
+	pooledProxy.BufferPool = verifier.CopyBufferPool()
+	pooled, err := serveLoopback(pooledProxy)
+	if err != nil {
+		return err
+	}
+	defer pooled.Close()
 	va, stop, err := startBenchVerifier(ctx, cfg, uu.String(), secrets[len(secrets)-1], false)
 	if err != nil {
 		return err
@@ -107,22 +118,22 @@ func RunProxy(ctx context.Context, cfg ProxyConfig) error {
 		defer ng.stop()
 	}
 	cfg.logf("bench proxy: upstream %s, bare proxy %s, verifier %s (auth %s), %d keys", upstream.Addr, bare.Addr, va[0], va[1], cfg.Keys)
-	bareRes, kmRes, durRes, ngAlone, ngAuth := proxyRounds(ctx, cfg, "http://"+bare.Addr+"/v1/items", "http://"+va[0]+"/v1/items", durableURL, ng, secrets)
+	bareRes, pooledRes, kmRes, durRes, ngAlone, ngAuth := proxyRounds(ctx, cfg, "http://"+bare.Addr+"/v1/items", "http://"+pooled.Addr+"/v1/items", "http://"+va[0]+"/v1/items", durableURL, ng, secrets)
 	authRes := drive(ctx, "http://"+va[1]+"/v1/items", secrets, cfg.Connections, cfg.Duration)
 	cfg.logf("bench proxy: forward auth %8.0f requests/s p99 %.2f ms", authRes.perSecond(), PercentileMS(authRes.lats, 0.99))
-	proxySummary(cfg, proxyResults{bare: bareRes, km: kmRes, dur: durRes, auth: authRes, ngAlone: ngAlone, ngAuth: ngAuth, nginx: ng != nil}).Print(cfg.out())
+	proxySummary(cfg, proxyResults{bare: bareRes, pooled: pooledRes, km: kmRes, dur: durRes, auth: authRes, ngAlone: ngAlone, ngAuth: ngAuth, nginx: ng != nil}).Print(cfg.out())
 	return nil
 }
 
 // proxyResults are the measurements of one RunProxy.
 type proxyResults struct {
-	bare, km, dur, auth, ngAlone, ngAuth loadResult
-	nginx                                bool
+	bare, pooled, km, dur, auth, ngAlone, ngAuth loadResult
+	nginx                                        bool
 }
 
 // proxySummary is RunProxy's name=value line.
 func proxySummary(cfg ProxyConfig, r proxyResults) *Summary {
-	bareRes, kmRes, durRes, authRes, ngAlone, ngAuth := r.bare, r.km, r.dur, r.auth, r.ngAlone, r.ngAuth
+	bareRes, pooledRes, kmRes, durRes, authRes, ngAlone, ngAuth := r.bare, r.pooled, r.km, r.dur, r.auth, r.ngAlone, r.ngAuth
 	s := &Summary{}
 	s.Add("bench", "proxy")
 	s.Add("backend", cfg.Backend)
@@ -130,6 +141,8 @@ func proxySummary(cfg ProxyConfig, r proxyResults) *Summary {
 	s.Add("requests_per_s", kmRes.perSecond())
 	s.Add("bare_requests_per_s", bareRes.perSecond())
 	s.Add("ratio", fmt.Sprintf("%.3f", kmRes.perSecond()/bareRes.perSecond()))
+	s.Add("pooled_bare_requests_per_s", pooledRes.perSecond())
+	s.Add("pooled_ratio", fmt.Sprintf("%.3f", kmRes.perSecond()/pooledRes.perSecond()))
 	s.Add("p50_ms", fmt.Sprintf("%.2f", PercentileMS(kmRes.lats, 0.50)))
 	s.Add("p99_ms", fmt.Sprintf("%.2f", PercentileMS(kmRes.lats, 0.99)))
 	s.Add("bare_p99_ms", fmt.Sprintf("%.2f", PercentileMS(bareRes.lats, 0.99)))
@@ -148,6 +161,10 @@ func proxySummary(cfg ProxyConfig, r proxyResults) *Summary {
 	s.Add("cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()))
 	s.Add("bare_cpu_ns_per_request", fmt.Sprintf("%.0f", bareRes.cpuPerRequest()))
 	s.Add("verifier_cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()-bareRes.cpuPerRequest()))
+	// Against the bare proxy with the same copy-buffer pool: the cost of
+	// verification, rate limiting and the usage event alone.
+	s.Add("pooled_bare_cpu_ns_per_request", fmt.Sprintf("%.0f", pooledRes.cpuPerRequest()))
+	s.Add("verifier_vs_pooled_cpu_ns_per_request", fmt.Sprintf("%.0f", kmRes.cpuPerRequest()-pooledRes.cpuPerRequest()))
 	s.Add("auth_cpu_ns_per_request", fmt.Sprintf("%.0f", authRes.cpuPerRequest()))
 	if r.nginx {
 		s.Add("nginx_requests_per_s", ngAlone.perSecond())
@@ -163,18 +180,21 @@ func proxySummary(cfg ProxyConfig, r proxyResults) *Summary {
 		// Their difference is keymeter's forward-auth cost per request.
 		s.Add("nginx_keymeter_auth_cpu_ns_per_request", fmt.Sprintf("%.0f", ngAuth.cpuPerRequest()-ngAlone.cpuPerRequest()))
 	}
-	s.Add("errors", kmRes.errors+bareRes.errors+authRes.errors+durRes.errors+ngAlone.errors+ngAuth.errors)
+	s.Add("errors", kmRes.errors+bareRes.errors+pooledRes.errors+authRes.errors+durRes.errors+ngAlone.errors+ngAuth.errors)
 	s.Add("rss_mb", proc.RSSMB())
 	return s
 }
 
-// proxyRounds alternates bare, verifier and (when durableURL is set)
-// durable-log verifier measurements.
-func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableURL string, ng *nginxBench, secrets []string) (bareRes, kmRes, durRes, ngAlone, ngAuth loadResult) {
+// proxyRounds alternates bare, pooled bare, verifier and (when durableURL
+// is set) durable-log verifier measurements.
+func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, pooledURL, kmURL, durableURL string, ng *nginxBench, secrets []string) (bareRes, pooledRes, kmRes, durRes, ngAlone, ngAuth loadResult) {
 	for r := 0; r < cfg.Rounds; r++ {
 		res := drive(ctx, bareURL, nil, cfg.Connections, cfg.Duration)
 		cfg.logf("bench proxy: round %d bare     %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
 		bareRes.add(res)
+		res = drive(ctx, pooledURL, nil, cfg.Connections, cfg.Duration)
+		cfg.logf("bench proxy: round %d pooled   %8.0f requests/s p99 %.2f ms", r+1, res.perSecond(), PercentileMS(res.lats, 0.99))
+		pooledRes.add(res)
 		stop := func() {}
 		if cfg.CPUProfile != "" && r == 0 {
 			stop = startCPUProfile(cfg.CPUProfile, cfg.logf)
@@ -197,7 +217,7 @@ func proxyRounds(ctx context.Context, cfg ProxyConfig, bareURL, kmURL, durableUR
 			ngAuth.add(res)
 		}
 	}
-	return bareRes, kmRes, durRes, ngAlone, ngAuth
+	return bareRes, pooledRes, kmRes, durRes, ngAlone, ngAuth
 }
 
 // startBenchVerifier runs the verifier in proxy mode with its forward-auth

@@ -25,6 +25,21 @@ type Conn interface {
 	Close() error
 }
 
+// Preparer is a Conn that can encode an insert ahead of running it, so
+// that encoding the next block overlaps the insert of the last (chDB runs
+// one statement at a time).
+type Preparer interface {
+	PrepareEvents(database, token string, events []event.Event) (Prepared, error)
+	PrepareRollup(database, token string, rows []RollupRow) (Prepared, error)
+}
+
+// Prepared is an encoded insert: Exec runs it (again, on a retry), Close
+// frees it.
+type Prepared interface {
+	Exec(ctx context.Context) error
+	Close() error
+}
+
 // Rows is a query result, scanned row by row. Scan accepts *string,
 // *uint64, *int64, *float64 and *[]string; queries cast their columns to
 // String, UInt64, Int64, Float64 or Array(String) so both backends agree.

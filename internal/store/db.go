@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,73 @@ type DB struct {
 	q        string // quoted database name
 	rollups  RollupMode
 	closed   atomic.Bool
+	// ahead is the insert PrepareInsert is encoding (one at a time).
+	ahead struct {
+		sync.Mutex
+		p *preparedInsert
+	}
+}
+
+// preparedInsert is an insert encoded ahead by PrepareInsert.
+type preparedInsert struct {
+	token  string
+	first  *event.Event // the events, by identity: &events[0] and len
+	n      int
+	done   chan struct{}
+	err    error
+	ev, ru Prepared
+}
+
+func (p *preparedInsert) close() {
+	<-p.done
+	for _, x := range []Prepared{p.ev, p.ru} {
+		if x != nil {
+			_ = x.Close()
+		}
+	}
+}
+
+// PrepareInsert starts encoding InsertEvents(token, events) in the
+// background, so that it overlaps whatever statement runs now; the
+// InsertEvents call with the same token and the same slice (unchanged
+// meanwhile) then only runs the statements. One insert is prepared at a
+// time: a newer one replaces one never inserted. Backends that cannot
+// prepare ignore it.
+func (d *DB) PrepareInsert(token string, events []event.Event) {
+	pc, ok := d.conn.(Preparer)
+	if !ok || d.rollups == RollupViews || len(events) == 0 || !tokenRe.MatchString(token) || d.check() != nil {
+		return
+	}
+	p := &preparedInsert{token: token, first: &events[0], n: len(events), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		rollup := make(chan []RollupRow, 1)
+		go func() { rollup <- PreAggregate(events) }()
+		p.ev, p.err = pc.PrepareEvents(d.database, token, events)
+		rows := <-rollup
+		if p.err == nil {
+			p.ru, p.err = pc.PrepareRollup(d.database, token+"/1m", rows)
+		}
+	}()
+	d.ahead.Lock()
+	old := d.ahead.p
+	d.ahead.p = p
+	d.ahead.Unlock()
+	if old != nil {
+		go old.close()
+	}
+}
+
+// takePrepared returns the prepared insert of token and events, if any.
+func (d *DB) takePrepared(token string, events []event.Event) *preparedInsert {
+	d.ahead.Lock()
+	defer d.ahead.Unlock()
+	p := d.ahead.p
+	if p == nil || p.token != token || p.first != &events[0] || p.n != len(events) {
+		return nil
+	}
+	d.ahead.p = nil
+	return p
 }
 
 var _ Store = (*DB)(nil)
@@ -100,6 +168,13 @@ func (d *DB) Close(ctx context.Context) error {
 	if d.closed.Swap(true) {
 		return nil
 	}
+	d.ahead.Lock()
+	p := d.ahead.p
+	d.ahead.p = nil
+	d.ahead.Unlock()
+	if p != nil {
+		p.close()
+	}
 	return d.conn.Close()
 }
 
@@ -115,6 +190,21 @@ func (d *DB) InsertEvents(ctx context.Context, token string, events []event.Even
 	}
 	if len(events) == 0 {
 		return nil
+	}
+	if p := d.takePrepared(token, events); p != nil {
+		defer p.close()
+		<-p.done
+		if p.err == nil {
+			if err := p.ev.Exec(ctx); err != nil {
+				return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
+			}
+			// As below: each of the two inserts is deduplicated on its own.
+			if err := p.ru.Exec(ctx); err != nil {
+				return fmt.Errorf("store: insert rollup (token %s): %w", token, err)
+			}
+			return nil
+		}
+		// Encoding ahead failed: insert the usual way (and report that).
 	}
 	// Fold the batch per minute while ClickHouse takes the raw rows.
 	var rollup chan []RollupRow
@@ -138,13 +228,38 @@ func (d *DB) InsertEvents(ctx context.Context, token string, events []event.Even
 
 // RecordIntent implements IntentStore.
 func (d *DB) RecordIntent(ctx context.Context, in Intent) error {
+	return d.RecordIntents(ctx, []Intent{in})
+}
+
+// RecordIntents implements IntentStore: one statement (one part, all or
+// nothing) for every intent of an insert. An intent whose State is
+// IntentDone is written done (the clear of an earlier insert, carried in
+// the same statement); any other is written pending.
+func (d *DB) RecordIntents(ctx context.Context, ins []Intent) error {
 	if err := d.check(); err != nil {
 		return err
 	}
-	if in.Consumer == "" || in.Token == "" || in.Last < in.First {
-		return fmt.Errorf("%w: intent needs a consumer, a token and first <= last", ErrInvalidQuery)
+	rows := make([]Intent, len(ins))
+	for i, in := range ins {
+		if in.Consumer == "" || in.Token == "" || in.Last < in.First {
+			return fmt.Errorf("%w: intent needs a consumer, a token and first <= last", ErrInvalidQuery)
+		}
+		if in.State != IntentDone {
+			in.State = IntentPending
+		}
+		rows[i] = in
 	}
-	return d.writeIntent(ctx, in, IntentPending)
+	return d.writeIntents(ctx, rows, "")
+}
+
+// ClearIntents implements IntentStore: it writes the done state of every
+// intent in ins in one statement, without reading them first (ins are the
+// intents as recorded, or as Intents returned them).
+func (d *DB) ClearIntents(ctx context.Context, ins []Intent) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	return d.writeIntents(ctx, ins, IntentDone)
 }
 
 // intentRank orders the states of one intent whatever the time of the
@@ -154,14 +269,43 @@ func (d *DB) RecordIntent(ctx context.Context, in Intent) error {
 var intentRank = map[IntentState]uint64{IntentPending: 0, IntentAborted: 1, IntentDone: 2}
 
 func (d *DB) writeIntent(ctx context.Context, in Intent, st IntentState) error {
+	return d.writeIntents(ctx, []Intent{in}, st)
+}
+
+// writeIntents writes ins in state st as one INSERT: the rows travel as
+// parallel Array(String) parameters, zipped and unrolled by arrayJoin. One
+// statement per flush instead of one per partition: on chDB, which runs
+// one statement at a time, per-partition intent statements cost about as
+// much as the block insert itself.
+func (d *DB) writeIntents(ctx context.Context, ins []Intent, st IntentState) error {
+	if len(ins) == 0 {
+		return nil
+	}
 	now := time.Now()
-	ver := intentRank[st]<<56 | uint64(now.UnixMicro())
-	p := Params{}.Str("c", in.Consumer).Str("p", in.Partition).U64("f", in.First).U64("l", in.Last).
-		Str("t", in.Token).Str("s", string(st)).Ms("u", now).U64("v", ver)
+	n := len(ins)
+	cs, ps, fs, ls, ts, ss, vs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, in := range ins {
+		rowSt := st
+		if st == "" { // each intent's own state; none: pending
+			rowSt = in.State
+			if rowSt == "" {
+				rowSt = IntentPending
+			}
+		}
+		rank, ok := intentRank[rowSt]
+		if !ok {
+			return fmt.Errorf("%w: intent state %q", ErrInvalidQuery, rowSt)
+		}
+		cs[i], ps[i], ts[i], ss[i] = in.Consumer, in.Partition, in.Token, string(rowSt)
+		fs[i], ls[i] = strconv.FormatUint(in.First, 10), strconv.FormatUint(in.Last, 10)
+		vs[i] = strconv.FormatUint(rank<<56|uint64(now.UnixMicro()), 10)
+	}
+	p := Params{}.Arr("c", cs).Arr("p", ps).Arr("f", fs).Arr("l", ls).Arr("t", ts).Arr("s", ss).Arr("v", vs).Ms("u", now)
 	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
-SELECT {c:String}, {p:String}, {f:UInt64}, {l:UInt64}, {t:String}, {s:String}, fromUnixTimestamp64Milli({u:Int64}, 'UTC'), {v:UInt64}`), p)
+SELECT r.1, r.2, toUInt64(r.3), toUInt64(r.4), r.5, r.6, fromUnixTimestamp64Milli({u:Int64}, 'UTC'), toUInt64(r.7)
+FROM (SELECT arrayJoin(arrayZip({c:Array(String)}, {p:Array(String)}, {f:Array(String)}, {l:Array(String)}, {t:Array(String)}, {s:Array(String)}, {v:Array(String)})) AS r)`), p)
 	if err != nil {
-		return fmt.Errorf("store: record intent %s/%s: %w", in.Consumer, in.Partition, err)
+		return fmt.Errorf("store: write %d intents of %s: %w", len(ins), ins[0].Consumer, err)
 	}
 	return nil
 }

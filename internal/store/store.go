@@ -32,10 +32,17 @@ type EventWriter interface {
 // after a crash it replays exactly that range with the same token.
 type IntentStore interface {
 	RecordIntent(ctx context.Context, in Intent) error
+	// RecordIntents records the intents of one insert at once: all or none.
+	// Intents with State IntentDone among them are written done instead
+	// (the clear of an earlier insert, carried in the same statement).
+	RecordIntents(ctx context.Context, ins []Intent) error
 	// Intents returns the consumer's pending intents, oldest first.
 	Intents(ctx context.Context, consumer string) ([]Intent, error)
 	// ClearIntent marks an intent done (its insert succeeded and was acked).
 	ClearIntent(ctx context.Context, consumer, partition, token string) error
+	// ClearIntents marks the given intents done at once, without reading
+	// them: ins are as recorded (or as Intents returned them).
+	ClearIntents(ctx context.Context, ins []Intent) error
 }
 
 // UsageReader answers usage questions from the rollups, never raw rows.

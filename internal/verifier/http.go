@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -186,8 +187,22 @@ func setLimitHeaders(h http.Header, d *Decision) {
 		return
 	}
 	w := max(1, ceilSeconds(d.WindowNs))
-	h["Ratelimit-Policy"] = []string{`"key";q=` + strconv.FormatUint(uint64(d.Limit), 10) + `;w=` + strconv.FormatInt(w, 10)}
-	h["Ratelimit"] = []string{`"key";r=` + strconv.FormatUint(uint64(d.Remaining), 10) + `;t=` + strconv.FormatInt(ceilSeconds(d.ResetNs), 10)}
+	// Both values in one string and both header slices in one array: two
+	// allocations per limited request instead of six (profiled hot path).
+	var buf [96]byte
+	b := append(buf[:0], `"key";q=`...)
+	b = strconv.AppendUint(b, uint64(d.Limit), 10)
+	b = append(b, ";w="...)
+	b = strconv.AppendInt(b, w, 10)
+	n := len(b)
+	b = append(b, `"key";r=`...)
+	b = strconv.AppendUint(b, uint64(d.Remaining), 10)
+	b = append(b, ";t="...)
+	b = strconv.AppendInt(b, ceilSeconds(d.ResetNs), 10)
+	both := string(b)
+	vals := &[2]string{both[:n], both[n:]}
+	h["Ratelimit-Policy"] = vals[0:1:1]
+	h["Ratelimit"] = vals[1:2:2]
 }
 
 // WriteRefusal writes the refusal of a denied decision: status, JSON body,
@@ -292,7 +307,8 @@ func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, star
 		ev.Country, ev.ASN = s.origin(r, ip.addr)
 	}
 	if s.emitHook != nil {
-		s.emitHook(&ev)
+		seen := ev // a copy for the hook, so that ev itself stays on the stack
+		s.emitHook(&seen)
 	}
 	if s.em != nil {
 		s.em.Emit(&ev)
@@ -336,8 +352,9 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 		delete(r.Header, HeaderKeyID) // canonical already: no CanonicalMIMEHeaderKey
 		delete(r.Header, HeaderProject)
 		if d.Record != nil {
-			r.Header[HeaderKeyID] = []string{d.Record.ID}
-			r.Header[HeaderProject] = []string{d.Record.Project}
+			ids := &[2]string{d.Record.ID, d.Record.Project} // one allocation for both
+			r.Header[HeaderKeyID] = ids[0:1:1]
+			r.Header[HeaderProject] = ids[1:2:2]
 		}
 		if fromQuery {
 			u := *r.URL
@@ -348,7 +365,9 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 			r = &r2
 		}
 		setLimitHeaders(w.Header(), &d)
-		body := &countingBody{ReadCloser: r.Body}
+		// The body counter and the response recorder in one allocation.
+		pr := &proxied{body: countingBody{ReadCloser: r.Body}, rec: recorder{ResponseWriter: w, status: http.StatusOK}}
+		body := &pr.body
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = body
 			if r.ContentLength != 0 {
@@ -363,7 +382,7 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 				}
 			}
 		}
-		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+		rec := &pr.rec
 		next.ServeHTTP(rec, r)
 		if s.m != nil {
 			s.m.upstream.Observe(time.Since(start).Seconds())
@@ -415,12 +434,38 @@ func UpstreamTransport() *http.Transport {
 	return t
 }
 
+// bufferPool is an httputil.BufferPool of 32 KiB buffers.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) >= 32<<10 {
+		buf = buf[:32<<10]
+		b.p.Put(&buf)
+	}
+}
+
+var copyBuffers = &bufferPool{}
+
+// CopyBufferPool is the pool of 32 KiB copy buffers the verifier's reverse
+// proxy uses (for benchmarks that compare it with a bare proxy).
+func CopyBufferPool() httputil.BufferPool { return copyBuffers }
+
 // Proxy returns the reverse proxy to upstream behind the middleware. The
 // upstream gets X-Forwarded-For set to the client address (ClientAddr),
 // X-Forwarded-Host and -Proto, and no X-Real-Ip or Forwarded.
 func (s *Server) Proxy(upstream *url.URL) http.Handler {
 	rp := &httputil.ReverseProxy{
 		Transport: UpstreamTransport(),
+		// Without a pool, ReverseProxy allocates a 32 KiB copy buffer for
+		// every response (profiled: the largest allocation per request).
+		BufferPool: copyBuffers,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(upstream)
 			pr.SetXForwarded()
@@ -570,9 +615,10 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 			setLimitHeaders(h, &d)
 			// Always present, empty for anonymous requests, so that a proxy
 			// copying them replaces whatever the client sent.
-			h[HeaderKeyID] = []string{d.KeyID()}
-			h[HeaderProject] = []string{d.Project()}
-			h[HeaderOutcome] = []string{d.Outcome.String()}
+			vals := &[3]string{d.KeyID(), d.Project(), d.Outcome.String()} // one allocation for the three
+			h[HeaderKeyID] = vals[0:1:1]
+			h[HeaderProject] = vals[1:2:2]
+			h[HeaderOutcome] = vals[2:3:3]
 			w.WriteHeader(http.StatusOK)
 		} else {
 			code := st
@@ -625,6 +671,12 @@ func (s *Server) Health(mux *http.ServeMux, metrics http.Handler) {
 }
 
 // recorder captures the status and size of the response.
+// proxied is the per-request state of an allowed request.
+type proxied struct {
+	body countingBody
+	rec  recorder
+}
+
 type recorder struct {
 	http.ResponseWriter
 	status      int

@@ -187,7 +187,18 @@ const eventColumns = "time, project, key_id, event_id, outcome, client_ip, count
 // InsertEvents writes the events in Native format to a temporary file and
 // inserts it in one statement with the deduplication token.
 func (c *conn) InsertEvents(ctx context.Context, database, token string, events []event.Event) error {
-	return c.insertFile(ctx, database, "requests", eventColumns, token, "Native", func(w *bufio.Writer) error {
+	p, err := c.PrepareEvents(database, token, events)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.Exec(ctx)
+}
+
+// PrepareEvents implements store.Preparer: it writes the Native file now
+// (while another statement may be running) and inserts it on Exec.
+func (c *conn) PrepareEvents(database, token string, events []event.Event) (store.Prepared, error) {
+	return c.prepareFile(database, "requests", eventColumns, token, "Native", func(w *bufio.Writer) error {
 		return writeEventsNative(w, events)
 	})
 }
@@ -196,10 +207,20 @@ const rollupColumns = "minute, project, key_id, outcome, route, country, request
 
 // InsertRollup inserts pre-aggregated buckets the same way.
 func (c *conn) InsertRollup(ctx context.Context, database, token string, rows []store.RollupRow) error {
-	if len(rows) == 0 {
-		return nil
+	p, err := c.PrepareRollup(database, token, rows)
+	if err != nil {
+		return err
 	}
-	return c.insertFile(ctx, database, "rollup_input", rollupColumns, token, "RowBinary", func(w *bufio.Writer) error {
+	defer p.Close()
+	return p.Exec(ctx)
+}
+
+// PrepareRollup implements store.Preparer for pre-aggregated buckets.
+func (c *conn) PrepareRollup(database, token string, rows []store.RollupRow) (store.Prepared, error) {
+	if len(rows) == 0 {
+		return noop{}, nil
+	}
+	return c.prepareFile(database, "rollup_input", rollupColumns, token, "RowBinary", func(w *bufio.Writer) error {
 		var row []byte
 		for i := range rows {
 			row = appendRollup(row[:0], &rows[i])
@@ -211,20 +232,40 @@ func (c *conn) InsertRollup(ctx context.Context, database, token string, rows []
 	})
 }
 
-// insertFile streams rows into a temporary file and inserts it.
-func (c *conn) insertFile(ctx context.Context, database, table, columns, token, format string, write func(*bufio.Writer) error) error {
+type noop struct{}
+
+func (noop) Exec(context.Context) error { return nil }
+func (noop) Close() error               { return nil }
+
+// fileInsert is an INSERT ... FROM INFILE of a file already written.
+type fileInsert struct {
+	c    *conn
+	name string
+	q    string
+}
+
+// Exec runs the insert; it may be run again (a retry) until Close.
+func (f *fileInsert) Exec(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	_, err := f.c.s.query(f.q, "TabSeparated", nil, nil)
+	return err
+}
+
+// Close removes the file.
+func (f *fileInsert) Close() error { return os.Remove(f.name) }
+
+// prepareFile streams rows into a temporary file for one insert.
+func (c *conn) prepareFile(database, table, columns, token, format string, write func(*bufio.Writer) error) (store.Prepared, error) {
 	if err := store.ValidateDatabase(database); err != nil {
-		return err
+		return nil, err
 	}
 	f, err := os.CreateTemp(c.tmp, "insert-*.bin")
 	if err != nil {
-		return fmt.Errorf("chdb: insert file: %w", err)
+		return nil, fmt.Errorf("chdb: insert file: %w", err)
 	}
 	name := f.Name()
-	defer os.Remove(name)
 	w := bufio.NewWriterSize(f, 1<<20)
 	err = write(w)
 	if err == nil {
@@ -233,11 +274,12 @@ func (c *conn) insertFile(ctx context.Context, database, table, columns, token, 
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return fmt.Errorf("chdb: insert file: %w", err)
+	if err == nil && strings.ContainsAny(name, "'\\") {
+		err = fmt.Errorf("temporary directory %q has a quote or backslash in its path", c.tmp)
 	}
-	if strings.ContainsAny(name, "'\\") {
-		return fmt.Errorf("chdb: temporary directory %q has a quote or backslash in its path", c.tmp)
+	if err != nil {
+		os.Remove(name)
+		return nil, fmt.Errorf("chdb: insert file: %w", err)
 	}
 	// The file name is ours; the token was checked by the store to be
 	// printable ASCII without spaces, and is quoted here with its quotes and
@@ -245,8 +287,7 @@ func (c *conn) insertFile(ctx context.Context, database, table, columns, token, 
 	q := "INSERT INTO `" + database + "`." + table + " (" + columns + ") FROM INFILE '" + name +
 		"' SETTINGS async_insert = 0, insert_deduplication_token = " + quote(token) +
 		", deduplicate_blocks_in_dependent_materialized_views = 1 FORMAT " + format
-	_, err = c.s.query(q, "TabSeparated", nil, nil)
-	return err
+	return &fileInsert{c: c, name: name, q: q}, nil
 }
 
 func quote(s string) string {

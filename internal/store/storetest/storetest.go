@@ -228,6 +228,41 @@ func testIntents(t *testing.T, f Factory) {
 	if err := s.RecordIntent(c, store.Intent{Consumer: "agg", Token: "x", First: 5, Last: 1}); !errors.Is(err, store.ErrInvalidQuery) {
 		t.Fatalf("first > last: err = %v", err)
 	}
+	// The intents of one insert, recorded and cleared in one statement each;
+	// a value with a quote and a tab travels intact.
+	batch := []store.Intent{
+		{Consumer: "agg", Partition: "events/0", First: 1 << 40, Last: 1<<40 + 7, Token: "agg/t'1\tx"},
+		{Consumer: "agg", Partition: "events/5", First: 3, Last: 3, Token: "agg/t'1\tx"},
+	}
+	if err := s.RecordIntents(c, batch); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Intents(c, "agg")
+	if len(got) != 3 || got[0].Partition != "3" || got[1].Partition != "events/0" || got[1].First != 1<<40 || got[1].Last != 1<<40+7 ||
+		got[1].Token != batch[0].Token || got[2].Partition != "events/5" || got[2].State != store.IntentPending {
+		t.Fatalf("after RecordIntents: intents = %+v", got)
+	}
+	// The next insert's intents carry the clear of the last one's first.
+	done0 := batch[0]
+	done0.State = store.IntentDone
+	next := store.Intent{Consumer: "agg", Partition: "events/0", First: 1<<40 + 8, Last: 1<<40 + 9, Token: "agg/t2"}
+	if err := s.RecordIntents(c, []store.Intent{done0, next}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Intents(c, "agg")
+	if len(got) != 3 || got[0].Partition != "3" || got[1].Token != "agg/t2" || got[2].Partition != "events/5" {
+		t.Fatalf("after RecordIntents with a done intent: intents = %+v", got)
+	}
+	if err := s.ClearIntents(c, []store.Intent{batch[1], next}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Intents(c, "agg")
+	if len(got) != 1 || got[0].Partition != "3" {
+		t.Fatalf("after ClearIntents: intents = %+v", got)
+	}
+	if err := s.RecordIntents(c, []store.Intent{batch[0], {Consumer: "agg", Token: "y", First: 2, Last: 1}}); !errors.Is(err, store.ErrInvalidQuery) {
+		t.Fatalf("a batch with first > last: err = %v", err)
+	}
 }
 
 func testUsage(t *testing.T, f Factory) {
