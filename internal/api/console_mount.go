@@ -10,7 +10,7 @@ import (
 // with / redirecting there. The console calls this server in-process with
 // the signed-in admin token, so every rule of the API applies to it.
 func (s *Server) mountConsole() {
-	c, err := console.New(console.Config{API: s, Logger: s.log,
+	c, err := console.New(console.Config{API: s, Logger: s.log, Sources: s.cfg.Console,
 		Role: func(tok string) string {
 			if r := s.roleOf(&http.Request{Header: http.Header{"Authorization": {"Bearer " + tok}}}); r != RoleNone {
 				return r.String()

@@ -26,7 +26,9 @@ import (
 
 	"github.com/keymeter/keymeter/internal/api"
 	"github.com/keymeter/keymeter/internal/billing"
+	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/console"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/event"
@@ -42,9 +44,11 @@ const adminSecret, readSecret = "console-admin-token", "console-read-token"
 // env is a whole API (embedded NATS, key service, chDB store, detector)
 // serving the console on a loopback listener.
 type env struct {
-	t   *testing.T
-	url string
-	db  *store.DB
+	t    *testing.T
+	url  string
+	db   *store.DB
+	bus  bus.Bus
+	shutdown func() // ends live streams, as the server's shutdown does
 }
 
 var (
@@ -112,15 +116,20 @@ func setup(t *testing.T) *env {
 	}
 	adm, _ := api.ParseToken("admin:" + api.HashToken(adminSecret))
 	rd, _ := api.ParseToken("read:" + api.HashToken(readSecret))
+	done := make(chan struct{})
+	var once sync.Once
+	stop := func() { once.Do(func() { close(done) }) }
 	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
 		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded, Audit: db, Leaks: lh,
-		RuleModes: detector.ModeSwitch{Bus: b, Known: eng.HasRule}})
+		RuleModes: detector.ModeSwitch{Bus: b, Known: eng.HasRule},
+		Console:   console.Sources{Store: db, Bus: b, Rules: eng.RuleSet, Done: done}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(s)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, db: db}
+	t.Cleanup(stop) // before hs.Close: open streams end first
+	return &env{t: t, url: hs.URL, db: db, bus: b, shutdown: stop}
 }
 
 // apiKey reads a key through the REST API (not the console).

@@ -281,6 +281,9 @@ func (c *Console) routes() {
 	m.Handle("GET "+Prefix+"/decisions/{id}", c.page(c.decisionPage))
 	m.Handle("GET "+Prefix+"/rules", c.page(c.rulesPage))
 	m.Handle("POST "+Prefix+"/rules/{id}/mode", c.write(c.ruleMode))
+	m.Handle("GET "+Prefix+"/backtest", c.page(c.backtestPage))
+	m.HandleFunc("GET "+Prefix+"/live", c.liveStream)
+	m.Handle("POST "+Prefix+"/backtest", c.write(c.runBacktest))
 	m.Handle("GET "+Prefix+"/audit", c.page(c.auditPage))
 	m.Handle("GET "+Prefix+"/leaks", c.page(c.leaksPage))
 	m.Handle("GET "+Prefix+"/usage", c.page(c.usagePage))
@@ -1090,6 +1093,7 @@ type overviewData struct {
 	DryRun      int
 	DecErr      string
 	Rules       []ruleJSON
+	Stored      uint64 // events stored (0: unknown)
 }
 
 // projects lists the projects of the keys the API knows, from a bounded
@@ -1181,6 +1185,9 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) e
 				d.Rules = append(d.Rules, x)
 			}
 		}
+	}
+	if st := c.cfg.Sources.Store; st != nil {
+		d.Stored, _ = st.Count(r.Context(), "requests")
 	}
 	v := c.viewFor(s, "Overview", "overview")
 	v.D = d
