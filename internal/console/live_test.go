@@ -1,0 +1,162 @@
+package console_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event"
+)
+
+// publishValid publishes a batch of n valid events on the bus, as a
+// verifier does.
+func publishValid(t *testing.T, e *env, n int, tag string) {
+	t.Helper()
+	b := event.Batch{ID: "live-" + tag, Producer: "test", Created: time.Now()}
+	for i := range n {
+		b.Events = append(b.Events, event.Event{ID: fmt.Sprintf("live-%s-%d", tag, i), Time: time.Now().UTC(), Project: "proj_live",
+			KeyID: "key_live", Outcome: event.OutcomeValid, ClientIP: "192.0.2.9", Method: "GET", Route: "/", Status: 200})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := e.bus.Publisher().Publish(ctx, bus.Message{Key: "key_live", BatchID: b.ID, Source: "test", Data: event.AppendBatch(nil, &b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ack.Done()
+	if ack.Err() != nil {
+		t.Fatal(ack.Err())
+	}
+}
+
+type sse struct {
+	event string
+	data  string
+}
+
+// stream reads server-sent events into a channel until the body ends.
+func stream(t *testing.T, c *http.Client, u string) (*http.Response, <-chan sse) {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan sse, 64)
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(resp.Body)
+		var cur sse
+		for sc.Scan() {
+			l := sc.Text()
+			switch {
+			case strings.HasPrefix(l, "event: "):
+				cur.event = l[7:]
+			case strings.HasPrefix(l, "data: "):
+				cur.data = l[6:]
+			case l == "" && cur.event != "":
+				ch <- cur
+				cur = sse{}
+			}
+		}
+	}()
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp, ch
+}
+
+// TestLiveOverviewStream: the overview's event stream reports the events
+// published on the bus by outcome, the events stored and the decisions of
+// the last hour; it needs a session, is bounded in number, and ends when
+// the server shuts down.
+func TestLiveOverviewStream(t *testing.T) {
+	e := setup(t)
+	anon := client(t, nil)
+	if resp, err := anon.Get(e.url + "/console/live"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("stream without a session: %v %v", resp.StatusCode, err)
+	}
+	c := client(t, nil)
+	c.Timeout = 0 // a stream
+	login(t, c, e.url, adminSecret, "").Body.Close()
+	resp, ch := stream(t, c, e.url+"/console/live?live=1")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var sawSummary bool
+	deadline := time.After(60 * time.Second)
+	published := 0
+	for done := false; !done; {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				t.Fatal("stream ended early")
+			}
+			switch m.event {
+			case "summary":
+				sawSummary = strings.Contains(m.data, `"decisions":`)
+			case "stats":
+				var s struct {
+					Rate   map[string]float64 `json:"rate"`
+					Stored *uint64            `json:"stored"`
+					Tail   string             `json:"tail"`
+				}
+				if err := json.Unmarshal([]byte(m.data), &s); err != nil {
+					t.Fatalf("stats %q: %v", m.data, err)
+				}
+				if s.Tail != "" || s.Stored == nil {
+					t.Fatalf("stats without the tail or the store: %s", m.data)
+				}
+				if s.Rate["valid"] > 0 {
+					done = true
+					break
+				}
+				// The tail starts at the end of the log: publish after it
+				// reported once, and again while nothing shows.
+				published++
+				publishValid(t, e, 50, fmt.Sprint(published))
+			}
+		case <-deadline:
+			t.Fatal("no rate for the published events within 60 s")
+		}
+	}
+	if !sawSummary {
+		t.Fatal("no summary event")
+	}
+	// The number of streams is bounded.
+	var extra []*http.Response
+	for range 40 {
+		r, err := c.Get(e.url + "/console/live?live=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra = append(extra, r)
+		if r.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+	}
+	if last := extra[len(extra)-1]; last.StatusCode != http.StatusServiceUnavailable || len(extra) != 32 {
+		t.Fatalf("after %d more streams: %d, want 503 for the 32nd", len(extra), last.StatusCode)
+	}
+	for _, r := range extra {
+		r.Body.Close()
+	}
+	// Shutdown ends the stream with an "end" event.
+	e.shutdown()
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				t.Fatal("the stream closed without an end event")
+			}
+			if m.event == "end" {
+				return
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the stream did not end at shutdown")
+		}
+	}
+}
