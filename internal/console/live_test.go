@@ -79,6 +79,13 @@ func TestLiveOverviewStream(t *testing.T) {
 	if resp, err := anon.Get(e.url + "/console/live"); err != nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("stream without a session: %v %v", resp.StatusCode, err)
 	}
+	// An aggregator group that reads nothing: its lag grows with what is
+	// published and the stream reports it per partition.
+	agg, err := e.bus.NewConsumer(context.Background(), bus.ConsumerConfig{Group: "aggregator"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agg.Close()
 	c := client(t, nil)
 	c.Timeout = 0 // a stream
 	login(t, c, e.url, adminSecret, "").Body.Close()
@@ -86,7 +93,7 @@ func TestLiveOverviewStream(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("stream: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
-	var sawSummary bool
+	var sawSummary, sawRate, sawLag bool
 	deadline := time.After(60 * time.Second)
 	published := 0
 	for done := false; !done; {
@@ -100,9 +107,10 @@ func TestLiveOverviewStream(t *testing.T) {
 				sawSummary = strings.Contains(m.data, `"decisions":`)
 			case "stats":
 				var s struct {
-					Rate   map[string]float64 `json:"rate"`
-					Stored *uint64            `json:"stored"`
-					Tail   string             `json:"tail"`
+					Lag    map[string]map[string]uint64 `json:"lag"`
+					Rate   map[string]float64           `json:"rate"`
+					Stored *uint64                      `json:"stored"`
+					Tail   string                       `json:"tail"`
 				}
 				if err := json.Unmarshal([]byte(m.data), &s); err != nil {
 					t.Fatalf("stats %q: %v", m.data, err)
@@ -110,7 +118,17 @@ func TestLiveOverviewStream(t *testing.T) {
 				if s.Tail != "" || s.Stored == nil {
 					t.Fatalf("stats without the tail or the store: %s", m.data)
 				}
+				var lag uint64
+				for _, n := range s.Lag["aggregator"] {
+					lag += n
+				}
 				if s.Rate["valid"] > 0 {
+					sawRate = true
+				}
+				if lag > 0 {
+					sawLag = true
+				}
+				if sawRate && sawLag {
 					done = true
 					break
 				}
@@ -120,7 +138,7 @@ func TestLiveOverviewStream(t *testing.T) {
 				publishValid(t, e, 50, fmt.Sprint(published))
 			}
 		case <-deadline:
-			t.Fatal("no rate for the published events within 60 s")
+			t.Fatalf("within 60 s: rate shown %v, aggregator lag shown %v", sawRate, sawLag)
 		}
 	}
 	if !sawSummary {

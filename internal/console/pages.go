@@ -736,6 +736,8 @@ type keyPageData struct {
 	Countries   []countryCount
 	History     []historyItem
 	HistoryErr  string
+	Profile     *keyProfile
+	ProfileErr  string
 }
 
 type countryCount struct {
@@ -799,6 +801,12 @@ func (c *Console) keyPage(w http.ResponseWriter, r *http.Request, s *session) er
 	}
 	d.Decisions = dr.Decisions
 	d.Countries = c.countries(r, s, id)
+	if st := c.cfg.Sources.Store; st != nil {
+		if d.Profile, err = profileOf(r.Context(), st, d.Key.Project, d.Key.ID, time.Now().UTC()); err != nil {
+			c.log.Warn("console: key profile", "key", id, "err", err)
+			d.ProfileErr = "the profile could not be read from the store"
+		}
+	}
 	if d.History, err = c.keyHistory(r, s, d.Key, d.Decisions); err != nil {
 		d.HistoryErr = err.Error()
 	}
