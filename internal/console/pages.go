@@ -1067,8 +1067,11 @@ func (c *Console) rulesPage(w http.ResponseWriter, r *http.Request, s *session) 
 		v.Err = ae
 	}
 	v.D = out.Rules
-	if id, m := r.URL.Query().Get("switched"), r.URL.Query().Get("mode"); id != "" && (m == "enforce" || m == "dry_run") {
+	switch id, m := r.URL.Query().Get("switched"), r.URL.Query().Get("mode"); {
+	case id != "" && (m == "enforce" || m == "dry_run"):
 		v.Flash = "Rule " + id + " switched to " + m + ": every detector applies it as it receives it."
+	case id != "" && m == "file":
+		v.Flash = "Rule " + id + " is back to its file's mode: every detector applies it as it receives it."
 	}
 	c.render(w, 200, "rules", v)
 	return nil
