@@ -49,6 +49,7 @@ type env struct {
 	db   *store.DB
 	bus  bus.Bus
 	shutdown func() // ends live streams, as the server's shutdown does
+	handler  http.Handler
 }
 
 var (
@@ -129,7 +130,7 @@ func setup(t *testing.T) *env {
 	hs := httptest.NewServer(s)
 	t.Cleanup(hs.Close)
 	t.Cleanup(stop) // before hs.Close: open streams end first
-	return &env{t: t, url: hs.URL, db: db, bus: b, shutdown: stop}
+	return &env{t: t, url: hs.URL, db: db, bus: b, shutdown: stop, handler: s}
 }
 
 // apiKey reads a key through the REST API (not the console).

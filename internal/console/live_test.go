@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -175,6 +176,32 @@ func TestLiveOverviewStream(t *testing.T) {
 			}
 		case <-time.After(30 * time.Second):
 			t.Fatal("the stream did not end at shutdown")
+		}
+	}
+}
+
+// TestLiveStreamOutlivesReadTimeout: a server's ReadTimeout (httpserve sets
+// one minute) does not end a stream (net/http clears the read deadline once
+// the request is read).
+func TestLiveStreamOutlivesReadTimeout(t *testing.T) {
+	e := setup(t)
+	hs := httptest.NewUnstartedServer(e.handler)
+	hs.Config.ReadTimeout = 500 * time.Millisecond
+	hs.Start()
+	t.Cleanup(hs.Close)
+	c := client(t, nil)
+	c.Timeout = 0
+	login(t, c, hs.URL, adminSecret, "").Body.Close()
+	_, ch := stream(t, c, hs.URL+"/console/live?live=1")
+	end := time.After(2500 * time.Millisecond)
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				t.Fatal("the stream ended within 2.5 s under a 0.5 s ReadTimeout")
+			}
+		case <-end:
+			return
 		}
 	}
 }
