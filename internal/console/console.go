@@ -74,6 +74,7 @@ type Console struct {
 
 	backtests chan struct{} // one backtest at a time
 	live      *liveHub
+	charts    projectChartCache
 }
 
 type session struct {

@@ -1260,7 +1260,7 @@ func (c *Console) usagePage(w http.ResponseWriter, r *http.Request, s *session) 
 	v := c.viewFor(s, "Usage and billing", "usage")
 	v.Form = newForm(in)
 	if d.Project != "" {
-		if d.Chart, err = c.usageChart(r, s, url.Values{"project": {d.Project}}, d.Gran); err != nil {
+		if d.Chart, err = c.projectChart(r, s, d.Project, d.Gran); err != nil {
 			v.Form.fail(err, "project", "granularity")
 		}
 		d.TopKeys, d.Quotas = c.quotaKeys(r, s, d.Project)
