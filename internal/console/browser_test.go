@@ -612,6 +612,11 @@ func TestConsoleInBrowser(t *testing.T) {
 		if v := run(t, ctx, "kept", chromedp.Value(chromedp.ID("f-rules"))); v != bad {
 			t.Fatalf("the rule text was not kept: %q", v)
 		}
+		// The problem's file:line selects that line of the text.
+		do(t, ctx, "go to line", chromedp.Click(chromedp.CSS("#rule-problems [data-goto-line]")))
+		if sel := run(t, ctx, "selection", chromedp.Evaluate[string](`(t => t.value.substring(t.selectionStart, t.selectionEnd))(document.getElementById("f-rules"))`)); sel != "  window: 1 minute" {
+			t.Fatalf("clicking the problem selected %q, want line 10", sel)
+		}
 		shot(t, ctx, "backtest_lint_error")
 		do(t, ctx, "good rule", chromedp.SetValue(chromedp.ID("f-rules"), busyRule), chromedp.Click(chromedp.ID("run-backtest")),
 			chromedp.WaitVisible(chromedp.CSS("#backtest-timeline .uplot canvas")))

@@ -47,6 +47,17 @@
   document.addEventListener("click", function (ev) {
     var btn = ev.target.closest && ev.target.closest("[data-copy]");
     if (btn) { ev.preventDefault(); copy(btn); }
+    // A rule problem's file:line selects that line of the rule text.
+    var go = ev.target.closest && ev.target.closest("[data-goto-line]");
+    var ta = go && document.getElementById("f-rules");
+    if (ta) {
+      ev.preventDefault();
+      var lines = ta.value.split("\n"), n = parseInt(go.dataset.gotoLine, 10) - 1, start = 0;
+      for (var i = 0; i < n && i < lines.length; i++) start += lines[i].length + 1;
+      ta.focus();
+      ta.setSelectionRange(start, start + (lines[n] || "").length);
+      ta.scrollTop = Math.max(0, n - 3) * 18;
+    }
   });
   document.addEventListener("submit", function (ev) {
     var f = ev.target;
