@@ -314,7 +314,7 @@ func replay(ctx context.Context, src Sources, set *detect.RuleSet, from, to time
 	res := &backtestResult{From: from, To: to}
 	bins := backtestTimelineBins
 	// Bins of whole minutes, at most backtestTimelineBins of them.
-	width := max((to.Sub(from)/time.Duration(bins)+time.Minute-1).Truncate(time.Minute), time.Minute)
+	width := max((to.Sub(from)/time.Duration(bins) + time.Minute - 1).Truncate(time.Minute), time.Minute)
 	bins = int((to.Sub(from) + width - 1) / width)
 	counts := map[string][]float64{}
 	sink := detect.SinkFunc(func(d *keymeterv1.Decision) {

@@ -44,10 +44,10 @@ const adminSecret, readSecret = "console-admin-token", "console-read-token"
 // env is a whole API (embedded NATS, key service, chDB store, detector)
 // serving the console on a loopback listener.
 type env struct {
-	t    *testing.T
-	url  string
-	db   *store.DB
-	bus  bus.Bus
+	t        *testing.T
+	url      string
+	db       *store.DB
+	bus      bus.Bus
 	shutdown func() // ends live streams, as the server's shutdown does
 	handler  http.Handler
 }
