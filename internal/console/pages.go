@@ -1155,8 +1155,20 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) e
 			break
 		}
 		now := time.Now().UTC()
+		from, to := now.Add(-time.Hour).Truncate(time.Minute), now.Add(time.Minute).Truncate(time.Minute)
+		if st := c.cfg.Sources.Store; st != nil {
+			// Requests only: the API's usage also merges address sketches.
+			up, err := projectUsage(r.Context(), st, p, "minute", from, to)
+			if err != nil {
+				c.log.Warn("console: overview usage", "project", p, "err", err)
+				d.ChartErr = "the usage could not be read from the store"
+				break
+			}
+			pts = append(pts, up...)
+			continue
+		}
 		q := url.Values{"project": {p}, "granularity": {"minute"}, "group_by": {"outcome"},
-			"from": {now.Add(-time.Hour).Truncate(time.Minute).Format(time.RFC3339)}, "to": {now.Add(time.Minute).Truncate(time.Minute).Format(time.RFC3339)}}
+			"from": {from.Format(time.RFC3339)}, "to": {to.Format(time.RFC3339)}}
 		var u usageResp
 		if err := c.call(r.Context(), s, "GET", "/v1/usage", q, nil, &u); err != nil {
 			d.ChartErr = err.Error()
