@@ -77,6 +77,7 @@ type backtestResult struct {
 	Capped    bool // stopped at the event cap
 	TimedOut  bool // stopped at the time limit
 	Elapsed   time.Duration
+	Warmup    time.Duration // no decisions in the first Warmup of event time
 	Rules     []detect.BacktestRule
 	Timeline  chart
 	Total     int
@@ -120,7 +121,7 @@ func (c *Console) runBacktest(w http.ResponseWriter, r *http.Request, s *session
 		return &apiError{Status: 403, Code: "forbidden", Message: "backtests need an admin token (this session's token has the read role)"}
 	}
 	f := newForm(url.Values{})
-	for _, k := range []string{"source", "rule", "rules", "from", "to", "max_events"} {
+	for _, k := range []string{"source", "rule", "rules", "from", "to", "max_events", "warmup"} {
 		f.Values.Set(k, r.PostFormValue(k))
 	}
 	d := &backtestForm{}
@@ -153,6 +154,17 @@ func (c *Console) runBacktest(w http.ResponseWriter, r *http.Request, s *session
 		}
 		maxEvents = n
 	}
+	var warmup time.Duration
+	if v := strings.TrimSpace(f.Get("warmup")); v != "" {
+		w, err := time.ParseDuration(v)
+		switch {
+		case err != nil || w < 0:
+			f.Errors["warmup"] = "warmup: want a duration such as 30m or 12h"
+		case errF == nil && errT == nil && w >= to.Sub(from):
+			f.Errors["warmup"] = "warmup: must be shorter than the range from-to"
+		}
+		warmup = w
+	}
 	set, label := c.backtestRules(r, f, d)
 	if len(f.Errors) > 0 || len(d.Problems) > 0 || set == nil {
 		return fail(http.StatusBadRequest)
@@ -166,7 +178,7 @@ func (c *Console) runBacktest(w http.ResponseWriter, r *http.Request, s *session
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), backtestTimeout)
 	defer cancel()
-	res, err := replay(ctx, c.cfg.Sources, set, from, to, maxEvents)
+	res, err := replay(ctx, c.cfg.Sources, set, from, to, maxEvents, warmup)
 	if err != nil {
 		c.log.Warn("console: backtest failed", "err", err)
 		f.General = "the backtest failed: " + err.Error()
@@ -310,8 +322,8 @@ func (s *cappedSource) Next() (event.Event, error) {
 }
 
 // replay runs set over the stored events of [from, to).
-func replay(ctx context.Context, src Sources, set *detect.RuleSet, from, to time.Time, maxEvents int64) (*backtestResult, error) {
-	res := &backtestResult{From: from, To: to}
+func replay(ctx context.Context, src Sources, set *detect.RuleSet, from, to time.Time, maxEvents int64, warmup time.Duration) (*backtestResult, error) {
+	res := &backtestResult{From: from, To: to, Warmup: warmup}
 	bins := backtestTimelineBins
 	// Bins of whole minutes, at most backtestTimelineBins of them.
 	width := max((to.Sub(from)/time.Duration(bins) + time.Minute - 1).Truncate(time.Minute), time.Minute)
@@ -337,7 +349,7 @@ func replay(ctx context.Context, src Sources, set *detect.RuleSet, from, to time
 	defer ss.Stop()
 	cs := &cappedSource{ctx: ctx, src: ss, left: maxEvents}
 	start := time.Now()
-	rep, err := detect.Backtest(set, cs, detect.BacktestOptions{From: from, To: to, Config: detect.Config{Sink: sink}})
+	rep, err := detect.Backtest(set, cs, detect.BacktestOptions{From: from, To: to, Config: detect.Config{Sink: sink, Warmup: warmup}})
 	if err != nil {
 		return nil, err
 	}

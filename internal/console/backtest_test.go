@@ -142,6 +142,17 @@ func TestBacktestFromConsole(t *testing.T) {
 		if status != 400 || !strings.Contains(b, `id="e-to"`) || !strings.Contains(b, `id="e-max_events"`) {
 			t.Fatalf("over-long range and zero cap: %d", status)
 		}
+		// A warm-up longer than the range is refused by its field; one
+		// past the first burst leaves only the second's decision.
+		f = form("file", busyRule)
+		f.Set("warmup", "7h")
+		if status, b = multipartPost(t, adm, e.url+"/console/backtest", f, "", ""); status != 400 || !strings.Contains(b, `id="e-warmup"`) {
+			t.Fatalf("warmup over the range: %d", status)
+		}
+		f.Set("warmup", "1h")
+		if status, b = multipartPost(t, adm, e.url+"/console/backtest", f, "", ""); status != 200 || !strings.Contains(b, "Would-be decisions: 1") || !strings.Contains(b, "no decisions in the first 1h0m0s") {
+			t.Fatalf("warmup 1h: %d\n%s", status, b)
+		}
 		// The event cap stops the replay and says so.
 		f = form("file", busyRule)
 		f.Set("max_events", "120")
