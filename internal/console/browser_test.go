@@ -432,6 +432,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		if total != 40 {
 			t.Fatalf("chart counts %d requests, want 40", total)
 		}
+		if p := run(t, ctx, "profile", chromedp.Text(chromedp.ID("key-profile"))); !strings.Contains(p, "NL 40") || !strings.Contains(p, "Not mature yet") {
+			t.Fatalf("key profile: %q", p)
+		}
 		shot(t, ctx, "key_usage_logs")
 		// The logs page with a filter, and a bad filter's error by its field.
 		do(t, ctx, "logs page", chromedp.Navigate(e.url+"/console/logs?key="+keyID+"&outcome=rate_limited"), chromedp.WaitVisible(chromedp.CSS("table.logs")))

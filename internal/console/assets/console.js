@@ -23,8 +23,11 @@
         data.push(s.values);
       });
       var axis = { stroke: axisColor, grid: { stroke: grid }, ticks: { stroke: grid } };
+      var x = { time: true };
+      // One bucket alone would get an axis of years around it.
+      if (d.times.length === 1) x.range = [d.times[0] - 1800, d.times[0] + 1800];
       var opts = { width: Math.max(280, el.clientWidth), height: 260, series: series, axes: [axis, axis],
-        scales: { x: { time: true } }, legend: { live: true } };
+        scales: { x: x }, legend: { live: true } };
       var plot = new uPlot(opts, data, el);
       window.addEventListener("resize", function () { plot.setSize({ width: Math.max(280, el.clientWidth), height: 260 }); });
     });
