@@ -266,3 +266,31 @@ func consoleClient(base, secret string) (*http.Client, error) {
 	}
 	return c, nil
 }
+
+// ConsoleRun is keymeter bench console: a data directory (temporary unless
+// given), the store opened on it, then RunConsole.
+type ConsoleRun struct {
+	// Open opens the store with dataDir as the embedded store's data dir.
+	Open    func(ctx context.Context, dataDir string) (*store.DB, error)
+	DataDir string // empty: a temporary directory, removed unless Keep
+	Keep    bool
+	Config  ConsoleConfig
+}
+
+// Run runs the benchmark.
+func (r ConsoleRun) Run(ctx context.Context) error {
+	dir, cleanup, err := DataDir(r.DataDir, r.Keep, "console")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	db, err := r.Open(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	cfg := r.Config
+	cfg.DB, cfg.DataDir = db, dir
+	_, err = RunConsole(ctx, cfg)
+	return err
+}
