@@ -42,6 +42,7 @@ func newBenchConsoleCmd(g *globals) *cobra.Command {
 	f.IntVar(&run.Config.Rows, "rows", 100_000_000, "events in the generated history")
 	f.IntVar(&run.Config.Keys, "keys", 100_000, "distinct keys in the history")
 	f.DurationVar(&run.Config.Span, "span", 720*time.Hour, "time the history covers, ending now")
+	f.IntVar(&run.Config.TableKeys, "table-keys", 1000, "keys created in the key table (the keys page, the overview's counts)")
 	f.IntVar(&run.Config.Samples, "samples", 5, "timed loads of each page (after one untimed)")
 	f.BoolVar(&run.Keep, "keep", false, "keep the temporary data directory")
 	return c

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/keymeter/keymeter/internal/api"
 	"github.com/keymeter/keymeter/internal/billing"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
@@ -34,6 +36,9 @@ type ConsoleConfig struct {
 	Keys    int           // distinct keys in the generated history
 	Span    time.Duration // the history's length, ending now
 	Samples int           // timed loads of each page (after one untimed)
+	// TableKeys are created in the key table (the keys page and the
+	// overview's key counts read it); default 1000.
+	TableKeys int
 	DataDir string        // for the embedded NATS holding the key table
 	Output
 }
@@ -54,6 +59,9 @@ type ConsolePage struct {
 func RunConsole(ctx context.Context, cfg ConsoleConfig) ([]ConsolePage, error) {
 	if cfg.Rows <= 0 || cfg.Keys <= 0 || cfg.Samples <= 0 {
 		return nil, fmt.Errorf("bench console: rows, keys and samples must be positive")
+	}
+	if cfg.TableKeys == 0 {
+		cfg.TableKeys = 1000
 	}
 	db := cfg.DB
 	if _, err := db.Migrate(ctx); err != nil {
@@ -95,16 +103,22 @@ func RunConsole(ctx context.Context, cfg ConsoleConfig) ([]ConsolePage, error) {
 	if err != nil {
 		return nil, err
 	}
-	// 100 keys in the table; the first takes over key_7's history.
-	var keyID string
-	for i := range 100 {
-		c, err := svc.Create(ctx, keys.CreateParams{Project: "bench", Name: fmt.Sprintf("bench key %d", i)})
-		if err != nil {
-			return nil, err
-		}
-		if i == 0 {
-			keyID = c.State.GetId()
-		}
+	// TableKeys keys in the key table; the first takes over key_7's history.
+	c0, err := svc.Create(ctx, keys.CreateParams{Project: "bench", Name: "bench key 0"})
+	if err != nil {
+		return nil, err
+	}
+	keyID := c0.State.GetId()
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.SetLimit(8)
+	for i := 1; i < max(cfg.TableKeys, 1); i++ {
+		eg.Go(func() error {
+			_, err := svc.Create(ectx, keys.CreateParams{Project: "bench", Name: fmt.Sprintf("bench key %d", i)})
+			return err
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return nil, err
 	}
 	if err := adoptHistory(ctx, db, "key_7", keyID); err != nil {
 		return nil, err

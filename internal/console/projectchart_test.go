@@ -65,3 +65,42 @@ func TestProjectUsageChart(t *testing.T) {
 		}
 	}
 }
+
+// TestOverviewKeyCounts: the overview counts keys by status from the key
+// table, and the usage page offers every project.
+func TestOverviewKeyCounts(t *testing.T) {
+	e := setup(t)
+	var ids []string
+	for _, p := range []string{"proj_a", "proj_a", "proj_b"} {
+		k := e.apiCall("POST", "/v1/keys", adminSecret, map[string]any{"project": p}, 201)
+		ids = append(ids, k["key"].(map[string]any)["id"].(string))
+	}
+	e.apiCall("POST", "/v1/keys/"+ids[0]+"/revoke", adminSecret, map[string]any{"reason": "test"}, 200)
+	c := client(t, nil)
+	login(t, c, e.url, adminSecret, "").Body.Close()
+	cards := regexp.MustCompile(`<h2>Keys</h2><p class="big">(\d+)</p>\s*<dl class="kv">(.*?)</dl>`)
+	for end := time.Now().Add(10 * time.Second); ; {
+		resp, err := c.Get(e.url + "/console/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := cards.FindStringSubmatch(body(t, resp))
+		if m != nil && m[1] == "3" && m[2] == "<dt>active</dt><dd>2</dd><dt>revoked</dt><dd>1</dd>" {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("overview key counts: %q", m)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := c.Get(e.url + "/console/usage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := body(t, resp)
+	for _, p := range []string{`>proj_a</option>`, `>proj_b</option>`} {
+		if !regexp.MustCompile(regexp.QuoteMeta(p)).MatchString(b) {
+			t.Fatalf("usage page lacks project %s", p)
+		}
+	}
+}

@@ -19,6 +19,10 @@ type Sources struct {
 	// Rules returns the rule set the detector has loaded (for backtesting
 	// a loaded rule); nil or returning nil: only pasted or uploaded files.
 	Rules func() *detect.RuleSet
+	// KeyCounts, if set, counts the keys by status and lists their
+	// projects in one pass over the key table (the overview and usage pages
+	// otherwise read every key through the API, page by page).
+	KeyCounts func() (byStatus map[string]int, projects []string)
 	// LagGroups are the consumer groups whose lag per partition the live
 	// overview shows (default: aggregator and detector).
 	LagGroups []string
