@@ -39,7 +39,7 @@ type ConsoleConfig struct {
 	// TableKeys are created in the key table (the keys page and the
 	// overview's key counts read it); default 1000.
 	TableKeys int
-	DataDir string        // for the embedded NATS holding the key table
+	DataDir   string // for the embedded NATS holding the key table
 	Output
 }
 
