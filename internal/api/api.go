@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keymeter/keymeter/internal/console"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/schemas"
@@ -111,6 +112,9 @@ type Config struct {
 	// Retention, if set, is the store's raw-event retention in days:
 	// POST /v1/events drops (and lists) events older than that.
 	Retention func(ctx context.Context) (int, error)
+	// Console is what the web console reads beyond the API: stored events
+	// for backtests and key profiles, the bus for the live overview.
+	Console console.Sources
 	// Ready reports readiness for /readyz.
 	Ready func() bool
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -222,18 +223,29 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return badRequest("status", "status %q: accepted values are active, suspended, revoked, deleted", status)
 	}
-	states := s.cfg.KeyTable.States(func(st *keymeterv1.KeyState) bool {
-		return (project == "" || st.GetProject() == project) &&
+	// Only the ids of the matching keys are gathered (keep answers false:
+	// nothing is copied), then the page's keys are copied: a page costs a
+	// pass over the table, not a copy of every key (at 20k keys the
+	// console's overview read 20 pages in ~1 s).
+	var ids []string
+	s.cfg.KeyTable.States(func(st *keymeterv1.KeyState) bool {
+		if (project == "" || st.GetProject() == project) &&
 			(status == "" || enumName(st.GetStatus().String(), "KEY_STATUS_") == status) &&
-			st.GetId() > after
+			st.GetId() > after {
+			ids = append(ids, st.GetId())
+		}
+		return false
 	})
+	slices.Sort(ids)
 	out := KeyList{Keys: []KeyJSON{}}
-	for i, st := range states {
+	for i, id := range ids {
 		if i == limit {
-			out.Next = hex.EncodeToString([]byte(states[i-1].GetId()))
+			out.Next = hex.EncodeToString([]byte(ids[i-1]))
 			break
 		}
-		out.Keys = append(out.Keys, KeyFromState(st))
+		if st, ok := s.cfg.KeyTable.State(id); ok { // gone meanwhile: not listed
+			out.Keys = append(out.Keys, KeyFromState(st))
+		}
 	}
 	writeJSON(w, 200, out)
 	return nil

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/keymeter/keymeter/internal/detect"
+	"github.com/keymeter/keymeter/internal/detector"
 )
 
 // RuleModes switches a rule between enforce and dry-run on every detector
@@ -16,7 +17,8 @@ type RuleModes interface {
 	SetRuleMode(ctx context.Context, ruleID, mode, actor string) error
 }
 
-// RuleModeRequest is the body of PUT /v1/rules/{id}/mode.
+// RuleModeRequest is the body of PUT /v1/rules/{id}/mode: enforce,
+// dry_run, or file (the override is cleared: the rule file's mode again).
 type RuleModeRequest struct {
 	Mode string `json:"mode"`
 }
@@ -37,7 +39,7 @@ func (s *Server) setRuleMode(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	if _, err := detect.ParseOverrideMode(req.Mode); err != nil {
+	if _, err := detector.ParseSwitchMode(req.Mode); err != nil {
 		return badRequest("mode", "%v", err)
 	}
 	id := r.PathValue("id")

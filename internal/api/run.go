@@ -12,6 +12,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/billing"
 	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/httpserve"
 	"github.com/keymeter/keymeter/internal/keys"
@@ -86,6 +87,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if err != nil {
 		return err
 	}
+	acfg.Console.Done = ectx.Done() // live console streams end at shutdown
 	srv, err := New(acfg, WithLogger(log))
 	if err != nil {
 		return err
@@ -136,6 +138,10 @@ func (cfg *RunConfig) apiConfig(table *keys.Table, svc *keys.Service, log *slog.
 		}
 		acfg.RuleModes = ms
 	}
+	acfg.Console.Bus = cfg.Bus
+	if rs, ok := cfg.Rules.(interface{ RuleSet() *detect.RuleSet }); ok {
+		acfg.Console.Rules = rs.RuleSet
+	}
 	lc := cfg.Leaks
 	lc.Table, lc.Keys, lc.Decisions = table, svc, cfg.Bus
 	if cfg.Store != nil {
@@ -143,6 +149,7 @@ func (cfg *RunConfig) apiConfig(table *keys.Table, svc *keys.Service, log *slog.
 		acfg.Usage, acfg.Logs, acfg.Decision, acfg.Billing = st, st, st, &billing.Exporter{Store: st}
 		acfg.Retention = st.Retention
 		acfg.Audit = st
+		acfg.Console.Store = st
 		lc.Store = st
 	}
 	lh, err := leaks.New(lc, leaks.WithLogger(log))

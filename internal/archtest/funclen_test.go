@@ -43,6 +43,7 @@ var exempt = map[string]string{
 	"verifier.Server.ForwardAuth":  "issue 17 in progress",
 	"verifier.recoverWAL":          "issue 17 in progress",
 	"store.DB.Logs":                "issue 17 in progress",
+	"bench.RunConsole":             "issue 15 in progress",
 }
 
 var generated = regexp.MustCompile(`(?m)^// Code generated .* DO NOT EDIT\.$`)

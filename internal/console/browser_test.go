@@ -26,7 +26,9 @@ import (
 
 	"github.com/keymeter/keymeter/internal/api"
 	"github.com/keymeter/keymeter/internal/billing"
+	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
+	"github.com/keymeter/keymeter/internal/console"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/detector"
 	"github.com/keymeter/keymeter/internal/event"
@@ -42,9 +44,12 @@ const adminSecret, readSecret = "console-admin-token", "console-read-token"
 // env is a whole API (embedded NATS, key service, chDB store, detector)
 // serving the console on a loopback listener.
 type env struct {
-	t   *testing.T
-	url string
-	db  *store.DB
+	t        *testing.T
+	url      string
+	db       *store.DB
+	bus      bus.Bus
+	shutdown func() // ends live streams, as the server's shutdown does
+	handler  http.Handler
 }
 
 var (
@@ -115,15 +120,20 @@ func setup(t *testing.T) *env {
 	}
 	adm, _ := api.ParseToken("admin:" + api.HashToken(adminSecret))
 	rd, _ := api.ParseToken("read:" + api.HashToken(readSecret))
+	done := make(chan struct{})
+	var once sync.Once
+	stop := func() { once.Do(func() { close(done) }) }
 	s, err := api.New(api.Config{Tokens: []api.Token{adm, rd}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
 		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded, Audit: db, Leaks: lh,
-		RuleModes: detector.ModeSwitch{Bus: b, Known: eng.HasRule}})
+		RuleModes: detector.ModeSwitch{Bus: b, Known: eng.HasRule},
+		Console:   console.Sources{Store: db, Bus: b, Rules: eng.RuleSet, Done: done}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(s)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, db: db}
+	t.Cleanup(stop) // before hs.Close: open streams end first
+	return &env{t: t, url: hs.URL, db: db, bus: b, shutdown: stop, handler: s}
 }
 
 // apiKey reads a key through the REST API (not the console).
@@ -425,6 +435,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		if total != 40 {
 			t.Fatalf("chart counts %d requests, want 40", total)
 		}
+		if p := run(t, ctx, "profile", chromedp.Text(chromedp.ID("key-profile"))); !strings.Contains(p, "NL 40") || !strings.Contains(p, "Not mature yet") {
+			t.Fatalf("key profile: %q", p)
+		}
 		shot(t, ctx, "key_usage_logs")
 		// The logs page with a filter, and a bad filter's error by its field.
 		do(t, ctx, "logs page", chromedp.Navigate(e.url+"/console/logs?key="+keyID+"&outcome=rate_limited"), chromedp.WaitVisible(chromedp.CSS("table.logs")))
@@ -582,6 +595,72 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatalf("after revoke: %v %v", k["status"], k["revoke_reason"])
 		}
 		shot(t, ctx, "revoked_key")
+	})
+
+	t.Run("backtest_timeline", func(t *testing.T) {
+		ctx := tab(t, bctx)
+		signIn(t, ctx, e.url, adminSecret)
+		now := time.Now().UTC().Truncate(time.Minute)
+		storeBurst(t, e, "key_ui_busy", now.Add(-4*time.Hour), now.Add(-2*time.Hour))
+		from, to := now.Add(-6*time.Hour).Format("2006-01-02T15:04"), now.Add(time.Minute).Format("2006-01-02T15:04")
+		// A rule with a bad duration: the problem is shown by the text box
+		// with its file and line, and the text stays as typed.
+		bad := strings.Replace(busyRule, "window: 1m", "window: 1 minute", 1)
+		do(t, ctx, "backtest form", chromedp.Navigate(e.url+"/console/rules"), chromedp.WaitVisible(chromedp.ID("open-backtest")))
+		clickAndLoad(t, ctx, "#open-backtest")
+		do(t, ctx, "bad rule", chromedp.WaitVisible(chromedp.ID("f-rules")),
+			chromedp.Click(chromedp.ID("src-file")), chromedp.SetValue(chromedp.ID("f-rules"), bad),
+			chromedp.SetValue(chromedp.ID("f-from"), from), chromedp.SetValue(chromedp.ID("f-to"), to),
+			chromedp.Click(chromedp.ID("run-backtest")), chromedp.WaitVisible(chromedp.CSS("#rule-problems li")))
+		if p := run(t, ctx, "problems", chromedp.Text(chromedp.ID("rule-problems"))); !strings.Contains(p, "pasted.yaml:10") || !strings.Contains(p, "aggregate.window") {
+			t.Fatalf("problems shown: %q", p)
+		}
+		if v := run(t, ctx, "kept", chromedp.Value(chromedp.ID("f-rules"))); v != bad {
+			t.Fatalf("the rule text was not kept: %q", v)
+		}
+		// The problem's file:line selects that line of the text.
+		do(t, ctx, "go to line", chromedp.Click(chromedp.CSS("#rule-problems [data-goto-line]")))
+		if sel := run(t, ctx, "selection", chromedp.Evaluate[string](`(t => t.value.substring(t.selectionStart, t.selectionEnd))(document.getElementById("f-rules"))`)); sel != "  window: 1 minute" {
+			t.Fatalf("clicking the problem selected %q, want line 10", sel)
+		}
+		shot(t, ctx, "backtest_lint_error")
+		do(t, ctx, "good rule", chromedp.SetValue(chromedp.ID("f-rules"), busyRule), chromedp.Click(chromedp.ID("run-backtest")),
+			chromedp.WaitVisible(chromedp.CSS("#backtest-timeline .uplot canvas")))
+		total := run(t, ctx, "timeline", chromedp.Evaluate[int](`JSON.parse(document.querySelector("#backtest-timeline [data-chart]").dataset.chart).series.reduce((a, s) => a + s.values.reduce((x, y) => x + y, 0), 0)`))
+		if total != 2 {
+			t.Fatalf("timeline counts %d would-be decisions, want 2", total)
+		}
+		if rows := run(t, ctx, "decisions", chromedp.Text(chromedp.ID("backtest-decisions"))); strings.Count(rows, "key_ui_busy") != 4 { // key and group per row
+			t.Fatalf("decision table: %q", rows)
+		}
+		shot(t, ctx, "backtest_timeline")
+	})
+
+	t.Run("live_overview", func(t *testing.T) {
+		ctx := tab(t, bctx)
+		signIn(t, ctx, e.url, adminSecret)
+		do(t, ctx, "overview streams", chromedp.Navigate(e.url+"/console/"),
+			chromedp.Poll[chromedp.Void](`(document.getElementById("live").dataset.updates|0) >= 1`))
+		// Events published on the bus (as a verifier does) show up as a rate.
+		for i := 0; ; i++ {
+			publishValid(t, e, 200, fmt.Sprintf("ui-%d", i))
+			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			_, err := chromedp.Run(sctx, chromedp.Poll[chromedp.Void](`document.getElementById("live-rate").textContent.includes("valid")`))
+			cancel()
+			if err == nil {
+				break
+			}
+			if i == 10 {
+				t.Fatalf("the overview shows no rate for published events: %q", run(t, ctx, "rate", chromedp.Text(chromedp.ID("live-rate"))))
+			}
+		}
+		do(t, ctx, "live chart", chromedp.WaitVisible(chromedp.CSS("#live-chart .uplot canvas")))
+		n0 := run(t, ctx, "updates", chromedp.Evaluate[int](`document.getElementById("live").dataset.updates|0`))
+		do(t, ctx, "more updates", chromedp.Poll[chromedp.Void](fmt.Sprintf(`(document.getElementById("live").dataset.updates|0) > %d`, n0)))
+		if st := run(t, ctx, "status", chromedp.Text(chromedp.ID("live-status"))); !strings.Contains(st, "Live") {
+			t.Fatalf("live status %q", st)
+		}
+		shot(t, ctx, "live_overview")
 	})
 
 	t.Run("sign_out", func(t *testing.T) {

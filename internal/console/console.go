@@ -58,6 +58,8 @@ type Config struct {
 	// MaxAge ends a session this long after sign-in (default 12 hours).
 	MaxAge time.Duration
 	Logger *slog.Logger
+	// Sources are what the console reads beyond the API (optional).
+	Sources Sources
 }
 
 // Console is the console's http.Handler.
@@ -69,6 +71,10 @@ type Console struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+
+	backtests chan struct{} // one backtest at a time
+	live      *liveHub
+	charts    projectChartCache
 }
 
 type session struct {
@@ -94,7 +100,9 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := &Console{cfg: cfg, log: cfg.Logger.With("role", "console"), mux: http.NewServeMux(), sessions: map[string]*session{}}
+	c := &Console{cfg: cfg, log: cfg.Logger.With("role", "console"), mux: http.NewServeMux(), sessions: map[string]*session{},
+		backtests: make(chan struct{}, 1)}
+	c.live = newLiveHub(c)
 	if err := c.parseTemplates(); err != nil {
 		return nil, err
 	}

@@ -281,6 +281,9 @@ func (c *Console) routes() {
 	m.Handle("GET "+Prefix+"/decisions/{id}", c.page(c.decisionPage))
 	m.Handle("GET "+Prefix+"/rules", c.page(c.rulesPage))
 	m.Handle("POST "+Prefix+"/rules/{id}/mode", c.write(c.ruleMode))
+	m.Handle("GET "+Prefix+"/backtest", c.page(c.backtestPage))
+	m.HandleFunc("GET "+Prefix+"/live", c.liveStream)
+	m.Handle("POST "+Prefix+"/backtest", c.write(c.runBacktest))
 	m.Handle("GET "+Prefix+"/audit", c.page(c.auditPage))
 	m.Handle("GET "+Prefix+"/leaks", c.page(c.leaksPage))
 	m.Handle("GET "+Prefix+"/usage", c.page(c.usagePage))
@@ -733,6 +736,8 @@ type keyPageData struct {
 	Countries   []countryCount
 	History     []historyItem
 	HistoryErr  string
+	Profile     *keyProfile
+	ProfileErr  string
 }
 
 type countryCount struct {
@@ -796,6 +801,12 @@ func (c *Console) keyPage(w http.ResponseWriter, r *http.Request, s *session) er
 	}
 	d.Decisions = dr.Decisions
 	d.Countries = c.countries(r, s, id)
+	if st := c.cfg.Sources.Store; st != nil {
+		if d.Profile, err = profileOf(r.Context(), st, d.Key.Project, d.Key.ID, time.Now().UTC()); err != nil {
+			c.log.Warn("console: key profile", "key", id, "err", err)
+			d.ProfileErr = "the profile could not be read from the store"
+		}
+	}
 	if d.History, err = c.keyHistory(r, s, d.Key, d.Decisions); err != nil {
 		d.HistoryErr = err.Error()
 	}
@@ -1056,8 +1067,11 @@ func (c *Console) rulesPage(w http.ResponseWriter, r *http.Request, s *session) 
 		v.Err = ae
 	}
 	v.D = out.Rules
-	if id, m := r.URL.Query().Get("switched"), r.URL.Query().Get("mode"); id != "" && (m == "enforce" || m == "dry_run") {
+	switch id, m := r.URL.Query().Get("switched"), r.URL.Query().Get("mode"); {
+	case id != "" && (m == "enforce" || m == "dry_run"):
 		v.Flash = "Rule " + id + " switched to " + m + ": every detector applies it as it receives it."
+	case id != "" && m == "file":
+		v.Flash = "Rule " + id + " is back to its file's mode: every detector applies it as it receives it."
 	}
 	c.render(w, 200, "rules", v)
 	return nil
@@ -1090,11 +1104,16 @@ type overviewData struct {
 	DryRun      int
 	DecErr      string
 	Rules       []ruleJSON
+	Stored      uint64 // events stored (0: unknown)
 }
 
 // projects lists the projects of the keys the API knows, from a bounded
 // number of key pages.
 func (c *Console) keyStats(r *http.Request, s *session) (byStatus map[string]int, projects []string, capped bool, err error) {
+	if kc := c.cfg.Sources.KeyCounts; kc != nil {
+		byStatus, projects = kc()
+		return byStatus, projects, false, nil
+	}
 	byStatus = map[string]int{}
 	seen := map[string]bool{}
 	q := url.Values{"limit": {"1000"}}
@@ -1140,8 +1159,20 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) e
 			break
 		}
 		now := time.Now().UTC()
+		from, to := now.Add(-time.Hour).Truncate(time.Minute), now.Add(time.Minute).Truncate(time.Minute)
+		if st := c.cfg.Sources.Store; st != nil {
+			// Requests only: the API's usage also merges address sketches.
+			up, err := projectUsage(r.Context(), st, p, "minute", from, to)
+			if err != nil {
+				c.log.Warn("console: overview usage", "project", p, "err", err)
+				d.ChartErr = "the usage could not be read from the store"
+				break
+			}
+			pts = append(pts, up...)
+			continue
+		}
 		q := url.Values{"project": {p}, "granularity": {"minute"}, "group_by": {"outcome"},
-			"from": {now.Add(-time.Hour).Truncate(time.Minute).Format(time.RFC3339)}, "to": {now.Add(time.Minute).Truncate(time.Minute).Format(time.RFC3339)}}
+			"from": {from.Format(time.RFC3339)}, "to": {to.Format(time.RFC3339)}}
 		var u usageResp
 		if err := c.call(r.Context(), s, "GET", "/v1/usage", q, nil, &u); err != nil {
 			d.ChartErr = err.Error()
@@ -1181,6 +1212,9 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) e
 				d.Rules = append(d.Rules, x)
 			}
 		}
+	}
+	if st := c.cfg.Sources.Store; st != nil {
+		d.Stored, _ = st.Count(r.Context(), "requests")
 	}
 	v := c.viewFor(s, "Overview", "overview")
 	v.D = d
@@ -1242,7 +1276,7 @@ func (c *Console) usagePage(w http.ResponseWriter, r *http.Request, s *session) 
 	v := c.viewFor(s, "Usage and billing", "usage")
 	v.Form = newForm(in)
 	if d.Project != "" {
-		if d.Chart, err = c.usageChart(r, s, url.Values{"project": {d.Project}}, d.Gran); err != nil {
+		if d.Chart, err = c.projectChart(r, s, d.Project, d.Gran); err != nil {
 			v.Form.fail(err, "project", "granularity")
 		}
 		d.TopKeys, d.Quotas = c.quotaKeys(r, s, d.Project)

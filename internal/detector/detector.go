@@ -51,7 +51,10 @@ type Config struct {
 	Engine *detect.Engine
 	Bus    Bus
 	Store  store.DecisionStore // optional
-	Keys   KeyActions          // optional: without it enforce decisions are only recorded
+	// Audit, if set, holds the rule-mode switches to restore at start
+	// (they outlive the decisions log).
+	Audit  store.AuditLog
+	Keys   KeyActions // optional: without it enforce decisions are only recorded
 	Logger *slog.Logger
 	// OnDecision, if set, sees every decision after it was carried out.
 	OnDecision func(d *keymeterv1.Decision, err error)
@@ -131,6 +134,15 @@ func (d *Detector) Run(ctx context.Context) error {
 	}()
 
 	go func() {
+		if d.cfg.Audit != nil {
+			// Switches older than the decisions log's retention, first:
+			// the log's replay then brings every newer one.
+			if n, err := RestoreRuleModes(ctx, d.cfg.Audit, d.cfg.Engine, d.log); err != nil {
+				d.log.Warn("detector: rule-mode switches not read from the audit trail", "err", err)
+			} else if n > 0 {
+				d.log.Info("detector: rule-mode switches restored from the audit trail", "rules", n)
+			}
+		}
 		if err := FollowRuleModes(ctx, d.cfg.Bus, d.cfg.Engine, d.log); err != nil && ctx.Err() == nil {
 			d.log.Warn("detector: not following rule-mode overrides", "err", err)
 		}

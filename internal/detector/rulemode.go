@@ -2,6 +2,7 @@ package detector
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
+	"github.com/keymeter/keymeter/internal/store"
 )
 
 // RuleModeGroup marks a rule-mode override on the decisions log: a
@@ -21,18 +23,38 @@ import (
 // the latest override of each rule to its engine (see FollowRuleModes).
 const RuleModeGroup = "keymeter.rule_mode"
 
-// RuleModeMessage is the encoded override of rule ruleID to mode (enforce
-// or dry_run), set by actor.
-func RuleModeMessage(ruleID, mode, actor string, now time.Time) ([]byte, error) {
+// ModeFile clears a rule's override: the rule acts in its file's mode again.
+const ModeFile = "file"
+
+// ParseSwitchMode parses the mode of a switch: enforce, dry_run, or file
+// (MODE_UNSPECIFIED: the override is cleared).
+func ParseSwitchMode(mode string) (keymeterv1.Mode, error) {
+	if mode == ModeFile {
+		return keymeterv1.Mode_MODE_UNSPECIFIED, nil
+	}
 	m, err := detect.ParseOverrideMode(mode)
 	if err != nil {
+		return 0, fmt.Errorf("mode %q: accepted values are enforce, dry_run, file (back to the rule file's mode)", mode)
+	}
+	return m, nil
+}
+
+// RuleModeMessage is the encoded override of rule ruleID to mode (enforce,
+// dry_run, or file to clear it), set by actor.
+func RuleModeMessage(ruleID, mode, actor string, now time.Time) ([]byte, error) {
+	m, err := ParseSwitchMode(mode)
+	if err != nil {
 		return nil, err
+	}
+	reason := fmt.Sprintf("rule %s switched to %s by %s", ruleID, mode, actor)
+	if mode == ModeFile {
+		reason = fmt.Sprintf("rule %s switched back to its file's mode by %s", ruleID, actor)
 	}
 	return proto.Marshal(&keymeterv1.Decision{
 		Id:           "rule-mode/" + ruleID + "/" + strconv.FormatInt(now.UnixNano(), 36),
 		TimeUnixNano: now.UnixNano(), RuleId: ruleID, Mode: m, Group: RuleModeGroup,
 		Action: keymeterv1.Action_ACTION_UNSPECIFIED,
-		Reason: fmt.Sprintf("rule %s switched to %s by %s", ruleID, mode, actor),
+		Reason: reason,
 	})
 }
 
@@ -70,6 +92,42 @@ func ApplyRuleMode(e *detect.Engine, data []byte, log *slog.Logger) bool {
 	}
 	log.Info("detector: rule mode overridden", "rule", d.GetRuleId(), "mode", detect.ModeName(d.GetMode()))
 	return true
+}
+
+// RestoreRuleModes applies the latest switch of each rule recorded in the
+// audit trail (action rule.mode, written by the API for every switch). The
+// audit trail has no retention limit, unlike the decisions log, so a switch
+// made longer ago than the log keeps still holds on a detector started
+// now. It returns the number of rules whose switch it applied.
+func RestoreRuleModes(ctx context.Context, a store.AuditLog, e *detect.Engine, log *slog.Logger) (int, error) {
+	es, err := a.Audit(ctx, store.AuditQuery{Action: "rule.mode", Limit: 10000})
+	if err != nil {
+		return 0, err
+	}
+	seen := map[string]bool{}
+	n := 0
+	for _, x := range es { // newest first
+		if seen[x.Target] {
+			continue
+		}
+		seen[x.Target] = true
+		var d struct {
+			Mode string `json:"mode"`
+		}
+		if json.Unmarshal([]byte(x.Detail), &d) != nil {
+			continue
+		}
+		m, err := ParseSwitchMode(d.Mode)
+		if err != nil {
+			continue
+		}
+		if err := e.SetModeOverride(x.Target, m); err != nil {
+			log.Warn("detector: recorded rule-mode switch not applied", "rule", x.Target, "err", err)
+			continue
+		}
+		n++
+	}
+	return n, nil
 }
 
 // FollowRuleModes applies the overrides of the whole retained decisions log

@@ -117,6 +117,9 @@ func Assemble(ctx context.Context, cfg RunConfig) (*Role, error) {
 	dcfg := Config{Group: cfg.Group, Bus: cfg.Bus, Keys: cfg.Keys, Logger: log}
 	if cfg.Store != nil {
 		dcfg.Store = cfg.Store
+		if a, ok := cfg.Store.(store.AuditLog); ok { // *store.DB keeps the audit trail
+			dcfg.Audit = a
+		}
 	}
 	det, err := New(dcfg)
 	if err != nil {

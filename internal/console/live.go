@@ -1,0 +1,297 @@
+package console
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event"
+)
+
+// The live overview: server-sent events from GET /console/live. One hub
+// per console tails the events on the bus (a consumer group of its own,
+// starting at the end of the log, so the aggregator and detector lose
+// nothing) while at least one stream is open, and sends every stream the
+// requests per second by outcome, consumer lag per partition and the
+// events stored. Each stream adds, from the API with its session's token,
+// the decisions and revocations of the last hour and the rules in dry-run
+// or with a tripped breaker.
+const (
+	maxLiveStreams   = 32
+	liveTick         = time.Second
+	liveLagEvery     = 2 // ticks
+	liveStoredEvery  = 5 // ticks
+	liveSummaryEvery = 10 * time.Second
+)
+
+type liveSnap struct {
+	Time   int64                        `json:"t"`
+	Rate   map[string]float64           `json:"rate"` // events/s by outcome
+	Lag    map[string]map[string]uint64 `json:"lag"`  // group -> partition -> pending batches
+	LagErr string                       `json:"lag_error,omitempty"`
+	Stored *uint64                      `json:"stored,omitempty"` // events stored
+	Tail   string                       `json:"tail,omitempty"`   // why the bus is not tailed
+}
+
+type liveHub struct {
+	c *Console
+
+	mu     sync.Mutex
+	subs   map[chan []byte]struct{}
+	stop   context.CancelFunc
+	done   chan struct{} // closed when the running loop has ended
+	counts map[string]uint64
+	last   []byte // the latest snapshot, sent to a stream as it opens
+}
+
+func newLiveHub(c *Console) *liveHub {
+	return &liveHub{c: c, subs: map[chan []byte]struct{}{}, counts: map[string]uint64{}}
+}
+
+// subscribe adds a stream, starting the hub's loop for the first; nil
+// when maxLiveStreams are open.
+func (h *liveHub) subscribe() chan []byte {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.subs) >= maxLiveStreams {
+		return nil
+	}
+	ch := make(chan []byte, 1)
+	h.subs[ch] = struct{}{}
+	if h.last != nil {
+		ch <- h.last
+	}
+	if h.stop == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		h.stop, h.done = cancel, make(chan struct{})
+		go h.run(ctx, h.done)
+	}
+	return ch
+}
+
+// unsubscribe removes a stream; the last one stops the loop (and the tail).
+func (h *liveHub) unsubscribe(ch chan []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.subs, ch)
+	if len(h.subs) == 0 && h.stop != nil {
+		h.stop()
+		h.stop, h.last = nil, nil
+	}
+}
+
+// streams is the number of open streams.
+func (h *liveHub) streams() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs)
+}
+
+func (h *liveHub) run(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	src := h.c.cfg.Sources
+	var tailErr string
+	if src.Bus != nil {
+		cons, err := src.Bus.NewConsumer(ctx, bus.ConsumerConfig{Group: "console-live-" + randomToken()[:10], StartAtEnd: true})
+		if err != nil {
+			tailErr = "cannot tail the bus: " + err.Error()
+			h.c.log.Warn("console: live tail", "err", err)
+		} else {
+			go func() {
+				defer cons.Close(context.Background())
+				_ = bus.TailEvents(ctx, cons, func(ev *event.Event) {
+					h.mu.Lock()
+					h.counts[ev.Outcome.String()]++
+					h.mu.Unlock()
+				})
+			}()
+		}
+	} else {
+		tailErr = "no bus here"
+	}
+	groups := src.LagGroups
+	if len(groups) == 0 {
+		groups = []string{"aggregator", "detector"}
+	}
+	t := time.NewTicker(liveTick)
+	defer t.Stop()
+	prev := time.Now()
+	var lag map[string]map[string]uint64
+	var lagErr string
+	var stored *uint64
+	for tick := 0; ; tick++ {
+		if src.Bus != nil && tick%liveLagEvery == 0 {
+			lag, lagErr = map[string]map[string]uint64{}, ""
+			for _, g := range groups {
+				lctx, cancel := context.WithTimeout(ctx, time.Second)
+				m, err := src.Bus.Lag(lctx, g)
+				cancel()
+				if err != nil {
+					lagErr = err.Error()
+					continue
+				}
+				if len(m) == 0 {
+					continue // no such group here
+				}
+				pm := map[string]uint64{}
+				for p, n := range m {
+					pm[strconv.Itoa(p)] = n
+				}
+				lag[g] = pm
+			}
+		}
+		if src.Store != nil && tick%liveStoredEvery == 0 {
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if n, err := src.Store.Count(sctx, "requests"); err == nil {
+				stored = &n
+			}
+			cancel()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			secs := now.Sub(prev).Seconds()
+			prev = now
+			snap := liveSnap{Time: now.Unix(), Rate: map[string]float64{}, Lag: lag, LagErr: lagErr, Stored: stored, Tail: tailErr}
+			h.mu.Lock()
+			for o, n := range h.counts {
+				snap.Rate[o] = float64(n) / secs
+			}
+			clear(h.counts)
+			h.mu.Unlock()
+			b, _ := json.Marshal(snap)
+			h.broadcast(ctx, b)
+		}
+	}
+}
+
+func (h *liveHub) broadcast(ctx context.Context, b []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
+	h.last = b
+	for ch := range h.subs {
+		select {
+		case ch <- b:
+		default: // a slow stream gets the next one
+		}
+	}
+}
+
+// liveSummary is what a stream reads from the API with its session's token.
+type liveSummary struct {
+	Decisions   int      `json:"decisions"`
+	Revocations int      `json:"revocations"`
+	DecErr      string   `json:"decisions_error,omitempty"`
+	Rules       []string `json:"rules"` // "id: dry_run", "id: breaker tripped"
+}
+
+func (c *Console) summary(ctx context.Context, s *session) liveSummary {
+	var out liveSummary
+	var dr decisionsResp
+	if err := c.call(ctx, s, "GET", "/v1/decisions", url.Values{"from": {time.Now().UTC().Add(-time.Hour).Format(time.RFC3339)}, "limit": {"10000"}}, nil, &dr); err != nil {
+		out.DecErr = err.Error()
+	}
+	for _, x := range dr.Decisions {
+		out.Decisions++
+		if x.Action == "revoke" && x.Mode == "enforce" {
+			out.Revocations++
+		}
+	}
+	var rr struct {
+		Rules []ruleJSON `json:"rules"`
+	}
+	out.Rules = []string{}
+	if c.call(ctx, s, "GET", "/v1/rules", nil, nil, &rr) == nil {
+		for _, x := range rr.Rules {
+			switch {
+			case x.Tripped:
+				out.Rules = append(out.Rules, x.ID+": breaker tripped")
+			case x.Effective == "dry_run":
+				out.Rules = append(out.Rules, x.ID+": dry_run")
+			}
+		}
+	}
+	sort.Strings(out.Rules)
+	return out
+}
+
+// stillSignedIn tells whether the stream's session is still live (without
+// touching it: an open overview must not keep an unattended session alive).
+func (c *Console) stillSignedIn(s *session) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := c.sessions[s.id]
+	return o != nil && !c.expired(o, time.Now())
+}
+
+// liveStream serves GET /console/live as server-sent events: "stats" every
+// second from the hub, "summary" every 10 s from the API, and "end" when
+// the session ends or the server shuts down.
+func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
+	s, _ := c.sessionOf(r)
+	if s == nil {
+		http.Error(w, "sign in first", http.StatusUnauthorized)
+		return
+	}
+	ch := c.live.subscribe()
+	if ch == nil {
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, fmt.Sprintf("too many live streams open (at most %d); try again later", maxLiveStreams), http.StatusServiceUnavailable)
+		return
+	}
+	defer c.live.unsubscribe(ch)
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	send := func(ev string, data []byte) bool {
+		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev, data); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	summary := func() bool {
+		b, _ := json.Marshal(c.summary(r.Context(), s))
+		return send("summary", b)
+	}
+	if _, err := fmt.Fprint(w, "retry: 5000\n\n"); err != nil || !summary() {
+		return
+	}
+	st := time.NewTicker(liveSummaryEvery)
+	defer st.Stop()
+	done := c.cfg.Sources.Done
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-done:
+			send("end", []byte(`"the server is shutting down"`))
+			return
+		case b := <-ch:
+			if !c.stillSignedIn(s) {
+				send("end", []byte(`"your session has ended"`))
+				return
+			}
+			if !send("stats", b) {
+				return
+			}
+		case <-st.C:
+			if !summary() {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,207 @@
+package console_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/event"
+)
+
+// publishValid publishes a batch of n valid events on the bus, as a
+// verifier does.
+func publishValid(t *testing.T, e *env, n int, tag string) {
+	t.Helper()
+	b := event.Batch{ID: "live-" + tag, Producer: "test", Created: time.Now()}
+	for i := range n {
+		b.Events = append(b.Events, event.Event{ID: fmt.Sprintf("live-%s-%d", tag, i), Time: time.Now().UTC(), Project: "proj_live",
+			KeyID: "key_live", Outcome: event.OutcomeValid, ClientIP: "192.0.2.9", Method: "GET", Route: "/", Status: 200})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := e.bus.Publisher().Publish(ctx, bus.Message{Key: "key_live", BatchID: b.ID, Source: "test", Data: event.AppendBatch(nil, &b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ack.Done()
+	if ack.Err() != nil {
+		t.Fatal(ack.Err())
+	}
+}
+
+type sse struct {
+	event string
+	data  string
+}
+
+// stream reads server-sent events into a channel until the body ends.
+func stream(t *testing.T, c *http.Client, u string) (*http.Response, <-chan sse) {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan sse, 64)
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(resp.Body)
+		var cur sse
+		for sc.Scan() {
+			l := sc.Text()
+			switch {
+			case strings.HasPrefix(l, "event: "):
+				cur.event = l[7:]
+			case strings.HasPrefix(l, "data: "):
+				cur.data = l[6:]
+			case l == "" && cur.event != "":
+				ch <- cur
+				cur = sse{}
+			}
+		}
+	}()
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp, ch
+}
+
+// TestLiveOverviewStream: the overview's event stream reports the events
+// published on the bus by outcome, the events stored and the decisions of
+// the last hour; it needs a session, is bounded in number, and ends when
+// the server shuts down.
+func TestLiveOverviewStream(t *testing.T) {
+	e := setup(t)
+	anon := client(t, nil)
+	if resp, err := anon.Get(e.url + "/console/live"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("stream without a session: %v %v", resp.StatusCode, err)
+	}
+	// An aggregator group that reads nothing: its lag grows with what is
+	// published and the stream reports it per partition.
+	agg, err := e.bus.NewConsumer(context.Background(), bus.ConsumerConfig{Group: "aggregator"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agg.Close(context.Background())
+	c := client(t, nil)
+	c.Timeout = 0 // a stream
+	login(t, c, e.url, adminSecret, "").Body.Close()
+	resp, ch := stream(t, c, e.url+"/console/live?live=1")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var sawSummary, sawRate, sawLag bool
+	deadline := time.After(60 * time.Second)
+	published := 0
+	for done := false; !done; {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				t.Fatal("stream ended early")
+			}
+			switch m.event {
+			case "summary":
+				sawSummary = strings.Contains(m.data, `"decisions":`)
+			case "stats":
+				var s struct {
+					Lag    map[string]map[string]uint64 `json:"lag"`
+					Rate   map[string]float64           `json:"rate"`
+					Stored *uint64                      `json:"stored"`
+					Tail   string                       `json:"tail"`
+				}
+				if err := json.Unmarshal([]byte(m.data), &s); err != nil {
+					t.Fatalf("stats %q: %v", m.data, err)
+				}
+				if s.Tail != "" || s.Stored == nil {
+					t.Fatalf("stats without the tail or the store: %s", m.data)
+				}
+				var lag uint64
+				for _, n := range s.Lag["aggregator"] {
+					lag += n
+				}
+				if s.Rate["valid"] > 0 {
+					sawRate = true
+				}
+				if lag > 0 {
+					sawLag = true
+				}
+				if sawRate && sawLag {
+					done = true
+					break
+				}
+				// The tail starts at the end of the log: publish after it
+				// reported once, and again while nothing shows.
+				published++
+				publishValid(t, e, 50, fmt.Sprint(published))
+			}
+		case <-deadline:
+			t.Fatalf("within 60 s: rate shown %v, aggregator lag shown %v", sawRate, sawLag)
+		}
+	}
+	if !sawSummary {
+		t.Fatal("no summary event")
+	}
+	// The number of streams is bounded.
+	var extra []*http.Response
+	for range 40 {
+		r, err := c.Get(e.url + "/console/live?live=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra = append(extra, r)
+		if r.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+	}
+	if last := extra[len(extra)-1]; last.StatusCode != http.StatusServiceUnavailable || len(extra) != 32 {
+		t.Fatalf("after %d more streams: %d, want 503 for the 32nd", len(extra), last.StatusCode)
+	}
+	for _, r := range extra {
+		r.Body.Close()
+	}
+	// Shutdown ends the stream with an "end" event.
+	e.shutdown()
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				t.Fatal("the stream closed without an end event")
+			}
+			if m.event == "end" {
+				return
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the stream did not end at shutdown")
+		}
+	}
+}
+
+// TestLiveStreamOutlivesReadTimeout: a server's ReadTimeout (httpserve sets
+// one minute) does not end a stream (net/http clears the read deadline once
+// the request is read).
+func TestLiveStreamOutlivesReadTimeout(t *testing.T) {
+	e := setup(t)
+	hs := httptest.NewUnstartedServer(e.handler)
+	hs.Config.ReadTimeout = 500 * time.Millisecond
+	hs.Start()
+	t.Cleanup(hs.Close)
+	c := client(t, nil)
+	c.Timeout = 0
+	login(t, c, hs.URL, adminSecret, "").Body.Close()
+	_, ch := stream(t, c, hs.URL+"/console/live?live=1")
+	end := time.After(2500 * time.Millisecond)
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				t.Fatal("the stream ended within 2.5 s under a 0.5 s ReadTimeout")
+			}
+		case <-end:
+			return
+		}
+	}
+}
