@@ -1,4 +1,4 @@
-package backtest
+package backtest_test
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymeter/keymeter/internal/backtest"
 	"github.com/keymeter/keymeter/internal/bench"
 	"github.com/keymeter/keymeter/internal/detect"
 	"github.com/keymeter/keymeter/internal/event"
@@ -73,12 +74,12 @@ func TestStoreSourceMatchesNDJSON(t *testing.T) {
 	}
 	// Slices of ~1000 events: the 20000 (about 8.6k a minute) come in
 	// several reads, so slice boundaries are crossed.
-	defer func(v int) { ScanSliceRows = v }(ScanSliceRows)
-	ScanSliceRows = 1000
-	ss := NewStoreSource(ctx, db, t0, t0.Add(time.Hour))
+	defer func(v int) { backtest.ScanSliceRows = v }(backtest.ScanSliceRows)
+	backtest.ScanSliceRows = 1000
+	ss := backtest.NewStoreSource(ctx, db, t0, t0.Add(time.Hour))
 	defer ss.Stop()
 	fromStore, ns, ds := replay(ss)
-	fromFile, nf, df := replay(NewNDJSONSource(&nd, false, nil))
+	fromFile, nf, df := replay(backtest.NewNDJSONSource(&nd, false, nil))
 	if ns != int64(n) || nf != int64(n) {
 		t.Fatalf("store gave %d events, NDJSON %d, want %d", ns, nf, n)
 	}
@@ -149,7 +150,7 @@ func BenchmarkBacktestSources(b *testing.B) {
 	b.Run("store", func(b *testing.B) {
 		c0 := cpu()
 		for b.Loop() {
-			ss := NewStoreSource(ctx, db, t0, t0.Add(7*time.Hour))
+			ss := backtest.NewStoreSource(ctx, db, t0, t0.Add(7*time.Hour))
 			drain(b, ss)
 			ss.Stop()
 		}
@@ -159,7 +160,7 @@ func BenchmarkBacktestSources(b *testing.B) {
 	b.Run("ndjson", func(b *testing.B) {
 		c0 := cpu()
 		for b.Loop() {
-			drain(b, NewNDJSONSource(bytes.NewReader(nd), false, nil))
+			drain(b, backtest.NewNDJSONSource(bytes.NewReader(nd), false, nil))
 		}
 		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "events/s")
 		b.ReportMetric(float64(n*b.N)/(cpu()-c0).Seconds(), "events/CPU-s")
