@@ -1,8 +1,10 @@
 package api
 
 import (
+	"cmp"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/keymeter/keymeter/internal/console"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
@@ -16,6 +18,9 @@ func (s *Server) mountConsole() {
 	src := s.cfg.Console
 	if src.KeyCounts == nil && s.cfg.KeyTable != nil {
 		src.KeyCounts = func() (map[string]int, []string) { return keyCounts(s.cfg.KeyTable) }
+	}
+	if src.QuotaKeys == nil && s.cfg.KeyTable != nil {
+		src.QuotaKeys = func(project string, n int) ([]string, map[string]int) { return quotaTop(s.cfg.KeyTable, project, n) }
 	}
 	c, err := console.New(console.Config{API: s, Logger: s.log, Sources: src,
 		Role: func(tok string) string {
@@ -48,4 +53,36 @@ func keyCounts(t *keys.Table) (map[string]int, []string) {
 	})
 	slices.Sort(projects)
 	return by, projects
+}
+
+// quotaTop is a project's n keys with the most quota used (ties by id) and
+// its keys by quota state, without copying any key.
+func quotaTop(t *keys.Table, project string, n int) ([]string, map[string]int) {
+	type used struct {
+		id string
+		n  uint64
+	}
+	var all []used
+	states := map[string]int{}
+	t.States(func(st *keymeterv1.KeyState) bool {
+		if st.GetProject() != project {
+			return false
+		}
+		if q := st.GetQuotaState(); q != keymeterv1.QuotaState_QUOTA_STATE_UNSPECIFIED {
+			states[enumName(q.String(), "QUOTA_STATE_")]++
+		}
+		all = append(all, used{st.GetId(), st.GetQuotaUsed()})
+		return false
+	})
+	slices.SortFunc(all, func(a, b used) int {
+		if a.n != b.n {
+			return cmp.Compare(b.n, a.n)
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	ids := make([]string, 0, min(n, len(all)))
+	for _, u := range all[:min(n, len(all))] {
+		ids = append(ids, u.id)
+	}
+	return ids, states
 }

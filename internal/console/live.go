@@ -87,13 +87,6 @@ func (h *liveHub) unsubscribe(ch chan []byte) {
 	}
 }
 
-// streams is the number of open streams.
-func (h *liveHub) streams() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.subs)
-}
-
 func (h *liveHub) run(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	src := h.c.cfg.Sources

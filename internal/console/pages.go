@@ -1236,6 +1236,17 @@ type usagePageData struct {
 
 // quotaKeys reads a project's keys (bounded) for their quota use.
 func (c *Console) quotaKeys(r *http.Request, s *session, project string) ([]keyJSON, map[string]int) {
+	if qk := c.cfg.Sources.QuotaKeys; qk != nil {
+		ids, states := qk(project, 10)
+		top := make([]keyJSON, 0, len(ids))
+		for _, id := range ids {
+			var k keyJSON
+			if c.call(r.Context(), s, "GET", "/v1/keys/"+url.PathEscape(id), nil, nil, &k) == nil {
+				top = append(top, k)
+			}
+		}
+		return top, states
+	}
 	states := map[string]int{}
 	var all []keyJSON
 	q := url.Values{"project": {project}, "limit": {"1000"}}

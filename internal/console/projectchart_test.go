@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"html"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,11 +94,17 @@ func TestOverviewKeyCounts(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	resp, err := c.Get(e.url + "/console/usage")
+	resp, err := c.Get(e.url + "/console/usage?project=proj_a")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := body(t, resp)
+	// The project's keys by quota used (all 0 here: by id), not another's.
+	for i, id := range ids {
+		if in := strings.Contains(b, `href="/console/keys/`+id+`"`); in != (i < 2) {
+			t.Fatalf("usage of proj_a: key %d (%s) listed %v", i, id, in)
+		}
+	}
 	for _, p := range []string{`>proj_a</option>`, `>proj_b</option>`} {
 		if !regexp.MustCompile(regexp.QuoteMeta(p)).MatchString(b) {
 			t.Fatalf("usage page lacks project %s", p)

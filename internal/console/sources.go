@@ -23,6 +23,9 @@ type Sources struct {
 	// projects in one pass over the key table (the overview and usage pages
 	// otherwise read every key through the API, page by page).
 	KeyCounts func() (byStatus map[string]int, projects []string)
+	// QuotaKeys, if set, gives a project's n keys with the most quota used
+	// (ties by id) and its keys by quota state, in one pass over the table.
+	QuotaKeys func(project string, n int) (top []string, states map[string]int)
 	// LagGroups are the consumer groups whose lag per partition the live
 	// overview shows (default: aggregator and detector).
 	LagGroups []string
