@@ -373,192 +373,261 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(a.cfg.ShutdownGrace, fcancel) })
 	defer stopGrace()
 
-	blocks := map[int]*block{}
-	var shared *evBuf // the buf of the blocks being filled (unfenced)
-	buffered := 0
-	deadline := time.Now().Add(a.cfg.FlushInterval)
-	lastSeen := time.Now()
-	var inflight chan error // the flush under way, if any
-	var inflightBlocks map[int]*block
-	fenced := false // a flush was fenced: drop deliveries until the next generation
-	// forget un-remembers the batch ids of blocks that will not be stored
-	// here, so that their batches are taken when delivered again.
-	forget := func(bs map[int]*block) {
-		for _, b := range bs {
-			for id := range b.ids {
-				a.recent.remove(id)
-			}
-		}
-	}
-	waitFlush := func() error {
-		if inflight == nil {
-			return nil
-		}
-		err := <-inflight
-		inflight = nil
-		if errors.Is(err, errFenced) {
-			a.log.Info("aggregator: flush fenced by a newer consumer group generation; its partitions are replayed or re-read by their owners")
-			a.count(func(s *Stats) { s.Fenced++ })
-			forget(inflightBlocks)
-			fenced = true
-			err = nil
-		}
-		if err == nil {
-			for _, b := range inflightBlocks {
-				if b.buf.events != nil {
-					a.bufs.put(b.buf.events)
-					b.buf.events = nil
-				}
-			}
-		}
-		inflightBlocks = nil
-		return err
-	}
-	defer func() { _ = waitFlush() }()
-	var eb event.Batch
-	var decodedEvents, decodedMsgs uint64 // for the events per message
+	r := &consumeLoop{a: a, cons: cons, gc: gc, fctx: fctx, fcancel: fcancel, blocks: map[int]*block{},
+		deadline: time.Now().Add(a.cfg.FlushInterval), lastSeen: time.Now()}
+	defer func() { _ = r.waitFlush() }()
 	for {
 		if ctx.Err() != nil {
-			// Shutdown: whatever is buffered is inserted and acked, with a
-			// bounded grace so a dead store cannot hold the process.
-			if err := waitFlush(); err != nil {
-				a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
-				return nil
-			}
-			if err := a.flush(fctx, cons, blocks, a.epoch); err != nil {
-				a.log.Warn("aggregator: final flush failed; the bus will redeliver", "err", err)
-			}
-			a.clearDone(fctx)
+			r.shutdown()
 			return nil
 		}
-		wait := time.Until(deadline)
-		if wait < time.Millisecond {
-			wait = time.Millisecond
-		}
-		// A block at least half full is inserted as soon as the bus has
-		// nothing more for it (the end of a burst), instead of waiting out
-		// FlushInterval: the insert is large already, and waiting only adds
-		// latency (measured: the last block of bench pipeline waited ~0.8 s,
-		// a sixth of the run). Smaller blocks still wait, so a slow trickle
-		// is not inserted in small pieces.
-		idleFlush := buffered >= max(1, a.cfg.MaxBlockEvents/2)
-		if idleFlush {
-			wait = min(wait, idleWait)
-		}
-		// Fetch no more than fills the block: a fetch of 1024 batches of
-		// 1000 events was ten 100k-event blocks buffered at once (measured:
-		// the pipeline's Go heap held ~300 MB of events and ~200 MB of
-		// messages).
-		fetchMax := 1024
-		if perMsg := float64(decodedEvents) / float64(max(decodedMsgs, 1)); decodedMsgs > 0 && perMsg >= 1 {
-			fetchMax = min(1024, max(1, int(float64(a.cfg.MaxBlockEvents-buffered)/perMsg)+1))
-		}
-		ds, err := cons.Fetch(ctx, fetchMax, wait)
-		if errors.Is(err, bus.ErrConsumerLost) {
-			// Another aggregator took these partitions: what is buffered
-			// here is not ours to insert any more, and a flush under way
-			// stops (its intent is replayed by whoever owns it now).
-			fcancel()
-			return fmt.Errorf("aggregator: %w", err)
-		}
-		if err != nil && ctx.Err() == nil {
-			a.log.Warn("aggregator: fetch failed", "err", err)
-			_ = ctxtime.Sleep(ctx, a.cfg.RetryBackoff)
-		}
-		if gc != nil {
-			if g := uint64(max(gc.Generation(), 0)); g != 0 && g != a.epoch {
-				// A new generation: what is buffered may belong to another
-				// member now. Let the flush under way finish (or be fenced),
-				// drop the rest, fence, and replay the group's intents.
-				if err := waitFlush(); err != nil && ctx.Err() == nil {
-					a.log.Warn("aggregator: flush before a rebalance failed; its intent is replayed", "err", err)
-				}
-				forget(blocks)
-				blocks, shared, buffered, fenced = map[int]*block{}, nil, 0, false
-				if err := a.enter(ctx, g, gc.Assigned()); err != nil {
-					if ctx.Err() != nil {
-						return nil
-					}
-					return err
-				}
-				deadline = time.Now().Add(a.cfg.FlushInterval)
-			}
-		}
-		if fenced {
-			ds = nil // stale generation: the partitions' owners read them again
-		}
-		if len(ds) > 0 {
-			lastSeen = time.Now()
-		} else if len(blocks) == 0 && inflight == nil {
-			// Idle with nothing under way: mark what was stored done.
-			a.clearDone(ctx)
-			if a.cfg.StopWhenIdle > 0 && time.Since(lastSeen) > a.cfg.StopWhenIdle {
-				a.log.Info("aggregator: idle, stopping", "idle", a.cfg.StopWhenIdle)
-				return nil
-			}
-		}
-		for _, d := range ds {
-			// Presence matters: Kafka offsets start at 0.
-			if f, seen := a.floor[d.Partition]; seen && d.Position <= f {
-				a.count(func(s *Stats) { s.Skipped++ })
-				// Already in a block. With a block of this partition still
-				// buffered or a flush under way, that block's ack covers it
-				// (AckAll); without, everything up to the floor is stored,
-				// so ack it now.
-				if blocks[d.Partition] == nil && inflight == nil {
-					_ = cons.Ack(ctx, d)
-				}
-				continue
-			}
-			b := blocks[d.Partition]
-			if b == nil {
-				b = &block{partition: d.Partition, first: d.Position}
-				if a.epoch == 0 {
-					// Unfenced: one insert per flush, one buf for its blocks.
-					if shared == nil {
-						shared = &evBuf{events: a.bufs.get(max(1024, a.blockHint+a.blockHint/8))}
-					}
-					b.buf = shared
-				} else {
-					b.buf = &evBuf{events: a.bufs.get(max(1024, a.blockHint+a.blockHint/8))}
-				}
-				blocks[d.Partition] = b
-			}
-			b.last, b.lastD = d.Position, d
-			a.floor[d.Partition] = d.Position
-			n := a.decode(ctx, d, &eb, b, true)
-			buffered += n
-			decodedEvents += uint64(n)
-			decodedMsgs++
-		}
-		if buffered >= a.cfg.MaxBlockEvents || time.Now().After(deadline) || (idleFlush && err == nil && len(ds) == 0 && buffered > 0) {
-			if inflight != nil {
-				// Encode this insert while the one under way runs.
-				a.prepareAhead(blocks, shared)
-			}
-			// One flush runs while the next blocks fill: inserting and
-			// consuming overlap, and flushes stay in order.
-			if err := waitFlush(); err != nil {
-				if ctx.Err() != nil {
-					a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
-					return nil
-				}
-				return err
-			}
-			if len(blocks) > 0 {
-				a.blockHint = 0
-				for _, b := range blocks {
-					a.blockHint = max(a.blockHint, len(b.buf.events))
-				}
-				ch := make(chan error, 1)
-				go func(bs map[int]*block, epoch uint64) { ch <- a.flush(fctx, cons, bs, epoch) }(blocks, a.epoch)
-				inflight, inflightBlocks = ch, blocks
-				blocks, shared = map[int]*block{}, nil
-			}
-			buffered = 0
-			deadline = time.Now().Add(a.cfg.FlushInterval)
+		if stop, err := r.step(ctx); stop || err != nil {
+			return err
 		}
 	}
+}
+
+// consumeLoop is the state of Run's loop: the blocks being filled and the
+// flush under way.
+type consumeLoop struct {
+	a    *Aggregator
+	cons bus.Consumer
+	gc   generational // nil when the bus's groups do not rebalance
+	// fctx is the context of flushes, which outlives Run's by
+	// ShutdownGrace; fcancel ends it at once.
+	fctx    context.Context
+	fcancel context.CancelFunc
+
+	blocks         map[int]*block
+	shared         *evBuf // the buf of the blocks being filled (unfenced)
+	buffered       int
+	deadline       time.Time
+	lastSeen       time.Time
+	inflight       chan error // the flush under way, if any
+	inflightBlocks map[int]*block
+	fenced         bool // a flush was fenced: drop deliveries until the next generation
+	eb             event.Batch
+	// decodedEvents and decodedMsgs give the events per message.
+	decodedEvents, decodedMsgs uint64
+}
+
+// forget un-remembers the batch ids of blocks that will not be stored
+// here, so that their batches are taken when delivered again.
+func (r *consumeLoop) forget(bs map[int]*block) {
+	for _, b := range bs {
+		for id := range b.ids {
+			r.a.recent.remove(id)
+		}
+	}
+}
+
+// waitFlush waits for the flush under way, if any, and returns its error;
+// a fenced flush is no error, but drops deliveries until the next
+// generation.
+func (r *consumeLoop) waitFlush() error {
+	if r.inflight == nil {
+		return nil
+	}
+	a := r.a
+	err := <-r.inflight
+	r.inflight = nil
+	if errors.Is(err, errFenced) {
+		a.log.Info("aggregator: flush fenced by a newer consumer group generation; its partitions are replayed or re-read by their owners")
+		a.count(func(s *Stats) { s.Fenced++ })
+		r.forget(r.inflightBlocks)
+		r.fenced = true
+		err = nil
+	}
+	if err == nil {
+		for _, b := range r.inflightBlocks {
+			if b.buf.events != nil {
+				a.bufs.put(b.buf.events)
+				b.buf.events = nil
+			}
+		}
+	}
+	r.inflightBlocks = nil
+	return err
+}
+
+// shutdown inserts and acks whatever is buffered, with a bounded grace
+// (fctx) so a dead store cannot hold the process.
+func (r *consumeLoop) shutdown() {
+	a := r.a
+	if err := r.waitFlush(); err != nil {
+		a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
+		return
+	}
+	if err := a.flush(r.fctx, r.cons, r.blocks, a.epoch); err != nil {
+		a.log.Warn("aggregator: final flush failed; the bus will redeliver", "err", err)
+	}
+	a.clearDone(r.fctx)
+}
+
+// step fetches once, takes what was fetched into blocks and starts a
+// flush when one is due. stop says Run is to return err.
+func (r *consumeLoop) step(ctx context.Context) (stop bool, err error) {
+	a := r.a
+	wait := time.Until(r.deadline)
+	if wait < time.Millisecond {
+		wait = time.Millisecond
+	}
+	// A block at least half full is inserted as soon as the bus has
+	// nothing more for it (the end of a burst), instead of waiting out
+	// FlushInterval: the insert is large already, and waiting only adds
+	// latency (measured: the last block of bench pipeline waited ~0.8 s,
+	// a sixth of the run). Smaller blocks still wait, so a slow trickle
+	// is not inserted in small pieces.
+	idleFlush := r.buffered >= max(1, a.cfg.MaxBlockEvents/2)
+	if idleFlush {
+		wait = min(wait, idleWait)
+	}
+	ds, err := r.cons.Fetch(ctx, r.fetchMax(), wait)
+	if errors.Is(err, bus.ErrConsumerLost) {
+		// Another aggregator took these partitions: what is buffered
+		// here is not ours to insert any more, and a flush under way
+		// stops (its intent is replayed by whoever owns it now).
+		r.fcancel()
+		return true, fmt.Errorf("aggregator: %w", err)
+	}
+	if err != nil && ctx.Err() == nil {
+		a.log.Warn("aggregator: fetch failed", "err", err)
+		_ = ctxtime.Sleep(ctx, a.cfg.RetryBackoff)
+	}
+	if stop, gerr := r.followGeneration(ctx); stop || gerr != nil {
+		return stop, gerr
+	}
+	if r.fenced {
+		ds = nil // stale generation: the partitions' owners read them again
+	}
+	if len(ds) > 0 {
+		r.lastSeen = time.Now()
+	} else if len(r.blocks) == 0 && r.inflight == nil {
+		// Idle with nothing under way: mark what was stored done.
+		a.clearDone(ctx)
+		if a.cfg.StopWhenIdle > 0 && time.Since(r.lastSeen) > a.cfg.StopWhenIdle {
+			a.log.Info("aggregator: idle, stopping", "idle", a.cfg.StopWhenIdle)
+			return true, nil
+		}
+	}
+	for _, d := range ds {
+		r.take(ctx, d)
+	}
+	if r.buffered >= a.cfg.MaxBlockEvents || time.Now().After(r.deadline) || (idleFlush && err == nil && len(ds) == 0 && r.buffered > 0) {
+		return r.startFlush(ctx)
+	}
+	return false, nil
+}
+
+// fetchMax is how many messages to fetch: no more than fills the block. A
+// fetch of 1024 batches of 1000 events was ten 100k-event blocks buffered
+// at once (measured: the pipeline's Go heap held ~300 MB of events and
+// ~200 MB of messages).
+func (r *consumeLoop) fetchMax() int {
+	fetchMax := 1024
+	if perMsg := float64(r.decodedEvents) / float64(max(r.decodedMsgs, 1)); r.decodedMsgs > 0 && perMsg >= 1 {
+		fetchMax = min(1024, max(1, int(float64(r.a.cfg.MaxBlockEvents-r.buffered)/perMsg)+1))
+	}
+	return fetchMax
+}
+
+// followGeneration enters a new consumer group generation when one has
+// begun. stop says Run is to return err.
+func (r *consumeLoop) followGeneration(ctx context.Context) (stop bool, err error) {
+	if r.gc == nil {
+		return false, nil
+	}
+	a := r.a
+	g := uint64(max(r.gc.Generation(), 0))
+	if g == 0 || g == a.epoch {
+		return false, nil
+	}
+	// A new generation: what is buffered may belong to another
+	// member now. Let the flush under way finish (or be fenced),
+	// drop the rest, fence, and replay the group's intents.
+	if err := r.waitFlush(); err != nil && ctx.Err() == nil {
+		a.log.Warn("aggregator: flush before a rebalance failed; its intent is replayed", "err", err)
+	}
+	r.forget(r.blocks)
+	r.blocks, r.shared, r.buffered, r.fenced = map[int]*block{}, nil, 0, false
+	if err := a.enter(ctx, g, r.gc.Assigned()); err != nil {
+		if ctx.Err() != nil {
+			return true, nil
+		}
+		return true, err
+	}
+	r.deadline = time.Now().Add(a.cfg.FlushInterval)
+	return false, nil
+}
+
+// take decodes delivery d into the block of its partition, or acks it
+// when it is stored already.
+func (r *consumeLoop) take(ctx context.Context, d bus.Delivery) {
+	a := r.a
+	// Presence matters: Kafka offsets start at 0.
+	if f, seen := a.floor[d.Partition]; seen && d.Position <= f {
+		a.count(func(s *Stats) { s.Skipped++ })
+		// Already in a block. With a block of this partition still
+		// buffered or a flush under way, that block's ack covers it
+		// (AckAll); without, everything up to the floor is stored,
+		// so ack it now.
+		if r.blocks[d.Partition] == nil && r.inflight == nil {
+			_ = r.cons.Ack(ctx, d)
+		}
+		return
+	}
+	b := r.blocks[d.Partition]
+	if b == nil {
+		b = &block{partition: d.Partition, first: d.Position}
+		if a.epoch == 0 {
+			// Unfenced: one insert per flush, one buf for its blocks.
+			if r.shared == nil {
+				r.shared = &evBuf{events: a.bufs.get(max(1024, a.blockHint+a.blockHint/8))}
+			}
+			b.buf = r.shared
+		} else {
+			b.buf = &evBuf{events: a.bufs.get(max(1024, a.blockHint+a.blockHint/8))}
+		}
+		r.blocks[d.Partition] = b
+	}
+	b.last, b.lastD = d.Position, d
+	a.floor[d.Partition] = d.Position
+	n := a.decode(ctx, d, &r.eb, b, true)
+	r.buffered += n
+	r.decodedEvents += uint64(n)
+	r.decodedMsgs++
+}
+
+// startFlush waits for the flush under way and starts one of the blocks
+// filled since. stop says Run is to return err.
+func (r *consumeLoop) startFlush(ctx context.Context) (stop bool, err error) {
+	a := r.a
+	if r.inflight != nil {
+		// Encode this insert while the one under way runs.
+		a.prepareAhead(r.blocks, r.shared)
+	}
+	// One flush runs while the next blocks fill: inserting and
+	// consuming overlap, and flushes stay in order.
+	if err := r.waitFlush(); err != nil {
+		if ctx.Err() != nil {
+			a.log.Warn("aggregator: flush cut short by shutdown; the bus will redeliver and the intent replays", "err", err)
+			return true, nil
+		}
+		return true, err
+	}
+	if len(r.blocks) > 0 {
+		a.blockHint = 0
+		for _, b := range r.blocks {
+			a.blockHint = max(a.blockHint, len(b.buf.events))
+		}
+		ch := make(chan error, 1)
+		go func(bs map[int]*block, epoch uint64) { ch <- a.flush(r.fctx, r.cons, bs, epoch) }(r.blocks, a.epoch)
+		r.inflight, r.inflightBlocks = ch, r.blocks
+		r.blocks, r.shared = map[int]*block{}, nil
+	}
+	r.buffered = 0
+	r.deadline = time.Now().Add(a.cfg.FlushInterval)
+	return false, nil
 }
 
 // aheadPreparer is a store that can encode an insert before it is made
@@ -588,7 +657,7 @@ func (a *Aggregator) prepareAhead(blocks map[int]*block, shared *evBuf) {
 	p.PrepareInsert(a.groupToken(bs), shared.events)
 }
 
-// decodeInto appends d's valid events to b and dead-letters the rest; the
+// decode appends d's valid events to b and dead-letters the rest; the
 // same function serves live consumption and replay, so a replayed range
 // forms exactly the block it formed the first time. live=false suppresses
 // dead-lettering (it was done the first time).
@@ -600,14 +669,9 @@ func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch
 		}
 		return 0
 	}
+	a.reserve(b)
 	// Decode straight into the block's spare capacity (DecodeBatch appends
 	// to eb.Events[:0]), saving a copy of every event.
-	if want := max(1024, 2*a.lastBatch); cap(b.buf.events)-len(b.buf.events) < want {
-		grown := a.bufs.get(max(2*cap(b.buf.events), len(b.buf.events)+want))
-		grown = append(grown, b.buf.events...)
-		a.bufs.put(b.buf.events)
-		b.buf.events = grown
-	}
 	eb.Events = b.buf.events[len(b.buf.events):len(b.buf.events):cap(b.buf.events)]
 	if err := event.DecodeBatch(d.Data, eb); err != nil {
 		clear(eb.Events)
@@ -617,30 +681,56 @@ func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch
 		}
 		return 0
 	}
-	// A batch published twice (a producer's retry, a spool replay past the
-	// bus's duplicate window) is stored once: by batch id within the block
-	// (deterministic, so a replay forms the same block) and, live, against
-	// the batches of recent blocks.
-	if d.BatchID != "" {
-		if b.ids == nil {
-			b.ids = map[string]struct{}{}
-		}
-		if _, dup := b.ids[d.BatchID]; dup || (live && a.recent.has(d.BatchID)) {
-			clear(eb.Events)
-			eb.Events = nil
-			a.count(func(s *Stats) { s.Duplicates++ })
-			a.m.duplicates.Inc()
-			return 0
-		}
-		b.ids[d.BatchID] = struct{}{}
-		if live {
-			a.recent.add(d.BatchID)
-		}
+	if a.duplicateBatch(d, eb, b, live) {
+		return 0
 	}
 	b.hold = append(b.hold, d.Data)
-	// The events were decoded into b.buf.events' spare capacity (see above):
-	// keep the valid ones in place. When the batch did not fit, DecodeBatch
-	// grew its own slice; then they are appended (one copy).
+	return a.keepValid(ctx, d, origin, eb, b, live)
+}
+
+// reserve grows b's buffer so that its spare capacity holds a batch of
+// twice the last one's size (at least 1024 events).
+func (a *Aggregator) reserve(b *block) {
+	if want := max(1024, 2*a.lastBatch); cap(b.buf.events)-len(b.buf.events) < want {
+		grown := a.bufs.get(max(2*cap(b.buf.events), len(b.buf.events)+want))
+		grown = append(grown, b.buf.events...)
+		a.bufs.put(b.buf.events)
+		b.buf.events = grown
+	}
+}
+
+// duplicateBatch reports whether d's batch was taken already and, if so,
+// drops the events decoded into eb. A batch published twice (a producer's
+// retry, a spool replay past the bus's duplicate window) is stored once: by
+// batch id within the block (deterministic, so a replay forms the same
+// block) and, live, against the batches of recent blocks.
+func (a *Aggregator) duplicateBatch(d bus.Delivery, eb *event.Batch, b *block, live bool) bool {
+	if d.BatchID == "" {
+		return false
+	}
+	if b.ids == nil {
+		b.ids = map[string]struct{}{}
+	}
+	if _, dup := b.ids[d.BatchID]; dup || (live && a.recent.has(d.BatchID)) {
+		clear(eb.Events)
+		eb.Events = nil
+		a.count(func(s *Stats) { s.Duplicates++ })
+		a.m.duplicates.Inc()
+		return true
+	}
+	b.ids[d.BatchID] = struct{}{}
+	if live {
+		a.recent.add(d.BatchID)
+	}
+	return false
+}
+
+// keepValid keeps the valid events of eb in b (dead-lettering the others
+// when live) and returns how many it kept. The events were decoded into
+// b.buf.events' spare capacity (see decode): the valid ones stay in place.
+// When the batch did not fit, DecodeBatch grew its own slice; then they are
+// appended (one copy).
+func (a *Aggregator) keepValid(ctx context.Context, d bus.Delivery, origin string, eb *event.Batch, b *block, live bool) int {
 	inPlace := len(eb.Events) == 0 || (len(b.buf.events) < cap(b.buf.events) && &eb.Events[0] == &b.buf.events[:len(b.buf.events)+1][len(b.buf.events)])
 	base := len(b.buf.events)
 	if !inPlace {
@@ -952,9 +1042,19 @@ func (a *Aggregator) replay(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	// Intents that share a token were one insert: replay them as one.
-	groups := map[string][]store.Intent{}
-	var order []string
+	order, groups := pendingByToken(intents)
+	for _, tok := range order {
+		if err := a.replayInsert(ctx, tok, groups[tok]); err != nil {
+			return err
+		}
+	}
+	return a.raiseFloorToCommitted(ctx)
+}
+
+// pendingByToken groups the pending intents by token, in the order of
+// their first appearance: intents that share a token were one insert.
+func pendingByToken(intents []store.Intent) (order []string, groups map[string][]store.Intent) {
+	groups = map[string][]store.Intent{}
 	for _, in := range intents {
 		if in.State != store.IntentPending {
 			continue
@@ -964,82 +1064,106 @@ func (a *Aggregator) replay(ctx context.Context) error {
 		}
 		groups[in.Token] = append(groups[in.Token], in)
 	}
-	for _, tok := range order {
-		var bs []*block
-		mine := true
-		for _, in := range groups[tok] {
-			p, err := strconv.Atoi(strings.TrimPrefix(in.Partition, "events/"))
-			if err != nil {
-				return fmt.Errorf("aggregator: intent with partition %q: %w", in.Partition, err)
-			}
-			if len(a.cfg.Partitions) > 0 && !slices.Contains(a.cfg.Partitions, p) {
-				mine = false
-				break
-			}
-			if a.fencer != nil {
-				if !slices.Contains(a.owned, p) {
-					mine = false
-					break
-				}
-				dead, err := a.superseded(ctx, in)
-				if err != nil {
-					return err
-				}
-				if dead {
-					a.log.Info("aggregator: pending intent superseded by a later generation's; aborted", "partition", in.Partition, "first", in.First, "last", in.Last)
-					if err := a.retry(ctx, "abort intent", func() error {
-						return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, in.Token)
-					}); err != nil {
-						return err
-					}
-					continue
-				}
-			}
-			b := &block{partition: p, first: in.First, last: in.Last, buf: &evBuf{}}
-			var eb event.Batch
-			err = a.bus.ReadRange(ctx, p, in.First, in.Last, func(d bus.Delivery) error {
-				a.decode(ctx, d, &eb, b, false)
-				return nil
-			})
-			if errors.Is(err, bus.ErrRangeGone) {
-				// The bus no longer holds the range (retention, or a log
-				// recreated): nothing can replay it. Say so loudly, keep a
-				// dead letter as the record, and go on rather than never start.
-				a.log.Error("aggregator: pending range is gone from the bus; whatever of it was not stored is lost",
-					"partition", in.Partition, "first", in.First, "last", in.Last, "err", err)
-				a.m.rangesGone.Inc()
-				a.deadLetter(ctx, fmt.Sprintf("%s/%d-%d", in.Partition, in.First, in.Last), "pending insert range gone from the bus: "+err.Error(), nil)
-				_ = a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, in.Token)
-				continue // the rest of the insert's ranges replay under its token
-			}
-			if err != nil {
-				return fmt.Errorf("aggregator: replay %s [%d,%d]: %w", in.Partition, in.First, in.Last, err)
-			}
-			bs = append(bs, b)
+	return order, groups
+}
+
+// replayInsert replays the intents of one insert (token tok) as one
+// insert, unless one of its partitions is not this aggregator's.
+func (a *Aggregator) replayInsert(ctx context.Context, tok string, intents []store.Intent) error {
+	var bs []*block
+	for _, in := range intents {
+		p, err := strconv.Atoi(strings.TrimPrefix(in.Partition, "events/"))
+		if err != nil {
+			return fmt.Errorf("aggregator: intent with partition %q: %w", in.Partition, err)
 		}
-		if !mine || len(bs) == 0 {
-			continue
+		if !a.replays(p) {
+			return nil
 		}
-		sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
-		if a.groupToken(bs) != tok {
-			// Some of the insert's intents were cleared before a crash:
-			// the insert itself happened, so this replay is dropped by the
-			// store whatever it holds; keep the recorded token.
-			a.log.Info("aggregator: replaying part of an insert", "token", tok, "ranges", len(bs))
-		}
-		a.log.Info("aggregator: replaying intent", "token", tok, "ranges", len(bs))
-		if err := a.commit(ctx, []insert{{bs: bs, tok: tok}}, 0); err != nil {
+		b, err := a.replayRange(ctx, in, p)
+		if err != nil {
 			return err
 		}
-		for _, b := range bs {
-			if f, seen := a.floor[b.partition]; !seen || b.last > f {
-				a.floor[b.partition] = b.last
-			}
+		if b != nil {
+			bs = append(bs, b)
 		}
-		a.count(func(s *Stats) { s.Replayed++ })
 	}
-	// Everything up to the highest recorded range is stored: skip it even if
-	// the bus delivers it again (an ack lost in a crash).
+	if len(bs) == 0 {
+		return nil
+	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
+	if a.groupToken(bs) != tok {
+		// Some of the insert's intents were cleared before a crash:
+		// the insert itself happened, so this replay is dropped by the
+		// store whatever it holds; keep the recorded token.
+		a.log.Info("aggregator: replaying part of an insert", "token", tok, "ranges", len(bs))
+	}
+	a.log.Info("aggregator: replaying intent", "token", tok, "ranges", len(bs))
+	if err := a.commit(ctx, []insert{{bs: bs, tok: tok}}, 0); err != nil {
+		return err
+	}
+	for _, b := range bs {
+		if f, seen := a.floor[b.partition]; !seen || b.last > f {
+			a.floor[b.partition] = b.last
+		}
+	}
+	a.count(func(s *Stats) { s.Replayed++ })
+	return nil
+}
+
+// replays reports whether the intents of partition p are this
+// aggregator's to replay: p is among its configured partitions and, fenced,
+// among those its generation owns.
+func (a *Aggregator) replays(p int) bool {
+	if len(a.cfg.Partitions) > 0 && !slices.Contains(a.cfg.Partitions, p) {
+		return false
+	}
+	return a.fencer == nil || slices.Contains(a.owned, p)
+}
+
+// replayRange reads the range of intent in back from the bus into a block.
+// It returns a nil block when there is nothing to replay: the intent was
+// superseded by a later generation's (and is aborted), or the bus no
+// longer holds the range.
+func (a *Aggregator) replayRange(ctx context.Context, in store.Intent, p int) (*block, error) {
+	if a.fencer != nil {
+		dead, err := a.superseded(ctx, in)
+		if err != nil {
+			return nil, err
+		}
+		if dead {
+			a.log.Info("aggregator: pending intent superseded by a later generation's; aborted", "partition", in.Partition, "first", in.First, "last", in.Last)
+			return nil, a.retry(ctx, "abort intent", func() error {
+				return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, in.Token)
+			})
+		}
+	}
+	b := &block{partition: p, first: in.First, last: in.Last, buf: &evBuf{}}
+	var eb event.Batch
+	err := a.bus.ReadRange(ctx, p, in.First, in.Last, func(d bus.Delivery) error {
+		a.decode(ctx, d, &eb, b, false)
+		return nil
+	})
+	if errors.Is(err, bus.ErrRangeGone) {
+		// The bus no longer holds the range (retention, or a log
+		// recreated): nothing can replay it. Say so loudly, keep a
+		// dead letter as the record, and go on rather than never start.
+		a.log.Error("aggregator: pending range is gone from the bus; whatever of it was not stored is lost",
+			"partition", in.Partition, "first", in.First, "last", in.Last, "err", err)
+		a.m.rangesGone.Inc()
+		a.deadLetter(ctx, fmt.Sprintf("%s/%d-%d", in.Partition, in.First, in.Last), "pending insert range gone from the bus: "+err.Error(), nil)
+		_ = a.store.ClearIntent(ctx, a.cfg.Group, in.Partition, in.Token)
+		return nil, nil // the rest of the insert's ranges replay under its token
+	}
+	if err != nil {
+		return nil, fmt.Errorf("aggregator: replay %s [%d,%d]: %w", in.Partition, in.First, in.Last, err)
+	}
+	return b, nil
+}
+
+// raiseFloorToCommitted skips everything up to the highest recorded range,
+// which is stored, even if the bus delivers it again (an ack lost in a
+// crash).
+func (a *Aggregator) raiseFloorToCommitted(ctx context.Context) error {
 	var committed map[string]uint64
 	if err := a.retry(ctx, "read committed positions", func() error {
 		var err error
