@@ -299,159 +299,197 @@ func (e *Emitter) Stats() EmitterStats {
 // committed before the batch is published.
 func (e *Emitter) collect() {
 	defer close(e.done)
-	parts := make([][]event.Event, e.cfg.Partitions)
-	partFirst := make([]uint64, e.cfg.Partitions) // seq of parts[p][0]
-	var seq, batchSeq uint64
-	idBuf := make([]byte, 0, 64)
-	prefix := e.cfg.Producer + "-" + e.epoch + "-"
+	c := &collector{
+		e:         e,
+		parts:     make([][]event.Event, e.cfg.Partitions),
+		partFirst: make([]uint64, e.cfg.Partitions),
+		idBuf:     make([]byte, 0, 64),
+		prefix:    e.cfg.Producer + "-" + e.epoch + "-",
+	}
 	tick := time.NewTicker(e.cfg.FlushInterval)
 	defer tick.Stop()
-	var encBuf, walBuf []byte
-	var logFailed bool
-	commit := func() bool {
-		if e.wal == nil {
-			return true
-		}
-		if err := e.wal.commit(); err != nil {
-			if !logFailed {
-				e.log.Error("durable event log cannot be written; events go on without its guarantee", "err", err)
-				logFailed = true
-			}
-			return false
-		}
-		return true
-	}
-	type sealed struct {
-		m bus.Message
-		n int
-	}
-	var ready []sealed
-	// seal closes partition p's batch; it is published by publish, after
-	// the seal is committed.
-	seal := func(p int) {
-		evs := parts[p]
-		if len(evs) == 0 {
-			return
-		}
-		batchSeq++
-		b := event.Batch{
-			ID:       prefix + "b" + strconv.FormatUint(batchSeq, 10),
-			Producer: e.cfg.Producer,
-			Created:  time.Now(),
-			Events:   evs,
-		}
-		if e.wal != nil {
-			e.wal.seal(p, len(evs), b.ID, partFirst[p])
-		}
-		encBuf = event.AppendBatch(encBuf[:0], &b)
-		data := make([]byte, len(encBuf))
-		copy(data, encBuf)
-		ready = append(ready, sealed{bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}, len(evs)})
-		parts[p] = evs[:0]
-	}
-	publish := func() {
-		if len(ready) == 0 {
-			return
-		}
-		commit()
-		for _, r := range ready {
-			e.send(r.m, r.n)
-		}
-		clear(ready)
-		ready = ready[:0]
-	}
-	var waiters []chan bool
-	add := func(it *emitItem) {
-		ev := &it.ev
-		seq++
-		idBuf = append(idBuf[:0], prefix...)
-		idBuf = strconv.AppendUint(idBuf, seq, 10)
-		ev.ID = string(idBuf)
-		if ev.VerifierID == "" {
-			ev.VerifierID = e.cfg.Producer
-		}
-		p := bus.Partition(ev.PartitionKey(), e.cfg.Partitions)
-		if parts[p] == nil {
-			parts[p] = make([]event.Event, 0, e.cfg.MaxBatch)
-		}
-		if len(parts[p]) == 0 {
-			partFirst[p] = seq
-		}
-		if e.wal != nil {
-			walBuf = e.wal.event(p, ev, walBuf)
-		}
-		parts[p] = append(parts[p], *ev)
-		if it.w != nil {
-			waiters = append(waiters, it.w)
-		}
-		if len(parts[p]) >= e.cfg.MaxBatch {
-			seal(p)
-		}
-	}
-	// take handles it and whatever else is queued (up to a bound), then
-	// commits them as one group and releases their Emit calls.
-	take := func(it *emitItem) {
-		add(it)
-	more:
-		for range 4096 {
-			select {
-			case it := <-e.in:
-				add(&it)
-			default:
-				break more
-			}
-		}
-		if len(waiters) > 0 {
-			ok := commit()
-			for _, w := range waiters {
-				w <- ok
-			}
-			clear(waiters)
-			waiters = waiters[:0]
-		}
-		publish()
-	}
-	trim := func() {
-		if e.wal == nil {
-			return
-		}
-		low := seq + 1
-		for p := range parts {
-			if len(parts[p]) > 0 {
-				low = min(low, partFirst[p])
-			}
-		}
-		if err := e.wal.trim(low, seq+1); err != nil && !logFailed {
-			e.log.Error("durable event log cannot be trimmed", "err", err)
-			logFailed = true
-		}
-	}
 	for {
 		select {
 		case it := <-e.in:
-			take(&it)
+			c.take(&it)
 		case <-tick.C:
-			for p := range parts {
-				seal(p)
-			}
-			publish()
-			trim()
+			c.sealAll()
+			c.publish()
+			c.trim()
 		case <-e.stop:
-			for {
-				select {
-				case it := <-e.in:
-					take(&it)
-					continue
-				default:
-				}
-				break
-			}
-			for p := range parts {
-				seal(p)
-			}
-			publish()
+			c.drain()
+			c.sealAll()
+			c.publish()
 			return
 		}
+	}
+}
+
+// collector is the state of collect: the batches being filled per
+// partition and those sealed but not yet published.
+type collector struct {
+	e         *Emitter
+	parts     [][]event.Event
+	partFirst []uint64 // seq of parts[p][0]
+	seq       uint64
+	batchSeq  uint64
+	idBuf     []byte
+	prefix    string // of event and batch ids
+	encBuf    []byte
+	walBuf    []byte
+	logFailed bool
+	ready     []sealedBatch
+	waiters   []chan bool
+}
+
+// sealedBatch is a batch sealed and encoded, waiting for its seal's commit.
+type sealedBatch struct {
+	m bus.Message
+	n int
+}
+
+// commit commits the durable log, if any, and reports whether that worked.
+func (c *collector) commit() bool {
+	e := c.e
+	if e.wal == nil {
+		return true
+	}
+	if err := e.wal.commit(); err != nil {
+		if !c.logFailed {
+			e.log.Error("durable event log cannot be written; events go on without its guarantee", "err", err)
+			c.logFailed = true
+		}
+		return false
+	}
+	return true
+}
+
+// seal closes partition p's batch; it is published by publish, after
+// the seal is committed.
+func (c *collector) seal(p int) {
+	e := c.e
+	evs := c.parts[p]
+	if len(evs) == 0 {
+		return
+	}
+	c.batchSeq++
+	b := event.Batch{
+		ID:       c.prefix + "b" + strconv.FormatUint(c.batchSeq, 10),
+		Producer: e.cfg.Producer,
+		Created:  time.Now(),
+		Events:   evs,
+	}
+	if e.wal != nil {
+		e.wal.seal(p, len(evs), b.ID, c.partFirst[p])
+	}
+	c.encBuf = event.AppendBatch(c.encBuf[:0], &b)
+	data := make([]byte, len(c.encBuf))
+	copy(data, c.encBuf)
+	c.ready = append(c.ready, sealedBatch{bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}, len(evs)})
+	c.parts[p] = evs[:0]
+}
+
+func (c *collector) sealAll() {
+	for p := range c.parts {
+		c.seal(p)
+	}
+}
+
+// publish commits the sealed batches' seals and sends the batches.
+func (c *collector) publish() {
+	if len(c.ready) == 0 {
+		return
+	}
+	c.commit()
+	for _, r := range c.ready {
+		c.e.send(r.m, r.n)
+	}
+	clear(c.ready)
+	c.ready = c.ready[:0]
+}
+
+// add gives it an id, appends it to its partition's batch (and the
+// durable log) and seals the batch when full.
+func (c *collector) add(it *emitItem) {
+	e := c.e
+	ev := &it.ev
+	c.seq++
+	c.idBuf = append(c.idBuf[:0], c.prefix...)
+	c.idBuf = strconv.AppendUint(c.idBuf, c.seq, 10)
+	ev.ID = string(c.idBuf)
+	if ev.VerifierID == "" {
+		ev.VerifierID = e.cfg.Producer
+	}
+	p := bus.Partition(ev.PartitionKey(), e.cfg.Partitions)
+	if c.parts[p] == nil {
+		c.parts[p] = make([]event.Event, 0, e.cfg.MaxBatch)
+	}
+	if len(c.parts[p]) == 0 {
+		c.partFirst[p] = c.seq
+	}
+	if e.wal != nil {
+		c.walBuf = e.wal.event(p, ev, c.walBuf)
+	}
+	c.parts[p] = append(c.parts[p], *ev)
+	if it.w != nil {
+		c.waiters = append(c.waiters, it.w)
+	}
+	if len(c.parts[p]) >= e.cfg.MaxBatch {
+		c.seal(p)
+	}
+}
+
+// take handles it and whatever else is queued (up to a bound), then
+// commits them as one group and releases their Emit calls.
+func (c *collector) take(it *emitItem) {
+	c.add(it)
+more:
+	for range 4096 {
+		select {
+		case it := <-c.e.in:
+			c.add(&it)
+		default:
+			break more
+		}
+	}
+	if len(c.waiters) > 0 {
+		ok := c.commit()
+		for _, w := range c.waiters {
+			w <- ok
+		}
+		clear(c.waiters)
+		c.waiters = c.waiters[:0]
+	}
+	c.publish()
+}
+
+// drain takes whatever is queued, until the queue is empty.
+func (c *collector) drain() {
+	for {
+		select {
+		case it := <-c.e.in:
+			c.take(&it)
+		default:
+			return
+		}
+	}
+}
+
+// trim drops from the durable log what is older than every open batch.
+func (c *collector) trim() {
+	e := c.e
+	if e.wal == nil {
+		return
+	}
+	low := c.seq + 1
+	for p := range c.parts {
+		if len(c.parts[p]) > 0 {
+			low = min(low, c.partFirst[p])
+		}
+	}
+	if err := e.wal.trim(low, c.seq+1); err != nil && !c.logFailed {
+		e.log.Error("durable event log cannot be trimmed", "err", err)
+		c.logFailed = true
 	}
 }
 

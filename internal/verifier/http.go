@@ -540,51 +540,9 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 			fwdError(w, http.StatusInternalServerError, "no forward-auth front is configured (--front)")
 			return
 		}
-		method, uri, host := r.Method, r.URL.RequestURI(), r.Host
-		if f.URIHeader == "" {
-			// Envoy: the subrequest is the original request.
-			uri = r.URL.EscapedPath()
-			if mountPrefix != "" {
-				uri = strings.TrimPrefix(uri, strings.TrimSuffix(mountPrefix, "/"))
-				if uri == "" || uri[0] != '/' {
-					uri = "/" + uri
-				}
-			}
-			if r.URL.RawQuery != "" {
-				uri += "?" + r.URL.RawQuery
-			}
-		}
-		vals := [3]string{method, uri, host}
-		for i, name := range names {
-			if name == "" {
-				continue
-			}
-			v, present, ok := headerOnce(r.Header, name)
-			if !ok {
-				what := "lacks"
-				if present {
-					what = "carries more than one"
-				}
-				s.log.Warn("forward-auth subrequest refused: the front is not configured as documented", "front", f.Name, "header", name, "problem", what)
-				fwdError(w, http.StatusInternalServerError, fmt.Sprintf("the forward-auth subrequest %s %s header (front %s): configure the proxy as in deploy/proxy", what, name, f.Name))
-				return
-			}
-			vals[i] = v
-		}
-		method, uri, host = vals[0], vals[1], vals[2]
-		if !validMethod(method) {
-			fwdError(w, http.StatusBadRequest, "the original method is not an HTTP method token")
+		method, uri, host, ok := s.originalRequest(w, r, &names, mountPrefix)
+		if !ok {
 			return
-		}
-		if uri != "" && uri[0] != '/' {
-			// Absolute form (GET http://host/path HTTP/1.1), which nginx's
-			// $request_uri keeps as sent: the path is what is routed.
-			if u, err := url.Parse(uri); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.Opaque == "" {
-				uri = u.EscapedPath()
-				if u.RawQuery != "" {
-					uri += "?" + u.RawQuery
-				}
-			}
 		}
 		rawPath, rawQuery, _ := strings.Cut(uri, "?")
 		path, ok := routePath(rawPath)
@@ -610,28 +568,90 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 		// refuses --query-param for a forward-auth --listen).
 		d, ip, _ := s.decide(&orig, path, start, "")
 		st := StatusCode(d.Outcome)
-		if d.Allowed() {
-			h := w.Header()
-			setLimitHeaders(h, &d)
-			// Always present, empty for anonymous requests, so that a proxy
-			// copying them replaces whatever the client sent.
-			vals := &[3]string{d.KeyID(), d.Project(), d.Outcome.String()} // one allocation for the three
-			h[HeaderKeyID] = vals[0:1:1]
-			h[HeaderProject] = vals[1:2:2]
-			h[HeaderOutcome] = vals[2:3:3]
-			w.WriteHeader(http.StatusOK)
-		} else {
-			code := st
-			if code == http.StatusTooManyRequests && f.Deny403 {
-				code = http.StatusForbidden
-			}
-			w.Header()[HeaderStatus] = []string{strconv.Itoa(st)}
-			WriteRefusal(w, &d, code)
-		}
+		writeForwardAuth(w, &d, st, f.Deny403)
 		// The forward-auth caller sees the decision, not the upstream: the
 		// event carries the decision's status.
 		s.emit(&orig, &d, path, ip, start, st, orig.ContentLength, 0)
 	})
+}
+
+// originalRequest returns the method, URI and host of the request that the
+// forward-auth subrequest r asks about: from the front's headers (names,
+// canonical, "" for none), or from r itself with mountPrefix stripped. When
+// they are missing or invalid it answers w and returns ok false.
+func (s *Server) originalRequest(w http.ResponseWriter, r *http.Request, names *[3]string, mountPrefix string) (method, uri, host string, ok bool) {
+	f := &s.cfg.Front
+	method, uri, host = r.Method, r.URL.RequestURI(), r.Host
+	if f.URIHeader == "" {
+		// Envoy: the subrequest is the original request.
+		uri = r.URL.EscapedPath()
+		if mountPrefix != "" {
+			uri = strings.TrimPrefix(uri, strings.TrimSuffix(mountPrefix, "/"))
+			if uri == "" || uri[0] != '/' {
+				uri = "/" + uri
+			}
+		}
+		if r.URL.RawQuery != "" {
+			uri += "?" + r.URL.RawQuery
+		}
+	}
+	vals := [3]string{method, uri, host}
+	for i, name := range names {
+		if name == "" {
+			continue
+		}
+		v, present, ok := headerOnce(r.Header, name)
+		if !ok {
+			what := "lacks"
+			if present {
+				what = "carries more than one"
+			}
+			s.log.Warn("forward-auth subrequest refused: the front is not configured as documented", "front", f.Name, "header", name, "problem", what)
+			fwdError(w, http.StatusInternalServerError, fmt.Sprintf("the forward-auth subrequest %s %s header (front %s): configure the proxy as in deploy/proxy", what, name, f.Name))
+			return "", "", "", false
+		}
+		vals[i] = v
+	}
+	method, uri, host = vals[0], vals[1], vals[2]
+	if !validMethod(method) {
+		fwdError(w, http.StatusBadRequest, "the original method is not an HTTP method token")
+		return "", "", "", false
+	}
+	if uri != "" && uri[0] != '/' {
+		// Absolute form (GET http://host/path HTTP/1.1), which nginx's
+		// $request_uri keeps as sent: the path is what is routed.
+		if u, err := url.Parse(uri); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.Opaque == "" {
+			uri = u.EscapedPath()
+			if u.RawQuery != "" {
+				uri += "?" + u.RawQuery
+			}
+		}
+	}
+	return method, uri, host, true
+}
+
+// writeForwardAuth answers a forward-auth subrequest with decision d of
+// status st: 200 with the key's headers, or the refusal (a 429 as 403 when
+// deny403, for nginx).
+func writeForwardAuth(w http.ResponseWriter, d *Decision, st int, deny403 bool) {
+	if d.Allowed() {
+		h := w.Header()
+		setLimitHeaders(h, d)
+		// Always present, empty for anonymous requests, so that a proxy
+		// copying them replaces whatever the client sent.
+		vals := &[3]string{d.KeyID(), d.Project(), d.Outcome.String()} // one allocation for the three
+		h[HeaderKeyID] = vals[0:1:1]
+		h[HeaderProject] = vals[1:2:2]
+		h[HeaderOutcome] = vals[2:3:3]
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	code := st
+	if code == http.StatusTooManyRequests && deny403 {
+		code = http.StatusForbidden
+	}
+	w.Header()[HeaderStatus] = []string{strconv.Itoa(st)}
+	WriteRefusal(w, d, code)
 }
 
 // badPath answers a request path that is refused (see routePath).

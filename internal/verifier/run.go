@@ -117,119 +117,17 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	cfg = cfg.withDefaults()
 	log := cfg.Logger.With("role", "verifier", "verifier_id", cfg.VerifierID)
-	tbl, err := keys.NewTable(keys.TableConfig{}, keys.WithLogger(log))
+	r, err := assemble(cfg, log)
 	if err != nil {
 		return err
-	}
-	blocks := &BlockList{}
-	v, err := New(Config{Table: tbl, Routes: cfg.Routes, Blocks: blocks, QuotaPeriod: cfg.QuotaPeriod, BlockValidKeys: cfg.BlockValidKeys, AnonIPv6Prefix: cfg.AnonIPv6Prefix})
-	if err != nil {
-		return err
-	}
-	ecfg := cfg.Emitter
-	ecfg.Publisher, ecfg.Partitions, ecfg.Producer, ecfg.DataDir = cfg.Bus.Publisher(), cfg.Bus.Partitions(), cfg.VerifierID, cfg.DataDir
-	if ecfg.Logger == nil {
-		ecfg.Logger = log
-	}
-	em, err := NewEmitter(ecfg)
-	if err != nil {
-		return err
-	}
-	m, err := NewMetrics(cfg.Registry, tbl, em)
-	if err != nil {
-		return err
-	}
-	hcfg := cfg.HTTP
-	hcfg.VerifierID, hcfg.Logger = cfg.VerifierID, log
-	srv := NewServer(v, em, m, hcfg)
-	var share *RateShare
-	if cfg.ShareRateLimits > 0 {
-		nb, ok := cfg.Bus.(interface {
-			Conn() *nats.Conn
-			Prefix() string
-		})
-		if !ok {
-			return errors.New("verifier: --share-rate-limits needs the NATS bus")
-		}
-		if share, err = NewRateShare(tbl, NATSRateTransport(nb.Conn(), nb.Prefix()), cfg.VerifierID, cfg.ShareRateLimits, log); err != nil {
-			return err
-		}
-		srv.ShareRates(share)
 	}
 
 	bg, bgctx := errgroup.WithContext(context.Background())
 	watchCtx, stopWatch := context.WithCancel(bgctx)
 	defer stopWatch()
-	bg.Go(func() error { return tbl.Run(watchCtx, cfg.Bus) })
-	// While the snapshot loads, the live heap only grows: collect more
-	// often than the default GOGC=100 so that the heap does not overshoot
-	// to twice the table's size. Then hand the load's leftovers back once,
-	// so a million-key verifier settles at the table's size.
-	gogc := debug.SetGCPercent(25)
-	bg.Go(func() error {
-		select {
-		case <-tbl.Ready():
-		case <-watchCtx.Done():
-		}
-		debug.SetGCPercent(gogc)
-		debug.FreeOSMemory()
-		return nil
-	})
-	if share != nil {
-		bg.Go(func() error { return share.Run(watchCtx) })
-	}
-	bg.Go(func() error {
-		if err := blocks.Run(watchCtx, cfg.Bus, log); err != nil && watchCtx.Err() == nil {
-			log.Warn("not following detection decisions: blocked addresses will not apply", "err", err)
-		}
-		return nil
-	})
+	r.watch(watchCtx, bg, cfg.Bus, log)
 
-	var servers []*http.Server
-	var addrs [3]net.Addr
-	serve := func(i int, addr string, h http.Handler) error {
-		if addr == "" {
-			return nil
-		}
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("verifier: listen %s: %w", addr, err)
-		}
-		addrs[i] = ln.Addr()
-		// No ReadTimeout: it would stay armed while the handler waits for
-		// the upstream and cancel slow answers. Bodies are bounded per
-		// request instead (HTTPConfig.BodyTimeout), and refusals never
-		// read them.
-		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-		servers = append(servers, hs)
-		go func() {
-			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("http server stopped", "addr", addr, "err", err)
-			}
-		}()
-		log.Info("listening", "addr", ln.Addr().String())
-		return nil
-	}
-	var mainH http.Handler
-	if cfg.Upstream != "" {
-		u, _ := url.Parse(cfg.Upstream)
-		mainH = srv.Proxy(u)
-	} else {
-		mainH = srv.ForwardAuth("")
-	}
-	admin := http.NewServeMux()
-	srv.Health(admin, promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	adminH := NoBody(admin)
-	var startErr error
-	for i, s := range []struct {
-		addr string
-		h    http.Handler
-	}{{cfg.Listen, mainH}, {cfg.AuthListen, srv.ForwardAuth("")}, {cfg.AdminListen, adminH}} {
-		if err := serve(i, s.addr, s.h); err != nil {
-			startErr = err
-			break
-		}
-	}
+	servers, addrs, startErr := r.listen(cfg, log)
 	if startErr == nil && cfg.OnListen != nil {
 		cfg.OnListen(addrs[0], addrs[1], addrs[2])
 	}
@@ -247,11 +145,143 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		_ = hs.Shutdown(sctx)
 	}
 	log.Info("verifier stopping: flushing usage events")
-	emErr := em.Close(sctx)
+	emErr := r.em.Close(sctx)
 	stopWatch()
 	_ = bg.Wait()
-	st := em.Stats()
+	st := r.em.Stats()
 	log.Info("verifier stopped", "events_emitted", st.Emitted, "events_published", st.Published,
 		"events_spooled", st.Spooled, "events_dropped", st.Dropped, "spool_events", st.SpoolEvents)
 	return errors.Join(startErr, emErr)
+}
+
+// role is a verifier's parts, as Run assembles them.
+type role struct {
+	tbl    *keys.Table
+	blocks *BlockList
+	em     *Emitter
+	m      *Metrics
+	srv    *Server
+	share  *RateShare // nil unless rate limits are shared
+}
+
+// assemble builds the key table, the verifier, the emitter, the metrics and
+// the HTTP server of cfg.
+func assemble(cfg RunConfig, log *slog.Logger) (*role, error) {
+	r := &role{blocks: &BlockList{}}
+	var err error
+	if r.tbl, err = keys.NewTable(keys.TableConfig{}, keys.WithLogger(log)); err != nil {
+		return nil, err
+	}
+	v, err := New(Config{Table: r.tbl, Routes: cfg.Routes, Blocks: r.blocks, QuotaPeriod: cfg.QuotaPeriod, BlockValidKeys: cfg.BlockValidKeys, AnonIPv6Prefix: cfg.AnonIPv6Prefix})
+	if err != nil {
+		return nil, err
+	}
+	ecfg := cfg.Emitter
+	ecfg.Publisher, ecfg.Partitions, ecfg.Producer, ecfg.DataDir = cfg.Bus.Publisher(), cfg.Bus.Partitions(), cfg.VerifierID, cfg.DataDir
+	if ecfg.Logger == nil {
+		ecfg.Logger = log
+	}
+	if r.em, err = NewEmitter(ecfg); err != nil {
+		return nil, err
+	}
+	if r.m, err = NewMetrics(cfg.Registry, r.tbl, r.em); err != nil {
+		return nil, err
+	}
+	hcfg := cfg.HTTP
+	hcfg.VerifierID, hcfg.Logger = cfg.VerifierID, log
+	r.srv = NewServer(v, r.em, r.m, hcfg)
+	if cfg.ShareRateLimits > 0 {
+		nb, ok := cfg.Bus.(interface {
+			Conn() *nats.Conn
+			Prefix() string
+		})
+		if !ok {
+			return nil, errors.New("verifier: --share-rate-limits needs the NATS bus")
+		}
+		if r.share, err = NewRateShare(r.tbl, NATSRateTransport(nb.Conn(), nb.Prefix()), cfg.VerifierID, cfg.ShareRateLimits, log); err != nil {
+			return nil, err
+		}
+		r.srv.ShareRates(r.share)
+	}
+	return r, nil
+}
+
+// watch starts, in bg, following the keys, the rate shares and the
+// detection decisions until ctx ends.
+func (r *role) watch(ctx context.Context, bg *errgroup.Group, b bus.Bus, log *slog.Logger) {
+	bg.Go(func() error { return r.tbl.Run(ctx, b) })
+	// While the snapshot loads, the live heap only grows: collect more
+	// often than the default GOGC=100 so that the heap does not overshoot
+	// to twice the table's size. Then hand the load's leftovers back once,
+	// so a million-key verifier settles at the table's size.
+	gogc := debug.SetGCPercent(25)
+	bg.Go(func() error {
+		select {
+		case <-r.tbl.Ready():
+		case <-ctx.Done():
+		}
+		debug.SetGCPercent(gogc)
+		debug.FreeOSMemory()
+		return nil
+	})
+	if r.share != nil {
+		bg.Go(func() error { return r.share.Run(ctx) })
+	}
+	bg.Go(func() error {
+		if err := r.blocks.Run(ctx, b, log); err != nil && ctx.Err() == nil {
+			log.Warn("not following detection decisions: blocked addresses will not apply", "err", err)
+		}
+		return nil
+	})
+}
+
+// listen serves the main, forward-auth and admin handlers on the addresses
+// of cfg that are set. It returns the servers started (also on error) and
+// the addresses they listen on.
+func (r *role) listen(cfg RunConfig, log *slog.Logger) ([]*http.Server, [3]net.Addr, error) {
+	var servers []*http.Server
+	var addrs [3]net.Addr
+	var mainH http.Handler
+	if cfg.Upstream != "" {
+		u, _ := url.Parse(cfg.Upstream)
+		mainH = r.srv.Proxy(u)
+	} else {
+		mainH = r.srv.ForwardAuth("")
+	}
+	admin := http.NewServeMux()
+	r.srv.Health(admin, promhttp.HandlerFor(r.m.Registry, promhttp.HandlerOpts{}))
+	for i, s := range []struct {
+		addr string
+		h    http.Handler
+	}{{cfg.Listen, mainH}, {cfg.AuthListen, r.srv.ForwardAuth("")}, {cfg.AdminListen, NoBody(admin)}} {
+		if s.addr == "" {
+			continue
+		}
+		hs, addr, err := serve(s.addr, s.h, log)
+		if err != nil {
+			return servers, addrs, err
+		}
+		servers, addrs[i] = append(servers, hs), addr
+	}
+	return servers, addrs, nil
+}
+
+// serve serves h on addr in a goroutine of its own.
+func serve(addr string, h http.Handler, log *slog.Logger) (*http.Server, net.Addr, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("verifier: listen %s: %w", addr, err)
+	}
+	// No ReadTimeout: it would stay armed while the handler waits for
+	// the upstream and cancel slow answers. Bodies are bounded per
+	// request instead (HTTPConfig.BodyTimeout), and refusals never
+	// read them.
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "addr", addr, "err", err)
+		}
+	}()
+	log.Info("listening", "addr", ln.Addr().String())
+	return hs, ln.Addr(), nil
 }

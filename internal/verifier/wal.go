@@ -80,86 +80,107 @@ func recoverWAL(dir string) (batches []walBatch, files []string, err error) {
 		}
 	}
 	sort.Strings(files) // zero-padded segment numbers
-	type pending struct {
-		evs []event.Event
-	}
-	parts := map[uint64]*pending{}
-	var porder []uint64
-	var sealed []walBatch
-	done := map[string]bool{}
+	r := walRecovery{parts: map[uint64][]event.Event{}, done: map[string]bool{}}
 	for _, path := range files {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, nil, fmt.Errorf("verifier: durable log: %w", err)
-		}
-		for len(b) > 0 {
-			if len(b) < 8 {
-				break // torn tail
-			}
-			n := binary.LittleEndian.Uint32(b)
-			sum := binary.LittleEndian.Uint32(b[4:])
-			if n == 0 || uint64(len(b)-8) < uint64(n) || crc32.Checksum(b[8:8+n], crcTable) != sum {
-				break // torn or corrupt tail: nothing after it was acknowledged to a client
-			}
-			rec := b[8 : 8+n]
-			b = b[8+n:]
-			typ, body := rec[0], rec[1:]
-			switch typ {
-			case walEvent:
-				p, k := binary.Uvarint(body)
-				if k <= 0 {
-					return nil, nil, fmt.Errorf("verifier: durable log %s: bad event record", path)
-				}
-				var ev event.Event
-				if err := event.DecodeEvent(body[k:], &ev); err != nil {
-					return nil, nil, fmt.Errorf("verifier: durable log %s: %w", path, err)
-				}
-				ev.ID = strings.Clone(ev.ID)
-				pp := parts[p]
-				if pp == nil {
-					pp = &pending{}
-					parts[p] = pp
-					porder = append(porder, p)
-				}
-				pp.evs = append(pp.evs, ev)
-			case walSeal:
-				p, k := binary.Uvarint(body)
-				if k <= 0 {
-					return nil, nil, fmt.Errorf("verifier: durable log %s: bad seal record", path)
-				}
-				cnt, k2 := binary.Uvarint(body[k:])
-				if k2 <= 0 {
-					return nil, nil, fmt.Errorf("verifier: durable log %s: bad seal record", path)
-				}
-				id := string(body[k+k2:])
-				pp := parts[p]
-				var evs []event.Event
-				if pp != nil {
-					// Fewer events than sealed: the older ones were in a
-					// deleted segment, so the batch was acknowledged.
-					take := min(int(cnt), len(pp.evs))
-					evs = pp.evs[:take:take]
-					pp.evs = pp.evs[take:]
-				}
-				sealed = append(sealed, walBatch{id: id, events: evs})
-			case walDone:
-				done[string(body)] = true
-			default:
-				return nil, nil, fmt.Errorf("verifier: durable log %s: unknown record type %d", path, typ)
-			}
+		if err := r.readSegment(path); err != nil {
+			return nil, nil, err
 		}
 	}
-	for _, s := range sealed {
-		if !done[s.id] && len(s.events) > 0 {
+	return r.batches(), files, nil
+}
+
+// walRecovery is what recoverWAL has read so far.
+type walRecovery struct {
+	parts  map[uint64][]event.Event // events not yet sealed, per partition
+	porder []uint64                 // the partitions of parts in log order
+	sealed []walBatch
+	done   map[string]bool // ids of batches published
+}
+
+// readSegment reads the records of the segment file path, up to a torn or
+// corrupt tail.
+func (r *walRecovery) readSegment(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("verifier: durable log: %w", err)
+	}
+	for len(b) > 0 {
+		if len(b) < 8 {
+			break // torn tail
+		}
+		n := binary.LittleEndian.Uint32(b)
+		sum := binary.LittleEndian.Uint32(b[4:])
+		if n == 0 || uint64(len(b)-8) < uint64(n) || crc32.Checksum(b[8:8+n], crcTable) != sum {
+			break // torn or corrupt tail: nothing after it was acknowledged to a client
+		}
+		rec := b[8 : 8+n]
+		b = b[8+n:]
+		if err := r.record(rec[0], rec[1:]); err != nil {
+			return fmt.Errorf("verifier: durable log %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// record takes one record of type typ.
+func (r *walRecovery) record(typ byte, body []byte) error {
+	switch typ {
+	case walEvent:
+		p, k := binary.Uvarint(body)
+		if k <= 0 {
+			return errors.New("bad event record")
+		}
+		var ev event.Event
+		if err := event.DecodeEvent(body[k:], &ev); err != nil {
+			return err
+		}
+		ev.ID = strings.Clone(ev.ID)
+		if _, ok := r.parts[p]; !ok {
+			r.porder = append(r.porder, p)
+		}
+		r.parts[p] = append(r.parts[p], ev)
+	case walSeal:
+		p, k := binary.Uvarint(body)
+		if k <= 0 {
+			return errors.New("bad seal record")
+		}
+		cnt, k2 := binary.Uvarint(body[k:])
+		if k2 <= 0 {
+			return errors.New("bad seal record")
+		}
+		id := string(body[k+k2:])
+		var evs []event.Event
+		if pending, ok := r.parts[p]; ok {
+			// Fewer events than sealed: the older ones were in a
+			// deleted segment, so the batch was acknowledged.
+			take := min(int(cnt), len(pending))
+			evs = pending[:take:take]
+			r.parts[p] = pending[take:]
+		}
+		r.sealed = append(r.sealed, walBatch{id: id, events: evs})
+	case walDone:
+		r.done[string(body)] = true
+	default:
+		return fmt.Errorf("unknown record type %d", typ)
+	}
+	return nil
+}
+
+// batches are the batches to publish again: those sealed and not done, in
+// log order, then per partition the events never sealed.
+func (r *walRecovery) batches() []walBatch {
+	var batches []walBatch
+	for _, s := range r.sealed {
+		if !r.done[s.id] && len(s.events) > 0 {
 			batches = append(batches, s)
 		}
 	}
-	for _, p := range porder {
-		if evs := parts[p].evs; len(evs) > 0 {
+	for _, p := range r.porder {
+		if evs := r.parts[p]; len(evs) > 0 {
 			batches = append(batches, walBatch{id: evs[0].ID + ".t", events: evs})
 		}
 	}
-	return batches, files, nil
+	return batches
 }
 
 // openWAL starts a new log in dir, after the segments recoverWAL read
