@@ -64,21 +64,8 @@ func RunConsole(ctx context.Context, cfg ConsoleConfig) ([]ConsolePage, error) {
 		cfg.TableKeys = 1000
 	}
 	db := cfg.DB
-	if _, err := db.Migrate(ctx); err != nil {
+	if err := ensureDataset(ctx, cfg); err != nil {
 		return nil, err
-	}
-	n, err := db.Count(ctx, "requests")
-	if err != nil {
-		return nil, err
-	}
-	if n == 0 {
-		t0 := time.Now()
-		if err := StoreDataset(ctx, db, cfg.Rows, cfg.Keys, cfg.Span, cfg.progress()); err != nil {
-			return nil, err
-		}
-		cfg.logf("bench console: dataset of %d rows built in %v", cfg.Rows, time.Since(t0).Round(time.Second))
-	} else if n < uint64(cfg.Rows) {
-		return nil, fmt.Errorf("bench console: database %s holds %d rows, fewer than %d: use another --store-database", db.Database(), n, cfg.Rows)
 	}
 	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: filepath.Join(cfg.DataDir, "nats")})
 	if err != nil {
@@ -106,21 +93,8 @@ func RunConsole(ctx context.Context, cfg ConsoleConfig) ([]ConsolePage, error) {
 	if err != nil {
 		return nil, err
 	}
-	// TableKeys keys in the key table; the first takes over key_7's history.
-	c0, err := svc.Create(ctx, keys.CreateParams{Project: "bench", Name: "bench key 0"})
+	keyID, err := createBenchKeys(ctx, svc, cfg.TableKeys)
 	if err != nil {
-		return nil, err
-	}
-	keyID := c0.State.GetId()
-	eg, ectx := errgroup.WithContext(ctx)
-	eg.SetLimit(8)
-	for i := 1; i < max(cfg.TableKeys, 1); i++ {
-		eg.Go(func() error {
-			_, err := svc.Create(ectx, keys.CreateParams{Project: "bench", Name: fmt.Sprintf("bench key %d", i)})
-			return err
-		})
-	}
-	if err := eg.Wait(); err != nil {
 		return nil, err
 	}
 	if err := adoptHistory(ctx, db, "key_7", keyID); err != nil {
@@ -130,63 +104,19 @@ func RunConsole(ctx context.Context, cfg ConsoleConfig) ([]ConsolePage, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, err := rules.Resolve(nil).Load(detect.CompileOptions{})
-	if err != nil {
-		return nil, err
-	}
-	eng, err := detect.New(detect.Config{Sink: detect.SinkFunc(func(*keymeterv1.Decision) {})}, set)
-	if err != nil {
-		return nil, err
-	}
-	secret := "bench-console-" + fmt.Sprint(time.Now().UnixNano())
-	tok, _ := api.ParseToken("admin:" + api.HashToken(secret))
 	done := make(chan struct{})
 	defer close(done)
-	a, err := api.New(api.Config{Tokens: []api.Token{tok}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
-		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded, Audit: db,
-		Console: console.Sources{Store: db, Rules: eng.RuleSet, Done: done}})
+	base, c, stop, err := serveConsole(db, svc, table, done)
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	hs := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hs.Serve(ln) }()
-	defer hs.Close()
-	base := "http://" + ln.Addr().String()
-	c, err := consoleClient(base, secret)
-	if err != nil {
-		return nil, err
-	}
-	pages := []string{"/console/", "/console/keys", "/console/keys/" + keyID + "?granularity=minute", "/console/keys/" + keyID + "?granularity=hour",
-		"/console/keys/" + keyID + "?granularity=day", "/console/logs", "/console/logs?key=" + keyID, "/console/logs?project=bench&outcome=rate_limited",
-		"/console/decisions", "/console/decisions/" + decID + "?" + url.Values{"key": {keyID}, "t": {decTime.Format(time.RFC3339Nano)}}.Encode(), "/console/usage?project=bench&granularity=hour",
-		"/console/usage?project=bench&granularity=day", "/console/rules", "/console/audit", "/console/leaks", "/console/backtest"}
+	defer stop()
 	var out []ConsolePage
-	for _, p := range pages {
-		var ds []time.Duration
-		var first time.Duration
-		for i := range cfg.Samples + 1 {
-			t0 := time.Now()
-			resp, err := c.Get(base + p)
-			if err != nil {
-				return out, err
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return out, fmt.Errorf("bench console: %s answered %d", p, resp.StatusCode)
-			}
-			if i == 0 { // the first load warms caches: reported, not in the median
-				first = time.Since(t0)
-			} else {
-				ds = append(ds, time.Since(t0))
-			}
+	for _, p := range consolePages(keyID, decID, decTime) {
+		pg, err := timePage(c, base, p, cfg.Samples)
+		if err != nil {
+			return out, err
 		}
-		slices.Sort(ds)
-		pg := ConsolePage{Path: p, First: first, Median: ds[len(ds)/2], Max: ds[len(ds)-1]}
 		out = append(out, pg)
 		var sum Summary
 		sum.Add("bench", "console")
@@ -199,6 +129,115 @@ func RunConsole(ctx context.Context, cfg ConsoleConfig) ([]ConsolePage, error) {
 		sum.Print(cfg.out())
 	}
 	return out, nil
+}
+
+// ensureDataset builds the dataset of cfg in cfg.DB unless it holds it.
+func ensureDataset(ctx context.Context, cfg ConsoleConfig) error {
+	db := cfg.DB
+	if _, err := db.Migrate(ctx); err != nil {
+		return err
+	}
+	n, err := db.Count(ctx, "requests")
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		t0 := time.Now()
+		if err := StoreDataset(ctx, db, cfg.Rows, cfg.Keys, cfg.Span, cfg.progress()); err != nil {
+			return err
+		}
+		cfg.logf("bench console: dataset of %d rows built in %v", cfg.Rows, time.Since(t0).Round(time.Second))
+	} else if n < uint64(cfg.Rows) {
+		return fmt.Errorf("bench console: database %s holds %d rows, fewer than %d: use another --store-database", db.Database(), n, cfg.Rows)
+	}
+	return nil
+}
+
+// createBenchKeys creates n keys (at least one) in the key table and
+// returns the first one's id, the key that takes over key_7's history.
+func createBenchKeys(ctx context.Context, svc *keys.Service, n int) (string, error) {
+	c0, err := svc.Create(ctx, keys.CreateParams{Project: "bench", Name: "bench key 0"})
+	if err != nil {
+		return "", err
+	}
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.SetLimit(8)
+	for i := 1; i < max(n, 1); i++ {
+		eg.Go(func() error {
+			_, err := svc.Create(ectx, keys.CreateParams{Project: "bench", Name: fmt.Sprintf("bench key %d", i)})
+			return err
+		})
+	}
+	return c0.State.GetId(), eg.Wait()
+}
+
+// serveConsole serves the API and console over db on loopback and returns
+// their base URL, a client signed in as admin, and the function that stops
+// serving.
+func serveConsole(db *store.DB, svc *keys.Service, table *keys.Table, done <-chan struct{}) (string, *http.Client, func(), error) {
+	set, err := rules.Resolve(nil).Load(detect.CompileOptions{})
+	if err != nil {
+		return "", nil, nil, err
+	}
+	eng, err := detect.New(detect.Config{Sink: detect.SinkFunc(func(*keymeterv1.Decision) {})}, set)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	secret := "bench-console-" + fmt.Sprint(time.Now().UnixNano())
+	tok, _ := api.ParseToken("admin:" + api.HashToken(secret))
+	a, err := api.New(api.Config{Tokens: []api.Token{tok}, Keys: svc, KeyTable: table, Usage: db, Logs: db, Decision: db,
+		Billing: &billing.Exporter{Store: db}, Rules: eng, Ready: table.Loaded, Audit: db,
+		Console: console.Sources{Store: db, Rules: eng.RuleSet, Done: done}})
+	if err != nil {
+		return "", nil, nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, nil, err
+	}
+	hs := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	base := "http://" + ln.Addr().String()
+	c, err := consoleClient(base, secret)
+	if err != nil {
+		hs.Close()
+		return "", nil, nil, err
+	}
+	return base, c, func() { hs.Close() }, nil
+}
+
+// consolePages are the pages RunConsole times, about the key keyID and the
+// decision decID.
+func consolePages(keyID, decID string, decTime time.Time) []string {
+	return []string{"/console/", "/console/keys", "/console/keys/" + keyID + "?granularity=minute", "/console/keys/" + keyID + "?granularity=hour",
+		"/console/keys/" + keyID + "?granularity=day", "/console/logs", "/console/logs?key=" + keyID, "/console/logs?project=bench&outcome=rate_limited",
+		"/console/decisions", "/console/decisions/" + decID + "?" + url.Values{"key": {keyID}, "t": {decTime.Format(time.RFC3339Nano)}}.Encode(), "/console/usage?project=bench&granularity=hour",
+		"/console/usage?project=bench&granularity=day", "/console/rules", "/console/audit", "/console/leaks", "/console/backtest"}
+}
+
+// timePage loads page p once untimed and samples times more.
+func timePage(c *http.Client, base, p string, samples int) (ConsolePage, error) {
+	var ds []time.Duration
+	var first time.Duration
+	for i := range samples + 1 {
+		t0 := time.Now()
+		resp, err := c.Get(base + p)
+		if err != nil {
+			return ConsolePage{}, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return ConsolePage{}, fmt.Errorf("bench console: %s answered %d", p, resp.StatusCode)
+		}
+		if i == 0 { // the first load warms caches: reported, not in the median
+			first = time.Since(t0)
+		} else {
+			ds = append(ds, time.Since(t0))
+		}
+	}
+	slices.Sort(ds)
+	return ConsolePage{Path: p, First: first, Median: ds[len(ds)/2], Max: ds[len(ds)-1]}, nil
 }
 
 // adoptHistory copies the raw events of generated key from to the real key
