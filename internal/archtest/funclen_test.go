@@ -33,8 +33,6 @@ var exempt = map[string]string{
 	// must keep `loadgen --eval` byte-identical for every seed.
 	"loadgen.NewEval":      "seeded generator of the evaluation sets",
 	"loadgen.buildAttacks": "seeded generator of the evaluation attacks",
-	// To split once the issue-17 work on these hot paths has merged: they
-	// are being changed in parallel, and a split now would conflict with it.
 }
 
 var generated = regexp.MustCompile(`(?m)^// Code generated .* DO NOT EDIT\.$`)
