@@ -51,17 +51,24 @@ type EmitterConfig struct {
 	Logger          *slog.Logger
 }
 
-// Validate fills defaults and checks the configuration.
-func (c *EmitterConfig) Validate() error {
+// Validate reports every problem of the configuration; it changes nothing
+// (NewEmitter fills in the defaults).
+func (c EmitterConfig) Validate() error {
+	var errs []error
 	if c.Publisher == nil {
-		return errors.New("verifier: emitter: Publisher is required")
+		errs = append(errs, errors.New("verifier: emitter: Publisher is required"))
 	}
 	if c.DataDir == "" {
-		return errors.New("verifier: emitter: DataDir is required (the spool lives there)")
+		errs = append(errs, errors.New("verifier: emitter: DataDir is required (the spool lives there)"))
 	}
 	if c.Producer == "" {
-		return errors.New("verifier: emitter: Producer (verifier id) is required")
+		errs = append(errs, errors.New("verifier: emitter: Producer (verifier id) is required"))
 	}
+	return errors.Join(errs...)
+}
+
+// withDefaults is c with the defaults filled in where a field is zero.
+func (c EmitterConfig) withDefaults() EmitterConfig {
 	if c.Partitions <= 0 {
 		c.Partitions = 1
 	}
@@ -89,7 +96,7 @@ func (c *EmitterConfig) Validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	return nil
+	return c
 }
 
 // EmitterStats are cumulative counts since start.
@@ -161,6 +168,7 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	sp, err := openSpool(filepath.Join(cfg.DataDir, "spool"), cfg.MaxSpoolBytes)
 	if err != nil {
 		return nil, err

@@ -130,34 +130,35 @@ type Config struct {
 	BlockValidKeys bool
 }
 
-// Validate checks the configuration.
-func (c *Config) Validate() error {
+// Validate reports every problem of the configuration; it changes nothing.
+func (c Config) Validate() error {
+	var errs []error
 	if c.Table == nil {
-		return errors.New("verifier: Table is required")
+		errs = append(errs, errors.New("verifier: Table is required"))
 	}
 	if c.AnonIPv6Prefix < 0 || c.AnonIPv6Prefix > 128 || c.AnonIPv6Prefix != 0 && c.AnonIPv6Prefix < 32 {
-		return fmt.Errorf("verifier: anonymous IPv6 prefix /%d: want 32 to 128 (0: /64)", c.AnonIPv6Prefix)
+		errs = append(errs, fmt.Errorf("verifier: anonymous IPv6 prefix /%d: want 32 to 128 (0: /64)", c.AnonIPv6Prefix))
 	}
 	switch c.QuotaPeriod {
 	case "", "month", "day":
 	default:
-		return fmt.Errorf("verifier: quota period %q: accepted values are month, day", c.QuotaPeriod)
+		errs = append(errs, fmt.Errorf("verifier: quota period %q: accepted values are month, day", c.QuotaPeriod))
 	}
 	seen := map[string]bool{}
 	for _, r := range c.Routes {
 		if !strings.HasPrefix(r.Prefix, "/") {
-			return fmt.Errorf("verifier: route %q: the prefix must start with /", r.Prefix)
+			errs = append(errs, fmt.Errorf("verifier: route %q: the prefix must start with /", r.Prefix))
 		}
 		if lp := strings.ToLower(r.Prefix); seen[lp] {
-			return fmt.Errorf("verifier: route %q configured twice (prefixes match case-insensitively)", r.Prefix)
+			errs = append(errs, fmt.Errorf("verifier: route %q configured twice (prefixes match case-insensitively)", r.Prefix))
 		} else {
 			seen[lp] = true
 		}
 		if r.Anonymous && r.AnonRatePerS <= 0 {
-			return fmt.Errorf("verifier: route %q: anonymous access needs a per-IP rate > 0", r.Prefix)
+			errs = append(errs, fmt.Errorf("verifier: route %q: anonymous access needs a per-IP rate > 0", r.Prefix))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Verifier makes the decision for each request.
