@@ -22,13 +22,13 @@ func (s *Server) mountConsole() {
 	if src.QuotaKeys == nil && s.cfg.KeyTable != nil {
 		src.QuotaKeys = func(project string, n int) ([]string, map[string]int) { return quotaTop(s.cfg.KeyTable, project, n) }
 	}
-	c, err := console.New(console.Config{API: s, Logger: s.log, Sources: src,
+	c, err := console.New(console.Config{API: s, Sources: src,
 		Role: func(tok string) string {
 			if r := s.roleOf(&http.Request{Header: http.Header{"Authorization": {"Bearer " + tok}}}); r != RoleNone {
 				return r.String()
 			}
 			return ""
-		}})
+		}}, console.WithLogger(s.log))
 	if err != nil {
 		panic(err) // the console's templates are embedded: a test catches this
 	}

@@ -57,7 +57,6 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxAge ends a session this long after sign-in (default 12 hours).
 	MaxAge time.Duration
-	Logger *slog.Logger
 	// Sources are what the console reads beyond the API (optional).
 	Sources Sources
 }
@@ -86,8 +85,22 @@ type session struct {
 	lastSeen time.Time
 }
 
+// Option configures New.
+type Option func(*Console) error
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(c *Console) error {
+		if l == nil {
+			return errors.New("console: WithLogger(nil)")
+		}
+		c.log = l
+		return nil
+	}
+}
+
 // New builds the console.
-func New(cfg Config) (*Console, error) {
+func New(cfg Config, opts ...Option) (*Console, error) {
 	if cfg.API == nil || cfg.Role == nil {
 		return nil, errors.New("console: API and Role are required")
 	}
@@ -97,11 +110,14 @@ func New(cfg Config) (*Console, error) {
 	if cfg.MaxAge <= 0 {
 		cfg.MaxAge = 12 * time.Hour
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	c := &Console{cfg: cfg, log: cfg.Logger.With("role", "console"), mux: http.NewServeMux(), sessions: map[string]*session{},
+	c := &Console{cfg: cfg, log: slog.Default(), mux: http.NewServeMux(), sessions: map[string]*session{},
 		backtests: make(chan struct{}, 1)}
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
+	c.log = c.log.With("role", "console")
 	c.live = newLiveHub(c)
 	if err := c.parseTemplates(); err != nil {
 		return nil, err
