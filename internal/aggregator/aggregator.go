@@ -881,19 +881,13 @@ func (a *Aggregator) commit(ctx context.Context, ins []insert, epoch uint64) err
 	}
 	a.doneLater = nil
 	if epoch > 0 && a.fencer != nil {
-		var fence uint64
-		if err := a.retry(ctx, "read fence", func() error {
-			var err error
-			fence, err = a.fencer.MaxFence(ctx, a.cfg.Group)
-			return err
-		}); err != nil {
+		fence, err := a.readFence(ctx)
+		if err != nil {
 			return err
 		}
 		if fence > epoch {
 			for _, in := range intents {
-				if err := a.retry(ctx, "abort intent", func() error {
-					return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, in.Token)
-				}); err != nil {
+				if err := a.abortIntent(ctx, in); err != nil {
 					return err
 				}
 			}
@@ -1008,12 +1002,8 @@ func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
 	if err := a.retry(ctx, "fence", func() error { return a.fencer.Fence(ctx, a.cfg.Group, g) }); err != nil {
 		return err
 	}
-	var fence uint64
-	if err := a.retry(ctx, "read fence", func() error {
-		var err error
-		fence, err = a.fencer.MaxFence(ctx, a.cfg.Group)
-		return err
-	}); err != nil {
+	fence, err := a.readFence(ctx)
+	if err != nil {
 		return err
 	}
 	if fence > g {
@@ -1030,6 +1020,26 @@ func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
 	}
 	a.count(func(s *Stats) { s.Rebalances++ })
 	return a.replay(ctx)
+}
+
+// readFence reads the group's fence, the newest generation that fenced
+// it (retrying).
+func (a *Aggregator) readFence(ctx context.Context) (uint64, error) {
+	var fence uint64
+	err := a.retry(ctx, "read fence", func() error {
+		var err error
+		fence, err = a.fencer.MaxFence(ctx, a.cfg.Group)
+		return err
+	})
+	return fence, err
+}
+
+// abortIntent marks intent in aborted (retrying): its range is not to be
+// replayed.
+func (a *Aggregator) abortIntent(ctx context.Context, in store.Intent) error {
+	return a.retry(ctx, "abort intent", func() error {
+		return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, in.Token)
+	})
 }
 
 // replay re-inserts the ranges of pending intents with their tokens.
@@ -1132,9 +1142,7 @@ func (a *Aggregator) replayRange(ctx context.Context, in store.Intent, p int) (*
 		}
 		if dead {
 			a.log.Info("aggregator: pending intent superseded by a later generation's; aborted", "partition", in.Partition, "first", in.First, "last", in.Last)
-			return nil, a.retry(ctx, "abort intent", func() error {
-				return a.fencer.AbortIntent(ctx, a.cfg.Group, in.Partition, in.Token)
-			})
+			return nil, a.abortIntent(ctx, in)
 		}
 	}
 	b := &block{partition: p, first: in.First, last: in.Last, buf: &evBuf{}}
