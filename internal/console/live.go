@@ -191,16 +191,7 @@ type liveSummary struct {
 
 func (c *Console) summary(ctx context.Context, s *session) liveSummary {
 	var out liveSummary
-	var dr decisionsResp
-	if err := c.call(ctx, s, "GET", "/v1/decisions", url.Values{"from": {time.Now().UTC().Add(-time.Hour).Format(time.RFC3339)}, "limit": {"10000"}}, nil, &dr); err != nil {
-		out.DecErr = err.Error()
-	}
-	for _, x := range dr.Decisions {
-		out.Decisions++
-		if x.Action == "revoke" && x.Mode == "enforce" {
-			out.Revocations++
-		}
-	}
+	out.Decisions, out.Revocations, out.DecErr = c.lastHourDecisions(ctx, s)
 	var rr struct {
 		Rules []ruleJSON `json:"rules"`
 	}
@@ -217,6 +208,22 @@ func (c *Console) summary(ctx context.Context, s *session) liveSummary {
 	}
 	sort.Strings(out.Rules)
 	return out
+}
+
+// lastHourDecisions counts the decisions of the last hour and the enforced
+// revocations among them; errMsg is why they could not be read.
+func (c *Console) lastHourDecisions(ctx context.Context, s *session) (decisions, revocations int, errMsg string) {
+	var dr decisionsResp
+	if err := c.call(ctx, s, "GET", "/v1/decisions", url.Values{"from": {time.Now().UTC().Add(-time.Hour).Format(time.RFC3339)}, "limit": {"10000"}}, nil, &dr); err != nil {
+		errMsg = err.Error()
+	}
+	for _, x := range dr.Decisions {
+		decisions++
+		if x.Action == "revoke" && x.Mode == "enforce" {
+			revocations++
+		}
+	}
+	return decisions, revocations, errMsg
 }
 
 // stillSignedIn tells whether the stream's session is still live (without

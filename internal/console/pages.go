@@ -1193,16 +1193,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) e
 			}
 		}
 	}
-	var dr decisionsResp
-	if err := c.call(r.Context(), s, "GET", "/v1/decisions", url.Values{"from": {time.Now().UTC().Add(-time.Hour).Format(time.RFC3339)}, "limit": {"10000"}}, nil, &dr); err != nil {
-		d.DecErr = err.Error()
-	}
-	for _, x := range dr.Decisions {
-		d.Decisions++
-		if x.Action == "revoke" && x.Mode == "enforce" {
-			d.Revocations++
-		}
-	}
+	d.Decisions, d.Revocations, d.DecErr = c.lastHourDecisions(r.Context(), s)
 	var rr struct {
 		Rules []ruleJSON `json:"rules"`
 	}
