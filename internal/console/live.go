@@ -228,8 +228,12 @@ func (h *liveHub) tail(ctx context.Context) (string, <-chan struct{}) {
 	group := "console-live-" + randomToken()[:10]
 	cons, err := b.NewConsumer(ctx, bus.ConsumerConfig{Group: group, StartAtEnd: true})
 	if err != nil {
+		// A consumer half made (some partitions bound) is deleted too.
+		h.deleteGroup(group)
 		close(done)
-		h.c.log.Warn("console: live tail", "err", err)
+		if ctx.Err() == nil {
+			h.c.log.Warn("console: live tail", "err", err)
+		}
 		return "cannot tail the bus: " + err.Error(), done
 	}
 	go func() {
@@ -239,16 +243,25 @@ func (h *liveHub) tail(ctx context.Context) (string, <-chan struct{}) {
 			h.counts[ev.Outcome.String()]++
 			h.mu.Unlock()
 		})
-		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = cons.Close(dctx)
-		if gd, ok := b.(groupDeleter); ok {
-			if err := gd.DeleteGroup(dctx, group); err != nil {
-				h.c.log.Warn("console: live tail: consumer group not deleted", "group", group, "err", err)
-			}
-		}
+		_ = cons.Close(cctx)
+		h.deleteGroup(group)
 	}()
 	return "", done
+}
+
+// deleteGroup deletes a tail's consumer group if the bus can.
+func (h *liveHub) deleteGroup(group string) {
+	gd, ok := h.c.cfg.Sources.Bus.(groupDeleter)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := gd.DeleteGroup(ctx, group); err != nil {
+		h.c.log.Warn("console: live tail: consumer group not deleted", "group", group, "err", err)
+	}
 }
 
 func (h *liveHub) broadcast(ctx context.Context, b []byte) {

@@ -48,7 +48,7 @@ func hubOnNATS(t *testing.T) (*liveHub, *groupsBus) {
 	}
 	t.Cleanup(func() { _ = nb.Close(context.Background()) })
 	gb := &groupsBus{Bus: nb}
-	c := &Console{cfg: Config{Sources: Sources{Bus: gb, LagGroups: []string{"none"}}}, log: slog.New(slog.DiscardHandler)}
+	c := &Console{cfg: Config{Sources: Sources{Bus: gb, LagGroups: []string{"none"}}}, log: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
 	h := newLiveHub(c)
 	return h, gb
 }
@@ -121,3 +121,8 @@ func TestLiveHubStopsAfterLinger(t *testing.T) {
 		t.Fatalf("after the linger: groups %v, want one, deleted", groups)
 	}
 }
+
+// testWriter sends the hub's log to the test's output.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
