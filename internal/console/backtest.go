@@ -165,10 +165,8 @@ func (c *Console) runBacktest(w http.ResponseWriter, r *http.Request, s *session
 		}
 		warmup = w
 	}
-	set, label := c.backtestRules(r, f, d)
-	if len(f.Errors) > 0 || len(d.Problems) > 0 || set == nil {
-		return fail(http.StatusBadRequest)
-	}
+	// Linting, the schema check and the inline tests of an uploaded file
+	// cost CPU and memory too: they run one at a time and under the deadline.
 	select {
 	case c.backtests <- struct{}{}:
 		defer func() { <-c.backtests }()
@@ -178,6 +176,10 @@ func (c *Console) runBacktest(w http.ResponseWriter, r *http.Request, s *session
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), backtestTimeout)
 	defer cancel()
+	set, label := c.backtestRules(ctx, r, f, d)
+	if len(f.Errors) > 0 || len(d.Problems) > 0 || set == nil {
+		return fail(http.StatusBadRequest)
+	}
 	res, err := replay(ctx, c.cfg.Sources, set, from, to, maxEvents, warmup)
 	if err != nil {
 		c.log.Warn("console: backtest failed", "err", err)
@@ -193,7 +195,7 @@ func (c *Console) runBacktest(w http.ResponseWriter, r *http.Request, s *session
 
 // backtestRules compiles the rules the form names; problems (file:line)
 // go to d.Problems, failed inline tests to d.Tests.
-func (c *Console) backtestRules(r *http.Request, f *form, d *backtestForm) (*detect.RuleSet, string) {
+func (c *Console) backtestRules(ctx context.Context, r *http.Request, f *form, d *backtestForm) (*detect.RuleSet, string) {
 	var rules []*detect.Rule
 	label := ""
 	switch f.Get("source") {
@@ -249,7 +251,7 @@ func (c *Console) backtestRules(r *http.Request, f *form, d *backtestForm) (*det
 		return nil, ""
 	}
 	if f.Get("source") == "file" {
-		for _, t := range detect.RunTests(rules, detect.CompileOptions{}) {
+		for _, t := range detect.RunTestsContext(ctx, rules, detect.CompileOptions{}) {
 			if t.Passed() {
 				d.TestsPassed++
 				continue

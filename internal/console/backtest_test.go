@@ -122,6 +122,23 @@ func TestBacktestFromConsole(t *testing.T) {
 			t.Fatalf("failing inline test: %d\n%s", status, b)
 		}
 	})
+	t.Run("alias_bomb_and_huge_test_refused", func(t *testing.T) {
+		// Nested aliases ("billion laughs") are refused before expansion.
+		bomb := "a0: &a0 [\"xxxxxxxxxxxxxxxx\"]\n"
+		for i := 1; i <= 4; i++ {
+			prev := fmt.Sprintf("*a%d", i-1)
+			bomb += fmt.Sprintf("a%d: &a%d [%s%s]\n", i, i, strings.Repeat(prev+",", 9), prev)
+		}
+		status, b := multipartPost(t, adm, e.url+"/console/backtest", form("file", ""), "bomb.yaml", bomb+"id: x\n")
+		if status != 400 || !strings.Contains(b, "bomb.yaml:1") || !strings.Contains(b, "anchors and aliases") {
+			t.Fatalf("alias bomb: want 400 refusing anchors at bomb.yaml:1, got %d\n%s", status, b)
+		}
+		huge := busyRule + "tests:\n  - name: huge\n    events:\n      - {count: 3000000, every: 1ms, key_id: k1}\n    expect: []\n"
+		status, b = multipartPost(t, adm, e.url+"/console/backtest", form("file", huge), "", "")
+		if status != 400 || !strings.Contains(b, "pasted.yaml:18") || !strings.Contains(b, "100,000") {
+			t.Fatalf("3,000,000 test events: want 400 at pasted.yaml:18 naming the cap, got %d\n%s", status, b)
+		}
+	})
 	t.Run("loaded_rule", func(t *testing.T) {
 		f := form("loaded", "")
 		f.Set("rule", "anonymous-burst")

@@ -29,6 +29,10 @@ const (
 	liveLagEvery     = 2 // ticks
 	liveStoredEvery  = 5 // ticks
 	liveSummaryEvery = 10 * time.Second
+	// liveLinger keeps the hub, and its one consumer, running after the
+	// last stream closes, so that a reconnect or a page change reuses it
+	// instead of creating a consumer group each time.
+	liveLinger = 30 * time.Second
 )
 
 type liveSnap struct {
@@ -49,10 +53,13 @@ type liveHub struct {
 	done   chan struct{} // closed when the running loop has ended
 	counts map[string]uint64
 	last   []byte // the latest snapshot, sent to a stream as it opens
+	linger time.Duration
+	idle   *time.Timer // stops the loop liveLinger after the last stream
+	gen    uint64      // counts subscriptions: an idle stop checks it
 }
 
 func newLiveHub(c *Console) *liveHub {
-	return &liveHub{c: c, subs: map[chan []byte]struct{}{}, counts: map[string]uint64{}}
+	return &liveHub{c: c, subs: map[chan []byte]struct{}{}, counts: map[string]uint64{}, linger: liveLinger}
 }
 
 // subscribe adds a stream, starting the hub's loop for the first; nil
@@ -65,6 +72,11 @@ func (h *liveHub) subscribe() chan []byte {
 	}
 	ch := make(chan []byte, 1)
 	h.subs[ch] = struct{}{}
+	h.gen++
+	if h.idle != nil {
+		h.idle.Stop()
+		h.idle = nil
+	}
 	if h.last != nil {
 		ch <- h.last
 	}
@@ -76,39 +88,70 @@ func (h *liveHub) subscribe() chan []byte {
 	return ch
 }
 
-// unsubscribe removes a stream; the last one stops the loop (and the tail).
+// unsubscribe removes a stream; liveLinger after the last one the loop
+// (and the tail) stop, unless a stream opened meanwhile.
 func (h *liveHub) unsubscribe(ch chan []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.subs, ch)
-	if len(h.subs) == 0 && h.stop != nil {
+	if len(h.subs) == 0 && h.shuttingDown() {
+		h.stopLocked() // no lingering past the server's shutdown
+		return
+	}
+	if len(h.subs) == 0 && h.stop != nil && h.idle == nil {
+		gen := h.gen
+		h.idle = time.AfterFunc(h.linger, func() { h.stopIdle(gen) })
+	}
+}
+
+func (h *liveHub) shuttingDown() bool {
+	select {
+	case <-h.c.cfg.Sources.Done:
+		return true
+	default:
+		return false // also when Done is nil
+	}
+}
+
+// stopIdle stops the loop if no stream opened since the idle timer was set.
+func (h *liveHub) stopIdle(gen uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if gen != h.gen || len(h.subs) > 0 {
+		return
+	}
+	h.idle = nil
+	h.stopLocked()
+}
+
+func (h *liveHub) stopLocked() {
+	if h.stop != nil {
 		h.stop()
 		h.stop, h.last = nil, nil
+	}
+}
+
+// close stops the loop at once (the server is shutting down) and waits
+// until it and its tail have ended and the tail's consumer group is gone.
+func (h *liveHub) close() {
+	h.mu.Lock()
+	if h.idle != nil {
+		h.idle.Stop()
+		h.idle = nil
+	}
+	done := h.done
+	h.stopLocked()
+	h.mu.Unlock()
+	if done != nil {
+		<-done
 	}
 }
 
 func (h *liveHub) run(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	src := h.c.cfg.Sources
-	var tailErr string
-	if src.Bus != nil {
-		cons, err := src.Bus.NewConsumer(ctx, bus.ConsumerConfig{Group: "console-live-" + randomToken()[:10], StartAtEnd: true})
-		if err != nil {
-			tailErr = "cannot tail the bus: " + err.Error()
-			h.c.log.Warn("console: live tail", "err", err)
-		} else {
-			go func() {
-				defer cons.Close(context.Background())
-				_ = bus.TailEvents(ctx, cons, func(ev *event.Event) {
-					h.mu.Lock()
-					h.counts[ev.Outcome.String()]++
-					h.mu.Unlock()
-				})
-			}()
-		}
-	} else {
-		tailErr = "no bus here"
-	}
+	tailErr, tailDone := h.tail(ctx)
+	defer func() { <-tailDone }()
 	groups := src.LagGroups
 	if len(groups) == 0 {
 		groups = []string{"aggregator", "detector"}
@@ -163,6 +206,61 @@ func (h *liveHub) run(ctx context.Context, done chan struct{}) {
 			b, _ := json.Marshal(snap)
 			h.broadcast(ctx, b)
 		}
+	}
+}
+
+// groupDeleter is a bus that can delete a consumer group (natsbus,
+// kafkabus), so that a tail leaves nothing behind.
+type groupDeleter interface {
+	DeleteGroup(ctx context.Context, group string) error
+}
+
+// tail counts the events on the bus by outcome with one consumer group of
+// its own until ctx ends, then closes and deletes the group; the channel
+// is closed once that is done. The string says why nothing is tailed.
+func (h *liveHub) tail(ctx context.Context) (string, <-chan struct{}) {
+	done := make(chan struct{})
+	b := h.c.cfg.Sources.Bus
+	if b == nil {
+		close(done)
+		return "no bus here", done
+	}
+	group := "console-live-" + randomToken()[:10]
+	cons, err := b.NewConsumer(ctx, bus.ConsumerConfig{Group: group, StartAtEnd: true})
+	if err != nil {
+		// A consumer half made (some partitions bound) is deleted too.
+		h.deleteGroup(group)
+		close(done)
+		if ctx.Err() == nil {
+			h.c.log.Warn("console: live tail", "err", err)
+		}
+		return "cannot tail the bus: " + err.Error(), done
+	}
+	go func() {
+		defer close(done)
+		_ = bus.TailEvents(ctx, cons, func(ev *event.Event) {
+			h.mu.Lock()
+			h.counts[ev.Outcome.String()]++
+			h.mu.Unlock()
+		})
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = cons.Close(cctx)
+		h.deleteGroup(group)
+	}()
+	return "", done
+}
+
+// deleteGroup deletes a tail's consumer group if the bus can.
+func (h *liveHub) deleteGroup(group string) {
+	gd, ok := h.c.cfg.Sources.Bus.(groupDeleter)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := gd.DeleteGroup(ctx, group); err != nil {
+		h.c.log.Warn("console: live tail: consumer group not deleted", "group", group, "err", err)
 	}
 }
 

@@ -1303,6 +1303,7 @@ func (c *Console) billingFile(w http.ResponseWriter, r *http.Request, s *session
 		return c.call(r.Context(), s, "GET", "/v1/billing/"+url.PathEscape(period), url.Values{"format": {format}}, nil, nil)
 	}
 	w.Header().Set("Content-Type", rec.header.Get("Content-Type"))
+	w.Header().Set("Cache-Control", "no-store") // billing data: kept by no cache or proxy
 	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=\"keymeter-billing-%s.%s\"", period, format))
 	_, _ = w.Write(rec.body.Bytes())
 	return nil

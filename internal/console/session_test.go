@@ -222,6 +222,15 @@ func TestPagesRender(t *testing.T) {
 		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/csv" || !strings.Contains(resp.Header.Get("Content-Disposition"), "attachment") {
 			t.Fatalf("billing CSV: %d %q %q", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("Content-Disposition"))
 		}
+		// Billing data is not to be kept by a browser or proxy cache.
+		if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+			t.Fatalf("billing CSV: Cache-Control %q, want no-store", cc)
+		}
+		resp, _ = c.Get(e.url + "/console/billing/" + time.Now().UTC().Format("2006-01") + ".json")
+		body(t, resp)
+		if resp.StatusCode != 200 || resp.Header.Get("Cache-Control") != "no-store" {
+			t.Fatalf("billing JSON: %d, Cache-Control %q, want no-store", resp.StatusCode, resp.Header.Get("Cache-Control"))
+		}
 		resp, _ = c.Get(e.url + "/console/billing/2026-13.json")
 		if b := body(t, resp); resp.StatusCode != 400 || !strings.Contains(b, "period") {
 			t.Fatalf("billing of a bad period: %d", resp.StatusCode)

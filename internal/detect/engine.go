@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -287,6 +288,7 @@ func (e *Engine) allowlisted(ev *event.Event) bool {
 }
 
 func (e *Engine) emit(s *ruleState, d *keymeterv1.Decision) {
+	d.Group = EscapeGroup(d.Group)
 	m := ModeName(d.Mode)
 	s.c.Firings[m]++
 	s.c.Actions[m+"/"+ActionName(d.Action)]++
@@ -294,6 +296,22 @@ func (e *Engine) emit(s *ruleState, d *keymeterv1.Decision) {
 		e.cfg.Metrics.Firings.WithLabelValues(d.RuleId, m, ActionName(d.Action)).Inc()
 	}
 	e.cfg.Sink.Decide(d)
+}
+
+// ReservedGroup is the group of rule-mode overrides on the decisions log
+// (detector.RuleModeGroup); no detection decision carries it.
+const ReservedGroup = "keymeter.rule_mode"
+
+// EscapeGroup is the group a decision carries for a group value: a value
+// equal to ReservedGroup, which comes from client data (a user agent, a
+// route, a host), gets a leading backslash, and so does a value that already
+// starts with one (the mapping stays one-to-one), so that no client can make
+// the engine emit what reads as a rule-mode override.
+func EscapeGroup(g string) string {
+	if g == ReservedGroup || strings.HasPrefix(g, `\`) {
+		return `\` + g
+	}
+	return g
 }
 
 // decisionID is deterministic (unlike the engine's seeded index hash) so

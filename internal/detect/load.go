@@ -161,6 +161,10 @@ func ParseFile(file string, data []byte) (rules []*Rule, err error) {
 		if body == nil {
 			continue
 		}
+		if err := refuseAliases(file, body); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		checkDurations(file, body, &errs)
 		if len(errs) > 0 {
 			continue
@@ -195,10 +199,37 @@ func ParseFile(file string, data []byte) (rules []*Rule, err error) {
 			rules = append(rules, r)
 		}
 	}
+	if err := checkTestEvents(file, rules); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return rules, nil
+}
+
+// MaxTestEvents bounds the events the inline tests of one file generate
+// (each sequence's count, and their sum over all the file's tests): a test
+// of a million events would cost gigabytes when run, by the detector's
+// rules test or the console's backtest.
+const MaxTestEvents = 100_000
+
+// checkTestEvents refuses a file whose inline tests generate more than
+// MaxTestEvents events, naming the test that crosses the cap.
+func checkTestEvents(file string, rules []*Rule) error {
+	total := 0
+	for _, r := range rules {
+		for i, tc := range r.Tests {
+			for _, seq := range tc.Events {
+				total += max(seq.Count, 1)
+			}
+			if total > MaxTestEvents {
+				return &LoadError{File: file, Line: r.pos.of(fmt.Sprintf("tests[%d]", i)),
+					Msg: fmt.Sprintf("rule %s: the inline tests of this file generate over %d events", r.ID, MaxTestEvents)}
+			}
+		}
+	}
+	return nil
 }
 
 func yamlError(file string, err error) error {
@@ -338,8 +369,8 @@ func validateTests(tests []TestCase, bad badFunc) {
 		}
 		for j, seq := range tc.Events {
 			sp := fmt.Sprintf("%s.events[%d]", path, j)
-			if seq.Count < 0 {
-				bad(sp+".count", "must not be negative")
+			if seq.Count < 0 || seq.Count > MaxTestEvents {
+				bad(sp+".count", "must be from 0 to %d", MaxTestEvents)
 			}
 			if seq.Outcome != "" {
 				if _, err := parseOutcome(seq.Outcome); err != nil {
@@ -462,4 +493,37 @@ func LoadPaths(opts CompileOptions, paths ...string) (*RuleSet, error) {
 		return nil, err
 	}
 	return Compile(rules, opts)
+}
+
+// aliasFinder stops a walk at the first YAML anchor or alias.
+type aliasFinder struct{ found yast.Node }
+
+func (a *aliasFinder) Visit(n yast.Node) yast.Visitor {
+	if a.found != nil {
+		return nil
+	}
+	switch n.(type) {
+	case *yast.AnchorNode, *yast.AliasNode:
+		a.found = n
+		return nil
+	}
+	return a
+}
+
+// refuseAliases rejects YAML anchors (&name) and aliases (*name, <<: *name)
+// before a document is decoded: expanding nested aliases costs memory
+// exponential in the file's size ("billion laughs"), and rule files have no
+// need for them.
+func refuseAliases(file string, body yast.Node) error {
+	var a aliasFinder
+	yast.Walk(&a, body)
+	if a.found == nil {
+		return nil
+	}
+	line := 0
+	if tk := a.found.GetToken(); tk != nil && tk.Position != nil {
+		line = tk.Position.Line
+	}
+	return &LoadError{File: file, Line: line,
+		Msg: "YAML anchors and aliases (&name, *name) are not allowed in rule files"}
 }

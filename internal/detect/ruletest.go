@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sort"
@@ -68,10 +69,21 @@ func firingLine(action, group, mode string, times int) string {
 // RunTests runs the inline tests of rules, each rule alone in a fresh
 // engine with its own compiled copy.
 func RunTests(rules []*Rule, opts CompileOptions) []TestResult {
+	return RunTestsContext(context.Background(), rules, opts)
+}
+
+// RunTestsContext is RunTests that stops when ctx ends: the tests not run
+// then fail with ctx's error.
+func RunTestsContext(ctx context.Context, rules []*Rule, opts CompileOptions) []TestResult {
 	var out []TestResult
 	for _, r := range rules {
 		for i, tc := range r.Tests {
 			res := TestResult{Rule: r.ID, File: r.File, Line: r.pos.of(fmt.Sprintf("tests[%d]", i)), Test: tc.Name}
+			if err := ctx.Err(); err != nil {
+				res.Err = fmt.Errorf("not run: %w", err)
+				out = append(out, res)
+				continue
+			}
 			res.Expected, res.Actual, res.Events, res.Err = runTest(r, tc, opts)
 			out = append(out, res)
 		}
@@ -159,6 +171,13 @@ func GenerateEvents(tc TestCase) ([]event.Event, error) {
 			return nil, err
 		}
 		start = t
+	}
+	total := 0
+	for _, seq := range tc.Events {
+		total += max(seq.Count, 1)
+		if seq.Count < 0 || total > MaxTestEvents {
+			return nil, fmt.Errorf("the test generates over %d events", MaxTestEvents)
+		}
 	}
 	var evs []event.Event
 	for si, seq := range tc.Events {

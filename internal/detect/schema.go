@@ -86,6 +86,10 @@ func ValidateSchema(file string, data []byte) (err error) {
 		if _, ok := doc.Body.(*yast.CommentNode); ok {
 			continue
 		}
+		if err := refuseAliases(file, doc.Body); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		var v any
 		if err := yaml.NodeToValue(doc.Body, &v); err != nil {
 			errs = append(errs, yamlError(file, err))

@@ -133,21 +133,7 @@ func (d *Detector) Run(ctx context.Context) error {
 		stopAct()
 	}()
 
-	go func() {
-		if d.cfg.Audit != nil {
-			// Switches older than the decisions log's retention, first:
-			// the log's replay then brings every newer one.
-			if n, err := RestoreRuleModes(ctx, d.cfg.Audit, d.cfg.Engine, d.log); err != nil {
-				d.log.Warn("detector: rule-mode switches not read from the audit trail", "err", err)
-			} else if n > 0 {
-				d.log.Info("detector: rule-mode switches restored from the audit trail", "rules", n)
-			}
-		}
-		if err := FollowRuleModes(ctx, d.cfg.Bus, d.cfg.Engine, d.log); err != nil && ctx.Err() == nil {
-			d.log.Warn("detector: not following rule-mode overrides", "err", err)
-		}
-	}()
-
+	d.restoreRuleModes(ctx)
 	var eb event.Batch
 	var evs []event.Event
 	for ctx.Err() == nil {
@@ -187,6 +173,54 @@ func (d *Detector) Run(ctx context.Context) error {
 	}
 	d.cfg.Engine.Flush()
 	return nil
+}
+
+// replaySyncer is a bus that tells when the replay of the decisions log has
+// caught up (natsbus).
+type replaySyncer interface {
+	SubscribeDecisionsSinceSynced(ctx context.Context, since time.Time, fn func([]byte)) (<-chan struct{}, error)
+}
+
+// ruleModeReplayWait bounds the wait for the decisions log's replay at
+// start (a slow log must not keep the detector from working).
+const ruleModeReplayWait = 30 * time.Second
+
+// restoreRuleModes applies the rule-mode switches before the first event is
+// fetched, so that a switched rule's first decision after a restart already
+// has the switched mode: the audit trail's (switches older than the log's
+// retention) first, then the retained decisions log's, which it then
+// follows until ctx ends.
+func (d *Detector) restoreRuleModes(ctx context.Context) {
+	if d.cfg.Audit != nil {
+		if n, err := RestoreRuleModes(ctx, d.cfg.Audit, d.cfg.Engine, d.log); err != nil {
+			d.log.Warn("detector: rule-mode switches not read from the audit trail", "err", err)
+		} else if n > 0 {
+			d.log.Info("detector: rule-mode switches restored from the audit trail", "rules", n)
+		}
+	}
+	apply := func(data []byte) { ApplyRuleMode(d.cfg.Engine, data, d.log) }
+	rs, ok := d.cfg.Bus.(replaySyncer)
+	if !ok {
+		if err := FollowRuleModes(ctx, d.cfg.Bus, d.cfg.Engine, d.log); err != nil && ctx.Err() == nil {
+			d.log.Warn("detector: not following rule-mode overrides", "err", err)
+		}
+		return
+	}
+	caughtUp, err := rs.SubscribeDecisionsSinceSynced(ctx, time.Unix(0, 0), apply)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("detector: not following rule-mode overrides", "err", err)
+		}
+		return
+	}
+	t := time.NewTimer(ruleModeReplayWait)
+	defer t.Stop()
+	select {
+	case <-caughtUp:
+	case <-ctx.Done():
+	case <-t.C:
+		d.log.Warn("detector: the decisions log's replay is slow; fetching events before all rule-mode overrides are applied")
+	}
 }
 
 // act carries out decisions one by one and writes them to the store in

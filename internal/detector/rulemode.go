@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -21,7 +22,7 @@ import (
 // block lists and other readers pass it by), the rule's id and the mode an
 // operator set. Every detector follows the log from its start and applies
 // the latest override of each rule to its engine (see FollowRuleModes).
-const RuleModeGroup = "keymeter.rule_mode"
+const RuleModeGroup = detect.ReservedGroup
 
 // ModeFile clears a rule's override: the rule acts in its file's mode again.
 const ModeFile = "file"
@@ -80,10 +81,14 @@ func (m ModeSwitch) SetRuleMode(ctx context.Context, ruleID, mode, actor string)
 }
 
 // ApplyRuleMode applies one message of the decisions log to e when it is a
-// rule-mode override; it reports whether it was one.
+// rule-mode override; it reports whether it was one. An override is known by
+// all of: the reserved group, no action, and an id "rule-mode/<rule>/..."
+// (as RuleModeMessage writes it); the engine never emits the reserved group
+// (detect.EscapeGroup), so detection decisions grouped by client data can
+// never pass for one.
 func ApplyRuleMode(e *detect.Engine, data []byte, log *slog.Logger) bool {
 	var d keymeterv1.Decision
-	if proto.Unmarshal(data, &d) != nil || d.GetGroup() != RuleModeGroup || d.GetRuleId() == "" {
+	if proto.Unmarshal(data, &d) != nil || !isRuleModeSwitch(&d) {
 		return false
 	}
 	if err := e.SetModeOverride(d.GetRuleId(), d.GetMode()); err != nil {
@@ -92,6 +97,12 @@ func ApplyRuleMode(e *detect.Engine, data []byte, log *slog.Logger) bool {
 	}
 	log.Info("detector: rule mode overridden", "rule", d.GetRuleId(), "mode", detect.ModeName(d.GetMode()))
 	return true
+}
+
+func isRuleModeSwitch(d *keymeterv1.Decision) bool {
+	return d.GetGroup() == RuleModeGroup && d.GetRuleId() != "" &&
+		d.GetAction() == keymeterv1.Action_ACTION_UNSPECIFIED &&
+		strings.HasPrefix(d.GetId(), "rule-mode/"+d.GetRuleId()+"/")
 }
 
 // RestoreRuleModes applies the latest switch of each rule recorded in the

@@ -480,3 +480,17 @@ func (b *Bus) Lag(ctx context.Context, group string) (map[int]uint64, error) {
 	}
 	return out, nil
 }
+
+// DeleteGroup deletes a consumer group that has no members left, for a
+// tail such as the console's live overview that is done.
+func (b *Bus) DeleteGroup(ctx context.Context, group string) error {
+	id := b.cfg.EventsTopic + "." + group // as NewConsumer names it
+	res, err := b.client.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: []string{id}})
+	if err != nil {
+		return fmt.Errorf("kafkabus: delete group %s: %w", group, err)
+	}
+	if err := res.Errors[id]; err != nil && !errors.Is(err, kafka.GroupIdNotFound) {
+		return fmt.Errorf("kafkabus: delete group %s: %w", group, err)
+	}
+	return nil
+}

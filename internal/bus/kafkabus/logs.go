@@ -332,17 +332,26 @@ func (b *Bus) SubscribeDecisions(ctx context.Context, fn func(data []byte)) erro
 	if err != nil {
 		return err
 	}
-	return b.followDecisions(ctx, next, fn)
+	return b.followDecisions(ctx, next, fn, nil)
 }
 
 // SubscribeDecisionsSince replays the decisions published since a time,
 // then follows new ones.
 func (b *Bus) SubscribeDecisionsSince(ctx context.Context, since time.Time, fn func([]byte)) error {
+	_, err := b.SubscribeDecisionsSinceSynced(ctx, since, fn)
+	return err
+}
+
+// SubscribeDecisionsSinceSynced is SubscribeDecisionsSince that also
+// returns a channel closed once the decisions published before the call
+// have all been passed to fn (at once when there are none), so that a
+// detector applies the rule-mode overrides before it fetches events.
+func (b *Bus) SubscribeDecisionsSinceSynced(ctx context.Context, since time.Time, fn func([]byte)) (<-chan struct{}, error) {
 	topic := b.cfg.DecisionsTopic
 	parts := seq(b.cfg.DecisionPartitions)
 	_, next, err := b.offsets(ctx, topic, parts)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	reqs := make([]kafka.OffsetRequest, 0, len(parts))
 	for _, p := range parts {
@@ -350,7 +359,7 @@ func (b *Bus) SubscribeDecisionsSince(ctx context.Context, since time.Time, fn f
 	}
 	res, err := b.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
 	if err != nil {
-		return fmt.Errorf("kafkabus: decisions since %s: %w", since.Format(time.RFC3339), err)
+		return nil, fmt.Errorf("kafkabus: decisions since %s: %w", since.Format(time.RFC3339), err)
 	}
 	start := map[int]int64{}
 	for _, p := range parts {
@@ -363,10 +372,31 @@ func (b *Bus) SubscribeDecisionsSince(ctx context.Context, since time.Time, fn f
 			}
 		}
 	}
-	return b.followDecisions(ctx, start, fn)
+	caughtUp := make(chan struct{})
+	left := map[int]bool{} // partitions with stored decisions still to replay
+	for p, off := range start {
+		if off < next[p] {
+			left[p] = true
+		}
+	}
+	if len(left) == 0 {
+		close(caughtUp)
+	}
+	reached := func(p int, off int64) { // under followDecisions' lock
+		if left[p] && off+1 >= next[p] {
+			delete(left, p)
+			if len(left) == 0 {
+				close(caughtUp)
+			}
+		}
+	}
+	return caughtUp, b.followDecisions(ctx, start, fn, reached)
 }
 
-func (b *Bus) followDecisions(ctx context.Context, start map[int]int64, fn func([]byte)) error {
+// followDecisions calls fn for every decision of each partition from its
+// start offset on and, if set, reached with the message's partition and
+// offset (one call at a time).
+func (b *Bus) followDecisions(ctx context.Context, start map[int]int64, fn func([]byte), reached func(p int, off int64)) error {
 	var mu sync.Mutex
 	for p, off := range start {
 		r, err := b.partitionReader(b.cfg.DecisionsTopic, p, off)
@@ -387,6 +417,9 @@ func (b *Bus) followDecisions(ctx context.Context, start map[int]int64, fn func(
 				}
 				mu.Lock()
 				fn(m.Value)
+				if reached != nil {
+					reached(m.Partition, m.Offset)
+				}
 				mu.Unlock()
 			}
 		}()

@@ -342,3 +342,16 @@ func (b *Bus) Lag(ctx context.Context, group string) (map[int]uint64, error) {
 	}
 	return out, nil
 }
+
+// DeleteGroup deletes the durable consumers of group (one per partition),
+// for a tail such as the console's live overview that is done; a group
+// that does not exist is no error.
+func (b *Bus) DeleteGroup(ctx context.Context, group string) error {
+	for p := range b.cfg.Partitions {
+		err := b.js.DeleteConsumer(ctx, b.streams.events, group+"-p"+strconv.Itoa(p))
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("natsbus: delete group %s: %w", group, err)
+		}
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -146,6 +147,36 @@ func (b *Bus) SubscribeDecisionsSince(ctx context.Context, since time.Time, fn f
 	}
 	context.AfterFunc(ctx, cc.Stop)
 	return nil
+}
+
+// SubscribeDecisionsSinceSynced is SubscribeDecisionsSince that also
+// returns a channel closed once the decisions stored when it was called
+// have all been passed to fn (at once when there are none), so that a
+// detector applies the rule-mode overrides before it fetches events.
+func (b *Bus) SubscribeDecisionsSinceSynced(ctx context.Context, since time.Time, fn func([]byte)) (<-chan struct{}, error) {
+	oc, err := b.js.OrderedConsumer(ctx, b.streams.decisions, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: subscribe decisions: %w", err)
+	}
+	caughtUp := make(chan struct{})
+	var once sync.Once
+	done := func() { once.Do(func() { close(caughtUp) }) }
+	cc, err := oc.Consume(func(m jetstream.Msg) {
+		fn(m.Data())
+		if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
+			done()
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: subscribe decisions: %w", err)
+	}
+	if info := oc.CachedInfo(); info != nil && info.NumPending == 0 {
+		done() // nothing stored since then
+	}
+	context.AfterFunc(ctx, cc.Stop)
+	return caughtUp, nil
 }
 
 // ---- dead letters ----
