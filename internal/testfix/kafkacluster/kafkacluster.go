@@ -126,6 +126,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.Nodes = append(c.Nodes, n)
 		voters = append(voters, fmt.Sprintf("%d@127.0.0.1:%d", n.ID, n.ControllerPort))
 	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("kafkacluster: %w", err)
+	}
 	c.log4j = filepath.Join(cfg.Dir, "log4j2.properties")
 	if err := os.WriteFile(c.log4j, []byte(log4j), 0o640); err != nil {
 		return nil, fmt.Errorf("kafkacluster: %w", err)

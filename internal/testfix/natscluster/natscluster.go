@@ -116,10 +116,13 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
+// randomHex is a password of n random bytes. nats-server parses an
+// environment variable's value as a configuration value: one starting with
+// a digit is read as a number and fails, hence the letter in front.
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	return "pw" + hex.EncodeToString(b)
 }
 
 // freePorts returns n distinct TCP ports free on 127.0.0.1 now.
@@ -256,7 +259,8 @@ func (c *Cluster) Kill(i int) error {
 }
 
 // Restart starts node i again on its storage (after Kill) and waits until
-// it serves.
+// it serves with JetStream enabled (/healthz?js-enabled-only=true); its
+// streams and consumers then catch up from the others (WaitCurrent).
 func (c *Cluster) Restart(ctx context.Context, i int) error {
 	if c.Running(i) {
 		return fmt.Errorf("natscluster: %s is running", c.Nodes[i].Name)
@@ -264,15 +268,25 @@ func (c *Cluster) Restart(ctx context.Context, i int) error {
 	if err := c.launch(c.Nodes[i]); err != nil {
 		return err
 	}
-	return c.WaitReady(ctx, i)
+	return c.wait(ctx, i, "/healthz?js-enabled-only=true", c.cfg.StartTimeout)
 }
 
 // WaitReady waits until node i answers /healthz with 200 (JetStream up
-// and current), failing early when its process exits.
+// and every stream and consumer replica on it current), failing early
+// when its process exits.
 func (c *Cluster) WaitReady(ctx context.Context, i int) error {
+	return c.wait(ctx, i, "/healthz", c.cfg.StartTimeout)
+}
+
+// WaitCurrent is WaitReady with its own limit.
+func (c *Cluster) WaitCurrent(ctx context.Context, i int, limit time.Duration) error {
+	return c.wait(ctx, i, "/healthz", limit)
+}
+
+func (c *Cluster) wait(ctx context.Context, i int, path string, limit time.Duration) error {
 	n := c.Nodes[i]
-	deadline := time.Now().Add(c.cfg.StartTimeout)
-	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", n.Mon)
+	deadline := time.Now().Add(limit)
+	url := fmt.Sprintf("http://127.0.0.1:%d%s", n.Mon, path)
 	client := &http.Client{Timeout: 2 * time.Second}
 	var last string
 	for {
@@ -293,7 +307,7 @@ func (c *Cluster) WaitReady(ctx context.Context, i int) error {
 			last = err.Error()
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("natscluster: %s not healthy within %s (last: %s)\n%s", n.Name, c.cfg.StartTimeout, last, c.LogTail(i, 30))
+			return fmt.Errorf("natscluster: %s: %s not 200 within %s (last: %s)\n%s", n.Name, path, limit, last, c.LogTail(i, 30))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -376,4 +390,37 @@ func (c *Cluster) Close() {
 			_ = c.Kill(i)
 		}
 	}
+}
+
+// Describe summarizes stream and its consumers (messages, leader, and per
+// consumer pending, ack-pending and ack floor), for a failure's report.
+func (c *Cluster) Describe(ctx context.Context, stream string) string {
+	nc, err := nats.Connect(c.URLs(), nats.Timeout(2*time.Second))
+	if err != nil {
+		return err.Error()
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return err.Error()
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "stream %s: msgs=%d first=%d last=%d", stream, info.State.Msgs, info.State.FirstSeq, info.State.LastSeq)
+	if info.Cluster != nil {
+		fmt.Fprintf(&b, " leader=%s", info.Cluster.Leader)
+	}
+	ci := s.ListConsumers(ctx)
+	for cinfo := range ci.Info() {
+		fmt.Fprintf(&b, "\n  consumer %s: pending=%d ack_pending=%d redelivered=%d delivered=%d ack_floor=%d waiting=%d",
+			cinfo.Name, cinfo.NumPending, cinfo.NumAckPending, cinfo.NumRedelivered, cinfo.Delivered.Stream, cinfo.AckFloor.Stream, cinfo.NumWaiting)
+		if cinfo.Cluster != nil {
+			fmt.Fprintf(&b, " leader=%s", cinfo.Cluster.Leader)
+		}
+	}
+	return b.String()
 }
