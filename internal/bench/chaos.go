@@ -21,6 +21,7 @@ import (
 	"github.com/keymeter/keymeter/internal/bus/busopen"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/store"
+	"github.com/keymeter/keymeter/internal/store/chdb"
 	"github.com/keymeter/keymeter/internal/testfix/kafkacluster"
 	"github.com/keymeter/keymeter/internal/testfix/natscluster"
 	"github.com/keymeter/keymeter/internal/verifier"
@@ -37,7 +38,7 @@ import (
 // be in the store once.
 type ChaosConfig struct {
 	Bus         string    // nats or kafka
-	Store       *store.DB // migrated, in a fresh database
+	Store       *store.DB // migrated, in a fresh database; nil: chDB under Dir/clickhouse
 	Dir         string    // cluster nodes and verifier data go under it
 	Events      int       // requests sent (each answered request is one event)
 	Aggregators int       // 3
@@ -85,8 +86,8 @@ func (c *ChaosConfig) defaults() error {
 	if c.Bus != "nats" && c.Bus != "kafka" {
 		return fmt.Errorf("bench chaos: --bus %q: accepted values are nats, kafka", c.Bus)
 	}
-	if c.Store == nil || c.Dir == "" {
-		return errors.New("bench chaos: a store and a data directory are required")
+	if c.Dir == "" {
+		return errors.New("bench chaos: a data directory is required")
 	}
 	if c.Events < 1 {
 		return errors.New("bench chaos: --events must be positive")
@@ -154,6 +155,17 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
 		return res, err
 	}
 	t0 := time.Now()
+	if cfg.Store == nil {
+		st, err := chdb.Open(chdb.Config{DataDir: filepath.Join(cfg.Dir, "clickhouse"), Database: "chaos"})
+		if err != nil {
+			return res, fmt.Errorf("bench chaos: store: %w", err)
+		}
+		defer st.Close()
+		if _, err := st.Migrate(ctx); err != nil {
+			return res, fmt.Errorf("bench chaos: store: %w", err)
+		}
+		cfg.Store = st
+	}
 	r := &chaosRun{cfg: cfg, log: cfg.Logger}
 	defer r.shutdown()
 	if err := r.startCluster(ctx); err != nil {
