@@ -75,6 +75,9 @@ type ChaosResult struct {
 	// was killed.
 	RevokeMS float64
 	Elapsed  time.Duration
+	// SelfRestarts counts aggregators that ended by themselves (and were
+	// restarted, as a supervisor would).
+	SelfRestarts int
 }
 
 // OK reports whether nothing was lost or doubled.
@@ -119,17 +122,18 @@ func (c *ChaosConfig) defaults() error {
 
 // chaosRun is one run's moving parts.
 type chaosRun struct {
-	cfg     ChaosConfig
-	busCfg  busopen.Config
-	nats    *natscluster.Cluster
-	kafka   *kafkacluster.Cluster
-	log     *slog.Logger
-	mu      sync.Mutex
-	buses   []bus.Bus
-	aggs    []*chaosMember
-	vers    []*chaosVerifier
-	errs    []error
-	startCt int
+	cfg    ChaosConfig
+	busCfg busopen.Config
+	nats   *natscluster.Cluster
+	kafka  *kafkacluster.Cluster
+	log    *slog.Logger
+	mu     sync.Mutex
+	buses  []bus.Bus
+	aggs   []*chaosMember
+	vers   []*chaosVerifier
+	errs   []error
+	// selfRestarts counts aggregators restarted after ending by themselves.
+	selfRestarts int
 }
 
 type chaosMember struct {
@@ -381,6 +385,9 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
 		}
 		res.Kills++
 		cfg.logf("bench chaos: kill %d/%d done at %d requests", j+1, cfg.Kills, sent.Load())
+		if kerr = r.supervise(ctx); kerr != nil {
+			break
+		}
 	}
 	gate.Store(int64(cfg.Events))
 	if kerr != nil {
@@ -424,6 +431,9 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
 			break
 		}
 		p.Tick("stored %d of %d", n, res.Answered)
+		if err := r.supervise(ctx); err != nil {
+			return res, fmt.Errorf("bench chaos: %w", err)
+		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	time.Sleep(2 * time.Second)
@@ -431,6 +441,7 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
 		return res, err
 	}
 	res.Elapsed = time.Since(t0)
+	res.SelfRestarts = r.selfRestarts
 
 	var s Summary
 	s.Add("bench", "chaos")
@@ -444,6 +455,7 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
 	s.Add("kills", res.Kills)
 	s.Add("bus_kills", res.BusKills)
 	s.Add("client_retries", res.ClientErrs)
+	s.Add("aggregator_self_restarts", r.selfRestarts)
 	s.Add("p99_ms", res.P99MS)
 	s.Add("revoke_ms", res.RevokeMS)
 	s.Add("elapsed_s", res.Elapsed.Seconds())
@@ -563,6 +575,36 @@ func (r *chaosRun) startAggregator(ctx context.Context, i int, parts []int) erro
 		r.aggs = append(r.aggs, m)
 	}
 	r.mu.Unlock()
+	return nil
+}
+
+// supervise restarts, as systemd or Kubernetes would, an aggregator whose
+// run ended by itself (a fatal error such as a consumer it could not bind
+// while the cluster elected leaders), counting it in res.
+func (r *chaosRun) supervise(ctx context.Context) error {
+	r.mu.Lock()
+	var dead []int
+	for i, m := range r.aggs {
+		if m.cancel == nil {
+			continue
+		}
+		select {
+		case err := <-m.done:
+			m.cancel()
+			m.cancel = nil
+			closeBus(m.bus)
+			r.cfg.logf("bench chaos: aggregator %d stopped by itself (%v); restarting it", i, err)
+			dead = append(dead, i)
+		default:
+		}
+	}
+	r.mu.Unlock()
+	for _, i := range dead {
+		r.selfRestarts++
+		if err := r.startAggregator(ctx, i, r.aggs[i].parts); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
