@@ -266,7 +266,12 @@ func (c *consumer) Ack(ctx context.Context, d bus.Delivery) error {
 	}
 	// DoubleAck waits for the server's confirmation, so an ack that returns
 	// nil is durable: the batch will not be redelivered.
-	if err := msg.DoubleAck(ctx); err != nil {
+	//
+	// ErrMsgAlreadyAckd means an earlier DoubleAck of this delivery was
+	// confirmed: done. A caller retrying a set of acks after one of them
+	// failed (a consumer leader elected in a cluster) acks the others again;
+	// taking that for a failure retried them for ever.
+	if err := msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 		return fmt.Errorf("natsbus: ack partition %d position %d: %w", d.Partition, d.Position, err)
 	}
 	return nil
