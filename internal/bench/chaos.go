@@ -842,9 +842,13 @@ func (r *chaosRun) tally(ctx context.Context, want map[string]int64, res *ChaosR
 	if err != nil {
 		return fmt.Errorf("bench chaos: count stored events per key: %w", err)
 	}
+	shown := 0
 	for k, n := range want {
 		if d := n - got[k]; d > 0 {
 			res.Lost += d
+			if shown++; shown <= 5 {
+				r.cfg.logf("bench chaos: key %q: answered %d, stored %d", k, n, got[k])
+			}
 		} else {
 			res.Extra -= d
 		}
