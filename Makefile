@@ -10,7 +10,7 @@ TEST_FLAGS ?= -race -timeout 30m
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build run test test-short bench generate lint deps debian-deps chdb kafka-up kafka-down clickhouse-up down check-generated cluster-sql clean
+.PHONY: help build run test test-short bench generate lint deps debian-deps chdb kafka-up kafka-down clickhouse-up down check-generated cluster-sql clean test-cluster
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,16 @@ test: deps check-generated ## everything a fresh machine needs, then all tests u
 	if [ $$status -eq 0 ]; then scripts/schemathesis.sh || status=$$?; fi; \
 	if [ -z "$(KEEP_SERVERS)" ]; then $(MAKE) --no-print-directory down; fi; \
 	exit $$status
+
+# The longer cluster runs: 3 Debian nats-server and 3 KRaft brokers on the
+# shipped configs (deploy/nats, deploy/kafka/production), 1M requests each,
+# aggregators, a bus node and a verifier killed during the run. The short
+# versions (TestChaosNATSCluster, TestChaosKafkaCluster) run in make test.
+CHAOS_EVENTS ?= 1000000
+test-cluster: build chdb ## the cluster fault runs: keymeter bench chaos on NATS and Kafka (CHAOS_EVENTS=1000000 each); fails on any lost or doubled event
+	deploy/kafka/kafka.sh fetch
+	./$(BIN) bench chaos --bus nats --events $(CHAOS_EVENTS) --aggregators 3 --kills 5 --log-level error
+	./$(BIN) bench chaos --bus kafka --events $(CHAOS_EVENTS) --aggregators 3 --kills 5 --log-level error
 
 down: ## stop the servers make test started (Kafka broker, clickhouse-server)
 	-@deploy/kafka/kafka.sh stop

@@ -118,8 +118,18 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 // lost reports whether this partition's durable consumer was deleted or
 // replaced by another process (bindPartition elsewhere): then two processes
 // would ack each other's batches, so this one must stop.
+//
+// In a cluster a consumer whose leader just died is briefly not found (until
+// its replicas elect another): only a consumer still missing after
+// lostGrace, or one created anew, is lost.
 func (c *consumer) lost(ctx context.Context, p int, cons jetstream.Consumer, created time.Time) bool {
 	info, err := cons.Info(ctx)
+	for deadline := time.Now().Add(lostGrace); errors.Is(err, jetstream.ErrConsumerNotFound) && time.Now().Before(deadline); {
+		if ctxtime.Sleep(ctx, 250*time.Millisecond) != nil {
+			return false
+		}
+		info, err = cons.Info(ctx)
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound), err == nil && !info.Created.Equal(created):
 		select {
@@ -130,6 +140,10 @@ func (c *consumer) lost(ctx context.Context, p int, cons jetstream.Consumer, cre
 	}
 	return false
 }
+
+// lostGrace is how long a consumer may be missing before it counts as
+// taken over: longer than a JetStream cluster's leader election.
+const lostGrace = 15 * time.Second
 
 // pump moves one partition's messages into the shared channel, restarting
 // the pull iterator after connection trouble.
@@ -255,7 +269,12 @@ func (c *consumer) Ack(ctx context.Context, d bus.Delivery) error {
 	}
 	// DoubleAck waits for the server's confirmation, so an ack that returns
 	// nil is durable: the batch will not be redelivered.
-	if err := msg.DoubleAck(ctx); err != nil {
+	//
+	// ErrMsgAlreadyAckd means an earlier DoubleAck of this delivery was
+	// confirmed: done. A caller retrying a set of acks after one of them
+	// failed (a consumer leader elected in a cluster) acks the others again;
+	// taking that for a failure retried them for ever.
+	if err := msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 		return fmt.Errorf("natsbus: ack partition %d position %d: %w", d.Partition, d.Position, err)
 	}
 	return nil

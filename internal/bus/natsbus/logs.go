@@ -15,9 +15,49 @@ import (
 
 // ---- key-state log: a JetStream KV bucket ----
 
+// leaderless reports an error that means no server took the request: the
+// stream (or bucket) has no leader for a moment, as while a cluster elects a
+// new one after a node died. Nothing was written, so trying again is safe
+// even for a compare-and-set.
+func leaderless(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// electionWait bounds how long a write waits for a new leader (a JetStream
+// cluster elects one within seconds of losing a node).
+const electionWait = 20 * time.Second
+
+// writeTimeout bounds one write when ctx has no deadline: a server that
+// died after taking the request never answers it.
+const writeTimeout = 10 * time.Second
+
+// untilLed runs write, again while it fails for want of a leader, within
+// electionWait and ctx.
+func untilLed(ctx context.Context, write func(ctx context.Context) error) error {
+	deadline := time.Now().Add(electionWait)
+	wait := 50 * time.Millisecond
+	for {
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if _, ok := ctx.Deadline(); !ok {
+			wctx, cancel = context.WithTimeout(ctx, writeTimeout)
+		}
+		err := write(wctx)
+		cancel()
+		if err == nil || !leaderless(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
 // PutKey stores the latest state of a key.
 func (b *Bus) PutKey(ctx context.Context, id string, value []byte) error {
-	if _, err := b.kv.Put(ctx, id, value); err != nil {
+	if err := untilLed(ctx, func(ctx context.Context) error { _, err := b.kv.Put(ctx, id, value); return err }); err != nil {
 		return fmt.Errorf("natsbus: put key %s: %w", id, err)
 	}
 	return nil
@@ -25,12 +65,14 @@ func (b *Bus) PutKey(ctx context.Context, id string, value []byte) error {
 
 // PutKeyIf writes the key only over revision rev (compare-and-set).
 func (b *Bus) PutKeyIf(ctx context.Context, id string, value []byte, rev uint64) error {
-	var err error
-	if rev == 0 {
-		_, err = b.kv.Create(ctx, id, value)
-	} else {
-		_, err = b.kv.Update(ctx, id, value, rev)
-	}
+	err := untilLed(ctx, func(ctx context.Context) (err error) {
+		if rev == 0 {
+			_, err = b.kv.Create(ctx, id, value)
+		} else {
+			_, err = b.kv.Update(ctx, id, value, rev)
+		}
+		return err
+	})
 	if err != nil {
 		var apiErr *jetstream.APIError
 		if errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
@@ -48,7 +90,7 @@ func (b *Bus) CompareAndSet() bus.KeyCAS { return b }
 
 // DeleteKey removes a key from the log (watchers see a deletion).
 func (b *Bus) DeleteKey(ctx context.Context, id string) error {
-	if err := b.kv.Delete(ctx, id); err != nil {
+	if err := untilLed(ctx, func(ctx context.Context) error { return b.kv.Delete(ctx, id) }); err != nil {
 		return fmt.Errorf("natsbus: delete key %s: %w", id, err)
 	}
 	return nil
@@ -110,7 +152,7 @@ func (b *Bus) PublishDecision(ctx context.Context, key string, data []byte) erro
 	msg := nats.NewMsg(b.subj.decisions)
 	msg.Data = data
 	msg.Header.Set("keymeter-key", key)
-	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+	if err := untilLed(ctx, func(ctx context.Context) error { _, err := b.js.PublishMsg(ctx, msg); return err }); err != nil {
 		return fmt.Errorf("natsbus: publish decision: %w", err)
 	}
 	return nil

@@ -320,19 +320,59 @@ func (b *Bus) provision(ctx context.Context) error {
 		},
 	}
 	for _, sc := range streams {
-		if _, err := b.js.CreateOrUpdateStream(ctx, sc); err != nil {
+		if err := apiRetry(ctx, func(ctx context.Context) error { _, err := b.js.CreateOrUpdateStream(ctx, sc); return err }); err != nil {
 			return fmt.Errorf("natsbus: create stream %s: %w", sc.Name, err)
 		}
 	}
-	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: b.cfg.Prefix + "_keys", History: 1, Storage: jetstream.FileStorage,
-		Replicas: b.cfg.Replicas, Description: "keymeter key-state log: latest state per key id",
+	var kv jetstream.KeyValue
+	err := apiRetry(ctx, func(ctx context.Context) (err error) {
+		kv, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: b.cfg.Prefix + "_keys", History: 1, Storage: jetstream.FileStorage,
+			Replicas: b.cfg.Replicas, Description: "keymeter key-state log: latest state per key id",
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("natsbus: create key-value bucket %s_keys: %w", b.cfg.Prefix, err)
 	}
 	b.kv = kv
 	return nil
+}
+
+// apiTry bounds one JetStream API request of apiRetry, apiRetryLimit all
+// of them when the caller set no deadline.
+const (
+	apiTry        = 10 * time.Second
+	apiRetryLimit = 2 * time.Minute
+)
+
+// apiRetry runs an idempotent JetStream API request (create or update),
+// each try bounded by apiTry, again after a timeout or a missing leader
+// until ctx ends: in a cluster that just lost a node, a request can go
+// unanswered (taken by the dead node, or sent while a leader is elected),
+// and waiting out the caller's whole deadline on it would stall the start.
+// Without a deadline in ctx, it gives up after apiRetryLimit.
+func apiRetry(ctx context.Context, req func(ctx context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, apiRetryLimit)
+		defer cancel()
+	}
+	wait := 100 * time.Millisecond
+	for {
+		tctx, cancel := context.WithTimeout(ctx, apiTry)
+		err := req(tctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) || leaderless(err)) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // Partitions is the number of event partitions.

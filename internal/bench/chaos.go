@@ -1,0 +1,892 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/keymeter/keymeter/internal/aggregator"
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/bus/busopen"
+	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/store"
+	"github.com/keymeter/keymeter/internal/store/chdb"
+	"github.com/keymeter/keymeter/internal/testfix/kafkacluster"
+	"github.com/keymeter/keymeter/internal/testfix/natscluster"
+	"github.com/keymeter/keymeter/internal/verifier"
+)
+
+// ChaosConfig is `keymeter bench chaos`: a 3-node bus cluster (NATS
+// JetStream or Kafka KRaft, on the shipped configurations), verifiers
+// answering requests and aggregators storing their events, while
+// aggregators are killed (no graceful flush), the node leading the events
+// (the events stream's leader on NATS, partition 0's leader on Kafka) is
+// killed with SIGKILL and restarted, and verifiers are stopped and
+// restarted. A key is revoked while the bus node is down and every
+// verifier must refuse it. At the end every answered request's event must
+// be in the store once.
+type ChaosConfig struct {
+	Bus         string    // nats or kafka
+	Store       *store.DB // migrated, in a fresh database; nil: chDB under Dir/clickhouse
+	Dir         string    // cluster nodes and verifier data go under it
+	Events      int       // requests sent (each answered request is one event)
+	Aggregators int       // 3
+	Verifiers   int       // 2
+	Kills       int       // kills spread over the run, in turn: aggregator, bus node, verifier
+	Partitions  int       // 6
+	Keys        int       // 50
+	Clients     int       // concurrent HTTP clients, 8
+	// Rate paces the requests (per second, all clients together); 0 sends
+	// as fast as the verifiers answer.
+	Rate float64
+	// Outage is how long a killed bus node stays down (default 3s).
+	Outage time.Duration
+	// DurableLog runs the verifiers with --durable-log.
+	DurableLog bool
+	Logger     *slog.Logger
+	Output
+}
+
+// ChaosResult is what RunChaos measured.
+type ChaosResult struct {
+	Answered   int64 // requests a verifier answered (each emits one event)
+	Stored     uint64
+	Distinct   uint64 // distinct event ids stored
+	Lost       int64  // answered events missing from the store, summed per key
+	Extra      int64  // stored events beyond the answered, per key (requests whose answer the client lost)
+	Duplicated int64  // rows whose event id is stored twice
+	ClientErrs int64  // requests with no answer (verifier stopped, connection cut)
+	Kills      int
+	BusKills   int
+	P99MS      float64
+	// RevokeMS is the time from the revocation (made while a bus node was
+	// down) to every live verifier refusing the key; -1 if no bus node
+	// was killed.
+	RevokeMS float64
+	Elapsed  time.Duration
+	// SelfRestarts counts aggregators that ended by themselves (and were
+	// restarted, as a supervisor would).
+	SelfRestarts int
+}
+
+// OK reports whether nothing was lost or doubled.
+func (r ChaosResult) OK() bool {
+	return r.Lost == 0 && r.Duplicated == 0 && r.Extra <= r.ClientErrs
+}
+
+func (c *ChaosConfig) defaults() error {
+	if c.Bus != "nats" && c.Bus != "kafka" {
+		return fmt.Errorf("bench chaos: --bus %q: accepted values are nats, kafka", c.Bus)
+	}
+	if c.Dir == "" {
+		return errors.New("bench chaos: a data directory is required")
+	}
+	if c.Events < 1 {
+		return errors.New("bench chaos: --events must be positive")
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.Aggregators, 3)
+	def(&c.Verifiers, 2)
+	def(&c.Partitions, 6)
+	def(&c.Keys, 50)
+	def(&c.Clients, 8)
+	if c.Kills < 0 {
+		return errors.New("bench chaos: --kills must not be negative")
+	}
+	if c.Bus == "nats" && c.Aggregators > c.Partitions {
+		return fmt.Errorf("bench chaos: %d aggregators for %d partitions: on NATS each owns its own partitions", c.Aggregators, c.Partitions)
+	}
+	if c.Outage <= 0 {
+		c.Outage = 3 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// chaosRun is one run's moving parts.
+type chaosRun struct {
+	cfg    ChaosConfig
+	busCfg busopen.Config
+	nats   *natscluster.Cluster
+	kafka  *kafkacluster.Cluster
+	log    *slog.Logger
+	mu     sync.Mutex
+	buses  []bus.Bus
+	aggs   []*chaosMember
+	vers   []*chaosVerifier
+	errs   []error
+	// selfRestarts counts aggregators restarted after ending by themselves.
+	selfRestarts int
+}
+
+type chaosMember struct {
+	parts  []int
+	cancel context.CancelFunc
+	done   chan error
+	bus    bus.Bus
+}
+
+type chaosVerifier struct {
+	id     string
+	addr   atomic.Pointer[string]
+	cancel context.CancelFunc
+	done   chan error
+	bus    bus.Bus
+}
+
+// RunChaos runs the scenario and prints one line:
+// bench=chaos bus= events= answered= stored= lost= duplicated= kills= p99_ms= ...
+func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
+	var res ChaosResult
+	if err := cfg.defaults(); err != nil {
+		return res, err
+	}
+	t0 := time.Now()
+	if cfg.Store == nil {
+		st, err := chdb.Open(chdb.Config{DataDir: filepath.Join(cfg.Dir, "clickhouse"), Database: "chaos"})
+		if err != nil {
+			return res, fmt.Errorf("bench chaos: store: %w", err)
+		}
+		defer st.Close()
+		if _, err := st.Migrate(ctx); err != nil {
+			return res, fmt.Errorf("bench chaos: store: %w", err)
+		}
+		cfg.Store = st
+	}
+	r := &chaosRun{cfg: cfg, log: cfg.Logger}
+	defer r.shutdown()
+	if err := r.startCluster(ctx); err != nil {
+		return res, err
+	}
+	cfg.logf("bench chaos: %s cluster of 3 up in %s", cfg.Bus, time.Since(t0).Round(time.Millisecond))
+
+	// The admin side: a key table and service of its own.
+	admin, err := r.open(ctx)
+	if err != nil {
+		return res, err
+	}
+	actx, acancel := context.WithCancel(ctx)
+	defer acancel()
+	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: r.log})
+	tdone := make(chan error, 1)
+	go func() { tdone <- table.Run(actx, admin) }()
+	defer func() { acancel(); <-tdone }()
+	select {
+	case <-table.Ready():
+	case err := <-tdone:
+		return res, fmt.Errorf("bench chaos: key table: %w", err)
+	case <-time.After(time.Minute):
+		return res, errors.New("bench chaos: key table not loaded within a minute")
+	}
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: admin, Table: table, Logger: r.log})
+	if err != nil {
+		return res, err
+	}
+	type key struct{ id, secret string }
+	var ks []key
+	for range cfg.Keys + 1 {
+		k, err := svc.Create(ctx, keys.CreateParams{Project: "proj_chaos"})
+		if err != nil {
+			return res, fmt.Errorf("bench chaos: create key: %w", err)
+		}
+		ks = append(ks, key{k.State.GetId(), k.Secret.Reveal()})
+	}
+	revoked := ks[cfg.Keys] // revoked during a bus node's outage
+	ks = ks[:cfg.Keys]
+
+	for i := range cfg.Aggregators {
+		var parts []int
+		if cfg.Bus == "nats" {
+			for p := i; p < cfg.Partitions; p += cfg.Aggregators {
+				parts = append(parts, p)
+			}
+		}
+		if err := r.startAggregator(ctx, i, parts); err != nil {
+			return res, err
+		}
+	}
+	for i := range cfg.Verifiers {
+		if err := r.startVerifier(ctx, i); err != nil {
+			return res, err
+		}
+	}
+
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxIdleConns: 4 * cfg.Clients}}
+	defer client.CloseIdleConnections()
+	// send sends one request to verifier v; answered is false when no
+	// verifier answered (refused connection, cut, timeout).
+	send := func(ctx context.Context, v int, secret string) (status int, lat time.Duration, answered bool) {
+		addr := r.verifierAddr(v)
+		if addr == "" {
+			return 0, 0, false
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/items", nil)
+		req.Header.Set("Authorization", "Bearer "+secret)
+		t := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, 0, false
+		}
+		resp.Body.Close()
+		return resp.StatusCode, time.Since(t), true
+	}
+	// answered counts the answered requests by the key id their events
+	// carry: "" for a key the verifier does not know (yet).
+	var amu sync.Mutex
+	answered := map[string]int64{}
+	count := func(id string) {
+		amu.Lock()
+		answered[id]++
+		amu.Unlock()
+	}
+	// sendKey sends with key k to verifier v and counts an answer. Once
+	// the key is revoked, a refusal carries its id; before, a refusal is
+	// of a key the verifier does not know yet.
+	var isRevoked atomic.Bool
+	sendKey := func(ctx context.Context, v int, k key) (int, bool) {
+		st, _, ok := send(ctx, v, k.secret)
+		if ok {
+			if st == http.StatusUnauthorized && !(k.id == revoked.id && isRevoked.Load()) {
+				count("") // not known to this verifier yet
+			} else {
+				count(k.id)
+			}
+		}
+		return st, ok
+	}
+	// Every secret must be accepted by every verifier before traffic.
+	for v := range cfg.Verifiers {
+		for _, k := range append(ks[:1:1], revoked) {
+			if err := waitStatus(ctx, func() (int, bool) { return sendKey(ctx, v, k) }, is200, time.Minute); err != nil {
+				return res, fmt.Errorf("bench chaos: verifier %d does not accept a new key: %w", v, err)
+			}
+		}
+	}
+
+	var sent, clientErrs, gate atomic.Int64
+	gate.Store(int64(cfg.Events))
+	lats := make([][]time.Duration, cfg.Clients)
+	tctx, tcancel := context.WithCancel(ctx)
+	defer tcancel()
+	var twg sync.WaitGroup
+	t0traffic := time.Now()
+	for c := range cfg.Clients {
+		twg.Add(1)
+		go func() {
+			defer twg.Done()
+			for tctx.Err() == nil {
+				n := sent.Add(1)
+				if n > int64(cfg.Events) {
+					return
+				}
+				// Past the next kill's mark while a kill is under way:
+				// wait for it, so that every kill happens under traffic.
+				for n > gate.Load() && tctx.Err() == nil {
+					time.Sleep(5 * time.Millisecond)
+				}
+				if cfg.Rate > 0 {
+					due := t0traffic.Add(time.Duration(float64(n) / cfg.Rate * float64(time.Second)))
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				k := int(n) % cfg.Keys
+				for try := 0; tctx.Err() == nil; try++ {
+					st, lat, ok := send(tctx, int(n+int64(try))%cfg.Verifiers, ks[k].secret)
+					if ok {
+						count(ks[k].id)
+						lats[c] = append(lats[c], lat)
+						if st != 200 {
+							r.fail(fmt.Errorf("key %s answered %d", ks[k].id, st))
+						}
+						break
+					}
+					clientErrs.Add(1)
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}()
+	}
+
+	// The kills, spread over the traffic.
+	res.RevokeMS = -1
+	var kerr error
+	for j := range cfg.Kills {
+		at := int64(cfg.Events) * int64(j+1) / int64(cfg.Kills+1)
+		for sent.Load() < at && tctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		gate.Store(max(at+1, int64(cfg.Events)*int64(j+2)/int64(cfg.Kills+1)))
+		switch j % 3 {
+		case 0:
+			kerr = r.killAggregator(ctx, (j/3)%cfg.Aggregators)
+		case 1:
+			first := res.BusKills == 0
+			kerr = r.killBusNode(ctx, func() error {
+				if !first {
+					return nil
+				}
+				// While the node is down: revoke, and every live verifier
+				// must learn it.
+				t := time.Now()
+				isRevoked.Store(true)
+				// ErrNotVisible: written, but the admin's own key table has
+				// not seen it yet (its watch restarts after the node loss);
+				// what counts is that the verifiers learn it.
+				// A write whose answer the dead node took is retried, as an
+				// operator would; ErrConflict then says it is revoked.
+				for try := 1; ; try++ {
+					rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+					err := svc.Revoke(rctx, revoked.id, "bench chaos")
+					rcancel()
+					if err == nil || errors.Is(err, keys.ErrNotVisible) || (try > 1 && errors.Is(err, keys.ErrConflict)) {
+						break
+					}
+					if try == 6 {
+						return fmt.Errorf("revoke during the outage: %w", err)
+					}
+					r.cfg.logf("bench chaos: revoke during the outage, try %d: %v", try, err)
+				}
+				for v := range cfg.Verifiers {
+					err := waitStatus(ctx, func() (int, bool) { return sendKey(ctx, v, revoked) }, refused, 30*time.Second)
+					if err != nil {
+						return fmt.Errorf("verifier %d still accepts the key revoked during the outage: %w", v, err)
+					}
+				}
+				res.RevokeMS = float64(time.Since(t).Microseconds()) / 1000
+				return nil
+			})
+			res.BusKills++
+		case 2:
+			kerr = r.restartVerifier(ctx, (j/3)%cfg.Verifiers)
+		}
+		if kerr != nil {
+			break
+		}
+		res.Kills++
+		cfg.logf("bench chaos: kill %d/%d done at %d requests", j+1, cfg.Kills, sent.Load())
+		if kerr = r.supervise(ctx); kerr != nil {
+			break
+		}
+	}
+	gate.Store(int64(cfg.Events))
+	if kerr != nil {
+		tcancel()
+	}
+	twg.Wait()
+	if kerr != nil {
+		return res, fmt.Errorf("bench chaos: %w", kerr)
+	}
+	if err := r.err(); err != nil {
+		return res, fmt.Errorf("bench chaos: %w", err)
+	}
+	// Stop the verifiers gracefully: their last batches are published. One
+	// that stops with events still in its spool (the bus took them slower
+	// than they came during an outage) starts again to publish them.
+	for i := range r.vers {
+		for try := 1; ; try++ {
+			err := r.stopVerifier(i)
+			if err == nil {
+				break
+			}
+			if !spoolLeft(err) || try == 20 {
+				return res, err
+			}
+			cfg.logf("bench chaos: verifier %d: %v; starting it again to drain its spool", i, err)
+			if err := r.startVerifier(ctx, i); err != nil {
+				return res, err
+			}
+			time.Sleep(10 * time.Second)
+		}
+	}
+
+	want := answered
+	for _, n := range want {
+		res.Answered += n
+	}
+	res.ClientErrs = clientErrs.Load()
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	res.P99MS = PercentileMS(all, 0.99)
+
+	// Wait for the store to hold every answered request's event, then a
+	// little longer for a late duplicate to show.
+	p := Progress{Name: "bench chaos", Every: 2 * time.Second, W: cfg.progress()}
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		n, err := cfg.Store.Count(ctx, "requests")
+		if err != nil {
+			return res, err
+		}
+		if int64(n) >= res.Answered || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		p.Tick("stored %d of %d", n, res.Answered)
+		if err := r.supervise(ctx); err != nil {
+			return res, fmt.Errorf("bench chaos: %w", err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	if err := r.tally(ctx, want, &res); err != nil {
+		return res, err
+	}
+	res.Elapsed = time.Since(t0)
+	res.SelfRestarts = r.selfRestarts
+
+	var s Summary
+	s.Add("bench", "chaos")
+	s.Add("bus", cfg.Bus)
+	s.Add("events", cfg.Events)
+	s.Add("answered", res.Answered)
+	s.Add("stored", res.Distinct)
+	s.Add("lost", res.Lost)
+	s.Add("duplicated", res.Duplicated)
+	s.Add("extra", res.Extra)
+	s.Add("kills", res.Kills)
+	s.Add("bus_kills", res.BusKills)
+	s.Add("client_retries", res.ClientErrs)
+	s.Add("aggregator_self_restarts", r.selfRestarts)
+	s.Add("p99_ms", res.P99MS)
+	s.Add("revoke_ms", res.RevokeMS)
+	s.Add("elapsed_s", res.Elapsed.Seconds())
+	s.Print(cfg.out())
+	if !res.OK() && r.nats != nil {
+		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+		cfg.logf("bench chaos: %s", r.nats.Describe(dctx, "KEYMETER_EVENTS"))
+		dcancel()
+	}
+	if !res.OK() {
+		return res, fmt.Errorf("bench chaos: lost=%d duplicated=%d extra=%d (client retries %d)", res.Lost, res.Duplicated, res.Extra, res.ClientErrs)
+	}
+	return res, nil
+}
+
+// spoolLeft reports the verifier's "events left in the spool" stop error
+// (the verifier has no sentinel for it).
+func spoolLeft(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "left in the spool")
+}
+
+func is200(st int) bool   { return st == http.StatusOK }
+func refused(st int) bool { return st == http.StatusUnauthorized || st == http.StatusForbidden }
+
+// waitStatus calls f until its answer's status is one that want accepts,
+// within limit.
+func waitStatus(ctx context.Context, f func() (int, bool), want func(int) bool, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	last := "no answer"
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		st, ok := f()
+		if ok && want(st) {
+			return nil
+		}
+		if ok {
+			last = fmt.Sprintf("status %d", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("not the status wanted within %s (last: %s)", limit, last)
+}
+
+func (r *chaosRun) fail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.errs) < 5 {
+		r.errs = append(r.errs, err)
+	}
+}
+
+func (r *chaosRun) err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return errors.Join(r.errs...)
+}
+
+func (r *chaosRun) startCluster(ctx context.Context) error {
+	sctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	defer cancel()
+	r.busCfg = busopen.Config{Backend: r.cfg.Bus, Prefix: "keymeter", Partitions: r.cfg.Partitions, Replicas: 3}
+	var err error
+	switch r.cfg.Bus {
+	case "nats":
+		r.nats, err = natscluster.Start(sctx, natscluster.Config{Dir: filepath.Join(r.cfg.Dir, "nats")})
+		if err == nil {
+			r.busCfg.NATSURL = r.nats.URLs()
+		}
+	case "kafka":
+		r.kafka, err = kafkacluster.Start(sctx, kafkacluster.Config{Dir: filepath.Join(r.cfg.Dir, "kafka")})
+		if err == nil {
+			r.busCfg.KafkaBrokers = strings.Join(r.kafka.Brokers(), ",")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("bench chaos: %s cluster: %w", r.cfg.Bus, err)
+	}
+	return nil
+}
+
+// open opens one more connection to the cluster (each role has its own,
+// as separate processes would).
+func (r *chaosRun) open(ctx context.Context) (bus.Bus, error) {
+	octx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	b, err := busopen.Open(octx, r.busCfg, "", r.log)
+	if err != nil {
+		return nil, fmt.Errorf("bench chaos: open the bus: %w", err)
+	}
+	r.mu.Lock()
+	r.buses = append(r.buses, b)
+	r.mu.Unlock()
+	return b, nil
+}
+
+func closeBus(b bus.Bus) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = b.Close(ctx)
+}
+
+func (r *chaosRun) startAggregator(ctx context.Context, i int, parts []int) error {
+	b, err := r.open(ctx)
+	if err != nil {
+		return err
+	}
+	ab, ok := b.(aggregator.Bus)
+	if !ok {
+		return fmt.Errorf("bench chaos: the %s bus cannot feed an aggregator", r.cfg.Bus)
+	}
+	a, err := aggregator.New(aggregator.Config{Group: "chaos", Partitions: parts, FlushInterval: 200 * time.Millisecond,
+		MaxBlockEvents: 20_000, RetryBackoff: 50 * time.Millisecond, ShutdownGrace: time.Nanosecond},
+		ab, r.cfg.Store, aggregator.WithLogger(r.log.With("aggregator", i)))
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithCancel(context.Background())
+	m := &chaosMember{parts: parts, cancel: cancel, done: make(chan error, 1), bus: b}
+	go func() { m.done <- a.Run(actx) }()
+	r.mu.Lock()
+	if i < len(r.aggs) {
+		r.aggs[i] = m
+	} else {
+		r.aggs = append(r.aggs, m)
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+// supervise restarts, as systemd or Kubernetes would, an aggregator whose
+// run ended by itself (a fatal error such as a consumer it could not bind
+// while the cluster elected leaders), counting it in res.
+func (r *chaosRun) supervise(ctx context.Context) error {
+	r.mu.Lock()
+	var dead []int
+	for i, m := range r.aggs {
+		if m.cancel == nil {
+			continue
+		}
+		select {
+		case err := <-m.done:
+			m.cancel()
+			m.cancel = nil
+			closeBus(m.bus)
+			r.cfg.logf("bench chaos: aggregator %d stopped by itself (%v); restarting it", i, err)
+			dead = append(dead, i)
+		default:
+		}
+	}
+	r.mu.Unlock()
+	for _, i := range dead {
+		r.selfRestarts++
+		if err := r.startAggregator(ctx, i, r.aggs[i].parts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// killAggregator ends aggregator i with no graceful flush (its run
+// context ends with no shutdown grace and its connection closes), then
+// starts a new one in its place (on NATS, on the same partitions).
+func (r *chaosRun) killAggregator(ctx context.Context, i int) error {
+	m := r.aggs[i]
+	m.cancel()
+	err := <-m.done
+	m.cancel = nil
+	closeBus(m.bus)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("aggregator %d: %w", i, err)
+	}
+	// context.Canceled: killed while it was still binding its consumers.
+	r.cfg.logf("bench chaos: killed aggregator %d", i)
+	return r.startAggregator(ctx, i, m.parts)
+}
+
+func (r *chaosRun) startVerifier(ctx context.Context, i int) error {
+	b, err := r.open(ctx)
+	if err != nil {
+		return err
+	}
+	v := &chaosVerifier{id: fmt.Sprintf("chaos-verifier-%d", i), done: make(chan error, 1), bus: b}
+	if i < len(r.vers) {
+		v.id = r.vers[i].id
+	}
+	dir := filepath.Join(r.cfg.Dir, v.id)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	ready := make(chan [2]string, 1)
+	vcfg := verifier.RunConfig{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", DataDir: dir, VerifierID: v.id, Bus: b, Logger: r.log,
+		HTTP:     verifier.HTTPConfig{Front: verifier.Fronts["envoy"]},
+		OnListen: func(m, _, a net.Addr) { ready <- [2]string{m.String(), a.String()} }}
+	vcfg.Emitter.DurableLog = r.cfg.DurableLog
+	vctx, cancel := context.WithCancel(context.Background())
+	v.cancel = cancel
+	go func() { v.done <- verifier.Run(vctx, vcfg) }()
+	select {
+	case addrs := <-ready:
+		// Traffic only once /readyz says its key table is loaded, as a
+		// balancer's health check would.
+		if err := waitStatus(ctx, func() (int, bool) {
+			resp, err := http.Get("http://" + addrs[1] + "/readyz")
+			if err != nil {
+				return 0, false
+			}
+			resp.Body.Close()
+			return resp.StatusCode, true
+		}, is200, time.Minute); err != nil {
+			cancel()
+			return fmt.Errorf("bench chaos: verifier %d not ready: %w", i, err)
+		}
+		v.addr.Store(&addrs[0])
+	case err := <-v.done:
+		cancel()
+		return fmt.Errorf("bench chaos: verifier %d: %w", i, err)
+	case <-time.After(time.Minute):
+		cancel()
+		return fmt.Errorf("bench chaos: verifier %d did not listen within a minute", i)
+	}
+	r.mu.Lock()
+	if i < len(r.vers) {
+		r.vers[i] = v
+	} else {
+		r.vers = append(r.vers, v)
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *chaosRun) verifierAddr(i int) string {
+	r.mu.Lock()
+	v := r.vers[i]
+	r.mu.Unlock()
+	if p := v.addr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// stopVerifier stops verifier i (closing its listener, flushing its
+// events) and closes its connection.
+func (r *chaosRun) stopVerifier(i int) error {
+	r.mu.Lock()
+	v := r.vers[i]
+	r.mu.Unlock()
+	if v.cancel == nil {
+		return nil
+	}
+	v.addr.Store(nil)
+	v.cancel()
+	err := <-v.done
+	v.cancel = nil
+	closeBus(v.bus)
+	if err != nil {
+		return fmt.Errorf("bench chaos: verifier %d: %w", i, err)
+	}
+	return nil
+}
+
+// restartVerifier stops verifier i and starts it again on the same data
+// directory (its spool) while the others carry the traffic.
+func (r *chaosRun) restartVerifier(ctx context.Context, i int) error {
+	if err := r.stopVerifier(i); err != nil {
+		if !spoolLeft(err) {
+			return err
+		}
+		// Not lost: the spool is on disk and the restart replays it.
+		r.cfg.logf("bench chaos: verifier %d stopped with events in its spool (%v); the restart replays them", i, err)
+	}
+	r.cfg.logf("bench chaos: stopped verifier %d", i)
+	return r.startVerifier(ctx, i)
+}
+
+// killBusNode kills (SIGKILL) the node leading the events, runs during
+// while it is down, restarts it after the outage and waits until it
+// serves again.
+func (r *chaosRun) killBusNode(ctx context.Context, during func() error) error {
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var node int
+	var err error
+	if r.nats != nil {
+		node, _, err = r.nats.StreamLeader(lctx, "KEYMETER_EVENTS")
+	} else {
+		node, err = kafkaLeader(lctx, r.kafka, "keymeter.events", 0)
+	}
+	if err != nil {
+		return fmt.Errorf("find the events leader: %w", err)
+	}
+	var kill func(int) error
+	var restart func(context.Context, int) error
+	if r.nats != nil {
+		kill, restart = r.nats.Kill, r.nats.Restart
+	} else {
+		kill, restart = r.kafka.Kill, r.kafka.Restart
+	}
+	if err := kill(node); err != nil {
+		return err
+	}
+	r.cfg.logf("bench chaos: killed bus node %d (leader of the events)", node+1)
+	down := time.Now()
+	if err := during(); err != nil {
+		return err
+	}
+	if d := r.cfg.Outage - time.Since(down); d > 0 {
+		time.Sleep(d)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer rcancel()
+	if err := restart(rctx, node); err != nil {
+		return fmt.Errorf("restart bus node %d: %w", node+1, err)
+	}
+	r.cfg.logf("bench chaos: bus node %d back after %s", node+1, time.Since(down).Round(time.Millisecond))
+	return nil
+}
+
+// kafkaLeader is the index of the node leading topic's partition.
+func kafkaLeader(ctx context.Context, c *kafkacluster.Cluster, topic string, partition int) (int, error) {
+	cl := &kafka.Client{Addr: kafka.TCP(c.Brokers()...), Timeout: 5 * time.Second}
+	md, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return -1, err
+	}
+	for _, t := range md.Topics {
+		for _, p := range t.Partitions {
+			if p.ID == partition {
+				for i, n := range c.Nodes {
+					if n.ID == p.Leader.ID {
+						return i, nil
+					}
+				}
+			}
+		}
+	}
+	return -1, fmt.Errorf("no leader for %s/%d", topic, partition)
+}
+
+// tally compares the store with the answered requests per key.
+func (r *chaosRun) tally(ctx context.Context, want map[string]int64, res *ChaosResult) error {
+	db := r.cfg.Store
+	q := func(sql string, scan func(rows interface{ Scan(...any) error }) error) error {
+		rows, err := db.Conn().Query(ctx, sql, store.Params{})
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	}
+	err := q(fmt.Sprintf("SELECT toUInt64(count()), toUInt64(uniqExact(event_id)) FROM `%s`.requests", db.Database()),
+		func(rows interface{ Scan(...any) error }) error { return rows.Scan(&res.Stored, &res.Distinct) })
+	if err != nil {
+		return fmt.Errorf("bench chaos: count stored events: %w", err)
+	}
+	res.Duplicated = int64(res.Stored) - int64(res.Distinct)
+	got := map[string]int64{}
+	err = q(fmt.Sprintf("SELECT key_id, toUInt64(uniqExact(event_id)) FROM `%s`.requests GROUP BY key_id", db.Database()),
+		func(rows interface{ Scan(...any) error }) error {
+			var k string
+			var n uint64
+			if err := rows.Scan(&k, &n); err != nil {
+				return err
+			}
+			got[k] = int64(n)
+			return nil
+		})
+	if err != nil {
+		return fmt.Errorf("bench chaos: count stored events per key: %w", err)
+	}
+	shown := 0
+	for k, n := range want {
+		if d := n - got[k]; d > 0 {
+			res.Lost += d
+			if shown++; shown <= 5 {
+				r.cfg.logf("bench chaos: key %q: answered %d, stored %d", k, n, got[k])
+			}
+		} else {
+			res.Extra -= d
+		}
+	}
+	for k, n := range got {
+		if _, ok := want[k]; !ok {
+			res.Extra += n
+		}
+	}
+	return nil
+}
+
+func (r *chaosRun) shutdown() {
+	for i := range r.vers {
+		_ = r.stopVerifier(i)
+	}
+	for i, m := range r.aggs {
+		if m.cancel == nil {
+			continue
+		}
+		m.cancel()
+		select {
+		case <-m.done:
+		case <-time.After(30 * time.Second):
+			r.cfg.logf("bench chaos: aggregator %d did not stop within 30s of its cancel", i)
+		}
+	}
+	r.mu.Lock()
+	buses := r.buses
+	r.buses = nil
+	r.mu.Unlock()
+	for _, b := range buses {
+		closeBus(b)
+	}
+	if r.nats != nil {
+		r.nats.Close()
+	}
+	if r.kafka != nil {
+		r.kafka.Close()
+	}
+}
