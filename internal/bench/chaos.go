@@ -164,7 +164,7 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("bench chaos: store: %w", err)
 		}
-		defer st.Close()
+		defer st.Close(context.Background())
 		if _, err := st.Migrate(ctx); err != nil {
 			return res, fmt.Errorf("bench chaos: store: %w", err)
 		}
@@ -184,7 +184,10 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
 	}
 	actx, acancel := context.WithCancel(ctx)
 	defer acancel()
-	table := keys.NewTable(keys.TableConfig{KeepState: true, Logger: r.log})
+	table, err := keys.NewTable(keys.TableConfig{KeepState: true}, keys.WithLogger(r.log))
+	if err != nil {
+		return res, err
+	}
 	tdone := make(chan error, 1)
 	go func() { tdone <- table.Run(actx, admin) }()
 	defer func() { acancel(); <-tdone }()
@@ -195,7 +198,7 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (ChaosResult, error) {
 	case <-time.After(time.Minute):
 		return res, errors.New("bench chaos: key table not loaded within a minute")
 	}
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: admin, Table: table, Logger: r.log})
+	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: admin, Table: table}, keys.WithLogger(r.log))
 	if err != nil {
 		return res, err
 	}

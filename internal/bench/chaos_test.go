@@ -20,7 +20,7 @@ func chaosStore(t *testing.T, name string) *store.DB {
 	if err != nil {
 		t.Fatalf("open chdb (CHDB_LIB_PATH=%q): %v", os.Getenv("CHDB_LIB_PATH"), err)
 	}
-	t.Cleanup(func() { _ = db.Close() })
+	t.Cleanup(func() { _ = db.Close(context.Background()) })
 	if _, err := db.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}

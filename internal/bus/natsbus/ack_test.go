@@ -38,7 +38,7 @@ func TestAckAgainAfterConfirmed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	ds, err := c.Fetch(ctx, 1, 10*time.Second)
 	if err != nil || len(ds) != 1 {
 		t.Fatalf("fetch: %d deliveries, %v", len(ds), err)
