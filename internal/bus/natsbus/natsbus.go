@@ -435,6 +435,30 @@ func (a *pubAck) Err() error {
 	}
 }
 
+// ErrDuplicateNotStored: the server answered a publish as a duplicate of
+// a message it has not stored (stream sequence 0). nats-server before
+// 2.10.26 (Debian's 2.9.10 among them) stages a message id with sequence 0
+// when its leader proposes the message; if that proposal is dropped (the
+// leader steps down, its node dies), a retry under the same id is answered
+// "duplicate" with sequence 0 until the duplicate window ends, although
+// the stream never got the message (nats-server pull request 6415). Such
+// an answer is no acknowledgement: the batch stays with its publisher
+// (the verifier spools and retries it), and the publisher sends that batch
+// under a new message id from then on (see restage).
+var ErrDuplicateNotStored = errors.New("server answered duplicate of a message it has not stored (sequence 0)")
+
+// ackErr is the error of a publish acknowledgement: nil when the stream
+// stored the message (again, for a duplicate with its sequence).
+func ackErr(pa *jetstream.PubAck) error {
+	if pa == nil {
+		return errors.New("empty publish acknowledgement")
+	}
+	if pa.Duplicate && pa.Sequence == 0 {
+		return ErrDuplicateNotStored
+	}
+	return nil
+}
+
 type publisher struct {
 	b      *Bus
 	sem    chan struct{}
@@ -443,6 +467,34 @@ type publisher struct {
 	mu     sync.RWMutex // publishes (read) against close (write)
 	once   sync.Once
 	wg     sync.WaitGroup
+	// staged: batch id -> how many times the server answered it with
+	// ErrDuplicateNotStored; the batch's message id gets that suffix.
+	staged sync.Map
+}
+
+// restage gives batch id a new message id for its next publish: the
+// server holds the old one as staged and would answer every retry under it
+// with ErrDuplicateNotStored until its duplicate window ends. Should the
+// staged copy be stored after all (its proposal was late, not dropped),
+// the stream holds the batch twice under one batch id, which consumers
+// deduplicate (the aggregator does, by batch id); a lost batch could not
+// be recovered at all.
+func (p *publisher) restage(id string) {
+	for {
+		n, loaded := p.staged.LoadOrStore(id, 1)
+		if !loaded || p.staged.CompareAndSwap(id, n, n.(int)+1) {
+			return
+		}
+	}
+}
+
+// msgID is the Nats-Msg-Id of batch id: the id, with a suffix once the
+// server answered it as staged.
+func (p *publisher) msgID(id string) string {
+	if n, ok := p.staged.Load(id); ok {
+		return id + "~" + strconv.Itoa(n.(int))
+	}
+	return id
 }
 
 func newPublisher(b *Bus) *publisher {
@@ -457,9 +509,19 @@ func (p *publisher) reap() {
 	defer p.wg.Done()
 	for a := range p.queue {
 		select {
-		case <-a.fut.Ok():
+		case pa := <-a.fut.Ok():
+			a.err = ackErr(pa)
 		case err := <-a.fut.Err():
-			a.err = fmt.Errorf("natsbus: publish batch %s: %w", a.fut.Msg().Header.Get(bus.HeaderBatchID), err)
+			a.err = err
+		}
+		id := a.fut.Msg().Header.Get(bus.HeaderBatchID)
+		if errors.Is(a.err, ErrDuplicateNotStored) {
+			p.restage(id)
+		} else if a.err == nil {
+			p.staged.Delete(id)
+		}
+		if a.err != nil {
+			a.err = fmt.Errorf("natsbus: publish batch %s: %w", id, a.err)
 		}
 		close(a.done)
 		<-p.sem
@@ -493,7 +555,7 @@ func (p *publisher) Publish(ctx context.Context, m bus.Message) (bus.PubAck, err
 	msg := nats.NewMsg(p.b.partitionSubject(bus.Partition(m.Key, p.b.cfg.Partitions)))
 	msg.Data = m.Data
 	setEnvelope(msg.Header, m)
-	fut, err := p.b.js.PublishMsgAsync(msg, jetstream.WithMsgID(m.BatchID))
+	fut, err := p.b.js.PublishMsgAsync(msg, jetstream.WithMsgID(p.msgID(m.BatchID)))
 	if err != nil {
 		<-p.sem
 		return nil, fmt.Errorf("natsbus: publish batch %s: %w", m.BatchID, err)
