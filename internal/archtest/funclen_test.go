@@ -32,7 +32,6 @@ var exempt = map[string]string{
 	// evaluation set (the README's figures are given by seed), so a split
 	// must keep `loadgen --eval` byte-identical for every seed.
 	"loadgen.NewEval":      "seeded generator of the evaluation sets",
-	"bench.RunChaos":       "to be split (merged at the end of the session)",
 	"loadgen.buildAttacks": "seeded generator of the evaluation attacks",
 }
 
