@@ -151,6 +151,7 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 	defer c.wg.Done()
 	log := c.b.log.With("partition", p)
 	broken := false
+	var seen deliverySeq
 	for ctx.Err() == nil {
 		it, err := cons.Messages(jetstream.PullMaxMessages(c.b.cfg.ConsumerPrefetch))
 		if err != nil {
@@ -186,6 +187,22 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 			if derr != nil {
 				continue // no metadata: not a JetStream message; cannot ack it either
 			}
+			md, _ := msg.Metadata() // parsed already by toDelivery
+			if from, to, gap := seen.next(md.Sequence.Consumer); gap {
+				// A delivery never reached this process (the client
+				// dropped it: slow consumer). With AckAll, acking this
+				// newer one would acknowledge it unprocessed: give up the
+				// partition instead; the next bind restarts at the ack
+				// floor and the missed batches come again.
+				log.Error("nats consumer: deliveries lost before this process saw them; giving up the partition so that they are redelivered", "from", from, "to", to)
+				select {
+				case c.fatal <- fmt.Errorf("natsbus: partition %d: deliveries %d-%d dropped by the client: %w", p, from, to, bus.ErrConsumerLost):
+				default:
+				}
+				stop()
+				it.Stop()
+				return
+			}
 			select {
 			case c.ch <- d:
 			case <-ctx.Done():
@@ -195,6 +212,22 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 		it.Stop()
 		_ = ctxtime.Sleep(ctx, 100*time.Millisecond)
 	}
+}
+
+// deliverySeq follows a consumer's delivery sequence, which the server
+// raises by one for every delivery, redeliveries included: a jump forward
+// means deliveries this process never got. A consumer leader elected anew
+// may go back (it resumes from replicated state); that is no loss.
+type deliverySeq struct{ last uint64 }
+
+// next records sequence n and reports the deliveries missed before it.
+func (s *deliverySeq) next(n uint64) (from, to uint64, gap bool) {
+	last := s.last
+	s.last = n
+	if last == 0 || n <= last+1 {
+		return 0, 0, false
+	}
+	return last + 1, n - 1, true
 }
 
 func toDelivery(p int, msg jetstream.Msg) (bus.Delivery, error) {
