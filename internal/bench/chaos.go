@@ -742,10 +742,12 @@ func (r *chaosRun) killAggregator(ctx context.Context, i int) error {
 	err := <-m.done
 	m.cancel = nil
 	closeBus(m.bus)
-	if err != nil && !errors.Is(err, context.Canceled) {
+	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, bus.ErrConsumerLost) {
 		return fmt.Errorf("aggregator %d: %w", i, err)
 	}
 	// context.Canceled: killed while it was still binding its consumers.
+	// ErrConsumerLost: it had ended by itself (deliveries dropped by the
+	// client), as supervise would have found.
 	r.cfg.logf("bench chaos: killed aggregator %d", i)
 	return r.startAggregator(ctx, i, m.parts)
 }
