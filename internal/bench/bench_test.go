@@ -197,7 +197,7 @@ func TestRunProxyCPUFigures(t *testing.T) {
 func TestRunProxyNginx(t *testing.T) {
 	var out bytes.Buffer
 	err := RunProxy(ctx(t), ProxyConfig{Bus: newBus(t), Backend: "nats", Connections: 4, Duration: 300 * time.Millisecond, Rounds: 1, Keys: 20,
-		DataDir: t.TempDir(), Nginx: true, NginxConf: filepath.Join("..", "..", "deploy", "proxy", "nginx.conf"),
+		DataDir: t.TempDir(), Nginx: true,
 		Output: Output{Out: &out, Progress: &bytes.Buffer{}}})
 	if err != nil {
 		t.Fatal(err)

@@ -93,7 +93,7 @@ func (c *ProxyConfig) Bind(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.DurableLog, "durable-log", false, "also measure a verifier with --durable-log, alternating with the others (durable_* figures)")
 	fs.BoolVar(&c.Nginx, "nginx", false, "also measure Debian's nginx with the shipped config, alone and with keymeter forward-auth (nginx_* figures)")
 	fs.StringVar(&c.NginxBin, "nginx-bin", "/usr/sbin/nginx", "nginx binary for --nginx")
-	fs.StringVar(&c.NginxConf, "nginx-conf", "deploy/proxy/nginx.conf", "the nginx.conf for --nginx (ports and paths are rewritten)")
+	fs.StringVar(&c.NginxConf, "nginx-conf", "", "the nginx.conf for --nginx (ports and paths are rewritten; default: the shipped deploy/proxy/nginx.conf, built in)")
 }
 
 // Bind defines bench revoke-e2e's own flags (the detector's are its role's).

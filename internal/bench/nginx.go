@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	proxydeploy "github.com/keymeter/keymeter/deploy/proxy"
+
 	"github.com/keymeter/keymeter/internal/verifier"
 )
 
@@ -30,12 +32,16 @@ func startNginxBench(ctx context.Context, cfg ProxyConfig, upstreamAddr, secret 
 	if bin == "" {
 		bin = "/usr/sbin/nginx"
 	}
-	src, err := os.ReadFile(cfg.NginxConf)
-	if err != nil {
-		return nil, fmt.Errorf("bench proxy --nginx: %w (run from the repository root or give --nginx-conf)", err)
+	src, name := proxydeploy.NginxConf, "the shipped deploy/proxy/nginx.conf"
+	if cfg.NginxConf != "" {
+		var err error
+		if src, err = os.ReadFile(cfg.NginxConf); err != nil {
+			return nil, fmt.Errorf("bench proxy --nginx-conf: %w", err)
+		}
+		name = cfg.NginxConf
 	}
 	if !strings.Contains(string(src), "auth_request /_keymeter;") || !strings.Contains(string(src), "127.0.0.1:8081") {
-		return nil, fmt.Errorf("bench proxy --nginx: %s: no \"auth_request /_keymeter;\" or keymeter upstream 127.0.0.1:8081 to rewrite", cfg.NginxConf)
+		return nil, fmt.Errorf("bench proxy --nginx: %s: no \"auth_request /_keymeter;\" or keymeter upstream 127.0.0.1:8081 to rewrite", name)
 	}
 	authAddr, stopV, err := startForwardAuthVerifier(ctx, cfg, secret)
 	if err != nil {
