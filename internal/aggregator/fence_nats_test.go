@@ -132,9 +132,12 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 	q := total / 4
 	q -= q % per
 	publish(0, q)
-	time.Sleep(500 * time.Millisecond)
-	// m0 dies: its connection goes first, so it can neither flush nor
-	// give up its leases; the others must take them after the TTL.
+	pubDone := make(chan struct{})
+	go func() { defer close(pubDone); publish(q, 2*q) }()
+	time.Sleep(300 * time.Millisecond)
+	// m0 dies while traffic flows: its connection goes first, so it can
+	// neither flush nor give up its leases; the others must take them
+	// after the TTL.
 	died := time.Now()
 	m0ids := map[string]bool{}
 	for _, id := range before {
@@ -152,7 +155,7 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 		t.Fatalf("after the kill the partitions went to %v; before %v: want one member gone", after, before)
 	}
 	t.Logf("dead member's partitions taken over after %s (lease TTL %s)", time.Since(died).Round(10*time.Millisecond), ttl)
-	publish(q, 2*q)
+	<-pubDone
 	m3 := start("m3")
 	publish(2*q, 3*q)
 	m4 := start("m4")
@@ -184,7 +187,8 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 }
 
 // natsPublisher returns a function publishing events [from, to) in
-// batches of per over keys keys, counting them per key.
+// batches of per over keys keys, counting them per key; calls must not
+// overlap.
 func natsPublisher(t *testing.T, b bus.Bus, counts map[string]int, per, keys int) func(from, to int) {
 	now := time.Now().UTC().Truncate(time.Second)
 	pub := b.Publisher()
@@ -200,11 +204,12 @@ func natsPublisher(t *testing.T, b bus.Bus, counts map[string]int, per, keys int
 				counts[key]++
 			}
 			if _, err := pub.Publish(ctx, bus.Message{Key: key, BatchID: eb.ID, Source: "test", Data: event.AppendBatch(nil, &eb)}); err != nil {
-				t.Fatal(err)
+				t.Error(err) // may run on another goroutine: no Fatal
+				return
 			}
 		}
 		if err := pub.Flush(ctx); err != nil {
-			t.Fatal(err)
+			t.Error(err)
 		}
 	}
 }
