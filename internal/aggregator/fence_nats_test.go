@@ -257,3 +257,20 @@ func checkExactlyOnce(t *testing.T, db *store.DB, counts map[string]int, want in
 		t.Fatalf("stored %d rows for %d events, %d duplicate event ids, %d keys off", rows, want, dups, bad)
 	}
 }
+
+func TestLeaseConfigValidate(t *testing.T) {
+	bad := []aggregator.Config{
+		{LeaseTTL: 10 * time.Second, Partitions: []int{0}},
+		{LeaseTTL: time.Millisecond},
+		{LeaseTTL: -time.Second},
+	}
+	for _, c := range bad {
+		if err := c.Validate(); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+	ok := aggregator.Config{LeaseTTL: 10 * time.Second}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("nats-leases 10s: %v", err)
+	}
+}
