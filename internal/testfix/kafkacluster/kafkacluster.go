@@ -22,11 +22,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	kafkadeploy "github.com/keymeter/keymeter/deploy/kafka"
+	"github.com/keymeter/keymeter/internal/testfix/nodeproc"
 )
 
 // Config configures Start. Zero fields take the defaults shown.
@@ -47,10 +46,7 @@ type Node struct {
 	Port, ControllerPort int
 	dir, props, logFile  string
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	done   chan struct{}
-	logOff int64 // where the current run starts in the appended log
+	proc nodeproc.Proc
 }
 
 // Cluster is a running cluster.
@@ -255,23 +251,10 @@ func (c *Cluster) format(ctx context.Context, n *Node, voters, cid string) error
 }
 
 func (c *Cluster) launch(n *Node) error {
-	logf, err := os.OpenFile(n.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return fmt.Errorf("kafkacluster: %w", err)
-	}
-	off, _ := logf.Seek(0, 2)
 	cmd := exec.Command("java", c.java(c.cfg.Heap, "-Dkafka.logs.dir="+n.dir, "kafka.Kafka", n.props)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
+	if err := n.proc.Start(cmd, n.logFile); err != nil {
 		return fmt.Errorf("kafkacluster: start node %d: %w", n.ID, err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	n.mu.Lock()
-	n.cmd, n.done, n.logOff = cmd, done, off
-	n.mu.Unlock()
 	return nil
 }
 
@@ -288,37 +271,15 @@ func (c *Cluster) Brokers() []string {
 }
 
 // Running reports whether node i's process is up.
-func (c *Cluster) Running(i int) bool {
-	n := c.Nodes[i]
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.done == nil {
-		return false
-	}
-	select {
-	case <-n.done:
-		return false
-	default:
-		return true
-	}
-}
+func (c *Cluster) Running(i int) bool { return c.Nodes[i].proc.Running() }
 
 // Kill sends SIGKILL to node i and waits for it to exit.
 func (c *Cluster) Kill(i int) error {
 	n := c.Nodes[i]
-	n.mu.Lock()
-	cmd, done := n.cmd, n.done
-	n.mu.Unlock()
-	if cmd == nil {
-		return fmt.Errorf("kafkacluster: node %d was never started", n.ID)
+	if err := n.proc.Kill(); err != nil {
+		return fmt.Errorf("kafkacluster: node %d %w", n.ID, err)
 	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	select {
-	case <-done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("kafkacluster: node %d (pid %d) survives SIGKILL", n.ID, cmd.Process.Pid)
-	}
+	return nil
 }
 
 // Restart starts node i again on its storage and waits until it serves.
@@ -337,9 +298,7 @@ func (c *Cluster) Restart(ctx context.Context, i int) error {
 func (c *Cluster) WaitReady(ctx context.Context, i int) error {
 	n := c.Nodes[i]
 	deadline := time.Now().Add(c.cfg.StartTimeout)
-	n.mu.Lock()
-	off := n.logOff
-	n.mu.Unlock()
+	off := n.proc.LogOffset()
 	for {
 		if !c.Running(i) {
 			return fmt.Errorf("kafkacluster: node %d exited during start-up\n%s", n.ID, c.LogTail(i, 40))

@@ -19,14 +19,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	natsdeploy "github.com/keymeter/keymeter/deploy/nats"
+	"github.com/keymeter/keymeter/internal/testfix/nodeproc"
 )
 
 // DefaultBinary is Debian's nats-server.
@@ -46,9 +45,7 @@ type Node struct {
 	ClientPort, RoutePort, Mon int
 	dir, conf, logFile         string
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the running process has exited
+	proc nodeproc.Proc
 }
 
 // Cluster is a running cluster.
@@ -192,25 +189,11 @@ cluster {
 
 // launch starts n's process (not waiting for it to serve).
 func (c *Cluster) launch(n *Node) error {
-	logf, err := os.OpenFile(n.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return fmt.Errorf("natscluster: %w", err)
-	}
 	cmd := exec.Command(c.cfg.Binary, "-c", n.conf)
 	cmd.Env = append(c.env, "NATS_SERVER_NAME="+n.Name)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group: a test's signals and exit do not reach it,
-	// and Close kills it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
+	if err := n.proc.Start(cmd, n.logFile); err != nil {
 		return fmt.Errorf("natscluster: start %s: %w", n.Name, err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	n.mu.Lock()
-	n.cmd, n.done = cmd, done
-	n.mu.Unlock()
 	return nil
 }
 
@@ -225,37 +208,15 @@ func (c *Cluster) URLs() string {
 }
 
 // Running reports whether node i's process is up.
-func (c *Cluster) Running(i int) bool {
-	n := c.Nodes[i]
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.done == nil {
-		return false
-	}
-	select {
-	case <-n.done:
-		return false
-	default:
-		return true
-	}
-}
+func (c *Cluster) Running(i int) bool { return c.Nodes[i].proc.Running() }
 
 // Kill sends SIGKILL to node i and waits for it to exit.
 func (c *Cluster) Kill(i int) error {
 	n := c.Nodes[i]
-	n.mu.Lock()
-	cmd, done := n.cmd, n.done
-	n.mu.Unlock()
-	if cmd == nil {
-		return fmt.Errorf("natscluster: %s was never started", n.Name)
+	if err := n.proc.Kill(); err != nil {
+		return fmt.Errorf("natscluster: %s %w", n.Name, err)
 	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	select {
-	case <-done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("natscluster: %s (pid %d) survives SIGKILL", n.Name, cmd.Process.Pid)
-	}
+	return nil
 }
 
 // Restart starts node i again on its storage (after Kill) and waits until
