@@ -427,39 +427,25 @@ func trConditional(args []celast.Expr, ff featureFields) (nexpr, bool) {
 	cb := cond.b
 	switch x.t {
 	case kBool:
-		xf, yf := x.b, y.b
-		return nexpr{t: kBool, b: func(a *activation) bool {
-			if cb(a) {
-				return xf(a)
-			}
-			return yf(a)
-		}}, true
+		return nexpr{t: kBool, b: choose(cb, x.b, y.b)}, true
 	case kInt:
-		xf, yf := x.i, y.i
-		return nexpr{t: kInt, i: func(a *activation) int64 {
-			if cb(a) {
-				return xf(a)
-			}
-			return yf(a)
-		}}, true
+		return nexpr{t: kInt, i: choose(cb, x.i, y.i)}, true
 	case kDbl:
-		xf, yf := x.d, y.d
-		return nexpr{t: kDbl, d: func(a *activation) float64 {
-			if cb(a) {
-				return xf(a)
-			}
-			return yf(a)
-		}}, true
+		return nexpr{t: kDbl, d: choose(cb, x.d, y.d)}, true
 	case kStr:
-		xf, yf := x.s, y.s
-		return nexpr{t: kStr, s: func(a *activation) string {
-			if cb(a) {
-				return xf(a)
-			}
-			return yf(a)
-		}}, true
+		return nexpr{t: kStr, s: choose(cb, x.s, y.s)}, true
 	}
 	return nexpr{}, false
+}
+
+// choose is cond ? x : y over one activation.
+func choose[T any](cond func(*activation) bool, x, y func(*activation) T) func(*activation) T {
+	return func(a *activation) T {
+		if cond(a) {
+			return x(a)
+		}
+		return y(a)
+	}
 }
 
 // trBinaryCall translates the binary operators.
