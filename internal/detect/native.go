@@ -3,6 +3,7 @@ package detect
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"cel.dev/cel-go/cel"
@@ -383,16 +384,7 @@ func trIn(args []celast.Expr, ff featureFields) (nexpr, bool) {
 			}
 			set = append(set, string(s))
 		}
-		get := lhs.s
-		return nexpr{t: kBool, b: func(a *activation) bool {
-			v := get(a)
-			for _, s := range set {
-				if s == v {
-					return true
-				}
-			}
-			return false
-		}}, true
+		return nexpr{t: kBool, b: inSet(lhs.s, set)}, true
 	case kInt:
 		set := make([]int64, 0, len(list))
 		for _, v := range list {
@@ -402,16 +394,7 @@ func trIn(args []celast.Expr, ff featureFields) (nexpr, bool) {
 			}
 			set = append(set, int64(s))
 		}
-		get := lhs.i
-		return nexpr{t: kBool, b: func(a *activation) bool {
-			v := get(a)
-			for _, s := range set {
-				if s == v {
-					return true
-				}
-			}
-			return false
-		}}, true
+		return nexpr{t: kBool, b: inSet(lhs.i, set)}, true
 	}
 	return nexpr{}, false
 }
@@ -436,6 +419,11 @@ func trConditional(args []celast.Expr, ff featureFields) (nexpr, bool) {
 		return nexpr{t: kStr, s: choose(cb, x.s, y.s)}, true
 	}
 	return nexpr{}, false
+}
+
+// inSet is `get(a) in set` over one activation.
+func inSet[T comparable](get func(*activation) T, set []T) func(*activation) bool {
+	return func(a *activation) bool { return slices.Contains(set, get(a)) }
 }
 
 // choose is cond ? x : y over one activation.
