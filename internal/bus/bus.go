@@ -8,7 +8,8 @@
 //   - keymeter.decisions: detection decisions.
 //
 // and one dead-letter log, keymeter.deadletter, for messages that could not
-// be processed, each with the reason attached.
+// be processed, each with the reason attached. Verifiers sharing rate limits
+// exchange best-effort reports on keymeter.ratelimits (see RateTransport).
 package bus
 
 import (
@@ -210,6 +211,28 @@ type Decisions interface {
 	SubscribeDecisionsSince(ctx context.Context, since time.Time, fn func(data []byte)) error
 }
 
+// RateReport is one verifier's report of the admissions it counted for
+// rate-limited keys (see verifier.RateShare; Data is its encoding).
+type RateReport struct {
+	Data []byte
+	// Time the report was sent, by the sender's clock; zero when the
+	// sender did not say (a verifier of an older release on NATS).
+	Time time.Time
+}
+
+// RateTransport carries rate-limit reports between the verifiers of one
+// bus: small, frequent and approximate. Delivery is best effort (a report
+// lost or late only loosens the global limit for one period), nothing is
+// kept for verifiers started later, and reports are not acknowledged.
+type RateTransport interface {
+	// PublishRates sends r to every subscriber, this process's included.
+	PublishRates(ctx context.Context, r RateReport) error
+	// SubscribeRates calls fn, one call at a time, with every report
+	// published after it returns, until stop is called; stop returns once
+	// fn is no longer running and will not be called again.
+	SubscribeRates(ctx context.Context, fn func(RateReport)) (stop func(), err error)
+}
+
 // Bus is a whole backend: what `keymeter dev` and the roles wire together.
 type Bus interface {
 	Publisher() Publisher
@@ -219,6 +242,10 @@ type Bus interface {
 	KeyLog
 	Decisions
 	Lagger
+	// RateTransport is the channel for sharing rate limits between
+	// verifiers, or nil when the backend has none. Like CompareAndSet, a
+	// method rather than an interface to probe, so a wrapper never hides it.
+	RateTransport() RateTransport
 	// Partitions is the number of event partitions.
 	Partitions() int
 	// Close drains pending publishes (bounded by ctx) and disconnects.

@@ -10,18 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/keys"
 )
-
-// RateTransport carries rate-limit reports between verifiers.
-type RateTransport interface {
-	PublishRates(ctx context.Context, data []byte) error
-	// SubscribeRates calls fn with every report published (this
-	// verifier's own included) until stop.
-	SubscribeRates(fn func(data []byte)) (stop func(), err error)
-}
 
 // RateShare makes per-key rate limits global, approximately: every verifier
 // counts the requests it admits for rate-limited keys and, every period,
@@ -35,25 +28,33 @@ type RateTransport interface {
 //
 // A charge moves the bucket's theoretical arrival time by n intervals, no
 // further than twice the bucket's capacity ahead, so that a spike reported
-// late cannot lock a key out for longer than two full windows.
+// late cannot lock a key out for longer than two full windows. A report
+// older than staleAfter (a backlog a reconnected subscriber is handed, or
+// clocks far apart) is dropped: its admissions have left the buckets.
+//
+// The reports travel on the bus's RateTransport: core NATS, or a Kafka
+// topic of their own. The bus's latency adds to the period: the overshoot
+// grows with what peers admit during period + latency.
 type RateShare struct {
-	tbl    *keys.Table
-	tr     RateTransport
-	id     string
-	period time.Duration
-	log    *slog.Logger
+	tbl        *keys.Table
+	tr         bus.RateTransport
+	id         string
+	period     time.Duration
+	staleAfter time.Duration
+	log        *slog.Logger
 
-	now func() int64 // the clock charges are made at (tests simulate one)
+	now func() int64 // the clock reports are stamped and charged at (tests simulate one)
 
 	mu     sync.Mutex
 	counts map[string]uint32
 
-	sent, received, charged atomic.Uint64
+	sent, received, charged   atomic.Uint64 // admissions reported, peer reports taken, admissions charged
+	published, stale, invalid atomic.Uint64 // reports published, peer reports dropped as stale or undecodable
 }
 
 // NewRateShare shares the rate limits of tbl's keys as verifier id, every
-// period (default 50ms).
-func NewRateShare(tbl *keys.Table, tr RateTransport, id string, period time.Duration, log *slog.Logger) (*RateShare, error) {
+// period (default 50ms), over tr (a bus's RateTransport).
+func NewRateShare(tbl *keys.Table, tr bus.RateTransport, id string, period time.Duration, log *slog.Logger) (*RateShare, error) {
 	if tbl == nil || tr == nil || id == "" {
 		return nil, errors.New("verifier: rate share: table, transport and verifier id are required")
 	}
@@ -67,7 +68,8 @@ func NewRateShare(tbl *keys.Table, tr RateTransport, id string, period time.Dura
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &RateShare{tbl: tbl, tr: tr, id: id, period: period, log: log, counts: map[string]uint32{},
-		now: func() int64 { return time.Now().UnixNano() }}, nil
+		staleAfter: max(5*period, 250*time.Millisecond),
+		now:        func() int64 { return time.Now().UnixNano() }}, nil
 }
 
 // Note counts one admitted request of a rate-limited key.
@@ -84,30 +86,50 @@ func (s *RateShare) Stats() (sent, received, charged uint64) {
 }
 
 // Run subscribes to the peers' reports and publishes this verifier's every
-// period until ctx ends.
+// period until ctx ends. A bus that fails is retried every period: the
+// limits are meanwhile local (or shared one way).
 func (s *RateShare) Run(ctx context.Context) error {
-	stop, err := s.tr.SubscribeRates(s.receive)
-	if err != nil {
-		return fmt.Errorf("verifier: rate share: %w", err)
-	}
-	defer stop()
+	var stop func()
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
 	t := time.NewTicker(s.period)
 	defer t.Stop()
-	failing := false
-	for {
+	wait := max(4*s.period, 2*time.Second) // bounds one bus call
+	var subFailing, pubFailing bool
+	for ctx.Err() == nil {
+		if stop == nil {
+			sctx, cancel := context.WithTimeout(ctx, wait)
+			var err error
+			stop, err = s.tr.SubscribeRates(sctx, s.receive)
+			cancel()
+			s.logTransition(&subFailing, err, "not receiving rate-limit reports; peers' admissions are not charged until the bus is back")
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		if err := s.Flush(ctx); err != nil {
-			if !failing {
-				s.log.Warn("rate-limit report not published; limits are local until the bus is back", "err", err)
-			}
-			failing = true
-		} else {
-			failing = false
-		}
+		fctx, cancel := context.WithTimeout(ctx, wait)
+		err := s.Flush(fctx)
+		cancel()
+		s.logTransition(&pubFailing, err, "rate-limit report not published; peers do not see this verifier's admissions until the bus is back")
+	}
+	return nil
+}
+
+// logTransition logs err once when a call starts failing and once when it
+// works again, not every period.
+func (s *RateShare) logTransition(failing *bool, err error, msg string) {
+	switch {
+	case err != nil && !*failing && !errors.Is(err, context.Canceled):
+		s.log.Warn(msg, "err", err)
+		*failing = true
+	case err == nil && *failing:
+		s.log.Info("rate-limit sharing works again")
+		*failing = false
 	}
 }
 
@@ -132,41 +154,62 @@ func (s *RateShare) Flush(ctx context.Context) error {
 		b = binary.AppendUvarint(b, uint64(n))
 		total += uint64(n)
 	}
-	if err := s.tr.PublishRates(ctx, b); err != nil {
+	if err := s.tr.PublishRates(ctx, bus.RateReport{Data: b, Time: time.Unix(0, s.now())}); err != nil {
 		return err
 	}
+	s.published.Add(1)
 	s.sent.Add(total)
 	return nil
 }
 
-func (s *RateShare) receive(data []byte) {
-	str := func() (string, bool) {
-		l, k := binary.Uvarint(data)
-		if k <= 0 || uint64(len(data)-k) < l {
-			return "", false
-		}
-		v := string(data[k : k+int(l)])
-		data = data[k+int(l):]
-		return v, true
-	}
-	from, ok := str()
-	if !ok || from == s.id {
+// receive charges a peer's report; this verifier's own are skipped.
+func (s *RateShare) receive(r bus.RateReport) {
+	from, rest, ok := reportString(r.Data)
+	if !ok || !eachCount(rest, nil) {
+		s.invalid.Add(1)
 		return
 	}
-	s.received.Add(1)
-	now := s.now()
-	for len(data) > 0 {
-		k, ok := str()
-		if !ok {
-			return
-		}
-		n, w := binary.Uvarint(data)
-		if w <= 0 {
-			return
-		}
-		data = data[w:]
-		s.charge(k, n, now)
+	if from == s.id {
+		return
 	}
+	now := s.now()
+	if !r.Time.IsZero() {
+		if age := time.Duration(now - r.Time.UnixNano()); age > s.staleAfter || age < -s.staleAfter {
+			s.stale.Add(1)
+			return
+		}
+	}
+	s.received.Add(1)
+	eachCount(rest, func(k string, n uint64) { s.charge(k, n, now) })
+}
+
+// reportString decodes a length-prefixed string at the start of data.
+func reportString(data []byte) (v string, rest []byte, ok bool) {
+	l, k := binary.Uvarint(data)
+	if k <= 0 || uint64(len(data)-k) < l {
+		return "", nil, false
+	}
+	return string(data[k : k+int(l)]), data[k+int(l):], true
+}
+
+// eachCount calls fn (if not nil) with every key and count of a report's
+// body, and reports whether the whole body decoded.
+func eachCount(data []byte, fn func(key string, n uint64)) bool {
+	for len(data) > 0 {
+		k, rest, ok := reportString(data)
+		if !ok {
+			return false
+		}
+		n, w := binary.Uvarint(rest)
+		if w <= 0 {
+			return false
+		}
+		data = rest[w:]
+		if fn != nil {
+			fn(k, n)
+		}
+	}
+	return true
 }
 
 // charge adds n admissions to key id's bucket.
@@ -191,27 +234,18 @@ func (s *RateShare) charge(id string, n uint64, now int64) {
 	s.charged.Add(n)
 }
 
-// natsRates carries rate reports on core NATS (no stream: a lost report
-// only means one period of local limits).
-type natsRates struct {
-	nc      *nats.Conn
-	subject string
-}
-
-// NATSRateTransport is the rate-report transport on nc, subject
-// <prefix>.ratelimits.
-func NATSRateTransport(nc *nats.Conn, prefix string) RateTransport {
-	return &natsRates{nc: nc, subject: prefix + ".ratelimits"}
-}
-
-func (t *natsRates) PublishRates(_ context.Context, data []byte) error {
-	return t.nc.Publish(t.subject, data)
-}
-
-func (t *natsRates) SubscribeRates(fn func([]byte)) (func(), error) {
-	sub, err := t.nc.Subscribe(t.subject, func(m *nats.Msg) { fn(m.Data) })
-	if err != nil {
-		return nil, err
+// register adds the sharing's counters to reg.
+func (s *RateShare) register(reg prometheus.Registerer) error {
+	c := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(v.Load()) })
 	}
-	return func() { _ = sub.Unsubscribe() }, nil
+	return registerAll(reg,
+		c("keymeter_verifier_rate_reports_sent_total", "Rate-limit reports published to the other verifiers.", &s.published),
+		c("keymeter_verifier_rate_reports_received_total", "Rate-limit reports of other verifiers charged.", &s.received),
+		c("keymeter_verifier_rate_reports_stale_total", "Rate-limit reports of other verifiers dropped as too old (or clocks too far apart).", &s.stale),
+		c("keymeter_verifier_rate_reports_invalid_total", "Rate-limit reports dropped as undecodable.", &s.invalid),
+		c("keymeter_verifier_rate_admissions_sent_total", "Admissions of rate-limited keys reported to the other verifiers.", &s.sent),
+		c("keymeter_verifier_rate_admissions_charged_total", "Admissions reported by other verifiers charged to the local buckets.", &s.charged),
+	)
 }

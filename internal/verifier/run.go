@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
@@ -44,8 +43,8 @@ type RunConfig struct {
 	HTTP           HTTPConfig
 	Emitter        EmitterConfig // Publisher, Partitions, Producer, DataDir are filled in
 	// ShareRateLimits, if set, makes key rate limits global across the
-	// verifiers of one bus (NATS), reporting admissions this often (see
-	// RateShare).
+	// verifiers of one bus (NATS or Kafka), reporting admissions this often
+	// (see RateShare).
 	ShareRateLimits time.Duration
 	Bus             bus.Bus
 	// Registry receives the metrics, served on AdminListen; nil: a
@@ -191,14 +190,14 @@ func assemble(cfg RunConfig, log *slog.Logger) (*role, error) {
 	hcfg.VerifierID, hcfg.Logger = cfg.VerifierID, log
 	r.srv = NewServer(v, r.em, r.m, hcfg)
 	if cfg.ShareRateLimits > 0 {
-		nb, ok := cfg.Bus.(interface {
-			Conn() *nats.Conn
-			Prefix() string
-		})
-		if !ok {
-			return nil, errors.New("verifier: --share-rate-limits needs the NATS bus")
+		tr := cfg.Bus.RateTransport()
+		if tr == nil {
+			return nil, errors.New("verifier: --share-rate-limits: this bus cannot carry rate-limit reports")
 		}
-		if r.share, err = NewRateShare(r.tbl, NATSRateTransport(nb.Conn(), nb.Prefix()), cfg.VerifierID, cfg.ShareRateLimits, log); err != nil {
+		if r.share, err = NewRateShare(r.tbl, tr, cfg.VerifierID, cfg.ShareRateLimits, log); err != nil {
+			return nil, err
+		}
+		if err := r.share.register(r.m.Registry); err != nil {
 			return nil, err
 		}
 		r.srv.ShareRates(r.share)

@@ -21,6 +21,9 @@ type Config struct {
 	KeysTopic       string
 	DecisionsTopic  string
 	DeadLetterTopic string
+	// RateLimitsTopic carries the verifiers' rate-limit reports (default
+	// TopicPrefix + ratelimits), created on first use (see RateTransport).
+	RateLimitsTopic string
 
 	// Partitions is the number of event partitions (default 8). An existing
 	// topic with another count is an error: keys would move partitions.
@@ -88,6 +91,7 @@ func (c Config) withDefaults() Config {
 	def(&c.KeysTopic, "keys")
 	def(&c.DecisionsTopic, "decisions")
 	def(&c.DeadLetterTopic, "deadletter")
+	def(&c.RateLimitsTopic, "ratelimits")
 	if c.Partitions == 0 {
 		c.Partitions = defaultPartitions
 	}
@@ -143,10 +147,10 @@ func (c Config) Validate() error {
 	d := c.withDefaults()
 	topics := map[string]string{
 		"EventsTopic": d.EventsTopic, "KeysTopic": d.KeysTopic,
-		"DecisionsTopic": d.DecisionsTopic, "DeadLetterTopic": d.DeadLetterTopic,
+		"DecisionsTopic": d.DecisionsTopic, "DeadLetterTopic": d.DeadLetterTopic, "RateLimitsTopic": d.RateLimitsTopic,
 	}
 	seen := map[string]string{}
-	for _, field := range []string{"EventsTopic", "KeysTopic", "DecisionsTopic", "DeadLetterTopic"} {
+	for _, field := range []string{"EventsTopic", "KeysTopic", "DecisionsTopic", "DeadLetterTopic", "RateLimitsTopic"} {
 		name := topics[field]
 		if err := validTopic(name); err != nil {
 			bad(field, "%q: %v", name, err)

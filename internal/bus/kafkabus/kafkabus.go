@@ -55,6 +55,7 @@ type Bus struct {
 	// sync writes key state, decisions and dead letters, one call at a time
 	// acknowledged; topic per message.
 	sync  *kafka.Writer
+	rates *rates
 	links *linkState
 
 	closeOnce sync.Once
@@ -130,6 +131,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 		ErrorLogger:     kafkaLogger(log),
 	}
 	b.pub = newPublisher(b, codec)
+	b.rates = newRates(b)
 	log.Debug("connected", "brokers", cfg.Brokers, "events", cfg.EventsTopic, "partitions", cfg.Partitions)
 	return b, nil
 }
@@ -147,7 +149,7 @@ func (b *Bus) Config() Config { return b.cfg }
 // Consumers and watches are closed by their owners.
 func (b *Bus) Close(ctx context.Context) error {
 	b.closeOnce.Do(func() {
-		errs := []error{b.pub.close(ctx)}
+		errs := []error{b.pub.close(ctx), b.rates.close(ctx)}
 		done := make(chan error, 1)
 		go func() { done <- b.sync.Close() }()
 		select {
