@@ -50,6 +50,7 @@ type RateShare struct {
 
 	sent, received, charged   atomic.Uint64 // admissions reported, peer reports taken, admissions charged
 	published, stale, invalid atomic.Uint64 // reports published, peer reports dropped as stale or undecodable
+	age                       prometheus.Histogram
 }
 
 // NewRateShare shares the rate limits of tbl's keys as verifier id, every
@@ -69,7 +70,12 @@ func NewRateShare(tbl *keys.Table, tr bus.RateTransport, id string, period time.
 	}
 	return &RateShare{tbl: tbl, tr: tr, id: id, period: period, log: log, counts: map[string]uint32{},
 		staleAfter: max(5*period, 250*time.Millisecond),
-		now:        func() int64 { return time.Now().UnixNano() }}, nil
+		age: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keymeter_verifier_rate_report_age_seconds",
+			Help:    "Age of the other verifiers' rate-limit reports on arrival: the bus's latency plus the clocks' difference.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		now: func() int64 { return time.Now().UnixNano() }}, nil
 }
 
 // Note counts one admitted request of a rate-limited key.
@@ -174,10 +180,12 @@ func (s *RateShare) receive(r bus.RateReport) {
 	}
 	now := s.now()
 	if !r.Time.IsZero() {
-		if age := time.Duration(now - r.Time.UnixNano()); age > s.staleAfter || age < -s.staleAfter {
+		age := time.Duration(now - r.Time.UnixNano())
+		if age > s.staleAfter || age < -s.staleAfter {
 			s.stale.Add(1)
 			return
 		}
+		s.age.Observe(max(age, 0).Seconds())
 	}
 	s.received.Add(1)
 	eachCount(rest, func(k string, n uint64) { s.charge(k, n, now) })
@@ -240,7 +248,7 @@ func (s *RateShare) register(reg prometheus.Registerer) error {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
 			func() float64 { return float64(v.Load()) })
 	}
-	return registerAll(reg,
+	return registerAll(reg, s.age,
 		c("keymeter_verifier_rate_reports_sent_total", "Rate-limit reports published to the other verifiers.", &s.published),
 		c("keymeter_verifier_rate_reports_received_total", "Rate-limit reports of other verifiers charged.", &s.received),
 		c("keymeter_verifier_rate_reports_stale_total", "Rate-limit reports of other verifiers dropped as too old (or clocks too far apart).", &s.stale),

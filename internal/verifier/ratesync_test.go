@@ -2,8 +2,11 @@ package verifier
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -144,73 +147,125 @@ func shareRound(ctx context.Context, t *testing.T, shares []*RateShare, chargedS
 }
 
 // BenchmarkGlobalRateLimitWallClock measures the same on real time: 4
-// verifier roles (Run) on one NATS, sharing every 50 ms, a round-robin
-// client offering 1,000 requests/s for 5 s to a key limited to 100/s burst
-// 20, with and without sharing. Timing-dependent, so a benchmark (run it
-// with -benchtime 1x), not a test:
+// verifier roles (Run), each with its own bus connection (NATS, Kafka), a
+// round-robin client offering 1,000 requests/s for 5 s to a key limited to
+// 100/s burst 20, without sharing and sharing every 20, 50 and 200 ms. The
+// reports' mean age on arrival (bus latency) is reported with each.
+// Timing-dependent, so a benchmark (run it with -benchtime 1x), not a test:
 //
 //	go test ./internal/verifier -run '^$' -bench GlobalRateLimitWallClock -benchtime 1x
 func BenchmarkGlobalRateLimitWallClock(b *testing.B) {
-	for _, share := range []time.Duration{0, 50 * time.Millisecond} {
-		n := startNATS(b)
-		ctx, cancel := context.WithCancel(context.Background())
-		bb := n.connect(ctx)
-		svc := newService(b, ctx, bb, nil)
-		k, err := svc.Create(ctx, keys.CreateParams{Project: "acme", KeyLimits: keys.KeyLimits{RatePerS: 100, Burst: 20}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		secret := k.Secret.Reveal()
-		var rvs []*runningVerifier
-		for i := range 4 {
-			rv := startVerifier(b, bb, RunConfig{VerifierID: "v" + string(rune('0'+i)), ShareRateLimits: share})
-			waitOutcome(b, rv, secret, "valid")
-			rvs = append(rvs, rv)
-		}
-		time.Sleep(1500 * time.Millisecond) // the buckets drained by waitOutcome refill
-		const workers, perWorker = 8, 125   // 1,000 requests/s
-		const dur = 5 * time.Second
-		var ok, total atomic.Int64
-		var rr atomic.Uint64
-		client := &http.Client{Timeout: 5 * time.Second}
-		var wg sync.WaitGroup
-		start := time.Now()
-		for range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				tick := time.NewTicker(time.Second / perWorker)
-				defer tick.Stop()
-				for time.Since(start) < dur {
-					<-tick.C
-					rv := rvs[rr.Add(1)%uint64(len(rvs))]
-					req, _ := http.NewRequest("GET", rv.auth+"/x", nil)
-					req.Header.Set("Authorization", "Bearer "+secret)
-					resp, err := client.Do(req)
-					if err != nil {
-						continue
-					}
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					total.Add(1)
-					if resp.StatusCode == 200 {
-						ok.Add(1)
-					}
+	for _, name := range []string{"nats", "kafka"} {
+		b.Run(name, func(b *testing.B) {
+			for _, share := range []time.Duration{0, 20 * time.Millisecond, 50 * time.Millisecond, 200 * time.Millisecond} {
+				var be testBackend
+				if name == "nats" {
+					be = startNATS(b)
+				} else {
+					be = newTestKafka(b, false)
 				}
-			}()
-		}
-		wg.Wait()
-		el := time.Since(start).Seconds()
-		limit := 100*el + 20
-		b.Logf("share=%s: %d of %d requests admitted in %.2f s; one verifier's limit %.0f: ratio %.3f", share, ok.Load(), total.Load(), el, limit, float64(ok.Load())/limit)
-		if share > 0 {
-			b.ReportMetric(float64(ok.Load())/limit, "shared_ratio")
-		} else {
-			b.ReportMetric(float64(ok.Load())/limit, "unshared_ratio")
-		}
+				ratio, age := wallClockRateLimit(b, be, share)
+				b.ReportMetric(ratio, fmt.Sprintf("ratio_share_%s", share))
+				if share > 0 {
+					b.ReportMetric(age*1e3, fmt.Sprintf("report_age_ms_share_%s", share))
+				}
+			}
+		})
+	}
+}
+
+// wallClockRateLimit runs one BenchmarkGlobalRateLimitWallClock figure: the
+// admitted requests over one verifier's limit, and the mean age of the
+// reports on arrival in seconds.
+func wallClockRateLimit(b *testing.B, be testBackend, share time.Duration) (ratio, age float64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bb := be.connect(ctx)
+	svc := newService(b, ctx, bb, nil)
+	k, err := svc.Create(ctx, keys.CreateParams{Project: "acme", KeyLimits: keys.KeyLimits{RatePerS: 100, Burst: 20}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	secret := k.Secret.Reveal()
+	var rvs []*runningVerifier
+	for i := range 4 {
+		rv := startVerifier(b, be.connect(ctx), RunConfig{VerifierID: "v" + string(rune('0'+i)), ShareRateLimits: share})
+		waitOutcome(b, rv, secret, "valid")
+		rvs = append(rvs, rv)
+	}
+	defer func() {
 		for _, rv := range rvs {
 			_ = rv.stop()
 		}
-		cancel()
+	}()
+	time.Sleep(1500 * time.Millisecond) // the buckets drained by waitOutcome refill
+	const workers, perWorker = 8, 125   // 1,000 requests/s
+	const dur = 5 * time.Second
+	var ok, total atomic.Int64
+	var rr atomic.Uint64
+	client := &http.Client{Timeout: 5 * time.Second}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(time.Second / perWorker)
+			defer tick.Stop()
+			for time.Since(start) < dur {
+				<-tick.C
+				rv := rvs[rr.Add(1)%uint64(len(rvs))]
+				req, _ := http.NewRequest("GET", rv.auth+"/x", nil)
+				req.Header.Set("Authorization", "Bearer "+secret)
+				resp, err := client.Do(req)
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				total.Add(1)
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				}
+			}
+		}()
 	}
+	wg.Wait()
+	el := time.Since(start).Seconds()
+	limit := 100*el + 20
+	ratio = float64(ok.Load()) / limit
+	var sum, n float64
+	for _, rv := range rvs {
+		s, c := scrapeSumCount(b, rv.admin, "keymeter_verifier_rate_report_age_seconds")
+		sum, n = sum+s, n+c
+	}
+	if n > 0 {
+		age = sum / n
+	}
+	b.Logf("share=%s: %d of %d requests admitted in %.2f s; one verifier's limit %.0f: ratio %.3f; %0.f reports received, mean age %.1f ms",
+		share, ok.Load(), total.Load(), el, limit, ratio, n, age*1e3)
+	return ratio, age
+}
+
+// scrapeSumCount reads a histogram's _sum and _count from a verifier's
+// /metrics (0, 0 when it has none).
+func scrapeSumCount(b *testing.B, admin, name string) (sum, count float64) {
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+"_sum "); ok {
+			sum, _ = strconv.ParseFloat(v, 64)
+		}
+		if v, ok := strings.CutPrefix(line, name+"_count "); ok {
+			count, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	return sum, count
 }

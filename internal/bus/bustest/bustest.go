@@ -65,6 +65,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("Backpressure", func(t *testing.T) { t.Parallel(); testBackpressure(t, h) })
 		t.Run("ReadRange", func(t *testing.T) { t.Parallel(); testReadRange(t, h) })
 		t.Run("Lag", func(t *testing.T) { t.Parallel(); testLag(t, h) })
+		t.Run("RateReports", func(t *testing.T) { t.Parallel(); testRateReports(t, h) })
 	})
 	t.Run("ServerRestart", func(t *testing.T) { testRestart(t, h) })
 }
@@ -744,5 +745,90 @@ func testLag(t *testing.T, h Harness) {
 			t.Fatalf("lag %d after everything was acknowledged", total())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Rate reports published after SubscribeRates returns reach every
+// subscriber, the publisher's own included, with their send time; after
+// stop, fn is not called again.
+func testRateReports(t *testing.T, h Harness) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := newBus(t, h, Options{})
+	tr := b.RateTransport()
+	if tr == nil {
+		t.Fatalf("%s: RateTransport is nil", h.Name)
+	}
+	type sub struct {
+		mu   sync.Mutex
+		got  []bus.RateReport
+		stop func()
+	}
+	subs := make([]*sub, 2)
+	for i := range subs {
+		s := &sub{}
+		var err error
+		if s.stop, err = tr.SubscribeRates(ctx, func(r bus.RateReport) {
+			s.mu.Lock()
+			s.got = append(s.got, bus.RateReport{Data: append([]byte(nil), r.Data...), Time: r.Time})
+			s.mu.Unlock()
+		}); err != nil {
+			t.Fatal(err)
+		}
+		subs[i] = s
+	}
+	sent := time.Now().Add(-time.Second).Truncate(time.Millisecond) // Kafka keeps milliseconds
+	for i := range 3 {
+		if err := tr.PublishRates(ctx, bus.RateReport{Data: []byte(fmt.Sprintf("r%d", i)), Time: sent}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range subs {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			s.mu.Lock()
+			n := len(s.got)
+			s.mu.Unlock()
+			if n >= 3 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		s.mu.Lock()
+		var data []string
+		for _, r := range s.got {
+			data = append(data, string(r.Data))
+			if !r.Time.Equal(sent) {
+				t.Errorf("subscriber %d: report %q sent at %v arrived with time %v", i, r.Data, sent, r.Time)
+			}
+		}
+		s.mu.Unlock()
+		if fmt.Sprint(data) != "[r0 r1 r2]" {
+			t.Fatalf("subscriber %d: reports %v, want [r0 r1 r2]", i, data)
+		}
+	}
+	subs[0].stop()
+	if err := tr.PublishRates(ctx, bus.RateReport{Data: []byte("r3"), Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		subs[1].mu.Lock()
+		n := len(subs[1].got)
+		subs[1].mu.Unlock()
+		if n >= 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	subs[0].mu.Lock()
+	n0 := len(subs[0].got)
+	subs[0].mu.Unlock()
+	if n0 != 3 {
+		t.Errorf("a stopped subscriber got %d reports, want 3", n0)
+	}
+	subs[1].stop()
+	if len(subs[1].got) != 4 {
+		t.Errorf("a live subscriber got %d reports, want 4", len(subs[1].got))
 	}
 }
