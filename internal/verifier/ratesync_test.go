@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net/http"
@@ -268,4 +269,70 @@ func scrapeSumCount(b *testing.B, admin, name string) (sum, count float64) {
 		}
 	}
 	return sum, count
+}
+
+// TestRateShareDropsStaleAndInvalidReports: over a real bus, a peer's
+// fresh report is charged; the verifier's own, one stamped long ago (a
+// backlog handed over after a reconnect), one from a clock far ahead, an
+// undecodable one and one cut short are not (the cut one not even in
+// part), and each is counted.
+func TestRateShareDropsStaleAndInvalidReports(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := startNATS(t).connect(ctx)
+	tr := b.RateTransport()
+	st := &keymeterv1.KeyState{Id: "key_rl", Project: "proj_rl", Status: keymeterv1.KeyStatus_KEY_STATUS_ACTIVE, Hash: make([]byte, 32),
+		Env: "live", Version: 1, RateLimitPerS: 100, RateLimitBurst: 20}
+	val, err := proto.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl, err := keys.NewTable(keys.TableConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl.Apply([]bus.KeyUpdate{{ID: "key_rl", Value: val}, {EndOfSnapshot: true}})
+	rs, err := NewRateShare(tbl, tr, "me", 50*time.Millisecond, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, err := tr.SubscribeRates(ctx, rs.receive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	report := func(from string, n uint64) []byte {
+		d := binary.AppendUvarint(nil, uint64(len(from)))
+		d = append(d, from...)
+		d = binary.AppendUvarint(d, uint64(len("key_rl")))
+		d = append(d, "key_rl"...)
+		return binary.AppendUvarint(d, n)
+	}
+	now := time.Now()
+	cut := append(report("peer", 7), 9, 'k') // a second entry cut short
+	for _, r := range []bus.RateReport{
+		{Data: report("me", 1000), Time: now},
+		{Data: report("peer", 1000), Time: now.Add(-time.Minute)},
+		{Data: report("peer", 1000), Time: now.Add(time.Minute)},
+		{Data: []byte{0xff, 0xff, 0xff}, Time: now},
+		{Data: cut, Time: now},
+		{Data: report("peer", 3), Time: now}, // the one charged, last
+	} {
+		if err := tr.PublishRates(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for ctx.Err() == nil && rs.received.Load()+rs.stale.Load()+rs.invalid.Load() < 5 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, received, charged := rs.Stats()
+	if received != 1 || charged != 3 || rs.stale.Load() != 2 || rs.invalid.Load() != 2 {
+		t.Errorf("received %d reports, charged %d admissions, %d stale, %d invalid; want 1, 3, 2, 2",
+			received, charged, rs.stale.Load(), rs.invalid.Load())
+	}
+	// 3 admissions at 100/s: 30ms ahead of the time charged; a stale 1000
+	// would be capped at twice the capacity, 400ms.
+	if ahead := time.Duration(tbl.SlotByID("key_rl").RateTAT.Load() - time.Now().UnixNano()); ahead > 200*time.Millisecond {
+		t.Errorf("bucket charged %v ahead, want at most 30ms", ahead)
+	}
 }
