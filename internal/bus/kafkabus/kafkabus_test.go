@@ -61,7 +61,7 @@ func newBus(t testing.TB, mut func(*kafkabus.Config)) (*kafkabus.Bus, kafkabus.C
 func deleteTopics(ctx context.Context, cfg kafkabus.Config) {
 	c := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: &kafka.Transport{}}
 	_, _ = c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{
-		Topics: []string{cfg.EventsTopic, cfg.KeysTopic, cfg.DecisionsTopic, cfg.DeadLetterTopic},
+		Topics: []string{cfg.EventsTopic, cfg.KeysTopic, cfg.DecisionsTopic, cfg.DeadLetterTopic, cfg.RateLimitsTopic},
 	})
 }
 
