@@ -8,8 +8,9 @@
 # Why: keymeter creates missing topics itself, but with replication factor 1
 # (it has no setting for it yet) and leaves existing topics alone; it only
 # checks their partition counts. So topics created here keep three replicas.
-# PARTITIONS must equal keymeter's --partitions; the key-state, decisions and
-# dead-letter topics have one partition (keymeter expects that). Safe to run
+# PARTITIONS must equal keymeter's --partitions; the key-state, decisions,
+# dead-letter and rate-limit topics have one partition (keymeter expects that;
+# it creates the rate-limit topic on first use of --share-rate-limits). Safe to run
 # again: existing topics get their configs re-applied, nothing else.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,4 +33,5 @@ create "$PREFIX.events" "$PARTITIONS" "$here/topic-events.properties"
 create "$PREFIX.keys" 1 "$here/topic-keys.properties"
 create "$PREFIX.decisions" 1 "$here/topic-decisions.properties"
 create "$PREFIX.deadletter" 1 "$here/topic-deadletter.properties"
+create "$PREFIX.ratelimits" 1 "$here/topic-ratelimits.properties"
 "$topics" --bootstrap-server "$BOOTSTRAP" --describe --topic "$PREFIX\..*" | grep -E 'PartitionCount|^Topic' || true
