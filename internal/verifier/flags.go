@@ -38,7 +38,7 @@ func (f *Flags) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Config.HTTP.ASNHeader, "asn-header", "", "header with the client's AS number (\"AS3320\" or \"3320\"), set by a CDN or edge worker")
 	fs.Int64Var(&f.Settings.MaxSpoolMB, "max-spool-mb", 1024, "bound of the on-disk event spool; beyond it events are dropped and counted")
 	fs.IntVar(&f.Settings.QueueSize, "event-queue", 1<<16, "events waiting to be batched; beyond it events are dropped and counted")
-	fs.DurationVar(&f.Config.ShareRateLimits, "share-rate-limits", 0, "make key rate limits global across the verifiers on this bus (NATS: core subject <prefix>.ratelimits; Kafka: topic <prefix>ratelimits, made on first use), reporting admissions this often (e.g. 50ms; approximate: the overshoot grows with the period plus the bus latency); 0: per-verifier limits")
+	fs.DurationVar(&f.Config.ShareRateLimits, "share-rate-limits", 0, "make key rate limits global across the verifiers on this bus (NATS: core subject <bus-prefix>.ratelimits; Kafka: topic <bus-prefix>.ratelimits, made on first use), reporting admissions this often (e.g. 50ms; approximate: the overshoot grows with the period plus the bus latency); 0: per-verifier limits")
 	fs.BoolVar(&f.Config.Emitter.DurableLog, "durable-log", false, "answer a request only once its event is fsynced in a local log under --data-dir (group commit), replayed after a crash: a SIGKILL or power loss loses no answered request's event (costs throughput; see README)")
 	fs.IntVar(&f.Settings.MaxBatch, "max-batch", 1000, "events per batch")
 	fs.DurationVar(&f.Settings.FlushInterval, "flush-interval", 50*time.Millisecond, "longest an event waits for its batch")
