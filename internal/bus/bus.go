@@ -47,6 +47,10 @@ const (
 	HeaderContentType = "content-type"   // ContentTypeProtobuf
 	HeaderReason      = "keymeter-deadletter-reason"
 	HeaderOrigin      = "keymeter-deadletter-origin" // "<log>/<partition>/<position>"
+	// HeaderResent is "1" on a batch its producer may have published
+	// before (a crash-recovered or spooled batch whose first publish was
+	// never acknowledged). See Message.Resent.
+	HeaderResent = "keymeter-resent"
 
 	TypeEventBatch      = "dev.keymeter.usage.batch.v1"
 	ContentTypeProtobuf = "application/protobuf"
@@ -64,6 +68,12 @@ type Message struct {
 	Source string
 	// Data is the protobuf-encoded batch.
 	Data []byte
+	// Resent marks a batch that may have reached the bus before: its
+	// producer published it, crashed or timed out before the answer, and
+	// publishes it again (possibly long after the bus's duplicate window,
+	// possibly under another batch id). Consumers check a resent batch's
+	// events against what is already stored, by event id.
+	Resent bool
 }
 
 // PubAck is the future of one published batch.
@@ -94,6 +104,8 @@ type Delivery struct {
 	Data     []byte
 	// Redelivered is true when the backend knows it delivered this before.
 	Redelivered bool
+	// Resent is the producer's Message.Resent.
+	Resent bool
 	// Invalid, when set, says why the message is not a well-formed event
 	// batch (missing CloudEvents headers, wrong type). The consumer must
 	// dead-letter it with this reason and acknowledge it like any other, so

@@ -571,7 +571,9 @@ func testReadRange(t *testing.T, h Harness) {
 	var msgs []bus.Message
 	for i := range 10 {
 		id := fmt.Sprintf("range-%d", i)
-		msgs = append(msgs, bus.Message{Key: "k", BatchID: id, Source: "bustest", Data: batch(id, "k", i, 1)})
+		// Odd batches are marked resent: the mark must survive both the
+		// live delivery and the replay of a range.
+		msgs = append(msgs, bus.Message{Key: "k", BatchID: id, Source: "bustest", Data: batch(id, "k", i, 1), Resent: i%2 == 1})
 	}
 	publishAll(ctx, t, b.Publisher(), msgs)
 	c, err := b.NewConsumer(ctx, bus.ConsumerConfig{Group: "range", AckWait: h.AckWait})
@@ -581,15 +583,20 @@ func testReadRange(t *testing.T, h Harness) {
 	defer c.Close(context.Background())
 	ds := drain(ctx, t, c, 10, false)
 	sort.Slice(ds, func(i, j int) bool { return ds[i].Position < ds[j].Position })
+	for i, d := range ds {
+		if d.Resent != (i%2 == 1) {
+			t.Fatalf("delivery %s: Resent=%v, published %v", d.BatchID, d.Resent, i%2 == 1)
+		}
+	}
 	from, to := ds[3].Position, ds[7].Position
 	var ids []string
 	if err := b.ReadRange(ctx, 0, from, to, func(d bus.Delivery) error {
-		ids = append(ids, d.BatchID)
+		ids = append(ids, fmt.Sprintf("%s/%v", d.BatchID, d.Resent))
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(ids) != "[range-3 range-4 range-5 range-6 range-7]" {
+	if fmt.Sprint(ids) != "[range-3/true range-4/false range-5/true range-6/false range-7/true]" {
 		t.Fatalf("range [%d,%d]: got %v", from, to, ids)
 	}
 }

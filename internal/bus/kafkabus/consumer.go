@@ -289,6 +289,8 @@ func toDelivery(m kafka.Message) bus.Delivery {
 			d.Source = string(h.Value)
 		case bus.HeaderType:
 			typ, hasType = string(h.Value), true
+		case bus.HeaderResent:
+			d.Resent = string(h.Value) == "1"
 		}
 	}
 	switch {

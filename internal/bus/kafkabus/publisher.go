@@ -112,6 +112,9 @@ func (p *Publisher) Publish(ctx context.Context, m bus.Message) (bus.PubAck, err
 		},
 		WriterData: ack,
 	}
+	if m.Resent {
+		msg.Headers = append(msg.Headers, kafka.Header{Key: bus.HeaderResent, Value: []byte("1")})
+	}
 	// In async mode WriteMessages only fails before queueing: an unknown
 	// topic (metadata not yet seen), a message over BatchBytes, a closed
 	// writer. The first is transient.

@@ -243,6 +243,7 @@ func toDelivery(p int, msg jetstream.Msg) (bus.Delivery, error) {
 		Source:      h.Get(bus.HeaderSource),
 		Data:        msg.Data(),
 		Redelivered: md.NumDelivered > 1,
+		Resent:      h.Get(bus.HeaderResent) == "1",
 		Ref:         msg,
 	}
 	d.Invalid = envelopeProblem(h)

@@ -572,6 +572,9 @@ func setEnvelope(h nats.Header, m bus.Message) {
 	h[bus.HeaderSpecVersion] = []string{"1.0"}
 	h[bus.HeaderTime] = []string{time.Now().UTC().Format(time.RFC3339Nano)}
 	h[bus.HeaderContentType] = []string{bus.ContentTypeProtobuf}
+	if m.Resent {
+		h[bus.HeaderResent] = []string{"1"}
+	}
 }
 
 func (p *publisher) Flush(ctx context.Context) error {
