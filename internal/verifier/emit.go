@@ -5,10 +5,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,11 +111,17 @@ type EmitterStats struct {
 	Dropped   uint64 // events lost: queue full or spool full
 	// Recovered: events replayed from the durable log of a run that died.
 	Recovered uint64
+	// LogErrors: durable log write, fsync and reopen errors (while the log
+	// is failed, events are not crash-safe).
+	LogErrors uint64
 	// Now: events and bytes in the spool, and whether the bus is taking
 	// batches.
 	SpoolEvents int
 	SpoolBytes  int64
 	BusUp       bool
+	// BacklogEvents: recovered events waiting in the log for room in the
+	// spool (see backlog.go).
+	BacklogEvents int
 }
 
 // Emitter batches usage events and publishes them on the bus. Emit never
@@ -125,13 +134,19 @@ type EmitterStats struct {
 // 20 random bits, base 36) keeps them unique across restarts, and apart
 // even for two processes started with the same verifier id.
 type Emitter struct {
-	cfg   EmitterConfig
-	log   *slog.Logger
-	in    chan emitItem
-	spool *spool
-	wal   *wal // nil unless DurableLog
-	epoch string
-	wpool sync.Pool // chan bool, one per waiting Emit
+	cfg     EmitterConfig
+	log     *slog.Logger
+	in      chan emitItem
+	spool   *spool
+	wal     *wal     // nil unless DurableLog
+	backlog *backlog // nil unless DurableLog
+	lock    *os.File // the data directory's lock
+	epoch   string
+	wpool   sync.Pool // chan bool, one per waiting Emit
+	// tried is the spool batch whose publish was tried and not
+	// acknowledged (at start: the oldest, which the previous run may have
+	// been publishing): it is published again marked Resent.
+	tried uint64
 
 	closing    atomic.Bool
 	stop       chan struct{} // closed by Close: collector drains and exits
@@ -169,13 +184,18 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	sp, err := openSpool(filepath.Join(cfg.DataDir, "spool"), cfg.MaxSpoolBytes)
 	if err != nil {
+		unlockDataDir(lock)
 		return nil, err
 	}
 	sp.sync = cfg.DurableLog
 	e := &Emitter{
-		cfg: cfg, log: cfg.Logger, spool: sp,
+		cfg: cfg, log: cfg.Logger, spool: sp, lock: lock, tried: sp.first(),
 		in:         make(chan emitItem, cfg.QueueSize),
 		epoch:      bootEpoch(),
 		stop:       make(chan struct{}),
@@ -190,11 +210,15 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 	e.wpool.New = func() any { return make(chan bool, 1) }
 	if cfg.DurableLog {
 		if err := e.recoverLog(); err != nil {
+			unlockDataDir(lock)
 			return nil, err
 		}
 	}
 	if b, n, _ := sp.stats(); b > 0 {
 		e.log.Info("replaying event spool from a previous run", "batches", b, "events", n)
+		e.offline.Store(true)
+	}
+	if _, n := e.backlog.len(); n > 0 {
 		e.offline.Store(true)
 	}
 	go e.collect()
@@ -203,33 +227,56 @@ func NewEmitter(cfg EmitterConfig) (*Emitter, error) {
 	return e, nil
 }
 
-// recoverLog moves what a previous run's durable log holds into the
-// (fsynced) spool, which publishes it, then starts a new log.
+// recoverLog moves what previous runs' durable log holds into the
+// (fsynced) spool, which publishes it, marked Resent: those batches may
+// have reached the bus before the crash. What does not fit stays in the
+// log directory as a backlog that the replayer moves on as the spool
+// drains (backlog.go), so that a full spool never stops a start. Then it
+// starts a new log.
 func (e *Emitter) recoverLog() error {
 	dir := filepath.Join(e.cfg.DataDir, "log")
-	batches, files, err := recoverWAL(dir)
+	rec, err := recoverWAL(dir)
 	if err != nil {
 		return err
 	}
-	n := 0
-	for i := range batches {
-		b := &batches[i]
-		eb := event.Batch{ID: b.id, Producer: e.cfg.Producer, Created: time.Now(), Events: b.events}
-		m := bus.Message{Key: b.events[0].PartitionKey(), BatchID: b.id, Source: e.cfg.Producer, Data: event.AppendBatch(nil, &eb)}
-		if err := e.spool.put(m, len(b.events)); err != nil {
-			// Keep the log: the next start tries again.
-			return fmt.Errorf("verifier: durable log recovery: %w", err)
+	n, rest := 0, rec.batches
+	for len(rest) > 0 {
+		b := rest[0]
+		if !e.spool.has(b.id) { // else spooled by an earlier start that died
+			if err := e.spool.put(e.recoveredMsg(&b), len(b.events)); err != nil {
+				if !errors.Is(err, ErrSpoolFull) {
+					e.log.Error("durable log recovery: spool write failed; the rest stays in the log", "err", err)
+				}
+				break
+			}
 		}
 		n += len(b.events)
+		rest = rest[1:]
 	}
-	e.recovered.Add(uint64(n))
-	if len(files) > 0 {
-		e.log.Info("durable event log of a previous run recovered into the spool", "batches", len(batches), "events", n)
-	}
-	for _, f := range files {
-		if err := os.Remove(f); err != nil {
-			return fmt.Errorf("verifier: durable log: %w", err)
+	bl, err := saveBacklog(dir, rec.last, rest)
+	if err != nil {
+		// Keep the dead run's files: the next start reads them again (and
+		// may spool again what was moved meanwhile, marked Resent).
+		e.log.Error("durable log recovery: cannot write the backlog; keeping the log files", "err", err)
+		bl = &backlog{batches: rest, keep: rec.files}
+		for _, b := range rest {
+			bl.events += len(b.events)
 		}
+	} else {
+		for _, f := range rec.files {
+			if f == bl.path {
+				continue
+			}
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("verifier: durable log: %w", err)
+			}
+		}
+	}
+	e.backlog = bl
+	_, waiting := bl.len()
+	e.recovered.Add(uint64(n + waiting))
+	if len(rec.files) > 0 {
+		e.log.Info("durable event log of a previous run recovered", "batches", len(rec.batches), "spooled_events", n, "backlog_events", waiting)
 	}
 	w, err := openWAL(dir, e.cfg.LogSegmentBytes, 1)
 	if err != nil {
@@ -237,6 +284,12 @@ func (e *Emitter) recoverLog() error {
 	}
 	e.wal = w
 	return nil
+}
+
+// recoveredMsg is the message of a batch recovered from the log.
+func (e *Emitter) recoveredMsg(b *walBatch) bus.Message {
+	eb := event.Batch{ID: b.id, Producer: e.cfg.Producer, Created: time.Now(), Events: b.events}
+	return bus.Message{Key: b.events[0].PartitionKey(), BatchID: b.id, Source: e.cfg.Producer, Data: event.AppendBatch(nil, &eb), Resent: true}
 }
 
 // Emit hands an event to the batcher. Without the durable log it never
@@ -293,11 +346,42 @@ func (e *Emitter) drop(n int, why string) {
 // Stats returns the emitter's counters.
 func (e *Emitter) Stats() EmitterStats {
 	_, ev, by := e.spool.stats()
+	_, backlog := e.backlog.len()
+	var logErrs uint64
+	if e.wal != nil {
+		_, logErrs, _ = e.wal.health()
+	}
 	return EmitterStats{
 		Emitted: e.emitted.Load(), Published: e.published.Load(), Spooled: e.spooled.Load(),
 		Replayed: e.replayed.Load(), Dropped: e.dropped.Load(), Recovered: e.recovered.Load(),
-		SpoolEvents: ev, SpoolBytes: by, BusUp: !e.offline.Load(),
+		LogErrors: logErrs, SpoolEvents: ev, SpoolBytes: by, BusUp: !e.offline.Load(), BacklogEvents: backlog,
 	}
+}
+
+// LogHealth is the durable log's current failure: nil without the log or
+// while it can be written.
+func (e *Emitter) LogHealth() error {
+	if e.wal == nil {
+		return nil
+	}
+	failed, _, _ := e.wal.health()
+	return failed
+}
+
+// ReadyGate wraps an admin handler: while the durable log cannot be
+// written, /readyz answers 503 (this verifier's answers are not
+// crash-safe, a balancer should prefer another); everything else goes to h.
+func (e *Emitter) ReadyGate(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			if err := e.LogHealth(); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, "durable event log cannot be written: "+err.Error()+"\n")
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // collect batches events per partition and hands full or aged batches on.
@@ -321,6 +405,9 @@ func (e *Emitter) collect() {
 		case it := <-e.in:
 			c.take(&it)
 		case <-tick.C:
+			if c.logFailed {
+				c.commit() // try to reopen even without traffic
+			}
 			c.sealAll()
 			c.publish()
 			c.trim()
@@ -336,40 +423,81 @@ func (e *Emitter) collect() {
 // collector is the state of collect: the batches being filled per
 // partition and those sealed but not yet published.
 type collector struct {
-	e         *Emitter
-	parts     [][]event.Event
-	partFirst []uint64 // seq of parts[p][0]
-	seq       uint64
-	batchSeq  uint64
-	idBuf     []byte
-	prefix    string // of event and batch ids
-	encBuf    []byte
-	walBuf    []byte
-	logFailed bool
-	ready     []sealedBatch
-	waiters   []chan bool
+	e          *Emitter
+	parts      [][]event.Event
+	partFirst  []uint64 // seq of parts[p][0]
+	seq        uint64
+	batchSeq   uint64
+	idBuf      []byte
+	prefix     string // of event and batch ids
+	encBuf     []byte
+	walBuf     []byte
+	logFailed  bool      // the durable log is failed (reported once)
+	retryAt    time.Time // of the next reopen while it stays failed
+	trimFailed bool
+	ready      []sealedBatch
+	waiters    []chan bool
 }
 
 // sealedBatch is a batch sealed and encoded, waiting for its seal's commit.
 type sealedBatch struct {
-	m bus.Message
-	n int
+	m        bus.Message
+	n        int
+	p        int
+	firstSeq uint64
 }
 
 // commit commits the durable log, if any, and reports whether that worked.
+//
+// A write or fsync error fails the log (wal.go): the error is logged once,
+// counted (Stats.LogErrors, keymeter_verifier_durable_log_errors_total),
+// shown by /readyz and returned by Close. The collector at once reopens the
+// log in a new segment and writes into it again every event not yet
+// published, so the events of this commit are crash-safe after all; while
+// that fails too (disk full) it tries again at most once a second, and
+// events are published without the guarantee: Emit still returns true, the
+// request was answered. Nothing is counted twice: a batch is published
+// once, under its own id; if the process dies before the failed segment is
+// deleted, the next start may publish some of its events again, marked
+// Resent and with the same event ids, which the aggregator drops by id.
 func (c *collector) commit() bool {
 	e := c.e
 	if e.wal == nil {
 		return true
 	}
-	if err := e.wal.commit(); err != nil {
-		if !c.logFailed {
-			e.log.Error("durable event log cannot be written; events go on without its guarantee", "err", err)
-			c.logFailed = true
-		}
+	err := e.wal.commit()
+	if err == nil {
+		return true
+	}
+	if !c.logFailed {
+		e.log.Error("durable event log cannot be written; reopening it in a new segment", "err", err)
+		c.logFailed = true
+	} else if time.Now().Before(c.retryAt) {
 		return false
 	}
+	if err := e.wal.reopen(c.seq+1, c.relogBatches(), c.parts); err != nil {
+		c.retryAt = time.Now().Add(time.Second)
+		return false
+	}
+	c.logFailed = false
+	e.log.Info("durable event log reopened in a new segment; events are crash-safe again")
 	return true
+}
+
+// relogBatches are the sealed batches not yet published, for wal.reopen.
+func (c *collector) relogBatches() []relogBatch {
+	var bs []relogBatch
+	for _, r := range c.ready {
+		var b event.Batch
+		if err := event.DecodeBatch(r.m.Data, &b); err != nil {
+			continue // impossible: we encoded it
+		}
+		for i := range b.Events {
+			b.Events[i].ID = strings.Clone(b.Events[i].ID)
+		}
+		bs = append(bs, relogBatch{p: r.p, id: r.m.BatchID, firstSeq: r.firstSeq, events: b.Events})
+	}
+	return bs
 }
 
 // seal closes partition p's batch; it is published by publish, after
@@ -393,7 +521,8 @@ func (c *collector) seal(p int) {
 	c.encBuf = event.AppendBatch(c.encBuf[:0], &b)
 	data := make([]byte, len(c.encBuf))
 	copy(data, c.encBuf)
-	c.ready = append(c.ready, sealedBatch{bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}, len(evs)})
+	m := bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}
+	c.ready = append(c.ready, sealedBatch{m: m, n: len(evs), p: p, firstSeq: c.partFirst[p]})
 	c.parts[p] = evs[:0]
 }
 
@@ -403,12 +532,13 @@ func (c *collector) sealAll() {
 	}
 }
 
-// publish commits the sealed batches' seals and sends the batches.
+// publish commits the sealed batches' seals and sends the batches (even
+// if the log cannot be written: see commit).
 func (c *collector) publish() {
 	if len(c.ready) == 0 {
 		return
 	}
-	c.commit()
+	_ = c.commit()
 	for _, r := range c.ready {
 		c.e.send(r.m, r.n)
 	}
@@ -495,9 +625,13 @@ func (c *collector) trim() {
 			low = min(low, c.partFirst[p])
 		}
 	}
-	if err := e.wal.trim(low, c.seq+1); err != nil && !c.logFailed {
-		e.log.Error("durable event log cannot be trimmed", "err", err)
-		c.logFailed = true
+	if err := e.wal.trim(low, c.seq+1); err != nil {
+		if failed, _, _ := e.wal.health(); failed != nil {
+			c.commit() // the rotation failed: report and reopen
+		} else if !c.trimFailed {
+			e.log.Error("durable event log: cannot delete an acknowledged segment", "err", err)
+			c.trimFailed = true
+		}
 	}
 }
 
@@ -513,6 +647,7 @@ func (e *Emitter) send(m bus.Message, n int) {
 			return
 		}
 		e.goOffline(err)
+		m.Resent = true // a failed publish may still have reached the bus
 	}
 	e.toSpool(m, n)
 }
@@ -554,12 +689,15 @@ func (e *Emitter) reapAcks() {
 		case <-e.abandon:
 			// Closing and out of time: keep the batch on disk. If the bus
 			// stores it after all, the next run's replay is deduplicated by
-			// its batch id.
+			// its batch id, or by event id (Resent).
+			f.msg.Resent = true
 			e.toSpool(f.msg, f.n)
 			continue
 		}
 		if err := f.ack.Err(); err != nil {
+			// A timeout or a lost connection: the bus may have it anyway.
 			e.goOffline(err)
+			f.msg.Resent = true
 			e.toSpool(f.msg, f.n)
 			continue
 		}
@@ -571,30 +709,45 @@ func (e *Emitter) reapAcks() {
 }
 
 // replay publishes spooled batches, oldest first, one at a time, until the
-// spool is empty; then the emitter publishes directly again.
+// spool is empty; then the emitter publishes directly again. Before each
+// batch it moves what the backlog (recovered batches waiting in the log)
+// can put in the spool.
 func (e *Emitter) replay() {
 	defer close(e.replayDone)
 	backoff := 100 * time.Millisecond
 	for {
-		seq, m, n, ok, err := e.spool.oldest()
-		if err != nil {
-			n, _ := e.spool.remove(seq)
-			e.log.Error("unreadable spool file removed; its events are lost", "err", err, "events", n)
-			e.drop(n, "unreadable spool file")
-			continue
-		}
-		if !ok {
-			if e.offline.Swap(false) {
-				e.log.Info("event bus reachable again; spool replayed")
-			}
-			select {
-			case <-e.wake:
+		err := e.moveBacklog()
+		var seq uint64
+		var m bus.Message
+		var n int
+		ok := false
+		if err == nil {
+			seq, m, n, ok, err = e.spool.oldest()
+			if err != nil {
+				n, _ := e.spool.remove(seq)
+				e.log.Error("unreadable spool file removed; its events are lost", "err", err, "events", n)
+				e.drop(n, "unreadable spool file")
 				continue
-			case <-e.replayStop:
-				return
 			}
 		}
-		if err := e.publishWait(m); err != nil {
+		if err == nil && !ok {
+			if _, waiting := e.backlog.len(); waiting == 0 {
+				if e.offline.Swap(false) {
+					e.log.Info("event bus reachable again; spool replayed")
+				}
+				select {
+				case <-e.wake:
+					continue
+				case <-e.replayStop:
+					return
+				}
+			}
+			err = errors.New("backlog not moved") // a spool write error: retry later
+		}
+		if err == nil {
+			err = e.replayOne(seq, m, n)
+		}
+		if err != nil {
 			e.offline.Store(true)
 			select {
 			case <-time.After(backoff):
@@ -605,12 +758,60 @@ func (e *Emitter) replay() {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		if _, err := e.spool.remove(seq); err != nil {
-			e.log.Error("spool", "err", err)
-		}
-		e.replayed.Add(uint64(n))
-		e.published.Add(uint64(n))
 	}
+}
+
+// replayOne publishes spooled batch seq and removes it. A batch whose
+// publish was tried before goes marked Resent.
+func (e *Emitter) replayOne(seq uint64, m bus.Message, n int) error {
+	if seq == e.tried {
+		m.Resent = true
+	}
+	if err := e.publishWait(m); err != nil {
+		e.tried = seq
+		return err
+	}
+	if _, err := e.spool.remove(seq); err != nil {
+		e.log.Error("spool", "err", err)
+	}
+	e.replayed.Add(uint64(n))
+	e.published.Add(uint64(n))
+	return nil
+}
+
+// moveBacklog moves the backlog's batches into the spool while they fit
+// (the replayer only). A batch too big for even an empty spool is
+// published directly. It reports an error if a batch could be neither.
+func (e *Emitter) moveBacklog() error {
+	bl := e.backlog
+	for bl != nil {
+		b, ok := bl.front()
+		if !ok {
+			return nil
+		}
+		if !e.spool.has(b.id) {
+			m := e.recoveredMsg(&b)
+			err := e.spool.put(m, len(b.events))
+			if errors.Is(err, ErrSpoolFull) && e.spool.empty() {
+				if err = e.publishWait(m); err == nil {
+					e.published.Add(uint64(len(b.events)))
+				}
+			} else if errors.Is(err, ErrSpoolFull) {
+				return nil // after the next replayed batch
+			}
+			if err != nil {
+				return err
+			}
+		}
+		emptied, err := bl.pop()
+		if err != nil {
+			e.log.Error("durable log backlog", "err", err)
+		}
+		if emptied {
+			e.log.Info("durable log backlog moved into the spool")
+		}
+	}
+	return nil
 }
 
 func (e *Emitter) publishWait(m bus.Message) error {
@@ -644,8 +845,8 @@ func (e *Emitter) Close(ctx context.Context) error {
 		close(e.abandon)
 		<-e.ackDone
 	}
-	// Give the replayer until ctx ends to empty the spool.
-	for !e.spool.empty() && ctx.Err() == nil {
+	// Give the replayer until ctx ends to empty the spool and the backlog.
+	for (!e.spool.empty() || e.backlogWaiting()) && ctx.Err() == nil {
 		e.poke()
 		select {
 		case <-time.After(10 * time.Millisecond):
@@ -654,17 +855,32 @@ func (e *Emitter) Close(ctx context.Context) error {
 	}
 	close(e.replayStop)
 	<-e.replayDone
+	var errs []error
 	if e.wal != nil {
 		// Every batch is acknowledged or in the spool: the log goes.
 		if err := e.wal.close(true); err != nil {
 			e.log.Error("durable event log", "err", err)
 		}
+		if _, n, first := e.wal.health(); n > 0 {
+			errs = append(errs, fmt.Errorf("verifier: the durable event log failed %d times (events were not crash-safe meanwhile); first: %w", n, first))
+		}
+		e.backlog.close()
+	}
+	defer unlockDataDir(e.lock)
+	if _, n := e.backlog.len(); n > 0 {
+		e.log.Warn("recovered usage events left in the durable log backlog for the next run", "events", n)
+		errs = append(errs, fmt.Errorf("verifier: %d recovered events left in the durable log backlog", n))
 	}
 	if b, n, _ := e.spool.stats(); b > 0 {
 		e.log.Warn("usage events left in the spool for the next run", "batches", b, "events", n, "spool", e.spool.dir)
-		return fmt.Errorf("verifier: %d events left in the spool at %s", n, e.spool.dir)
+		errs = append(errs, fmt.Errorf("verifier: %d events left in the spool at %s", n, e.spool.dir))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+func (e *Emitter) backlogWaiting() bool {
+	_, n := e.backlog.len()
+	return n > 0
 }
 
 // bootEpoch is this process's start time in ms (base 36) and 20 random

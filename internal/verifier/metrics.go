@@ -72,6 +72,8 @@ func NewMetrics(reg *prometheus.Registry, tbl *keys.Table, em *Emitter) (*Metric
 				stat(func(s EmitterStats) float64 { return float64(s.SpoolEvents) })),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keymeter_verifier_spool_bytes", Help: "Bytes in the disk spool."},
 				stat(func(s EmitterStats) float64 { return float64(s.SpoolBytes) })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymeter_verifier_durable_log_errors_total", Help: "Durable event log write, fsync and reopen errors (events are not crash-safe while the log is failed)."},
+				stat(func(s EmitterStats) float64 { return float64(s.LogErrors) })),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keymeter_verifier_bus_up", Help: "1 while the bus takes event batches, 0 while spooling."},
 				stat(func(s EmitterStats) float64 { return b2f(s.BusUp) })),
 		); err != nil {

@@ -252,7 +252,7 @@ func (r *role) listen(cfg RunConfig, log *slog.Logger) ([]*http.Server, [3]net.A
 	for i, s := range []struct {
 		addr string
 		h    http.Handler
-	}{{cfg.Listen, mainH}, {cfg.AuthListen, r.srv.ForwardAuth("")}, {cfg.AdminListen, NoBody(admin)}} {
+	}{{cfg.Listen, mainH}, {cfg.AuthListen, r.srv.ForwardAuth("")}, {cfg.AdminListen, NoBody(r.em.ReadyGate(admin))}} {
 		if s.addr == "" {
 			continue
 		}

@@ -29,6 +29,7 @@ type spool struct {
 
 	mu    sync.Mutex
 	files []spoolFile // oldest first
+	ids   map[string]bool
 	bytes int64
 	next  uint64
 }
@@ -37,6 +38,7 @@ type spoolFile struct {
 	seq    uint64
 	size   int64
 	events int
+	id     string // batch id ("" if the file is unreadable)
 }
 
 const spoolExt = ".batch"
@@ -45,7 +47,7 @@ func openSpool(dir string, maxBytes int64) (*spool, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("verifier: spool: %w", err)
 	}
-	s := &spool{dir: dir, maxBytes: maxBytes, next: 1}
+	s := &spool{dir: dir, maxBytes: maxBytes, next: 1, ids: map[string]bool{}}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("verifier: spool: %w", err)
@@ -70,8 +72,9 @@ func openSpool(dir string, maxBytes int64) (*spool, error) {
 		f := spoolFile{seq: seq, size: info.Size()}
 		// An unreadable file does not stop the verifier: replay reports
 		// and removes it.
-		if _, n, err := s.read(seq); err == nil {
-			f.events = n
+		if m, n, err := s.read(seq); err == nil {
+			f.events, f.id = n, m.BatchID
+			s.ids[f.id] = true
 		}
 		s.files = append(s.files, f)
 		s.bytes += f.size
@@ -85,15 +88,31 @@ func (s *spool) path(seq uint64) string {
 	return filepath.Join(s.dir, fmt.Sprintf("%020d%s", seq, spoolExt))
 }
 
-// put appends a batch of n events.
-func (s *spool) put(m bus.Message, n int) error {
-	var b []byte
+// A spool file is a header, the message's key, batch id and source
+// (uvarint length and bytes each), then its data. The header is a zero
+// byte and a uvarint of flags (spoolResent: Message.Resent) followed by
+// the batch's event count; files written before the flags existed start
+// with the count, never zero (a batch has events), and read as not resent.
+const spoolResent = 1
+
+// encodeSpool is the file content of batch m of n events.
+func encodeSpool(m bus.Message, n int) []byte {
+	var flags uint64
+	if m.Resent {
+		flags |= spoolResent
+	}
+	b := binary.AppendUvarint([]byte{0}, flags)
 	b = binary.AppendUvarint(b, uint64(n))
 	for _, f := range []string{m.Key, m.BatchID, m.Source} {
 		b = binary.AppendUvarint(b, uint64(len(f)))
 		b = append(b, f...)
 	}
-	b = append(b, m.Data...)
+	return append(b, m.Data...)
+}
+
+// put appends a batch of n events.
+func (s *spool) put(m bus.Message, n int) error {
+	b := encodeSpool(m, n)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.bytes+int64(len(b)) > s.maxBytes {
@@ -114,9 +133,27 @@ func (s *spool) put(m bus.Message, n int) error {
 			return err
 		}
 	}
-	s.files = append(s.files, spoolFile{seq: seq, size: int64(len(b)), events: n})
+	s.files = append(s.files, spoolFile{seq: seq, size: int64(len(b)), events: n, id: m.BatchID})
+	s.ids[m.BatchID] = true
 	s.bytes += int64(len(b))
 	return nil
+}
+
+// has reports whether batch id is in the spool.
+func (s *spool) has(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ids[id]
+}
+
+// first is the sequence number of the oldest batch, 0 if none.
+func (s *spool) first() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.files) == 0 {
+		return 0
+	}
+	return s.files[0].seq
 }
 
 // oldest returns the oldest batch, ok false when the spool is empty.
@@ -137,22 +174,39 @@ func (s *spool) read(seq uint64) (bus.Message, int, error) {
 	if err != nil {
 		return bus.Message{}, 0, fmt.Errorf("verifier: spool read: %w", err)
 	}
-	bad := fmt.Errorf("verifier: spool file %s is corrupt", s.path(seq))
+	m, n, ok := decodeSpool(b)
+	if !ok {
+		return bus.Message{}, 0, fmt.Errorf("verifier: spool file %s is corrupt", s.path(seq))
+	}
+	return m, n, nil
+}
+
+// decodeSpool reads a spool file's content (see encodeSpool).
+func decodeSpool(b []byte) (m bus.Message, events int, ok bool) {
+	var flags uint64
+	if len(b) > 0 && b[0] == 0 {
+		f, k := binary.Uvarint(b[1:])
+		if k <= 0 {
+			return m, 0, false
+		}
+		flags, b = f, b[1+k:]
+	}
 	n, k := binary.Uvarint(b)
 	if k <= 0 {
-		return bus.Message{}, 0, bad
+		return m, 0, false
 	}
 	b = b[k:]
 	var fields [3]string
 	for i := range fields {
 		l, k := binary.Uvarint(b)
 		if k <= 0 || uint64(len(b)-k) < l {
-			return bus.Message{}, 0, bad
+			return m, 0, false
 		}
 		fields[i] = string(b[k : k+int(l)])
 		b = b[k+int(l):]
 	}
-	return bus.Message{Key: fields[0], BatchID: fields[1], Source: fields[2], Data: b}, int(n), nil
+	m = bus.Message{Key: fields[0], BatchID: fields[1], Source: fields[2], Data: b, Resent: flags&spoolResent != 0}
+	return m, int(n), true
 }
 
 // remove deletes the batch seq (the oldest, once published) and returns
@@ -166,6 +220,7 @@ func (s *spool) remove(seq uint64) (int, error) {
 			s.files = append(s.files[:i], s.files[i+1:]...)
 			s.bytes -= f.size
 			events = f.events
+			delete(s.ids, f.id)
 			break
 		}
 	}

@@ -21,14 +21,28 @@ import (
 // before Emit returns, so before the request is answered. Batch boundaries
 // are recorded too ("seal": partition, event count, batch id; fsynced
 // before the batch is published) and so are acknowledged batches ("done",
-// written without fsync). A run that died is replayed on the next start:
+// written without fsync: a power failure that loses one only makes the next
+// start publish that batch again, marked Resent, and downstream drops its
+// events by event id). A run that died is replayed on the next start:
 // every sealed batch not marked done is published again under its own id
 // (the bus and the aggregator drop a batch id they already have), and the
 // events after a partition's last seal form one batch whose id derives from
 // its first event's id, so a second replay of the same log forms it again.
 //
 // The log is split into segments; a segment is deleted once every event in
-// it is acknowledged by the bus or in the (then fsynced) spool.
+// it is acknowledged by the bus or in the (then fsynced) spool. Each run
+// starts its log with a "boot" record: events of an earlier run still
+// unsealed there form their own batches and are never mixed with this
+// run's.
+//
+// A write or fsync error makes the segment unusable (after a failed fsync
+// the kernel may have dropped the pages). The log is then "failed": appends
+// are discarded and commits report the error, until reopen starts a new
+// segment with a "reset" record and writes into it again every event not
+// yet published (the collector's unsealed events and sealed batches not
+// yet sent). Recovery drops the unsealed events it holds at a reset record,
+// since they follow it again; the failed segment is deleted like any other
+// once what it holds is acknowledged. See collector.commit.
 type wal struct {
 	dir      string
 	segBytes int64
@@ -41,7 +55,9 @@ type wal struct {
 	segs    []walSeg
 	nextSeg uint64
 	open    map[string]uint64 // sealed batch id → its first event seq, until done
-	failed  error
+	failed  error             // set by a write error, cleared by reopen
+	errs    uint64            // write, fsync and reopen errors since start
+	first   error             // the first of them
 }
 
 type walSeg struct {
@@ -53,6 +69,8 @@ const (
 	walEvent = 'E'
 	walSeal  = 'S'
 	walDone  = 'D'
+	walBoot  = 'B' // a run starts: earlier unsealed events form batches of their own
+	walReset = 'R' // a failed segment was left: earlier unsealed events follow again
 	walExt   = ".wal"
 )
 
@@ -64,29 +82,62 @@ type walBatch struct {
 	events []event.Event
 }
 
-// recoverWAL reads the segments a previous run left in dir and returns the
-// batches to publish again, in log order, and the segment files read.
-func recoverWAL(dir string) (batches []walBatch, files []string, err error) {
+// walRecovered is what recoverWAL found in a log directory.
+type walRecovered struct {
+	batches []walBatch // to publish again, in log order
+	files   []string   // every log and backlog file, to delete once the batches are safe
+	last    uint64     // the highest file number
+}
+
+// recoverWAL reads the segments previous runs left in dir (the newest
+// backlog, see backlog.go, and the segments after it) and returns the
+// batches to publish again.
+func recoverWAL(dir string) (walRecovered, error) {
+	var rec walRecovered
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil, nil
+			return rec, nil
 		}
-		return nil, nil, fmt.Errorf("verifier: durable log: %w", err)
+		return rec, fmt.Errorf("verifier: durable log: %w", err)
 	}
+	var backlog uint64 // number of the newest backlog, which replaces every file up to it
 	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), walExt) {
-			files = append(files, filepath.Join(dir, e.Name()))
+		if n, ext, ok := walFileNum(e.Name()); ok {
+			rec.files = append(rec.files, filepath.Join(dir, e.Name()))
+			rec.last = max(rec.last, n)
+			if ext == backlogExt {
+				backlog = max(backlog, n)
+			}
 		}
 	}
-	sort.Strings(files) // zero-padded segment numbers
+	sort.Strings(rec.files) // zero-padded numbers
 	r := walRecovery{parts: map[uint64][]event.Event{}, done: map[string]bool{}}
-	for _, path := range files {
-		if err := r.readSegment(path); err != nil {
-			return nil, nil, err
+	if backlog > 0 {
+		if err := r.readSegment(filepath.Join(dir, fmt.Sprintf("%020d%s", backlog, backlogExt))); err != nil {
+			return rec, err
 		}
 	}
-	return r.batches(), files, nil
+	for _, path := range rec.files {
+		if n, ext, _ := walFileNum(filepath.Base(path)); ext == walExt && n > backlog {
+			if err := r.readSegment(path); err != nil {
+				return rec, err
+			}
+		}
+	}
+	rec.batches = r.batches()
+	return rec, nil
+}
+
+// walFileNum parses a log or backlog file name.
+func walFileNum(name string) (n uint64, ext string, ok bool) {
+	for _, ext := range []string{walExt, backlogExt} {
+		if base, found := strings.CutSuffix(name, ext); found {
+			n, err := strconv.ParseUint(base, 10, 64)
+			return n, ext, err == nil
+		}
+	}
+	return 0, "", false
 }
 
 // walRecovery is what recoverWAL has read so far.
@@ -160,6 +211,15 @@ func (r *walRecovery) record(typ byte, body []byte) error {
 		r.sealed = append(r.sealed, walBatch{id: id, events: evs})
 	case walDone:
 		r.done[string(body)] = true
+	case walBoot:
+		// An earlier run's unsealed events: a batch per partition, as
+		// at the end of the log.
+		r.sealed = append(r.sealed, r.unsealed()...)
+		clear(r.parts)
+		r.porder = r.porder[:0]
+	case walReset:
+		clear(r.parts) // written again after this record
+		r.porder = r.porder[:0]
 	default:
 		return fmt.Errorf("unknown record type %d", typ)
 	}
@@ -170,21 +230,29 @@ func (r *walRecovery) record(typ byte, body []byte) error {
 // log order, then per partition the events never sealed.
 func (r *walRecovery) batches() []walBatch {
 	var batches []walBatch
-	for _, s := range r.sealed {
+	for _, s := range append(r.sealed, r.unsealed()...) {
 		if !r.done[s.id] && len(s.events) > 0 {
 			batches = append(batches, s)
-		}
-	}
-	for _, p := range r.porder {
-		if evs := r.parts[p]; len(evs) > 0 {
-			batches = append(batches, walBatch{id: evs[0].ID + ".t", events: evs})
 		}
 	}
 	return batches
 }
 
-// openWAL starts a new log in dir, after the segments recoverWAL read
-// (which the caller deletes once their batches are safe).
+// unsealed is a batch per partition of the events not sealed, whose id
+// derives from its first event's, so that every recovery of the same log
+// forms it again under the same id.
+func (r *walRecovery) unsealed() []walBatch {
+	var bs []walBatch
+	for _, p := range r.porder {
+		if evs := r.parts[p]; len(evs) > 0 {
+			bs = append(bs, walBatch{id: evs[0].ID + ".t", events: evs})
+		}
+	}
+	return bs
+}
+
+// openWAL starts a new log in dir, after the files recoverWAL read (which
+// the caller deletes once their batches are safe), with a boot record.
 func openWAL(dir string, segBytes int64, firstSeq uint64) (*wal, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("verifier: durable log: %w", err)
@@ -192,11 +260,16 @@ func openWAL(dir string, segBytes int64, firstSeq uint64) (*wal, error) {
 	w := &wal{dir: dir, segBytes: segBytes, open: map[string]uint64{}, nextSeg: 1}
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
-		if n, err := strconv.ParseUint(strings.TrimSuffix(e.Name(), walExt), 10, 64); err == nil && strings.HasSuffix(e.Name(), walExt) {
+		if n, _, ok := walFileNum(e.Name()); ok {
 			w.nextSeg = max(w.nextSeg, n+1)
 		}
 	}
 	if err := w.rotate(firstSeq); err != nil {
+		return nil, err
+	}
+	w.appendRecord(walBoot)
+	if err := w.writeLocked(true); err != nil {
+		_ = w.f.Close()
 		return nil, err
 	}
 	return w, nil
@@ -214,20 +287,88 @@ func (w *wal) rotate(firstSeq uint64) error {
 			return err
 		}
 		_ = w.f.Close()
+		w.f = nil
 	}
 	n := w.nextSeg
 	w.nextSeg++
 	f, err := os.OpenFile(w.segPath(n), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return fmt.Errorf("verifier: durable log: %w", err)
+	if err == nil {
+		if err = syncDir(w.dir); err != nil {
+			_ = f.Close()
+			_ = os.Remove(w.segPath(n))
+		}
 	}
-	if err := syncDir(w.dir); err != nil {
-		_ = f.Close()
-		return err
+	if err != nil {
+		return w.fail(fmt.Errorf("verifier: durable log: new segment: %w", err))
 	}
 	w.f, w.size = f, 0
 	w.segs = append(w.segs, walSeg{num: n, firstSeq: firstSeq})
 	return nil
+}
+
+// fail puts the log in the failed state; mu held.
+func (w *wal) fail(err error) error {
+	w.failed = err
+	w.errs++
+	if w.first == nil {
+		w.first = err
+	}
+	return err
+}
+
+// relogBatch is a sealed batch not yet published, for reopen.
+type relogBatch struct {
+	p        int
+	id       string
+	firstSeq uint64
+	events   []event.Event
+}
+
+// reopen leaves a failed segment for a new one, whose first new event will
+// be nextSeq, and writes into it, after a reset record, the sealed batches
+// not yet published and the unsealed events per partition (parts). On
+// error the log stays failed and the new segment is removed.
+func (w *wal) reopen(nextSeq uint64, sealed []relogBatch, parts [][]event.Event) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f != nil {
+		_ = w.f.Close() // its errors are the ones that brought us here
+		w.f = nil
+	}
+	w.failed, w.buf = nil, w.buf[:0]
+	if err := w.rotate(nextSeq); err != nil {
+		return err
+	}
+	w.appendRecord(walReset)
+	var scratch []byte
+	for _, b := range sealed {
+		for i := range b.events {
+			scratch = w.eventLocked(b.p, &b.events[i], scratch)
+		}
+		w.sealLocked(b.p, len(b.events), b.id, b.firstSeq)
+	}
+	for p, evs := range parts {
+		for i := range evs {
+			scratch = w.eventLocked(p, &evs[i], scratch)
+		}
+	}
+	if err := w.writeLocked(true); err != nil {
+		_ = w.f.Close()
+		w.f = nil
+		last := w.segs[len(w.segs)-1]
+		_ = os.Remove(w.segPath(last.num))
+		w.segs = w.segs[:len(w.segs)-1]
+		return err
+	}
+	return nil
+}
+
+// health is the log's current failure (nil if it works), how many errors
+// it had since start and the first of them.
+func (w *wal) health() (failed error, errs uint64, first error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.failed, w.errs, w.first
 }
 
 func (w *wal) appendRecord(typ byte, parts ...[]byte) {
@@ -243,29 +384,42 @@ func (w *wal) appendRecord(typ byte, parts ...[]byte) {
 
 // event appends an event of partition p (the collector only).
 func (w *wal) event(p int, ev *event.Event, scratch []byte) []byte {
-	scratch = binary.AppendUvarint(scratch[:0], uint64(p))
-	scratch = event.AppendEvent(scratch, ev)
 	w.mu.Lock()
-	w.appendRecord(walEvent, scratch)
+	scratch = w.eventLocked(p, ev, scratch)
 	w.mu.Unlock()
 	return scratch
 }
 
-// seal records that the last n unsealed events of partition p form batch
-// id, whose first event is firstSeq. Publish only after the next commit.
+func (w *wal) eventLocked(p int, ev *event.Event, scratch []byte) []byte {
+	scratch = binary.AppendUvarint(scratch[:0], uint64(p))
+	scratch = event.AppendEvent(scratch, ev)
+	w.appendRecord(walEvent, scratch)
+	return scratch
+}
+
+// seal records that the oldest n unsealed events of partition p form
+// batch id, whose first event is firstSeq. Publish only after the next
+// commit.
 func (w *wal) seal(p, n int, id string, firstSeq uint64) {
-	var hdr [20]byte
-	b := binary.AppendUvarint(hdr[:0], uint64(p))
-	b = binary.AppendUvarint(b, uint64(n))
 	w.mu.Lock()
-	w.appendRecord(walSeal, b, []byte(id))
-	w.open[id] = firstSeq
+	w.sealLocked(p, n, id, firstSeq)
 	w.mu.Unlock()
 }
 
+func (w *wal) sealLocked(p, n int, id string, firstSeq uint64) {
+	var hdr [20]byte
+	b := binary.AppendUvarint(hdr[:0], uint64(p))
+	b = binary.AppendUvarint(b, uint64(n))
+	w.appendRecord(walSeal, b, []byte(id))
+	w.open[id] = firstSeq
+}
+
 // done records that batch id is acknowledged by the bus or spooled. It is
-// written at once (a process crash keeps it) but not fsynced: losing it
-// only means the batch is published again, and deduplicated by its id.
+// written at once (a process crash keeps it) but not fsynced: losing it (a
+// power failure, or a write error before the next reopen) only means the
+// next start publishes the batch again, marked Resent, with the same event
+// ids: the bus drops it by batch id within its duplicate window, the
+// aggregator by event id after that.
 func (w *wal) done(id string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -294,15 +448,13 @@ func (w *wal) writeLocked(sync bool) error {
 		w.size += int64(n)
 		w.buf = w.buf[:0]
 		if err != nil {
-			w.failed = fmt.Errorf("verifier: durable log write: %w", err)
-			return w.failed
+			return w.fail(fmt.Errorf("verifier: durable log write: %w", err))
 		}
 		w.dirty = true
 	}
 	if sync && w.dirty {
 		if err := w.f.Sync(); err != nil {
-			w.failed = fmt.Errorf("verifier: durable log fsync: %w", err)
-			return w.failed
+			return w.fail(fmt.Errorf("verifier: durable log fsync: %w", err))
 		}
 		w.dirty = false
 	}
@@ -315,6 +467,9 @@ func (w *wal) writeLocked(sync bool) error {
 func (w *wal) trim(low, nextSeq uint64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.failed != nil {
+		return nil // reported already; reopen comes first
+	}
 	for _, first := range w.open {
 		low = min(low, first)
 	}
@@ -340,13 +495,20 @@ func (w *wal) openBatches() int {
 }
 
 // close writes what is buffered; with nothing left open it removes the
-// log, otherwise the next run replays it.
+// log (even a failed one: everything in it is acknowledged or spooled),
+// otherwise the next run replays it.
 func (w *wal) close(empty bool) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	err := w.writeLocked(true)
-	_ = w.f.Close()
-	if err == nil && empty && len(w.open) == 0 {
+	var err error
+	if w.f != nil {
+		err = w.writeLocked(true)
+		_ = w.f.Close()
+		w.f = nil
+	} else {
+		err = w.failed
+	}
+	if empty && len(w.open) == 0 {
 		for _, s := range w.segs {
 			_ = os.Remove(w.segPath(s.num))
 		}

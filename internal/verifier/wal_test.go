@@ -277,15 +277,15 @@ func TestWALRecovery(t *testing.T) {
 	_ = w.f.Close()
 
 	summary := func() string {
-		bs, files, err := recoverWAL(dir)
+		rec, err := recoverWAL(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(files) != 1 {
-			t.Fatalf("%d log files", len(files))
+		if len(rec.files) != 1 {
+			t.Fatalf("%d log files", len(rec.files))
 		}
 		var out []string
-		for _, b := range bs {
+		for _, b := range rec.batches {
 			var ids []string
 			for _, e := range b.events {
 				ids = append(ids, e.ID)
