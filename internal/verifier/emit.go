@@ -869,7 +869,7 @@ func (e *Emitter) Close(ctx context.Context) error {
 	defer unlockDataDir(e.lock)
 	if _, n := e.backlog.len(); n > 0 {
 		e.log.Warn("recovered usage events left in the durable log backlog for the next run", "events", n)
-		errs = append(errs, fmt.Errorf("verifier: %d recovered events left in the durable log backlog", n))
+		errs = append(errs, fmt.Errorf("verifier: %d recovered events left in the spool backlog (durable log directory)", n))
 	}
 	if b, n, _ := e.spool.stats(); b > 0 {
 		e.log.Warn("usage events left in the spool for the next run", "batches", b, "events", n, "spool", e.spool.dir)
