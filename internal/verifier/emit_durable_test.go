@@ -74,7 +74,15 @@ type ackPub struct {
 	mu     sync.Mutex
 	times  map[string]int
 	resent map[string]bool
+	// failAcks: batches leave but their acks report a failure (a
+	// timeout): nothing is counted, the batch may have been stored.
+	failAcks atomic.Bool
 }
+
+type failedAck struct{}
+
+func (failedAck) Done() <-chan struct{} { return closedDone }
+func (failedAck) Err() error            { return errors.New("ack timeout") }
 
 type ackDone struct{}
 
@@ -87,6 +95,9 @@ func (p *ackPub) Publish(ctx context.Context, m bus.Message) (bus.PubAck, error)
 	var b event.Batch
 	if err := event.DecodeBatch(m.Data, &b); err != nil {
 		return nil, err
+	}
+	if p.failAcks.Load() {
+		return failedAck{}, nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -529,4 +540,46 @@ func recoveredEvents(rec walRecovered) int {
 		n += len(b.events)
 	}
 	return n
+}
+
+// TestSpoolReplayResent: a batch spooled after a publish that may have
+// reached the bus (its ack reported a failure) is replayed marked Resent;
+// batches spooled without being published (the bus was down) are not.
+func TestSpoolReplayResent(t *testing.T) {
+	pub := &ackPub{}
+	pub.failAcks.Store(true)
+	em, err := NewEmitter(EmitterConfig{Publisher: pub, Producer: "vspool", DataDir: t.TempDir(), FlushInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := func(what string, cond func(EmitterStats) bool) {
+		for deadline := time.Now().Add(10 * time.Second); !cond(em.Stats()) && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if !cond(em.Stats()) {
+			t.Fatalf("%s: %+v", what, em.Stats())
+		}
+	}
+	emitN(t, em, "key_a", 1) // one event, one batch
+	wait("the first batch spooled after its failed ack", func(s EmitterStats) bool { return s.Spooled == 1 })
+	emitN(t, em, "key_a", 6) // spooled while offline: never published
+	wait("later batches spooled", func(s EmitterStats) bool { return s.Spooled == 7 })
+	pub.failAcks.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := em.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resent := 0
+	for id, n := range pub.times {
+		if n != 1 {
+			t.Errorf("event %s published %d times", id, n)
+		}
+		if pub.resent[id] {
+			resent++
+		}
+	}
+	if len(pub.times) != 7 || resent != 1 {
+		t.Fatalf("%d events published, %d of them resent; want 7 and the first batch's 1", len(pub.times), resent)
+	}
 }
