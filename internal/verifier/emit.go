@@ -268,7 +268,9 @@ func (e *Emitter) recoverLog() error {
 				continue
 			}
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("verifier: durable log: %w", err)
+				// Harmless with a backlog, which replaces it; without,
+				// the next start spools again what is not in the spool.
+				e.log.Error("durable log recovery: cannot delete a recovered file", "err", err)
 			}
 		}
 	}
@@ -278,9 +280,12 @@ func (e *Emitter) recoverLog() error {
 	if len(rec.files) > 0 {
 		e.log.Info("durable event log of a previous run recovered", "batches", len(rec.batches), "spooled_events", n, "backlog_events", waiting)
 	}
+	// A log that cannot be opened (disk full) is failed from the start:
+	// the verifier serves and reopens it as it would a log that failed
+	// later (collector.commit).
 	w, err := openWAL(dir, e.cfg.LogSegmentBytes, 1)
 	if err != nil {
-		return err
+		e.log.Error("durable event log cannot be opened; serving without its guarantee until it can", "err", err)
 	}
 	e.wal = w
 	return nil

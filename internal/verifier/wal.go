@@ -56,6 +56,7 @@ type wal struct {
 	nextSeg uint64
 	open    map[string]uint64 // sealed batch id → its first event seq, until done
 	failed  error             // set by a write error, cleared by reopen
+	booted  bool              // this run's boot record is written
 	errs    uint64            // write, fsync and reopen errors since start
 	first   error             // the first of them
 }
@@ -252,12 +253,13 @@ func (r *walRecovery) unsealed() []walBatch {
 }
 
 // openWAL starts a new log in dir, after the files recoverWAL read (which
-// the caller deletes once their batches are safe), with a boot record.
+// the caller deletes once their batches are safe), with a boot record. On
+// error it returns the log failed (see reopen), never nil.
 func openWAL(dir string, segBytes int64, firstSeq uint64) (*wal, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("verifier: durable log: %w", err)
-	}
 	w := &wal{dir: dir, segBytes: segBytes, open: map[string]uint64{}, nextSeg: 1}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return w, w.fail(fmt.Errorf("verifier: durable log: %w", err))
+	}
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
 		if n, _, ok := walFileNum(e.Name()); ok {
@@ -265,13 +267,13 @@ func openWAL(dir string, segBytes int64, firstSeq uint64) (*wal, error) {
 		}
 	}
 	if err := w.rotate(firstSeq); err != nil {
-		return nil, err
+		return w, err
 	}
 	w.appendRecord(walBoot)
 	if err := w.writeLocked(true); err != nil {
-		_ = w.f.Close()
-		return nil, err
+		return w, err
 	}
+	w.booted = true
 	return w, nil
 }
 
@@ -339,7 +341,11 @@ func (w *wal) reopen(nextSeq uint64, sealed []relogBatch, parts [][]event.Event)
 	if err := w.rotate(nextSeq); err != nil {
 		return err
 	}
-	w.appendRecord(walReset)
+	if w.booted {
+		w.appendRecord(walReset)
+	} else {
+		w.appendRecord(walBoot) // earlier runs' unsealed events are not ours to drop
+	}
 	var scratch []byte
 	for _, b := range sealed {
 		for i := range b.events {
@@ -360,6 +366,7 @@ func (w *wal) reopen(nextSeq uint64, sealed []relogBatch, parts [][]event.Event)
 		w.segs = w.segs[:len(w.segs)-1]
 		return err
 	}
+	w.booted = true
 	return nil
 }
 
