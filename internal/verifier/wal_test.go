@@ -302,3 +302,49 @@ func TestWALRecovery(t *testing.T) {
 		t.Fatalf("second recovery %q differs from the first %q", again, got)
 	}
 }
+
+// TestWALTwoRunsInOneDir: a run's log starts with a boot record, so the
+// events an earlier run left unsealed in the same directory form batches
+// of their own and a later run's seal takes only its own events.
+func TestWALTwoRunsInOneDir(t *testing.T) {
+	dir := t.TempDir()
+	var scratch []byte
+	ev := func(w *wal, id string) {
+		e := event.Event{ID: id, Time: time.Unix(1700000000, 0), KeyID: "key_a", Outcome: event.OutcomeValid}
+		scratch = w.event(0, &e, scratch)
+	}
+	w1, err := openWAL(dir, 1<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev(w1, "r1-1")
+	ev(w1, "r1-2")
+	if err := w1.close(false); err != nil {
+		t.Fatal(err)
+	}
+	w2, err := openWAL(dir, 1<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev(w2, "r2-1")
+	w2.seal(0, 1, "r2-b1", 1)
+	ev(w2, "r2-2")
+	if err := w2.close(false); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := recoverWAL(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range rec.batches {
+		var ids []string
+		for _, e := range b.events {
+			ids = append(ids, e.ID)
+		}
+		got = append(got, b.id+"="+strings.Join(ids, ","))
+	}
+	if want := "r1-1.t=r1-1,r1-2 r2-b1=r2-1 r2-2.t=r2-2"; strings.Join(got, " ") != want {
+		t.Fatalf("recovered %q, want %q", strings.Join(got, " "), want)
+	}
+}
