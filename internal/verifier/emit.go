@@ -410,8 +410,8 @@ func (e *Emitter) collect() {
 		case it := <-e.in:
 			c.take(&it)
 		case <-tick.C:
-			if c.logFailed {
-				c.commit() // try to reopen even without traffic
+			if c.e.LogHealth() != nil {
+				c.commit() // reopen even without traffic (a done record may have failed it)
 			}
 			c.sealAll()
 			c.publish()
