@@ -165,9 +165,8 @@ type role struct {
 
 // assemble builds the key table, the verifier, the emitter, the metrics and
 // the HTTP server of cfg.
-func assemble(cfg RunConfig, log *slog.Logger) (*role, error) {
+func assemble(cfg RunConfig, log *slog.Logger) (_ *role, err error) {
 	r := &role{blocks: &BlockList{}}
-	var err error
 	if r.tbl, err = keys.NewTable(keys.TableConfig{}, keys.WithLogger(log)); err != nil {
 		return nil, err
 	}
@@ -183,6 +182,13 @@ func assemble(cfg RunConfig, log *slog.Logger) (*role, error) {
 	if r.em, err = NewEmitter(ecfg); err != nil {
 		return nil, err
 	}
+	defer func() {
+		// The emitter holds the data directory's lock and its log: a
+		// role that fails to assemble gives both back.
+		if err != nil {
+			_ = r.em.Close(context.Background())
+		}
+	}()
 	if r.m, err = NewMetrics(cfg.Registry, r.tbl, r.em); err != nil {
 		return nil, err
 	}
