@@ -37,6 +37,9 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	if cfg.AckWait == 0 {
 		cfg.AckWait = 30 * time.Second
 	}
+	if cfg.LeaseTTL > 0 {
+		return b.newLeaseConsumer(ctx, cfg)
+	}
 	parts := cfg.Partitions
 	if len(parts) == 0 {
 		for p := range b.cfg.Partitions {
