@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -86,9 +87,11 @@ func waitOwners(t *testing.T, b *natsbus.Bus, prefix string, parts, n int, gone 
 func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 	const total, parts, ttl = 60_000, 8, 2 * time.Second
 	prefix := fmt.Sprintf("lease%d", seq.Add(1))
+	logs := &lockedBuf{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	newNATS := func() *natsbus.Bus {
 		b, err := natsbus.New(context.Background(), natsbus.Config{Prefix: prefix, Partitions: parts}, natsbus.WithEmbedded(srv),
-			natsbus.WithLogger(slog.New(slog.DiscardHandler)))
+			natsbus.WithLogger(logger))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +107,7 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 		b := newNATS()
 		a, err := aggregator.New(aggregator.Config{Group: "g", LeaseTTL: ttl, FlushInterval: 200 * time.Millisecond, MaxBlockEvents: 5_000,
 			RetryBackoff: 20 * time.Millisecond, ShutdownGrace: time.Nanosecond}, b, slowStore{db, 100 * time.Millisecond},
-			aggregator.WithLogger(slog.New(slog.DiscardHandler)))
+			aggregator.WithLogger(logger.With("member", name)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -183,6 +186,16 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 		fenced += m.agg.Stats().Fenced
 	}
 	t.Logf("events=%d members=%d generations entered=%d flushes fenced=%d", total, len(members), rebal, fenced)
+	defer func() {
+		if t.Failed() {
+			leaseDiagnose(t, prod, db, prefix, parts, counts)
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, "nats") || strings.Contains(l, "generation") || strings.Contains(l, "fenced") || strings.Contains(l, "replay") {
+					t.Log(l)
+				}
+			}
+		}
+	}()
 	checkExactlyOnce(t, db, counts, total)
 }
 

@@ -72,17 +72,23 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	return c, nil
 }
 
-// bindPartition (re)creates the durable consumer of one partition so that
-// it starts right after its ack floor with nothing pending.
+// bindPartition creates the durable consumer of one partition anew, so
+// that it starts right after its ack floor with nothing pending and no
+// other process reading it.
 //
 // With AckAll, acking position n acknowledges everything before it in the
-// partition. A consumer that died leaves delivered-but-unacked messages
-// pending; a new one would receive newer messages at once and the pending
-// ones only after AckWait, and acking a newer one would acknowledge the
-// older ones it never processed. Recreating the consumer at the ack floor
-// restores strict order: every first delivery comes in position order, and
-// later redeliveries (after AckWait) are of positions already seen. So one
-// process owns a partition of a group at a time.
+// partition, so a process may ack n only if every delivery before n came
+// to it. Hence a bind always replaces the consumer, even one with nothing
+// pending: a consumer that is reused is shared with whoever still pulls
+// from it (a dead or fenced lease holder, a process still running with the
+// same --own-partitions), and the batches the server hands that process
+// are acknowledged unprocessed by the new owner's next ack (measured: the
+// lease test's lost batches). Deleting the consumer ends the old owner's
+// pulls (it sees ErrConsumerLost); the new one's delivery sequence starts
+// at 1, and deliverySeq checks that this process gets every delivery from
+// there on. Recreated at the ack floor, every first delivery comes in
+// position order, and later redeliveries (after AckWait) are of positions
+// already seen.
 func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) (jetstream.Consumer, error) {
 	name := cfg.Group + "-p" + strconv.Itoa(p)
 	cc := jetstream.ConsumerConfig{
@@ -102,10 +108,7 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 		if err != nil {
 			return nil, err
 		}
-		if info.NumAckPending == 0 && info.NumRedelivered == 0 {
-			return old, nil
-		}
-		if err := b.js.DeleteConsumer(ctx, b.streams.events, name); err != nil {
+		if err := b.js.DeleteConsumer(ctx, b.streams.events, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, err
 		}
 		if floor := info.AckFloor.Stream; floor > 0 {
@@ -136,7 +139,7 @@ func (c *consumer) lost(ctx context.Context, p int, cons jetstream.Consumer, cre
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound), err == nil && !info.Created.Equal(created):
 		select {
-		case c.fatal <- fmt.Errorf("natsbus: partition %d: %w", p, bus.ErrConsumerLost):
+		case c.fatal <- &lostError{fmt.Sprintf("natsbus: partition %d: its durable consumer was deleted or replaced: another process took the partition over", p)}:
 		default:
 		}
 		return true
@@ -192,14 +195,17 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 			}
 			md, _ := msg.Metadata() // parsed already by toDelivery
 			if from, to, gap := seen.next(md.Sequence.Consumer); gap {
-				// A delivery never reached this process (the client
-				// dropped it: slow consumer). With AckAll, acking this
-				// newer one would acknowledge it unprocessed: give up the
-				// partition instead; the next bind restarts at the ack
-				// floor and the missed batches come again.
-				log.Error("nats consumer: deliveries lost before this process saw them; giving up the partition so that they are redelivered", "from", from, "to", to)
+				// A delivery of this consumer never reached this process:
+				// the client dropped it (slow consumer), or another process
+				// pulled it. With AckAll, acking this newer one would
+				// acknowledge it unprocessed: give up the partition
+				// instead; the next bind restarts at the ack floor and the
+				// missed batches come again.
+				err := &lostError{fmt.Sprintf("natsbus: partition %d: deliveries %d-%d of the consumer never reached this process "+
+					"(dropped by the client as a slow consumer, or pulled by another process); giving up the partition so that they are redelivered", p, from, to)}
+				log.Error("nats consumer: deliveries missed; giving up the partition so that they are redelivered", "from", from, "to", to)
 				select {
-				case c.fatal <- fmt.Errorf("natsbus: partition %d: deliveries %d-%d dropped by the client: %w", p, from, to, bus.ErrConsumerLost):
+				case c.fatal <- err:
 				default:
 				}
 				stop()
@@ -218,20 +224,27 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 }
 
 // deliverySeq follows a consumer's delivery sequence, which the server
-// raises by one for every delivery, redeliveries included: a jump forward
-// means deliveries this process never got. A consumer leader elected anew
-// may go back (it resumes from replicated state); that is no loss.
+// raises by one for every delivery, redeliveries included, starting at 1
+// (bindPartition always creates the consumer): a delivery other than the
+// next means deliveries this process never got. A consumer leader elected
+// anew may go back (it resumes from replicated state); that is no loss.
 type deliverySeq struct{ last uint64 }
 
 // next records sequence n and reports the deliveries missed before it.
 func (s *deliverySeq) next(n uint64) (from, to uint64, gap bool) {
 	last := s.last
 	s.last = n
-	if last == 0 || n <= last+1 {
+	if n <= last+1 {
 		return 0, 0, false
 	}
 	return last + 1, n - 1, true
 }
+
+// lostError is an ErrConsumerLost whose message says what happened.
+type lostError struct{ msg string }
+
+func (e *lostError) Error() string { return e.msg }
+func (e *lostError) Unwrap() error { return bus.ErrConsumerLost }
 
 func toDelivery(p int, msg jetstream.Msg) (bus.Delivery, error) {
 	md, err := msg.Metadata()

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -62,6 +63,11 @@ type leaseConsumer struct {
 	bind  uint64    // raised whenever cur is closed
 
 	seen map[string]aliveSeen // loop only
+
+	// frozen stops the heartbeats and the reading of the table while the
+	// bound partitions are still read: a member paused or cut off from
+	// the lease bucket (tests).
+	frozen atomic.Bool
 }
 
 type aliveSeen struct {
@@ -78,13 +84,9 @@ func (b *Bus) newLeaseConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus
 	if strings.ContainsAny(cfg.Group, ".*> ") {
 		return nil, fmt.Errorf("natsbus: consumer group %q: leases need a group name without '.', '*', '>' or spaces", cfg.Group)
 	}
-	var kv jetstream.KeyValue
-	err := apiRetry(ctx, func(ctx context.Context) (err error) {
-		kv, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: b.cfg.Prefix + "_leases", History: 1, Storage: jetstream.FileStorage,
-			Replicas: b.cfg.Replicas, Description: "keymeter partition leases of consumer groups",
-		})
-		return err
+	kv, err := b.ensureKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.cfg.Prefix + "_leases", History: 1, Storage: jetstream.FileStorage,
+		Replicas: b.cfg.Replicas, Description: "keymeter partition leases of consumer groups",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: create key-value bucket %s_leases: %w", b.cfg.Prefix, err)
@@ -119,6 +121,9 @@ func (c *leaseConsumer) loop() {
 // tick heartbeats, reads who is alive and the table, takes or releases
 // partitions, and hands the newest table to Fetch.
 func (c *leaseConsumer) tick(ctx context.Context) error {
+	if c.frozen.Load() {
+		return nil
+	}
 	if _, err := c.kv.Put(ctx, c.aliveKey(c.id), []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
 		return err
 	}

@@ -320,17 +320,13 @@ func (b *Bus) provision(ctx context.Context) error {
 		},
 	}
 	for _, sc := range streams {
-		if err := apiRetry(ctx, func(ctx context.Context) error { _, err := b.js.CreateOrUpdateStream(ctx, sc); return err }); err != nil {
+		if err := b.ensureStream(ctx, sc); err != nil {
 			return fmt.Errorf("natsbus: create stream %s: %w", sc.Name, err)
 		}
 	}
-	var kv jetstream.KeyValue
-	err := apiRetry(ctx, func(ctx context.Context) (err error) {
-		kv, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: b.cfg.Prefix + "_keys", History: 1, Storage: jetstream.FileStorage,
-			Replicas: b.cfg.Replicas, Description: "keymeter key-state log: latest state per key id",
-		})
-		return err
+	kv, err := b.ensureKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.cfg.Prefix + "_keys", History: 1, Storage: jetstream.FileStorage,
+		Replicas: b.cfg.Replicas, Description: "keymeter key-state log: latest state per key id",
 	})
 	if err != nil {
 		return fmt.Errorf("natsbus: create key-value bucket %s_keys: %w", b.cfg.Prefix, err)
