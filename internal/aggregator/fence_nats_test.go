@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 // connection and partition leases.
 type natsMember struct {
 	name   string
+	paused *atomic.Bool // natsbus.WithLeasePause
 	cancel context.CancelFunc
 	done   chan error
 	bus    *natsbus.Bus
@@ -80,8 +82,8 @@ func waitOwners(t *testing.T, b *natsbus.Bus, prefix string, parts, n int, gone 
 
 // TestNATSLeaseMembersExactlyOnce: aggregators of one group on NATS share
 // the partitions by leases and one store while a member dies (its
-// connection closes, no graceful flush, no lease given up) and others are
-// added under traffic. The dead member's partitions go to the live ones
+// connection closes, no graceful flush, no lease given up), others are
+// added, and one pauses past the TTL (still reading) under traffic. The dead member's partitions go to the live ones
 // after the lease TTL; per-key counts are exact and no event id is stored
 // twice.
 func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
@@ -89,9 +91,9 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 	prefix := fmt.Sprintf("lease%d", seq.Add(1))
 	logs := &lockedBuf{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	newNATS := func() *natsbus.Bus {
-		b, err := natsbus.New(context.Background(), natsbus.Config{Prefix: prefix, Partitions: parts}, natsbus.WithEmbedded(srv),
-			natsbus.WithLogger(logger))
+	newNATS := func(opts ...natsbus.Option) *natsbus.Bus {
+		b, err := natsbus.New(context.Background(), natsbus.Config{Prefix: prefix, Partitions: parts},
+			append(opts, natsbus.WithEmbedded(srv), natsbus.WithLogger(logger))...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +106,8 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 	var mu sync.Mutex
 	var members []*natsMember
 	start := func(name string) *natsMember {
-		b := newNATS()
+		paused := &atomic.Bool{}
+		b := newNATS(natsbus.WithLeasePause(paused))
 		a, err := aggregator.New(aggregator.Config{Group: "g", LeaseTTL: ttl, FlushInterval: 200 * time.Millisecond, MaxBlockEvents: 5_000,
 			RetryBackoff: 20 * time.Millisecond, ShutdownGrace: time.Nanosecond}, b, slowStore{db, 100 * time.Millisecond},
 			aggregator.WithLogger(logger.With("member", name)))
@@ -112,7 +115,7 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		m := &natsMember{name: name, cancel: cancel, done: make(chan error, 1), bus: b, agg: a}
+		m := &natsMember{name: name, paused: paused, cancel: cancel, done: make(chan error, 1), bus: b, agg: a}
 		go func() { m.done <- a.Run(ctx) }()
 		mu.Lock()
 		members = append(members, m)
@@ -163,7 +166,17 @@ func TestNATSLeaseMembersExactlyOnce(t *testing.T) {
 	publish(2*q, 3*q)
 	m4 := start("m4")
 	waitOwners(t, prod, prefix, parts, 4, m0ids)
-	publish(3*q, total)
+	// m1 pauses for longer than the TTL while traffic flows: its heartbeats
+	// stop but it still reads its partitions, with pull requests
+	// outstanding on the server (a process stopped or starved). The others
+	// take its partitions; then it resumes, finds itself fenced and joins
+	// again.
+	m1.paused.Store(true)
+	pubDone = make(chan struct{})
+	go func() { defer close(pubDone); publish(3*q, total) }()
+	waitOwners(t, prod, prefix, parts, 3, m0ids)
+	m1.paused.Store(false)
+	<-pubDone
 
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {

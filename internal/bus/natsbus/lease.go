@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -63,11 +62,6 @@ type leaseConsumer struct {
 	bind  uint64    // raised whenever cur is closed
 
 	seen map[string]aliveSeen // loop only
-
-	// frozen stops the heartbeats and the reading of the table while the
-	// bound partitions are still read: a member paused or cut off from
-	// the lease bucket (tests).
-	frozen atomic.Bool
 }
 
 type aliveSeen struct {
@@ -121,8 +115,8 @@ func (c *leaseConsumer) loop() {
 // tick heartbeats, reads who is alive and the table, takes or releases
 // partitions, and hands the newest table to Fetch.
 func (c *leaseConsumer) tick(ctx context.Context) error {
-	if c.frozen.Load() {
-		return nil
+	if c.b.paused != nil && c.b.paused.Load() {
+		return nil // see WithLeasePause
 	}
 	if _, err := c.kv.Put(ctx, c.aliveKey(c.id), []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
 		return err

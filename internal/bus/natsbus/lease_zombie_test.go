@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,15 +28,16 @@ func TestLeaseZombieCutOff(t *testing.T) {
 	t.Cleanup(srv.Shutdown)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	newBus := func() *Bus {
-		b, err := New(ctx, Config{Prefix: "zombie", Partitions: parts}, WithEmbedded(srv))
+	var paused atomic.Bool
+	newBus := func(opts ...Option) *Bus {
+		b, err := New(ctx, Config{Prefix: "zombie", Partitions: parts}, append(opts, WithEmbedded(srv))...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = b.Close(context.Background()) })
 		return b
 	}
-	prod, a, b := newBus(), newBus(), newBus()
+	prod, a, b := newBus(), newBus(WithLeasePause(&paused)), newBus()
 	// One key per partition; a round is n batches of each.
 	var keys []string
 	for i := 0; len(keys) < parts; i++ {
@@ -80,7 +82,7 @@ func TestLeaseZombieCutOff(t *testing.T) {
 	if got := zombie.Assigned(); len(got) != parts {
 		t.Fatalf("first member holds %v, want all %d partitions", got, parts)
 	}
-	zombie.frozen.Store(true)
+	paused.Store(true)
 	var zmu sync.Mutex
 	var stolen []bus.Delivery
 	zctx, zcancel := context.WithCancel(ctx)
