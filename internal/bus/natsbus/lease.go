@@ -62,6 +62,8 @@ type leaseConsumer struct {
 	bind  uint64    // raised whenever cur is closed
 
 	seen map[string]aliveSeen // loop only
+
+	bindFailing bool // Fetch only: the last bind failed
 }
 
 type aliveSeen struct {
@@ -323,9 +325,16 @@ func (c *leaseConsumer) Fetch(ctx context.Context, max int, wait time.Duration) 
 	default:
 	}
 	if err := c.apply(ctx); err != nil {
-		c.b.log.Warn("nats leases: cannot bind the partitions of the new generation, retrying", "group", c.cfg.Group, "err", err)
+		if !c.bindFailing { // logged once per failure, not per try
+			c.b.log.Warn("nats leases: cannot bind the partitions of the new generation, retrying", "group", c.cfg.Group, "err", err)
+			c.bindFailing = true
+		}
 		_ = ctxtime.Sleep(ctx, min(wait, time.Second))
 		return nil, nil
+	}
+	if c.bindFailing {
+		c.b.log.Info("nats leases: partitions bound again", "group", c.cfg.Group)
+		c.bindFailing = false
 	}
 	if c.cur == nil {
 		_ = ctxtime.Sleep(ctx, wait)
