@@ -69,6 +69,14 @@ func leaseDiagnose(t *testing.T, b *natsbus.Bus, db *store.DB, prefix string, pa
 		}
 	}
 	js, _ := jetstream.New(b.Conn())
+	stream := strings.ToUpper(prefix) + "_EVENTS"
+	var names []string
+	if s, err := js.Stream(ctx, stream); err == nil {
+		l := s.ConsumerNames(ctx)
+		for n := range l.Name() {
+			names = append(names, n)
+		}
+	}
 	for p := range parts {
 		pub, st := 0, 0
 		for k, n := range counts {
@@ -78,14 +86,19 @@ func leaseDiagnose(t *testing.T, b *natsbus.Bus, db *store.DB, prefix string, pa
 			}
 		}
 		line := fmt.Sprintf("partition %d: published %d stored %d", p, pub, st)
-		if c, err := js.Consumer(ctx, strings.ToUpper(prefix)+"_EVENTS", "g-p"+strconv.Itoa(p)); err == nil {
-			if i, err := c.Info(ctx); err == nil {
-				line += fmt.Sprintf(" consumer created %s ackfloor %d/%d delivered %d/%d pending %d ackpending %d redelivered %d waiting %d",
-					i.Created.Format("15:04:05.000"), i.AckFloor.Stream, i.AckFloor.Consumer, i.Delivered.Stream, i.Delivered.Consumer,
-					i.NumPending, i.NumAckPending, i.NumRedelivered, i.NumWaiting)
+		for _, name := range names {
+			if name != "g-p"+strconv.Itoa(p) && !strings.HasPrefix(name, "g-p"+strconv.Itoa(p)+"_") {
+				continue
 			}
-		} else {
-			line += " consumer: " + err.Error()
+			c, err := js.Consumer(ctx, stream, name)
+			if err != nil {
+				line += " consumer " + name + ": " + err.Error()
+				continue
+			}
+			i := c.CachedInfo()
+			line += fmt.Sprintf(" consumer %s created %s ackfloor %d/%d delivered %d/%d pending %d ackpending %d redelivered %d waiting %d",
+				name, i.Created.Format("15:04:05.000"), i.AckFloor.Stream, i.AckFloor.Consumer, i.Delivered.Stream, i.Delivered.Consumer,
+				i.NumPending, i.NumAckPending, i.NumRedelivered, i.NumWaiting)
 		}
 		if len(missing[p]) > 0 {
 			sort.Strings(missing[p])

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 type consumer struct {
 	fatal  chan error // an ErrConsumerLost, once
 	b      *Bus
+	group  string
 	ch     chan bus.Delivery
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -50,7 +50,7 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	// The pull iterators already hold ConsumerPrefetch batches per
 	// partition; the channel adds one partition's worth, not another copy
 	// of all of them (measured: ~100 MB less heap in bench pipeline).
-	c := &consumer{fatal: make(chan error, 1), b: b, ch: make(chan bus.Delivery, b.cfg.ConsumerPrefetch), cancel: cancel, closed: make(chan struct{})}
+	c := &consumer{fatal: make(chan error, 1), b: b, group: cfg.Group, ch: make(chan bus.Delivery, b.cfg.ConsumerPrefetch), cancel: cancel, closed: make(chan struct{})}
 	for _, p := range parts {
 		if p < 0 || p >= b.cfg.Partitions {
 			cancel()
@@ -72,9 +72,10 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	return c, nil
 }
 
-// bindPartition creates the durable consumer of one partition anew, so
-// that it starts right after its ack floor with nothing pending and no
-// other process reading it.
+// bindPartition creates a durable consumer of one partition, starting
+// right after the ack floor of the group's consumers of it, which it
+// then deletes: so it starts with nothing pending and no other process
+// reading it.
 //
 // With AckAll, acking position n acknowledges everything before it in the
 // partition, so a process may ack n only if every delivery before n came
@@ -83,16 +84,17 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 // from it (a dead or fenced lease holder, a process still running with the
 // same --own-partitions), and the batches the server hands that process
 // are acknowledged unprocessed by the new owner's next ack (measured: the
-// lease test's lost batches). Deleting the consumer ends the old owner's
-// pulls (it sees ErrConsumerLost); the new one's delivery sequence starts
-// at 1, and deliverySeq checks that this process gets every delivery from
-// there on. Recreated at the ack floor, every first delivery comes in
-// position order, and later redeliveries (after AckWait) are of positions
-// already seen.
+// lease test's lost batches). Deleting the old consumer ends the old
+// owner's pulls (it sees ErrConsumerLost); the new one's delivery sequence
+// starts at 1, and deliverySeq checks that this process gets every
+// delivery from there on. Every first delivery comes in position order,
+// and later redeliveries (after AckWait) are of positions already seen.
+// The new consumer has a name of its own (see consumerName). It is
+// created before the old ones are deleted, so that a crash in between
+// leaves the ack floor behind.
 func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) (jetstream.Consumer, error) {
-	name := cfg.Group + "-p" + strconv.Itoa(p)
 	cc := jetstream.ConsumerConfig{
-		Durable:       name,
+		Durable:       consumerName(cfg.Group, p),
 		FilterSubject: b.partitionSubject(p),
 		AckPolicy:     jetstream.AckAllPolicy,
 		AckWait:       cfg.AckWait,
@@ -103,22 +105,35 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 		cc.DeliverPolicy = jetstream.DeliverNewPolicy
 		cc.InactiveThreshold = time.Minute
 	}
-	if old, err := b.js.Consumer(ctx, b.streams.events, name); err == nil {
-		info, err := old.Info(ctx)
+	cs, err := b.groupConsumers(ctx, cfg.Group)
+	if err != nil {
+		return nil, err
+	}
+	var floor uint64
+	for _, name := range cs[p] {
+		old, err := b.js.Consumer(ctx, b.streams.events, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
+		floor = max(floor, old.CachedInfo().AckFloor.Stream)
+	}
+	if floor > 0 {
+		cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cc.OptStartSeq = floor + 1
+	}
+	cons, err := b.js.CreateConsumer(ctx, b.streams.events, cc)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range cs[p] {
 		if err := b.js.DeleteConsumer(ctx, b.streams.events, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, err
 		}
-		if floor := info.AckFloor.Stream; floor > 0 {
-			cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-			cc.OptStartSeq = floor + 1
-		}
-	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil, err
 	}
-	return b.js.CreateOrUpdateConsumer(ctx, b.streams.events, cc)
+	return cons, nil
 }
 
 // lost reports whether this partition's durable consumer was deleted or
@@ -126,11 +141,13 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 // would ack each other's batches, so this one must stop.
 //
 // In a cluster a consumer whose leader just died is briefly not found (until
-// its replicas elect another): only a consumer still missing after
-// lostGrace, or one created anew, is lost.
+// its replicas elect another): only a consumer replaced by another of the
+// group's partition, still missing after lostGrace, or created anew, is
+// lost.
 func (c *consumer) lost(ctx context.Context, p int, cons jetstream.Consumer, created time.Time) bool {
 	info, err := cons.Info(ctx)
-	for deadline := time.Now().Add(lostGrace); errors.Is(err, jetstream.ErrConsumerNotFound) && time.Now().Before(deadline); {
+	replaced := errors.Is(err, jetstream.ErrConsumerNotFound) && c.b.replacedBy(ctx, c.group, p, cons.CachedInfo().Name)
+	for deadline := time.Now().Add(lostGrace); !replaced && errors.Is(err, jetstream.ErrConsumerNotFound) && time.Now().Before(deadline); {
 		if ctxtime.Sleep(ctx, 250*time.Millisecond) != nil {
 			return false
 		}
@@ -393,20 +410,19 @@ var _ bus.Lagger = (*Bus)(nil)
 // Lag is, per partition, the batches the group's consumer has not had
 // acknowledged yet (pending plus delivered-unacked).
 func (b *Bus) Lag(ctx context.Context, group string) (map[int]uint64, error) {
+	cs, err := b.groupConsumers(ctx, group)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: lag of %s: %w", group, err)
+	}
 	out := map[int]uint64{}
 	for p := range b.cfg.Partitions {
-		c, err := b.js.Consumer(ctx, b.streams.events, group+"-p"+strconv.Itoa(p))
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			continue
-		}
+		info, err := b.currentConsumer(ctx, cs[p])
 		if err != nil {
 			return nil, fmt.Errorf("natsbus: lag of %s: %w", group, err)
 		}
-		info, err := c.Info(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("natsbus: lag of %s: %w", group, err)
+		if info != nil {
+			out[p] = info.NumPending + uint64(info.NumAckPending)
 		}
-		out[p] = info.NumPending + uint64(info.NumAckPending)
 	}
 	return out, nil
 }
@@ -415,10 +431,16 @@ func (b *Bus) Lag(ctx context.Context, group string) (map[int]uint64, error) {
 // for a tail such as the console's live overview that is done; a group
 // that does not exist is no error.
 func (b *Bus) DeleteGroup(ctx context.Context, group string) error {
-	for p := range b.cfg.Partitions {
-		err := b.js.DeleteConsumer(ctx, b.streams.events, group+"-p"+strconv.Itoa(p))
-		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return fmt.Errorf("natsbus: delete group %s: %w", group, err)
+	cs, err := b.groupConsumers(ctx, group)
+	if err != nil {
+		return fmt.Errorf("natsbus: delete group %s: %w", group, err)
+	}
+	for _, names := range cs {
+		for _, name := range names {
+			err := b.js.DeleteConsumer(ctx, b.streams.events, name)
+			if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("natsbus: delete group %s: %w", group, err)
+			}
 		}
 	}
 	return nil
