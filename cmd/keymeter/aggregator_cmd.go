@@ -29,9 +29,11 @@ acknowledged; after a crash the recorded ranges are replayed with the same
 tokens. It also tracks each key's usage in its quota period and publishes
 ok → warning → exceeded to the key-state log, where verifiers enforce it.
 
-One process owns a partition of a group at a time. On NATS, split the
-partitions between aggregators with --own-partitions (a second process binding
-the same partition takes it over and the first stops). On Kafka the consumer
+One process owns a partition of a group at a time. On NATS, run any number
+of aggregators with --nats-leases 10s (partition leases hand a dead member's
+partitions to the live ones after 10 s, fenced like a Kafka group), or split
+the partitions with --own-partitions (a second process binding the same
+partition takes it over and the first stops). On Kafka the consumer
 group assigns partitions to any number of members: inserts are fenced by the
 group's generation, so partitions moving between live members stay exactly
 once (a member that lost a partition can no longer insert it; the new owner

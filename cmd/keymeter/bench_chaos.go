@@ -41,6 +41,7 @@ func newBenchChaosCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Clients, "clients", 8, "concurrent HTTP clients")
 	f.Float64Var(&cfg.Rate, "rate", 0, "requests per second (0: as fast as answered)")
 	f.BoolVar(&cfg.DurableLog, "durable-log", false, "run the verifiers with --durable-log")
+	f.DurationVar(&cfg.NATSLeases, "nats-leases", 0, "NATS: run the aggregators with --nats-leases of this TTL (e.g. 2s) instead of each on partitions of its own")
 	f.StringVar(&cfg.Dir, "data-dir", "", "where the cluster, verifiers and store live (default: a temporary directory)")
 	f.BoolVar(&keep, "keep", false, "keep the temporary data directory")
 	return c

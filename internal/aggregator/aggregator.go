@@ -68,6 +68,11 @@ type Config struct {
 	Group string
 	// Partitions this instance reads (NATS); empty: all.
 	Partitions []int
+	// LeaseTTL, when set (NATS), shares the partitions among the group's
+	// live aggregators by leases instead of Partitions: a member silent
+	// for LeaseTTL loses its partitions to the others, fenced by the
+	// lease table's generation as a Kafka group's members are by theirs.
+	LeaseTTL time.Duration
 	// MaxBlockEvents flushes once this many events are buffered (default 100000).
 	MaxBlockEvents int
 	// FlushInterval bounds how long an event waits before it is inserted (default 1s).
@@ -120,6 +125,12 @@ func (c *Config) Validate() error {
 	}
 	if d.FlushInterval < 10*time.Millisecond || d.FlushInterval > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("aggregator: flush-interval %s out of range 10ms-10m", d.FlushInterval))
+	}
+	if d.LeaseTTL > 0 && len(d.Partitions) > 0 {
+		errs = append(errs, errors.New("aggregator: nats-leases and own-partitions exclude each other"))
+	}
+	if d.LeaseTTL < 0 || (d.LeaseTTL > 0 && d.LeaseTTL < 100*time.Millisecond) {
+		errs = append(errs, fmt.Errorf("aggregator: nats-lease-ttl %s: at least 100ms", d.LeaseTTL))
 	}
 	for what, v := range map[string]time.Duration{"ack-wait": d.AckWait, "retry-backoff": d.RetryBackoff, "shutdown-grace": d.ShutdownGrace, "stop-when-idle": d.StopWhenIdle} {
 		if v < 0 {
@@ -347,7 +358,7 @@ func partitionName(p int) string { return "events/" + strconv.Itoa(p) }
 // Run replays pending intents, then consumes until ctx ends. On the way
 // out it flushes what is buffered and acks it (graceful shutdown).
 func (a *Aggregator) Run(ctx context.Context) error {
-	cons, err := a.bus.NewConsumer(ctx, bus.ConsumerConfig{Group: a.cfg.Group, Partitions: a.cfg.Partitions, AckWait: a.cfg.AckWait})
+	cons, err := a.bus.NewConsumer(ctx, bus.ConsumerConfig{Group: a.cfg.Group, Partitions: a.cfg.Partitions, AckWait: a.cfg.AckWait, LeaseTTL: a.cfg.LeaseTTL})
 	if err != nil {
 		return fmt.Errorf("aggregator: %w", err)
 	}

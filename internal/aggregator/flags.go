@@ -12,6 +12,7 @@ func (rc *RunConfig) Bind(fs *pflag.FlagSet) {
 	cfg, q := &rc.Aggregator, &rc.Quota
 	fs.StringVar(&cfg.Group, "group", "aggregator", "consumer group; aggregators of one group share partitions")
 	fs.IntSliceVar(&cfg.Partitions, "own-partitions", nil, "partitions this aggregator reads (NATS; one owner per partition and group); empty: all. Kafka assigns partitions through the group")
+	fs.DurationVar(&cfg.LeaseTTL, "nats-leases", 0, "NATS: share the partitions among the group's live aggregators by leases, a member silent this long (e.g. 10s) losing its partitions to the others; 0: fixed --own-partitions")
 	fs.IntVar(&cfg.MaxBlockEvents, "max-block-events", 100_000, "insert once this many events are buffered")
 	fs.DurationVar(&cfg.FlushInterval, "flush-interval", time.Second, "longest an event waits before it is inserted")
 	fs.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "redelivery delay of unacknowledged batches (NATS)")

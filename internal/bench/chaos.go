@@ -19,6 +19,7 @@ import (
 	"github.com/keymeter/keymeter/internal/aggregator"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/busopen"
+	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/keys"
 	"github.com/keymeter/keymeter/internal/store"
 	"github.com/keymeter/keymeter/internal/store/chdb"
@@ -54,6 +55,10 @@ type ChaosConfig struct {
 	Outage time.Duration
 	// DurableLog runs the verifiers with --durable-log.
 	DurableLog bool
+	// NATSLeases runs the NATS aggregators with --nats-leases of this TTL
+	// (any number of members; a killed one's partitions move to the
+	// others) instead of each on partitions of its own.
+	NATSLeases time.Duration
 	Logger     *slog.Logger
 	Output
 }
@@ -108,7 +113,7 @@ func (c *ChaosConfig) defaults() error {
 	if c.Kills < 0 {
 		return errors.New("bench chaos: --kills must not be negative")
 	}
-	if c.Bus == "nats" && c.Aggregators > c.Partitions {
+	if c.Bus == "nats" && c.NATSLeases == 0 && c.Aggregators > c.Partitions {
 		return fmt.Errorf("bench chaos: %d aggregators for %d partitions: on NATS each owns its own partitions", c.Aggregators, c.Partitions)
 	}
 	if c.Outage <= 0 {
@@ -282,7 +287,7 @@ func (r *chaosRun) startMembers(ctx context.Context) error {
 	cfg := r.cfg
 	for i := range cfg.Aggregators {
 		var parts []int
-		if cfg.Bus == "nats" {
+		if cfg.Bus == "nats" && cfg.NATSLeases == 0 {
 			for p := i; p < cfg.Partitions; p += cfg.Aggregators {
 				parts = append(parts, p)
 			}
@@ -684,7 +689,11 @@ func (r *chaosRun) startAggregator(ctx context.Context, i int, parts []int) erro
 	if !ok {
 		return fmt.Errorf("bench chaos: the %s bus cannot feed an aggregator", r.cfg.Bus)
 	}
-	a, err := aggregator.New(aggregator.Config{Group: "chaos", Partitions: parts, FlushInterval: 200 * time.Millisecond,
+	var ttl time.Duration
+	if r.cfg.Bus == "nats" {
+		ttl = r.cfg.NATSLeases
+	}
+	a, err := aggregator.New(aggregator.Config{Group: "chaos", Partitions: parts, LeaseTTL: ttl, FlushInterval: 200 * time.Millisecond,
 		MaxBlockEvents: 20_000, RetryBackoff: 50 * time.Millisecond, ShutdownGrace: time.Nanosecond},
 		ab, r.cfg.Store, aggregator.WithLogger(r.log.With("aggregator", i)))
 	if err != nil {
@@ -738,6 +747,11 @@ func (r *chaosRun) supervise(ctx context.Context) error {
 // starts a new one in its place (on NATS, on the same partitions).
 func (r *chaosRun) killAggregator(ctx context.Context, i int) error {
 	m := r.aggs[i]
+	if nb, ok := m.bus.(*natsbus.Bus); ok && r.cfg.NATSLeases > 0 {
+		// The connection goes first: a killed lease member neither
+		// flushes nor gives up its leases; they move after the TTL.
+		nb.Conn().Close()
+	}
 	m.cancel()
 	err := <-m.done
 	m.cancel = nil

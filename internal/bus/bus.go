@@ -151,6 +151,12 @@ type ConsumerConfig struct {
 	// On NATS such a group's consumers go away a minute after its last
 	// consumer does.
 	StartAtEnd bool
+	// LeaseTTL, when set (NATS), shares the partitions among the group's
+	// live members by leases instead of Partitions: a member whose lease
+	// heartbeat stopped for LeaseTTL loses its partitions to the others,
+	// and the consumer reports a generation like a Kafka group's (see
+	// natsbus). Kafka ignores it: its group does this already.
+	LeaseTTL time.Duration
 }
 
 // DeadLetter is one message that could not be processed.

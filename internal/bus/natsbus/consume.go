@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 type consumer struct {
 	fatal  chan error // an ErrConsumerLost, once
 	b      *Bus
+	group  string
 	ch     chan bus.Delivery
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -37,6 +37,9 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	if cfg.AckWait == 0 {
 		cfg.AckWait = 30 * time.Second
 	}
+	if cfg.LeaseTTL > 0 {
+		return b.newLeaseConsumer(ctx, cfg)
+	}
 	parts := cfg.Partitions
 	if len(parts) == 0 {
 		for p := range b.cfg.Partitions {
@@ -47,7 +50,7 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	// The pull iterators already hold ConsumerPrefetch batches per
 	// partition; the channel adds one partition's worth, not another copy
 	// of all of them (measured: ~100 MB less heap in bench pipeline).
-	c := &consumer{fatal: make(chan error, 1), b: b, ch: make(chan bus.Delivery, b.cfg.ConsumerPrefetch), cancel: cancel, closed: make(chan struct{})}
+	c := &consumer{fatal: make(chan error, 1), b: b, group: cfg.Group, ch: make(chan bus.Delivery, b.cfg.ConsumerPrefetch), cancel: cancel, closed: make(chan struct{})}
 	for _, p := range parts {
 		if p < 0 || p >= b.cfg.Partitions {
 			cancel()
@@ -69,21 +72,29 @@ func (b *Bus) NewConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus.Cons
 	return c, nil
 }
 
-// bindPartition (re)creates the durable consumer of one partition so that
-// it starts right after its ack floor with nothing pending.
+// bindPartition creates a durable consumer of one partition, starting
+// right after the ack floor of the group's consumers of it, which it
+// then deletes: so it starts with nothing pending and no other process
+// reading it.
 //
 // With AckAll, acking position n acknowledges everything before it in the
-// partition. A consumer that died leaves delivered-but-unacked messages
-// pending; a new one would receive newer messages at once and the pending
-// ones only after AckWait, and acking a newer one would acknowledge the
-// older ones it never processed. Recreating the consumer at the ack floor
-// restores strict order: every first delivery comes in position order, and
-// later redeliveries (after AckWait) are of positions already seen. So one
-// process owns a partition of a group at a time.
+// partition, so a process may ack n only if every delivery before n came
+// to it. Hence a bind always replaces the consumer, even one with nothing
+// pending: a consumer that is reused is shared with whoever still pulls
+// from it (a dead or fenced lease holder, a process still running with the
+// same --own-partitions), and the batches the server hands that process
+// are acknowledged unprocessed by the new owner's next ack (measured: the
+// lease test's lost batches). Deleting the old consumer ends the old
+// owner's pulls (it sees ErrConsumerLost); the new one's delivery sequence
+// starts at 1, and deliverySeq checks that this process gets every
+// delivery from there on. Every first delivery comes in position order,
+// and later redeliveries (after AckWait) are of positions already seen.
+// The new consumer has a name of its own (see consumerName). It is
+// created before the old ones are deleted, so that a crash in between
+// leaves the ack floor behind.
 func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) (jetstream.Consumer, error) {
-	name := cfg.Group + "-p" + strconv.Itoa(p)
 	cc := jetstream.ConsumerConfig{
-		Durable:       name,
+		Durable:       consumerName(cfg.Group, p),
 		FilterSubject: b.partitionSubject(p),
 		AckPolicy:     jetstream.AckAllPolicy,
 		AckWait:       cfg.AckWait,
@@ -94,25 +105,35 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 		cc.DeliverPolicy = jetstream.DeliverNewPolicy
 		cc.InactiveThreshold = time.Minute
 	}
-	if old, err := b.js.Consumer(ctx, b.streams.events, name); err == nil {
-		info, err := old.Info(ctx)
+	cs, err := b.groupConsumers(ctx, cfg.Group)
+	if err != nil {
+		return nil, err
+	}
+	var floor uint64
+	for _, name := range cs[p] {
+		old, err := b.js.Consumer(ctx, b.streams.events, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
-		if info.NumAckPending == 0 && info.NumRedelivered == 0 {
-			return old, nil
-		}
-		if err := b.js.DeleteConsumer(ctx, b.streams.events, name); err != nil {
-			return nil, err
-		}
-		if floor := info.AckFloor.Stream; floor > 0 {
-			cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-			cc.OptStartSeq = floor + 1
-		}
-	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		floor = max(floor, old.CachedInfo().AckFloor.Stream)
+	}
+	if floor > 0 {
+		cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cc.OptStartSeq = floor + 1
+	}
+	cons, err := b.js.CreateConsumer(ctx, b.streams.events, cc)
+	if err != nil {
 		return nil, err
 	}
-	return b.js.CreateOrUpdateConsumer(ctx, b.streams.events, cc)
+	for _, name := range cs[p] {
+		if err := b.js.DeleteConsumer(ctx, b.streams.events, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, err
+		}
+	}
+	return cons, nil
 }
 
 // lost reports whether this partition's durable consumer was deleted or
@@ -120,11 +141,13 @@ func (b *Bus) bindPartition(ctx context.Context, cfg bus.ConsumerConfig, p int) 
 // would ack each other's batches, so this one must stop.
 //
 // In a cluster a consumer whose leader just died is briefly not found (until
-// its replicas elect another): only a consumer still missing after
-// lostGrace, or one created anew, is lost.
+// its replicas elect another): only a consumer replaced by another of the
+// group's partition, still missing after lostGrace, or created anew, is
+// lost.
 func (c *consumer) lost(ctx context.Context, p int, cons jetstream.Consumer, created time.Time) bool {
 	info, err := cons.Info(ctx)
-	for deadline := time.Now().Add(lostGrace); errors.Is(err, jetstream.ErrConsumerNotFound) && time.Now().Before(deadline); {
+	replaced := errors.Is(err, jetstream.ErrConsumerNotFound) && c.b.replacedBy(ctx, c.group, p, cons.CachedInfo().Name)
+	for deadline := time.Now().Add(lostGrace); !replaced && errors.Is(err, jetstream.ErrConsumerNotFound) && time.Now().Before(deadline); {
 		if ctxtime.Sleep(ctx, 250*time.Millisecond) != nil {
 			return false
 		}
@@ -133,7 +156,7 @@ func (c *consumer) lost(ctx context.Context, p int, cons jetstream.Consumer, cre
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound), err == nil && !info.Created.Equal(created):
 		select {
-		case c.fatal <- fmt.Errorf("natsbus: partition %d: %w", p, bus.ErrConsumerLost):
+		case c.fatal <- &lostError{fmt.Sprintf("natsbus: partition %d: its durable consumer was deleted or replaced: another process took the partition over", p)}:
 		default:
 		}
 		return true
@@ -189,14 +212,17 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 			}
 			md, _ := msg.Metadata() // parsed already by toDelivery
 			if from, to, gap := seen.next(md.Sequence.Consumer); gap {
-				// A delivery never reached this process (the client
-				// dropped it: slow consumer). With AckAll, acking this
-				// newer one would acknowledge it unprocessed: give up the
-				// partition instead; the next bind restarts at the ack
-				// floor and the missed batches come again.
-				log.Error("nats consumer: deliveries lost before this process saw them; giving up the partition so that they are redelivered", "from", from, "to", to)
+				// A delivery of this consumer never reached this process:
+				// the client dropped it (slow consumer), or another process
+				// pulled it. With AckAll, acking this newer one would
+				// acknowledge it unprocessed: give up the partition
+				// instead; the next bind restarts at the ack floor and the
+				// missed batches come again.
+				err := &lostError{fmt.Sprintf("natsbus: partition %d: deliveries %d-%d of the consumer never reached this process "+
+					"(dropped by the client as a slow consumer, or pulled by another process); giving up the partition so that they are redelivered", p, from, to)}
+				log.Error("nats consumer: deliveries missed; giving up the partition so that they are redelivered", "from", from, "to", to)
 				select {
-				case c.fatal <- fmt.Errorf("natsbus: partition %d: deliveries %d-%d dropped by the client: %w", p, from, to, bus.ErrConsumerLost):
+				case c.fatal <- err:
 				default:
 				}
 				stop()
@@ -215,20 +241,27 @@ func (c *consumer) pump(ctx context.Context, p int, cons jetstream.Consumer, cre
 }
 
 // deliverySeq follows a consumer's delivery sequence, which the server
-// raises by one for every delivery, redeliveries included: a jump forward
-// means deliveries this process never got. A consumer leader elected anew
-// may go back (it resumes from replicated state); that is no loss.
+// raises by one for every delivery, redeliveries included, starting at 1
+// (bindPartition always creates the consumer): a delivery other than the
+// next means deliveries this process never got. A consumer leader elected
+// anew may go back (it resumes from replicated state); that is no loss.
 type deliverySeq struct{ last uint64 }
 
 // next records sequence n and reports the deliveries missed before it.
 func (s *deliverySeq) next(n uint64) (from, to uint64, gap bool) {
 	last := s.last
 	s.last = n
-	if last == 0 || n <= last+1 {
+	if n <= last+1 {
 		return 0, 0, false
 	}
 	return last + 1, n - 1, true
 }
+
+// lostError is an ErrConsumerLost whose message says what happened.
+type lostError struct{ msg string }
+
+func (e *lostError) Error() string { return e.msg }
+func (e *lostError) Unwrap() error { return bus.ErrConsumerLost }
 
 func toDelivery(p int, msg jetstream.Msg) (bus.Delivery, error) {
 	md, err := msg.Metadata()
@@ -378,20 +411,19 @@ var _ bus.Lagger = (*Bus)(nil)
 // Lag is, per partition, the batches the group's consumer has not had
 // acknowledged yet (pending plus delivered-unacked).
 func (b *Bus) Lag(ctx context.Context, group string) (map[int]uint64, error) {
+	cs, err := b.groupConsumers(ctx, group)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: lag of %s: %w", group, err)
+	}
 	out := map[int]uint64{}
 	for p := range b.cfg.Partitions {
-		c, err := b.js.Consumer(ctx, b.streams.events, group+"-p"+strconv.Itoa(p))
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			continue
-		}
+		info, err := b.currentConsumer(ctx, cs[p])
 		if err != nil {
 			return nil, fmt.Errorf("natsbus: lag of %s: %w", group, err)
 		}
-		info, err := c.Info(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("natsbus: lag of %s: %w", group, err)
+		if info != nil {
+			out[p] = info.NumPending + uint64(info.NumAckPending)
 		}
-		out[p] = info.NumPending + uint64(info.NumAckPending)
 	}
 	return out, nil
 }
@@ -400,10 +432,16 @@ func (b *Bus) Lag(ctx context.Context, group string) (map[int]uint64, error) {
 // for a tail such as the console's live overview that is done; a group
 // that does not exist is no error.
 func (b *Bus) DeleteGroup(ctx context.Context, group string) error {
-	for p := range b.cfg.Partitions {
-		err := b.js.DeleteConsumer(ctx, b.streams.events, group+"-p"+strconv.Itoa(p))
-		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return fmt.Errorf("natsbus: delete group %s: %w", group, err)
+	cs, err := b.groupConsumers(ctx, group)
+	if err != nil {
+		return fmt.Errorf("natsbus: delete group %s: %w", group, err)
+	}
+	for _, names := range cs {
+		for _, name := range names {
+			err := b.js.DeleteConsumer(ctx, b.streams.events, name)
+			if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("natsbus: delete group %s: %w", group, err)
+			}
 		}
 	}
 	return nil

@@ -98,9 +98,25 @@ func (c *Config) Validate() error {
 type Option func(*options) error
 
 type options struct {
-	log      *slog.Logger
-	embedded *Embedded
-	start    *EmbeddedConfig
+	log        *slog.Logger
+	embedded   *Embedded
+	start      *EmbeddedConfig
+	leasePause *atomic.Bool
+}
+
+// WithLeasePause is fault injection for tests and chaos runs: while
+// *paused is true, the partition-lease consumers of this bus neither
+// heartbeat nor read the lease table, but go on reading the partitions
+// they hold, like a process that is paused (SIGSTOP, a long GC pause, CPU
+// starvation) with pull requests still outstanding on the server.
+func WithLeasePause(paused *atomic.Bool) Option {
+	return func(o *options) error {
+		if paused == nil {
+			return errors.New("natsbus: WithLeasePause(nil)")
+		}
+		o.leasePause = paused
+		return nil
+	}
 }
 
 // WithLogger sets the logger (default slog.Default()).
@@ -146,8 +162,9 @@ type Bus struct {
 
 	cfg      Config
 	log      *slog.Logger
-	embedded *Embedded // the server this bus connects to in-process or on loopback, if any
-	owned    bool      // embedded was started by New and is shut down by Close
+	embedded *Embedded    // the server this bus connects to in-process or on loopback, if any
+	paused   *atomic.Bool // see WithLeasePause; nil: never
+	owned    bool         // embedded was started by New and is shut down by Close
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	kv       jetstream.KeyValue
@@ -177,7 +194,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 	if o.start != nil && o.embedded != nil {
 		return nil, errors.New("natsbus: WithEmbedded and WithEmbeddedServer together")
 	}
-	b := &Bus{cfg: cfg, log: o.log.With("bus", "nats"), reconnected: make(chan struct{}), embedded: o.embedded}
+	b := &Bus{cfg: cfg, log: o.log.With("bus", "nats"), reconnected: make(chan struct{}), embedded: o.embedded, paused: o.leasePause}
 	if o.start != nil {
 		e, err := startEmbedded(*o.start, o.log)
 		if err != nil {
@@ -320,17 +337,13 @@ func (b *Bus) provision(ctx context.Context) error {
 		},
 	}
 	for _, sc := range streams {
-		if err := apiRetry(ctx, func(ctx context.Context) error { _, err := b.js.CreateOrUpdateStream(ctx, sc); return err }); err != nil {
+		if err := b.ensureStream(ctx, sc); err != nil {
 			return fmt.Errorf("natsbus: create stream %s: %w", sc.Name, err)
 		}
 	}
-	var kv jetstream.KeyValue
-	err := apiRetry(ctx, func(ctx context.Context) (err error) {
-		kv, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: b.cfg.Prefix + "_keys", History: 1, Storage: jetstream.FileStorage,
-			Replicas: b.cfg.Replicas, Description: "keymeter key-state log: latest state per key id",
-		})
-		return err
+	kv, err := b.ensureKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.cfg.Prefix + "_keys", History: 1, Storage: jetstream.FileStorage,
+		Replicas: b.cfg.Replicas, Description: "keymeter key-state log: latest state per key id",
 	})
 	if err != nil {
 		return fmt.Errorf("natsbus: create key-value bucket %s_keys: %w", b.cfg.Prefix, err)
