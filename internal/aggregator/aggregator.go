@@ -1021,7 +1021,9 @@ func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
 		// Either a newer generation has begun already (this one ends
 		// soon), or the Kafka group was deleted or expired and its
 		// generations started again at 1: then every insert stays fenced.
-		a.log.Error("aggregator: the store holds a fence newer than this consumer group generation; if this persists, the Kafka group was recreated (its generations restarted): delete the old fence with ALTER TABLE ingest_intents DELETE WHERE consumer = '<group>/fence'",
+		// Under NATS leases and Kafka rebalances the first is routine;
+		// only a warning that persists points at the second.
+		a.log.Warn("aggregator: the store holds a fence newer than this generation: a newer generation has begun and this one ends soon; if this repeats for every generation, the Kafka group was recreated (its generations restarted): delete the old fence with ALTER TABLE ingest_intents DELETE WHERE consumer = '<group>/fence'",
 			"generation", g, "fence", fence)
 	}
 	a.epoch = g
