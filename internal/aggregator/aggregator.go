@@ -624,6 +624,7 @@ func (r *consumeLoop) take(ctx context.Context, d bus.Delivery) {
 // filled since. stop says Run is to return err.
 func (r *consumeLoop) startFlush(ctx context.Context) (stop bool, err error) {
 	a := r.a
+	full := r.buffered >= r.target
 	r.resize()
 	if r.inflight != nil {
 		// Encode this insert while the one under way runs.
@@ -642,6 +643,11 @@ func (r *consumeLoop) startFlush(ctx context.Context) (stop bool, err error) {
 		a.blockHint = 0
 		for _, b := range r.blocks {
 			a.blockHint = max(a.blockHint, len(b.buf.events))
+		}
+		if full {
+			// The next block fills to the new target: room for it at
+			// once, rather than doubling (and copying) as it grows.
+			a.blockHint = max(a.blockHint, r.target)
 		}
 		ch := make(chan error, 1)
 		go func(bs map[int]*block, epoch uint64) { ch <- a.flush(r.fctx, r.cons, bs, epoch) }(r.blocks, a.epoch)
