@@ -86,17 +86,11 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 		}
 		r.StoreEventsPerSec, r.StoreCPU = sr.EventsPerSec, sr.CPU
 	}
-	if cfg.CPUProfile != "" {
-		f, err := os.Create(cfg.CPUProfile)
-		if err != nil {
-			return r, err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return r, err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := pipelineCPUProfile(cfg.CPUProfile)
+	if err != nil {
+		return r, err
 	}
+	defer stopProfile()
 	agg, err := aggregator.New(acfg, cfg.Bus, st, aggregator.WithLogger(cfg.Logger))
 	if err != nil {
 		return r, err
@@ -247,6 +241,23 @@ func PublishSynthetic(ctx context.Context, pub bus.Publisher, n, per, keys int) 
 		}
 	}
 	return pub.Flush(ctx)
+}
+
+// pipelineCPUProfile starts a CPU profile into path ("": none) and returns
+// what stops it.
+func pipelineCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func writeHeapProfile(path string) error {
