@@ -29,8 +29,8 @@ type PipelineConfig struct {
 	// BurstBlockSize is the aggregator's MaxBurstBlockEvents (0: its
 	// default, 2×BlockSize; BlockSize: blocks do not grow).
 	BurstBlockSize int
-	// MemoryLimit is the soft memory limit set for the whole run (both
-	// phases), as the aggregator role sets it.
+	// MemoryLimit is the soft memory limit set for the pipeline phase, as
+	// the aggregator role sets it (not for the store alone).
 	MemoryLimit aggregator.MemoryLimit
 	// CompareStore first inserts the same number of events straight into
 	// the store (a second database on the same engine, batches of
@@ -76,7 +76,6 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 	if err := acfg.Validate(); err != nil {
 		return r, err
 	}
-	defer cfg.MemoryLimit.Apply(acfg.LargestBlock(), cfg.Logger)()
 	st := cfg.Store
 	var sr StoreResult
 	if cfg.CompareStore {
@@ -86,6 +85,10 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 		}
 		r.StoreEventsPerSec, r.StoreCPU = sr.EventsPerSec, sr.CPU
 	}
+	// The pipeline phase only, as the aggregator role sets it: the store
+	// alone is the reference and runs as it would without keymeter's
+	// roles (a limit costs it collector work too).
+	defer cfg.MemoryLimit.Apply(acfg.LargestBlock(), cfg.Logger)()
 	stopProfile, err := pipelineCPUProfile(cfg.CPUProfile)
 	if err != nil {
 		return r, err
