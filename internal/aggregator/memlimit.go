@@ -100,7 +100,7 @@ func (m *MemoryLimit) Type() string { return "size" }
 
 // Resolve is the limit in bytes for blocks of up to blockEvents events; 0:
 // none. Auto is memLimitBase plus memLimitPerEvent per event of the
-// largest block: 584 MiB for 100k-event blocks growing to 200k (measured:
+// largest block: 579 MiB for 100k-event blocks growing to 200k (measured:
 // bench pipeline's Go heap stays under it, and its RSS falls from
 // 1.2–1.3 GB to about 0.9–1.0 GB).
 func (m MemoryLimit) Resolve(blockEvents int) int64 {
