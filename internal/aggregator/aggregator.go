@@ -75,6 +75,14 @@ type Config struct {
 	LeaseTTL time.Duration
 	// MaxBlockEvents flushes once this many events are buffered (default 100000).
 	MaxBlockEvents int
+	// MaxBurstBlockEvents bounds how far blocks grow under a backlog
+	// (default 2×MaxBlockEvents; equal to it: no growth). A block that
+	// fills while the insert before it still runs means the store is the
+	// bottleneck: the next blocks are then larger, which costs the store
+	// less per event (measured with chDB: 200k-event inserts about a
+	// quarter less CPU per event than 100k), and shrink back once inserts
+	// keep up.
+	MaxBurstBlockEvents int
 	// FlushInterval bounds how long an event waits before it is inserted (default 1s).
 	FlushInterval time.Duration
 	// AckWait is how long the bus waits for an ack before redelivering (default 30s).
@@ -89,6 +97,13 @@ type Config struct {
 	ShutdownGrace time.Duration
 }
 
+// blockCap is the most events a block holds (at most a batch more).
+func (c Config) blockCap() int { return max(c.MaxBlockEvents, c.MaxBurstBlockEvents) }
+
+// LargestBlock is the most events a block holds with c's defaults applied
+// (MaxBurstBlockEvents): what memory is sized for.
+func (c Config) LargestBlock() int { return c.withDefaults().blockCap() }
+
 // withDefaults returns c with its zero fields set to their defaults.
 func (c Config) withDefaults() Config {
 	if c.Group == "" {
@@ -96,6 +111,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBlockEvents == 0 {
 		c.MaxBlockEvents = 100_000
+	}
+	if c.MaxBurstBlockEvents == 0 {
+		c.MaxBurstBlockEvents = 2 * c.MaxBlockEvents
 	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = time.Second
@@ -122,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if d.MaxBlockEvents < 1 {
 		errs = append(errs, fmt.Errorf("aggregator: max-block-events %d must be positive", d.MaxBlockEvents))
+	}
+	if d.MaxBurstBlockEvents < d.MaxBlockEvents {
+		errs = append(errs, fmt.Errorf("aggregator: max-burst-block-events %d is below max-block-events %d", d.MaxBurstBlockEvents, d.MaxBlockEvents))
 	}
 	if d.FlushInterval < 10*time.Millisecond || d.FlushInterval > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("aggregator: flush-interval %s out of range 10ms-10m", d.FlushInterval))
@@ -308,7 +329,7 @@ func New(cfg Config, b Bus, s Store, opts ...Option) (*Aggregator, error) {
 	// The free list needs room for the buffer of the last flush (taken by
 	// the next block) and a little slack; more only raises the live heap
 	// (and with it, twice over, the GC's goal).
-	a.bufs.limit = cfg.MaxBlockEvents + cfg.MaxBlockEvents/4 + 4096
+	a.bufs.limit = cfg.blockCap() + cfg.blockCap()/4 + 4096
 	for _, o := range opts {
 		if err := o(a); err != nil {
 			return nil, err
@@ -385,7 +406,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	defer stopGrace()
 
 	r := &consumeLoop{a: a, cons: cons, gc: gc, fctx: fctx, fcancel: fcancel, blocks: map[int]*block{},
-		deadline: time.Now().Add(a.cfg.FlushInterval), lastSeen: time.Now()}
+		deadline: time.Now().Add(a.cfg.FlushInterval), lastSeen: time.Now(), target: a.cfg.MaxBlockEvents}
 	defer func() { _ = r.waitFlush() }()
 	for {
 		if ctx.Err() != nil {
@@ -412,6 +433,7 @@ type consumeLoop struct {
 	blocks         map[int]*block
 	shared         *evBuf // the buf of the blocks being filled (unfenced)
 	buffered       int
+	target         int // events that fill a block now: MaxBlockEvents up to MaxBurstBlockEvents (see grow)
 	deadline       time.Time
 	lastSeen       time.Time
 	inflight       chan error // the flush under way, if any
@@ -524,7 +546,7 @@ func (r *consumeLoop) step(ctx context.Context) (stop bool, err error) {
 	for _, d := range ds {
 		r.take(ctx, d)
 	}
-	if r.buffered >= a.cfg.MaxBlockEvents || time.Now().After(r.deadline) || (idleFlush && err == nil && len(ds) == 0 && r.buffered > 0) {
+	if r.buffered >= r.target || time.Now().After(r.deadline) || (idleFlush && err == nil && len(ds) == 0 && r.buffered > 0) {
 		return r.startFlush(ctx)
 	}
 	return false, nil
@@ -537,7 +559,7 @@ func (r *consumeLoop) step(ctx context.Context) (stop bool, err error) {
 func (r *consumeLoop) fetchMax() int {
 	fetchMax := 1024
 	if perMsg := float64(r.decodedEvents) / float64(max(r.decodedMsgs, 1)); r.decodedMsgs > 0 && perMsg >= 1 {
-		fetchMax = min(1024, max(1, int(float64(r.a.cfg.MaxBlockEvents-r.buffered)/perMsg)+1))
+		fetchMax = min(1024, max(1, int(float64(r.target-r.buffered)/perMsg)+1))
 	}
 	return fetchMax
 }
@@ -613,6 +635,8 @@ func (r *consumeLoop) take(ctx context.Context, d bus.Delivery) {
 // filled since. stop says Run is to return err.
 func (r *consumeLoop) startFlush(ctx context.Context) (stop bool, err error) {
 	a := r.a
+	full := r.buffered >= r.target
+	r.resize()
 	if r.inflight != nil {
 		// Encode this insert while the one under way runs.
 		a.prepareAhead(r.blocks, r.shared)
@@ -631,6 +655,11 @@ func (r *consumeLoop) startFlush(ctx context.Context) (stop bool, err error) {
 		for _, b := range r.blocks {
 			a.blockHint = max(a.blockHint, len(b.buf.events))
 		}
+		if full {
+			// The next block fills to the new target: room for it at
+			// once, rather than doubling (and copying) as it grows.
+			a.blockHint = max(a.blockHint, r.target)
+		}
 		ch := make(chan error, 1)
 		go func(bs map[int]*block, epoch uint64) { ch <- a.flush(r.fctx, r.cons, bs, epoch) }(r.blocks, a.epoch)
 		r.inflight, r.inflightBlocks = ch, r.blocks
@@ -639,6 +668,37 @@ func (r *consumeLoop) startFlush(ctx context.Context) (stop bool, err error) {
 	r.buffered = 0
 	r.deadline = time.Now().Add(a.cfg.FlushInterval)
 	return false, nil
+}
+
+// resize adapts the block target before a flush: a block that filled
+// while the insert before it still runs (the store is behind, the bus
+// holds a backlog) makes the next ones half as large again, up to
+// MaxBurstBlockEvents; a block that filled with the store idle, or one
+// flushed by time, brings the target back towards MaxBlockEvents. Memory
+// stays bounded by MaxBurstBlockEvents (and the buffer free list's limit).
+func (r *consumeLoop) resize() {
+	base, burst := r.a.cfg.MaxBlockEvents, r.a.cfg.blockCap()
+	switch {
+	case r.buffered >= r.target && r.inflight != nil && !r.inflightDone():
+		r.target = min(burst, r.target+r.target/2)
+	case r.buffered >= r.target:
+		r.target = max(base, r.target-base/4)
+	default:
+		r.target = max(base, r.target/2)
+	}
+}
+
+// inflightDone reports, without waiting, whether the flush under way has
+// finished; its result stays for waitFlush.
+func (r *consumeLoop) inflightDone() bool {
+	select {
+	case err := <-r.inflight:
+		r.inflight = make(chan error, 1)
+		r.inflight <- err
+		return true
+	default:
+		return false
+	}
 }
 
 // aheadPreparer is a store that can encode an insert before it is made

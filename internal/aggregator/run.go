@@ -29,6 +29,9 @@ type RunConfig struct {
 	// Table, if set, is a key table (keeping state) the caller runs;
 	// if nil, Run makes and runs its own.
 	Table *keys.Table
+	// MemoryLimit is the Go runtime's soft memory limit Run sets (the
+	// zero value: none; the flag's default: auto).
+	MemoryLimit MemoryLimit
 	// AdminListen, if set, serves /metrics, /healthz and /readyz.
 	AdminListen string
 	// Registry receives the metrics; nil: a registry of its own.
@@ -61,6 +64,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		return err
 	}
 	log := cmp.Or(cfg.Logger, slog.Default())
+	defer cfg.MemoryLimit.Apply(cfg.Aggregator.LargestBlock(), log)()
 	reg := cfg.Registry
 	if reg == nil {
 		reg = httpserve.NewRegistry() // not cmp.Or: that would build one every time

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/keymeter/keymeter/internal/aggregator"
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/busopen"
 )
@@ -71,6 +72,9 @@ func (c *PipelineConfig) Bind(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Batch, "batch", 1000, "events per bus message")
 	fs.IntVar(&c.Keys, "keys", 1000, "distinct keys")
 	fs.IntVar(&c.BlockSize, "max-block-events", 100_000, "aggregator block size")
+	fs.IntVar(&c.BurstBlockSize, "max-burst-block-events", 0, "largest aggregator block under a backlog (0: 2×max-block-events; equal to it: no growth)")
+	c.MemoryLimit = aggregator.AutoMemoryLimit()
+	fs.Var(&c.MemoryLimit, "memory-limit", "Go runtime soft memory limit for the run, as the aggregator role sets it: auto, off or a size (GOMEMLIMIT wins)")
 	fs.BoolVar(&c.CompareStore, "compare-store", false, "first insert the same events into the store alone (blocks of --max-block-events) and print both rates and their ratio")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the pipeline phase to this file")
 	fs.StringVar(&c.MemProfile, "memprofile", "", "write a heap profile (taken when the last events are stored) to this file")

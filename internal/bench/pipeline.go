@@ -26,6 +26,12 @@ type PipelineConfig struct {
 	Batch     int // events per bus message
 	Keys      int
 	BlockSize int // aggregator MaxBlockEvents
+	// BurstBlockSize is the aggregator's MaxBurstBlockEvents (0: its
+	// default, 2×BlockSize; BlockSize: blocks do not grow).
+	BurstBlockSize int
+	// MemoryLimit is the soft memory limit set for the pipeline phase, as
+	// the aggregator role sets it (not for the store alone).
+	MemoryLimit aggregator.MemoryLimit
 	// CompareStore first inserts the same number of events straight into
 	// the store (a second database on the same engine, batches of
 	// BlockSize, one writer, as the aggregator inserts), then runs the
@@ -49,6 +55,7 @@ type PipelineResult struct {
 	EventsPerSec float64
 	CPU          time.Duration // process CPU during the pipeline phase
 	RSSMB        float64       // resident set at the end of the pipeline phase
+	Blocks       uint64        // inserts the aggregator made
 	// With CompareStore: the store alone on the same events.
 	StoreEventsPerSec float64
 	StoreCPU          time.Duration
@@ -65,6 +72,10 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	acfg := aggregator.Config{Group: "bench", MaxBlockEvents: cfg.BlockSize, MaxBurstBlockEvents: cfg.BurstBlockSize, FlushInterval: time.Second}
+	if err := acfg.Validate(); err != nil {
+		return r, err
+	}
 	st := cfg.Store
 	var sr StoreResult
 	if cfg.CompareStore {
@@ -74,18 +85,16 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 		}
 		r.StoreEventsPerSec, r.StoreCPU = sr.EventsPerSec, sr.CPU
 	}
-	if cfg.CPUProfile != "" {
-		f, err := os.Create(cfg.CPUProfile)
-		if err != nil {
-			return r, err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return r, err
-		}
-		defer pprof.StopCPUProfile()
+	// The pipeline phase only, as the aggregator role sets it: the store
+	// alone is the reference and runs as it would without keymeter's
+	// roles (a limit costs it collector work too).
+	defer cfg.MemoryLimit.Apply(acfg.LargestBlock(), cfg.Logger)()
+	stopProfile, err := pipelineCPUProfile(cfg.CPUProfile)
+	if err != nil {
+		return r, err
 	}
-	agg, err := aggregator.New(aggregator.Config{Group: "bench", MaxBlockEvents: cfg.BlockSize, FlushInterval: time.Second}, cfg.Bus, st, aggregator.WithLogger(cfg.Logger))
+	defer stopProfile()
+	agg, err := aggregator.New(acfg, cfg.Bus, st, aggregator.WithLogger(cfg.Logger))
 	if err != nil {
 		return r, err
 	}
@@ -124,6 +133,7 @@ func RunPipeline(ctx context.Context, cfg PipelineConfig) (PipelineResult, error
 		}
 	}
 	r.RSSMB = proc.RSSMB()
+	r.Blocks = agg.Stats().Blocks
 	stop()
 	<-aggDone
 	if err := pipelineCounts(ctx, st, &r); err != nil {
@@ -163,6 +173,7 @@ func pipelineSummary(cfg PipelineConfig, r PipelineResult, sr StoreResult) *Summ
 	s.Add("events_per_s", int(r.EventsPerSec))
 	s.Add("lost", int64(cfg.Events)-int64(r.Distinct))
 	s.Add("duplicated", int64(r.Stored)-int64(r.Distinct))
+	s.Add("blocks", r.Blocks)
 	s.Add("rss_mb", fmt.Sprintf("%.0f", r.RSSMB))
 	s.Add("peak_rss_mb", fmt.Sprintf("%.0f", proc.PeakRSSMB()))
 	// Whole-process CPU (publisher, embedded bus server, aggregator and
@@ -233,6 +244,23 @@ func PublishSynthetic(ctx context.Context, pub bus.Publisher, n, per, keys int) 
 		}
 	}
 	return pub.Flush(ctx)
+}
+
+// pipelineCPUProfile starts a CPU profile into path ("": none) and returns
+// what stops it.
+func pipelineCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func writeHeapProfile(path string) error {
