@@ -249,6 +249,10 @@ type RateTransport interface {
 	// published after it returns, until stop is called; stop returns once
 	// fn is no longer running and will not be called again.
 	SubscribeRates(ctx context.Context, fn func(RateReport)) (stop func(), err error)
+	// MaxReportBytes is the largest Data PublishRates is sure to carry
+	// (with room to spare for the transport's own framing): a longer
+	// report is split by its sender into reports of this size.
+	MaxReportBytes() int
 }
 
 // Bus is a whole backend: what `keymeter dev` and the roles wire together.

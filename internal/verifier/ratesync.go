@@ -1,11 +1,13 @@
 package verifier
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +52,7 @@ type RateShare struct {
 
 	sent, received, charged   atomic.Uint64 // admissions reported, peer reports taken, admissions charged
 	published, stale, invalid atomic.Uint64 // reports published, peer reports dropped as stale or undecodable
+	failed                    atomic.Uint64 // reports that failed to publish
 	age                       prometheus.Histogram
 }
 
@@ -139,9 +142,12 @@ func (s *RateShare) logTransition(failing *bool, err error, msg string) {
 	}
 }
 
-// Flush publishes the admissions counted since the last report. Counts
-// that fail to publish are dropped: peers then under-charge, as if the
-// verifiers were not sharing for one period.
+// Flush publishes the admissions counted since the last report, split
+// into reports of at most the transport's MaxReportBytes, each carrying
+// the verifier's id and whole entries, so that each decodes on its own: a
+// report lost (or refused) loses only its keys' counts. Counts that fail
+// to publish are dropped: peers then under-charge, as if the verifiers
+// were not sharing for one period. The error is the first failure's.
 func (s *RateShare) Flush(ctx context.Context) error {
 	s.mu.Lock()
 	if len(s.counts) == 0 {
@@ -151,21 +157,62 @@ func (s *RateShare) Flush(ctx context.Context) error {
 	counts := s.counts
 	s.counts = make(map[string]uint32, len(counts))
 	s.mu.Unlock()
-	b := binary.AppendUvarint(nil, uint64(len(s.id)))
-	b = append(b, s.id...)
+	limit := s.tr.MaxReportBytes()
+	if limit <= 0 {
+		limit = defaultMaxReport
+	}
+	head := binary.AppendUvarint(nil, uint64(len(s.id)))
+	head = append(head, s.id...)
+	at := time.Unix(0, s.now())
+	var failed, reports int
+	var firstErr error
+	b := append(make([]byte, 0, min(limit, len(head)+len(counts)*40)), head...)
 	var total uint64
+	publish := func() {
+		reports++
+		if err := s.tr.PublishRates(ctx, bus.RateReport{Data: b, Time: at}); err != nil {
+			s.failed.Add(1)
+			failed++
+			firstErr = cmp.Or(firstErr, err)
+		} else {
+			s.published.Add(1)
+			s.sent.Add(total)
+		}
+		b = append(make([]byte, 0, min(limit, cap(b))), head...) // the transport may keep the last
+		total = 0
+	}
 	for k, n := range counts {
+		if ctx.Err() != nil {
+			break
+		}
+		if len(b) > len(head) && len(b)+entryBytes(k, n) > limit {
+			publish()
+		}
 		b = binary.AppendUvarint(b, uint64(len(k)))
 		b = append(b, k...)
 		b = binary.AppendUvarint(b, uint64(n))
 		total += uint64(n)
 	}
-	if err := s.tr.PublishRates(ctx, bus.RateReport{Data: b, Time: time.Unix(0, s.now())}); err != nil {
-		return err
+	if len(b) > len(head) && ctx.Err() == nil {
+		publish()
 	}
-	s.published.Add(1)
-	s.sent.Add(total)
+	if firstErr == nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if firstErr != nil {
+		return fmt.Errorf("verifier: %d of %d rate reports not published: %w", failed, reports, firstErr)
+	}
 	return nil
+}
+
+// defaultMaxReport is the report size used with a transport that states
+// no limit.
+const defaultMaxReport = 512 << 10
+
+// entryBytes is the encoded size of one key's count in a report.
+func entryBytes(k string, n uint32) int {
+	var tmp [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(tmp[:], uint64(len(k))) + len(k) + binary.PutUvarint(tmp[:], uint64(n))
 }
 
 // receive charges a peer's report; this verifier's own are skipped.
@@ -220,7 +267,11 @@ func eachCount(data []byte, fn func(key string, n uint64)) bool {
 	return true
 }
 
-// charge adds n admissions to key id's bucket.
+// charge adds n admissions to key id's bucket: its TAT moves n intervals
+// later, no further than twice the bucket's capacity ahead of now, and
+// never backwards. The arithmetic saturates, so that any count a peer
+// sends (a malformed or hostile report included) only ever tightens the
+// limit.
 func (s *RateShare) charge(id string, n uint64, now int64) {
 	slot := s.tbl.SlotByID(id)
 	if slot == nil {
@@ -230,16 +281,35 @@ func (s *RateShare) charge(id string, n uint64, now int64) {
 	if rec == nil || rec.RateInterval <= 0 || n == 0 {
 		return
 	}
-	limit := now + 2*rec.RateInterval*int64(max(rec.Burst, 1))
-	add := rec.RateInterval * int64(min(n, 1<<31))
+	iv := rec.RateInterval
+	window := satMul(satMul(iv, int64(max(rec.Burst, 1))), 2)
+	// The TAT stays an interval short of overflowing: the limiter adds one.
+	limit := min(satAdd(now, window), math.MaxInt64-iv)
+	add := satMul(iv, int64(min(n, math.MaxInt64)))
 	for {
 		old := slot.RateTAT.Load()
-		next := min(max(old, now)+add, max(old, limit))
-		if slot.RateTAT.CompareAndSwap(old, next) {
+		next := max(old, min(satAdd(max(old, now), add), limit))
+		if next == old || slot.RateTAT.CompareAndSwap(old, next) {
 			break
 		}
 	}
 	s.charged.Add(n)
+}
+
+// satAdd is a+b for a, b ≥ 0, math.MaxInt64 where that overflows.
+func satAdd(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// satMul is a×b for a, b ≥ 0, math.MaxInt64 where that overflows.
+func satMul(a, b int64) int64 {
+	if b != 0 && a > math.MaxInt64/b {
+		return math.MaxInt64
+	}
+	return a * b
 }
 
 // register adds the sharing's counters to reg.
@@ -249,7 +319,8 @@ func (s *RateShare) register(reg prometheus.Registerer) error {
 			func() float64 { return float64(v.Load()) })
 	}
 	return registerAll(reg, s.age,
-		c("keymeter_verifier_rate_reports_sent_total", "Rate-limit reports published to the other verifiers.", &s.published),
+		c("keymeter_verifier_rate_reports_sent_total", "Rate-limit reports published to the other verifiers (a period's counts are split into reports that fit the bus's message size).", &s.published),
+		c("keymeter_verifier_rate_reports_failed_total", "Rate-limit reports that failed to publish: the other verifiers do not charge their admissions.", &s.failed),
 		c("keymeter_verifier_rate_reports_received_total", "Rate-limit reports of other verifiers charged.", &s.received),
 		c("keymeter_verifier_rate_reports_stale_total", "Rate-limit reports of other verifiers dropped as too old (or clocks too far apart).", &s.stale),
 		c("keymeter_verifier_rate_reports_invalid_total", "Rate-limit reports dropped as undecodable.", &s.invalid),

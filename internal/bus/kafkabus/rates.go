@@ -20,9 +20,15 @@ import (
 // end), in one partition (a report is a few bytes per key, a few dozen a
 // second per verifier). Producing waits for the leader only: a report lost
 // with a failing broker loosens the global limits for one period.
+//
+// A report is at most rateMaxReport bytes, half of what the writer and the
+// topic (max.message.bytes, set when the topic is made) take in one
+// message: a longer one is split by its sender (see MaxReportBytes).
 const (
 	rateRetention  = time.Minute
 	rateWriteTries = 3
+	rateMaxMessage = 1 << 20
+	rateMaxReport  = rateMaxMessage / 2
 )
 
 // rates is the bus's RateTransport.
@@ -54,6 +60,7 @@ func newRates(b *Bus) *rates {
 		WriteBackoffMin: 10 * time.Millisecond,
 		WriteBackoffMax: 100 * time.Millisecond,
 		BatchTimeout:    time.Millisecond,
+		BatchBytes:      rateMaxMessage,
 		RequiredAcks:    kafka.RequireOne,
 		Transport:       b.transport,
 		ErrorLogger:     kafkaLogger(b.log),
@@ -64,6 +71,9 @@ func newRates(b *Bus) *rates {
 // (default keymeter.ratelimits), read by every subscriber outside any
 // consumer group, from the end of the log.
 func (b *Bus) RateTransport() bus.RateTransport { return b.rates }
+
+// MaxReportBytes is a fixed 512 KiB (see rateMaxReport).
+func (t *rates) MaxReportBytes() int { return rateMaxReport }
 
 func (t *rates) PublishRates(ctx context.Context, r bus.RateReport) error {
 	if _, err := t.ensure(ctx); err != nil {
@@ -157,6 +167,8 @@ func (t *rates) ensure(ctx context.Context) ([]int, error) {
 			{ConfigName: "retention.ms", ConfigValue: fmt.Sprint(rateRetention.Milliseconds())},
 			// Retention deletes whole segments: roll one as often.
 			{ConfigName: "segment.ms", ConfigValue: fmt.Sprint(rateRetention.Milliseconds())},
+			// Whatever the broker's message.max.bytes: reports fit.
+			{ConfigName: "max.message.bytes", ConfigValue: fmt.Sprint(rateMaxMessage)},
 		},
 	}}}
 	var res *kafka.CreateTopicsResponse

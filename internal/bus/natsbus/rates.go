@@ -16,6 +16,15 @@ import (
 // NATS messages have no timestamp of their own.
 const headerSent = "Keymeter-Sent"
 
+// A rate report is at most the server's max_payload less rateHeadroom (for
+// the headers), and no more than rateMaxReport: a core NATS subscriber
+// holds what it has not handled in a bounded buffer, better spent on many
+// small messages than a few huge ones.
+const (
+	rateHeadroom  = 256
+	rateMaxReport = 1 << 20
+)
+
 // RateTransport carries rate-limit reports on core NATS, subject
 // <prefix>.ratelimits: no stream captures it, so a report reaches the
 // verifiers connected at the time and is kept nowhere (a lost report only
@@ -39,6 +48,19 @@ func (t natsRates) PublishRates(_ context.Context, r bus.RateReport) error {
 		return fmt.Errorf("natsbus: publish rate report: %w", err)
 	}
 	return nil
+}
+
+// MaxReportBytes follows the max_payload of the server connected to (read
+// again on every call: a reconnect may land on a server with another).
+func (t natsRates) MaxReportBytes() int {
+	mp := t.nc.MaxPayload()
+	switch {
+	case mp <= 0: // not connected yet: NATS's default max_payload is 1 MiB
+		return rateMaxReport / 2
+	case mp <= 2*rateHeadroom:
+		return int(mp / 2)
+	}
+	return int(min(mp-rateHeadroom, rateMaxReport))
 }
 
 // SubscribeRates subscribes and waits until the server has the
