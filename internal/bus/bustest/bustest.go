@@ -3,6 +3,7 @@
 package bustest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -837,5 +838,38 @@ func testRateReports(t *testing.T, h Harness) {
 	subs[1].stop()
 	if len(subs[1].got) != 4 {
 		t.Errorf("a live subscriber got %d reports, want 4", len(subs[1].got))
+	}
+	testRateReportMaxSize(ctx, t, tr)
+}
+
+// testRateReportMaxSize: a report of MaxReportBytes bytes is published and
+// arrives whole.
+func testRateReportMaxSize(ctx context.Context, t *testing.T, tr bus.RateTransport) {
+	n := tr.MaxReportBytes()
+	if n < 1024 {
+		t.Fatalf("MaxReportBytes %d, want at least 1 KiB", n)
+	}
+	got := make(chan []byte, 1)
+	stop, err := tr.SubscribeRates(ctx, func(r bus.RateReport) {
+		select {
+		case got <- append([]byte(nil), r.Data...):
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	data := bytes.Repeat([]byte{'x'}, n)
+	if err := tr.PublishRates(ctx, bus.RateReport{Data: data, Time: time.Now()}); err != nil {
+		t.Fatalf("report of MaxReportBytes (%d) bytes: %v", n, err)
+	}
+	select {
+	case d := <-got:
+		if !bytes.Equal(d, data) {
+			t.Errorf("report of %d bytes arrived with %d", n, len(d))
+		}
+	case <-ctx.Done():
+		t.Fatalf("report of MaxReportBytes (%d) bytes not received", n)
 	}
 }

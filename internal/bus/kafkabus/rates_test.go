@@ -36,7 +36,7 @@ func topicState(ctx context.Context, t *testing.T, brokers []string, topic strin
 		return false, 0, 0, nil
 	}
 	res, err := c.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
-		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"cleanup.policy", "retention.ms"},
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"cleanup.policy", "retention.ms", "max.message.bytes"},
 	}}})
 	if err != nil || len(res.Resources) == 0 {
 		t.Fatalf("describe %s: %v", topic, err)
@@ -81,8 +81,9 @@ func TestRateTopicCreatedOnUse(t *testing.T) {
 	}
 	roundTrip(ctx, t, b.RateTransport())
 	exists, parts, replicas, configs := topicState(ctx, t, cfg.Brokers, cfg.RateLimitsTopic)
-	if !exists || parts != 1 || replicas != 1 || configs["cleanup.policy"] != "delete" || configs["retention.ms"] != "60000" {
-		t.Fatalf("topic %s: exists %v, %d partitions, %d replicas, configs %v; want 1 partition, 1 replica, delete after 60000 ms",
+	if !exists || parts != 1 || replicas != 1 || configs["cleanup.policy"] != "delete" || configs["retention.ms"] != "60000" ||
+		configs["max.message.bytes"] != "1048576" {
+		t.Fatalf("topic %s: exists %v, %d partitions, %d replicas, configs %v; want 1 partition, 1 replica, delete after 60000 ms, messages up to 1048576 bytes",
 			cfg.RateLimitsTopic, exists, parts, replicas, configs)
 	}
 }
