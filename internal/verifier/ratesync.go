@@ -35,7 +35,12 @@ import (
 // clocks far apart) is dropped: its admissions have left the buckets.
 //
 // The reports travel on the bus's RateTransport: core NATS, or a Kafka
-// topic of their own. The bus's latency adds to the period: the overshoot
+// topic of their own. A period's counts are split into reports that fit
+// the transport's MaxReportBytes, each decodable alone. The counts kept
+// between reports hold only keys of the key table with a rate limit
+// (Note is called for admitted requests of such keys), at most one entry
+// per key admitted in the period: bounded by the table and by the
+// admissions of one period, whatever keys clients send. The bus's latency adds to the period: the overshoot
 // grows with what peers admit during period + latency.
 type RateShare struct {
 	tbl        *keys.Table
