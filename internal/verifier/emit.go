@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -446,10 +445,8 @@ type collector struct {
 
 // sealedBatch is a batch sealed and encoded, waiting for its seal's commit.
 type sealedBatch struct {
-	m        bus.Message
-	n        int
-	p        int
-	firstSeq uint64
+	m bus.Message
+	n int
 }
 
 // commit commits the durable log, if any, and reports whether that worked.
@@ -480,29 +477,13 @@ func (c *collector) commit() bool {
 	} else if time.Now().Before(c.retryAt) {
 		return false
 	}
-	if err := e.wal.reopen(c.seq+1, c.relogBatches(), c.parts); err != nil {
+	if err := e.wal.reopen(c.seq+1, c.prefix, c.parts); err != nil {
 		c.retryAt = time.Now().Add(time.Second)
 		return false
 	}
 	c.logFailed = false
 	e.log.Info("durable event log reopened in a new segment; events are crash-safe again")
 	return true
-}
-
-// relogBatches are the sealed batches not yet published, for wal.reopen.
-func (c *collector) relogBatches() []relogBatch {
-	var bs []relogBatch
-	for _, r := range c.ready {
-		var b event.Batch
-		if err := event.DecodeBatch(r.m.Data, &b); err != nil {
-			continue // impossible: we encoded it
-		}
-		for i := range b.Events {
-			b.Events[i].ID = strings.Clone(b.Events[i].ID)
-		}
-		bs = append(bs, relogBatch{p: r.p, id: r.m.BatchID, firstSeq: r.firstSeq, events: b.Events})
-	}
-	return bs
 }
 
 // seal closes partition p's batch; it is published by publish, after
@@ -520,14 +501,14 @@ func (c *collector) seal(p int) {
 		Created:  time.Now(),
 		Events:   evs,
 	}
-	if e.wal != nil {
-		e.wal.seal(p, len(evs), b.ID, c.partFirst[p])
-	}
 	c.encBuf = event.AppendBatch(c.encBuf[:0], &b)
 	data := make([]byte, len(c.encBuf))
 	copy(data, c.encBuf)
+	if e.wal != nil {
+		e.wal.seal(p, len(evs), b.ID, c.partFirst[p], data)
+	}
 	m := bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}
-	c.ready = append(c.ready, sealedBatch{m: m, n: len(evs), p: p, firstSeq: c.partFirst[p]})
+	c.ready = append(c.ready, sealedBatch{m: m, n: len(evs)})
 	c.parts[p] = evs[:0]
 }
 
