@@ -144,8 +144,12 @@ type Emitter struct {
 	wpool   sync.Pool // chan bool, one per waiting Emit
 	// tried is the spool batch whose publish was tried and not
 	// acknowledged (at start: the oldest, which the previous run may have
-	// been publishing): it is published again marked Resent.
+	// been publishing; the replayer also marks each file on disk before
+	// publishing it, spool.markResent): it is published again marked
+	// Resent.
 	tried uint64
+	// markFailed: a spool file could not be marked (logged once).
+	markFailed bool
 
 	closing    atomic.Bool
 	stop       chan struct{} // closed by Close: collector drains and exits
@@ -748,10 +752,17 @@ func (e *Emitter) replay() {
 }
 
 // replayOne publishes spooled batch seq and removes it. A batch whose
-// publish was tried before goes marked Resent.
+// publish was tried before goes marked Resent; its file is marked before
+// the publish, so that it goes marked if the file outlives it.
 func (e *Emitter) replayOne(seq uint64, m bus.Message, n int) error {
 	if seq == e.tried {
 		m.Resent = true
+	}
+	if err := e.spool.markResent(seq); err != nil && !e.markFailed {
+		// Published all the same: it is not lost, but should its
+		// removal fail too, the next start may send it again unmarked.
+		e.log.Error("spool: cannot mark a batch as tried before replaying it", "err", err)
+		e.markFailed = true
 	}
 	if err := e.publishWait(m); err != nil {
 		e.tried = seq

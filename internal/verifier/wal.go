@@ -120,6 +120,12 @@ func recoverWAL(dir string) (walRecovered, error) {
 	}
 	var backlog uint64 // number of the newest backlog, which replaces every file up to it
 	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".tmp") {
+			// A backlog whose writing a crash interrupted
+			// (saveBacklog): the files it would replace are there.
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+			continue
+		}
 		if n, ext, ok := walFileNum(e.Name()); ok {
 			rec.files = append(rec.files, filepath.Join(dir, e.Name()))
 			rec.last = max(rec.last, n)
