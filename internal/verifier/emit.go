@@ -459,13 +459,14 @@ type sealedBatch struct {
 // counted (Stats.LogErrors, keymeter_verifier_durable_log_errors_total),
 // shown by /readyz and returned by Close. The collector at once reopens the
 // log in a new segment and writes into it again every event not yet
-// published, so the events of this commit are crash-safe after all; while
-// that fails too (disk full) it tries again at most once a second, and
-// events are published without the guarantee: Emit still returns true, the
-// request was answered. Nothing is counted twice: a batch is published
-// once, under its own id; if the process dies before the failed segment is
-// deleted, the next start may publish some of its events again, marked
-// Resent and with the same event ids, which the aggregator drops by id.
+// acknowledged (unsealed, sealed, and published while the log was failed),
+// so the events of this commit are crash-safe after all; while that fails
+// too (disk full) it tries again at most once a second, and events are
+// published without the guarantee: Emit still returns true, the request
+// was answered. Nothing is counted twice: a batch is published once, under
+// its own id; after a crash, the next start publishes what the log holds
+// again marked Resent, with the same batch and event ids, which the
+// aggregator checks by event id.
 func (c *collector) commit() bool {
 	e := c.e
 	if e.wal == nil {

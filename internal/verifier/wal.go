@@ -62,10 +62,10 @@ type wal struct {
 	nextSeg uint64
 	open    map[string]openBatch // sealed batch id → the batch, until done
 	sealN   uint64               // seals so far: the order of open batches
-	failed  error             // set by a write error, cleared by reopen
-	booted  bool              // this run's boot record is written
-	errs    uint64            // write, fsync and reopen errors since start
-	first   error             // the first of them
+	failed  error                // set by a write error, cleared by reopen
+	booted  bool                 // this run's boot record is written
+	errs    uint64               // write, fsync and reopen errors since start
+	first   error                // the first of them
 }
 
 // openBatch is a sealed batch not yet done, kept for reopen.
@@ -82,13 +82,13 @@ type walSeg struct {
 }
 
 const (
-	walEvent = 'E'
-	walSeal  = 'S'
-	walDone  = 'D'
-	walBoot  = 'B' // a run starts: earlier unsealed events form batches of their own
+	walEvent  = 'E'
+	walSeal   = 'S'
+	walDone   = 'D'
+	walBoot   = 'B' // a run starts: earlier unsealed events form batches of their own
 	walReopen = 'O' // a reopen block starts (see wal)
 	walReset  = 'R' // the reopen block ends: it replaces what the run (prefix) wrote before
-	walExt   = ".wal"
+	walExt    = ".wal"
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)

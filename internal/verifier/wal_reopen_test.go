@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,5 +177,68 @@ func TestTornReopen(t *testing.T) {
 		if got := recoveredEvents(rec); got != 5 {
 			t.Errorf("new segment cut at %d of %d bytes: recovered %d of the 5 committed events", cut, len(full), got)
 		}
+	}
+}
+
+// TestReopenKeepsEarlierRun: a reopen block replaces only what its own
+// run wrote (the id prefix its reset record names). An earlier run's
+// unsealed events in the same directory (its files kept: the backlog
+// could not be written) stay a batch of their own, although the reopen
+// deleted the segment holding this run's boot record.
+func TestReopenKeepsEarlierRun(t *testing.T) {
+	dir := t.TempDir()
+	var scratch []byte
+	mk := func(id string) event.Event {
+		return event.Event{ID: id, Time: time.Unix(1700000000, 0), KeyID: "key_a", Outcome: event.OutcomeValid}
+	}
+	w1, err := openWAL(dir, 1<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"r1-x-1", "r1-x-2"} {
+		e := mk(id)
+		scratch = w1.event(0, &e, scratch)
+	}
+	if err := w1.close(false); err != nil {
+		t.Fatal(err)
+	}
+	w2, err := openWAL(dir, 1<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e1, e2 := mk("r2-x-1"), mk("r2-x-2")
+	scratch = w2.event(0, &e1, scratch)
+	data := event.AppendBatch(nil, &event.Batch{ID: "r2-x-b1", Producer: "r2", Created: time.Now(), Events: []event.Event{e1}})
+	w2.seal(0, 1, "r2-x-b1", 1, data)
+	scratch = w2.event(0, &e2, scratch)
+	if err := w2.commit(); err != nil {
+		t.Fatal(err)
+	}
+	w2.mu.Lock()
+	_ = w2.fail(errors.New("injected write error"))
+	w2.mu.Unlock()
+	if err := w2.reopen(3, "r2-x-", [][]event.Event{{e2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.close(false); err != nil {
+		t.Fatal(err)
+	}
+	if files := walFiles(t, dir); len(files) != 2 {
+		t.Fatalf("log files %v, want the first run's and the reopened segment", files)
+	}
+	rec, err := recoverWAL(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range rec.batches {
+		var ids []string
+		for _, e := range b.events {
+			ids = append(ids, e.ID)
+		}
+		got = append(got, b.id+"="+strings.Join(ids, ","))
+	}
+	if want := "r1-x-1.t=r1-x-1,r1-x-2 r2-x-b1=r2-x-1 r2-x-2.t=r2-x-2"; strings.Join(got, " ") != want {
+		t.Fatalf("recovered %q, want %q", strings.Join(got, " "), want)
 	}
 }
