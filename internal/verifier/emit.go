@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,8 +144,12 @@ type Emitter struct {
 	wpool   sync.Pool // chan bool, one per waiting Emit
 	// tried is the spool batch whose publish was tried and not
 	// acknowledged (at start: the oldest, which the previous run may have
-	// been publishing): it is published again marked Resent.
+	// been publishing; the replayer also marks each file on disk before
+	// publishing it, spool.markResent): it is published again marked
+	// Resent.
 	tried uint64
+	// markFailed: a spool file could not be marked (logged once).
+	markFailed bool
 
 	closing    atomic.Bool
 	stop       chan struct{} // closed by Close: collector drains and exits
@@ -446,10 +449,8 @@ type collector struct {
 
 // sealedBatch is a batch sealed and encoded, waiting for its seal's commit.
 type sealedBatch struct {
-	m        bus.Message
-	n        int
-	p        int
-	firstSeq uint64
+	m bus.Message
+	n int
 }
 
 // commit commits the durable log, if any, and reports whether that worked.
@@ -458,13 +459,14 @@ type sealedBatch struct {
 // counted (Stats.LogErrors, keymeter_verifier_durable_log_errors_total),
 // shown by /readyz and returned by Close. The collector at once reopens the
 // log in a new segment and writes into it again every event not yet
-// published, so the events of this commit are crash-safe after all; while
-// that fails too (disk full) it tries again at most once a second, and
-// events are published without the guarantee: Emit still returns true, the
-// request was answered. Nothing is counted twice: a batch is published
-// once, under its own id; if the process dies before the failed segment is
-// deleted, the next start may publish some of its events again, marked
-// Resent and with the same event ids, which the aggregator drops by id.
+// acknowledged (unsealed, sealed, and published while the log was failed),
+// so the events of this commit are crash-safe after all; while that fails
+// too (disk full) it tries again at most once a second, and events are
+// published without the guarantee: Emit still returns true, the request
+// was answered. Nothing is counted twice: a batch is published once, under
+// its own id; after a crash, the next start publishes what the log holds
+// again marked Resent, with the same batch and event ids, which the
+// aggregator checks by event id.
 func (c *collector) commit() bool {
 	e := c.e
 	if e.wal == nil {
@@ -480,29 +482,13 @@ func (c *collector) commit() bool {
 	} else if time.Now().Before(c.retryAt) {
 		return false
 	}
-	if err := e.wal.reopen(c.seq+1, c.relogBatches(), c.parts); err != nil {
+	if err := e.wal.reopen(c.seq+1, c.prefix, c.parts); err != nil {
 		c.retryAt = time.Now().Add(time.Second)
 		return false
 	}
 	c.logFailed = false
 	e.log.Info("durable event log reopened in a new segment; events are crash-safe again")
 	return true
-}
-
-// relogBatches are the sealed batches not yet published, for wal.reopen.
-func (c *collector) relogBatches() []relogBatch {
-	var bs []relogBatch
-	for _, r := range c.ready {
-		var b event.Batch
-		if err := event.DecodeBatch(r.m.Data, &b); err != nil {
-			continue // impossible: we encoded it
-		}
-		for i := range b.Events {
-			b.Events[i].ID = strings.Clone(b.Events[i].ID)
-		}
-		bs = append(bs, relogBatch{p: r.p, id: r.m.BatchID, firstSeq: r.firstSeq, events: b.Events})
-	}
-	return bs
 }
 
 // seal closes partition p's batch; it is published by publish, after
@@ -520,14 +506,14 @@ func (c *collector) seal(p int) {
 		Created:  time.Now(),
 		Events:   evs,
 	}
-	if e.wal != nil {
-		e.wal.seal(p, len(evs), b.ID, c.partFirst[p])
-	}
 	c.encBuf = event.AppendBatch(c.encBuf[:0], &b)
 	data := make([]byte, len(c.encBuf))
 	copy(data, c.encBuf)
+	if e.wal != nil {
+		e.wal.seal(p, len(evs), b.ID, c.partFirst[p], data)
+	}
 	m := bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}
-	c.ready = append(c.ready, sealedBatch{m: m, n: len(evs), p: p, firstSeq: c.partFirst[p]})
+	c.ready = append(c.ready, sealedBatch{m: m, n: len(evs)})
 	c.parts[p] = evs[:0]
 }
 
@@ -767,10 +753,17 @@ func (e *Emitter) replay() {
 }
 
 // replayOne publishes spooled batch seq and removes it. A batch whose
-// publish was tried before goes marked Resent.
+// publish was tried before goes marked Resent; its file is marked before
+// the publish, so that it goes marked if the file outlives it.
 func (e *Emitter) replayOne(seq uint64, m bus.Message, n int) error {
 	if seq == e.tried {
 		m.Resent = true
+	}
+	if err := e.spool.markResent(seq); err != nil && !e.markFailed {
+		// Published all the same: it is not lost, but should its
+		// removal fail too, the next start may send it again unmarked.
+		e.log.Error("spool: cannot mark a batch as tried before replaying it", "err", err)
+		e.markFailed = true
 	}
 	if err := e.publishWait(m); err != nil {
 		e.tried = seq

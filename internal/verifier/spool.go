@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -228,6 +229,35 @@ func (s *spool) remove(seq uint64) (int, error) {
 		return events, fmt.Errorf("verifier: spool remove: %w", err)
 	}
 	return events, nil
+}
+
+// markResent sets batch seq's Resent flag in its file (fsynced with sync),
+// before the replayer publishes it: should the file outlive the publish
+// (a crash, a failed remove), the next start publishes it again marked.
+// A file of the format without flags is left as it is (the replayer still
+// marks the oldest file at start).
+func (s *spool) markResent(seq uint64) error {
+	f, err := os.OpenFile(s.path(seq), os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("verifier: spool mark: %w", err)
+	}
+	defer f.Close()
+	var hdr [2]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		return fmt.Errorf("verifier: spool mark %s: %w", s.path(seq), err)
+	}
+	if hdr[0] != 0 || hdr[1]&0x80 != 0 || hdr[1]&spoolResent != 0 {
+		return nil // no flags byte (the old format; flags fit in one byte), or marked already
+	}
+	if _, err := f.WriteAt([]byte{hdr[1] | spoolResent}, 1); err != nil {
+		return fmt.Errorf("verifier: spool mark %s: %w", s.path(seq), err)
+	}
+	if s.sync {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("verifier: spool mark %s: %w", s.path(seq), err)
+		}
+	}
+	return nil
 }
 
 // stats returns the number of batches, events and bytes spooled.

@@ -38,11 +38,17 @@ import (
 // A write or fsync error makes the segment unusable (after a failed fsync
 // the kernel may have dropped the pages). The log is then "failed": appends
 // are discarded and commits report the error, until reopen starts a new
-// segment with a "reset" record and writes into it again every event not
-// yet published (the collector's unsealed events and sealed batches not
-// yet sent). Recovery drops the unsealed events it holds at a reset record,
-// since they follow it again; the failed segment is deleted like any other
-// once what it holds is acknowledged. See collector.commit.
+// segment holding again everything not acknowledged: a "reopen" record,
+// every sealed batch not yet done (sealed and published while the log was
+// failed included: the log keeps each open batch's encoded message for
+// this), the collector's unsealed events, fsynced, then a "reset" record,
+// fsynced. Recovery reads a reopen block (reopen record to reset record)
+// apart, and only once its reset record is read does the block replace
+// what this run (the event and batch id prefix the reset names) wrote
+// before; a block without its reset (a crash or power loss while it was
+// written: reopen never returned) is ignored, and what the earlier
+// segments hold stays valid. Once the reset is fsynced the earlier
+// segments of this run are deleted. See collector.commit.
 type wal struct {
 	dir      string
 	segBytes int64
@@ -54,11 +60,20 @@ type wal struct {
 	size    int64  // of the current segment
 	segs    []walSeg
 	nextSeg uint64
-	open    map[string]uint64 // sealed batch id → its first event seq, until done
-	failed  error             // set by a write error, cleared by reopen
-	booted  bool              // this run's boot record is written
-	errs    uint64            // write, fsync and reopen errors since start
-	first   error             // the first of them
+	open    map[string]openBatch // sealed batch id → the batch, until done
+	sealN   uint64               // seals so far: the order of open batches
+	failed  error                // set by a write error, cleared by reopen
+	booted  bool                 // this run's boot record is written
+	errs    uint64               // write, fsync and reopen errors since start
+	first   error                // the first of them
+}
+
+// openBatch is a sealed batch not yet done, kept for reopen.
+type openBatch struct {
+	p        int
+	order    uint64
+	firstSeq uint64
+	data     []byte // the batch's encoded message (event.AppendBatch)
 }
 
 type walSeg struct {
@@ -67,12 +82,13 @@ type walSeg struct {
 }
 
 const (
-	walEvent = 'E'
-	walSeal  = 'S'
-	walDone  = 'D'
-	walBoot  = 'B' // a run starts: earlier unsealed events form batches of their own
-	walReset = 'R' // a failed segment was left: earlier unsealed events follow again
-	walExt   = ".wal"
+	walEvent  = 'E'
+	walSeal   = 'S'
+	walDone   = 'D'
+	walBoot   = 'B' // a run starts: earlier unsealed events form batches of their own
+	walReopen = 'O' // a reopen block starts (see wal)
+	walReset  = 'R' // the reopen block ends: it replaces what the run (prefix) wrote before
+	walExt    = ".wal"
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -104,6 +120,12 @@ func recoverWAL(dir string) (walRecovered, error) {
 	}
 	var backlog uint64 // number of the newest backlog, which replaces every file up to it
 	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".tmp") {
+			// A backlog whose writing a crash interrupted
+			// (saveBacklog): the files it would replace are there.
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+			continue
+		}
 		if n, ext, ok := walFileNum(e.Name()); ok {
 			rec.files = append(rec.files, filepath.Join(dir, e.Name()))
 			rec.last = max(rec.last, n)
@@ -113,7 +135,7 @@ func recoverWAL(dir string) (walRecovered, error) {
 		}
 	}
 	sort.Strings(rec.files) // zero-padded numbers
-	r := walRecovery{parts: map[uint64][]event.Event{}, done: map[string]bool{}}
+	r := newWALRecovery()
 	if backlog > 0 {
 		if err := r.readSegment(filepath.Join(dir, fmt.Sprintf("%020d%s", backlog, backlogExt))); err != nil {
 			return rec, err
@@ -143,19 +165,30 @@ func walFileNum(name string) (n uint64, ext string, ok bool) {
 
 // walRecovery is what recoverWAL has read so far.
 type walRecovery struct {
+	walState
+	block *walState       // the reopen block being read, nil outside one
+	done  map[string]bool // ids of batches published
+}
+
+// walState is the unsealed events and sealed batches read so far.
+type walState struct {
 	parts  map[uint64][]event.Event // events not yet sealed, per partition
 	porder []uint64                 // the partitions of parts in log order
 	sealed []walBatch
-	done   map[string]bool // ids of batches published
+}
+
+func newWALRecovery() *walRecovery {
+	return &walRecovery{walState: walState{parts: map[uint64][]event.Event{}}, done: map[string]bool{}}
 }
 
 // readSegment reads the records of the segment file path, up to a torn or
-// corrupt tail.
+// corrupt tail. A reopen block still open at its end was torn: ignored.
 func (r *walRecovery) readSegment(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("verifier: durable log: %w", err)
 	}
+	defer func() { r.block = nil }()
 	for len(b) > 0 {
 		if len(b) < 8 {
 			break // torn tail
@@ -176,55 +209,112 @@ func (r *walRecovery) readSegment(path string) error {
 
 // record takes one record of type typ.
 func (r *walRecovery) record(typ byte, body []byte) error {
+	st := &r.walState
+	if r.block != nil {
+		st = r.block
+	}
 	switch typ {
 	case walEvent:
-		p, k := binary.Uvarint(body)
-		if k <= 0 {
-			return errors.New("bad event record")
-		}
-		var ev event.Event
-		if err := event.DecodeEvent(body[k:], &ev); err != nil {
-			return err
-		}
-		ev.ID = strings.Clone(ev.ID)
-		if _, ok := r.parts[p]; !ok {
-			r.porder = append(r.porder, p)
-		}
-		r.parts[p] = append(r.parts[p], ev)
+		return st.event(body)
 	case walSeal:
-		p, k := binary.Uvarint(body)
-		if k <= 0 {
-			return errors.New("bad seal record")
-		}
-		cnt, k2 := binary.Uvarint(body[k:])
-		if k2 <= 0 {
-			return errors.New("bad seal record")
-		}
-		id := string(body[k+k2:])
-		var evs []event.Event
-		if pending, ok := r.parts[p]; ok {
-			// Fewer events than sealed: the older ones were in a
-			// deleted segment, so the batch was acknowledged.
-			take := min(int(cnt), len(pending))
-			evs = pending[:take:take]
-			r.parts[p] = pending[take:]
-		}
-		r.sealed = append(r.sealed, walBatch{id: id, events: evs})
+		return st.seal(body)
 	case walDone:
 		r.done[string(body)] = true
 	case walBoot:
 		// An earlier run's unsealed events: a batch per partition, as
 		// at the end of the log.
-		r.sealed = append(r.sealed, r.unsealed()...)
-		clear(r.parts)
-		r.porder = r.porder[:0]
+		st.boot("")
+	case walReopen:
+		r.block = &walState{parts: map[uint64][]event.Event{}} // a torn one before is dropped
 	case walReset:
-		clear(r.parts) // written again after this record
-		r.porder = r.porder[:0]
+		if r.block == nil {
+			// The format of a first version: the unsealed events
+			// follow again after this record.
+			clear(st.parts)
+			st.porder = st.porder[:0]
+			return nil
+		}
+		r.replace(string(body))
 	default:
 		return fmt.Errorf("unknown record type %d", typ)
 	}
 	return nil
+}
+
+func (st *walState) event(body []byte) error {
+	p, k := binary.Uvarint(body)
+	if k <= 0 {
+		return errors.New("bad event record")
+	}
+	var ev event.Event
+	if err := event.DecodeEvent(body[k:], &ev); err != nil {
+		return err
+	}
+	ev.ID = strings.Clone(ev.ID)
+	if _, ok := st.parts[p]; !ok {
+		st.porder = append(st.porder, p)
+	}
+	st.parts[p] = append(st.parts[p], ev)
+	return nil
+}
+
+func (st *walState) seal(body []byte) error {
+	p, k := binary.Uvarint(body)
+	if k <= 0 {
+		return errors.New("bad seal record")
+	}
+	cnt, k2 := binary.Uvarint(body[k:])
+	if k2 <= 0 {
+		return errors.New("bad seal record")
+	}
+	id := string(body[k+k2:])
+	var evs []event.Event
+	if pending, ok := st.parts[p]; ok {
+		// Fewer events than sealed: the older ones were in a
+		// deleted segment, so the batch was acknowledged.
+		take := min(int(cnt), len(pending))
+		evs = pending[:take:take]
+		st.parts[p] = pending[take:]
+	}
+	st.sealed = append(st.sealed, walBatch{id: id, events: evs})
+	return nil
+}
+
+// boot makes the unsealed events not of prefix ("": all) batches of their
+// own and drops the others.
+func (st *walState) boot(prefix string) {
+	for _, p := range st.porder {
+		keep := st.parts[p]
+		if prefix != "" {
+			keep = nil
+			for _, ev := range st.parts[p] {
+				if !strings.HasPrefix(ev.ID, prefix) {
+					keep = append(keep, ev)
+				}
+			}
+		}
+		if len(keep) > 0 {
+			st.sealed = append(st.sealed, walBatch{id: keep[0].ID + ".t", events: keep})
+		}
+	}
+	clear(st.parts)
+	st.porder = st.porder[:0]
+}
+
+// replace ends a reopen block, which holds everything of the run whose
+// ids start with prefix not yet acknowledged when it was written: it
+// replaces what that run wrote before.
+func (r *walRecovery) replace(prefix string) {
+	r.boot(prefix) // an earlier run's unsealed events (its boot record was trimmed) stay
+	kept := r.sealed[:0]
+	for _, b := range r.sealed {
+		if prefix == "" || !strings.HasPrefix(b.id, prefix) {
+			kept = append(kept, b)
+		}
+	}
+	r.sealed = append(kept, r.block.sealed...)
+	r.parts, r.porder = r.block.parts, r.block.porder
+	r.block = nil
 }
 
 // batches are the batches to publish again: those sealed and not done, in
@@ -242,10 +332,10 @@ func (r *walRecovery) batches() []walBatch {
 // unsealed is a batch per partition of the events not sealed, whose id
 // derives from its first event's, so that every recovery of the same log
 // forms it again under the same id.
-func (r *walRecovery) unsealed() []walBatch {
+func (st *walState) unsealed() []walBatch {
 	var bs []walBatch
-	for _, p := range r.porder {
-		if evs := r.parts[p]; len(evs) > 0 {
+	for _, p := range st.porder {
+		if evs := st.parts[p]; len(evs) > 0 {
 			bs = append(bs, walBatch{id: evs[0].ID + ".t", events: evs})
 		}
 	}
@@ -256,7 +346,7 @@ func (r *walRecovery) unsealed() []walBatch {
 // the caller deletes once their batches are safe), with a boot record. On
 // error it returns the log failed (see reopen), never nil.
 func openWAL(dir string, segBytes int64, firstSeq uint64) (*wal, error) {
-	w := &wal{dir: dir, segBytes: segBytes, open: map[string]uint64{}, nextSeg: 1}
+	w := &wal{dir: dir, segBytes: segBytes, open: map[string]openBatch{}, nextSeg: 1}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return w, w.fail(fmt.Errorf("verifier: durable log: %w", err))
 	}
@@ -318,19 +408,13 @@ func (w *wal) fail(err error) error {
 	return err
 }
 
-// relogBatch is a sealed batch not yet published, for reopen.
-type relogBatch struct {
-	p        int
-	id       string
-	firstSeq uint64
-	events   []event.Event
-}
-
 // reopen leaves a failed segment for a new one, whose first new event will
-// be nextSeq, and writes into it, after a reset record, the sealed batches
-// not yet published and the unsealed events per partition (parts). On
-// error the log stays failed and the new segment is removed.
-func (w *wal) reopen(nextSeq uint64, sealed []relogBatch, parts [][]event.Event) error {
+// be nextSeq. It writes into it a reopen block: every open batch (sealed,
+// not yet done) and the unsealed events per partition (parts), fsynced,
+// then the reset record naming this run's id prefix, fsynced; then it
+// deletes this run's earlier segments, which the block replaces. On error
+// the log stays failed and the new segment is removed.
+func (w *wal) reopen(nextSeq uint64, prefix string, parts [][]event.Event) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.f != nil {
@@ -341,33 +425,74 @@ func (w *wal) reopen(nextSeq uint64, sealed []relogBatch, parts [][]event.Event)
 	if err := w.rotate(nextSeq); err != nil {
 		return err
 	}
-	if w.booted {
-		w.appendRecord(walReset)
-	} else {
+	if !w.booted {
 		w.appendRecord(walBoot) // earlier runs' unsealed events are not ours to drop
 	}
-	var scratch []byte
-	for _, b := range sealed {
-		for i := range b.events {
-			scratch = w.eventLocked(b.p, &b.events[i], scratch)
-		}
-		w.sealLocked(b.p, len(b.events), b.id, b.firstSeq)
-	}
+	w.appendRecord(walReopen)
+	scratch, err := w.relogOpen(nil)
 	for p, evs := range parts {
 		for i := range evs {
 			scratch = w.eventLocked(p, &evs[i], scratch)
 		}
 	}
-	if err := w.writeLocked(true); err != nil {
+	if err == nil {
+		// Durable before the reset: a block torn before its reset is
+		// ignored, never one holding only part of what it replaces.
+		err = w.writeLocked(true)
+	}
+	if err == nil {
+		w.appendRecord(walReset, []byte(prefix))
+		err = w.writeLocked(true)
+	}
+	if err != nil {
 		_ = w.f.Close()
 		w.f = nil
 		last := w.segs[len(w.segs)-1]
 		_ = os.Remove(w.segPath(last.num))
 		w.segs = w.segs[:len(w.segs)-1]
+		if w.failed == nil {
+			_ = w.fail(err)
+		}
 		return err
 	}
 	w.booted = true
+	w.dropReplaced()
 	return nil
+}
+
+// relogOpen appends every open batch, in seal order: its events and its
+// seal; mu held.
+func (w *wal) relogOpen(scratch []byte) ([]byte, error) {
+	ids := make([]string, 0, len(w.open))
+	for id := range w.open {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return w.open[ids[i]].order < w.open[ids[j]].order })
+	var b event.Batch
+	for _, id := range ids {
+		ob := w.open[id]
+		if err := event.DecodeBatch(ob.data, &b); err != nil {
+			return scratch, fmt.Errorf("verifier: durable log: batch %s: %w", id, err) // impossible: we encoded it
+		}
+		for i := range b.Events {
+			scratch = w.eventLocked(ob.p, &b.Events[i], scratch)
+		}
+		w.sealLocked(ob.p, len(b.Events), id)
+	}
+	return scratch, nil
+}
+
+// dropReplaced deletes the segments before the current one, which a
+// reopen block just replaced; one that cannot be deleted is left to trim.
+func (w *wal) dropReplaced() {
+	cur := w.segs[len(w.segs)-1]
+	kept := w.segs[:0]
+	for _, s := range w.segs[:len(w.segs)-1] {
+		if err := os.Remove(w.segPath(s.num)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			kept = append(kept, s)
+		}
+	}
+	w.segs = append(kept, cur)
 }
 
 // health is the log's current failure (nil if it works), how many errors
@@ -405,20 +530,22 @@ func (w *wal) eventLocked(p int, ev *event.Event, scratch []byte) []byte {
 }
 
 // seal records that the oldest n unsealed events of partition p form
-// batch id, whose first event is firstSeq. Publish only after the next
-// commit.
-func (w *wal) seal(p, n int, id string, firstSeq uint64) {
+// batch id, whose first event is firstSeq and whose encoded message is
+// data (kept until done, for reopen: not modified). Publish only after
+// the next commit.
+func (w *wal) seal(p, n int, id string, firstSeq uint64, data []byte) {
 	w.mu.Lock()
-	w.sealLocked(p, n, id, firstSeq)
+	w.sealLocked(p, n, id)
+	w.sealN++
+	w.open[id] = openBatch{p: p, order: w.sealN, firstSeq: firstSeq, data: data}
 	w.mu.Unlock()
 }
 
-func (w *wal) sealLocked(p, n int, id string, firstSeq uint64) {
+func (w *wal) sealLocked(p, n int, id string) {
 	var hdr [20]byte
 	b := binary.AppendUvarint(hdr[:0], uint64(p))
 	b = binary.AppendUvarint(b, uint64(n))
 	w.appendRecord(walSeal, b, []byte(id))
-	w.open[id] = firstSeq
 }
 
 // done records that batch id is acknowledged by the bus or spooled. It is
@@ -477,8 +604,8 @@ func (w *wal) trim(low, nextSeq uint64) error {
 	if w.failed != nil {
 		return nil // reported already; reopen comes first
 	}
-	for _, first := range w.open {
-		low = min(low, first)
+	for _, ob := range w.open {
+		low = min(low, ob.firstSeq)
 	}
 	if w.size >= w.segBytes {
 		if err := w.rotate(nextSeq); err != nil {

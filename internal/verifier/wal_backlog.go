@@ -39,13 +39,13 @@ func saveBacklog(dir string, num uint64, batches []walBatch) (*backlog, error) {
 	if len(batches) == 0 {
 		return bl, nil
 	}
-	w := &wal{open: map[string]uint64{}}
+	w := &wal{}
 	var scratch []byte
 	for _, b := range batches {
 		for i := range b.events {
 			scratch = w.eventLocked(0, &b.events[i], scratch)
 		}
-		w.sealLocked(0, len(b.events), b.id, 0)
+		w.sealLocked(0, len(b.events), b.id)
 	}
 	path := filepath.Join(dir, fmt.Sprintf("%020d%s", num, backlogExt))
 	if err := writeFile(path+".tmp", w.buf, true); err != nil {

@@ -259,9 +259,9 @@ func TestWALRecovery(t *testing.T) {
 	ev("a1", 0)
 	ev("a2", 0)
 	ev("b1", 1)
-	w.seal(0, 2, "batch-a", 1)
+	w.seal(0, 2, "batch-a", 1, nil)
 	ev("b2", 1)
-	w.seal(1, 2, "batch-b", 3)
+	w.seal(1, 2, "batch-b", 3, nil)
 	ev("c1", 0)
 	ev("d1", 2)
 	if err := w.commit(); err != nil {
@@ -327,7 +327,7 @@ func TestWALTwoRunsInOneDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev(w2, "r2-1")
-	w2.seal(0, 1, "r2-b1", 1)
+	w2.seal(0, 1, "r2-b1", 1, nil)
 	ev(w2, "r2-2")
 	if err := w2.close(false); err != nil {
 		t.Fatal(err)
