@@ -301,7 +301,7 @@ func (d *DB) writeIntents(ctx context.Context, ins []Intent, st IntentState) err
 		vs[i] = strconv.FormatUint(rank<<56|uint64(now.UnixMicro()), 10)
 	}
 	p := Params{}.Arr("c", cs).Arr("p", ps).Arr("f", fs).Arr("l", ls).Arr("t", ts).Arr("s", ss).Arr("v", vs).Ms("u", now)
-	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
+	err := d.conn.Exec(Quorum(ctx), d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
 SELECT r.1, r.2, toUInt64(r.3), toUInt64(r.4), r.5, r.6, fromUnixTimestamp64Milli({u:Int64}, 'UTC'), toUInt64(r.7)
 FROM (SELECT arrayJoin(arrayZip({c:Array(String)}, {p:Array(String)}, {f:Array(String)}, {l:Array(String)}, {t:Array(String)}, {s:Array(String)}, {v:Array(String)})) AS r)`), p)
 	if err != nil {
@@ -338,7 +338,7 @@ func (d *DB) Overlapping(ctx context.Context, consumer, partition string, first,
 }
 
 func (d *DB) queryIntents(ctx context.Context, where string, p Params) ([]Intent, error) {
-	rows, err := d.conn.Query(ctx, d.sql(`SELECT consumer, partition, first_pos, last_pos, token, toString(state), toInt64(toUnixTimestamp64Milli(updated))
+	rows, err := d.conn.Query(Consistent(ctx), d.sql(`SELECT consumer, partition, first_pos, last_pos, token, toString(state), toInt64(toUnixTimestamp64Milli(updated))
 FROM {db}.ingest_intents FINAL WHERE consumer = {c:String} AND `+where+` ORDER BY partition, first_pos`), p)
 	if err != nil {
 		return nil, fmt.Errorf("store: read intents: %w", err)
@@ -402,7 +402,7 @@ func (d *DB) Fence(ctx context.Context, consumer string, epoch uint64) error {
 		return err
 	}
 	p := Params{}.Str("c", consumer+"/fence").U64("e", epoch).Ms("u", time.Now())
-	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
+	err := d.conn.Exec(Quorum(ctx), d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
 SELECT {c:String}, 'fence', {e:UInt64}, {e:UInt64}, 'fence', 'fence', fromUnixTimestamp64Milli({u:Int64}, 'UTC'), {e:UInt64}`), p)
 	if err != nil {
 		return fmt.Errorf("store: fence %s at %d: %w", consumer, epoch, err)
@@ -415,7 +415,7 @@ func (d *DB) MaxFence(ctx context.Context, consumer string) (uint64, error) {
 	if err := d.check(); err != nil {
 		return 0, err
 	}
-	rows, err := d.conn.Query(ctx, d.sql(`SELECT toUInt64(max(first_pos)) FROM {db}.ingest_intents WHERE consumer = {c:String}`),
+	rows, err := d.conn.Query(Consistent(ctx), d.sql(`SELECT toUInt64(max(first_pos)) FROM {db}.ingest_intents WHERE consumer = {c:String}`),
 		Params{}.Str("c", consumer+"/fence"))
 	if err != nil {
 		return 0, fmt.Errorf("store: fence of %s: %w", consumer, err)

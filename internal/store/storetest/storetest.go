@@ -71,6 +71,7 @@ func Run(t *testing.T, f Factory) {
 		{"HostileStrings", testHostileStrings},
 		{"Retention", testRetention},
 		{"ScanEvents", testScanEvents},
+		{"StoredEventIDs", testStoredEventIDs},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
