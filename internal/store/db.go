@@ -195,33 +195,64 @@ func (d *DB) InsertEvents(ctx context.Context, token string, events []event.Even
 		defer p.close()
 		<-p.done
 		if p.err == nil {
-			if err := p.ev.Exec(ctx); err != nil {
-				return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
-			}
-			// As below: each of the two inserts is deduplicated on its own.
+			// As below: the rollup first, each insert deduplicated on its own.
 			if err := p.ru.Exec(ctx); err != nil {
 				return fmt.Errorf("store: insert rollup (token %s): %w", token, err)
+			}
+			if err := p.ev.Exec(ctx); err != nil {
+				return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
 			}
 			return nil
 		}
 		// Encoding ahead failed: insert the usual way (and report that).
 	}
-	// Fold the batch per minute while ClickHouse takes the raw rows.
-	var rollup chan []RollupRow
-	if d.rollups != RollupViews {
-		rollup = make(chan []RollupRow, 1)
-		go func() { rollup <- PreAggregate(events) }()
-	}
-	if err := d.conn.InsertEvents(ctx, d.database, token, events); err != nil {
-		return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
-	}
-	if rollup == nil {
+	if d.rollups == RollupViews {
+		if err := d.conn.InsertEvents(ctx, d.database, token, events); err != nil {
+			return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
+		}
 		return nil
 	}
-	// A second deduplicated insert: if the process dies between the two,
-	// the replay of the intent re-inserts both and each drops its duplicate.
-	if err := d.conn.InsertRollup(ctx, d.database, token+"/1m", <-rollup); err != nil {
+	return d.insertRollupFirst(ctx, token, events)
+}
+
+// insertRollupFirst inserts the per-minute rollup of events (token
+// token/1m), then the raw events (token): two deduplicated inserts, in
+// that order, so that raw rows stored under a token mean its rollup is
+// stored too. A consumer replaying an insert can then tell from the raw
+// rows alone whether to insert anything (aggregator/resent.go); if the
+// process dies between the two, the replay's rollup is dropped by its
+// token and the raw rows go in. On a backend that prepares inserts, the
+// raw rows are encoded while the rollup is folded and inserted.
+func (d *DB) insertRollupFirst(ctx context.Context, token string, events []event.Event) error {
+	var ev chan Prepared
+	var evErr error
+	if pc, ok := d.conn.(Preparer); ok {
+		ev = make(chan Prepared, 1)
+		go func() {
+			p, err := pc.PrepareEvents(d.database, token, events)
+			evErr = err
+			ev <- p
+		}()
+	}
+	if err := d.conn.InsertRollup(ctx, d.database, token+"/1m", PreAggregate(events)); err != nil {
+		if ev != nil {
+			if p := <-ev; p != nil {
+				_ = p.Close()
+			}
+		}
 		return fmt.Errorf("store: insert rollup (token %s): %w", token, err)
+	}
+	var err error
+	if ev == nil {
+		err = d.conn.InsertEvents(ctx, d.database, token, events)
+	} else if p := <-ev; evErr != nil {
+		err = evErr
+	} else {
+		err = p.Exec(ctx)
+		_ = p.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
 	}
 	return nil
 }
