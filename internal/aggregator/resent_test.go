@@ -2,6 +2,7 @@ package aggregator_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -260,4 +261,56 @@ func waitIntents(t *testing.T, db *store.DB, group string, ok func([]store.Inten
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("pending intents of %s not as expected within 90s", group)
+}
+
+// fencedDuringInsert fails every insert; at the first, a newer generation
+// fences the group (another member took the partitions over meanwhile).
+type fencedDuringInsert struct {
+	*store.DB
+	attempts atomic.Int32
+}
+
+var errInsertDown = errors.New("store unavailable")
+
+func (s *fencedDuringInsert) InsertEvents(ctx context.Context, tok string, ev []event.Event) error {
+	if s.attempts.Add(1) == 1 {
+		if err := s.Fence(ctx, "g", 1_000_000); err != nil {
+			return err
+		}
+	}
+	return errInsertDown
+}
+
+// TestFencedInsertStopsRetrying: a member whose insert fails keeps retrying
+// it; once a newer generation has fenced the group, the retry reads the
+// fence and gives the flush up (counted as fenced) instead of inserting a
+// partition it lost whenever the store comes back. Before the fix it
+// retried for ever.
+func TestFencedInsertStopsRetrying(t *testing.T) {
+	e := newResentEnv(t, true)
+	s := &fencedDuringInsert{DB: e.db}
+	b := e.newBus()
+	a, err := aggregator.New(aggregator.Config{Group: "g", FlushInterval: 100 * time.Millisecond, ShutdownGrace: time.Nanosecond,
+		RetryBackoff: 20 * time.Millisecond}, b, s, aggregator.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	e.publish(e.batch("f1", "f1", 10, false))
+	deadline := time.Now().Add(60 * time.Second)
+	for a.Stats().Fenced == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if a.Stats().Fenced == 0 {
+		t.Fatalf("the fenced member still retries its insert after %d attempts", s.attempts.Load())
+	}
+	if n := s.attempts.Load(); n != 1 {
+		t.Fatalf("%d insert attempts, want 1 (the fence is read before the retry)", n)
+	}
+	if rows, _ := e.stored(); rows != 0 {
+		t.Fatalf("stored %d rows", rows)
+	}
 }
