@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
@@ -36,12 +37,24 @@ func (d *DB) StoredEventIDs(ctx context.Context, events []event.Event) (map[stri
 	if len(events) == 0 {
 		return out, nil
 	}
-	ids := make([]string, 0, len(events))
+	// The ids travel as one string, split in SQL: parsing a 100k-element
+	// Array(String) parameter took ~150 ms of chDB's time, the split ~5 ms.
+	// An id holding the separator goes in the (then small) array instead.
+	var joined strings.Builder
+	var odd []string
 	projects, keys := map[string]struct{}{}, map[string]struct{}{}
 	from, to := events[0].Time, events[0].Time
 	for i := range events {
 		e := &events[i]
-		ids = append(ids, e.ID)
+		switch {
+		case strings.IndexByte(e.ID, '\n') >= 0:
+			odd = append(odd, e.ID)
+		default:
+			if i > 0 {
+				joined.WriteByte('\n')
+			}
+			joined.WriteString(e.ID)
+		}
 		projects[e.Project], keys[e.KeyID] = struct{}{}, struct{}{}
 		if e.Time.Before(from) {
 			from = e.Time
@@ -51,14 +64,14 @@ func (d *DB) StoredEventIDs(ctx context.Context, events []event.Event) (map[stri
 		}
 	}
 	// The column keeps milliseconds: widen the bounds to whole ones.
-	p := Params{}.Arr("ids", ids).Arr("projects", setSlice(projects)).Arr("keys", setSlice(keys)).
+	p := Params{}.Str("ids", joined.String()).Arr("odd", odd).Arr("projects", setSlice(projects)).Arr("keys", setSlice(keys)).
 		Ms("from", from.Truncate(time.Millisecond)).Ms("to", to.Truncate(time.Millisecond).Add(time.Millisecond))
 	rows, err := d.conn.Query(Consistent(ctx), d.sql(`SELECT DISTINCT event_id FROM {db}.requests
 WHERE project IN (SELECT arrayJoin({projects:Array(String)})) AND key_id IN (SELECT arrayJoin({keys:Array(String)}))
   AND time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') AND time < fromUnixTimestamp64Milli({to:Int64}, 'UTC')
-  AND event_id IN (SELECT arrayJoin({ids:Array(String)}))`), p)
+  AND event_id IN (SELECT arrayJoin(arrayConcat(splitByChar('\n', {ids:String}), {odd:Array(String)})))`), p)
 	if err != nil {
-		return nil, fmt.Errorf("store: look up %d event ids: %w", len(ids), err)
+		return nil, fmt.Errorf("store: look up %d event ids: %w", len(events), err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -69,7 +82,7 @@ WHERE project IN (SELECT arrayJoin({projects:Array(String)})) AND key_id IN (SEL
 		out[id] = struct{}{}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: look up %d event ids: %w", len(ids), err)
+		return nil, fmt.Errorf("store: look up %d event ids: %w", len(events), err)
 	}
 	return out, nil
 }

@@ -18,6 +18,8 @@ func testStoredEventIDs(t *testing.T, f Factory) {
 		t.Fatalf("%T does not implement store.EventIDChecker", s)
 	}
 	stored := Events("st", 500, base, time.Hour, 7)
+	stored[260].ID = "line\nbreak"
+	stored[261].ID = "tab\tand \\ 'quote'"
 	insert(t, s, "dedup-a", stored)
 	// Half of them again (as a resent batch would carry them), and new ones
 	// in the same time range and keys, with hostile ids.
