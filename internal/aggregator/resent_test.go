@@ -239,9 +239,13 @@ func TestReplayDropsDuplicateTheLiveFlushDropped(t *testing.T) {
 	waitIntents(t, e.db, "g", func(ins []store.Intent) bool { return len(ins) == 0 })
 	e.waitStored("y", 10)
 	rows, distinct := e.stored()
-	t.Logf("events=20 stored rows=%d distinct ids=%d", rows, distinct)
-	if rows != 20 || distinct != 20 {
-		t.Fatalf("stored %d rows (%d distinct ids) for 20 events", rows, distinct)
+	q, err := e.db.QuotaUsage(context.Background(), "key_a", e.now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("events=20 stored rows=%d distinct ids=%d rollup requests=%d", rows, distinct, q.Requests)
+	if rows != 20 || distinct != 20 || q.Requests != 20 {
+		t.Fatalf("stored %d rows (%d distinct ids), rollups count %d, for 20 events", rows, distinct, q.Requests)
 	}
 }
 
@@ -312,5 +316,53 @@ func TestFencedInsertStopsRetrying(t *testing.T) {
 	}
 	if rows, _ := e.stored(); rows != 0 {
 		t.Fatalf("stored %d rows", rows)
+	}
+}
+
+// failRollupConn is the store's connection with every rollup insert failing
+// (the process dies between the two inserts of a block).
+type failRollupConn struct {
+	store.Conn
+	attempts atomic.Int32
+}
+
+func (c *failRollupConn) InsertRollup(context.Context, string, string, []store.RollupRow) error {
+	c.attempts.Add(1)
+	return errInsertDown
+}
+
+// TestReplayAfterCrashBetweenInsertsCountsRollupOnce: a block's two
+// inserts (per-minute rollup, raw rows) are interrupted between them; the
+// replay looks its events up by id and must still leave raw rows and
+// rollup each stored once. The store writes the rollup first, so stored raw
+// rows mean a stored rollup; with the raw rows first, the replay found
+// every event stored, inserted nothing, and the rollup was lost.
+func TestReplayAfterCrashBetweenInsertsCountsRollupOnce(t *testing.T) {
+	e := newResentEnv(t, false)
+	e.grace = time.Nanosecond
+	fc := &failRollupConn{Conn: e.db.Conn()}
+	broken, err := store.NewDB(fc, e.db.Database())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop1 := e.run(broken)
+	e.publish(e.batch("r1", "r1", 50, false))
+	for deadline := time.Now().Add(60 * time.Second); fc.attempts.Load() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no insert attempted within 60s")
+		}
+	}
+	stop1()
+	stop2 := e.run(e.db) // replays the pending intent
+	defer stop2()
+	waitIntents(t, e.db, "g", func(ins []store.Intent) bool { return len(ins) == 0 })
+	e.waitStored("r1", 50)
+	rows, _ := e.stored()
+	q, err := e.db.QuotaUsage(context.Background(), "key_a", e.now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows != 50 || q.Requests != 50 {
+		t.Fatalf("stored %d rows, rollups count %d, for 50 events", rows, q.Requests)
 	}
 }
