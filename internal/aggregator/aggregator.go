@@ -153,11 +153,12 @@ type Aggregator struct {
 	epoch  uint64
 	fencer store.Fencer
 	owned  []int // partitions of this generation
+	stats  Stats
+	mu     sync.Mutex
+
 	// firstDone[p]: the first block of partition p since it was acquired
 	// has been formed (its events are looked up in the store, resent.go).
 	firstDone map[int]bool
-	stats     Stats
-	mu        sync.Mutex
 
 	// bufs recycles the event slices of flushed blocks and of merged
 	// inserts: a block's events are decoded straight into its slice, which
@@ -234,11 +235,12 @@ type Stats struct {
 	Replayed     uint64 // intents replayed at start
 	Skipped      uint64 // redelivered batches skipped
 	Duplicates   uint64 // batches whose id was already stored
+	Rebalances   uint64 // consumer group generations entered
+	Fenced       uint64 // flushes aborted: a newer generation had begun
+
 	// StoredDuplicates are events dropped because the store held them
 	// already (resent batches, replays, first blocks; see resent.go).
 	StoredDuplicates uint64
-	Rebalances       uint64 // consumer group generations entered
-	Fenced           uint64 // flushes aborted: a newer generation had begun
 }
 
 // idleWait is how long a fetch waits for more once a block is half full;
@@ -1247,27 +1249,29 @@ func (a *Aggregator) count(fn func(*Stats)) {
 }
 
 type metrics struct {
-	rangesGone       prometheus.Counter
-	duplicates       prometheus.Counter
+	rangesGone    prometheus.Counter
+	duplicates    prometheus.Counter
+	lag           *prometheus.GaugeVec
+	rows          prometheus.Counter
+	insertSeconds prometheus.Histogram
+	deadLettered  prometheus.Counter
+	retries       *prometheus.CounterVec
+
 	storedDuplicates prometheus.Counter
-	lag              *prometheus.GaugeVec
-	rows             prometheus.Counter
-	insertSeconds    prometheus.Histogram
-	deadLettered     prometheus.Counter
-	retries          *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
 	return &metrics{
-		rangesGone:       prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_ranges_gone_total", Help: "Pending insert ranges the bus no longer held at replay (possible loss; see the dead-letter log)."}),
-		duplicates:       prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_duplicate_batches_total", Help: "Batches skipped because their id was already stored."}),
-		storedDuplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_stored_duplicate_events_total", Help: "Events of resent batches, replays and first blocks dropped because the store held them already."}),
-		lag:              prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keymeter_aggregator_lag_batches", Help: "Event batches published but not yet stored and acknowledged, per partition."}, []string{"partition"}),
-		rows:             prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_rows_total", Help: "Events inserted into the store."}),
+		rangesGone: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_ranges_gone_total", Help: "Pending insert ranges the bus no longer held at replay (possible loss; see the dead-letter log)."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_duplicate_batches_total", Help: "Batches skipped because their id was already stored."}),
+		lag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keymeter_aggregator_lag_batches", Help: "Event batches published but not yet stored and acknowledged, per partition."}, []string{"partition"}),
+		rows:       prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_rows_total", Help: "Events inserted into the store."}),
 		insertSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keymeter_aggregator_insert_seconds", Help: "Latency of one block insert.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_dead_lettered_total", Help: "Messages or events sent to the dead-letter log."}),
 		retries:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymeter_aggregator_retries_total", Help: "Retried store or bus operations."}, []string{"step"}),
+
+		storedDuplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_stored_duplicate_events_total", Help: "Events of resent batches, replays and first blocks dropped because the store held them already."}),
 	}
 }
 
