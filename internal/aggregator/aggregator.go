@@ -188,6 +188,10 @@ type Aggregator struct {
 	stats  Stats
 	mu     sync.Mutex
 
+	// firstDone[p]: the first block of partition p since it was acquired
+	// has been formed (its events are looked up in the store, resent.go).
+	firstDone map[int]bool
+
 	// bufs recycles the event slices of flushed blocks and of merged
 	// inserts: a block's events are decoded straight into its slice, which
 	// after the first flushes is already large enough, so the hot path
@@ -265,6 +269,10 @@ type Stats struct {
 	Duplicates   uint64 // batches whose id was already stored
 	Rebalances   uint64 // consumer group generations entered
 	Fenced       uint64 // flushes aborted: a newer generation had begun
+
+	// StoredDuplicates are events dropped because the store held them
+	// already (resent batches, replays, first blocks; see resent.go).
+	StoredDuplicates uint64
 }
 
 // idleWait is how long a fetch waits for more once a block is half full;
@@ -347,7 +355,10 @@ func (a *Aggregator) Stats() Stats {
 }
 
 // evBuf is the events of one or more blocks.
-type evBuf struct{ events []event.Event }
+type evBuf struct {
+	events []event.Event
+	check  storedCheck // events to look up in the store at flush
+}
 
 // bufsOf is the distinct bufs of bs, in order.
 func bufsOf(bs []*block) []*evBuf {
@@ -372,6 +383,9 @@ type block struct {
 	buf  *evBuf
 	hold [][]byte            // delivery bytes the events point into
 	ids  map[string]struct{} // batch ids in this block
+	// checkAll: the first block of its partition since it was acquired;
+	// all its events are looked up in the store (resent.go).
+	checkAll bool
 }
 
 func partitionName(p int) string { return "events/" + strconv.Itoa(p) }
@@ -396,6 +410,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		return err
 	}
 	go a.watchLag(ctx, a.bus)
+	a.resetFirstBlocks()
 	a.log.Info("aggregator consuming", "flush_interval", a.cfg.FlushInterval, "max_block_events", a.cfg.MaxBlockEvents)
 
 	// Flushes run on a context that outlives ctx by ShutdownGrace, so a
@@ -625,7 +640,9 @@ func (r *consumeLoop) take(ctx context.Context, d bus.Delivery) {
 	}
 	b.last, b.lastD = d.Position, d
 	a.floor[d.Partition] = d.Position
+	from := len(b.buf.events)
 	n := a.decode(ctx, d, &r.eb, b, true)
+	a.markChecked(b, d, from)
 	r.buffered += n
 	r.decodedEvents += uint64(n)
 	r.decodedMsgs++
@@ -714,8 +731,8 @@ type aheadPreparer interface {
 // the intents are still recorded before it.
 func (a *Aggregator) prepareAhead(blocks map[int]*block, shared *evBuf) {
 	p, ok := a.store.(aheadPreparer)
-	if !ok || a.epoch != 0 || shared == nil || len(blocks) == 0 {
-		return
+	if !ok || a.epoch != 0 || shared == nil || len(blocks) == 0 || len(shared.check.spans) > 0 {
+		return // (events to look up first: the insert may change)
 	}
 	bs := make([]*block, 0, len(blocks))
 	for _, b := range blocks {
@@ -863,6 +880,11 @@ func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[in
 		bs = append(bs, b)
 	}
 	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
+	if bufs := bufsOf(bs); checkNeeded(bufs) {
+		if _, err := a.dropStored(ctx, bufs, false); err != nil {
+			return err
+		}
+	}
 	if epoch > 0 {
 		// Fenced: one insert per partition, so that a partition's intents
 		// are its owner's alone to replay. Their intents are still
@@ -870,7 +892,7 @@ func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[in
 		// recording them: that order is all the fencing needs.
 		ins := make([]insert, len(bs))
 		for i, b := range bs {
-			ins[i] = insert{bs: []*block{b}, tok: a.fencedToken(b, epoch), ack: func(ctx context.Context) error {
+			ins[i] = insert{bs: []*block{b}, tok: a.fencedToken(b, epoch), epoch: epoch, ack: func(ctx context.Context) error {
 				return cons.Ack(ctx, b.lastD)
 			}}
 		}
@@ -889,9 +911,10 @@ func (a *Aggregator) flush(ctx context.Context, cons bus.Consumer, blocks map[in
 // insert is one deduplicated insert of partition blocks under tok, and the
 // ack of their deliveries (nil on a replay).
 type insert struct {
-	bs  []*block
-	tok string
-	ack func(context.Context) error
+	bs    []*block
+	tok   string
+	epoch uint64 // of a fenced live insert: retries re-read the fence
+	ack   func(context.Context) error
 }
 
 // groupToken is the deduplication token of a set of partition ranges: a
@@ -1021,7 +1044,7 @@ func (a *Aggregator) insert(ctx context.Context, x insert) (int, error) {
 			defer a.bufs.put(events)
 		}
 		start := time.Now()
-		if err := a.retry(ctx, "insert", func() error { return a.store.InsertEvents(ctx, x.tok, events) }); err != nil {
+		if err := a.insertFenced(ctx, x.epoch, func() error { return a.store.InsertEvents(ctx, x.tok, events) }); err != nil {
 			return 0, err
 		}
 		a.m.insertSeconds.Observe(time.Since(start).Seconds())
@@ -1044,6 +1067,9 @@ func (a *Aggregator) retry(ctx context.Context, what string, fn func() error) er
 	failing := false
 	for {
 		err := fn()
+		if permanent(err) {
+			return err
+		}
 		if err == nil {
 			if failing {
 				a.log.Info("aggregator: "+what+" works again", "step", what)
@@ -1088,6 +1114,7 @@ func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
 	}
 	a.epoch = g
 	a.floor = map[int]uint64{}
+	a.resetFirstBlocks()
 	if r, ok := a.observer.(interface{ Reset() }); ok {
 		r.Reset() // counts of keys whose partitions moved are stale
 	}
@@ -1174,6 +1201,11 @@ func (a *Aggregator) replayInsert(ctx context.Context, tok string, intents []sto
 		return nil
 	}
 	sort.Slice(bs, func(i, j int) bool { return bs[i].partition < bs[j].partition })
+	// Events stored already are dropped; see resent.go for why the result
+	// is stored once whether or not this token's insert happened.
+	if _, err := a.dropStored(ctx, bufsOf(bs), true); err != nil {
+		return err
+	}
 	if a.groupToken(bs) != tok {
 		// Some of the insert's intents were cleared before a crash:
 		// the insert itself happened, so this replay is dropped by the
@@ -1297,6 +1329,8 @@ type metrics struct {
 	insertSeconds prometheus.Histogram
 	deadLettered  prometheus.Counter
 	retries       *prometheus.CounterVec
+
+	storedDuplicates prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -1309,11 +1343,13 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_dead_lettered_total", Help: "Messages or events sent to the dead-letter log."}),
 		retries:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymeter_aggregator_retries_total", Help: "Retried store or bus operations."}, []string{"step"}),
+
+		storedDuplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "keymeter_aggregator_stored_duplicate_events_total", Help: "Events of resent batches, replays and first blocks dropped because the store held them already."}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.rangesGone, m.duplicates, m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
+	for _, c := range []prometheus.Collector{m.rangesGone, m.duplicates, m.storedDuplicates, m.lag, m.rows, m.insertSeconds, m.deadLettered, m.retries} {
 		if err := r.Register(c); err != nil {
 			return fmt.Errorf("aggregator metrics: %w", err)
 		}

@@ -195,33 +195,64 @@ func (d *DB) InsertEvents(ctx context.Context, token string, events []event.Even
 		defer p.close()
 		<-p.done
 		if p.err == nil {
-			if err := p.ev.Exec(ctx); err != nil {
-				return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
-			}
-			// As below: each of the two inserts is deduplicated on its own.
+			// As below: the rollup first, each insert deduplicated on its own.
 			if err := p.ru.Exec(ctx); err != nil {
 				return fmt.Errorf("store: insert rollup (token %s): %w", token, err)
+			}
+			if err := p.ev.Exec(ctx); err != nil {
+				return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
 			}
 			return nil
 		}
 		// Encoding ahead failed: insert the usual way (and report that).
 	}
-	// Fold the batch per minute while ClickHouse takes the raw rows.
-	var rollup chan []RollupRow
-	if d.rollups != RollupViews {
-		rollup = make(chan []RollupRow, 1)
-		go func() { rollup <- PreAggregate(events) }()
-	}
-	if err := d.conn.InsertEvents(ctx, d.database, token, events); err != nil {
-		return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
-	}
-	if rollup == nil {
+	if d.rollups == RollupViews {
+		if err := d.conn.InsertEvents(ctx, d.database, token, events); err != nil {
+			return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
+		}
 		return nil
 	}
-	// A second deduplicated insert: if the process dies between the two,
-	// the replay of the intent re-inserts both and each drops its duplicate.
-	if err := d.conn.InsertRollup(ctx, d.database, token+"/1m", <-rollup); err != nil {
+	return d.insertRollupFirst(ctx, token, events)
+}
+
+// insertRollupFirst inserts the per-minute rollup of events (token
+// token/1m), then the raw events (token): two deduplicated inserts, in
+// that order, so that raw rows stored under a token mean its rollup is
+// stored too. A consumer replaying an insert can then tell from the raw
+// rows alone whether to insert anything (aggregator/resent.go); if the
+// process dies between the two, the replay's rollup is dropped by its
+// token and the raw rows go in. On a backend that prepares inserts, the
+// raw rows are encoded while the rollup is folded and inserted.
+func (d *DB) insertRollupFirst(ctx context.Context, token string, events []event.Event) error {
+	var ev chan Prepared
+	var evErr error
+	if pc, ok := d.conn.(Preparer); ok {
+		ev = make(chan Prepared, 1)
+		go func() {
+			p, err := pc.PrepareEvents(d.database, token, events)
+			evErr = err
+			ev <- p
+		}()
+	}
+	if err := d.conn.InsertRollup(ctx, d.database, token+"/1m", PreAggregate(events)); err != nil {
+		if ev != nil {
+			if p := <-ev; p != nil {
+				_ = p.Close()
+			}
+		}
 		return fmt.Errorf("store: insert rollup (token %s): %w", token, err)
+	}
+	var err error
+	if ev == nil {
+		err = d.conn.InsertEvents(ctx, d.database, token, events)
+	} else if p := <-ev; evErr != nil {
+		err = evErr
+	} else {
+		err = p.Exec(ctx)
+		_ = p.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("store: insert %d events (token %s): %w", len(events), token, err)
 	}
 	return nil
 }
@@ -301,7 +332,7 @@ func (d *DB) writeIntents(ctx context.Context, ins []Intent, st IntentState) err
 		vs[i] = strconv.FormatUint(rank<<56|uint64(now.UnixMicro()), 10)
 	}
 	p := Params{}.Arr("c", cs).Arr("p", ps).Arr("f", fs).Arr("l", ls).Arr("t", ts).Arr("s", ss).Arr("v", vs).Ms("u", now)
-	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
+	err := d.conn.Exec(Quorum(ctx), d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
 SELECT r.1, r.2, toUInt64(r.3), toUInt64(r.4), r.5, r.6, fromUnixTimestamp64Milli({u:Int64}, 'UTC'), toUInt64(r.7)
 FROM (SELECT arrayJoin(arrayZip({c:Array(String)}, {p:Array(String)}, {f:Array(String)}, {l:Array(String)}, {t:Array(String)}, {s:Array(String)}, {v:Array(String)})) AS r)`), p)
 	if err != nil {
@@ -338,7 +369,7 @@ func (d *DB) Overlapping(ctx context.Context, consumer, partition string, first,
 }
 
 func (d *DB) queryIntents(ctx context.Context, where string, p Params) ([]Intent, error) {
-	rows, err := d.conn.Query(ctx, d.sql(`SELECT consumer, partition, first_pos, last_pos, token, toString(state), toInt64(toUnixTimestamp64Milli(updated))
+	rows, err := d.conn.Query(Consistent(ctx), d.sql(`SELECT consumer, partition, first_pos, last_pos, token, toString(state), toInt64(toUnixTimestamp64Milli(updated))
 FROM {db}.ingest_intents FINAL WHERE consumer = {c:String} AND `+where+` ORDER BY partition, first_pos`), p)
 	if err != nil {
 		return nil, fmt.Errorf("store: read intents: %w", err)
@@ -402,7 +433,7 @@ func (d *DB) Fence(ctx context.Context, consumer string, epoch uint64) error {
 		return err
 	}
 	p := Params{}.Str("c", consumer+"/fence").U64("e", epoch).Ms("u", time.Now())
-	err := d.conn.Exec(ctx, d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
+	err := d.conn.Exec(Quorum(ctx), d.sql(`INSERT INTO {db}.ingest_intents (consumer, partition, first_pos, last_pos, token, state, updated, version)
 SELECT {c:String}, 'fence', {e:UInt64}, {e:UInt64}, 'fence', 'fence', fromUnixTimestamp64Milli({u:Int64}, 'UTC'), {e:UInt64}`), p)
 	if err != nil {
 		return fmt.Errorf("store: fence %s at %d: %w", consumer, epoch, err)
@@ -415,7 +446,7 @@ func (d *DB) MaxFence(ctx context.Context, consumer string) (uint64, error) {
 	if err := d.check(); err != nil {
 		return 0, err
 	}
-	rows, err := d.conn.Query(ctx, d.sql(`SELECT toUInt64(max(first_pos)) FROM {db}.ingest_intents WHERE consumer = {c:String}`),
+	rows, err := d.conn.Query(Consistent(ctx), d.sql(`SELECT toUInt64(max(first_pos)) FROM {db}.ingest_intents WHERE consumer = {c:String}`),
 		Params{}.Str("c", consumer+"/fence"))
 	if err != nil {
 		return 0, fmt.Errorf("store: fence of %s: %w", consumer, err)

@@ -14,7 +14,7 @@ func (d *DB) Committed(ctx context.Context, consumer string) (map[string]uint64,
 	if err := d.check(); err != nil {
 		return nil, err
 	}
-	rows, err := d.conn.Query(ctx, d.sql(`SELECT partition, toUInt64(max(last_pos)) FROM {db}.ingest_intents FINAL
+	rows, err := d.conn.Query(Consistent(ctx), d.sql(`SELECT partition, toUInt64(max(last_pos)) FROM {db}.ingest_intents FINAL
 WHERE consumer = {c:String} AND state = 'done' GROUP BY partition`), Params{}.Str("c", consumer))
 	if err != nil {
 		return nil, fmt.Errorf("store: committed positions: %w", err)

@@ -22,7 +22,8 @@ var (
 type EventWriter interface {
 	// InsertEvents stores events as one block with token as its
 	// insert_deduplication_token, and updates the per-minute and per-day
-	// rollups. Inserting the same token again (a replay after a crash) is
+	// rollups (the rollup is inserted first: raw rows stored under a
+	// token mean its rollup is stored too). Inserting the same token again (a replay after a crash) is
 	// dropped by ClickHouse, also after a restart. The token must be
 	// deterministic for the range of the bus partition it covers.
 	InsertEvents(ctx context.Context, token string, events []event.Event) error

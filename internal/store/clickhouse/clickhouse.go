@@ -98,6 +98,9 @@ type Conn struct {
 	database string
 	timeout  time.Duration
 	retries  int
+	// replicated: the server knows the consistency settings of
+	// store.Consistency as sent (see consistency.go).
+	replicated bool
 }
 
 var _ store.Conn = (*Conn)(nil)
@@ -137,6 +140,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		conn.Close()
 		return nil, fmt.Errorf("clickhouse: ping %v: %w", opt.Addr, err)
 	}
+	c.replicated = consistencySupported(conn)
 	return c, nil
 }
 
@@ -245,7 +249,7 @@ func withParams(ctx context.Context, p store.Params, settings ch.Settings) conte
 // Exec implements store.Conn.
 func (c *Conn) Exec(ctx context.Context, q string, p store.Params) error {
 	return c.retry(ctx, func(ctx context.Context) error {
-		return c.conn.Exec(withParams(ctx, p, nil), q)
+		return c.conn.Exec(withParams(ctx, p, consistencySettings(ctx, c.replicated)), q)
 	})
 }
 
@@ -256,7 +260,7 @@ func (c *Conn) Query(ctx context.Context, q string, p store.Params) (store.Rows,
 	var rows driver.Rows
 	err := c.retryIn(ctx, func(ctx context.Context) error {
 		var err error
-		rows, err = c.conn.Query(withParams(ctx, p, nil), q)
+		rows, err = c.conn.Query(withParams(ctx, p, consistencySettings(ctx, c.replicated)), q)
 		return err
 	})
 	if err != nil {

@@ -192,6 +192,7 @@ func testExactlyOnce(t *testing.T, f Factory) {
 	if err := s.InsertEvents(c, "bad token with spaces", a[:1]); !errors.Is(err, store.ErrInvalidQuery) {
 		t.Fatalf("token with spaces: err = %v, want ErrInvalidQuery", err)
 	}
+	checkStoredEventIDs(t, s, append(a[:len(a):len(a)], b...))
 }
 
 func testIntents(t *testing.T, f Factory) {
@@ -748,6 +749,7 @@ func testHostileStrings(t *testing.T, f Factory) {
 		ev[i].UserAgent = hostile
 		ev[i].Route = "/a\n\n/b"
 	}
+	ev[1].ID = hostile
 	insert(t, s, "h", ev)
 	page, err := s.Logs(c, store.LogQuery{KeyID: hostile, Route: "/a\n\n/b"})
 	if err != nil {
@@ -758,6 +760,9 @@ func testHostileStrings(t *testing.T, f Factory) {
 	}
 	if n := mustCount(t, s, "requests"); n != 3 {
 		t.Fatalf("requests = %d", n)
+	}
+	if got, err := s.(store.EventIDChecker).StoredEventIDs(c, ev); err != nil || len(got) != 3 {
+		t.Fatalf("stored hostile ids: %v, %v; want all 3", got, err)
 	}
 }
 
