@@ -65,12 +65,16 @@ func TestLeaseDeadMembersForgotten(t *testing.T) {
 		t.Errorf("first generation %d gives the new member %v, want all %d partitions: leftovers counted as live", lc.Generation(), got, parts)
 	}
 	t.Logf("new member with %d leftover keys: first generation after %v", dead+leftovers, time.Since(start))
-	for n := -1; n != 1; {
-		if n, err = heartbeatMessages(ctx, kv); err != nil {
-			t.Fatalf("%v; heartbeat keys never reached 1 (the live member's)", err)
+	for {
+		n, err := heartbeatMessages(ctx, kv)
+		if err != nil {
+			t.Fatalf("heartbeat keys: %v", err)
+		}
+		if n == 1 { // the live member's
+			break
 		}
 		if _, err := lc.Fetch(ctx, 10, 50*time.Millisecond); err != nil {
-			t.Fatal(err)
+			t.Fatalf("%v; %d heartbeat keys left, want 1 (the live member's)", err, n)
 		}
 	}
 	t.Logf("leftovers purged %v after the new member started", time.Since(start))
