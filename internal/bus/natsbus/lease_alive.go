@@ -3,6 +3,7 @@ package natsbus
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -172,6 +173,8 @@ func (c *leaseConsumer) purgeStale(ctx context.Context, stale []aliveEntry) {
 		}
 		c.stream = s
 	}
+	// Members purging at the same time mostly pick different keys.
+	rand.Shuffle(len(stale), func(i, j int) { stale[i], stale[j] = stale[j], stale[i] })
 	for _, e := range stale[:min(len(stale), maxPurgesPerTick)] {
 		err := c.stream.Purge(ctx, jetstream.WithPurgeSubject(c.aliveSubject(e.id)), jetstream.WithPurgeSequence(e.rev+1))
 		if err != nil {
