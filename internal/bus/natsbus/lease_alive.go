@@ -29,8 +29,9 @@ import (
 //     stamped by the stream's leader).
 //   - Removal: a key not changed for staleTTLs TTLs (by revision, as above)
 //     is purged from the stream up to its revision, with no delete marker
-//     left behind (kv.Delete would leave a marker message per key forever)
-//     and never the newer heartbeat of a member that was only slow: the
+//     left behind (kv.Delete would leave a marker message per key forever;
+//     the markers of older versions' Close are purged the same way) and
+//     never the newer heartbeat of a member that was only slow: the
 //     purge keeps what came after the revision read. A member that was
 //     silent that long was dead to everyone already; its next heartbeat
 //     creates the key again.
@@ -58,6 +59,7 @@ type aliveEntry struct {
 	id      string
 	rev     uint64
 	created time.Time // the server's timestamp
+	marker  bool      // a delete marker (left by an older version's Close): never a member
 }
 
 // heartbeat writes this member's key and remembers the revision.
@@ -89,10 +91,10 @@ func (c *leaseConsumer) beatBefore(t time.Time) (beat, bool) {
 }
 
 // listAlive reads every heartbeat key's last revision and timestamp with
-// one watch.
+// one watch, delete markers included (so that they are purged too).
 func (c *leaseConsumer) listAlive(ctx context.Context) ([]aliveEntry, error) {
 	prefix := c.cfg.Group + ".alive."
-	w, err := c.kv.Watch(ctx, prefix+"*", jetstream.MetaOnly(), jetstream.IgnoreDeletes())
+	w, err := c.kv.Watch(ctx, prefix+"*", jetstream.MetaOnly())
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +109,8 @@ func (c *leaseConsumer) listAlive(ctx context.Context) ([]aliveEntry, error) {
 			if e == nil { // all current keys read
 				return out, nil
 			}
-			out = append(out, aliveEntry{id: strings.TrimPrefix(e.Key(), prefix), rev: e.Revision(), created: e.Created()})
+			out = append(out, aliveEntry{id: strings.TrimPrefix(e.Key(), prefix), rev: e.Revision(), created: e.Created(),
+				marker: e.Operation() != jetstream.KeyValuePut})
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -123,7 +126,7 @@ func (c *leaseConsumer) liveMembers(ctx context.Context) (map[string]bool, []ali
 	}
 	var serverNow time.Time // this member's newest heartbeat, by the server's clock
 	for _, e := range entries {
-		if e.id == c.id {
+		if e.id == c.id && !e.marker {
 			serverNow = e.created
 			if n := len(c.beats); n > 0 && e.rev < c.beats[n-1].rev {
 				c.beats = nil // the bucket's stream went back (deleted and made again): revisions start over
@@ -136,7 +139,10 @@ func (c *leaseConsumer) liveMembers(ctx context.Context) (map[string]bool, []ali
 	live := map[string]bool{c.id: true}
 	var stale []aliveEntry
 	for _, e := range entries {
-		if e.id == c.id {
+		if purge && e.rev < old.rev {
+			stale = append(stale, e)
+		}
+		if e.id == c.id || e.marker {
 			continue
 		}
 		var alive bool
@@ -150,9 +156,6 @@ func (c *leaseConsumer) liveMembers(ctx context.Context) (map[string]bool, []ali
 		}
 		if alive {
 			live[e.id] = true
-		}
-		if purge && e.rev < old.rev {
-			stale = append(stale, e)
 		}
 	}
 	return live, stale, nil
