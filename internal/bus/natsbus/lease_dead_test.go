@@ -40,7 +40,7 @@ func TestLeaseDeadMembersForgotten(t *testing.T) {
 
 func testDeadMembersForgotten(t *testing.T, dead int, bc Config, opts ...Option) {
 	const parts, ttl, leftovers = 4, 500 * time.Millisecond, 1000
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	bc.Partitions = parts
 	b, err := New(ctx, bc, opts...)
