@@ -28,8 +28,7 @@ import (
 // owners raises the generation and is written with compare-and-set on the
 // key's revision, so two members never read the same generation with
 // different owners. Each member heartbeats its key "<group>.alive.<id>"; a
-// member whose key did not change for a TTL (by the observer's own clock)
-// is dead. Each member, on every tick, takes free partitions (unowned or
+// member whose key did not change for a TTL is dead (lease_alive.go). Each member, on every tick, takes free partitions (unowned or
 // of a dead member) while it holds fewer than ceil(P/live) and releases
 // what it holds beyond that, so a new member gets its share from the
 // others. A member follows the table's generation: it rebinds the
@@ -61,14 +60,10 @@ type leaseConsumer struct {
 	cur   *consumer // the bound partitions; nil when none
 	bind  uint64    // raised whenever cur is closed
 
-	seen map[string]aliveSeen // loop only
+	beats  []beat           // loop only: this member's recent heartbeats
+	stream jetstream.Stream // loop only: the bucket's stream, for purges
 
 	bindFailing bool // Fetch only: the last bind failed
-}
-
-type aliveSeen struct {
-	rev     uint64
-	changed time.Time
 }
 
 // newLeaseConsumer joins group cfg.Group's leases; the partitions come
@@ -91,7 +86,7 @@ func (b *Bus) newLeaseConsumer(ctx context.Context, cfg bus.ConsumerConfig) (bus
 	_, _ = rand.Read(raw[:])
 	runCtx, cancel := context.WithCancel(context.Background())
 	c := &leaseConsumer{b: b, cfg: cfg, kv: kv, id: hex.EncodeToString(raw[:]), ttl: cfg.LeaseTTL,
-		runCtx: runCtx, cancel: cancel, done: make(chan struct{}), seen: map[string]aliveSeen{}}
+		runCtx: runCtx, cancel: cancel, done: make(chan struct{})}
 	go c.loop()
 	return c, nil
 }
@@ -120,13 +115,14 @@ func (c *leaseConsumer) tick(ctx context.Context) error {
 	if c.b.paused != nil && c.b.paused.Load() {
 		return nil // see WithLeasePause
 	}
-	if _, err := c.kv.Put(ctx, c.aliveKey(c.id), []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+	if err := c.heartbeat(ctx); err != nil {
 		return err
 	}
-	live, err := c.liveMembers(ctx)
+	live, stale, err := c.liveMembers(ctx)
 	if err != nil {
 		return err
 	}
+	defer c.purgeStale(ctx, stale) // after the table: takeovers first
 	t, rev, err := c.readTable(ctx)
 	if err != nil {
 		return err
@@ -161,42 +157,6 @@ func (c *leaseConsumer) tick(ctx context.Context) error {
 func isWrongSeq(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
-}
-
-// liveMembers lists the members whose heartbeat changed within the TTL
-// (this one always), sorted.
-func (c *leaseConsumer) liveMembers(ctx context.Context) (map[string]bool, error) {
-	prefix := c.cfg.Group + ".alive."
-	keys, err := c.kv.ListKeysFiltered(ctx, prefix+"*")
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	live := map[string]bool{c.id: true}
-	present := map[string]bool{}
-	for k := range keys.Keys() {
-		id := strings.TrimPrefix(k, prefix)
-		e, err := c.kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		present[id] = true
-		if s, ok := c.seen[id]; !ok || s.rev != e.Revision() {
-			c.seen[id] = aliveSeen{rev: e.Revision(), changed: now}
-		}
-		if now.Sub(c.seen[id].changed) < c.ttl {
-			live[id] = true
-		}
-	}
-	for id := range c.seen {
-		if !present[id] {
-			delete(c.seen, id)
-		}
-	}
-	return live, nil
 }
 
 func (c *leaseConsumer) readTable(ctx context.Context) (leaseTable, uint64, error) {
@@ -420,7 +380,7 @@ func (c *leaseConsumer) Close(ctx context.Context) error {
 		c.unbind()
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
-		_ = c.kv.Delete(rctx, c.aliveKey(c.id))
+		c.forget(rctx)
 		for range 3 {
 			t, rev, err := c.readTable(rctx)
 			if err != nil {
