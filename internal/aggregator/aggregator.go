@@ -1246,7 +1246,7 @@ func (a *Aggregator) replayInsert(ctx context.Context, tok string, intents []sto
 	if _, err := a.dropStored(ctx, bufsOf(bs), true); err != nil {
 		return err
 	}
-	if a.groupToken(bs) != tok {
+	if tokenEpoch(tok) == 0 && a.groupToken(bs) != tok { // (a fenced token is never a group token)
 		// Some of the insert's intents were cleared before a crash:
 		// the insert itself happened, so this replay is dropped by the
 		// store whatever it holds; keep the recorded token.
