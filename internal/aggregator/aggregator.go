@@ -6,8 +6,9 @@
 // in the store, inserted as one block whose insert_deduplication_token is
 // derived from the range, and only then acknowledged on the bus. After a
 // crash the pending intents are replayed first, range for range with the
-// same token, so ClickHouse drops the block it already has; deliveries at
-// or below a replayed range are skipped.
+// same token, so ClickHouse drops the block it already has; deliveries in
+// a replayed or completed range are skipped (only those: a fenced member's
+// aborted range may lie below one, see checkFloor).
 //
 // Several live members of one group (Kafka) are fenced by the consumer
 // group's generation: a member that enters a generation records it as a
@@ -192,6 +193,13 @@ type Aggregator struct {
 	// has been formed (its events are looked up in the store, resent.go).
 	firstDone map[int]bool
 
+	// floorChecked[p]: the first delivery of partition p in this
+	// generation has been checked against the store (checkFloor); skip[p]
+	// are the ranges of p above it the store holds (done intents), which
+	// are skipped rather than the whole of [first delivery, floor].
+	floorChecked map[int]bool
+	skip         map[int][][2]uint64
+
 	// bufs recycles the event slices of flushed blocks and of merged
 	// inserts: a block's events are decoded straight into its slice, which
 	// after the first flushes is already large enough, so the hot path
@@ -333,7 +341,8 @@ func New(cfg Config, b Bus, s Store, opts ...Option) (*Aggregator, error) {
 	if b == nil || s == nil {
 		return nil, errors.New("aggregator: bus and store are required")
 	}
-	a := &Aggregator{cfg: cfg, bus: b, store: s, log: slog.Default(), m: newMetrics(), floor: map[int]uint64{}, recent: newRecent(200_000)}
+	a := &Aggregator{cfg: cfg, bus: b, store: s, log: slog.Default(), m: newMetrics(), floor: map[int]uint64{}, recent: newRecent(200_000),
+		floorChecked: map[int]bool{}, skip: map[int][][2]uint64{}}
 	// The free list needs room for the buffer of the last flush (taken by
 	// the next block) and a little slack; more only raises the live heap
 	// (and with it, twice over, the GC's goal).
@@ -457,6 +466,10 @@ type consumeLoop struct {
 	eb             event.Batch
 	// decodedEvents and decodedMsgs give the events per message.
 	decodedEvents, decodedMsgs uint64
+
+	// lateAcks are skipped deliveries (stored already) to ack once the
+	// flush under way has stored its blocks.
+	lateAcks []bus.Delivery
 }
 
 // forget un-remembers the batch ids of blocks that will not be stored
@@ -479,14 +492,20 @@ func (r *consumeLoop) waitFlush() error {
 	a := r.a
 	err := <-r.inflight
 	r.inflight = nil
+	late := r.lateAcks
+	r.lateAcks = nil
 	if errors.Is(err, errFenced) {
 		a.log.Info("aggregator: flush fenced by a newer consumer group generation; its partitions are replayed or re-read by their owners")
 		a.count(func(s *Stats) { s.Fenced++ })
 		r.forget(r.inflightBlocks)
 		r.fenced = true
+		late = nil
 		err = nil
 	}
 	if err == nil {
+		for _, d := range late {
+			_ = r.cons.Ack(r.fctx, d)
+		}
 		for _, b := range r.inflightBlocks {
 			if b.buf.events != nil {
 				a.bufs.put(b.buf.events)
@@ -612,14 +631,34 @@ func (r *consumeLoop) followGeneration(ctx context.Context) (stop bool, err erro
 // when it is stored already.
 func (r *consumeLoop) take(ctx context.Context, d bus.Delivery) {
 	a := r.a
+	if a.fencer != nil && !a.floorChecked[d.Partition] {
+		a.floorChecked[d.Partition] = true
+		if err := a.checkFloor(ctx, d.Partition, d.Position); err != nil {
+			// Only when ctx ends: take nothing more in this generation
+			// (nothing past this delivery may be acked).
+			a.log.Warn("aggregator: positions below the partition's floor not checked; dropping deliveries until the next generation", "partition", d.Partition, "err", err)
+			r.fenced = true
+			return
+		}
+	}
 	// Presence matters: Kafka offsets start at 0.
-	if f, seen := a.floor[d.Partition]; seen && d.Position <= f {
+	if f, seen := a.floor[d.Partition]; (seen && d.Position <= f) || a.inStoredRange(d.Partition, d.Position) {
 		a.count(func(s *Stats) { s.Skipped++ })
-		// Already in a block. With a block of this partition still
-		// buffered or a flush under way, that block's ack covers it
-		// (AckAll); without, everything up to the floor is stored,
-		// so ack it now.
-		if r.blocks[d.Partition] == nil && r.inflight == nil {
+		// Already in a block or stored. With a block of this partition
+		// buffered, that block's ack covers it (AckAll; a delivery past
+		// the block, in a stored range, moves its ack up); with a flush
+		// under way, it is acked once that flush has stored its blocks;
+		// with neither, everything up to it is stored: ack it now.
+		// (Unacked, a stored range's deliveries came again only after
+		// AckWait.)
+		switch b := r.blocks[d.Partition]; {
+		case b != nil:
+			if d.Position > b.lastD.Position {
+				b.lastD = d
+			}
+		case r.inflight != nil:
+			r.lateAcks = append(r.lateAcks, d)
+		default:
 			_ = r.cons.Ack(ctx, d)
 		}
 		return
@@ -1114,6 +1153,7 @@ func (a *Aggregator) enter(ctx context.Context, g uint64, owned []int) error {
 	}
 	a.epoch = g
 	a.floor = map[int]uint64{}
+	a.floorChecked, a.skip = map[int]bool{}, map[int][][2]uint64{}
 	a.resetFirstBlocks()
 	if r, ok := a.observer.(interface{ Reset() }); ok {
 		r.Reset() // counts of keys whose partitions moved are stale
@@ -1206,7 +1246,7 @@ func (a *Aggregator) replayInsert(ctx context.Context, tok string, intents []sto
 	if _, err := a.dropStored(ctx, bufsOf(bs), true); err != nil {
 		return err
 	}
-	if a.groupToken(bs) != tok {
+	if tokenEpoch(tok) == 0 && a.groupToken(bs) != tok { // (a fenced token is never a group token)
 		// Some of the insert's intents were cleared before a crash:
 		// the insert itself happened, so this replay is dropped by the
 		// store whatever it holds; keep the recorded token.
@@ -1292,6 +1332,71 @@ func (a *Aggregator) raiseFloorToCommitted(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// checkFloor runs at the first delivery pos of partition p in a generation
+// (fenced), the lowest the bus will deliver (its consumer starts after the
+// partition's ack floor). The floor that replay and raiseFloorToCommitted
+// set is the end of the highest range stored, but a range below it need not
+// be stored: an old owner's flush fenced (its intent aborted, nothing
+// inserted, nothing acked) below its next flush, whose intent was still
+// pending when the new owner read it (the old owner aborts it a moment
+// later, or died first) and was replayed. Skipping all of [pos, floor] then
+// acked the fenced flush's batches unstored (the lease test's lost batch).
+// So below the floor only the ranges of done intents are skipped: the
+// floor goes to just before pos and the done ranges of [pos, floor] become
+// skip[p]; the rest is taken again (the first block is looked up in the
+// store, resent.go).
+func (a *Aggregator) checkFloor(ctx context.Context, p int, pos uint64) error {
+	f, seen := a.floor[p]
+	if !seen || pos > f {
+		return nil
+	}
+	var ins []store.Intent
+	if err := a.retry(ctx, "read intents", func() error {
+		var err error
+		ins, err = a.fencer.Overlapping(ctx, a.cfg.Group, partitionName(p), pos, f)
+		return err
+	}); err != nil {
+		return err
+	}
+	var done [][2]uint64
+	for _, in := range ins {
+		if in.State == store.IntentDone {
+			done = append(done, [2]uint64{max(in.First, pos), min(in.Last, f)})
+		}
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i][0] < done[j][0] })
+	if pos == 0 {
+		delete(a.floor, p)
+	} else {
+		a.floor[p] = pos - 1
+	}
+	a.skip[p] = done
+	if len(done) == 0 || done[0][0] > pos {
+		a.log.Info("aggregator: positions below the partition's floor are not all stored; reading them again", "partition", p, "from", pos, "floor", f, "stored_ranges", len(done))
+	}
+	return nil
+}
+
+// inStoredRange reports whether position pos of partition p lies in a range of
+// skip[p] (then pos is the new floor); ranges below pos are forgotten
+// (deliveries come in position order).
+func (a *Aggregator) inStoredRange(p int, pos uint64) bool {
+	rs := a.skip[p]
+	for len(rs) > 0 && rs[0][1] < pos {
+		rs = rs[1:]
+	}
+	if len(rs) == 0 {
+		delete(a.skip, p)
+		return false
+	}
+	a.skip[p] = rs
+	if rs[0][0] <= pos {
+		a.floor[p] = pos
+		return true
+	}
+	return false
 }
 
 // superseded reports whether an intent of a later generation overlaps in:
