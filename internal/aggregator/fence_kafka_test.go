@@ -187,44 +187,7 @@ func TestKafkaMembersExactlyOnce(t *testing.T) {
 	}
 	t.Logf("events=%d stored=%d members=%d generations entered=%d flushes fenced=%d intents replayed=%d", total, got, len(members), rebal, fenced, replayed)
 
-	ctx := context.Background()
-	var dups, rows uint64
-	r, err := db.Conn().Query(ctx, fmt.Sprintf("SELECT toUInt64(count()), toUInt64(count() - uniqExact(event_id)) FROM %s.requests", db.Database()), store.Params{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for r.Next() {
-		if err := r.Scan(&rows, &dups); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r.Close()
-	r, err = db.Conn().Query(ctx, fmt.Sprintf("SELECT key_id, toUInt64(count()) FROM %s.requests GROUP BY key_id", db.Database()), store.Params{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored := map[string]int{}
-	for r.Next() {
-		var k string
-		var n uint64
-		if err := r.Scan(&k, &n); err != nil {
-			t.Fatal(err)
-		}
-		stored[k] = int(n)
-	}
-	r.Close()
-	bad := 0
-	for k, n := range counts {
-		if stored[k] != n {
-			bad++
-			if bad <= 5 {
-				t.Errorf("key %s: stored %d, published %d", k, stored[k], n)
-			}
-		}
-	}
-	if rows != want || dups != 0 || bad != 0 || len(stored) != len(counts) {
-		t.Fatalf("stored %d rows for %d events, %d duplicate event ids, %d keys off", rows, want, dups, bad)
-	}
+	checkExactlyOnce(t, db, counts, int(want))
 	if rebal < 6 {
 		t.Errorf("only %d generations entered: the membership changes did not rebalance", rebal)
 	}

@@ -268,17 +268,7 @@ func firstKey(m map[string]bool) string {
 // clean stop after it leaves nothing to replay (the review's case: 100
 // events stored twice).
 func TestDurableLogWriteFailure(t *testing.T) {
-	fail := func(t *testing.T, em *Emitter) {
-		full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		em.wal.mu.Lock()
-		seg := em.wal.f
-		em.wal.f = full
-		em.wal.mu.Unlock()
-		_ = seg.Close()
-	}
+	fail := failLog
 	t.Run("clean stop", func(t *testing.T) {
 		n := startNATS(t)
 		b := n.connect(context.Background())

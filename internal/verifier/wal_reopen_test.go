@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -226,19 +225,7 @@ func TestReopenKeepsEarlierRun(t *testing.T) {
 	if files := walFiles(t, dir); len(files) != 2 {
 		t.Fatalf("log files %v, want the first run's and the reopened segment", files)
 	}
-	rec, err := recoverWAL(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, b := range rec.batches {
-		var ids []string
-		for _, e := range b.events {
-			ids = append(ids, e.ID)
-		}
-		got = append(got, b.id+"="+strings.Join(ids, ","))
-	}
-	if want := "r1-x-1.t=r1-x-1,r1-x-2 r2-x-b1=r2-x-1 r2-x-2.t=r2-x-2"; strings.Join(got, " ") != want {
-		t.Fatalf("recovered %q, want %q", strings.Join(got, " "), want)
+	if got, want := recoveredBatches(t, dir), "r1-x-1.t=r1-x-1,r1-x-2 r2-x-b1=r2-x-1 r2-x-2.t=r2-x-2"; got != want {
+		t.Fatalf("recovered %q, want %q", got, want)
 	}
 }

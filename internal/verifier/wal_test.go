@@ -332,6 +332,15 @@ func TestWALTwoRunsInOneDir(t *testing.T) {
 	if err := w2.close(false); err != nil {
 		t.Fatal(err)
 	}
+	if got, want := recoveredBatches(t, dir), "r1-1.t=r1-1,r1-2 r2-b1=r2-1 r2-2.t=r2-2"; got != want {
+		t.Fatalf("recovered %q, want %q", got, want)
+	}
+}
+
+// recoveredBatches recovers dir's log and describes its batches as
+// "<batch id>=<event id>,<event id> ...".
+func recoveredBatches(t *testing.T, dir string) string {
+	t.Helper()
 	rec, err := recoverWAL(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -344,7 +353,5 @@ func TestWALTwoRunsInOneDir(t *testing.T) {
 		}
 		got = append(got, b.id+"="+strings.Join(ids, ","))
 	}
-	if want := "r1-1.t=r1-1,r1-2 r2-b1=r2-1 r2-2.t=r2-2"; strings.Join(got, " ") != want {
-		t.Fatalf("recovered %q, want %q", strings.Join(got, " "), want)
-	}
+	return strings.Join(got, " ")
 }

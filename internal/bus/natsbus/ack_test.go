@@ -14,11 +14,7 @@ import (
 // moment in a cluster), retries them all: the old code refused the
 // confirmed ones with ErrMsgAlreadyAckd on every retry, for ever.
 func TestAckAgainAfterConfirmed(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := testServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b, err := New(ctx, Config{Partitions: 1}, WithEmbedded(srv))

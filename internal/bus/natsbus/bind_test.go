@@ -18,11 +18,7 @@ import (
 // partition; with leases it keeps its generation pending, retries on every
 // Fetch, and reads once the stream is back.
 func TestBindWithoutStream(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := testServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cfg := Config{Prefix: "bind", Partitions: 2}

@@ -20,11 +20,7 @@ import (
 // subscriber answers in its place, as that server would; a duplicate with
 // a sequence stays an acknowledgement.
 func TestDuplicateWithoutSequenceIsNoAck(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := testServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b, err := New(ctx, Config{Partitions: 1}, WithEmbedded(srv))

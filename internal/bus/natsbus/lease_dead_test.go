@@ -24,11 +24,7 @@ import (
 // nats-server (2.9) with 3 replicas, the two servers keymeter runs on.
 func TestLeaseDeadMembersForgotten(t *testing.T) {
 	t.Run("embedded", func(t *testing.T) {
-		srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(srv.Shutdown)
+		srv := testServer(t)
 		testDeadMembersForgotten(t, 5, Config{Prefix: "dead"}, WithEmbedded(srv))
 	})
 	t.Run("debian-cluster", func(t *testing.T) {
@@ -159,11 +155,7 @@ func heartbeatMessages(ctx context.Context, kv jetstream.KeyValue) (int, error) 
 // keeps its key; and it leaves no marker. (On Debian's nats-server 2.9 in
 // TestLeaseDeadMembersForgotten/debian-cluster.)
 func TestLeasePurgeKeepsNewerBeat(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := testServer(t)
 	testPurgeKeepsNewerBeat(t, Config{Prefix: "purge"}, WithEmbedded(srv))
 }
 

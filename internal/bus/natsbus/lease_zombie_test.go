@@ -21,11 +21,7 @@ import (
 // unprocessed (the lease test's 21 lost batches in CI).
 func TestLeaseZombieCutOff(t *testing.T) {
 	const parts, ttl, n = 2, 500 * time.Millisecond, 10
-	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := testServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var paused atomic.Bool

@@ -15,21 +15,10 @@ import (
 // (an insert that passed the fence just before it, acked late) must not
 // stop the new owner's acks from counting.
 func TestStaleAckAfterTakeover(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := testServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	newBus := func() *Bus {
-		b, err := New(ctx, Config{Prefix: "stale", Partitions: 1}, WithEmbedded(srv))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close(context.Background()) })
-		return b
-	}
+	newBus := busMaker(ctx, t, srv, Config{Prefix: "stale", Partitions: 1})
 	a, b := newBus(), newBus()
 	publish := func(from, to int) {
 		for i := from; i < to; i++ {

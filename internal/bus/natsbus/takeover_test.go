@@ -18,21 +18,10 @@ import (
 // fenced member, which never stores them) while the new owner's AckAll of
 // a later batch acknowledged them unprocessed — lost events.
 func TestTakeoverCutsOffOldOwner(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := testServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	newBus := func() *Bus {
-		b, err := New(ctx, Config{Prefix: "take", Partitions: 1}, WithEmbedded(srv))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close(context.Background()) })
-		return b
-	}
+	newBus := busMaker(ctx, t, srv, Config{Prefix: "take", Partitions: 1})
 	a, b := newBus(), newBus()
 	publish := func(from, to int) {
 		pub := a.Publisher()
