@@ -46,7 +46,7 @@ test: deps check-generated ## everything a fresh machine needs, then all tests u
 	@scripts/compose-check.sh
 	$(GO) vet ./...
 	@status=0; \
-	deploy/kafka/kafka.sh start && scripts/clickhouse-server.sh start && \
+	KAFKA_FRESH=1 deploy/kafka/kafka.sh start && scripts/clickhouse-server.sh start && \
 	$(GO) test $(TEST_FLAGS) ./... || status=$$?; \
 	if [ $$status -eq 0 ]; then $(GO) test -count=1 -timeout 10m -run '^TestEvaluationGate$$' ./internal/evaluate/ || status=$$?; fi; \
 	if [ $$status -eq 0 ]; then scripts/schemathesis.sh || status=$$?; fi; \

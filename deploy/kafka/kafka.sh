@@ -15,7 +15,11 @@
 #   KAFKA_PORT             client listener port (default 19092)
 #   KAFKA_CONTROLLER_PORT  controller listener port (default 19093)
 #   KAFKA_HEAP_OPTS        JVM heap flags (default -Xms256m -Xmx512m)
-#   KAFKA_START_TIMEOUT    seconds to wait for the broker (default 60)
+#   KAFKA_START_TIMEOUT    seconds to wait for the broker (default 120)
+#   KAFKA_FRESH=1          start (when not running) on empty storage: the
+#                          topics and groups of earlier runs are dropped, so
+#                          start-up does not slow down as tests add them
+#                          (make test sets it; a running broker is kept)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,7 +30,7 @@ port="${KAFKA_PORT:-19092}"
 cport="${KAFKA_CONTROLLER_PORT:-19093}"
 host=127.0.0.1
 heap="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
-timeout="${KAFKA_START_TIMEOUT:-60}"
+timeout="${KAFKA_START_TIMEOUT:-120}"
 java="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 
 pidfile="$data/kafka.pid"
@@ -153,6 +157,10 @@ cmd_start() {
 	fi
 	if port_open "$port"; then
 		die "port $host:$port is taken by another process; stop it or set KAFKA_PORT"
+	fi
+	if [[ "${KAFKA_FRESH:-}" == 1 && -d "$logdir" ]]; then
+		say "fresh start: removing the storage of earlier runs in $logdir"
+		rm -rf "$logdir"
 	fi
 	write_config
 	local cp="$libs/*"
