@@ -703,11 +703,7 @@ func (r *chaosRun) startAggregator(ctx context.Context, i int, parts []int) erro
 	m := &chaosMember{parts: parts, cancel: cancel, done: make(chan error, 1), bus: b}
 	go func() { m.done <- a.Run(actx) }()
 	r.mu.Lock()
-	if i < len(r.aggs) {
-		r.aggs[i] = m
-	} else {
-		r.aggs = append(r.aggs, m)
-	}
+	r.aggs = setAt(r.aggs, i, m)
 	r.mu.Unlock()
 	return nil
 }
@@ -811,11 +807,7 @@ func (r *chaosRun) startVerifier(ctx context.Context, i int) error {
 		return fmt.Errorf("bench chaos: verifier %d did not listen within a minute", i)
 	}
 	r.mu.Lock()
-	if i < len(r.vers) {
-		r.vers[i] = v
-	} else {
-		r.vers = append(r.vers, v)
-	}
+	r.vers = setAt(r.vers, i, v)
 	r.mu.Unlock()
 	return nil
 }
@@ -931,28 +923,18 @@ func kafkaLeader(ctx context.Context, c *kafkacluster.Cluster, topic string, par
 // tally compares the store with the answered requests per key.
 func (r *chaosRun) tally(ctx context.Context, want map[string]int64, res *ChaosResult) error {
 	db := r.cfg.Store
-	q := func(sql string, scan func(rows interface{ Scan(...any) error }) error) error {
-		rows, err := db.Conn().Query(ctx, sql, store.Params{})
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			if err := scan(rows); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
+	q := func(sql string, scan func(store.Rows) error) error {
+		return store.EachRow(ctx, db.Conn(), sql, store.Params{}, scan)
 	}
 	err := q(fmt.Sprintf("SELECT toUInt64(count()), toUInt64(uniqExact(event_id)) FROM `%s`.requests", db.Database()),
-		func(rows interface{ Scan(...any) error }) error { return rows.Scan(&res.Stored, &res.Distinct) })
+		func(rows store.Rows) error { return rows.Scan(&res.Stored, &res.Distinct) })
 	if err != nil {
 		return fmt.Errorf("bench chaos: count stored events: %w", err)
 	}
 	res.Duplicated = int64(res.Stored) - int64(res.Distinct)
 	got := map[string]int64{}
 	err = q(fmt.Sprintf("SELECT key_id, toUInt64(uniqExact(event_id)) FROM `%s`.requests GROUP BY key_id", db.Database()),
-		func(rows interface{ Scan(...any) error }) error {
+		func(rows store.Rows) error {
 			var k string
 			var n uint64
 			if err := rows.Scan(&k, &n); err != nil {
@@ -1011,4 +993,13 @@ func (r *chaosRun) shutdown() {
 	if r.kafka != nil {
 		r.kafka.Close()
 	}
+}
+
+// setAt puts v at index i of s, a replacement or (i == len(s)) the next one.
+func setAt[T any](s []T, i int, v T) []T {
+	if i < len(s) {
+		s[i] = v
+		return s
+	}
+	return append(s, v)
 }

@@ -65,17 +65,7 @@ func profileOf(ctx context.Context, st *store.DB, project, keyID string, now tim
 	tbl := "`" + st.Database() + "`.requests"
 	where := " FROM " + tbl + " WHERE project = {project:String} AND key_id = {key:String} AND time >= fromUnixTimestamp64Milli({from:Int64}, 'UTC')"
 	q := func(sql string, scan func(store.Rows) error) error {
-		rows, err := st.Conn().Query(ctx, sql, params)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			if err := scan(rows); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
+		return store.EachRow(ctx, st.Conn(), sql, params, scan)
 	}
 	var first, last int64
 	err := q("SELECT toUInt64(count()), toUInt64(uniq(client_ip)), toUInt64(uniq(if(isIPv4String(client_ip), IPv4NumToStringClassC(toIPv4OrZero(client_ip)), cutIPv6(toIPv6OrZero(client_ip), 10, 0)))), toInt64(toUnixTimestamp64Milli(min(time))), toInt64(toUnixTimestamp64Milli(max(time)))"+where,

@@ -167,3 +167,20 @@ type RollupRow struct {
 	CostUnits uint64
 	IPHashes  []uint64 // xxHash64 of each distinct client IP in the bucket
 }
+
+// EachRow runs query on c and calls scan for every row it returns, closing
+// the rows at the end; it returns the first error of the query, of scan or
+// of reading the rows.
+func EachRow(ctx context.Context, c Conn, query string, params Params, scan func(Rows) error) error {
+	rows, err := c.Query(ctx, query, params)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
