@@ -57,7 +57,9 @@ func RunBus(ctx context.Context, cfg BusConfig) (BusResult, error) {
 		}
 		consumed <- got
 	}()
+	published := make(chan struct{})
 	go func() {
+		defer close(published)
 		if err := publishBus(ctx, cfg, nbatches); err != nil {
 			errc <- err
 			return
@@ -67,6 +69,7 @@ func RunBus(ctx context.Context, cfg BusConfig) (BusResult, error) {
 
 	select {
 	case r.Consumed = <-consumed:
+		<-published // every event arrived, so the publisher is done or about to be
 	case err := <-errc:
 		return r, err
 	case <-ctx.Done():

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -70,16 +71,29 @@ type Output struct {
 
 func (o Output) out() io.Writer {
 	if o.Out == nil {
-		return os.Stdout
+		return lockedWriter{os.Stdout}
 	}
-	return o.Out
+	return lockedWriter{o.Out}
 }
 
 func (o Output) progress() io.Writer {
 	if o.Progress == nil {
-		return os.Stderr
+		return lockedWriter{os.Stderr}
 	}
-	return o.Progress
+	return lockedWriter{o.Progress}
+}
+
+// writeMu serializes every write a benchmark makes: a run's goroutines
+// (publisher, consumer, progress) print to the same writers, which need
+// not be safe for concurrent use (a bytes.Buffer in tests is not).
+var writeMu sync.Mutex
+
+type lockedWriter struct{ w io.Writer }
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	writeMu.Lock()
+	defer writeMu.Unlock()
+	return l.w.Write(p)
 }
 
 func (o Output) logf(format string, args ...any) { fmt.Fprintf(o.progress(), format+"\n", args...) }
