@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +19,12 @@ import (
 // latency.
 func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 	b, db := newBus(t), newStore(t)
+	// The verifiers and the aggregator end before the test returns: the
+	// verifiers' data directories are removed and the store and bus closed
+	// then, and a verifier still flushing into its directory made the
+	// removal fail.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
@@ -39,7 +46,7 @@ func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 		cfg := verifier.RunConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), VerifierID: id, Bus: b, HTTP: verifier.HTTPConfig{Front: verifier.Fronts["envoy"]},
 			OnListen: func(m, _, _ net.Addr) { addr <- m.String() }}
 		cfg.Emitter.FlushInterval = 10 * time.Millisecond
-		go func() { _ = verifier.Run(ctx, cfg) }()
+		wg.Go(func() { _ = verifier.Run(ctx, cfg) })
 		select {
 		case a := <-addr:
 			return "http://" + a
@@ -59,7 +66,7 @@ func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	for deadline := time.Now().Add(5 * time.Second); status(other) != 200; {
+	for deadline := time.Now().Add(30 * time.Second); status(other) != 200; { // bounds a failing test only
 		if time.Now().After(deadline) {
 			t.Fatal("the new key never verified")
 		}
@@ -74,7 +81,7 @@ func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = agg.Run(ctx) }()
+	wg.Go(func() { _ = agg.Run(ctx) })
 
 	// 39 more allowed requests through the front verifier: 40 in all.
 	for i := 0; i < 39; i++ {
@@ -84,7 +91,7 @@ func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 	}
 	used := time.Now()
 	var refusedAfter time.Duration
-	for deadline := used.Add(10 * time.Second); ; {
+	for deadline := used.Add(30 * time.Second); ; { // bounds a failing test only
 		if st := status(other); st == http.StatusTooManyRequests {
 			refusedAfter = time.Since(used)
 			break
@@ -95,7 +102,7 @@ func TestQuotaEnforcedByAnotherVerifier(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Logf("quota exceeded: refused by the other verifier %s after the last allowed request (flush interval %s)", refusedAfter, flush)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) { // bounds a failing test only
 		st, _ := table.State(k.State.GetId())
 		if st.GetQuotaUsed() >= 40 && st.GetQuotaState().String() == "QUOTA_STATE_EXCEEDED" {
 			break

@@ -67,30 +67,41 @@ func TestQuotaTransitionsPublishedAndSigned(t *testing.T) {
 		}
 		return ev
 	}
-	stateAfter := func(ev []event.Event, token string) keymeterv1.QuotaState {
+	// stateAfter stores a block and returns the quota state the table
+	// holds once the record published for it (usage used) is back from
+	// the bus: the next block's update compare-and-sets over the revision
+	// the table holds, so it must not start earlier. The deadline only
+	// bounds a failing test (a fixed 100 ms sleep was too short under load).
+	stateAfter := func(ev []event.Event, token string, used uint64) keymeterv1.QuotaState {
 		t.Helper()
 		if err := db.InsertEvents(ctx, token, ev); err != nil {
 			t.Fatal(err)
 		}
 		q.Stored(ctx, ev)
-		time.Sleep(100 * time.Millisecond)
-		s, _ := table.State("key_q")
-		return s.GetQuotaState()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			s, _ := table.State("key_q")
+			if s.GetQuotaUsed() >= used {
+				return s.GetQuotaState()
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("published usage %d (state %v) within 30s of storing up to %d events", s.GetQuotaUsed(), s.GetQuotaState(), used)
+			}
+		}
 	}
-	if s := stateAfter(block(0, 50), "t1"); s != keymeterv1.QuotaState_QUOTA_STATE_OK {
+	if s := stateAfter(block(0, 50), "t1", 50); s != keymeterv1.QuotaState_QUOTA_STATE_OK {
 		t.Fatalf("50/100: state %v", s)
 	}
-	if s := stateAfter(block(50, 35), "t2"); s != keymeterv1.QuotaState_QUOTA_STATE_WARNING {
+	if s := stateAfter(block(50, 35), "t2", 85); s != keymeterv1.QuotaState_QUOTA_STATE_WARNING {
 		t.Fatalf("85/100: state %v", s)
 	}
-	if s := stateAfter(block(85, 20), "t3"); s != keymeterv1.QuotaState_QUOTA_STATE_EXCEEDED {
+	if s := stateAfter(block(85, 20), "t3", 105); s != keymeterv1.QuotaState_QUOTA_STATE_EXCEEDED {
 		t.Fatalf("105/100: state %v", s)
 	}
 	s, _ := table.State("key_q")
 	if s.GetQuotaUsed() != 105 {
 		t.Fatalf("published usage %d, want 105", s.GetQuotaUsed())
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		mu.Lock()
 		n := len(hooks)
