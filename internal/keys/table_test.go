@@ -163,7 +163,7 @@ func watched(t testing.TB, kl bus.KeyLog, keep bool) *Table {
 	t.Cleanup(func() { cancel(); <-done })
 	select {
 	case <-tbl.Ready():
-	case <-time.After(10 * time.Second):
+	case <-time.After(60 * time.Second):
 		t.Fatal("table not loaded")
 	}
 	return tbl
@@ -203,7 +203,7 @@ func TestServiceLifecycle(t *testing.T) {
 	// Later changes reach the running table.
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(30 * time.Second) // bounds a failing test only
 		for !ok() {
 			if time.Now().After(deadline) {
 				t.Fatalf("timed out waiting for %s", what)
