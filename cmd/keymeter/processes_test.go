@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,7 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/keymeter/keymeter/internal/api"
+	"github.com/keymeter/keymeter/internal/bus"
+	"github.com/keymeter/keymeter/internal/bus/busopen"
 	"github.com/keymeter/keymeter/internal/loadgen"
 	"github.com/keymeter/keymeter/internal/store/chdb"
 )
@@ -206,8 +211,11 @@ func runRoles(t *testing.T, bin string, busArgs []string) {
 	}
 
 	// Stop the verifier (flushing), let the aggregator drain, then count.
+	// Drained is when the bus reports nothing pending for the aggregator's
+	// group (stored and acknowledged); a fixed 3 s sleep was too short on a
+	// loaded machine. The deadline only bounds a failing test.
 	verifierRole.stop(syscall.SIGTERM)
-	time.Sleep(3 * time.Second)
+	waitAggregatorDrained(t, busArgs)
 	aggRole.stop(syscall.SIGTERM)
 	db, err := chdb.Open(chdb.Config{DataDir: filepath.Join(dir, "agg", "clickhouse")})
 	if err != nil {
@@ -220,6 +228,29 @@ func runRoles(t *testing.T, bin string, busArgs []string) {
 	}
 	if int64(n) != answered.Load() {
 		t.Fatalf("store holds %d events, %d requests were answered", n, answered.Load())
+	}
+}
+
+// waitAggregatorDrained waits, on a connection of its own to the bus the
+// roles use (busArgs, with the roles' 4 partitions), until the aggregator's
+// consumer group has nothing pending.
+func waitAggregatorDrained(t *testing.T, busArgs []string) {
+	t.Helper()
+	var bc busopen.Config
+	fs := pflag.NewFlagSet("bus", pflag.ContinueOnError)
+	bc.Bind(fs)
+	if err := fs.Parse(append([]string{"--partitions", "4"}, busArgs...)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b, err := busopen.Open(ctx, bc, "", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("open the bus to watch the aggregator's lag: %v", err)
+	}
+	defer b.Close(context.Background())
+	if pending, err := bus.WaitDrained(ctx, b, "aggregator", 200*time.Millisecond); pending != 0 || err != nil {
+		t.Fatalf("the aggregator did not drain the bus within 2 minutes: %d batches pending (%v)", pending, err)
 	}
 }
 
