@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,9 +36,10 @@ func runChaos(t *testing.T, busName string, events int) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
+	tl := newTlog(t)
 	res, err := RunChaos(ctx, ChaosConfig{Bus: busName, Store: chaosStore(t, "chaos_"+busName), Dir: t.TempDir(),
-		Events: events, Kills: 3, Rate: float64(events) / 30, Output: Output{Out: &out, Progress: tlog{t}},
-		Logger: slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		Events: events, Kills: 3, Rate: float64(events) / 30, Output: Output{Out: &out, Progress: tl},
+		Logger: slog.New(slog.NewTextHandler(tl, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	t.Logf("%s", strings.TrimSpace(out.String()))
 	if err != nil {
 		t.Fatal(err)
@@ -73,10 +75,32 @@ func TestChaosKafkaCluster(t *testing.T) {
 	runChaos(t, "kafka", 6000)
 }
 
-// tlog writes progress lines to the test log as they come.
-type tlog struct{ t *testing.T }
+// tlog writes progress lines to the test log as they come, until the
+// test ends: a goroutine of the run that outlives it (an aggregator that
+// did not stop within 30 s of its cancel, a bus client's late callback)
+// must not log to a finished test, which panics once the package's tests
+// are all done.
+type tlog struct {
+	t    *testing.T
+	mu   sync.Mutex
+	done bool
+}
 
-func (w tlog) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
+func newTlog(t *testing.T) *tlog {
+	w := &tlog{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return w
+}
+
+func (w *tlog) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(b), "\n"))
+	}
 	return len(b), nil
 }
