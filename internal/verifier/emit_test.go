@@ -34,8 +34,12 @@ func TestEmitterSurvivesBusOutage(t *testing.T) {
 	emit(2000)
 	n.stop()
 	emit(6000)
-	time.Sleep(1500 * time.Millisecond) // let publishes time out and spool
+	// Publishes time out and spool: wait for it (the deadline only bounds
+	// a failing test; a fixed 1.5 s was short on a loaded machine).
 	st := em.Stats()
+	for deadline := time.Now().Add(30 * time.Second); (st.BusUp || st.Spooled == 0) && time.Now().Before(deadline); st = em.Stats() {
+		time.Sleep(20 * time.Millisecond)
+	}
 	t.Logf("during outage: %+v", st)
 	if st.BusUp || st.Spooled == 0 {
 		t.Errorf("expected the emitter to notice the outage and spool")
