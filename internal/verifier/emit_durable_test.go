@@ -367,7 +367,7 @@ func TestDurableLogWriteFailure(t *testing.T) {
 		if err := os.Rename(logDir+".away", logDir); err != nil {
 			t.Fatal(err)
 		}
-		for deadline := time.Now().Add(20 * time.Second); em.LogHealth() != nil && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(60 * time.Second); em.LogHealth() != nil && time.Now().Before(deadline); {
 			time.Sleep(20 * time.Millisecond)
 		}
 		if err := em.LogHealth(); err != nil {
@@ -490,7 +490,7 @@ func TestFullSpoolAtRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); em2.Stats().BacklogEvents > 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(60 * time.Second); em2.Stats().BacklogEvents > 0 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	closeQuick(em2)
@@ -543,7 +543,7 @@ func TestSpoolReplayResent(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait := func(what string, cond func(EmitterStats) bool) {
-		for deadline := time.Now().Add(10 * time.Second); !cond(em.Stats()) && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(30 * time.Second); !cond(em.Stats()) && time.Now().Before(deadline); {
 			time.Sleep(5 * time.Millisecond)
 		}
 		if !cond(em.Stats()) {
@@ -555,7 +555,7 @@ func TestSpoolReplayResent(t *testing.T) {
 	emitN(t, em, "key_a", 6) // spooled while offline: never published
 	wait("later batches spooled", func(s EmitterStats) bool { return s.Spooled == 7 })
 	pub.failAcks.Store(false)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := em.Close(ctx); err != nil {
 		t.Fatal(err)

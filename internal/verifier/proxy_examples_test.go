@@ -115,7 +115,7 @@ func TestNginxForwardAuth(t *testing.T) {
 	}
 	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
 	base := "http://127.0.0.1:" + port
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	for deadline := time.Now().Add(30 * time.Second); ; { // bounds a failing test only
 		if c, err := net.Dial("tcp", "127.0.0.1:"+port); err == nil {
 			c.Close()
 			break
@@ -149,7 +149,7 @@ func TestNginxForwardAuth(t *testing.T) {
 	}
 	// Keys are usable once the revocation made last is visible (the
 	// key-state log is ordered).
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	for deadline := time.Now().Add(30 * time.Second); ; { // bounds a failing test only
 		if _, _, o := get("/v1/x", "wait", http.Header{"X-Api-Key": {revoked.Secret.Reveal()}}); o == "revoked" {
 			break
 		}
