@@ -30,11 +30,18 @@ func dsn() string {
 	return "clickhouse://127.0.0.1:" + port + "/default?dial_timeout=2s"
 }
 
-func dial(t *testing.T) *clickhouse.Conn {
+func dial(t *testing.T) *clickhouse.Conn { return dialWith(t, clickhouse.Config{}) }
+
+// dialWith dials with cfg's Timeout (default 20s) and Retries.
+func dialWith(t *testing.T, cfg clickhouse.Config) *clickhouse.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := clickhouse.Dial(ctx, clickhouse.Config{DSN: dsn(), Timeout: 20 * time.Second})
+	cfg.DSN = dsn()
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 20 * time.Second
+	}
+	c, err := clickhouse.Dial(ctx, cfg)
 	if err != nil {
 		t.Fatalf("no ClickHouse server at %s (start one with scripts/clickhouse-server.sh start): %v", dsn(), err)
 	}
@@ -122,9 +129,12 @@ ENGINE = MergeTree ORDER BY id`, nil)
 }
 
 // TestReconnect: the server is killed and restarted; the next call on the
-// same store connection succeeds after retrying with backoff.
+// same store connection succeeds after retrying with backoff. The retries
+// outlast the restart however slow (the default 5 back off ~3 s in all; the
+// start script allows the server 10 s to answer, and a loaded machine may
+// use them).
 func TestReconnect(t *testing.T) {
-	c := dial(t)
+	c := dialWith(t, clickhouse.Config{Retries: 10, Timeout: time.Minute})
 	ctx := context.Background()
 	one := func() error {
 		r, err := c.Query(ctx, "SELECT toUInt64(1)", nil)
