@@ -80,7 +80,7 @@ func TestOverviewKeyCounts(t *testing.T) {
 	c := client(t, nil)
 	login(t, c, e.url, adminSecret, "").Body.Close()
 	cards := regexp.MustCompile(`<h2>Keys</h2><p class="big">(\d+)</p>\s*<dl class="kv">(.*?)</dl>`)
-	for end := time.Now().Add(10 * time.Second); ; {
+	for end := time.Now().Add(30 * time.Second); ; { // bounds a failing test only
 		resp, err := c.Get(e.url + "/console/")
 		if err != nil {
 			t.Fatal(err)
