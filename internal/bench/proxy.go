@@ -311,6 +311,9 @@ func (r *loadResult) perSecond() float64 {
 
 // drive sends GETs to u from conns keep-alive clients for d, with the keys
 // round-robin (none when keys is empty); non-200 answers count as errors.
+// Each client sends at least one request: on a loaded machine a client
+// goroutine may first run after a short d has passed, and a run that
+// measured nothing would report a rate of 0.
 func drive(ctx context.Context, u string, secrets []string, conns int, d time.Duration) loadResult {
 	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, DisableCompression: true}
 	defer tr.CloseIdleConnections()
@@ -341,7 +344,7 @@ func drive(ctx context.Context, u string, secrets []string, conns int, d time.Du
 func driveOne(ctx context.Context, client *http.Client, u string, secrets []string, w, conns int, res *loadResult) {
 	res.lats = make([]time.Duration, 0, 1<<14)
 	req, _ := http.NewRequest("GET", u, nil)
-	for i := w; ctx.Err() == nil; i += conns {
+	for i := w; i == w || ctx.Err() == nil; i += conns {
 		if len(secrets) > 0 {
 			req.Header.Set("Authorization", "Bearer "+secrets[i%len(secrets)])
 		}
