@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,8 +98,8 @@ func TestDevNATSRequiresCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	stderr := &procOutput{} // read on failure while the process still writes
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -258,11 +261,32 @@ func TestDevStartupOutput(t *testing.T) {
 	dir := t.TempDir()
 	rules, _ := filepath.Abs("../../rules")
 	cmd := exec.Command(bin, "dev", "--data-dir", dir, "--rules", rules, "--nats-port", "-1", "--proxy-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0",
-		"--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--summary-every", "2s", "--attack-after", "1h", "--rate", "100", "--duration", "6s")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("keymeter dev: %v\n%s", err, out)
+		"--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--summary-every", "2s", "--attack-after", "1h", "--rate", "100")
+	// It runs a few seconds past its start-up, then stops with SIGTERM: a
+	// --duration would count the start-up too, which a loaded machine can
+	// stretch past it.
+	output := &procOutput{up: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = output, output
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case <-output.up:
+		time.Sleep(4 * time.Second) // traffic flows meanwhile; the checks below are on every line
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-exited; err != nil {
+			t.Fatalf("keymeter dev: %v\n%s", err, output.String())
+		}
+	case err := <-exited:
+		t.Fatalf("keymeter dev ended before it was up: %v\n%s", err, output.String())
+	case <-time.After(2 * time.Minute): // bounds a failing test only
+		_ = cmd.Process.Kill()
+		<-exited
+		t.Fatalf("keymeter dev not up within 2 minutes:\n%s", output.String())
+	}
+	text := output.String()
 	token, err := os.ReadFile(filepath.Join(dir, "admin-token"))
 	if err != nil {
 		t.Fatal(err)
@@ -270,7 +294,6 @@ func TestDevStartupOutput(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Join(dir, "admin-token")); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin-token mode %04o, want 0600", fi.Mode().Perm())
 	}
-	text := string(out)
 	if strings.Contains(text, strings.TrimSpace(string(token))) {
 		t.Fatalf("the admin token was printed:\n%s", text)
 	}
@@ -343,4 +366,31 @@ func TestDevListenersDefaultToLoopback(t *testing.T) {
 	if n < 4 {
 		t.Fatalf("found %d --*-listen flags on dev, want at least 4", n)
 	}
+}
+
+// procOutput collects a process's output, written from exec's copying
+// goroutines while the test may read it; up (if not nil) is closed once
+// dev's banner is in it.
+type procOutput struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	up   chan struct{}
+	seen bool
+}
+
+func (w *procOutput) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if w.up != nil && !w.seen && strings.Contains(w.buf.String(), "keymeter dev is running") {
+		w.seen = true
+		close(w.up)
+	}
+	return len(p), nil
+}
+
+func (w *procOutput) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
 }
