@@ -39,7 +39,7 @@ func newService(t testing.TB, ctx context.Context, b bus.KeyLog, log *slog.Logge
 	t.Cleanup(func() { cancel(); <-done })
 	select {
 	case <-tbl.Ready():
-	case <-time.After(10 * time.Second):
+	case <-time.After(60 * time.Second): // bounds a failing test only
 		t.Fatal("service table not loaded")
 	}
 	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: tbl}, opts...)
