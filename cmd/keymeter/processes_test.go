@@ -25,6 +25,7 @@ import (
 	"github.com/keymeter/keymeter/internal/bus/busopen"
 	"github.com/keymeter/keymeter/internal/loadgen"
 	"github.com/keymeter/keymeter/internal/store/chdb"
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 )
 
 // The roles as separate OS processes of the built binary, on an external
@@ -65,14 +66,16 @@ func TestRolesAsSeparateProcesses(t *testing.T) {
 	})
 }
 
+// freePort is a port for a process started later, and restarted on it,
+// from below the kernel's ephemeral range: no other test's listener can
+// take it meanwhile (see freeport).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 func waitPort(t *testing.T, port int) {

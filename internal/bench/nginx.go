@@ -13,7 +13,7 @@ import (
 	"time"
 
 	proxydeploy "github.com/keymeter/keymeter/deploy/proxy"
-
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 	"github.com/keymeter/keymeter/internal/verifier"
 )
 
@@ -83,12 +83,12 @@ func startNginxBench(ctx context.Context, cfg ProxyConfig, upstreamAddr, secret 
 // a free port, authAddr, upstreamAddr and dir, and returns its address once
 // it listens.
 func startNginx(bin, conf, dir, authAddr, upstreamAddr string) (string, func(), error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// From below the kernel's ephemeral range: nothing else binds it
+	// before nginx does (see freeport).
+	port, err := freeport.Get()
 	if err != nil {
 		return "", nil, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", nil, err
 	}

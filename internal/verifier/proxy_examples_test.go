@@ -20,6 +20,7 @@ import (
 	"github.com/goccy/go-yaml"
 
 	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 )
 
 // findProxy finds a proxy's binary (sbin directories are often not on a
@@ -476,11 +477,14 @@ func findAll(v any, key string) []any {
 	return out
 }
 
+// freePort is a port for a process started later (nginx, a private Kafka
+// broker), from below the kernel's ephemeral range: no other test's
+// listener can take it before the process binds it (see freeport).
 func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	p, err := freeport.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	return strconv.Itoa(p)
 }

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	kafkadeploy "github.com/keymeter/keymeter/deploy/kafka"
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 	"github.com/keymeter/keymeter/internal/testfix/nodeproc"
 )
 
@@ -112,9 +113,11 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := c.fetch(ctx); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2 * cfg.Nodes)
+	// Below the ephemeral range: a killed broker restarts on its ports,
+	// which no other test's listener can have taken meanwhile.
+	ports, err := freeport.N(2 * cfg.Nodes)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kafkacluster: %w", err)
 	}
 	var voters []string
 	for i := range cfg.Nodes {
@@ -201,25 +204,6 @@ func clusterID() string {
 			return id
 		}
 	}
-}
-
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("kafkacluster: free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func (c *Cluster) java(heap string, args ...string) []string {

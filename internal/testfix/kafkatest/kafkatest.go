@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 )
 
 var (
@@ -158,15 +160,16 @@ func (pb *PrivateBroker) Kill(t *testing.T) {
 	}
 }
 
-// FreePort is a TCP port free on 127.0.0.1 now.
+// FreePort is a TCP port free on 127.0.0.1 now, from below the kernel's
+// ephemeral range (see freeport): the broker that binds it takes seconds
+// to start, and a killed one restarts on it.
 func FreePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // Prefix returns a topic prefix no other test (or earlier run) uses.

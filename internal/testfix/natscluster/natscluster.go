@@ -13,7 +13,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	natsdeploy "github.com/keymeter/keymeter/deploy/nats"
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 	"github.com/keymeter/keymeter/internal/testfix/nodeproc"
 )
 
@@ -80,9 +80,11 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, Password: randomHex(16)}
 	c.env = append(os.Environ(), "KEYMETER_NATS_PASSWORD="+c.Password, "SYS_NATS_PASSWORD="+randomHex(16))
-	ports, err := freePorts(3 * cfg.Nodes)
+	// Below the ephemeral range: a killed node restarts on its ports,
+	// which no other test's listener can have taken meanwhile.
+	ports, err := freeport.N(3 * cfg.Nodes)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("natscluster: %w", err)
 	}
 	for i := range cfg.Nodes {
 		n := &Node{Name: fmt.Sprintf("nats-%d", i+1), ClientPort: ports[3*i], RoutePort: ports[3*i+1], Mon: ports[3*i+2],
@@ -120,26 +122,6 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return "pw" + hex.EncodeToString(b)
-}
-
-// freePorts returns n distinct TCP ports free on 127.0.0.1 now.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("natscluster: free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // writeConfig writes the shipped file next to the node's own, which
