@@ -2,7 +2,6 @@ package verifier
 
 import (
 	"context"
-	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/natsbus"
 	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 )
 
 // testNATS is a real embedded nats-server listening on loopback, so that it
@@ -27,13 +27,15 @@ type testNATS struct {
 
 func startNATS(t testing.TB) *testNATS {
 	t.Helper()
-	n := &testNATS{t: t, dir: t.TempDir(), port: -1}
-	n.start()
-	u, err := url.Parse(n.url)
+	// Restarts (n.stop, n.start) keep the port: one from below the
+	// kernel's ephemeral range, which no other test's listener can take
+	// while the server is down (see freeport).
+	port, err := freeport.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.port, _ = strconv.Atoi(u.Port())
+	n := &testNATS{t: t, dir: t.TempDir(), port: port}
+	n.start()
 	t.Cleanup(func() {
 		if n.emb != nil {
 			n.emb.Shutdown()

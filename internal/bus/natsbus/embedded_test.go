@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 )
 
 // A bus that starts its embedded server owns it: started and stopped many
@@ -24,6 +26,15 @@ func TestEmbeddedStartStopRepeatedly(t *testing.T) {
 	for i := range rounds {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		ec.Listen = i%2 == 0 // in-process only every other time
+		if ec.Listen {
+			// Not a port the kernel hands out: checked closed after
+			// Close below, it must not be another test's listener by then.
+			p, err := freeport.Get()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ec.Port = p
+		}
 		b, err := New(ctx, Config{Partitions: 2}, WithEmbeddedServer(ec))
 		if err != nil {
 			cancel()

@@ -13,22 +13,26 @@ import (
 
 	"github.com/keymeter/keymeter/internal/bus"
 	"github.com/keymeter/keymeter/internal/bus/bustest"
+	"github.com/keymeter/keymeter/internal/testfix/freeport"
 )
 
 var prefixSeq atomic.Int64
 
 func TestConformance(t *testing.T) {
 	dir := t.TempDir()
-	cfg := EmbeddedConfig{DataDir: dir, Listen: true, Port: -1}
+	// Restarts keep the port so clients reconnect to the same URL: one
+	// from below the kernel's ephemeral range, which no other test's
+	// listener can take while the server is down (see freeport).
+	port, err := freeport.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := EmbeddedConfig{DataDir: dir, Listen: true, Port: port}
 	srv, err := StartEmbedded(cfg)
 	if err != nil {
 		t.Fatalf("embedded nats-server did not start: %v", err)
 	}
-	// Restarts keep the port so clients reconnect to the same URL.
 	url := srv.ClientURL()
-	var port int
-	fmt.Sscanf(url[len("nats://127.0.0.1:"):], "%d", &port)
-	cfg.Port = port
 	t.Cleanup(func() { srv.Shutdown() })
 
 	stop := func(t *testing.T) { srv.Shutdown() }
