@@ -198,8 +198,16 @@ func testProxyEndToEnd(t *testing.T, be testBackend) {
 		t.Fatalf("upstream saw query %q", q)
 	}
 
-	// Burst of 3 exhausted: 429 with Retry-After and a JSON body.
-	resp, body = do(t, "GET", rv.main+"/v1/items", map[string]string{"Authorization": "Bearer " + secret})
+	// Burst exhausted: 429 with Retry-After and a JSON body. A key of its
+	// own with one request of burst, the next a thousand seconds later:
+	// with the 1/s key above, a loaded machine taking over a second for the
+	// requests so far had a token back and answered 200.
+	lim, err := svc.Create(ctx, keys.CreateParams{Project: "acme", Name: "limited", KeyLimits: keys.KeyLimits{RatePerS: keys.MinRate, Burst: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOutcome(t, rv, lim.Secret.Reveal(), "valid") // spends the burst
+	resp, body = do(t, "GET", rv.main+"/v1/items", map[string]string{"Authorization": "Bearer " + lim.Secret.Reveal()})
 	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" || resp.Header.Get("RateLimit") == "" {
 		t.Fatalf("rate limit: %d %v %s", resp.StatusCode, resp.Header, body)
 	}
@@ -246,7 +254,7 @@ func testProxyEndToEnd(t *testing.T, be testBackend) {
 	// Metrics.
 	_, metrics := do(t, "GET", rv.admin+"/metrics", nil)
 	for _, want := range []string{`keymeter_verifier_decisions_total{outcome="valid"}`, `keymeter_verifier_decisions_total{outcome="revoked"}`,
-		"keymeter_verifier_verify_seconds_bucket", "keymeter_verifier_keys 2", "keymeter_verifier_events_emitted_total", "keymeter_verifier_bus_up 1"} {
+		"keymeter_verifier_verify_seconds_bucket", "keymeter_verifier_keys 3", "keymeter_verifier_events_emitted_total", "keymeter_verifier_bus_up 1"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}
