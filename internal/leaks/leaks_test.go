@@ -101,7 +101,10 @@ func TestReplayedReportIsOneDecisionRecordedThroughTheBus(t *testing.T) {
 	if _, err := db.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = leaks.Recorder(ctx, b, db, slog.New(slog.DiscardHandler)) }()
+	// The recorder stops before the store closes (defers run last first).
+	recorded := make(chan struct{})
+	go func() { defer close(recorded); _ = leaks.Recorder(ctx, b, db, slog.New(slog.DiscardHandler)) }()
+	defer func() { cancel(); <-recorded }()
 
 	leaked, err := svc.Create(ctx, keys.CreateParams{Project: "proj_leak"})
 	if err != nil {
