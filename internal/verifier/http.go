@@ -138,13 +138,39 @@ func queryValue(raw, param string) (string, bool) {
 	return "", false
 }
 
-// withoutParam returns raw with every occurrence of param removed.
+// isParam reports whether the raw query name k is param, as sent or once
+// unescaped (an upstream decodes api%5Fkey to api_key).
+func isParam(k, param string) bool {
+	if k == param {
+		return true
+	}
+	if strings.ContainsAny(k, "%+") {
+		u, err := url.QueryUnescape(k)
+		return err == nil && u == param
+	}
+	return false
+}
+
+// hasParam reports whether raw carries param (see isParam).
+func hasParam(raw, param string) bool {
+	for raw != "" {
+		var kv string
+		kv, raw, _ = strings.Cut(raw, "&")
+		if k, _, _ := strings.Cut(kv, "="); isParam(k, param) {
+			return true
+		}
+	}
+	return false
+}
+
+// withoutParam returns raw with every occurrence of param removed (see
+// isParam).
 func withoutParam(raw, param string) string {
 	var b strings.Builder
 	for raw != "" {
 		var kv string
 		kv, raw, _ = strings.Cut(raw, "&")
-		if k, _, _ := strings.Cut(kv, "="); k == param {
+		if k, _, _ := strings.Cut(kv, "="); isParam(k, param) {
 			continue
 		}
 		if b.Len() > 0 {
@@ -153,6 +179,54 @@ func withoutParam(raw, param string) string {
 		b.WriteString(kv)
 	}
 	return b.String()
+}
+
+// keymeterPrefix is what the name of every header keymeter sets for the
+// upstream starts with (HeaderKeyID, HeaderProject, ...), lower case.
+const keymeterPrefix = "x-keymeter-"
+
+// isKeymeterHeader reports whether a header name is, or reads as, one
+// keymeter sets: it starts with X-Keymeter- ignoring ASCII case and with
+// '_' read as '-'. CGI, WSGI (PEP 3333), Rack and PHP turn both '-' and
+// '_' into '_' (HTTP_X_KEYMETER_KEY_ID), so X_Keymeter_Key_Id from a
+// client would otherwise reach such an upstream as the identity.
+func isKeymeterHeader(name string) bool {
+	if len(name) < len(keymeterPrefix) {
+		return false
+	}
+	for i := 0; i < len(keymeterPrefix); i++ {
+		c := name[i]
+		if c == '_' {
+			c = '-'
+		}
+		if lower(c) != keymeterPrefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// stripKeymeterHeaders removes from h every header that reads as one of
+// keymeter's (isKeymeterHeader).
+func stripKeymeterHeaders(h http.Header) {
+	for name := range h {
+		if isKeymeterHeader(name) {
+			delete(h, name)
+		}
+	}
+}
+
+// underscoreKeymeterHeader returns the first header of h that reads as one
+// of keymeter's but is spelled with an underscore, "" if none: in forward
+// auth keymeter cannot remove it, and the proxy overwrites only the exact
+// spelling.
+func underscoreKeymeterHeader(h http.Header) string {
+	for name := range h {
+		if strings.IndexByte(name, '_') >= 0 && isKeymeterHeader(name) {
+			return name
+		}
+	}
+	return ""
 }
 
 // outcomeBodies are the JSON refusal bodies, built once.
@@ -349,16 +423,20 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 			s.emit(r, &d, path, ip, start, st, 0, int64(len(outcomeBodies[d.Outcome])))
 			return
 		}
-		delete(r.Header, HeaderKeyID) // canonical already: no CanonicalMIMEHeaderKey
-		delete(r.Header, HeaderProject)
+		// Every client header that is, or reads as, one of keymeter's
+		// (X_Keymeter_Key_Id reaches CGI/WSGI/Rack as HTTP_X_KEYMETER_KEY_ID,
+		// the same variable as X-Keymeter-Key-Id): see isKeymeterHeader.
+		stripKeymeterHeaders(r.Header)
 		if d.Record != nil {
 			ids := &[2]string{d.Record.ID, d.Record.Project} // one allocation for both
 			r.Header[HeaderKeyID] = ids[0:1:1]
 			r.Header[HeaderProject] = ids[1:2:2]
 		}
-		if fromQuery {
+		// The query parameter goes whether or not the key came from it: a
+		// request with a header key may carry a secret there too.
+		if p := s.cfg.QueryParam; p != "" && r.URL.RawQuery != "" && (fromQuery || hasParam(r.URL.RawQuery, p)) {
 			u := *r.URL
-			u.RawQuery = withoutParam(u.RawQuery, s.cfg.QueryParam)
+			u.RawQuery = withoutParam(u.RawQuery, p)
 			r2 := *r
 			r2.URL = &u
 			r2.RequestURI = u.RequestURI()
@@ -478,7 +556,10 @@ func (s *Server) Proxy(upstream *url.URL) http.Handler {
 			delete(pr.Out.Header, "Forwarded")
 			// The identity the middleware set, again: ReverseProxy drops
 			// the headers a client names in Connection before Rewrite
-			// ("Connection: X-Keymeter-Key-Id" would strip it).
+			// ("Connection: X-Keymeter-Key-Id" would strip it). Any other
+			// header that reads as keymeter's goes (the middleware removed
+			// them already; a handler in between could add one).
+			stripKeymeterHeaders(pr.Out.Header)
 			for _, h := range [...]string{HeaderKeyID, HeaderProject} {
 				if v, ok := pr.In.Header[h]; ok {
 					pr.Out.Header[h] = v
@@ -557,6 +638,19 @@ func (s *Server) ForwardAuth(mountPrefix string) http.Handler {
 				w.Header()[HeaderStatus] = []string{"400"}
 			}
 			badPath(w, code)
+			return
+		}
+		if name := underscoreKeymeterHeader(r.Header); name != "" {
+			// The proxy forwards the client's headers as sent and replaces
+			// only the exact X-Keymeter-* names from this answer: an
+			// underscore spelling would reach a CGI/WSGI upstream as the
+			// identity. Refused, never decided on (as a bad path).
+			code := http.StatusBadRequest
+			if f.Deny403 {
+				code = http.StatusForbidden
+				w.Header()[HeaderStatus] = []string{"400"}
+			}
+			badHeader(w, code, name)
 			return
 		}
 		orig := *r
@@ -662,6 +756,18 @@ func badPath(w http.ResponseWriter, status int) {
 	h[HeaderOutcome] = []string{"bad_path"}
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, `{"error":{"code":"bad_path","status":400,"message":"the request path has dot segments, empty segments, a backslash, a semicolon or an encoded slash, backslash, dot or percent sign"}}`+"\n")
+}
+
+// badHeader answers a forward-auth subrequest that carries name, a header
+// spelled like one of keymeter's with underscores (see ForwardAuth).
+func badHeader(w http.ResponseWriter, status int, name string) {
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["Cache-Control"] = []string{"no-store"}
+	h[HeaderOutcome] = []string{"bad_header"}
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintf(w, `{"error":{"code":"bad_header","status":400,"message":%q}}`+"\n",
+		"the request carries "+name+", an X-Keymeter-* header spelled with underscores: remove it (see headers_with_underscores in deploy/proxy)")
 }
 
 func fwdError(w http.ResponseWriter, status int, msg string) {
