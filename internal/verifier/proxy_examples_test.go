@@ -80,7 +80,10 @@ func TestNginxForwardAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "key="+r.Header.Get(HeaderKeyID)+" project="+r.Header.Get(HeaderProject)+" path="+r.URL.Path)
+		// How a CGI/WSGI application reads the identity: both spellings.
+		env := cgiEnv(r.Header)
+		_, _ = io.WriteString(w, "key="+r.Header.Get(HeaderKeyID)+" project="+r.Header.Get(HeaderProject)+" path="+r.URL.Path+
+			" cgi_key="+env["HTTP_X_KEYMETER_KEY_ID"]+" cgi_project="+env["HTTP_X_KEYMETER_PROJECT"]+" outcome="+r.Header.Get(HeaderOutcome)+";")
 	})}
 	go func() { _ = up.Serve(upLn) }()
 	defer up.Close()
@@ -196,6 +199,11 @@ func TestNginxForwardAuth(t *testing.T) {
 		{"encoded letters are still /admin", "/%61dmin/x", nil, "/public/x", 401, "missing", "/admin/x", ""},
 		{"revoked", "/v1/x", http.Header{"X-Api-Key": {revoked.Secret.Reveal()}}, "/public/x", 401, "revoked", "/v1/x", ""},
 		{"forged identity header replaced", "/v1/x", merge(key(plain), http.Header{HeaderKeyID: {"key_forged"}}), "/public/x", 200, "", "/v1/x", "key=" + plain.State.GetId()},
+		// Finding 2 of the second outside test: underscore spellings, which
+		// CGI/WSGI read as the identity, never reach the API.
+		{"underscore identity headers dropped", "/v1/x", merge(key(plain), underscoreSpoof), "/public/x", 200, "", "/v1/x",
+			"cgi_key=" + plain.State.GetId() + " cgi_project=acme outcome=;"},
+		{"underscore identity headers dropped, anonymous", "/public/x", underscoreSpoof, "/admin/x", 200, "", "/public/x", "key= project= path=/public/x cgi_key= cgi_project= outcome=;"},
 		{"rate limited keeps 429 through nginx", "/v1/x", key(limited), "", 0, "", "/v1/x", ""}, // first request spends the burst
 		{"rate limited", "/v1/x", key(limited), "/public/x", 429, "rate_limited", "/v1/x", ""},
 	}
@@ -273,6 +281,10 @@ func TestNginxForwardAuth(t *testing.T) {
 	}
 }
 
+// underscoreSpoof are identity headers spelled with underscores (and an
+// outcome), as the second outside test sent them.
+var underscoreSpoof = http.Header{"X_Keymeter_Key_Id": {"key_victim"}, "X_Keymeter_Project": {"proj_victim"}, "X-Keymeter-Outcome": {"valid"}}
+
 func rawRequest(t *testing.T, addr, req string) (int, string) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -323,6 +335,14 @@ func TestEnvoyConfigStripsHeaders(t *testing.T) {
 		removed[strings.ToLower(fmt.Sprint(m))] = true
 	}
 	for _, h := range readsHeaders {
+		if !removed[h] {
+			t.Errorf("envoy.yaml: the client's %s is not removed early", h)
+		}
+	}
+	if a := fmt.Sprint(findKey(doc, "headers_with_underscores_action")); a != "REJECT_REQUEST" && a != "DROP_HEADER" {
+		t.Errorf("envoy.yaml: headers_with_underscores_action is %s, want REJECT_REQUEST or DROP_HEADER (X_Keymeter_Key_Id would reach the upstream)", a)
+	}
+	for _, h := range []string{"x-keymeter-key-id", "x-keymeter-project", "x-keymeter-outcome", "x-keymeter-status"} {
 		if !removed[h] {
 			t.Errorf("envoy.yaml: the client's %s is not removed early", h)
 		}
@@ -379,6 +399,24 @@ func TestTraefikConfigStripsHeaders(t *testing.T) {
 			t.Errorf("traefik-dynamic.yml: authRequestHeaders passes the client's %v", h)
 		}
 	}
+	// The regex strips every client header reading as keymeter's before
+	// the answer's are copied (Traefik's header names are Go's canonical
+	// form: X_keymeter_key_id).
+	re, err := regexp.Compile(fmt.Sprint(findKey(fa, "authResponseHeadersRegex")))
+	if err != nil || findKey(fa, "authResponseHeadersRegex") == nil {
+		t.Errorf("traefik-dynamic.yml: authResponseHeadersRegex missing or invalid: %v", err)
+	} else {
+		for _, h := range []string{"X-Keymeter-Key-Id", "X_keymeter_key_id", "X-Keymeter_project", "X_keymeter-project", "X-Keymeter-Outcome"} {
+			if !re.MatchString(http.CanonicalHeaderKey(h)) {
+				t.Errorf("traefik-dynamic.yml: authResponseHeadersRegex does not strip %s", http.CanonicalHeaderKey(h))
+			}
+		}
+		for _, h := range []string{"Authorization", "X-Api-Key", "X-Keymeterish", "Y-Keymeter-Key-Id"} {
+			if re.MatchString(h) {
+				t.Errorf("traefik-dynamic.yml: authResponseHeadersRegex strips %s", h)
+			}
+		}
+	}
 	if fh := findKey(static, "forwardedHeaders"); fh != nil && (findKey(fh, "insecure") == true || findKey(fh, "trustedIPs") != nil) {
 		t.Errorf("traefik.yml: the entry point must not trust client forwarding headers: %v", fh)
 	}
@@ -397,6 +435,13 @@ func TestCaddyConfigStripsHeaders(t *testing.T) {
 	loc := regexp.MustCompile(`(?m)^\s*forward_auth\s`).FindStringIndex(block)
 	if loc == nil {
 		t.Fatal("Caddyfile: no forward_auth")
+	}
+	// Before forward_auth, every client header reading as keymeter's goes
+	// (Caddy's wildcard deletes ignore case).
+	for _, d := range []string{"request_header -X-Keymeter*", "request_header -X_Keymeter*"} {
+		if i := strings.Index(block, d); i < 0 || i > loc[0] {
+			t.Errorf("Caddyfile: %q missing before forward_auth", d)
+		}
 	}
 	var lines []string
 	for _, line := range strings.Split(block[loc[0]:], "\n")[1:] {
