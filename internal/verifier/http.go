@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/keymeter/keymeter/internal/event"
+	"github.com/keymeter/keymeter/internal/keys"
 )
 
 // Headers the verifier sets for the upstream (and the forward-auth
@@ -61,6 +62,10 @@ type HTTPConfig struct {
 	// CountryHeader is a CDN header carrying the client's country
 	// (e.g. CF-IPCountry); "" to ignore.
 	CountryHeader string
+	// TunnelCheck is how often the keys of upgraded connections
+	// (WebSocket) are checked: a tunnel whose key was revoked, suspended
+	// or expired is closed (DefaultTunnelCheck when zero).
+	TunnelCheck time.Duration
 	// ASNHeader is a header carrying the client's autonomous system number
 	// (set by a CDN or an edge worker); "" to ignore.
 	ASNHeader string
@@ -82,6 +87,7 @@ type Server struct {
 	cfg      HTTPConfig
 	log      *slog.Logger
 	share    *RateShare // nil: rate limits are per verifier
+	tunnels  *tunnels
 }
 
 // ShareRates reports the admissions of rate-limited keys to rs (global
@@ -94,6 +100,7 @@ func NewServer(v *Verifier, em *Emitter, m *Metrics, cfg HTTPConfig) *Server {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.tunnels = newTunnels(cfg.TunnelCheck, s.log)
 	return s
 }
 
@@ -461,6 +468,11 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 			}
 		}
 		rec := &pr.rec
+		if d.slot != nil {
+			// An upgraded connection stays open only while the key may be
+			// used (see tunnels).
+			rec.tunnels, rec.slot = s.tunnels, d.slot
+		}
 		next.ServeHTTP(rec, r)
 		if s.m != nil {
 			s.m.upstream.Observe(time.Since(start).Seconds())
@@ -808,6 +820,10 @@ type recorder struct {
 	status      int
 	bytes       int64
 	wroteHeader bool
+	// tunnels tracks the connection if the handler hijacks it, with the
+	// key's slot; nil for anonymous requests.
+	tunnels *tunnels
+	slot    *keys.Slot
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -832,7 +848,23 @@ func (r *recorder) Flush() {
 
 func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if h, ok := r.ResponseWriter.(http.Hijacker); ok {
-		return h.Hijack()
+		c, brw, err := h.Hijack()
+		if err != nil {
+			return c, brw, err
+		}
+		if !r.wroteHeader {
+			// ReverseProxy hijacks on the upstream's 101 and writes it
+			// to the connection itself: the event records the switch.
+			r.status, r.wroteHeader = http.StatusSwitchingProtocols, true
+		}
+		if r.tunnels != nil && r.slot != nil {
+			var id string
+			if rec := r.slot.Record(); rec != nil {
+				id = rec.ID
+			}
+			c = r.tunnels.add(c, r.slot, id)
+		}
+		return c, brw, nil
 	}
 	return nil, nil, errors.New("verifier: response writer cannot hijack")
 }

@@ -231,6 +231,9 @@ type Decision struct {
 	ResetNs    int64 // until the bucket is full again
 	RetryAfter int64 // ns until a refused request could pass
 	Now        int64
+	// slot is the key's slot when the key was found (the tunnels of an
+	// upgraded request follow it).
+	slot *keys.Slot
 }
 
 // Allowed reports whether the request may pass.
@@ -342,7 +345,7 @@ func (v *Verifier) Verify(req *Request) Decision {
 		d.Outcome = blockedOr(blocked, event.OutcomeUnknown)
 		return d
 	}
-	d.Record = rec
+	d.Record, d.slot = rec, slot
 	if blocked && !usable(rec, now) {
 		// Revoked, suspended, expired: not a valid key.
 		d.Outcome = event.OutcomeBlockedIP
