@@ -28,6 +28,7 @@ func (f *Flags) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Settings.FrontHeaders[2], "front-host-header", "", "header carrying the original host (replaces the --front's)")
 	fs.StringVar(&f.Config.HTTP.ForwardedHeader, "forwarded-header", HeaderXForwardedFor, "header the client address is read from when the peer is a trusted proxy: X-Forwarded-For or Forwarded (RFC 7239)")
 	fs.DurationVar(&f.Config.HTTP.BodyTimeout, "body-timeout", DefaultBodyTimeout, "longest an allowed request's body may take to arrive (refusals never read it)")
+	fs.DurationVar(&f.Config.HTTP.TunnelCheck, "tunnel-check", DefaultTunnelCheck, "how often the keys of upgraded (WebSocket) connections are checked: a connection whose key was revoked, suspended or expired is closed within this")
 	fs.StringVar(&f.Config.DataDir, "data-dir", "data", "where state lives: event spool, embedded NATS store")
 	fs.DurationVar(&f.Duration, "duration", 0, "stop cleanly after this long (default: until a signal)")
 	fs.StringVar(&f.Config.VerifierID, "verifier-id", "", "this verifier's id in events (default verifier-<hostname>); unique per instance")

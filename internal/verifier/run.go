@@ -82,6 +82,9 @@ func (c RunConfig) Validate() error {
 	if c.HTTP.BodyTimeout < 0 {
 		errs = append(errs, fmt.Errorf("verifier: --body-timeout %s: must be positive", c.HTTP.BodyTimeout))
 	}
+	if c.HTTP.TunnelCheck < 0 {
+		errs = append(errs, fmt.Errorf("verifier: --tunnel-check %s: must be positive", c.HTTP.TunnelCheck))
+	}
 	if c.Upstream != "" {
 		u, err := url.Parse(c.Upstream)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
