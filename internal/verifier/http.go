@@ -194,23 +194,40 @@ const keymeterPrefix = "x-keymeter-"
 
 // isKeymeterHeader reports whether a header name is, or reads as, one
 // keymeter sets: it starts with X-Keymeter- ignoring ASCII case and with
-// '_' read as '-'. CGI, WSGI (PEP 3333), Rack and PHP turn both '-' and
-// '_' into '_' (HTTP_X_KEYMETER_KEY_ID), so X_Keymeter_Key_Id from a
-// client would otherwise reach such an upstream as the identity.
+// '_' (or any other character that is not a letter or digit) read as '-'.
+// CGI, WSGI (PEP 3333), Rack and PHP turn both '-' and '_' into '_'
+// (HTTP_X_KEYMETER_KEY_ID), and some gateways every other punctuation
+// too, so X_Keymeter_Key_Id from a client would otherwise reach such an
+// upstream as the identity.
 func isKeymeterHeader(name string) bool {
 	if len(name) < len(keymeterPrefix) {
 		return false
 	}
 	for i := 0; i < len(keymeterPrefix); i++ {
-		c := name[i]
-		if c == '_' {
+		c := lower(name[i])
+		if !isAlnum(c) {
 			c = '-'
 		}
-		if lower(c) != keymeterPrefix[i] {
+		if c != keymeterPrefix[i] {
 			return false
 		}
 	}
 	return true
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+// oddSpelling reports whether name has a character other than a letter,
+// digit or '-' (the spellings a proxy's exact-name overwrite misses).
+func oddSpelling(name string) bool {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c != '-' && !isAlnum(c) {
+			return true
+		}
+	}
+	return false
 }
 
 // stripKeymeterHeaders removes from h every header that reads as one of
@@ -224,12 +241,12 @@ func stripKeymeterHeaders(h http.Header) {
 }
 
 // underscoreKeymeterHeader returns the first header of h that reads as one
-// of keymeter's but is spelled with an underscore, "" if none: in forward
-// auth keymeter cannot remove it, and the proxy overwrites only the exact
-// spelling.
+// of keymeter's but is spelled with an underscore (or other punctuation), ""
+// if none: in forward auth keymeter cannot remove it, and the proxy
+// overwrites only the exact spelling.
 func underscoreKeymeterHeader(h http.Header) string {
 	for name := range h {
-		if strings.IndexByte(name, '_') >= 0 && isKeymeterHeader(name) {
+		if oddSpelling(name) && isKeymeterHeader(name) {
 			return name
 		}
 	}

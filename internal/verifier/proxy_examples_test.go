@@ -406,7 +406,7 @@ func TestTraefikConfigStripsHeaders(t *testing.T) {
 	if err != nil || findKey(fa, "authResponseHeadersRegex") == nil {
 		t.Errorf("traefik-dynamic.yml: authResponseHeadersRegex missing or invalid: %v", err)
 	} else {
-		for _, h := range []string{"X-Keymeter-Key-Id", "X_keymeter_key_id", "X-Keymeter_project", "X_keymeter-project", "X-Keymeter-Outcome"} {
+		for _, h := range []string{"X-Keymeter-Key-Id", "X_keymeter_key_id", "X-Keymeter_project", "X_keymeter-project", "X-Keymeter-Outcome", "X.Keymeter.Key.Id"} {
 			if !re.MatchString(http.CanonicalHeaderKey(h)) {
 				t.Errorf("traefik-dynamic.yml: authResponseHeadersRegex does not strip %s", http.CanonicalHeaderKey(h))
 			}

@@ -186,7 +186,7 @@ func TestForwardAuthRefusesUnderscoreIdentityHeaders(t *testing.T) {
 			hdr    string
 			status int
 		}{
-			{"X_Keymeter_Key_Id", 400}, {"x-keymeter_project", 400}, {"X-Keymeter-Key-Id", 200}, {"X_Other", 200},
+			{"X_Keymeter_Key_Id", 400}, {"x-keymeter_project", 400}, {"X.Keymeter.Key.Id", 400}, {"X-Keymeter-Key-Id", 200}, {"X_Other", 200},
 		} {
 			req := httptest.NewRequest("GET", "/v1/x", nil)
 			req.RemoteAddr = "127.0.0.1:5555"
@@ -225,7 +225,7 @@ func TestForwardAuthRefusesUnderscoreIdentityHeaders(t *testing.T) {
 func TestIsKeymeterHeader(t *testing.T) {
 	for name, want := range map[string]bool{
 		"X-Keymeter-Key-Id": true, "X_Keymeter_Key_Id": true, "x_keymeter-project": true, "X-KEYMETER_OUTCOME": true,
-		"X-Keymeter-": true, "X-Keymeter": false, "X-Keymeterx": false, "X-Key-Meter-Id": false, "Keymeter-Key-Id": false, "": false,
+		"X.Keymeter.Key.Id": true, "X-Keymeter~Key": true, "X-Keymeter-": true, "X-Keymeter": false, "X-Keymeter1": false, "X-Keymeterx": false, "X-Key-Meter-Id": false, "Keymeter-Key-Id": false, "": false,
 	} {
 		if got := isKeymeterHeader(name); got != want {
 			t.Errorf("isKeymeterHeader(%q) = %v, want %v", name, got, want)
