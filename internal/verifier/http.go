@@ -101,6 +101,9 @@ func NewServer(v *Verifier, em *Emitter, m *Metrics, cfg HTTPConfig) *Server {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.tunnels = newTunnels(cfg.TunnelCheck, s.log)
+	if m != nil {
+		m.tunnels.Store(s.tunnels)
+	}
 	return s
 }
 
@@ -485,16 +488,18 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 			}
 		}
 		rec := &pr.rec
-		if d.slot != nil {
-			// An upgraded connection stays open only while the key may be
-			// used (see tunnels).
-			rec.tunnels, rec.slot = s.tunnels, d.slot
-		}
+		// An upgraded connection stays open only while the key may be used
+		// and is closed at shutdown, before the events are flushed (see
+		// tunnels).
+		rec.tunnels, rec.slot = s.tunnels, d.slot
 		next.ServeHTTP(rec, r)
 		if s.m != nil {
 			s.m.upstream.Observe(time.Since(start).Seconds())
 		}
 		s.emit(r, &d, path, ip, start, rec.status, body.n, rec.bytes)
+		if rec.tracked {
+			s.tunnels.done()
+		}
 	})
 }
 
@@ -837,10 +842,11 @@ type recorder struct {
 	status      int
 	bytes       int64
 	wroteHeader bool
-	// tunnels tracks the connection if the handler hijacks it, with the
-	// key's slot; nil for anonymous requests.
+	// tunnels tracks the connection if the handler hijacks it (tracked
+	// is then set), with the key's slot (nil for anonymous requests).
 	tunnels *tunnels
 	slot    *keys.Slot
+	tracked bool
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -874,12 +880,14 @@ func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			// to the connection itself: the event records the switch.
 			r.status, r.wroteHeader = http.StatusSwitchingProtocols, true
 		}
-		if r.tunnels != nil && r.slot != nil {
+		if r.tunnels != nil {
 			var id string
-			if rec := r.slot.Record(); rec != nil {
-				id = rec.ID
+			if r.slot != nil {
+				if rec := r.slot.Record(); rec != nil {
+					id = rec.ID
+				}
 			}
-			c = r.tunnels.add(c, r.slot, id)
+			c, r.tracked = r.tunnels.add(c, r.slot, id), true
 		}
 		return c, brw, nil
 	}

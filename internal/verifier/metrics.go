@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -17,6 +18,8 @@ type Metrics struct {
 	decisions [event.OutcomeBlockedIP + 1]prometheus.Counter
 	verify    prometheus.Histogram
 	upstream  prometheus.Histogram
+	// tunnels are the server's upgraded connections (set by NewServer).
+	tunnels atomic.Pointer[tunnels]
 }
 
 // NewMetrics registers the verifier's metrics with reg, the process's one
@@ -52,6 +55,20 @@ func NewMetrics(reg *prometheus.Registry, tbl *keys.Table, em *Emitter) (*Metric
 			func() float64 { return float64(tbl.Applied()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymeter_verifier_key_updates_invalid_total", Help: "Key-state updates skipped as undecodable or invalid."},
 			func() float64 { return float64(tbl.Invalid()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keymeter_verifier_tunnels_open", Help: "Upgraded (WebSocket) connections open through the proxy."},
+			func() float64 {
+				if t := m.tunnels.Load(); t != nil {
+					return float64(t.count())
+				}
+				return 0
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymeter_verifier_tunnels_closed_total", Help: "Upgraded connections closed because their key was revoked, suspended, expired or deleted."},
+			func() float64 {
+				if t := m.tunnels.Load(); t != nil {
+					return float64(t.closed.Load())
+				}
+				return 0
+			}),
 	); err != nil {
 		return nil, err
 	}

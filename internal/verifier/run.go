@@ -146,6 +146,11 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	for _, hs := range servers {
 		_ = hs.Shutdown(sctx)
 	}
+	// Shutdown does not wait for upgraded (WebSocket) connections: close
+	// them, so that their events are emitted before the flush.
+	if n := r.srv.tunnels.closeAll(sctx); n > 0 {
+		log.Info("verifier stopping: closed upgraded connections", "count", n)
+	}
 	log.Info("verifier stopping: flushing usage events")
 	emErr := r.em.Close(sctx)
 	stopWatch()

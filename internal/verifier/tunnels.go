@@ -1,10 +1,12 @@
 package verifier
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keymeter/keymeter/internal/keys"
@@ -23,6 +25,8 @@ const DefaultTunnelCheck = time.Second
 // log (the bus) brings the change; a sweep reads those records every
 // interval, so a revoked key's tunnels close at most one interval after
 // the verifier learned of it. The sweep runs only while tunnels are open.
+// Anonymous tunnels (no slot) are only closed at shutdown (closeAll), so
+// that every tunnel's event is emitted before the emitter flushes.
 type tunnels struct {
 	every time.Duration
 	now   func() time.Time
@@ -31,6 +35,12 @@ type tunnels struct {
 	mu      sync.Mutex
 	open    map[*tunnel]struct{}
 	running bool
+	// active counts the handlers of hijacked requests still running (their
+	// event not yet emitted); closing is set by closeAll.
+	active  int
+	closing bool
+	// closed counts the tunnels closed because of their key.
+	closed atomic.Uint64
 }
 
 func newTunnels(every time.Duration, log *slog.Logger) *tunnels {
@@ -68,9 +78,16 @@ func (t *tunnel) CloseWrite() error {
 
 // add tracks c, upgraded by a request of the key in slot (id is its key
 // id, for the log), and returns the connection to hand the handler.
+// The request's handler calls done once its event is emitted.
 func (ts *tunnels) add(c net.Conn, slot *keys.Slot, id string) net.Conn {
 	t := &tunnel{Conn: c, slot: slot, id: id, ts: ts}
 	ts.mu.Lock()
+	ts.active++
+	if ts.closing {
+		ts.mu.Unlock()
+		_ = c.Close() // shutting down: the handler's copy ends at once
+		return t
+	}
 	ts.open[t] = struct{}{}
 	start := !ts.running
 	ts.running = true
@@ -79,6 +96,42 @@ func (ts *tunnels) add(c net.Conn, slot *keys.Slot, id string) net.Conn {
 		go ts.run()
 	}
 	return t
+}
+
+// done notes that a hijacked request's handler has emitted its event.
+func (ts *tunnels) done() {
+	ts.mu.Lock()
+	ts.active--
+	ts.mu.Unlock()
+}
+
+// closeAll closes every tunnel, and any hijacked later, and waits until
+// their handlers have emitted their events or ctx ends. It returns how
+// many it closed.
+func (ts *tunnels) closeAll(ctx context.Context) int {
+	ts.mu.Lock()
+	ts.closing = true
+	all := make([]*tunnel, 0, len(ts.open))
+	for t := range ts.open {
+		all = append(all, t)
+	}
+	ts.mu.Unlock()
+	for _, t := range all {
+		_ = t.Close()
+	}
+	for {
+		ts.mu.Lock()
+		n := ts.active
+		ts.mu.Unlock()
+		if n <= 0 {
+			return len(all)
+		}
+		select {
+		case <-ctx.Done():
+			return len(all)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func (ts *tunnels) remove(t *tunnel) {
@@ -109,6 +162,9 @@ func (ts *tunnels) run() {
 			return
 		}
 		for t := range ts.open {
+			if t.slot == nil {
+				continue // anonymous: no key to lose
+			}
 			if r := t.slot.Record(); r == nil || !usable(r, now) {
 				stale = append(stale, t)
 			}
@@ -116,6 +172,7 @@ func (ts *tunnels) run() {
 		ts.mu.Unlock()
 		for _, t := range stale {
 			ts.log.Info("upgraded connection closed: its key may no longer be used", "key_id", t.id, "status", keyState(t.slot.Record(), now))
+			ts.closed.Add(1)
 			_ = t.Close()
 		}
 	}

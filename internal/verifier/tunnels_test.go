@@ -3,6 +3,7 @@ package verifier
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -97,7 +98,7 @@ func (w *wsTunnel) waitClosed(t *testing.T, name string) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		if isTimeout(err) {
 			t.Fatalf("%s: the tunnel stayed open 30 s after the key change", name)
 		}
 		return
@@ -153,6 +154,35 @@ func TestTunnelClosedOnRevocation(t *testing.T) {
 	waitOutcome(t, rv, ks[1].Secret.Reveal(), "suspended")
 	if l, err := tun[2].echo("after"); err != nil || l != "echo("+ks[2].State.GetId()+"): after\n" {
 		t.Fatalf("untouched key's tunnel: %q %v", l, err)
+	}
+	_, metrics := do(t, "GET", rv.admin+"/metrics", nil)
+	for _, want := range []string{"keymeter_verifier_tunnels_open 1", "keymeter_verifier_tunnels_closed_total 2"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	// One event per tunnel, status 101, written when it closes: the two
+	// closed ones now, the open one when the verifier stops (it closes
+	// the tunnel before flushing the events).
+	if err := rv.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tun[2].br.ReadString('\n'); err == nil || isTimeout(err) {
+		t.Errorf("the untouched key's tunnel is still open after the verifier stopped (%v)", err)
+	}
+	got := map[string]int{}
+	for _, ev := range readAllEvents(t, ctx, b) {
+		if ev.Route == "/v1/ws" {
+			if ev.Status != http.StatusSwitchingProtocols {
+				t.Errorf("tunnel event of %s: status %d, want 101", ev.KeyID, ev.Status)
+			}
+			got[ev.KeyID]++
+		}
+	}
+	for _, k := range ks {
+		if got[k.State.GetId()] != 1 {
+			t.Errorf("key %s: %d tunnel events, want 1", k.State.GetId(), got[k.State.GetId()])
+		}
 	}
 }
 
@@ -210,4 +240,9 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
