@@ -72,6 +72,11 @@ func TestReopenKeepsPublishedUnacked(t *testing.T) {
 	if em.LogHealth() == nil {
 		t.Fatal("log not failed")
 	}
+	// The sealed batch goes to the publisher on the emitter's goroutine:
+	// wait for it (a loaded machine may take a while to get there).
+	for deadline := time.Now().Add(30 * time.Second); len(stuck.eventIDs()) < 10 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if len(stuck.eventIDs()) != 10 {
 		t.Fatalf("%d events published, want the batch of 10", len(stuck.eventIDs()))
 	}
