@@ -2,11 +2,14 @@ package keys
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"math"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -204,11 +207,37 @@ func (s *Service) issue(ctx context.Context, st *keymeterv1.KeyState, env Env) (
 	return Created{Secret: sec, State: st}, nil
 }
 
+// RotatedError: the key was already rotated (Rotate refuses it: a second
+// rotation would give a retired key a new grace period).
+type RotatedError struct {
+	ID, ReplacedBy string // ReplacedBy is empty for a key rotated before keymeter recorded it
+}
+
+func (e *RotatedError) Error() string {
+	if e.ReplacedBy == "" {
+		return fmt.Sprintf("key %s was already rotated; rotate its replacement instead", e.ID)
+	}
+	return fmt.Sprintf("key %s was already rotated: its replacement is %s; rotate that one instead", e.ID, e.ReplacedBy)
+}
+
+// Unwrap makes a RotatedError an ErrConflict.
+func (e *RotatedError) Unwrap() error { return ErrConflict }
+
+// rotated reports whether st was rotated out already.
+func rotated(st *keymeterv1.KeyState) error {
+	if st.GetReplacedBy() != "" || st.GetGraceUntilUnixNano() != 0 {
+		return &RotatedError{ID: st.GetId(), ReplacedBy: st.GetReplacedBy()}
+	}
+	return nil
+}
+
 // Rotate issues a new key that replaces id. The old key keeps verifying
 // for grace (0: it stops at once), then is refused as expired. The new key
 // inherits everything that constrains the old one: its status (a
 // suspended key's replacement is suspended too), kind, scopes, CIDRs,
-// limits, quota, expiry and throttle.
+// limits, quota, expiry and throttle. A key is rotated once: rotating it
+// again is a *RotatedError (an ErrConflict), so that a retired key's grace
+// is never extended.
 func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (Created, error) {
 	old, err := s.current(id)
 	if err != nil {
@@ -217,6 +246,9 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 	if old.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 		return Created{}, fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
 	}
+	if err := rotated(old); err != nil {
+		return Created{}, err
+	}
 	env, err := ParseEnv(old.GetEnv())
 	if err != nil {
 		env = EnvLive
@@ -224,24 +256,41 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 	nw := proto.CloneOf(old)
 	nw.Replaces = id
 	nw.GraceUntilUnixNano = 0
+	nw.ReplacedBy = ""
 	nw.RevokedUnixNano, nw.RevokeReason = 0, ""
 	nw.QuotaUsed, nw.QuotaState, nw.QuotaPeriodStartUnixNano = 0, 0, 0
 	created, issueErr := s.issue(ctx, nw, env)
 	if issueErr != nil && !errors.Is(issueErr, ErrNotVisible) {
 		return Created{}, issueErr
 	}
+	newID := created.State.GetId()
 	until := s.now().Add(grace).UnixNano()
 	if grace <= 0 {
 		until = s.now().UnixNano()
 	}
 	if err := s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		if err := rotated(st); err != nil {
+			return err // a concurrent rotation won
+		}
+		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+			return fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
+		}
 		st.GraceUntilUnixNano = until
+		st.ReplacedBy = newID
 		return nil
 	}); err != nil {
+		if errors.Is(err, ErrConflict) {
+			// The old key was rotated or revoked meanwhile: the new key
+			// replaces nothing; take it back (its secret goes to no one).
+			if derr := s.kl.DeleteKey(context.WithoutCancel(ctx), newID); derr != nil {
+				s.log.Warn("keys: cannot delete the new key of a refused rotation", "key_id", newID, "err", derr)
+			}
+			return Created{}, err
+		}
 		// The new key exists: hand its secret over with the error.
-		return created, fmt.Errorf("keys: new key %s issued but old key %s not retired: %w", created.State.GetId(), id, err)
+		return created, fmt.Errorf("keys: new key %s issued but old key %s not retired: %w", newID, id, err)
 	}
-	s.log.Info("key rotated", "key_id", id, "new_key_id", created.State.GetId(), "grace", grace)
+	s.log.Info("key rotated", "key_id", id, "new_key_id", newID, "grace", grace)
 	return created, issueErr
 }
 
@@ -263,26 +312,98 @@ func (s *Service) Revoke(ctx context.Context, id, reason string) error {
 	return err
 }
 
-// Suspend refuses the key until Resume.
+// Suspend refuses the key until Resume: a person's suspension. It replaces
+// any suspension in force, so that detection's timer (ResumeSuspension)
+// never lifts it.
 func (s *Service) Suspend(ctx context.Context, id string) error {
+	sid, err := newSuspensionID("manual:")
+	if err != nil {
+		return err
+	}
 	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
 		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 			return fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
 		}
 		st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+		st.SuspensionId, st.SuspendedUntilUnixNano = sid, 0
 		return nil
 	})
 }
 
-// Resume reactivates a suspended key. A revoked key stays revoked.
+// ErrSuspended: the key is already suspended by a suspension SuspendUntil
+// does not replace (a person's, or detection's lasting longer).
+var ErrSuspended = errors.New("keys: key is already suspended")
+
+// SuspendUntil is detection's suspension: the key is suspended under
+// suspension id sid until until (zero: until a person resumes it), when
+// the caller lifts it with ResumeSuspension. A suspension a person made, or one of detection's
+// lasting at least as long, stays in force: then the error is
+// ErrSuspended (the caller must not arm a timer).
+func (s *Service) SuspendUntil(ctx context.Context, id, sid string, until time.Time) error {
+	if sid == "" || strings.HasPrefix(sid, "manual:") {
+		return fmt.Errorf("%w: suspension id %q", ErrInvalid, sid)
+	}
+	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		switch st.GetStatus() {
+		case keymeterv1.KeyStatus_KEY_STATUS_REVOKED:
+			return fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
+		case keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED:
+			cur := st.GetSuspensionId()
+			if cur == sid {
+				return fmt.Errorf("%w: key %s by suspension %s", ErrSuspended, id, sid)
+			}
+			// A suspension without an id predates the record: a person's.
+			if cur == "" || strings.HasPrefix(cur, "manual:") {
+				return fmt.Errorf("%w: key %s was suspended by a person", ErrSuspended, id)
+			}
+			if old := st.GetSuspendedUntilUnixNano(); old == 0 || (!until.IsZero() && old >= until.UnixNano()) {
+				return fmt.Errorf("%w: key %s by suspension %s, which lasts at least as long", ErrSuspended, id, cur)
+			}
+		}
+		st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+		st.SuspensionId, st.SuspendedUntilUnixNano = sid, 0
+		if !until.IsZero() {
+			st.SuspendedUntilUnixNano = until.UnixNano()
+		}
+		return nil
+	})
+}
+
+// ResumeSuspension lifts suspension sid, and only it: if the key is no
+// longer suspended under sid (a person suspended it again, or a later
+// detection took over, or it was resumed or revoked), it changes nothing
+// and returns ErrConflict. The check and the write are one
+// compare-and-set where the key log has it.
+func (s *Service) ResumeSuspension(ctx context.Context, id, sid string) error {
+	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		if st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED || st.GetSuspensionId() != sid {
+			return fmt.Errorf("%w: key %s is not under suspension %s", ErrConflict, id, sid)
+		}
+		st.Status = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE
+		st.SuspensionId, st.SuspendedUntilUnixNano = "", 0
+		return nil
+	})
+}
+
+// Resume reactivates a suspended key, whoever suspended it. A revoked key
+// stays revoked.
 func (s *Service) Resume(ctx context.Context, id string) error {
 	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
 		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 			return fmt.Errorf("%w: key %s is revoked; issue a new key", ErrConflict, id)
 		}
 		st.Status = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE
+		st.SuspensionId, st.SuspendedUntilUnixNano = "", 0
 		return nil
 	})
+}
+
+func newSuspensionID(prefix string) (string, error) {
+	var b [9]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return prefix + hex.EncodeToString(b[:]), nil
 }
 
 // UpdateParams changes some of a key's attributes; nil fields stay.

@@ -431,6 +431,9 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 				rec.Status = StatusSuspended
 				if st != nil {
 					st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+					if prev, ok := t.stateOf(rec.ID); ok {
+						st.SuspensionId, st.SuspendedUntilUnixNano = prev.SuspensionId, prev.SuspendedUntilUnixNano
+					}
 				}
 			}
 			if old != nil && old.Status == StatusRevoked && rec.Status != StatusRevoked {
