@@ -296,7 +296,9 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 
 // Revoke refuses the key from now on, for reason.
 func (s *Service) Revoke(ctx context.Context, id, reason string) error {
+	var written *keymeterv1.KeyState // what modify writes (it sets the version after fn)
 	err := s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		written = st
 		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 			// Keep the first revocation's time and reason.
 			return fmt.Errorf("%w: key %s is already revoked", ErrConflict, id)
@@ -306,10 +308,50 @@ func (s *Service) Revoke(ctx context.Context, id, reason string) error {
 		st.RevokeReason = reason
 		return nil
 	})
+	if err != nil && !errors.Is(err, ErrNotVisible) && !errors.Is(err, ErrConflict) {
+		return err
+	}
+	// written is the revoked state written (also with ErrNotVisible), or
+	// the one found already revoked (ErrConflict): a revocation whose
+	// record was not written, or that predates revocation records, gets
+	// it now.
+	if rerr := s.writeRevocation(ctx, id, written); rerr != nil {
+		return errors.Join(err, rerr)
+	}
 	if err == nil {
 		s.log.Info("key revoked", "key_id", id, "reason", reason)
 	}
 	return err
+}
+
+// writeRevocation writes key id's revoked state st as its revocation
+// record too (RevocationRecordID), where the key log has no compare-and-set: a
+// writer that read the key before the revocation may write it back
+// unrevoked afterwards, and that write would be the key's latest record,
+// the one a verifier starting later loads. The revocation record is
+// written by nothing else, so it stays.
+func (s *Service) writeRevocation(ctx context.Context, id string, st *keymeterv1.KeyState) error {
+	if s.kl.CompareAndSet() != nil {
+		return nil // a stale copy cannot replace the revocation
+	}
+	if st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_REVOKED || st.GetId() != id {
+		return nil
+	}
+	b, err := proto.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("keys: encoding key %s: %w", id, err)
+	}
+	var werr error
+	for attempt := range 3 {
+		if werr = s.kl.PutKey(ctx, RevocationRecordID(id), b); werr == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+	}
+	if werr != nil {
+		return fmt.Errorf("keys: key %s revoked, but its revocation record not written (a concurrent stale write could undo the revocation for verifiers started later; revoke again): %w", id, werr)
+	}
+	return nil
 }
 
 // Suspend refuses the key until Resume: a person's suspension. It replaces
@@ -490,8 +532,16 @@ func (s *Service) Update(ctx context.Context, id string, p UpdateParams) error {
 // Delete removes the key from the key-state log: verifiers then answer
 // unknown. Prefer Revoke, which keeps the record and its reason.
 func (s *Service) Delete(ctx context.Context, id string) error {
-	if _, err := s.current(id); err != nil {
+	st, err := s.current(id)
+	if err != nil {
 		return err
+	}
+	if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED && s.kl.CompareAndSet() == nil {
+		// The revocation record first: left alone it would bring the key
+		// back, revoked, in the next reader's snapshot.
+		if err := s.kl.DeleteKey(ctx, RevocationRecordID(id)); err != nil {
+			return fmt.Errorf("keys: delete %s: %w", id, err)
+		}
 	}
 	if err := s.kl.DeleteKey(ctx, id); err != nil {
 		return fmt.Errorf("keys: delete %s: %w", id, err)
