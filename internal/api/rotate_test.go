@@ -51,3 +51,21 @@ func TestRotateRetiredKeyRefused(t *testing.T) {
 	// The replacement rotates as usual.
 	e.call("POST", "/v1/keys/"+newID+"/rotate", adminSecret, map[string]any{"grace_period": "1h"}, 201)
 }
+
+// A suspension through the API is a person's: the key shows it (and the
+// detector's timer never lifts it, see internal/detector).
+func TestManualSuspensionShown(t *testing.T) {
+	e := setup(t)
+	var created api.CreatedJSON
+	_ = json.Unmarshal(e.call("POST", "/v1/keys", adminSecret, map[string]any{"project": "proj_susp"}, 201), &created)
+	id := created.Key.ID
+	var k api.KeyJSON
+	_ = json.Unmarshal(e.call("POST", "/v1/keys/"+id+"/suspend", adminSecret, nil, 200), &k)
+	if k.Status != "suspended" || !strings.HasPrefix(k.SuspensionID, "manual:") || k.SuspendedUntil != nil {
+		t.Fatalf("suspended: %+v", k)
+	}
+	_ = json.Unmarshal(e.call("POST", "/v1/keys/"+id+"/resume", adminSecret, nil, 200), &k)
+	if k.Status != "active" || k.SuspensionID != "" {
+		t.Fatalf("resumed: %+v", k)
+	}
+}

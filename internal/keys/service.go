@@ -259,6 +259,14 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 	nw.ReplacedBy = ""
 	nw.RevokedUnixNano, nw.RevokeReason = 0, ""
 	nw.QuotaUsed, nw.QuotaState, nw.QuotaPeriodStartUnixNano = 0, 0, 0
+	if nw.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED {
+		// The replacement's suspension is the person's who rotated: no
+		// detection timer lifts it (the old key's is about the old key).
+		if nw.SuspensionId, err = newSuspensionID("manual:"); err != nil {
+			return Created{}, err
+		}
+		nw.SuspendedUntilUnixNano = 0
+	}
 	created, issueErr := s.issue(ctx, nw, env)
 	if issueErr != nil && !errors.Is(issueErr, ErrNotVisible) {
 		return Created{}, issueErr
