@@ -64,8 +64,9 @@ func TestManualSuspensionShown(t *testing.T) {
 	if k.Status != "suspended" || !strings.HasPrefix(k.SuspensionID, "manual:") || k.SuspendedUntil != nil {
 		t.Fatalf("suspended: %+v", k)
 	}
-	_ = json.Unmarshal(e.call("POST", "/v1/keys/"+id+"/resume", adminSecret, nil, 200), &k)
-	if k.Status != "active" || k.SuspensionID != "" {
-		t.Fatalf("resumed: %+v", k)
+	var r api.KeyJSON
+	_ = json.Unmarshal(e.call("POST", "/v1/keys/"+id+"/resume", adminSecret, nil, 200), &r)
+	if r.Status != "active" || r.SuspensionID != "" {
+		t.Fatalf("resumed: %+v", r)
 	}
 }
