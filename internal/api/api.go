@@ -285,8 +285,11 @@ func badRequest(field, format string, args ...any) *Error {
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *Error
 	var fe *store.FilterError
+	var re *keys.RotatedError
 	switch {
 	case errors.As(err, &ae):
+	case errors.As(err, &re):
+		ae = &Error{Status: 409, Code: "already_rotated", Message: re.Error()}
 	case errors.As(err, &fe):
 		ae = &Error{Status: 400, Code: "invalid_argument", Field: fe.Field, Message: fe.Error()}
 	case errors.Is(err, store.ErrInvalidQuery), errors.Is(err, keys.ErrInvalid):

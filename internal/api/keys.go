@@ -36,10 +36,18 @@ type KeyJSON struct {
 	QuotaUsed     uint64            `json:"quota_used,omitempty"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
 	Replaces      string            `json:"replaces,omitempty"`
-	GraceUntil    *time.Time        `json:"grace_until,omitempty"`
-	ThrottlePerS  float64           `json:"throttle_per_s,omitempty"`
-	ThrottleUntil *time.Time        `json:"throttle_until,omitempty"`
-	Version       uint64            `json:"version"`
+	// ReplacedBy and GraceUntil are set on a rotated-out key: it verifies
+	// until GraceUntil; Retired once that has passed.
+	ReplacedBy string     `json:"replaced_by,omitempty"`
+	GraceUntil *time.Time `json:"grace_until,omitempty"`
+	Retired    bool       `json:"retired,omitempty"`
+	// SuspensionID says who suspended the key: "manual:..." a person,
+	// "decision:<id>" detection, until SuspendedUntil.
+	SuspensionID   string     `json:"suspension_id,omitempty"`
+	SuspendedUntil *time.Time `json:"suspended_until,omitempty"`
+	ThrottlePerS   float64    `json:"throttle_per_s,omitempty"`
+	ThrottleUntil  *time.Time `json:"throttle_until,omitempty"`
+	Version        uint64     `json:"version"`
 }
 
 // CreatedJSON is a new key with its secret, shown this once.
@@ -72,6 +80,11 @@ func KeyFromState(st *keymeterv1.KeyState) KeyJSON {
 		QuotaUsed: st.GetQuotaUsed(), Metadata: st.GetMetadata(), Replaces: st.GetReplaces(),
 		GraceUntil: ts(st.GetGraceUntilUnixNano()), ThrottlePerS: st.GetThrottlePerS(), ThrottleUntil: ts(st.GetThrottleUntilUnixNano()),
 		Version: st.GetVersion(),
+	}
+	k.ReplacedBy = st.GetReplacedBy()
+	k.Retired = st.GetGraceUntilUnixNano() != 0 && time.Now().UnixNano() >= st.GetGraceUntilUnixNano()
+	if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED {
+		k.SuspensionID, k.SuspendedUntil = st.GetSuspensionId(), ts(st.GetSuspendedUntilUnixNano())
 	}
 	if st.GetQuotaState() != keymeterv1.QuotaState_QUOTA_STATE_UNSPECIFIED {
 		k.QuotaState = enumName(st.GetQuotaState().String(), "QUOTA_STATE_")

@@ -24,11 +24,15 @@ import (
 // the decisions and revocations of the last hour and the rules in dry-run
 // or with a tripped breaker.
 const (
-	maxLiveStreams   = 32
-	liveTick         = time.Second
-	liveLagEvery     = 2 // ticks
-	liveStoredEvery  = 5 // ticks
-	liveSummaryEvery = 10 * time.Second
+	maxLiveStreams = 32
+	// maxLiveStreamsPerSession keeps one session (one person, or one
+	// stolen cookie) from taking every stream: two tabs, and a reload's
+	// new stream before the server has seen the old one close.
+	maxLiveStreamsPerSession = 3
+	liveTick                 = time.Second
+	liveLagEvery             = 2 // ticks
+	liveStoredEvery          = 5 // ticks
+	liveSummaryEvery         = 10 * time.Second
 	// liveLinger keeps the hub, and its one consumer, running after the
 	// last stream closes, so that a reconnect or a page change reuses it
 	// instead of creating a consumer group each time.
@@ -47,31 +51,43 @@ type liveSnap struct {
 type liveHub struct {
 	c *Console
 
-	mu     sync.Mutex
-	subs   map[chan []byte]struct{}
-	stop   context.CancelFunc
-	done   chan struct{} // closed when the running loop has ended
-	counts map[string]uint64
-	last   []byte // the latest snapshot, sent to a stream as it opens
-	linger time.Duration
-	idle   *time.Timer // stops the loop liveLinger after the last stream
-	gen    uint64      // counts subscriptions: an idle stop checks it
+	mu        sync.Mutex
+	subs      map[chan []byte]string // stream -> its session's id
+	bySession map[string]int         // open streams per session
+	stop      context.CancelFunc
+	done      chan struct{} // closed when the running loop has ended
+	counts    map[string]uint64
+	last      []byte // the latest snapshot, sent to a stream as it opens
+	linger    time.Duration
+	idle      *time.Timer // stops the loop liveLinger after the last stream
+	gen       uint64      // counts subscriptions: an idle stop checks it
 }
 
 func newLiveHub(c *Console) *liveHub {
-	return &liveHub{c: c, subs: map[chan []byte]struct{}{}, counts: map[string]uint64{}, linger: liveLinger}
+	return &liveHub{c: c, subs: map[chan []byte]string{}, bySession: map[string]int{}, counts: map[string]uint64{}, linger: liveLinger}
 }
 
-// subscribe adds a stream, starting the hub's loop for the first; nil
-// when maxLiveStreams are open.
-func (h *liveHub) subscribe() chan []byte {
+// Why subscribe refused a stream.
+var (
+	errLiveFull       = fmt.Errorf("too many live streams open (at most %d); try again later", maxLiveStreams)
+	errLiveSessionMax = fmt.Errorf("this session has too many live streams open (at most %d); close another tab showing the overview", maxLiveStreamsPerSession)
+)
+
+// subscribe adds a stream of session sid, starting the hub's loop for the
+// first; errLiveSessionMax when the session has
+// maxLiveStreamsPerSession open, errLiveFull when maxLiveStreams are.
+func (h *liveHub) subscribe(sid string) (chan []byte, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.bySession[sid] >= maxLiveStreamsPerSession {
+		return nil, errLiveSessionMax
+	}
 	if len(h.subs) >= maxLiveStreams {
-		return nil
+		return nil, errLiveFull
 	}
 	ch := make(chan []byte, 1)
-	h.subs[ch] = struct{}{}
+	h.subs[ch] = sid
+	h.bySession[sid]++
 	h.gen++
 	if h.idle != nil {
 		h.idle.Stop()
@@ -85,7 +101,7 @@ func (h *liveHub) subscribe() chan []byte {
 		h.stop, h.done = cancel, make(chan struct{})
 		go h.run(ctx, h.done)
 	}
-	return ch
+	return ch, nil
 }
 
 // unsubscribe removes a stream; liveLinger after the last one the loop
@@ -93,7 +109,12 @@ func (h *liveHub) subscribe() chan []byte {
 func (h *liveHub) unsubscribe(ch chan []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.subs, ch)
+	if sid, ok := h.subs[ch]; ok {
+		delete(h.subs, ch)
+		if h.bySession[sid]--; h.bySession[sid] <= 0 {
+			delete(h.bySession, sid)
+		}
+	}
 	if len(h.subs) == 0 && h.shuttingDown() {
 		h.stopLocked() // no lingering past the server's shutdown
 		return
@@ -342,10 +363,14 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "sign in first", http.StatusUnauthorized)
 		return
 	}
-	ch := c.live.subscribe()
-	if ch == nil {
+	ch, err := c.live.subscribe(s.id)
+	if err != nil {
+		status := http.StatusServiceUnavailable
+		if err == errLiveSessionMax {
+			status = http.StatusTooManyRequests
+		}
 		w.Header().Set("Retry-After", "30")
-		http.Error(w, fmt.Sprintf("too many live streams open (at most %d); try again later", maxLiveStreams), http.StatusServiceUnavailable)
+		http.Error(w, err.Error(), status)
 		return
 	}
 	defer c.live.unsubscribe(ch)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -151,23 +152,54 @@ func TestLiveOverviewStream(t *testing.T) {
 	if !sawSummary {
 		t.Fatal("no summary event")
 	}
-	// The number of streams is bounded.
+	// The number of streams is bounded per session (security test
+	// 2026-11-27, finding 8: one session took all 32) and in all.
+	const maxLiveStreamsPerSession, maxLiveStreams = 3, 32
 	var extra []*http.Response
-	for range 40 {
+	defer func() {
+		for _, r := range extra {
+			r.Body.Close()
+		}
+	}()
+	open := func(c *http.Client) *http.Response {
+		t.Helper()
 		r, err := c.Get(e.url + "/console/live?live=1")
 		if err != nil {
 			t.Fatal(err)
 		}
 		extra = append(extra, r)
-		if r.StatusCode == http.StatusServiceUnavailable {
-			break
+		return r
+	}
+	for i := 1; i < maxLiveStreamsPerSession; i++ {
+		if r := open(c); r.StatusCode != 200 {
+			t.Fatalf("the session's stream %d: %d", i+1, r.StatusCode)
 		}
 	}
-	if last := extra[len(extra)-1]; last.StatusCode != http.StatusServiceUnavailable || len(extra) != 32 {
-		t.Fatalf("after %d more streams: %d, want 503 for the 32nd", len(extra), last.StatusCode)
+	r := open(c)
+	if body, _ := io.ReadAll(r.Body); r.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "this session has too many live streams") {
+		t.Fatalf("the session's stream %d: %d %s, want 429", maxLiveStreamsPerSession+1, r.StatusCode, body)
 	}
-	for _, r := range extra {
-		r.Body.Close()
+	streams, sessions := maxLiveStreamsPerSession, 1
+	for last := 200; last != http.StatusServiceUnavailable; {
+		if sessions > maxLiveStreams {
+			t.Fatalf("%d streams in %d sessions and no 503", streams, sessions)
+		}
+		other := client(t, nil)
+		other.Timeout = 0
+		login(t, other, e.url, adminSecret, "").Body.Close()
+		sessions++
+		for range maxLiveStreamsPerSession {
+			if last = open(other).StatusCode; last != 200 {
+				break
+			}
+			streams++
+		}
+		if last == http.StatusTooManyRequests {
+			t.Fatalf("a new session's stream refused as its session's")
+		}
+	}
+	if streams != maxLiveStreams {
+		t.Fatalf("503 after %d streams, want %d", streams, maxLiveStreams)
 	}
 	// Shutdown ends the stream with an "end" event.
 	e.shutdown()

@@ -70,9 +70,9 @@ func groupGone(t *testing.T, b bus.Bus, group string) bool {
 func TestLiveReconnectsReuseOneConsumer(t *testing.T) {
 	h, gb := hubOnNATS(t)
 	for i := range 20 {
-		ch := h.subscribe()
-		if ch == nil {
-			t.Fatal("no stream")
+		ch, err := h.subscribe("s")
+		if err != nil {
+			t.Fatal(err)
 		}
 		for deadline := time.Now().Add(30 * time.Second); i == 0; time.Sleep(20 * time.Millisecond) {
 			// The first stream's consumer is on the bus before it closes.
@@ -102,7 +102,10 @@ func TestLiveReconnectsReuseOneConsumer(t *testing.T) {
 func TestLiveHubStopsAfterLinger(t *testing.T) {
 	h, gb := hubOnNATS(t)
 	h.linger = 50 * time.Millisecond
-	ch := h.subscribe()
+	ch, err := h.subscribe("s")
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.unsubscribe(ch)
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		h.mu.Lock()

@@ -253,17 +253,21 @@ func (c *compiler) compile(src string, agg bool, want valKind, fields featureFie
 	if err := checkFeatureRefs(ast, fields); err != nil {
 		return nil, err
 	}
+	// Cost the expression as written before optimising: constant folding
+	// evaluates constant subexpressions, so an expression that is costly
+	// but constant (nested comprehensions over literal lists) must be
+	// refused before folding runs it, not costed after folding made it a
+	// literal.
+	if _, err := c.estimate(env, ast); err != nil {
+		return nil, err
+	}
 	ast, iss = c.opt.Optimize(env, ast)
 	if iss != nil && iss.Err() != nil {
 		return nil, celIssue(iss)
 	}
-	est, err := env.EstimateCost(ast, sizeEstimator{})
+	est, err := c.estimate(env, ast)
 	if err != nil {
-		return nil, &compileError{line: 1, msg: "cost estimate: " + err.Error()}
-	}
-	if est.Max > c.costLimit {
-		return nil, &compileError{line: 1, err: ErrTooCostly,
-			msg: fmt.Sprintf("static cost up to %d exceeds the limit %d (simplify the expression or raise the limit)", est.Max, c.costLimit)}
+		return nil, err
 	}
 	prg, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize))
 	if err != nil {
@@ -280,6 +284,19 @@ func (c *compiler) compile(src string, agg bool, want valKind, fields featureFie
 		return nil, &compileError{line: 1, msg: fmt.Sprintf("expression has type %s, want %s", t, celType(want))}
 	}
 	return x, nil
+}
+
+// estimate returns ast's static cost, an error when it exceeds the limit.
+func (c *compiler) estimate(env *cel.Env, ast *cel.Ast) (cost.CostEstimate, error) {
+	est, err := env.EstimateCost(ast, sizeEstimator{})
+	if err != nil {
+		return est, &compileError{line: 1, msg: "cost estimate: " + err.Error()}
+	}
+	if est.Max > c.costLimit {
+		return est, &compileError{line: 1, err: ErrTooCostly,
+			msg: fmt.Sprintf("static cost up to %d exceeds the limit %d (simplify the expression or raise the limit)", est.Max, c.costLimit)}
+	}
+	return est, nil
 }
 
 // ErrTooCostly marks an expression whose static cost exceeds the limit.

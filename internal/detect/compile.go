@@ -158,7 +158,11 @@ func (c *compiler) compileRule(r *Rule, opts CompileOptions) (*compiledRule, err
 		if errors.As(err, &ce) {
 			line = r.pos.exprLine(field, ce.line)
 		}
-		errs = append(errs, &LoadError{File: r.File, Line: line, Field: field, Msg: err.Error(), Err: err})
+		msg := err.Error()
+		if errors.Is(err, ErrTooCostly) {
+			msg = fmt.Sprintf("rule %s: %s", r.ID, msg)
+		}
+		errs = append(errs, &LoadError{File: r.File, Line: line, Field: field, Msg: msg, Err: err})
 	}
 	ff := featureFields{distinct: r.Aggregate.Distinct, sums: r.Aggregate.Sum, baseline: r.Aggregate.Baseline != nil}
 	cr := newCompiledRule(r, opts)

@@ -34,8 +34,12 @@ import (
 // KeyActions carries out decisions on keys (keys.Service).
 type KeyActions interface {
 	Revoke(ctx context.Context, id, reason string) error
-	Suspend(ctx context.Context, id string) error
-	Resume(ctx context.Context, id string) error
+	// SuspendUntil suspends the key under suspension id sid until until,
+	// unless a suspension it must not replace is in force
+	// (keys.ErrSuspended); ResumeSuspension lifts sid only while it is
+	// the suspension in force.
+	SuspendUntil(ctx context.Context, id, sid string, until time.Time) error
+	ResumeSuspension(ctx context.Context, id, sid string) error
 	Update(ctx context.Context, id string, p keys.UpdateParams) error
 }
 
@@ -66,6 +70,9 @@ type Detector struct {
 	log       *slog.Logger
 	decisions chan *keymeterv1.Decision
 	counts    Counts
+	// resumed, if set (tests), sees the outcome of every expired
+	// suspension's resume attempt.
+	resumed func(id, sid string, err error)
 }
 
 // Counts are cumulative since start.
@@ -327,9 +334,21 @@ func (d *Detector) carryOut(ctx context.Context, dec *keymeterv1.Decision) error
 			d.log.Warn("key revoked by detection", "key_id", id, "rule", dec.GetRuleId())
 		}
 	case keymeterv1.Action_ACTION_SUSPEND:
-		err = d.cfg.Keys.Suspend(ctx, id)
-		if dur := time.Duration(dec.GetDurationMs()) * time.Millisecond; err == nil && dur > 0 {
-			d.resumeAfter(id, time.Unix(0, dec.GetTimeUnixNano()).Add(dur), dec.GetRuleId())
+		// The suspension is recorded in the key state under the decision's
+		// id: the timer lifts it only while it is the one in force, never
+		// a person's.
+		sid := "decision:" + dec.GetId()
+		var until time.Time // no duration: until a person resumes it
+		dur := time.Duration(dec.GetDurationMs()) * time.Millisecond
+		if dur > 0 {
+			until = time.Unix(0, dec.GetTimeUnixNano()).Add(dur)
+		}
+		err = d.cfg.Keys.SuspendUntil(ctx, id, sid, until)
+		switch {
+		case err == nil && dur > 0:
+			d.resumeAfter(id, sid, until, dec.GetRuleId())
+		case errors.Is(err, keys.ErrSuspended):
+			err = nil // a person's suspension, or a longer one, stays in force
 		}
 	case keymeterv1.Action_ACTION_THROTTLE:
 		rate := dec.GetThrottlePerS()
@@ -342,18 +361,25 @@ func (d *Detector) carryOut(ctx context.Context, dec *keymeterv1.Decision) error
 	return errors.Join(pubErr, err)
 }
 
-// resumeAfter lifts a detection's suspension when it expires. The timer
-// lives in this process: a suspension whose detector restarted before it
-// expired stays until a person resumes the key.
-func (d *Detector) resumeAfter(id string, until time.Time, rule string) {
+// resumeAfter lifts a detection's suspension sid when it expires, if it is
+// still the suspension in force (keys.Service.ResumeSuspension checks and
+// writes with compare-and-set). The timer lives in this process: a
+// suspension whose detector restarted before it expired stays until a
+// person resumes the key.
+func (d *Detector) resumeAfter(id, sid string, until time.Time, rule string) {
 	time.AfterFunc(time.Until(until), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		switch err := d.cfg.Keys.Resume(ctx, id); {
+		err := d.cfg.Keys.ResumeSuspension(ctx, id, sid)
+		if d.resumed != nil {
+			defer d.resumed(id, sid, err)
+		}
+		switch {
 		case err == nil:
 			d.log.Info("detection suspension expired; key resumed", "key_id", id, "rule", rule)
 		case errors.Is(err, keys.ErrConflict), errors.Is(err, keys.ErrNotFound):
-			// revoked or resumed meanwhile
+			// revoked, resumed, or suspended again (by a person or a later
+			// decision) meanwhile: that suspension stays
 		default:
 			d.log.Warn("detector: cannot resume a key whose suspension expired", "key_id", id, "err", err)
 		}

@@ -104,9 +104,9 @@ type heldResumes struct {
 	resumed chan string
 }
 
-func (h heldResumes) Resume(ctx context.Context, id string) error {
+func (h heldResumes) ResumeSuspension(ctx context.Context, id, sid string) error {
 	<-h.release
-	err := h.Service.Resume(ctx, id)
+	err := h.Service.ResumeSuspension(ctx, id, sid)
 	h.resumed <- id
 	return err
 }

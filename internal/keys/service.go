@@ -2,11 +2,14 @@ package keys
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"math"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -204,11 +207,37 @@ func (s *Service) issue(ctx context.Context, st *keymeterv1.KeyState, env Env) (
 	return Created{Secret: sec, State: st}, nil
 }
 
+// RotatedError: the key was already rotated (Rotate refuses it: a second
+// rotation would give a retired key a new grace period).
+type RotatedError struct {
+	ID, ReplacedBy string // ReplacedBy is empty for a key rotated before keymeter recorded it
+}
+
+func (e *RotatedError) Error() string {
+	if e.ReplacedBy == "" {
+		return fmt.Sprintf("key %s was already rotated; rotate its replacement instead", e.ID)
+	}
+	return fmt.Sprintf("key %s was already rotated: its replacement is %s; rotate that one instead", e.ID, e.ReplacedBy)
+}
+
+// Unwrap makes a RotatedError an ErrConflict.
+func (e *RotatedError) Unwrap() error { return ErrConflict }
+
+// rotated reports whether st was rotated out already.
+func rotated(st *keymeterv1.KeyState) error {
+	if st.GetReplacedBy() != "" || st.GetGraceUntilUnixNano() != 0 {
+		return &RotatedError{ID: st.GetId(), ReplacedBy: st.GetReplacedBy()}
+	}
+	return nil
+}
+
 // Rotate issues a new key that replaces id. The old key keeps verifying
 // for grace (0: it stops at once), then is refused as expired. The new key
 // inherits everything that constrains the old one: its status (a
 // suspended key's replacement is suspended too), kind, scopes, CIDRs,
-// limits, quota, expiry and throttle.
+// limits, quota, expiry and throttle. A key is rotated once: rotating it
+// again is a *RotatedError (an ErrConflict), so that a retired key's grace
+// is never extended.
 func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (Created, error) {
 	old, err := s.current(id)
 	if err != nil {
@@ -217,6 +246,9 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 	if old.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 		return Created{}, fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
 	}
+	if err := rotated(old); err != nil {
+		return Created{}, err
+	}
 	env, err := ParseEnv(old.GetEnv())
 	if err != nil {
 		env = EnvLive
@@ -224,30 +256,57 @@ func (s *Service) Rotate(ctx context.Context, id string, grace time.Duration) (C
 	nw := proto.CloneOf(old)
 	nw.Replaces = id
 	nw.GraceUntilUnixNano = 0
+	nw.ReplacedBy = ""
 	nw.RevokedUnixNano, nw.RevokeReason = 0, ""
 	nw.QuotaUsed, nw.QuotaState, nw.QuotaPeriodStartUnixNano = 0, 0, 0
+	if nw.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED {
+		// The replacement's suspension is the person's who rotated: no
+		// detection timer lifts it (the old key's is about the old key).
+		if nw.SuspensionId, err = newSuspensionID("manual:"); err != nil {
+			return Created{}, err
+		}
+		nw.SuspendedUntilUnixNano = 0
+	}
 	created, issueErr := s.issue(ctx, nw, env)
 	if issueErr != nil && !errors.Is(issueErr, ErrNotVisible) {
 		return Created{}, issueErr
 	}
+	newID := created.State.GetId()
 	until := s.now().Add(grace).UnixNano()
 	if grace <= 0 {
 		until = s.now().UnixNano()
 	}
 	if err := s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		if err := rotated(st); err != nil {
+			return err // a concurrent rotation won
+		}
+		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
+			return fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
+		}
 		st.GraceUntilUnixNano = until
+		st.ReplacedBy = newID
 		return nil
 	}); err != nil {
+		if errors.Is(err, ErrConflict) {
+			// The old key was rotated or revoked meanwhile: the new key
+			// replaces nothing; take it back (its secret goes to no one).
+			if derr := s.kl.DeleteKey(context.WithoutCancel(ctx), newID); derr != nil {
+				s.log.Warn("keys: cannot delete the new key of a refused rotation", "key_id", newID, "err", derr)
+			}
+			return Created{}, err
+		}
 		// The new key exists: hand its secret over with the error.
-		return created, fmt.Errorf("keys: new key %s issued but old key %s not retired: %w", created.State.GetId(), id, err)
+		return created, fmt.Errorf("keys: new key %s issued but old key %s not retired: %w", newID, id, err)
 	}
-	s.log.Info("key rotated", "key_id", id, "new_key_id", created.State.GetId(), "grace", grace)
+	s.log.Info("key rotated", "key_id", id, "new_key_id", newID, "grace", grace)
 	return created, issueErr
 }
 
 // Revoke refuses the key from now on, for reason.
 func (s *Service) Revoke(ctx context.Context, id, reason string) error {
+	var written *keymeterv1.KeyState // what modify writes (it sets the version after fn)
 	err := s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		written = st
 		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 			// Keep the first revocation's time and reason.
 			return fmt.Errorf("%w: key %s is already revoked", ErrConflict, id)
@@ -257,32 +316,144 @@ func (s *Service) Revoke(ctx context.Context, id, reason string) error {
 		st.RevokeReason = reason
 		return nil
 	})
+	if err != nil && !errors.Is(err, ErrNotVisible) && !errors.Is(err, ErrConflict) {
+		return err
+	}
+	// written is the revoked state written (also with ErrNotVisible), or
+	// the one found already revoked (ErrConflict): a revocation whose
+	// record was not written, or that predates revocation records, gets
+	// it now.
+	if rerr := s.writeRevocation(ctx, id, written); rerr != nil {
+		return errors.Join(err, rerr)
+	}
 	if err == nil {
 		s.log.Info("key revoked", "key_id", id, "reason", reason)
 	}
 	return err
 }
 
-// Suspend refuses the key until Resume.
+// writeRevocation writes key id's revoked state st as its revocation
+// record too (RevocationRecordID), where the key log has no compare-and-set: a
+// writer that read the key before the revocation may write it back
+// unrevoked afterwards, and that write would be the key's latest record,
+// the one a verifier starting later loads. The revocation record is
+// written by nothing else, so it stays.
+func (s *Service) writeRevocation(ctx context.Context, id string, st *keymeterv1.KeyState) error {
+	if s.kl.CompareAndSet() != nil {
+		return nil // a stale copy cannot replace the revocation
+	}
+	if st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_REVOKED || st.GetId() != id {
+		return nil
+	}
+	b, err := proto.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("keys: encoding key %s: %w", id, err)
+	}
+	var werr error
+	for attempt := range 3 {
+		if werr = s.kl.PutKey(ctx, RevocationRecordID(id), b); werr == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+	}
+	if werr != nil {
+		return fmt.Errorf("keys: key %s revoked, but its revocation record not written (a concurrent stale write could undo the revocation for verifiers started later; revoke again): %w", id, werr)
+	}
+	return nil
+}
+
+// Suspend refuses the key until Resume: a person's suspension. It replaces
+// any suspension in force, so that detection's timer (ResumeSuspension)
+// never lifts it.
 func (s *Service) Suspend(ctx context.Context, id string) error {
+	sid, err := newSuspensionID("manual:")
+	if err != nil {
+		return err
+	}
 	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
 		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 			return fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
 		}
 		st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+		st.SuspensionId, st.SuspendedUntilUnixNano = sid, 0
 		return nil
 	})
 }
 
-// Resume reactivates a suspended key. A revoked key stays revoked.
+// ErrSuspended: the key is already suspended by a suspension SuspendUntil
+// does not replace (a person's, or detection's lasting longer).
+var ErrSuspended = errors.New("keys: key is already suspended")
+
+// SuspendUntil is detection's suspension: the key is suspended under
+// suspension id sid until until (zero: until a person resumes it), when
+// the caller lifts it with ResumeSuspension. A suspension a person made, or one of detection's
+// lasting at least as long, stays in force: then the error is
+// ErrSuspended (the caller must not arm a timer).
+func (s *Service) SuspendUntil(ctx context.Context, id, sid string, until time.Time) error {
+	if sid == "" || strings.HasPrefix(sid, "manual:") {
+		return fmt.Errorf("%w: suspension id %q", ErrInvalid, sid)
+	}
+	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		switch st.GetStatus() {
+		case keymeterv1.KeyStatus_KEY_STATUS_REVOKED:
+			return fmt.Errorf("%w: key %s is revoked", ErrConflict, id)
+		case keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED:
+			cur := st.GetSuspensionId()
+			if cur == sid {
+				return fmt.Errorf("%w: key %s by suspension %s", ErrSuspended, id, sid)
+			}
+			// A suspension without an id predates the record: a person's.
+			if cur == "" || strings.HasPrefix(cur, "manual:") {
+				return fmt.Errorf("%w: key %s was suspended by a person", ErrSuspended, id)
+			}
+			if old := st.GetSuspendedUntilUnixNano(); old == 0 || (!until.IsZero() && old >= until.UnixNano()) {
+				return fmt.Errorf("%w: key %s by suspension %s, which lasts at least as long", ErrSuspended, id, cur)
+			}
+		}
+		st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+		st.SuspensionId, st.SuspendedUntilUnixNano = sid, 0
+		if !until.IsZero() {
+			st.SuspendedUntilUnixNano = until.UnixNano()
+		}
+		return nil
+	})
+}
+
+// ResumeSuspension lifts suspension sid, and only it: if the key is no
+// longer suspended under sid (a person suspended it again, or a later
+// detection took over, or it was resumed or revoked), it changes nothing
+// and returns ErrConflict. The check and the write are one
+// compare-and-set where the key log has it.
+func (s *Service) ResumeSuspension(ctx context.Context, id, sid string) error {
+	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
+		if st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED || st.GetSuspensionId() != sid {
+			return fmt.Errorf("%w: key %s is not under suspension %s", ErrConflict, id, sid)
+		}
+		st.Status = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE
+		st.SuspensionId, st.SuspendedUntilUnixNano = "", 0
+		return nil
+	})
+}
+
+// Resume reactivates a suspended key, whoever suspended it. A revoked key
+// stays revoked.
 func (s *Service) Resume(ctx context.Context, id string) error {
 	return s.modify(ctx, id, func(st *keymeterv1.KeyState) error {
 		if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 			return fmt.Errorf("%w: key %s is revoked; issue a new key", ErrConflict, id)
 		}
 		st.Status = keymeterv1.KeyStatus_KEY_STATUS_ACTIVE
+		st.SuspensionId, st.SuspendedUntilUnixNano = "", 0
 		return nil
 	})
+}
+
+func newSuspensionID(prefix string) (string, error) {
+	var b [9]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return prefix + hex.EncodeToString(b[:]), nil
 }
 
 // UpdateParams changes some of a key's attributes; nil fields stay.
@@ -369,8 +540,16 @@ func (s *Service) Update(ctx context.Context, id string, p UpdateParams) error {
 // Delete removes the key from the key-state log: verifiers then answer
 // unknown. Prefer Revoke, which keeps the record and its reason.
 func (s *Service) Delete(ctx context.Context, id string) error {
-	if _, err := s.current(id); err != nil {
+	st, err := s.current(id)
+	if err != nil {
 		return err
+	}
+	if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED && s.kl.CompareAndSet() == nil {
+		// The revocation record first: left alone it would bring the key
+		// back, revoked, in the next reader's snapshot.
+		if err := s.kl.DeleteKey(ctx, RevocationRecordID(id)); err != nil {
+			return fmt.Errorf("keys: delete %s: %w", id, err)
+		}
 	}
 	if err := s.kl.DeleteKey(ctx, id); err != nil {
 		return fmt.Errorf("keys: delete %s: %w", id, err)

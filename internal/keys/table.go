@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -341,14 +342,20 @@ func (t *Table) Apply(batch []bus.KeyUpdate) {
 		case u.EndOfSnapshot:
 			endOfSnapshot = true
 		case u.Deleted:
-			t.remove(u.ID, writable)
+			t.remove(u.ID, writable) // a revocation record's id is no key's: nothing to remove
 			t.noteRevision(u.ID, 0)
 		default:
 			t.put(u, writable)
-			t.noteRevision(u.ID, u.Revision)
+			if _, rr := RevocationOf(u.ID); !rr {
+				t.noteRevision(u.ID, u.Revision)
+			}
 		}
 		if t.seen != nil && u.ID != "" {
-			t.seen[u.ID] = struct{}{}
+			id := u.ID
+			if k, rr := RevocationOf(id); rr {
+				id = k
+			}
+			t.seen[id] = struct{}{}
 		}
 		t.applied.Add(1)
 	}
@@ -405,6 +412,9 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 	}
 	if rec.ID == "" {
 		rec.ID = u.ID
+		if id, ok := RevocationOf(u.ID); ok {
+			rec.ID = id
+		}
 	}
 	var st *keymeterv1.KeyState
 	if t.keepState {
@@ -421,6 +431,25 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 			s := t.slot(idx)
 			old := s.rec.Load()
 			if old != nil && rec.Version != 0 && rec.Version < old.Version {
+				if rec.Status == StatusRevoked && old.Status != StatusRevoked {
+					// Revocation is final whatever the order: a revocation
+					// (its own record, RevocationRecordID, comes in any
+					// order with the key's) wins over a later write that
+					// does not carry it, from a writer that read the key
+					// before it. Keep the later write's other fields.
+					t.log.Warn("applying a revocation over a later key state that does not carry it", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
+					nr := *old
+					nr.Status = StatusRevoked
+					s.rec.Store(&nr)
+					if st != nil {
+						if prev, ok := t.stateOf(rec.ID); ok {
+							cur := proto.CloneOf(prev)
+							cur.Status, cur.RevokedUnixNano, cur.RevokeReason = st.Status, st.RevokedUnixNano, st.RevokeReason
+							t.storeState(cur)
+						}
+					}
+					return
+				}
 				t.log.Warn("ignoring stale key state", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
 				return
 			}
@@ -431,6 +460,9 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 				rec.Status = StatusSuspended
 				if st != nil {
 					st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+					if prev, ok := t.stateOf(rec.ID); ok {
+						st.SuspensionId, st.SuspendedUntilUnixNano = prev.SuspensionId, prev.SuspendedUntilUnixNano
+					}
 				}
 			}
 			if old != nil && old.Status == StatusRevoked && rec.Status != StatusRevoked {
@@ -538,6 +570,29 @@ func (t *Table) StateRevision(id string) (*keymeterv1.KeyState, uint64, bool) {
 		return nil, 0, false
 	}
 	return proto.CloneOf(st), rev, true
+}
+
+// RevocationSuffix makes the id of a key's revocation record from the key's
+// id. On a key log without compare-and-set (Kafka) a writer that read a
+// key before its revocation can write it back unrevoked after it (the
+// quota writer, a detector's throttle), and that write, not the
+// revocation, is then the key's latest record: the one a new reader's
+// snapshot, or log compaction, keeps. Service.Revoke therefore also writes
+// the revoked state under RevocationRecordID(id), which nothing else
+// writes, so every reader sees the revocation whatever came later; the
+// table holds a revocation final in any order (a revoked state is never
+// ignored as older, and a later unrevoked one never lifts it).
+const RevocationSuffix = ".revoked"
+
+// RevocationRecordID is the key-log id of key id's revocation record.
+func RevocationRecordID(id string) string { return id + RevocationSuffix }
+
+// RevocationOf reports whether rid is a revocation record's id, and whose.
+func RevocationOf(rid string) (string, bool) {
+	if id, ok := strings.CutSuffix(rid, RevocationSuffix); ok && id != "" {
+		return id, true
+	}
+	return "", false
 }
 
 // ErrNotFound: no key with that id.

@@ -2,6 +2,7 @@ package keys
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -245,6 +246,16 @@ func TestServiceLifecycle(t *testing.T) {
 	nr := lookup(verifier, rot.Secret)
 	if rot.State.GetReplaces() != id || nr.ID == id || !nr.HasScope("read") || rot.Secret.Reveal() == early.Secret.Reveal() {
 		t.Fatalf("rotated key: %+v", rot.State)
+	}
+	// A key is rotated once: a second rotation never extends the grace.
+	before, _ := svc.Get(id)
+	var re *RotatedError
+	if _, err := svc.Rotate(ctx, id, 9999*time.Hour); !errors.As(err, &re) || !errors.Is(err, ErrConflict) || re.ReplacedBy != nr.ID {
+		t.Fatalf("second rotation: %v", err)
+	}
+	if after, _ := svc.Get(id); after.GetGraceUntilUnixNano() != before.GetGraceUntilUnixNano() || after.GetReplacedBy() != nr.ID ||
+		after.GetVersion() != before.GetVersion() {
+		t.Fatalf("second rotation changed the old key: %v", after)
 	}
 
 	if err := svc.Revoke(ctx, id, "leaked"); err != nil {

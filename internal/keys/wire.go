@@ -24,9 +24,11 @@ var keyStateFields = map[protowire.Number]bool{
 	13: true, 14: true, 15: true, 16: true, 17: true, // scopes, allowed_cidrs, rate limit, burst, monthly quota
 	18: false, 19: false, // metadata, replaces
 	20: true, 21: true, 22: true, 23: true, 24: true, 25: true, // grace, quota state/used/period, throttle
-	26: false, // updated_unix_nano
-	27: true,  // version
-	28: true,  // kind: detection reads a key's declared kind from the table
+	26: false,            // updated_unix_nano
+	27: true,             // version
+	28: true,             // kind: detection reads a key's declared kind from the table
+	29: false, 30: false, // suspension_id, suspended_until: status says suspended
+	31: false, // replaced_by: grace says how long a rotated-out key verifies
 }
 
 // decodeRecord builds a Record straight from the protobuf encoding of a

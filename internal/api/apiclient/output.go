@@ -53,7 +53,14 @@ func PrintKeys(w io.Writer, ks ...api.KeyJSON) {
 		if k.RateLimitPerS > 0 {
 			rate = strconv.FormatFloat(k.RateLimitPerS, 'f', -1, 64) + "/s"
 		}
-		rows = append(rows, []string{k.ID, k.Project, k.Name, k.Kind, k.DisplayPrefix + "…", k.Status, rate, quota, FmtTime(k.ExpiresAt)})
+		status := k.Status
+		switch {
+		case k.Status == "active" && k.Retired:
+			status = "retired" // rotated out, its grace over: refused
+		case k.Status == "active" && k.GraceUntil != nil:
+			status = "rotated" // rotated out, verifying until its grace ends
+		}
+		rows = append(rows, []string{k.ID, k.Project, k.Name, k.Kind, k.DisplayPrefix + "…", status, rate, quota, FmtTime(k.ExpiresAt)})
 	}
 	Table(w, []string{"ID", "PROJECT", "NAME", "KIND", "KEY", "STATUS", "RATE", "QUOTA", "EXPIRES"}, rows)
 }

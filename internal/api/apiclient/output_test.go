@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keymeter/keymeter/internal/api"
 )
@@ -20,6 +21,12 @@ func TestPrintKeysColumns(t *testing.T) {
 		if !strings.Contains(lines[1], want) {
 			t.Errorf("row %q lacks %q", lines[1], want)
 		}
+	}
+	// A rotated-out key shows it (its status stays active in the API).
+	b.Reset()
+	PrintKeys(&b, api.KeyJSON{ID: "key_2", Status: "active", ReplacedBy: "key_3", GraceUntil: new(time.Time), Retired: true})
+	if !strings.Contains(b.String(), "retired") {
+		t.Errorf("a retired key: %q", b.String())
 	}
 }
 

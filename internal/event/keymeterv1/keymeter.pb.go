@@ -607,8 +607,15 @@ type KeyState struct {
 	UpdatedUnixNano          int64                  `protobuf:"varint,26,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Version                  uint64                 `protobuf:"varint,27,opt,name=version,proto3" json:"version,omitempty"` // bumped on every change
 	Kind                     string                 `protobuf:"bytes,28,opt,name=kind,proto3" json:"kind,omitempty"`        // server | browser | mobile | batch; empty: server
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// The suspension in force (status SUSPENDED): "manual:..." for one a
+	// person made (until resumed), "decision:<decision id>" for detection's.
+	// Detection lifts only its own suspension, and only while it is the one
+	// in force; a manual suspension replaces detection's.
+	SuspensionId           string `protobuf:"bytes,29,opt,name=suspension_id,json=suspensionId,proto3" json:"suspension_id,omitempty"`
+	SuspendedUntilUnixNano int64  `protobuf:"varint,30,opt,name=suspended_until_unix_nano,json=suspendedUntilUnixNano,proto3" json:"suspended_until_unix_nano,omitempty"` // detection's suspension ends then; 0: until resumed
+	ReplacedBy             string `protobuf:"bytes,31,opt,name=replaced_by,json=replacedBy,proto3" json:"replaced_by,omitempty"`                                          // set on a rotated-out key: the id of its replacement
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *KeyState) Reset() {
@@ -837,6 +844,27 @@ func (x *KeyState) GetKind() string {
 	return ""
 }
 
+func (x *KeyState) GetSuspensionId() string {
+	if x != nil {
+		return x.SuspensionId
+	}
+	return ""
+}
+
+func (x *KeyState) GetSuspendedUntilUnixNano() int64 {
+	if x != nil {
+		return x.SuspendedUntilUnixNano
+	}
+	return 0
+}
+
+func (x *KeyState) GetReplacedBy() string {
+	if x != nil {
+		return x.ReplacedBy
+	}
+	return ""
+}
+
 // Decision is what a detection rule decided, with its evidence.
 type Decision struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1037,7 +1065,7 @@ const file_keymeter_v1_keymeter_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bproducer\x18\x02 \x01(\tR\bproducer\x12*\n" +
 	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12/\n" +
-	"\x06events\x18\x04 \x03(\v2\x17.keymeter.v1.UsageEventR\x06events\"\xd8\b\n" +
+	"\x06events\x18\x04 \x03(\v2\x17.keymeter.v1.UsageEventR\x06events\"\xd9\t\n" +
 	"\bKeyState\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x12\n" +
@@ -1069,7 +1097,11 @@ const file_keymeter_v1_keymeter_proto_rawDesc = "" +
 	"\x18throttle_until_unix_nano\x18\x19 \x01(\x03R\x15throttleUntilUnixNano\x12*\n" +
 	"\x11updated_unix_nano\x18\x1a \x01(\x03R\x0fupdatedUnixNano\x12\x18\n" +
 	"\aversion\x18\x1b \x01(\x04R\aversion\x12\x12\n" +
-	"\x04kind\x18\x1c \x01(\tR\x04kind\x1a;\n" +
+	"\x04kind\x18\x1c \x01(\tR\x04kind\x12#\n" +
+	"\rsuspension_id\x18\x1d \x01(\tR\fsuspensionId\x129\n" +
+	"\x19suspended_until_unix_nano\x18\x1e \x01(\x03R\x16suspendedUntilUnixNano\x12\x1f\n" +
+	"\vreplaced_by\x18\x1f \x01(\tR\n" +
+	"replacedBy\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x04\n" +
