@@ -404,85 +404,13 @@ func (t *Table) internBytes(b []byte) string {
 }
 
 func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
-	rec, k, err := decodeRecord(u.Value, t.internBytes)
-	if err != nil {
-		t.invalid.Add(1)
-		t.log.Error("skipping invalid key state", "key_id", u.ID, "revision", u.Revision, "err", err)
+	rec, k, st, ok := t.decodeUpdate(u)
+	if !ok {
 		return
 	}
-	if rec.ID == "" {
-		rec.ID = u.ID
-		if id, ok := RevocationOf(u.ID); ok {
-			rec.ID = id
-		}
-	}
-	var st *keymeterv1.KeyState
-	if t.keepState {
-		st = &keymeterv1.KeyState{}
-		if err := proto.Unmarshal(u.Value, st); err != nil {
-			t.invalid.Add(1)
-			t.log.Error("skipping undecodable key state", "key_id", u.ID, "revision", u.Revision, "err", err)
-			return
-		}
-		st.Id = rec.ID
-	}
 	if idx, ok := t.findID(rec.ID); ok {
-		if t.slot(idx).key == k {
-			s := t.slot(idx)
-			old := s.rec.Load()
-			if old != nil && rec.Version != 0 && rec.Version < old.Version {
-				if rec.Status == StatusRevoked && old.Status != StatusRevoked {
-					// Revocation is final whatever the order: a revocation
-					// (its own record, RevocationRecordID, comes in any
-					// order with the key's) wins over a later write that
-					// does not carry it, from a writer that read the key
-					// before it. Keep the later write's other fields.
-					t.log.Warn("applying a revocation over a later key state that does not carry it", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
-					nr := *old
-					nr.Status = StatusRevoked
-					s.rec.Store(&nr)
-					if st != nil {
-						if prev, ok := t.stateOf(rec.ID); ok {
-							cur := proto.CloneOf(prev)
-							cur.Status, cur.RevokedUnixNano, cur.RevokeReason = st.Status, st.RevokedUnixNano, st.RevokeReason
-							t.storeState(cur)
-						}
-					}
-					return
-				}
-				t.log.Warn("ignoring stale key state", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
-				return
-			}
-			if old != nil && old.Status == StatusSuspended && rec.Status == StatusActive && rec.Version == old.Version {
-				// Two writers made the same version from the same read: one
-				// suspended the key, the other changed something else. The
-				// more restrictive status wins, whatever the arrival order.
-				rec.Status = StatusSuspended
-				if st != nil {
-					st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
-					if prev, ok := t.stateOf(rec.ID); ok {
-						st.SuspensionId, st.SuspendedUntilUnixNano = prev.SuspensionId, prev.SuspendedUntilUnixNano
-					}
-				}
-			}
-			if old != nil && old.Status == StatusRevoked && rec.Status != StatusRevoked {
-				// Revocation is final (Service.Resume refuses it). A write
-				// that un-revokes comes from a writer that read the key
-				// before the revocation (the key log has no compare-and-set):
-				// keep its other fields, never its status.
-				t.log.Warn("keeping a key revoked against a concurrent writer's stale copy", "key_id", rec.ID, "version", rec.Version)
-				rec.Status = StatusRevoked
-				if st != nil {
-					if prev, ok := t.stateOf(rec.ID); ok {
-						st.Status, st.RevokedUnixNano, st.RevokeReason = prev.Status, prev.RevokedUnixNano, prev.RevokeReason
-					}
-				}
-			}
-			if old == nil || old.QuotaUsed != rec.QuotaUsed || old.QuotaState != rec.QuotaState {
-				s.Used.Store(0)
-			}
-			s.rec.Store(rec)
-			t.storeState(st)
+		if s := t.slot(idx); s.key == k {
+			t.update(s, rec, st)
 			return
 		}
 		t.remove(rec.ID, writable) // the hash changed: a different secret
@@ -505,6 +433,92 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 	writable(shardOf(k)).insert(&k, idx, t.keyOf)
 	t.byID.insert(rec.ID, idx, t.idOf)
 	t.size.Add(1)
+	t.storeState(st)
+}
+
+// decodeUpdate decodes a key update's record (and, with keepState, its
+// whole state); false when it is invalid (counted and logged).
+func (t *Table) decodeUpdate(u *bus.KeyUpdate) (*Record, hkey, *keymeterv1.KeyState, bool) {
+	rec, k, err := decodeRecord(u.Value, t.internBytes)
+	if err != nil {
+		t.invalid.Add(1)
+		t.log.Error("skipping invalid key state", "key_id", u.ID, "revision", u.Revision, "err", err)
+		return nil, k, nil, false
+	}
+	if rec.ID == "" {
+		rec.ID = u.ID
+		if id, ok := RevocationOf(u.ID); ok {
+			rec.ID = id
+		}
+	}
+	var st *keymeterv1.KeyState
+	if t.keepState {
+		st = &keymeterv1.KeyState{}
+		if err := proto.Unmarshal(u.Value, st); err != nil {
+			t.invalid.Add(1)
+			t.log.Error("skipping undecodable key state", "key_id", u.ID, "revision", u.Revision, "err", err)
+			return nil, k, nil, false
+		}
+		st.Id = rec.ID
+	}
+	return rec, k, st, true
+}
+
+// update applies rec (and st) to the slot of the same key and secret.
+func (t *Table) update(s *Slot, rec *Record, st *keymeterv1.KeyState) {
+	old := s.rec.Load()
+	if old != nil && rec.Version != 0 && rec.Version < old.Version {
+		if rec.Status == StatusRevoked && old.Status != StatusRevoked {
+			// Revocation is final whatever the order: a revocation
+			// (its own record, RevocationRecordID, comes in any
+			// order with the key's) wins over a later write that
+			// does not carry it, from a writer that read the key
+			// before it. Keep the later write's other fields.
+			t.log.Warn("applying a revocation over a later key state that does not carry it", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
+			nr := *old
+			nr.Status = StatusRevoked
+			s.rec.Store(&nr)
+			if st != nil {
+				if prev, ok := t.stateOf(rec.ID); ok {
+					cur := proto.CloneOf(prev)
+					cur.Status, cur.RevokedUnixNano, cur.RevokeReason = st.Status, st.RevokedUnixNano, st.RevokeReason
+					t.storeState(cur)
+				}
+			}
+			return
+		}
+		t.log.Warn("ignoring stale key state", "key_id", rec.ID, "version", rec.Version, "have", old.Version)
+		return
+	}
+	if old != nil && old.Status == StatusSuspended && rec.Status == StatusActive && rec.Version == old.Version {
+		// Two writers made the same version from the same read: one
+		// suspended the key, the other changed something else. The
+		// more restrictive status wins, whatever the arrival order.
+		rec.Status = StatusSuspended
+		if st != nil {
+			st.Status = keymeterv1.KeyStatus_KEY_STATUS_SUSPENDED
+			if prev, ok := t.stateOf(rec.ID); ok {
+				st.SuspensionId, st.SuspendedUntilUnixNano = prev.SuspensionId, prev.SuspendedUntilUnixNano
+			}
+		}
+	}
+	if old != nil && old.Status == StatusRevoked && rec.Status != StatusRevoked {
+		// Revocation is final (Service.Resume refuses it). A write
+		// that un-revokes comes from a writer that read the key
+		// before the revocation (the key log has no compare-and-set):
+		// keep its other fields, never its status.
+		t.log.Warn("keeping a key revoked against a concurrent writer's stale copy", "key_id", rec.ID, "version", rec.Version)
+		rec.Status = StatusRevoked
+		if st != nil {
+			if prev, ok := t.stateOf(rec.ID); ok {
+				st.Status, st.RevokedUnixNano, st.RevokeReason = prev.Status, prev.RevokedUnixNano, prev.RevokeReason
+			}
+		}
+	}
+	if old == nil || old.QuotaUsed != rec.QuotaUsed || old.QuotaState != rec.QuotaState {
+		s.Used.Store(0)
+	}
+	s.rec.Store(rec)
 	t.storeState(st)
 }
 
