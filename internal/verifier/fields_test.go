@@ -1,6 +1,8 @@
 package verifier
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +76,47 @@ func TestBoundEvent(t *testing.T) {
 	}
 	if b := eventBound(&ev); b < len(enc)+2 {
 		t.Fatalf("eventBound %d below the encoded size %d (+ its tag and length)", b, len(enc))
+	}
+}
+
+// TestForwardAuthEventBounded: through every front's forward-auth
+// endpoint, the path, host, method and user agent the front passes on
+// (8 KB and more each, as a client can make nginx pass them) are cut to
+// their limits in the usage event.
+func TestForwardAuthEventBounded(t *testing.T) {
+	h := newFwdHarness(t)
+	uri := "/public/" + strings.Repeat("p", 8000)
+	host := strings.Repeat("h", 8000) + ".example"
+	ua := strings.Repeat("Mozilla/5.0 ", 1000)
+	for name, f := range Fronts {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		if f.URIHeader == "" {
+			req = httptest.NewRequest(http.MethodGet, uri, nil)
+			req.Host = host
+		} else {
+			req.Header.Set(f.MethodHeader, "GET")
+			req.Header.Set(f.URIHeader, uri)
+			if f.HostHeader != "" {
+				req.Header.Set(f.HostHeader, host)
+			} else {
+				req.Host = host
+			}
+		}
+		req.RemoteAddr = "127.0.0.1:5555"
+		req.Header.Set("X-Forwarded-For", "198.51.100.7")
+		req.Header.Set("User-Agent", ua)
+		h.last = nil
+		w := httptest.NewRecorder()
+		h.srv[name].ForwardAuth("").ServeHTTP(w, req)
+		ev := h.last
+		if ev == nil {
+			t.Errorf("%s: no event (status %d)", name, w.Code)
+			continue
+		}
+		if len(ev.Route) != MaxEventRoute || !strings.HasPrefix(ev.Route, "/public/p") || len(ev.UserAgent) > MaxEventUserAgent ||
+			len(ev.Host) > MaxEventHost || len(ev.Method) > MaxEventMethod {
+			t.Errorf("%s: status %d, event not bounded: route %d, host %d, user agent %d, method %d bytes", name, w.Code,
+				len(ev.Route), len(ev.Host), len(ev.UserAgent), len(ev.Method))
+		}
 	}
 }
