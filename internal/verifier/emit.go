@@ -178,7 +178,7 @@ type Emitter struct {
 
 	emitted, published, spooled, replayed, dropped, recovered atomic.Uint64
 	split, deadLettered                                       atomic.Uint64
-	lastDropLog, lastDeadLog                                  atomic.Int64
+	lastDropLog, lastDeadLog, lastBigLog                      atomic.Int64
 	deadBytes                                                 atomic.Int64 // written to DataDir/deadletter by this run
 }
 
@@ -674,7 +674,10 @@ func (e *Emitter) send(m bus.Message, n int) {
 			// Refused whole, and it would be again: the bus is up. The
 			// replayer publishes it split (replayOne); the spool keeps
 			// the batches after it in order meanwhile.
-			e.log.Warn("event batch larger than the bus accepts; publishing it split", "batch", m.BatchID, "bytes", len(m.Data), "events", n, "err", err)
+			now := time.Now().UnixNano()
+			if last := e.lastBigLog.Load(); now-last > int64(10*time.Second) && e.lastBigLog.CompareAndSwap(last, now) {
+				e.log.Warn("event batch larger than the bus accepts; publishing it split", "batch", m.BatchID, "bytes", len(m.Data), "events", n, "err", err)
+			}
 		} else {
 			e.goOffline(err)
 			m.Resent = true // a failed publish may still have reached the bus
