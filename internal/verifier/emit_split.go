@@ -82,6 +82,9 @@ func batchOverhead(producer, prefix string) int {
 // a spool file is marked before its publish), which makes the aggregator
 // check every event by id: each is stored once either way. The halves
 // inherit m.Resent, and m.Key, so that they stay in m's partition.
+// An event dead-lettered before a later half failed is dead-lettered (and
+// counted) again by the retry: its file is the same, reasons.log gets a
+// second line.
 func (e *Emitter) publishSplit(m bus.Message, cause error) (int, error) {
 	var b event.Batch
 	if err := event.DecodeBatch(m.Data, &b); err != nil || len(b.Events) == 0 {
