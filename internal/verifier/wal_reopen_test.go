@@ -72,6 +72,11 @@ func TestReopenKeepsPublishedUnacked(t *testing.T) {
 	if em.LogHealth() == nil {
 		t.Fatal("log not failed")
 	}
+	// Emit returns once the commit was tried; the collector publishes the
+	// sealed batch just after.
+	for deadline := time.Now().Add(10 * time.Second); len(stuck.eventIDs()) < 10 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if len(stuck.eventIDs()) != 10 {
 		t.Fatalf("%d events published, want the batch of 10", len(stuck.eventIDs()))
 	}
