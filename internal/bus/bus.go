@@ -33,7 +33,36 @@ var (
 	ErrRangeGone = errors.New("bus: range no longer in the log")
 	// ErrRevisionMismatch: a compare-and-set write found a newer record.
 	ErrRevisionMismatch = errors.New("bus: key changed since it was read")
+	// ErrTooLarge: the message is larger than the bus accepts (NATS max
+	// payload, Kafka message size limit). It is permanent: publishing the
+	// same message again fails the same way, so the publisher must split
+	// it (or set it aside), never retry it as it is.
+	ErrTooLarge = errors.New("bus: message too large")
 )
+
+// DefaultMaxMessageBytes is the message size a publisher that does not
+// report its limit (see MessageLimiter) is assumed to accept: the stock
+// nats-server's max_payload (1 MiB).
+const DefaultMaxMessageBytes = 1 << 20
+
+// MessageLimiter is implemented by publishers that know the largest
+// message the bus accepts.
+type MessageLimiter interface {
+	// MaxMessageBytes is the largest message (body and headers) the bus
+	// accepts now; 0 or less when unknown (not yet connected).
+	MaxMessageBytes() int
+}
+
+// MaxMessageBytes is p's limit if it reports one, else
+// DefaultMaxMessageBytes.
+func MaxMessageBytes(p Publisher) int {
+	if l, ok := p.(MessageLimiter); ok {
+		if n := l.MaxMessageBytes(); n > 0 {
+			return n
+		}
+	}
+	return DefaultMaxMessageBytes
+}
 
 // Header names carried by every event batch message. Batches travel as
 // CloudEvents in binary mode: the attributes are headers, the body is the

@@ -35,6 +35,12 @@ type EmitterConfig struct {
 	QueueSize int
 	// MaxBatch is the most events in one batch (default 1000).
 	MaxBatch int
+	// MaxBatchBytes bounds a batch's encoded size. Default: the
+	// publisher's message size limit (bus.MaxMessageBytes: the NATS
+	// connection's max payload, the Kafka producer's MaxMessageBytes) less
+	// a margin for the message headers, read again for every group of
+	// events taken from the queue.
+	MaxBatchBytes int
 	// FlushInterval is the longest an event waits for its batch (default 50ms).
 	FlushInterval time.Duration
 	// MaxInflight bounds unacknowledged batches; beyond it batches are
@@ -121,6 +127,13 @@ type EmitterStats struct {
 	// BacklogEvents: recovered events waiting in the log for room in the
 	// spool (see backlog.go).
 	BacklogEvents int
+	// Split: batches the bus refused as too large and that were published
+	// split in halves instead (see publishSplit).
+	Split uint64
+	// DeadLettered: events set aside in the dead-letter directory
+	// (DataDir/deadletter) because even alone they exceed the bus's
+	// message size.
+	DeadLettered uint64
 }
 
 // Emitter batches usage events and publishes them on the bus. Emit never
@@ -164,7 +177,9 @@ type Emitter struct {
 	offline atomic.Bool
 
 	emitted, published, spooled, replayed, dropped, recovered atomic.Uint64
-	lastDropLog                                               atomic.Int64
+	split, deadLettered                                       atomic.Uint64
+	lastDropLog, lastDeadLog, lastBigLog                      atomic.Int64
+	deadBytes                                                 atomic.Int64 // written to DataDir/deadletter by this run
 }
 
 // emitItem is an event on its way to the collector; with the durable log,
@@ -363,6 +378,7 @@ func (e *Emitter) Stats() EmitterStats {
 		Emitted: e.emitted.Load(), Published: e.published.Load(), Spooled: e.spooled.Load(),
 		Replayed: e.replayed.Load(), Dropped: e.dropped.Load(), Recovered: e.recovered.Load(),
 		LogErrors: logErrs, SpoolEvents: ev, SpoolBytes: by, BusUp: !e.offline.Load(), BacklogEvents: backlog,
+		Split: e.split.Load(), DeadLettered: e.deadLettered.Load(),
 	}
 }
 
@@ -403,6 +419,8 @@ func (e *Emitter) collect() {
 		e:         e,
 		parts:     make([][]event.Event, e.cfg.Partitions),
 		partFirst: make([]uint64, e.cfg.Partitions),
+		partBytes: make([]int, e.cfg.Partitions),
+		maxBytes:  e.batchLimit(),
 		idBuf:     make([]byte, 0, 64),
 		prefix:    e.cfg.Producer + "-" + e.epoch + "-",
 	}
@@ -434,6 +452,8 @@ type collector struct {
 	e          *Emitter
 	parts      [][]event.Event
 	partFirst  []uint64 // seq of parts[p][0]
+	partBytes  []int    // bound of parts[p]'s encoded batch (eventBound)
+	maxBytes   int      // batchLimit, read again in take
 	seq        uint64
 	batchSeq   uint64
 	idBuf      []byte
@@ -515,6 +535,7 @@ func (c *collector) seal(p int) {
 	m := bus.Message{Key: evs[0].PartitionKey(), BatchID: b.ID, Source: e.cfg.Producer, Data: data}
 	c.ready = append(c.ready, sealedBatch{m: m, n: len(evs)})
 	c.parts[p] = evs[:0]
+	c.partBytes[p] = 0
 }
 
 func (c *collector) sealAll() {
@@ -550,6 +571,17 @@ func (c *collector) add(it *emitItem) {
 		ev.VerifierID = e.cfg.Producer
 	}
 	p := bus.Partition(ev.PartitionKey(), e.cfg.Partitions)
+	// A batch is closed before this event would take its encoded size
+	// past the bus's message size (the event fields are bounded, fields.go,
+	// so one event always fits; should it not, publishSplit sets it aside).
+	size := eventBound(ev)
+	if len(c.parts[p]) > 0 && c.partBytes[p]+size > c.maxBytes {
+		c.seal(p)
+	}
+	if len(c.parts[p]) == 0 {
+		c.partBytes[p] = batchOverhead(e.cfg.Producer, c.prefix)
+	}
+	c.partBytes[p] += size
 	if c.parts[p] == nil {
 		c.parts[p] = make([]event.Event, 0, e.cfg.MaxBatch)
 	}
@@ -571,6 +603,7 @@ func (c *collector) add(it *emitItem) {
 // take handles it and whatever else is queued (up to a bound), then
 // commits them as one group and releases their Emit calls.
 func (c *collector) take(it *emitItem) {
+	c.maxBytes = c.e.batchLimit()
 	c.add(it)
 more:
 	for range 4096 {
@@ -637,8 +670,18 @@ func (e *Emitter) send(m bus.Message, n int) {
 			e.inflight <- inflight{ack: ack, msg: m, n: n}
 			return
 		}
-		e.goOffline(err)
-		m.Resent = true // a failed publish may still have reached the bus
+		if errors.Is(err, bus.ErrTooLarge) {
+			// Refused whole, and it would be again: the bus is up. The
+			// replayer publishes it split (replayOne); the spool keeps
+			// the batches after it in order meanwhile.
+			now := time.Now().UnixNano()
+			if last := e.lastBigLog.Load(); now-last > int64(10*time.Second) && e.lastBigLog.CompareAndSwap(last, now) {
+				e.log.Warn("event batch larger than the bus accepts; publishing it split", "batch", m.BatchID, "bytes", len(m.Data), "events", n, "err", err)
+			}
+		} else {
+			e.goOffline(err)
+			m.Resent = true // a failed publish may still have reached the bus
+		}
 	}
 	e.toSpool(m, n)
 }
@@ -687,7 +730,11 @@ func (e *Emitter) reapAcks() {
 		}
 		if err := f.ack.Err(); err != nil {
 			// A timeout or a lost connection: the bus may have it anyway.
-			e.goOffline(err)
+			// Too large (a Kafka broker's limit below the producer's):
+			// the bus is up, the replayer splits it.
+			if !errors.Is(err, bus.ErrTooLarge) {
+				e.goOffline(err)
+			}
 			f.msg.Resent = true
 			e.toSpool(f.msg, f.n)
 			continue
@@ -706,6 +753,7 @@ func (e *Emitter) reapAcks() {
 func (e *Emitter) replay() {
 	defer close(e.replayDone)
 	backoff := 100 * time.Millisecond
+	rl := replayLog{e: e}
 	for {
 		err := e.moveBacklog()
 		var seq uint64
@@ -724,8 +772,9 @@ func (e *Emitter) replay() {
 		if err == nil && !ok {
 			if _, waiting := e.backlog.len(); waiting == 0 {
 				if e.offline.Swap(false) {
-					e.log.Info("event bus reachable again; spool replayed")
+					e.log.Info("event bus reachable again; spool replayed", "failed_attempts", rl.fails)
 				}
+				rl = replayLog{e: e}
 				select {
 				case <-e.wake:
 					continue
@@ -738,6 +787,7 @@ func (e *Emitter) replay() {
 		if err == nil {
 			err = e.replayOne(seq, m, n)
 		}
+		rl.note(err)
 		if err != nil {
 			e.offline.Store(true)
 			select {
@@ -765,15 +815,20 @@ func (e *Emitter) replayOne(seq uint64, m bus.Message, n int) error {
 		e.log.Error("spool: cannot mark a batch as tried before replaying it", "err", err)
 		e.markFailed = true
 	}
-	if err := e.publishWait(m); err != nil {
+	dead := 0
+	err := e.publishWait(m)
+	if errors.Is(err, bus.ErrTooLarge) {
+		dead, err = e.publishSplit(m, err)
+	}
+	if err != nil {
 		e.tried = seq
 		return err
 	}
 	if _, err := e.spool.remove(seq); err != nil {
 		e.log.Error("spool", "err", err)
 	}
-	e.replayed.Add(uint64(n))
-	e.published.Add(uint64(n))
+	e.replayed.Add(uint64(n - dead))
+	e.published.Add(uint64(n - dead))
 	return nil
 }
 
@@ -791,8 +846,13 @@ func (e *Emitter) moveBacklog() error {
 			m := e.recoveredMsg(&b)
 			err := e.spool.put(m, len(b.events))
 			if errors.Is(err, ErrSpoolFull) && e.spool.empty() {
-				if err = e.publishWait(m); err == nil {
-					e.published.Add(uint64(len(b.events)))
+				dead := 0
+				err = e.publishWait(m)
+				if errors.Is(err, bus.ErrTooLarge) {
+					dead, err = e.publishSplit(m, err)
+				}
+				if err == nil {
+					e.published.Add(uint64(len(b.events) - dead))
 				}
 			} else if errors.Is(err, ErrSpoolFull) {
 				return nil // after the next replayed batch

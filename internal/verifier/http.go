@@ -407,6 +407,7 @@ func (s *Server) emit(r *http.Request, d *Decision, path string, ip client, star
 	} else {
 		ev.Country, ev.ASN = s.origin(r, ip.addr)
 	}
+	boundEvent(&ev) // client-chosen strings: bounded (fields.go)
 	if s.emitHook != nil {
 		seen := ev // a copy for the hook, so that ev itself stays on the stack
 		s.emitHook(&seen)

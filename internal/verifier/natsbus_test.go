@@ -23,9 +23,17 @@ type testNATS struct {
 	port int
 	emb  *natsbus.Embedded
 	url  string
+	// maxPayload is the server's max_payload, 0 for the default.
+	maxPayload int32
 }
 
 func startNATS(t testing.TB) *testNATS {
+	t.Helper()
+	return startNATSMax(t, 0)
+}
+
+// startNATSMax is startNATS with the server's max_payload set (0: default).
+func startNATSMax(t testing.TB, maxPayload int32) *testNATS {
 	t.Helper()
 	// Restarts (n.stop, n.start) keep the port: one from below the
 	// kernel's ephemeral range, which no other test's listener can take
@@ -34,7 +42,7 @@ func startNATS(t testing.TB) *testNATS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &testNATS{t: t, dir: t.TempDir(), port: port}
+	n := &testNATS{t: t, dir: t.TempDir(), port: port, maxPayload: maxPayload}
 	n.start()
 	t.Cleanup(func() {
 		if n.emb != nil {
@@ -46,7 +54,7 @@ func startNATS(t testing.TB) *testNATS {
 
 func (n *testNATS) start() {
 	n.t.Helper()
-	emb, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: n.dir, Listen: true, Port: n.port})
+	emb, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{DataDir: n.dir, Listen: true, Port: n.port, MaxPayload: n.maxPayload})
 	if err != nil {
 		n.t.Fatal(err)
 	}

@@ -289,7 +289,7 @@ func serve(addr string, h http.Handler, log *slog.Logger) (*http.Server, net.Add
 	// the upstream and cancel slow answers. Bodies are bounded per
 	// request instead (HTTPConfig.BodyTimeout), and refusals never
 	// read them.
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server stopped", "addr", addr, "err", err)

@@ -134,10 +134,17 @@ func (p *Publisher) Publish(ctx context.Context, m bus.Message) (bus.PubAck, err
 			err = perm.err
 		}
 		p.resolve(ack, err)
+		if errors.Is(err, kafka.MessageSizeTooLarge) {
+			return nil, fmt.Errorf("kafkabus: publish batch %s (%d bytes, limit %d): %w: %w", m.BatchID, len(m.Data), p.b.cfg.MaxMessageBytes, bus.ErrTooLarge, err)
+		}
 		return nil, fmt.Errorf("kafkabus: publish batch %s: %w", m.BatchID, err)
 	}
 	return ack, nil
 }
+
+// MaxMessageBytes is the producer's message size limit (MaxMessageBytes,
+// headers and key included; bus.MessageLimiter).
+func (p *Publisher) MaxMessageBytes() int { return p.b.cfg.MaxMessageBytes }
 
 // permanent marks an error retry must not retry.
 type permanent struct{ err error }
@@ -151,7 +158,10 @@ func (p *Publisher) complete(msgs []kafka.Message, err error) {
 	for i := range msgs {
 		if ack, ok := msgs[i].WriterData.(*pubAck); ok {
 			var aerr error
-			if err != nil {
+			if err != nil && errors.Is(err, kafka.MessageSizeTooLarge) {
+				// The broker's limit (max.message.bytes) is below ours.
+				aerr = fmt.Errorf("kafkabus: batch %s: %w: %w", headerValue(msgs[i].Headers, bus.HeaderBatchID), bus.ErrTooLarge, err)
+			} else if err != nil {
 				aerr = fmt.Errorf("kafkabus: batch %s: %w", headerValue(msgs[i].Headers, bus.HeaderBatchID), err)
 			}
 			p.resolve(ack, aerr)

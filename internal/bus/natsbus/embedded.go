@@ -36,6 +36,9 @@ type EmbeddedConfig struct {
 	// StartTimeout bounds start-up, which includes JetStream recovering
 	// its store (long for a big one). Default 2m.
 	StartTimeout time.Duration
+	// MaxPayload is the largest message (headers included) the server
+	// accepts. Default 8 MiB.
+	MaxPayload int32
 }
 
 // Validate checks the configuration; it changes nothing.
@@ -49,6 +52,9 @@ func (c EmbeddedConfig) Validate() error {
 	}
 	if c.StartTimeout < 0 {
 		errs = append(errs, fmt.Errorf("natsbus embedded: start timeout %s is negative", c.StartTimeout))
+	}
+	if c.MaxPayload < 0 {
+		errs = append(errs, fmt.Errorf("natsbus embedded: max payload %d is negative (0 for the default 8 MiB)", c.MaxPayload))
 	}
 	return errors.Join(errs...)
 }
@@ -66,6 +72,9 @@ func (c EmbeddedConfig) withDefaults() EmbeddedConfig {
 	}
 	if c.StartTimeout == 0 {
 		c.StartTimeout = 2 * time.Minute
+	}
+	if c.MaxPayload == 0 {
+		c.MaxPayload = 8 << 20
 	}
 	return c
 }
@@ -107,7 +116,7 @@ func startEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		// Only the holder of CredsFile's seed gets in, over TCP or not.
 		Nkeys: []*server.NkeyUser{{Nkey: user}},
 		// Event batches can be large; leave room above the 1 MB default.
-		MaxPayload: 8 << 20,
+		MaxPayload: cfg.MaxPayload,
 	}
 	if !cfg.Listen {
 		opts.Port = 0

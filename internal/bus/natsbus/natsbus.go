@@ -581,12 +581,20 @@ func (p *publisher) Publish(ctx context.Context, m bus.Message) (bus.PubAck, err
 	fut, err := p.b.js.PublishMsgAsync(msg, jetstream.WithMsgID(p.msgID(m.BatchID)))
 	if err != nil {
 		<-p.sem
+		if errors.Is(err, nats.ErrMaxPayload) {
+			// Permanent: the caller splits the batch instead of retrying.
+			return nil, fmt.Errorf("natsbus: publish batch %s (%d bytes, max payload %d): %w: %w", m.BatchID, len(m.Data), p.b.nc.MaxPayload(), bus.ErrTooLarge, err)
+		}
 		return nil, fmt.Errorf("natsbus: publish batch %s: %w", m.BatchID, err)
 	}
 	a := &pubAck{done: make(chan struct{}), fut: fut}
 	p.queue <- a // never blocks: the semaphore bounds the queue
 	return a, nil
 }
+
+// MaxMessageBytes is the connection's max payload (headers included), 0
+// before the first connect (bus.MessageLimiter).
+func (p *publisher) MaxMessageBytes() int { return int(p.b.nc.MaxPayload()) }
 
 func setEnvelope(h nats.Header, m bus.Message) {
 	h[bus.HeaderBatchID] = []string{m.BatchID}
