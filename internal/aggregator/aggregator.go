@@ -669,7 +669,7 @@ func (r *consumeLoop) take(ctx context.Context, d bus.Delivery) {
 		if a.epoch == 0 {
 			// Unfenced: one insert per flush, one buf for its blocks.
 			if r.shared == nil {
-				r.shared = &evBuf{events: a.bufs.get(max(1024, a.blockHint+a.blockHint/8))}
+				r.shared = &evBuf{events: a.bufs.get(a.sharedRoom())}
 			}
 			b.buf = r.shared
 		} else {
@@ -686,6 +686,24 @@ func (r *consumeLoop) take(ctx context.Context, d bus.Delivery) {
 	r.decodedEvents += uint64(n)
 	r.decodedMsgs++
 }
+
+// sharedRoom is the room a shared (unfenced) buf is given: the last
+// flush's size and an eighth; once flushes are busy (half a block or more),
+// the largest block's, so that every such buf fits every block and is
+// reused rather than reallocated or grown as the target moves between
+// MaxBlockEvents and MaxBurstBlockEvents (profiled: those allocations and
+// growths were ~15% of the pipeline's allocation, which drives the
+// collector). At most two are live: the block being filled and the flush's.
+func (a *Aggregator) sharedRoom() int {
+	if h := a.blockHint; h >= a.cfg.MaxBlockEvents/2 && h <= a.busyRoom()-a.cfg.blockCap()/16 {
+		return a.busyRoom()
+	}
+	return max(1024, a.blockHint+a.blockHint/8)
+}
+
+// busyRoom is the one size of the bufs of busy blocks: the largest block's
+// and an eighth (a block passes its target by at most a message).
+func (a *Aggregator) busyRoom() int { c := a.cfg.blockCap(); return c + c/8 }
 
 // startFlush waits for the flush under way and starts one of the blocks
 // filled since. stop says Run is to return err.
@@ -819,7 +837,14 @@ func (a *Aggregator) decode(ctx context.Context, d bus.Delivery, eb *event.Batch
 // twice the last one's size (at least 1024 events).
 func (a *Aggregator) reserve(b *block) {
 	if want := max(1024, 2*a.lastBatch); cap(b.buf.events)-len(b.buf.events) < want {
-		grown := a.bufs.get(max(2*cap(b.buf.events), len(b.buf.events)+want))
+		// A busy block gets the room of the largest at once (as
+		// sharedRoom), not another doubling and copy.
+		need := len(b.buf.events) + want
+		n := max(2*cap(b.buf.events), need)
+		if n >= a.cfg.MaxBlockEvents/2 && need <= a.busyRoom() {
+			n = a.busyRoom()
+		}
+		grown := a.bufs.get(n)
 		grown = append(grown, b.buf.events...)
 		a.bufs.put(b.buf.events)
 		b.buf.events = grown

@@ -238,9 +238,15 @@ func PublishSynthetic(ctx context.Context, pub bus.Publisher, n, per, keys int) 
 	now := time.Now().UTC()
 	enc := newSyntheticEncoder(keys)
 	var recycle bufRing
+	last := 0
 	for bi := 0; bi*per < n; bi++ {
 		from, to := bi*per, min((bi+1)*per, n)
-		data := enc.appendBatch(recycle.get(), bi, from, to, now)
+		buf := recycle.get()
+		if buf == nil {
+			buf = make([]byte, 0, last+last/8) // sized like the last, so encoding does not grow it
+		}
+		data := enc.appendBatch(buf, bi, from, to, now)
+		last = len(data)
 		ack, err := pub.Publish(ctx, bus.Message{Key: enc.key(bi), BatchID: enc.batchID, Source: "bench", Data: data})
 		if err != nil {
 			return err
