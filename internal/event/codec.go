@@ -206,21 +206,41 @@ func decodeEvent(data []byte, e *Event) error {
 	*e = Event{}
 	off := 0
 	for off < len(data) {
-		num, typ, n := consumeTag(data[off:])
-		if n < 0 {
-			return &DecodeError{Offset: off, Field: "tag", Reason: "bad field tag"}
+		// The one-byte cases of consumeTag, consumeString and
+		// consumeVarint are written out here: the calls do not inline.
+		var num protowire.Number
+		var typ protowire.Type
+		if t := data[off]; t >= 1<<3 && t < 0x80 {
+			num, typ = protowire.Number(t>>3), protowire.Type(t&7)
+			off++
+		} else {
+			var n int
+			if num, typ, n = protowire.ConsumeTag(data[off:]); n < 0 {
+				return &DecodeError{Offset: off, Field: "tag", Reason: "bad field tag"}
+			}
+			off += n
 		}
-		off += n
 		if num >= 1 && int(num) < len(eventFieldNames) {
 			if eventStringField[num] {
 				if typ != protowire.BytesType {
 					return &DecodeError{Offset: off, Field: eventFieldNames[num], Reason: "wrong wire type, want length-delimited"}
 				}
-				s, n := consumeString(data[off:])
-				if n < 0 {
-					return &DecodeError{Offset: off, Field: eventFieldNames[num], Reason: "truncated string"}
+				var s string
+				if l := 0; off < len(data) && data[off] < 0x80 {
+					if l = int(data[off]); l > len(data)-off-1 {
+						return &DecodeError{Offset: off, Field: eventFieldNames[num], Reason: "truncated string"}
+					}
+					if l > 0 {
+						s = unsafe.String(&data[off+1], l)
+					}
+					off += 1 + l
+				} else {
+					var n int
+					if s, n = consumeString(data[off:]); n < 0 {
+						return &DecodeError{Offset: off, Field: eventFieldNames[num], Reason: "truncated string"}
+					}
+					off += n
 				}
-				off += n
 				switch num {
 				case 1:
 					e.ID = s
@@ -248,8 +268,11 @@ func decodeEvent(data []byte, e *Event) error {
 			if typ != protowire.VarintType {
 				return &DecodeError{Offset: off, Field: eventFieldNames[num], Reason: "wrong wire type, want varint"}
 			}
-			v, n := consumeVarint(data[off:])
-			if n < 0 {
+			var v uint64
+			n := 1
+			if off < len(data) && data[off] < 0x80 {
+				v = uint64(data[off])
+			} else if v, n = protowire.ConsumeVarint(data[off:]); n < 0 {
 				return &DecodeError{Offset: off, Field: eventFieldNames[num], Reason: "bad varint"}
 			}
 			off += n
@@ -285,7 +308,7 @@ func decodeEvent(data []byte, e *Event) error {
 			}
 			continue
 		}
-		n = protowire.ConsumeFieldValue(num, typ, data[off:])
+		n := protowire.ConsumeFieldValue(num, typ, data[off:])
 		if n < 0 {
 			return &DecodeError{Offset: off, Field: fmt.Sprintf("field %d", num), Reason: "bad field value"}
 		}
