@@ -347,3 +347,29 @@ func TestHalfFullBlockFlushedWhenIdle(t *testing.T) {
 		t.Fatalf("stats: %d events stored, want 700", st.Events)
 	}
 }
+
+// The rest of a backlog, less than half a block, is inserted once the bus
+// has nothing more when the flush before it filled its block (the end of a
+// burst), not after FlushInterval (ten minutes here: the old code stored
+// the 300 only then).
+func TestRestAfterFullBlockFlushedWhenIdle(t *testing.T) {
+	b, db := newBus(t), newStore(t)
+	agg, err := aggregator.New(aggregator.Config{Group: "rest", FlushInterval: 10 * time.Minute, MaxBlockEvents: 1000, MaxBurstBlockEvents: 1000}, b, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agg.Run(ctx) }()
+	produce(t, b, 1000, 1000, 1) // one message: a full block at once
+	waitCount(t, db, 1000, time.Minute)
+	produce(t, b, 300, 300, 1)
+	waitCount(t, db, 1300, time.Minute)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := agg.Stats(); st.Events != 1300 || st.Blocks != 2 {
+		t.Fatalf("stats: %d events in %d blocks, want 1300 in 2", st.Events, st.Blocks)
+	}
+}

@@ -123,6 +123,24 @@ func (m MemoryLimit) Apply(blockEvents int, log *slog.Logger) (restore func()) {
 		return func() {}
 	}
 	prev := debug.SetMemoryLimit(limit)
+	// Under a limit, the limit decides when the collector runs: GOGC's
+	// default 100 would start it at twice the live heap, long before the
+	// limit when most of the heap is garbage (an aggregator with its bus
+	// in another process: ~0.25 GB live), and every cycle rescans the
+	// blocks' events. GOGC, when set, wins.
+	prevGC := -1
+	if os.Getenv("GOGC") == "" {
+		prevGC = debug.SetGCPercent(gcPercentUnderLimit)
+	}
 	log.Info("memory limit: Go runtime soft limit set", "memory_limit_mib", limit>>20)
-	return func() { debug.SetMemoryLimit(prev) }
+	return func() {
+		debug.SetMemoryLimit(prev)
+		if prevGC >= 0 {
+			debug.SetGCPercent(prevGC)
+		}
+	}
 }
+
+// gcPercentUnderLimit is the GC percent set with a memory limit: high
+// enough that the limit, not the heap's growth, triggers collection.
+const gcPercentUnderLimit = 400

@@ -67,16 +67,34 @@ func TestMemoryLimitFlag(t *testing.T) {
 
 func TestMemoryLimitApplyAndRestore(t *testing.T) {
 	t.Setenv("GOMEMLIMIT", "")
+	t.Setenv("GOGC", "")
 	before := debug.SetMemoryLimit(-1)
+	gcBefore := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(gcBefore)
 	m := MemoryLimit{bytes: 700 << 20}
 	restore := m.Apply(100_000, slog.New(slog.DiscardHandler))
 	if got := debug.SetMemoryLimit(-1); got != 700<<20 {
 		t.Errorf("limit while applied %d, want %d", got, 700<<20)
 	}
+	// The limit, not GOGC's default, triggers the collector.
+	if got := debug.SetGCPercent(gcPercentUnderLimit); got != gcPercentUnderLimit {
+		t.Errorf("GC percent while applied %d, want %d", got, gcPercentUnderLimit)
+	}
 	restore()
 	if got := debug.SetMemoryLimit(-1); got != before {
 		t.Errorf("limit after restore %d, want %d", got, before)
 	}
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GC percent after restore %d, want 100", got)
+	}
+	// GOGC, set by whoever runs the process, wins over the GC percent.
+	t.Setenv("GOGC", "150")
+	restore = m.Apply(100_000, slog.New(slog.DiscardHandler))
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("with GOGC set, the GC percent changed to %d", got)
+	}
+	restore()
+	t.Setenv("GOGC", "")
 	// GOMEMLIMIT, set by whoever runs the process, wins.
 	t.Setenv("GOMEMLIMIT", "900MiB")
 	restore = m.Apply(100_000, slog.New(slog.DiscardHandler))
