@@ -794,7 +794,7 @@ func (r *chaosRun) startVerifier(ctx context.Context, i int) error {
 			}
 			resp.Body.Close()
 			return resp.StatusCode, true
-		}, is200, time.Minute); err != nil {
+		}, is200, 3*time.Minute); err != nil { // a loaded machine with a bus node down takes a while
 			cancel()
 			return fmt.Errorf("bench chaos: verifier %d not ready: %w", i, err)
 		}
