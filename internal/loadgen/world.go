@@ -12,12 +12,16 @@ import (
 type netKind uint8
 
 const (
-	kindMobile   netKind = iota // mobile carrier, addresses behind carrier-grade NAT
-	kindISP                     // residential broadband
-	kindBusiness                // corporate networks
-	kindCloud                   // cloud regions (CI runners, servers, batch jobs)
-	kindCDN                     // CDN edges in front of browser traffic
-	kindHosting                 // VPS/hosting providers (attackers, some servers)
+	kindMobile    netKind = iota // mobile carrier, addresses behind carrier-grade NAT
+	kindISP                      // residential broadband
+	kindBusiness                 // corporate networks
+	kindCloud                    // cloud regions (CI runners, servers, batch jobs)
+	kindCDN                      // CDN edges in front of browser traffic
+	kindHosting                  // VPS/hosting providers (attackers, some servers)
+	kindSASE                     // secure-web-gateway (SASE) egress PoPs: corporate users
+	kindVPN                      // consumer VPN exits
+	kindSatellite                // satellite ISP: one ASN, users geolocated to its ground stations
+	nKinds
 )
 
 type country struct {
@@ -56,6 +60,10 @@ var (
 	cloudRegions = []string{"US", "CA", "BR", "IE", "GB", "DE", "FR", "NL", "SE", "IN", "SG", "JP", "KR", "AU", "ZA", "AE"}
 	cdnEdges     = []string{"US", "CA", "MX", "BR", "AR", "GB", "FR", "DE", "NL", "ES", "IT", "PL", "SE", "RO", "TR", "ZA", "NG", "KE", "AE", "IN", "SG", "ID", "HK", "JP", "KR", "AU"}
 	hostingAt    = []string{"NL", "DE", "US", "RU", "SG", "FR", "UA", "RO", "VN", "HK", "BR", "IN"}
+	// Added after the rest, so every address above keeps its country and ASN.
+	saseAt      = []string{"US", "CA", "MX", "BR", "GB", "IE", "FR", "DE", "NL", "SE", "PL", "ES", "IT", "IN", "SG", "JP", "AU", "ZA", "AE", "HK"}
+	vpnAt       = []string{"US", "CA", "BR", "AR", "GB", "IE", "FR", "DE", "NL", "ES", "IT", "PL", "SE", "NO", "RO", "UA", "TR", "ZA", "AE", "IN", "SG", "MY", "HK", "JP", "KR", "AU", "MX", "CO"}
+	satelliteAt = []string{"US", "CA", "MX", "BR", "CL", "GB", "IE", "FR", "DE", "ES", "IT", "PL", "NG", "KE", "PH", "MY", "AU", "NZ", "JP"}
 )
 
 var theWorld = buildWorld()
@@ -67,7 +75,7 @@ func buildWorld() *world {
 		idx[c.code] = i
 	}
 	w.byCountry = make([][]int, len(w.countries))
-	w.byKind = make([][][]int, kindHosting+1)
+	w.byKind = make([][][]int, nKinds)
 	for k := range w.byKind {
 		w.byKind[k] = make([][]int, len(w.countries))
 	}
@@ -120,6 +128,28 @@ func buildWorld() *world {
 	for _, code := range hostingAt { // one hosting company per country
 		asn += 7
 		add(idx[code], asn, kindHosting)
+	}
+	for p := range 2 { // two SASE providers, one ASN each, a PoP block per country
+		asn += 7
+		for i, code := range saseAt {
+			if p == 1 && i%3 == 2 {
+				continue
+			}
+			add(idx[code], asn, kindSASE)
+		}
+	}
+	for p := range 3 { // three consumer VPNs, exits in most of their countries
+		asn += 7
+		for i, code := range vpnAt {
+			if (i+p)%5 == 4 {
+				continue
+			}
+			add(idx[code], asn, kindVPN)
+		}
+	}
+	asn += 7 // one satellite ISP
+	for _, code := range satelliteAt {
+		add(idx[code], asn, kindSatellite)
 	}
 	return w
 }
@@ -190,8 +220,10 @@ func (w *world) pick(rng *rand.Rand, b int) addr {
 	switch bl.kind {
 	case kindMobile:
 		off = uint32(rng.IntN(16))<<8 | uint32(1+rng.IntN(254)) // 16 /24s of CGNAT pool
-	case kindCDN:
+	case kindCDN, kindSASE, kindVPN:
 		off = uint32(rng.IntN(2))<<8 | uint32(1+rng.IntN(62))
+	case kindSatellite:
+		off = uint32(rng.IntN(16))<<8 | uint32(1+rng.IntN(254)) // CGNAT too
 	default:
 		off = uint32(rng.IntN(256))<<8 | uint32(1+rng.IntN(254))
 	}
