@@ -13,7 +13,8 @@ import (
 // starter pack against traffic real API providers see and the first
 // populations lacked: serverless functions at CDN and cloud PoPs (steady,
 // or deployed mid-trace), corporate SASE egress, regional web keys with
-// foreign visitors (tourists, consumer VPNs, satellite users), region
+// foreign visitors (tourists, consumer VPNs, satellite users), IPv6-heavy
+// mobile apps (a new /64 and privacy address per device), region
 // migrations, key rotation and brand-new busy keys, partner platforms
 // calling with many customers' keys (some stale) from one cloud pool, a
 // forgotten cron with a revoked key, a shared team key one of whose users
@@ -321,6 +322,36 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 					kind = kindMobile
 				}
 				g.add(t, k, g.w.pick(g.rng, g.w.blockOf(g.rng, kind, ci)), event.OutcomeValid, "")
+			},
+		})
+	}
+
+	// IPv6-heavy mobile apps: most requests over IPv6 from carriers that
+	// give each device its own /64 and rotate its privacy address, so
+	// practically every request comes from an address (and /64) never seen
+	// before; the rest over IPv4 carrier-grade NAT.
+	for range pop(1, 3) {
+		app := appNames[rng.IntN(len(appNames))]
+		k := newKey("mobile", "ipv6-mobile", mobileRoutes, fmt.Sprintf(mobileAgents[rng.IntN(len(mobileAgents))], app, rng.IntN(20), rng.IntN(9)))
+		cs := w.pickCountries(rng, between(rng, 1, 4), nil)
+		ws := zipf(rng, len(cs))
+		peak := math.Exp(uniform(rng, math.Log(0.2), math.Log(3)))
+		share6 := uniform(rng, 0.5, 0.95)
+		add(&actor{
+			rate: func(t time.Time) float64 {
+				r := 0.0
+				for i, ci := range cs {
+					r += ws[i] * diurnal(t, w.countries[ci].offset, 0.8)
+				}
+				return peak * r
+			},
+			one: func(g *gen, t time.Time) {
+				b := g.w.blockOf(g.rng, kindMobile, cs[pickWeighted(g.rng, ws)])
+				if g.rng.Float64() < share6 {
+					g.add(t, k, g.w.v6(g.rng, b), event.OutcomeValid, "")
+					return
+				}
+				g.add(t, k, g.w.pick(g.rng, b), event.OutcomeValid, "")
 			},
 		})
 	}

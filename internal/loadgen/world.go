@@ -1,7 +1,9 @@
 package loadgen
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strconv"
 )
 
@@ -154,9 +156,30 @@ func buildWorld() *world {
 	return w
 }
 
+// v6Prefix is the first 16 bits of the world's IPv6 addresses: a mobile
+// carrier block b also holds 2a0d:b::/32 (one /64 per device).
+const v6Prefix = 0x2a0d
+
+// v6 returns an IPv6 address of mobile block b: a random /64 of its /32
+// (a device) and a random interface id (a privacy address).
+func (w *world) v6(rng *rand.Rand, b int) addr {
+	r := rng.Uint64()
+	return addr{v6: fmt.Sprintf("%x:%x:%x:%x:%x:%x:%x:%x", v6Prefix, b, r>>48&0xffff, r>>32&0xffff,
+		r>>16&0xffff, r&0xffff, rng.IntN(0x10000), rng.IntN(0x10000)),
+		country: w.blocks[b].country, asn: w.blocks[b].asn}
+}
+
 // Lookup returns the country and ASN of an address of the synthetic world
 // ("", 0 if it is not one of its addresses).
 func Lookup(ip string) (string, uint32) {
+	if a, err := netip.ParseAddr(ip); err == nil && a.Is6() && !a.Is4In6() {
+		b16 := a.As16()
+		hi, blk := int(b16[0])<<8|int(b16[1]), int(b16[2])<<8|int(b16[3])
+		if hi != v6Prefix || blk >= len(theWorld.blocks) || theWorld.blocks[blk].kind != kindMobile {
+			return "", 0
+		}
+		return theWorld.countries[theWorld.blocks[blk].country].code, theWorld.blocks[blk].asn
+	}
 	var parts [4]uint32
 	n := 0
 	for _, f := range splitDots(ip) {
@@ -194,11 +217,17 @@ func splitDots(s string) []string {
 // addr is an address inside a block, its country and ASN.
 type addr struct {
 	ip      uint32
+	v6      string // an IPv6 address instead of ip
 	country int
 	asn     uint32
 }
 
-func (a addr) String() string { return ipString(a.ip) }
+func (a addr) String() string {
+	if a.v6 != "" {
+		return a.v6
+	}
+	return ipString(a.ip)
+}
 
 func ipString(ip uint32) string {
 	b := make([]byte, 0, 15)
