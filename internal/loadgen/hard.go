@@ -590,7 +590,7 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 		factor := uniform(rng, 20, 40)
 		at := time.Duration(rng.IntN(24*60)) * time.Minute
 		dur := time.Duration(between(rng, 10, 35)) * time.Minute
-		shiftFrom := int(mid().Sub(cfg.Start) / (24 * time.Hour))
+		shiftFrom := max(1, int(mid().Sub(cfg.Start)/(24*time.Hour))) // a day of the trace starts at the old hour
 		shift := time.Hour
 		if rng.IntN(2) == 0 {
 			shift = -time.Hour
