@@ -670,7 +670,11 @@ func (ps *profiles) crowdAdd(p *profile, now, elapsed uint32) {
 	if since(now, p.created) < ps.seasonal {
 		return // not a full day of history
 	}
-	usual := p.hourBaseline(p.win * profWindow)
+	// Against the same hour of previous days (and weeks) only, not the
+	// neighbouring hours hourBaseline also takes: those learn a surge day
+	// hour by hour, and the crowd would soon look quiet again.
+	h := p.win * profWindow / 3600
+	usual := max(decTab[p.how[h%168]], decTab[p.hod[h%24]])
 	if usual < crowdMinUsual {
 		return
 	}

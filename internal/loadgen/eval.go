@@ -28,6 +28,9 @@ type EvalConfig struct {
 	AttackAfter time.Duration
 	// Attacks is how many of each attack scenario (0: 1 or 2, drawn from the seed).
 	Attacks int
+	// Surge: a day when every key runs at several times its usual volume
+	// (sets of 36 h or more): 0 on half the seeds, 1 always, -1 never.
+	Surge int
 }
 
 // EvalScenarios are the attack scenarios of an evaluation set.

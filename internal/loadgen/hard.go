@@ -428,7 +428,7 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 		for range between(rng, 1, 6) {
 			ips = append(ips, w.pick(rng, w.blockOf(rng, kindCloud, clouds[rng.IntN(len(clouds))])))
 		}
-		peak := math.Exp(uniform(rng, math.Log(0.5), math.Log(20)))
+		peak := math.Exp(uniform(rng, math.Log(0.3), math.Log(5)))
 		t0 := mid()
 		add(&actor{
 			rate: func(t time.Time) float64 {
@@ -665,10 +665,13 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 		plan.attacks = append(plan.attacks, a)
 	}
 
-	// A surge day on half the seeds: every key at several times its usual
+	// A surge day on half the seeds (EvalConfig.Surge): every key at several times its usual
 	// volume (a Black Friday, a national holiday sale), ramping up in the
 	// morning and down at night.
-	if rng.IntN(2) == 0 && cfg.Duration >= 36*time.Hour {
+	// From a stream of its own: whether a seed has a surge day does not
+	// change when populations are added.
+	rng = rand.New(rand.NewPCG(cfg.Seed^0x7375726765, 5))
+	if (cfg.Surge > 0 || cfg.Surge == 0 && rng.IntN(2) == 0) && cfg.Duration >= 36*time.Hour {
 		day := cfg.Start.Truncate(24 * time.Hour).Add(24 * time.Hour)
 		if day.Sub(cfg.Start) < 14*time.Hour {
 			day = day.Add(24 * time.Hour)
