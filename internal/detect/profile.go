@@ -91,9 +91,10 @@ type profile struct {
 	hash          uint64 // the subject's hash; 0: a free slot
 	created, last uint32
 	events        uint32
-	windows       uint16 // active windows observed (saturates)
-	isNew         bool   // first seen after the engine had an hour of history
-	net           bool   // a client network's profile, not a key's
+	windows       uint8 // active windows observed (saturates; maturity needs 12)
+	peakAge       uint8 // windows closed since peakWin last rose (saturates)
+	flags         uint8 // flagNew, flagNet
+	peakPrev      uint8 // see peakWin
 	// The last event's attributes: most events repeat them, and then the
 	// seen sets need no update for a minute.
 	lastCty   uint16
@@ -118,7 +119,10 @@ type profile struct {
 	how  [168]uint8
 	hod  [24]uint8
 	// peakWin is the busiest 10-minute window, decaying by 0.1% per active
-	// window (about 13% a day for a key busy all day).
+	// window (about 13% a day for a key busy all day). peakPrev (encoded
+	// like the seasonality slots) is what it was before its latest run of
+	// rises: rules see that while the rise is recent (a spike being judged
+	// must not raise the bar it is judged by).
 	peakWin float32
 
 	countries, asns, nets seenSet
@@ -128,6 +132,14 @@ type profile struct {
 	// of more than runGap: how long a new place has been in continuous use.
 	runFirst uint32
 }
+
+// profile.flags
+const (
+	flagNew = 1 << iota // first seen after the engine had an hour of history
+	flagNet             // a client network's profile, not a key's
+)
+
+func (p *profile) isNet() bool { return p.flags&flagNet != 0 }
 
 const (
 	hCountries = iota
@@ -242,9 +254,25 @@ func (p *profile) closeWindow() {
 	p.record(hCountries, linearCount([]uint64{p.winCty}))
 	p.record(hASNs, linearCount(p.winASN[:]))
 	p.record(hIPs, linearCount(p.winIP[:]))
-	p.peakWin = max(p.peakWin*0.999, float32(p.winN))
+	if decayed := p.peakWin * 0.999; float32(p.winN) > 1.25*decayed {
+		// A rise: rules go on seeing the peak from before it for a while.
+		if p.peakAge >= peakLag {
+			p.peakPrev = encCount(float64(decayed))
+		}
+		p.peakWin, p.peakAge = float32(p.winN), 0
+	} else if float32(p.winN) > decayed {
+		p.peakWin = float32(p.winN) // a new peak, but no jump
+		if p.peakAge < math.MaxUint8 {
+			p.peakAge++
+		}
+	} else {
+		p.peakWin = decayed
+		if p.peakAge < math.MaxUint8 {
+			p.peakAge++
+		}
+	}
 	p.winIP, p.winASN, p.winCty, p.winN = [4]uint64{}, [2]uint64{}, 0, 0
-	if p.windows < math.MaxUint16 {
+	if p.windows < math.MaxUint8 {
 		p.windows++
 	}
 }
@@ -491,7 +519,13 @@ func (ps *profiles) alloc(h uint64, t uint32, net bool) *profile {
 		ps.n++
 	}
 	p := ps.at(i)
-	*p = profile{hash: h, isNew: t-ps.start >= 3600, net: net}
+	*p = profile{hash: h}
+	if t-ps.start >= 3600 {
+		p.flags |= flagNew
+	}
+	if net {
+		p.flags |= flagNet
+	}
 	ps.index.set(h, i)
 	ps.live++
 	if net {
@@ -503,7 +537,7 @@ func (ps *profiles) alloc(h uint64, t uint32, net bool) *profile {
 func (ps *profiles) release(i int32) {
 	p := ps.at(i)
 	ps.index.del(p.hash)
-	if p.net {
+	if p.isNet() {
 		ps.nets--
 	}
 	*p = profile{}
@@ -628,7 +662,7 @@ func (ps *profiles) observe(ev *event.Event, t int64, h uint64, p *profile) *pro
 		// profile is read, not taught.
 		return p
 	}
-	if !p.net && p.winN > 0 && ts > p.last {
+	if !p.isNet() && p.winN > 0 && ts > p.last {
 		// The key's volume so far in its 10-minute window, at each quarter
 		// of it and when it closes, for the crowd.
 		w0 := p.win * profWindow
@@ -758,7 +792,7 @@ func (v profView) seasonal() bool {
 // isNew: first seen in the last 15 minutes although the engine had an
 // hour of history before: a newcomer, not merely the start of the replay.
 func (v profView) isNew() bool {
-	return v.p != nil && v.p.isNew && since(v.now, v.p.created) < 900
+	return v.p != nil && v.p.flags&flagNew != 0 && since(v.now, v.p.created) < 900
 }
 
 func (v profView) ageHours() float64 {
@@ -787,6 +821,22 @@ func (v profView) peakHour() float64 {
 		return 0
 	}
 	return v.p.peakHour()
+}
+
+// peakLag is how many closed windows a rise of peakWin (by more than a
+// quarter) waits before rules see it.
+const peakLag = 2
+
+// peak10m is the busiest 10 minutes as rules see it: before its latest
+// run of rises while that run is recent.
+func (v profView) peak10m() float64 {
+	if v.p == nil {
+		return 0
+	}
+	if v.p.peakAge < peakLag && v.p.windows > peakLag {
+		return decTab[v.p.peakPrev]
+	}
+	return float64(v.p.peakWin)
 }
 
 func (v profView) meanHour() float64 {
@@ -924,9 +974,7 @@ func (v profView) field(name string) (b bool, i int64, d float64) {
 			d = v.ps.crowdRatio(v.now)
 		}
 	case "peak_10m":
-		if v.p != nil {
-			d = float64(v.p.peakWin)
-		}
+		d = v.peak10m()
 	}
 	return
 }
@@ -950,7 +998,7 @@ func (v profView) figures(m map[string]float64) {
 	m["profile_ips_p99"] = v.quantile(hIPs, 0.99)
 	m["profile_hour_baseline"] = math.Round(v.hourBaseline())
 	m["profile_peak_hour"] = math.Round(v.peakHour())
-	m["profile_peak_10m"] = math.Round(float64(v.p.peakWin))
+	m["profile_peak_10m"] = math.Round(v.peak10m())
 	if v.ps != nil {
 		m["profile_crowd_ratio"] = math.Round(v.ps.crowdRatio(v.now)*10) / 10
 	}

@@ -274,3 +274,40 @@ func TestCrowdRatio(t *testing.T) {
 		t.Errorf("every key at 5x: crowd_ratio %.2f, want about 5", c)
 	}
 }
+
+// TestPeakLag: a spike's own 10-minute windows do not raise the busiest 10
+// minutes that rules judge it by until it has lasted 20 minutes; steady
+// growth is seen at once.
+func TestPeakLag(t *testing.T) {
+	ps := newProfiles(ProfileConfig{}, e0seed())
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var p *profile
+	at := func(m int, perMin int) {
+		for i := range perMin {
+			x := event.Event{Time: start.Add(time.Duration(m)*time.Minute + time.Duration(i)*time.Second), KeyID: "k",
+				Outcome: event.OutcomeValid, ClientIP: "198.51.100.7", Country: "DE", ASN: 3320}
+			p = obs(ps, &x)
+		}
+	}
+	peak := func(m int) float64 {
+		return profView{p: p, ps: ps, now: uint32(start.Add(time.Duration(m) * time.Minute).Unix())}.peak10m()
+	}
+	for m := range 600 {
+		at(m, 3)
+	}
+	if got := peak(600); got < 29 || got > 31 {
+		t.Fatalf("steady 30 per 10 minutes: peak_10m %.1f", got)
+	}
+	for m := 600; m < 612; m++ { // a spike: 10x, its first window closes at 610
+		at(m, 30)
+	}
+	if got := peak(612); got > 33 {
+		t.Errorf("2 minutes after the spike's first window closed: peak_10m %.1f, want the peak from before (30)", got)
+	}
+	for m := 612; m < 650; m++ {
+		at(m, 30)
+	}
+	if got := peak(650); got < 290 {
+		t.Errorf("after 50 minutes at 300 per 10 minutes: peak_10m %.1f, want about 300", got)
+	}
+}
