@@ -85,43 +85,79 @@ func ramp(t, t0, t1 time.Time) float64 {
 	return float64(t.Sub(t0)) / float64(t1.Sub(t0))
 }
 
+// hardGen plans the second-round populations: one method per population,
+// called in a fixed order, so the random draws of a seed do not change.
+type hardGen struct {
+	rng                                   *rand.Rand
+	w                                     *world
+	cfg                                   EvalConfig
+	plan                                  *hardPlan
+	end, midLo, midHi                     time.Time
+	newKey                                func(kind, persona string, routes []string, ua string) *evalKey
+	clouds                                []int
+	cloudASNs, cdnASNs, saseASNs, vpnASNs []uint32
+	satASN                                uint32
+}
+
+// mid is a time for a mid-trace change: once profiles are mature, before
+// the end.
+func (h *hardGen) mid() time.Time {
+	return h.midLo.Add(time.Duration(h.rng.Int64N(int64(h.midHi.Sub(h.midLo))))).Truncate(time.Minute)
+}
+
+// pop sizes a population by the set's scale (at least one).
+func (h *hardGen) pop(lo, hi int) int {
+	return max(1, int(math.Round(float64(between(h.rng, lo, hi))*h.cfg.Scale)))
+}
+
+func (h *hardGen) add(a *actor) { h.plan.actors = append(h.plan.actors, a) }
+
+// cloudBlock is a block of cloud asn outside country not.
+func (h *hardGen) cloudBlock(asn uint32, not int) int {
+	bs := blocksOfASN(h.w, asn)
+	for range 20 {
+		if b := bs[h.rng.IntN(len(bs))]; h.w.blocks[b].country != not {
+			return b
+		}
+	}
+	return bs[0]
+}
+
 func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes []string, ua string) *evalKey) *hardPlan {
-	rng := rand.New(rand.NewPCG(cfg.Seed^0x68617264, 3))
-	plan := &hardPlan{}
-	end := cfg.Start.Add(cfg.Duration)
+	h := &hardGen{rng: rand.New(rand.NewPCG(cfg.Seed^0x68617264, 3)), w: w, cfg: cfg, plan: &hardPlan{}, newKey: newKey}
+	h.end = cfg.Start.Add(cfg.Duration)
 	// Mid-trace changes happen once profiles are mature, before the end.
 	// (In a set shorter than a day, somewhere in its middle third.)
-	midLo, midHi := cfg.Start.Add(max(14*time.Hour, cfg.Duration/4)), end.Add(-3*time.Hour)
+	h.midLo, h.midHi = cfg.Start.Add(max(14*time.Hour, cfg.Duration/4)), h.end.Add(-3*time.Hour)
 	if cfg.Duration < 20*time.Hour {
-		midLo, midHi = cfg.Start.Add(cfg.Duration/3), end.Add(-cfg.Duration/3)
+		h.midLo, h.midHi = cfg.Start.Add(cfg.Duration/3), h.end.Add(-cfg.Duration/3)
 	}
-	mid := func() time.Time {
-		return midLo.Add(time.Duration(rng.Int64N(int64(midHi.Sub(midLo))))).Truncate(time.Minute)
-	}
-	pop := func(lo, hi int) int {
-		return max(1, int(math.Round(float64(between(rng, lo, hi))*cfg.Scale)))
-	}
-	clouds := w.countriesWith(kindCloud)
-	cloudASNs := uniqASNs(w, kindCloud)
-	cdnASNs := uniqASNs(w, kindCDN)
-	saseASNs := uniqASNs(w, kindSASE)
-	vpnASNs := uniqASNs(w, kindVPN)
-	satASN := uniqASNs(w, kindSatellite)[0]
-	add := func(a *actor) { plan.actors = append(plan.actors, a) }
-	cloudBlock := func(asn uint32, not int) int {
-		bs := blocksOfASN(w, asn)
-		for range 20 {
-			if b := bs[rng.IntN(len(bs))]; w.blocks[b].country != not {
-				return b
-			}
-		}
-		return bs[0]
-	}
+	h.clouds = w.countriesWith(kindCloud)
+	h.cloudASNs, h.cdnASNs = uniqASNs(w, kindCloud), uniqASNs(w, kindCDN)
+	h.saseASNs, h.vpnASNs = uniqASNs(w, kindSASE), uniqASNs(w, kindVPN)
+	h.satASN = uniqASNs(w, kindSatellite)[0]
 
-	// Serverless / edge functions: a server key called from the PoPs of one
-	// CDN or cloud in 8-26 countries. Half are there from the start; the
-	// others move there from an origin region mid-trace, by canary (a few
-	// percent for hours, then a ramp, the origin still serving) or at once.
+	h.edgeFunctions()
+	h.sase()
+	h.visitors()
+	h.ipv6Mobile()
+	h.migrations()
+	h.rotationAndNewKeys()
+	h.partnerPlatform()
+	h.staleCron()
+	h.teamTraveller()
+	h.movedBatch()
+	h.loadTest()
+	h.surgeDay()
+	return h.plan
+}
+
+// Serverless / edge functions: a server key called from the PoPs of one
+// CDN or cloud in 8-26 countries. Half are there from the start; the
+// others move there from an origin region mid-trace, by canary (a few
+// percent for hours, then a ramp, the origin still serving) or at once.
+func (h *hardGen) edgeFunctions() {
+	rng, w, newKey, mid, pop, add, cloudBlock, cloudASNs, cdnASNs := h.rng, h.w, h.newKey, h.mid, h.pop, h.add, h.cloudBlock, h.cloudASNs, h.cdnASNs
 	for range pop(2, 5) {
 		deploy := rng.IntN(2) == 0
 		persona := "edge-functions"
@@ -178,12 +214,15 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			},
 		})
 	}
+}
 
-	// Corporate SASE egress: a company's internal tool key, its users'
-	// traffic leaving through the secure web gateway's PoPs: the nearest
-	// PoP and its neighbours in other countries within minutes, a far PoP
-	// while someone travels. Half the companies roll the gateway out
-	// mid-trace (the office address goes on for hours meanwhile).
+// Corporate SASE egress: a company's internal tool key, its users'
+// traffic leaving through the secure web gateway's PoPs: the nearest
+// PoP and its neighbours in other countries within minutes, a far PoP
+// while someone travels. Half the companies roll the gateway out
+// mid-trace (the office address goes on for hours meanwhile).
+func (h *hardGen) sase() {
+	rng, w, cfg, newKey, mid, pop, add, saseASNs := h.rng, h.w, h.cfg, h.newKey, h.mid, h.pop, h.add, h.saseASNs
 	for range pop(2, 4) {
 		rollout := rng.IntN(2) == 0
 		persona := "sase-egress"
@@ -234,10 +273,13 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			},
 		})
 	}
+}
 
-	// Regional web keys with foreign visitors: sessions of tourists and
-	// expats (carriers and ISPs abroad), consumer VPN users (a VPN exit in
-	// any country) and satellite users (geolocated to a ground station).
+// Regional web keys with foreign visitors: sessions of tourists and
+// expats (carriers and ISPs abroad), consumer VPN users (a VPN exit in
+// any country) and satellite users (geolocated to a ground station).
+func (h *hardGen) visitors() {
+	rng, w, cfg, newKey, pop, add, plan := h.rng, h.w, h.cfg, h.newKey, h.pop, h.add, h.plan
 	for range pop(3, 8) {
 		k := newKey("browser", "regional-web-visitors", browserRoutes, "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/130.0 Safari/537.36")
 		cs := w.pickCountries(rng, between(rng, 1, 3), nil)
@@ -249,12 +291,7 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 		peak := math.Exp(uniform(rng, math.Log(0.05), math.Log(1.5)))
 		visitsPerHour := math.Exp(uniform(rng, math.Log(0.1), math.Log(6)))
 		off := w.countries[cs[0]].offset
-		type session struct {
-			end  time.Time
-			ip   addr
-			rate float64
-		}
-		var active []session
+		var active []visit
 		srng := rand.New(rand.NewPCG(cfg.Seed^0x7669736974, uint64(len(plan.actors))))
 		add(&actor{
 			rate: func(t time.Time) float64 {
@@ -266,24 +303,7 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 				}
 				active = kept
 				for range poisson(srng, visitsPerHour/60*diurnal(t, off, 0.6)) {
-					var b int
-					switch x := srng.Float64(); {
-					case x < 0.45: // abroad, on a carrier or an ISP
-						ci := w.pickCountries(srng, 1, home)[0]
-						kind := kindISP
-						if srng.IntN(2) == 0 {
-							kind = kindMobile
-						}
-						b = w.blockOf(srng, kind, ci)
-					case x < 0.8:
-						bs := blocksOfASN(w, vpnASNs[srng.IntN(len(vpnASNs))])
-						b = bs[srng.IntN(len(bs))]
-					default:
-						bs := blocksOfASN(w, satASN)
-						b = bs[srng.IntN(len(bs))]
-					}
-					active = append(active, session{end: t.Add(time.Duration(uniform(srng, 2, 40) * float64(time.Minute))),
-						ip: w.pick(srng, b), rate: uniform(srng, 0.03, 0.3)})
+					active = append(active, h.newVisit(srng, home, t))
 				}
 				r := 0.0
 				for i, ci := range cs {
@@ -325,11 +345,45 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			},
 		})
 	}
+}
 
-	// IPv6-heavy mobile apps: most requests over IPv6 from carriers that
-	// give each device its own /64 and rotate its privacy address, so
-	// practically every request comes from an address (and /64) never seen
-	// before; the rest over IPv4 carrier-grade NAT.
+// visit is a foreign visitor's session on a regional web key.
+type visit struct {
+	end  time.Time
+	ip   addr
+	rate float64
+}
+
+// newVisit starts a visitor's session at t: abroad on a carrier or an ISP,
+// behind a consumer VPN, or on the satellite ISP.
+func (h *hardGen) newVisit(srng *rand.Rand, home map[int]bool, t time.Time) visit {
+	w := h.w
+	var b int
+	switch x := srng.Float64(); {
+	case x < 0.45:
+		ci := w.pickCountries(srng, 1, home)[0]
+		kind := kindISP
+		if srng.IntN(2) == 0 {
+			kind = kindMobile
+		}
+		b = w.blockOf(srng, kind, ci)
+	case x < 0.8:
+		bs := blocksOfASN(w, h.vpnASNs[srng.IntN(len(h.vpnASNs))])
+		b = bs[srng.IntN(len(bs))]
+	default:
+		bs := blocksOfASN(w, h.satASN)
+		b = bs[srng.IntN(len(bs))]
+	}
+	return visit{end: t.Add(time.Duration(uniform(srng, 2, 40) * float64(time.Minute))),
+		ip: w.pick(srng, b), rate: uniform(srng, 0.03, 0.3)}
+}
+
+// IPv6-heavy mobile apps: most requests over IPv6 from carriers that
+// give each device its own /64 and rotate its privacy address, so
+// practically every request comes from an address (and /64) never seen
+// before; the rest over IPv4 carrier-grade NAT.
+func (h *hardGen) ipv6Mobile() {
+	rng, w, newKey, pop, add := h.rng, h.w, h.newKey, h.pop, h.add
 	for range pop(1, 3) {
 		app := appNames[rng.IntN(len(appNames))]
 		k := newKey("mobile", "ipv6-mobile", mobileRoutes, fmt.Sprintf(mobileAgents[rng.IntN(len(mobileAgents))], app, rng.IntN(20), rng.IntN(9)))
@@ -355,10 +409,13 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			},
 		})
 	}
+}
 
-	// Region migration: a server key moving from one cloud region to
-	// another (same provider mostly, sometimes another), by canary (a few
-	// percent for hours, then the cut-over) or at once.
+// Region migration: a server key moving from one cloud region to
+// another (same provider mostly, sometimes another), by canary (a few
+// percent for hours, then the cut-over) or at once.
+func (h *hardGen) migrations() {
+	rng, w, newKey, mid, pop, add, cloudBlock, cloudASNs := h.rng, h.w, h.newKey, h.mid, h.pop, h.add, h.cloudBlock, h.cloudASNs
 	for range pop(2, 5) {
 		k := newKey("server", "region-migration", serverRoutes, agents[rng.IntN(len(agents))])
 		from := cloudASNs[rng.IntN(len(cloudASNs))]
@@ -399,9 +456,12 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			},
 		})
 	}
+}
 
-	// Key rotation (old and new key side by side, then the old one fades)
-	// and a brand-new key busy from its first minute.
+// Key rotation (old and new key side by side, then the old one fades)
+// and a brand-new key busy from its first minute.
+func (h *hardGen) rotationAndNewKeys() {
+	rng, w, newKey, mid, pop, add, clouds := h.rng, h.w, h.newKey, h.mid, h.pop, h.add, h.clouds
 	for range pop(1, 3) {
 		old := newKey("server", "rotated-old-key", serverRoutes, agents[rng.IntN(len(agents))])
 		nu := newKey("server", "rotated-new-key", serverRoutes, old.ua)
@@ -440,10 +500,13 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			one: func(g *gen, t time.Time) { g.add(t, k, ips[g.rng.IntN(len(ips))], event.OutcomeValid, "") },
 		})
 	}
+}
 
-	// A partner platform (workflow automation) calling with its customers'
-	// keys from one cloud egress pool; some customers deleted or revoked
-	// their keys and never updated the integration, which keeps polling.
+// A partner platform (workflow automation) calling with its customers'
+// keys from one cloud egress pool; some customers deleted or revoked
+// their keys and never updated the integration, which keeps polling.
+func (h *hardGen) partnerPlatform() {
+	rng, w, newKey, pop, add, cloudASNs := h.rng, h.w, h.newKey, h.pop, h.add, h.cloudASNs
 	for range pop(1, 2) {
 		asn := cloudASNs[rng.IntN(len(cloudASNs))]
 		bs := blocksOfASN(w, asn)
@@ -497,9 +560,12 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			},
 		})
 	}
+}
 
-	// A forgotten cron job still sending a revoked key from one server,
-	// every 1-10 minutes with a few retries.
+// A forgotten cron job still sending a revoked key from one server,
+// every 1-10 minutes with a few retries.
+func (h *hardGen) staleCron() {
+	rng, w, newKey, pop, add, clouds := h.rng, h.w, h.newKey, h.pop, h.add, h.clouds
 	for range pop(1, 2) {
 		k := newKey("server", "stale-revoked-cron", serverRoutes, "cron-sync/0.9")
 		k.Status = "revoked"
@@ -508,12 +574,15 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 		add(&actor{rate: func(time.Time) float64 { return r },
 			one: func(g *gen, t time.Time) { g.add(t, k, ip, event.OutcomeRevoked, "") }})
 	}
+}
 
-	// A team's shared key: a service at home goes on while one member uses
-	// the key abroad for a day or more (hotel and carrier networks), in
-	// sessions of a few minutes with pauses between them. (A member running
-	// a steady job abroad for most of an hour is what a leaked copy looks
-	// like; see the README.)
+// A team's shared key: a service at home goes on while one member uses
+// the key abroad for a day or more (hotel and carrier networks), in
+// sessions of a few minutes with pauses between them. (A member running
+// a steady job abroad for most of an hour is what a leaked copy looks
+// like; see the README.)
+func (h *hardGen) teamTraveller() {
+	rng, w, newKey, mid, pop, add, clouds := h.rng, h.w, h.newKey, h.mid, h.pop, h.add, h.clouds
 	for range pop(1, 3) {
 		k := newKey("server", "team-key-traveller", serverRoutes, "curl/8.5.0")
 		home := w.pickCountries(rng, 1, nil)[0]
@@ -578,10 +647,13 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			},
 		})
 	}
+}
 
-	// Nightly batch jobs that move: the clocks change (the same local hour
-	// is one UTC hour earlier or later from a day on), or one night's run
-	// fails and is run again hours later.
+// Nightly batch jobs that move: the clocks change (the same local hour
+// is one UTC hour earlier or later from a day on), or one night's run
+// fails and is run again hours later.
+func (h *hardGen) movedBatch() {
+	rng, w, cfg, newKey, mid, pop, add, clouds := h.rng, h.w, h.cfg, h.newKey, h.mid, h.pop, h.add, h.clouds
 	for range pop(1, 3) {
 		k := newKey("batch", "batch-dst-rerun", batchRoutes, "batch-exporter/3."+fmt.Sprint(rng.IntN(9)))
 		b := w.blockOf(rng, kindCloud, clouds[rng.IntN(len(clouds))])
@@ -621,10 +693,13 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			one: func(g *gen, t time.Time) { g.add(t, k, ips[g.rng.IntN(len(ips))], event.OutcomeValid, "") },
 		})
 	}
+}
 
-	// A customer's load test against its own key from a load-testing
-	// service in several regions of one cloud: a legitimate spike. Labelled:
-	// a throttle protects the service, suspend and revoke are forbidden.
+// A customer's load test against its own key from a load-testing
+// service in several regions of one cloud: a legitimate spike. Labelled:
+// a throttle protects the service, suspend and revoke are forbidden.
+func (h *hardGen) loadTest() {
+	rng, w, cfg, newKey, add, clouds, cloudASNs, plan, end := h.rng, h.w, h.cfg, h.newKey, h.add, h.clouds, h.cloudASNs, h.plan, h.end
 	{
 		k := newKey("server", "load-tested-server", serverRoutes, agents[rng.IntN(len(agents))])
 		b := w.blockOf(rng, kindCloud, clouds[rng.IntN(len(clouds))])
@@ -664,12 +739,15 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 		}}
 		plan.attacks = append(plan.attacks, a)
 	}
+}
 
-	// A surge day on half the seeds (EvalConfig.Surge): every key at several times its usual
-	// volume (a Black Friday, a national holiday sale), ramping up in the
-	// morning and down at night.
-	// From a stream of its own: whether a seed has a surge day does not
-	// change when populations are added.
+// A surge day on half the seeds (EvalConfig.Surge): every key at several times its usual
+// volume (a Black Friday, a national holiday sale), ramping up in the
+// morning and down at night.
+// From a stream of its own: whether a seed has a surge day does not
+// change when populations are added.
+func (h *hardGen) surgeDay() {
+	rng, cfg, plan, end := h.rng, h.cfg, h.plan, h.end
 	rng = rand.New(rand.NewPCG(cfg.Seed^0x7375726765, 5))
 	if (cfg.Surge > 0 || cfg.Surge == 0 && rng.IntN(2) == 0) && cfg.Duration >= 36*time.Hour {
 		day := cfg.Start.Truncate(24 * time.Hour).Add(24 * time.Hour)
@@ -689,5 +767,4 @@ func planHard(cfg EvalConfig, w *world, newKey func(kind, persona string, routes
 			return 1 + (f-1)*(ramp(t, up, top)-ramp(t, down, down.Add(3*time.Hour)))
 		}
 	}
-	return plan
 }

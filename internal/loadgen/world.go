@@ -131,28 +131,7 @@ func buildWorld() *world {
 		asn += 7
 		add(idx[code], asn, kindHosting)
 	}
-	for p := range 2 { // two SASE providers, one ASN each, a PoP block per country
-		asn += 7
-		for i, code := range saseAt {
-			if p == 1 && i%3 == 2 {
-				continue
-			}
-			add(idx[code], asn, kindSASE)
-		}
-	}
-	for p := range 3 { // three consumer VPNs, exits in most of their countries
-		asn += 7
-		for i, code := range vpnAt {
-			if (i+p)%5 == 4 {
-				continue
-			}
-			add(idx[code], asn, kindVPN)
-		}
-	}
-	asn += 7 // one satellite ISP
-	for _, code := range satelliteAt {
-		add(idx[code], asn, kindSatellite)
-	}
+	addSecondRound(idx, &asn, add)
 	return w
 }
 
@@ -167,6 +146,34 @@ func (w *world) v6(rng *rand.Rand, b int) addr {
 	return addr{v6: fmt.Sprintf("%x:%x:%x:%x:%x:%x:%x:%x", v6Prefix, b, r>>48&0xffff, r>>32&0xffff,
 		r>>16&0xffff, r&0xffff, rng.IntN(0x10000), rng.IntN(0x10000)),
 		country: w.blocks[b].country, asn: w.blocks[b].asn}
+}
+
+// addSecondRound adds the networks of the second round of populations,
+// after all the others so that their addresses keep their countries and
+// ASNs: SASE PoPs, consumer VPN exits and a satellite ISP.
+func addSecondRound(idx map[string]int, asn *uint32, add func(ci int, a uint32, k netKind)) {
+	for p := range 2 { // two SASE providers, one ASN each, a PoP block per country
+		*asn += 7
+		for i, code := range saseAt {
+			if p == 1 && i%3 == 2 {
+				continue
+			}
+			add(idx[code], *asn, kindSASE)
+		}
+	}
+	for p := range 3 { // three consumer VPNs, exits in most of their countries
+		*asn += 7
+		for i, code := range vpnAt {
+			if (i+p)%5 == 4 {
+				continue
+			}
+			add(idx[code], *asn, kindVPN)
+		}
+	}
+	*asn += 7 // one satellite ISP
+	for _, code := range satelliteAt {
+		add(idx[code], *asn, kindSatellite)
+	}
 }
 
 // Lookup returns the country and ASN of an address of the synthetic world
