@@ -137,7 +137,7 @@ func newEnv(agg bool) (*cel.Env, error) {
 	for name := range profileMethods {
 		opts = append(opts, profMethod(name))
 	}
-	opts = append(opts, profConcurrentMethod())
+	opts = append(opts, profCountryMethods()...)
 	if agg {
 		for name, k := range aggregateVars {
 			opts = append(opts, cel.Variable(name, celType(k)))

@@ -567,6 +567,14 @@ func trProfileCall(fn string, args []celast.Expr, ff featureFields) (nexpr, bool
 		s := v.s
 		return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.concurrentMinutes(s(a)) }}, true
 	}
+	if fn == "run_minutes" && len(args) == 1 {
+		v, ok := tr(args[0], ff)
+		if !ok || v.t != kStr || v.s == nil {
+			return nexpr{}, false
+		}
+		s := v.s
+		return nexpr{t: kDbl, d: func(a *activation) float64 { return a.prof.runMinutes(s(a), a.prof.now) }}, true
+	}
 	if len(args) != 2 {
 		return nexpr{}, false
 	}

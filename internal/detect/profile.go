@@ -36,6 +36,7 @@ const (
 	defaultGrace = 3600       // s: a value first seen this recently is still new
 	streakGap    = 86400      // s: a longer gap starts a new streak of use
 	seenForget   = 30 * 86400 // s: entries idle longer are dropped first
+	runGap       = 15 * 60    // s: a longer pause ends a run of use of a new place
 )
 
 // histUpper are the upper bounds of the spread histograms' buckets.
@@ -90,13 +91,14 @@ type profile struct {
 	hash          uint64 // the subject's hash; 0: a free slot
 	created, last uint32
 	events        uint32
-	windows       uint16 // active windows observed (saturates)
-	isNew         bool   // first seen after the engine had an hour of history
-	net           bool   // a client network's profile, not a key's
+	windows       uint8 // active windows observed (saturates; maturity needs 12)
+	peakAge       uint8 // windows closed since peakWin last rose (saturates)
+	flags         uint8 // flagNew, flagNet
+	peakPrev      uint8 // see peakWin
 	// The last event's attributes: most events repeat them, and then the
 	// seen sets need no update for a minute.
 	lastCty   uint16
-	_         uint16
+	runCty    uint16 // the recent country of the current run (runFirst)
 	lastASN   uint32
 	lastIP    uint32 // hash of the last client address
 	lastSeenT uint32
@@ -117,13 +119,27 @@ type profile struct {
 	how  [168]uint8
 	hod  [24]uint8
 	// peakWin is the busiest 10-minute window, decaying by 0.1% per active
-	// window (about 13% a day for a key busy all day).
+	// window (about 13% a day for a key busy all day). peakPrev (encoded
+	// like the seasonality slots) is what it was before its latest run of
+	// rises: rules see that while the rise is recent (a spike being judged
+	// must not raise the bar it is judged by).
 	peakWin float32
 
 	countries, asns, nets seenSet
 	asnGone               goneFilter // ASNs pushed out of asns once established
-	_                     [4]byte
+	// runFirst is when runCty, a country still new for the subject (first
+	// seen within the novelty grace), was last taken up again after a pause
+	// of more than runGap: how long a new place has been in continuous use.
+	runFirst uint32
 }
+
+// profile.flags
+const (
+	flagNew = 1 << iota // first seen after the engine had an hour of history
+	flagNet             // a client network's profile, not a key's
+)
+
+func (p *profile) isNet() bool { return p.flags&flagNet != 0 }
 
 const (
 	hCountries = iota
@@ -200,7 +216,11 @@ func (p *profile) observe(t uint32, ip string, asn uint32, country string, seed 
 		p.lastCty, p.lastASN, p.lastIP, p.lastSeenT = cty, asn, uint32(ipHash), t
 		p.ctyFirst, p.asnFirst = 0, 0 // no country or ASN: nothing new
 		if cty != 0 {
+			prev := p.countries.lastOf(uint32(cty))
 			p.ctyFirst = p.countries.add(uint32(cty), t, grace, nil)
+			if t-p.ctyFirst < grace && (uint16(cty) != p.runCty || prev == 0 || t-prev > runGap) {
+				p.runCty, p.runFirst = cty, t
+			}
 		}
 		if asn != 0 {
 			p.asnFirst = p.asns.add(asn, t, grace, &p.asnGone)
@@ -234,9 +254,25 @@ func (p *profile) closeWindow() {
 	p.record(hCountries, linearCount([]uint64{p.winCty}))
 	p.record(hASNs, linearCount(p.winASN[:]))
 	p.record(hIPs, linearCount(p.winIP[:]))
-	p.peakWin = max(p.peakWin*0.999, float32(p.winN))
+	if decayed := p.peakWin * 0.999; float32(p.winN) > 1.25*decayed {
+		// A rise: rules go on seeing the peak from before it for a while.
+		if p.peakAge >= peakLag {
+			p.peakPrev = encCount(float64(decayed))
+		}
+		p.peakWin, p.peakAge = float32(p.winN), 0
+	} else if float32(p.winN) > decayed {
+		p.peakWin = float32(p.winN) // a new peak, but no jump
+		if p.peakAge < math.MaxUint8 {
+			p.peakAge++
+		}
+	} else {
+		p.peakWin = decayed
+		if p.peakAge < math.MaxUint8 {
+			p.peakAge++
+		}
+	}
 	p.winIP, p.winASN, p.winCty, p.winN = [4]uint64{}, [2]uint64{}, 0, 0
-	if p.windows < math.MaxUint16 {
+	if p.windows < math.MaxUint8 {
 		p.windows++
 	}
 }
@@ -331,6 +367,16 @@ func (s *seenSet) add(v, t, grace uint32, gone *goneFilter) uint32 {
 	}
 	s.e[old] = seenEntry{v: v, first: first, last: t}
 	return first
+}
+
+// lastOf is when v was last seen (0: not in the set).
+func (s *seenSet) lastOf(v uint32) uint32 {
+	for i := 0; i < int(s.n); i++ {
+		if s.e[i].v == v {
+			return s.e[i].last
+		}
+	}
+	return 0
 }
 
 // seen reports whether v was in use for the subject before the last hour,
@@ -428,6 +474,9 @@ type profiles struct {
 	// (or fewer when the maturity is shorter than two hours).
 	minWindows uint32
 	grace      uint32 // NoveltyGrace in seconds
+	// crowd: see crowdAdd.
+	crowd       [2][nCrowd]uint32
+	crowdPeriod uint32
 }
 
 const profChunk = 1024
@@ -470,7 +519,13 @@ func (ps *profiles) alloc(h uint64, t uint32, net bool) *profile {
 		ps.n++
 	}
 	p := ps.at(i)
-	*p = profile{hash: h, isNew: t-ps.start >= 3600, net: net}
+	*p = profile{hash: h}
+	if t-ps.start >= 3600 {
+		p.flags |= flagNew
+	}
+	if net {
+		p.flags |= flagNet
+	}
 	ps.index.set(h, i)
 	ps.live++
 	if net {
@@ -482,7 +537,7 @@ func (ps *profiles) alloc(h uint64, t uint32, net bool) *profile {
 func (ps *profiles) release(i int32) {
 	p := ps.at(i)
 	ps.index.del(p.hash)
-	if p.net {
+	if p.isNet() {
 		ps.nets--
 	}
 	*p = profile{}
@@ -607,8 +662,105 @@ func (ps *profiles) observe(ev *event.Event, t int64, h uint64, p *profile) *pro
 		// profile is read, not taught.
 		return p
 	}
+	if !p.isNet() && p.winN > 0 && ts > p.last {
+		// The key's volume so far in its 10-minute window, at each quarter
+		// of it and when it closes, for the crowd.
+		w0 := p.win * profWindow
+		if ts/profWindow != p.win {
+			if ts/profWindow == p.win+1 {
+				ps.crowdAdd(p, ts, profWindow)
+			}
+		} else {
+			for q := uint32(crowdPeriod); q < profWindow; q += crowdPeriod {
+				if p.last < w0+q && w0+q <= ts {
+					ps.crowdAdd(p, ts, ts-w0) // the events before ts
+					break
+				}
+			}
+		}
+	}
 	p.observe(ts, ev.ClientIP, ev.ASN, ev.Country, ps.seed, ps.grace)
 	return p
+}
+
+// The crowd: how every key moves at once. At each quarter of a key's
+// 10-minute window and when it closes, its volume so far against its usual
+// for that hour is counted in a histogram of ratios (log scale) of the
+// current crowd period (2.5 minutes); crowd_ratio is the median of the
+// current period (with the last while the current holds too few keys). A
+// holiday sale lifts most keys together; one key's spike (or attack) does
+// not move the median.
+const (
+	nCrowd        = 24  // buckets of half a power of two: ratios 1/16 to 2^7.5
+	crowdZero     = 8   // the bucket of ratio 1
+	crowdPeriod   = 150 // seconds
+	crowdMinKeys  = 10
+	crowdMinUsual = 60.0 // events an hour: quieter keys are too noisy to count
+)
+
+// crowdAdd counts key p's ratio: its winN events in the first elapsed
+// seconds of its window against its usual for the hour.
+func (ps *profiles) crowdAdd(p *profile, now, elapsed uint32) {
+	if since(now, p.created) < ps.seasonal {
+		return // not a full day of history
+	}
+	// Against the same hour of previous days (and weeks) only, not the
+	// neighbouring hours hourBaseline also takes: those learn a surge day
+	// hour by hour, and the crowd would soon look quiet again.
+	h := p.win * profWindow / 3600
+	usual := max(decTab[p.how[h%168]], decTab[p.hod[h%24]])
+	if usual < crowdMinUsual {
+		return
+	}
+	period := now / crowdPeriod
+	if period != ps.crowdPeriod {
+		if period == ps.crowdPeriod+1 {
+			ps.crowd[0] = ps.crowd[1]
+		} else {
+			ps.crowd[0] = [nCrowd]uint32{}
+		}
+		ps.crowd[1] = [nCrowd]uint32{}
+		ps.crowdPeriod = period
+	}
+	b := crowdZero + int(math.Round(2*math.Log2(float64(p.winN)*3600/float64(elapsed)/usual)))
+	ps.crowd[1][min(max(b, 0), nCrowd-1)]++
+}
+
+// crowdRatio is the median ratio of keys' volume to their usual for the
+// hour, over the current crowd period (and the last while the current
+// holds fewer than 10 keys); 1 when fewer than 10 keys were counted, and
+// never below 1.
+func (ps *profiles) crowdRatio(now uint32) float64 {
+	var h [nCrowd]uint32
+	total := func() (n uint32) {
+		for _, c := range h {
+			n += c
+		}
+		return
+	}
+	switch period := now / crowdPeriod; {
+	case period == ps.crowdPeriod:
+		if h = ps.crowd[1]; total() < crowdMinKeys {
+			for i := range h {
+				h[i] += ps.crowd[0][i]
+			}
+		}
+	case period == ps.crowdPeriod+1:
+		h = ps.crowd[1]
+	default:
+		return 1
+	}
+	n := total()
+	if n < crowdMinKeys {
+		return 1
+	}
+	acc := uint32(0)
+	for i, c := range h {
+		if acc += c; 2*acc >= n {
+			return max(1, math.Exp2(float64(i-crowdZero)/2))
+		}
+	}
+	return 1
 }
 
 // sweep drops profiles idle for longer than the quantiles remember.
@@ -640,7 +792,7 @@ func (v profView) seasonal() bool {
 // isNew: first seen in the last 15 minutes although the engine had an
 // hour of history before: a newcomer, not merely the start of the replay.
 func (v profView) isNew() bool {
-	return v.p != nil && v.p.isNew && since(v.now, v.p.created) < 900
+	return v.p != nil && v.p.flags&flagNew != 0 && since(v.now, v.p.created) < 900
 }
 
 func (v profView) ageHours() float64 {
@@ -669,6 +821,22 @@ func (v profView) peakHour() float64 {
 		return 0
 	}
 	return v.p.peakHour()
+}
+
+// peakLag is how many closed windows a rise of peakWin (by more than a
+// quarter) waits before rules see it.
+const peakLag = 2
+
+// peak10m is the busiest 10 minutes as rules see it: before its latest
+// run of rises while that run is recent.
+func (v profView) peak10m() float64 {
+	if v.p == nil {
+		return 0
+	}
+	if v.p.peakAge < peakLag && v.p.windows > peakLag {
+		return decTab[v.p.peakPrev]
+	}
+	return float64(v.p.peakWin)
 }
 
 func (v profView) meanHour() float64 {
@@ -756,7 +924,7 @@ var profileFields = map[string]valKind{
 	"asns_p50": kDbl, "asns_p99": kDbl,
 	"ips_p50": kDbl, "ips_p99": kDbl,
 	"hour_baseline": kDbl, "peak_hour": kDbl, "mean_hour": kDbl,
-	"usual_minutes_ago": kDbl, "peak_10m": kDbl,
+	"usual_minutes_ago": kDbl, "peak_10m": kDbl, "crowd_ratio": kDbl,
 }
 
 // profileMethods are the functions of `profile`: argument kinds.
@@ -800,10 +968,13 @@ func (v profView) field(name string) (b bool, i int64, d float64) {
 		d = v.meanHour()
 	case "usual_minutes_ago":
 		d = v.usualMinutesAgo()
-	case "peak_10m":
-		if v.p != nil {
-			d = float64(v.p.peakWin)
+	case "crowd_ratio":
+		d = 1
+		if v.ps != nil {
+			d = v.ps.crowdRatio(v.now)
 		}
+	case "peak_10m":
+		d = v.peak10m()
 	}
 	return
 }
@@ -827,7 +998,10 @@ func (v profView) figures(m map[string]float64) {
 	m["profile_ips_p99"] = v.quantile(hIPs, 0.99)
 	m["profile_hour_baseline"] = math.Round(v.hourBaseline())
 	m["profile_peak_hour"] = math.Round(v.peakHour())
-	m["profile_peak_10m"] = math.Round(float64(v.p.peakWin))
+	m["profile_peak_10m"] = math.Round(v.peak10m())
+	if v.ps != nil {
+		m["profile_crowd_ratio"] = math.Round(v.ps.crowdRatio(v.now)*10) / 10
+	}
 }
 
 // ProfileStats are the profile tables' sizes.
@@ -926,14 +1100,43 @@ func (v profView) concurrentMinutes(c string) float64 {
 	return 0
 }
 
-func profConcurrentMethod() cel.EnvOption {
-	return cel.Function("concurrent_minutes", cel.MemberOverload("profile_concurrent_minutes", []*cel.Type{cel.DynType, cel.StringType}, cel.DoubleType,
-		cel.BinaryBinding(func(pv, c ref.Val) ref.Val {
-			p, ok := pv.(*profVal)
-			s, ok2 := c.(types.String)
-			if !ok || !ok2 {
-				return types.NewErr("concurrent_minutes: bad arguments")
+// runMinutes is how long country c has been in continuous use (no pause
+// over 15 minutes) when it is the latest country new for the subject
+// (first seen within the novelty grace); else 0. A steady second copy of a key runs on for hours; a
+// visitor's sessions pause.
+func (v profView) runMinutes(c string, now uint32) float64 {
+	if v.p == nil || len(c) < 2 || v.p.runFirst == 0 || v.p.runCty != uint16(c[0])<<8|uint16(c[1]) {
+		return 0
+	}
+	s := &v.p.countries
+	for i := 0; i < int(s.n); i++ {
+		if e := &s.e[i]; e.v == uint32(v.p.runCty) {
+			if since(now, e.last) > runGap || since(now, e.first) >= v.ps.grace {
+				return 0 // the run has ended, or the country is no longer new
 			}
-			return types.Double(p.v.concurrentMinutes(string(s)))
-		})))
+			return float64(since(now, v.p.runFirst)) / 60
+		}
+	}
+	return 0
+}
+
+// profCountryMethods are concurrent_minutes(country) and
+// run_minutes(country).
+func profCountryMethods() []cel.EnvOption {
+	var out []cel.EnvOption
+	for _, name := range []string{"concurrent_minutes", "run_minutes"} {
+		out = append(out, cel.Function(name, cel.MemberOverload("profile_"+name, []*cel.Type{cel.DynType, cel.StringType}, cel.DoubleType,
+			cel.BinaryBinding(func(pv, c ref.Val) ref.Val {
+				p, ok := pv.(*profVal)
+				s, ok2 := c.(types.String)
+				if !ok || !ok2 {
+					return types.NewErr("%s: bad arguments", name)
+				}
+				if name == "run_minutes" {
+					return types.Double(p.v.runMinutes(string(s), p.v.now))
+				}
+				return types.Double(p.v.concurrentMinutes(string(s)))
+			}))))
+	}
+	return out
 }

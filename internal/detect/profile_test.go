@@ -165,7 +165,7 @@ func TestProfileNativeMatchesCEL(t *testing.T) {
 			"profile.hour_baseline > 30.0", "profile.peak_hour > 30.0", "profile.peak_10m >= 9.0", "profile.mean_hour > 50.0",
 			"profile.usual_minutes_ago < 2.0", "profile.seen_country(country, 14)", "profile.seen_asn(asn, 14)",
 			"profile.seen_net(ip, 14)", "profile.seen_net('203.0.113.0/24', 14)", "profile.concurrent_minutes(country) == 0.0",
-			"key_kind == 'server'",
+			"profile.run_minutes(country) == 0.0", "key_kind == 'server'",
 		} {
 			x, err := c.compile(src, false, kBool, featureFields{})
 			if err != nil {
@@ -236,5 +236,78 @@ func TestSeenSetOverflowTellsNewValues(t *testing.T) {
 	}
 	if seen < nSeen {
 		t.Errorf("%d of %d values in use for hours are seen, want at least %d", seen, len(vals), nSeen)
+	}
+}
+
+// TestCrowdRatio: when every key runs at several times its usual volume
+// (a holiday sale), crowd_ratio says so; one key's spike does not move it.
+func TestCrowdRatio(t *testing.T) {
+	ps := newProfiles(ProfileConfig{}, e0seed())
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	const keys = 30
+	// rate(k, m) is key k's events in minute m.
+	run := func(from, to int, rate func(k, m int) int) float64 {
+		for m := from; m < to; m++ {
+			for k := range keys {
+				for i := range rate(k, m) {
+					x := event.Event{Time: start.Add(time.Duration(m)*time.Minute + time.Duration(i)*time.Second), KeyID: fmt.Sprintf("k%d", k),
+						Outcome: event.OutcomeValid, ClientIP: "198.51.100.7", Country: "DE", ASN: 3320}
+					obs(ps, &x)
+				}
+			}
+		}
+		return ps.crowdRatio(uint32(start.Add(time.Duration(to) * time.Minute).Unix()))
+	}
+	if c := run(0, 25*60+5, func(k, m int) int { return 2 }); c != 1 {
+		t.Errorf("usual traffic: crowd_ratio %.2f, want 1", c)
+	}
+	if c := run(25*60+5, 25*60+45, func(k, m int) int {
+		if k == 3 {
+			return 40
+		}
+		return 2
+	}); c != 1 {
+		t.Errorf("one key at 20x: crowd_ratio %.2f, want 1", c)
+	}
+	run(25*60+45, 26*60+5, func(k, m int) int { return 2 })
+	if c := run(26*60+5, 26*60+45, func(k, m int) int { return 10 }); c < 3.5 || c > 7 {
+		t.Errorf("every key at 5x: crowd_ratio %.2f, want about 5", c)
+	}
+}
+
+// TestPeakLag: a spike's own 10-minute windows do not raise the busiest 10
+// minutes that rules judge it by until it has lasted 20 minutes; steady
+// growth is seen at once.
+func TestPeakLag(t *testing.T) {
+	ps := newProfiles(ProfileConfig{}, e0seed())
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var p *profile
+	at := func(m int, perMin int) {
+		for i := range perMin {
+			x := event.Event{Time: start.Add(time.Duration(m)*time.Minute + time.Duration(i)*time.Second), KeyID: "k",
+				Outcome: event.OutcomeValid, ClientIP: "198.51.100.7", Country: "DE", ASN: 3320}
+			p = obs(ps, &x)
+		}
+	}
+	peak := func(m int) float64 {
+		return profView{p: p, ps: ps, now: uint32(start.Add(time.Duration(m) * time.Minute).Unix())}.peak10m()
+	}
+	for m := range 600 {
+		at(m, 3)
+	}
+	if got := peak(600); got < 29 || got > 31 {
+		t.Fatalf("steady 30 per 10 minutes: peak_10m %.1f", got)
+	}
+	for m := 600; m < 612; m++ { // a spike: 10x, its first window closes at 610
+		at(m, 30)
+	}
+	if got := peak(612); got > 33 {
+		t.Errorf("2 minutes after the spike's first window closed: peak_10m %.1f, want the peak from before (30)", got)
+	}
+	for m := 612; m < 650; m++ {
+		at(m, 30)
+	}
+	if got := peak(650); got < 290 {
+		t.Errorf("after 50 minutes at 300 per 10 minutes: peak_10m %.1f, want about 300", got)
 	}
 }

@@ -21,8 +21,9 @@ import (
 )
 
 // gateConfig is the evaluation set of the gate: two days with every kind of
-// hard negative and one of each attack, from a fixed seed.
-var gateConfig = loadgen.EvalConfig{Start: time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC), Seed: 20261127, Duration: 48 * time.Hour, Scale: 0.3, Attacks: 1}
+// hard negative (the surge day included) and one of each attack, from a
+// fixed seed.
+var gateConfig = loadgen.EvalConfig{Start: time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC), Seed: 20261127, Duration: 48 * time.Hour, Scale: 0.3, Attacks: 1, Surge: 1}
 
 // genSource feeds a backtest from the generator running on its own goroutine.
 type genSource struct {

@@ -28,11 +28,14 @@ type EvalConfig struct {
 	AttackAfter time.Duration
 	// Attacks is how many of each attack scenario (0: 1 or 2, drawn from the seed).
 	Attacks int
+	// Surge: a day when every key runs at several times its usual volume
+	// (sets of 36 h or more): 0 on half the seeds, 1 always, -1 never.
+	Surge int
 }
 
 // EvalScenarios are the attack scenarios of an evaluation set.
 var EvalScenarios = []string{"anon-burst", "credential-stuffing", "credential-stuffing-asn", "geo-shift",
-	"leaked-key-botnet", "low-and-slow", "quota-spike", "revoked-key-tried"}
+	"leaked-key-botnet", "low-and-slow", "quota-spike", "revoked-key-tried", "load-test"}
 
 // KeyInfo describes a key of the evaluation set.
 type KeyInfo struct {
@@ -51,6 +54,9 @@ type EvalSet struct {
 	Keys   []KeyInfo
 	Events int64
 	Benign int64 // events not inside a label's group and window
+	// Surge describes the day every key runs at several times its usual
+	// volume, if the seed drew one.
+	Surge string
 }
 
 func (c *EvalConfig) fill() error {
@@ -619,6 +625,18 @@ func NewEval(cfg EvalConfig) (*Eval, error) {
 	}
 
 	attacks := buildAttacks(rng, w, cfg, servers, regionals, newKey)
+	hard := planHard(cfg, w, newKey)
+	actors = append(actors, hard.actors...)
+	attacks = append(attacks, hard.attacks...)
+	set.Surge = hard.surgeNote
+	if hard.surge != nil {
+		// Every benign population takes part, each key by its own share.
+		srng := rand.New(rand.NewPCG(cfg.Seed^0x7375726765, 4))
+		for _, a := range actors {
+			rate, u := a.rate, uniform(srng, 0.3, 1)
+			a.rate = func(t time.Time) float64 { return rate(t) * (1 + (hard.surge(t)-1)*u) }
+		}
+	}
 	for _, k := range keys {
 		set.Keys = append(set.Keys, k.KeyInfo)
 	}

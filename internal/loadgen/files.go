@@ -48,11 +48,20 @@ type EvalFiles struct {
 // line on out.
 func WriteEvalSet(cfg EvalConfig, files EvalFiles, out, log io.Writer) error {
 	began := time.Now()
-	set, err := writeEvalEvents(cfg, files.Events, log)
+	// The labels and keys are known before the events: written first, so
+	// that a backtest can read the events from a pipe as they come.
+	ev, err := NewEval(cfg)
 	if err != nil {
 		return err
 	}
-	if err := writeEvalLabels(set, files); err != nil {
+	if err := writeEvalLabels(&ev.EvalSet, files); err != nil {
+		return err
+	}
+	if ev.Surge != "" {
+		fmt.Fprintf(log, "loadgen: surge day: %s\n", ev.Surge)
+	}
+	set, err := writeEvalEvents(ev, files.Events, log)
+	if err != nil {
 		return err
 	}
 	kinds := map[string]int{}
@@ -64,6 +73,7 @@ func WriteEvalSet(cfg EvalConfig, files EvalFiles, out, log io.Writer) error {
 		pops = append(pops, fmt.Sprintf("%s=%d", p, kinds[p]))
 	}
 	fmt.Fprintf(log, "loadgen: keys %s\n", strings.Join(pops, " "))
+
 	for _, l := range set.Labels {
 		fmt.Fprintf(log, "loadgen: %-26s %s..%s %-8s %s (%s)\n", l.ID, l.Start.Format("01-02T15:04:05"), l.End.Format("15:04:05"), l.IntendedAction, l.Group, l.Note)
 	}
@@ -73,7 +83,7 @@ func WriteEvalSet(cfg EvalConfig, files EvalFiles, out, log io.Writer) error {
 }
 
 // writeEvalEvents generates the set, writing its events to path.
-func writeEvalEvents(cfg EvalConfig, out string, log io.Writer) (*EvalSet, error) {
+func writeEvalEvents(ev *Eval, out string, log io.Writer) (*EvalSet, error) {
 	f, err := os.Create(out)
 	if err != nil {
 		return nil, err
@@ -82,7 +92,7 @@ func writeEvalEvents(cfg EvalConfig, out string, log io.Writer) (*EvalSet, error
 	w := bufio.NewWriterSize(f, 1<<20)
 	var buf []byte
 	var n int64
-	set, err := GenerateEval(cfg, func(e *event.Event) error {
+	err = ev.Run(func(e *event.Event) error {
 		buf = append(e.AppendJSON(buf[:0]), '\n')
 		n++
 		if n%1_000_000 == 0 {
@@ -97,7 +107,7 @@ func writeEvalEvents(cfg EvalConfig, out string, log io.Writer) (*EvalSet, error
 	if err := w.Flush(); err != nil {
 		return nil, err
 	}
-	return set, f.Close()
+	return &ev.EvalSet, f.Close()
 }
 
 // writeEvalLabels writes the labels and the keys of set.

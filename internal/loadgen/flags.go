@@ -27,6 +27,7 @@ func (c *RunConfig) Bind(fs *pflag.FlagSet) {
 	fs.Float64Var(&c.Days, "days", 3, "--eval: days of traffic")
 	fs.Float64Var(&c.EvalCfg.Scale, "scale", 1, "--eval: multiplies the benign populations")
 	fs.IntVar(&c.EvalCfg.Attacks, "attacks", 0, "--eval: attacks per scenario (0: 1 or 2, from the seed)")
+	fs.IntVar(&c.EvalCfg.Surge, "surge", 0, "--eval: a day when every key runs at several times its usual volume: 0 on half the seeds, 1 always, -1 never")
 	fs.DurationVar(&c.EvalCfg.AttackAfter, "attack-after-eval", 0, "--eval: no attack before this much traffic (default 24h or a third of --days)")
 	fs.StringVar(&c.LabelsOut, "labels-out", "", "--eval: NDJSON file of attack labels")
 	fs.StringVar(&c.KeysOut, "keys-out", "", "--eval: NDJSON file of the keys with their kinds")

@@ -1,7 +1,9 @@
 package loadgen
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strconv"
 )
 
@@ -12,12 +14,16 @@ import (
 type netKind uint8
 
 const (
-	kindMobile   netKind = iota // mobile carrier, addresses behind carrier-grade NAT
-	kindISP                     // residential broadband
-	kindBusiness                // corporate networks
-	kindCloud                   // cloud regions (CI runners, servers, batch jobs)
-	kindCDN                     // CDN edges in front of browser traffic
-	kindHosting                 // VPS/hosting providers (attackers, some servers)
+	kindMobile    netKind = iota // mobile carrier, addresses behind carrier-grade NAT
+	kindISP                      // residential broadband
+	kindBusiness                 // corporate networks
+	kindCloud                    // cloud regions (CI runners, servers, batch jobs)
+	kindCDN                      // CDN edges in front of browser traffic
+	kindHosting                  // VPS/hosting providers (attackers, some servers)
+	kindSASE                     // secure-web-gateway (SASE) egress PoPs: corporate users
+	kindVPN                      // consumer VPN exits
+	kindSatellite                // satellite ISP: one ASN, users geolocated to its ground stations
+	nKinds
 )
 
 type country struct {
@@ -56,6 +62,10 @@ var (
 	cloudRegions = []string{"US", "CA", "BR", "IE", "GB", "DE", "FR", "NL", "SE", "IN", "SG", "JP", "KR", "AU", "ZA", "AE"}
 	cdnEdges     = []string{"US", "CA", "MX", "BR", "AR", "GB", "FR", "DE", "NL", "ES", "IT", "PL", "SE", "RO", "TR", "ZA", "NG", "KE", "AE", "IN", "SG", "ID", "HK", "JP", "KR", "AU"}
 	hostingAt    = []string{"NL", "DE", "US", "RU", "SG", "FR", "UA", "RO", "VN", "HK", "BR", "IN"}
+	// Added after the rest, so every address above keeps its country and ASN.
+	saseAt      = []string{"US", "CA", "MX", "BR", "GB", "IE", "FR", "DE", "NL", "SE", "PL", "ES", "IT", "IN", "SG", "JP", "AU", "ZA", "AE", "HK"}
+	vpnAt       = []string{"US", "CA", "BR", "AR", "GB", "IE", "FR", "DE", "NL", "ES", "IT", "PL", "SE", "NO", "RO", "UA", "TR", "ZA", "AE", "IN", "SG", "MY", "HK", "JP", "KR", "AU", "MX", "CO"}
+	satelliteAt = []string{"US", "CA", "MX", "BR", "CL", "GB", "IE", "FR", "DE", "ES", "IT", "PL", "NG", "KE", "PH", "MY", "AU", "NZ", "JP"}
 )
 
 var theWorld = buildWorld()
@@ -67,7 +77,7 @@ func buildWorld() *world {
 		idx[c.code] = i
 	}
 	w.byCountry = make([][]int, len(w.countries))
-	w.byKind = make([][][]int, kindHosting+1)
+	w.byKind = make([][][]int, nKinds)
 	for k := range w.byKind {
 		w.byKind[k] = make([][]int, len(w.countries))
 	}
@@ -121,12 +131,62 @@ func buildWorld() *world {
 		asn += 7
 		add(idx[code], asn, kindHosting)
 	}
+	addSecondRound(idx, &asn, add)
 	return w
+}
+
+// v6Prefix is the first 16 bits of the world's IPv6 addresses: a mobile
+// carrier block b also holds 2a0d:b::/32 (one /64 per device).
+const v6Prefix = 0x2a0d
+
+// v6 returns an IPv6 address of mobile block b: a random /64 of its /32
+// (a device) and a random interface id (a privacy address).
+func (w *world) v6(rng *rand.Rand, b int) addr {
+	r := rng.Uint64()
+	return addr{v6: fmt.Sprintf("%x:%x:%x:%x:%x:%x:%x:%x", v6Prefix, b, r>>48&0xffff, r>>32&0xffff,
+		r>>16&0xffff, r&0xffff, rng.IntN(0x10000), rng.IntN(0x10000)),
+		country: w.blocks[b].country, asn: w.blocks[b].asn}
+}
+
+// addSecondRound adds the networks of the second round of populations,
+// after all the others so that their addresses keep their countries and
+// ASNs: SASE PoPs, consumer VPN exits and a satellite ISP.
+func addSecondRound(idx map[string]int, asn *uint32, add func(ci int, a uint32, k netKind)) {
+	for p := range 2 { // two SASE providers, one ASN each, a PoP block per country
+		*asn += 7
+		for i, code := range saseAt {
+			if p == 1 && i%3 == 2 {
+				continue
+			}
+			add(idx[code], *asn, kindSASE)
+		}
+	}
+	for p := range 3 { // three consumer VPNs, exits in most of their countries
+		*asn += 7
+		for i, code := range vpnAt {
+			if (i+p)%5 == 4 {
+				continue
+			}
+			add(idx[code], *asn, kindVPN)
+		}
+	}
+	*asn += 7 // one satellite ISP
+	for _, code := range satelliteAt {
+		add(idx[code], *asn, kindSatellite)
+	}
 }
 
 // Lookup returns the country and ASN of an address of the synthetic world
 // ("", 0 if it is not one of its addresses).
 func Lookup(ip string) (string, uint32) {
+	if a, err := netip.ParseAddr(ip); err == nil && a.Is6() && !a.Is4In6() {
+		b16 := a.As16()
+		hi, blk := int(b16[0])<<8|int(b16[1]), int(b16[2])<<8|int(b16[3])
+		if hi != v6Prefix || blk >= len(theWorld.blocks) || theWorld.blocks[blk].kind != kindMobile {
+			return "", 0
+		}
+		return theWorld.countries[theWorld.blocks[blk].country].code, theWorld.blocks[blk].asn
+	}
 	var parts [4]uint32
 	n := 0
 	for _, f := range splitDots(ip) {
@@ -164,11 +224,17 @@ func splitDots(s string) []string {
 // addr is an address inside a block, its country and ASN.
 type addr struct {
 	ip      uint32
+	v6      string // an IPv6 address instead of ip
 	country int
 	asn     uint32
 }
 
-func (a addr) String() string { return ipString(a.ip) }
+func (a addr) String() string {
+	if a.v6 != "" {
+		return a.v6
+	}
+	return ipString(a.ip)
+}
 
 func ipString(ip uint32) string {
 	b := make([]byte, 0, 15)
@@ -190,8 +256,10 @@ func (w *world) pick(rng *rand.Rand, b int) addr {
 	switch bl.kind {
 	case kindMobile:
 		off = uint32(rng.IntN(16))<<8 | uint32(1+rng.IntN(254)) // 16 /24s of CGNAT pool
-	case kindCDN:
+	case kindCDN, kindSASE, kindVPN:
 		off = uint32(rng.IntN(2))<<8 | uint32(1+rng.IntN(62))
+	case kindSatellite:
+		off = uint32(rng.IntN(16))<<8 | uint32(1+rng.IntN(254)) // CGNAT too
 	default:
 		off = uint32(rng.IntN(256))<<8 | uint32(1+rng.IntN(254))
 	}
