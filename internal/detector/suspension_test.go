@@ -1,7 +1,6 @@
 package detector
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -17,18 +16,8 @@ import (
 // 2026-11-27, finding 3).
 func TestSuspensionTimerSparesManualSuspension(t *testing.T) {
 	b := newBus(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = table.Run(ctx, b) }()
-	<-table.Ready()
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := keyService(t, b)
+	ctx := t.Context()
 	d, err := New(Config{Bus: b, Keys: svc})
 	if err != nil {
 		t.Fatal(err)
