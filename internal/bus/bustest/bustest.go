@@ -873,3 +873,32 @@ func testRateReportMaxSize(ctx context.Context, t *testing.T, tr bus.RateTranspo
 		t.Fatalf("report of MaxReportBytes (%d) bytes not received", n)
 	}
 }
+
+// TooLarge checks a publisher whose bus takes messages of at most limit
+// bytes (limit well under 10 KB): it reports the limit, refuses a 10 KB
+// batch with bus.ErrTooLarge (permanent: callers split it), and goes on
+// publishing (a small batch is acknowledged).
+func TooLarge(t *testing.T, pub bus.Publisher, limit int) {
+	t.Helper()
+	if got := bus.MaxMessageBytes(pub); got != limit {
+		t.Fatalf("MaxMessageBytes %d, want %d", got, limit)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := pub.Publish(ctx, bus.Message{Key: "k", BatchID: "big", Source: "t", Data: make([]byte, 10_000)})
+	if !errors.Is(err, bus.ErrTooLarge) {
+		t.Fatalf("10 KB batch: %v, want bus.ErrTooLarge", err)
+	}
+	ack, err := pub.Publish(ctx, bus.Message{Key: "k", BatchID: "small", Source: "t", Data: make([]byte, 100)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ack.Done():
+	case <-ctx.Done():
+		t.Fatal("small batch never acknowledged")
+	}
+	if err := ack.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
