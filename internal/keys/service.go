@@ -540,13 +540,13 @@ func (s *Service) Update(ctx context.Context, id string, p UpdateParams) error {
 // Delete removes the key from the key-state log: verifiers then answer
 // unknown. Prefer Revoke, which keeps the record and its reason.
 func (s *Service) Delete(ctx context.Context, id string) error {
-	st, err := s.current(id)
-	if err != nil {
+	if _, err := s.current(id); err != nil {
 		return err
 	}
-	if st.GetStatus() == keymeterv1.KeyStatus_KEY_STATUS_REVOKED && s.kl.CompareAndSet() == nil {
-		// The revocation record first: left alone it would bring the key
-		// back, revoked, in the next reader's snapshot.
+	if s.kl.CompareAndSet() == nil {
+		// The revocation record first, whatever this table shows (a
+		// revocation may be on its way): left alone it would stay in the
+		// log, and readers keep it pending for a key that never comes.
 		if err := s.kl.DeleteKey(ctx, RevocationRecordID(id)); err != nil {
 			return fmt.Errorf("keys: delete %s: %w", id, err)
 		}

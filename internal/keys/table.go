@@ -84,9 +84,15 @@ type Table struct {
 	byID     idIndex
 	next     uint32
 	projects map[string]string
-	private  *[nShards]*hashIndex // during the first snapshot: unpublished indexes
-	seen     map[string]struct{}
-	changed  chan struct{}
+	// pendingRevoked holds revocation records (RevocationRecordID) of keys
+	// not in the table: applied when the key's own record arrives, dropped
+	// with either's tombstone. A revocation record alone never makes a key
+	// (it may come after the key was deleted: a retried Revoke, or another
+	// partition of the key log).
+	pendingRevoked map[string]pendingRevocation
+	private        *[nShards]*hashIndex // during the first snapshot: unpublished indexes
+	seen           map[string]struct{}
+	changed        chan struct{}
 
 	smu    sync.RWMutex
 	states map[string]*keymeterv1.KeyState
@@ -106,12 +112,13 @@ func NewTable(cfg TableConfig, opts ...Option) (*Table, error) {
 		return nil, err
 	}
 	t := &Table{
-		ready:     make(chan struct{}),
-		log:       o.log,
-		keepState: cfg.KeepState,
-		projects:  make(map[string]string),
-		changed:   make(chan struct{}),
-		private:   new([nShards]*hashIndex),
+		ready:          make(chan struct{}),
+		log:            o.log,
+		keepState:      cfg.KeepState,
+		projects:       make(map[string]string),
+		pendingRevoked: make(map[string]pendingRevocation),
+		changed:        make(chan struct{}),
+		private:        new([nShards]*hashIndex),
 	}
 	empty := &hashIndex{}
 	for i := range t.shards {
@@ -342,8 +349,7 @@ func (t *Table) Apply(batch []bus.KeyUpdate) {
 		case u.EndOfSnapshot:
 			endOfSnapshot = true
 		case u.Deleted:
-			t.remove(u.ID, writable) // a revocation record's id is no key's: nothing to remove
-			t.noteRevision(u.ID, 0)
+			t.tombstone(u.ID, writable)
 		default:
 			t.put(u, writable)
 			if _, rr := RevocationOf(u.ID); !rr {
@@ -408,12 +414,28 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 	if !ok {
 		return
 	}
+	_, revocation := RevocationOf(u.ID)
 	if idx, ok := t.findID(rec.ID); ok {
 		if s := t.slot(idx); s.key == k {
 			t.update(s, rec, st)
 			return
 		}
 		t.remove(rec.ID, writable) // the hash changed: a different secret
+	}
+	if revocation {
+		t.pendingRevoked[rec.ID] = pendingRevocation{st: st}
+		return
+	}
+	if p, ok := t.pendingRevoked[rec.ID]; ok {
+		delete(t.pendingRevoked, rec.ID)
+		if rec.Status != StatusRevoked {
+			// The revocation came first (another partition of the key
+			// log): this record, written without it, is not to undo it.
+			rec.Status = StatusRevoked
+			if st != nil && p.st != nil {
+				st.Status, st.RevokedUnixNano, st.RevokeReason = p.st.Status, p.st.RevokedUnixNano, p.st.RevokeReason
+			}
+		}
 	}
 	idx := t.next
 	if idx >= maxKeys {
@@ -435,6 +457,10 @@ func (t *Table) put(u *bus.KeyUpdate, writable func(int) *hashIndex) {
 	t.size.Add(1)
 	t.storeState(st)
 }
+
+// pendingRevocation is a revocation record whose key is not in the table
+// (yet); st is its state when the table keeps states.
+type pendingRevocation struct{ st *keymeterv1.KeyState }
 
 // decodeUpdate decodes a key update's record (and, with keepState, its
 // whole state); false when it is invalid (counted and logged).
@@ -520,6 +546,18 @@ func (t *Table) update(s *Slot, rec *Record, st *keymeterv1.KeyState) {
 	}
 	s.rec.Store(rec)
 	t.storeState(st)
+}
+
+// tombstone applies the deletion of key-log record id: a key, or a
+// revocation record (whose key, if any, keeps its own status).
+func (t *Table) tombstone(id string, writable func(int) *hashIndex) {
+	if k, rr := RevocationOf(id); rr {
+		delete(t.pendingRevoked, k)
+		return
+	}
+	delete(t.pendingRevoked, id)
+	t.remove(id, writable)
+	t.noteRevision(id, 0)
 }
 
 // remove deletes key id. Its slot is not reused: a reader that found the
