@@ -493,14 +493,19 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 		// and is closed at shutdown, before the events are flushed (see
 		// tunnels).
 		rec.tunnels, rec.slot = s.tunnels, d.slot
+		defer func() {
+			// After the event (deferred), and also when the handler
+			// panics (ReverseProxy aborts with http.ErrAbortHandler):
+			// shutdown waits for every tracked tunnel's done.
+			if rec.tracked {
+				s.tunnels.done()
+			}
+		}()
 		next.ServeHTTP(rec, r)
 		if s.m != nil {
 			s.m.upstream.Observe(time.Since(start).Seconds())
 		}
 		s.emit(r, &d, path, ip, start, rec.status, body.n, rec.bytes)
-		if rec.tracked {
-			s.tunnels.done()
-		}
 	})
 }
 
