@@ -493,14 +493,7 @@ func (s *Server) Middleware(next http.Handler) http.Handler {
 		// and is closed at shutdown, before the events are flushed (see
 		// tunnels).
 		rec.tunnels, rec.slot = s.tunnels, d.slot
-		defer func() {
-			// After the event (deferred), and also when the handler
-			// panics (ReverseProxy aborts with http.ErrAbortHandler):
-			// shutdown waits for every tracked tunnel's done.
-			if rec.tracked {
-				s.tunnels.done()
-			}
-		}()
+		defer rec.untrack() // after the event, and when the handler panics
 		next.ServeHTTP(rec, r)
 		if s.m != nil {
 			s.m.upstream.Observe(time.Since(start).Seconds())
@@ -932,4 +925,15 @@ func (b *countingBody) Read(p []byte) (int, error) {
 		b.onEOF = nil
 	}
 	return n, err
+}
+
+// untrack tells the tunnels that the handler of a tracked (hijacked)
+// connection is done, its event emitted. It runs deferred, so that a
+// handler that panics (ReverseProxy aborts with http.ErrAbortHandler)
+// does not leave shutdown, which waits for every tracked tunnel, waiting
+// out its whole grace.
+func (r *recorder) untrack() {
+	if r.tracked {
+		r.tunnels.done()
+	}
 }
