@@ -13,6 +13,7 @@ import (
 	"github.com/keymeter/keymeter/internal/event"
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/testfix/natstest"
 )
 
 // history is stored events in memory, oldest first.
@@ -115,7 +116,7 @@ func (h heldResumes) ResumeSuspension(ctx context.Context, id, sid string) error
 // when it expires; a revocation is not undone.
 func TestSuspensionExpires(t *testing.T) {
 	b := newBus(t)
-	svc := keyService(t, b)
+	_, svc := natstest.Keys(t, b)
 	ctx := t.Context()
 	held := heldResumes{Service: svc, release: make(chan struct{}), resumed: make(chan string, 2)}
 	d, err := New(Config{Bus: b, Keys: held})
@@ -167,23 +168,4 @@ func TestSuspensionExpires(t *testing.T) {
 	if st, _ := svc.Get(k2.State.GetId()); st.GetStatus() != keymeterv1.KeyStatus_KEY_STATUS_REVOKED {
 		t.Fatalf("a revoked key was resumed: %v", st.GetStatus())
 	}
-}
-
-// keyService is a key service on bus b with a key table (states kept)
-// following it, running until the test ends.
-func keyService(t *testing.T, b *natsbus.Bus) *keys.Service {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	table, err := keys.NewTable(keys.TableConfig{KeepState: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = table.Run(ctx, b) }()
-	<-table.Ready()
-	svc, err := keys.NewService(keys.ServiceConfig{KeyLog: b, Table: table})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svc
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/keymeter/keymeter/internal/event/keymeterv1"
 	"github.com/keymeter/keymeter/internal/keys"
+	"github.com/keymeter/keymeter/internal/testfix/natstest"
 )
 
 // The detector's suspension timer lifts only its own suspension, and only
@@ -16,7 +17,7 @@ import (
 // 2026-11-27, finding 3).
 func TestSuspensionTimerSparesManualSuspension(t *testing.T) {
 	b := newBus(t)
-	svc := keyService(t, b)
+	_, svc := natstest.Keys(t, b)
 	ctx := t.Context()
 	d, err := New(Config{Bus: b, Keys: svc})
 	if err != nil {
